@@ -1,0 +1,182 @@
+"""The service plan: which systemd unit instances a machine of a given type runs.
+
+The plan is pure data computed from the machine type, the GPUs found and the enabled connectors; the units layer
+(`appliance units`) and the supervisor both read it, so it must be deterministic for the same inputs.
+
+GPU machine: per GPU i, `comfyui@i` (ComfyUI on port base_port+i) and `worker@gpu<i>`, which binds to it.
+API machine: per enabled connector, `slots` workers named `worker@<connector><index>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.config import Settings
+
+#: ComfyUI instance i listens on DEFAULT_BASE_PORT + i unless configured otherwise.
+DEFAULT_BASE_PORT = 8188
+
+UNIT_PREFIX = "appliance-"
+
+
+class MachineType(StrEnum):
+    GPU = "gpu"
+    API = "api"
+
+
+class PlanError(ValueError):
+    """The inputs describe no valid plan (an unknown machine type, a bad connector name, no GPU)."""
+
+
+@dataclass(frozen=True)
+class PlannedService:
+    """One unit instance of the plan. `kind` is "comfyui" or "worker"."""
+
+    name: str
+    kind: str
+    gpu: int | None = None
+    port: int | None = None
+    slot: str | None = None
+    connector: str | None = None
+    binds_to: str | None = None
+    cpu: bool = False
+
+    @property
+    def unit(self) -> str:
+        template, _, instance = self.name.partition("@")
+        return f"{UNIT_PREFIX}{template}@{instance}.service"
+
+    def worker_id(self, machine_id: str) -> str | None:
+        return f"{machine_id}-{self.slot}" if self.kind == "worker" and self.slot else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "unit": self.unit, "kind": self.kind}
+        for key in ("gpu", "port", "slot", "connector", "binds_to"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.cpu:
+            out["cpu"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    machine_id: str
+    machine_type: MachineType
+    services: tuple[PlannedService, ...] = field(default_factory=tuple)
+
+    @property
+    def units(self) -> list[str]:
+        return [s.unit for s in self.services]
+
+    @property
+    def workers(self) -> list[PlannedService]:
+        return [s for s in self.services if s.kind == "worker"]
+
+    def worker_ids(self) -> list[str]:
+        return [wid for s in self.services if (wid := s.worker_id(self.machine_id))]
+
+    def by_unit(self, unit: str) -> PlannedService | None:
+        unit = normalize_unit(unit)
+        return next((s for s in self.services if s.unit == unit), None)
+
+    def dependents(self, service: PlannedService) -> list[PlannedService]:
+        """The services bound to `service` (a ComfyUI instance's worker): they stop when it stops."""
+        return [s for s in self.services if s.binds_to == service.unit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine_id": self.machine_id,
+            "machine_type": self.machine_type.value,
+            "services": [s.to_dict() for s in self.services],
+        }
+
+
+@dataclass(frozen=True)
+class ConnectorSlots:
+    """How many workers a connector gets on this machine."""
+
+    name: str
+    slots: int = 1
+    enabled: bool = True
+
+
+def normalize_unit(name: str) -> str:
+    """Accept "worker@gpu0", "appliance-worker@gpu0" or "appliance-worker@gpu0.service"."""
+    if not name.endswith(".service"):
+        name = f"{name}.service"
+    if not name.startswith(UNIT_PREFIX):
+        name = f"{UNIT_PREFIX}{name}"
+    return name
+
+
+def _check_connector_name(name: str) -> None:
+    # The name becomes part of a unit instance and a worker id: keep it to what both accept unescaped.
+    if not name or not name[0].isalpha() or not all(c.isalnum() or c == "_" for c in name):
+        raise PlanError(f"connector name {name!r} must start with a letter and hold only letters, digits, '_'")
+
+
+def gpu_services(gpus: Iterable[int], base_port: int = DEFAULT_BASE_PORT,
+                 cpu: bool = False) -> list[PlannedService]:
+    services: list[PlannedService] = []
+    for i in gpus:
+        comfy = PlannedService(name=f"comfyui@{i}", kind="comfyui", gpu=i, port=base_port + i, cpu=cpu)
+        services.append(comfy)
+        services.append(PlannedService(name=f"worker@gpu{i}", kind="worker", slot=f"gpu{i}", gpu=i,
+                                       connector="comfyui", binds_to=comfy.unit))
+    return services
+
+
+def connector_services(connectors: Iterable[ConnectorSlots]) -> list[PlannedService]:
+    services: list[PlannedService] = []
+    for conn in sorted(connectors, key=lambda c: c.name):
+        _check_connector_name(conn.name)
+        if not conn.enabled or conn.slots <= 0:
+            continue
+        for index in range(conn.slots):
+            slot = f"{conn.name}{index}"
+            services.append(PlannedService(name=f"worker@{slot}", kind="worker", slot=slot,
+                                           connector=conn.name))
+    return services
+
+
+def compute_plan(machine_id: str, machine_type: MachineType | str, *, gpu_count: int,
+                 connectors: Iterable[ConnectorSlots] | Mapping[str, ConnectorSlots] = (),
+                 base_port: int = DEFAULT_BASE_PORT, cpu: bool = False, cpu_instances: int = 0) -> ServicePlan:
+    """The plan for one machine.
+
+    `gpu_count` is what NVML found; `cpu` runs every ComfyUI with `--cpu`. On a GPU machine without GPUs
+    `cpu_instances` ComfyUI instances run with `--cpu` (development), and with neither the plan is refused
+    rather than silently empty.
+    """
+    try:
+        mtype = MachineType(machine_type)
+    except ValueError:
+        raise PlanError(f"unknown machine type {machine_type!r} (expected gpu or api)") from None
+    conns = list(connectors.values()) if isinstance(connectors, Mapping) else list(connectors)
+    services: list[PlannedService] = []
+    if mtype is MachineType.GPU:
+        if gpu_count > 0:
+            services += gpu_services(range(gpu_count), base_port, cpu=cpu)
+        elif cpu_instances > 0:
+            services += gpu_services(range(cpu_instances), base_port, cpu=True)
+        else:
+            raise PlanError("machine.type is gpu but no GPU was found: set machine.gpu_cpu_mode for a CPU-run "
+                            "ComfyUI (development) or use machine.type api")
+    else:
+        services += connector_services(conns)
+    return ServicePlan(machine_id=machine_id, machine_type=mtype, services=tuple(services))
+
+
+def plan_from_settings(settings: Settings, gpu_count: int) -> ServicePlan:
+    """The plan for the configured machine, given how many GPUs NVML found."""
+    m = settings.machine
+    conns = [ConnectorSlots(name, c.slots, c.enabled) for name, c in settings.connectors.items()]
+    return compute_plan(m.id, m.type, gpu_count=gpu_count, connectors=conns,
+                        base_port=settings.comfyui.base_port, cpu=settings.comfyui.cpu,
+                        cpu_instances=1 if (m.gpu_cpu_mode or settings.comfyui.cpu) else 0)

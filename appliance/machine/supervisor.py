@@ -1,0 +1,396 @@
+"""`appliance machine`: the supervisor. It never sits in a job's path; it plans, registers, watches units,
+aggregates status and serves health/metrics. systemd starts, restarts and stops every process.
+
+Startup sequence (each step is published as `startup_step` with its elapsed time):
+  detect_resources → health_server → connect_redis → plan → clean_state → register → wait_services →
+  startup_complete, then READY=1. (appliance.target starts the planned units; `appliance units install` links them.)
+Then: status every `machine.status_interval_s` and at once on a change, registration refresh, job metrics from
+the queue's event stream, WATCHDOG=1 while Redis answers and the status loop turns. On SIGTERM/SIGINT: STOPPING=1,
+final status, `shutdown` event, deregistration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from appliance.config import Settings
+from appliance.health.metrics import JobMetrics, make_registry
+from appliance.health.server import make_app, start_server
+from appliance.machine import fleet
+from appliance.machine.plan import MachineType, PlanError, ServicePlan, plan_from_settings
+from appliance.machine.registry import MachineRegistry
+from appliance.machine.resources import Nvml, host_resources
+from appliance.machine.state import MachineState, Phase
+from appliance.machine.status import build_status
+from appliance.machine.systemd import SystemdUnits, systemd_running
+from appliance.machine.workers import read_workers, registered_workers
+from appliance.notify import Notifier, WatchdogPinger
+from appliance.queue import Queue
+
+log = logging.getLogger(__name__)
+
+#: Seconds between fast polls of unit states and worker status (a change is published at once).
+CHANGE_POLL_S = 2.0
+#: Our own unit (appliance-machine.service): units ordered after it start only after our READY=1.
+SUPERVISOR_UNIT = "appliance-machine.service"
+#: How long services may take to become active when no ComfyUI is planned (s).
+API_SERVICES_TIMEOUT_S = 120.0
+
+
+def decide_supervision(settings: Settings, force_unmanaged: bool = False) -> str:
+    """"systemd" only when systemd is PID 1, we were started by it (INVOCATION_ID) and not in container mode:
+    a developer running `appliance machine` in a shell on a systemd host must not wait for units it never started."""
+    if force_unmanaged or settings.machine.container_mode:
+        return "unmanaged"
+    return "systemd" if systemd_running() and os.environ.get("INVOCATION_ID") else "unmanaged"
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None, supervision: str | None = None,
+                 health_host: str | None = None, health_port: int | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.supervision = supervision or decide_supervision(settings)
+        self.systemd = SystemdUnits(managed=self.supervision == "systemd")
+        self.nvml = Nvml()
+        self.conn = settings.redis_connection()
+        secrets = {s for s in (self.conn.password,) if s}
+        for name, c in settings.connectors.items():
+            with contextlib.suppress(Exception):  # a missing key is the worker's problem, not ours
+                if key := c.resolve_api_key(name):
+                    secrets.add(key)
+        m = settings.machine
+        self.health_host = health_host if health_host is not None else settings.health.host
+        self.health_port = health_port if health_port is not None else settings.health.port
+        self.state = MachineState(m.id, m.type, ServicePlan(m.id, MachineType(m.type)), supervision=self.supervision,
+                                  secrets=frozenset(secrets))
+        self.stop_event = asyncio.Event()
+        self.stop_reason = "stopped"
+        self.steps: list[dict[str, Any]] = []
+        self.queue: Queue | None = None
+        self.registry: MachineRegistry | None = None
+        self.jobs: JobMetrics | None = None
+        self._t0 = time.monotonic()
+        self._last_loop = time.monotonic()
+        self._started_units: set[str] = set()
+        self._failed_units: set[str] = set()
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _elapsed_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    def _step(self, name: str, **detail: Any) -> dict[str, Any]:
+        step = {"step_name": name, "elapsed_ms": self._elapsed_ms(), **detail}
+        self.steps.append(step)
+        self.notifier.status(f"starting: {name.replace('_', ' ')} done")
+        return step
+
+    async def _event(self, event_type: str, **fields: Any) -> None:
+        if self.registry is None:
+            return
+        try:
+            await self.registry.publish_event(event_type, **fields)
+        except RedisError as exc:
+            log.warning("could not publish %s: %s", event_type, exc)
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+            self.stop_event.set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopping; True when a stop was requested."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+        return self.stop_event.is_set()
+
+    # --- startup ----------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        runner = None
+        try:
+            self.state.resources = await asyncio.to_thread(lambda: host_resources(self.nvml.start()))
+            self._step("detect_resources", gpu_count=self.state.resources.gpu_count)
+            metrics_registry, self.jobs = make_registry(self.state)
+            runner, port = await start_server(make_app(self.state, metrics_registry, self.publish_status),
+                                              self.health_host, self.health_port)
+            self.state.health_url = f"http://{self.state.resources.hostname}:{port}"
+            self._step("health_server", port=port)
+            if not await self._connect():
+                return 0  # stopped while waiting for Redis
+            res = self.state.resources
+            await self._event("machine_startup", phase="starting", supervision=self.supervision, host_info={
+                "hostname": res.hostname, "os": res.os, "cpu_cores": res.cpu_cores,
+                "total_ram_gb": round(res.ram_total_bytes / 2**30, 2), "gpu_count": res.gpu_count,
+                "gpu_models": [g.name for g in res.gpus]})
+            for step in self.steps:
+                await self._event("startup_step", **step)
+            try:
+                plan = plan_from_settings(self.settings, res.gpu_count)
+            except PlanError as exc:
+                self.state.phase, self.state.last_error = Phase.FAILED, str(exc)
+                await self._event("startup_failed", error=str(exc), elapsed_ms=self._elapsed_ms())
+                log.error("%s", exc)
+                return 1
+            self.state.plan = plan
+            self.jobs.worker_ids = set(plan.worker_ids())
+            await self._event("startup_step", **self._step("plan", services=[s.name for s in plan.services]))
+            await self._event("startup_step", **self._step("clean_state", **await self._clean_state()))
+            await self._register()
+            await self._event("startup_step", **self._step("register"))
+            await self._wait_services()
+            await self._event("startup_step", **self._step("wait_services"))
+            return await self._serve()
+        finally:
+            await self._shutdown(runner)
+
+    async def _connect(self) -> bool:
+        """Connect to Redis, retrying until it answers (systemd's start timeout bounds the wait)."""
+        backoff = 0.5
+        while True:
+            try:
+                self.queue = await Queue.connect(self.conn.url, queue_name=self.settings.redis.queue,
+                                                 settings=self.settings.queue, **self.conn.client_kwargs())
+                break
+            except (RedisError, OSError) as exc:
+                self.state.last_error = f"Redis unreachable: {type(exc).__name__}"
+                self.notifier.status(f"starting: waiting for Redis at {self.conn.url}")
+                log.warning("Redis at %s unreachable (%s); retrying", self.conn.url, exc)
+                if await self._sleep(backoff):
+                    return False
+                backoff = min(backoff * 2, 10.0)
+        self.state.redis_ok, self.state.last_error = True, None
+        self.registry = MachineRegistry(self.queue.client, self.state.machine_id,
+                                        ttl_s=self.settings.machine.registration_ttl_s, secrets=self.state.secrets)
+        self._step("connect_redis")
+        return True
+
+    async def _clean_state(self) -> dict[str, Any]:
+        """Forget a previous boot's registration; hand back the jobs of this machine's workers that are gone."""
+        assert self.queue is not None and self.registry is not None
+        stale = await self.registry.clear_stale()
+        ids = set(self.state.plan.worker_ids()) | set(await registered_workers(self.queue, self.state.machine_id))
+        now_ms = await self.queue.server_time_ms()
+        seen = await read_workers(self.queue, ids, now_ms)
+        units = await self.systemd.states([f"appliance-worker@{wid.removeprefix(self.state.machine_id + '-')}.service"
+                                           for wid in sorted(ids)])
+        returned: dict[str, int] = {}
+        for wid, unit in zip(sorted(ids), units.values(), strict=True):
+            alive = unit.active if unit.managed else bool(seen.get(wid, {}).get("alive"))
+            if not alive:
+                n = await self.queue.return_jobs_of_worker(wid, "machine_restart")
+                if n:
+                    returned[wid] = n
+        return {"stale_registration": stale, "jobs_returned": returned}
+
+    async def _register(self) -> None:
+        assert self.registry is not None
+        res = self.state.resources
+        m = self.settings.machine
+        capabilities = {"machine_type": m.type, "gpu_count": res.gpu_count if res else 0,
+                        "gpus": [{"name": g.name, "uuid": g.uuid, "memory_total_bytes": g.memory_total_bytes}
+                                 for g in (res.gpus if res else [])],
+                        "cpu_cores": res.cpu_cores if res else 0,
+                        "ram_total_bytes": res.ram_total_bytes if res else 0,
+                        "pool": m.pool, "region": m.region, "tags": m.tags}
+        await self.registry.register({
+            "machine_id": m.id, "machine_type": m.type, "hostname": res.hostname if res else "",
+            "health_url": self.state.health_url, "supervision": self.supervision, "phase": self.state.phase.value,
+            "started_at": int(self.state.started_at * 1000), "capabilities": capabilities,
+            "plan": self.state.plan.to_dict()})
+        self.state.registered = True
+
+    async def _wait_services(self) -> None:
+        """Under systemd: until every planned unit is active (or the timeout; then the machine starts degraded).
+
+        appliance.target starts the units; one ordered After= this supervisor waits for our READY=1, so it is
+        not waited for here (that would deadlock) and its `service_started` comes later from the status loop."""
+        if not self.state.managed:
+            self.state.units = await self.systemd.states(self.state.plan.units)
+            return
+        has_comfy = any(s.kind == "comfyui" for s in self.state.plan.services)
+        deadline = time.monotonic() + (self.settings.comfyui.startup_timeout_s if has_comfy else API_SERVICES_TIMEOUT_S)
+        while True:
+            await self._poll_units()
+            pending = [u for u, st in self.state.units.items()
+                       if not st.active and SUPERVISOR_UNIT not in st.after]
+            if not pending or time.monotonic() > deadline:
+                break
+            self.notifier.status(f"starting: waiting for {len(pending)} service(s): {', '.join(sorted(pending))}")
+            if await self._sleep(1.0):
+                break
+
+    async def _poll_units(self) -> None:
+        self.state.units = await self.systemd.states(self.state.plan.units)
+        for svc in self.state.plan.services:
+            st = self.state.units.get(svc.unit)
+            if st is None or not st.managed:
+                continue
+            if st.active and svc.unit not in self._started_units:
+                self._started_units.add(svc.unit)
+                self._failed_units.discard(svc.unit)
+                await self._event("service_started", service=svc.name, unit=svc.unit, main_pid=st.main_pid,
+                                  restarts=st.restarts, elapsed_ms=self._elapsed_ms())
+            elif not st.active:
+                self._started_units.discard(svc.unit)
+                if st.failed and svc.unit not in self._failed_units:
+                    self._failed_units.add(svc.unit)
+                    await self._event("service_failed", service=svc.name, unit=svc.unit, result=st.result,
+                                      restarts=st.restarts)
+
+    # --- running ----------------------------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        s = self.state
+        health = s.service_health()
+        up = sum(health.values())
+        busy = sum(1 for w in s.workers.values() if w.get("current_job_id") or w.get("jobs"))
+        down = [name for name, ok in health.items() if not ok]
+        line = f"{s.phase.value}: {up}/{len(health)} services {'active' if s.managed else 'unmanaged'}, {busy} busy"
+        if down:
+            line += f"; down: {', '.join(down)}"
+        if not s.redis_ok:
+            line += "; Redis unreachable"
+        return line + ("; draining" if s.draining else "")
+
+    def _signature(self) -> tuple[Any, ...]:
+        units = tuple(sorted((u, st.active_state, st.sub_state, st.restarts) for u, st in self.state.units.items()))
+        workers = tuple(sorted((w, str(e.get("status") or e.get("state")), str(e.get("current_job_id")),
+                                bool(e.get("alive"))) for w, e in self.state.workers.items()))
+        return units, workers, self.state.draining, self.state.phase, self.state.redis_ok
+
+    async def _refresh(self, full: bool) -> None:
+        """Read units and workers (and, when `full`, resources and queue stats); Redis errors mark Redis down."""
+        await self._poll_units()
+        if full:
+            gpus = await self.nvml.poll() if self.nvml.available else []
+            res = await asyncio.to_thread(host_resources, None)
+            if gpus is not None:
+                res.gpus = gpus
+            elif self.state.resources:
+                res.gpus = self.state.resources.gpus  # NVML hung this round: keep the last reading
+            res.nvml_available, res.nvml_error = self.nvml.available, self.nvml.error
+            res.driver_version = self.nvml.driver_version
+            self.state.resources = res
+        assert self.queue is not None and self.registry is not None
+        try:
+            ids = set(self.state.plan.worker_ids()) | set(self.state.workers)
+            self.state.workers = await read_workers(self.queue, ids, await self.queue.server_time_ms())
+            self.state.draining = await fleet.is_drained(self.queue.client, self.state.machine_id)
+            if full:
+                self.state.queue_stats = (await self.queue.stats()).model_dump(mode="json")
+                if not await self.registry.refresh(self.state.phase.value):
+                    await self._register()  # the key expired (Redis restarted or was flushed)
+            self.state.redis_ok = True
+        except (RedisError, OSError) as exc:
+            if self.state.redis_ok:
+                log.warning("Redis unreachable: %s", exc)
+            self.state.redis_ok = False
+        self.state.settle_phase()
+
+    async def publish_status(self, update_type: str = "event_driven") -> None:
+        if self.registry is None:
+            return
+        try:
+            await self.registry.publish_status(build_status(self.state, update_type))
+        except (RedisError, OSError) as exc:
+            log.warning("could not publish status: %s", exc)
+        self.notifier.status(self._status_line())
+
+    async def _status_loop(self) -> None:
+        interval = self.settings.machine.status_interval_s
+        poll = min(CHANGE_POLL_S, interval)
+        next_full = time.monotonic() + interval
+        last = self._signature()
+        while not await self._sleep(poll):
+            self._last_loop = time.monotonic()
+            full = time.monotonic() >= next_full
+            await self._refresh(full)
+            sig = self._signature()
+            if full:
+                next_full += interval * max(1, int((time.monotonic() - next_full) // interval) + 1)
+                await self.publish_status("periodic")
+            elif sig != last:
+                await self.publish_status("event_driven")
+            last = sig
+
+    async def _follow_job_events(self) -> None:
+        """Feed the job histograms from the queue's event stream, from now on (history is not replayed)."""
+        assert self.queue is not None and self.jobs is not None
+        stream, last_id = self.queue.keys.events, "$"
+        while not self.stop_event.is_set():
+            try:
+                reply = await self.queue.client.xread({stream: last_id}, block=2000, count=500)
+            except (RedisError, OSError):
+                if await self._sleep(1.0):
+                    return
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    self.jobs.observe(entry_id, fields)
+            self.jobs.worker_ids = set(self.state.plan.worker_ids()) | set(self.state.workers)
+
+    async def _redis_answers(self) -> bool:
+        assert self.queue is not None
+        return bool(await self.queue.client.ping())
+
+    async def _loop_turns(self) -> bool:
+        return time.monotonic() - self._last_loop < 3 * min(CHANGE_POLL_S, self.settings.machine.status_interval_s) + 5
+
+    async def _serve(self) -> int:
+        self.state.phase = Phase.READY
+        self.state.settle_phase()
+        res = self.state.resources
+        await self._event("startup_complete", total_startup_time_ms=self._elapsed_ms(), startup_steps=self.steps,
+                          machine_config={
+                              "gpu_count": res.gpu_count if res else 0,
+                              "gpu_memory": round(sum(g.memory_total_bytes for g in res.gpus) / 2**30, 2) if res else 0,
+                              "gpu_model": res.gpus[0].name if res and res.gpus else None,
+                              "cpu_cores": res.cpu_cores if res else 0,
+                              "ram_gb": round(res.ram_total_bytes / 2**30, 2) if res else 0,
+                              "services": [s.name for s in self.state.plan.services]},
+                          phase=self.state.phase.value)
+        await self.publish_status("machine_ready")
+        self.notifier.ready(self._status_line())
+        self._last_loop = time.monotonic()
+        pinger = WatchdogPinger(self.notifier, [self._redis_answers, self._loop_turns])
+        tasks = [asyncio.create_task(self._status_loop(), name="status"),
+                 asyncio.create_task(self._follow_job_events(), name="job-events"), pinger.start()]
+        try:
+            await self.stop_event.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+
+    async def _shutdown(self, runner: Any) -> None:
+        self.state.phase = Phase.STOPPING if self.state.phase is not Phase.FAILED else Phase.FAILED
+        self.notifier.stopping(f"stopping: {self.stop_reason}")
+        if self.registry is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.registry.publish_status(build_status(self.state, "shutdown"))
+            await self._event("shutdown", reason=self.stop_reason, uptime_ms=int(self.state.uptime_s() * 1000))
+            with contextlib.suppress(RedisError, OSError):
+                await self.registry.deregister()
+        if runner is not None:
+            await runner.cleanup()
+        if self.queue is not None:
+            with contextlib.suppress(Exception):
+                await self.queue.close()
+        self.nvml.stop()
+        self.notifier.close()
+

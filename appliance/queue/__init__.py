@@ -1,0 +1,29 @@
+"""The job queue: capability-matched, Lua-claimed, leased jobs on Redis."""
+
+from appliance.queue.client import Queue, ReapResult, parse_spec
+from appliance.queue.errors import (
+    DuplicateJob,
+    InvalidJob,
+    JobAlreadyFinished,
+    JobNotFound,
+    LeaseLost,
+    QueueError,
+)
+from appliance.queue.models import (
+    Capabilities,
+    ClaimedJob,
+    Isolation,
+    Job,
+    JobSpec,
+    JobStatus,
+    QueueStats,
+    Requirements,
+)
+from appliance.queue.options import EventsMode, QueueSettings
+from appliance.queue.session import WorkerSession
+
+__all__ = [
+    "Capabilities", "ClaimedJob", "DuplicateJob", "EventsMode", "InvalidJob", "Isolation", "Job", "JobAlreadyFinished",
+    "JobNotFound", "JobSpec", "JobStatus", "LeaseLost", "Queue", "QueueError", "QueueSettings", "QueueStats",
+    "ReapResult", "Requirements", "WorkerSession", "parse_spec",
+]

@@ -1,0 +1,485 @@
+"""The asyncio client of the job queue: submit, inspect, lease, finish.
+
+    queue = await Queue.connect("redis://127.0.0.1:6379/0")
+    job = await queue.submit(JobSpec(service="echo", payload={"hello": "world"}))
+    done = await queue.wait(job.id, timeout_s=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from appliance.queue.errors import InvalidJob, JobNotFound, QueueError, ScriptCode, raise_for_code
+from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS, QueueKeys
+from appliance.queue.models import (
+    Capabilities,
+    ClaimedJob,
+    Job,
+    JobSpec,
+    JobStatus,
+    QueueStats,
+    ShapeStats,
+    ms_to_datetime,
+)
+from appliance.queue.options import QueueSettings
+from appliance.queue.scripts import ScriptSet
+from appliance.queue.shapes import shape_of
+
+#: Jobs per round trip when submitting in bulk.
+SUBMIT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    ran: bool
+    records_dropped: int = 0
+    requeued: int = 0
+    dead: int = 0
+    cancelled: int = 0
+
+
+def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
+    """Validate a submitted job; the error names every offending field."""
+    if isinstance(data, JobSpec):
+        return data
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors())
+        raise InvalidJob(f"invalid job: {problems}") from None
+
+
+class Queue:
+    """One queue on one Redis (standalone or Cluster); safe to share between tasks."""
+
+    def __init__(self, client: Any, *, queue_name: str = "default", settings: QueueSettings | None = None,
+                 scripts: ScriptSet | None = None) -> None:
+        self.client = client
+        self.keys = QueueKeys(queue_name)
+        self.settings = settings or QueueSettings()
+        self.scripts = scripts or ScriptSet()
+
+    @classmethod
+    async def connect(cls, url: str = "redis://127.0.0.1:6379/0", *, queue_name: str = "default",
+                      settings: QueueSettings | None = None, password: str | None = None,
+                      username: str | None = None, cluster: bool = False, **redis_kwargs: Any) -> Queue:
+        """Connect, check the server answers, and install the scripts."""
+        kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
+        if password is not None:
+            kwargs["password"] = password
+        if username is not None:
+            kwargs["username"] = username
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            client: Any = RedisCluster.from_url(url, **kwargs)
+            await client.initialize()
+        else:
+            client = aioredis.Redis.from_url(url, **kwargs)
+        queue = cls(client, queue_name=queue_name, settings=settings)
+        try:
+            await client.ping()
+            await queue.scripts.load(client)
+        except BaseException:
+            await client.aclose()
+            raise
+        return queue
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    @property
+    def name(self) -> str:
+        return self.keys.name
+
+    def _common(self) -> list[Any]:
+        return ["", self.keys.name, self.settings.events.value, self.settings.events_maxlen]
+
+    async def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self.scripts.call(self.client, script, keys, self._common() + args)
+
+    # --- submitting -------------------------------------------------------------------------------------------
+
+    def _submit_call(self, spec: JobSpec) -> tuple[str, list[str], list[Any]]:
+        job_id = spec.id or uuid.uuid4().hex
+        shape, record = shape_of(spec)
+        body = spec.model_dump(mode="json", exclude={"id"})
+        body["id"] = job_id
+        body["shape"] = shape
+        k = self.keys
+        keys = [k.spec, k.meta, k.state, k.ready(shape), k.heads, k.shapes, k.counts, k.seq, k.events]
+        args = [job_id, json.dumps(body, separators=(",", ":")), shape,
+                json.dumps(record, sort_keys=True, separators=(",", ":")), spec.service, spec.priority,
+                self.settings.priority_step_ms, spec.max_retries,
+                int(spec.timeout_s * 1000) if spec.timeout_s else 0, k.wake_channel(shape), k.shapes_channel]
+        return job_id, keys, args
+
+    async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
+        """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
+        parsed = parse_spec(spec)
+        job_id, keys, args = self._submit_call(parsed)
+        raise_for_code(int(await self._call("submit", keys, args)), job_id)
+        return self._job_from_spec(parsed, job_id, keys[3].rsplit(":", 1)[1])
+
+    async def submit_many(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
+        """Validate every job first (nothing is enqueued if one is invalid), then enqueue in pipelined batches."""
+        parsed = [parse_spec(s) for s in specs]
+        calls = [self._submit_call(s) for s in parsed]
+        if not self.scripts.use_functions or hasattr(self.client, "get_primaries"):
+            for job_id, keys, args in calls:
+                raise_for_code(int(await self._call("submit", keys, args)), job_id)
+        else:
+            for start in range(0, len(calls), SUBMIT_BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                batch = calls[start:start + SUBMIT_BATCH]
+                for _, keys, args in batch:
+                    pipe.fcall(*self.scripts.fcall_args("submit", keys, self._common() + args))
+                for (job_id, _, _), code in zip(batch, await pipe.execute(), strict=True):
+                    raise_for_code(int(code), job_id)
+        return [self._job_from_spec(s, job_id, keys[3].rsplit(":", 1)[1])
+                for s, (job_id, keys, _) in zip(parsed, calls, strict=True)]
+
+    @staticmethod
+    def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
+        return Job(**spec.model_dump(exclude={"id"}), id=job_id, shape=shape, status=JobStatus.PENDING,
+                   created_at=ms_to_datetime(time.time() * 1000))
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    async def server_time_ms(self) -> int:
+        seconds, micros = await self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job's record and status, or None when unknown (or expired)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for column in (k.spec, k.meta, k.state, k.attempts, k.owner, k.progress, k.results, k.errors, k.info,
+                       k.cancels):
+            pipe.hget(column, job_id)
+        pipe.zscore(k.delayed, job_id)
+        (spec, meta, state, attempts, owner, progress, result, errors, info, cancel,
+         delayed) = await pipe.execute()
+        if spec is None or state is None:
+            return None
+        body = json.loads(spec)
+        shape, _, created_ms = meta.split("|")[:3]
+        job = Job(**{k_: v for k_, v in body.items() if k_ in Job.model_fields}, status=JobStatus(state),
+                  attempts=int(attempts or 0), created_at=ms_to_datetime(created_ms),
+                  cancel_requested=cancel is not None, next_attempt_at=ms_to_datetime(delayed))
+        if owner:
+            _, job.worker_id, claimed = owner.split("|")
+            job.claimed_at = ms_to_datetime(claimed)
+        elif info:
+            worker, claimed, finished = info.split("|")
+            job.worker_id = worker or None
+            job.claimed_at = ms_to_datetime(claimed)
+            job.finished_at = ms_to_datetime(finished)
+        if progress:
+            job.progress = json.loads(progress)
+        if result is not None:
+            job.result = json.loads(result)
+        if errors:
+            job.errors = json.loads(errors)
+            job.error = str(job.errors[-1].get("message")) if job.errors else None
+        if job.status is JobStatus.PENDING:
+            job.unworkable = not await self._shape_is_live(shape)
+        return job
+
+    async def require(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def _shape_is_live(self, shape: str) -> bool:
+        seen = await self.client.hget(self.keys.shape_live, shape)
+        if seen is None:
+            return False
+        return int(float(seen)) >= await self.server_time_ms() - self.settings.worker_ttl_ms
+
+    async def list_jobs(self, status: JobStatus | None = None, limit: int = 50) -> list[Job]:
+        """Jobs from the indexes (waiting, active, delayed, dead, finished), never a scan of all jobs."""
+        k = self.keys
+        ids: list[str] = []
+        if status in (None, JobStatus.PENDING):
+            for shape in await self.client.zrange(k.heads, 0, -1):
+                ids += await self.client.zrange(k.ready(shape), 0, limit - 1)
+            ids += await self.client.zrange(k.delayed, 0, limit - 1)
+        if status in (None, JobStatus.CLAIMED, JobStatus.RUNNING):
+            ids += await self.client.zrange(k.leases, 0, limit - 1)
+        if status is JobStatus.DEAD:
+            ids += await self.client.zrevrange(k.dead, 0, limit - 1)
+        elif status is None or status.finished:
+            ids += await self.client.zrevrange(k.done, 0, (limit * 4) - 1)
+        jobs = []
+        for job_id in dict.fromkeys(ids):
+            job = await self.get(job_id)
+            if job and (status is None or job.status is status):
+                jobs.append(job)
+            if len(jobs) >= limit:
+                break
+        return jobs
+
+    async def wait(self, job_id: str, timeout_s: float | None = None,
+                   on_progress: Callable[[Job], Awaitable[None] | None] | None = None) -> Job:
+        """Block until the job finishes (completed, failed, cancelled, dead); TimeoutError past `timeout_s`."""
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS)
+        try:
+            async with asyncio.timeout(timeout_s):
+                job = await self.require(job_id)
+                while not job.status.finished:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        try:
+                            event = json.loads(message["data"])
+                        except (TypeError, ValueError):
+                            continue
+                        if event.get("job") != job_id or event.get("queue") != self.name:
+                            continue
+                    job = await self.require(job_id)
+                    if on_progress is not None:
+                        maybe = on_progress(job)
+                        if asyncio.iscoroutine(maybe):
+                            await maybe
+                return job
+        finally:
+            await pubsub.aclose()
+
+    # --- cancelling -------------------------------------------------------------------------------------------
+
+    async def _shape_of_job(self, job_id: str) -> str:
+        meta = await self.client.hget(self.keys.meta, job_id)
+        if meta is None:
+            raise JobNotFound(job_id)
+        return str(meta.split("|", 1)[0])
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job: 'cancelled' when it was waiting, 'requested' when its worker was told to stop it."""
+        shape = await self._shape_of_job(job_id)
+        k = self.keys
+        code = raise_for_code(int(await self._call(
+            "cancel",
+            [k.state, k.meta, k.ready(shape), k.heads, k.delayed, k.owner, k.cancels, k.done, k.counts, k.events,
+             k.info],
+            [job_id, self.settings.result_ttl_s * 1000, shape, k.cancel_channel])), job_id)
+        return "cancelled" if code == ScriptCode.OK else "requested"
+
+    # --- the leased side: what a worker calls -----------------------------------------------------------------
+
+    async def claim(self, worker_id: str, shapes: list[str]) -> ClaimedJob | None:
+        """Lease the best waiting job among `shapes` (at most settings.max_shapes_per_claim of them)."""
+        if not shapes:
+            return None
+        k = self.keys
+        token = secrets.token_hex(12)
+        reply = await self._call(
+            "claim",
+            [k.heads, k.spec, k.meta, k.state, k.attempts, k.owner, k.leases, k.counts, k.events,
+             *(k.ready(s) for s in shapes)],
+            [worker_id, token, self.settings.lease_ms, *shapes])
+        if not reply:
+            return None
+        job_id, spec, attempt, deadline, shape = reply
+        body = json.loads(spec)
+        job = Job(**{k_: v for k_, v in body.items() if k_ in Job.model_fields}, status=JobStatus.CLAIMED,
+                  attempts=int(attempt), worker_id=worker_id)
+        return ClaimedJob(job=job, token=token, attempt=int(attempt), lease_deadline_ms=int(deadline))
+
+    async def heartbeat(self, worker_id: str, leases: Mapping[str, str],
+                        shapes: Sequence[str] = ()) -> dict[str, str]:
+        """Renew all of a worker's leases in one call: {job id: 'ok' | 'cancelled' | 'lost'}."""
+        k = self.keys
+        flat: list[str] = []
+        for job_id, token in leases.items():
+            flat += [job_id, token]
+        codes = await self._call(
+            "heartbeat", [k.owner, k.leases, k.cancels, k.workers_seen, k.shape_live],
+            [worker_id, self.settings.lease_ms, len(shapes), *shapes, *flat])
+        names = {ScriptCode.OK: "ok", ScriptCode.CANCEL_REQUESTED: "cancelled", ScriptCode.LEASE_LOST: "lost"}
+        return {job_id: names[ScriptCode(int(c))] for job_id, c in zip(leases, codes, strict=True)}
+
+    async def progress(self, job_id: str, token: str, percent: float, message: str | None = None,
+                       data: Mapping[str, Any] | None = None) -> bool:
+        """Record progress; returns True when the job's cancellation was requested. LeaseLost if not ours."""
+        record: dict[str, Any] = {"percent": round(max(0.0, min(100.0, float(percent))), 2)}
+        if message:
+            record["message"] = message[:500]
+        if data:
+            record["data"] = dict(data)
+        k = self.keys
+        code = raise_for_code(int(await self._call(
+            "progress", [k.owner, k.state, k.progress, k.cancels, k.events],
+            [job_id, token, json.dumps(record, separators=(",", ":")), record["percent"]])), job_id)
+        return code == ScriptCode.CANCEL_REQUESTED
+
+    async def complete(self, job_id: str, token: str, result: Any = None) -> None:
+        k = self.keys
+        raise_for_code(int(await self._call(
+            "complete", [k.owner, k.leases, k.state, k.results, k.info, k.done, k.counts, k.events, k.cancels,
+                         k.meta],
+            [job_id, token, json.dumps(result, separators=(",", ":"), default=str),
+             self.settings.result_ttl_s * 1000])), job_id)
+
+    def retry_delay_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
+        """Exponential backoff with equal jitter, never shorter than a service's Retry-After."""
+        ceiling = min(self.settings.retry_max_ms, self.settings.retry_base_ms * 2 ** max(0, attempt - 1))
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        if retry_after_s:
+            delay = max(delay, retry_after_s * 1000)
+        return int(delay)
+
+    async def fail(self, job_id: str, token: str, error: str, *, retryable: bool,
+                   details: Mapping[str, Any] | None = None, attempt: int | None = None,
+                   shape: str | None = None, cancelled: bool = False) -> JobStatus:
+        """Record a failed attempt. Returns the job's new status: pending (retry), failed, dead or cancelled."""
+        shape = shape or await self._shape_of_job(job_id)
+        if attempt is None:
+            attempt = int(await self.client.hget(self.keys.attempts, job_id) or 1)
+        details = dict(details or {})
+        record = {"message": str(error)[:2000], "kind": "cancelled" if cancelled else (
+            "retryable" if retryable else "permanent"), "attempt": attempt,
+                  "at": int(time.time() * 1000), **({"details": details} if details else {})}
+        disposition = "cancelled" if cancelled else ("retry" if retryable else "permanent")
+        delay = self.retry_delay_ms(attempt, details.get("retry_after_s")) if retryable else 0
+        k = self.keys
+        code = raise_for_code(int(await self._call(
+            "fail",
+            [k.owner, k.leases, k.state, k.attempts, k.meta, k.errors, k.delayed, k.ready(shape), k.heads, k.done,
+             k.dead, k.counts, k.events, k.info, k.cancels],
+            [job_id, token, json.dumps(record, separators=(",", ":"), default=str), disposition, delay,
+             self.settings.result_ttl_s * 1000, self.settings.dead_ttl_s * 1000, shape,
+             k.wake_channel(shape)])), job_id)
+        return {ScriptCode.RETRY_SCHEDULED: JobStatus.PENDING, ScriptCode.DEAD: JobStatus.DEAD,
+                ScriptCode.FAILED: JobStatus.FAILED, ScriptCode.CANCELLED: JobStatus.CANCELLED}[ScriptCode(code)]
+
+    async def finish_cancelled(self, job_id: str, token: str, shape: str | None = None) -> None:
+        """The worker stopped a job whose cancellation was requested: end it cancelled."""
+        await self.fail(job_id, token, "cancelled on request", retryable=False, shape=shape, cancelled=True)
+
+    async def _release(self, job_id: str, token: str, worker_id: str, counted: bool, reason: str,
+                       shape: str | None) -> int:
+        shape = shape or await self._shape_of_job(job_id)
+        k = self.keys
+        return raise_for_code(int(await self._call(
+            "release",
+            [k.owner, k.leases, k.state, k.attempts, k.meta, k.ready(shape), k.heads, k.counts, k.events, k.cancels,
+             k.done, k.dead, k.errors, k.info],
+            [job_id, token, worker_id, "1" if counted else "0", reason, shape, k.wake_channel(shape),
+             self.settings.result_ttl_s * 1000, self.settings.dead_ttl_s * 1000])), job_id)
+
+    async def release(self, job_id: str, token: str, reason: str = "drain", shape: str | None = None) -> None:
+        """Hand a leased job back at its place in line; the attempt does not count."""
+        await self._release(job_id, token, "", False, reason, shape)
+
+    async def jobs_of_worker(self, worker_id: str) -> list[str]:
+        """Ids of the jobs a worker holds leases on (a scan of the active leases, not of all jobs)."""
+        found = []
+        async for job_id, owner in self.client.hscan_iter(self.keys.owner, count=500):
+            if owner.split("|")[1] == worker_id:
+                found.append(job_id)
+        return found
+
+    async def return_jobs_of_worker(self, worker_id: str, reason: str = "worker_failed") -> int:
+        """Put every job leased by a dead worker back in line now (the attempt counts). Returns how many."""
+        returned = 0
+        for job_id in await self.jobs_of_worker(worker_id):
+            try:
+                await self._release(job_id, "", worker_id, True, reason, None)
+                returned += 1
+            except QueueError:
+                continue  # finished or re-leased meanwhile
+        return returned
+
+    # --- housekeeping -----------------------------------------------------------------------------------------
+
+    async def reap(self, force: bool = False, limit: int = 500) -> ReapResult:
+        """Requeue expired leases and due retries, drop expired records; once per interval across the fleet."""
+        k = self.keys
+        reply = await self._call(
+            "reap", [k.reaper_lock, k.leases, k.delayed, k.done, k.dead, *k.job_columns()],
+            [self.settings.reaper_interval_ms, limit, "1" if force else "0"])
+        if reply is None:
+            return ReapResult(ran=False)
+        dropped, expired, due = reply
+        by_shape: dict[str, list[str]] = {}
+        for pairs in (expired, due):
+            for i in range(0, len(pairs), 2):
+                by_shape.setdefault(pairs[i + 1], []).append(pairs[i])
+        requeued = dead = cancelled = 0
+        for shape, ids in by_shape.items():
+            r, d, c = await self._call(
+                "requeue",
+                [k.ready(shape), k.heads, k.leases, k.delayed, k.owner, k.state, k.attempts, k.meta, k.errors, k.done,
+                 k.dead, k.counts, k.events, k.info, k.cancels],
+                [shape, self.settings.result_ttl_s * 1000, self.settings.dead_ttl_s * 1000, k.wake_channel(shape),
+                 *ids])
+            requeued, dead, cancelled = requeued + int(r), dead + int(d), cancelled + int(c)
+        return ReapResult(ran=True, records_dropped=int(dropped), requeued=requeued, dead=dead, cancelled=cancelled)
+
+    async def stats(self) -> QueueStats:
+        """Depths, totals and per-shape state from counters and index sizes (no job scans)."""
+        k = self.keys
+        now = await self.server_time_ms()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(k.counts)
+        pipe.zcard(k.leases)
+        pipe.zcard(k.delayed)
+        pipe.zcard(k.dead)
+        pipe.hgetall(k.shapes)
+        pipe.hgetall(k.shape_live)
+        pipe.zcount(k.workers_seen, now - self.settings.worker_ttl_ms, "+inf")
+        counts, active, delayed, dead, shapes, live, workers = await pipe.execute()
+        shape_ids = sorted(shapes)
+        pipe = self.client.pipeline(transaction=False)
+        for shape in shape_ids:
+            pipe.zcard(k.ready(shape))
+            pipe.zrange(k.ready(shape), 0, 0)
+        sizes = await pipe.execute()
+        heads = [sizes[i + 1][0] if sizes[i + 1] else None for i in range(0, len(sizes), 2)]
+        pipe = self.client.pipeline(transaction=False)
+        for head in heads:
+            pipe.hget(k.meta, head or "")
+        head_meta = await pipe.execute()
+        rows, waiting, unworkable = [], 0, 0
+        for i, shape in enumerate(shape_ids):
+            depth = int(sizes[2 * i])
+            is_live = int(float(live.get(shape, 0))) >= now - self.settings.worker_ttl_ms
+            oldest = None
+            if head_meta[i]:
+                oldest = max(0.0, (now - int(head_meta[i].split("|")[2])) / 1000)
+            waiting += depth
+            if depth and not is_live:
+                unworkable += depth
+            rows.append(ShapeStats(shape=shape, requirements=json.loads(shapes[shape]), waiting=depth,
+                                   oldest_wait_s=oldest, live_workers=is_live))
+        return QueueStats(queue=self.name, waiting=waiting, delayed=int(delayed), active=int(active), dead=int(dead),
+                          unworkable=unworkable, totals={n: int(v) for n, v in counts.items()}, shapes=rows,
+                          workers=int(workers))
+
+    async def worker_session(self, worker_id: str, capabilities: Capabilities, *,
+                             machine_id: str | None = None) -> WorkerSession:
+        """Register a worker and subscribe to wake-ups for the shapes it can serve."""
+        from appliance.queue.session import WorkerSession
+
+        session = WorkerSession(self, worker_id, capabilities, machine_id=machine_id)
+        await session.start()
+        return session
+
+
+from appliance.queue.session import WorkerSession  # noqa: E402  (type name for annotations)
+
+__all__ = ["Queue", "ReapResult", "parse_spec", "WorkerSession"]

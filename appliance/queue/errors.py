@@ -1,0 +1,76 @@
+"""Queue errors, and the one mapping from the scripts' status codes to them."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ScriptCode(IntEnum):
+    """Status codes the Lua scripts return (see each script's `Returns:` header)."""
+
+    OK = 1
+    #: The job was flagged for cancellation while it ran (heartbeat/progress) or was cancelled at once (cancel).
+    CANCEL_REQUESTED = 2
+    #: fail: the retry was scheduled / the job went to the dead letter / it failed for good.
+    RETRY_SCHEDULED = 3
+    DEAD = 4
+    FAILED = 5
+    CANCELLED = 6
+    NOT_FOUND = -1
+    #: The caller's fencing token no longer owns the job (lease expired, reclaimed, or finished).
+    LEASE_LOST = -2
+    ALREADY_FINISHED = -3
+    DUPLICATE = -4
+    WRONG_SHAPE = -5
+
+
+class QueueError(Exception):
+    """Base class of every error the queue raises."""
+
+
+class InvalidJob(QueueError, ValueError):
+    """A job, requirement or capability failed validation; the message names the field."""
+
+
+class JobNotFound(QueueError, KeyError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id!r} not found (unknown id, or its result expired)"
+
+
+class LeaseLost(QueueError):
+    """The fencing token is stale: another worker owns the job now, or it already finished."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"lease on job {job_id!r} was lost; not writing its outcome")
+        self.job_id = job_id
+
+
+class DuplicateJob(QueueError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"a job with id {job_id!r} already exists")
+        self.job_id = job_id
+
+
+class JobAlreadyFinished(QueueError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} has already finished")
+        self.job_id = job_id
+
+
+def raise_for_code(code: int, job_id: str) -> int:
+    """Turn a negative script code into its exception; return non-negative codes unchanged."""
+    if code >= 0:
+        return code
+    if code == ScriptCode.NOT_FOUND:
+        raise JobNotFound(job_id)
+    if code == ScriptCode.LEASE_LOST:
+        raise LeaseLost(job_id)
+    if code == ScriptCode.ALREADY_FINISHED:
+        raise JobAlreadyFinished(job_id)
+    if code == ScriptCode.DUPLICATE:
+        raise DuplicateJob(job_id)
+    raise QueueError(f"queue script returned unknown code {code} for job {job_id!r}")

@@ -1,0 +1,175 @@
+"""Every Redis key and channel the queue uses, in one place.
+
+All keys of a queue share the hash tag `{<queue>}` so each script's keys live in one Cluster slot. Job data is
+kept in per-queue hashes keyed by job id (columns), so a script never has to build a key from a job id it
+learned mid-script: every key it touches arrives in KEYS.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+#: Pub/sub channels named like the original system's, shared by all queues (messages carry `queue`).
+CHANNEL_SUBMITTED = "job_submitted"
+CHANNEL_CLAIMED = "job_claimed"
+CHANNEL_PROGRESS = "update_job_progress"
+CHANNEL_COMPLETED = "complete_job"
+CHANNEL_FAILED = "job_failed"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names of one queue. `{name}` is the Cluster hash tag."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not QUEUE_NAME_RE.match(self.name):
+            raise ValueError(f"queue name {self.name!r} is invalid (letters, digits, _ . -; max 64)")
+
+    @property
+    def prefix(self) -> str:
+        return f"appliance:{{{self.name}}}:"
+
+    def key(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    # Job columns: hash field = job id.
+    @property
+    def spec(self) -> str:
+        """Immutable submitted job (JSON), returned verbatim to the claiming worker."""
+        return self.key("spec")
+
+    @property
+    def meta(self) -> str:
+        """`shape|service|created_ms|priority|max_retries|timeout_ms|score`: what scripts need, without JSON."""
+        return self.key("meta")
+
+    @property
+    def state(self) -> str:
+        return self.key("state")
+
+    @property
+    def attempts(self) -> str:
+        return self.key("attempts")
+
+    @property
+    def owner(self) -> str:
+        """While leased: `token|worker|claimed_ms`."""
+        return self.key("owner")
+
+    @property
+    def progress(self) -> str:
+        return self.key("progress")
+
+    @property
+    def results(self) -> str:
+        return self.key("results")
+
+    @property
+    def errors(self) -> str:
+        """JSON list of every failed attempt: the error history."""
+        return self.key("errors")
+
+    @property
+    def info(self) -> str:
+        """After finishing: `worker|claimed_ms|finished_ms`."""
+        return self.key("info")
+
+    @property
+    def cancels(self) -> str:
+        """Jobs whose cancellation was requested while they ran."""
+        return self.key("cancels")
+
+    # Indexes.
+    def ready(self, shape: str) -> str:
+        """Ready index of one shape: ZSET job id -> score (priority as a time offset, then FIFO)."""
+        return self.key(f"ready:{shape}")
+
+    @property
+    def heads(self) -> str:
+        """ZSET shape -> score of its best waiting job; only non-empty shapes are members."""
+        return self.key("heads")
+
+    @property
+    def shapes(self) -> str:
+        """HASH shape -> canonical requirement record (JSON)."""
+        return self.key("shapes")
+
+    @property
+    def shape_live(self) -> str:
+        """HASH shape -> last ms a live worker able to serve it heartbeated."""
+        return self.key("shape_live")
+
+    @property
+    def leases(self) -> str:
+        """ZSET job id -> lease deadline (ms)."""
+        return self.key("leases")
+
+    @property
+    def delayed(self) -> str:
+        """ZSET job id -> time its retry is due (ms)."""
+        return self.key("delayed")
+
+    @property
+    def done(self) -> str:
+        """ZSET finished job id -> time its record expires (ms)."""
+        return self.key("done")
+
+    @property
+    def dead(self) -> str:
+        """ZSET dead-lettered job id -> time it died (ms)."""
+        return self.key("dead")
+
+    @property
+    def counts(self) -> str:
+        """HASH of monotonic totals kept by the scripts (submitted, completed, failed, ...)."""
+        return self.key("counts")
+
+    @property
+    def seq(self) -> str:
+        return self.key("seq")
+
+    @property
+    def events(self) -> str:
+        """Capped lifecycle event stream."""
+        return self.key("events")
+
+    @property
+    def reaper_lock(self) -> str:
+        return self.key("reaper")
+
+    @property
+    def workers(self) -> str:
+        """HASH worker id -> registration (capabilities, machine, shapes) as JSON."""
+        return self.key("workers")
+
+    @property
+    def workers_seen(self) -> str:
+        """ZSET worker id -> last heartbeat (ms)."""
+        return self.key("workers_seen")
+
+    @property
+    def worker_status(self) -> str:
+        """HASH worker id -> live status JSON (state, current jobs, progress) for machine status and the monitor."""
+        return self.key("worker_status")
+
+    # Channels.
+    def wake_channel(self, shape: str) -> str:
+        return self.key(f"wake:{shape}")
+
+    @property
+    def shapes_channel(self) -> str:
+        return self.key("new_shape")
+
+    @property
+    def cancel_channel(self) -> str:
+        return self.key("cancel")
+
+    def job_columns(self) -> list[str]:
+        """Every per-job hash, in the order the cleanup scripts take them."""
+        return [self.spec, self.meta, self.state, self.attempts, self.owner, self.progress, self.results,
+                self.errors, self.info, self.cancels]

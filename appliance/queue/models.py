@@ -1,0 +1,207 @@
+"""The queue's records: jobs, what they require, and what workers offer.
+
+Pydantic models guard the edges (submit, registration, CLI); every validation error names its field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Job, worker and machine ids: safe in Redis keys, channel names and log lines without escaping.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+#: Service names (`comfyui`, `openai_text`, `echo`), pools, regions, tags.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+class JobStatus(StrEnum):
+    #: Waiting in its shape's ready index (or for its retry delay to pass).
+    PENDING = "pending"
+    #: Leased by a worker that has not reported progress yet.
+    CLAIMED = "claimed"
+    #: Leased and reporting progress.
+    RUNNING = "running"
+    COMPLETED = "completed"
+    #: Failed permanently (a non-retryable error).
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: Retryable failures exhausted max_retries: kept in the dead letter with the error history.
+    DEAD = "dead"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD)
+
+
+class Isolation(StrEnum):
+    #: Any worker serving the service may run the job.
+    NONE = "none"
+    #: Only workers that isolate customers (loose or strict) and do not deny this customer.
+    LOOSE = "loose"
+    #: Only strict workers that list this customer as allowed.
+    STRICT = "strict"
+
+
+def _check_names(values: list[str], field: str) -> list[str]:
+    for value in values:
+        if not _NAME_RE.match(value):
+            raise ValueError(f"{field}: {value!r} is not a valid name (letters, digits, _ . : / -; max 64)")
+    return sorted(set(values))
+
+
+class Requirements(BaseModel):
+    """What a job needs from the worker that runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu_memory_gb: float | None = Field(None, ge=0, le=4096, description="Minimum GPU memory (GB).")
+    ram_gb: float | None = Field(None, ge=0, le=65536, description="Minimum system RAM (GB).")
+    cpu_cores: int | None = Field(None, ge=0, le=4096, description="Minimum CPU cores.")
+    models: list[str] = Field(default_factory=list, description="Models the worker must have loaded/available.")
+    isolation: Isolation = Field(Isolation.NONE, description="Customer isolation the job demands.")
+    pool: str | None = Field(None, pattern=NAME_PATTERN, description="Run only on workers of this pool.")
+    region: str | None = Field(None, pattern=NAME_PATTERN, description="Run only on workers in this region.")
+    tags: list[str] = Field(default_factory=list, description="Tags the worker must all have.")
+    not_tags: list[str] = Field(default_factory=list, description="Tags the worker must not have.")
+    workflow: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Route to workers pinned to this workflow (or unpinned ones).")
+
+    @field_validator("tags", "not_tags")
+    @classmethod
+    def _tags(cls, value: list[str], info: Any) -> list[str]:
+        return _check_names(value, info.field_name)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        for model in value:
+            if not model or len(model) > 256 or any(c in model for c in "\n\r\0"):
+                raise ValueError(f"models: {model!r} is not a valid model name")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _no_contradiction(self) -> Requirements:
+        both = set(self.tags) & set(self.not_tags)
+        if both:
+            raise ValueError(f"tags and not_tags both name {sorted(both)}")
+        return self
+
+
+class Capabilities(BaseModel):
+    """What a worker offers; the matching counterpart of `Requirements`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    services: list[str] = Field(min_length=1, description="Job services (service_required values) it runs.")
+    gpu_memory_gb: float = Field(0, ge=0)
+    ram_gb: float = Field(0, ge=0)
+    cpu_cores: int = Field(0, ge=0)
+    models: dict[str, list[str]] | Literal["all"] = Field(
+        default_factory=dict, description="Available models per service, or 'all'.")
+    customer_isolation: Isolation = Isolation.NONE
+    allowed_customers: list[str] = Field(default_factory=list)
+    denied_customers: list[str] = Field(default_factory=list)
+    pool: str | None = Field(None, pattern=NAME_PATTERN)
+    region: str | None = Field(None, pattern=NAME_PATTERN)
+    tags: list[str] = Field(default_factory=list)
+    workflow_id: str | None = Field(None, pattern=NAME_PATTERN, description="Pin: only jobs routed to this workflow.")
+
+    @field_validator("services", "tags")
+    @classmethod
+    def _names(cls, value: list[str], info: Any) -> list[str]:
+        return _check_names(value, info.field_name)
+
+
+class JobSpec(BaseModel):
+    """A job as a client submits it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, pattern=ID_PATTERN, description="Caller-chosen id (idempotent submit); generated if absent.")
+    service: str = Field(pattern=NAME_PATTERN, description="The service that runs the job (comfyui, openai_text, echo, ...).")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; see QueueSettings.priority_step_ms.")
+    requirements: Requirements = Field(default_factory=Requirements)
+    customer_id: str | None = Field(None, pattern=ID_PATTERN)
+    workflow_id: str | None = Field(None, pattern=ID_PATTERN)
+    pool: str | None = Field(None, pattern=NAME_PATTERN, description="Shorthand for requirements.pool.")
+    max_retries: int = Field(3, ge=0, le=100)
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Per-attempt run time limit (s).")
+
+    @model_validator(mode="after")
+    def _customer_for_isolation(self) -> JobSpec:
+        if self.requirements.isolation is not Isolation.NONE and not self.customer_id:
+            raise ValueError(f"requirements.isolation={self.requirements.isolation.value} needs a customer_id")
+        if self.pool and self.requirements.pool and self.pool != self.requirements.pool:
+            raise ValueError(f"pool {self.pool!r} contradicts requirements.pool {self.requirements.pool!r}")
+        return self
+
+
+def ms_to_datetime(ms: int | float | str | None) -> datetime | None:
+    if ms in (None, "", 0, "0"):
+        return None
+    return datetime.fromtimestamp(int(float(ms)) / 1000, tz=UTC)
+
+
+class Job(BaseModel):
+    """A job as the queue knows it."""
+
+    id: str
+    service: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 0
+    requirements: Requirements = Field(default_factory=Requirements)
+    customer_id: str | None = None
+    workflow_id: str | None = None
+    pool: str | None = None
+    max_retries: int = 3
+    timeout_s: float | None = None
+    shape: str = ""
+    status: JobStatus = JobStatus.PENDING
+    attempts: int = 0
+    worker_id: str | None = None
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error: str | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: datetime | None = None
+    claimed_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    cancel_requested: bool = False
+    #: No live worker can satisfy this job's shape (it would wait forever).
+    unworkable: bool = False
+
+
+class ClaimedJob(BaseModel):
+    """A job leased to a worker: the token fences every later write."""
+
+    job: Job
+    token: str
+    attempt: int
+    lease_deadline_ms: int
+
+
+class ShapeStats(BaseModel):
+    shape: str
+    requirements: dict[str, Any]
+    waiting: int
+    oldest_wait_s: float | None
+    live_workers: bool
+
+
+class QueueStats(BaseModel):
+    queue: str
+    waiting: int
+    delayed: int
+    active: int
+    dead: int
+    unworkable: int
+    totals: dict[str, int]
+    shapes: list[ShapeStats]
+    workers: int

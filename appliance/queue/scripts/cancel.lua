@@ -1,0 +1,65 @@
+--[[
+  Cancel a job: a waiting (or retry-delayed) one is cancelled at once; a leased one is flagged and its worker
+  told on the cancel channel (and by its next heartbeat), so the connector can interrupt the work.
+
+  Input:
+    KEYS[1]  state    HASH id -> status
+    KEYS[2]  meta     HASH id -> shape|...
+    KEYS[3]  ready    ZSET of the job's shape
+    KEYS[4]  heads    ZSET shape -> best waiting score
+    KEYS[5]  delayed  ZSET id -> retry due
+    KEYS[6]  owner    HASH id -> token|worker|claimed_ms
+    KEYS[7]  cancels  HASH id -> cancel request time
+    KEYS[8]  done     ZSET id -> record expiry
+    KEYS[9]  counts   HASH of totals
+    KEYS[10] events   STREAM
+    KEYS[11] info     HASH id -> worker|claimed_ms|finished_ms
+
+    ARGV[1]  unused        ARGV[2]  queue name
+    ARGV[3]  events mode    ARGV[4]  events maxlen
+    ARGV[5]  job id         ARGV[6]  result TTL, ms
+    ARGV[7]  shape id (must be the job's)
+    ARGV[8]  cancel channel
+
+  Returns:
+     1  cancelled now
+     2  cancellation requested from the worker running it
+    -1  no such job       -3  already finished       -5  wrong shape given
+
+  Emits: cancelled | cancel_requested (channel job_failed)
+]]
+local rcall = redis.call
+-- @include now
+-- @include emit
+-- @include heads
+
+local state_key, meta_key, ready_key, heads_key, delayed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local owner_key, cancels_key, done_key, counts_key, events_key, info_key =
+  KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local now, queue, mode, maxlen, id = server_now(), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local status = rcall('HGET', state_key, id)
+if not status then return -1 end
+if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'dead' then return -3 end
+local shape = string.match(rcall('HGET', meta_key, id), '^([^|]*)|')
+if shape ~= ARGV[7] then return -5 end
+
+if status == 'pending' then
+  if rcall('ZREM', ready_key, id) == 1 then
+    refresh_head(ready_key, heads_key, shape)
+  else
+    rcall('ZREM', delayed_key, id)
+  end
+  rcall('HSET', state_key, id, 'cancelled')
+  rcall('HSET', info_key, id, '|0|' .. now)
+  rcall('ZADD', done_key, now + tonumber(ARGV[6]), id)
+  rcall('HINCRBY', counts_key, 'cancelled', 1)
+  emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', {'job', id})
+  return 1
+end
+
+rcall('HSET', cancels_key, id, now)
+local worker = string.match(rcall('HGET', owner_key, id) or '', '^[^|]*|([^|]*)|') or ''
+rcall('PUBLISH', ARGV[8], id .. '|' .. worker)
+emit(events_key, mode, maxlen, 'job_failed', queue, 'cancel_requested', {'job', id, 'worker', worker})
+return 2

@@ -1,0 +1,101 @@
+--[[
+  Record a failed attempt (token-checked) and decide what happens next:
+  a retryable failure goes back (now, or after its backoff delay) while attempts remain, else to the dead letter;
+  a permanent failure fails at once; a cancelled one (or one whose cancellation was requested) ends cancelled.
+
+  Input:
+    KEYS[1]  owner     HASH id -> token|worker|claimed_ms
+    KEYS[2]  leases    ZSET id -> deadline
+    KEYS[3]  state     HASH id -> status
+    KEYS[4]  attempts  HASH id -> attempts so far
+    KEYS[5]  meta      HASH id -> shape|service|created_ms|priority|max_retries|timeout_ms|score
+    KEYS[6]  errors    HASH id -> error history (JSON array)
+    KEYS[7]  delayed   ZSET id -> retry due, ms
+    KEYS[8]  ready     ZSET of the job's shape
+    KEYS[9]  heads     ZSET shape -> best waiting score
+    KEYS[10] done      ZSET id -> record expiry, ms
+    KEYS[11] dead      ZSET id -> time of death, ms
+    KEYS[12] counts    HASH of totals
+    KEYS[13] events    STREAM
+    KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
+    KEYS[15] cancels   HASH id -> cancel request time
+
+    ARGV[1]  unused            ARGV[2]  queue name
+    ARGV[3]  events mode        ARGV[4]  events maxlen
+    ARGV[5]  job id             ARGV[6]  fencing token
+    ARGV[7]  error record JSON (object)
+    ARGV[8]  disposition: retry | permanent | cancelled
+    ARGV[9]  retry delay, ms (0 = back in line now)
+    ARGV[10] result TTL, ms     ARGV[11] dead-letter TTL, ms
+    ARGV[12] shape id (must be the job's)
+    ARGV[13] wake channel of the shape
+
+  Returns:
+     3  retry scheduled       4  dead-lettered (retries exhausted)
+     5  failed permanently    6  cancelled
+    -2  lease lost           -5  wrong shape given
+
+  Emits: retrying | dead | failed | cancelled (channel job_failed)
+]]
+local rcall = redis.call
+-- @include now
+-- @include emit
+-- @include owner
+-- @include meta
+-- @include history
+
+local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local errors_key, delayed_key, ready_key, heads_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
+local id, token, disposition, delay = ARGV[5], ARGV[6], ARGV[8], tonumber(ARGV[9])
+
+local worker, claimed = lease_of(owner_key, id, token, '')
+if not worker then return -2 end
+local meta = parse_meta(rcall('HGET', meta_key, id))
+if meta.shape ~= ARGV[12] then return -5 end
+
+rcall('HDEL', owner_key, id)
+rcall('ZREM', leases_key, id)
+append_error(errors_key, id, ARGV[7])
+if rcall('HDEL', cancels_key, id) == 1 then disposition = 'cancelled' end
+local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
+local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt}
+local message = ',"error":' .. ARGV[7]
+
+if disposition == 'retry' and attempt <= meta.max_retries then
+  rcall('HSET', state_key, id, 'pending')
+  if delay > 0 then
+    rcall('ZADD', delayed_key, now + delay, id)
+  else
+    rcall('ZADD', ready_key, meta.score, id)
+    rcall('ZADD', heads_key, 'LT', meta.score, meta.shape)
+    rcall('PUBLISH', ARGV[13], id)
+  end
+  rcall('HINCRBY', counts_key, 'retried', 1)
+  fields[#fields + 1] = 'retry_in_ms'
+  fields[#fields + 1] = delay
+  emit(events_key, mode, maxlen, 'job_failed', queue, 'retrying', fields, message)
+  return 3
+end
+
+rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
+if disposition == 'retry' then
+  rcall('HSET', state_key, id, 'dead')
+  rcall('ZADD', dead_key, now, id)
+  rcall('ZADD', done_key, now + tonumber(ARGV[11]), id)
+  rcall('HINCRBY', counts_key, 'dead', 1)
+  emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields, message)
+  return 4
+elseif disposition == 'cancelled' then
+  rcall('HSET', state_key, id, 'cancelled')
+  rcall('ZADD', done_key, now + tonumber(ARGV[10]), id)
+  rcall('HINCRBY', counts_key, 'cancelled', 1)
+  emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields, message)
+  return 6
+end
+rcall('HSET', state_key, id, 'failed')
+rcall('ZADD', done_key, now + tonumber(ARGV[10]), id)
+rcall('HINCRBY', counts_key, 'failed', 1)
+emit(events_key, mode, maxlen, 'job_failed', queue, 'failed', fields, message)
+return 5

@@ -1,0 +1,52 @@
+--[[
+  Renew every lease a worker holds in one call, mark the worker (and the shapes it serves) alive.
+
+  A lease whose deadline passed but which nobody took over yet is still renewed: the token proves nobody did.
+
+  Input:
+    KEYS[1]  owner         HASH id -> token|worker|claimed_ms
+    KEYS[2]  leases        ZSET id -> deadline, ms
+    KEYS[3]  cancels       HASH id -> cancel request time
+    KEYS[4]  workers_seen  ZSET worker -> last heartbeat, ms
+    KEYS[5]  shape_live    HASH shape -> last time a matching worker was alive, ms
+
+    ARGV[1]  unused         ARGV[2]  queue name (unused; uniform prefix)
+    ARGV[3]  events mode     ARGV[4]  events maxlen
+    ARGV[5]  worker id       ARGV[6]  lease, ms
+    ARGV[7]  K = number of shapes that follow
+    ARGV[8..7+K]  shape ids the worker serves
+    ARGV[8+K..]   job id, token, job id, token, ...
+
+  Returns: one code per job, in order:
+     1  renewed
+     2  renewed, and cancellation was requested: stop the work
+    -2  lease lost: another worker owns the job or it finished; do not write its outcome
+]]
+local rcall = redis.call
+-- @include now
+-- @include owner
+
+local owner_key, leases_key, cancels_key, seen_key, live_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now, worker, lease_ms, nshapes = server_now(), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+
+rcall('ZADD', seen_key, now, worker)
+if nshapes > 0 then
+  local pairs_ = {}
+  for i = 8, 7 + nshapes do
+    pairs_[#pairs_ + 1] = ARGV[i]
+    pairs_[#pairs_ + 1] = now
+  end
+  rcall('HSET', live_key, unpack(pairs_))
+end
+
+local out = {}
+for i = 8 + nshapes, #ARGV - 1, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  if lease_of(owner_key, id, token, worker) then
+    rcall('ZADD', leases_key, now + lease_ms, id)
+    if rcall('HEXISTS', cancels_key, id) == 1 then out[#out + 1] = 2 else out[#out + 1] = 1 end
+  else
+    out[#out + 1] = -2
+  end
+end
+return out

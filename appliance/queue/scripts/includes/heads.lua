@@ -1,0 +1,12 @@
+--[[
+  Function to set a shape's entry in the heads index to its ready index's current best score
+  (or drop it when the shape has no waiting job).
+]]
+local function refresh_head(ready_key, heads_key, shape)
+  local head = rcall('ZRANGE', ready_key, 0, 0, 'WITHSCORES')
+  if head[1] then
+    rcall('ZADD', heads_key, head[2], shape)
+  else
+    rcall('ZREM', heads_key, shape)
+  end
+end

@@ -1,0 +1,15 @@
+--[[
+  Function to read a lease: owner column value token|worker|claimed_ms.
+  Returns worker, claimed_ms when `token` owns it (or, with token '', when `worker` does), else nil.
+]]
+local function lease_of(owner_key, id, token, worker)
+  local own = rcall('HGET', owner_key, id)
+  if not own then return nil end
+  local t, w, claimed = string.match(own, '^([^|]*)|([^|]*)|([^|]*)$')
+  if token ~= '' then
+    if t ~= token then return nil end
+  elseif w ~= worker then
+    return nil
+  end
+  return w, tonumber(claimed)
+end

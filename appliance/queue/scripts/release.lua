@@ -1,0 +1,96 @@
+--[[
+  Hand a leased job back to its ready index at its original place in line.
+
+  Two callers: a draining worker (by token; the attempt does not count), and the supervisor or OnFailure
+  handler returning the jobs of a dead worker (by worker id; the attempt counts, so a job that keeps crashing
+  its worker ends in the dead letter instead of looping). A job whose cancellation was requested ends cancelled.
+
+  Input:
+    KEYS[1]  owner     HASH id -> token|worker|claimed_ms
+    KEYS[2]  leases    ZSET id -> deadline
+    KEYS[3]  state     HASH id -> status
+    KEYS[4]  attempts  HASH id -> attempts so far
+    KEYS[5]  meta      HASH id -> shape|service|created_ms|priority|max_retries|timeout_ms|score
+    KEYS[6]  ready     ZSET of the job's shape
+    KEYS[7]  heads     ZSET shape -> best waiting score
+    KEYS[8]  counts    HASH of totals
+    KEYS[9]  events    STREAM
+    KEYS[10] cancels   HASH id -> cancel request time
+    KEYS[11] done      ZSET id -> record expiry, ms
+    KEYS[12] dead      ZSET id -> time of death, ms
+    KEYS[13] errors    HASH id -> error history
+    KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
+
+    ARGV[1]  unused          ARGV[2]  queue name
+    ARGV[3]  events mode      ARGV[4]  events maxlen
+    ARGV[5]  job id
+    ARGV[6]  fencing token, or '' to match by worker id
+    ARGV[7]  worker id (used when ARGV[6] is '')
+    ARGV[8]  1 = the attempt counts (worker died), 0 = it does not (graceful hand-back)
+    ARGV[9]  reason (an id-safe word, e.g. drain, worker_failed)
+    ARGV[10] shape id (must be the job's)
+    ARGV[11] wake channel of the shape
+    ARGV[12] result TTL, ms   ARGV[13] dead-letter TTL, ms
+
+  Returns:
+     1  back in line       4  dead-lettered (the counted attempt was the last)
+     6  cancelled (its cancellation had been requested)
+    -2  lease lost / not owned by that worker      -5  wrong shape given
+
+  Emits: released | dead | cancelled (channel job_failed)
+]]
+local rcall = redis.call
+-- @include now
+-- @include emit
+-- @include owner
+-- @include meta
+-- @include history
+
+local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ready_key, heads_key, counts_key, events_key, cancels_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local done_key, dead_key, errors_key, info_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
+local id, counted, reason = ARGV[5], ARGV[8] == '1', ARGV[9]
+
+local worker, claimed = lease_of(owner_key, id, ARGV[6], ARGV[7])
+if not worker then return -2 end
+local meta = parse_meta(rcall('HGET', meta_key, id))
+if meta.shape ~= ARGV[10] then return -5 end
+
+rcall('HDEL', owner_key, id)
+rcall('ZREM', leases_key, id)
+local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
+local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt, 'reason', reason}
+
+if rcall('HDEL', cancels_key, id) == 1 then
+  rcall('HSET', state_key, id, 'cancelled')
+  rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
+  rcall('ZADD', done_key, now + tonumber(ARGV[12]), id)
+  rcall('HINCRBY', counts_key, 'cancelled', 1)
+  emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields)
+  return 6
+end
+
+if counted then
+  append_error(errors_key, id, '{"message":"worker ' .. worker .. ' stopped (' .. reason .. ')","kind":"'
+    .. reason .. '","worker":"' .. worker .. '","attempt":' .. attempt .. ',"at":' .. now .. '}')
+  if attempt > meta.max_retries then
+    rcall('HSET', state_key, id, 'dead')
+    rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
+    rcall('ZADD', dead_key, now, id)
+    rcall('ZADD', done_key, now + tonumber(ARGV[13]), id)
+    rcall('HINCRBY', counts_key, 'dead', 1)
+    emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
+    return 4
+  end
+else
+  rcall('HINCRBY', attempts_key, id, -1)
+end
+
+rcall('HSET', state_key, id, 'pending')
+rcall('ZADD', ready_key, meta.score, id)
+rcall('ZADD', heads_key, 'LT', meta.score, meta.shape)
+rcall('HINCRBY', counts_key, 'released', 1)
+rcall('PUBLISH', ARGV[11], id)
+emit(events_key, mode, maxlen, 'job_failed', queue, 'released', fields)
+return 1

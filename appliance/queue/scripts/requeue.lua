@@ -1,0 +1,100 @@
+--[[
+  Move jobs of one shape back into its ready index: leases that expired (their worker stopped heartbeating;
+  the attempt counts, the job is dead-lettered when none remain) and retries whose delay is over.
+  Each id is re-checked here, atomically: a lease renewed since reap.lua listed it stays with its worker.
+
+  Input:
+    KEYS[1]  ready     ZSET of the shape
+    KEYS[2]  heads     ZSET shape -> best waiting score
+    KEYS[3]  leases    ZSET id -> deadline
+    KEYS[4]  delayed   ZSET id -> retry due
+    KEYS[5]  owner     HASH id -> token|worker|claimed_ms
+    KEYS[6]  state     HASH id -> status
+    KEYS[7]  attempts  HASH id -> attempts so far
+    KEYS[8]  meta      HASH id -> shape|service|created_ms|priority|max_retries|timeout_ms|score
+    KEYS[9]  errors    HASH id -> error history
+    KEYS[10] done      ZSET id -> record expiry
+    KEYS[11] dead      ZSET id -> time of death
+    KEYS[12] counts    HASH of totals
+    KEYS[13] events    STREAM
+    KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
+    KEYS[15] cancels   HASH id -> cancel request time
+
+    ARGV[1]  unused        ARGV[2]  queue name
+    ARGV[3]  events mode    ARGV[4]  events maxlen
+    ARGV[5]  shape id       ARGV[6]  result TTL, ms
+    ARGV[7]  dead-letter TTL, ms
+    ARGV[8]  wake channel of the shape
+    ARGV[9..] job ids
+
+  Returns: {requeued, dead-lettered, cancelled}
+
+  Emits: lease_expired | dead | cancelled (channel job_failed)
+]]
+local rcall = redis.call
+-- @include now
+-- @include emit
+-- @include meta
+-- @include history
+
+local ready_key, heads_key, leases_key, delayed_key, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state_key, attempts_key, meta_key, errors_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local now, queue, mode, maxlen, shape = server_now(), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local requeued, died, cancelled = 0, 0, 0
+local function back_in_line(id, meta)
+  rcall('HSET', state_key, id, 'pending')
+  rcall('ZADD', ready_key, meta.score, id)
+  rcall('ZADD', heads_key, 'LT', meta.score, shape)
+  requeued = requeued + 1
+end
+
+for i = 9, #ARGV do
+  local id = ARGV[i]
+  local raw = rcall('HGET', meta_key, id)
+  local meta = raw and parse_meta(raw)
+  if meta and meta.shape == shape then
+    local deadline = rcall('ZSCORE', leases_key, id)
+    if deadline and tonumber(deadline) <= now then
+      local own = rcall('HGET', owner_key, id) or ''
+      local worker, claimed = string.match(own, '^[^|]*|([^|]*)|([^|]*)$')
+      worker, claimed = worker or '', claimed or '0'
+      rcall('HDEL', owner_key, id)
+      rcall('ZREM', leases_key, id)
+      local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
+      append_error(errors_key, id, '{"message":"lease expired: worker ' .. worker
+        .. ' stopped renewing it","kind":"lease_expired","worker":"' .. worker .. '","attempt":' .. attempt
+        .. ',"at":' .. now .. '}')
+      local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt}
+      if rcall('HDEL', cancels_key, id) == 1 then
+        rcall('HSET', state_key, id, 'cancelled')
+        rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
+        rcall('ZADD', done_key, now + tonumber(ARGV[6]), id)
+        rcall('HINCRBY', counts_key, 'cancelled', 1)
+        cancelled = cancelled + 1
+        emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields)
+      elseif attempt > meta.max_retries then
+        rcall('HSET', state_key, id, 'dead')
+        rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
+        rcall('ZADD', dead_key, now, id)
+        rcall('ZADD', done_key, now + tonumber(ARGV[7]), id)
+        rcall('HINCRBY', counts_key, 'dead', 1)
+        died = died + 1
+        emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
+      else
+        back_in_line(id, meta)
+        rcall('HINCRBY', counts_key, 'lease_expired', 1)
+        emit(events_key, mode, maxlen, 'job_failed', queue, 'lease_expired', fields)
+      end
+    else
+      local due = rcall('ZSCORE', delayed_key, id)
+      if due and tonumber(due) <= now then
+        rcall('ZREM', delayed_key, id)
+        back_in_line(id, meta)
+      end
+    end
+  end
+end
+if requeued > 0 then rcall('PUBLISH', ARGV[8], shape) end
+return {requeued, died, cancelled}

@@ -1,0 +1,62 @@
+--[[
+  Submit a job: store it, index it in its shape's ready set, register a new shape, wake matching workers.
+
+  Input:
+    KEYS[1]  spec      HASH id -> submitted job (JSON)
+    KEYS[2]  meta      HASH id -> shape|service|created_ms|priority|max_retries|timeout_ms|score
+    KEYS[3]  state     HASH id -> status
+    KEYS[4]  ready     ZSET of this job's shape: id -> score
+    KEYS[5]  heads     ZSET shape -> best waiting score
+    KEYS[6]  shapes    HASH shape -> canonical requirements (JSON)
+    KEYS[7]  counts    HASH of totals
+    KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
+    KEYS[9]  events    STREAM
+
+    ARGV[1]  unused              ARGV[2]  queue name
+    ARGV[3]  events mode          ARGV[4]  events maxlen
+    ARGV[5]  job id               ARGV[6]  job JSON
+    ARGV[7]  shape id             ARGV[8]  shape JSON
+    ARGV[9]  service              ARGV[10] priority
+    ARGV[11] priority step, ms    ARGV[12] max retries
+    ARGV[13] timeout, ms (0 = none)
+    ARGV[14] wake channel of the shape
+    ARGV[15] new-shape channel
+
+  Returns:
+     1  submitted
+    -4  duplicate: a job with this id exists
+
+  Emits: submitted (channel job_submitted)
+]]
+local rcall = redis.call
+-- @include now
+-- @include emit
+
+local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
+local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
+
+if rcall('HEXISTS', state_key, id) == 1 then
+  return -4
+end
+
+-- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,
+-- and no job waits more than (priority difference x step) behind later arrivals.
+local seq = rcall('INCR', seq_key)
+local score = string.format('%.0f', (now - priority * tonumber(ARGV[11])) * 1000 + (seq % 1000))
+
+rcall('HSET', spec_key, id, ARGV[6])
+rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
+  .. '|' .. ARGV[13] .. '|' .. score)
+rcall('HSET', state_key, id, 'pending')
+rcall('ZADD', ready_key, score, id)
+rcall('ZADD', heads_key, 'LT', score, shape)
+if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
+  rcall('PUBLISH', ARGV[15], shape)
+end
+rcall('HINCRBY', counts_key, 'submitted', 1)
+rcall('PUBLISH', ARGV[14], id)
+emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted',
+  {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]})
+return 1

@@ -1,0 +1,141 @@
+"""The one interface every connector implements; the worker runtime talks only to this.
+
+Connectors know nothing of Redis: the runtime claims a job, turns it into a `ConnectorJob`,
+calls `process()`, and maps the result or the raised `ConnectorError` onto the queue.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class ConnectorJob:
+    """What a connector gets to work on (a view of the queue's Job)."""
+
+    id: str
+    service: str
+    payload: dict[str, Any]
+    attempt: int
+    timeout_s: float | None
+    customer_id: str | None = None
+
+
+#: Called with (percent 0..100, optional message) whenever a connector learns of progress.
+ProgressCallback = Callable[[float, str | None], Awaitable[None]]
+
+
+@dataclass
+class OutputFile:
+    """One stored output (image, video, audio, ...); `url` or `path` says where it lives."""
+
+    name: str
+    url: str | None
+    path: str | None
+    content_type: str
+    size: int
+    node: str | None = None
+    #: The output list it came from: images, gifs, videos, audio, text, files, ...
+    kind: str = "files"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ConnectorResult:
+    """What a finished job hands back; `data` must be JSON-serialisable and small (no base64 blobs)."""
+
+    data: dict[str, Any]
+    outputs: list[OutputFile] = field(default_factory=list)
+    service_job_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job result as stored in the queue."""
+        result: dict[str, Any] = dict(self.data)
+        result["outputs"] = [o.to_dict() for o in self.outputs]
+        if self.service_job_id is not None:
+            result["service_job_id"] = self.service_job_id
+        return result
+
+
+class ConnectorError(Exception):
+    """A job failed; `retryable` tells the queue whether another attempt may succeed."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, code: str = "error", details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details: dict[str, Any] = details or {}
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds the service asked us to wait before retrying, when it said so."""
+        value = self.details.get("retry_after_s")
+        return float(value) if value is not None else None
+
+
+class RetryableError(ConnectorError):
+    """Transient: connection refused, 5xx, 429, timeouts, service restarted mid-job."""
+
+    retryable = True
+
+
+class PermanentError(ConnectorError):
+    """Retrying cannot help: invalid input, unknown model, auth failure, the job itself failed."""
+
+    retryable = False
+
+
+class JobCancelled(PermanentError):
+    """`process()` stopped because `cancel(job_id)` was called; the runtime finishes the job as cancelled."""
+
+    def __init__(self, message: str = "job cancelled", *, code: str = "cancelled",
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, code=code, details=details)
+
+
+@dataclass
+class ConnectorCapabilities:
+    """What this connector can serve; merged by the runtime into the worker's queue Capabilities."""
+
+    services: list[str]
+    models: dict[str, list[str]] = field(default_factory=dict)
+    gpu_memory_gb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Connector(ABC):
+    """Base of all connectors; one instance per worker process, possibly running several jobs at once."""
+
+    name: ClassVar[str]
+    max_concurrency: int = 1
+
+    async def start(self) -> None:
+        """Open sessions/clients; called once before the first job."""
+        return None
+
+    async def close(self) -> None:
+        """Release sessions/clients; called once at shutdown."""
+        return None
+
+    @abstractmethod
+    async def capabilities(self) -> ConnectorCapabilities:
+        """Services, models and resources this connector offers right now."""
+
+    @abstractmethod
+    async def health(self) -> bool:
+        """True when the backing service answers."""
+
+    @abstractmethod
+    async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
+        """Run one job to completion; raise RetryableError/PermanentError on failure."""
+
+    @abstractmethod
+    async def cancel(self, job_id: str) -> None:
+        """Interrupt work for that job (idempotent; a no-op for unknown jobs)."""

@@ -1,0 +1,141 @@
+"""Running one leased job through the connector: timeout, interruption, progress, and its outcome.
+
+    runner = JobRunner(connector, queue, leases, link, writer, default_timeout_s=600)
+    await runner.run(claimed)          # returns once the outcome is written (or known unwritable)
+
+A job is interrupted for one of the reasons in `StopReason` (cancel requested, timeout, lease lost, hand-back):
+`connector.cancel(job_id)` asks the service to stop, the connector call gets `interrupt_grace_s` to wind down,
+then its task is cancelled. The outcome follows from what the call returned or raised and why it was stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import partial
+from typing import Any
+
+from appliance.queue import ClaimedJob, Queue
+from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult
+from appliance.worker.leases import Lease, LeaseTable, OutcomeWriter
+from appliance.worker.outcome import OutcomeKind, StopReason, decide
+from appliance.worker.progress import ProgressForwarder
+from appliance.worker.redislink import RedisLink
+
+log = logging.getLogger(__name__)
+
+#: How long the connector's cancel() call itself may take (s).
+CANCEL_CALL_TIMEOUT_S = 10.0
+#: How long an interrupted connector call may take to wind down before its task is cancelled (s).
+INTERRUPT_GRACE_S = 10.0
+#: Failure codes after which the service's health is checked at once (it may be down).
+SERVICE_TROUBLE_CODES = frozenset({"unreachable", "service_error", "connection", "bad_response"})
+
+
+class JobRunner:
+    """Runs leased jobs on one connector; one `run()` per job, several at once where the connector allows."""
+
+    def __init__(self, connector: Connector, queue: Queue, leases: LeaseTable, link: RedisLink,
+                 writer: OutcomeWriter, *, default_timeout_s: float,
+                 on_service_trouble: Any = lambda: None) -> None:
+        self.connector = connector
+        self.queue = queue
+        self.leases = leases
+        self.link = link
+        self.writer = writer
+        self.default_timeout_s = default_timeout_s
+        self.interrupt_grace_s = INTERRUPT_GRACE_S
+        self._on_service_trouble = on_service_trouble
+        self.completed = 0
+        self.failed = 0
+
+    def stop(self, lease: Lease, reason: StopReason) -> None:
+        """Ask the job's run to end for `reason`; the run interrupts the connector."""
+        if lease.request_stop(reason):
+            log.info("job %s: stopping (%s)", lease.job_id, reason.value)
+
+    def lease_for(self, claimed: ClaimedJob) -> Lease:
+        """Enter a freshly claimed job in the lease table (at once, so capacity counts it before it runs)."""
+        job = claimed.job
+        lease = Lease(claimed, timeout_s=float(job.timeout_s or self.default_timeout_s))
+        lease.progress = ProgressForwarder(
+            partial(self._write_progress, job.id, claimed.token), self.link,
+            on_cancel=lambda: self.stop(lease, StopReason.CANCEL), on_lost=lambda: self.stop(lease, StopReason.LOST))
+        self.leases.add(lease)
+        return lease
+
+    async def run(self, lease: Lease) -> None:
+        """Run the job to its outcome and write it; the lease leaves the table when done."""
+        job, claimed = lease.claimed.job, lease.claimed
+        assert lease.progress is not None
+        log.info("job %s: claimed (service %s, attempt %d, timeout %gs)", job.id, job.service, claimed.attempt,
+                 lease.timeout_s)
+        try:
+            result, exc = await self._call(lease)
+            lease.finishing = True
+            if lease.stop is not StopReason.LOST and exc is None:
+                await lease.progress.flush()
+            outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
+            if exc is not None and outcome.kind is OutcomeKind.FAIL:
+                log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
+                if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
+                    self._on_service_trouble()
+            if await self.writer.write(lease, outcome):
+                if outcome.kind is OutcomeKind.COMPLETE:
+                    self.completed += 1
+                elif outcome.kind is OutcomeKind.FAIL:
+                    self.failed += 1
+        finally:
+            await lease.progress.close()
+            self.leases.remove(lease)
+
+    async def _write_progress(self, job_id: str, token: str, percent: float, message: str | None) -> bool:
+        return await self.queue.progress(job_id, token, percent, message)
+
+    async def _call(self, lease: Lease) -> tuple[dict[str, Any] | None, BaseException | None]:
+        """Run the connector until it finishes, times out, or the lease must stop; (result, exception)."""
+        job = lease.claimed.job
+        cjob = ConnectorJob(id=job.id, service=job.service, payload=dict(job.payload), attempt=lease.claimed.attempt,
+                            timeout_s=lease.timeout_s, customer_id=job.customer_id)
+        assert lease.progress is not None
+        proc = asyncio.create_task(self.connector.process(cjob, lease.progress.report), name=f"job:{job.id}")
+        stopped = asyncio.create_task(lease.stopped.wait())
+        try:
+            done, _ = await asyncio.wait({proc, stopped}, timeout=lease.timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if proc not in done:
+                if lease.request_stop(StopReason.TIMEOUT):
+                    log.warning("job %s: timed out after %gs; interrupting it", job.id, lease.timeout_s)
+                await self._interrupt(lease, proc)
+        except asyncio.CancelledError:
+            # Our own task is being cancelled (the worker exits): stop the work, then let the cancel through.
+            proc.cancel()
+            with contextlib.suppress(BaseException):
+                await proc
+            raise
+        finally:
+            stopped.cancel()
+        if not proc.done():
+            return None, asyncio.CancelledError("the connector call did not stop")
+        try:
+            value = proc.result()
+        except BaseException as exc:  # noqa: BLE001 - every way the call ended is classified by decide()
+            return None, exc
+        if isinstance(value, ConnectorResult):
+            return value.to_dict(), None
+        return (dict(value) if isinstance(value, dict) else {"value": value}), None
+
+    async def _interrupt(self, lease: Lease, proc: asyncio.Task[Any]) -> None:
+        """connector.cancel(), a grace to wind down, then cancel the call's task."""
+        try:
+            async with asyncio.timeout(CANCEL_CALL_TIMEOUT_S):
+                await self.connector.cancel(lease.job_id)
+        except Exception:
+            log.exception("job %s: connector.cancel failed", lease.job_id)
+        done, _ = await asyncio.wait({proc}, timeout=self.interrupt_grace_s)
+        if not done:
+            log.warning("job %s: connector did not stop within %gs; cancelling its task", lease.job_id,
+                        self.interrupt_grace_s)
+            proc.cancel()
+            await asyncio.wait({proc}, timeout=1.0)

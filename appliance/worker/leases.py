@@ -1,0 +1,221 @@
+"""The jobs a worker holds: their leases, one batched heartbeat for all of them, and writing their outcomes.
+
+A lease stays in the table until its outcome is written (or known to be unwritable), so the heartbeat keeps
+renewing it while Redis is away and the outcome waits. The fencing token decides: a heartbeat answering
+'lost', or LeaseLost on complete/fail, means another worker owns the job now and nothing of ours is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.queue import ClaimedJob, Queue, WorkerSession
+from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, QueueError
+from appliance.worker.outcome import Outcome, OutcomeKind, StopReason
+from appliance.worker.progress import ProgressForwarder
+from appliance.worker.redislink import RedisLink, is_unreachable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Lease:
+    """One leased job while this worker runs it and until its outcome is written."""
+
+    claimed: ClaimedJob
+    timeout_s: float
+    started: float = field(default_factory=time.monotonic)
+    progress: ProgressForwarder | None = None
+    #: Why the runtime interrupted the job, if it did; set once, except that LOST overrides everything.
+    stop: StopReason | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The outcome is decided and being written (the connector is done with the job).
+    finishing: bool = False
+
+    @property
+    def job_id(self) -> str:
+        return self.claimed.job.id
+
+    @property
+    def token(self) -> str:
+        return self.claimed.token
+
+    @property
+    def shape(self) -> str:
+        return self.claimed.job.shape
+
+    def request_stop(self, reason: StopReason) -> bool:
+        """Record why the job must stop; True when this is news (the caller then interrupts the connector)."""
+        if self.stop is None or (reason is StopReason.LOST and self.stop is not StopReason.LOST):
+            self.stop = reason
+            self.stopped.set()
+            return True
+        return False
+
+    def snapshot(self) -> dict[str, Any]:
+        """The job as the worker status shows it."""
+        percent = self.progress.percent if self.progress else 0.0
+        return {"id": self.job_id, "progress": round(percent, 1), "attempt": self.claimed.attempt,
+                "service": self.claimed.job.service, "running_s": round(time.monotonic() - self.started, 1),
+                **({"stopping": self.stop.value} if self.stop else {})}
+
+
+class LeaseTable:
+    """Job id → Lease; `on_change` is called when a lease is added or removed."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._leases: dict[str, Lease] = {}
+        self._on_change = on_change or (lambda: None)
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._leases
+
+    def get(self, job_id: str) -> Lease | None:
+        return self._leases.get(job_id)
+
+    def all(self) -> list[Lease]:
+        return list(self._leases.values())
+
+    def add(self, lease: Lease) -> None:
+        self._leases[lease.job_id] = lease
+        self._on_change()
+
+    def remove(self, lease: Lease) -> None:
+        if self._leases.get(lease.job_id) is lease:
+            del self._leases[lease.job_id]
+            self._on_change()
+
+    def tokens(self) -> dict[str, str]:
+        return {lease.job_id: lease.token for lease in self._leases.values()}
+
+    def running(self) -> list[Lease]:
+        """Leases whose connector call has not ended yet."""
+        return [lease for lease in self._leases.values() if not lease.finishing]
+
+
+class Heartbeater:
+    """Renews every lease in one call each interval; reports cancel requests and lost leases.
+
+    Also keeps the worker (and the shapes it serves) alive in the queue when it holds no job. While Redis is
+    down it retries with backoff, and renews at once when Redis answers again.
+    """
+
+    def __init__(self, session: WorkerSession, leases: LeaseTable, link: RedisLink, *, interval_s: float,
+                 on_cancel: Callable[[Lease], None], on_lost: Callable[[Lease], None]) -> None:
+        self.session = session
+        self.leases = leases
+        self.link = link
+        self.interval_s = interval_s
+        self.on_cancel = on_cancel
+        self.on_lost = on_lost
+        #: Monotonic time of the last heartbeat Redis answered.
+        self.last_ok = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            if await self.beat():
+                await asyncio.sleep(self.interval_s)
+            else:
+                await self.link.pause()
+
+    async def beat(self) -> bool:
+        """One heartbeat; False when Redis did not answer."""
+        tokens = self.leases.tokens()
+        try:
+            states = await self.session.heartbeat(tokens)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                log.exception("heartbeat failed")
+                return False
+            self.link.mark_down(exc)
+            return False
+        self.link.mark_up()
+        self.last_ok = time.monotonic()
+        for job_id, state in states.items():
+            lease = self.leases.get(job_id)
+            if lease is None or lease.token != tokens[job_id]:
+                continue
+            if state == "lost":
+                self.on_lost(lease)
+            elif state == "cancelled":
+                self.on_cancel(lease)
+        return True
+
+
+class OutcomeWriter:
+    """Writes a job's outcome, retrying while Redis is down, until it is written or cannot be anymore."""
+
+    def __init__(self, queue: Queue, link: RedisLink, *, release_reason: str = "drain") -> None:
+        self.queue = queue
+        self.link = link
+        self.release_reason = release_reason
+        #: Set to give up on outcomes still waiting for Redis (the worker must exit now).
+        self.abandon = asyncio.Event()
+
+    async def write(self, lease: Lease, outcome: Outcome) -> bool:
+        """True when the outcome (or the hand-back) reached the queue."""
+        job_id = lease.job_id
+        if outcome.kind is OutcomeKind.DROP:
+            log.warning("job %s: lease lost (another worker owns it now or it finished); not writing its "
+                        "outcome", job_id)
+            return False
+        while True:
+            if lease.stop is StopReason.LOST:
+                log.warning("job %s: lease lost while its outcome (%s) waited; not writing it", job_id,
+                            outcome.kind.value)
+                return False
+            try:
+                # Shielded: a shutdown cancelling this task must not cut a script call in half.
+                await asyncio.shield(self._write_once(lease, outcome))
+            except LeaseLost:
+                log.warning("job %s: lease lost; the queue refused its outcome (%s)", job_id, outcome.describe())
+                return False
+            except (JobAlreadyFinished, JobNotFound) as exc:
+                log.warning("job %s: not writing its outcome: %s", job_id, exc)
+                return False
+            except QueueError:
+                log.exception("job %s: the queue rejected its outcome", job_id)
+                return False
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    log.exception("job %s: writing its outcome failed", job_id)
+                    return False
+                self.link.mark_down(exc)
+                if self.abandon.is_set():
+                    log.error("job %s: exiting while Redis is down; its outcome (%s) is lost and the lease "
+                              "will expire", job_id, outcome.kind.value)
+                    return False
+                await self._wait_retry()
+                continue
+            self.link.mark_up()
+            log.info("job %s: %s", job_id, outcome.describe() if outcome.kind is OutcomeKind.FAIL
+                     else {"complete": "completed", "cancelled": "cancelled on request",
+                           "release": "handed back"}[outcome.kind.value])
+            return True
+
+    async def _wait_retry(self) -> None:
+        try:
+            async with asyncio.timeout(self.link.backoff_s()):
+                await self.abandon.wait()
+        except TimeoutError:
+            pass
+
+    async def _write_once(self, lease: Lease, outcome: Outcome) -> None:
+        q, job_id, token, shape = self.queue, lease.job_id, lease.token, lease.shape
+        if outcome.kind is OutcomeKind.COMPLETE:
+            await q.complete(job_id, token, outcome.result)
+        elif outcome.kind is OutcomeKind.FAIL:
+            await q.fail(job_id, token, outcome.error, retryable=outcome.retryable, details=outcome.details,
+                         attempt=lease.claimed.attempt, shape=shape)
+        elif outcome.kind is OutcomeKind.CANCELLED:
+            await q.finish_cancelled(job_id, token, shape=shape)
+        elif outcome.kind is OutcomeKind.RELEASE:
+            await q.release(job_id, token, reason=self.release_reason, shape=shape)

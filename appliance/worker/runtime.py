@@ -1,0 +1,449 @@
+"""The worker process: one per GPU (bound to its ComfyUI) or per API connector slot.
+
+    worker = Worker(settings, parse_slot("echo0"), connection=settings.redis_connection())
+    exit_code = await worker.run()
+
+Start: connect to Redis, start the connector, wait for its service, register capabilities, READY=1. Then the
+claim loop (`_iteration`) takes jobs while Redis answers, the service is healthy, the machine is not drained
+and a slot is free; it sleeps on the queue's push wake-up, never on a polling timer. Beside it run the batched
+heartbeat, the fleet-wide reaper, the service health probe, the fleet drain watch, the cancel listener and the
+status publisher. SIGTERM drains (see `appliance.worker.drain`); the watchdog pings only while Redis is
+reachable within a grace and the claim loop keeps turning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from appliance.config import RedisConnection, Settings
+from appliance.notify import Notifier, WatchdogPinger
+from appliance.queue import ClaimedJob, Queue, WorkerSession
+from appliance.worker.connectors import Connector, ConnectorCapabilities, create_connector
+from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals, wait_until
+from appliance.worker.execution import JobRunner
+from appliance.worker.identity import WorkerSlot
+from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
+from appliance.worker.outcome import StopReason
+from appliance.worker.redislink import RedisLink, is_unreachable
+from appliance.worker.status import Phase, Snapshot, StatusPublisher
+from appliance.worker.storage import OutputStorage
+from appliance.worker.wiring import (
+    DOWN_HEALTH_INTERVAL_S,
+    build_capabilities,
+    build_storage,
+    machine_resources,
+    worker_parts,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: The watchdog keeps pinging while Redis has been away for less than this (s): a short outage must not get
+#: the worker (and its running job) killed; a long one gets a fresh process.
+REDIS_GRACE_S = 120.0
+#: One health probe of the service may take this long before it counts as down (s).
+HEALTH_TIMEOUT_S = 10.0
+#: After the drain grace: how long handed-back jobs may take to stop, and their hand-backs to be written (s).
+DRAIN_INTERRUPT_S = 5.0
+HURRY_INTERRUPT_S = 0.5
+EXIT_WRITE_S = 10.0
+HURRY_WRITE_S = 3.0
+
+
+class WorkerError(Exception):
+    """The worker cannot start (bad credentials, a connector that cannot be built); one line for the user."""
+
+
+class Worker:
+    """One worker process: a slot, its connector, its leases."""
+
+    def __init__(self, settings: Settings, slot: WorkerSlot, *, connection: RedisConnection,
+                 concurrency: int | None = None, notifier: Notifier | None = None,
+                 env: Mapping[str, str] = os.environ, connector: Connector | None = None,
+                 storage: OutputStorage | None = None) -> None:
+        self.settings = settings
+        self.slot = slot
+        self.connection = connection
+        self.env = env
+        self.machine_id = settings.machine.id
+        self.worker_id = slot.worker_id(self.machine_id)
+        self.parts = worker_parts(settings, slot, concurrency=concurrency, env=env)
+        self.storage = storage or build_storage(settings, env)
+        self.connector = connector or create_connector(self.parts.connector, options=self.parts.options,
+                                                       storage=self.storage)
+        self.capacity = max(1, min(self.parts.concurrency, self.connector.max_concurrency))
+        self.claim_timeout_s = settings.worker.claim_timeout_s
+        self.notifier = notifier or Notifier(env)
+        self.link = RedisLink(on_change=self._change)
+        self.leases = LeaseTable(on_change=self._change)
+        self.signals = StopSignals(on_change=self._change)
+        self.status = StatusPublisher(self.notifier, self.link)
+        self.service_healthy = False
+        #: Monotonic time of the claim loop's last turn (the watchdog's liveness check).
+        self.loop_beat = time.monotonic()
+        self.queue: Queue | None = None
+        self.session: WorkerSession | None = None
+        self.fleet: FleetDrain | None = None
+        self.runner: JobRunner | None = None
+        self.writer: OutcomeWriter | None = None
+        self._phase: Phase | None = Phase.STARTING
+        self._changed = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._health_now = asyncio.Event()
+        self._runs: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[Any]] = []
+        self._watchdog: WatchdogPinger | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped by a signal; 0 after a clean drain."""
+        self.signals.install(self.env)
+        try:
+            if await self._start():
+                await self._serve()
+        finally:
+            await self._close()
+        return 0
+
+    async def _start(self) -> bool:
+        """Connect, start the connector, wait for its service, register; False when stopped meanwhile."""
+        await self._publish()
+        queue = await self._until_redis(self._connect, "connecting to Redis")
+        if queue is None:
+            return False
+        self.queue = queue
+        await self.connector.start()
+        found = await self._wait_for_service()
+        if found is None:
+            return False
+        ram_gb, cores = machine_resources()
+        capabilities = build_capabilities(self.settings, found, ram_gb=ram_gb, cpu_cores=cores)
+        # Leases still held under our id belong to a previous run of this slot that died: hand them back now
+        # instead of letting them wait for their lease to expire (the attempt counts).
+        orphans = await self._until_redis(lambda: queue.return_jobs_of_worker(self.worker_id, "worker_restart"),
+                                          "returning orphaned jobs")
+        if orphans:
+            log.warning("handed back %d job(s) a previous run of %s left behind", orphans, self.worker_id)
+        session = await self._until_redis(
+            lambda: queue.worker_session(self.worker_id, capabilities, machine_id=self.machine_id), "registering")
+        if session is None:
+            return False
+        self.session = self.status.session = session
+        self.fleet = FleetDrain(queue.client, self.machine_id, self.link, on_change=self._change)
+        await self.fleet.check()
+        self.writer = OutcomeWriter(queue, self.link)
+        self.runner = JobRunner(self.connector, queue, self.leases, self.link, self.writer,
+                                default_timeout_s=self.parts.default_timeout_s,
+                                on_service_trouble=self._health_now.set)
+        self._phase = None
+        self.notifier.ready(self.snapshot().text())
+        log.info("worker %s ready: services %s, concurrency %d, queue %s", self.worker_id,
+                 ",".join(capabilities.services), self.capacity, queue.name)
+        return True
+
+    async def _connect(self) -> Queue:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialWithJitterBackoff
+
+        c = self.connection
+        kwargs: dict[str, Any] = {**c.client_kwargs()}
+        # Few client-side retries: the worker has its own backoff and must notice an outage quickly.
+        return await Queue.connect(
+            c.url, queue_name=self.settings.redis.queue, settings=self.settings.queue,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2), socket_timeout=5.0,
+            socket_connect_timeout=5.0, **kwargs)
+
+    async def _until_redis(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
+        """Retry `call` while Redis is unreachable (with backoff); None when a stop signal came first."""
+        from redis.exceptions import AuthenticationError, AuthorizationError
+
+        while not self.signals.draining.is_set():
+            try:
+                result = await call()
+            except (AuthenticationError, AuthorizationError) as exc:
+                raise WorkerError(f"Redis refused the credentials: {exc}") from None
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                self.link.mark_down(exc)
+                await self._publish()
+                log.info("%s: Redis unreachable, retrying", what)
+                await self._sleep_or_stop(self.link.backoff_s())
+                continue
+            self.link.mark_up()
+            return result
+        return None
+
+    async def _wait_for_service(self) -> ConnectorCapabilities | None:
+        """Wait until the service answers and reports what it offers; None when a stop signal came first."""
+        while not self.signals.draining.is_set():
+            if await self._probe():
+                try:
+                    found = await self.connector.capabilities()
+                except Exception as exc:
+                    log.warning("%s answers but its capabilities could not be read: %s", self.parts.connector, exc)
+                else:
+                    self.service_healthy = True
+                    return found
+            self._phase = Phase.SERVICE_DOWN
+            await self._publish()
+            # Keep systemd from timing the start out while the service (ComfyUI loading models) comes up.
+            self.notifier.extend_timeout(DOWN_HEALTH_INTERVAL_S * 3 + HEALTH_TIMEOUT_S)
+            await self._sleep_or_stop(DOWN_HEALTH_INTERVAL_S)
+        return None
+
+    async def _serve(self) -> None:
+        assert self.session is not None and self.fleet is not None
+        heartbeat = Heartbeater(self.session, self.leases, self.link,
+                                interval_s=self.settings.queue.heartbeat_interval_ms / 1000,
+                                on_cancel=self._cancel_requested, on_lost=self._lease_lost)
+        for name, coro in (("heartbeat", heartbeat.run()), ("reaper", self._reaper()),
+                           ("health", self._health_loop()), ("fleet-drain", self.fleet.run()),
+                           ("status", self._status_loop()), ("cancels", self._cancel_listener())):
+            self._background.append(asyncio.create_task(coro, name=name))
+        self._watchdog = WatchdogPinger(self.notifier, [self.redis_reachable, self.claim_loop_turning])
+        self._watchdog.start()
+        while not self.signals.draining.is_set():
+            await self._iteration()
+        await self._drain()
+
+    # --- the claim loop ---------------------------------------------------------------------------------------
+
+    async def _iteration(self) -> None:
+        """One turn: take a job if this worker may, else sleep until something changes (or a timeout)."""
+        assert self.session is not None and self.fleet is not None and self.runner is not None
+        self.loop_beat = time.monotonic()
+        self._collect_runs()
+        self._changed.clear()
+        try:
+            if self.blocked() is not None or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
+                await self._wait_changed(self.claim_timeout_s)
+                return
+            claimed = await self.session.claim()
+        except Exception as exc:
+            if not is_unreachable(exc):
+                log.exception("claiming failed")
+                await self._sleep_or_stop(self.link.backoff_s())
+            else:
+                self.link.mark_down(exc)
+            return
+        self.link.mark_up()
+        if claimed is None:
+            await self.session.wait_for_work(self.claim_timeout_s)
+            return
+        self._start_run(claimed)
+
+    def blocked(self) -> str | None:
+        """Why the worker may not claim now, or None."""
+        if self.signals.draining.is_set():
+            return "draining"
+        if not self.link.up:
+            return "redis down"
+        if not self.service_healthy:
+            return "service down"
+        if self.fleet is not None and self.fleet.drained:
+            return "drained"
+        if len(self.leases) >= self.capacity:
+            return "full"
+        return None
+
+    def _start_run(self, claimed: ClaimedJob) -> None:
+        assert self.runner is not None
+        lease = self.runner.lease_for(claimed)
+        task = asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}")
+        self._runs.add(task)
+        task.add_done_callback(lambda _: self._change())
+
+    def _collect_runs(self) -> None:
+        """Drop finished run tasks and surface their crashes (a bug, not a job failure)."""
+        for task in [t for t in self._runs if t.done()]:
+            self._runs.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a job run crashed", exc_info=task.exception())
+
+    def _change(self) -> None:
+        """Something the claim loop or the status depends on changed: wake both."""
+        self._changed.set()
+        self._status_dirty.set()
+        if self.session is not None:
+            self.session.wake()
+
+    async def _wait_changed(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.signals.draining.wait()
+
+    # --- events from the queue --------------------------------------------------------------------------------
+
+    def _cancel_requested(self, lease: Lease) -> None:
+        if self.runner is not None and not lease.finishing:
+            self.runner.stop(lease, StopReason.CANCEL)
+
+    def _lease_lost(self, lease: Lease) -> None:
+        log.warning("job %s: lease lost (heartbeat); stopping it, its outcome will not be written", lease.job_id)
+        if self.runner is not None:
+            self.runner.stop(lease, StopReason.LOST)
+
+    async def _cancel_listener(self) -> None:
+        assert self.session is not None
+        while True:
+            job_id = await self.session.cancel_requests.get()
+            lease = self.leases.get(job_id)
+            if lease is not None:
+                self._cancel_requested(lease)
+
+    # --- background loops -------------------------------------------------------------------------------------
+
+    async def _reaper(self) -> None:
+        """Every worker offers to reap each interval; the script's lock lets one per interval through."""
+        assert self.queue is not None
+        interval = self.settings.queue.reaper_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            if not self.link.up:
+                continue
+            try:
+                result = await self.queue.reap()
+            except Exception as exc:
+                if is_unreachable(exc):
+                    self.link.mark_down(exc)
+                else:
+                    log.exception("reaping failed")
+                continue
+            if result.requeued or result.dead or result.cancelled:
+                log.info("reaper: %d expired or due job(s) back in line, %d dead-lettered, %d cancelled",
+                         result.requeued, result.dead, result.cancelled)
+
+    async def _probe(self) -> bool:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                return bool(await self.connector.health())
+        except Exception as exc:
+            log.debug("health probe of %s failed: %s", self.parts.connector, exc)
+            return False
+
+    async def _health_loop(self) -> None:
+        while True:
+            healthy = await self._probe()
+            if healthy != self.service_healthy:
+                if healthy:
+                    log.warning("%s answers again; taking jobs", self.parts.connector)
+                else:
+                    log.warning("service down: %s not answering; taking no jobs until it does", self.parts.connector)
+                self.service_healthy = healthy
+                self._change()
+            interval = self.parts.health_interval_s if healthy else DOWN_HEALTH_INTERVAL_S
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._health_now.wait()
+            self._health_now.clear()
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._status_dirty.wait()
+            self._status_dirty.clear()
+            await self._publish()
+
+    # --- status and watchdog ----------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        drained = self.fleet is not None and self.fleet.drained
+        phase = self._phase
+        if phase is None:
+            if self.signals.draining.is_set():
+                phase = Phase.DRAINING
+            elif not self.link.up:
+                phase = Phase.REDIS_DOWN
+            elif not self.service_healthy:
+                phase = Phase.SERVICE_DOWN
+            elif drained:
+                phase = Phase.DRAINED
+            else:
+                phase = Phase.RUNNING if len(self.leases) else Phase.IDLE
+        elif phase is Phase.STARTING and not self.link.up:
+            phase = Phase.REDIS_DOWN
+        return Snapshot(phase=phase, connector=self.parts.connector, slot=self.slot.name, concurrency=self.capacity,
+                        service_healthy=self.service_healthy, drained=drained, redis_ok=self.link.up,
+                        jobs=[lease.snapshot() for lease in self.leases.all()])
+
+    async def _publish(self, force: bool = False) -> None:
+        await self.status.publish(self.snapshot(), force=force)
+
+    async def redis_reachable(self) -> bool:
+        """Watchdog check: Redis answered, or has been away for less than the grace."""
+        return self.link.up or self.link.down_for_s() < REDIS_GRACE_S
+
+    async def claim_loop_turning(self) -> bool:
+        """Watchdog check: the claim loop (or the drain) turned recently."""
+        return time.monotonic() - self.loop_beat < 3 * self.claim_timeout_s + 30
+
+    # --- stopping ---------------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """No new claims; running jobs get the drain grace, then go back to the queue (attempt not counted)."""
+        assert self.runner is not None and self.writer is not None
+        self._phase = Phase.DRAINING
+        self.notifier.stopping(self.snapshot().text())
+        await self._publish(force=True)
+        grace = self.settings.worker.drain_grace_s
+        running = self.leases.running()
+        if running:
+            log.warning("draining: %d job(s) may finish within %gs, else they go back to the queue", len(running),
+                        grace)
+        self.loop_beat = time.monotonic()
+        finished = await wait_until(lambda: not self.leases.running(), timeout_s=grace, wake=self.signals.hurry)
+        self.loop_beat = time.monotonic()
+        if not finished:
+            hurry = self.signals.hurry.is_set()
+            self.runner.interrupt_grace_s = HURRY_INTERRUPT_S if hurry else DRAIN_INTERRUPT_S
+            for lease in self.leases.running():
+                log.warning("job %s: handing it back (%s)", lease.job_id,
+                            "second signal" if hurry else f"drain grace of {grace:g}s over")
+                self.runner.stop(lease, StopReason.HANDBACK)
+        await self._publish()
+        limit = HURRY_WRITE_S if self.signals.hurry.is_set() else EXIT_WRITE_S
+        if not await wait_until(lambda: len(self.leases) == 0, timeout_s=limit):
+            log.error("exiting with %d job outcome(s) unwritten (Redis unreachable?); their leases will expire",
+                      len(self.leases))
+        self.writer.abandon.set()
+
+    async def _close(self) -> None:
+        if self._phase is not Phase.DRAINING:
+            self.notifier.stopping("stopping")
+        for task in list(self._runs):
+            task.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(3):
+                    await self.session.close(deregister=True)
+        for close in (self.connector.close, self.storage.close):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %s failed", getattr(close, "__qualname__", close))
+        if self.queue is not None:
+            with contextlib.suppress(Exception):
+                await self.queue.close()
+        self.notifier.close()
+        log.info("worker %s stopped", self.worker_id)

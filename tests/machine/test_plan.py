@@ -1,0 +1,73 @@
+"""The service plan per machine type."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.config import Settings
+from appliance.machine.plan import (
+    ConnectorSlots,
+    MachineType,
+    PlanError,
+    compute_plan,
+    normalize_unit,
+    plan_from_settings,
+)
+
+
+def test_gpu_plan_pairs_comfyui_and_worker_per_gpu() -> None:
+    plan = compute_plan("m1", "gpu", gpu_count=2, base_port=9000)
+    assert plan.to_dict() == {
+        "machine_id": "m1",
+        "machine_type": "gpu",
+        "services": [
+            {"name": "comfyui@0", "unit": "appliance-comfyui@0.service", "kind": "comfyui", "gpu": 0, "port": 9000},
+            {"name": "worker@gpu0", "unit": "appliance-worker@gpu0.service", "kind": "worker", "gpu": 0,
+             "slot": "gpu0", "connector": "comfyui", "binds_to": "appliance-comfyui@0.service"},
+            {"name": "comfyui@1", "unit": "appliance-comfyui@1.service", "kind": "comfyui", "gpu": 1, "port": 9001},
+            {"name": "worker@gpu1", "unit": "appliance-worker@gpu1.service", "kind": "worker", "gpu": 1,
+             "slot": "gpu1", "connector": "comfyui", "binds_to": "appliance-comfyui@1.service"},
+        ],
+    }
+    assert plan.worker_ids() == ["m1-gpu0", "m1-gpu1"]
+    comfy1 = plan.by_unit("comfyui@1")
+    assert comfy1 is not None and [s.name for s in plan.dependents(comfy1)] == ["worker@gpu1"]
+
+
+def test_gpu_machine_without_gpu_needs_cpu_mode() -> None:
+    with pytest.raises(PlanError, match="no GPU"):
+        compute_plan("m1", MachineType.GPU, gpu_count=0)
+    plan = compute_plan("m1", "gpu", gpu_count=0, cpu_instances=1)
+    assert [(s.name, s.cpu) for s in plan.services] == [("comfyui@0", True), ("worker@gpu0", False)]
+    assert plan.services[0].to_dict()["cpu"] is True
+
+
+def test_api_plan_has_slots_per_enabled_connector() -> None:
+    plan = compute_plan("api-1", "api", gpu_count=4, connectors=[
+        ConnectorSlots("openai", 2), ConnectorSlots("echo", 1), ConnectorSlots("replicate", 3, enabled=False),
+        ConnectorSlots("runpod", 0)])
+    assert [s.name for s in plan.services] == ["worker@echo0", "worker@openai0", "worker@openai1"]
+    assert plan.worker_ids() == ["api-1-echo0", "api-1-openai0", "api-1-openai1"]
+    assert all(s.kind == "worker" and s.binds_to is None for s in plan.services)
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    with pytest.raises(PlanError, match="unknown machine type 'tpu'"):
+        compute_plan("m", "tpu", gpu_count=0)
+    with pytest.raises(PlanError, match="connector name 'bad-name'"):
+        compute_plan("m", "api", gpu_count=0, connectors=[ConnectorSlots("bad-name", 1)])
+
+
+def test_unit_names_normalize() -> None:
+    for name in ("worker@gpu0", "appliance-worker@gpu0", "appliance-worker@gpu0.service"):
+        assert normalize_unit(name) == "appliance-worker@gpu0.service"
+
+
+def test_plan_from_settings() -> None:
+    s = Settings.model_validate({"machine": {"id": "box", "type": "api"},
+                                 "connectors": {"echo": {"enabled": True, "slots": 2}}})
+    assert plan_from_settings(s, gpu_count=0).worker_ids() == ["box-echo0", "box-echo1"]
+    s = Settings.model_validate({"machine": {"id": "box", "type": "gpu", "gpu_cpu_mode": True},
+                                 "comfyui": {"base_port": 8200}})
+    plan = plan_from_settings(s, gpu_count=0)
+    assert [(x.name, x.port) for x in plan.services] == [("comfyui@0", 8200), ("worker@gpu0", None)]

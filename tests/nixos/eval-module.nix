@@ -1,0 +1,78 @@
+# Evaluates nixos-modules/appliance.nix with the real nixpkgs `lib` (a checkout of nixpkgs or nixpkgs.lib at
+# `libPath`) against the option stubs in ./stub, and returns what the module sets, as JSON-ready data.
+#
+#   nix-instantiate --eval --strict --json tests/nixos/eval-module.nix \
+#     --argstr libPath /path/to/nixpkgs.lib --argstr configJSON '{"enable": true, "machineType": "api"}'
+#
+# or, with `--argstr vmTest api.nix --argstr node api`, the services.appliance settings of that VM test's node.
+{
+  libPath,
+  configJSON ? null,
+  vmTest ? null,
+  node ? null,
+}:
+
+let
+  lib = import (/. + libPath + "/lib");
+  pkgs = import ./stub/pkgs.nix { inherit lib; };
+
+  # The flake outputs a VM test file uses, with stub packages.
+  selfStub = {
+    packages.${pkgs.stdenv.hostPlatform.system}.default = pkgs.appliance;
+    nixosModules.default = { };
+  };
+  applianceConfig =
+    if vmTest != null then
+      (import (./. + "/${vmTest}") {
+        self = selfStub;
+        inherit pkgs;
+      }).nodes.${node}.services.appliance
+    else
+      builtins.fromJSON configJSON;
+
+  evaluated = lib.evalModules {
+    modules = [
+      ./stub/nixos.nix
+      ../../nixos-modules/appliance.nix
+      { _module.args.pkgs = pkgs; }
+      { services.appliance = applianceConfig; }
+    ];
+  };
+  inherit (evaluated) config;
+
+  unitView = unit: {
+    inherit (unit)
+      wantedBy
+      after
+      bindsTo
+      overrideStrategy
+      ;
+    serviceConfig = unit.serviceConfig;
+  };
+
+  # TOML has no null; pkgs.formats.toml would fail to render one.
+  hasNull =
+    value:
+    if value == null then
+      true
+    else if builtins.isAttrs value then
+      lib.any hasNull (lib.attrValues value)
+    else if builtins.isList value then
+      lib.any hasNull value
+    else
+      false;
+in
+{
+  failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+  inherit (config) warnings;
+}
+// lib.optionalAttrs (lib.all (a: a.assertion) config.assertions) {
+  services = lib.mapAttrs (_: unitView) config.systemd.services;
+  targets = lib.mapAttrs (_: unitView) config.systemd.targets;
+  settings = config.services.appliance.settings;
+  settingsHaveNull = hasNull config.services.appliance.settings;
+  etc = lib.mapAttrs (_: e: e.text or (e.source.name or e.source)) config.environment.etc;
+  firewall = config.networking.firewall.allowedTCPPorts;
+  packages = map (p: p.name) config.systemd.packages;
+  tmpfiles = map (p: p.name) config.systemd.tmpfiles.packages;
+}

@@ -1,0 +1,79 @@
+"""The scripts on a real 3-node Redis Cluster: every key they touch is declared and hashes to one slot."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from appliance.localredis import LocalRedis, free_port
+from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue, QueueSettings
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli (redis-tools) not installed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[LocalRedis]]:
+    nodes = []
+    try:
+        for _ in range(3):
+            port = free_port()
+            nodes.append(LocalRedis(port=port, extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", "2000"]).start())
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        for _ in range(100):
+            info = subprocess.run(["redis-cli", "-p", str(nodes[0].port), "cluster", "info"],
+                                  capture_output=True, text=True).stdout
+            if "cluster_state:ok" in info:
+                break
+            subprocess.run(["sleep", "0.1"])
+        yield nodes
+    finally:
+        for node in nodes:
+            node.cleanup()
+
+
+@pytest.mark.parametrize("use_functions", [True, False])
+async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_functions: bool) -> None:
+    queue = await Queue.connect(f"redis://127.0.0.1:{cluster[0].port}", cluster=True,
+                                queue_name=f"cl{int(use_functions)}",
+                                settings=QueueSettings(lease_ms=1000, retry_base_ms=0, retry_max_ms=0))
+    if not use_functions:
+        from appliance.queue.scripts import ScriptSet
+
+        queue.scripts = ScriptSet(use_functions=False)
+        await queue.scripts.load(queue.client)
+    try:
+        assert queue.scripts.use_functions is use_functions
+        jobs = await queue.submit_many([{"service": "echo", "payload": {"i": i},
+                                         "requirements": {"tags": [f"t{i % 3}"]}} for i in range(6)])
+        session = await queue.worker_session("cw", Capabilities(services=["echo"], tags=["t0", "t1", "t2"]))
+        try:
+            first = await session.claim()
+            assert await session.heartbeat({first.job.id: first.token}) == {first.job.id: "ok"}
+            await queue.progress(first.job.id, first.token, 50)
+            await queue.complete(first.job.id, first.token, {"ok": True})
+            second = await session.claim()
+            assert await queue.fail(second.job.id, second.token, "x", retryable=True) is JobStatus.PENDING
+            third = await session.claim()
+            await queue.release(third.job.id, third.token)
+            assert await queue.cancel(jobs[5].id) == "cancelled"
+            fourth = await session.claim()
+            await asyncio.sleep(1.1)
+            result = await queue.reap(force=True)
+            assert result.requeued == 1
+            with pytest.raises(LeaseLost):
+                await queue.complete(fourth.job.id, fourth.token, {})
+            assert await queue.return_jobs_of_worker("cw") == 0
+            stats = await queue.stats()
+            assert stats.totals["completed"] == 1 and stats.waiting == 4
+            assert (await queue.get(first.job.id)).status is JobStatus.COMPLETED
+        finally:
+            await session.close()
+    finally:
+        await queue.close()

@@ -1,0 +1,70 @@
+"""The scripts' headers are the contract: the wrappers pass exactly the KEYS they declare, and every
+return code they list has its name in ScriptCode."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from appliance.queue import Capabilities, Queue
+from appliance.queue.errors import ScriptCode
+from appliance.queue.scripts import SCRIPT_NAMES, ScriptSet, declared_keys, expand, return_codes
+
+
+def test_every_return_code_in_a_header_is_known() -> None:
+    known = {int(c) for c in ScriptCode}
+    for name in SCRIPT_NAMES:
+        assert return_codes(name) <= known, name
+
+
+def test_every_script_documents_its_keys_and_returns() -> None:
+    for name in SCRIPT_NAMES:
+        source = expand(open(f"appliance/queue/scripts/{name}.lua").read())
+        assert "KEYS[1]" in source and "Returns:" in source, name
+        assert "local rcall = redis.call" in source, name
+        # Keys are only read from KEYS: no script concatenates a key name of its own.
+        assert "..KEYS" not in source.replace(" ", ""), name
+
+
+def test_includes_cannot_recurse() -> None:
+    with pytest.raises(ValueError):
+        expand("-- @include emit\n", seen=("emit",))
+
+
+async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
+    calls: list[tuple[str, int]] = []
+    original = ScriptSet.call
+
+    async def recording(self: ScriptSet, client: object, name: str, keys: list[str], args: list[object]):
+        calls.append((name, len(keys)))
+        return await original(self, client, name, keys, args)
+
+    queue.scripts.call = recording.__get__(queue.scripts)  # type: ignore[method-assign]
+    job = await queue.submit({"service": "echo"})
+    other = await queue.submit({"service": "echo"})
+    third = await queue.submit({"service": "echo"})
+    session = await queue.worker_session("w", Capabilities(services=["echo"]))
+    try:
+        claimed = await session.claim()
+        await session.heartbeat({claimed.job.id: claimed.token})
+        await queue.progress(job.id, claimed.token, 10)
+        await queue.complete(job.id, claimed.token, {})
+        second = await session.claim()
+        await queue.fail(other.id, second.token, "x", retryable=True)
+        again = await session.claim()
+        await queue.release(again.job.id, again.token)
+        await queue.cancel(third.id)
+        await session.claim()
+        await asyncio.sleep(1.1)
+        await queue.reap(force=True)
+    finally:
+        await session.close()
+    seen = {name for name, _ in calls}
+    assert seen == set(SCRIPT_NAMES)
+    for name, count in calls:
+        declared = declared_keys(name)
+        if declared is None:  # claim: a fixed head plus one ready key per shape
+            assert count >= 10, name
+        else:
+            assert count == declared, name

@@ -1,0 +1,156 @@
+"""`appliance units install|list|uninstall` against a temporary root: what lands where, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.units import install as inst
+
+GPU_PLAN = {"machine_id": "m1", "machine_type": "gpu", "services": [
+    {"name": "comfyui@0", "unit": "appliance-comfyui@0.service", "kind": "comfyui", "gpu": 0, "port": 8188},
+    {"name": "worker@gpu0", "unit": "appliance-worker@gpu0.service", "kind": "worker", "slot": "gpu0"},
+    {"name": "comfyui@1", "unit": "appliance-comfyui@1.service", "kind": "comfyui", "gpu": 1, "port": 8189},
+    {"name": "worker@gpu1", "unit": "appliance-worker@gpu1.service", "kind": "worker", "slot": "gpu1"},
+]}
+API_PLAN = {"machine_type": "api", "services": [{"unit": "appliance-worker@openai0.service"},
+                                                {"unit": "appliance-worker@echo0.service"}]}
+BIN = "/opt/appliance/bin/appliance"
+
+
+def cli(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "appliance", "units", *argv], capture_output=True, text=True,
+                          input=stdin, check=False)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    exe = tmp_path / BIN.lstrip("/")
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    return tmp_path
+
+
+def install(root: Path, plan: dict, *extra: str) -> subprocess.CompletedProcess[str]:
+    plan_file = root / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    proc = cli("install", "--root", str(root), "--bin", BIN, "--plan-json", str(plan_file), *extra)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file and link under etc/, with a link's target or a file's first line."""
+    out = {}
+    for path in sorted((root / "etc").rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = path.read_text().splitlines()[0]
+    return out
+
+
+def test_gpu_plan_binds_each_worker_to_its_comfyui(root: Path) -> None:
+    install(root, GPU_PLAN, "--enable")
+    units = root / "etc/systemd/system"
+    for i in (0, 1):
+        dropin = (units / f"appliance-worker@gpu{i}.service.d/10-comfyui.conf").read_text()
+        assert f"BindsTo=appliance-comfyui@{i}.service" in dropin
+        assert f"After=appliance-comfyui@{i}.service" in dropin
+        assert os.readlink(units / f"appliance.target.wants/appliance-comfyui@{i}.service") == \
+            "/etc/systemd/system/appliance-comfyui@.service"
+        assert os.readlink(units / f"appliance.target.wants/appliance-worker@gpu{i}.service") == \
+            "/etc/systemd/system/appliance-worker@.service"
+    assert os.readlink(units / "multi-user.target.wants/appliance.target") == "/etc/systemd/system/appliance.target"
+    for name in ("appliance-machine.service", "appliance-worker@.service", "appliance-comfyui@.service"):
+        text = (units / name).read_text()
+        assert inst.BIN_PLACEHOLDER not in text and f"ExecStart={BIN} " in text
+    assert (root / "etc/tmpfiles.d/appliance.conf").is_file()
+
+
+def test_api_slots_get_no_binding_and_reinstall_removes_stale_files(root: Path) -> None:
+    install(root, GPU_PLAN, "--container-mode", "--config", "/etc/appliance/config.toml")
+    env_file = root / "etc/appliance/appliance.env"
+    env_file.write_text("APPLIANCE_REDIS_URL=redis://10.0.0.1:6379/0\n")
+    install(root, API_PLAN)
+    files = tree(root)
+    assert not [p for p in files if "comfyui@0" in p or "gpu" in p or p.endswith(".d")], files
+    assert "etc/systemd/system/appliance-machine.service.d/50-container-mode.conf" not in files
+    assert "etc/systemd/system/appliance-.service.d/20-config.conf" not in files
+    assert "etc/systemd/system/multi-user.target.wants/appliance.target" not in files
+    assert sorted(p.rsplit("/", 1)[1] for p in files if "appliance.target.wants/" in p) == \
+        ["appliance-worker@echo0.service", "appliance-worker@openai0.service"]
+    # The env file belongs to the operator once it exists.
+    assert env_file.read_text() == "APPLIANCE_REDIS_URL=redis://10.0.0.1:6379/0\n"
+
+
+def test_container_mode_and_config_dropins(root: Path) -> None:
+    install(root, API_PLAN, "--container-mode", "--config", "/etc/appliance/config.toml")
+    units = root / "etc/systemd/system"
+    assert "FailureAction=exit" in (units / "appliance-machine.service.d/50-container-mode.conf").read_text()
+    assert "Environment=APPLIANCE_CONFIG=/etc/appliance/config.toml" in \
+        (units / "appliance-.service.d/20-config.conf").read_text()
+
+
+def test_list_writes_nothing_and_matches_install(root: Path) -> None:
+    plan_file = root / "plan.json"
+    plan_file.write_text(json.dumps(GPU_PLAN))
+    listed = cli("list", "--root", str(root), "--bin", BIN, "--plan-json", str(plan_file), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert not (root / "etc").exists()
+    installed = install(root, GPU_PLAN)
+    assert [f["path"] for f in json.loads(listed.stdout)] == installed.stdout.split()
+
+
+def test_plan_from_stdin(root: Path) -> None:
+    proc = cli("install", "--root", str(root), "--bin", BIN, "--plan-json", "-", stdin=json.dumps(API_PLAN))
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/systemd/system/appliance.target.wants/appliance-worker@openai0.service").is_symlink()
+
+
+def test_uninstall_removes_everything_but_the_env_file(root: Path) -> None:
+    install(root, GPU_PLAN, "--enable", "--container-mode")
+    proc = cli("uninstall", "--root", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert list(tree(root)) == ["etc/appliance/appliance.env"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--bin", "bin/appliance"], "must be an absolute path"),
+    (["--bin", "/root/venv/bin/appliance"], "ProtectHome"),
+    (["--bin", "/usr/local/bin/appliance"], "no executable file there"),
+    ([], "--bin PATH is required with --root"),
+])
+def test_bad_bin_is_one_clear_error(root: Path, argv: list[str], message: str) -> None:
+    proc = cli("install", "--root", str(root), *argv)
+    assert proc.returncode != 0
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (root / "etc").exists()
+
+
+@pytest.mark.parametrize(("plan", "message"), [
+    ({"services": [{"unit": "sshd.service"}]}, "expected appliance-comfyui@<gpu>.service"),
+    ({"services": [{"unit": "appliance-comfyui@gpu0.service"}]}, "GPU index"),
+    ({"services": [{"unit": "appliance-worker@../x.service"}]}, "expected appliance-comfyui"),
+    ({"services": [{"unit": "appliance-worker@openai.service"}]}, "<name><index>"),
+    ({"machine_type": "gpu"}, "services"),
+])
+def test_bad_plan_is_one_clear_error(root: Path, plan: dict, message: str) -> None:
+    plan_file = root / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    proc = cli("install", "--root", str(root), "--bin", BIN, "--plan-json", str(plan_file))
+    assert proc.returncode != 0
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (root / "etc").exists()
+
+
+def test_missing_plan_file(root: Path) -> None:
+    proc = cli("install", "--root", str(root), "--bin", BIN, "--plan-json", str(root / "nope.json"))
+    assert proc.returncode != 0 and "nope.json" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,297 @@
+"""The units under a real systemd 252 booted with systemd-nspawn: start, supervise, restart, fail, drain.
+
+One rootfs (cached, see build-rootfs.sh) gets this checkout's wheel and `appliance units install` once per
+module; each test boots it with --volatile=overlay, so what one test breaks the next never sees. The units
+talk to a password-protected redis-server on a host loopback port (the container shares the host's network);
+the password reaches them only as the `redis-password` credential from /etc/credstore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from appliance.localredis import LocalRedis, free_port
+from tests.systemd import harness
+
+pytestmark = [pytest.mark.systemd, pytest.mark.slow]
+
+if reason := harness.skip_reason():
+    pytest.skip(reason, allow_module_level=True)
+
+TARGET = "appliance.target"
+MACHINE = "appliance-machine.service"
+ECHO = ["appliance-worker@echo0.service", "appliance-worker@echo1.service"]
+_names = itertools.count()
+
+
+def cli_available(group: str) -> bool:
+    proc = subprocess.run([sys.executable, "-m", "appliance", group, "--help"], capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+needs_worker = pytest.mark.skipif(not cli_available("worker"), reason="`appliance worker` not built yet")
+needs_machine = pytest.mark.skipif(not cli_available("machine"), reason="`appliance machine` not built yet")
+
+
+@dataclass
+class Env:
+    tree: Path
+    logs: Path
+    redis: LocalRedis
+    password: str
+    machine_id: str
+
+    def boot(self, *extra: str) -> AbstractContextManager[harness.Container]:
+        name = f"appl-{os.getpid()}-{next(_names)}"
+        return harness.booted(self.tree, name, self.logs, extra_args=extra)
+
+    async def queue(self):  # noqa: ANN201 - appliance.queue is imported lazily, as the CLI does
+        from appliance.queue import Queue
+
+        return await Queue.connect(self.redis.url, password=self.password)
+
+
+CONFIG = """\
+[redis]
+url = "{url}"
+
+[machine]
+id = "{machine_id}"
+type = "api"
+status_interval_s = 1
+
+[health]
+host = "127.0.0.1"
+port = {health_port}
+
+[worker]
+drain_grace_s = 20
+
+[connectors.echo]
+enabled = true
+slots = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    rootfs = harness.build_rootfs()
+    work = tmp_path_factory.mktemp("nspawn")
+    server = LocalRedis().start()
+    password = secrets.token_hex(16)
+    # Set after start: LocalRedis's readiness probe is an unauthenticated PING.
+    redis.Redis(port=server.port).config_set("requirepass", password)
+    try:
+        wheel = harness.build_wheel(work / "wheel")
+        tree = harness.prepare_tree(rootfs, work / "tree", wheel)
+        machine_id = f"nspawn{os.getpid()}"
+        config = tree / "etc" / "appliance" / "config.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(CONFIG.format(url=server.url, machine_id=machine_id, health_port=free_port()))
+        harness.write_credential(tree, "redis-password", password)
+        # The plan comes from the installed package inside the rootfs, as on a real host.
+        plan = harness.nspawn_run(tree, "/usr/bin/env", "APPLIANCE_CONFIG=/etc/appliance/config.toml",
+                                  str(harness.APPLIANCE_BIN), "machine", "plan", "--json")
+        harness.install_units(tree, json.loads(plan), "--config", "/etc/appliance/config.toml")
+        logs = work / "logs"
+        logs.mkdir()
+        yield Env(tree=tree, logs=logs, redis=server, password=password, machine_id=machine_id)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def fresh(env: Env) -> Env:
+    redis.Redis(port=env.redis.port, password=env.password).flushall()
+    return env
+
+
+def dropin(c: harness.Container, unit: str, text: str, name: str = "90-test.conf") -> None:
+    c.sh("mkdir", "-p", f"/etc/systemd/system/{unit}.d")
+    c.sh("sh", "-c", f"cat > /etc/systemd/system/{unit}.d/{name}", input=text)
+    c.systemctl("daemon-reload")
+
+
+def test_plan_installed_the_echo_slots(env: Env) -> None:
+    wants = sorted(p.name for p in (env.tree / "etc/systemd/system/appliance.target.wants").iterdir())
+    assert wants == ECHO
+
+
+@needs_machine
+def test_machine_unit_starts_with_credential_and_sandbox(fresh: Env) -> None:
+    with fresh.boot() as c:
+        c.systemctl("start", MACHINE)
+        props = c.wait_active(MACHINE)
+        assert props["StatusText"], "the supervisor reports a STATUS= line"
+        # It reached the password-protected Redis: the credential arrived, and only as a file.
+        c.wait_props(MACHINE, "registered", lambda _: bool(_registered(fresh)), ["Id"], timeout=60)
+        env_block = c.systemctl("show", MACHINE, "--property=Environment").stdout
+        assert fresh.password not in env_block
+        score = c.sh("systemd-analyze", "security", MACHINE, check=False).stdout
+        assert float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", score)[1]) <= 3.0, score
+
+
+def _registered(env: Env) -> list[bytes]:
+    client = redis.Redis(port=env.redis.port, password=env.password)
+    return [k for k in client.scan_iter(count=1000) if env.machine_id.encode() in k]
+
+
+@needs_worker
+@needs_machine
+def test_target_starts_every_unit_with_status(fresh: Env) -> None:
+    with fresh.boot() as c:
+        c.systemctl("start", TARGET)
+        for unit in [MACHINE, *ECHO]:
+            props = c.wait_active(unit)
+            assert props["StatusText"], f"{unit} sends STATUS="
+        status = c.systemctl("status", "appliance*", check=False).stdout
+        for unit in [MACHINE, *ECHO]:
+            assert unit in status
+        score = c.sh("systemd-analyze", "security", ECHO[0], check=False).stdout
+        assert float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", score)[1]) <= 3.0, score
+
+
+async def _submit(env: Env, payload: dict) -> str:
+    from appliance.queue import JobSpec
+
+    q = await env.queue()
+    try:
+        return (await q.submit(JobSpec(service="echo", payload=payload))).id
+    finally:
+        await q.close()
+
+
+async def _get(env: Env, job_id: str):  # noqa: ANN202
+    q = await env.queue()
+    try:
+        return await q.get(job_id)
+    finally:
+        await q.close()
+
+
+def job(env: Env, job_id: str):  # noqa: ANN201
+    return asyncio.run(_get(env, job_id))
+
+
+def wait_job(c: harness.Container, env: Env, job_id: str, what: str, predicate, timeout: float = 90):  # noqa: ANN001,ANN201
+    return harness.wait_for(f"job {job_id} {what}", lambda: (j := job(env, job_id)) and predicate(j) and j,
+                            timeout, interval=0.3, on_timeout=c.diagnostics)
+
+
+def unit_of(env: Env, worker_id: str) -> str:
+    return f"appliance-worker@{worker_id.removeprefix(env.machine_id + '-')}.service"
+
+
+@needs_worker
+@needs_machine
+def test_job_submitted_on_the_host_completes_through_the_units(fresh: Env) -> None:
+    with fresh.boot() as c:
+        c.systemctl("start", TARGET)
+        for unit in ECHO:
+            c.wait_active(unit)
+        job_id = asyncio.run(_submit(fresh, {"text": "through systemd"}))
+        done = wait_job(c, fresh, job_id, "completed", lambda j: j.status == "completed")
+        assert done.worker_id.startswith(fresh.machine_id + "-")
+
+
+@needs_worker
+@needs_machine
+def test_killed_worker_is_restarted_and_its_job_runs_again(fresh: Env) -> None:
+    with fresh.boot() as c:
+        c.systemctl("start", TARGET)
+        for unit in ECHO:
+            c.wait_active(unit)
+        job_id = asyncio.run(_submit(fresh, {"delay": 4}))
+        claimed = wait_job(c, fresh, job_id, "claimed", lambda j: j.worker_id and j.status in ("claimed", "running"))
+        unit = unit_of(fresh, claimed.worker_id)
+        c.kill_main(unit, "KILL")
+        props = c.wait_props(unit, "restarted", lambda p: p["ActiveState"] == "active" and p["NRestarts"] == "1",
+                             ["ActiveState", "NRestarts"])
+        assert props["NRestarts"] == "1"
+        done = wait_job(c, fresh, job_id, "completed after the restart", lambda j: j.status == "completed")
+        assert done.attempts >= 2
+
+
+@needs_worker
+@needs_machine
+def test_hung_worker_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None:
+    with fresh.boot() as c:
+        unit = ECHO[0]
+        # A short watchdog keeps the test quick; APPLIANCE_TEST_HOOKS arms the worker's SIGUSR2 "hang" hook.
+        dropin(c, "appliance-worker@.service",
+               "[Service]\nWatchdogSec=4s\nEnvironment=APPLIANCE_TEST_HOOKS=1\n")
+        c.systemctl("start", TARGET)
+        c.wait_active(unit)
+        c.kill_main(unit, "USR2")
+        c.wait_props(unit, "restarted", lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
+                     ["NRestarts", "ActiveState"])
+        journal = c.journal(unit)
+        assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
+
+
+@needs_worker
+@needs_machine
+def test_worker_failing_past_its_start_limit_hands_its_jobs_back(fresh: Env) -> None:
+    with fresh.boot() as c:
+        c.systemctl("start", TARGET)
+        for unit in ECHO:
+            c.wait_active(unit)
+        job_id = asyncio.run(_submit(fresh, {"delay": 30}))
+        claimed = wait_job(c, fresh, job_id, "claimed", lambda j: j.worker_id and j.status in ("claimed", "running"))
+        unit = unit_of(fresh, claimed.worker_id)
+        # From now on this worker cannot start: it crashes through its start limit.
+        dropin(c, unit, "[Service]\nExecStartPre=/bin/false\nRestartSec=100ms\n")
+        c.kill_main(unit, "KILL")
+        c.wait_props(unit, "failed for good", lambda p: p["ActiveState"] == "failed", ["ActiveState", "Result"])
+        handler = f"appliance-onfailure@{unit.removesuffix('.service')}.service"
+        props = c.wait_props(handler, "run", lambda p: p["ActiveState"] == "inactive" and p["Result"] != "",
+                             ["ActiveState", "Result", "ExecMainStatus"])
+        assert props["Result"] == "success", c.journal(handler)
+        done = wait_job(c, fresh, job_id, "completed by the other worker",
+                        lambda j: j.status == "completed")
+        assert done.worker_id != claimed.worker_id
+        assert any("service_failed" in json.dumps(e) for e in done.errors), done.errors
+
+
+@needs_worker
+@needs_machine
+def test_stopping_the_target_drains_running_jobs(fresh: Env) -> None:
+    with fresh.boot() as c:
+        c.systemctl("start", TARGET)
+        for unit in ECHO:
+            c.wait_active(unit)
+        job_id = asyncio.run(_submit(fresh, {"delay": 3}))
+        wait_job(c, fresh, job_id, "running", lambda j: j.status in ("claimed", "running"))
+        c.systemctl("stop", TARGET)  # returns when every unit has stopped
+        for unit in [MACHINE, *ECHO]:
+            props = c.show(unit, "ActiveState", "Result")
+            assert props == {"ActiveState": "inactive", "Result": "success"}, (unit, props, c.journal(unit))
+        assert job(fresh, job_id).status == "completed"
+
+
+@needs_machine
+def test_container_mode_exits_when_the_machine_fails_for_good(fresh: Env) -> None:
+    with fresh.boot() as c:
+        # The installer inside the container, as an image build would run it.
+        c.sh(str(harness.APPLIANCE_BIN), "units", "install", "--bin", str(harness.APPLIANCE_BIN),
+             "--plan-json", "/root/plan.json", "--config", "/etc/appliance/config.toml", "--container-mode")
+        dropin(c, MACHINE, "[Service]\nExecStartPre=/bin/false\nRestartSec=100ms\n")
+        c.systemctl("start", "--no-block", MACHINE)
+        assert c.process is not None
+        rc = c.process.wait(timeout=120)
+        assert rc != 0
+        assert "Exiting container" in c.console() or "exit.target" in c.console()

@@ -1,0 +1,145 @@
+"""Replicate and RunPod connectors against their stand-ins on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from appliance.standins import replicate as replicate_standin
+from appliance.standins import runpod as runpod_standin
+from appliance.standins.jobsim import SIM_KEY
+from appliance.worker.connectors import ConnectorOptions, create_connector
+from appliance.worker.connectors.base import Connector, ConnectorJob, JobCancelled, PermanentError, RetryableError
+from appliance.worker.connectors.replicate import progress_from_logs
+from appliance.worker.storage import LocalStorage
+
+KEY = "r8_secret_token"
+FAST = {"poll_initial_s": 0.02, "poll_max_s": 0.05}
+
+
+async def _serve(app: Any) -> tuple[TestServer, str]:
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server, str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture(params=["replicate", "runpod"])
+async def service(request: pytest.FixtureRequest, storage: LocalStorage) -> AsyncIterator[tuple[str, Connector, Any]]:
+    module = replicate_standin if request.param == "replicate" else runpod_standin
+    app = module.make_app(api_key=KEY)
+    server, url = await _serve(app)
+    connector = create_connector(request.param, options=ConnectorOptions(
+        base_url=url, api_key=KEY, default_timeout_s=30, extra={**FAST, "endpoint_id": "ep1"}), storage=storage)
+    await connector.start()
+    yield request.param, connector, app[SIM_KEY]
+    await connector.close()
+    await server.close()
+
+
+def job(name: str, job_input: dict[str, Any], job_id: str = "j1") -> ConnectorJob:
+    payload: dict[str, Any] = {"input": job_input}
+    if name == "replicate":
+        payload["model"] = "owner/model"
+    return ConnectorJob(id=job_id, service=name, payload=payload, attempt=1, timeout_s=None)
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str | None]] = []
+
+    async def __call__(self, percent: float, message: str | None) -> None:
+        self.calls.append((percent, message))
+
+
+async def test_queued_processing_succeeded(service) -> None:
+    name, connector, sim = service
+    progress = Progress()
+    result = await connector.process(job(name, {"prompt": "hi", "steps": 4}), progress)
+    assert result.data["output"] == {"echo": {"prompt": "hi"}}
+    assert result.service_job_id in sim.jobs and sim.stats["polls"] >= 1
+    if name == "replicate":
+        assert any(0 < p < 100 for p, _ in progress.calls)  # from the tqdm logs
+    assert await connector.health() is True
+
+
+async def test_failed_is_permanent(service) -> None:
+    name, connector, _ = service
+    with pytest.raises(PermanentError) as info:
+        await connector.process(job(name, {"fail": "CUDA kernel exploded"}), Progress())
+    assert "CUDA kernel exploded" in info.value.message
+
+
+async def test_cancel_cancels_remote_job(service) -> None:
+    name, connector, sim = service
+    task = asyncio.create_task(connector.process(job(name, {"hang": True}, job_id="c1"), Progress()))
+    while not sim.jobs:
+        await asyncio.sleep(0.01)
+    await connector.cancel("c1")
+    with pytest.raises(JobCancelled):
+        await task
+    assert sim.stats["cancels"] == 1
+    assert next(iter(sim.jobs.values())).state == "canceled"
+
+
+async def test_rate_limit_server_error_malformed(service) -> None:
+    name, connector, _ = service
+    with pytest.raises(RetryableError) as info:
+        await connector.process(job(name, {"standin": "429"}), Progress())
+    assert info.value.code == "rate_limited" and info.value.retry_after_s == 3.0
+    with pytest.raises(RetryableError) as err:
+        await connector.process(job(name, {"standin": "500"}), Progress())
+    assert err.value.details["status"] == 500
+    with pytest.raises(RetryableError) as bad:
+        await connector.process(job(name, {"standin": "malformed"}), Progress())
+    assert bad.value.code == "bad_response"
+
+
+async def test_wrong_key_is_permanent_and_not_leaked(service, storage: LocalStorage) -> None:
+    name, connector, _ = service
+    other = create_connector(name, options=ConnectorOptions(base_url=connector.api.base_url, api_key="wrong-key",
+                                                            extra={**FAST, "endpoint_id": "ep1"}), storage=storage)
+    await other.start()
+    with pytest.raises(PermanentError) as info:
+        await other.process(job(name, {"x": 1}), Progress())
+    await other.close()
+    assert info.value.code == "unauthorized"
+    assert "wrong-key" not in str(info.value) + repr(info.value.details)
+
+
+async def test_runpod_stream_and_timeout(storage: LocalStorage) -> None:
+    app = runpod_standin.make_app(api_key=KEY)
+    server, url = await _serve(app)
+    connector = create_connector("runpod", options=ConnectorOptions(
+        base_url=url, api_key=KEY, extra={**FAST, "endpoint_id": "ep1", "stream": True}), storage=storage)
+    await connector.start()
+    progress = Progress()
+    result = await connector.process(job("runpod", {"steps": 3}), progress)
+    assert [c["step"] for c in result.data["stream"]] == [1, 2, 3]
+    assert [p for p, _ in progress.calls] == [33.0, 66.0, 99.0]
+    timed = ConnectorJob(id="t", service="runpod", payload={"input": {"hang": True},
+                                                            "policy": {"executionTimeout": 100}},
+                         attempt=1, timeout_s=None)
+    with pytest.raises(RetryableError) as info:
+        await connector.process(timed, Progress())
+    assert info.value.code == "timeout"
+    await connector.close()
+    await server.close()
+
+
+def test_progress_from_logs() -> None:
+    assert progress_from_logs(" 10%|#  | 1/10\n 45%|####5 | 45/100") == 45.0
+    assert progress_from_logs("loading weights") is None
+
+
+async def test_payload_without_target_is_permanent(service) -> None:
+    name, connector, sim = service
+    bad = ConnectorJob(id="b", service=name, payload={"input": {}, "endpoint_id": ""}, attempt=1, timeout_s=None)
+    if name == "runpod":
+        connector.endpoint_id = None
+    with pytest.raises(PermanentError, match="version|endpoint_id"):
+        await connector.process(bad, Progress())
+    assert sim.stats["created"] == 0

@@ -33,6 +33,7 @@ class LocalRedis:
 
     def __init__(self, port: int | None = None, extra_args: list[str] | None = None,
                  executable: str | None = None, workdir: Path | None = None) -> None:
+        self._port_was_picked = port is None
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])
         self.executable = executable or shutil.which("redis-server") or "redis-server"
@@ -49,15 +50,29 @@ class LocalRedis:
             raise LocalRedisError(
                 "redis-server not found on PATH: install it (Debian: apt-get install redis-server) "
                 "or set APPLIANCE_REDIS_URL to an existing server")
+        # A port picked for us may be taken between picking and binding (or its cluster bus port, +10000, may
+        # be busy): pick another and try again.
+        for _ in range(5):
+            try:
+                return self._start_once(timeout_s)
+            except LocalRedisError as exc:
+                if not self._port_was_picked or "Address already in use" not in str(exc):
+                    raise
+                self.port = free_port()
+        return self._start_once(timeout_s)
+
+    def _start_once(self, timeout_s: float) -> LocalRedis:
+        logfile = self.workdir / f"redis-{self.port}.log"
         args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(logfile),
                 "--protected-mode", "yes", *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise LocalRedisError(f"redis-server exited at start: {err.strip()[-500:]}")
+                log = logfile.read_text(errors="replace") if logfile.exists() else ""
+                self.process = None
+                raise LocalRedisError(f"redis-server exited at start: {log.strip()[-500:]}")
             if self.ping():
                 return self
             time.sleep(0.02)
@@ -88,8 +103,6 @@ class LocalRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process and self.process.stderr:
-            self.process.stderr.close()
         self.process = None
 
     def restart(self, timeout_s: float = 10.0) -> LocalRedis:

@@ -49,7 +49,7 @@ MAX_EXPOSURE = {
     "appliance-comfyui@0.service": 4.0,
 }
 HARDENING = {
-    "CapabilityBoundingSet": "", "DynamicUser": "yes", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
+    "CapabilityBoundingSet": "", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
     "ProtectHome": "yes", "ProtectSystem": "strict", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
     "SystemCallFilter": "@system-service", "SystemCallArchitectures": "native", "RestrictNamespaces": "yes",
 }
@@ -127,10 +127,10 @@ def test_security_exposure(installed: Path, unit: str) -> None:
 
 
 def units_by_name() -> dict[str, dict[str, dict[str, list[str]]]]:
-    return {name: parse_unit(text) for name, text in inst.packaged_files().items() if name != inst.TMPFILES_NAME}
+    return {name: parse_unit(text) for name, text in inst.packaged_files().items() if name not in inst.SYSTEM_FILES}
 
 
-@pytest.mark.parametrize("name", [n for n in inst.packaged_files() if n != inst.TMPFILES_NAME])
+@pytest.mark.parametrize("name", [n for n in inst.packaged_files() if n not in inst.SYSTEM_FILES])
 def test_unit_file_style(name: str) -> None:
     text = inst.packaged_files()[name]
     assert text.startswith("#  SPDX-License-Identifier: MIT\n")
@@ -168,7 +168,8 @@ def test_long_running_units_are_supervised(name: str) -> None:
     assert service["EnvironmentFile"] == ["-/etc/appliance/appliance.env"]
     for key, value in HARDENING.items():
         assert service.get(key) is not None and value in service[key], f"{name}: {key}"
-    assert service["StateDirectory"] == ["appliance"] and service["User"] == ["appliance"]
+    assert service["StateDirectory"] == ["appliance"]
+    assert service["User"] == ["appliance"] and service["Group"] == ["appliance"]
 
 
 def test_worker_stop_timeout_covers_the_drain() -> None:

@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     install = sub.add_parser("install", help="install unit files, drop-ins and the service plan's instances")
     _add_common(install)
+    install.add_argument("--no-user", action="store_true",
+                         help="do not run systemd-sysusers now (the user is then created at the next boot)")
     install.set_defaults(handler=_install)
 
     show = sub.add_parser("list", help="print what `install` would write, without writing")
@@ -115,6 +117,8 @@ def _install(args: argparse.Namespace) -> int:
         raise CommandError(f"writing under {root}: {exc}") from None
     for f in files:
         print(root / f.path)
+    if not args.no_user and (problem := inst.create_user(root)):
+        raise CommandError(problem)
     if root.resolve() == Path("/"):
         print("now run: systemctl daemon-reload && systemctl restart appliance.target", file=sys.stderr)
     return 0

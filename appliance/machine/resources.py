@@ -74,6 +74,7 @@ class Nvml:
         self.driver_version: str | None = None
         # NVML is thread-safe, but init/shutdown must not race a poll running in a worker thread.
         self._lock = threading.Lock()
+        self._inflight: asyncio.Future[list[GpuInfo]] | None = None
 
     def start(self) -> Nvml:
         with self._lock:
@@ -147,8 +148,11 @@ class Nvml:
 
     async def poll(self, timeout_s: float = NVML_TIMEOUT_S) -> list[GpuInfo] | None:
         """`gpus()` off the event loop; None when it did not finish in time (the thread is abandoned)."""
+        if self._inflight is not None and not self._inflight.done():
+            return None  # the last poll is still stuck in the driver: do not pile up threads behind it
+        self._inflight = asyncio.ensure_future(asyncio.to_thread(self.gpus))
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self.gpus), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(self._inflight), timeout_s)
         except TimeoutError:
             log.warning("NVML poll took longer than %.1fs", timeout_s)
             return None

@@ -126,7 +126,8 @@ class Supervisor:
             metrics_registry, self.jobs = make_registry(self.state)
             runner, port = await start_server(make_app(self.state, metrics_registry, self.publish_status),
                                               self.health_host, self.health_port)
-            self.state.health_url = f"http://{self.state.resources.hostname}:{port}"
+            host = self.health_host if self.health_host not in ("", "0.0.0.0", "::") else res_host(self.state)
+            self.state.health_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
             self._step("health_server", port=port)
             if not await self._connect():
                 return 0  # stopped while waiting for Redis
@@ -229,6 +230,8 @@ class Supervisor:
             if not pending or time.monotonic() > deadline:
                 break
             self.notifier.status(f"starting: waiting for {len(pending)} service(s): {', '.join(sorted(pending))}")
+            # Our own deadline bounds the wait; keep systemd's start timeout from cutting it short.
+            self.notifier.extend_timeout(5.0)
             if await self._sleep(1.0):
                 break
 
@@ -394,3 +397,7 @@ class Supervisor:
         self.nvml.stop()
         self.notifier.close()
 
+
+def res_host(state: MachineState) -> str:
+    """The name other machines reach us by when the health server listens on every address."""
+    return state.resources.hostname if state.resources else "localhost"

@@ -8,7 +8,8 @@ as the Nix derivation does with its store path. On top of the unit files the ins
   serves API slots, so the binding cannot live in the template),
 - the service plan's instances as symlinks in `appliance.target.wants/`, exactly what `systemctl enable` would
   create, so installing works offline and into a tree no systemd runs in,
-- optional drop-ins: container mode (the machine failing for good stops the container) and a config path.
+- optional drop-ins: container mode (the machine failing for good stops the container) and a config path,
+- the `appliance` system user (sysusers.d) and the root-owned directories (tmpfiles.d).
 
 Everything it writes is listed up front by `plan_install` (what `appliance units list` prints), and everything
 it ever wrote is found again by `managed_paths`, so a re-install with another plan leaves nothing stale.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -32,6 +35,7 @@ BIN_PLACEHOLDER = "@APPLIANCE_BIN@"
 #: every systemd searches and which the distribution's package manager never touches.
 UNIT_DIR = PurePosixPath("etc/systemd/system")
 TMPFILES_DIR = PurePosixPath("etc/tmpfiles.d")
+SYSUSERS_DIR = PurePosixPath("etc/sysusers.d")
 CONFIG_DIR = PurePosixPath("etc/appliance")
 
 TARGET = "appliance.target"
@@ -39,7 +43,8 @@ MACHINE_UNIT = "appliance-machine.service"
 COMFYUI_TEMPLATE = "appliance-comfyui@.service"
 WORKER_TEMPLATE = "appliance-worker@.service"
 ONFAILURE_TEMPLATE = "appliance-onfailure@.service"
-TMPFILES_NAME = "appliance.conf"
+#: Packaged name -> installed path, for the files that are not units.
+SYSTEM_FILES = {"tmpfiles.conf": TMPFILES_DIR / "appliance.conf", "sysusers.conf": SYSUSERS_DIR / "appliance.conf"}
 
 COMFYUI_DROPIN = "10-comfyui.conf"
 CONFIG_DROPIN = "20-config.conf"
@@ -70,6 +75,7 @@ class FileKind(StrEnum):
     UNIT = "unit"
     DROPIN = "drop-in"
     TMPFILES = "tmpfiles"
+    SYSUSERS = "sysusers"
     WANTS = "wants"
     CONFIG = "config"
 
@@ -188,8 +194,9 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
     packaged = packaged_files() if packaged is None else packaged
     files: list[InstallFile] = []
     for name, text in packaged.items():
-        if name == TMPFILES_NAME:
-            files.append(InstallFile(TMPFILES_DIR / name, FileKind.TMPFILES, content=text))
+        if name in SYSTEM_FILES:
+            kind = FileKind.SYSUSERS if name == "sysusers.conf" else FileKind.TMPFILES
+            files.append(InstallFile(SYSTEM_FILES[name], kind, content=text))
         else:
             files.append(InstallFile(UNIT_DIR / name, FileKind.UNIT, content=render(text, options.bin_path)))
     for unit in options.units:
@@ -227,7 +234,7 @@ def managed_paths(root: Path, packaged: dict[str, str] | None = None) -> list[Pa
     unit_dir = root / UNIT_DIR
     found: list[Path] = []
     for name in packaged:
-        path = (root / TMPFILES_DIR / name) if name == TMPFILES_NAME else (unit_dir / name)
+        path = root / SYSTEM_FILES[name] if name in SYSTEM_FILES else unit_dir / name
         if path.exists() or path.is_symlink():
             found.append(path)
     wants = unit_dir / f"{TARGET}.wants"
@@ -245,7 +252,7 @@ def _remove(paths: list[Path], root: Path) -> None:
         path.unlink()
         parent = path.parent
         # Drop-in and wants directories we emptied go too; the unit directory itself stays.
-        if parent != root / UNIT_DIR and parent.name.endswith((".d", ".wants")) and not any(parent.iterdir()):
+        if parent.parent == root / UNIT_DIR and parent.name.endswith((".d", ".wants")) and not any(parent.iterdir()):
             parent.rmdir()
 
 
@@ -265,6 +272,18 @@ def write(root: Path, files: list[InstallFile]) -> None:
         tmp.write_text(f.content, encoding="utf-8")
         tmp.chmod(f.mode)
         tmp.replace(target)
+
+
+def create_user(root: Path) -> str | None:
+    """Create the `appliance` user now (systemd-sysusers), as boot would; returns why not, if it could not."""
+    tool = shutil.which("systemd-sysusers")
+    if tool is None:
+        return "systemd-sysusers not found: create the system user `appliance` before starting the units"
+    proc = subprocess.run([tool, f"--root={root}", str(root / SYSTEM_FILES["sysusers.conf"])],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return f"systemd-sysusers failed: {proc.stderr.strip()}"
+    return None
 
 
 def uninstall(root: Path) -> list[Path]:

@@ -75,7 +75,9 @@ class JobRunner:
             result, exc = await self._call(lease)
             lease.finishing = True
             if lease.stop is not StopReason.LOST and exc is None:
-                await lease.progress.flush()
+                await lease.progress.flush()  # the last value before the result, never after it
+            else:
+                await lease.progress.close()
             outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
             if exc is not None and outcome.kind is OutcomeKind.FAIL:
                 log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())

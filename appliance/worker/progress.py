@@ -96,7 +96,7 @@ class ProgressForwarder:
         try:
             cancel = await self._write(value.percent, value.message)
         except QueueError as exc:  # LeaseLost / JobNotFound / JobAlreadyFinished: the job is not ours anymore
-            log.warning("progress of a job was refused (%s); stopping it", exc)
+            log.warning("progress refused, lease lost? (%s); stopping the job", exc)
             self._closed = True
             self._on_lost()
             return True

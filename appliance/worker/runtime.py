@@ -446,4 +446,5 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.queue.close()
         self.notifier.close()
+        self.signals.uninstall()
         log.info("worker %s stopped", self.worker_id)

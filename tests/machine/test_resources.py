@@ -122,3 +122,24 @@ async def test_nvml_poll_off_the_loop(monkeypatch) -> None:
     _fake_gpu_boundary(monkeypatch)
     gpus = await Nvml().start().poll()
     assert gpus is not None and len(gpus) == 2
+
+
+async def test_hung_nvml_poll_times_out_without_piling_up(monkeypatch) -> None:
+    import threading
+
+    _fake_gpu_boundary(monkeypatch)
+    release = threading.Event()
+    calls = []
+
+    def hung_count() -> int:
+        calls.append(1)
+        release.wait(30)  # a wedged driver call
+        return 2
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", hung_count)
+    nv = Nvml().start()
+    try:
+        assert await nv.poll(timeout_s=0.2) is None
+        assert await nv.poll(timeout_s=0.2) is None  # refused at once: the first call is still stuck
+        assert len(calls) == 1
+    finally:
+        release.set()

@@ -20,9 +20,9 @@ def cluster() -> Iterator[list[LocalRedis]]:
     nodes = []
     try:
         for _ in range(3):
-            port = free_port()
-            nodes.append(LocalRedis(port=port, extra_args=[
-                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+            nodes.append(LocalRedis(extra_args=[
+                # An explicit bus port: the default (port + 10000) can fall outside the port range.
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()),
                 "--cluster-node-timeout", "2000"]).start())
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)

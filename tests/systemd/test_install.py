@@ -46,9 +46,10 @@ def install(root: Path, plan: dict, *extra: str) -> subprocess.CompletedProcess[
 
 
 def tree(root: Path) -> dict[str, str]:
-    """Every file and link under etc/, with a link's target or a file's first line."""
+    """Every file and link the installer manages under etc/, with a link's target or a file's first line."""
     out = {}
-    for path in sorted((root / "etc").rglob("*")):
+    paths = [p for d in ("systemd", "tmpfiles.d", "sysusers.d", "appliance") for p in (root / "etc" / d).rglob("*")]
+    for path in sorted(paths):
         rel = str(path.relative_to(root))
         if path.is_symlink():
             out[rel] = "-> " + os.readlink(path)
@@ -73,6 +74,8 @@ def test_gpu_plan_binds_each_worker_to_its_comfyui(root: Path) -> None:
         text = (units / name).read_text()
         assert inst.BIN_PLACEHOLDER not in text and f"ExecStart={BIN} " in text
     assert (root / "etc/tmpfiles.d/appliance.conf").is_file()
+    # The service user exists in the root (systemd-sysusers ran there).
+    assert any(line.startswith("appliance:") for line in (root / "etc/passwd").read_text().splitlines())
 
 
 def test_api_slots_get_no_binding_and_reinstall_removes_stale_files(root: Path) -> None:
@@ -105,7 +108,7 @@ def test_list_writes_nothing_and_matches_install(root: Path) -> None:
     listed = cli("list", "--root", str(root), "--bin", BIN, "--plan-json", str(plan_file), "--json")
     assert listed.returncode == 0, listed.stderr
     assert not (root / "etc").exists()
-    installed = install(root, GPU_PLAN)
+    installed = install(root, GPU_PLAN, "--no-user")
     assert [f["path"] for f in json.loads(listed.stdout)] == installed.stdout.split()
 
 

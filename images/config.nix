@@ -108,9 +108,9 @@ in
       mkdir -p etc/appliance etc/credstore etc/systemd/system/multi-user.target.wants tmp var/lib/appliance run
       chmod 1777 tmp
       chmod 0700 etc/credstore
-      printf 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/var/empty:/bin/false\n' > etc/passwd
-      printf 'root:x:0:\nnogroup:x:65534:\n' > etc/group
-      # nss-systemd resolves the units' DynamicUser=; files for the rest.
+      # The units run as User=/Group=appliance (the package's sysusers.d entry, fixed here at uid 990).
+      printf 'root:x:0:0:root:/root:/bin/bash\nappliance:x:990:990:Appliance services:/var/lib/appliance:/bin/false\nnobody:x:65534:65534:nobody:/var/empty:/bin/false\n' > etc/passwd
+      printf 'root:x:0:\nappliance:x:990:\nnogroup:x:65534:\n' > etc/group
       printf 'passwd: files systemd\ngroup: files systemd\nhosts: files dns\n' > etc/nsswitch.conf
       cp ${osRelease} etc/os-release
       # Empty: systemd (or podman) fills in a machine id at boot.

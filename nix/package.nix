@@ -3,7 +3,7 @@
 # Built as a Python *module* (buildPythonPackage) so that `python.withPackages (_: [ appliance ])` can import it
 # (the VM tests run the stand-ins as `python -m appliance.standins.…`); `flake.nix` turns it into the
 # application with `toPythonApplication`. The systemd units and the tmpfiles.d entry shipped inside the package
-# (appliance/units/) are also installed where NixOS and systemd look for them, with `@APPLIANCE_BIN@` filled in.
+# (appliance/units/), with tmpfiles.d and sysusers.d entries, are also installed where NixOS and systemd look for them, with `@APPLIANCE_BIN@` filled in.
 #
 # The test suite is not run inside this build (doCheck = false): it needs a Redis server and binds local ports,
 # and one failing flaky test should not block installing the package. `passthru.tests.pytest` runs it, and the
@@ -76,7 +76,8 @@ let
     postInstall = ''
       install -Dm444 -t $out/lib/systemd/system appliance/units/*.service appliance/units/*.target
       substituteInPlace $out/lib/systemd/system/* --replace-fail '@APPLIANCE_BIN@' "$out/bin/appliance"
-      install -Dm444 appliance/units/appliance.conf $out/lib/tmpfiles.d/appliance.conf
+      install -Dm444 appliance/units/tmpfiles.conf $out/lib/tmpfiles.d/appliance.conf
+      install -Dm444 appliance/units/sysusers.conf $out/lib/sysusers.d/appliance.conf
     '';
 
     doCheck = false;

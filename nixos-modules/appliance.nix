@@ -386,6 +386,16 @@ in
         ) cfg.connectors;
       };
 
+      # The packaged units run as User=/Group=appliance (sysusers.d entry in the package); NixOS declares
+      # users itself rather than reading a package's sysusers.d.
+      users.users.appliance = {
+        isSystemUser = true;
+        group = "appliance";
+        home = "/var/lib/appliance";
+        description = "Appliance services";
+      };
+      users.groups.appliance = { };
+
       systemd.packages = [ cfg.package ];
       systemd.tmpfiles.packages = [ cfg.package ];
       environment.systemPackages = [ cfg.package ];

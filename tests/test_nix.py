@@ -198,6 +198,8 @@ def test_gpu_machine_units() -> None:
         assert services[f"appliance-comfyui@{gpu}"]["wantedBy"] == ["appliance.target"]
         assert worker["serviceConfig"]["LoadCredential"] == ["", "redis-password:/run/secrets/redis"]
     assert out["targets"]["appliance"]["wantedBy"] == ["multi-user.target"]
+    # The units' User=/Group=appliance exist on NixOS.
+    assert out["users"] == {"appliance": "appliance"} and out["groups"] == ["appliance"]
     assert out["packages"] == out["tmpfiles"] == ["appliance-0.1.0"]
     assert out["etc"]["appliance/appliance.env"] == "APPLIANCE_CONFIG=/etc/appliance/config.toml\n"
     settings = out["settings"]
@@ -298,11 +300,17 @@ def test_module_unit_names_exist_in_the_package() -> None:
     """The names the module drops into are the package's unit files (appliance/units)."""
     module = (ROOT / "nixos-modules" / "appliance.nix").read_text()
     for unit in ["appliance.target", "appliance-machine.service", "appliance-comfyui@.service",
-                 "appliance-worker@.service", "appliance-onfailure@.service", "appliance.conf"]:
+                 "appliance-worker@.service", "appliance-onfailure@.service", "tmpfiles.conf", "sysusers.conf"]:
         assert (UNITS_DIR / unit).is_file(), unit
     for reference in ['unitName "worker@', 'unitName "comfyui@', "appliance-machine", '"appliance-onfailure@"',
                       "systemd.targets.appliance"]:
         assert reference in module
     # The package substitutes this placeholder in postInstall; the units must still carry it.
     for unit_file in UNITS_DIR.glob("*.service"):
-        assert "ExecStart=@APPLIANCE_BIN@ " in unit_file.read_text(), unit_file.name
+        text = unit_file.read_text()
+        assert "ExecStart=@APPLIANCE_BIN@ " in text, unit_file.name
+        # The module declares exactly this user and group.
+        assert "User=appliance" in text and "Group=appliance" in text, unit_file.name
+    package = (ROOT / "nix" / "package.nix").read_text()
+    for conf in ["tmpfiles.conf", "sysusers.conf"]:
+        assert f"appliance/units/{conf}" in package

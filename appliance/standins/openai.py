@@ -25,7 +25,6 @@ from aiohttp import web
 from appliance.standins.media import Frame, encode_png
 from appliance.standins.process import serve
 
-
 #: The parsed JSON body, stored by the middleware for the handlers.
 BODY_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("body", dict)
 

@@ -51,6 +51,8 @@ CONFIG_DROPIN = "20-config.conf"
 CONTAINER_DROPIN = "50-container-mode.conf"
 #: A drop-in directory named by a unit-name prefix applies to every unit starting with it (systemd.unit(5)).
 ALL_UNITS_DROPIN_DIR = "appliance-.service.d"
+#: What the container exits with when the machine failed for good (--container-mode).
+CONTAINER_EXIT_STATUS = 70
 
 # Instance names go into unit names and worker ids unescaped: keep them to what both accept.
 _INSTANCE_UNIT_RE = re.compile(r"^appliance-(?P<template>comfyui|worker)@(?P<instance>[A-Za-z0-9_]+)\.service$")
@@ -207,8 +209,9 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
         files.append(InstallFile(
             _dropin(MACHINE_UNIT, CONTAINER_DROPIN), FileKind.DROPIN,
             content=("# Written by `appliance units install --container-mode`: when the supervisor fails past its\n"
-                     "# start limit the machine is beyond repair, so PID 1 exits and the container with it.\n"
-                     "[Unit]\nFailureAction=exit\n")))
+                     "# start limit the machine is beyond repair, so PID 1 exits and the container with it. The\n"
+                     "# status is fixed: after a start-limit failure there is no main process whose status could pass.\n"
+                     f"[Unit]\nFailureAction=exit\nFailureActionExitStatus={CONTAINER_EXIT_STATUS}\n")))
     if options.config_path is not None:
         files.append(InstallFile(
             UNIT_DIR / ALL_UNITS_DROPIN_DIR / CONFIG_DROPIN, FileKind.DROPIN,

@@ -24,7 +24,7 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, Connec
 
 #: First and largest delay between retries while Redis is down (s).
 BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 5.0
+BACKOFF_MAX_S = 2.0
 
 
 def is_unreachable(exc: BaseException) -> bool:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ from appliance.queue import ClaimedJob, Queue, WorkerSession
 from appliance.worker.connectors import Connector, ConnectorCapabilities, create_connector
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals, wait_until
 from appliance.worker.execution import JobRunner
+from appliance.worker.housekeeping import HEALTH_TIMEOUT_S, ServiceHealth, reap_forever
 from appliance.worker.identity import WorkerSlot
 from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import StopReason
@@ -48,8 +48,6 @@ T = TypeVar("T")
 #: The watchdog keeps pinging while Redis has been away for less than this (s): a short outage must not get
 #: the worker (and its running job) killed; a long one gets a fresh process.
 REDIS_GRACE_S = 120.0
-#: One health probe of the service may take this long before it counts as down (s).
-HEALTH_TIMEOUT_S = 10.0
 #: After the drain grace: how long handed-back jobs may take to stop, and their hand-backs to be written (s).
 DRAIN_INTERRUPT_S = 5.0
 HURRY_INTERRUPT_S = 0.5
@@ -85,7 +83,8 @@ class Worker:
         self.leases = LeaseTable(on_change=self._change)
         self.signals = StopSignals(on_change=self._change)
         self.status = StatusPublisher(self.notifier, self.link)
-        self.service_healthy = False
+        self.service = ServiceHealth(self.connector, self.parts.connector, interval_s=self.parts.health_interval_s,
+                                     down_interval_s=DOWN_HEALTH_INTERVAL_S, on_change=self._change)
         #: Monotonic time of the claim loop's last turn (the watchdog's liveness check).
         self.loop_beat = time.monotonic()
         self.queue: Queue | None = None
@@ -96,7 +95,6 @@ class Worker:
         self._phase: Phase | None = Phase.STARTING
         self._changed = asyncio.Event()
         self._status_dirty = asyncio.Event()
-        self._health_now = asyncio.Event()
         self._runs: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[Any]] = []
         self._watchdog: WatchdogPinger | None = None
@@ -142,7 +140,7 @@ class Worker:
         self.writer = OutcomeWriter(queue, self.link)
         self.runner = JobRunner(self.connector, queue, self.leases, self.link, self.writer,
                                 default_timeout_s=self.parts.default_timeout_s,
-                                on_service_trouble=self._health_now.set)
+                                on_service_trouble=self.service.check_now)
         self._phase = None
         self.notifier.ready(self.snapshot().text())
         log.info("worker %s ready: services %s, concurrency %d, queue %s", self.worker_id,
@@ -185,13 +183,13 @@ class Worker:
     async def _wait_for_service(self) -> ConnectorCapabilities | None:
         """Wait until the service answers and reports what it offers; None when a stop signal came first."""
         while not self.signals.draining.is_set():
-            if await self._probe():
+            if await self.service.probe():
                 try:
                     found = await self.connector.capabilities()
                 except Exception as exc:
                     log.warning("%s answers but its capabilities could not be read: %s", self.parts.connector, exc)
                 else:
-                    self.service_healthy = True
+                    self.service.set(True)
                     return found
             self._phase = Phase.SERVICE_DOWN
             await self._publish()
@@ -201,12 +199,13 @@ class Worker:
         return None
 
     async def _serve(self) -> None:
-        assert self.session is not None and self.fleet is not None
+        assert self.queue is not None and self.session is not None and self.fleet is not None
         heartbeat = Heartbeater(self.session, self.leases, self.link,
                                 interval_s=self.settings.queue.heartbeat_interval_ms / 1000,
                                 on_cancel=self._cancel_requested, on_lost=self._lease_lost)
-        for name, coro in (("heartbeat", heartbeat.run()), ("reaper", self._reaper()),
-                           ("health", self._health_loop()), ("fleet-drain", self.fleet.run()),
+        reaper = reap_forever(self.queue, self.link, self.settings.queue.reaper_interval_ms / 1000)
+        for name, coro in (("heartbeat", heartbeat.run()), ("reaper", reaper), ("health", self.service.run()),
+                           ("fleet-drain", self.fleet.run()),
                            ("status", self._status_loop()), ("cancels", self._cancel_listener())):
             self._background.append(asyncio.create_task(coro, name=name))
         self._watchdog = WatchdogPinger(self.notifier, [self.redis_reachable, self.claim_loop_turning])
@@ -247,7 +246,7 @@ class Worker:
             return "draining"
         if not self.link.up:
             return "redis down"
-        if not self.service_healthy:
+        if not self.service.healthy:
             return "service down"
         if self.fleet is not None and self.fleet.drained:
             return "drained"
@@ -307,50 +306,6 @@ class Worker:
 
     # --- background loops -------------------------------------------------------------------------------------
 
-    async def _reaper(self) -> None:
-        """Every worker offers to reap each interval; the script's lock lets one per interval through."""
-        assert self.queue is not None
-        interval = self.settings.queue.reaper_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
-            if not self.link.up:
-                continue
-            try:
-                result = await self.queue.reap()
-            except Exception as exc:
-                if is_unreachable(exc):
-                    self.link.mark_down(exc)
-                else:
-                    log.exception("reaping failed")
-                continue
-            if result.requeued or result.dead or result.cancelled:
-                log.info("reaper: %d expired or due job(s) back in line, %d dead-lettered, %d cancelled",
-                         result.requeued, result.dead, result.cancelled)
-
-    async def _probe(self) -> bool:
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                return bool(await self.connector.health())
-        except Exception as exc:
-            log.debug("health probe of %s failed: %s", self.parts.connector, exc)
-            return False
-
-    async def _health_loop(self) -> None:
-        while True:
-            healthy = await self._probe()
-            if healthy != self.service_healthy:
-                if healthy:
-                    log.warning("%s answers again; taking jobs", self.parts.connector)
-                else:
-                    log.warning("service down: %s not answering; taking no jobs until it does", self.parts.connector)
-                self.service_healthy = healthy
-                self._change()
-            interval = self.parts.health_interval_s if healthy else DOWN_HEALTH_INTERVAL_S
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._health_now.wait()
-            self._health_now.clear()
-
     async def _status_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -369,7 +324,7 @@ class Worker:
                 phase = Phase.DRAINING
             elif not self.link.up:
                 phase = Phase.REDIS_DOWN
-            elif not self.service_healthy:
+            elif not self.service.healthy:
                 phase = Phase.SERVICE_DOWN
             elif drained:
                 phase = Phase.DRAINED
@@ -378,7 +333,7 @@ class Worker:
         elif phase is Phase.STARTING and not self.link.up:
             phase = Phase.REDIS_DOWN
         return Snapshot(phase=phase, connector=self.parts.connector, slot=self.slot.name, concurrency=self.capacity,
-                        service_healthy=self.service_healthy, drained=drained, redis_ok=self.link.up,
+                        service_healthy=self.service.healthy, drained=drained, redis_ok=self.link.up,
                         jobs=[lease.snapshot() for lease in self.leases.all()])
 
     async def _publish(self, force: bool = False) -> None:

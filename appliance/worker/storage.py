@@ -40,7 +40,7 @@ def sanitize_name(name: str) -> str:
 def object_key(job_id: str, name: str, *, prefix: str = "") -> str:
     """`[prefix/]job_id/name`, each part sanitised."""
     key = f"{sanitize_name(job_id)}/{sanitize_name(name)}"
-    clean_prefix = "/".join(sanitize_name(p) for p in prefix.split("/") if p)
+    clean_prefix = "/".join(sanitize_name(p) for p in prefix.split("/") if p not in ("", ".", ".."))
     return f"{clean_prefix}/{key}" if clean_prefix else key
 
 

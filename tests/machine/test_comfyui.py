@@ -35,9 +35,10 @@ def test_build_command() -> None:
 
 
 class Wrapper:
-    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None, mode: str = "ok") -> None:
         self.control = tmp / "control"
         self.record = tmp / "record"
+        self.set(mode)
         self.notify = NotifySocket()
         port = free_port()
         self.env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": "400000",
@@ -51,7 +52,10 @@ class Wrapper:
         # WatchdogPinger only honours WATCHDOG_PID when set; the pid is the wrapper's own, so leave it unset.
 
     def set(self, mode: str) -> None:
-        self.control.write_text(mode)
+        # Atomically: the child must never read a half-written (empty) file, which means "ok".
+        tmp = self.control.with_suffix(".tmp")
+        tmp.write_text(mode)
+        os.replace(tmp, self.control)
 
     def records(self) -> list[dict]:
         return [json.loads(line) for line in self.record.read_text().splitlines()] if self.record.exists() else []
@@ -77,8 +81,8 @@ class Wrapper:
 def wrapper(tmp_path):
     made: list[Wrapper] = []
 
-    def make(*extra: str, env: dict[str, str] | None = None) -> Wrapper:
-        w = Wrapper(tmp_path, *extra, env=env)
+    def make(*extra: str, env: dict[str, str] | None = None, mode: str = "ok") -> Wrapper:
+        w = Wrapper(tmp_path, *extra, env=env, mode=mode)
         made.append(w)
         return w
 
@@ -118,7 +122,7 @@ def test_ready_watchdog_then_hang_kills_and_fails(wrapper) -> None:
     # Pings stop with the first unanswered probe (one already decided may still arrive after it).
     lines = w.notify.lines()
     first_silent = next(i for i, line in enumerate(lines) if "not answering" in line or "hung" in line)
-    assert lines[first_silent:].count("WATCHDOG=1") <= 1
+    assert lines[first_silent:].count("WATCHDOG=1") <= 1, lines
 
 
 def test_child_death_fails_the_wrapper(wrapper) -> None:
@@ -140,8 +144,7 @@ def test_sigterm_is_forwarded(wrapper) -> None:
 
 
 def test_never_answering_child_fails_startup(wrapper) -> None:
-    w = wrapper(env={"APPLIANCE_COMFYUI__STARTUP_TIMEOUT_S": "1"})
-    w.set("never")
+    w = wrapper(env={"APPLIANCE_COMFYUI__STARTUP_TIMEOUT_S": "1"}, mode="never")
     code, out = w.wait()
     assert code == 1 and "did not answer" in out
     assert "READY=1" not in w.notify.lines()

@@ -73,6 +73,8 @@ in
   settingsHaveNull = hasNull config.services.appliance.settings;
   etc = lib.mapAttrs (_: e: e.text or (e.source.name or e.source)) config.environment.etc;
   firewall = config.networking.firewall.allowedTCPPorts;
+  users = lib.mapAttrs (_: u: u.group or null) config.users.users;
+  groups = lib.attrNames config.users.groups;
   packages = map (p: p.name) config.systemd.packages;
   tmpfiles = map (p: p.name) config.systemd.tmpfiles.packages;
 }

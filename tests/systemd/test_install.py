@@ -97,7 +97,8 @@ def test_api_slots_get_no_binding_and_reinstall_removes_stale_files(root: Path) 
 def test_container_mode_and_config_dropins(root: Path) -> None:
     install(root, API_PLAN, "--container-mode", "--config", "/etc/appliance/config.toml")
     units = root / "etc/systemd/system"
-    assert "FailureAction=exit" in (units / "appliance-machine.service.d/50-container-mode.conf").read_text()
+    container = (units / "appliance-machine.service.d/50-container-mode.conf").read_text()
+    assert "FailureAction=exit" in container and f"FailureActionExitStatus={inst.CONTAINER_EXIT_STATUS}" in container
     assert "Environment=APPLIANCE_CONFIG=/etc/appliance/config.toml" in \
         (units / "appliance-.service.d/20-config.conf").read_text()
 

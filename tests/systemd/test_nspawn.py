@@ -25,6 +25,7 @@ import pytest
 import redis
 
 from appliance.localredis import LocalRedis, free_port
+from appliance.units.install import CONTAINER_EXIT_STATUS
 from tests.systemd import harness
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
@@ -134,7 +135,7 @@ def test_plan_installed_the_echo_slots(env: Env) -> None:
 @needs_machine
 def test_machine_unit_starts_with_credential_and_sandbox(fresh: Env) -> None:
     with fresh.boot() as c:
-        c.systemctl("start", MACHINE)
+        c.systemctl("start", "--no-block", MACHINE)
         props = c.wait_active(MACHINE)
         assert props["StatusText"], "the supervisor reports a STATUS= line"
         # It reached the password-protected Redis: the credential arrived, and only as a file.
@@ -154,7 +155,7 @@ def _registered(env: Env) -> list[bytes]:
 @needs_machine
 def test_target_starts_every_unit_with_status(fresh: Env) -> None:
     with fresh.boot() as c:
-        c.systemctl("start", TARGET)
+        c.systemctl("start", "--no-block", TARGET)
         for unit in [MACHINE, *ECHO]:
             props = c.wait_active(unit)
             assert props["StatusText"], f"{unit} sends STATUS="
@@ -200,7 +201,7 @@ def unit_of(env: Env, worker_id: str) -> str:
 @needs_machine
 def test_job_submitted_on_the_host_completes_through_the_units(fresh: Env) -> None:
     with fresh.boot() as c:
-        c.systemctl("start", TARGET)
+        c.systemctl("start", "--no-block", TARGET)
         for unit in ECHO:
             c.wait_active(unit)
         job_id = asyncio.run(_submit(fresh, {"text": "through systemd"}))
@@ -212,7 +213,7 @@ def test_job_submitted_on_the_host_completes_through_the_units(fresh: Env) -> No
 @needs_machine
 def test_killed_worker_is_restarted_and_its_job_runs_again(fresh: Env) -> None:
     with fresh.boot() as c:
-        c.systemctl("start", TARGET)
+        c.systemctl("start", "--no-block", TARGET)
         for unit in ECHO:
             c.wait_active(unit)
         job_id = asyncio.run(_submit(fresh, {"delay": 4}))
@@ -234,7 +235,7 @@ def test_hung_worker_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None
         # A short watchdog keeps the test quick; APPLIANCE_TEST_HOOKS arms the worker's SIGUSR2 "hang" hook.
         dropin(c, "appliance-worker@.service",
                "[Service]\nWatchdogSec=4s\nEnvironment=APPLIANCE_TEST_HOOKS=1\n")
-        c.systemctl("start", TARGET)
+        c.systemctl("start", "--no-block", TARGET)
         c.wait_active(unit)
         c.kill_main(unit, "USR2")
         c.wait_props(unit, "restarted", lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
@@ -247,7 +248,7 @@ def test_hung_worker_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None
 @needs_machine
 def test_worker_failing_past_its_start_limit_hands_its_jobs_back(fresh: Env) -> None:
     with fresh.boot() as c:
-        c.systemctl("start", TARGET)
+        c.systemctl("start", "--no-block", TARGET)
         for unit in ECHO:
             c.wait_active(unit)
         job_id = asyncio.run(_submit(fresh, {"delay": 30}))
@@ -271,14 +272,16 @@ def test_worker_failing_past_its_start_limit_hands_its_jobs_back(fresh: Env) -> 
 @needs_machine
 def test_stopping_the_target_drains_running_jobs(fresh: Env) -> None:
     with fresh.boot() as c:
-        c.systemctl("start", TARGET)
+        c.systemctl("start", "--no-block", TARGET)
         for unit in ECHO:
             c.wait_active(unit)
         job_id = asyncio.run(_submit(fresh, {"delay": 3}))
         wait_job(c, fresh, job_id, "running", lambda j: j.status in ("claimed", "running"))
-        c.systemctl("stop", TARGET)  # returns when every unit has stopped
+        # The target stops first (it is ordered after its members), so this returns before they are down.
+        c.systemctl("stop", TARGET)
         for unit in [MACHINE, *ECHO]:
-            props = c.show(unit, "ActiveState", "Result")
+            props = c.wait_props(unit, "stopped", lambda p: p["ActiveState"] in ("inactive", "failed"),
+                                 ["ActiveState", "Result"], timeout=120)
             assert props == {"ActiveState": "inactive", "Result": "success"}, (unit, props, c.journal(unit))
         assert job(fresh, job_id).status == "completed"
 
@@ -293,5 +296,5 @@ def test_container_mode_exits_when_the_machine_fails_for_good(fresh: Env) -> Non
         c.systemctl("start", "--no-block", MACHINE)
         assert c.process is not None
         rc = c.process.wait(timeout=120)
-        assert rc != 0
+        assert rc == CONTAINER_EXIT_STATUS, c.console()
         assert "Exiting container" in c.console() or "exit.target" in c.console()

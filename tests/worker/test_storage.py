@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -27,14 +28,25 @@ def test_names_are_sanitised() -> None:
 async def test_local_storage_bytes_and_path(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "out", public_base_url="https://cdn.example/out/")
     stored = await storage.put("job 1", "img.png", b"\x89PNG data", "image/png", kind="images", node="9")
-    assert Path(stored.path).read_bytes() == b"\x89PNG data"
-    assert stored.url == "https://cdn.example/out/job_1/img.png" and stored.size == 10
+    assert _read(stored.path) == b"\x89PNG data"
+    assert stored.url == "https://cdn.example/out/job_1/img.png" and stored.size == 9
     assert (stored.kind, stored.node) == ("images", "9")
     src = tmp_path / "src.bin"
     src.write_bytes(b"x" * 1000)
     again = await storage.put("job 1", "img.png", src, "application/octet-stream")
-    assert Path(again.path).read_bytes() == b"x" * 1000  # replaced atomically
+    assert _read(again.path) == b"x" * 1000  # replaced atomically
     assert [p.name for p in (tmp_path / "out" / "job_1").iterdir()] == ["img.png"]  # no partial files left
+
+
+def _read(path: str | None) -> bytes:
+    assert path is not None
+    return Path(path).read_bytes()
+
+
+def _get(url: str | None) -> tuple[bytes, str]:
+    assert url is not None
+    with urllib.request.urlopen(url) as resp:
+        return resp.read(), resp.headers["Content-Type"]
 
 
 def _free_port() -> int:
@@ -75,9 +87,8 @@ async def test_s3_upload_and_presigned_get(moto_url: str, tmp_path: Path) -> Non
     storage = S3Storage(settings)
     stored = await storage.put("job-9", "../a.png", b"PNGDATA", "image/png", kind="images")
     assert stored.name == "appliance/job-9/a.png" and stored.size == 7 and stored.path is None
-    with urllib.request.urlopen(stored.url) as resp:  # the presigned URL works without credentials
-        assert resp.read() == b"PNGDATA"
-        assert resp.headers["Content-Type"] == "image/png"
+    body, ctype = await asyncio.to_thread(_get, stored.url)  # the presigned URL works without credentials
+    assert body == b"PNGDATA" and ctype == "image/png"
     src = tmp_path / "v.gif"
     src.write_bytes(b"GIF89a...")
     plain = S3Storage(S3Settings(**{**settings.__dict__, "presign_expires_s": None}))

@@ -82,6 +82,7 @@ class ComfyUIConnector(Connector):
         self._session: aiohttp.ClientSession | None = None
         self._active: dict[str, str] = {}  # job id -> prompt id
         self._cancelled: dict[str, asyncio.Event] = {}
+        self._wakes: dict[str, asyncio.Event] = {}  # job id -> "re-check history now"
 
     # ---- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -151,6 +152,9 @@ class ComfyUIConnector(Connector):
         with contextlib.suppress(RetryableError):
             await self._request("POST", "/queue", json={"delete": [prompt_id]})
             await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        wake = self._wakes.get(job_id)
+        if wake is not None:
+            wake.set()
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         workflow, images = _parse_payload(job.payload)
@@ -170,6 +174,7 @@ class ComfyUIConnector(Connector):
         finally:
             self._active.pop(job.id, None)
             self._cancelled.pop(job.id, None)
+            self._wakes.pop(job.id, None)
         outputs, ui = await self._collect(job.id, entry)
         await progress(100.0, "done")
         data: dict[str, Any] = {"prompt_id": prompt_id}
@@ -188,7 +193,7 @@ class ComfyUIConnector(Connector):
             entry = None
         client_id = uuid.uuid5(PROMPT_NAMESPACE, "client:" + prompt_id).hex
         tracker = ProgressTracker(prompt_id, set(workflow))
-        wake = asyncio.Event()
+        wake = self._wakes[job.id] = asyncio.Event()
         ws_state = {"connected": False}
         ws_task = asyncio.create_task(self._watch(client_id, tracker, progress, wake, ws_state))
         try:
@@ -208,6 +213,15 @@ class ComfyUIConnector(Connector):
         if status != 200:
             raise PermanentError(f"ComfyUI POST /prompt answered {status}", code="rejected",
                                  details={"status": status})
+        if isinstance(body, dict) and body.get("node_errors"):
+            # ComfyUI queued the prompt but will skip the invalid outputs; a job that silently loses
+            # outputs is worse than a clear failure, so take it back out and fail.
+            with contextlib.suppress(RetryableError):
+                await self._request("POST", "/queue", json={"delete": [prompt_id]})
+                await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+            raise explain_validation({"error": {"type": "prompt_outputs_failed_validation",
+                                                "message": "some outputs failed validation"},
+                                      "node_errors": body["node_errors"]})
         if isinstance(body, dict) and body.get("prompt_id") not in (None, prompt_id):
             # Older ComfyUI ignores a caller-chosen prompt_id; without it we cannot be idempotent.
             raise PermanentError("this ComfyUI does not honour prompt_id in POST /prompt; upgrade it",

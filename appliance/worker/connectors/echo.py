@@ -49,6 +49,7 @@ class EchoConnector(Connector):
         if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
             raise PermanentError(f"payload.delay must be a non-negative number, got {delay!r}", code="bad_payload")
         if delay:
+            await progress(0.0, "started")
             for step in range(1, PROGRESS_STEPS + 1):
                 await asyncio.sleep(delay / PROGRESS_STEPS)
                 await progress(100.0 * step / PROGRESS_STEPS, f"step {step}/{PROGRESS_STEPS}")

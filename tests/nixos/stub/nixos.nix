@@ -48,6 +48,14 @@ in
       default = { };
     };
     environment.systemPackages = list;
+    users.users = mkOption {
+      type = types.attrsOf (types.attrsOf types.anything);
+      default = { };
+    };
+    users.groups = mkOption {
+      type = types.attrsOf (types.attrsOf types.anything);
+      default = { };
+    };
     environment.etc = mkOption {
       type = types.attrsOf (types.attrsOf types.anything);
       default = { };

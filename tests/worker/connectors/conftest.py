@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,17 @@ async def comfy(tmp_path: Path) -> AsyncIterator[tuple[ComfyStandin, str]]:
     await server.start_server()
     yield state, str(server.make_url("")).rstrip("/")
     await server.close()
+
+
+def read_bytes(path: str | None) -> bytes:
+    """Read a stored output (sync on purpose: tiny files, test-only)."""
+    assert path is not None
+    return Path(path).read_bytes()
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition()` holds (no deadline: pytest's own timeout guards hangs)."""
+    for _ in itertools.count():
+        if condition():
+            return
+        await asyncio.sleep(0.01)

@@ -16,6 +16,7 @@ from appliance.worker.connectors import ConnectorOptions, create_connector
 from appliance.worker.connectors.base import ConnectorJob, JobCancelled, PermanentError, RetryableError
 from appliance.worker.connectors.comfyui import ComfyUIConnector, prompt_id_for
 from appliance.worker.storage import LocalStorage
+from tests.worker.connectors.conftest import read_bytes, wait_until
 
 FAST = {"poll_interval_s": 5.0, "fast_poll_interval_s": 0.05, "unreachable_grace_s": 3.0, "cancel_grace_s": 5.0}
 
@@ -74,14 +75,14 @@ async def test_success_collects_every_output_kind_and_reports_progress(comfy, st
     kinds = sorted(o.kind for o in result.outputs)
     assert kinds == ["audio", "gifs", "images", "images"]  # PreviewImage (type temp) skipped
     for out in result.outputs:
-        data = Path(out.path).read_bytes()
+        data = read_bytes(out.path)
         assert out.size == len(data) > 0
         assert out.name.startswith("job-1/")
         assert out.url == f"http://files.test/out/{out.name}"
-    pngs = [Path(o.path).read_bytes() for o in result.outputs if o.kind == "images"]
+    pngs = [read_bytes(o.path) for o in result.outputs if o.kind == "images"]
     assert all(p.startswith(b"\x89PNG") for p in pngs)
-    assert Path(next(o.path for o in result.outputs if o.kind == "gifs")).read_bytes().startswith(b"GIF89a")
-    assert Path(next(o.path for o in result.outputs if o.kind == "audio")).read_bytes()[:4] == b"RIFF"
+    assert read_bytes(next(o.path for o in result.outputs if o.kind == "gifs")).startswith(b"GIF89a")
+    assert read_bytes(next(o.path for o in result.outputs if o.kind == "audio"))[:4] == b"RIFF"
     assert {o.node for o in result.outputs} == {"4", "5", "6"}
     assert result.service_job_id == prompt_id_for("job-1")
     percents = [p for p, _ in progress.calls]
@@ -104,6 +105,10 @@ async def test_validation_error_is_permanent_and_lists_models(comfy, storage: Lo
     assert "sd_xl_base_1.0.safetensors" in err.message  # the available models are named
     assert "node 2 (LoraLoader)" in err.message and "detail.safetensors" in err.message
     assert "1" in err.details["node_errors"]
+
+    # Partly valid: ComfyUI would run only the valid outputs; the connector refuses to lose some silently.
+    with pytest.raises(PermanentError, match="node 2 \\(StandinSampler\\): value_bigger_than_max"):
+        await connector.process(job("job-p", {"workflow": graph(steps=2_000_000)}), Recorder())
 
     with pytest.raises(PermanentError, match="NoSuchNode does not exist"):
         await connector.process(job("job-2", {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}),
@@ -159,8 +164,7 @@ async def test_reclaim_of_queued_prompt_follows_it(comfy, storage: LocalStorage)
     await control(url, "/__standin/pause", {"paused": True})
     first = await make(url, storage)
     task = asyncio.create_task(first.process(job("q"), Recorder()))
-    while state.stats["prompts_accepted"] == 0:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: state.stats["prompts_accepted"] > 0)
     task.cancel()  # the first worker dies while the prompt waits in ComfyUI's queue
     await asyncio.gather(task, return_exceptions=True)
     await first.close()
@@ -197,8 +201,7 @@ async def test_cancel_of_pending_prompt_deletes_it_from_queue(comfy, storage: Lo
     await control(url, "/__standin/pause", {"paused": True})
     connector = await make(url, storage)
     task = asyncio.create_task(connector.process(job("p"), Recorder()))
-    while state.stats["prompts_accepted"] == 0:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: state.stats["prompts_accepted"] > 0)
     await connector.cancel("p")
     with pytest.raises(JobCancelled):
         await task

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from appliance.worker.connectors import ConnectorOptions, create_connector
 from appliance.worker.connectors.base import ConnectorJob, JobCancelled, PermanentError, RetryableError
 from appliance.worker.storage import LocalStorage
+from tests.worker.connectors.conftest import read_bytes
 
 
 def job(payload: dict, job_id: str = "e1") -> ConnectorJob:
@@ -30,8 +30,8 @@ async def test_echo_returns_payload_with_progress_and_output(echo) -> None:
     result = await echo.process(job({"delay": 0.01, "x": [1, 2], "output": {"name": "a.txt", "text": "hi"}}),
                                 progress)
     assert result.data["echo"]["x"] == [1, 2] and result.data["attempt"] == 2
-    assert seen == [10.0 * i for i in range(1, 11)]
-    assert Path(result.outputs[0].path).read_text() == "hi"
+    assert seen == [10.0 * i for i in range(0, 11)]
+    assert read_bytes(result.outputs[0].path).decode() == "hi"
     assert result.to_dict()["outputs"][0]["name"] == "e1/a.txt"
     assert echo.max_concurrency == 3 and (await echo.capabilities()).services == ["echo"]
 

@@ -12,8 +12,15 @@ from aiohttp.test_utils import TestServer
 
 from appliance.standins.openai import make_app
 from appliance.worker.connectors import ConnectorOptions, create_connector
-from appliance.worker.connectors.base import Connector, ConnectorJob, JobCancelled, PermanentError, RetryableError
+from appliance.worker.connectors.base import (
+    Connector,
+    ConnectorJob,
+    JobCancelled,
+    PermanentError,
+    RetryableError,
+)
 from appliance.worker.storage import LocalStorage
+from tests.worker.connectors.conftest import read_bytes
 
 KEY = "sk-test-secret-value"
 
@@ -70,7 +77,7 @@ async def test_image_is_stored_not_inlined(connector: Connector, tmp_path: Path)
     result = await connector.process(job("openai_image", {"model": "gpt-image-1", "prompt": "a cat", "n": 2,
                                                           "size": "8x8"}), Progress())
     assert len(result.outputs) == 2
-    assert Path(result.outputs[0].path).read_bytes().startswith(b"\x89PNG")
+    assert read_bytes(result.outputs[0].path).startswith(b"\x89PNG")
     assert "b64" not in str(result.to_dict())
 
 

@@ -13,9 +13,16 @@ from appliance.standins import replicate as replicate_standin
 from appliance.standins import runpod as runpod_standin
 from appliance.standins.jobsim import SIM_KEY
 from appliance.worker.connectors import ConnectorOptions, create_connector
-from appliance.worker.connectors.base import Connector, ConnectorJob, JobCancelled, PermanentError, RetryableError
+from appliance.worker.connectors.base import (
+    Connector,
+    ConnectorJob,
+    JobCancelled,
+    PermanentError,
+    RetryableError,
+)
 from appliance.worker.connectors.replicate import progress_from_logs
 from appliance.worker.storage import LocalStorage
+from tests.worker.connectors.conftest import wait_until
 
 KEY = "r8_secret_token"
 FAST = {"poll_initial_s": 0.02, "poll_max_s": 0.05}
@@ -76,8 +83,7 @@ async def test_failed_is_permanent(service) -> None:
 async def test_cancel_cancels_remote_job(service) -> None:
     name, connector, sim = service
     task = asyncio.create_task(connector.process(job(name, {"hang": True}, job_id="c1"), Progress()))
-    while not sim.jobs:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(sim.jobs))
     await connector.cancel("c1")
     with pytest.raises(JobCancelled):
         await task

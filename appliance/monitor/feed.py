@@ -1,0 +1,274 @@
+"""The monitor's Redis side: reads the fleet into a `MonitorState` and hands every change to `publish`.
+
+Sources:
+- pub/sub `machine:status:*` (machine status payloads) and `machine:startup:events` (lifecycle events);
+- pub/sub job channels `job_submitted`, `job_claimed`, `update_job_progress`, `complete_job`, `job_failed`;
+- the queue's event stream `appliance:{<queue>}:events`, read with XREAD from the last entry seen, so nothing
+  is missed across a reconnect;
+- every `poll_s`: `Queue.stats()`, machine registrations (`machines`, `machine:<id>:info`), pool signals.
+
+On connect and after every reconnect the state is reloaded from Redis (latest machine statuses, the stream
+since the last entry seen) and a `full_state_snapshot` goes to every client. While Redis is unreachable the
+feed retries with jittered exponential backoff and clients are told (`{"type": "redis", "ok": false}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from appliance.config import Settings
+from appliance.machine import keys as machine_keys
+from appliance.monitor.state import MonitorState, now_ms
+from appliance.queue import Queue
+from appliance.queue.keys import (
+    CHANNEL_CLAIMED,
+    CHANNEL_COMPLETED,
+    CHANNEL_FAILED,
+    CHANNEL_PROGRESS,
+    CHANNEL_SUBMITTED,
+)
+from appliance.queue.options import EventsMode
+from appliance.secrets import redact_url
+
+log = logging.getLogger(__name__)
+
+JOB_CHANNELS = (CHANNEL_SUBMITTED, CHANNEL_CLAIMED, CHANNEL_PROGRESS, CHANNEL_COMPLETED, CHANNEL_FAILED)
+STATUS_PATTERN = machine_keys.status_channel("*")
+#: Stream entries loaded on the first connect (the recent job list and sparklines come from them).
+INITIAL_ENTRIES = 2000
+#: Backoff between reconnect attempts (s).
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+def _loads(data: Any) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _entry_ms(entry_id: str) -> int:
+    try:
+        return int(entry_id.split("-", 1)[0])
+    except ValueError:
+        return now_ms()
+
+
+class Feed:
+    def __init__(self, settings: Settings, state: MonitorState, publish: Publish, *, url: str,
+                 client_kwargs: dict[str, Any] | None = None, poll_s: float = 2.0, pools_every: int = 3) -> None:
+        self.settings = settings
+        self.state = state
+        self.publish = publish
+        self.url = url
+        self.client_kwargs = client_kwargs or {}
+        self.poll_s = poll_s
+        self.pools_every = pools_every
+        self.queue: Queue | None = None
+        self.stream_mode = settings.queue.events in (EventsMode.STREAM, EventsMode.STREAM_AND_PUBSUB)
+        #: Jobs that ended in failure without their error text yet (stream entries do not carry it).
+        self._need_error: set[str] = set()
+        #: Set once the first load after a (re)connect finished; tests and /healthz wait on it.
+        self.synced = asyncio.Event()
+
+    # --- connection loop --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._set_redis(False, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug must not end the monitor: log it, reconnect
+                log.exception("monitor feed failed")
+                self._set_redis(False, f"{type(exc).__name__}: {exc}")
+            finally:
+                self.synced.clear()
+                if self.queue is not None:
+                    with contextlib.suppress(Exception):
+                        await self.queue.close()
+                    self.queue = None
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            if self.state.redis_ok:
+                backoff = BACKOFF_MIN_S
+
+    def _set_redis(self, ok: bool, error: str | None = None) -> None:
+        if self.state.redis_ok != ok or (not ok and self.state.redis_error != error):
+            if not ok:
+                log.warning("Redis unreachable: %s", error)
+            self.state.redis_ok, self.state.redis_error = ok, error
+            self.publish({"type": "redis", "ok": ok, "error": error})
+
+    async def _session(self) -> None:
+        self.queue = await Queue.connect(self.url, queue_name=self.state.queue_name, settings=self.settings.queue,
+                                         socket_connect_timeout=5, **self.client_kwargs)
+        pubsub = self.queue.client.pubsub()
+        try:
+            await pubsub.psubscribe(STATUS_PATTERN)
+            await pubsub.subscribe(machine_keys.STARTUP_EVENTS_CHANNEL, *JOB_CHANNELS)
+            await self._load()
+            self.state.redis_ok, self.state.redis_error = True, None
+            self.publish(self.state.snapshot())
+            self.synced.set()
+            log.info("monitor feed connected to %s (queue %s)", redact_url(self.url), self.state.queue_name)
+            tasks = [asyncio.create_task(self._pubsub_loop(pubsub), name="monitor-pubsub"),
+                     asyncio.create_task(self._poll_loop(), name="monitor-poll")]
+            if self.stream_mode:
+                tasks.append(asyncio.create_task(self._stream_loop(), name="monitor-stream"))
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # re-raise the failure that ended the session
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    # --- (re)loading ------------------------------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        assert self.queue is not None
+        await self._discover_machines(load_status=True)
+        if self.stream_mode:
+            await self._load_stream()
+        await self._poll_once(with_pools=True)
+
+    async def _load_stream(self) -> None:
+        assert self.queue is not None
+        events = self.queue.keys.events
+        client = self.queue.client
+        if self.state.last_stream_id == "0-0":
+            entries = list(reversed(await client.xrevrange(events, count=INITIAL_ENTRIES)))
+        else:
+            entries = await client.xrange(events, min=f"({self.state.last_stream_id}", max="+",
+                                          count=INITIAL_ENTRIES * 5)
+        for entry_id, fields in entries:
+            self._apply_entry(entry_id, fields, publish=False)
+
+    async def _discover_machines(self, load_status: bool) -> None:
+        """Registrations of every machine in `machines` and every machine we show; status of unknown ones."""
+        assert self.queue is not None
+        client = self.queue.client
+        ids = set(await client.zrange(machine_keys.MACHINES_KEY, 0, -1)) | set(self.state.machines)
+        ordered = sorted(ids)
+        pipe = client.pipeline(transaction=False)
+        for mid in ordered:
+            pipe.hgetall(machine_keys.info_key(mid))
+            pipe.get(machine_keys.status_key(mid))
+        replies = await pipe.execute()
+        for i, mid in enumerate(ordered):
+            info, status = replies[2 * i], replies[2 * i + 1]
+            known = mid in self.state.machines
+            decoded = {k: (_loads(v) if k in ("capabilities", "plan") else v) for k, v in (info or {}).items()}
+            view = self.state.set_registration(mid, decoded or None)
+            payload = _loads(status) if status else None
+            if payload and (load_status or not known or view is None or not view.seen_ms):
+                stamp = int(payload.get("timestamp") or 0)
+                view = self.state.apply_machine_status(payload, min(now_ms(), stamp) if stamp else None)
+            if view is not None and (not known or load_status):
+                self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
+
+    # --- live loops -------------------------------------------------------------------------------------------
+
+    async def _pubsub_loop(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            data = _loads(message.get("data"))
+            if data is None:
+                continue
+            channel = message.get("channel")
+            if message.get("type") == "pmessage":
+                view = self.state.apply_machine_status(data)
+                if view is not None:
+                    self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
+            elif channel == machine_keys.STARTUP_EVENTS_CHANNEL:
+                view = self.state.apply_machine_event(data)
+                if view is not None:
+                    self.publish({"type": "machine_event", "event": data})
+                    self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
+            else:
+                job = self.state.apply_job_event(data, details_only=self.stream_mode)
+                if job is not None:
+                    self.publish({"type": "job_update", "job": self.state.job_view(job)})
+                if not self.stream_mode and data.get("event") in ("failed", "dead", "retrying"):
+                    self._need_error.discard(str(data.get("job")))
+
+    async def _stream_loop(self) -> None:
+        assert self.queue is not None
+        events = self.queue.keys.events
+        while True:
+            reply = await self.queue.client.xread({events: self.state.last_stream_id}, count=500, block=1000)
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    self._apply_entry(entry_id, fields, publish=True)
+
+    def _apply_entry(self, entry_id: str, fields: dict[str, Any], *, publish: bool) -> None:
+        self.state.last_stream_id = entry_id
+        job = self.state.apply_job_event(fields, _entry_ms(entry_id))
+        if job is None:
+            return
+        if job.status in ("failed", "dead") or fields.get("event") == "retrying":
+            if not job.error or fields.get("event") == "retrying":
+                self._need_error.add(job.id)
+        if publish:
+            self.publish({"type": "job_update", "job": self.state.job_view(job)})
+
+    async def _poll_loop(self) -> None:
+        turn = 0
+        while True:
+            await asyncio.sleep(self.poll_s)
+            turn += 1
+            await self._poll_once(with_pools=turn % self.pools_every == 0)
+
+    async def _poll_once(self, with_pools: bool) -> None:
+        assert self.queue is not None
+        stats = await self.queue.stats()
+        self.state.queue_stats = stats.model_dump(mode="json")
+        shapes = await self.queue.client.hgetall(self.queue.keys.shapes)
+        default_pool = self.settings.classifier.default_pool
+        self.state.shape_pool = {s: str((_loads(r) or {}).get("pool") or default_pool) for s, r in shapes.items()}
+        self.publish({"type": "queue_stats", "stats": self.state.queue_stats})
+        await self._discover_machines(load_status=False)
+        for mid in self.state.tick():
+            view = self.state.machines.get(mid)
+            if view is not None:
+                self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
+        await self._fill_errors()
+        if with_pools:
+            from appliance.pools import read_pool_signals
+
+            report = await read_pool_signals(self.queue, self.settings)
+            self.state.pools = report.to_dict()
+            self.publish({"type": "pools", "pools": self.state.pools})
+
+    async def _fill_errors(self) -> None:
+        """Error texts of failed jobs, read from the job record (at most 50 per poll)."""
+        assert self.queue is not None
+        for job_id in list(self._need_error)[:50]:
+            self._need_error.discard(job_id)
+            job = await self.queue.get(job_id)
+            if job is not None and job.error:
+                view = self.state.set_job_error(job_id, job.error)
+                if view is not None:
+                    self.publish({"type": "job_update", "job": self.state.job_view(view)})
+

@@ -1,0 +1,163 @@
+"""The monitor's HTTP/WebSocket side against a real Redis: snapshot, live deltas, resync, token, Redis restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from appliance.localredis import LocalRedis, free_port
+from appliance.queue import Capabilities, JobSpec, Queue
+from tests.monitor.helpers import SimulatedMachine, gpu_machine_state, running_monitor
+
+
+async def _until(ws: aiohttp.ClientWebSocketResponse, pred: Callable[[dict[str, Any]], bool],
+                 timeout_s: float = 30) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            body = json.loads(msg.data)
+            if pred(body):
+                return body
+
+
+async def test_snapshot_deltas_and_resync(redis_url: str) -> None:
+    gpu = SimulatedMachine(redis_url, gpu_machine_state("sim-gpu"))
+    await gpu.start()
+    queue = await Queue.connect(redis_url)
+    try:
+        async with running_monitor(redis_url) as (_monitor, base), aiohttp.ClientSession() as http:
+            async with http.ws_connect(base + "/ws") as ws:
+                snap = await _until(ws, lambda m: m["type"] == "full_state_snapshot")
+                assert snap["redis"]["ok"] in (True, False) and snap["queue"] == "default"
+                update = await _until(ws, lambda m: m["type"] == "machine_update" and m["machine"]["id"] == "sim-gpu"
+                                      and m["machine"]["online"])
+                machine = update["machine"]
+                assert machine["pool"] == "heavy" and len(machine["gpus"]) == 2
+                assert machine["services"]["comfyui@0"]["restarts"] == 2
+
+                job = await queue.submit(JobSpec(service="echo", payload={}))
+                await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["id"] == job.id)
+                session = await queue.worker_session("w-1", Capabilities(services=["echo"]))
+                claimed = await session.claim()
+                assert claimed is not None
+                await queue.progress(claimed.job.id, claimed.token, 55, "half way")
+                running = await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["percent"] == 55)
+                assert running["job"]["status"] == "running" and running["job"]["worker"] == "w-1"
+                await queue.fail(claimed.job.id, claimed.token, "model exploded", retryable=False)
+                failed = await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["status"] == "failed"
+                                      and m["job"]["error"])
+                assert "model exploded" in failed["job"]["error"]
+                await session.close()
+
+                stats = await _until(ws, lambda m: m["type"] == "queue_stats")
+                assert stats["stats"]["totals"].get("failed") == 1
+                pools = await _until(ws, lambda m: m["type"] == "pools")
+                assert [p["pool"] for p in pools["pools"]["pools"]] == ["fast", "standard", "heavy"]
+
+                await ws.send_json({"type": "resync_request"})
+                again = await _until(ws, lambda m: m["type"] == "full_state_snapshot")
+                assert any(j["id"] == job.id and j["status"] == "failed" for j in again["jobs"])
+                assert any(m["id"] == "sim-gpu" for m in again["machines"])
+
+                await gpu.stop(deregister=True)  # deregistered: offline at the next poll, not after 2 intervals
+                gone = await _until(ws, lambda m: m["type"] == "machine_update" and m["machine"]["id"] == "sim-gpu"
+                                    and not m["machine"]["online"])
+                assert gone["machine"]["offline_reason"] == "registration expired"
+            async with http.get(base + "/api/state") as resp:
+                assert resp.status == 200 and (await resp.json())["type"] == "full_state_snapshot"
+            async with http.get(base + "/") as resp:
+                page = await resp.text()
+                assert resp.status == 200 and "/static/monitor.js" in page and "http" not in page.split("<body>")[0]
+                assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    finally:
+        await gpu.stop()
+        await queue.close()
+
+
+async def test_token_auth(redis_url: str) -> None:
+    async with running_monitor(redis_url, token="s3cret-token") as (_m, base), aiohttp.ClientSession() as http:
+        async with http.get(base + "/api/state") as resp:
+            assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+        async with http.get(base + "/metrics", headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with http.get(base + "/api/state", headers={"Authorization": "Bearer s3cret-token"}) as resp:
+            assert resp.status == 200
+        async with http.get(base + "/metrics?token=s3cret-token") as resp:
+            assert resp.status == 200 and "appliance_pool_signals_up" in await resp.text()
+        for path in ("/", "/healthz", "/static/monitor.css"):  # the page must load to show the login prompt
+            async with http.get(base + path) as resp:
+                assert resp.status == 200, path
+        async with http.ws_connect(base + "/ws?token=nope") as ws:
+            first = await ws.receive()
+            assert json.loads(first.data) == {"type": "auth_required"}
+            closing = await ws.receive()
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and ws.close_code == 4401
+        async with http.ws_connect(base + "/ws?token=s3cret-token") as ws:
+            snap = await _until(ws, lambda m: True)
+            assert snap["type"] == "full_state_snapshot"
+
+
+async def test_survives_redis_restart(private_redis: LocalRedis) -> None:
+    queue = await Queue.connect(private_redis.url)
+    async with running_monitor(private_redis.url) as (monitor, base), aiohttp.ClientSession() as http:
+        async with http.ws_connect(base + "/ws") as ws:
+            await asyncio.wait_for(monitor.feed.synced.wait(), 30)
+            await _until(ws, lambda m: m["type"] == "queue_stats")
+            await queue.close()
+            private_redis.stop()
+            down = await _until(ws, lambda m: m["type"] == "redis" and m["ok"] is False)
+            assert down["error"]
+            tick = await _until(ws, lambda m: m["type"] == "tick")
+            assert tick["redis"]["ok"] is False
+            async with http.get(base + "/healthz") as resp:
+                assert (await resp.json()) == {"ok": True, "redis": False}
+            private_redis.start()
+            # Reconnected: every client gets a fresh snapshot, and new jobs flow again.
+            snap = await _until(ws, lambda m: m["type"] == "full_state_snapshot" and m["redis"]["ok"])
+            assert snap["redis"]["error"] is None
+            queue = await Queue.connect(private_redis.url)
+            job = await queue.submit(JobSpec(service="echo"))
+            await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["id"] == job.id)
+            await queue.close()
+
+
+def test_monitor_command_errors() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    bad = subprocess.run([sys.executable, "-m", "appliance", "monitor", "--port", "70000"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--port" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "appliance", "monitor"], capture_output=True, text=True,
+                             env={**env, "APPLIANCE_MONITOR__TOKEN_FILE": "/nonexistent/token"}, timeout=60)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "token" in missing.stderr
+
+
+async def test_monitor_command_serves(redis_url: str) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_REDIS__URL"] = redis_url
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "monitor", "--port", str(port),
+                                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                            if (await resp.json())["redis"]:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.1)
+    finally:
+        proc.terminate()
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    assert f"monitor on http://127.0.0.1:{port}/" in out.decode()

@@ -1,0 +1,224 @@
+"""The worker runtime's parts, in-process against a real Redis: slots, outcomes, progress, leases, wiring."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from appliance.config import load_settings
+from appliance.localredis import LocalRedis
+from appliance.queue import Capabilities, ClaimedJob, JobStatus, Queue, WorkerSession
+from appliance.queue.errors import LeaseLost
+from appliance.worker.connectors.base import (
+    ConnectorCapabilities,
+    JobCancelled,
+    PermanentError,
+    RetryableError,
+)
+from appliance.worker.identity import SlotError, parse_slot, slot_from_arguments
+from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
+from appliance.worker.outcome import OutcomeKind, StopReason, decide, failure_of
+from appliance.worker.progress import ProgressForwarder
+from appliance.worker.redislink import RedisLink
+from appliance.worker.status import Phase, Snapshot
+from appliance.worker.wiring import build_capabilities, worker_parts
+
+# --- identity ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("slot", "connector", "index", "gpu"), [
+    ("gpu0", "comfyui", 0, True), ("gpu12", "comfyui", 12, True), ("echo0", "echo", 0, False),
+    ("openai1", "openai", 1, False), ("my_conn3", "my_conn", 3, False)])
+def test_slots_parse_into_connector_and_index(slot: str, connector: str, index: int, gpu: bool) -> None:
+    parsed = parse_slot(slot)
+    assert (parsed.connector, parsed.index, parsed.gpu, parsed.name) == (connector, index, gpu, slot)
+    assert parsed.worker_id("m1") == f"m1-{slot}"
+
+
+@pytest.mark.parametrize("slot", ["gpu", "echo", "0echo", "comfyui0", "gpu-1", "open ai1", ""])
+def test_bad_slots_are_refused_by_name(slot: str) -> None:
+    with pytest.raises(SlotError, match="slot"):
+        parse_slot(slot)
+
+
+def test_exactly_one_way_to_name_the_slot() -> None:
+    assert slot_from_arguments(slot=None, gpu=2, connector=None, index=None).name == "gpu2"
+    assert slot_from_arguments(slot=None, gpu=None, connector="openai", index=None).name == "openai0"
+    for kwargs in ({"slot": "echo0", "gpu": 1, "connector": None, "index": None},
+                   {"slot": None, "gpu": None, "connector": None, "index": None},
+                   {"slot": None, "gpu": 0, "connector": None, "index": 1},
+                   {"slot": None, "gpu": None, "connector": "comfyui", "index": None}):
+        with pytest.raises(SlotError):
+            slot_from_arguments(**kwargs)  # type: ignore[arg-type]
+
+
+# --- outcomes ---------------------------------------------------------------------------------------------------
+
+
+def test_outcome_decisions() -> None:
+    assert decide({"x": 1}, None, None).kind is OutcomeKind.COMPLETE
+    assert decide({"x": 1}, None, StopReason.HANDBACK).kind is OutcomeKind.COMPLETE  # done is done
+    assert decide({"x": 1}, None, StopReason.LOST).kind is OutcomeKind.DROP  # never write over a lost lease
+    assert decide(None, JobCancelled(), StopReason.HANDBACK).kind is OutcomeKind.RELEASE
+    assert decide(None, JobCancelled(), StopReason.CANCEL).kind is OutcomeKind.CANCELLED
+    assert decide(None, asyncio.CancelledError(), None).kind is OutcomeKind.RELEASE
+    timeout = decide(None, JobCancelled(), StopReason.TIMEOUT, timeout_s=2.5)
+    assert timeout.kind is OutcomeKind.FAIL and timeout.retryable and timeout.details["kind"] == "timeout"
+    assert timeout.details["timeout_s"] == 2.5
+
+
+def test_failure_classification() -> None:
+    limited = failure_of(RetryableError("slow down", code="rate_limited", details={"retry_after_s": 7}))
+    assert limited.retryable and limited.details == {"kind": "rate_limited", "code": "rate_limited",
+                                                     "retry_after_s": 7}
+    bad = failure_of(PermanentError("no such model", code="not_found", details={"status": 404}))
+    assert not bad.retryable and bad.error == "no such model" and bad.details["status"] == 404
+    assert failure_of(ConnectionResetError("peer")).retryable
+    assert failure_of(TimeoutError()).retryable
+    assert not failure_of(KeyError("prompt")).retryable
+    assert failure_of(RuntimeError("bug")).retryable  # bounded by max_retries, history kept
+
+
+# --- status -----------------------------------------------------------------------------------------------------
+
+
+def test_status_lines() -> None:
+    def snap(phase: Phase, jobs: list[dict[str, object]] | None = None) -> Snapshot:
+        return Snapshot(phase=phase, connector="comfyui", slot="gpu0", concurrency=1, service_healthy=True,
+                        drained=False, redis_ok=True, jobs=jobs or [])
+    assert snap(Phase.IDLE).text() == "idle, 0 jobs"
+    assert snap(Phase.RUNNING, [{"id": "42", "progress": 57.4}]).text() == "running job 42 (57%)"
+    assert snap(Phase.DRAINING).text() == "draining"
+    assert snap(Phase.SERVICE_DOWN).text() == "service down: comfyui not answering"
+    assert snap(Phase.REDIS_DOWN).text() == "redis unreachable, retrying"
+    assert snap(Phase.DRAINED).text() == "drained, 0 jobs"
+    record = snap(Phase.RUNNING, [{"id": "42", "progress": 57.4}]).record()
+    assert record["state"] == "running" and record["current_job_id"] == "42" and record["jobs"][0]["progress"] == 57.4
+
+
+# --- wiring -----------------------------------------------------------------------------------------------------
+
+
+def test_connector_parts_and_secrets(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-secret-value\n")
+    settings = load_settings(env={"APPLIANCE_CONNECTORS__OPENAI__API_KEY_FILE": str(key_file),
+                                  "APPLIANCE_CONNECTORS__OPENAI__CONCURRENCY": "3",
+                                  "APPLIANCE_COMFYUI__BASE_PORT": "9100"}).settings
+    parts = worker_parts(settings, parse_slot("openai1"))
+    assert parts.options.api_key == "sk-secret-value" and parts.concurrency == 3
+    assert "sk-secret-value" not in repr(parts)
+    assert worker_parts(settings, parse_slot("openai0"), concurrency=5).concurrency == 5
+    gpu = worker_parts(settings, parse_slot("gpu2"))
+    assert gpu.connector == "comfyui" and gpu.options.base_url == "http://127.0.0.1:9102" and gpu.concurrency == 1
+
+
+def test_capabilities_merge_service_reports_with_config() -> None:
+    settings = load_settings(env={"APPLIANCE_MACHINE__TAGS": '["fast"]', "APPLIANCE_MACHINE__REGION": "eu",
+                                  "APPLIANCE_WORKER__CAPABILITIES__CUSTOMER_ISOLATION": "strict",
+                                  "APPLIANCE_WORKER__CAPABILITIES__ALLOWED_CUSTOMERS": '["acme"]'}).settings
+    found = ConnectorCapabilities(services=["comfyui"], models={"comfyui": ["sdxl.safetensors"]}, gpu_memory_gb=24)
+    caps = build_capabilities(settings, found, ram_gb=64, cpu_cores=16)
+    assert caps.services == ["comfyui"] and caps.gpu_memory_gb == 24 and caps.models == {"comfyui": ["sdxl.safetensors"]}
+    assert caps.region == "eu" and caps.tags == ["fast"] and caps.customer_isolation.value == "strict"
+    assert caps.allowed_customers == ["acme"] and caps.ram_gb == 64 and caps.cpu_cores == 16
+
+
+# --- progress, leases, outcomes against Redis -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    q = await Queue.connect(redis_url)
+    yield q
+    for session in SESSIONS.pop(id(q), []):
+        await session.close()
+    await q.close()
+
+
+SESSIONS: dict[int, list[WorkerSession]] = {}
+
+
+async def _claim(queue: Queue, payload: dict[str, object] | None = None) -> tuple[WorkerSession, ClaimedJob]:
+    job = await queue.submit({"service": "echo", "payload": payload or {}})
+    session = await queue.worker_session("m-w0", Capabilities(services=["echo"]))
+    SESSIONS.setdefault(id(queue), []).append(session)
+    claimed = await session.claim()
+    assert claimed is not None and claimed.job.id == job.id
+    return session, claimed
+
+
+async def test_progress_is_coalesced_and_the_last_value_always_written(queue: Queue) -> None:
+    _, claimed = await _claim(queue)
+    writes: list[float] = []
+
+    async def write(percent: float, message: str | None) -> bool:
+        writes.append(percent)
+        return await queue.progress(claimed.job.id, claimed.token, percent, message)
+
+    fwd = ProgressForwarder(write, RedisLink(), on_cancel=lambda: None, on_lost=lambda: None, min_interval_s=0.05)
+    for i in range(1, 201):
+        await fwd.report(i / 2)  # 0.5 % steps, far faster than the throttle
+        await asyncio.sleep(0.001)
+    await fwd.flush()
+    assert writes[-1] == 100.0 and 1 < len(writes) < 100
+    assert all(b - a >= 1.0 for a, b in zip(writes, writes[1:], strict=False))
+    job = await queue.get(claimed.job.id)
+    assert job is not None and job.progress is not None and job.progress["percent"] == 100.0
+    assert job.status is JobStatus.RUNNING
+
+
+async def test_heartbeat_reports_cancel_and_lost(queue: Queue) -> None:
+    session, claimed = await _claim(queue)
+    table = LeaseTable()
+    lease = Lease(claimed, timeout_s=60)
+    table.add(lease)
+    events: list[str] = []
+    beat = Heartbeater(session, table, RedisLink(), interval_s=1,
+                       on_cancel=lambda le: events.append("cancel"), on_lost=lambda le: events.append("lost"))
+    assert await beat.beat() and events == []
+    assert await queue.cancel(lease.job_id) == "requested"
+    assert await beat.beat() and events == ["cancel"]
+    await queue.client.zadd(queue.keys.leases, {lease.job_id: 0})
+    await queue.reap(force=True)
+    assert await beat.beat() and events[-1] == "lost"
+
+
+async def test_an_outcome_waits_for_redis_and_is_written_when_it_returns(tmp_path: Path) -> None:
+    server = LocalRedis(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    try:
+        queue = await Queue.connect(server.url)
+        session, claimed = await _claim(queue, {"k": 1})
+        SESSIONS.pop(id(queue))
+        await session.close(deregister=False)
+        lease = Lease(claimed, timeout_s=60)
+        went_down = asyncio.Event()
+        link = RedisLink(on_change=went_down.set)
+        writer = OutcomeWriter(queue, link)
+        server.kill()
+        write = asyncio.create_task(writer.write(lease, decide({"done": True}, None, None)))
+        await asyncio.wait_for(went_down.wait(), 30)
+        assert not write.done() and not link.up
+        server.start()
+        assert await write is True and link.up
+        job = await queue.get(lease.job_id)
+        assert job is not None and job.status is JobStatus.COMPLETED and job.result == {"done": True}
+        # Written once: a second write of the same lease is refused by its fencing token.
+        with pytest.raises(LeaseLost):
+            await queue.complete(lease.job_id, lease.token, {"again": True})
+        await queue.close()
+    finally:
+        server.cleanup()
+
+
+async def test_an_outcome_over_a_lost_lease_is_not_written(queue: Queue) -> None:
+    _, claimed = await _claim(queue)
+    lease = Lease(claimed, timeout_s=60)
+    await queue.client.zadd(queue.keys.leases, {lease.job_id: 0})
+    await queue.reap(force=True)
+    assert await OutcomeWriter(queue, RedisLink()).write(lease, decide({"x": 1}, None, None)) is False
+    job = await queue.get(lease.job_id)
+    assert job is not None and job.status is JobStatus.PENDING and job.result is None

@@ -72,7 +72,7 @@ class Bench:
 
     def python(self, system: str) -> str:
         if system == "appliance":
-            return sys.executable
+            return str(self.args.pythons.get("appliance") or sys.executable)
         return str(self.args.pythons.get(system) or self.args.pythons.get("*") or sys.executable)
 
     def available(self, system: str) -> str | None:

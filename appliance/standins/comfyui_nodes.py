@@ -36,7 +36,7 @@ INT = "INT"
 
 def node_library(checkpoints: list[str], loras: list[str], vaes: list[str],
                  input_files: list[str] | None = None) -> dict[str, NodeDef]:
-    img = ("IMAGE", {})
+    img: InputSpec = ("IMAGE", {})
     prefix = ("STRING", {"default": "ComfyUI"})
     defs = [
         NodeDef("EmptyImage", {"width": (INT, {"default": 512, "min": 1, "max": 4096}),

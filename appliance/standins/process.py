@@ -24,7 +24,7 @@ async def serve(app: web.Application, host: str, port: int) -> None:
     site = web.TCPSite(runner, host, port)
     await site.start()
     server = site._server
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
+    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr,attr-defined]
     print(f"READY http://{host}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

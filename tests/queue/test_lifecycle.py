@@ -390,3 +390,13 @@ async def test_wait_returns_when_the_job_finishes(queue: Queue) -> None:
     with pytest.raises(TimeoutError):
         other = await queue.submit({"service": "echo"})
         await queue.wait(other.id, timeout_s=0.3)
+
+
+async def test_heads_index_keeps_constant_time_lookups(queue: Queue, aredis) -> None:
+    # In the compact listpack encoding each ZMSCORE lookup in claim.lua would scan every shape.
+    await queue.submit({"service": "echo"})
+    assert (await aredis.object("encoding", queue.keys.heads)) == b"skiplist"
+    job = (await queue.list_jobs())[0]
+    claimed = await queue.claim("w", [job.shape])
+    await queue.complete(job.id, claimed.token, None)
+    assert await aredis.exists(queue.keys.heads) == 1  # the sentinel keeps the key (and its encoding)

@@ -88,6 +88,17 @@ slots = 2
 """
 
 
+SMOKE = """
+import asyncio, sys
+from appliance.queue import Queue
+async def main():
+    q = await Queue.connect(sys.argv[1], password=open("/run/smoke/redis-password").read())
+    await q.stats()
+    await q.close()
+asyncio.run(main())
+"""
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     rootfs = harness.build_rootfs()
@@ -104,6 +115,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(CONFIG.format(url=server.url, machine_id=machine_id, health_port=free_port()))
         harness.write_credential(tree, "redis-password", password)
+        # Fail the module once, in seconds, if the installed wheel cannot even reach the queue (a file missing
+        # from the package data, say) instead of every test waiting for units that never become ready.
+        harness.nspawn_run(tree, str(harness.VENV / "bin" / "python"), "-c", SMOKE, server.url,
+                           binds=[(tree / "etc" / "credstore", "/run/smoke")])
         # The plan comes from the installed package inside the rootfs, as on a real host.
         plan = harness.nspawn_run(tree, "/usr/bin/env", "APPLIANCE_CONFIG=/etc/appliance/config.toml",
                                   str(harness.APPLIANCE_BIN), "machine", "plan", "--json")

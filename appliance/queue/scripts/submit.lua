@@ -31,6 +31,7 @@
 local rcall = redis.call
 -- @include now
 -- @include emit
+-- @include sentinel
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -53,6 +54,9 @@ rcall('HSET', state_key, id, 'pending')
 rcall('ZADD', ready_key, score, id)
 rcall('ZADD', heads_key, 'LT', score, shape)
 if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
+  -- A member longer than 64 bytes keeps heads in Redis's hashtable encoding: in the compact (listpack)
+  -- encoding every ZMSCORE lookup in claim.lua would scan the whole index, O(K x shapes) instead of O(K).
+  rcall('ZADD', heads_key, 'NX', '+inf', HEADS_SENTINEL)
   rcall('PUBLISH', ARGV[15], shape)
 end
 rcall('HINCRBY', counts_key, 'submitted', 1)

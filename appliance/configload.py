@@ -31,7 +31,8 @@ from appliance.secrets import redact_url, split_url_password
 
 ENV_PREFIX = "APPLIANCE_"
 #: `APPLIANCE_*` variables that are not settings and must not be reported as unknown.
-ENV_ALLOWLIST = frozenset({"APPLIANCE_CONFIG"})
+#: Variables that are not settings: the config file path, and test-only hooks the worker honours.
+ENV_ALLOWLIST = frozenset({"APPLIANCE_CONFIG", "APPLIANCE_TEST_HOOKS"})
 #: Short names that do not follow the path rule.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"LOG_LEVEL": ("logging", "level")}
 

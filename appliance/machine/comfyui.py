@@ -44,7 +44,8 @@ def build_command(settings: Settings, gpu: int, environ: dict[str, str] | None =
     c = settings.comfyui
     port = c.base_port + gpu
     argv = [*c.command, "--listen", c.listen, "--port", str(port)]
-    env = {k: v for k, v in (os.environ if environ is None else environ).items() if not _SECRET_ENV.match(k)}
+    env = {k: v for k, v in (os.environ if environ is None else environ).items()
+           if not _SECRET_ENV.match(k) and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     if c.cpu or settings.machine.gpu_cpu_mode:
         argv.append("--cpu")
     else:

@@ -32,6 +32,9 @@ def resolve_unit(machine_id: str, name: str) -> FailedUnit:
     unit = normalize_unit(re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name.strip()))
     service = unit.removeprefix("appliance-").removesuffix(".service")
     template, _, instance = service.partition("@")
+    if service == "machine":
+        # The supervisor itself gave up: its workers may still be running, so no job is taken from them.
+        return FailedUnit(unit, service, ())
     if not instance:
         raise PlanError(f"unit {name!r} is not an instance of appliance-worker@ or appliance-comfyui@")
     if template == "worker":

@@ -152,7 +152,10 @@ class SystemdUnits:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "SYSTEMD_COLORS": "0"})
+                # Children must not inherit the notify socket: only the main PID may speak for the unit.
+                env={**{k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
+                                                                          "WATCHDOG_PID")},
+                     "SYSTEMD_COLORS": "0"})
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
         except (OSError, TimeoutError) as exc:
             log.warning("systemctl show failed: %s", exc)

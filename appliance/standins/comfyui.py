@@ -363,8 +363,13 @@ def make_app(state: ComfyStandin) -> web.Application:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m appliance.standins.comfyui", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
+    # ComfyUI's own flags, so `appliance comfyui` can start the stand-in exactly as it starts ComfyUI.
+    parser.add_argument("--host", "--listen", dest="host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--cpu", action="store_true", help="accepted for compatibility (there is no GPU here)")
+    parser.add_argument("--cuda-device", type=int, help="accepted for compatibility")
+    parser.add_argument("--base-directory", type=Path, dest="data_dir", help="same as --data-dir")
+    parser.add_argument("--disable-auto-launch", action="store_true", help="accepted for compatibility")
     parser.add_argument("--data-dir", type=Path, default=None, help="output/temp/input live here (default: a temp dir)")
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds per StandinSampler step")
     parser.add_argument("--fail-mode", choices=FAIL_MODES, default="none")

@@ -380,18 +380,16 @@ class Worker:
     async def _close(self) -> None:
         if self._phase is not Phase.DRAINING:
             self.notifier.stopping("stopping")
-        for task in list(self._runs):
-            task.cancel()
-        await asyncio.gather(*self._runs, return_exceptions=True)
+        log.debug("closing: stopping tasks")
         if self._watchdog is not None:
             await self._watchdog.stop()
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await stop_tasks([*self._runs, *self._background])
+        log.debug("closing: session")
         if self.session is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
                     await self.session.close(deregister=True)
+        log.debug("closing: connector")
         for close in (self.connector.close, self.storage.close):
             try:
                 await close()
@@ -403,3 +401,17 @@ class Worker:
         self.notifier.close()
         self.signals.uninstall()
         log.info("worker %s stopped", self.worker_id)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.0) -> None:
+    """Cancel tasks and wait for them, cancelling again while they linger: a cancellation that lands on
+    an expiring timeout, or in code that suppresses it, must not keep the process from exiting."""
+    deadline = time.monotonic() + timeout_s
+    while pending := [t for t in tasks if not t.done()]:
+        if time.monotonic() > deadline:
+            for task in pending:
+                log.error("task %s did not stop; exiting without it", task.get_name())
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.2)

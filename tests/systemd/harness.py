@@ -95,7 +95,6 @@ def prepare_tree(rootfs: Path, tree: Path, wheel: Path) -> Path:
     run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
     nspawn_run(tree, str(VENV / "bin" / "pip"), "install", "--quiet", "--no-deps", "--no-index",
                f"/tmp/wheel/{wheel.name}", binds=[(wheel.parent, "/tmp/wheel")])
-    import shutil as _s; _s.copytree(REPO / "appliance/queue/scripts/includes", tree / "opt/appliance/lib/python3.11/site-packages/appliance/queue/scripts/includes")  # TEMP HACK
     return tree
 
 

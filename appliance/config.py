@@ -120,7 +120,10 @@ class MachineSettings(_Section):
 
 
 class HealthSettings(_Section):
-    host: str = Field(default="0.0.0.0", description="Address the health server (/health /ready /status /metrics) binds.")
+    # Prometheus, the monitor and rolling updates reach it from other machines; it serves no secrets, and the
+    # NixOS module keeps the port closed unless openFirewall is set.
+    host: str = Field(default="0.0.0.0",  # nosec B104 # reachable by Prometheus, the monitor and rolling updates
+                      description="Address the health server (/health /ready /status /metrics) binds.")
     port: int = Field(default=9090, ge=0, le=65535, description="Port of the health server.")
 
 

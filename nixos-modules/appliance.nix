@@ -454,7 +454,7 @@ in
                 serviceConfig = {
                   LoadCredential = workerCredentials;
                   # Above the worker's drain grace, so a drain is never cut short by SIGKILL.
-                  TimeoutStopSec = mkDefault "${toString (drainGrace + 15)}s";
+                  TimeoutStopSec = mkDefault "${toString (drainGrace + 30)}s";
                   LimitNOFILE = mkDefault 65536;
                 };
               }

@@ -40,3 +40,26 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+#: Fixtures that mean a test talks to a real redis-server.
+_REDIS_FIXTURES = {"redis_server", "redis_url", "private_redis", "aredis", "queue", "make_queue"}
+#: Module-level names that mean a test starts real servers or processes of its own.
+_PROCESS_MARKERS = ("LocalRedis", "subprocess", "create_subprocess_exec", "standins", "TestServer")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests `integration` when they use a real Redis, a stand-in server or a subprocess.
+
+    CI runs the suite in stages (`-m "not integration and not systemd"`, `-m "integration and not systemd"`,
+    `-m systemd`); together they are exactly `python -m pytest tests`.
+    """
+    for item in items:
+        if item.get_closest_marker("systemd"):
+            continue
+        module = getattr(item, "module", None)
+        source_names = set(vars(module)) if module is not None else set()
+        uses_redis = bool(_REDIS_FIXTURES & set(getattr(item, "fixturenames", ())))
+        spawns = any(name in source_names for name in _PROCESS_MARKERS)
+        if uses_redis or spawns:
+            item.add_marker(pytest.mark.integration)

@@ -15,8 +15,8 @@ from typing import Any
 from appliance.commands import CommandError, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue
 
-#: --requires keys and how their values parse.
-REQUIREMENT_KEYS = {
+#: --requires keys and how their values parse: a type, "list" (comma list) or "append:<field>" (repeatable).
+REQUIREMENT_KEYS: dict[str, type | str] = {
     "gpu_memory_gb": float, "ram_gb": float, "cpu_cores": int, "models": "list", "model": "append:models",
     "isolation": str, "pool": str, "region": str, "tags": "list", "tag": "append:tags", "not_tags": "list",
     "not_tag": "append:not_tags", "workflow": str,
@@ -88,11 +88,11 @@ def parse_requirements(pairs: list[str]) -> dict[str, Any]:
             result[key] = [v.strip() for v in value.split(",") if v.strip()]
         elif isinstance(kind, str) and kind.startswith("append:"):
             result.setdefault(kind.split(":", 1)[1], []).append(value.strip())
-        else:
+        elif isinstance(kind, type):
             try:
-                result[key] = kind(value)  # type: ignore[operator]
+                result[key] = kind(value)
             except ValueError:
-                raise CommandError(f"--requires {pair!r}: {key} must be a {kind.__name__}") from None  # type: ignore[union-attr]
+                raise CommandError(f"--requires {pair!r}: {key} must be a {kind.__name__}") from None
     return result
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from appliance.config import Settings
+from appliance.netaddr import connect_host
 from appliance.notify import Notifier, WatchdogPinger
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ def build_command(settings: Settings, gpu: int, environ: dict[str, str] | None =
         argv += ["--cuda-device", str(gpu)]
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     argv += c.extra_args
-    host = "127.0.0.1" if c.listen in ("", "0.0.0.0", "::") else c.listen
-    if ":" in host:
-        host = f"[{host}]"
+    host = connect_host(c.listen)
     return ComfyCommand(argv, c.workdir, env, port, f"http://{host}:{port}/system_stats")
 
 

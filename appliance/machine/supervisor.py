@@ -32,6 +32,7 @@ from appliance.machine.state import MachineState, Phase
 from appliance.machine.status import build_status
 from appliance.machine.systemd import SystemdUnits, systemd_running
 from appliance.machine.workers import read_workers, registered_workers
+from appliance.netaddr import WILDCARD, connect_host
 from appliance.notify import Notifier, WatchdogPinger
 from appliance.queue import Queue
 
@@ -126,8 +127,9 @@ class Supervisor:
             metrics_registry, self.jobs = make_registry(self.state)
             runner, port = await start_server(make_app(self.state, metrics_registry, self.publish_status),
                                               self.health_host, self.health_port)
-            host = self.health_host if self.health_host not in ("", "0.0.0.0", "::") else res_host(self.state)
-            self.state.health_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            host = connect_host(self.health_host) if self.health_host not in WILDCARD else connect_host(
+                res_host(self.state))
+            self.state.health_url = f"http://{host}:{port}"
             self._step("health_server", port=port)
             if not await self._connect():
                 return 0  # stopped while waiting for Redis

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.config import Settings
+from appliance.netaddr import connect_host
 from appliance.queue import Capabilities
 from appliance.worker.connectors import ConnectorCapabilities, ConnectorOptions
 from appliance.worker.identity import WorkerSlot
@@ -49,8 +50,7 @@ def worker_parts(settings: Settings, slot: WorkerSlot, *, concurrency: int | Non
     """Connector options for `slot`: ComfyUI on base_port + N for GPU slots, `connectors.<name>` otherwise."""
     if slot.gpu:
         c = settings.comfyui
-        host = "127.0.0.1" if c.listen in ("0.0.0.0", "::", "") else c.listen
-        host = f"[{host}]" if ":" in host else host
+        host = connect_host(c.listen)
         options = ConnectorOptions(base_url=f"http://{host}:{c.base_port + slot.index}",
                                    default_timeout_s=c.default_job_timeout_s, concurrency=1,
                                    extra={"request_timeout_s": c.request_timeout_s})

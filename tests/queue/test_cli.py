@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -70,9 +71,10 @@ def test_unknown_job_and_unreachable_redis(redis_url: str) -> None:
 
 async def test_wait_cancel_list_stats(redis_url: str) -> None:
     job_id = run(redis_url, "submit", "--service", "echo").stdout.split()[-1]
-    waiting = subprocess.Popen([sys.executable, "-m", "appliance", "job", "wait", job_id, "--json", "--timeout", "30"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "APPLIANCE_REDIS_URL": redis_url})
+    waiting = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "appliance", "job", "wait", job_id, "--json", "--timeout", "30",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "APPLIANCE_REDIS_URL": redis_url})
     queue = await Queue.connect(redis_url)
     try:
         job = await queue.get(job_id)
@@ -80,7 +82,7 @@ async def test_wait_cancel_list_stats(redis_url: str) -> None:
         await queue.complete(job_id, claimed.token, {"answer": 42})
     finally:
         await queue.close()
-    out, err = waiting.communicate(timeout=30)
+    out, err = await asyncio.wait_for(waiting.communicate(), 30)
     assert waiting.returncode == 0, err
     assert json.loads(out)["result"] == {"answer": 42}
 

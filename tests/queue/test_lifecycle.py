@@ -343,7 +343,6 @@ async def test_return_jobs_of_a_dead_worker(queue: Queue) -> None:
 async def test_finished_records_expire_and_memory_returns_to_baseline(make_queue, aredis) -> None:
     q = await make_queue(result_ttl_s=1, events_maxlen=0)
     await q.reap(force=True)
-    baseline = {key: await aredis.type(key) for key in await aredis.keys("*")}
     jobs = await q.submit_many([{"service": "echo", "payload": {"i": i}} for i in range(50)])
     for _ in jobs:
         claimed = await q.claim("w", [jobs[0].shape])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.queue import Capabilities, JobSpec, Requirements
-from appliance.queue.shapes import bucket, GPU_MEMORY_BUCKETS_GB, matches, shape_of
+from appliance.queue.shapes import GPU_MEMORY_BUCKETS_GB, bucket, matches, shape_of
 
 
 def record(**req: object) -> dict:

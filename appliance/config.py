@@ -113,8 +113,22 @@ class MachineSettings(_Section):
     status_interval_s: float = Field(default=15, gt=0, description="How often the machine publishes its status, in seconds.")
     registration_ttl_s: float = Field(default=60, gt=0, description="Lifetime of the machine's registration key in Redis, "
                                       "in seconds; refreshed every status interval.")
-    container_mode: bool = Field(default=False, description="Run inside a container without systemd: the machine "
-                                 "supervisor starts the processes itself.")
+    container_mode: bool = Field(default=False, description="Supervised container mode, for containers without "
+                                 "systemd: `appliance machine` starts the service plan's processes itself (ComfyUI "
+                                 "and the workers), restarts them and stops them. Not the units' `--container-mode` "
+                                 "(systemd as PID 1, FailureAction=exit).")
+    restart_delay_s: float = Field(default=2, gt=0, description="Container mode: delay before a process that exited "
+                                   "is restarted, in seconds; doubles with each quick failure up to "
+                                   "`restart_max_delay_s`.")
+    restart_max_delay_s: float = Field(default=60, gt=0, description="Container mode: longest delay between restarts "
+                                       "of one process, in seconds.")
+    restart_limit_burst: int = Field(default=5, ge=0, description="Container mode: restarts of one process allowed "
+                                     "within `restart_limit_interval_s`; one more and the service has failed.")
+    restart_limit_interval_s: float = Field(default=600, gt=0, description="Container mode: window of "
+                                            "`restart_limit_burst`, in seconds.")
+    exit_on_service_failure: bool = Field(default=True, description="Container mode: when a service failed past its "
+                                          "restart limit, stop everything and exit with status 70, so the container "
+                                          "exits and its platform replaces it.")
     gpu_cpu_mode: bool = Field(default=False, description="Development: treat a machine without GPUs as a GPU machine "
                                "with one CPU-run ComfyUI.")
 

@@ -1,12 +1,14 @@
 """`appliance machine`: the supervisor. It never sits in a job's path; it plans, registers, watches units,
-aggregates status and serves health/metrics. systemd starts, restarts and stops every process.
+aggregates status and serves health/metrics. systemd starts, restarts and stops every process, except in
+supervised container mode (`machine.container_mode`, supervision "supervisor"), where the supervisor runs the
+planned processes itself (appliance.machine.processes) and exits with status 70 when one failed for good.
 
 Startup sequence (each step is published as `startup_step` with its elapsed time):
   detect_resources → health_server → connect_redis → plan → clean_state → register → wait_services →
   startup_complete, then READY=1. (appliance.target starts the planned units; `appliance units install` links them.)
 Then: status every `machine.status_interval_s` and at once on a change, registration refresh, job metrics from
 the queue's event stream, WATCHDOG=1 while Redis answers and the status loop turns. On SIGTERM/SIGINT: STOPPING=1,
-final status, `shutdown` event, deregistration.
+(container mode: the children stopped), final status, `shutdown` event, deregistration.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from appliance.health.metrics import JobMetrics, make_registry
 from appliance.health.server import make_app, start_server
 from appliance.machine import fleet
 from appliance.machine.plan import MachineType, PlanError, ServicePlan, plan_from_settings
+from appliance.machine.processes import MachineProcesses
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import Nvml, host_resources
 from appliance.machine.state import MachineState, Phase
@@ -44,19 +47,24 @@ CHANGE_POLL_S = 2.0
 SUPERVISOR_UNIT = "appliance-machine.service"
 #: How long services may take to become active when no ComfyUI is planned (s).
 API_SERVICES_TIMEOUT_S = 120.0
+#: Exit status when a service failed for good in container mode (as `units install --container-mode`'s).
+SERVICE_FAILED_EXIT_STATUS = 70
 
 
 def decide_supervision(settings: Settings, force_unmanaged: bool = False) -> str:
-    """"systemd" only when systemd is PID 1, we were started by it (INVOCATION_ID) and not in container mode:
-    a developer running `appliance machine` in a shell on a systemd host must not wait for units it never started."""
-    if force_unmanaged or settings.machine.container_mode:
+    """"supervisor" in container mode (we run the processes); "systemd" only when systemd is PID 1 and started us
+    (INVOCATION_ID): a developer running `appliance machine` in a shell must not wait for units it never started."""
+    if force_unmanaged:
         return "unmanaged"
+    if settings.machine.container_mode:
+        return "supervisor"
     return "systemd" if systemd_running() and os.environ.get("INVOCATION_ID") else "unmanaged"
 
 
 class Supervisor:
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None, supervision: str | None = None,
-                 health_host: str | None = None, health_port: int | None = None) -> None:
+                 health_host: str | None = None, health_port: int | None = None,
+                 config_path: str | None = None) -> None:
         self.settings = settings
         self.notifier = notifier or Notifier()
         self.supervision = supervision or decide_supervision(settings)
@@ -83,6 +91,10 @@ class Supervisor:
         self._last_loop = time.monotonic()
         self._started_units: set[str] = set()
         self._failed_units: set[str] = set()
+        self.exit_status = 0
+        #: The children, in container mode; `config_path` is handed to them (APPLIANCE_CONFIG).
+        self.config_path = config_path
+        self.processes: MachineProcesses | None = None
 
     # --- helpers ----------------------------------------------------------------------------------------------
 
@@ -107,6 +119,8 @@ class Supervisor:
         if not self.stop_event.is_set():
             self.stop_reason = reason
             self.stop_event.set()
+        elif self.processes is not None and reason.startswith("SIG"):
+            self.processes.hurry()  # a second signal: draining workers hand their jobs back at once
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopping; True when a stop was requested."""
@@ -120,6 +134,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        if self.supervision == "supervisor":  # the images' StopSignal (systemd's), should it reach us instead
+            loop.add_signal_handler(signal.SIGRTMIN + 3, self.request_stop, "SIGRTMIN+3")
         runner = None
         try:
             self.state.resources = await asyncio.to_thread(lambda: host_resources(self.nvml.start()))
@@ -149,13 +165,17 @@ class Supervisor:
                 return 1
             self.state.plan = plan
             self.jobs.worker_ids = set(plan.worker_ids())
+            if self.supervision == "supervisor":
+                assert self.queue is not None and self.registry is not None
+                self.processes = MachineProcesses(self.settings, plan, self.queue, self.registry,
+                                                  on_failed=self._service_failed, config_path=self.config_path)
             await self._event("startup_step", **self._step("plan", services=[s.name for s in plan.services]))
             await self._event("startup_step", **self._step("clean_state", **await self._clean_state()))
             await self._register()
             await self._event("startup_step", **self._step("register"))
             await self._wait_services()
             await self._event("startup_step", **self._step("wait_services"))
-            return await self._serve()
+            return self.exit_status if self.stop_event.is_set() else await self._serve()
         finally:
             await self._shutdown(runner)
 
@@ -191,7 +211,8 @@ class Supervisor:
                                            for wid in sorted(ids)])
         returned: dict[str, int] = {}
         for wid, unit in zip(sorted(ids), units.values(), strict=True):
-            alive = unit.active if unit.managed else bool(seen.get(wid, {}).get("alive"))
+            # In container mode none of our workers runs yet: whatever they held is a previous run's.
+            alive = unit.active if unit.managed else bool(seen.get(wid, {}).get("alive")) and not self.processes
             if not alive:
                 n = await self.queue.return_jobs_of_worker(wid, "machine_restart")
                 if n:
@@ -219,17 +240,20 @@ class Supervisor:
         """Under systemd: until every planned unit is active (or the timeout; then the machine starts degraded).
 
         appliance.target starts the units; one ordered After= this supervisor waits for our READY=1, so it is
-        not waited for here (that would deadlock) and its `service_started` comes later from the status loop."""
-        if not self.state.managed:
+        not waited for here (that would deadlock) and its `service_started` comes later from the status loop.
+        In container mode: start the children, then wait until each sent READY=1 or failed (or the timeout)."""
+        if self.processes is not None:
+            await self.processes.start()
+        elif not self.state.managed:
             self.state.units = await self.systemd.states(self.state.plan.units)
             return
         has_comfy = any(s.kind == "comfyui" for s in self.state.plan.services)
         deadline = time.monotonic() + (self.settings.comfyui.startup_timeout_s if has_comfy else API_SERVICES_TIMEOUT_S)
         while True:
             await self._poll_units()
-            pending = [u for u, st in self.state.units.items()
-                       if not st.active and SUPERVISOR_UNIT not in st.after]
-            if not pending or time.monotonic() > deadline:
+            pending = self.processes.pending() if self.processes else [
+                u for u, st in self.state.units.items() if not st.active and SUPERVISOR_UNIT not in st.after]
+            if not pending or time.monotonic() > deadline or self.stop_event.is_set():
                 break
             self.notifier.status(f"starting: waiting for {len(pending)} service(s): {', '.join(sorted(pending))}")
             # Our own deadline bounds the wait; keep systemd's start timeout from cutting it short.
@@ -238,7 +262,8 @@ class Supervisor:
                 break
 
     async def _poll_units(self) -> None:
-        self.state.units = await self.systemd.states(self.state.plan.units)
+        self.state.units = (self.processes.states() if self.processes
+                            else await self.systemd.states(self.state.plan.units))
         for svc in self.state.plan.services:
             st = self.state.units.get(svc.unit)
             if st is None or not st.managed:
@@ -250,10 +275,17 @@ class Supervisor:
                                   restarts=st.restarts, elapsed_ms=self._elapsed_ms())
             elif not st.active:
                 self._started_units.discard(svc.unit)
-                if st.failed and svc.unit not in self._failed_units:
+                if st.failed and svc.unit not in self._failed_units and not self.processes:
                     self._failed_units.add(svc.unit)
                     await self._event("service_failed", service=svc.name, unit=svc.unit, result=st.result,
                                       restarts=st.restarts)
+
+    def _service_failed(self, name: str, error: str) -> None:
+        """Container mode: a child failed for good (service_failed is out); the machine fails with it, if so set."""
+        self.state.last_error = error
+        if self.settings.machine.exit_on_service_failure:
+            self.exit_status = SERVICE_FAILED_EXIT_STATUS
+            self.request_stop(f"service_failed: {name}")
 
     # --- running ----------------------------------------------------------------------------------------------
 
@@ -263,7 +295,8 @@ class Supervisor:
         up = sum(health.values())
         busy = sum(1 for w in s.workers.values() if w.get("current_job_id") or w.get("jobs"))
         down = [name for name, ok in health.items() if not ok]
-        line = f"{s.phase.value}: {up}/{len(health)} services {'active' if s.managed else 'unmanaged'}, {busy} busy"
+        line = (f"{s.phase.value}: {up}/{len(health)} services "
+                f"{'active' if s.managed or self.processes else 'unmanaged'}, {busy} busy")
         if down:
             line += f"; down: {', '.join(down)}"
         if not s.redis_ok:
@@ -380,11 +413,14 @@ class Supervisor:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return 0
+        return self.exit_status
 
     async def _shutdown(self, runner: Any) -> None:
         self.state.phase = Phase.STOPPING if self.state.phase is not Phase.FAILED else Phase.FAILED
         self.notifier.stopping(f"stopping: {self.stop_reason}")
+        if self.processes is not None:
+            await self.processes.stop(self.notifier)
+            self.state.units = self.processes.states()
         if self.registry is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.registry.publish_status(build_status(self.state, "shutdown"))

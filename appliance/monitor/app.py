@@ -95,6 +95,7 @@ class Monitor:
                        asyncio.create_task(self._ticker(), name="monitor-ticker")]
 
     async def stop(self) -> None:
+        self.feed.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -81,12 +81,19 @@ class Feed:
         self._need_error: set[str] = set()
         #: Set once the first load after a (re)connect finished; tests and /healthz wait on it.
         self.synced = asyncio.Event()
+        #: Set by `stop()`. The loops check it as well as relying on cancellation: on Python 3.11 a cancel that
+        #: races with redis-py's internal `asyncio.timeout` (get_message, XREAD BLOCK) can be swallowed.
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Make every loop end at its next turn (at most ~1 s); cancel the task running `run()` as well."""
+        self.stopping = True
 
     # --- connection loop --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         backoff = BACKOFF_MIN_S
-        while True:
+        while not self.stopping:
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -102,6 +109,8 @@ class Feed:
                     with contextlib.suppress(Exception):
                         await self.queue.close()
                     self.queue = None
+            if self.stopping:
+                return
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             if self.state.redis_ok:
@@ -137,7 +146,7 @@ class Feed:
             finally:
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.wait(tasks, timeout=5)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -189,7 +198,7 @@ class Feed:
     # --- live loops -------------------------------------------------------------------------------------------
 
     async def _pubsub_loop(self, pubsub: Any) -> None:
-        while True:
+        while not self.stopping:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None:
                 continue
@@ -216,7 +225,7 @@ class Feed:
     async def _stream_loop(self) -> None:
         assert self.queue is not None
         events = self.queue.keys.events
-        while True:
+        while not self.stopping:
             reply = await self.queue.client.xread({events: self.state.last_stream_id}, count=500, block=1000)
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
@@ -235,7 +244,7 @@ class Feed:
 
     async def _poll_loop(self) -> None:
         turn = 0
-        while True:
+        while not self.stopping:
             await asyncio.sleep(self.poll_s)
             turn += 1
             await self._poll_once(with_pools=turn % self.pools_every == 0)

@@ -51,6 +51,8 @@ class PoolSignalsCollector(Collector):
         self.errors = 0
         self._inflight: asyncio.Task[PoolReport | None] | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Checked by the loop too: a cancel racing redis-py's internal timeouts can be swallowed on Python 3.11.
+        self._closed = False
 
     # --- refreshing -------------------------------------------------------------------------------------------
 
@@ -83,11 +85,12 @@ class PoolSignalsCollector(Collector):
         self._task = asyncio.create_task(self._loop(), name="pool-signals")
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.interval_s)
             await self.refresh()
 
     async def close(self) -> None:
+        self._closed = True
         for task in (self._task, self._inflight):
             if task is not None and not task.done():
                 task.cancel()

@@ -50,8 +50,13 @@ async def _start_machine(redis_url: str) -> asyncio.subprocess.Process:
                 "APPLIANCE_MACHINE__REGISTRATION_TTL_S": "30", "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true",
                 "APPLIANCE_CONNECTORS__ECHO__SLOTS": "1", "APPLIANCE_HEALTH__HOST": "127.0.0.1",
                 "APPLIANCE_HEALTH__PORT": str(free_port())})
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", "--unmanaged", env=env,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(artifacts_dir() / "monitor-e2e-machine.log", "wb") as log:  # kept for diagnosis
+        return await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", "--unmanaged",
+                                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _machine_log() -> str:
+    return (artifacts_dir() / "monitor-e2e-machine.log").read_text(errors="replace")[-3000:]
 
 
 async def test_dashboard_end_to_end(redis_url: str) -> None:
@@ -71,7 +76,11 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
             await page.wait_for_selector("body[data-synced='1']")
 
             # Both machines appear online: the real supervisor process and the simulated GPU machine.
-            await page.wait_for_selector(f"[data-machine='{MID}'][data-online='1']", timeout=60_000)
+            try:
+                await page.wait_for_selector(f"[data-machine='{MID}'][data-online='1']", timeout=60_000)
+            except Exception:
+                raise AssertionError(f"machine {MID} never showed online (exit {machine.returncode}); "
+                                     f"its log:\n{_machine_log()}") from None
             await page.wait_for_selector(f"[data-machine='{GPU_MID}'][data-online='1']")
             gpu_card = page.locator(f"[data-machine='{GPU_MID}']")
             assert "NVIDIA H100 80GB HBM3" in await gpu_card.inner_text()

@@ -31,6 +31,7 @@
 local rcall = redis.call
 -- @include now
 -- @include emit
+-- @include finish
 -- @include heads
 
 local state_key, meta_key, ready_key, heads_key, delayed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -50,10 +51,8 @@ if status == 'pending' then
   else
     rcall('ZREM', delayed_key, id)
   end
-  rcall('HSET', state_key, id, 'cancelled')
-  rcall('HSET', info_key, id, '|0|' .. now)
-  rcall('ZADD', done_key, now + tonumber(ARGV[6]), id)
-  rcall('HINCRBY', counts_key, 'cancelled', 1)
+  finish({state = state_key, info = info_key, done = done_key, counts = counts_key}, id, 'cancelled', '', 0, now,
+    tonumber(ARGV[6]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', {'job', id})
   return 1
 end

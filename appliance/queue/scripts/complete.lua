@@ -27,6 +27,7 @@
 local rcall = redis.call
 -- @include now
 -- @include emit
+-- @include finish
 -- @include owner
 
 local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -40,11 +41,9 @@ if not worker then return -2 end
 rcall('HDEL', owner_key, id)
 rcall('ZREM', leases_key, id)
 rcall('HDEL', cancels_key, id)
-rcall('HSET', state_key, id, 'completed')
 rcall('HSET', results_key, id, ARGV[7])
-rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
-rcall('ZADD', done_key, now + tonumber(ARGV[8]), id)
-rcall('HINCRBY', counts_key, 'completed', 1)
+finish({state = state_key, info = info_key, done = done_key, counts = counts_key}, id, 'completed', worker,
+  claimed, now, tonumber(ARGV[8]))
 local service = string.match(rcall('HGET', meta_key, id) or '', '^[^|]*|([^|]*)|')
 emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
   {'job', id, 'worker', worker, 'service', service or '', 'duration_ms', now - claimed}, ',"result":' .. ARGV[7])

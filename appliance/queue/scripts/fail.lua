@@ -40,6 +40,7 @@
 local rcall = redis.call
 -- @include now
 -- @include emit
+-- @include finish
 -- @include owner
 -- @include meta
 -- @include history
@@ -79,23 +80,16 @@ if disposition == 'retry' and attempt <= meta.max_retries then
   return 3
 end
 
-rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
+local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
 if disposition == 'retry' then
-  rcall('HSET', state_key, id, 'dead')
-  rcall('ZADD', dead_key, now, id)
-  rcall('ZADD', done_key, now + tonumber(ARGV[11]), id)
-  rcall('HINCRBY', counts_key, 'dead', 1)
+  finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[11]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields, message)
   return 4
 elseif disposition == 'cancelled' then
-  rcall('HSET', state_key, id, 'cancelled')
-  rcall('ZADD', done_key, now + tonumber(ARGV[10]), id)
-  rcall('HINCRBY', counts_key, 'cancelled', 1)
+  finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[10]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields, message)
   return 6
 end
-rcall('HSET', state_key, id, 'failed')
-rcall('ZADD', done_key, now + tonumber(ARGV[10]), id)
-rcall('HINCRBY', counts_key, 'failed', 1)
+finish(k, id, 'failed', worker, claimed, now, tonumber(ARGV[10]))
 emit(events_key, mode, maxlen, 'job_failed', queue, 'failed', fields, message)
 return 5

@@ -42,6 +42,7 @@
 local rcall = redis.call
 -- @include now
 -- @include emit
+-- @include finish
 -- @include owner
 -- @include meta
 -- @include history
@@ -62,11 +63,9 @@ rcall('ZREM', leases_key, id)
 local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
 local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt, 'reason', reason}
 
+local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
 if rcall('HDEL', cancels_key, id) == 1 then
-  rcall('HSET', state_key, id, 'cancelled')
-  rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
-  rcall('ZADD', done_key, now + tonumber(ARGV[12]), id)
-  rcall('HINCRBY', counts_key, 'cancelled', 1)
+  finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[12]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields)
   return 6
 end
@@ -75,11 +74,7 @@ if counted then
   append_error(errors_key, id, '{"message":"worker ' .. worker .. ' stopped (' .. reason .. ')","kind":"'
     .. reason .. '","worker":"' .. worker .. '","attempt":' .. attempt .. ',"at":' .. now .. '}')
   if attempt > meta.max_retries then
-    rcall('HSET', state_key, id, 'dead')
-    rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
-    rcall('ZADD', dead_key, now, id)
-    rcall('ZADD', done_key, now + tonumber(ARGV[13]), id)
-    rcall('HINCRBY', counts_key, 'dead', 1)
+    finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[13]))
     emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
     return 4
   end

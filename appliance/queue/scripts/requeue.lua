@@ -34,6 +34,7 @@
 local rcall = redis.call
 -- @include now
 -- @include emit
+-- @include finish
 -- @include meta
 -- @include history
 
@@ -42,6 +43,7 @@ local state_key, attempts_key, meta_key, errors_key, done_key = KEYS[6], KEYS[7]
 local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local now, queue, mode, maxlen, shape = server_now(), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
+local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
 local requeued, died, cancelled = 0, 0, 0
 local function back_in_line(id, meta)
   rcall('HSET', state_key, id, 'pending')
@@ -68,18 +70,11 @@ for i = 9, #ARGV do
         .. ',"at":' .. now .. '}')
       local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt}
       if rcall('HDEL', cancels_key, id) == 1 then
-        rcall('HSET', state_key, id, 'cancelled')
-        rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
-        rcall('ZADD', done_key, now + tonumber(ARGV[6]), id)
-        rcall('HINCRBY', counts_key, 'cancelled', 1)
+        finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[6]))
         cancelled = cancelled + 1
         emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields)
       elseif attempt > meta.max_retries then
-        rcall('HSET', state_key, id, 'dead')
-        rcall('HSET', info_key, id, worker .. '|' .. claimed .. '|' .. now)
-        rcall('ZADD', dead_key, now, id)
-        rcall('ZADD', done_key, now + tonumber(ARGV[7]), id)
-        rcall('HINCRBY', counts_key, 'dead', 1)
+        finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[7]))
         died = died + 1
         emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
       else

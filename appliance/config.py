@@ -277,6 +277,8 @@ class PoolRule(_Section):
 
 
 class ClassifierSettings(_Section):
+    enabled: bool = Field(default=False, description="Assign a pool at submit time to jobs that name none. Enable "
+                          "it once machines declare `machine.pool`: a job with a pool runs only on that pool's workers.")
     default_pool: str = Field(default="standard", description="Pool of a job no rule matches.")
     rules: list[PoolRule] = Field(
         default_factory=lambda: [PoolRule(pool="fast", max_declared_cost_s=30),

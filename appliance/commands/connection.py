@@ -21,6 +21,7 @@ class RedisTarget:
     queue: str
     client_kwargs: dict[str, Any]
     settings: Any  # QueueSettings
+    classifier: Any = None  # Callable[[JobSpec], JobSpec] when classifier.enabled
 
     def redacted_url(self) -> str:
         from appliance.secrets import redact_url
@@ -52,7 +53,14 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
         if password is not None:
             kwargs["password"] = password
     queue = getattr(args, "queue", None) or settings.redis.queue
-    return RedisTarget(url=url, queue=queue, client_kwargs=kwargs, settings=settings.queue)
+    classifier = None
+    if settings.classifier.enabled:
+        from functools import partial
+
+        from appliance.pools import classify
+
+        classifier = partial(classify, settings=settings)
+    return RedisTarget(url=url, queue=queue, client_kwargs=kwargs, settings=settings.queue, classifier=classifier)
 
 
 async def connect_queue(args: argparse.Namespace) -> Any:
@@ -63,7 +71,7 @@ async def connect_queue(args: argparse.Namespace) -> Any:
     target = resolve_target(args)
     try:
         return await Queue.connect(target.url, queue_name=target.queue, settings=target.settings,
-                                   **target.client_kwargs)
+                                   classifier=target.classifier, **target.client_kwargs)
     except AuthenticationError as exc:
         raise CommandError(f"Redis at {target.redacted_url()} refused the credentials: {exc}", 4) from None
     except (RedisError, OSError) as exc:

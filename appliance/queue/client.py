@@ -65,16 +65,19 @@ class Queue:
     """One queue on one Redis (standalone or Cluster); safe to share between tasks."""
 
     def __init__(self, client: Any, *, queue_name: str = "default", settings: QueueSettings | None = None,
-                 scripts: ScriptSet | None = None) -> None:
+                 scripts: ScriptSet | None = None, classifier: Callable[[JobSpec], JobSpec] | None = None) -> None:
         self.client = client
         self.keys = QueueKeys(queue_name)
         self.settings = settings or QueueSettings()
         self.scripts = scripts or ScriptSet()
+        #: Assigns a pool to jobs that name none (appliance.pools.classify), applied before the shape is taken.
+        self.classifier = classifier
 
     @classmethod
     async def connect(cls, url: str = "redis://127.0.0.1:6379/0", *, queue_name: str = "default",
                       settings: QueueSettings | None = None, password: str | None = None,
-                      username: str | None = None, cluster: bool = False, **redis_kwargs: Any) -> Queue:
+                      username: str | None = None, cluster: bool = False,
+                      classifier: Callable[[JobSpec], JobSpec] | None = None, **redis_kwargs: Any) -> Queue:
         """Connect, check the server answers, and install the scripts."""
         kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
         if password is not None:
@@ -88,7 +91,7 @@ class Queue:
             await client.initialize()
         else:
             client = aioredis.Redis.from_url(url, **kwargs)
-        queue = cls(client, queue_name=queue_name, settings=settings)
+        queue = cls(client, queue_name=queue_name, settings=settings, classifier=classifier)
         try:
             await client.ping()
             await queue.scripts.load(client)
@@ -112,6 +115,10 @@ class Queue:
 
     # --- submitting -------------------------------------------------------------------------------------------
 
+    def _classified(self, spec: JobSpec | Mapping[str, Any]) -> JobSpec:
+        parsed = parse_spec(spec)
+        return self.classifier(parsed) if self.classifier is not None else parsed
+
     def _submit_call(self, spec: JobSpec) -> tuple[str, list[str], list[Any]]:
         job_id = spec.id or uuid.uuid4().hex
         shape, record = shape_of(spec)
@@ -128,14 +135,14 @@ class Queue:
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
-        parsed = parse_spec(spec)
+        parsed = self._classified(spec)
         job_id, keys, args = self._submit_call(parsed)
         raise_for_code(int(await self._call("submit", keys, args)), job_id)
         return self._job_from_spec(parsed, job_id, keys[3].rsplit(":", 1)[1])
 
     async def submit_many(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
         """Validate every job first (nothing is enqueued if one is invalid), then enqueue in pipelined batches."""
-        parsed = [parse_spec(s) for s in specs]
+        parsed = [self._classified(s) for s in specs]
         calls = [self._submit_call(s) for s in parsed]
         if not self.scripts.use_functions or hasattr(self.client, "get_primaries"):
             for job_id, keys, args in calls:

@@ -50,9 +50,12 @@ async def _start_machine(redis_url: str) -> asyncio.subprocess.Process:
                 "APPLIANCE_MACHINE__REGISTRATION_TTL_S": "30", "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true",
                 "APPLIANCE_CONNECTORS__ECHO__SLOTS": "1", "APPLIANCE_HEALTH__HOST": "127.0.0.1",
                 "APPLIANCE_HEALTH__PORT": str(free_port())})
-    with open(artifacts_dir() / "monitor-e2e-machine.log", "wb") as log:  # kept for diagnosis
+    log = await asyncio.to_thread(open, artifacts_dir() / "monitor-e2e-machine.log", "wb")  # kept for diagnosis
+    try:
         return await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", "--unmanaged",
                                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
 
 
 def _machine_log() -> str:

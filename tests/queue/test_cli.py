@@ -110,3 +110,15 @@ def test_password_is_used_but_never_printed() -> None:
         assert bad.returncode == 4
         for out in (ok, bad):
             assert "s3cr3t-pw" not in out.stdout + out.stderr and "wrong-pw" not in out.stdout + out.stderr
+
+
+def test_classifier_assigns_a_pool_only_when_enabled(redis_url: str) -> None:
+    plain = run(redis_url, "submit", "--service", "echo", "--payload", '{"declared_cost_s": 5}', "--json")
+    assert json.loads("\n".join(plain.stdout.splitlines()[:-1]))["pool"] is None
+    on = {"APPLIANCE_CLASSIFIER__ENABLED": "true"}
+    quick = run(redis_url, "submit", "--service", "echo", "--payload", '{"declared_cost_s": 5}', "--json", env=on)
+    assert json.loads("\n".join(quick.stdout.splitlines()[:-1]))["pool"] == "fast"
+    long = run(redis_url, "submit", "--service", "echo", "--timeout", "3600", "--json", env=on)
+    assert json.loads("\n".join(long.stdout.splitlines()[:-1]))["pool"] == "heavy"
+    named = run(redis_url, "submit", "--service", "echo", "--pool", "standard", "--timeout", "5", "--json", env=on)
+    assert json.loads("\n".join(named.stdout.splitlines()[:-1]))["pool"] == "standard"

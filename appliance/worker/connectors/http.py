@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from appliance.worker.connectors.base import PermanentError, RetryableError
+from appliance.worker.connectors.base import ConnectorError, PermanentError, RetryableError
 
 
 class JsonApi:
@@ -67,3 +67,11 @@ class JsonApi:
         if not isinstance(parsed, dict):
             raise RetryableError(f"{what} sent a malformed body", code="bad_response", details=details)
         return parsed
+
+    async def answers(self, method: str, path: str) -> bool:
+        """Whether a request succeeds: a health probe, or a best-effort call (cancel) whose failure changes nothing."""
+        try:
+            await self.request(method, path)
+        except ConnectorError:
+            return False
+        return True

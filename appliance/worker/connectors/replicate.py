@@ -12,7 +12,6 @@ extra: poll_initial_s (0.5), poll_max_s (5), copy_outputs (False), request_timeo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import Any
 
@@ -68,18 +67,13 @@ class ReplicateConnector(Connector):
         return ConnectorCapabilities(services=["replicate"])
 
     async def health(self) -> bool:
-        try:
-            await self.api.request("GET", "/v1/account")
-        except (RetryableError, PermanentError):
-            return False
-        return True
+        return await self.api.answers("GET", "/v1/account")
 
     async def cancel(self, job_id: str) -> None:
         self._cancelled.add(job_id)
         prediction = self._predictions.get(job_id)
         if prediction is not None:
-            with contextlib.suppress(RetryableError, PermanentError):
-                await self.api.request("POST", f"/v1/predictions/{prediction}/cancel")
+            await self.api.answers("POST", f"/v1/predictions/{prediction}/cancel")
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         body = {"input": job.payload.get("input") or {}}

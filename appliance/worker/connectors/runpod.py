@@ -13,7 +13,6 @@ extra: endpoint_id, stream (False), poll_initial_s (0.5), poll_max_s (5), reques
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from appliance.worker.connectors.base import (
@@ -62,18 +61,13 @@ class RunPodConnector(Connector):
     async def health(self) -> bool:
         if not self.endpoint_id:
             return True  # nothing endpoint-independent to probe
-        try:
-            await self.api.request("GET", f"/v2/{self.endpoint_id}/health")
-        except (RetryableError, PermanentError):
-            return False
-        return True
+        return await self.api.answers("GET", f"/v2/{self.endpoint_id}/health")
 
     async def cancel(self, job_id: str) -> None:
         self._cancelled.add(job_id)
         run = self._runs.get(job_id)
         if run is not None:
-            with contextlib.suppress(RetryableError, PermanentError):
-                await self.api.request("POST", f"/v2/{run[0]}/cancel/{run[1]}")
+            await self.api.answers("POST", f"/v2/{run[0]}/cancel/{run[1]}")
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         endpoint = job.payload.get("endpoint_id") or self.endpoint_id

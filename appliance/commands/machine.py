@@ -32,6 +32,11 @@ def register(subparsers: Any) -> None:
     onfail.add_argument("unit", metavar="UNIT", help="the failed unit, e.g. appliance-worker@gpu0.service")
     onfail.set_defaults(handler=_on_failure)
 
+    stop = sub.add_parser("record-stop", help="count why a unit stopped ($SERVICE_RESULT; run by ExecStopPost=)")
+    _add_config(stop)
+    stop.add_argument("unit", metavar="UNIT", help="the unit that stopped, e.g. appliance-worker@gpu0.service")
+    stop.set_defaults(handler=_record_stop)
+
     status = sub.add_parser("status", help="print a machine's last published status from Redis")
     _add_config(status)
     status.add_argument("--machine", metavar="ID", help="machine id (default: machine.id of this host)")
@@ -115,6 +120,21 @@ def _on_failure(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot reach Redis: {type(exc).__name__}: {exc}", 4) from None
     returned = sum(event["jobs_returned"].values())
     print(f"{event['unit']}: {returned} job(s) returned to the queue; service_failed published")
+    return 0
+
+
+def _record_stop(args: argparse.Namespace) -> int:
+    import os
+
+    from appliance.machine.stops import StopRecordError, record_stop, state_directory
+
+    state_dir = state_directory(os.environ)
+    if state_dir is None:
+        raise CommandError("record-stop runs from a unit's ExecStopPost= and needs $STATE_DIRECTORY")
+    try:
+        record_stop(state_dir, args.unit, os.environ.get("SERVICE_RESULT") or "unknown")
+    except (StopRecordError, OSError) as exc:
+        raise CommandError(f"cannot record the stop of {args.unit}: {exc}") from None
     return 0
 
 

@@ -78,10 +78,19 @@ class MachineCollector(Collector):
         cpu = CounterMetricFamily(f"{PREFIX}_service_cpu_seconds",
                                   "CPU time used by the unit's control group (CPUUsageNSec).", labels=labels)
         uptime = _gauge("service_uptime_seconds", "Seconds since the unit's main process started.", labels)
+        stops = CounterMetricFamily(f"{PREFIX}_service_stops", "Stops of the unit by systemd result (success, "
+                                    "exit-code, signal, watchdog, ...), counted by ExecStopPost=.",
+                                    labels=[*labels, "result"])
+        kills = CounterMetricFamily(f"{PREFIX}_service_watchdog_kills", "Times systemd's watchdog killed the unit "
+                                    "(it stopped sending WATCHDOG=1).", labels=labels)
         health = self.state.service_health()
         for svc in self.state.plan.services:
             lv = [svc.name, svc.unit, svc.kind]
             up.add_metric(lv, 1.0 if health.get(svc.name) else 0.0)
+            counted = self.state.unit_stops.get(svc.unit, {})
+            for result, count in sorted(counted.items()):
+                stops.add_metric([*lv, result], float(count))
+            kills.add_metric(lv, float(counted.get("watchdog", 0)))
             st = self.state.units.get(svc.unit)
             if st is None or not st.managed:
                 continue
@@ -92,7 +101,7 @@ class MachineCollector(Collector):
                 cpu.add_metric(lv, st.cpu_seconds)
             if (u := st.uptime_s()) is not None:
                 uptime.add_metric(lv, u)
-        yield from (up, restarts, memory, cpu, uptime)
+        yield from (up, restarts, memory, cpu, uptime, stops, kills)
 
     def _workers(self) -> Iterator[Metric]:
         busy = _gauge("jobs_in_flight", "Jobs this machine's workers are running now.", ["worker", "connector"])

@@ -44,6 +44,8 @@ class MachineState:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The queue's counters (QueueStats.model_dump()); None until first read.
     queue_stats: dict[str, Any] | None = None
+    #: unit -> {systemd result: stops counted by ExecStopPost=} (see appliance.machine.stops).
+    unit_stops: dict[str, dict[str, int]] = field(default_factory=dict)
     redis_ok: bool = False
     registered: bool = False
     draining: bool = False

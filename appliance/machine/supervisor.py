@@ -33,6 +33,7 @@ from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import Nvml, host_resources
 from appliance.machine.state import MachineState, Phase
 from appliance.machine.status import build_status
+from appliance.machine.stops import read_stops, state_directory
 from appliance.machine.systemd import SystemdUnits, systemd_running
 from appliance.machine.workers import read_workers, registered_workers
 from appliance.netaddr import WILDCARD, connect_host
@@ -106,6 +107,14 @@ class Supervisor:
         self.steps.append(step)
         self.notifier.status(f"starting: {name.replace('_', ' ')} done")
         return step
+
+    async def _read_stops(self) -> None:
+        """Pick up the stops units counted in ExecStopPost=; announce each new non-clean one."""
+        before, self.state.unit_stops = self.state.unit_stops, read_stops(state_directory(os.environ))
+        for unit, counts in self.state.unit_stops.items():
+            for result, count in counts.items():
+                if result != "success" and count > before.get(unit, {}).get(result, 0) and before:
+                    await self._event("service_stopped", unit=unit, result=result, count=count)
 
     async def _event(self, event_type: str, **fields: Any) -> None:
         if self.registry is None:
@@ -329,6 +338,7 @@ class Supervisor:
             self.state.draining = await fleet.is_drained(self.queue.client, self.state.machine_id)
             if full:
                 self.state.queue_stats = (await self.queue.stats()).model_dump(mode="json")
+                await self._read_stops()
                 if not await self.registry.refresh(self.state.phase.value):
                     await self._register()  # the key expired (Redis restarted or was flushed)
             self.state.redis_ok = True

@@ -16,6 +16,7 @@ import re
 import secrets
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class Env:
     redis: LocalRedis
     password: str
     machine_id: str
+    health_port: int
 
     def boot(self, *extra: str) -> AbstractContextManager[harness.Container]:
         name = f"appl-{os.getpid()}-{next(_names)}"
@@ -113,7 +115,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         machine_id = f"nspawn{os.getpid()}"
         config = tree / "etc" / "appliance" / "config.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(CONFIG.format(url=server.url, machine_id=machine_id, health_port=free_port()))
+        health_port = free_port()
+        config.write_text(CONFIG.format(url=server.url, machine_id=machine_id, health_port=health_port))
         harness.write_credential(tree, "redis-password", password)
         # Fail the module once, in seconds, if the installed wheel cannot even reach the queue (a file missing
         # from the package data, say) instead of every test waiting for units that never become ready.
@@ -125,7 +128,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         harness.install_units(tree, json.loads(plan), "--config", "/etc/appliance/config.toml")
         logs = work / "logs"
         logs.mkdir()
-        yield Env(tree=tree, logs=logs, redis=server, password=password, machine_id=machine_id)
+        yield Env(tree=tree, logs=logs, redis=server, password=password, machine_id=machine_id,
+                  health_port=health_port)
     finally:
         server.cleanup()
 
@@ -159,6 +163,15 @@ def test_machine_unit_starts_with_credential_and_sandbox(fresh: Env) -> None:
         assert fresh.password not in env_block
         score = c.sh("systemd-analyze", "security", MACHINE, check=False).stdout
         assert float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", score)[1]) <= 3.0, score
+
+
+def _metrics(env: Env) -> str:
+    """The supervisor's /metrics (it shares the host network), or '' while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{env.health_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
 
 
 def _registered(env: Env) -> list[bytes]:
@@ -257,6 +270,10 @@ def test_hung_worker_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None
                      ["NRestarts", "ActiveState"])
         journal = c.journal(unit)
         assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
+        # Result= is reset by the restart; ExecStopPost= counted the kill where the supervisor's metrics read it.
+        c.wait_props(MACHINE, "counted", lambda _: 'appliance_service_watchdog_kills_total{kind="worker",service="'
+                     f'worker@{unit.split("@")[1].removesuffix(".service")}",unit="{unit}"}} 1.0' in _metrics(fresh),
+                     ["Id"], timeout=60)
 
 
 @needs_worker

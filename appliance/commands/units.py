@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -73,14 +73,29 @@ def _plan_text(args: argparse.Namespace) -> tuple[str, str] | None:
         except OSError as exc:
             raise CommandError(f"--plan-json {args.plan_json}: {exc.strerror}") from None
     if args.from_machine_plan:
-        proc = subprocess.run([sys.executable, "-m", "appliance", "machine", "plan", "--json"],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
-            detail = lines[-1] if lines else f"exit status {proc.returncode}"
-            raise CommandError(f"`appliance machine plan --json` failed: {detail}")
-        return proc.stdout, "`appliance machine plan --json`"
+        # In-process rather than a subprocess: under Nix the bare interpreter cannot import the package.
+        return json.dumps(_machine_plan(args)), "`appliance machine plan --json`"
     return None
+
+
+def _machine_plan(args: argparse.Namespace) -> dict[str, object]:
+    from appliance.config import ConfigError, load_settings
+    from appliance.machine.plan import PlanError, plan_from_settings
+    from appliance.machine.resources import Nvml
+
+    try:
+        settings = load_settings(args.config_path).settings
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    nvml = Nvml().start()
+    try:
+        gpus = len(nvml.gpus())
+    finally:
+        nvml.stop()
+    try:
+        return plan_from_settings(settings, gpus).to_dict()
+    except PlanError as exc:
+        raise CommandError(f"`appliance machine plan --json` failed: {exc}") from None
 
 
 def _planned(args: argparse.Namespace) -> tuple[Path, list[InstallFile]]:

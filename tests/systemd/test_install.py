@@ -158,3 +158,18 @@ def test_bad_plan_is_one_clear_error(root: Path, plan: dict, message: str) -> No
 def test_missing_plan_file(root: Path) -> None:
     proc = cli("install", "--root", str(root), "--bin", BIN, "--plan-json", str(root / "nope.json"))
     assert proc.returncode != 0 and "nope.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_from_this_machine(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("APPLIANCE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("APPLIANCE_MACHINE_TYPE", "api")
+    monkeypatch.setenv("APPLIANCE_ECHO_ENABLED", "true")
+    monkeypatch.setenv("APPLIANCE_ECHO_SLOTS", "2")
+    out = cli("install", "--root", str(root), "--bin", BIN, "--from-machine-plan")
+    assert out.returncode == 0, out.stderr
+    wants = sorted(p.name for p in (root / "etc/systemd/system/appliance.target.wants").iterdir())
+    assert "appliance-worker@echo0.service" in wants and "appliance-worker@echo1.service" in wants
+    monkeypatch.setenv("APPLIANCE_MACHINE_TYPE", "gpu")  # no GPU here and no CPU mode: a clear error
+    bad = cli("install", "--root", str(root), "--bin", BIN, "--from-machine-plan")
+    assert bad.returncode == 2 and "machine plan" in bad.stderr and "Traceback" not in bad.stderr

@@ -48,6 +48,7 @@ let
 
   runtimeDependencies = [
     ps.redis
+    ps.hiredis
     ps.pydantic
     ps.sdnotify
     ps.nvidia-ml-py

@@ -33,9 +33,13 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliance",
-        description="Turn GPU machines (one ComfyUI per GPU) and API machines into workers of one Redis job pool.")
-    parser.add_argument("--log-level", default=os.environ.get("APPLIANCE_LOG_LEVEL", "INFO"),
-                        help="logging level (default: INFO, or $APPLIANCE_LOG_LEVEL)")
+        description="Turn GPU machines (one ComfyUI per GPU) and API machines into workers of one Redis job pool.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("APPLIANCE_LOG_LEVEL", "INFO"),
+        help="logging level (default: INFO, or $APPLIANCE_LOG_LEVEL)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -96,7 +96,8 @@ def type_name(annotation: Any) -> str:
         if issubclass(annotation, BaseModel):
             return "table"
         return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
-            annotation.__name__, annotation.__name__)
+            annotation.__name__, annotation.__name__
+        )
     return "any" if annotation is Any else str(annotation)
 
 
@@ -113,10 +114,14 @@ def default_text(field: FieldInfo) -> str:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     elif isinstance(value, list):
-        value = [v.model_dump(mode="json", exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value]
+        value = [
+            v.model_dump(mode="json", exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value
+        ]
     elif isinstance(value, dict):
-        value = {k: v.model_dump(mode="json", exclude_defaults=True) if isinstance(v, BaseModel) else v
-                 for k, v in value.items()}
+        value = {
+            k: v.model_dump(mode="json", exclude_defaults=True) if isinstance(v, BaseModel) else v
+            for k, v in value.items()
+        }
     elif isinstance(value, enum.Enum):
         value = value.value
     text = json.dumps(value, default=str)
@@ -171,8 +176,10 @@ def render() -> str:
             else:
                 env = "<br>".join(f"`{n}`" for n in names.names_for(path))
             description = (sub.description or "").replace("|", "\\|")
-            out.append(f"| `{'.'.join(path)}` | {env} | {type_name(sub.annotation)} | {default_text(sub)} "
-                       f"| {description} |")
+            out.append(
+                f"| `{'.'.join(path)}` | {env} | {type_name(sub.annotation)} | {default_text(sub)} "
+                f"| {description} |"
+            )
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -107,8 +107,9 @@ def walk(node: Node, data: Any, prefix: KeyPath = ()) -> Iterator[KeyPath]:
         yield prefix
 
 
-def schema_paths(node: Node = ROOT, table_keys: Mapping[KeyPath, Any] | None = None,
-                 prefix: KeyPath = ()) -> Iterator[tuple[KeyPath, Node]]:
+def schema_paths(
+    node: Node = ROOT, table_keys: Mapping[KeyPath, Any] | None = None, prefix: KeyPath = ()
+) -> Iterator[tuple[KeyPath, Node]]:
     """Every key path of the schema (sections and values); tables expand to the entry names in `table_keys`."""
     if prefix:
         yield prefix, node
@@ -172,8 +173,12 @@ def read_config_file(path: Path, origin: str) -> dict[str, Any]:
     """Parse a TOML, YAML or JSON config file (by suffix) into a dict; ConfigError names the file and line."""
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
-        raise ConfigError([f"config file {path}: unsupported type {suffix or '(none)'!r}; use .toml, .yaml, "
-                           f".yml or .json (from {origin})"])
+        raise ConfigError(
+            [
+                f"config file {path}: unsupported type {suffix or '(none)'!r}; use .toml, .yaml, "
+                f".yml or .json (from {origin})"
+            ]
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -192,8 +197,9 @@ def read_config_file(path: Path, origin: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"config file {path}: invalid TOML: {exc}"]) from None
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"config file {path}: invalid JSON: {exc.msg} at line {exc.lineno} column "
-                           f"{exc.colno}"]) from None
+        raise ConfigError(
+            [f"config file {path}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]
+        ) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
@@ -202,8 +208,9 @@ def read_config_file(path: Path, origin: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"config file {path}: the top level must be a table of sections, "
-                           f"not {type(data).__name__}"])
+        raise ConfigError(
+            [f"config file {path}: the top level must be a table of sections, not {type(data).__name__}"]
+        )
     return data
 
 
@@ -215,8 +222,10 @@ def parse_env_value(node: Node, raw: str, name: str) -> Any:
         try:
             return json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{name}: not valid JSON ({exc.msg} at column {exc.colno}); values of lists, "
-                             f"tables and sections are JSON") from None
+            raise ValueError(
+                f"{name}: not valid JSON ({exc.msg} at column {exc.colno}); values of lists, "
+                f"tables and sections are JSON"
+            ) from None
     return raw
 
 
@@ -228,14 +237,16 @@ def _takes_container(annotation: Any) -> bool:
     return False
 
 
-def env_overrides(env: Mapping[str, str], names: EnvNames) -> tuple[list[tuple[KeyPath, Any, str]], list[str]]:
+def env_overrides(
+    env: Mapping[str, str], names: EnvNames
+) -> tuple[list[tuple[KeyPath, Any, str]], list[str]]:
     """Key path, parsed value and variable name of every `APPLIANCE_*` setting; errors for the rest."""
     found: dict[KeyPath, tuple[Any, str]] = {}
     errors: list[str] = []
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in ENV_ALLOWLIST:
             continue
-        rest = name[len(ENV_PREFIX):]
+        rest = name[len(ENV_PREFIX) :]
         path: KeyPath | None
         if "__" in rest:
             path = tuple(segment.lower() for segment in rest.split("__"))
@@ -248,7 +259,7 @@ def env_overrides(env: Mapping[str, str], names: EnvNames) -> tuple[list[tuple[K
             path = names.short.get(rest)
             node = resolve(path) if path else None
         if path is None or node is None:
-            known = [*names.short, *(n[len(ENV_PREFIX):] for n in ENV_ALLOWLIST)]
+            known = [*names.short, *(n[len(ENV_PREFIX) :] for n in ENV_ALLOWLIST)]
             close = difflib.get_close_matches(rest, known, n=1)
             hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
             errors.append(f"{name}: unknown setting (environment){hint}")
@@ -259,8 +270,10 @@ def env_overrides(env: Mapping[str, str], names: EnvNames) -> tuple[list[tuple[K
             errors.append(str(exc))
             continue
         if path in found and found[path][0] != value:
-            errors.append(f"{name}: conflicts with {found[path][1]}, which sets the same key "
-                          f"{'.'.join(path)} to another value")
+            errors.append(
+                f"{name}: conflicts with {found[path][1]}, which sets the same key "
+                f"{'.'.join(path)} to another value"
+            )
             continue
         found[path] = (value, name)
     ordered = sorted(found.items(), key=lambda item: len(item[0]))
@@ -306,7 +319,12 @@ def _format_error(error: Mapping[str, Any], explicit: Mapping[KeyPath, str]) -> 
     if isinstance(value, str | int | float | bool) and not any(_SECRETISH.search(p) for p in loc):
         shown = redact_url(value) if isinstance(value, str) else value
         message += f"; got {shown!r}"
-    if source.startswith("env:") and error["type"] in ("list_type", "dict_type", "model_type", "model_attributes_type"):
+    if source.startswith("env:") and error["type"] in (
+        "list_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+    ):
         message += " (environment values of lists and tables are JSON)"
     return f"{key}: {message} (from {source})"
 
@@ -338,7 +356,11 @@ def load(config_path: str | Path | None, env: Mapping[str, str]) -> LoadedSettin
         explicit.update({sub: f"env:{name}" for sub in walk(resolve(key_path) or ROOT, value, key_path)})
 
     url = merged.get("redis", {}).get("url") if isinstance(merged.get("redis"), dict) else None
-    if isinstance(url, str) and split_url_password(url)[1] is not None and ("redis", "password") not in explicit:
+    if (
+        isinstance(url, str)
+        and split_url_password(url)[1] is not None
+        and ("redis", "password") not in explicit
+    ):
         explicit[("redis", "password")] = _source(explicit, ("redis", "url"))  # moved out of the URL
 
     try:

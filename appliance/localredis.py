@@ -31,8 +31,13 @@ class LocalRedis:
     >>> server.stop()
     """
 
-    def __init__(self, port: int | None = None, extra_args: list[str] | None = None,
-                 executable: str | None = None, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        executable: str | None = None,
+        workdir: Path | None = None,
+    ) -> None:
         self._port_was_picked = port is None
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])
@@ -49,7 +54,8 @@ class LocalRedis:
         if shutil.which(self.executable) is None and not os.path.exists(self.executable):
             raise LocalRedisError(
                 "redis-server not found on PATH: install it (Debian: apt-get install redis-server) "
-                "or set APPLIANCE_REDIS_URL to an existing server")
+                "or set APPLIANCE_REDIS_URL to an existing server"
+            )
         # A port picked for us may be taken between picking and binding (or its cluster bus port, +10000, may
         # be busy): pick another and try again.
         for _ in range(5):
@@ -63,9 +69,24 @@ class LocalRedis:
 
     def _start_once(self, timeout_s: float) -> LocalRedis:
         logfile = self.workdir / f"redis-{self.port}.log"
-        args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(logfile),
-                "--protected-mode", "yes", *self.extra_args]
+        args = [
+            self.executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(logfile),
+            "--protected-mode",
+            "yes",
+            *self.extra_args,
+        ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

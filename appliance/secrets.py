@@ -109,7 +109,9 @@ def split_url_password(url: str) -> tuple[str, str | None]:
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     if parts.username:
         netloc = f"{parts.username}@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), unquote(parts.password)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), unquote(
+        parts.password
+    )
 
 
 def redact_url(url: str) -> str:
@@ -123,7 +125,9 @@ def redact_url(url: str) -> str:
         return url
     userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
-    return urlunsplit((parts.scheme, f"{user}:{REDACTED}@{hostinfo}", parts.path, parts.query, parts.fragment))
+    return urlunsplit(
+        (parts.scheme, f"{user}:{REDACTED}@{hostinfo}", parts.path, parts.query, parts.fragment)
+    )
 
 
 def redact_value(value: Any, key: str = "") -> Any:

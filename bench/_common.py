@@ -46,9 +46,24 @@ def command_cost(info: dict[str, Any], command: str) -> tuple[int, float]:
 def redis_benchmark(port: int, requests: int, *command: str, clients: int = 50) -> str:
     """Run redis-benchmark (redis-tools) against the private server; returns its quiet summary line."""
     out = subprocess.run(
-        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-n", str(requests), "-c", str(clients), "-q",
-         *command],
-        check=True, capture_output=True, text=True, timeout=300)
+        [
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-n",
+            str(requests),
+            "-c",
+            str(clients),
+            "-q",
+            *command,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
@@ -73,8 +88,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     return "\n".join(lines)
 
@@ -85,5 +102,7 @@ def machine_line() -> str:
 
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
     server = next((v.split("=")[1] for v in version if v.startswith("v=")), "?")
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"redis-server {server}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"redis-server {server}"
+    )

@@ -77,8 +77,15 @@ BENCH_CLIENTS = 50
 
 def shape_specs(nshapes: int) -> list[JobSpec]:
     """One small job per shape: service `bench`, shape told apart by a tag."""
-    return [JobSpec(id="BENCHIDPLACEHOLDER", service="bench", payload={"n": 1}, requirements=Requirements(tags=[f"s{i}"]))
-            for i in range(nshapes)]
+    return [
+        JobSpec(
+            id="BENCHIDPLACEHOLDER",
+            service="bench",
+            payload={"n": 1},
+            requirements=Requirements(tags=[f"s{i}"]),
+        )
+        for i in range(nshapes)
+    ]
 
 
 class Filler:
@@ -102,9 +109,10 @@ class Filler:
             missing = per_shape - int(await self.queue.client.zcard(k.ready(shape)))
             while missing > 0:
                 count = min(LOAD_BATCH, missing)
-                await self.loader(keys=[k.spec, k.meta, k.state, k.ready(shape), k.heads, k.shapes, k.counts],
-                                  args=[f"b{index:07d}", self.next_index[index], count, body, shape, record,
-                                        "bench", now])
+                await self.loader(
+                    keys=[k.spec, k.meta, k.state, k.ready(shape), k.heads, k.shapes, k.counts],
+                    args=[f"b{index:07d}", self.next_index[index], count, body, shape, record, "bench", now],
+                )
                 self.next_index[index] += count
                 missing -= count
 
@@ -127,10 +135,24 @@ async def cost(queue: Queue, command: str) -> tuple[int, float]:
 def claim_command(queue: Queue, shapes: list[str], via: str) -> list[str]:
     """The claim exactly as Queue.claim sends it (fixed worker and token), for redis-benchmark to repeat."""
     k = queue.keys
-    keys = [k.heads, k.spec, k.meta, k.state, k.attempts, k.owner, k.leases, k.counts, k.events,
-            *(k.ready(s) for s in shapes)]
-    args = [str(a) for a in queue._common()] + ["bench-w", "0123456789abcdef01234567", str(queue.settings.lease_ms),
-                                                 *shapes]
+    keys = [
+        k.heads,
+        k.spec,
+        k.meta,
+        k.state,
+        k.attempts,
+        k.owner,
+        k.leases,
+        k.counts,
+        k.events,
+        *(k.ready(s) for s in shapes),
+    ]
+    args = [str(a) for a in queue._common()] + [
+        "bench-w",
+        "0123456789abcdef01234567",
+        str(queue.settings.lease_ms),
+        *shapes,
+    ]
     if via == "FCALL":
         return ["FCALL", queue.scripts.function_name("claim"), str(len(keys)), *keys, *args]
     sha = hashlib.sha1(queue.scripts.sources["claim"].encode()).hexdigest()
@@ -149,8 +171,16 @@ async def claim_cell(queue: Queue, port: int, jobs: int, nshapes: int, claims: i
     k = queue.keys
     minimal = await queue.client.script_load(MINIMAL_LEASE)
     commands = {via: claim_command(queue, filler.shapes, via) for via in ("FCALL", "EVALSHA")}
-    commands["minimal"] = ["EVALSHA", minimal, "4", k.ready(filler.shapes[0]), k.leases, k.owner, k.spec,
-                           "0123456789abcdef01234567|bench-w|0"]
+    commands["minimal"] = [
+        "EVALSHA",
+        minimal,
+        "4",
+        k.ready(filler.shapes[0]),
+        k.leases,
+        k.owner,
+        k.spec,
+        "0123456789abcdef01234567|bench-w|0",
+    ]
     if nshapes > 1:
         del commands["minimal"]  # the yardstick pops one shape only: meaningful for the 1-shape cells
     out["minimal"] = float("nan")
@@ -174,7 +204,7 @@ async def concurrently(calls: list[Any], width: int = BENCH_CLIENTS) -> list[Any
     """Await zero-argument coroutine factories `width` at a time (a busy server, like redis-benchmark's)."""
     out: list[Any] = []
     for start in range(0, len(calls), width):
-        out += await asyncio.gather(*(call() for call in calls[start:start + width]))
+        out += await asyncio.gather(*(call() for call in calls[start : start + width]))
     return out
 
 
@@ -193,7 +223,7 @@ async def lifecycle_costs(queue: Queue, count: int) -> dict[str, float]:
     leased = await concurrently([lambda: queue.claim("bench-w", shapes) for _ in range(count)])
     out["claim"] = (await cost(queue, command))[1]
     for size in (1, 8):
-        groups = [{c.job.id: c.token for c in leased[i:i + size]} for i in range(0, count, size)]
+        groups = [{c.job.id: c.token for c in leased[i : i + size]} for i in range(0, count, size)]
         await stats_reset(queue)
         await concurrently([lambda g=g: queue.heartbeat("bench-w", g, shapes) for g in groups])
         out[f"heartbeat ({size} lease{'s' if size > 1 else ''})"] = (await cost(queue, command))[1]
@@ -229,7 +259,9 @@ async def run(args: argparse.Namespace) -> None:
             await client.config_resetstat()
             line = redis_benchmark(server.port, requests, *command)
             base[label] = (await cost(queue, label.lower()))[1]
-            print(f"baseline no-op {label:7s} (redis-benchmark, 50 clients): {base[label]:.2f} usec/call  [{line}]")
+            print(
+                f"baseline no-op {label:7s} (redis-benchmark, 50 clients): {base[label]:.2f} usec/call  [{line}]"
+            )
         await client.config_resetstat()
         for _ in range(claims):
             await client.evalsha(sha, 0)
@@ -252,35 +284,89 @@ async def run(args: argparse.Namespace) -> None:
                 for via, usec in cell.items():
                     first.setdefault(via, usec)
                     results["claim"].append({"jobs": jobs, "shapes": nshapes, "via": via, "usec": usec})
-                rows.append([f"{jobs:,}", nshapes, cell["minimal"], cell["FCALL"], cell["FCALL"] / noop,
-                             cell["FCALL"] / cell["minimal"],
-                             f"{cell['FCALL'] / first['FCALL'] - 1:+.0%}", cell["EVALSHA"], cell["EVALSHA"] / noop,
-                             f"{cell['EVALSHA'] / first['EVALSHA'] - 1:+.0%}", cell["client"],
-                             cell["client"] / base["client-seq"], f"{time.monotonic() - started:.0f}s"])
-                print(f"  {jobs:>9,} jobs x {nshapes:>2} shapes: " + ", ".join(
-                    f"{via} {usec:.2f}" for via, usec in cell.items()) + " usec/claim", flush=True)
+                rows.append(
+                    [
+                        f"{jobs:,}",
+                        nshapes,
+                        cell["minimal"],
+                        cell["FCALL"],
+                        cell["FCALL"] / noop,
+                        cell["FCALL"] / cell["minimal"],
+                        f"{cell['FCALL'] / first['FCALL'] - 1:+.0%}",
+                        cell["EVALSHA"],
+                        cell["EVALSHA"] / noop,
+                        f"{cell['EVALSHA'] / first['EVALSHA'] - 1:+.0%}",
+                        cell["client"],
+                        cell["client"] / base["client-seq"],
+                        f"{time.monotonic() - started:.0f}s",
+                    ]
+                )
+                print(
+                    f"  {jobs:>9,} jobs x {nshapes:>2} shapes: "
+                    + ", ".join(f"{via} {usec:.2f}" for via, usec in cell.items())
+                    + " usec/claim",
+                    flush=True,
+                )
         print()
-        print(f"Claim, usec_per_call (INFO commandstats), {claims} claims per cell, driven by redis-benchmark "
-              f"({BENCH_CLIENTS} clients) except the client column; 'minimal lease' = ZPOPMIN+ZADD+HSET+HGET on "
-              f"the same data; ratios vs the no-op EVALSHA "
-              f"({noop:.2f} usec) or, for the client column, vs the client's own one-at-a-time no-op "
-              f"({base['client-seq']:.2f} usec):")
-        print(table(["waiting jobs", "shapes", "minimal lease", "FCALL", "x no-op", "x minimal", "vs 1k/1", "EVALSHA", "x no-op", "vs 1k/1",
-                     "client FCALL", "x client no-op", "cell time"], rows))
+        print(
+            f"Claim, usec_per_call (INFO commandstats), {claims} claims per cell, driven by redis-benchmark "
+            f"({BENCH_CLIENTS} clients) except the client column; 'minimal lease' = ZPOPMIN+ZADD+HSET+HGET on "
+            f"the same data; ratios vs the no-op EVALSHA "
+            f"({noop:.2f} usec) or, for the client column, vs the client's own one-at-a-time no-op "
+            f"({base['client-seq']:.2f} usec):"
+        )
+        print(
+            table(
+                [
+                    "waiting jobs",
+                    "shapes",
+                    "minimal lease",
+                    "FCALL",
+                    "x no-op",
+                    "x minimal",
+                    "vs 1k/1",
+                    "EVALSHA",
+                    "x no-op",
+                    "vs 1k/1",
+                    "client FCALL",
+                    "x client no-op",
+                    "cell time",
+                ],
+                rows,
+            )
+        )
 
         # --- the same cells with small zsets kept as skiplists: is the shapes penalty the listpack heads index? ---
         print()
-        print("Experiment: CONFIG SET zset-max-listpack-entries 0 (heads becomes a skiplist; no code change):")
+        print(
+            "Experiment: CONFIG SET zset-max-listpack-entries 0 (heads becomes a skiplist; no code change):"
+        )
         experiment = []
         await client.config_set("zset-max-listpack-entries", 0)
         for nshapes in grid_shapes:
             cell = await claim_cell(queue, server.port, grid_jobs[0], nshapes, claims)
-            experiment.append([f"{grid_jobs[0]:,}", nshapes, cell["FCALL"], cell["FCALL"] / noop,
-                               f"{cell['FCALL'] / first['FCALL'] - 1:+.0%}", cell["EVALSHA"]])
-            results["claim"].append({"jobs": grid_jobs[0], "shapes": nshapes, "via": "FCALL-skiplist-heads",
-                                     "usec": cell["FCALL"]})
+            experiment.append(
+                [
+                    f"{grid_jobs[0]:,}",
+                    nshapes,
+                    cell["FCALL"],
+                    cell["FCALL"] / noop,
+                    f"{cell['FCALL'] / first['FCALL'] - 1:+.0%}",
+                    cell["EVALSHA"],
+                ]
+            )
+            results["claim"].append(
+                {
+                    "jobs": grid_jobs[0],
+                    "shapes": nshapes,
+                    "via": "FCALL-skiplist-heads",
+                    "usec": cell["FCALL"],
+                }
+            )
         await client.config_set("zset-max-listpack-entries", 128)
-        print(table(["waiting jobs", "shapes", "FCALL", "x no-op", "vs 1k/1 (listpack)", "EVALSHA"], experiment))
+        print(
+            table(["waiting jobs", "shapes", "FCALL", "x no-op", "vs 1k/1 (listpack)", "EVALSHA"], experiment)
+        )
 
         # --- the other scripts, and everything without events ---
         print()
@@ -290,19 +376,41 @@ async def run(args: argparse.Namespace) -> None:
         fcall_costs = await lifecycle_costs(queue, count)
         evalsha_costs = await lifecycle_costs(fallback, count)
         quiet_costs = await lifecycle_costs(quiet, count)
-        print(f"Each script through the Python client, 50 calls in flight, {count} jobs (1 shape); "
-              f"ratio vs the no-op EVALSHA through the same client, 50 in flight ({base['client-50']:.2f} usec):")
-        print(table(["script", "FCALL usec", "EVALSHA usec", "FCALL, events=none", "FCALL x no-op"],
-                    [[name, fcall_costs[name], evalsha_costs[name], quiet_costs[name],
-                      fcall_costs[name] / base["client-50"]] for name in fcall_costs]))
-        results["lifecycle"] = {"fcall": fcall_costs, "evalsha": evalsha_costs, "fcall_events_none": quiet_costs}
+        print(
+            f"Each script through the Python client, 50 calls in flight, {count} jobs (1 shape); "
+            f"ratio vs the no-op EVALSHA through the same client, 50 in flight ({base['client-50']:.2f} usec):"
+        )
+        print(
+            table(
+                ["script", "FCALL usec", "EVALSHA usec", "FCALL, events=none", "FCALL x no-op"],
+                [
+                    [
+                        name,
+                        fcall_costs[name],
+                        evalsha_costs[name],
+                        quiet_costs[name],
+                        fcall_costs[name] / base["client-50"],
+                    ]
+                    for name in fcall_costs
+                ],
+            )
+        )
+        results["lifecycle"] = {
+            "fcall": fcall_costs,
+            "evalsha": evalsha_costs,
+            "fcall_events_none": quiet_costs,
+        }
         fcalls = [r["usec"] for r in results["claim"] if r["via"] == "FCALL"]  # the default config only
         worst, ref = max(fcalls), first["FCALL"]
         print()
-        print(f"target claim <= 3x no-op EVALSHA ({3 * noop:.2f} usec): worst FCALL claim {worst:.2f} usec = "
-              f"{worst / noop:.1f}x -> {'MET' if worst <= 3 * noop else 'MISSED'}")
-        print(f"target flat within +10% of the 1k/1-shape cell: worst {worst / ref - 1:+.0%} "
-              f"-> {'MET' if worst <= 1.10 * ref else 'MISSED'}")
+        print(
+            f"target claim <= 3x no-op EVALSHA ({3 * noop:.2f} usec): worst FCALL claim {worst:.2f} usec = "
+            f"{worst / noop:.1f}x -> {'MET' if worst <= 3 * noop else 'MISSED'}"
+        )
+        print(
+            f"target flat within +10% of the 1k/1-shape cell: worst {worst / ref - 1:+.0%} "
+            f"-> {'MET' if worst <= 1.10 * ref else 'MISSED'}"
+        )
         if args.json:
             print(json.dumps(results))
         for q in (queue, fallback, quiet):

@@ -80,11 +80,23 @@ async def cycle(queue: Queue, jobs: int, baseline: int, label: str) -> dict[str,
     dropped = await expire_and_reap(queue)
     after_reap = await used(queue)
     left = await key_sizes(queue)
-    return {"label": label, "jobs": jobs, "loaded": loaded - baseline, "index": index, "record": record,
-            "events": events, "drained": drained, "after_drain": after_drain - baseline, "dropped": dropped,
-            "after_reap": after_reap - baseline, "left": left, "seconds": time.monotonic() - started,
-            "spec_bytes": sizes.get("spec", 0), "meta_bytes": sizes.get("meta", 0),
-            "state_bytes": sizes.get("state", 0)}
+    return {
+        "label": label,
+        "jobs": jobs,
+        "loaded": loaded - baseline,
+        "index": index,
+        "record": record,
+        "events": events,
+        "drained": drained,
+        "after_drain": after_drain - baseline,
+        "dropped": dropped,
+        "after_reap": after_reap - baseline,
+        "left": left,
+        "seconds": time.monotonic() - started,
+        "spec_bytes": sizes.get("spec", 0),
+        "meta_bytes": sizes.get("meta", 0),
+        "state_bytes": sizes.get("state", 0),
+    }
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -99,32 +111,57 @@ async def run(args: argparse.Namespace) -> None:
         n = first["jobs"]
         print()
         print(f"{n:,} waiting jobs, payload {{\"n\": i}}, service 'bench', one shape; bytes per waiting job:")
-        print(table(["part", "keys", "bytes/job"], [
-            ["index (ready zset + heads)", "ready:<shape>, heads", first["index"] / n],
-            ["  record: spec (job JSON)", "spec", first["spec_bytes"] / n],
-            ["  record: meta", "meta", first["meta_bytes"] / n],
-            ["  record: state", "state", first["state_bytes"] / n],
-            ["record total", "spec, meta, state", first["record"] / n],
-            ["events stream (capped, amortised)", "events", first["events"] / n],
-            ["used_memory delta", "(everything)", first["loaded"] / n],
-        ]))
+        print(
+            table(
+                ["part", "keys", "bytes/job"],
+                [
+                    ["index (ready zset + heads)", "ready:<shape>, heads", first["index"] / n],
+                    ["  record: spec (job JSON)", "spec", first["spec_bytes"] / n],
+                    ["  record: meta", "meta", first["meta_bytes"] / n],
+                    ["  record: state", "state", first["state_bytes"] / n],
+                    ["record total", "spec, meta, state", first["record"] / n],
+                    ["events stream (capped, amortised)", "events", first["events"] / n],
+                    ["used_memory delta", "(everything)", first["loaded"] / n],
+                ],
+            )
+        )
         print()
         print("Return to baseline (used_memory - mem_clients_normal, minus the baseline; bytes):")
-        print(table(["cycle", "jobs", "loaded", "after drain", "records reaped", "after TTL + reap", "time"],
-                    [[c["label"], f"{c['jobs']:,}", f"{c['loaded']:,}", f"{c['after_drain']:,}", f"{c['dropped']:,}",
-                      f"{c['after_reap']:,}", f"{c['seconds']:.0f}s"] for c in (first, second)]))
+        print(
+            table(
+                ["cycle", "jobs", "loaded", "after drain", "records reaped", "after TTL + reap", "time"],
+                [
+                    [
+                        c["label"],
+                        f"{c['jobs']:,}",
+                        f"{c['loaded']:,}",
+                        f"{c['after_drain']:,}",
+                        f"{c['dropped']:,}",
+                        f"{c['after_reap']:,}",
+                        f"{c['seconds']:.0f}s",
+                    ]
+                    for c in (first, second)
+                ],
+            )
+        )
         print()
-        print("Keys left after cycle 2 (MEMORY USAGE, bytes): " + ", ".join(
-            f"{k}={v:,}" for k, v in sorted(second["left"].items(), key=lambda kv: -kv[1])))
+        print(
+            "Keys left after cycle 2 (MEMORY USAGE, bytes): "
+            + ", ".join(f"{k}={v:,}" for k, v in sorted(second["left"].items(), key=lambda kv: -kv[1]))
+        )
         growth = second["after_reap"] - first["after_reap"]
         print(f"growth from cycle 1 to cycle 2 after reap: {growth:+,} bytes ({growth / n:+.2f} per job)")
         per_index = first["index"] / n
         print()
-        print(f"target index <= {TARGET_INDEX_BYTES} bytes/waiting job: {per_index:.0f} -> "
-              f"{'MET' if per_index <= TARGET_INDEX_BYTES else 'MISSED'}")
+        print(
+            f"target index <= {TARGET_INDEX_BYTES} bytes/waiting job: {per_index:.0f} -> "
+            f"{'MET' if per_index <= TARGET_INDEX_BYTES else 'MISSED'}"
+        )
         fixed = sum(second["left"].values())
-        print(f"after drain + TTL + reap: {second['after_reap']:+,} bytes vs baseline, of which {fixed:,} are the "
-              f"queue's bounded keys listed above (events stream capped at {queue.settings.events_maxlen:,} entries)")
+        print(
+            f"after drain + TTL + reap: {second['after_reap']:+,} bytes vs baseline, of which {fixed:,} are the "
+            f"queue's bounded keys listed above (events stream capped at {queue.settings.events_maxlen:,} entries)"
+        )
         await queue.close()
 
 

@@ -34,13 +34,23 @@ from _common import machine_line, percentile, private_redis, table
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 SYSTEMS = {
     # name: (adapter, module that must import, configuration in words)
-    "appliance": ("peer_appliance", "appliance.queue", "WorkerSession claim+complete, asyncio workers, FCALL"),
+    "appliance": (
+        "peer_appliance",
+        "appliance.queue",
+        "WorkerSession claim+complete, asyncio workers, FCALL",
+    ),
     "rq": ("peer_rq", "rq", "SimpleWorker (no fork), result_ttl=0; 1 job at a time per process"),
     "arq": ("peer_arq", "arq", "defaults (poll 0.5 s), max_jobs=C, keep_result=0"),
-    "celery": ("peer_celery", "celery", "Redis broker, --pool=threads -c C (solo for 1x1), ignore_result, "
-                                        "no gossip/mingle/heartbeat"),
-    "dramatiq": ("peer_dramatiq", "dramatiq", "Redis broker, dramatiq CLI --processes P --threads C, default "
-                                              "middleware"),
+    "celery": (
+        "peer_celery",
+        "celery",
+        "Redis broker, --pool=threads -c C (solo for 1x1), ignore_result, no gossip/mingle/heartbeat",
+    ),
+    "dramatiq": (
+        "peer_dramatiq",
+        "dramatiq",
+        "Redis broker, dramatiq CLI --processes P --threads C, default middleware",
+    ),
     "bullmq": ("peer_bullmq", "bullmq", "Python bullmq Worker(concurrency=C), removeOnComplete"),
 }
 #: Interpreters per system: arq and bullmq need redis-py < 6 while celery 5.7 (kombu 5.7) needs >= 6.1, so the peers
@@ -78,30 +88,65 @@ class Bench:
     def available(self, system: str) -> str | None:
         """None when the system's library imports under its interpreter, else why not."""
         module = SYSTEMS[system][1]
-        probe = subprocess.run([self.python(system), "-c", f"import {module}"], capture_output=True, text=True,
-                               env=self.env, timeout=60)
+        probe = subprocess.run(
+            [self.python(system), "-c", f"import {module}"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
         return None if probe.returncode == 0 else probe.stderr.strip().splitlines()[-1][:120]
 
     def adapter(self, system: str) -> str:
         return str(PEERS_DIR / f"{SYSTEMS[system][0]}.py")
 
-    def produce(self, system: str, role: str, count: int, rate: float = 0.0, timeout: float = 120) -> dict[str, Any]:
-        out = subprocess.run([self.python(system), self.adapter(system), "produce", role, self.url, str(count),
-                              str(rate)], capture_output=True, text=True, env=self.env, timeout=timeout)
+    def produce(
+        self, system: str, role: str, count: int, rate: float = 0.0, timeout: float = 120
+    ) -> dict[str, Any]:
+        out = subprocess.run(
+            [self.python(system), self.adapter(system), "produce", role, self.url, str(count), str(rate)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"{system} producer ({role}) failed: {out.stderr.strip()[-800:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def start_workers(self, system: str, processes: int, concurrency: int, mode: str) -> list[subprocess.Popen[bytes]]:
+    def start_workers(
+        self, system: str, processes: int, concurrency: int, mode: str
+    ) -> list[subprocess.Popen[bytes]]:
         env = {**self.env, "BENCH_MODE": mode}
         python = self.python(system)
         if system == "dramatiq":
-            commands = [[python, "-m", "dramatiq", "peer_dramatiq", "--processes", str(processes), "--threads",
-                         str(concurrency), "--path", str(PEERS_DIR)]]
+            commands = [
+                [
+                    python,
+                    "-m",
+                    "dramatiq",
+                    "peer_dramatiq",
+                    "--processes",
+                    str(processes),
+                    "--threads",
+                    str(concurrency),
+                    "--path",
+                    str(PEERS_DIR),
+                ]
+            ]
         else:
             commands = [[python, self.adapter(system), "worker", self.url, str(concurrency)]] * processes
-        return [subprocess.Popen(command, env=env, cwd=PEERS_DIR, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, start_new_session=True) for command in commands]
+        return [
+            subprocess.Popen(
+                command,
+                env=env,
+                cwd=PEERS_DIR,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            for command in commands
+        ]
 
     @staticmethod
     def stop(workers: list[subprocess.Popen[bytes]]) -> str:
@@ -198,21 +243,51 @@ def run(args: argparse.Namespace) -> None:
                 if (processes, concurrency) == layouts[0][:2]:
                     bench.latency(name, processes, concurrency, result)
                 results.append(result)
-                print(f"  {name:9s} {result.layout}: {result.rate:8.0f} jobs/s  paced p50/p99 "
-                      f"{result.paced_p50:.1f}/{result.paced_p99:.1f} ms  idle p50/p99 {result.idle_p50:.1f}/"
-                      f"{result.idle_p99:.1f} ms  ({time.monotonic() - t0:.0f}s) {result.note}", flush=True)
+                print(
+                    f"  {name:9s} {result.layout}: {result.rate:8.0f} jobs/s  paced p50/p99 "
+                    f"{result.paced_p50:.1f}/{result.paced_p99:.1f} ms  idle p50/p99 {result.idle_p50:.1f}/"
+                    f"{result.idle_p99:.1f} ms  ({time.monotonic() - t0:.0f}s) {result.note}",
+                    flush=True,
+                )
     ours = {r.layout: r for r in results if r.system == "appliance"}
     print()
-    print(f"Throughput (no-op jobs, {args.jobs:,} jobs for 4x8, {args.jobs_1x1:,} for 1x1) and latency (4x8 only: "
-          f"{args.paced} jobs at {args.rate:.0f}/s; idle: {args.idle} jobs one at a time), ratio = appliance / system:")
+    print(
+        f"Throughput (no-op jobs, {args.jobs:,} jobs for 4x8, {args.jobs_1x1:,} for 1x1) and latency (4x8 only: "
+        f"{args.paced} jobs at {args.rate:.0f}/s; idle: {args.idle} jobs one at a time), ratio = appliance / system:"
+    )
     rows = []
     for r in results:
         mine = ours.get(r.layout)
         ratio = mine.rate / r.rate if mine and r.rate == r.rate and r.rate else float("nan")
-        rows.append([r.system, r.layout, r.rate, ratio, r.paced_p50, r.paced_p99, r.idle_p50, r.idle_p99,
-                     r.note or ""])
-    print(table(["system", "procs x conc", "jobs/s", "appliance x", "p50 ms", "p99 ms", "idle p50 ms",
-                 "idle p99 ms", "note"], rows))
+        rows.append(
+            [
+                r.system,
+                r.layout,
+                r.rate,
+                ratio,
+                r.paced_p50,
+                r.paced_p99,
+                r.idle_p50,
+                r.idle_p99,
+                r.note or "",
+            ]
+        )
+    print(
+        table(
+            [
+                "system",
+                "procs x conc",
+                "jobs/s",
+                "appliance x",
+                "p50 ms",
+                "p99 ms",
+                "idle p50 ms",
+                "idle p99 ms",
+                "note",
+            ],
+            rows,
+        )
+    )
     print()
     for name in names:
         if name not in skipped:
@@ -224,12 +299,16 @@ def run(args: argparse.Namespace) -> None:
         if peers:
             best = max(peers, key=lambda r: r.rate)
             verdict = "MET" if mine.rate >= 2 * best.rate else "MISSED"
-            print(f"target {layout}: appliance >= 2x best peer ({best.system} {best.rate:.0f}/s): "
-                  f"{mine.rate / best.rate:.2f}x -> {verdict}")
+            print(
+                f"target {layout}: appliance >= 2x best peer ({best.system} {best.rate:.0f}/s): "
+                f"{mine.rate / best.rate:.2f}x -> {verdict}"
+            )
     mine = ours.get("4x8")
     if mine:
-        print(f"target idle wake-up p99 <= 20 ms: {mine.idle_p99:.1f} ms -> "
-              f"{'MET' if mine.idle_p99 <= 20 else 'MISSED'}")
+        print(
+            f"target idle wake-up p99 <= 20 ms: {mine.idle_p99:.1f} ms -> "
+            f"{'MET' if mine.idle_p99 <= 20 else 'MISSED'}"
+        )
     print(f"total time {time.monotonic() - started:.0f}s")
     if args.json:
         print(json.dumps([r.__dict__ for r in results]))
@@ -237,9 +316,16 @@ def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer jobs and shorter bounds (under 2 minutes)")
-    parser.add_argument("--python", action="append", default=[], metavar="SYSTEM=PATH",
-                        help="interpreter for one peer (or *=PATH for all); repeatable")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer jobs and shorter bounds (under 2 minutes)"
+    )
+    parser.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="SYSTEM=PATH",
+        help="interpreter for one peer (or *=PATH for all); repeatable",
+    )
     parser.add_argument("--only", default="", help="comma-separated systems (default: all)")
     parser.add_argument("--json", action="store_true", help="also print the raw results as one JSON line")
     args = parser.parse_args()

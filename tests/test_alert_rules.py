@@ -34,20 +34,36 @@ def test_rules_are_valid() -> None:
 def test_rule_unit_tests_pass() -> None:
     out = _promtool("test", "rules", str(RULE_TESTS))
     assert out.returncode == 0, out.stdout + out.stderr
-    tested = {t["alertname"] for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]
-              for t in case["alert_rule_test"]}
-    assert {"ApplianceMachineDown", "ApplianceServiceRestartLoop", "ApplianceQueueBacklogAge", "ApplianceGpuHot",
-            "ApplianceJobErrorRate", "ApplianceWatchdogKill"} <= tested
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for t in case["alert_rule_test"]
+    }
+    assert {
+        "ApplianceMachineDown",
+        "ApplianceServiceRestartLoop",
+        "ApplianceQueueBacklogAge",
+        "ApplianceGpuHot",
+        "ApplianceJobErrorRate",
+        "ApplianceWatchdogKill",
+    } <= tested
 
 
 def test_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
     """The unit tests are not vacuous: a rule with the wrong threshold fails them."""
     (tmp_path / "tests").mkdir()
-    (tmp_path / "appliance.rules.yml").write_text(RULES.read_text().replace(
-        "appliance_gpu_temperature_celsius > 85", "appliance_gpu_temperature_celsius > 95"))
+    (tmp_path / "appliance.rules.yml").write_text(
+        RULES.read_text().replace(
+            "appliance_gpu_temperature_celsius > 85", "appliance_gpu_temperature_celsius > 95"
+        )
+    )
     (tmp_path / "tests" / "t.yml").write_text(RULE_TESTS.read_text())
-    out = subprocess.run(["promtool", "test", "rules", str(tmp_path / "tests" / "t.yml")], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        ["promtool", "test", "rules", str(tmp_path / "tests" / "t.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "ApplianceGpuHot" in out.stdout + out.stderr
 
 

@@ -188,19 +188,23 @@ def test_missing_and_unsupported_config_files(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     assert errors_of(missing) == [f"config file {missing} does not exist (from --config)"]
     assert errors_of(env={"APPLIANCE_CONFIG": str(missing)}) == [
-        f"config file {missing} does not exist (from APPLIANCE_CONFIG)"]
+        f"config file {missing} does not exist (from APPLIANCE_CONFIG)"
+    ]
     ini = tmp_path / "x.ini"
     ini.write_text("[redis]\n")
     (line,) = errors_of(ini)
     assert "unsupported type '.ini'" in line
 
 
-@pytest.mark.parametrize(("suffix", "text", "expected"), [
-    (".toml", "[redis\nurl = 1\n", "invalid TOML"),
-    (".yaml", "redis:\n  url: [1,\n", "invalid YAML"),
-    (".json", '{"redis": ', "invalid JSON"),
-    (".json", "[1, 2]", "top level must be a table"),
-])
+@pytest.mark.parametrize(
+    ("suffix", "text", "expected"),
+    [
+        (".toml", "[redis\nurl = 1\n", "invalid TOML"),
+        (".yaml", "redis:\n  url: [1,\n", "invalid YAML"),
+        (".json", '{"redis": ', "invalid JSON"),
+        (".json", "[1, 2]", "top level must be a table"),
+    ],
+)
 def test_syntax_errors_name_the_file(tmp_path: Path, suffix: str, text: str, expected: str) -> None:
     path = tmp_path / f"bad{suffix}"
     path.write_text(text)
@@ -211,8 +215,11 @@ def test_syntax_errors_name_the_file(tmp_path: Path, suffix: str, text: str, exp
 
 
 def test_invalid_enum_values(tmp_path: Path) -> None:
-    path = write_config(tmp_path, ".toml", {"machine": {"type": "cpu"}, "queue": {"events": "kafka"},
-                                            "storage": {"backend": "ftp"}})
+    path = write_config(
+        tmp_path,
+        ".toml",
+        {"machine": {"type": "cpu"}, "queue": {"events": "kafka"}, "storage": {"backend": "ftp"}},
+    )
     errors = errors_of(path)
     assert any(e.startswith("machine.type:") and "'gpu' or 'api'" in e and str(path) in e for e in errors)
     assert any(e.startswith("queue.events:") and "'stream+pubsub'" in e for e in errors)
@@ -223,7 +230,9 @@ def test_invalid_enum_values(tmp_path: Path) -> None:
 
 def test_cross_references(tmp_path: Path) -> None:
     (line,) = errors_of(env={"APPLIANCE_MACHINE_POOL": "gpu-xl"})
-    assert line.startswith("machine.pool: pool 'gpu-xl' is not defined") and "env:APPLIANCE_MACHINE_POOL" in line
+    assert (
+        line.startswith("machine.pool: pool 'gpu-xl' is not defined") and "env:APPLIANCE_MACHINE_POOL" in line
+    )
     (line,) = errors_of(env={"APPLIANCE_CONNECTORS__OPENIA__ENABLED": "true"})
     assert line.startswith("connectors: unknown connector 'openia'")
     assert "env:APPLIANCE_CONNECTORS__OPENIA__ENABLED" in line
@@ -234,8 +243,9 @@ def test_cross_references(tmp_path: Path) -> None:
 def test_unreadable_secret_file_fails_at_load(tmp_path: Path) -> None:
     missing = tmp_path / "missing-password"
     (line,) = errors_of(env={"APPLIANCE_REDIS_PASSWORD_FILE": str(missing)})
-    assert line == (f"redis.password_file: file {missing} does not exist "
-                    f"(from env:APPLIANCE_REDIS_PASSWORD_FILE)")
+    assert line == (
+        f"redis.password_file: file {missing} does not exist (from env:APPLIANCE_REDIS_PASSWORD_FILE)"
+    )
     (line,) = errors_of(env={"APPLIANCE_OPENAI_API_KEY_FILE": str(tmp_path)})
     assert line.startswith(f"connectors.openai.api_key_file: file {tmp_path} is a directory")
 
@@ -255,7 +265,9 @@ def test_error_never_shows_a_secret_value(tmp_path: Path) -> None:
     path = write_config(tmp_path, ".json", {"connectors": {"openai": {"api_key": 123456789}}})
     (line,) = errors_of(path)
     assert line.startswith("connectors.openai.api_key:") and "123456789" not in line
-    (line,) = errors_of(env={"APPLIANCE_REDIS_URL": "redis://:pw-in-url@h/0", "APPLIANCE_REDIS_PASSWORD": "x"})
+    (line,) = errors_of(
+        env={"APPLIANCE_REDIS_URL": "redis://:pw-in-url@h/0", "APPLIANCE_REDIS_PASSWORD": "x"}
+    )
     assert "pw-in-url" not in line and "given both" in line
 
 
@@ -289,8 +301,11 @@ def test_secrets_through_settings(tmp_path: Path) -> None:
     (creds / "redis-password").write_text("cred-pw\n")
     key_file = tmp_path / "openai"
     key_file.write_text("sk-file\n")
-    env = {"APPLIANCE_OPENAI_API_KEY_FILE": str(key_file), "CREDENTIALS_DIRECTORY": str(creds),
-           "APPLIANCE_RUNPOD_API_KEY": "rp-inline"}
+    env = {
+        "APPLIANCE_OPENAI_API_KEY_FILE": str(key_file),
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "APPLIANCE_RUNPOD_API_KEY": "rp-inline",
+    }
     s = load_settings(env=env).settings
     assert s.connectors["openai"].resolve_api_key("openai", env) == "sk-file"
     assert s.connectors["replicate"].resolve_api_key("replicate", env) == "r8-cred"
@@ -316,8 +331,9 @@ def test_connection_authenticates_against_real_redis(private_redis: LocalRedis, 
     admin.close()
     pw_file = tmp_path / "pw"
     pw_file.write_text("real-secret\n")
-    s = load_settings(env={"APPLIANCE_REDIS_URL": private_redis.url,
-                           "APPLIANCE_REDIS_PASSWORD_FILE": str(pw_file)}).settings
+    s = load_settings(
+        env={"APPLIANCE_REDIS_URL": private_redis.url, "APPLIANCE_REDIS_PASSWORD_FILE": str(pw_file)}
+    ).settings
     conn = s.redis_connection({})
     client = redis.Redis.from_url(conn.url, **conn.client_kwargs())
     assert client.ping() is True
@@ -329,13 +345,20 @@ def test_connection_authenticates_against_real_redis(private_redis: LocalRedis, 
 
 
 def test_redacted_dump_hides_secrets() -> None:
-    s = Settings.model_validate({
-        "redis": {"url": "redis://u:url-secret@h/0"},
-        "connectors": {"openai": {"api_key": "sk-inline", "extra": {"auth_token": "tok-extra", "model": "m"},
-                                  "base_url": "https://user:basic-secret@api.example/v1"}},
-        "monitor": {"token": "mon-token"},
-        "storage": {"s3": {"secret_access_key": "s3-secret"}},
-    })
+    s = Settings.model_validate(
+        {
+            "redis": {"url": "redis://u:url-secret@h/0"},
+            "connectors": {
+                "openai": {
+                    "api_key": "sk-inline",
+                    "extra": {"auth_token": "tok-extra", "model": "m"},
+                    "base_url": "https://user:basic-secret@api.example/v1",
+                }
+            },
+            "monitor": {"token": "mon-token"},
+            "storage": {"s3": {"secret_access_key": "s3-secret"}},
+        }
+    )
     text = json.dumps(redacted_dump(s))
     for secret in ("url-secret", "sk-inline", "tok-extra", "basic-secret", "mon-token", "s3-secret"):
         assert secret not in text
@@ -351,19 +374,34 @@ def test_redacted_dump_hides_secrets() -> None:
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_") and k != "CREDENTIALS_DIRECTORY"}
-    return subprocess.run([sys.executable, "-m", "appliance", *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_") and k != "CREDENTIALS_DIRECTORY"
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 @pytest.mark.parametrize("as_json", [False, True])
 def test_config_show_redacts_planted_secrets(tmp_path: Path, as_json: bool) -> None:
-    path = write_config(tmp_path, ".yaml", {
-        "storage": {"s3": {"secret_access_key": "PLANTED-S3"}},
-        "connectors": {"runpod": {"extra": {"api_key": "PLANTED-EXTRA"}}},
-    })
-    env = {"APPLIANCE_REDIS_URL": "redis://:PLANTED-REDIS@127.0.0.1:6379/0",
-           "APPLIANCE_OPENAI_API_KEY": "PLANTED-OPENAI", "APPLIANCE_MONITOR__TOKEN": "PLANTED-MONITOR"}
+    path = write_config(
+        tmp_path,
+        ".yaml",
+        {
+            "storage": {"s3": {"secret_access_key": "PLANTED-S3"}},
+            "connectors": {"runpod": {"extra": {"api_key": "PLANTED-EXTRA"}}},
+        },
+    )
+    env = {
+        "APPLIANCE_REDIS_URL": "redis://:PLANTED-REDIS@127.0.0.1:6379/0",
+        "APPLIANCE_OPENAI_API_KEY": "PLANTED-OPENAI",
+        "APPLIANCE_MONITOR__TOKEN": "PLANTED-MONITOR",
+    }
     result = run_cli("config", "show", "--config", str(path), *(["--json"] if as_json else []), env=env)
     assert result.returncode == 0, result.stderr
     assert "PLANTED" not in result.stdout + result.stderr
@@ -376,7 +414,7 @@ def test_config_show_redacts_planted_secrets(tmp_path: Path, as_json: bool) -> N
     else:
         assert 'redis.password = "***"  # env:APPLIANCE_REDIS_URL' in result.stdout
         assert 'connectors.openai.api_key = "***"  # env:APPLIANCE_OPENAI_API_KEY' in result.stdout
-        assert 'health.port = 9090  # default' in result.stdout
+        assert "health.port = 9090  # default" in result.stdout
 
 
 def test_config_show_reports_errors_without_traceback() -> None:
@@ -418,6 +456,12 @@ def test_reference_lists_every_setting_and_env_name() -> None:
         if parts[0] in ("connectors", "pools"):
             parts[1] = "<name>"
         assert f"`{'.'.join(parts)}`" in text, key
-    for name in ("APPLIANCE_REDIS_URL", "APPLIANCE_HEALTH_PORT", "APPLIANCE_MACHINE_TYPE", "APPLIANCE_MACHINE_ID",
-                 "APPLIANCE_<NAME>_API_KEY_FILE", "APPLIANCE_REDIS__PASSWORD_FILE"):
+    for name in (
+        "APPLIANCE_REDIS_URL",
+        "APPLIANCE_HEALTH_PORT",
+        "APPLIANCE_MACHINE_TYPE",
+        "APPLIANCE_MACHINE_ID",
+        "APPLIANCE_<NAME>_API_KEY_FILE",
+        "APPLIANCE_REDIS__PASSWORD_FILE",
+    ):
         assert f"`{name}`" in text

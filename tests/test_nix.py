@@ -38,7 +38,9 @@ PINNED_NIXPKGS = {
 }
 
 NIX_INSTANTIATE = shutil.which("nix-instantiate")
-needs_nix = pytest.mark.skipif(NIX_INSTANTIATE is None, reason="nix-instantiate is not installed (apt: nix-bin)")
+needs_nix = pytest.mark.skipif(
+    NIX_INSTANTIATE is None, reason="nix-instantiate is not installed (apt: nix-bin)"
+)
 
 LIB_PATH = os.environ.get("APPLIANCE_NIXPKGS_LIB")
 needs_lib = pytest.mark.skipif(
@@ -60,8 +62,15 @@ def nix_eval(*args: str) -> Any:
     """`nix-instantiate --eval --strict --json` in the repo root; evaluation only, nothing is built."""
     assert NIX_INSTANTIATE is not None
     env = dict(os.environ, NIX_PATH="")
-    proc = subprocess.run([NIX_INSTANTIATE, "--eval", "--strict", "--json", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [NIX_INSTANTIATE, "--eval", "--strict", "--json", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -71,8 +80,14 @@ def nix_eval(*args: str) -> Any:
 
 def test_nix_files_exist() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in nix_files()}
-    for required in ["flake.nix", "nix/package.nix", "nixos-modules/appliance.nix", "images/default.nix",
-                     "tests/nixos/api.nix", "tests/nixos/gpu.nix"]:
+    for required in [
+        "flake.nix",
+        "nix/package.nix",
+        "nixos-modules/appliance.nix",
+        "images/default.nix",
+        "tests/nixos/api.nix",
+        "tests/nixos/gpu.nix",
+    ]:
         assert required in names
 
 
@@ -80,8 +95,9 @@ def test_nix_files_exist() -> None:
 @pytest.mark.parametrize("path", nix_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_nix_file_parses(path: Path) -> None:
     assert NIX_INSTANTIATE is not None
-    proc = subprocess.run([NIX_INSTANTIATE, "--parse", str(path)], capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [NIX_INSTANTIATE, "--parse", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -144,9 +160,17 @@ def test_flake_output_names() -> None:
 def test_stub_nixpkgs_refuses_packages() -> None:
     """A package evaluated through the stub fails loudly, so the names test cannot pass by accident."""
     assert NIX_INSTANTIATE is not None
-    expr = OUTPUT_NAMES.replace("top = builtins.attrNames self;", "top = self.packages.x86_64-linux.default.name;")
-    proc = subprocess.run([NIX_INSTANTIATE, "--eval", "--strict", "-E", expr], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, check=False)
+    expr = OUTPUT_NAMES.replace(
+        "top = builtins.attrNames self;", "top = self.packages.x86_64-linux.default.name;"
+    )
+    proc = subprocess.run(
+        [NIX_INSTANTIATE, "--eval", "--strict", "-E", expr],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode != 0
     assert "stub nixpkgs has no packages" in proc.stderr
 
@@ -154,8 +178,9 @@ def test_stub_nixpkgs_refuses_packages() -> None:
 # --- the NixOS module with the real nixpkgs lib ----------------------------------------------------------------
 
 
-def eval_module(config: dict[str, Any] | None = None, *, vm_test: str | None = None,
-                node: str | None = None) -> dict[str, Any]:
+def eval_module(
+    config: dict[str, Any] | None = None, *, vm_test: str | None = None, node: str | None = None
+) -> dict[str, Any]:
     assert LIB_PATH is not None
     args = ["tests/nixos/eval-module.nix", "--argstr", "libPath", str(Path(LIB_PATH).resolve())]
     if vm_test is not None:
@@ -166,11 +191,21 @@ def eval_module(config: dict[str, Any] | None = None, *, vm_test: str | None = N
     return result
 
 
-GPU = {"enable": True, "machineType": "gpu", "gpus": [0, 2], "comfyui": {"command": ["comfy"]},
-       "redis": {"url": "redis://queue:6379/0", "passwordFile": "/run/secrets/redis"}}
-API = {"enable": True, "machineType": "api", "openFirewall": True, "healthPort": 9191,
-       "connectors": {"openai": {"slots": 2, "apiKeyFile": "/run/secrets/openai"}, "echo": {"slots": 1}},
-       "settings": {"worker": {"drain_grace_s": 60}}}
+GPU = {
+    "enable": True,
+    "machineType": "gpu",
+    "gpus": [0, 2],
+    "comfyui": {"command": ["comfy"]},
+    "redis": {"url": "redis://queue:6379/0", "passwordFile": "/run/secrets/redis"},
+}
+API = {
+    "enable": True,
+    "machineType": "api",
+    "openFirewall": True,
+    "healthPort": 9191,
+    "connectors": {"openai": {"slots": 2, "apiKeyFile": "/run/secrets/openai"}, "echo": {"slots": 1}},
+    "settings": {"worker": {"drain_grace_s": 60}},
+}
 
 
 def validate_as_settings(settings: dict[str, Any]) -> None:
@@ -186,8 +221,14 @@ def test_gpu_machine_units() -> None:
     out = eval_module(GPU)
     assert out["failedAssertions"] == []
     services = out["services"]
-    assert sorted(services) == ["appliance-comfyui@0", "appliance-comfyui@2", "appliance-machine",
-                                "appliance-onfailure@", "appliance-worker@gpu0", "appliance-worker@gpu2"]
+    assert sorted(services) == [
+        "appliance-comfyui@0",
+        "appliance-comfyui@2",
+        "appliance-machine",
+        "appliance-onfailure@",
+        "appliance-worker@gpu0",
+        "appliance-worker@gpu2",
+    ]
     for name, unit in services.items():
         # Every unit is a drop-in on the packaged unit file.
         assert unit["overrideStrategy"] == "asDropin", name
@@ -236,9 +277,15 @@ def test_api_machine_units_and_credentials() -> None:
 def test_credential_ids_match_the_application() -> None:
     from appliance.secrets import CREDENTIALS
 
-    out = eval_module(dict(API, redis={"passwordFile": "/p"}, extraCredentials={"s3-secret-access-key": "/s"}))
-    ids = {entry.split(":", 1)[0] for unit in out["services"].values()
-           for entry in unit["serviceConfig"].get("LoadCredential", []) if entry}
+    out = eval_module(
+        dict(API, redis={"passwordFile": "/p"}, extraCredentials={"s3-secret-access-key": "/s"})
+    )
+    ids = {
+        entry.split(":", 1)[0]
+        for unit in out["services"].values()
+        for entry in unit["serviceConfig"].get("LoadCredential", [])
+        if entry
+    }
     assert ids == {"redis-password", "openai-api-key", "s3-secret-access-key"}
     assert ids <= set(CREDENTIALS.values())
 
@@ -248,23 +295,41 @@ def test_credential_ids_match_the_application() -> None:
 def test_container_mode_runs_only_the_supervisor() -> None:
     out = eval_module(dict(API, containerMode=True))
     assert sorted(out["services"]) == ["appliance-machine", "appliance-onfailure@"]
-    assert "openai-api-key:/run/secrets/openai" in out["services"]["appliance-machine"]["serviceConfig"]["LoadCredential"]
+    assert (
+        "openai-api-key:/run/secrets/openai"
+        in out["services"]["appliance-machine"]["serviceConfig"]["LoadCredential"]
+    )
     assert out["settings"]["machine"]["container_mode"] is True
 
 
 @needs_nix
 @needs_lib
-@pytest.mark.parametrize(("config", "message"), [
-    ({"enable": True, "machineType": "gpu", "comfyui": {"command": ["c"]}}, "gpus is empty"),
-    ({"enable": True, "machineType": "gpu", "gpus": 1}, "neither comfyui.package nor comfyui.command"),
-    ({"enable": True, "machineType": "gpu", "gpus": [1, 1], "comfyui": {"command": ["c"]}}, "lists an index twice"),
-    ({"enable": True, "redis": {"url": "redis://:pw@h:6379/0", "passwordFile": "/p"}}, "both inline"),
-    ({"enable": True, "redis": {"passwordFile": "/p"}, "settings": {"redis": {"password": "pw"}}}, "both inline"),
-    ({"enable": True, "connectors": {"openai": {"apiKeyFile": "/k"}},
-      "settings": {"connectors": {"openai": {"api_key": "sk"}}}}, "connectors.openai: the API key is given both"),
-    ({"enable": True, "connectors": {"opnai": {}}}, "unknown connector(s) opnai"),
-    ({"enable": True, "redis": {"tls": {"enable": True}}}, "needs a rediss:// URL"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"enable": True, "machineType": "gpu", "comfyui": {"command": ["c"]}}, "gpus is empty"),
+        ({"enable": True, "machineType": "gpu", "gpus": 1}, "neither comfyui.package nor comfyui.command"),
+        (
+            {"enable": True, "machineType": "gpu", "gpus": [1, 1], "comfyui": {"command": ["c"]}},
+            "lists an index twice",
+        ),
+        ({"enable": True, "redis": {"url": "redis://:pw@h:6379/0", "passwordFile": "/p"}}, "both inline"),
+        (
+            {"enable": True, "redis": {"passwordFile": "/p"}, "settings": {"redis": {"password": "pw"}}},
+            "both inline",
+        ),
+        (
+            {
+                "enable": True,
+                "connectors": {"openai": {"apiKeyFile": "/k"}},
+                "settings": {"connectors": {"openai": {"api_key": "sk"}}},
+            },
+            "connectors.openai: the API key is given both",
+        ),
+        ({"enable": True, "connectors": {"opnai": {}}}, "unknown connector(s) opnai"),
+        ({"enable": True, "redis": {"tls": {"enable": True}}}, "needs a rediss:// URL"),
+    ],
+)
 def test_assertions(config: dict[str, Any], message: str) -> None:
     out = eval_module(config)
     assert len(out["failedAssertions"]) == 1, out["failedAssertions"]
@@ -281,10 +346,13 @@ def test_password_in_url_warns() -> None:
 
 @needs_nix
 @needs_lib
-@pytest.mark.parametrize(("vm_test", "node", "units"), [
-    ("api.nix", "api", {"appliance-worker@echo0", "appliance-worker@echo1", "appliance-worker@openai0"}),
-    ("gpu.nix", "gpu", {"appliance-comfyui@0", "appliance-worker@gpu0"}),
-])
+@pytest.mark.parametrize(
+    ("vm_test", "node", "units"),
+    [
+        ("api.nix", "api", {"appliance-worker@echo0", "appliance-worker@echo1", "appliance-worker@openai0"}),
+        ("gpu.nix", "gpu", {"appliance-comfyui@0", "appliance-worker@gpu0"}),
+    ],
+)
 def test_vm_test_nodes_evaluate(vm_test: str, node: str, units: set[str]) -> None:
     """The VM tests' appliance settings pass the module's assertions and plan the units their scripts wait for."""
     out = eval_module(vm_test=vm_test, node=node)
@@ -299,11 +367,23 @@ def test_vm_test_nodes_evaluate(vm_test: str, node: str, units: set[str]) -> Non
 def test_module_unit_names_exist_in_the_package() -> None:
     """The names the module drops into are the package's unit files (appliance/units)."""
     module = (ROOT / "nixos-modules" / "appliance.nix").read_text()
-    for unit in ["appliance.target", "appliance-machine.service", "appliance-comfyui@.service",
-                 "appliance-worker@.service", "appliance-onfailure@.service", "tmpfiles.conf", "sysusers.conf"]:
+    for unit in [
+        "appliance.target",
+        "appliance-machine.service",
+        "appliance-comfyui@.service",
+        "appliance-worker@.service",
+        "appliance-onfailure@.service",
+        "tmpfiles.conf",
+        "sysusers.conf",
+    ]:
         assert (UNITS_DIR / unit).is_file(), unit
-    for reference in ['unitName "worker@', 'unitName "comfyui@', "appliance-machine", '"appliance-onfailure@"',
-                      "systemd.targets.appliance"]:
+    for reference in [
+        'unitName "worker@',
+        'unitName "comfyui@',
+        "appliance-machine",
+        '"appliance-onfailure@"',
+        "systemd.targets.appliance",
+    ]:
         assert reference in module
     # The package substitutes this placeholder in postInstall; the units must still carry it.
     for unit_file in UNITS_DIR.glob("*.service"):

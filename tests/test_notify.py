@@ -92,8 +92,9 @@ def test_from_another_process(notify_socket: tuple[socket.socket, str]) -> None:
     """The way systemd sees it: a separate process reads NOTIFY_SOCKET from its environment."""
     sock, name = notify_socket
     code = "from appliance.notify import Notifier; n = Notifier(); n.ready(); n.status('up')"
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, "NOTIFY_SOCKET": name}, check=True,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "NOTIFY_SOCKET": name}, check=True, timeout=60
+    )
     assert sock.recv(4096) == b"READY=1"
     assert sock.recv(4096) == b"STATUS=up"
 
@@ -106,7 +107,9 @@ def test_no_op_without_notify_socket() -> None:
     assert not WatchdogPinger(notifier, []).enabled
 
 
-def test_send_to_missing_socket_is_reported_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_send_to_missing_socket_is_reported_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert notifier.enabled and notifier.ready() is False
     assert "sd_notify READY failed" in caplog.text
@@ -114,11 +117,19 @@ def test_send_to_missing_socket_is_reported_not_raised(tmp_path: Path, caplog: p
 
 def test_watchdog_interval() -> None:
     assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "30000000"}).watchdog_interval_s() == 15
-    assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "42"},
-                    pid=42).watchdog_interval_s() == 15
+    assert (
+        Notifier(
+            {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "42"}, pid=42
+        ).watchdog_interval_s()
+        == 15
+    )
     # the watchdog of another process is not ours to feed
-    assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "41"},
-                    pid=42).watchdog_interval_s() is None
+    assert (
+        Notifier(
+            {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "41"}, pid=42
+        ).watchdog_interval_s()
+        is None
+    )
     assert Notifier({"NOTIFY_SOCKET": "@x"}).watchdog_interval_s() is None
     assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "0"}).watchdog_interval_s() is None
     assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "soon"}).watchdog_interval_s() is None

@@ -28,6 +28,7 @@ def _settings(**overrides: object) -> Settings:
 
 # --- classifier -----------------------------------------------------------------------------------------------
 
+
 def test_classify_default_rules_by_declared_cost() -> None:
     s = Settings()
     assert classify(JobSpec(service="echo", payload={"declared_cost_s": 5}), s).pool == "fast"
@@ -43,12 +44,17 @@ def test_classify_default_rules_by_declared_cost() -> None:
 
 
 def test_classify_keeps_a_named_pool_and_first_match_wins() -> None:
-    s = _settings(classifier={"default_pool": "standard", "rules": [
-        {"pool": "heavy", "service": "video"},
-        {"pool": "fast", "service": "video", "workflow_id": "thumb"},  # shadowed by the rule above
-        {"pool": "fast", "workflow_id": "thumb"},
-        {"pool": "heavy", "min_payload_bytes": 1000},
-    ]})
+    s = _settings(
+        classifier={
+            "default_pool": "standard",
+            "rules": [
+                {"pool": "heavy", "service": "video"},
+                {"pool": "fast", "service": "video", "workflow_id": "thumb"},  # shadowed by the rule above
+                {"pool": "fast", "workflow_id": "thumb"},
+                {"pool": "heavy", "min_payload_bytes": 1000},
+            ],
+        }
+    )
     named = JobSpec(service="video", pool="fast")
     assert classify(named, s) is named
     required = JobSpec(service="video", requirements={"pool": "standard"})
@@ -75,41 +81,53 @@ def test_rule_with_unknown_pool_is_a_config_error() -> None:
 
 # --- formula --------------------------------------------------------------------------------------------------
 
+
 def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50 and percentile(values, 90) == 90 and percentile(values, 99) == 99
     assert percentile([3.0], 99) == 3.0 and percentile([], 50) is None
 
 
-@pytest.mark.parametrize(("waiting", "active", "p50", "pool", "expected"), [
-    (0, 0, None, PoolSettings(), (0, "idle")),
-    (0, 0, 10.0, PoolSettings(min_machines=2), (2, "min")),
-    (5, 0, None, PoolSettings(), (1, "floor")),           # no run-time data: one machine to get started
-    (0, 3, None, PoolSettings(machine_capacity=2), (2, "busy")),
-    # 100 jobs × 30 s = 3000 s of work; one machine drains 300 s × 2 slots = 600 s per target: 5 machines.
-    (90, 10, 30.0, PoolSettings(target_drain_s=300, machine_capacity=2), (5, "drain")),
-    (90, 10, 30.0, PoolSettings(target_drain_s=300, machine_capacity=2, max_machines=3), (3, "max")),
-    (1, 0, 0.001, PoolSettings(target_drain_s=300), (1, "drain")),
-])
-def test_desired_machines(waiting: int, active: int, p50: float | None, pool: PoolSettings,
-                          expected: tuple[int, str]) -> None:
+@pytest.mark.parametrize(
+    ("waiting", "active", "p50", "pool", "expected"),
+    [
+        (0, 0, None, PoolSettings(), (0, "idle")),
+        (0, 0, 10.0, PoolSettings(min_machines=2), (2, "min")),
+        (5, 0, None, PoolSettings(), (1, "floor")),  # no run-time data: one machine to get started
+        (0, 3, None, PoolSettings(machine_capacity=2), (2, "busy")),
+        # 100 jobs × 30 s = 3000 s of work; one machine drains 300 s × 2 slots = 600 s per target: 5 machines.
+        (90, 10, 30.0, PoolSettings(target_drain_s=300, machine_capacity=2), (5, "drain")),
+        (90, 10, 30.0, PoolSettings(target_drain_s=300, machine_capacity=2, max_machines=3), (3, "max")),
+        (1, 0, 0.001, PoolSettings(target_drain_s=300), (1, "drain")),
+    ],
+)
+def test_desired_machines(
+    waiting: int, active: int, p50: float | None, pool: PoolSettings, expected: tuple[int, str]
+) -> None:
     assert desired_machines(waiting, active, p50, pool) == expected
 
 
 # --- signals from Redis ---------------------------------------------------------------------------------------
 
+
 async def _scenario(redis_url: str) -> tuple[Queue, Settings]:
     """fast: 2 waiting; heavy: 1 completed (≥ 0.2 s), 1 failed for good, 1 active; unpooled: 1 waiting (standard).
     Machines: one in heavy, one without a pool, one whose registration expired."""
-    settings = _settings(pools={"fast": {"target_drain_s": 60}, "standard": {},
-                                "heavy": {"target_drain_s": 1, "machine_capacity": 1, "max_machines": 10}})
+    settings = _settings(
+        pools={
+            "fast": {"target_drain_s": 60},
+            "standard": {},
+            "heavy": {"target_drain_s": 1, "machine_capacity": 1, "max_machines": 10},
+        }
+    )
     queue = await Queue.connect(redis_url, settings=QueueSettings())
     for _ in range(2):
         await queue.submit(classify(JobSpec(service="echo", payload={"declared_cost_s": 1}), settings))
     await queue.submit(JobSpec(service="echo"))
     heavy = [await queue.submit(JobSpec(service="video", pool="heavy")) for _ in range(3)]
-    session = await queue.worker_session("m-heavy-0", Capabilities(services=["video"], pool="heavy"),
-                                         machine_id="m-heavy")
+    session = await queue.worker_session(
+        "m-heavy-0", Capabilities(services=["video"], pool="heavy"), machine_id="m-heavy"
+    )
     first = await session.claim()
     assert first is not None
     await asyncio.sleep(0.2)  # a lower bound for the run time, not a timing assertion
@@ -124,7 +142,8 @@ async def _scenario(redis_url: str) -> tuple[Queue, Settings]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     for mid, pool, ttl in (("m-heavy", "heavy", 60), ("m-any", None, 60), ("m-gone", "heavy", 60)):
         await MachineRegistry(client, mid, ttl_s=ttl).register(
-            {"machine_id": mid, "capabilities": {"pool": pool, "machine_type": "api"}})
+            {"machine_id": mid, "capabilities": {"pool": pool, "machine_type": "api"}}
+        )
     await client.delete("machine:m-gone:info")  # its registration expired: not counted
     await client.aclose()
     return queue, settings
@@ -164,20 +183,30 @@ async def test_collector_renders_cached_report(redis_url: str) -> None:
     finally:
         await collector.close()
         await queue.close()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
     assert samples[("appliance_pool_signals_up", ())] == 1.0
     assert samples[("appliance_pool_queue_depth", (("pool", "fast"), ("queue", "default")))] == 2.0
     assert samples[("appliance_pool_jobs_active", (("pool", "heavy"), ("queue", "default")))] == 1.0
     assert samples[("appliance_pool_machines", (("pool", "heavy"), ("queue", "default")))] == 1.0
     assert samples[("appliance_pool_success_ratio", (("pool", "heavy"), ("queue", "default")))] == 0.5
-    assert samples[("appliance_pool_window_jobs", (("outcome", "failed"), ("pool", "heavy"),
-                                                    ("queue", "default")))] == 1.0
-    assert samples[("appliance_pool_job_duration_p50_seconds", (("pool", "heavy"), ("queue", "default")))] >= 0.2
+    assert (
+        samples[
+            ("appliance_pool_window_jobs", (("outcome", "failed"), ("pool", "heavy"), ("queue", "default")))
+        ]
+        == 1.0
+    )
+    assert (
+        samples[("appliance_pool_job_duration_p50_seconds", (("pool", "heavy"), ("queue", "default")))] >= 0.2
+    )
     assert samples[("appliance_pool_max_machines", (("pool", "heavy"), ("queue", "default")))] == 10.0
     assert ("appliance_pool_max_machines", (("pool", "fast"), ("queue", "default"))) not in samples
-    check = await asyncio.to_thread(subprocess.run, ["promtool", "check", "metrics"], input=text,
-                                    capture_output=True, text=True)
+    check = await asyncio.to_thread(
+        subprocess.run, ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -201,12 +230,14 @@ async def test_collector_keeps_last_report_when_redis_goes(private_redis) -> Non
 
 # --- CLI ------------------------------------------------------------------------------------------------------
 
+
 def _cli(*args: str, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     if redis_url:
         env["APPLIANCE_REDIS__URL"] = redis_url
-    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 async def test_pools_cli(redis_url: str) -> None:
@@ -229,7 +260,9 @@ def test_pools_cli_errors() -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--window" in bad.stderr
     down = _cli("pools", "--redis-url", "redis://127.0.0.1:1/0")
     assert down.returncode == 4 and "cannot reach Redis" in down.stderr and "Traceback" not in down.stderr
-    classify_out = _cli("pools", "classify", "--service", "echo", "--payload", '{"declared_cost_s": 2}', "--json")
+    classify_out = _cli(
+        "pools", "classify", "--service", "echo", "--payload", '{"declared_cost_s": 2}', "--json"
+    )
     assert classify_out.returncode == 0 and json.loads(classify_out.stdout)["pool"] == "fast"
     bad_payload = _cli("pools", "classify", "--service", "echo", "--payload", "[1]")
     assert bad_payload.returncode == 2 and "--payload" in bad_payload.stderr

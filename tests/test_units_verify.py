@@ -20,7 +20,9 @@ from appliance.secrets import CREDENTIALS
 from appliance.units import install as inst
 
 ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
+needs_analyze = pytest.mark.skipif(
+    ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)"
+)
 
 PLAN = {
     "machine_type": "gpu",
@@ -49,9 +51,15 @@ MAX_EXPOSURE = {
     "appliance-comfyui@0.service": 4.0,
 }
 HARDENING = {
-    "CapabilityBoundingSet": "", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
-    "ProtectHome": "yes", "ProtectSystem": "strict", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
-    "SystemCallFilter": "@system-service", "SystemCallArchitectures": "native", "RestrictNamespaces": "yes",
+    "CapabilityBoundingSet": "",
+    "NoNewPrivileges": "yes",
+    "PrivateTmp": "yes",
+    "ProtectHome": "yes",
+    "ProtectSystem": "strict",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "SystemCallFilter": "@system-service",
+    "SystemCallArchitectures": "native",
+    "RestrictNamespaces": "yes",
 }
 
 
@@ -77,14 +85,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root with the units installed, naming an executable that exists at the same path on this host."""
     host = tmp_path_factory.mktemp("bin")
     exe = host / "appliance"
-    exe.write_text(f"#!/bin/sh\nexec {sys.executable} -m appliance \"$@\"\n", encoding="utf-8")
+    exe.write_text(f'#!/bin/sh\nexec {sys.executable} -m appliance "$@"\n', encoding="utf-8")
     exe.chmod(0o755)
     root = tmp_path_factory.mktemp("root")
     # The installer checks the executable under the root; verify checks it on the host: same path, both places.
     (root / exe.parent.relative_to("/")).mkdir(parents=True)
     (root / exe.relative_to("/")).symlink_to(exe)
-    options = inst.InstallOptions(bin_path=inst.check_bin_path(str(exe), root),
-                                  units=inst.parse_plan(json.dumps(PLAN), "test plan"), container_mode=True)
+    options = inst.InstallOptions(
+        bin_path=inst.check_bin_path(str(exe), root),
+        units=inst.parse_plan(json.dumps(PLAN), "test plan"),
+        container_mode=True,
+    )
     inst.write(root, inst.plan_install(options))
     return root
 
@@ -92,8 +103,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def analyze(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     assert ANALYZE is not None
     # A trailing ":" appends systemd's own unit directories (for sysinit.target and friends).
-    env = {"SYSTEMD_UNIT_PATH": f"{root / inst.UNIT_DIR}:", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-           "SYSTEMD_LOG_COLOR": "0"}
+    env = {
+        "SYSTEMD_UNIT_PATH": f"{root / inst.UNIT_DIR}:",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "SYSTEMD_LOG_COLOR": "0",
+    }
     return subprocess.run([ANALYZE, *argv], capture_output=True, text=True, env=env, cwd=root, check=False)
 
 
@@ -110,7 +124,9 @@ def test_verify_notices_a_missing_executable(installed: Path, tmp_path: Path) ->
     copy = tmp_path / "root"
     shutil.copytree(installed, copy, symlinks=True)
     unit = copy / inst.UNIT_DIR / "appliance-worker@.service"
-    unit.write_text(re.sub(r"^ExecStart=\S+", "ExecStart=/nonexistent/appliance", unit.read_text(), flags=re.M))
+    unit.write_text(
+        re.sub(r"^ExecStart=\S+", "ExecStart=/nonexistent/appliance", unit.read_text(), flags=re.M)
+    )
     proc = analyze(copy, "verify", "appliance-worker@echo0.service")
     assert "/nonexistent/appliance" in proc.stdout + proc.stderr
 
@@ -127,7 +143,11 @@ def test_security_exposure(installed: Path, unit: str) -> None:
 
 
 def units_by_name() -> dict[str, dict[str, dict[str, list[str]]]]:
-    return {name: parse_unit(text) for name, text in inst.packaged_files().items() if name not in inst.SYSTEM_FILES}
+    return {
+        name: parse_unit(text)
+        for name, text in inst.packaged_files().items()
+        if name not in inst.SYSTEM_FILES
+    }
 
 
 @pytest.mark.parametrize("name", [n for n in inst.packaged_files() if n not in inst.SYSTEM_FILES])
@@ -153,8 +173,9 @@ def _section_lines(text: str, section: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("name", ["appliance-machine.service", "appliance-worker@.service",
-                                  "appliance-comfyui@.service"])
+@pytest.mark.parametrize(
+    "name", ["appliance-machine.service", "appliance-worker@.service", "appliance-comfyui@.service"]
+)
 def test_long_running_units_are_supervised(name: str) -> None:
     unit = units_by_name()[name]
     service = unit["Service"]
@@ -184,8 +205,11 @@ def test_comfyui_keeps_the_gpu_reachable() -> None:
     service = units_by_name()["appliance-comfyui@.service"]["Service"]
     assert "PrivateDevices" not in service and "MemoryDenyWriteExecute" not in service
     assert service["DevicePolicy"] == ["closed"]
-    assert {v.split()[0] for v in service["DeviceAllow"]} >= {"char-nvidiactl", "char-nvidia-uvm",
-                                                              "char-nvidia-frontend"}
+    assert {v.split()[0] for v in service["DeviceAllow"]} >= {
+        "char-nvidiactl",
+        "char-nvidia-uvm",
+        "char-nvidia-frontend",
+    }
 
 
 def test_credentials_match_what_the_app_reads() -> None:

@@ -10,12 +10,20 @@ from appliance.commands import CommandError, run_async
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("comfyui", help="run ComfyUI for one GPU (ready/watchdog for systemd)")
-    parser.add_argument("--gpu", type=int, required=True, metavar="N",
-                        help="GPU index: ComfyUI gets --cuda-device N and port comfyui.base_port + N")
+    parser.add_argument(
+        "--gpu",
+        type=int,
+        required=True,
+        metavar="N",
+        help="GPU index: ComfyUI gets --cuda-device N and port comfyui.base_port + N",
+    )
     parser.add_argument("--config", metavar="FILE", help="config file (default: $APPLIANCE_CONFIG)")
-    parser.add_argument("--hang-after", type=float, metavar="SECONDS",
-                        help="restart ComfyUI after it stopped answering this long (default: 3 x "
-                             "comfyui.request_timeout_s)")
+    parser.add_argument(
+        "--hang-after",
+        type=float,
+        metavar="SECONDS",
+        help="restart ComfyUI after it stopped answering this long (default: 3 x comfyui.request_timeout_s)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -34,6 +42,10 @@ def _run(args: argparse.Namespace) -> int:
     if command.cwd is not None and not command.cwd.is_dir():
         raise CommandError(f"comfyui.workdir {command.cwd} is not a directory")
     c = settings.comfyui
-    wrapper = ComfyWrapper(command, startup_timeout_s=c.startup_timeout_s, request_timeout_s=c.request_timeout_s,
-                           hang_after_s=args.hang_after)
+    wrapper = ComfyWrapper(
+        command,
+        startup_timeout_s=c.startup_timeout_s,
+        request_timeout_s=c.request_timeout_s,
+        hang_after_s=args.hang_after,
+    )
     return run_async(wrapper.run())

@@ -15,15 +15,20 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("config", help="show or check the configuration")
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
 
-    show = sub.add_parser("show", help="print the merged settings (secrets redacted) and where each came from")
+    show = sub.add_parser(
+        "show", help="print the merged settings (secrets redacted) and where each came from"
+    )
     show.add_argument("--config", metavar="FILE", help="config file (default: $APPLIANCE_CONFIG)")
     show.add_argument("--json", action="store_true", help="print JSON: settings, sources and the config file")
     show.set_defaults(handler=show_handler)
 
     check = sub.add_parser("check", help="validate a config file; prints ok or one line per error (exit 2)")
     check.add_argument("file", metavar="FILE", help="TOML, YAML or JSON config file")
-    check.add_argument("--with-env", action="store_true",
-                       help="also apply the APPLIANCE_* environment, as a process started here would")
+    check.add_argument(
+        "--with-env",
+        action="store_true",
+        help="also apply the APPLIANCE_* environment, as a process started here would",
+    )
     check.set_defaults(handler=check_handler)
 
 

@@ -30,9 +30,14 @@ class RedisTarget:
 
 
 def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", help="Redis URL (default: $APPLIANCE_REDIS_URL, the config file, "
-                                             f"else {DEFAULT_REDIS_URL}); put passwords in a file, not here")
-    parser.add_argument("--queue", help="queue name (default: $APPLIANCE_REDIS__QUEUE / config, else 'default')")
+    parser.add_argument(
+        "--redis-url",
+        help="Redis URL (default: $APPLIANCE_REDIS_URL, the config file, "
+        f"else {DEFAULT_REDIS_URL}); put passwords in a file, not here",
+    )
+    parser.add_argument(
+        "--queue", help="queue name (default: $APPLIANCE_REDIS__QUEUE / config, else 'default')"
+    )
     parser.add_argument("--config", help="config file (TOML, YAML or JSON; default: $APPLIANCE_CONFIG)")
 
 
@@ -60,7 +65,9 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
         from appliance.pools import classify
 
         classifier = partial(classify, settings=settings)
-    return RedisTarget(url=url, queue=queue, client_kwargs=kwargs, settings=settings.queue, classifier=classifier)
+    return RedisTarget(
+        url=url, queue=queue, client_kwargs=kwargs, settings=settings.queue, classifier=classifier
+    )
 
 
 async def connect_queue(args: argparse.Namespace) -> Any:
@@ -70,8 +77,13 @@ async def connect_queue(args: argparse.Namespace) -> Any:
 
     target = resolve_target(args)
     try:
-        return await Queue.connect(target.url, queue_name=target.queue, settings=target.settings,
-                                   classifier=target.classifier, **target.client_kwargs)
+        return await Queue.connect(
+            target.url,
+            queue_name=target.queue,
+            settings=target.settings,
+            classifier=target.classifier,
+            **target.client_kwargs,
+        )
     except AuthenticationError as exc:
         raise CommandError(f"Redis at {target.redacted_url()} refused the credentials: {exc}", 4) from None
     except (RedisError, OSError) as exc:

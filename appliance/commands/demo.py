@@ -52,19 +52,42 @@ async def _run(args: argparse.Namespace, url: str) -> int:
     from appliance.queue import JobStatus, Queue
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(APPLIANCE_REDIS_URL=url, APPLIANCE_MACHINE_ID="demo", APPLIANCE_ECHO_ENABLED="true",
-               APPLIANCE_ECHO_CONCURRENCY=str(args.concurrency))
-    workers = [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "appliance", "worker", "--connector", "echo", "--index", str(i), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE) for i in range(args.workers)]
-    print(f"demo: started {args.workers} echo workers (demo-echo0..{args.workers - 1}), "
-          f"{args.concurrency} jobs each at a time")
+    env.update(
+        APPLIANCE_REDIS_URL=url,
+        APPLIANCE_MACHINE_ID="demo",
+        APPLIANCE_ECHO_ENABLED="true",
+        APPLIANCE_ECHO_CONCURRENCY=str(args.concurrency),
+    )
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "appliance",
+            "worker",
+            "--connector",
+            "echo",
+            "--index",
+            str(i),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for i in range(args.workers)
+    ]
+    print(
+        f"demo: started {args.workers} echo workers (demo-echo0..{args.workers - 1}), "
+        f"{args.concurrency} jobs each at a time"
+    )
     queue = await Queue.connect(url)
     try:
         specs: list[dict[str, Any]] = [
-            {"service": "echo", "priority": 5 if i % 4 == 0 else 0,
-             "payload": {"delay": 0.5 + (i % 3) * 0.5, "steps": 4, "message": f"hello #{i}"}}
-            for i in range(args.jobs)]
+            {
+                "service": "echo",
+                "priority": 5 if i % 4 == 0 else 0,
+                "payload": {"delay": 0.5 + (i % 3) * 0.5, "steps": 4, "message": f"hello #{i}"},
+            }
+            for i in range(args.jobs)
+        ]
         started = time.monotonic()
         jobs = await queue.submit_many(specs)
         print(f"demo: submitted {len(jobs)} jobs (every 4th at priority 5)")
@@ -87,8 +110,11 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             for proc in workers:
                 if proc.returncode is not None:
                     err = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
-                    raise CommandError(f"a demo worker exited early (status {proc.returncode}): "
-                                       f"{err.strip().splitlines()[-1] if err.strip() else 'no output'}", 1)
+                    raise CommandError(
+                        f"a demo worker exited early (status {proc.returncode}): "
+                        f"{err.strip().splitlines()[-1] if err.strip() else 'no output'}",
+                        1,
+                    )
             await asyncio.sleep(0.1)
         final = [await queue.get(j.id) for j in jobs]
         done = sum(1 for j in final if j and j.status is JobStatus.COMPLETED)

@@ -17,9 +17,19 @@ from appliance.commands.connection import add_redis_arguments, connect_queue
 
 #: --requires keys and how their values parse: a type, "list" (comma list) or "append:<field>" (repeatable).
 REQUIREMENT_KEYS: dict[str, type | str] = {
-    "gpu_memory_gb": float, "ram_gb": float, "cpu_cores": int, "models": "list", "model": "append:models",
-    "isolation": str, "pool": str, "region": str, "tags": "list", "tag": "append:tags", "not_tags": "list",
-    "not_tag": "append:not_tags", "workflow": str,
+    "gpu_memory_gb": float,
+    "ram_gb": float,
+    "cpu_cores": int,
+    "models": "list",
+    "model": "append:models",
+    "isolation": str,
+    "pool": str,
+    "region": str,
+    "tags": "list",
+    "tag": "append:tags",
+    "not_tags": "list",
+    "not_tag": "append:not_tags",
+    "workflow": str,
 }
 
 
@@ -28,14 +38,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
 
     submit = commands.add_parser("submit", help="enqueue a job; prints its id as the last line")
-    submit.add_argument("--service", required=True, help="service that runs it (comfyui, openai_text, echo, ...)")
-    submit.add_argument("--payload", default="{}", help="job payload as JSON, or @FILE to read it from a file")
+    submit.add_argument(
+        "--service", required=True, help="service that runs it (comfyui, openai_text, echo, ...)"
+    )
+    submit.add_argument(
+        "--payload", default="{}", help="job payload as JSON, or @FILE to read it from a file"
+    )
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--pool")
     submit.add_argument("--customer", help="customer id (for isolation)")
     submit.add_argument("--workflow-id")
-    submit.add_argument("--requires", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"requirement, repeatable; keys: {', '.join(sorted(REQUIREMENT_KEYS))}")
+    submit.add_argument(
+        "--requires",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"requirement, repeatable; keys: {', '.join(sorted(REQUIREMENT_KEYS))}",
+    )
     submit.add_argument("--max-retries", type=int, default=3)
     submit.add_argument("--timeout", type=float, help="per-attempt time limit, seconds")
     submit.add_argument("--id", help="caller-chosen job id (idempotency key)")
@@ -59,8 +78,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cancel.set_defaults(handler=_cancel)
 
     listing = commands.add_parser("list", help="list jobs from the queue's indexes")
-    listing.add_argument("--status", choices=["pending", "claimed", "running", "completed", "failed", "cancelled",
-                                              "dead"])
+    listing.add_argument(
+        "--status", choices=["pending", "claimed", "running", "completed", "failed", "cancelled", "dead"]
+    )
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_list)
@@ -83,7 +103,9 @@ def parse_requirements(pairs: list[str]) -> dict[str, Any]:
             raise CommandError(f"--requires {pair!r}: expected KEY=VALUE")
         kind = REQUIREMENT_KEYS.get(key)
         if kind is None:
-            raise CommandError(f"--requires {pair!r}: unknown key {key!r} (known: {', '.join(sorted(REQUIREMENT_KEYS))})")
+            raise CommandError(
+                f"--requires {pair!r}: unknown key {key!r} (known: {', '.join(sorted(REQUIREMENT_KEYS))})"
+            )
         if kind == "list":
             result[key] = [v.strip() for v in value.split(",") if v.strip()]
         elif isinstance(kind, str) and kind.startswith("append:"):
@@ -108,7 +130,9 @@ def _load_payload(raw: str) -> dict[str, Any]:
     try:
         payload = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise CommandError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise CommandError(
+            f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     if not isinstance(payload, dict):
         raise CommandError(f"{source}: the payload must be a JSON object, got {type(payload).__name__}")
     return payload
@@ -120,10 +144,16 @@ def _job_json(job: Any) -> dict[str, Any]:
 
 def _submit(args: argparse.Namespace) -> int:
     spec = {
-        "service": args.service, "payload": _load_payload(args.payload), "priority": args.priority,
-        "requirements": parse_requirements(args.requires), "customer_id": args.customer,
-        "workflow_id": args.workflow_id, "pool": args.pool, "max_retries": args.max_retries,
-        "timeout_s": args.timeout, "id": args.id,
+        "service": args.service,
+        "payload": _load_payload(args.payload),
+        "priority": args.priority,
+        "requirements": parse_requirements(args.requires),
+        "customer_id": args.customer,
+        "workflow_id": args.workflow_id,
+        "pool": args.pool,
+        "max_retries": args.max_retries,
+        "timeout_s": args.timeout,
+        "id": args.id,
     }
     return run_async(_submit_async(args, {k: v for k, v in spec.items() if v is not None}))
 
@@ -169,11 +199,21 @@ async def _get_async(args: argparse.Namespace) -> int:
 
 def _print_job(job: Any) -> None:
     status = job.status.value + (" (unworkable: no live worker can run it)" if job.unworkable else "")
-    rows = [("id", job.id), ("service", job.service), ("status", status), ("attempts", job.attempts),
-            ("priority", job.priority), ("worker", job.worker_id or "-"), ("created", job.created_at),
-            ("claimed", job.claimed_at or "-"), ("finished", job.finished_at or "-")]
+    rows = [
+        ("id", job.id),
+        ("service", job.service),
+        ("status", status),
+        ("attempts", job.attempts),
+        ("priority", job.priority),
+        ("worker", job.worker_id or "-"),
+        ("created", job.created_at),
+        ("claimed", job.claimed_at or "-"),
+        ("finished", job.finished_at or "-"),
+    ]
     if job.progress:
-        rows.append(("progress", f"{job.progress.get('percent', 0)}% {job.progress.get('message', '')}".strip()))
+        rows.append(
+            ("progress", f"{job.progress.get('percent', 0)}% {job.progress.get('message', '')}".strip())
+        )
     if job.error:
         rows.append(("error", job.error))
     if job.result is not None:
@@ -190,7 +230,9 @@ def _progress_bar(job: Any) -> None:
     percent = float((job.progress or {}).get("percent", 0))
     filled = int(percent / 5)
     message = str((job.progress or {}).get("message", ""))[:40]
-    sys.stderr.write(f"\r{job.status.value:>9} [{'#' * filled}{'.' * (20 - filled)}] {percent:5.1f}% {message:<40}")
+    sys.stderr.write(
+        f"\r{job.status.value:>9} [{'#' * filled}{'.' * (20 - filled)}] {percent:5.1f}% {message:<40}"
+    )
     sys.stderr.flush()
 
 
@@ -236,7 +278,9 @@ async def _cancel_async(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"id": args.job_id, "outcome": outcome})
     else:
-        print(f"{args.job_id}: {'cancelled' if outcome == 'cancelled' else 'cancellation requested from its worker'}")
+        print(
+            f"{args.job_id}: {'cancelled' if outcome == 'cancelled' else 'cancellation requested from its worker'}"
+        )
     return 0
 
 
@@ -261,7 +305,9 @@ async def _list_async(args: argparse.Namespace) -> int:
     for job in jobs:
         percent = f"{(job.progress or {}).get('percent', 0):.0f}%" if job.progress else "-"
         status = "unworkable" if job.unworkable else job.status.value
-        print(f"{job.id:<34} {job.service:<14} {status:<10} {job.attempts:>3}  {percent:>8}  {job.worker_id or '-'}")
+        print(
+            f"{job.id:<34} {job.service:<14} {status:<10} {job.attempts:>3}  {percent:>8}  {job.worker_id or '-'}"
+        )
     return 0
 
 
@@ -278,12 +324,16 @@ async def _stats_async(args: argparse.Namespace) -> int:
     if args.json:
         print_json(stats.model_dump(mode="json"))
         return 0
-    print(f"queue {stats.queue}: {stats.waiting} waiting, {stats.delayed} delayed, {stats.active} active, "
-          f"{stats.dead} dead, {stats.unworkable} unworkable, {stats.workers} live workers")
+    print(
+        f"queue {stats.queue}: {stats.waiting} waiting, {stats.delayed} delayed, {stats.active} active, "
+        f"{stats.dead} dead, {stats.unworkable} unworkable, {stats.workers} live workers"
+    )
     print("totals: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.totals.items())))
     for shape in stats.shapes:
         oldest = f"{shape.oldest_wait_s:.1f}s" if shape.oldest_wait_s is not None else "-"
         flag = "" if shape.live_workers else "  UNWORKABLE" if shape.waiting else "  (no live worker)"
-        print(f"  {shape.shape}  waiting={shape.waiting:<6} next-in-line-wait={oldest:<8} "
-              f"{json.dumps(shape.requirements, sort_keys=True)}{flag}")
+        print(
+            f"  {shape.shape}  waiting={shape.waiting:<6} next-in-line-wait={oldest:<8} "
+            f"{json.dumps(shape.requirements, sort_keys=True)}{flag}"
+        )
     return 0

@@ -10,31 +10,45 @@ from appliance.commands import CommandError, print_json, run_async
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "machine", help="run the machine supervisor (health server, status, registration)",
-        description="Without a subcommand: run the supervisor in the foreground (Type=notify under systemd).")
+        "machine",
+        help="run the machine supervisor (health server, status, registration)",
+        description="Without a subcommand: run the supervisor in the foreground (Type=notify under systemd).",
+    )
     _add_config(parser, argparse.SUPPRESS)
     parser.add_argument("--health-host", help="bind address of the health server (default: health.host)")
-    parser.add_argument("--health-port", type=int, help="port of the health server (default: health.port; 0: any)")
-    parser.add_argument("--unmanaged", action="store_true",
-                        help="do not read unit states from systemd even if it runs here")
+    parser.add_argument(
+        "--health-port", type=int, help="port of the health server (default: health.port; 0: any)"
+    )
+    parser.add_argument(
+        "--unmanaged", action="store_true", help="do not read unit states from systemd even if it runs here"
+    )
     parser.set_defaults(handler=_run)
     sub = parser.add_subparsers(dest="machine_command", metavar="SUBCOMMAND")
 
     plan = sub.add_parser("plan", help="print the service plan of this machine")
     _add_config(plan)
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON (for `appliance units install`)")
+    plan.add_argument(
+        "--json", action="store_true", help="print the plan as JSON (for `appliance units install`)"
+    )
     plan.add_argument("--gpus", type=int, metavar="N", help="plan for N GPUs instead of asking NVML")
     plan.set_defaults(handler=_plan)
 
-    onfail = sub.add_parser("on-failure", help="hand back a failed unit's jobs and publish service_failed "
-                            "(run by appliance-onfailure@.service)")
+    onfail = sub.add_parser(
+        "on-failure",
+        help="hand back a failed unit's jobs and publish service_failed "
+        "(run by appliance-onfailure@.service)",
+    )
     _add_config(onfail)
     onfail.add_argument("unit", metavar="UNIT", help="the failed unit, e.g. appliance-worker@gpu0.service")
     onfail.set_defaults(handler=_on_failure)
 
-    stop = sub.add_parser("record-stop", help="count why a unit stopped ($SERVICE_RESULT; run by ExecStopPost=)")
+    stop = sub.add_parser(
+        "record-stop", help="count why a unit stopped ($SERVICE_RESULT; run by ExecStopPost=)"
+    )
     _add_config(stop)
-    stop.add_argument("unit", metavar="UNIT", help="the unit that stopped, e.g. appliance-worker@gpu0.service")
+    stop.add_argument(
+        "unit", metavar="UNIT", help="the unit that stopped, e.g. appliance-worker@gpu0.service"
+    )
     stop.set_defaults(handler=_record_stop)
 
     status = sub.add_parser("status", help="print a machine's last published status from Redis")
@@ -46,8 +60,12 @@ def register(subparsers: Any) -> None:
 
 def _add_config(parser: argparse.ArgumentParser, default: Any = None) -> None:
     # SUPPRESS on the parent: a subcommand's own default must not overwrite a --config given before it.
-    parser.add_argument("--config", metavar="FILE", default=default,
-                        help="config file (TOML, YAML or JSON; default: $APPLIANCE_CONFIG)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="config file (TOML, YAML or JSON; default: $APPLIANCE_CONFIG)",
+    )
 
 
 def load(args: argparse.Namespace) -> Any:
@@ -68,8 +86,12 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = load(args)
     try:
-        supervisor = Supervisor(settings, supervision="unmanaged" if args.unmanaged else None,
-                                health_host=args.health_host, health_port=args.health_port)
+        supervisor = Supervisor(
+            settings,
+            supervision="unmanaged" if args.unmanaged else None,
+            health_host=args.health_host,
+            health_port=args.health_port,
+        )
     except SecretError as exc:
         raise CommandError(str(exc)) from None
     try:
@@ -163,15 +185,18 @@ def _status(args: argparse.Namespace) -> int:
     except (RedisError, OSError) as exc:
         raise CommandError(f"cannot reach Redis: {type(exc).__name__}: {exc}", 4) from None
     if raw is None:
-        raise CommandError(f"machine {machine_id!r} has no current status (not running, or its registration "
-                           "expired)", 3)
+        raise CommandError(
+            f"machine {machine_id!r} has no current status (not running, or its registration expired)", 3
+        )
     status = json.loads(raw)
     if args.json:
         print_json(status)
         return 0
     machine = status["status"]["machine"]
-    print(f"{status['machine_id']} ({status['machine_type']}, {status['supervision']}): {machine['phase']}, "
-          f"up {machine['uptime_ms'] // 1000}s, healthy={status['healthy']}")
+    print(
+        f"{status['machine_id']} ({status['machine_type']}, {status['supervision']}): {machine['phase']}, "
+        f"up {machine['uptime_ms'] // 1000}s, healthy={status['healthy']}"
+    )
     for name, svc in status["status"]["services"].items():
         print(f"  {name:<16} {svc['active_state']:<10} restarts={svc['restarts']}")
     for wid, w in status["status"]["workers"].items():

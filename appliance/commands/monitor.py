@@ -18,11 +18,16 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    monitor = subparsers.add_parser("monitor", help="serve the live fleet dashboard",
-                                    description="Serve the live fleet dashboard: machines, queue, jobs.")
+    monitor = subparsers.add_parser(
+        "monitor",
+        help="serve the live fleet dashboard",
+        description="Serve the live fleet dashboard: machines, queue, jobs.",
+    )
     monitor.add_argument("--host", help="bind address (default: monitor.host, 127.0.0.1)")
     monitor.add_argument("--port", type=int, help="port (default: monitor.port, 8080; 0: any free port)")
-    monitor.add_argument("--poll", type=float, default=2.0, help="seconds between queue/registration polls (default 2)")
+    monitor.add_argument(
+        "--poll", type=float, default=2.0, help="seconds between queue/registration polls (default 2)"
+    )
     add_redis_arguments(monitor)
     monitor.set_defaults(handler=_monitor)
 
@@ -54,8 +59,11 @@ def _monitor(args: argparse.Namespace) -> int:
     host = args.host or settings.monitor.host
     port = settings.monitor.port if args.port is None else args.port
     if not _is_loopback(host) and not token:
-        log.warning("monitor: serving %s without a token; anyone who can reach it sees the fleet "
-                    "(set monitor.token_file)", host)
+        log.warning(
+            "monitor: serving %s without a token; anyone who can reach it sees the fleet "
+            "(set monitor.token_file)",
+            host,
+        )
     return run_async(_serve(settings, target, host, port, token, args.poll))
 
 
@@ -66,15 +74,27 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
     from appliance.health.server import start_server
     from appliance.monitor.app import Monitor, make_app
 
-    monitor = Monitor(settings, url=target.url, client_kwargs=target.client_kwargs, queue_name=target.queue,
-                      token=token, poll_s=poll_s)
+    monitor = Monitor(
+        settings,
+        url=target.url,
+        client_kwargs=target.client_kwargs,
+        queue_name=target.queue,
+        token=token,
+        poll_s=poll_s,
+    )
     try:
         runner, bound = await start_server(make_app(monitor), host, port)
     except OSError as exc:
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from None
     shown = f"[{host}]" if ":" in host else host
-    log.info("monitor on http://%s:%d/ (queue %s, Redis %s%s)", shown, bound, target.queue, target.redacted_url(),
-             ", token required" if token else "")
+    log.info(
+        "monitor on http://%s:%d/ (queue %s, Redis %s%s)",
+        shown,
+        bound,
+        target.queue,
+        target.redacted_url(),
+        ", token required" if token else "",
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

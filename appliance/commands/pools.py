@@ -16,15 +16,24 @@ from appliance.commands.connection import add_redis_arguments, connect_queue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pools = subparsers.add_parser("pools", help="pool signals for autoscalers: backlog, wait, run times, desired "
-                                  "machines", description=__doc__.splitlines()[0])
+    pools = subparsers.add_parser(
+        "pools",
+        help="pool signals for autoscalers: backlog, wait, run times, desired machines",
+        description=__doc__.splitlines()[0],
+    )
     pools.add_argument("--json", action="store_true", help="print the report as JSON")
-    pools.add_argument("--window", type=float, default=900.0,
-                       help="look-back for run times and success rate, seconds (default 900)")
+    pools.add_argument(
+        "--window",
+        type=float,
+        default=900.0,
+        help="look-back for run times and success rate, seconds (default 900)",
+    )
     add_redis_arguments(pools)
     pools.set_defaults(handler=_pools)
     actions = pools.add_subparsers(dest="pools_command", metavar="ACTION")
-    classify = actions.add_parser("classify", help="show the pool the classifier gives a job (no Redis needed)")
+    classify = actions.add_parser(
+        "classify", help="show the pool the classifier gives a job (no Redis needed)"
+    )
     classify.add_argument("--service", required=True)
     classify.add_argument("--payload", default="{}", help="payload JSON")
     classify.add_argument("--pool", help="a pool the job names itself")
@@ -75,19 +84,44 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def format_table(report: Any) -> str:
-    headers = ["POOL", "WAITING", "ACTIVE", "UNWORKABLE", "OLDEST_S", "P50_S", "P90_S", "SUCCESS", "MACHINES",
-               "DESIRED", "WHY"]
+    headers = [
+        "POOL",
+        "WAITING",
+        "ACTIVE",
+        "UNWORKABLE",
+        "OLDEST_S",
+        "P50_S",
+        "P90_S",
+        "SUCCESS",
+        "MACHINES",
+        "DESIRED",
+        "WHY",
+    ]
     rows = [headers]
     for p in report.pools:
         success = "-" if p.success_ratio is None else f"{p.success_ratio * 100:.0f}%"
         bounds = f"{p.min_machines}..{'' if p.max_machines is None else p.max_machines}"
-        rows.append([p.pool + ("" if p.configured else " (unconfigured)"), str(p.waiting), str(p.active),
-                     str(p.unworkable), _num(p.oldest_wait_s), _num(p.duration_p50_s, 2), _num(p.duration_p90_s, 2),
-                     success, str(p.machines), str(p.desired_machines), f"{p.reason} [{bounds}]"])
+        rows.append(
+            [
+                p.pool + ("" if p.configured else " (unconfigured)"),
+                str(p.waiting),
+                str(p.active),
+                str(p.unworkable),
+                _num(p.oldest_wait_s),
+                _num(p.duration_p50_s, 2),
+                _num(p.duration_p90_s, 2),
+                success,
+                str(p.machines),
+                str(p.desired_machines),
+                f"{p.reason} [{bounds}]",
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"queue {report.queue}; window {report.window_s:.0f}s; shared machines (no pool): "
-                 f"{report.shared_machines}")
+    lines.append(
+        f"queue {report.queue}; window {report.window_s:.0f}s; shared machines (no pool): "
+        f"{report.shared_machines}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -102,8 +136,13 @@ def _classify(args: argparse.Namespace) -> int:
         raise CommandError(f"--payload: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(payload, dict):
         raise CommandError("--payload: must be a JSON object")
-    raw = {"service": args.service, "payload": payload, "pool": args.pool, "workflow_id": args.workflow_id,
-           "timeout_s": args.timeout}
+    raw = {
+        "service": args.service,
+        "payload": payload,
+        "pool": args.pool,
+        "workflow_id": args.workflow_id,
+        "timeout_s": args.timeout,
+    }
     try:
         spec = parse_spec({k: v for k, v in raw.items() if v is not None})
     except InvalidJob as exc:

@@ -16,18 +16,25 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("units", help="install the systemd units (non-Nix hosts, images, containers)")
+    parser = subparsers.add_parser(
+        "units", help="install the systemd units (non-Nix hosts, images, containers)"
+    )
     sub = parser.add_subparsers(dest="units_command", metavar="SUBCOMMAND", required=True)
 
     install = sub.add_parser("install", help="install unit files, drop-ins and the service plan's instances")
     _add_common(install)
-    install.add_argument("--no-user", action="store_true",
-                         help="do not run systemd-sysusers now (the user is then created at the next boot)")
+    install.add_argument(
+        "--no-user",
+        action="store_true",
+        help="do not run systemd-sysusers now (the user is then created at the next boot)",
+    )
     install.set_defaults(handler=_install)
 
     show = sub.add_parser("list", help="print what `install` would write, without writing")
     _add_common(show)
-    show.add_argument("--json", action="store_true", help="print JSON (with file contents) instead of a table")
+    show.add_argument(
+        "--json", action="store_true", help="print JSON (with file contents) instead of a table"
+    )
     show.set_defaults(handler=_list)
 
     remove = sub.add_parser("uninstall", help="remove what `install` wrote (the env file stays)")
@@ -37,20 +44,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="/", help="install under this root directory (default: /)")
-    parser.add_argument("--bin", dest="bin_path", metavar="PATH",
-                        help="absolute path of the appliance executable as seen inside the root "
-                             "(default with --root /: the appliance executable running now)")
+    parser.add_argument(
+        "--bin",
+        dest="bin_path",
+        metavar="PATH",
+        help="absolute path of the appliance executable as seen inside the root "
+        "(default with --root /: the appliance executable running now)",
+    )
     plan = parser.add_mutually_exclusive_group()
-    plan.add_argument("--plan-json", metavar="FILE",
-                      help="service plan as written by `appliance machine plan --json` ('-': stdin)")
-    plan.add_argument("--from-machine-plan", action="store_true",
-                      help="compute the plan now by running `appliance machine plan --json`")
-    parser.add_argument("--enable", action="store_true",
-                        help="also link appliance.target into multi-user.target.wants (start at boot)")
-    parser.add_argument("--container-mode", action="store_true",
-                        help="the supervisor failing past its start limit stops PID 1 (FailureAction=exit)")
-    parser.add_argument("--config", dest="config_path", metavar="FILE",
-                        help="set APPLIANCE_CONFIG=FILE for every appliance unit (a drop-in)")
+    plan.add_argument(
+        "--plan-json",
+        metavar="FILE",
+        help="service plan as written by `appliance machine plan --json` ('-': stdin)",
+    )
+    plan.add_argument(
+        "--from-machine-plan",
+        action="store_true",
+        help="compute the plan now by running `appliance machine plan --json`",
+    )
+    parser.add_argument(
+        "--enable",
+        action="store_true",
+        help="also link appliance.target into multi-user.target.wants (start at boot)",
+    )
+    parser.add_argument(
+        "--container-mode",
+        action="store_true",
+        help="the supervisor failing past its start limit stops PID 1 (FailureAction=exit)",
+    )
+    parser.add_argument(
+        "--config",
+        dest="config_path",
+        metavar="FILE",
+        help="set APPLIANCE_CONFIG=FILE for every appliance unit (a drop-in)",
+    )
 
 
 def _default_bin() -> str:
@@ -117,8 +144,13 @@ def _planned(args: argparse.Namespace) -> tuple[Path, list[InstallFile]]:
         units = inst.parse_plan(*plan) if plan else ()
     except inst.InstallError as exc:
         raise CommandError(str(exc)) from None
-    options = inst.InstallOptions(bin_path=bin_path, units=units, enable=args.enable,
-                                  container_mode=args.container_mode, config_path=config_path)
+    options = inst.InstallOptions(
+        bin_path=bin_path,
+        units=units,
+        enable=args.enable,
+        container_mode=args.container_mode,
+        config_path=config_path,
+    )
     return root, inst.plan_install(options)
 
 
@@ -142,8 +174,12 @@ def _install(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     root, files = _planned(args)
     if args.json:
-        print_json([{"path": str(root / f.path), "kind": f.kind.value, "link": f.link, "content": f.content}
-                    for f in files])
+        print_json(
+            [
+                {"path": str(root / f.path), "kind": f.kind.value, "link": f.link, "content": f.content}
+                for f in files
+            ]
+        )
         return 0
     for f in files:
         detail = f" -> {f.link}" if f.link else ""

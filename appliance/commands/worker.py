@@ -1,8 +1,8 @@
 """`appliance worker`: run one worker process (one GPU's ComfyUI, or one slot of an API connector).
 
-    appliance worker --gpu 0                      # ComfyUI on GPU 0 (port comfyui.base_port + 0)
-    appliance worker --connector openai --index 1 # API slot openai1
-    appliance worker --slot echo0                 # what appliance-worker@echo0.service runs
+appliance worker --gpu 0                      # ComfyUI on GPU 0 (port comfyui.base_port + 0)
+appliance worker --connector openai --index 1 # API slot openai1
+appliance worker --slot echo0                 # what appliance-worker@echo0.service runs
 """
 
 from __future__ import annotations
@@ -14,20 +14,33 @@ from appliance.commands import CommandError, run_async
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
-        "worker", help="run one worker (a GPU's ComfyUI or an API connector slot)",
+        "worker",
+        help="run one worker (a GPU's ComfyUI or an API connector slot)",
         description="Claim jobs from the queue and run them on one connector. Stops gracefully on SIGTERM "
-                    "(running jobs get worker.drain_grace_s, then go back to the queue); a second signal hands "
-                    "them back at once.")
+        "(running jobs get worker.drain_grace_s, then go back to the queue); a second signal hands "
+        "them back at once.",
+    )
     which = parser.add_argument_group("which worker (exactly one of --slot, --gpu, --connector)")
-    which.add_argument("--slot", help="systemd instance name: gpu<N> or <connector><N> (e.g. gpu0, openai1, echo0)")
+    which.add_argument(
+        "--slot", help="systemd instance name: gpu<N> or <connector><N> (e.g. gpu0, openai1, echo0)"
+    )
     which.add_argument("--gpu", type=int, metavar="N", help="serve the ComfyUI instance of GPU N")
-    which.add_argument("--connector", metavar="NAME", help="serve API connector NAME (openai, replicate, runpod, echo)")
+    which.add_argument(
+        "--connector", metavar="NAME", help="serve API connector NAME (openai, replicate, runpod, echo)"
+    )
     which.add_argument("--index", type=int, metavar="N", help="slot index of --connector (default 0)")
-    parser.add_argument("--concurrency", type=int, metavar="N",
-                        help="jobs at once (API connectors; default connectors.<name>.concurrency)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="jobs at once (API connectors; default connectors.<name>.concurrency)",
+    )
     parser.add_argument("--config", help="config file (TOML, YAML or JSON; default: $APPLIANCE_CONFIG)")
-    parser.add_argument("--redis-url", help="Redis URL (default: $APPLIANCE_REDIS_URL or the config file); "
-                                            "put the password in redis.password_file, not here")
+    parser.add_argument(
+        "--redis-url",
+        help="Redis URL (default: $APPLIANCE_REDIS_URL or the config file); "
+        "put the password in redis.password_file, not here",
+    )
     parser.set_defaults(handler=run_worker)
 
 
@@ -53,8 +66,12 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CommandError(str(exc).replace("\n", "; ")) from None
     if args.redis_url:
         url, password = split_url_password(args.redis_url)
-        connection = RedisConnection(url, password if password is not None else connection.password,
-                                     connection.username, connection.tls_ca_file)
+        connection = RedisConnection(
+            url,
+            password if password is not None else connection.password,
+            connection.username,
+            connection.tls_ca_file,
+        )
     try:
         worker = Worker(settings, slot, connection=connection, concurrency=args.concurrency)
     except (WiringError, ValueError, ImportError) as exc:

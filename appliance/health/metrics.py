@@ -41,7 +41,9 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
 class MachineCollector(Collector):
     """Machine, service, GPU and system metrics. `collect` must not raise (a scrape would fail whole)."""
 
-    def __init__(self, state: MachineState, proc: str | Path = "/proc", sys_block: str | Path = "/sys/block") -> None:
+    def __init__(
+        self, state: MachineState, proc: str | Path = "/proc", sys_block: str | Path = "/sys/block"
+    ) -> None:
         self.state = state
         self.proc = Path(proc)
         self.sys_block = Path(sys_block)
@@ -56,8 +58,9 @@ class MachineCollector(Collector):
     def _machine(self) -> Iterator[Metric]:
         s = self.state
         info = InfoMetricFamily(f"{PREFIX}_machine", "The machine this exporter describes.")
-        info.add_metric([], {"machine_id": s.machine_id, "machine_type": s.machine_type,
-                             "supervision": s.supervision})
+        info.add_metric(
+            [], {"machine_id": s.machine_id, "machine_type": s.machine_type, "supervision": s.supervision}
+        )
         yield info
         for name, doc, value in (
             ("machine_ready", "1 once the startup sequence completed and until shutdown.", s.ready()),
@@ -71,18 +74,32 @@ class MachineCollector(Collector):
 
     def _services(self) -> Iterator[Metric]:
         labels = ["service", "unit", "kind"]
-        up = _gauge("service_up", "1 when the service's unit is active (unmanaged services count as up).", labels)
-        restarts = CounterMetricFamily(f"{PREFIX}_service_restarts",
-                                       "Automatic restarts of the unit by systemd (NRestarts).", labels=labels)
+        up = _gauge(
+            "service_up", "1 when the service's unit is active (unmanaged services count as up).", labels
+        )
+        restarts = CounterMetricFamily(
+            f"{PREFIX}_service_restarts",
+            "Automatic restarts of the unit by systemd (NRestarts).",
+            labels=labels,
+        )
         memory = _gauge("service_memory_bytes", "Memory of the unit's control group (MemoryCurrent).", labels)
-        cpu = CounterMetricFamily(f"{PREFIX}_service_cpu_seconds",
-                                  "CPU time used by the unit's control group (CPUUsageNSec).", labels=labels)
+        cpu = CounterMetricFamily(
+            f"{PREFIX}_service_cpu_seconds",
+            "CPU time used by the unit's control group (CPUUsageNSec).",
+            labels=labels,
+        )
         uptime = _gauge("service_uptime_seconds", "Seconds since the unit's main process started.", labels)
-        stops = CounterMetricFamily(f"{PREFIX}_service_stops", "Stops of the unit by systemd result (success, "
-                                    "exit-code, signal, watchdog, ...), counted by ExecStopPost=.",
-                                    labels=[*labels, "result"])
-        kills = CounterMetricFamily(f"{PREFIX}_service_watchdog_kills", "Times systemd's watchdog killed the unit "
-                                    "(it stopped sending WATCHDOG=1).", labels=labels)
+        stops = CounterMetricFamily(
+            f"{PREFIX}_service_stops",
+            "Stops of the unit by systemd result (success, "
+            "exit-code, signal, watchdog, ...), counted by ExecStopPost=.",
+            labels=[*labels, "result"],
+        )
+        kills = CounterMetricFamily(
+            f"{PREFIX}_service_watchdog_kills",
+            "Times systemd's watchdog killed the unit (it stopped sending WATCHDOG=1).",
+            labels=labels,
+        )
         health = self.state.service_health()
         for svc in self.state.plan.services:
             lv = [svc.name, svc.unit, svc.kind]
@@ -104,7 +121,9 @@ class MachineCollector(Collector):
         yield from (up, restarts, memory, cpu, uptime, stops, kills)
 
     def _workers(self) -> Iterator[Metric]:
-        busy = _gauge("jobs_in_flight", "Jobs this machine's workers are running now.", ["worker", "connector"])
+        busy = _gauge(
+            "jobs_in_flight", "Jobs this machine's workers are running now.", ["worker", "connector"]
+        )
         for svc in self.state.plan.workers:
             wid = svc.worker_id(self.state.machine_id) or ""
             reported = self.state.workers.get(wid) or {}
@@ -120,11 +139,14 @@ class MachineCollector(Collector):
             return
         info = InfoMetricFamily(f"{PREFIX}_gpu", "GPU identity as NVML reports it.", labels=["gpu"])
         fams = {
-            "utilization_ratio": _gauge("gpu_utilization_ratio", "Share of the last sample period the GPU was busy.",
-                                        ["gpu"]),
-            "memory_utilization_ratio": _gauge("gpu_memory_utilization_ratio",
-                                               "Share of the last sample period GPU memory was read or written.",
-                                               ["gpu"]),
+            "utilization_ratio": _gauge(
+                "gpu_utilization_ratio", "Share of the last sample period the GPU was busy.", ["gpu"]
+            ),
+            "memory_utilization_ratio": _gauge(
+                "gpu_memory_utilization_ratio",
+                "Share of the last sample period GPU memory was read or written.",
+                ["gpu"],
+            ),
             "memory_used_bytes": _gauge("gpu_memory_used_bytes", "GPU memory in use.", ["gpu"]),
             "memory_total_bytes": _gauge("gpu_memory_total_bytes", "GPU memory installed.", ["gpu"]),
             "temperature_celsius": _gauge("gpu_temperature_celsius", "GPU core temperature.", ["gpu"]),
@@ -146,14 +168,23 @@ class MachineCollector(Collector):
             for name, doc, value in (
                 ("cpu_cores", "CPUs this machine's processes may use.", res.cpu_cores),
                 ("memory_total_bytes", "Installed RAM.", res.ram_total_bytes),
-                ("memory_available_bytes", "RAM available for new work (MemAvailable).", res.ram_available_bytes),
+                (
+                    "memory_available_bytes",
+                    "RAM available for new work (MemAvailable).",
+                    res.ram_available_bytes,
+                ),
             ):
                 g = _gauge(name, doc)
                 g.add_metric([], float(value))
                 yield g
-            for name, doc, value in (("disk_total_bytes", "Size of the file system holding the data directory.",
-                                      res.disk_total_bytes),
-                                     ("disk_free_bytes", "Free space on that file system.", res.disk_free_bytes)):
+            for name, doc, value in (
+                (
+                    "disk_total_bytes",
+                    "Size of the file system holding the data directory.",
+                    res.disk_total_bytes,
+                ),
+                ("disk_free_bytes", "Free space on that file system.", res.disk_free_bytes),
+            ):
                 g = _gauge(name, doc, ["path"])
                 g.add_metric([res.disk_path], float(value))
                 yield g
@@ -162,17 +193,21 @@ class MachineCollector(Collector):
             g = _gauge(f"load{minutes}", f"{minutes}-minute load average.")
             g.add_metric([], avg)
             yield g
-        disk_r = CounterMetricFamily(f"{PREFIX}_disk_read_bytes", "Bytes read from the disk since boot.",
-                                     labels=["device"])
-        disk_w = CounterMetricFamily(f"{PREFIX}_disk_written_bytes", "Bytes written to the disk since boot.",
-                                     labels=["device"])
+        disk_r = CounterMetricFamily(
+            f"{PREFIX}_disk_read_bytes", "Bytes read from the disk since boot.", labels=["device"]
+        )
+        disk_w = CounterMetricFamily(
+            f"{PREFIX}_disk_written_bytes", "Bytes written to the disk since boot.", labels=["device"]
+        )
         for dev, (r, w) in sorted(resources.read_diskstats(self.proc / "diskstats", self.sys_block).items()):
             disk_r.add_metric([dev], float(r))
             disk_w.add_metric([dev], float(w))
-        net_rx = CounterMetricFamily(f"{PREFIX}_network_receive_bytes", "Bytes received since boot.",
-                                     labels=["interface"])
-        net_tx = CounterMetricFamily(f"{PREFIX}_network_transmit_bytes", "Bytes transmitted since boot.",
-                                     labels=["interface"])
+        net_rx = CounterMetricFamily(
+            f"{PREFIX}_network_receive_bytes", "Bytes received since boot.", labels=["interface"]
+        )
+        net_tx = CounterMetricFamily(
+            f"{PREFIX}_network_transmit_bytes", "Bytes transmitted since boot.", labels=["interface"]
+        )
         for iface, (rx, tx) in sorted(resources.read_netdev(self.proc / "net" / "dev").items()):
             net_rx.add_metric([iface], float(rx))
             net_tx.add_metric([iface], float(tx))
@@ -217,8 +252,11 @@ def queue_families(stats: Mapping[str, Any]) -> Iterator[Metric]:
     if isinstance(stats.get("workers"), int | float):
         workers.add_metric([queue], float(stats["workers"]))
     yield workers
-    totals = CounterMetricFamily(f"{PREFIX}_queue_transitions", "Job transitions counted by the queue since "
-                                 "it was created (submitted, completed, failed, ...).", labels=["queue", "event"])
+    totals = CounterMetricFamily(
+        f"{PREFIX}_queue_transitions",
+        "Job transitions counted by the queue since it was created (submitted, completed, failed, ...).",
+        labels=["queue", "event"],
+    )
     for event, count in sorted((stats.get("totals") or {}).items()):
         totals.add_metric([queue, str(event)], float(count))
     yield totals
@@ -229,20 +267,44 @@ class JobMetrics:
 
     def __init__(self, registry: CollectorRegistry, machine_id: str) -> None:
         self.machine_id = machine_id
-        self.duration = Histogram(f"{PREFIX}_job_duration_seconds",
-                                  "Run time of a job attempt, from claim to completion or failure.",
-                                  ["service", "outcome"], buckets=DURATION_BUCKETS, registry=registry)
-        self.queue_wait = Histogram(f"{PREFIX}_job_queue_wait_seconds",
-                                    "Time a job waited from submission (or its retry becoming due) to its claim.",
-                                    ["service"], buckets=WAIT_BUCKETS, registry=registry)
-        self.completed = Counter(f"{PREFIX}_jobs_completed", "Jobs completed by this machine's workers.",
-                                 ["service"], registry=registry)
-        self.failed = Counter(f"{PREFIX}_jobs_failed", "Job attempts that failed on this machine's workers.",
-                              ["service", "retryable"], registry=registry)
-        self.retried = Counter(f"{PREFIX}_jobs_retried", "Failed attempts on this machine that went back to the "
-                               "queue for another try.", ["service"], registry=registry)
-        self.released = Counter(f"{PREFIX}_jobs_released", "Jobs this machine's workers handed back unfinished "
-                                "(drain, shutdown, lost service).", ["service"], registry=registry)
+        self.duration = Histogram(
+            f"{PREFIX}_job_duration_seconds",
+            "Run time of a job attempt, from claim to completion or failure.",
+            ["service", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_job_queue_wait_seconds",
+            "Time a job waited from submission (or its retry becoming due) to its claim.",
+            ["service"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.completed = Counter(
+            f"{PREFIX}_jobs_completed",
+            "Jobs completed by this machine's workers.",
+            ["service"],
+            registry=registry,
+        )
+        self.failed = Counter(
+            f"{PREFIX}_jobs_failed",
+            "Job attempts that failed on this machine's workers.",
+            ["service", "retryable"],
+            registry=registry,
+        )
+        self.retried = Counter(
+            f"{PREFIX}_jobs_retried",
+            "Failed attempts on this machine that went back to the queue for another try.",
+            ["service"],
+            registry=registry,
+        )
+        self.released = Counter(
+            f"{PREFIX}_jobs_released",
+            "Jobs this machine's workers handed back unfinished (drain, shutdown, lost service).",
+            ["service"],
+            registry=registry,
+        )
 
         #: job id -> ms of its claim by one of our workers, to time attempts that end without a duration field.
         self._claimed_ms: dict[str, int] = {}
@@ -258,7 +320,11 @@ class JobMetrics:
         worker = fields.get("worker")
         if worker not in self.worker_ids:
             return
-        event, job, service = fields.get("event", ""), fields.get("job", ""), fields.get("service") or "unknown"
+        event, job, service = (
+            fields.get("event", ""),
+            fields.get("job", ""),
+            fields.get("service") or "unknown",
+        )
         at_ms = _entry_ms(entry_id)
         if event == "claimed":
             if (wait := _number(fields.get("wait_ms"))) is not None:
@@ -306,4 +372,3 @@ def make_registry(state: MachineState, proc: str | Path = "/proc") -> tuple[Coll
     jobs = JobMetrics(registry, state.machine_id)
     jobs.worker_ids = set(state.plan.worker_ids())
     return registry, jobs
-

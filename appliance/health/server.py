@@ -31,8 +31,9 @@ REFRESH_KEY: web.AppKey[Any] = web.AppKey("refresh", object)
 
 
 @web.middleware
-async def _cors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                ) -> web.StreamResponse:
+async def _cors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     # The monitor UI on another port reads these endpoints from the browser (the original served CORS *).
     response = await handler(request)
     response.headers["Access-Control-Allow-Origin"] = "*"
@@ -42,8 +43,14 @@ async def _cors(request: web.Request, handler: Callable[[web.Request], Awaitable
 async def _health(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     healthy = state.healthy()
-    body = {"healthy": healthy, "machine_id": state.machine_id, "phase": state.phase.value,
-            "checks": state.checks(), "services": state.service_health(), "supervision": state.supervision}
+    body = {
+        "healthy": healthy,
+        "machine_id": state.machine_id,
+        "phase": state.phase.value,
+        "checks": state.checks(),
+        "services": state.service_health(),
+        "supervision": state.supervision,
+    }
     return web.json_response(body, status=200 if healthy else 503)
 
 
@@ -73,8 +80,9 @@ async def _refresh(request: web.Request) -> web.Response:
     return web.json_response({"published": True})
 
 
-def make_app(state: MachineState, registry: CollectorRegistry,
-             refresh: Callable[[], Awaitable[None]] | None = None) -> web.Application:
+def make_app(
+    state: MachineState, registry: CollectorRegistry, refresh: Callable[[], Awaitable[None]] | None = None
+) -> web.Application:
     app = web.Application(middlewares=[_cors])
     app[STATE_KEY] = state
     app[REGISTRY_KEY] = registry

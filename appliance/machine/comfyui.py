@@ -45,8 +45,11 @@ def build_command(settings: Settings, gpu: int, environ: dict[str, str] | None =
     c = settings.comfyui
     port = c.base_port + gpu
     argv = [*c.command, "--listen", c.listen, "--port", str(port)]
-    env = {k: v for k, v in (os.environ if environ is None else environ).items()
-           if not _SECRET_ENV.match(k) and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    env = {
+        k: v
+        for k, v in (os.environ if environ is None else environ).items()
+        if not _SECRET_ENV.match(k) and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    }
     if c.cpu or settings.machine.gpu_cpu_mode:
         argv.append("--cpu")
     else:
@@ -59,8 +62,15 @@ def build_command(settings: Settings, gpu: int, environ: dict[str, str] | None =
 
 
 class ComfyWrapper:
-    def __init__(self, command: ComfyCommand, *, startup_timeout_s: float, request_timeout_s: float,
-                 hang_after_s: float | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        command: ComfyCommand,
+        *,
+        startup_timeout_s: float,
+        request_timeout_s: float,
+        hang_after_s: float | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.command = command
         self.startup_timeout_s = startup_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -83,7 +93,10 @@ class ComfyWrapper:
 
     async def _answering(self) -> bool:
         """Watchdog check: ComfyUI answered the latest probe, and that probe is recent (the loop still turns)."""
-        return self.probe_ok and time.monotonic() - self.last_ok < self.probe_interval_s * 2 + self.request_timeout_s
+        return (
+            self.probe_ok
+            and time.monotonic() - self.last_ok < self.probe_interval_s * 2 + self.request_timeout_s
+        )
 
     async def _wait(self, seconds: float) -> None:
         """Sleep until the interval passes, a stop is requested or the child exits."""
@@ -123,7 +136,11 @@ class ComfyWrapper:
         log.info("starting ComfyUI: %s", " ".join(self.command.argv))
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.command.argv, cwd=self.command.cwd, env=self.command.env, stdin=asyncio.subprocess.DEVNULL)
+                *self.command.argv,
+                cwd=self.command.cwd,
+                env=self.command.env,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
         except OSError as exc:
             log.error("cannot start ComfyUI (%s): %s", self.command.argv[0], exc)
             return 1

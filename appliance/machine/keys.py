@@ -42,4 +42,3 @@ def drain_key(machine_id: str) -> str:
 def status_channel(machine_id: str) -> str:
     """Pub/sub channel of the machine's status payloads (periodic and on change)."""
     return f"machine:status:{machine_id}"
-

@@ -46,20 +46,35 @@ def resolve_unit(machine_id: str, name: str) -> FailedUnit:
     raise PlanError(f"unit {name!r} is not an appliance worker or ComfyUI unit")
 
 
-async def handle_failure(settings: Settings, name: str, *, systemd: SystemdUnits | None = None) -> dict[str, Any]:
+async def handle_failure(
+    settings: Settings, name: str, *, systemd: SystemdUnits | None = None
+) -> dict[str, Any]:
     failed = resolve_unit(settings.machine.id, name)
     systemd = systemd or SystemdUnits()
     state = (await systemd.states([failed.unit]))[failed.unit]
     conn = settings.redis_connection()
-    queue = await Queue.connect(conn.url, queue_name=settings.redis.queue, settings=settings.queue,
-                                **conn.client_kwargs())
+    queue = await Queue.connect(
+        conn.url, queue_name=settings.redis.queue, settings=settings.queue, **conn.client_kwargs()
+    )
     try:
-        returned = {wid: await queue.return_jobs_of_worker(wid, "service_failed") for wid in failed.worker_ids}
-        registry = MachineRegistry(queue.client, settings.machine.id, ttl_s=settings.machine.registration_ttl_s,
-                                   secrets=[conn.password] if conn.password else [])
+        returned = {
+            wid: await queue.return_jobs_of_worker(wid, "service_failed") for wid in failed.worker_ids
+        }
+        registry = MachineRegistry(
+            queue.client,
+            settings.machine.id,
+            ttl_s=settings.machine.registration_ttl_s,
+            secrets=[conn.password] if conn.password else [],
+        )
         return await registry.publish_event(
-            "service_failed", service=failed.service, unit=failed.unit, reason="restart limit reached",
-            result=state.result or None, restarts=state.restarts, active_state=state.active_state,
-            jobs_returned=returned)
+            "service_failed",
+            service=failed.service,
+            unit=failed.unit,
+            reason="restart limit reached",
+            result=state.result or None,
+            restarts=state.restarts,
+            active_state=state.active_state,
+            jobs_returned=returned,
+        )
     finally:
         await queue.close()

@@ -118,17 +118,28 @@ def normalize_unit(name: str) -> str:
 def _check_connector_name(name: str) -> None:
     # The name becomes part of a unit instance and a worker id: keep it to what both accept unescaped.
     if not name or not name[0].isalpha() or not all(c.isalnum() or c == "_" for c in name):
-        raise PlanError(f"connector name {name!r} must start with a letter and hold only letters, digits, '_'")
+        raise PlanError(
+            f"connector name {name!r} must start with a letter and hold only letters, digits, '_'"
+        )
 
 
-def gpu_services(gpus: Iterable[int], base_port: int = DEFAULT_BASE_PORT,
-                 cpu: bool = False) -> list[PlannedService]:
+def gpu_services(
+    gpus: Iterable[int], base_port: int = DEFAULT_BASE_PORT, cpu: bool = False
+) -> list[PlannedService]:
     services: list[PlannedService] = []
     for i in gpus:
         comfy = PlannedService(name=f"comfyui@{i}", kind="comfyui", gpu=i, port=base_port + i, cpu=cpu)
         services.append(comfy)
-        services.append(PlannedService(name=f"worker@gpu{i}", kind="worker", slot=f"gpu{i}", gpu=i,
-                                       connector="comfyui", binds_to=comfy.unit))
+        services.append(
+            PlannedService(
+                name=f"worker@gpu{i}",
+                kind="worker",
+                slot=f"gpu{i}",
+                gpu=i,
+                connector="comfyui",
+                binds_to=comfy.unit,
+            )
+        )
     return services
 
 
@@ -140,14 +151,22 @@ def connector_services(connectors: Iterable[ConnectorSlots]) -> list[PlannedServ
             continue
         for index in range(conn.slots):
             slot = f"{conn.name}{index}"
-            services.append(PlannedService(name=f"worker@{slot}", kind="worker", slot=slot,
-                                           connector=conn.name))
+            services.append(
+                PlannedService(name=f"worker@{slot}", kind="worker", slot=slot, connector=conn.name)
+            )
     return services
 
 
-def compute_plan(machine_id: str, machine_type: MachineType | str, *, gpu_count: int,
-                 connectors: Iterable[ConnectorSlots] | Mapping[str, ConnectorSlots] = (),
-                 base_port: int = DEFAULT_BASE_PORT, cpu: bool = False, cpu_instances: int = 0) -> ServicePlan:
+def compute_plan(
+    machine_id: str,
+    machine_type: MachineType | str,
+    *,
+    gpu_count: int,
+    connectors: Iterable[ConnectorSlots] | Mapping[str, ConnectorSlots] = (),
+    base_port: int = DEFAULT_BASE_PORT,
+    cpu: bool = False,
+    cpu_instances: int = 0,
+) -> ServicePlan:
     """The plan for one machine.
 
     `gpu_count` is what NVML found; `cpu` runs every ComfyUI with `--cpu`. On a GPU machine without GPUs
@@ -166,8 +185,10 @@ def compute_plan(machine_id: str, machine_type: MachineType | str, *, gpu_count:
         elif cpu_instances > 0:
             services += gpu_services(range(cpu_instances), base_port, cpu=True)
         else:
-            raise PlanError("machine.type is gpu but no GPU was found: set machine.gpu_cpu_mode for a CPU-run "
-                            "ComfyUI (development) or use machine.type api")
+            raise PlanError(
+                "machine.type is gpu but no GPU was found: set machine.gpu_cpu_mode for a CPU-run "
+                "ComfyUI (development) or use machine.type api"
+            )
     else:
         services += connector_services(conns)
     return ServicePlan(machine_id=machine_id, machine_type=mtype, services=tuple(services))
@@ -177,6 +198,12 @@ def plan_from_settings(settings: Settings, gpu_count: int) -> ServicePlan:
     """The plan for the configured machine, given how many GPUs NVML found."""
     m = settings.machine
     conns = [ConnectorSlots(name, c.slots, c.enabled) for name, c in settings.connectors.items()]
-    return compute_plan(m.id, m.type, gpu_count=gpu_count, connectors=conns,
-                        base_port=settings.comfyui.base_port, cpu=settings.comfyui.cpu,
-                        cpu_instances=1 if (m.gpu_cpu_mode or settings.comfyui.cpu) else 0)
+    return compute_plan(
+        m.id,
+        m.type,
+        gpu_count=gpu_count,
+        connectors=conns,
+        base_port=settings.comfyui.base_port,
+        cpu=settings.comfyui.cpu,
+        cpu_instances=1 if (m.gpu_cpu_mode or settings.comfyui.cpu) else 0,
+    )

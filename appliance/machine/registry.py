@@ -31,8 +31,10 @@ class MachineRegistry:
 
     async def publish_event(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """Publish one lifecycle event on `machine:startup:events` and append it to the machine's history."""
-        event = scrub({"event_type": event_type, "machine_id": self.machine_id, "timestamp": _ms(), **fields},
-                      self.secrets)
+        event = scrub(
+            {"event_type": event_type, "machine_id": self.machine_id, "timestamp": _ms(), **fields},
+            self.secrets,
+        )
         data = json.dumps(event, default=str)
         history = keys.events_key(self.machine_id)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -41,7 +43,9 @@ class MachineRegistry:
             pipe.ltrim(history, -keys.EVENT_HISTORY_LEN, -1)
             pipe.expire(history, keys.EVENT_HISTORY_TTL_S)
             await pipe.execute()
-        log.info("event %s %s", event_type, {k: v for k, v in fields.items() if not isinstance(v, dict | list)})
+        log.info(
+            "event %s %s", event_type, {k: v for k, v in fields.items() if not isinstance(v, dict | list)}
+        )
         return event
 
     async def clear_stale(self) -> bool:
@@ -54,8 +58,11 @@ class MachineRegistry:
 
     async def register(self, info: dict[str, Any]) -> None:
         now = _ms()
-        fields = {k: (json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
-                  for k, v in scrub({**info, "last_seen": now}, self.secrets).items() if v is not None}
+        fields = {
+            k: (json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
+            for k, v in scrub({**info, "last_seen": now}, self.secrets).items()
+            if v is not None
+        }
         key = keys.info_key(self.machine_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)

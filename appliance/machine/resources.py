@@ -133,17 +133,19 @@ class Nvml:
                 util = self._optional(nv.nvmlDeviceGetUtilizationRates, h)
                 temp = self._optional(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
                 power_mw = self._optional(nv.nvmlDeviceGetPowerUsage, h)
-                out.append(GpuInfo(
-                    index=i,
-                    name=str(self._optional(nv.nvmlDeviceGetName, h) or "unknown"),
-                    uuid=str(self._optional(nv.nvmlDeviceGetUUID, h) or ""),
-                    memory_total_bytes=int(mem.total) if mem is not None else 0,
-                    memory_used_bytes=int(mem.used) if mem is not None else None,
-                    utilization_ratio=util.gpu / 100.0 if util is not None else None,
-                    memory_utilization_ratio=util.memory / 100.0 if util is not None else None,
-                    temperature_celsius=float(temp) if temp is not None else None,
-                    power_watts=power_mw / 1000.0 if power_mw is not None else None,
-                ))
+                out.append(
+                    GpuInfo(
+                        index=i,
+                        name=str(self._optional(nv.nvmlDeviceGetName, h) or "unknown"),
+                        uuid=str(self._optional(nv.nvmlDeviceGetUUID, h) or ""),
+                        memory_total_bytes=int(mem.total) if mem is not None else 0,
+                        memory_used_bytes=int(mem.used) if mem is not None else None,
+                        utilization_ratio=util.gpu / 100.0 if util is not None else None,
+                        memory_utilization_ratio=util.memory / 100.0 if util is not None else None,
+                        temperature_celsius=float(temp) if temp is not None else None,
+                        power_watts=power_mw / 1000.0 if power_mw is not None else None,
+                    )
+                )
             return out
 
     async def poll(self, timeout_s: float = NVML_TIMEOUT_S) -> list[GpuInfo] | None:
@@ -159,6 +161,7 @@ class Nvml:
 
 
 # --- /proc readers: plain text parsing, each takes the path so tests can feed recorded files ---------------
+
 
 def cpu_cores() -> int:
     """CPUs this process may run on (honours cpusets/affinity in containers), not the host's total."""
@@ -192,8 +195,9 @@ def _is_whole_disk(name: str, sys_block: Path) -> bool:
     return (sys_block / name).exists() if sys_block.exists() else True
 
 
-def read_diskstats(path: str | Path = "/proc/diskstats",
-                   sys_block: str | Path = "/sys/block") -> dict[str, tuple[int, int]]:
+def read_diskstats(
+    path: str | Path = "/proc/diskstats", sys_block: str | Path = "/sys/block"
+) -> dict[str, tuple[int, int]]:
     """Bytes (read, written) per whole disk since boot; the kernel counts 512-byte sectors."""
     out: dict[str, tuple[int, int]] = {}
     block = Path(sys_block)
@@ -218,8 +222,9 @@ def read_netdev(path: str | Path = "/proc/net/dev") -> dict[str, tuple[int, int]
     return out
 
 
-def host_resources(nvml: Nvml | None, disk_path: str = "/",
-                   meminfo_path: str | Path = "/proc/meminfo") -> HostResources:
+def host_resources(
+    nvml: Nvml | None, disk_path: str = "/", meminfo_path: str | Path = "/proc/meminfo"
+) -> HostResources:
     """A snapshot of the machine. Blocking (NVML, statfs): call it through `asyncio.to_thread`."""
     mem = read_meminfo(meminfo_path)
     try:

@@ -76,8 +76,11 @@ class MachineState:
         return {"redis": self.redis_ok, "registered": self.registered}
 
     def healthy(self) -> bool:
-        return (self.phase in (Phase.STARTING, Phase.READY, Phase.DEGRADED)
-                and all(self.checks().values()) and all(self.service_health().values()))
+        return (
+            self.phase in (Phase.STARTING, Phase.READY, Phase.DEGRADED)
+            and all(self.checks().values())
+            and all(self.service_health().values())
+        )
 
     def ready(self) -> bool:
         return self.phase in (Phase.READY, Phase.DEGRADED)

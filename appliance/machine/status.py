@@ -72,8 +72,22 @@ def build_status(state: MachineState, update_type: str = "periodic") -> dict[str
         entry: dict[str, Any] = {"unit": svc.unit, "kind": svc.kind}
         if unit is not None:
             u = unit.to_dict()
-            entry.update({k: u[k] for k in ("active_state", "sub_state", "restarts", "memory_bytes", "cpu_seconds",
-                                            "uptime_s", "main_pid", "result", "status_text")})
+            entry.update(
+                {
+                    k: u[k]
+                    for k in (
+                        "active_state",
+                        "sub_state",
+                        "restarts",
+                        "memory_bytes",
+                        "cpu_seconds",
+                        "uptime_s",
+                        "main_pid",
+                        "result",
+                        "status_text",
+                    )
+                }
+            )
         else:
             entry.update({"active_state": "unknown", "sub_state": "unknown", "restarts": 0})
         entry["healthy"] = health.get(svc.name, False)

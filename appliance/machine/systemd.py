@@ -18,8 +18,20 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: The properties we read; `Id` maps each output block back to its unit.
-PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "NRestarts", "MainPID",
-              "ExecMainStartTimestampMonotonic", "MemoryCurrent", "CPUUsageNSec", "StatusText", "Result", "After")
+PROPERTIES = (
+    "Id",
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "NRestarts",
+    "MainPID",
+    "ExecMainStartTimestampMonotonic",
+    "MemoryCurrent",
+    "CPUUsageNSec",
+    "StatusText",
+    "Result",
+    "After",
+)
 
 #: systemd prints 2^64-1 (or "[not set]") for a counter it does not track, e.g. MemoryCurrent without accounting.
 _UNSET = {"", "[not set]", str(2**64 - 1)}
@@ -60,7 +72,11 @@ class UnitState:
         """Seconds since the main process started; systemd's monotonic clock is ours (same boot)."""
         if not self.active or not self.started_monotonic_us:
             return None
-        now = now_monotonic_us if now_monotonic_us is not None else time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        now = (
+            now_monotonic_us
+            if now_monotonic_us is not None
+            else time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        )
         return max(0.0, (now - self.started_monotonic_us) / 1e6)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,9 +139,11 @@ def parse_states(units: list[str], text: str) -> dict[str, UnitState]:
     out: dict[str, UnitState] = {}
     for i, unit in enumerate(units):
         props = by_id.get(unit) or (blocks[i] if i < len(blocks) and "Id" not in blocks[i] else None)
-        out[unit] = unit_state(unit, props) if props is not None else UnitState(unit=unit, load_state="unknown",
-                                                                                 active_state="unknown",
-                                                                                 sub_state="unknown")
+        out[unit] = (
+            unit_state(unit, props)
+            if props is not None
+            else UnitState(unit=unit, load_state="unknown", active_state="unknown", sub_state="unknown")
+        )
     return out
 
 
@@ -147,15 +165,31 @@ class SystemdUnits:
             return {}
         if not self.managed:
             return {u: UnitState(unit=u) for u in units}
-        args = ["systemctl", *(["--user"] if self.user else []), "show", "--no-pager",
-                "-p", ",".join(PROPERTIES), "--", *units]
+        args = [
+            "systemctl",
+            *(["--user"] if self.user else []),
+            "show",
+            "--no-pager",
+            "-p",
+            ",".join(PROPERTIES),
+            "--",
+            *units,
+        ]
         try:
             proc = await asyncio.create_subprocess_exec(
-                *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                *args,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
                 # Children must not inherit the notify socket: only the main PID may speak for the unit.
-                env={**{k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
-                                                                          "WATCHDOG_PID")},
-                     "SYSTEMD_COLORS": "0"})
+                env={
+                    **{
+                        k: v
+                        for k, v in os.environ.items()
+                        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+                    },
+                    "SYSTEMD_COLORS": "0",
+                },
+            )
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
         except (OSError, TimeoutError) as exc:
             log.warning("systemctl show failed: %s", exc)

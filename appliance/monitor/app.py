@@ -78,21 +78,32 @@ class Hub:
 class Monitor:
     """State + feed + hub + ticker: everything the web app serves."""
 
-    def __init__(self, settings: Settings, *, url: str, client_kwargs: dict[str, Any] | None = None,
-                 queue_name: str | None = None, token: str | None = None, poll_s: float = 2.0,
-                 tick_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        url: str,
+        client_kwargs: dict[str, Any] | None = None,
+        queue_name: str | None = None,
+        token: str | None = None,
+        poll_s: float = 2.0,
+        tick_s: float = 1.0,
+    ) -> None:
         self.settings = settings
         self.token = token
         self.tick_s = tick_s
         self.state = MonitorState(queue_name or settings.redis.queue, settings.machine.status_interval_s)
         self.hub = Hub()
-        self.feed = Feed(settings, self.state, self.hub.publish, url=url, client_kwargs=client_kwargs,
-                         poll_s=poll_s)
+        self.feed = Feed(
+            settings, self.state, self.hub.publish, url=url, client_kwargs=client_kwargs, poll_s=poll_s
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.feed.run(), name="monitor-feed"),
-                       asyncio.create_task(self._ticker(), name="monitor-ticker")]
+        self._tasks = [
+            asyncio.create_task(self.feed.run(), name="monitor-feed"),
+            asyncio.create_task(self._ticker(), name="monitor-ticker"),
+        ]
 
     async def stop(self) -> None:
         self.feed.stop()
@@ -112,18 +123,31 @@ class Monitor:
                 view = self.state.machines.get(mid)
                 if view is not None:
                     self.hub.publish({"type": "machine_update", "machine": self.state.machine_view(view, at)})
-            self.hub.publish({
-                "type": "tick", "now_ms": at, "redis": {"ok": self.state.redis_ok, "error": self.state.redis_error},
-                "machines": [{"id": v.id, "online": v.online, "offline_reason": v.offline_reason,
-                              "age_s": round((at - v.seen_ms) / 1000, 1) if v.seen_ms else None}
-                             for v in self.state.machines.values()],
-                "series": self.state.series.render(at)})
+            self.hub.publish(
+                {
+                    "type": "tick",
+                    "now_ms": at,
+                    "redis": {"ok": self.state.redis_ok, "error": self.state.redis_error},
+                    "machines": [
+                        {
+                            "id": v.id,
+                            "online": v.online,
+                            "offline_reason": v.offline_reason,
+                            "age_s": round((at - v.seen_ms) / 1000, 1) if v.seen_ms else None,
+                        }
+                        for v in self.state.machines.values()
+                    ],
+                    "series": self.state.series.render(at),
+                }
+            )
 
     def authorized(self, request: web.Request) -> bool:
         if not self.token:
             return True
         header = request.headers.get("Authorization", "")
-        offered = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("token", "")
+        offered = (
+            header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("token", "")
+        )
         return hmac.compare_digest(offered.encode(), self.token.encode())
 
 
@@ -132,8 +156,9 @@ PUBLIC = ("/", "/healthz", "/favicon.ico")
 
 
 @web.middleware
-async def _security(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
+async def _security(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     monitor = request.app[MONITOR_KEY]
     public = request.path in PUBLIC or request.path.startswith("/static/") or request.path == "/ws"
     if not public and not monitor.authorized(request):
@@ -141,8 +166,11 @@ async def _security(request: web.Request, handler: Callable[[web.Request], Await
     response = await handler(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Content-Security-Policy", "default-src 'self'; connect-src 'self'; "
-                                "img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+    )
     if request.path == "/" or request.path.startswith("/api/"):
         response.headers.setdefault("Cache-Control", "no-store")
     return response
@@ -157,7 +185,9 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[MONITOR_KEY].state.snapshot(), dumps=lambda v: json.dumps(v, default=str))
+    return web.json_response(
+        request.app[MONITOR_KEY].state.snapshot(), dumps=lambda v: json.dumps(v, default=str)
+    )
 
 
 async def _metrics(request: web.Request) -> web.Response:

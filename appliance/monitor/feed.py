@@ -66,8 +66,17 @@ def _entry_ms(entry_id: str) -> int:
 
 
 class Feed:
-    def __init__(self, settings: Settings, state: MonitorState, publish: Publish, *, url: str,
-                 client_kwargs: dict[str, Any] | None = None, poll_s: float = 2.0, pools_every: int = 3) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: MonitorState,
+        publish: Publish,
+        *,
+        url: str,
+        client_kwargs: dict[str, Any] | None = None,
+        poll_s: float = 2.0,
+        pools_every: int = 3,
+    ) -> None:
         self.settings = settings
         self.state = state
         self.publish = publish
@@ -124,8 +133,13 @@ class Feed:
             self.publish({"type": "redis", "ok": ok, "error": error})
 
     async def _session(self) -> None:
-        self.queue = await Queue.connect(self.url, queue_name=self.state.queue_name, settings=self.settings.queue,
-                                         socket_connect_timeout=5, **self.client_kwargs)
+        self.queue = await Queue.connect(
+            self.url,
+            queue_name=self.state.queue_name,
+            settings=self.settings.queue,
+            socket_connect_timeout=5,
+            **self.client_kwargs,
+        )
         pubsub = self.queue.client.pubsub()
         try:
             await pubsub.psubscribe(STATUS_PATTERN)
@@ -135,8 +149,10 @@ class Feed:
             self.publish(self.state.snapshot())
             self.synced.set()
             log.info("monitor feed connected to %s (queue %s)", redact_url(self.url), self.state.queue_name)
-            tasks = [asyncio.create_task(self._pubsub_loop(pubsub), name="monitor-pubsub"),
-                     asyncio.create_task(self._poll_loop(), name="monitor-poll")]
+            tasks = [
+                asyncio.create_task(self._pubsub_loop(pubsub), name="monitor-pubsub"),
+                asyncio.create_task(self._poll_loop(), name="monitor-poll"),
+            ]
             if self.stream_mode:
                 tasks.append(asyncio.create_task(self._stream_loop(), name="monitor-stream"))
             try:
@@ -167,8 +183,9 @@ class Feed:
         if self.state.last_stream_id == "0-0":
             entries = list(reversed(await client.xrevrange(events, count=INITIAL_ENTRIES)))
         else:
-            entries = await client.xrange(events, min=f"({self.state.last_stream_id}", max="+",
-                                          count=INITIAL_ENTRIES * 5)
+            entries = await client.xrange(
+                events, min=f"({self.state.last_stream_id}", max="+", count=INITIAL_ENTRIES * 5
+            )
         for entry_id, fields in entries:
             self._apply_entry(entry_id, fields, publish=False)
 
@@ -186,7 +203,9 @@ class Feed:
         for i, mid in enumerate(ordered):
             info, status = replies[2 * i], replies[2 * i + 1]
             known = mid in self.state.machines
-            decoded = {k: (_loads(v) if k in ("capabilities", "plan") else v) for k, v in (info or {}).items()}
+            decoded = {
+                k: (_loads(v) if k in ("capabilities", "plan") else v) for k, v in (info or {}).items()
+            }
             view = self.state.set_registration(mid, decoded or None)
             payload = _loads(status) if status else None
             if payload and (load_status or not known or view is None or not view.seen_ms):
@@ -255,7 +274,9 @@ class Feed:
         self.state.queue_stats = stats.model_dump(mode="json")
         shapes = await self.queue.client.hgetall(self.queue.keys.shapes)
         default_pool = self.settings.classifier.default_pool
-        self.state.shape_pool = {s: str((_loads(r) or {}).get("pool") or default_pool) for s, r in shapes.items()}
+        self.state.shape_pool = {
+            s: str((_loads(r) or {}).get("pool") or default_pool) for s, r in shapes.items()
+        }
         self.publish({"type": "queue_stats", "stats": self.state.queue_stats})
         await self._discover_machines(load_status=False)
         for mid in self.state.tick():
@@ -280,4 +301,3 @@ class Feed:
                 view = self.state.set_job_error(job_id, job.error)
                 if view is not None:
                     self.publish({"type": "job_update", "job": self.state.job_view(view)})
-

@@ -34,9 +34,18 @@ BUCKETS = 60
 
 FINISHED = {"completed", "failed", "dead", "cancelled"}
 #: Stream/pub-sub event name -> the job status it leads to.
-EVENT_STATUS = {"submitted": "pending", "claimed": "claimed", "progress": "running", "completed": "completed",
-                "failed": "failed", "dead": "dead", "cancelled": "cancelled", "retrying": "pending",
-                "released": "pending", "lease_expired": "pending"}
+EVENT_STATUS = {
+    "submitted": "pending",
+    "claimed": "claimed",
+    "progress": "running",
+    "completed": "completed",
+    "failed": "failed",
+    "dead": "dead",
+    "cancelled": "cancelled",
+    "retrying": "pending",
+    "released": "pending",
+    "lease_expired": "pending",
+}
 
 
 def now_ms() -> int:
@@ -107,10 +116,13 @@ class Series:
         for b in range(first, last + 1):
             values = sorted(self.durations.get(b, []))
             p50.append(values[(len(values) - 1) // 2] / 1000 if values else None)
-        return {"bucket_s": BUCKET_S, "end_ms": (last + 1) * BUCKET_S * 1000,
-                "completed": [self.completed.get(b, 0) for b in range(first, last + 1)],
-                "failed": [self.failed.get(b, 0) for b in range(first, last + 1)],
-                "latency_p50_s": p50}
+        return {
+            "bucket_s": BUCKET_S,
+            "end_ms": (last + 1) * BUCKET_S * 1000,
+            "completed": [self.completed.get(b, 0) for b in range(first, last + 1)],
+            "failed": [self.failed.get(b, 0) for b in range(first, last + 1)],
+            "latency_p50_s": p50,
+        }
 
 
 class MonitorState:
@@ -185,8 +197,11 @@ class MonitorState:
         """Re-evaluate every machine; returns the ids whose online state changed. Forgets long-gone ones."""
         at = at_ms if at_ms is not None else now_ms()
         changed = [mid for mid, view in self.machines.items() if self._evaluate(view, at)]
-        for mid in [m for m, v in self.machines.items()
-                    if not v.online and v.seen_ms and at - v.seen_ms > FORGET_AFTER_S * 1000]:
+        for mid in [
+            m
+            for m, v in self.machines.items()
+            if not v.online and v.seen_ms and at - v.seen_ms > FORGET_AFTER_S * 1000
+        ]:
             del self.machines[mid]
         return changed
 
@@ -194,18 +209,27 @@ class MonitorState:
         at = at_ms if at_ms is not None else now_ms()
         p = view.payload
         status = p.get("status") or {}
-        capabilities = view.info.get("capabilities") if isinstance(view.info.get("capabilities"), dict) else {}
+        capabilities = (
+            view.info.get("capabilities") if isinstance(view.info.get("capabilities"), dict) else {}
+        )
         return {
-            "id": view.id, "online": view.online, "offline_reason": view.offline_reason,
-            "age_s": round((at - view.seen_ms) / 1000, 1) if view.seen_ms else None, "seen_ms": view.seen_ms,
+            "id": view.id,
+            "online": view.online,
+            "offline_reason": view.offline_reason,
+            "age_s": round((at - view.seen_ms) / 1000, 1) if view.seen_ms else None,
+            "seen_ms": view.seen_ms,
             "interval_s": self.interval_s(view),
             "type": p.get("machine_type") or view.info.get("machine_type"),
             "pool": p.get("pool") or (capabilities or {}).get("pool"),
             "health_url": p.get("health_url") or view.info.get("health_url"),
-            "healthy": p.get("healthy"), "ready": p.get("ready"), "draining": p.get("draining"),
-            "update_type": p.get("update_type"), "supervision": p.get("supervision"),
+            "healthy": p.get("healthy"),
+            "ready": p.get("ready"),
+            "draining": p.get("draining"),
+            "update_type": p.get("update_type"),
+            "supervision": p.get("supervision"),
             "machine": status.get("machine") or {"phase": view.info.get("phase")},
-            "services": status.get("services") or {}, "workers": status.get("workers") or {},
+            "services": status.get("services") or {},
+            "workers": status.get("workers") or {},
             "gpus": p.get("gpus") or [],
             "resources": p.get("resources") or {},
             "events": view.events[-5:],
@@ -213,8 +237,9 @@ class MonitorState:
 
     # --- jobs -------------------------------------------------------------------------------------------------
 
-    def apply_job_event(self, fields: dict[str, Any], at_ms: int | None = None, *,
-                        details_only: bool = False) -> JobView | None:
+    def apply_job_event(
+        self, fields: dict[str, Any], at_ms: int | None = None, *, details_only: bool = False
+    ) -> JobView | None:
         """Apply one lifecycle event (stream entry fields or a pub/sub message); returns the job if it changed.
         `details_only`: a pub/sub copy of an event the stream delivers too (adds error text, progress message)."""
         event = str(fields.get("event") or "")
@@ -271,8 +296,9 @@ class MonitorState:
                 job.message = event + (f": {fields['reason']}" if fields.get("reason") else "")
             else:
                 if event in ("completed", "failed", "dead"):
-                    self.series.add(at, "completed" if event == "completed" else "failed",
-                                    _num(fields.get("duration_ms")))
+                    self.series.add(
+                        at, "completed" if event == "completed" else "failed", _num(fields.get("duration_ms"))
+                    )
                 job.status = status
                 job.finished_ms = at
                 if status == "completed":
@@ -312,9 +338,15 @@ class MonitorState:
     def snapshot(self, at_ms: int | None = None) -> dict[str, Any]:
         at = at_ms if at_ms is not None else now_ms()
         return {
-            "type": "full_state_snapshot", "queue": self.queue_name, "now_ms": at,
+            "type": "full_state_snapshot",
+            "queue": self.queue_name,
+            "now_ms": at,
             "redis": {"ok": self.redis_ok, "error": self.redis_error},
-            "machines": [self.machine_view(v, at) for v in sorted(self.machines.values(), key=lambda v: v.id)],
+            "machines": [
+                self.machine_view(v, at) for v in sorted(self.machines.values(), key=lambda v: v.id)
+            ],
             "jobs": [self.job_view(j) for j in self.jobs.values()],
-            "queue_stats": self.queue_stats, "pools": self.pools, "series": self.series.render(at),
+            "queue_stats": self.queue_stats,
+            "pools": self.pools,
+            "series": self.series.render(at),
         }

@@ -13,6 +13,14 @@ from appliance.pools.signals import (
 )
 
 __all__ = [
-    "PoolReport", "PoolSignals", "PoolSignalsCollector", "classify", "declared_cost_s", "desired_machines",
-    "payload_bytes", "percentile", "read_pool_signals", "rule_matches",
+    "PoolReport",
+    "PoolSignals",
+    "PoolSignalsCollector",
+    "classify",
+    "declared_cost_s",
+    "desired_machines",
+    "payload_bytes",
+    "percentile",
+    "read_pool_signals",
+    "rule_matches",
 ]

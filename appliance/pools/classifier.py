@@ -32,7 +32,9 @@ def payload_bytes(spec: JobSpec) -> int:
     return len(json.dumps(spec.payload, separators=(",", ":"), default=str).encode())
 
 
-def rule_matches(rule: PoolRule, spec: JobSpec, *, cost: float | None = None, size: int | None = None) -> bool:
+def rule_matches(
+    rule: PoolRule, spec: JobSpec, *, cost: float | None = None, size: int | None = None
+) -> bool:
     """True when every condition the rule sets holds for the job (a rule without conditions matches all)."""
     if rule.service is not None and spec.service != rule.service:
         return False
@@ -81,7 +83,16 @@ def explain(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     cost, size = declared_cost_s(spec), payload_bytes(spec)
     for i, rule in enumerate(settings.classifier.rules):
         if rule_matches(rule, spec, cost=cost, size=size):
-            return {"pool": rule.pool, "reason": f"classifier.rules.{i}", "rule": rule.model_dump(exclude_none=True),
-                    "declared_cost_s": cost, "payload_bytes": size}
-    return {"pool": settings.classifier.default_pool, "reason": "classifier.default_pool",
-            "declared_cost_s": cost, "payload_bytes": size}
+            return {
+                "pool": rule.pool,
+                "reason": f"classifier.rules.{i}",
+                "rule": rule.model_dump(exclude_none=True),
+                "declared_cost_s": cost,
+                "payload_bytes": size,
+            }
+    return {
+        "pool": settings.classifier.default_pool,
+        "reason": "classifier.default_pool",
+        "declared_cost_s": cost,
+        "payload_bytes": size,
+    }

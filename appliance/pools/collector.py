@@ -38,8 +38,14 @@ PREFIX = "appliance_pool"
 
 
 class PoolSignalsCollector(Collector):
-    def __init__(self, queue: Queue, settings: Settings, *, window_s: float = DEFAULT_WINDOW_S,
-                 interval_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        settings: Settings,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        interval_s: float = 15.0,
+    ) -> None:
         self.queue = queue
         self.settings = settings
         self.window_s = window_s
@@ -100,54 +106,92 @@ class PoolSignalsCollector(Collector):
     # --- rendering --------------------------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(f"{PREFIX}_signals_up", "1 when the latest refresh of the pool signals succeeded.")
+        up = GaugeMetricFamily(
+            f"{PREFIX}_signals_up", "1 when the latest refresh of the pool signals succeeded."
+        )
         up.add_metric([], 1.0 if self.last_ok else 0.0)
         yield up
-        errors = CounterMetricFamily(f"{PREFIX}_signals_refresh_errors", "Failed refreshes of the pool signals.")
+        errors = CounterMetricFamily(
+            f"{PREFIX}_signals_refresh_errors", "Failed refreshes of the pool signals."
+        )
         errors.add_metric([], float(self.errors))
         yield errors
         report = self.report
         if report is None or self.refreshed_at is None:
             return
-        age = GaugeMetricFamily(f"{PREFIX}_signals_age_seconds", "Seconds since the pool signals were computed.")
+        age = GaugeMetricFamily(
+            f"{PREFIX}_signals_age_seconds", "Seconds since the pool signals were computed."
+        )
         age.add_metric([], max(0.0, time.monotonic() - self.refreshed_at))
         yield age
-        window = GaugeMetricFamily(f"{PREFIX}_signals_window_seconds",
-                                   "Look-back of the run-time percentiles, outcome counts and success ratio.")
+        window = GaugeMetricFamily(
+            f"{PREFIX}_signals_window_seconds",
+            "Look-back of the run-time percentiles, outcome counts and success ratio.",
+        )
         window.add_metric([], report.window_s)
         yield window
-        shared = GaugeMetricFamily(f"{PREFIX}_shared_machines", "Live machines that declare no pool (serve all).",
-                                   labels=["queue"])
+        shared = GaugeMetricFamily(
+            f"{PREFIX}_shared_machines", "Live machines that declare no pool (serve all).", labels=["queue"]
+        )
         shared.add_metric([report.queue], float(report.shared_machines))
         yield shared
 
         labels = ["queue", "pool"]
         fams = {
-            "waiting": GaugeMetricFamily(f"{PREFIX}_queue_depth", "Jobs of the pool waiting to be claimed.", labels=labels),
-            "active": GaugeMetricFamily(f"{PREFIX}_jobs_active", "Jobs of the pool leased by a worker now.", labels=labels),
-            "unworkable": GaugeMetricFamily(f"{PREFIX}_jobs_unworkable",
-                                            "Waiting jobs of the pool no live worker can run.", labels=labels),
-            "oldest_wait_s": GaugeMetricFamily(f"{PREFIX}_oldest_wait_seconds",
-                                               "Age of the pool's oldest waiting job (0 when none waits).",
-                                               labels=labels),
-            "machines": GaugeMetricFamily(f"{PREFIX}_machines", "Live machines that declare this pool.", labels=labels),
-            "desired_machines": GaugeMetricFamily(f"{PREFIX}_desired_machines", "Machines the pool should have to "
-                                                  "drain its backlog within target_drain_s (docs/monitoring.md).",
-                                                  labels=labels),
-            "min_machines": GaugeMetricFamily(f"{PREFIX}_min_machines", "Configured lower bound.", labels=labels),
-            "target_drain_s": GaugeMetricFamily(f"{PREFIX}_target_drain_seconds", "Configured backlog drain target.",
-                                                labels=labels),
-            "success_ratio": GaugeMetricFamily(f"{PREFIX}_success_ratio", "Completed / (completed + failed for "
-                                               "good) over the window; absent without finished jobs.", labels=labels),
+            "waiting": GaugeMetricFamily(
+                f"{PREFIX}_queue_depth", "Jobs of the pool waiting to be claimed.", labels=labels
+            ),
+            "active": GaugeMetricFamily(
+                f"{PREFIX}_jobs_active", "Jobs of the pool leased by a worker now.", labels=labels
+            ),
+            "unworkable": GaugeMetricFamily(
+                f"{PREFIX}_jobs_unworkable", "Waiting jobs of the pool no live worker can run.", labels=labels
+            ),
+            "oldest_wait_s": GaugeMetricFamily(
+                f"{PREFIX}_oldest_wait_seconds",
+                "Age of the pool's oldest waiting job (0 when none waits).",
+                labels=labels,
+            ),
+            "machines": GaugeMetricFamily(
+                f"{PREFIX}_machines", "Live machines that declare this pool.", labels=labels
+            ),
+            "desired_machines": GaugeMetricFamily(
+                f"{PREFIX}_desired_machines",
+                "Machines the pool should have to "
+                "drain its backlog within target_drain_s (docs/monitoring.md).",
+                labels=labels,
+            ),
+            "min_machines": GaugeMetricFamily(
+                f"{PREFIX}_min_machines", "Configured lower bound.", labels=labels
+            ),
+            "target_drain_s": GaugeMetricFamily(
+                f"{PREFIX}_target_drain_seconds", "Configured backlog drain target.", labels=labels
+            ),
+            "success_ratio": GaugeMetricFamily(
+                f"{PREFIX}_success_ratio",
+                "Completed / (completed + failed for good) over the window; absent without finished jobs.",
+                labels=labels,
+            ),
         }
-        max_machines = GaugeMetricFamily(f"{PREFIX}_max_machines", "Configured upper bound (absent: none).",
-                                         labels=labels)
+        max_machines = GaugeMetricFamily(
+            f"{PREFIX}_max_machines", "Configured upper bound (absent: none).", labels=labels
+        )
         # One gauge per quantile: a `quantile` label is reserved for summaries, whose counts must be monotonic.
-        durations = {q: GaugeMetricFamily(f"{PREFIX}_job_duration_p{q}_seconds", f"{q}th percentile of the run time "
-                                          "(claim to completion) of the pool's jobs completed in the window.",
-                                          labels=labels) for q in ("50", "90", "99")}
-        outcomes = GaugeMetricFamily(f"{PREFIX}_window_jobs", "Attempts of the pool that ended in the window, by "
-                                     "outcome (completed, failed = for good, retried).", labels=[*labels, "outcome"])
+        durations = {
+            q: GaugeMetricFamily(
+                f"{PREFIX}_job_duration_p{q}_seconds",
+                f"{q}th percentile of the run time "
+                "(claim to completion) of the pool's jobs completed in the window.",
+                labels=labels,
+            )
+            for q in ("50", "90", "99")
+        }
+        outcomes = GaugeMetricFamily(
+            f"{PREFIX}_window_jobs",
+            "Attempts of the pool that ended in the window, by "
+            "outcome (completed, failed = for good, retried).",
+            labels=[*labels, "outcome"],
+        )
         for p in report.pools:
             lv = [report.queue, p.pool]
             for attr, fam in fams.items():

@@ -121,8 +121,9 @@ def _json(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-async def read_pool_signals(queue: Queue, settings: Settings, *, window_s: float = DEFAULT_WINDOW_S,
-                            now_ms: int | None = None) -> PoolReport:
+async def read_pool_signals(
+    queue: Queue, settings: Settings, *, window_s: float = DEFAULT_WINDOW_S, now_ms: int | None = None
+) -> PoolReport:
     """Compute every pool's signals from Redis (a handful of pipelined round trips)."""
     client = queue.client
     k = queue.keys
@@ -137,9 +138,14 @@ async def read_pool_signals(queue: Queue, settings: Settings, *, window_s: float
         if name not in pools:
             cfg = settings.pools.get(name)
             conf = cfg or PoolSettings()
-            pools[name] = PoolSignals(pool=name, configured=cfg is not None, target_drain_s=conf.target_drain_s,
-                                      machine_capacity=conf.machine_capacity, min_machines=conf.min_machines,
-                                      max_machines=conf.max_machines)
+            pools[name] = PoolSignals(
+                pool=name,
+                configured=cfg is not None,
+                target_drain_s=conf.target_drain_s,
+                machine_capacity=conf.machine_capacity,
+                min_machines=conf.min_machines,
+                max_machines=conf.max_machines,
+            )
         return pools[name]
 
     for name in settings.pools:
@@ -176,8 +182,13 @@ async def read_pool_signals(queue: Queue, settings: Settings, *, window_s: float
             job_pool[fields["job"]] = shape_pool.get(fields["shape"], default_pool)
         elif event in OUTCOMES and fields.get("job"):
             duration = fields.get("duration_ms")
-            finished.append((fields["job"], OUTCOMES[event],
-                             float(duration) / 1000 if event == "completed" and duration not in (None, "") else None))
+            finished.append(
+                (
+                    fields["job"],
+                    OUTCOMES[event],
+                    float(duration) / 1000 if event == "completed" and duration not in (None, "") else None,
+                )
+            )
     missing = [job for job, _, _ in finished if job not in job_pool]
     job_pool.update(await _pools_of_jobs(queue, missing, shape_pool, default_pool))
     durations: dict[str, list[float]] = {}
@@ -197,13 +208,17 @@ async def read_pool_signals(queue: Queue, settings: Settings, *, window_s: float
         conf = settings.pools.get(r.pool) or PoolSettings()
         r.desired_machines, r.reason = desired_machines(r.waiting, r.active, r.duration_p50_s, conf)
 
-    ordered = [pools[n] for n in settings.pools] + [p for n, p in sorted(pools.items()) if n not in settings.pools]
-    return PoolReport(queue=queue.name, window_s=window_s, generated_at_ms=now, pools=ordered,
-                      shared_machines=shared)
+    ordered = [pools[n] for n in settings.pools] + [
+        p for n, p in sorted(pools.items()) if n not in settings.pools
+    ]
+    return PoolReport(
+        queue=queue.name, window_s=window_s, generated_at_ms=now, pools=ordered, shared_machines=shared
+    )
 
 
-async def _pools_of_jobs(queue: Queue, job_ids: list[str], shape_pool: dict[str, str],
-                         default_pool: str) -> dict[str, str]:
+async def _pools_of_jobs(
+    queue: Queue, job_ids: list[str], shape_pool: dict[str, str], default_pool: str
+) -> dict[str, str]:
     if not job_ids:
         return {}
     unique = list(dict.fromkeys(job_ids))

@@ -23,7 +23,24 @@ from appliance.queue.options import EventsMode, QueueSettings
 from appliance.queue.session import WorkerSession
 
 __all__ = [
-    "Capabilities", "ClaimedJob", "DuplicateJob", "EventsMode", "InvalidJob", "Isolation", "Job", "JobAlreadyFinished",
-    "JobNotFound", "JobSpec", "JobStatus", "LeaseLost", "Queue", "QueueError", "QueueSettings", "QueueStats",
-    "ReapResult", "Requirements", "WorkerSession", "parse_spec",
+    "Capabilities",
+    "ClaimedJob",
+    "DuplicateJob",
+    "EventsMode",
+    "InvalidJob",
+    "Isolation",
+    "Job",
+    "JobAlreadyFinished",
+    "JobNotFound",
+    "JobSpec",
+    "JobStatus",
+    "LeaseLost",
+    "Queue",
+    "QueueError",
+    "QueueSettings",
+    "QueueStats",
+    "ReapResult",
+    "Requirements",
+    "WorkerSession",
+    "parse_spec",
 ]

@@ -1,8 +1,8 @@
 """The asyncio client of the job queue: submit, inspect, lease, finish.
 
-    queue = await Queue.connect("redis://127.0.0.1:6379/0")
-    job = await queue.submit(JobSpec(service="echo", payload={"hello": "world"}))
-    done = await queue.wait(job.id, timeout_s=30)
+queue = await Queue.connect("redis://127.0.0.1:6379/0")
+job = await queue.submit(JobSpec(service="echo", payload={"hello": "world"}))
+done = await queue.wait(job.id, timeout_s=30)
 """
 
 from __future__ import annotations
@@ -57,15 +57,23 @@ def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors())
+            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
+        )
         raise InvalidJob(f"invalid job: {problems}") from None
 
 
 class Queue:
     """One queue on one Redis (standalone or Cluster); safe to share between tasks."""
 
-    def __init__(self, client: Any, *, queue_name: str = "default", settings: QueueSettings | None = None,
-                 scripts: ScriptSet | None = None, classifier: Callable[[JobSpec], JobSpec] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        queue_name: str = "default",
+        settings: QueueSettings | None = None,
+        scripts: ScriptSet | None = None,
+        classifier: Callable[[JobSpec], JobSpec] | None = None,
+    ) -> None:
         self.client = client
         self.keys = QueueKeys(queue_name)
         self.settings = settings or QueueSettings()
@@ -74,10 +82,18 @@ class Queue:
         self.classifier = classifier
 
     @classmethod
-    async def connect(cls, url: str = "redis://127.0.0.1:6379/0", *, queue_name: str = "default",
-                      settings: QueueSettings | None = None, password: str | None = None,
-                      username: str | None = None, cluster: bool = False,
-                      classifier: Callable[[JobSpec], JobSpec] | None = None, **redis_kwargs: Any) -> Queue:
+    async def connect(
+        cls,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        queue_name: str = "default",
+        settings: QueueSettings | None = None,
+        password: str | None = None,
+        username: str | None = None,
+        cluster: bool = False,
+        classifier: Callable[[JobSpec], JobSpec] | None = None,
+        **redis_kwargs: Any,
+    ) -> Queue:
         """Connect, check the server answers, and install the scripts."""
         kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
         if password is not None:
@@ -127,10 +143,19 @@ class Queue:
         body["shape"] = shape
         k = self.keys
         keys = [k.spec, k.meta, k.state, k.ready(shape), k.heads, k.shapes, k.counts, k.seq, k.events]
-        args = [job_id, json.dumps(body, separators=(",", ":")), shape,
-                json.dumps(record, sort_keys=True, separators=(",", ":")), spec.service, spec.priority,
-                self.settings.priority_step_ms, spec.max_retries,
-                int(spec.timeout_s * 1000) if spec.timeout_s else 0, k.wake_channel(shape), k.shapes_channel]
+        args = [
+            job_id,
+            json.dumps(body, separators=(",", ":")),
+            shape,
+            json.dumps(record, sort_keys=True, separators=(",", ":")),
+            spec.service,
+            spec.priority,
+            self.settings.priority_step_ms,
+            spec.max_retries,
+            int(spec.timeout_s * 1000) if spec.timeout_s else 0,
+            k.wake_channel(shape),
+            k.shapes_channel,
+        ]
         return job_id, keys, args
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
@@ -150,18 +175,25 @@ class Queue:
         else:
             for start in range(0, len(calls), SUBMIT_BATCH):
                 pipe = self.client.pipeline(transaction=False)
-                batch = calls[start:start + SUBMIT_BATCH]
+                batch = calls[start : start + SUBMIT_BATCH]
                 for _, keys, args in batch:
                     pipe.fcall(*self.scripts.fcall_args("submit", keys, self._common() + args))
                 for (job_id, _, _), code in zip(batch, await pipe.execute(), strict=True):
                     raise_for_code(int(code), job_id)
-        return [self._job_from_spec(s, job_id, keys[3].rsplit(":", 1)[1])
-                for s, (job_id, keys, _) in zip(parsed, calls, strict=True)]
+        return [
+            self._job_from_spec(s, job_id, keys[3].rsplit(":", 1)[1])
+            for s, (job_id, keys, _) in zip(parsed, calls, strict=True)
+        ]
 
     @staticmethod
     def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
-        return Job(**spec.model_dump(exclude={"id"}), id=job_id, shape=shape, status=JobStatus.PENDING,
-                   created_at=ms_to_datetime(time.time() * 1000))
+        return Job(
+            **spec.model_dump(exclude={"id"}),
+            id=job_id,
+            shape=shape,
+            status=JobStatus.PENDING,
+            created_at=ms_to_datetime(time.time() * 1000),
+        )
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -173,19 +205,45 @@ class Queue:
         """The job's record and status, or None when unknown (or expired)."""
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
-        for column in (k.spec, k.meta, k.state, k.attempts, k.owner, k.progress, k.results, k.errors, k.info,
-                       k.cancels):
+        for column in (
+            k.spec,
+            k.meta,
+            k.state,
+            k.attempts,
+            k.owner,
+            k.progress,
+            k.results,
+            k.errors,
+            k.info,
+            k.cancels,
+        ):
             pipe.hget(column, job_id)
         pipe.zscore(k.delayed, job_id)
-        (spec, meta, state, attempts, owner, progress, result, errors, info, cancel,
-         delayed) = await pipe.execute()
+        (
+            spec,
+            meta,
+            state,
+            attempts,
+            owner,
+            progress,
+            result,
+            errors,
+            info,
+            cancel,
+            delayed,
+        ) = await pipe.execute()
         if spec is None or state is None:
             return None
         body = json.loads(spec)
         shape, _, created_ms = meta.split("|")[:3]
-        job = Job(**{k_: v for k_, v in body.items() if k_ in Job.model_fields}, status=JobStatus(state),
-                  attempts=int(attempts or 0), created_at=ms_to_datetime(created_ms),
-                  cancel_requested=cancel is not None, next_attempt_at=ms_to_datetime(delayed))
+        job = Job(
+            **{k_: v for k_, v in body.items() if k_ in Job.model_fields},
+            status=JobStatus(state),
+            attempts=int(attempts or 0),
+            created_at=ms_to_datetime(created_ms),
+            cancel_requested=cancel is not None,
+            next_attempt_at=ms_to_datetime(delayed),
+        )
         if owner:
             _, job.worker_id, claimed = owner.split("|")
             job.claimed_at = ms_to_datetime(claimed)
@@ -240,8 +298,12 @@ class Queue:
                 break
         return jobs
 
-    async def wait(self, job_id: str, timeout_s: float | None = None,
-                   on_progress: Callable[[Job], Awaitable[None] | None] | None = None) -> Job:
+    async def wait(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        on_progress: Callable[[Job], Awaitable[None] | None] | None = None,
+    ) -> Job:
         """Block until the job finishes (completed, failed, cancelled, dead); TimeoutError past `timeout_s`."""
         pubsub = self.client.pubsub()
         await pubsub.subscribe(CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS)
@@ -278,11 +340,28 @@ class Queue:
         """Cancel a job: 'cancelled' when it was waiting, 'requested' when its worker was told to stop it."""
         shape = await self._shape_of_job(job_id)
         k = self.keys
-        code = raise_for_code(int(await self._call(
-            "cancel",
-            [k.state, k.meta, k.ready(shape), k.heads, k.delayed, k.owner, k.cancels, k.done, k.counts, k.events,
-             k.info],
-            [job_id, self.settings.result_ttl_s * 1000, shape, k.cancel_channel])), job_id)
+        code = raise_for_code(
+            int(
+                await self._call(
+                    "cancel",
+                    [
+                        k.state,
+                        k.meta,
+                        k.ready(shape),
+                        k.heads,
+                        k.delayed,
+                        k.owner,
+                        k.cancels,
+                        k.done,
+                        k.counts,
+                        k.events,
+                        k.info,
+                    ],
+                    [job_id, self.settings.result_ttl_s * 1000, shape, k.cancel_channel],
+                )
+            ),
+            job_id,
+        )
         return "cancelled" if code == ScriptCode.OK else "requested"
 
     # --- the leased side: what a worker calls -----------------------------------------------------------------
@@ -295,32 +374,56 @@ class Queue:
         token = secrets.token_hex(12)
         reply = await self._call(
             "claim",
-            [k.heads, k.spec, k.meta, k.state, k.attempts, k.owner, k.leases, k.counts, k.events,
-             *(k.ready(s) for s in shapes)],
-            [worker_id, token, self.settings.lease_ms, *shapes])
+            [
+                k.heads,
+                k.spec,
+                k.meta,
+                k.state,
+                k.attempts,
+                k.owner,
+                k.leases,
+                k.counts,
+                k.events,
+                *(k.ready(s) for s in shapes),
+            ],
+            [worker_id, token, self.settings.lease_ms, *shapes],
+        )
         if not reply:
             return None
         job_id, spec, attempt, deadline, shape = reply
         body = json.loads(spec)
-        job = Job(**{k_: v for k_, v in body.items() if k_ in Job.model_fields}, status=JobStatus.CLAIMED,
-                  attempts=int(attempt), worker_id=worker_id)
+        job = Job(
+            **{k_: v for k_, v in body.items() if k_ in Job.model_fields},
+            status=JobStatus.CLAIMED,
+            attempts=int(attempt),
+            worker_id=worker_id,
+        )
         return ClaimedJob(job=job, token=token, attempt=int(attempt), lease_deadline_ms=int(deadline))
 
-    async def heartbeat(self, worker_id: str, leases: Mapping[str, str],
-                        shapes: Sequence[str] = ()) -> dict[str, str]:
+    async def heartbeat(
+        self, worker_id: str, leases: Mapping[str, str], shapes: Sequence[str] = ()
+    ) -> dict[str, str]:
         """Renew all of a worker's leases in one call: {job id: 'ok' | 'cancelled' | 'lost'}."""
         k = self.keys
         flat: list[str] = []
         for job_id, token in leases.items():
             flat += [job_id, token]
         codes = await self._call(
-            "heartbeat", [k.owner, k.leases, k.cancels, k.workers_seen, k.shape_live],
-            [worker_id, self.settings.lease_ms, len(shapes), *shapes, *flat])
+            "heartbeat",
+            [k.owner, k.leases, k.cancels, k.workers_seen, k.shape_live],
+            [worker_id, self.settings.lease_ms, len(shapes), *shapes, *flat],
+        )
         names = {ScriptCode.OK: "ok", ScriptCode.CANCEL_REQUESTED: "cancelled", ScriptCode.LEASE_LOST: "lost"}
         return {job_id: names[ScriptCode(int(c))] for job_id, c in zip(leases, codes, strict=True)}
 
-    async def progress(self, job_id: str, token: str, percent: float, message: str | None = None,
-                       data: Mapping[str, Any] | None = None) -> bool:
+    async def progress(
+        self,
+        job_id: str,
+        token: str,
+        percent: float,
+        message: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Record progress; returns True when the job's cancellation was requested. LeaseLost if not ours."""
         record: dict[str, Any] = {"percent": round(max(0.0, min(100.0, float(percent))), 2)}
         if message:
@@ -328,18 +431,46 @@ class Queue:
         if data:
             record["data"] = dict(data)
         k = self.keys
-        code = raise_for_code(int(await self._call(
-            "progress", [k.owner, k.state, k.progress, k.cancels, k.events],
-            [job_id, token, json.dumps(record, separators=(",", ":")), record["percent"]])), job_id)
+        code = raise_for_code(
+            int(
+                await self._call(
+                    "progress",
+                    [k.owner, k.state, k.progress, k.cancels, k.events],
+                    [job_id, token, json.dumps(record, separators=(",", ":")), record["percent"]],
+                )
+            ),
+            job_id,
+        )
         return code == ScriptCode.CANCEL_REQUESTED
 
     async def complete(self, job_id: str, token: str, result: Any = None) -> None:
         k = self.keys
-        raise_for_code(int(await self._call(
-            "complete", [k.owner, k.leases, k.state, k.results, k.info, k.done, k.counts, k.events, k.cancels,
-                         k.meta],
-            [job_id, token, json.dumps(result, separators=(",", ":"), default=str),
-             self.settings.result_ttl_s * 1000])), job_id)
+        raise_for_code(
+            int(
+                await self._call(
+                    "complete",
+                    [
+                        k.owner,
+                        k.leases,
+                        k.state,
+                        k.results,
+                        k.info,
+                        k.done,
+                        k.counts,
+                        k.events,
+                        k.cancels,
+                        k.meta,
+                    ],
+                    [
+                        job_id,
+                        token,
+                        json.dumps(result, separators=(",", ":"), default=str),
+                        self.settings.result_ttl_s * 1000,
+                    ],
+                )
+            ),
+            job_id,
+        )
 
     def retry_delay_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
         """Exponential backoff with equal jitter, never shorter than a service's Retry-After."""
@@ -349,44 +480,120 @@ class Queue:
             delay = max(delay, retry_after_s * 1000)
         return int(delay)
 
-    async def fail(self, job_id: str, token: str, error: str, *, retryable: bool,
-                   details: Mapping[str, Any] | None = None, attempt: int | None = None,
-                   shape: str | None = None, cancelled: bool = False) -> JobStatus:
+    async def fail(
+        self,
+        job_id: str,
+        token: str,
+        error: str,
+        *,
+        retryable: bool,
+        details: Mapping[str, Any] | None = None,
+        attempt: int | None = None,
+        shape: str | None = None,
+        cancelled: bool = False,
+    ) -> JobStatus:
         """Record a failed attempt. Returns the job's new status: pending (retry), failed, dead or cancelled."""
         shape = shape or await self._shape_of_job(job_id)
         if attempt is None:
             attempt = int(await self.client.hget(self.keys.attempts, job_id) or 1)
         details = dict(details or {})
-        record = {"message": str(error)[:2000], "kind": "cancelled" if cancelled else (
-            "retryable" if retryable else "permanent"), "attempt": attempt,
-                  "at": int(time.time() * 1000), **({"details": details} if details else {})}
+        record = {
+            "message": str(error)[:2000],
+            "kind": "cancelled" if cancelled else ("retryable" if retryable else "permanent"),
+            "attempt": attempt,
+            "at": int(time.time() * 1000),
+            **({"details": details} if details else {}),
+        }
         disposition = "cancelled" if cancelled else ("retry" if retryable else "permanent")
         delay = self.retry_delay_ms(attempt, details.get("retry_after_s")) if retryable else 0
         k = self.keys
-        code = raise_for_code(int(await self._call(
-            "fail",
-            [k.owner, k.leases, k.state, k.attempts, k.meta, k.errors, k.delayed, k.ready(shape), k.heads, k.done,
-             k.dead, k.counts, k.events, k.info, k.cancels],
-            [job_id, token, json.dumps(record, separators=(",", ":"), default=str), disposition, delay,
-             self.settings.result_ttl_s * 1000, self.settings.dead_ttl_s * 1000, shape,
-             k.wake_channel(shape)])), job_id)
-        return {ScriptCode.RETRY_SCHEDULED: JobStatus.PENDING, ScriptCode.DEAD: JobStatus.DEAD,
-                ScriptCode.FAILED: JobStatus.FAILED, ScriptCode.CANCELLED: JobStatus.CANCELLED}[ScriptCode(code)]
+        code = raise_for_code(
+            int(
+                await self._call(
+                    "fail",
+                    [
+                        k.owner,
+                        k.leases,
+                        k.state,
+                        k.attempts,
+                        k.meta,
+                        k.errors,
+                        k.delayed,
+                        k.ready(shape),
+                        k.heads,
+                        k.done,
+                        k.dead,
+                        k.counts,
+                        k.events,
+                        k.info,
+                        k.cancels,
+                    ],
+                    [
+                        job_id,
+                        token,
+                        json.dumps(record, separators=(",", ":"), default=str),
+                        disposition,
+                        delay,
+                        self.settings.result_ttl_s * 1000,
+                        self.settings.dead_ttl_s * 1000,
+                        shape,
+                        k.wake_channel(shape),
+                    ],
+                )
+            ),
+            job_id,
+        )
+        return {
+            ScriptCode.RETRY_SCHEDULED: JobStatus.PENDING,
+            ScriptCode.DEAD: JobStatus.DEAD,
+            ScriptCode.FAILED: JobStatus.FAILED,
+            ScriptCode.CANCELLED: JobStatus.CANCELLED,
+        }[ScriptCode(code)]
 
     async def finish_cancelled(self, job_id: str, token: str, shape: str | None = None) -> None:
         """The worker stopped a job whose cancellation was requested: end it cancelled."""
         await self.fail(job_id, token, "cancelled on request", retryable=False, shape=shape, cancelled=True)
 
-    async def _release(self, job_id: str, token: str, worker_id: str, counted: bool, reason: str,
-                       shape: str | None) -> int:
+    async def _release(
+        self, job_id: str, token: str, worker_id: str, counted: bool, reason: str, shape: str | None
+    ) -> int:
         shape = shape or await self._shape_of_job(job_id)
         k = self.keys
-        return raise_for_code(int(await self._call(
-            "release",
-            [k.owner, k.leases, k.state, k.attempts, k.meta, k.ready(shape), k.heads, k.counts, k.events, k.cancels,
-             k.done, k.dead, k.errors, k.info],
-            [job_id, token, worker_id, "1" if counted else "0", reason, shape, k.wake_channel(shape),
-             self.settings.result_ttl_s * 1000, self.settings.dead_ttl_s * 1000])), job_id)
+        return raise_for_code(
+            int(
+                await self._call(
+                    "release",
+                    [
+                        k.owner,
+                        k.leases,
+                        k.state,
+                        k.attempts,
+                        k.meta,
+                        k.ready(shape),
+                        k.heads,
+                        k.counts,
+                        k.events,
+                        k.cancels,
+                        k.done,
+                        k.dead,
+                        k.errors,
+                        k.info,
+                    ],
+                    [
+                        job_id,
+                        token,
+                        worker_id,
+                        "1" if counted else "0",
+                        reason,
+                        shape,
+                        k.wake_channel(shape),
+                        self.settings.result_ttl_s * 1000,
+                        self.settings.dead_ttl_s * 1000,
+                    ],
+                )
+            ),
+            job_id,
+        )
 
     async def release(self, job_id: str, token: str, reason: str = "drain", shape: str | None = None) -> None:
         """Hand a leased job back at its place in line; the attempt does not count."""
@@ -417,8 +624,10 @@ class Queue:
         """Requeue expired leases and due retries, drop expired records; once per interval across the fleet."""
         k = self.keys
         reply = await self._call(
-            "reap", [k.reaper_lock, k.leases, k.delayed, k.done, k.dead, *k.job_columns()],
-            [self.settings.reaper_interval_ms, limit, "1" if force else "0"])
+            "reap",
+            [k.reaper_lock, k.leases, k.delayed, k.done, k.dead, *k.job_columns()],
+            [self.settings.reaper_interval_ms, limit, "1" if force else "0"],
+        )
         if reply is None:
             return ReapResult(ran=False)
         dropped, expired, due = reply
@@ -430,12 +639,35 @@ class Queue:
         for shape, ids in by_shape.items():
             r, d, c = await self._call(
                 "requeue",
-                [k.ready(shape), k.heads, k.leases, k.delayed, k.owner, k.state, k.attempts, k.meta, k.errors, k.done,
-                 k.dead, k.counts, k.events, k.info, k.cancels],
-                [shape, self.settings.result_ttl_s * 1000, self.settings.dead_ttl_s * 1000, k.wake_channel(shape),
-                 *ids])
+                [
+                    k.ready(shape),
+                    k.heads,
+                    k.leases,
+                    k.delayed,
+                    k.owner,
+                    k.state,
+                    k.attempts,
+                    k.meta,
+                    k.errors,
+                    k.done,
+                    k.dead,
+                    k.counts,
+                    k.events,
+                    k.info,
+                    k.cancels,
+                ],
+                [
+                    shape,
+                    self.settings.result_ttl_s * 1000,
+                    self.settings.dead_ttl_s * 1000,
+                    k.wake_channel(shape),
+                    *ids,
+                ],
+            )
             requeued, dead, cancelled = requeued + int(r), dead + int(d), cancelled + int(c)
-        return ReapResult(ran=True, records_dropped=int(dropped), requeued=requeued, dead=dead, cancelled=cancelled)
+        return ReapResult(
+            ran=True, records_dropped=int(dropped), requeued=requeued, dead=dead, cancelled=cancelled
+        )
 
     async def stats(self) -> QueueStats:
         """Depths, totals and per-shape state from counters and index sizes (no job scans)."""
@@ -471,14 +703,30 @@ class Queue:
             waiting += depth
             if depth and not is_live:
                 unworkable += depth
-            rows.append(ShapeStats(shape=shape, requirements=json.loads(shapes[shape]), waiting=depth,
-                                   oldest_wait_s=oldest, live_workers=is_live))
-        return QueueStats(queue=self.name, waiting=waiting, delayed=int(delayed), active=int(active), dead=int(dead),
-                          unworkable=unworkable, totals={n: int(v) for n, v in counts.items()}, shapes=rows,
-                          workers=int(workers))
+            rows.append(
+                ShapeStats(
+                    shape=shape,
+                    requirements=json.loads(shapes[shape]),
+                    waiting=depth,
+                    oldest_wait_s=oldest,
+                    live_workers=is_live,
+                )
+            )
+        return QueueStats(
+            queue=self.name,
+            waiting=waiting,
+            delayed=int(delayed),
+            active=int(active),
+            dead=int(dead),
+            unworkable=unworkable,
+            totals={n: int(v) for n, v in counts.items()},
+            shapes=rows,
+            workers=int(workers),
+        )
 
-    async def worker_session(self, worker_id: str, capabilities: Capabilities, *,
-                             machine_id: str | None = None) -> WorkerSession:
+    async def worker_session(
+        self, worker_id: str, capabilities: Capabilities, *, machine_id: str | None = None
+    ) -> WorkerSession:
         """Register a worker and subscribe to wake-ups for the shapes it can serve."""
         from appliance.queue.session import WorkerSession
 

@@ -171,5 +171,15 @@ class QueueKeys:
 
     def job_columns(self) -> list[str]:
         """Every per-job hash, in the order the cleanup scripts take them."""
-        return [self.spec, self.meta, self.state, self.attempts, self.owner, self.progress, self.results,
-                self.errors, self.info, self.cancels]
+        return [
+            self.spec,
+            self.meta,
+            self.state,
+            self.attempts,
+            self.owner,
+            self.progress,
+            self.results,
+            self.errors,
+            self.info,
+            self.cancels,
+        ]

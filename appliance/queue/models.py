@@ -62,14 +62,17 @@ class Requirements(BaseModel):
     gpu_memory_gb: float | None = Field(None, ge=0, le=4096, description="Minimum GPU memory (GB).")
     ram_gb: float | None = Field(None, ge=0, le=65536, description="Minimum system RAM (GB).")
     cpu_cores: int | None = Field(None, ge=0, le=4096, description="Minimum CPU cores.")
-    models: list[str] = Field(default_factory=list, description="Models the worker must have loaded/available.")
+    models: list[str] = Field(
+        default_factory=list, description="Models the worker must have loaded/available."
+    )
     isolation: Isolation = Field(Isolation.NONE, description="Customer isolation the job demands.")
     pool: str | None = Field(None, pattern=NAME_PATTERN, description="Run only on workers of this pool.")
     region: str | None = Field(None, pattern=NAME_PATTERN, description="Run only on workers in this region.")
     tags: list[str] = Field(default_factory=list, description="Tags the worker must all have.")
     not_tags: list[str] = Field(default_factory=list, description="Tags the worker must not have.")
     workflow: str | None = Field(
-        None, pattern=NAME_PATTERN, description="Route to workers pinned to this workflow (or unpinned ones).")
+        None, pattern=NAME_PATTERN, description="Route to workers pinned to this workflow (or unpinned ones)."
+    )
 
     @field_validator("tags", "not_tags")
     @classmethod
@@ -102,14 +105,17 @@ class Capabilities(BaseModel):
     ram_gb: float = Field(0, ge=0)
     cpu_cores: int = Field(0, ge=0)
     models: dict[str, list[str]] | Literal["all"] = Field(
-        default_factory=dict, description="Available models per service, or 'all'.")
+        default_factory=dict, description="Available models per service, or 'all'."
+    )
     customer_isolation: Isolation = Isolation.NONE
     allowed_customers: list[str] = Field(default_factory=list)
     denied_customers: list[str] = Field(default_factory=list)
     pool: str | None = Field(None, pattern=NAME_PATTERN)
     region: str | None = Field(None, pattern=NAME_PATTERN)
     tags: list[str] = Field(default_factory=list)
-    workflow_id: str | None = Field(None, pattern=NAME_PATTERN, description="Pin: only jobs routed to this workflow.")
+    workflow_id: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Pin: only jobs routed to this workflow."
+    )
 
     @field_validator("services", "tags")
     @classmethod
@@ -122,10 +128,16 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, pattern=ID_PATTERN, description="Caller-chosen id (idempotent submit); generated if absent.")
-    service: str = Field(pattern=NAME_PATTERN, description="The service that runs the job (comfyui, openai_text, echo, ...).")
+    id: str | None = Field(
+        None, pattern=ID_PATTERN, description="Caller-chosen id (idempotent submit); generated if absent."
+    )
+    service: str = Field(
+        pattern=NAME_PATTERN, description="The service that runs the job (comfyui, openai_text, echo, ...)."
+    )
     payload: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; see QueueSettings.priority_step_ms.")
+    priority: int = Field(
+        0, ge=-1000, le=1000, description="Higher runs first; see QueueSettings.priority_step_ms."
+    )
     requirements: Requirements = Field(default_factory=Requirements)
     customer_id: str | None = Field(None, pattern=ID_PATTERN)
     workflow_id: str | None = Field(None, pattern=ID_PATTERN)
@@ -136,7 +148,9 @@ class JobSpec(BaseModel):
     @model_validator(mode="after")
     def _customer_for_isolation(self) -> JobSpec:
         if self.requirements.isolation is not Isolation.NONE and not self.customer_id:
-            raise ValueError(f"requirements.isolation={self.requirements.isolation.value} needs a customer_id")
+            raise ValueError(
+                f"requirements.isolation={self.requirements.isolation.value} needs a customer_id"
+            )
         if self.pool and self.requirements.pool and self.pool != self.requirements.pool:
             raise ValueError(f"pool {self.pool!r} contradicts requirements.pool {self.requirements.pool!r}")
         return self

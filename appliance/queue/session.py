@@ -1,12 +1,12 @@
 """A worker's registration: the shapes it serves, wake-ups, cancel requests, heartbeats.
 
-    session = await queue.worker_session("m1-gpu0", Capabilities(services=["comfyui"], gpu_memory_gb=24))
-    while True:
-        claimed = await session.claim()
-        if claimed is None:
-            await session.wait_for_work(timeout_s=5)
-            continue
-        ...
+session = await queue.worker_session("m1-gpu0", Capabilities(services=["comfyui"], gpu_memory_gb=24))
+while True:
+    claimed = await session.claim()
+    if claimed is None:
+        await session.wait_for_work(timeout_s=5)
+        continue
+    ...
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ SHAPE_REFRESH_S = 30.0
 class WorkerSession:
     """One worker's view of the queue. Create with `Queue.worker_session`."""
 
-    def __init__(self, queue: Queue, worker_id: str, capabilities: Capabilities, *,
-                 machine_id: str | None = None) -> None:
+    def __init__(
+        self, queue: Queue, worker_id: str, capabilities: Capabilities, *, machine_id: str | None = None
+    ) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.capabilities = capabilities
@@ -66,8 +67,12 @@ class WorkerSession:
 
     async def _register(self) -> None:
         k = self.queue.keys
-        record = {"worker_id": self.worker_id, "machine_id": self.machine_id,
-                  "capabilities": self.capabilities.model_dump(mode="json"), "registered_at": int(time.time() * 1000)}
+        record = {
+            "worker_id": self.worker_id,
+            "machine_id": self.machine_id,
+            "capabilities": self.capabilities.model_dump(mode="json"),
+            "registered_at": int(time.time() * 1000),
+        }
         await self.queue.client.hset(k.workers, self.worker_id, json.dumps(record, separators=(",", ":")))
 
     async def close(self, deregister: bool = True) -> None:
@@ -126,7 +131,7 @@ class WorkerSession:
         # More shapes than one call covers: rotate windows so every shape gets its turn.
         for _ in range(0, len(self.shapes), window):
             start = self._window % len(self.shapes)
-            chunk = (self.shapes + self.shapes)[start:start + window]
+            chunk = (self.shapes + self.shapes)[start : start + window]
             self._window += window
             claimed = await self.queue.claim(self.worker_id, chunk)
             if claimed:
@@ -151,10 +156,17 @@ class WorkerSession:
 
     async def set_status(self, status: Mapping[str, Any]) -> None:
         """Publish this worker's live state (phase, current jobs, progress) for the machine and the monitor."""
-        record = {"worker_id": self.worker_id, "machine_id": self.machine_id, "at": int(time.time() * 1000),
-                  **status}
-        await self.queue.client.hset(self.queue.keys.worker_status, self.worker_id,
-                                     json.dumps(record, separators=(",", ":"), default=str))
+        record = {
+            "worker_id": self.worker_id,
+            "machine_id": self.machine_id,
+            "at": int(time.time() * 1000),
+            **status,
+        }
+        await self.queue.client.hset(
+            self.queue.keys.worker_status,
+            self.worker_id,
+            json.dumps(record, separators=(",", ":"), default=str),
+        )
 
     # --- pub/sub ----------------------------------------------------------------------------------------------
 

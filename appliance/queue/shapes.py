@@ -107,7 +107,11 @@ def _customer_allowed(caps: Capabilities, record: dict[str, Any]) -> bool:
     customer = record.get("customer")
     if caps.customer_isolation is Isolation.STRICT:
         # A strict worker serves only the customers it lists, so it never takes an anonymous shape.
-        return customer is not None and customer in caps.allowed_customers and customer not in caps.denied_customers
+        return (
+            customer is not None
+            and customer in caps.allowed_customers
+            and customer not in caps.denied_customers
+        )
     if isolation is Isolation.STRICT:
         return False
     if isolation is Isolation.LOOSE:
@@ -125,7 +129,11 @@ def explain_mismatch(caps: Capabilities, record: dict[str, Any]) -> str | None:
     service = record.get("service")
     if service not in caps.services:
         return f"service {service!r} not offered"
-    for key, have in (("gpu_memory_gb", caps.gpu_memory_gb), ("ram_gb", caps.ram_gb), ("cpu_cores", caps.cpu_cores)):
+    for key, have in (
+        ("gpu_memory_gb", caps.gpu_memory_gb),
+        ("ram_gb", caps.ram_gb),
+        ("cpu_cores", caps.cpu_cores),
+    ):
         if record.get(key, 0) > have:
             return f"{key} {have} < {record[key]}"
     if record.get("models"):

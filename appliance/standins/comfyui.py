@@ -56,8 +56,15 @@ class ComfyStandin:
         self.dirs = {t: data_dir / t for t in ("output", "temp", "input")}
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
-        self.stats = {"prompt_posts": 0, "prompts_accepted": 0, "executions": 0, "interrupts": 0,
-                      "uploads": 0, "queue_deletes": 0, "restarts": 0}
+        self.stats = {
+            "prompt_posts": 0,
+            "prompts_accepted": 0,
+            "executions": 0,
+            "interrupts": 0,
+            "uploads": 0,
+            "queue_deletes": 0,
+            "restarts": 0,
+        }
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self._reset_state()
         self._worker: asyncio.Task[None] | None = None
@@ -81,7 +88,9 @@ class ComfyStandin:
     # ---- messaging --------------------------------------------------------------------------------------
     async def send(self, event: str, data: dict[str, Any], sid: str | None) -> None:
         """To one client, or everyone when sid is None (as PromptServer.send_json)."""
-        targets = list(self.sockets.values()) if sid is None else [self.sockets[sid]] if sid in self.sockets else []
+        targets = (
+            list(self.sockets.values()) if sid is None else [self.sockets[sid]] if sid in self.sockets else []
+        )
         for ws in targets:
             try:
                 await ws.send_json({"type": event, "data": data})
@@ -131,9 +140,16 @@ class ComfyStandin:
             self.client_id = extra_data.get("client_id")
             self.stats["executions"] += 1
             result = await self.executor.execute(prompt_id, prompt, outputs)
-            self.history[prompt_id] = {"prompt": item, "outputs": result.outputs, "status": {
-                "status_str": "success" if result.success else "error", "completed": result.success,
-                "messages": result.messages}, "meta": result.meta}
+            self.history[prompt_id] = {
+                "prompt": item,
+                "outputs": result.outputs,
+                "status": {
+                    "status_str": "success" if result.success else "error",
+                    "completed": result.success,
+                    "messages": result.messages,
+                },
+                "meta": result.meta,
+            }
             self.running = None
             if self.client_id is not None:
                 await self.send("executing", {"node": None, "prompt_id": prompt_id}, self.client_id)
@@ -149,7 +165,6 @@ class ComfyStandin:
         return b.fail_mode
 
 
-
 def _dir_for(app_state: ComfyStandin, kind: str | None) -> Path | None:
     return app_state.dirs.get(kind or "output")
 
@@ -160,12 +175,31 @@ def make_app(state: ComfyStandin) -> web.Application:
     @routes.get("/system_stats")
     async def system_stats(request: web.Request) -> web.Response:
         vram = int(state.behaviour.vram_gb * 1024**3)
-        return web.json_response({
-            "system": {"os": os.name, "ram_total": 16 * 1024**3, "ram_free": 8 * 1024**3,
-                       "comfyui_version": "0.0.0-standin", "python_version": sys.version,
-                       "pytorch_version": "standin", "embedded_python": False, "argv": ["main.py"]},
-            "devices": [{"name": "cuda:0 Standin GPU", "type": "cuda", "index": 0, "vram_total": vram,
-                         "vram_free": vram // 2, "torch_vram_total": vram, "torch_vram_free": vram // 2}]})
+        return web.json_response(
+            {
+                "system": {
+                    "os": os.name,
+                    "ram_total": 16 * 1024**3,
+                    "ram_free": 8 * 1024**3,
+                    "comfyui_version": "0.0.0-standin",
+                    "python_version": sys.version,
+                    "pytorch_version": "standin",
+                    "embedded_python": False,
+                    "argv": ["main.py"],
+                },
+                "devices": [
+                    {
+                        "name": "cuda:0 Standin GPU",
+                        "type": "cuda",
+                        "index": 0,
+                        "vram_total": vram,
+                        "vram_free": vram // 2,
+                        "torch_vram_total": vram,
+                        "torch_vram_free": vram // 2,
+                    }
+                ],
+            }
+        )
 
     @routes.get("/object_info")
     async def object_info(request: web.Request) -> web.Response:
@@ -186,9 +220,18 @@ def make_app(state: ComfyStandin) -> web.Application:
         state.stats["prompt_posts"] += 1
         body = await request.json()
         if "prompt" not in body:
-            return web.json_response({"error": {"type": "no_prompt", "message": "No prompt provided",
-                                                "details": "No prompt provided", "extra_info": {}},
-                                      "node_errors": {}}, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "no_prompt",
+                        "message": "No prompt provided",
+                        "details": "No prompt provided",
+                        "extra_info": {},
+                    },
+                    "node_errors": {},
+                },
+                status=400,
+            )
         number = body.get("number", state.number)
         state.number += 1
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
@@ -206,8 +249,12 @@ def make_app(state: ComfyStandin) -> web.Application:
 
     @routes.get("/queue")
     async def get_queue(request: web.Request) -> web.Response:
-        return web.json_response({"queue_running": [state.running] if state.running else [],
-                                  "queue_pending": sorted(state.pending, key=lambda i: i[0])})
+        return web.json_response(
+            {
+                "queue_running": [state.running] if state.running else [],
+                "queue_pending": sorted(state.pending, key=lambda i: i[0]),
+            }
+        )
 
     @routes.post("/queue")
     async def post_queue(request: web.Request) -> web.Response:
@@ -224,7 +271,7 @@ def make_app(state: ComfyStandin) -> web.Application:
     async def get_history(request: web.Request) -> web.Response:
         items = list(state.history.items())
         if "max_items" in request.query:
-            items = items[-int(request.query["max_items"]):]
+            items = items[-int(request.query["max_items"]) :]
         return web.json_response(dict(items))
 
     @routes.get("/history/{prompt_id}")
@@ -268,8 +315,11 @@ def make_app(state: ComfyStandin) -> web.Application:
         if not path.is_file():
             return web.Response(status=404)
         ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        return web.Response(body=path.read_bytes(), content_type=ctype,
-                            headers={"Content-Disposition": f'filename="{filename}"'})
+        return web.Response(
+            body=path.read_bytes(),
+            content_type=ctype,
+            headers={"Content-Disposition": f'filename="{filename}"'},
+        )
 
     @routes.post("/upload/image")
     async def upload(request: web.Request) -> web.Response:
@@ -361,25 +411,37 @@ def make_app(state: ComfyStandin) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m appliance.standins.comfyui", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m appliance.standins.comfyui",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # ComfyUI's own flags, so `appliance comfyui` can start the stand-in exactly as it starts ComfyUI.
     parser.add_argument("--host", "--listen", dest="host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8188)
-    parser.add_argument("--cpu", action="store_true", help="accepted for compatibility (there is no GPU here)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="accepted for compatibility (there is no GPU here)"
+    )
     parser.add_argument("--cuda-device", type=int, help="accepted for compatibility")
     parser.add_argument("--base-directory", type=Path, dest="data_dir", help="same as --data-dir")
     parser.add_argument("--disable-auto-launch", action="store_true", help="accepted for compatibility")
-    parser.add_argument("--data-dir", type=Path, default=None, help="output/temp/input live here (default: a temp dir)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="output/temp/input live here (default: a temp dir)"
+    )
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds per StandinSampler step")
     parser.add_argument("--fail-mode", choices=FAIL_MODES, default="none")
     parser.add_argument("--fail-times", type=int, default=None)
     parser.add_argument("--checkpoints", default=",".join(nodes.DEFAULT_CHECKPOINTS))
     parser.add_argument("--vram-gb", type=float, default=24.0)
     args = parser.parse_args(argv)
-    behaviour = Behaviour(step_delay_s=args.step_delay, fail_mode=args.fail_mode, fail_times=args.fail_times,
-                          checkpoints=[c for c in args.checkpoints.split(",") if c], vram_gb=args.vram_gb,
-                          allow_exit=True)
+    behaviour = Behaviour(
+        step_delay_s=args.step_delay,
+        fail_mode=args.fail_mode,
+        fail_times=args.fail_times,
+        checkpoints=[c for c in args.checkpoints.split(",") if c],
+        vram_gb=args.vram_gb,
+        allow_exit=True,
+    )
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="comfyui-standin-"))
     state = ComfyStandin(data_dir, behaviour)
     asyncio.run(serve(make_app(state), args.host, args.port))

@@ -53,7 +53,9 @@ class Executor:
             self._interrupt = False
             raise Interrupted("Processing interrupted")
 
-    async def _message(self, result: ExecResult, event: str, data: dict[str, Any], broadcast: bool = False) -> None:
+    async def _message(
+        self, result: ExecResult, event: str, data: dict[str, Any], broadcast: bool = False
+    ) -> None:
         """PromptExecutor.add_message: recorded in history; sent only with a client_id (or broadcast)."""
         data = {**data, "timestamp": int(time.time() * 1000)}
         result.messages.append([event, data])
@@ -75,54 +77,101 @@ class Executor:
         for node_id in order:
             node = prompt[node_id]
             self.current_node = node_id
-            await self.server.send("executing", {"node": node_id, "display_node": node_id,
-                                                 "prompt_id": prompt_id}, sid)
+            await self.server.send(
+                "executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, sid
+            )
             try:
                 self._check_interrupt()
-                inputs = {k: values[v[0]][v[1]] if nodes._is_link(v) else v
-                          for k, v in (node.get("inputs") or {}).items()}
+                inputs = {
+                    k: values[v[0]][v[1]] if nodes._is_link(v) else v
+                    for k, v in (node.get("inputs") or {}).items()
+                }
                 mode = failure if node_id == target else "none"
                 out, ui = await self._run_node(prompt_id, node_id, node["class_type"], inputs, mode)
             except Interrupted:
                 result.success = False
-                await self._message(result, "execution_interrupted", {
-                    "prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"],
-                    "executed": executed}, broadcast=True)
+                await self._message(
+                    result,
+                    "execution_interrupted",
+                    {
+                        "prompt_id": prompt_id,
+                        "node_id": node_id,
+                        "node_type": node["class_type"],
+                        "executed": executed,
+                    },
+                    broadcast=True,
+                )
                 break
             except SimulatedError as exc:
                 result.success = False
-                await self._message(result, "execution_error", {
-                    "prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"],
-                    "executed": executed, "exception_message": str(exc), "exception_type": exc.exception_type,
-                    "traceback": ['  File "execution.py", line 1, in execute\n'], "current_inputs": {},
-                    "current_outputs": []})
+                await self._message(
+                    result,
+                    "execution_error",
+                    {
+                        "prompt_id": prompt_id,
+                        "node_id": node_id,
+                        "node_type": node["class_type"],
+                        "executed": executed,
+                        "exception_message": str(exc),
+                        "exception_type": exc.exception_type,
+                        "traceback": ['  File "execution.py", line 1, in execute\n'],
+                        "current_inputs": {},
+                        "current_outputs": [],
+                    },
+                )
                 break
             values[node_id] = out
             executed.append(node_id)
             await self._progress_state(prompt_id, node_id, 1, 1, "finished", sid)
             if ui is not None:
                 result.outputs[node_id] = ui
-                result.meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
-                                        "real_node_id": node_id}
-                await self.server.send("executed", {"node": node_id, "display_node": node_id, "output": ui,
-                                                    "prompt_id": prompt_id}, sid)
+                result.meta[node_id] = {
+                    "node_id": node_id,
+                    "display_node": node_id,
+                    "parent_node": None,
+                    "real_node_id": node_id,
+                }
+                await self.server.send(
+                    "executed",
+                    {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
+                    sid,
+                )
         else:
             await self._message(result, "execution_success", {"prompt_id": prompt_id})
         self.current_node = None
         return result
 
-    async def _progress_state(self, prompt_id: str, node_id: str, value: float, maximum: float, state: str,
-                              sid: str | None) -> None:
-        await self.server.send("progress_state", {"prompt_id": prompt_id, "nodes": {node_id: {
-            "value": value, "max": maximum, "state": state, "node_id": node_id, "prompt_id": prompt_id,
-            "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id}}}, sid)
+    async def _progress_state(
+        self, prompt_id: str, node_id: str, value: float, maximum: float, state: str, sid: str | None
+    ) -> None:
+        await self.server.send(
+            "progress_state",
+            {
+                "prompt_id": prompt_id,
+                "nodes": {
+                    node_id: {
+                        "value": value,
+                        "max": maximum,
+                        "state": state,
+                        "node_id": node_id,
+                        "prompt_id": prompt_id,
+                        "display_node_id": node_id,
+                        "parent_node_id": None,
+                        "real_node_id": node_id,
+                    }
+                },
+            },
+            sid,
+        )
 
     async def _fail(self, mode: str) -> None:
         if mode == "execution_error":
             raise SimulatedError("standin: simulated node failure", "ValueError")
         if mode == "oom":
-            raise SimulatedError("Allocation on device \nThis error means you ran out of memory on your GPU.",
-                                 "torch.OutOfMemoryError")
+            raise SimulatedError(
+                "Allocation on device \nThis error means you ran out of memory on your GPU.",
+                "torch.OutOfMemoryError",
+            )
         if mode == "hang":
             await asyncio.Event().wait()  # a custom node stuck in a loop: never checks for interrupts
         if mode == "crash" and self.server.behaviour.allow_exit:
@@ -138,8 +187,9 @@ class Executor:
         (self.server.dirs[folder] / filename).write_bytes(data)
         return {"filename": filename, "subfolder": "", "type": folder}
 
-    async def _run_node(self, prompt_id: str, node_id: str, class_type: str, inputs: dict[str, Any],
-                        failure: str) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+    async def _run_node(
+        self, prompt_id: str, node_id: str, class_type: str, inputs: dict[str, Any], failure: str
+    ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
         sid = self.server.client_id
         if class_type == "StandinSampler":
             steps = int(inputs.get("steps", 4))
@@ -147,8 +197,9 @@ class Executor:
                 await asyncio.sleep(self.server.behaviour.step_delay_s)
                 self._check_interrupt()
                 await self._progress_state(prompt_id, node_id, step, steps, "running", sid)
-                await self.server.send("progress", {"value": step, "max": steps, "prompt_id": prompt_id,
-                                                    "node": node_id}, sid)
+                await self.server.send(
+                    "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}, sid
+                )
                 if step == 1 and failure == "drop_ws":
                     await self.server.drop_sockets()
                 if step == 1 and failure not in ("none", "drop_ws"):
@@ -158,8 +209,9 @@ class Executor:
         if failure not in ("none", "drop_ws"):
             await self._fail(failure)
         if class_type == "EmptyImage":
-            frame = Frame.solid(int(inputs.get("width", 512)), int(inputs.get("height", 512)),
-                                int(inputs.get("color", 0)))
+            frame = Frame.solid(
+                int(inputs.get("width", 512)), int(inputs.get("height", 512)), int(inputs.get("color", 0))
+            )
             return ([frame] * int(inputs.get("batch_size", 1)),), None
         if class_type == "ImageInvert":
             return ([f.inverted() for f in inputs["image"]],), None
@@ -169,16 +221,26 @@ class Executor:
             return ([Frame.solid(width, height, 0x808080)], None), None
         if class_type in ("SaveImage", "PreviewImage"):
             kind = "temp" if class_type == "PreviewImage" else "output"
-            files = [self._save(kind, inputs.get("filename_prefix", "ComfyUI"), "png", encode_png(f))
-                     for f in inputs["images"]]
+            files = [
+                self._save(kind, inputs.get("filename_prefix", "ComfyUI"), "png", encode_png(f))
+                for f in inputs["images"]
+            ]
             return (), {"images": files}
         if class_type == "SaveAnimatedGIF":
-            entry = self._save("output", inputs.get("filename_prefix", "ComfyUI"), "gif",
-                               encode_gif(inputs["images"], delay_cs=int(100 / float(inputs.get("fps", 8.0)))))
+            entry = self._save(
+                "output",
+                inputs.get("filename_prefix", "ComfyUI"),
+                "gif",
+                encode_gif(inputs["images"], delay_cs=int(100 / float(inputs.get("fps", 8.0)))),
+            )
             return (), {"gifs": [{**entry, "format": "image/gif", "frame_rate": inputs.get("fps", 8.0)}]}
         if class_type == "SaveAudio":
-            entry = self._save("output", inputs.get("filename_prefix", "ComfyUI"), "wav",
-                               encode_wav(float(inputs.get("seconds", 0.25))))
+            entry = self._save(
+                "output",
+                inputs.get("filename_prefix", "ComfyUI"),
+                "wav",
+                encode_wav(float(inputs.get("seconds", 0.25))),
+            )
             return (), {"audio": [entry]}
         # Loaders: model handles are opaque placeholders.
         return tuple(f"{class_type}:{node_id}:{i}" for i in range(3)), None

@@ -34,29 +34,56 @@ DEFAULT_VAES = ["vae-ft-mse.safetensors"]
 INT = "INT"
 
 
-def node_library(checkpoints: list[str], loras: list[str], vaes: list[str],
-                 input_files: list[str] | None = None) -> dict[str, NodeDef]:
+def node_library(
+    checkpoints: list[str], loras: list[str], vaes: list[str], input_files: list[str] | None = None
+) -> dict[str, NodeDef]:
     img: InputSpec = ("IMAGE", {})
     prefix = ("STRING", {"default": "ComfyUI"})
     defs = [
-        NodeDef("EmptyImage", {"width": (INT, {"default": 512, "min": 1, "max": 4096}),
-                               "height": (INT, {"default": 512, "min": 1, "max": 4096}),
-                               "batch_size": (INT, {"default": 1, "min": 1, "max": 16}),
-                               "color": (INT, {"default": 0, "min": 0, "max": 0xFFFFFF})}, ["IMAGE"]),
+        NodeDef(
+            "EmptyImage",
+            {
+                "width": (INT, {"default": 512, "min": 1, "max": 4096}),
+                "height": (INT, {"default": 512, "min": 1, "max": 4096}),
+                "batch_size": (INT, {"default": 1, "min": 1, "max": 16}),
+                "color": (INT, {"default": 0, "min": 0, "max": 0xFFFFFF}),
+            },
+            ["IMAGE"],
+        ),
         NodeDef("ImageInvert", {"image": img}, ["IMAGE"]),
-        NodeDef("LoadImage", {"image": (sorted(input_files or []), {"image_upload": True})}, ["IMAGE", "MASK"]),
-        NodeDef("StandinSampler", {"image": img, "steps": (INT, {"default": 4, "min": 1, "max": 1_000_000})},
-                ["IMAGE"], steps_input="steps"),
+        NodeDef(
+            "LoadImage", {"image": (sorted(input_files or []), {"image_upload": True})}, ["IMAGE", "MASK"]
+        ),
+        NodeDef(
+            "StandinSampler",
+            {"image": img, "steps": (INT, {"default": 4, "min": 1, "max": 1_000_000})},
+            ["IMAGE"],
+            steps_input="steps",
+        ),
         NodeDef("SaveImage", {"images": img, "filename_prefix": prefix}, [], output_node=True),
         NodeDef("PreviewImage", {"images": img}, [], output_node=True),
-        NodeDef("SaveAnimatedGIF", {"images": img, "filename_prefix": prefix,
-                                    "fps": ("FLOAT", {"default": 8.0, "min": 0.1, "max": 60.0})},
-                [], output_node=True),
-        NodeDef("SaveAudio", {"seconds": ("FLOAT", {"default": 0.25, "min": 0.01, "max": 10.0}),
-                              "filename_prefix": prefix}, [], output_node=True),
+        NodeDef(
+            "SaveAnimatedGIF",
+            {
+                "images": img,
+                "filename_prefix": prefix,
+                "fps": ("FLOAT", {"default": 8.0, "min": 0.1, "max": 60.0}),
+            },
+            [],
+            output_node=True,
+        ),
+        NodeDef(
+            "SaveAudio",
+            {"seconds": ("FLOAT", {"default": 0.25, "min": 0.01, "max": 10.0}), "filename_prefix": prefix},
+            [],
+            output_node=True,
+        ),
         NodeDef("CheckpointLoaderSimple", {"ckpt_name": (list(checkpoints), {})}, ["MODEL", "CLIP", "VAE"]),
-        NodeDef("LoraLoader", {"model": ("MODEL", {}), "clip": ("CLIP", {}), "lora_name": (list(loras), {})},
-                ["MODEL", "CLIP"]),
+        NodeDef(
+            "LoraLoader",
+            {"model": ("MODEL", {}), "clip": ("CLIP", {}), "lora_name": (list(loras), {})},
+            ["MODEL", "CLIP"],
+        ),
         NodeDef("VAELoader", {"vae_name": (list(vaes), {})}, ["VAE"]),
     ]
     return {d.name: d for d in defs}
@@ -87,11 +114,17 @@ def _error(kind: str, message: str, details: str, extra: dict[str, Any] | None =
 
 
 def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
 
 
-def _validate_node(prompt: dict[str, Any], node_id: str, defs: dict[str, NodeDef],
-                   seen: dict[str, list[dict[str, Any]]]) -> bool:
+def _validate_node(
+    prompt: dict[str, Any], node_id: str, defs: dict[str, NodeDef], seen: dict[str, list[dict[str, Any]]]
+) -> bool:
     """Validate a node and its inputs recursively; records reasons per node in `seen`. True when valid."""
     if node_id in seen:
         return not seen[node_id]
@@ -105,50 +138,98 @@ def _validate_node(prompt: dict[str, Any], node_id: str, defs: dict[str, NodeDef
         if name not in inputs:
             if "default" in opts:
                 continue
-            reasons.append(_error("required_input_missing", "Required input is missing", name,
-                                  {"input_name": name}))
+            reasons.append(
+                _error("required_input_missing", "Required input is missing", name, {"input_name": name})
+            )
             continue
         value = inputs[name]
         if _is_link(value):
             src = value[0]
             if src not in prompt:
-                reasons.append(_error("bad_linked_input", "Bad linked input, must be a length-2 list of "
-                                      "[node_id, slot_index]", f"{name}", {"input_name": name}))
+                reasons.append(
+                    _error(
+                        "bad_linked_input",
+                        "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                        f"{name}",
+                        {"input_name": name},
+                    )
+                )
                 continue
             upstream_ok = _validate_node(prompt, src, defs, seen) and upstream_ok
             continue
         if isinstance(kind, list):
             if value not in kind:
-                reasons.append(_error("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {kind}",
-                                      {"input_name": name, "input_config": [kind, opts], "received_value": value}))
+                reasons.append(
+                    _error(
+                        "value_not_in_list",
+                        "Value not in list",
+                        f"{name}: '{value}' not in {kind}",
+                        {"input_name": name, "input_config": [kind, opts], "received_value": value},
+                    )
+                )
         elif kind in (INT, "FLOAT"):
             if not isinstance(value, int | float) or isinstance(value, bool):
-                reasons.append(_error("invalid_input_type", f"Failed to convert an input value to a {kind} value",
-                                      f"{name}, {value}", {"input_name": name, "received_value": value}))
+                reasons.append(
+                    _error(
+                        "invalid_input_type",
+                        f"Failed to convert an input value to a {kind} value",
+                        f"{name}, {value}",
+                        {"input_name": name, "received_value": value},
+                    )
+                )
             elif "min" in opts and value < opts["min"]:
-                reasons.append(_error("value_smaller_than_min", f"Value {value} smaller than min of {opts['min']}",
-                                      f"{name}", {"input_name": name, "received_value": value}))
+                reasons.append(
+                    _error(
+                        "value_smaller_than_min",
+                        f"Value {value} smaller than min of {opts['min']}",
+                        f"{name}",
+                        {"input_name": name, "received_value": value},
+                    )
+                )
             elif "max" in opts and value > opts["max"]:
-                reasons.append(_error("value_bigger_than_max", f"Value {value} bigger than max of {opts['max']}",
-                                      f"{name}", {"input_name": name, "received_value": value}))
+                reasons.append(
+                    _error(
+                        "value_bigger_than_max",
+                        f"Value {value} bigger than max of {opts['max']}",
+                        f"{name}",
+                        {"input_name": name, "received_value": value},
+                    )
+                )
     seen[node_id] = reasons
     return not reasons and upstream_ok
 
 
-def validate_prompt(prompt: Any, defs: dict[str, NodeDef]) -> tuple[bool, dict[str, Any] | None, list[str],
-                                                                       dict[str, Any]]:
+def validate_prompt(
+    prompt: Any, defs: dict[str, NodeDef]
+) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
     """(valid, error, outputs_to_execute, node_errors), like ComfyUI's execution.validate_prompt."""
     if not isinstance(prompt, dict):
         return False, _error("invalid_prompt", "Invalid prompt", "prompt must be an object", {}), [], {}
     outputs = []
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
-            return (False, _error("invalid_prompt", "Cannot execute because a node is missing the class_type "
-                                  "property.", f"Node ID '#{node_id}'"), [], {})
+            return (
+                False,
+                _error(
+                    "invalid_prompt",
+                    "Cannot execute because a node is missing the class_type property.",
+                    f"Node ID '#{node_id}'",
+                ),
+                [],
+                {},
+            )
         d = defs.get(node["class_type"])
         if d is None:
-            return (False, _error("invalid_prompt", f"Cannot execute because node {node['class_type']} does not "
-                                  "exist.", f"Node ID '#{node_id}'"), [], {})
+            return (
+                False,
+                _error(
+                    "invalid_prompt",
+                    f"Cannot execute because node {node['class_type']} does not exist.",
+                    f"Node ID '#{node_id}'",
+                ),
+                [],
+                {},
+            )
         if d.output_node:
             outputs.append(node_id)
     if not outputs:
@@ -164,13 +245,21 @@ def validate_prompt(prompt: Any, defs: dict[str, NodeDef]) -> tuple[bool, dict[s
         for node_id, reasons in seen.items():
             if not reasons:
                 continue
-            entry = node_errors.setdefault(node_id, {"errors": reasons, "dependent_outputs": [],
-                                                     "class_type": prompt[node_id]["class_type"]})
+            entry = node_errors.setdefault(
+                node_id,
+                {"errors": reasons, "dependent_outputs": [], "class_type": prompt[node_id]["class_type"]},
+            )
             entry["dependent_outputs"].append(out)
             messages += [f"{r['message']}: {r['details']}" for r in reasons]
     if not good:
-        return (False, _error("prompt_outputs_failed_validation", "Prompt outputs failed validation",
-                              "\n".join(messages)), [], node_errors)
+        return (
+            False,
+            _error(
+                "prompt_outputs_failed_validation", "Prompt outputs failed validation", "\n".join(messages)
+            ),
+            [],
+            node_errors,
+        )
     return True, None, good, node_errors
 
 

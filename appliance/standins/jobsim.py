@@ -75,8 +75,11 @@ def create_misbehaviour(job_input: dict[str, Any]) -> web.Response | None:
     """The response a create call gets when the input asks for trouble, else None."""
     mode = job_input.get("standin")
     if mode == "429":
-        return web.json_response({"title": "Too Many Requests", "detail": "Request was throttled.", "status": 429},
-                                 status=429, headers={"retry-after": "3"})
+        return web.json_response(
+            {"title": "Too Many Requests", "detail": "Request was throttled.", "status": 429},
+            status=429,
+            headers={"retry-after": "3"},
+        )
     if mode == "500":
         return web.json_response({"detail": "Internal server error"}, status=500)
     if mode == "malformed":
@@ -86,8 +89,14 @@ def create_misbehaviour(job_input: dict[str, Any]) -> web.Response | None:
 
 def check_auth(request: web.Request, key: str | None) -> web.Response | None:
     if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
-        return web.json_response({"title": "Unauthenticated", "detail": "You did not pass a valid "
-                                  "authentication token", "status": 401}, status=401)
+        return web.json_response(
+            {
+                "title": "Unauthenticated",
+                "detail": "You did not pass a valid authentication token",
+                "status": 401,
+            },
+            status=401,
+        )
     return None
 
 

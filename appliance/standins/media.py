@@ -27,16 +27,22 @@ class Frame:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def encode_png(frame: Frame) -> bytes:
     """8-bit RGB PNG, filter type 0 on every row."""
     stride = frame.width * 3
-    raw = b"".join(b"\x00" + frame.pixels[y * stride:(y + 1) * stride] for y in range(frame.height))
+    raw = b"".join(b"\x00" + frame.pixels[y * stride : (y + 1) * stride] for y in range(frame.height))
     header = struct.pack(">IIBBBBB", frame.width, frame.height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def decode_png_size(data: bytes) -> tuple[int, int]:
@@ -65,7 +71,7 @@ def _lzw_literals(indices: bytes) -> bytes:
         out.append(code)
     blocks = bytearray([7])
     for start in range(0, len(out), 255):
-        chunk = out[start:start + 255]
+        chunk = out[start : start + 255]
         blocks += bytes([len(chunk)]) + chunk
     return bytes(blocks + b"\x00")
 
@@ -81,8 +87,9 @@ def encode_gif(frames: list[Frame], delay_cs: int = 10) -> bytes:
     out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
     for frame in frames:
         px = frame.pixels
-        indices = bytes(((px[i] >> 6) << 4) | ((px[i + 1] >> 6) << 2) | (px[i + 2] >> 6)
-                        for i in range(0, len(px), 3))
+        indices = bytes(
+            ((px[i] >> 6) << 4) | ((px[i + 1] >> 6) << 2) | (px[i + 2] >> 6) for i in range(0, len(px), 3)
+        )
         out += b"\x21\xf9\x04\x00" + struct.pack("<H", delay_cs) + b"\x00\x00"
         out += b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)
         out += _lzw_literals(indices)
@@ -93,7 +100,9 @@ def encode_wav(seconds: float, frequency: float = 440.0, rate: int = 8000) -> by
     """Mono 16-bit PCM square wave."""
     count = int(seconds * rate)
     period = max(1, int(rate / frequency))
-    samples = b"".join(struct.pack("<h", 8000 if (i // (period // 2 or 1)) % 2 else -8000) for i in range(count))
+    samples = b"".join(
+        struct.pack("<h", 8000 if (i // (period // 2 or 1)) % 2 else -8000) for i in range(count)
+    )
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)

@@ -29,10 +29,14 @@ from appliance.standins.process import serve
 BODY_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("body", dict)
 
 
-def _error(status: int, message: str, etype: str, code: str | None, headers: dict[str, str] | None = None
-           ) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": etype, "param": None, "code": code}},
-                             status=status, headers=headers)
+def _error(
+    status: int, message: str, etype: str, code: str | None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": etype, "param": None, "code": code}},
+        status=status,
+        headers=headers,
+    )
 
 
 def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Application:
@@ -50,13 +54,19 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
             try:
                 body = await request.json()
             except ValueError:
-                return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error",
-                              None)
+                return _error(
+                    400, "We could not parse the JSON body of your request.", "invalid_request_error", None
+                )
         request[BODY_KEY] = body
         model = str(body.get("model", ""))
         if model == "standin-429":
-            return _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded",
-                          {"retry-after": "7", "x-ratelimit-remaining-requests": "0"})
+            return _error(
+                429,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+                {"retry-after": "7", "x-ratelimit-remaining-requests": "0"},
+            )
         if model == "standin-500":
             return _error(500, "The server had an error while processing your request.", "server_error", None)
         if model == "standin-400":
@@ -72,8 +82,12 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
     @routes.get("/v1/models")
     async def models(request: web.Request) -> web.Response:
         names = ["gpt-4o-mini", "gpt-image-1", "standin-429", "standin-500", "standin-slow"]
-        return web.json_response({"object": "list", "data": [
-            {"id": n, "object": "model", "created": 0, "owned_by": "standin"} for n in names]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": n, "object": "model", "created": 0, "owned_by": "standin"} for n in names],
+            }
+        )
 
     @routes.post("/v1/chat/completions")
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -83,12 +97,29 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
             return _error(400, "'messages' is a required property", "invalid_request_error", None)
         text = "echo: " + str(messages[-1].get("content", ""))
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time()), body.get("model")
-        usage = {"prompt_tokens": 5, "completion_tokens": len(text.split()), "total_tokens": 5 + len(text.split())}
+        usage = {
+            "prompt_tokens": 5,
+            "completion_tokens": len(text.split()),
+            "total_tokens": 5 + len(text.split()),
+        }
         if not body.get("stream"):
-            return web.json_response({"id": cid, "object": "chat.completion", "created": created, "model": model,
-                                      "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                                   "message": {"role": "assistant", "content": text}}],
-                                      "usage": usage})
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         words = text.split(" ")
@@ -98,11 +129,21 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
             delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
             if i == 0:
                 delta["role"] = "assistant"
-            chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            chunk = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        final = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        final = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
         return resp
 
@@ -112,15 +153,39 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
         prompt = body.get("input")
         text = "echo: " + (prompt if isinstance(prompt, str) else json.dumps(prompt))
         rid = f"resp_{uuid.uuid4().hex[:12]}"
-        return web.json_response({
-            "id": rid, "object": "response", "created_at": int(time.time()), "status": "completed",
-            "model": body.get("model"), "error": None, "incomplete_details": None, "instructions": None,
-            "output": [{"type": "message", "id": f"msg_{rid}", "status": "completed", "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "temperature": 1.0, "top_p": 1.0,
-            "usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}}})
+        return web.json_response(
+            {
+                "id": rid,
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": "completed",
+                "model": body.get("model"),
+                "error": None,
+                "incomplete_details": None,
+                "instructions": None,
+                "output": [
+                    {
+                        "type": "message",
+                        "id": f"msg_{rid}",
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                ],
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "usage": {
+                    "input_tokens": 5,
+                    "output_tokens": 3,
+                    "total_tokens": 8,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                },
+            }
+        )
 
     @routes.post("/v1/images/generations")
     async def images(request: web.Request) -> web.Response:
@@ -131,8 +196,10 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
         width, _, height = size.partition("x")
         frame = Frame.solid(min(int(width or 16), 64), min(int(height or 16), 64), 0x3366CC)
         n = int(body.get("n") or 1)
-        data = [{"b64_json": base64.b64encode(encode_png(frame)).decode(), "revised_prompt": body["prompt"]}
-                for _ in range(n)]
+        data = [
+            {"b64_json": base64.b64encode(encode_png(frame)).decode(), "revised_prompt": body["prompt"]}
+            for _ in range(n)
+        ]
         return web.json_response({"created": int(time.time()), "data": data})
 
     @routes.get("/__standin/stats")
@@ -145,12 +212,18 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m appliance.standins.openai", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m appliance.standins.openai",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8301)
-    parser.add_argument("--api-key-file", default=None, help="require this bearer key (read from a file, "
-                        "so it never shows in process arguments)")
+    parser.add_argument(
+        "--api-key-file",
+        default=None,
+        help="require this bearer key (read from a file, so it never shows in process arguments)",
+    )
     parser.add_argument("--slow-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     key = None

@@ -20,8 +20,13 @@ from aiohttp import web
 from appliance.standins.jobsim import SIM_KEY, JobSim, SimJob, check_auth, create_misbehaviour, read_key
 from appliance.standins.process import serve
 
-STATUS = {"queued": "starting", "running": "processing", "succeeded": "succeeded", "failed": "failed",
-          "canceled": "canceled"}
+STATUS = {
+    "queued": "starting",
+    "running": "processing",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "canceled": "canceled",
+}
 
 
 def make_app(api_key: str | None = None) -> web.Application:
@@ -31,13 +36,22 @@ def make_app(api_key: str | None = None) -> web.Application:
     def view(request: web.Request, job: SimJob) -> dict[str, Any]:
         base = f"{request.scheme}://{request.host}/v1/predictions/{job.id}"
         now = datetime.now(UTC).isoformat()
-        return {"id": job.id, "model": models.get(job.id, "standin/model"), "version": "standin-version",
-                "input": job.input, "logs": "\n".join(job.logs), "output": job.output, "error": job.error,
-                "status": STATUS[job.state], "created_at": now, "data_removed": False,
-                "started_at": now if job.state != "queued" else None,
-                "completed_at": now if job.state in ("succeeded", "failed", "canceled") else None,
-                "metrics": {"predict_time": 0.1 * job.step} if job.state == "succeeded" else {},
-                "urls": {"get": base, "cancel": base + "/cancel", "web": base}}
+        return {
+            "id": job.id,
+            "model": models.get(job.id, "standin/model"),
+            "version": "standin-version",
+            "input": job.input,
+            "logs": "\n".join(job.logs),
+            "output": job.output,
+            "error": job.error,
+            "status": STATUS[job.state],
+            "created_at": now,
+            "data_removed": False,
+            "started_at": now if job.state != "queued" else None,
+            "completed_at": now if job.state in ("succeeded", "failed", "canceled") else None,
+            "metrics": {"predict_time": 0.1 * job.step} if job.state == "succeeded" else {},
+            "urls": {"get": base, "cancel": base + "/cancel", "web": base},
+        }
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -53,8 +67,9 @@ def make_app(api_key: str | None = None) -> web.Application:
         body = await request.json()
         job_input = body.get("input")
         if not isinstance(job_input, dict):
-            return web.json_response({"title": "Invalid input", "detail": "input is required", "status": 422},
-                                     status=422)
+            return web.json_response(
+                {"title": "Invalid input", "detail": "input is required", "status": 422}, status=422
+            )
         trouble = create_misbehaviour(job_input)
         if trouble is not None:
             return trouble
@@ -88,7 +103,9 @@ def make_app(api_key: str | None = None) -> web.Application:
 
     @routes.get("/v1/account")
     async def account(request: web.Request) -> web.Response:
-        return web.json_response({"type": "user", "username": "standin", "name": "Stand-in", "github_url": None})
+        return web.json_response(
+            {"type": "user", "username": "standin", "name": "Stand-in", "github_url": None}
+        )
 
     @routes.get("/__standin/stats")
     async def stats(request: web.Request) -> web.Response:
@@ -101,8 +118,11 @@ def make_app(api_key: str | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m appliance.standins.replicate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m appliance.standins.replicate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8302)
     parser.add_argument("--api-key-file", default=None)

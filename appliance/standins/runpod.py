@@ -19,8 +19,14 @@ from aiohttp import web
 from appliance.standins.jobsim import SIM_KEY, JobSim, SimJob, check_auth, create_misbehaviour, read_key
 from appliance.standins.process import serve
 
-STATUS = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "succeeded": "COMPLETED", "failed": "FAILED",
-          "canceled": "CANCELLED", "timed_out": "TIMED_OUT"}
+STATUS = {
+    "queued": "IN_QUEUE",
+    "running": "IN_PROGRESS",
+    "succeeded": "COMPLETED",
+    "failed": "FAILED",
+    "canceled": "CANCELLED",
+    "timed_out": "TIMED_OUT",
+}
 
 
 def make_app(api_key: str | None = None) -> web.Application:
@@ -28,8 +34,12 @@ def make_app(api_key: str | None = None) -> web.Application:
     streamed: dict[str, int] = {}
 
     def view(job: SimJob) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": job.id, "status": STATUS[job.state], "delayTime": 50,
-                               "executionTime": 100 * job.step}
+        out: dict[str, Any] = {
+            "id": job.id,
+            "status": STATUS[job.state],
+            "delayTime": 50,
+            "executionTime": 100 * job.step,
+        }
         if job.state == "succeeded":
             out["output"] = job.output
         if job.state == "failed":
@@ -85,8 +95,9 @@ def make_app(api_key: str | None = None) -> web.Application:
             return web.json_response({"error": "request does not exist"}, status=404)
         start = streamed.get(job.id, 0)
         streamed[job.id] = len(job.stream)
-        return web.json_response({"status": STATUS[job.state],
-                                  "stream": [{"output": chunk} for chunk in job.stream[start:]]})
+        return web.json_response(
+            {"status": STATUS[job.state], "stream": [{"output": chunk} for chunk in job.stream[start:]]}
+        )
 
     @routes.post("/v2/{endpoint}/cancel/{id}")
     async def cancel(request: web.Request) -> web.Response:
@@ -99,11 +110,17 @@ def make_app(api_key: str | None = None) -> web.Application:
     @routes.get("/v2/{endpoint}/health")
     async def health(request: web.Request) -> web.Response:
         active = [j for j in sim.jobs.values() if j.state in ("queued", "running")]
-        return web.json_response({"jobs": {"inQueue": sum(j.state == "queued" for j in active),
-                                           "inProgress": sum(j.state == "running" for j in active),
-                                           "completed": sum(j.state == "succeeded" for j in sim.jobs.values()),
-                                           "failed": sum(j.state == "failed" for j in sim.jobs.values())},
-                                  "workers": {"idle": 1, "running": len(active)}})
+        return web.json_response(
+            {
+                "jobs": {
+                    "inQueue": sum(j.state == "queued" for j in active),
+                    "inProgress": sum(j.state == "running" for j in active),
+                    "completed": sum(j.state == "succeeded" for j in sim.jobs.values()),
+                    "failed": sum(j.state == "failed" for j in sim.jobs.values()),
+                },
+                "workers": {"idle": 1, "running": len(active)},
+            }
+        )
 
     @routes.get("/__standin/stats")
     async def stats(request: web.Request) -> web.Response:
@@ -116,8 +133,11 @@ def make_app(api_key: str | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m appliance.standins.runpod", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m appliance.standins.runpod",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8303)
     parser.add_argument("--api-key-file", default=None)

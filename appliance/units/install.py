@@ -44,7 +44,10 @@ COMFYUI_TEMPLATE = "appliance-comfyui@.service"
 WORKER_TEMPLATE = "appliance-worker@.service"
 ONFAILURE_TEMPLATE = "appliance-onfailure@.service"
 #: Packaged name -> installed path, for the files that are not units.
-SYSTEM_FILES = {"tmpfiles.conf": TMPFILES_DIR / "appliance.conf", "sysusers.conf": SYSUSERS_DIR / "appliance.conf"}
+SYSTEM_FILES = {
+    "tmpfiles.conf": TMPFILES_DIR / "appliance.conf",
+    "sysusers.conf": SYSUSERS_DIR / "appliance.conf",
+}
 
 COMFYUI_DROPIN = "10-comfyui.conf"
 CONFIG_DROPIN = "20-config.conf"
@@ -55,7 +58,9 @@ ALL_UNITS_DROPIN_DIR = "appliance-.service.d"
 CONTAINER_EXIT_STATUS = 70
 
 # Instance names go into unit names and worker ids unescaped: keep them to what both accept.
-_INSTANCE_UNIT_RE = re.compile(r"^appliance-(?P<template>comfyui|worker)@(?P<instance>[A-Za-z0-9_]+)\.service$")
+_INSTANCE_UNIT_RE = re.compile(
+    r"^appliance-(?P<template>comfyui|worker)@(?P<instance>[A-Za-z0-9_]+)\.service$"
+)
 _GPU_SLOT_RE = re.compile(r"^gpu(?P<index>[0-9]+)$")
 _SLOT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*[0-9]+$")
 # ProtectHome=yes hides these from every unit, so an executable there could never start.
@@ -137,8 +142,10 @@ def check_plan_unit(unit: str) -> None:
         return
     match = _INSTANCE_UNIT_RE.match(unit)
     if not match:
-        raise InstallError(f"plan names unit {unit!r}: expected appliance-comfyui@<gpu>.service or "
-                           "appliance-worker@<slot>.service")
+        raise InstallError(
+            f"plan names unit {unit!r}: expected appliance-comfyui@<gpu>.service or "
+            "appliance-worker@<slot>.service"
+        )
     instance = match["instance"]
     if match["template"] == "comfyui" and not instance.isdigit():
         raise InstallError(f"plan names unit {unit!r}: the ComfyUI instance is a GPU index")
@@ -153,8 +160,10 @@ def check_bin_path(bin_path: str, root: Path) -> PurePosixPath:
         raise InstallError(f"--bin {bin_path}: must be an absolute path")
     for hidden in _HIDDEN_BY_PROTECT_HOME:
         if path.is_relative_to(hidden):
-            raise InstallError(f"--bin {bin_path}: {hidden} is hidden from the units by ProtectHome=yes; "
-                               "install appliance under /opt or /usr/local")
+            raise InstallError(
+                f"--bin {bin_path}: {hidden} is hidden from the units by ProtectHome=yes; "
+                "install appliance under /opt or /usr/local"
+            )
     on_disk = root / path.relative_to("/")
     # A symlink under another root may point at a path that only resolves inside it: trust it.
     if not on_disk.is_symlink() and not (on_disk.is_file() and os.access(on_disk, os.X_OK)):
@@ -186,9 +195,11 @@ def comfyui_binding(slot: str) -> str | None:
     if not match:
         return None
     comfyui = f"appliance-comfyui@{int(match['index'])}.service"
-    return ("# Written by `appliance units install`: this worker serves that ComfyUI instance, so it starts\n"
-            "# after it and stops (or restarts) with it.\n"
-            f"[Unit]\nBindsTo={comfyui}\nPartOf={comfyui}\nAfter={comfyui}\n")
+    return (
+        "# Written by `appliance units install`: this worker serves that ComfyUI instance, so it starts\n"
+        "# after it and stops (or restarts) with it.\n"
+        f"[Unit]\nBindsTo={comfyui}\nPartOf={comfyui}\nAfter={comfyui}\n"
+    )
 
 
 def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None) -> list[InstallFile]:
@@ -206,28 +217,51 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
         if match and match["template"] == "worker" and (binding := comfyui_binding(match["instance"])):
             files.append(InstallFile(_dropin(unit, COMFYUI_DROPIN), FileKind.DROPIN, content=binding))
     if options.container_mode:
-        files.append(InstallFile(
-            _dropin(MACHINE_UNIT, CONTAINER_DROPIN), FileKind.DROPIN,
-            content=("# Written by `appliance units install --container-mode`: when the supervisor fails past its\n"
-                     "# start limit the machine is beyond repair, so PID 1 exits and the container with it. The\n"
-                     "# status is fixed: after a start-limit failure there is no main process whose status could pass.\n"
-                     f"[Unit]\nFailureAction=exit\nFailureActionExitStatus={CONTAINER_EXIT_STATUS}\n")))
+        files.append(
+            InstallFile(
+                _dropin(MACHINE_UNIT, CONTAINER_DROPIN),
+                FileKind.DROPIN,
+                content=(
+                    "# Written by `appliance units install --container-mode`: when the supervisor fails past its\n"
+                    "# start limit the machine is beyond repair, so PID 1 exits and the container with it. The\n"
+                    "# status is fixed: after a start-limit failure there is no main process whose status could pass.\n"
+                    f"[Unit]\nFailureAction=exit\nFailureActionExitStatus={CONTAINER_EXIT_STATUS}\n"
+                ),
+            )
+        )
     if options.config_path is not None:
-        files.append(InstallFile(
-            UNIT_DIR / ALL_UNITS_DROPIN_DIR / CONFIG_DROPIN, FileKind.DROPIN,
-            content=("# Written by `appliance units install --config`.\n"
-                     f"[Service]\nEnvironment=APPLIANCE_CONFIG={options.config_path}\n")))
+        files.append(
+            InstallFile(
+                UNIT_DIR / ALL_UNITS_DROPIN_DIR / CONFIG_DROPIN,
+                FileKind.DROPIN,
+                content=(
+                    "# Written by `appliance units install --config`.\n"
+                    f"[Service]\nEnvironment=APPLIANCE_CONFIG={options.config_path}\n"
+                ),
+            )
+        )
     for unit in options.units:
         if unit == MACHINE_UNIT:
             continue  # appliance.target wants it already
         template = _INSTANCE_UNIT_RE.sub(r"appliance-\g<template>@.service", unit)
-        files.append(InstallFile(UNIT_DIR / f"{TARGET}.wants" / unit, FileKind.WANTS,
-                                 link=f"/{UNIT_DIR / template}"))
+        files.append(
+            InstallFile(UNIT_DIR / f"{TARGET}.wants" / unit, FileKind.WANTS, link=f"/{UNIT_DIR / template}")
+        )
     if options.enable:
-        files.append(InstallFile(UNIT_DIR / "multi-user.target.wants" / TARGET, FileKind.WANTS,
-                                 link=f"/{UNIT_DIR / TARGET}"))
-    files.append(InstallFile(CONFIG_DIR / "appliance.env", FileKind.CONFIG, content=ENV_FILE_TEMPLATE,
-                             mode=0o640, keep_existing=True))
+        files.append(
+            InstallFile(
+                UNIT_DIR / "multi-user.target.wants" / TARGET, FileKind.WANTS, link=f"/{UNIT_DIR / TARGET}"
+            )
+        )
+    files.append(
+        InstallFile(
+            CONFIG_DIR / "appliance.env",
+            FileKind.CONFIG,
+            content=ENV_FILE_TEMPLATE,
+            mode=0o640,
+            keep_existing=True,
+        )
+    )
     return files
 
 
@@ -244,9 +278,15 @@ def managed_paths(root: Path, packaged: dict[str, str] | None = None) -> list[Pa
     if wants.is_dir():
         found += [p for p in wants.iterdir() if p.is_symlink() and p.name.startswith("appliance-")]
     found += [p for p in unit_dir.glob(f"appliance-worker@*.service.d/{COMFYUI_DROPIN}")]
-    found += [p for p in [unit_dir / f"{MACHINE_UNIT}.d" / CONTAINER_DROPIN,
-                          unit_dir / ALL_UNITS_DROPIN_DIR / CONFIG_DROPIN,
-                          unit_dir / "multi-user.target.wants" / TARGET] if p.exists() or p.is_symlink()]
+    found += [
+        p
+        for p in [
+            unit_dir / f"{MACHINE_UNIT}.d" / CONTAINER_DROPIN,
+            unit_dir / ALL_UNITS_DROPIN_DIR / CONFIG_DROPIN,
+            unit_dir / "multi-user.target.wants" / TARGET,
+        ]
+        if p.exists() or p.is_symlink()
+    ]
     return sorted(found)
 
 
@@ -255,7 +295,11 @@ def _remove(paths: list[Path], root: Path) -> None:
         path.unlink()
         parent = path.parent
         # Drop-in and wants directories we emptied go too; the unit directory itself stays.
-        if parent.parent == root / UNIT_DIR and parent.name.endswith((".d", ".wants")) and not any(parent.iterdir()):
+        if (
+            parent.parent == root / UNIT_DIR
+            and parent.name.endswith((".d", ".wants"))
+            and not any(parent.iterdir())
+        ):
             parent.rmdir()
 
 
@@ -282,8 +326,12 @@ def create_user(root: Path) -> str | None:
     tool = shutil.which("systemd-sysusers")
     if tool is None:
         return "systemd-sysusers not found: create the system user `appliance` before starting the units"
-    proc = subprocess.run([tool, f"--root={root}", str(root / SYSTEM_FILES["sysusers.conf"])],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [tool, f"--root={root}", str(root / SYSTEM_FILES["sysusers.conf"])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         return f"systemd-sysusers failed: {proc.stderr.strip()}"
     return None

@@ -56,7 +56,9 @@ class StopSignals:
     def deliver(self, sig: signal.Signals = signal.SIGTERM) -> None:
         self.received += 1
         if self.received == 1:
-            log.warning("%s: draining (no new jobs; running jobs may finish within the drain grace)", sig.name)
+            log.warning(
+                "%s: draining (no new jobs; running jobs may finish within the drain grace)", sig.name
+            )
             self.draining.set()
         else:
             log.warning("%s again: handing running jobs back now", sig.name)
@@ -74,8 +76,9 @@ def hang_event_loop() -> None:
 class FleetDrain:
     """Reads the machine's drain flag; `drained` is the last answer (False until one came)."""
 
-    def __init__(self, client: Any, machine_id: str, link: RedisLink,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, client: Any, machine_id: str, link: RedisLink, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.client = client
         self.machine_id = machine_id
         self.key = drain_key(machine_id)
@@ -97,8 +100,12 @@ class FleetDrain:
             return self.drained
         self._checked_at = time.monotonic()
         if drained != self.drained:
-            log.warning("machine %s: taking no new jobs (fleet drain)" if drained
-                        else "machine %s: drain lifted, taking jobs again", self.machine_id)
+            log.warning(
+                "machine %s: taking no new jobs (fleet drain)"
+                if drained
+                else "machine %s: drain lifted, taking jobs again",
+                self.machine_id,
+            )
             self.drained = drained
             self._on_change()
         return drained
@@ -112,8 +119,9 @@ class FleetDrain:
             await asyncio.sleep(interval_s)
 
 
-async def wait_until(condition: Callable[[], bool], *, timeout_s: float, wake: asyncio.Event | None = None,
-                     poll_s: float = 0.1) -> bool:
+async def wait_until(
+    condition: Callable[[], bool], *, timeout_s: float, wake: asyncio.Event | None = None, poll_s: float = 0.1
+) -> bool:
     """Wait until `condition()` holds (True), `wake` is set or `timeout_s` passes (False)."""
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -36,9 +36,17 @@ SERVICE_TROUBLE_CODES = frozenset({"unreachable", "service_error", "connection",
 class JobRunner:
     """Runs leased jobs on one connector; one `run()` per job, several at once where the connector allows."""
 
-    def __init__(self, connector: Connector, queue: Queue, leases: LeaseTable, link: RedisLink,
-                 writer: OutcomeWriter, *, default_timeout_s: float,
-                 on_service_trouble: Any = lambda: None) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        queue: Queue,
+        leases: LeaseTable,
+        link: RedisLink,
+        writer: OutcomeWriter,
+        *,
+        default_timeout_s: float,
+        on_service_trouble: Any = lambda: None,
+    ) -> None:
         self.connector = connector
         self.queue = queue
         self.leases = leases
@@ -60,8 +68,11 @@ class JobRunner:
         job = claimed.job
         lease = Lease(claimed, timeout_s=float(job.timeout_s or self.default_timeout_s))
         lease.progress = ProgressForwarder(
-            partial(self._write_progress, job.id, claimed.token), self.link,
-            on_cancel=lambda: self.stop(lease, StopReason.CANCEL), on_lost=lambda: self.stop(lease, StopReason.LOST))
+            partial(self._write_progress, job.id, claimed.token),
+            self.link,
+            on_cancel=lambda: self.stop(lease, StopReason.CANCEL),
+            on_lost=lambda: self.stop(lease, StopReason.LOST),
+        )
         self.leases.add(lease)
         return lease
 
@@ -69,8 +80,13 @@ class JobRunner:
         """Run the job to its outcome and write it; the lease leaves the table when done."""
         job, claimed = lease.claimed.job, lease.claimed
         assert lease.progress is not None
-        log.info("job %s: claimed (service %s, attempt %d, timeout %gs)", job.id, job.service, claimed.attempt,
-                 lease.timeout_s)
+        log.info(
+            "job %s: claimed (service %s, attempt %d, timeout %gs)",
+            job.id,
+            job.service,
+            claimed.attempt,
+            lease.timeout_s,
+        )
         try:
             result, exc = await self._call(lease)
             lease.finishing = True
@@ -98,14 +114,21 @@ class JobRunner:
     async def _call(self, lease: Lease) -> tuple[dict[str, Any] | None, BaseException | None]:
         """Run the connector until it finishes, times out, or the lease must stop; (result, exception)."""
         job = lease.claimed.job
-        cjob = ConnectorJob(id=job.id, service=job.service, payload=dict(job.payload), attempt=lease.claimed.attempt,
-                            timeout_s=lease.timeout_s, customer_id=job.customer_id)
+        cjob = ConnectorJob(
+            id=job.id,
+            service=job.service,
+            payload=dict(job.payload),
+            attempt=lease.claimed.attempt,
+            timeout_s=lease.timeout_s,
+            customer_id=job.customer_id,
+        )
         assert lease.progress is not None
         proc = asyncio.create_task(self.connector.process(cjob, lease.progress.report), name=f"job:{job.id}")
         stopped = asyncio.create_task(lease.stopped.wait())
         try:
-            done, _ = await asyncio.wait({proc, stopped}, timeout=lease.timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {proc, stopped}, timeout=lease.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
             if proc not in done:
                 if lease.request_stop(StopReason.TIMEOUT):
                     log.warning("job %s: timed out after %gs; interrupting it", job.id, lease.timeout_s)
@@ -137,7 +160,10 @@ class JobRunner:
             log.exception("job %s: connector.cancel failed", lease.job_id)
         done, _ = await asyncio.wait({proc}, timeout=self.interrupt_grace_s)
         if not done:
-            log.warning("job %s: connector did not stop within %gs; cancelling its task", lease.job_id,
-                        self.interrupt_grace_s)
+            log.warning(
+                "job %s: connector did not stop within %gs; cancelling its task",
+                lease.job_id,
+                self.interrupt_grace_s,
+            )
             proc.cancel()
             await asyncio.wait({proc}, timeout=1.0)

@@ -26,8 +26,15 @@ HEALTH_TIMEOUT_S = 10.0
 class ServiceHealth:
     """Whether the connector's service answers; `on_change` is called on every transition."""
 
-    def __init__(self, connector: Connector, name: str, *, interval_s: float, down_interval_s: float,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        name: str,
+        *,
+        interval_s: float,
+        down_interval_s: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.connector = connector
         self.name = name
         self.interval_s = interval_s
@@ -82,5 +89,9 @@ async def reap_forever(queue: Queue, link: RedisLink, interval_s: float) -> None
                 log.exception("reaping failed")
             continue
         if result.requeued or result.dead or result.cancelled:
-            log.info("reaper: %d expired or due job(s) back in line, %d dead-lettered, %d cancelled",
-                     result.requeued, result.dead, result.cancelled)
+            log.info(
+                "reaper: %d expired or due job(s) back in line, %d dead-lettered, %d cancelled",
+                result.requeued,
+                result.dead,
+                result.cancelled,
+            )

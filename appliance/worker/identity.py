@@ -53,14 +53,20 @@ def parse_slot(slot: str) -> WorkerSlot:
     raise SlotError(f"slot {slot!r} is not gpu<N> or <connector><N> (e.g. gpu0, openai1, echo0)")
 
 
-def slot_from_arguments(*, slot: str | None, gpu: int | None, connector: str | None,
-                        index: int | None) -> WorkerSlot:
+def slot_from_arguments(
+    *, slot: str | None, gpu: int | None, connector: str | None, index: int | None
+) -> WorkerSlot:
     """The slot named by exactly one of `--slot`, `--gpu N` or `--connector NAME [--index N]`."""
-    given = [flag for flag, value in (("--slot", slot), ("--gpu", gpu), ("--connector", connector))
-             if value is not None]
+    given = [
+        flag
+        for flag, value in (("--slot", slot), ("--gpu", gpu), ("--connector", connector))
+        if value is not None
+    ]
     if len(given) != 1:
-        raise SlotError("give exactly one of --slot SLOT, --gpu N or --connector NAME"
-                        + (f" (got {' and '.join(given)})" if given else ""))
+        raise SlotError(
+            "give exactly one of --slot SLOT, --gpu N or --connector NAME"
+            + (f" (got {' and '.join(given)})" if given else "")
+        )
     if index is not None and connector is None:
         raise SlotError("--index goes with --connector NAME")
     if slot is not None:
@@ -74,8 +80,10 @@ def slot_from_arguments(*, slot: str | None, gpu: int | None, connector: str | N
         raise SlotError(f"--index must be 0 or more, not {index}")
     name = connector.lower()
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise SlotError(f"--connector {connector!r}: a connector name starts with a letter and holds letters, "
-                        "digits and '_'")
+        raise SlotError(
+            f"--connector {connector!r}: a connector name starts with a letter and holds letters, "
+            "digits and '_'"
+        )
     if name == GPU_CONNECTOR:
         raise SlotError("ComfyUI workers are started with --gpu N, not --connector comfyui")
     return WorkerSlot(name, index or 0)

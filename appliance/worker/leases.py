@@ -60,9 +60,14 @@ class Lease:
     def snapshot(self) -> dict[str, Any]:
         """The job as the worker status shows it."""
         percent = self.progress.percent if self.progress else 0.0
-        return {"id": self.job_id, "progress": round(percent, 1), "attempt": self.claimed.attempt,
-                "service": self.claimed.job.service, "running_s": round(time.monotonic() - self.started, 1),
-                **({"stopping": self.stop.value} if self.stop else {})}
+        return {
+            "id": self.job_id,
+            "progress": round(percent, 1),
+            "attempt": self.claimed.attempt,
+            "service": self.claimed.job.service,
+            "running_s": round(time.monotonic() - self.started, 1),
+            **({"stopping": self.stop.value} if self.stop else {}),
+        }
 
 
 class LeaseTable:
@@ -108,8 +113,16 @@ class Heartbeater:
     down it retries with backoff, and renews at once when Redis answers again.
     """
 
-    def __init__(self, session: WorkerSession, leases: LeaseTable, link: RedisLink, *, interval_s: float,
-                 on_cancel: Callable[[Lease], None], on_lost: Callable[[Lease], None]) -> None:
+    def __init__(
+        self,
+        session: WorkerSession,
+        leases: LeaseTable,
+        link: RedisLink,
+        *,
+        interval_s: float,
+        on_cancel: Callable[[Lease], None],
+        on_lost: Callable[[Lease], None],
+    ) -> None:
         self.session = session
         self.leases = leases
         self.link = link
@@ -164,19 +177,26 @@ class OutcomeWriter:
         """True when the outcome (or the hand-back) reached the queue."""
         job_id = lease.job_id
         if outcome.kind is OutcomeKind.DROP:
-            log.warning("job %s: lease lost (another worker owns it now or it finished); not writing its "
-                        "outcome", job_id)
+            log.warning(
+                "job %s: lease lost (another worker owns it now or it finished); not writing its outcome",
+                job_id,
+            )
             return False
         while True:
             if lease.stop is StopReason.LOST:
-                log.warning("job %s: lease lost while its outcome (%s) waited; not writing it", job_id,
-                            outcome.kind.value)
+                log.warning(
+                    "job %s: lease lost while its outcome (%s) waited; not writing it",
+                    job_id,
+                    outcome.kind.value,
+                )
                 return False
             try:
                 # Shielded: a shutdown cancelling this task must not cut a script call in half.
                 await asyncio.shield(self._write_once(lease, outcome))
             except LeaseLost:
-                log.warning("job %s: lease lost; the queue refused its outcome (%s)", job_id, outcome.describe())
+                log.warning(
+                    "job %s: lease lost; the queue refused its outcome (%s)", job_id, outcome.describe()
+                )
                 return False
             except (JobAlreadyFinished, JobNotFound) as exc:
                 log.warning("job %s: not writing its outcome: %s", job_id, exc)
@@ -190,15 +210,25 @@ class OutcomeWriter:
                     return False
                 self.link.mark_down(exc)
                 if self.abandon.is_set():
-                    log.error("job %s: exiting while Redis is down; its outcome (%s) is lost and the lease "
-                              "will expire", job_id, outcome.kind.value)
+                    log.error(
+                        "job %s: exiting while Redis is down; its outcome (%s) is lost and the lease "
+                        "will expire",
+                        job_id,
+                        outcome.kind.value,
+                    )
                     return False
                 await self._wait_retry()
                 continue
             self.link.mark_up()
-            log.info("job %s: %s", job_id, outcome.describe() if outcome.kind is OutcomeKind.FAIL
-                     else {"complete": "completed", "cancelled": "cancelled on request",
-                           "release": "handed back"}[outcome.kind.value])
+            log.info(
+                "job %s: %s",
+                job_id,
+                outcome.describe()
+                if outcome.kind is OutcomeKind.FAIL
+                else {"complete": "completed", "cancelled": "cancelled on request", "release": "handed back"}[
+                    outcome.kind.value
+                ],
+            )
             return True
 
     async def _wait_retry(self) -> None:
@@ -213,8 +243,15 @@ class OutcomeWriter:
         if outcome.kind is OutcomeKind.COMPLETE:
             await q.complete(job_id, token, outcome.result)
         elif outcome.kind is OutcomeKind.FAIL:
-            await q.fail(job_id, token, outcome.error, retryable=outcome.retryable, details=outcome.details,
-                         attempt=lease.claimed.attempt, shape=shape)
+            await q.fail(
+                job_id,
+                token,
+                outcome.error,
+                retryable=outcome.retryable,
+                details=outcome.details,
+                attempt=lease.claimed.attempt,
+                shape=shape,
+            )
         elif outcome.kind is OutcomeKind.CANCELLED:
             await q.finish_cancelled(job_id, token, shape=shape)
         elif outcome.kind is OutcomeKind.RELEASE:

@@ -59,21 +59,40 @@ def failure_of(exc: BaseException) -> Outcome:
     """Classify a connector exception: retryable (timeouts, 429/5xx, connection loss) or permanent."""
     if isinstance(exc, ConnectorError):
         details: dict[str, Any] = {"kind": exc.code, "code": exc.code, **_jsonable(exc.details)}
-        return Outcome(OutcomeKind.FAIL, error=exc.message or str(exc), retryable=exc.retryable, details=details)
+        return Outcome(
+            OutcomeKind.FAIL, error=exc.message or str(exc), retryable=exc.retryable, details=details
+        )
     name = type(exc).__name__
     if isinstance(exc, _RETRYABLE_BUILTINS):
-        return Outcome(OutcomeKind.FAIL, error=f"{name}: {exc}", retryable=True,
-                       details={"kind": "connection", "code": "connection", "exception": name})
+        return Outcome(
+            OutcomeKind.FAIL,
+            error=f"{name}: {exc}",
+            retryable=True,
+            details={"kind": "connection", "code": "connection", "exception": name},
+        )
     if isinstance(exc, _PERMANENT_BUILTINS):
-        return Outcome(OutcomeKind.FAIL, error=f"{name}: {exc}", retryable=False,
-                       details={"kind": "bad_payload", "code": "bad_payload", "exception": name})
+        return Outcome(
+            OutcomeKind.FAIL,
+            error=f"{name}: {exc}",
+            retryable=False,
+            details={"kind": "bad_payload", "code": "bad_payload", "exception": name},
+        )
     # A connector bug we cannot classify: retrying is bounded by max_retries and the history shows each try.
-    return Outcome(OutcomeKind.FAIL, error=f"{name}: {exc}", retryable=True,
-                   details={"kind": "internal_error", "code": "internal_error", "exception": name})
+    return Outcome(
+        OutcomeKind.FAIL,
+        error=f"{name}: {exc}",
+        retryable=True,
+        details={"kind": "internal_error", "code": "internal_error", "exception": name},
+    )
 
 
-def decide(result: dict[str, Any] | None, exc: BaseException | None, stop: StopReason | None, *,
-           timeout_s: float | None = None) -> Outcome:
+def decide(
+    result: dict[str, Any] | None,
+    exc: BaseException | None,
+    stop: StopReason | None,
+    *,
+    timeout_s: float | None = None,
+) -> Outcome:
     """The outcome of one attempt from what the connector returned or raised and why we stopped it, if we did.
 
     A lost lease always wins (writing would be refused anyway); a finished result wins over every other stop
@@ -89,9 +108,16 @@ def decide(result: dict[str, Any] | None, exc: BaseException | None, stop: StopR
         return Outcome(OutcomeKind.CANCELLED)
     if stop is StopReason.TIMEOUT:
         limit = f"{timeout_s:g}s" if timeout_s is not None else "its limit"
-        return Outcome(OutcomeKind.FAIL, error=f"job timed out after {limit}", retryable=True,
-                       details={"kind": "timeout", "code": "timeout",
-                                **({"timeout_s": timeout_s} if timeout_s is not None else {})})
+        return Outcome(
+            OutcomeKind.FAIL,
+            error=f"job timed out after {limit}",
+            retryable=True,
+            details={
+                "kind": "timeout",
+                "code": "timeout",
+                **({"timeout_s": timeout_s} if timeout_s is not None else {}),
+            },
+        )
     if isinstance(exc, asyncio.CancelledError):
         # Cancelled without a reason of ours: the worker is going down; hand the job back.
         return Outcome(OutcomeKind.RELEASE)

@@ -37,9 +37,16 @@ class ProgressValue:
 class ProgressForwarder:
     """Throttled, coalescing progress of one job."""
 
-    def __init__(self, write: ProgressWriter, link: RedisLink, *, on_cancel: Callable[[], None],
-                 on_lost: Callable[[], None], min_interval_s: float = MIN_INTERVAL_S,
-                 min_step: float = MIN_STEP) -> None:
+    def __init__(
+        self,
+        write: ProgressWriter,
+        link: RedisLink,
+        *,
+        on_cancel: Callable[[], None],
+        on_lost: Callable[[], None],
+        min_interval_s: float = MIN_INTERVAL_S,
+        min_step: float = MIN_STEP,
+    ) -> None:
         self._write = write
         self._link = link
         self._on_cancel = on_cancel
@@ -72,8 +79,11 @@ class ProgressForwarder:
             return False
         if sent is None:
             return True
-        return (abs(latest.percent - sent.percent) >= self.min_step or latest.message != sent.message
-                or (latest.percent >= 100.0 > sent.percent))
+        return (
+            abs(latest.percent - sent.percent) >= self.min_step
+            or latest.message != sent.message
+            or (latest.percent >= 100.0 > sent.percent)
+        )
 
     async def _pump(self) -> None:
         last_write = 0.0

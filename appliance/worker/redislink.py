@@ -20,7 +20,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 #: Errors that mean "Redis is not reachable right now" (as opposed to a bug or a script error).
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, TimeoutError, OSError)
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
 
 #: First and largest delay between retries while Redis is down (s).
 BACKOFF_MIN_S = 0.2
@@ -53,7 +60,9 @@ class RedisLink:
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self.down_since is None:
             self.down_since = time.monotonic()
-            log.warning("Redis unreachable (%s); running jobs continue, retrying with backoff", self.last_error)
+            log.warning(
+                "Redis unreachable (%s); running jobs continue, retrying with backoff", self.last_error
+            )
             self._on_change()
 
     def mark_up(self) -> None:

@@ -62,10 +62,18 @@ class WorkerError(Exception):
 class Worker:
     """One worker process: a slot, its connector, its leases."""
 
-    def __init__(self, settings: Settings, slot: WorkerSlot, *, connection: RedisConnection,
-                 concurrency: int | None = None, notifier: Notifier | None = None,
-                 env: Mapping[str, str] = os.environ, connector: Connector | None = None,
-                 storage: OutputStorage | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        slot: WorkerSlot,
+        *,
+        connection: RedisConnection,
+        concurrency: int | None = None,
+        notifier: Notifier | None = None,
+        env: Mapping[str, str] = os.environ,
+        connector: Connector | None = None,
+        storage: OutputStorage | None = None,
+    ) -> None:
         self.settings = settings
         self.slot = slot
         self.connection = connection
@@ -74,8 +82,9 @@ class Worker:
         self.worker_id = slot.worker_id(self.machine_id)
         self.parts = worker_parts(settings, slot, concurrency=concurrency, env=env)
         self.storage = storage or build_storage(settings, env)
-        self.connector = connector or create_connector(self.parts.connector, options=self.parts.options,
-                                                       storage=self.storage)
+        self.connector = connector or create_connector(
+            self.parts.connector, options=self.parts.options, storage=self.storage
+        )
         self.capacity = max(1, min(self.parts.concurrency, self.connector.max_concurrency))
         self.claim_timeout_s = settings.worker.claim_timeout_s
         self.notifier = notifier or Notifier(env)
@@ -83,8 +92,13 @@ class Worker:
         self.leases = LeaseTable(on_change=self._change)
         self.signals = StopSignals(on_change=self._change)
         self.status = StatusPublisher(self.notifier, self.link)
-        self.service = ServiceHealth(self.connector, self.parts.connector, interval_s=self.parts.health_interval_s,
-                                     down_interval_s=DOWN_HEALTH_INTERVAL_S, on_change=self._change)
+        self.service = ServiceHealth(
+            self.connector,
+            self.parts.connector,
+            interval_s=self.parts.health_interval_s,
+            down_interval_s=DOWN_HEALTH_INTERVAL_S,
+            on_change=self._change,
+        )
         #: Monotonic time of the claim loop's last turn (the watchdog's liveness check).
         self.loop_beat = time.monotonic()
         self.queue: Queue | None = None
@@ -126,25 +140,39 @@ class Worker:
         capabilities = build_capabilities(self.settings, found, ram_gb=ram_gb, cpu_cores=cores)
         # Leases still held under our id belong to a previous run of this slot that died: hand them back now
         # instead of letting them wait for their lease to expire (the attempt counts).
-        orphans = await self._until_redis(lambda: queue.return_jobs_of_worker(self.worker_id, "worker_restart"),
-                                          "returning orphaned jobs")
+        orphans = await self._until_redis(
+            lambda: queue.return_jobs_of_worker(self.worker_id, "worker_restart"), "returning orphaned jobs"
+        )
         if orphans:
             log.warning("handed back %d job(s) a previous run of %s left behind", orphans, self.worker_id)
         session = await self._until_redis(
-            lambda: queue.worker_session(self.worker_id, capabilities, machine_id=self.machine_id), "registering")
+            lambda: queue.worker_session(self.worker_id, capabilities, machine_id=self.machine_id),
+            "registering",
+        )
         if session is None:
             return False
         self.session = self.status.session = session
         self.fleet = FleetDrain(queue.client, self.machine_id, self.link, on_change=self._change)
         await self.fleet.check()
         self.writer = OutcomeWriter(queue, self.link)
-        self.runner = JobRunner(self.connector, queue, self.leases, self.link, self.writer,
-                                default_timeout_s=self.parts.default_timeout_s,
-                                on_service_trouble=self.service.check_now)
+        self.runner = JobRunner(
+            self.connector,
+            queue,
+            self.leases,
+            self.link,
+            self.writer,
+            default_timeout_s=self.parts.default_timeout_s,
+            on_service_trouble=self.service.check_now,
+        )
         self._phase = None
         self.notifier.ready(self.snapshot().text())
-        log.info("worker %s ready: services %s, concurrency %d, queue %s", self.worker_id,
-                 ",".join(capabilities.services), self.capacity, queue.name)
+        log.info(
+            "worker %s ready: services %s, concurrency %d, queue %s",
+            self.worker_id,
+            ",".join(capabilities.services),
+            self.capacity,
+            queue.name,
+        )
         return True
 
     async def _connect(self) -> Queue:
@@ -155,9 +183,14 @@ class Worker:
         kwargs: dict[str, Any] = {**c.client_kwargs()}
         # Few client-side retries: the worker has its own backoff and must notice an outage quickly.
         return await Queue.connect(
-            c.url, queue_name=self.settings.redis.queue, settings=self.settings.queue,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2), socket_timeout=5.0,
-            socket_connect_timeout=5.0, **kwargs)
+            c.url,
+            queue_name=self.settings.redis.queue,
+            settings=self.settings.queue,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            **kwargs,
+        )
 
     async def _until_redis(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
         """Retry `call` while Redis is unreachable (with backoff); None when a stop signal came first."""
@@ -187,7 +220,9 @@ class Worker:
                 try:
                     found = await self.connector.capabilities()
                 except Exception as exc:
-                    log.warning("%s answers but its capabilities could not be read: %s", self.parts.connector, exc)
+                    log.warning(
+                        "%s answers but its capabilities could not be read: %s", self.parts.connector, exc
+                    )
                 else:
                     self.service.set(True)
                     return found
@@ -200,13 +235,23 @@ class Worker:
 
     async def _serve(self) -> None:
         assert self.queue is not None and self.session is not None and self.fleet is not None
-        heartbeat = Heartbeater(self.session, self.leases, self.link,
-                                interval_s=self.settings.queue.heartbeat_interval_ms / 1000,
-                                on_cancel=self._cancel_requested, on_lost=self._lease_lost)
+        heartbeat = Heartbeater(
+            self.session,
+            self.leases,
+            self.link,
+            interval_s=self.settings.queue.heartbeat_interval_ms / 1000,
+            on_cancel=self._cancel_requested,
+            on_lost=self._lease_lost,
+        )
         reaper = reap_forever(self.queue, self.link, self.settings.queue.reaper_interval_ms / 1000)
-        for name, coro in (("heartbeat", heartbeat.run()), ("reaper", reaper), ("health", self.service.run()),
-                           ("fleet-drain", self.fleet.run()),
-                           ("status", self._status_loop()), ("cancels", self._cancel_listener())):
+        for name, coro in (
+            ("heartbeat", heartbeat.run()),
+            ("reaper", reaper),
+            ("health", self.service.run()),
+            ("fleet-drain", self.fleet.run()),
+            ("status", self._status_loop()),
+            ("cancels", self._cancel_listener()),
+        ):
             self._background.append(asyncio.create_task(coro, name=name))
         self._watchdog = WatchdogPinger(self.notifier, [self.redis_reachable, self.claim_loop_turning])
         self._watchdog.start()
@@ -292,7 +337,9 @@ class Worker:
             self.runner.stop(lease, StopReason.CANCEL)
 
     def _lease_lost(self, lease: Lease) -> None:
-        log.warning("job %s: lease lost (heartbeat); stopping it, its outcome will not be written", lease.job_id)
+        log.warning(
+            "job %s: lease lost (heartbeat); stopping it, its outcome will not be written", lease.job_id
+        )
         if self.runner is not None:
             self.runner.stop(lease, StopReason.LOST)
 
@@ -332,9 +379,16 @@ class Worker:
                 phase = Phase.RUNNING if len(self.leases) else Phase.IDLE
         elif phase is Phase.STARTING and not self.link.up:
             phase = Phase.REDIS_DOWN
-        return Snapshot(phase=phase, connector=self.parts.connector, slot=self.slot.name, concurrency=self.capacity,
-                        service_healthy=self.service.healthy, drained=drained, redis_ok=self.link.up,
-                        jobs=[lease.snapshot() for lease in self.leases.all()])
+        return Snapshot(
+            phase=phase,
+            connector=self.parts.connector,
+            slot=self.slot.name,
+            concurrency=self.capacity,
+            service_healthy=self.service.healthy,
+            drained=drained,
+            redis_ok=self.link.up,
+            jobs=[lease.snapshot() for lease in self.leases.all()],
+        )
 
     async def _publish(self, force: bool = False) -> None:
         await self.status.publish(self.snapshot(), force=force)
@@ -358,23 +412,33 @@ class Worker:
         grace = self.settings.worker.drain_grace_s
         running = self.leases.running()
         if running:
-            log.warning("draining: %d job(s) may finish within %gs, else they go back to the queue", len(running),
-                        grace)
+            log.warning(
+                "draining: %d job(s) may finish within %gs, else they go back to the queue",
+                len(running),
+                grace,
+            )
         self.loop_beat = time.monotonic()
-        finished = await wait_until(lambda: not self.leases.running(), timeout_s=grace, wake=self.signals.hurry)
+        finished = await wait_until(
+            lambda: not self.leases.running(), timeout_s=grace, wake=self.signals.hurry
+        )
         self.loop_beat = time.monotonic()
         if not finished:
             hurry = self.signals.hurry.is_set()
             self.runner.interrupt_grace_s = HURRY_INTERRUPT_S if hurry else DRAIN_INTERRUPT_S
             for lease in self.leases.running():
-                log.warning("job %s: handing it back (%s)", lease.job_id,
-                            "second signal" if hurry else f"drain grace of {grace:g}s over")
+                log.warning(
+                    "job %s: handing it back (%s)",
+                    lease.job_id,
+                    "second signal" if hurry else f"drain grace of {grace:g}s over",
+                )
                 self.runner.stop(lease, StopReason.HANDBACK)
         await self._publish()
         limit = HURRY_WRITE_S if self.signals.hurry.is_set() else EXIT_WRITE_S
         if not await wait_until(lambda: len(self.leases) == 0, timeout_s=limit):
-            log.error("exiting with %d job outcome(s) unwritten (Redis unreachable?); their leases will expire",
-                      len(self.leases))
+            log.error(
+                "exiting with %d job outcome(s) unwritten (Redis unreachable?); their leases will expire",
+                len(self.leases),
+            )
         self.writer.abandon.set()
 
     async def _close(self) -> None:

@@ -69,15 +69,30 @@ class Snapshot:
 
     def record(self) -> dict[str, Any]:
         """The worker status record (`WorkerSession.set_status`); never holds secrets or payloads."""
-        return {"state": self.phase.value, "status": self.text(), "connector": self.connector, "slot": self.slot,
-                "concurrency": self.concurrency, "service_healthy": self.service_healthy, "drained": self.drained,
-                "redis_ok": self.redis_ok, "jobs": self.jobs,
-                "current_job_id": self.jobs[0]["id"] if self.jobs else None, "pid": os.getpid()}
+        return {
+            "state": self.phase.value,
+            "status": self.text(),
+            "connector": self.connector,
+            "slot": self.slot,
+            "concurrency": self.concurrency,
+            "service_healthy": self.service_healthy,
+            "drained": self.drained,
+            "redis_ok": self.redis_ok,
+            "jobs": self.jobs,
+            "current_job_id": self.jobs[0]["id"] if self.jobs else None,
+            "pid": os.getpid(),
+        }
 
     def key(self) -> tuple[Any, ...]:
         """What counts as a change worth publishing at once (progress is not)."""
-        return (self.phase, self.service_healthy, self.drained, self.redis_ok,
-                tuple(j["id"] for j in self.jobs), tuple(j.get("stopping") for j in self.jobs))
+        return (
+            self.phase,
+            self.service_healthy,
+            self.drained,
+            self.redis_ok,
+            tuple(j["id"] for j in self.jobs),
+            tuple(j.get("stopping") for j in self.jobs),
+        )
 
 
 class StatusPublisher:
@@ -98,8 +113,12 @@ class StatusPublisher:
         now = time.monotonic()
         key = snap.key()
         progress = tuple(j["progress"] for j in snap.jobs)
-        due = (force or key != self._last_key or now - self._last_publish >= PERIODIC_S
-               or (progress != self._last_progress and now - self._last_publish >= PROGRESS_EVERY_S))
+        due = (
+            force
+            or key != self._last_key
+            or now - self._last_publish >= PERIODIC_S
+            or (progress != self._last_progress and now - self._last_publish >= PROGRESS_EVERY_S)
+        )
         if not due or (not self.link.up and not force):
             return
         try:

@@ -49,7 +49,13 @@ class OutputStorage(ABC):
 
     @abstractmethod
     async def put(
-        self, job_id: str, name: str, data: bytes | Path, content_type: str, *, kind: str = "files",
+        self,
+        job_id: str,
+        name: str,
+        data: bytes | Path,
+        content_type: str,
+        *,
+        kind: str = "files",
         node: str | None = None,
     ) -> OutputFile:
         """Store bytes (or a file's content) as `{job_id}/{name}`; returns where it went."""
@@ -67,15 +73,22 @@ class LocalStorage(OutputStorage):
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
 
     async def put(
-        self, job_id: str, name: str, data: bytes | Path, content_type: str, *, kind: str = "files",
+        self,
+        job_id: str,
+        name: str,
+        data: bytes | Path,
+        content_type: str,
+        *,
+        kind: str = "files",
         node: str | None = None,
     ) -> OutputFile:
         key = object_key(job_id, name)
         target = self.directory / key
         size = await asyncio.to_thread(self._write, target, data)
         url = f"{self.public_base_url}/{quote(key)}" if self.public_base_url else None
-        return OutputFile(name=key, url=url, path=str(target), content_type=content_type, size=size,
-                          node=node, kind=kind)
+        return OutputFile(
+            name=key, url=url, path=str(target), content_type=content_type, size=size, node=node, kind=kind
+        )
 
     @staticmethod
     def _write(target: Path, data: bytes | Path) -> int:
@@ -133,13 +146,20 @@ class S3Storage(OutputStorage):
         return self._client
 
     async def put(
-        self, job_id: str, name: str, data: bytes | Path, content_type: str, *, kind: str = "files",
+        self,
+        job_id: str,
+        name: str,
+        data: bytes | Path,
+        content_type: str,
+        *,
+        kind: str = "files",
         node: str | None = None,
     ) -> OutputFile:
         key = object_key(job_id, name, prefix=self.settings.prefix)
         size, url = await asyncio.to_thread(self._upload, key, data, content_type)
-        return OutputFile(name=key, url=url, path=None, content_type=content_type, size=size, node=node,
-                          kind=kind)
+        return OutputFile(
+            name=key, url=url, path=None, content_type=content_type, size=size, node=node, kind=kind
+        )
 
     def _upload(self, key: str, data: bytes | Path, content_type: str) -> tuple[int, str]:
         client = self._get_client()
@@ -147,7 +167,8 @@ class S3Storage(OutputStorage):
         client.put_object(Bucket=self.settings.bucket, Key=key, Body=body, ContentType=content_type)
         if self.settings.presign_expires_s:
             url = client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.settings.bucket, "Key": key},
+                "get_object",
+                Params={"Bucket": self.settings.bucket, "Key": key},
                 ExpiresIn=self.settings.presign_expires_s,
             )
         else:

@@ -45,20 +45,30 @@ class WorkerParts:
     health_interval_s: float
 
 
-def worker_parts(settings: Settings, slot: WorkerSlot, *, concurrency: int | None = None,
-                 env: Mapping[str, str] = os.environ) -> WorkerParts:
+def worker_parts(
+    settings: Settings,
+    slot: WorkerSlot,
+    *,
+    concurrency: int | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> WorkerParts:
     """Connector options for `slot`: ComfyUI on base_port + N for GPU slots, `connectors.<name>` otherwise."""
     if slot.gpu:
         c = settings.comfyui
         host = connect_host(c.listen)
-        options = ConnectorOptions(base_url=f"http://{host}:{c.base_port + slot.index}",
-                                   default_timeout_s=c.default_job_timeout_s, concurrency=1,
-                                   extra={"request_timeout_s": c.request_timeout_s})
+        options = ConnectorOptions(
+            base_url=f"http://{host}:{c.base_port + slot.index}",
+            default_timeout_s=c.default_job_timeout_s,
+            concurrency=1,
+            extra={"request_timeout_s": c.request_timeout_s},
+        )
         # One ComfyUI runs one prompt at a time: more would only queue inside ComfyUI, out of our sight.
         return WorkerParts("comfyui", options, 1, c.default_job_timeout_s, LOCAL_HEALTH_INTERVAL_S)
     conf = settings.connectors.get(slot.connector)
     if conf is None:
-        raise WiringError(f"unknown connector {slot.connector!r} (known: {', '.join(sorted(settings.connectors))})")
+        raise WiringError(
+            f"unknown connector {slot.connector!r} (known: {', '.join(sorted(settings.connectors))})"
+        )
     try:
         api_key = conf.resolve_api_key(slot.connector, env=env)
     except Exception as exc:  # SecretError: names the file, never the content
@@ -66,9 +76,13 @@ def worker_parts(settings: Settings, slot: WorkerSlot, *, concurrency: int | Non
     wanted = concurrency if concurrency is not None else conf.concurrency
     if wanted < 1:
         raise WiringError(f"--concurrency must be 1 or more, not {wanted}")
-    options = ConnectorOptions(base_url=conf.base_url, api_key=api_key, default_timeout_s=conf.default_timeout_s,
-                               concurrency=wanted, extra={**conf.extra, **(
-                                   {"endpoint_id": conf.endpoint_id} if conf.endpoint_id else {})})
+    options = ConnectorOptions(
+        base_url=conf.base_url,
+        api_key=api_key,
+        default_timeout_s=conf.default_timeout_s,
+        concurrency=wanted,
+        extra={**conf.extra, **({"endpoint_id": conf.endpoint_id} if conf.endpoint_id else {})},
+    )
     interval = LOCAL_HEALTH_INTERVAL_S if slot.connector in LOCAL_CONNECTORS else REMOTE_HEALTH_INTERVAL_S
     return WorkerParts(slot.connector, options, wanted, conf.default_timeout_s, interval)
 
@@ -86,14 +100,22 @@ def build_storage(settings: Settings, env: Mapping[str, str] = os.environ) -> Ou
         secret = s3.resolve_secret_access_key(env=env)
     except Exception as exc:
         raise WiringError(f"storage.s3.secret_access_key: {exc}") from None
-    return S3Storage(S3Settings(
-        bucket=s3.bucket, endpoint_url=s3.endpoint_url, region=s3.region, access_key_id=s3.access_key_id,
-        secret_access_key=secret, prefix=s3.prefix,
-        presign_expires_s=None if s3.public_base_url else s3.presign_expiry_s))
+    return S3Storage(
+        S3Settings(
+            bucket=s3.bucket,
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            access_key_id=s3.access_key_id,
+            secret_access_key=secret,
+            prefix=s3.prefix,
+            presign_expires_s=None if s3.public_base_url else s3.presign_expiry_s,
+        )
+    )
 
 
-def build_capabilities(settings: Settings, found: ConnectorCapabilities, *, ram_gb: float = 0.0,
-                       cpu_cores: int = 0) -> Capabilities:
+def build_capabilities(
+    settings: Settings, found: ConnectorCapabilities, *, ram_gb: float = 0.0, cpu_cores: int = 0
+) -> Capabilities:
     """The queue Capabilities: what the connector reports, what the machine has, what the config overrides."""
     o = settings.worker.capabilities
     models: dict[str, list[str]] | str = {k: list(v) for k, v in found.models.items()}

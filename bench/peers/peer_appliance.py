@@ -26,8 +26,9 @@ async def setup(url: str) -> None:
 
 async def enqueue_bulk(count: int) -> None:
     for start in range(0, count, 5_000):
-        await _queue.submit_many([JobSpec(service="bench", payload={"t": 0.0})
-                                  for _ in range(start, min(count, start + 5_000))])
+        await _queue.submit_many(
+            [JobSpec(service="bench", payload={"t": 0.0}) for _ in range(start, min(count, start + 5_000))]
+        )
 
 
 async def enqueue_one(t: float) -> None:

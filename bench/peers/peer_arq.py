@@ -37,7 +37,9 @@ async def teardown() -> None:
 
 
 def run_worker(url: str, concurrency: int) -> None:
-    Worker(functions=[noop], redis_settings=RedisSettings.from_dsn(url), max_jobs=concurrency, keep_result=0).run()
+    Worker(
+        functions=[noop], redis_settings=RedisSettings.from_dsn(url), max_jobs=concurrency, keep_result=0
+    ).run()
 
 
 if __name__ == "__main__":

@@ -24,8 +24,12 @@ async def setup(url: str) -> None:
 
 async def enqueue_bulk(count: int) -> None:
     for start in range(0, count, 1_000):
-        await _queue.addBulk([{"name": "noop", "data": {"t": 0.0}, "opts": OPTS}
-                              for _ in range(start, min(count, start + 1_000))])
+        await _queue.addBulk(
+            [
+                {"name": "noop", "data": {"t": 0.0}, "opts": OPTS}
+                for _ in range(start, min(count, start + 1_000))
+            ]
+        )
 
 
 async def enqueue_one(t: float) -> None:

@@ -10,8 +10,12 @@ import _harness
 from celery import Celery
 
 app = Celery("peer_celery", broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-app.conf.update(task_ignore_result=True, broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
-                worker_redirect_stdouts=False)
+app.conf.update(
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    worker_redirect_stdouts=False,
+)
 
 
 @app.task(name="noop")
@@ -40,8 +44,9 @@ def teardown() -> None:
 def run_worker(url: str, concurrency: int) -> None:
     app.conf.broker_url = url
     pool = ["--pool=solo"] if concurrency == 1 else ["--pool=threads", f"--concurrency={concurrency}"]
-    app.worker_main(["worker", *pool, "--without-gossip", "--without-mingle", "--without-heartbeat",
-                     "--loglevel=WARNING"])
+    app.worker_main(
+        ["worker", *pool, "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING"]
+    )
 
 
 if __name__ == "__main__":

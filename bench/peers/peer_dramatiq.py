@@ -38,8 +38,20 @@ def teardown() -> None:
 
 def worker_command(python: str, url: str, concurrency: int, processes: int) -> list[list[str]]:
     here = os.path.dirname(os.path.abspath(__file__))
-    return [[python, "-m", "dramatiq", "peer_dramatiq", "--processes", str(processes), "--threads",
-             str(concurrency), "--path", here]]
+    return [
+        [
+            python,
+            "-m",
+            "dramatiq",
+            "peer_dramatiq",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(concurrency),
+            "--path",
+            here,
+        ]
+    ]
 
 
 def run_worker(url: str, concurrency: int) -> None:

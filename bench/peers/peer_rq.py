@@ -24,8 +24,12 @@ def setup(url: str) -> None:
 
 def enqueue_bulk(count: int) -> None:
     for start in range(0, count, 1_000):
-        _queue.enqueue_many([Queue.prepare_data("peer_rq.noop", args=(0.0,), result_ttl=0)
-                             for _ in range(start, min(count, start + 1_000))])
+        _queue.enqueue_many(
+            [
+                Queue.prepare_data("peer_rq.noop", args=(0.0,), result_ttl=0)
+                for _ in range(start, min(count, start + 1_000))
+            ]
+        )
 
 
 def enqueue_one(t: float) -> None:

@@ -21,18 +21,30 @@ def _samples(registry) -> dict[tuple[str, tuple], float]:
 
 
 def test_job_events_of_our_workers_only() -> None:
-    state = MachineState("m1", "api", compute_plan("m1", "api", gpu_count=0, connectors=[ConnectorSlots("echo", 1)]))
+    state = MachineState(
+        "m1", "api", compute_plan("m1", "api", gpu_count=0, connectors=[ConnectorSlots("echo", 1)])
+    )
     registry, jobs = make_registry(state)
     ours, theirs = "m1-echo0", "m1-x-echo0"
-    jobs.observe("1000-0", {"event": "claimed", "job": "a", "worker": ours, "service": "echo", "wait_ms": "250"})
-    jobs.observe("3000-0", {"event": "retrying", "job": "a", "worker": ours, "service": "echo", "attempt": "1"})
-    jobs.observe("4000-0", {"event": "claimed", "job": "a", "worker": ours, "service": "echo", "wait_ms": "3000"})
-    jobs.observe("9000-0", {"event": "completed", "job": "a", "worker": ours, "service": "echo",
-                            "duration_ms": "5000"})
-    jobs.observe("9500-0", {"event": "claimed", "job": "b", "worker": ours, "service": "echo", "wait_ms": "1"})
+    jobs.observe(
+        "1000-0", {"event": "claimed", "job": "a", "worker": ours, "service": "echo", "wait_ms": "250"}
+    )
+    jobs.observe(
+        "3000-0", {"event": "retrying", "job": "a", "worker": ours, "service": "echo", "attempt": "1"}
+    )
+    jobs.observe(
+        "4000-0", {"event": "claimed", "job": "a", "worker": ours, "service": "echo", "wait_ms": "3000"}
+    )
+    jobs.observe(
+        "9000-0", {"event": "completed", "job": "a", "worker": ours, "service": "echo", "duration_ms": "5000"}
+    )
+    jobs.observe(
+        "9500-0", {"event": "claimed", "job": "b", "worker": ours, "service": "echo", "wait_ms": "1"}
+    )
     jobs.observe("9600-0", {"event": "released", "job": "b", "worker": ours, "service": "echo"})
-    jobs.observe("9700-0", {"event": "completed", "job": "c", "worker": theirs, "service": "echo",
-                            "duration_ms": "1"})
+    jobs.observe(
+        "9700-0", {"event": "completed", "job": "c", "worker": theirs, "service": "echo", "duration_ms": "1"}
+    )
     s = _samples(registry)
     assert s[("appliance_jobs_completed_total", (("service", "echo"),))] == 1.0
     assert s[("appliance_jobs_failed_total", (("retryable", "true"), ("service", "echo")))] == 1.0

@@ -24,25 +24,55 @@ API_KEY = "sk-test-planted-0123456789"
 
 def _state(managed: bool = True) -> MachineState:
     plan = compute_plan("m1", "gpu", gpu_count=1)
-    state = MachineState("m1", "gpu", plan, health_url="http://m1:9090", supervision="systemd" if managed else
-                         "unmanaged", secrets=frozenset({REDIS_PASSWORD, API_KEY}))
+    state = MachineState(
+        "m1",
+        "gpu",
+        plan,
+        health_url="http://m1:9090",
+        supervision="systemd" if managed else "unmanaged",
+        secrets=frozenset({REDIS_PASSWORD, API_KEY}),
+    )
     res = host_resources(None)
     res.gpus = [GpuInfo(0, "NVIDIA H100", "GPU-1234", 80 << 30, 2 << 30, 0.25, 0.1, 50.0, None)]
     res.nvml_available = True
     state.resources = res
     for svc in plan.services:
-        state.units[svc.unit] = (UnitState(svc.unit, "loaded", "active", "running", 1, 100, 1_000_000, 1 << 20, 2.5,
-                                           "up", "success") if managed else UnitState(svc.unit))
+        state.units[svc.unit] = (
+            UnitState(
+                svc.unit, "loaded", "active", "running", 1, 100, 1_000_000, 1 << 20, 2.5, "up", "success"
+            )
+            if managed
+            else UnitState(svc.unit)
+        )
     state.redis_ok = state.registered = True
     state.phase = Phase.READY
     # Planted where a careless implementation would leak them: a worker's report and the last error.
-    state.workers["m1-gpu0"] = {"status": "busy", "current_job_id": "j1", "progress": 40.0,
-                                "message": f"calling API with key {API_KEY}"}
+    state.workers["m1-gpu0"] = {
+        "status": "busy",
+        "current_job_id": "j1",
+        "progress": 40.0,
+        "message": f"calling API with key {API_KEY}",
+    }
     state.last_error = f"redis://:{REDIS_PASSWORD}@redis:6379/0 refused"
-    state.queue_stats = {"queue": "default", "waiting": 3, "delayed": 0, "active": 1, "dead": 0, "unworkable": 0,
-                         "workers": 2, "totals": {"submitted": 10, "completed": 6},
-                         "shapes": [{"shape": f"s-{API_KEY}", "requirements": {"service": "comfyui", "pool": "fast"},
-                                     "waiting": 3, "oldest_wait_s": 1.5, "live_workers": True}]}
+    state.queue_stats = {
+        "queue": "default",
+        "waiting": 3,
+        "delayed": 0,
+        "active": 1,
+        "dead": 0,
+        "unworkable": 0,
+        "workers": 2,
+        "totals": {"submitted": 10, "completed": 6},
+        "shapes": [
+            {
+                "shape": f"s-{API_KEY}",
+                "requirements": {"service": "comfyui", "pool": "fast"},
+                "waiting": 3,
+                "oldest_wait_s": 1.5,
+                "live_workers": True,
+            }
+        ],
+    }
     return state
 
 
@@ -104,8 +134,21 @@ async def test_status_schema_and_redaction(served) -> None:
     async with aiohttp.ClientSession() as http, http.get(base + "/status") as resp:
         body = await resp.json()
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
-    assert {"machine_id", "machine_type", "timestamp", "update_type", "health_url", "structure", "status",
-            "resources", "gpus", "queue", "healthy", "ready", "supervision"} <= set(body)
+    assert {
+        "machine_id",
+        "machine_type",
+        "timestamp",
+        "update_type",
+        "health_url",
+        "structure",
+        "status",
+        "resources",
+        "gpus",
+        "queue",
+        "healthy",
+        "ready",
+        "supervision",
+    } <= set(body)
     assert body["status"]["machine"]["phase"] == "ready"
     svc = body["status"]["services"]["comfyui@0"]
     assert svc["active_state"] == "active" and svc["restarts"] == 1 and svc["memory_bytes"] == 1 << 20
@@ -125,17 +168,31 @@ async def test_metrics_parse_and_pass_promtool(served) -> None:
     assert code == 200 and ctype.startswith("text/plain")
     assert API_KEY not in text and REDIS_PASSWORD not in text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("appliance_service_restarts", "appliance_service_memory_bytes", "appliance_service_cpu_seconds",
-                 "appliance_service_uptime_seconds", "appliance_gpu_utilization_ratio",
-                 "appliance_gpu_memory_used_bytes", "appliance_gpu_temperature_celsius", "appliance_load1",
-                 "appliance_disk_read_bytes", "appliance_network_receive_bytes", "appliance_job_duration_seconds",
-                 "appliance_job_queue_wait_seconds", "appliance_jobs_completed", "appliance_jobs_in_flight",
-                 "appliance_queue_depth", "appliance_machine_info"):
+    for name in (
+        "appliance_service_restarts",
+        "appliance_service_memory_bytes",
+        "appliance_service_cpu_seconds",
+        "appliance_service_uptime_seconds",
+        "appliance_gpu_utilization_ratio",
+        "appliance_gpu_memory_used_bytes",
+        "appliance_gpu_temperature_celsius",
+        "appliance_load1",
+        "appliance_disk_read_bytes",
+        "appliance_network_receive_bytes",
+        "appliance_job_duration_seconds",
+        "appliance_job_queue_wait_seconds",
+        "appliance_jobs_completed",
+        "appliance_jobs_in_flight",
+        "appliance_queue_depth",
+        "appliance_machine_info",
+    ):
         assert name in families, name
     assert families["appliance_service_restarts"].type == "counter"
     gpu_util = [s for s in families["appliance_gpu_utilization_ratio"].samples]
     assert [(s.labels, s.value) for s in gpu_util] == [({"gpu": "0"}, 0.25)]
-    assert "appliance_gpu_power_watts" not in {s.name for f in families.values() for s in f.samples}  # unsupported
+    assert "appliance_gpu_power_watts" not in {
+        s.name for f in families.values() for s in f.samples
+    }  # unsupported
     in_flight = {s.labels["worker"]: s.value for s in families["appliance_jobs_in_flight"].samples}
     assert in_flight == {"m1-gpu0": 1.0}
     depth = families["appliance_queue_depth"].samples[0]
@@ -146,8 +203,9 @@ async def test_metrics_parse_and_pass_promtool(served) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed")
-    check = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"], input=text,
-                                    capture_output=True, text=True)
+    check = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 

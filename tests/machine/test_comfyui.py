@@ -21,15 +21,41 @@ PLANTED = "planted-redis-password-xyz"
 
 
 def test_build_command() -> None:
-    s = Settings.model_validate({"comfyui": {"command": ["python", "main.py"], "base_port": 9000,
-                                             "listen": "0.0.0.0", "extra_args": ["--highvram"]}})
-    env = {"PATH": "/bin", "APPLIANCE_REDIS__PASSWORD": "x", "APPLIANCE_OPENAI_API_KEY_FILE": "/k",
-           "CREDENTIALS_DIRECTORY": "/run/creds", "APPLIANCE_COMFYUI__BASE_PORT": "9000"}
+    s = Settings.model_validate(
+        {
+            "comfyui": {
+                "command": ["python", "main.py"],
+                "base_port": 9000,
+                "listen": "0.0.0.0",
+                "extra_args": ["--highvram"],
+            }
+        }
+    )
+    env = {
+        "PATH": "/bin",
+        "APPLIANCE_REDIS__PASSWORD": "x",
+        "APPLIANCE_OPENAI_API_KEY_FILE": "/k",
+        "CREDENTIALS_DIRECTORY": "/run/creds",
+        "APPLIANCE_COMFYUI__BASE_PORT": "9000",
+    }
     cmd = build_command(s, 2, env)
-    assert cmd.argv == ["python", "main.py", "--listen", "0.0.0.0", "--port", "9002", "--cuda-device", "2",
-                        "--highvram"]
+    assert cmd.argv == [
+        "python",
+        "main.py",
+        "--listen",
+        "0.0.0.0",
+        "--port",
+        "9002",
+        "--cuda-device",
+        "2",
+        "--highvram",
+    ]
     assert cmd.probe_url == "http://127.0.0.1:9002/system_stats"
-    assert cmd.env == {"PATH": "/bin", "APPLIANCE_COMFYUI__BASE_PORT": "9000", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert cmd.env == {
+        "PATH": "/bin",
+        "APPLIANCE_COMFYUI__BASE_PORT": "9000",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
     cpu = build_command(Settings.model_validate({"comfyui": {"cpu": True}}), 0, {})
     assert cpu.argv[-1] == "--cpu" and "--cuda-device" not in cpu.argv
 
@@ -41,14 +67,26 @@ class Wrapper:
         self.set(mode)
         self.notify = NotifySocket()
         port = free_port()
-        self.env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": "400000",
-                    "FAKE_COMFY_CONTROL": str(self.control), "FAKE_COMFY_RECORD": str(self.record),
-                    "APPLIANCE_COMFYUI__COMMAND": json.dumps([sys.executable, str(FAKE)]),
-                    "APPLIANCE_COMFYUI__BASE_PORT": str(port - 1), "APPLIANCE_COMFYUI__REQUEST_TIMEOUT_S": "0.5",
-                    "APPLIANCE_REDIS__PASSWORD": PLANTED, **(env or {})}
+        self.env = {
+            **os.environ,
+            "NOTIFY_SOCKET": self.notify.path,
+            "WATCHDOG_USEC": "400000",
+            "FAKE_COMFY_CONTROL": str(self.control),
+            "FAKE_COMFY_RECORD": str(self.record),
+            "APPLIANCE_COMFYUI__COMMAND": json.dumps([sys.executable, str(FAKE)]),
+            "APPLIANCE_COMFYUI__BASE_PORT": str(port - 1),
+            "APPLIANCE_COMFYUI__REQUEST_TIMEOUT_S": "0.5",
+            "APPLIANCE_REDIS__PASSWORD": PLANTED,
+            **(env or {}),
+        }
         self.env.pop("APPLIANCE_CONFIG", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "comfyui", "--gpu", "1", *extra],
-                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "comfyui", "--gpu", "1", *extra],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         # WatchdogPinger only honours WATCHDOG_PID when set; the pid is the wrapper's own, so leave it unset.
 
     def set(self, mode: str) -> None:
@@ -58,7 +96,11 @@ class Wrapper:
         os.replace(tmp, self.control)
 
     def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.record.read_text().splitlines()] if self.record.exists() else []
+        return (
+            [json.loads(line) for line in self.record.read_text().splitlines()]
+            if self.record.exists()
+            else []
+        )
 
     def wait(self) -> tuple[int, str]:
         out, _ = self.proc.communicate(timeout=60)
@@ -109,8 +151,14 @@ def test_ready_watchdog_then_hang_kills_and_fails(wrapper) -> None:
     lines = w.notify.wait_for(lambda ls: ls.count("WATCHDOG=1") >= 2)
     assert lines.index("READY=1") < lines.index("WATCHDOG=1")
     child = next(r for r in w.records() if "pid" in r)
-    assert child["argv"] == ["--listen", "127.0.0.1", "--port", str(int(w.env["APPLIANCE_COMFYUI__BASE_PORT"]) + 1),
-                             "--cuda-device", "1"]
+    assert child["argv"] == [
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(int(w.env["APPLIANCE_COMFYUI__BASE_PORT"]) + 1),
+        "--cuda-device",
+        "1",
+    ]
     assert PLANTED not in json.dumps(child["env"]) and child["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
     w.set("hang")
@@ -151,6 +199,7 @@ def test_never_answering_child_fails_startup(wrapper) -> None:
 
 
 def test_bad_arguments_are_one_line() -> None:
-    res = subprocess.run([sys.executable, "-m", "appliance", "comfyui", "--gpu", "-1"], capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "appliance", "comfyui", "--gpu", "-1"], capture_output=True, text=True
+    )
     assert res.returncode == 2 and res.stderr.strip() == "appliance: error: --gpu must be 0 or more, not -1"

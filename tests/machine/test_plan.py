@@ -21,12 +21,38 @@ def test_gpu_plan_pairs_comfyui_and_worker_per_gpu() -> None:
         "machine_id": "m1",
         "machine_type": "gpu",
         "services": [
-            {"name": "comfyui@0", "unit": "appliance-comfyui@0.service", "kind": "comfyui", "gpu": 0, "port": 9000},
-            {"name": "worker@gpu0", "unit": "appliance-worker@gpu0.service", "kind": "worker", "gpu": 0,
-             "slot": "gpu0", "connector": "comfyui", "binds_to": "appliance-comfyui@0.service"},
-            {"name": "comfyui@1", "unit": "appliance-comfyui@1.service", "kind": "comfyui", "gpu": 1, "port": 9001},
-            {"name": "worker@gpu1", "unit": "appliance-worker@gpu1.service", "kind": "worker", "gpu": 1,
-             "slot": "gpu1", "connector": "comfyui", "binds_to": "appliance-comfyui@1.service"},
+            {
+                "name": "comfyui@0",
+                "unit": "appliance-comfyui@0.service",
+                "kind": "comfyui",
+                "gpu": 0,
+                "port": 9000,
+            },
+            {
+                "name": "worker@gpu0",
+                "unit": "appliance-worker@gpu0.service",
+                "kind": "worker",
+                "gpu": 0,
+                "slot": "gpu0",
+                "connector": "comfyui",
+                "binds_to": "appliance-comfyui@0.service",
+            },
+            {
+                "name": "comfyui@1",
+                "unit": "appliance-comfyui@1.service",
+                "kind": "comfyui",
+                "gpu": 1,
+                "port": 9001,
+            },
+            {
+                "name": "worker@gpu1",
+                "unit": "appliance-worker@gpu1.service",
+                "kind": "worker",
+                "gpu": 1,
+                "slot": "gpu1",
+                "connector": "comfyui",
+                "binds_to": "appliance-comfyui@1.service",
+            },
         ],
     }
     assert plan.worker_ids() == ["m1-gpu0", "m1-gpu1"]
@@ -43,9 +69,17 @@ def test_gpu_machine_without_gpu_needs_cpu_mode() -> None:
 
 
 def test_api_plan_has_slots_per_enabled_connector() -> None:
-    plan = compute_plan("api-1", "api", gpu_count=4, connectors=[
-        ConnectorSlots("openai", 2), ConnectorSlots("echo", 1), ConnectorSlots("replicate", 3, enabled=False),
-        ConnectorSlots("runpod", 0)])
+    plan = compute_plan(
+        "api-1",
+        "api",
+        gpu_count=4,
+        connectors=[
+            ConnectorSlots("openai", 2),
+            ConnectorSlots("echo", 1),
+            ConnectorSlots("replicate", 3, enabled=False),
+            ConnectorSlots("runpod", 0),
+        ],
+    )
     assert [s.name for s in plan.services] == ["worker@echo0", "worker@openai0", "worker@openai1"]
     assert plan.worker_ids() == ["api-1-echo0", "api-1-openai0", "api-1-openai1"]
     assert all(s.kind == "worker" and s.binds_to is None for s in plan.services)
@@ -64,10 +98,12 @@ def test_unit_names_normalize() -> None:
 
 
 def test_plan_from_settings() -> None:
-    s = Settings.model_validate({"machine": {"id": "box", "type": "api"},
-                                 "connectors": {"echo": {"enabled": True, "slots": 2}}})
+    s = Settings.model_validate(
+        {"machine": {"id": "box", "type": "api"}, "connectors": {"echo": {"enabled": True, "slots": 2}}}
+    )
     assert plan_from_settings(s, gpu_count=0).worker_ids() == ["box-echo0", "box-echo1"]
-    s = Settings.model_validate({"machine": {"id": "box", "type": "gpu", "gpu_cpu_mode": True},
-                                 "comfyui": {"base_port": 8200}})
+    s = Settings.model_validate(
+        {"machine": {"id": "box", "type": "gpu", "gpu_cpu_mode": True}, "comfyui": {"base_port": 8200}}
+    )
     plan = plan_from_settings(s, gpu_count=0)
     assert [(x.name, x.port) for x in plan.services] == [("comfyui@0", 8200), ("worker@gpu0", None)]

@@ -16,8 +16,10 @@ from appliance.machine.resources import Nvml, host_resources
 
 
 def test_proc_readers(tmp_path) -> None:
-    (tmp_path / "meminfo").write_text("MemTotal:       16314200 kB\nMemFree:  100 kB\nMemAvailable:   8000000 kB\n"
-                                      "HugePages_Total:       0\n")
+    (tmp_path / "meminfo").write_text(
+        "MemTotal:       16314200 kB\nMemFree:  100 kB\nMemAvailable:   8000000 kB\n"
+        "HugePages_Total:       0\n"
+    )
     mem = resources.read_meminfo(tmp_path / "meminfo")
     assert mem["MemTotal"] == 16314200 * 1024 and mem["MemAvailable"] == 8_000_000 * 1024
     assert mem["HugePages_Total"] == 0
@@ -26,7 +28,8 @@ def test_proc_readers(tmp_path) -> None:
     (tmp_path / "diskstats").write_text(
         "   8       0 sda 1000 0 2048 0 500 0 4096 0 0 0 0\n"
         "   8       1 sda1 900 0 1024 0 400 0 2048 0 0 0 0\n"
-        "   7       0 loop0 10 0 80 0 0 0 0 0 0 0 0\n")
+        "   7       0 loop0 10 0 80 0 0 0 0 0 0 0 0\n"
+    )
     block = tmp_path / "block"
     (block / "sda").mkdir(parents=True)
     assert resources.read_diskstats(tmp_path / "diskstats", block) == {"sda": (2048 * 512, 4096 * 512)}
@@ -34,7 +37,8 @@ def test_proc_readers(tmp_path) -> None:
         "Inter-|   Receive                                                |  Transmit\n"
         " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n"
         "    lo:  5000      50    0    0    0     0          0         0     5000      50    0    0    0     0       0          0\n"
-        "  eth0: 123456    100    0    0    0     0          0         0   654321     90    0    0    0     0       0          0\n")
+        "  eth0: 123456    100    0    0    0     0          0         0   654321     90    0    0    0     0       0          0\n"
+    )
     assert resources.read_netdev(tmp_path / "netdev") == {"eth0": (123456, 654321)}
 
 
@@ -56,6 +60,7 @@ def test_nvml_not_installed(monkeypatch) -> None:
 def test_nvml_absent_is_a_cpu_machine(monkeypatch, error) -> None:
     def fail() -> None:
         raise error()
+
     monkeypatch.setattr(pynvml, "nvmlInit", fail)
     nv = Nvml().start()
     assert not nv.available and error.__name__ in (nv.error or "")
@@ -65,19 +70,23 @@ def test_nvml_absent_is_a_cpu_machine(monkeypatch, error) -> None:
 
 def _fake_gpu_boundary(monkeypatch, *, unsupported: set[str] = frozenset(), lost: bool = False) -> None:
     """Two GPUs at the pynvml boundary; named calls raise NVMLError_NotSupported, or the count fails (GPU lost)."""
+
     def call(name, value):
         def fn(*args):
             if name in unsupported:
                 raise pynvml.NVMLError_NotSupported()
             return value(*args) if callable(value) else value
+
         monkeypatch.setattr(pynvml, name, fn)
 
     call("nvmlInit", None)
     call("nvmlShutdown", None)
     call("nvmlSystemGetDriverVersion", "550.54.15")
     if lost:
+
         def count() -> int:
             raise pynvml.NVMLError_GpuIsLost()
+
         monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", count)
     else:
         call("nvmlDeviceGetCount", 2)
@@ -99,7 +108,11 @@ def test_nvml_reads_gpus(monkeypatch) -> None:
     g = gpus[0]
     assert g.name == "NVIDIA H100 80GB HBM3" and g.memory_total_bytes == 80 << 30
     assert (g.utilization_ratio, g.memory_utilization_ratio, g.temperature_celsius, g.power_watts) == (
-        0.87, 0.40, 61.0, 312.5)
+        0.87,
+        0.40,
+        61.0,
+        312.5,
+    )
     assert host_resources(nv).gpu_count == 2
     nv.stop()
     assert nv.gpus() == []
@@ -135,6 +148,7 @@ async def test_hung_nvml_poll_times_out_without_piling_up(monkeypatch) -> None:
         calls.append(1)
         release.wait(30)  # a wedged driver call
         return 2
+
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", hung_count)
     nv = Nvml().start()
     try:

@@ -30,7 +30,15 @@ from tests.machine.notifysock import NotifySocket
 MID = "testbox"
 PASSWORD = "planted-redis-pass-4711"
 API_KEY = "sk-planted-openai-key-0815"
-STEPS = ["detect_resources", "health_server", "connect_redis", "plan", "clean_state", "register", "wait_services"]
+STEPS = [
+    "detect_resources",
+    "health_server",
+    "connect_redis",
+    "plan",
+    "clean_state",
+    "register",
+    "wait_services",
+]
 
 
 @pytest.fixture
@@ -102,22 +110,40 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
     assert (await old.claim()) is not None
     await old.close(deregister=False)
     await client.zadd(queue.keys.workers_seen, {f"{MID}-echo1": int(time.time() * 1000) - 3_600_000})
-    await client.hset(f"machine:{MID}:info", mapping={"machine_id": MID, "phase": "ready"})  # stale registration
+    await client.hset(
+        f"machine:{MID}:info", mapping={"machine_id": MID, "phase": "ready"}
+    )  # stale registration
 
     collector = Collector(client)
     await collector.start()
     notify = NotifySocket()
     port = free_port()
-    env = {**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000",
-           "APPLIANCE_REDIS__URL": locked_redis.url, "APPLIANCE_REDIS__PASSWORD": PASSWORD,
-           "APPLIANCE_CONNECTORS__OPENAI__API_KEY": API_KEY,
-           "APPLIANCE_MACHINE__ID": MID, "APPLIANCE_MACHINE__TYPE": "api",
-           "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "0.5", "APPLIANCE_MACHINE__REGISTRATION_TTL_S": "30",
-           "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true", "APPLIANCE_CONNECTORS__ECHO__SLOTS": "2",
-           "APPLIANCE_HEALTH__HOST": "127.0.0.1", "APPLIANCE_HEALTH__PORT": str(port)}
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": notify.path,
+        "WATCHDOG_USEC": "1000000",
+        "APPLIANCE_REDIS__URL": locked_redis.url,
+        "APPLIANCE_REDIS__PASSWORD": PASSWORD,
+        "APPLIANCE_CONNECTORS__OPENAI__API_KEY": API_KEY,
+        "APPLIANCE_MACHINE__ID": MID,
+        "APPLIANCE_MACHINE__TYPE": "api",
+        "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "0.5",
+        "APPLIANCE_MACHINE__REGISTRATION_TTL_S": "30",
+        "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true",
+        "APPLIANCE_CONNECTORS__ECHO__SLOTS": "2",
+        "APPLIANCE_HEALTH__HOST": "127.0.0.1",
+        "APPLIANCE_HEALTH__PORT": str(port),
+    }
     env.pop("APPLIANCE_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", env=env,
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance",
+        "machine",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     session = None
     try:
@@ -161,9 +187,16 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
         # A worker's own status reaches the machine status at once (before the next periodic one would).
         session = await queue.worker_session(f"{MID}-echo0", Capabilities(services=["echo"]), machine_id=MID)
         await session.set_status({"status": "busy", "current_job_id": job.id, "progress": 50.0})
-        busy = await collector.until(lambda: next(
-            (s for s in collector.statuses
-             if s["status"]["workers"][f"{MID}-echo0"].get("current_job_id") == job.id), None))
+        busy = await collector.until(
+            lambda: next(
+                (
+                    s
+                    for s in collector.statuses
+                    if s["status"]["workers"][f"{MID}-echo0"].get("current_job_id") == job.id
+                ),
+                None,
+            )
+        )
         worker = busy["status"]["workers"][f"{MID}-echo0"]
         assert worker["status"] == "busy" and worker["progress"] == 50.0 and worker["alive"] is True
 
@@ -175,9 +208,15 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
         async def metrics_have_job() -> str | None:
             _, text = await _get(base + "/metrics")
             fams = {f.name: f for f in text_string_to_metric_families(text)}
-            done = [s.value for s in fams.get("appliance_jobs_completed", ()).samples
-                    if s.name.endswith("_total") and s.labels.get("service") == "echo"] if fams.get(
-                "appliance_jobs_completed") else []
+            done = (
+                [
+                    s.value
+                    for s in fams.get("appliance_jobs_completed", ()).samples
+                    if s.name.endswith("_total") and s.labels.get("service") == "echo"
+                ]
+                if fams.get("appliance_jobs_completed")
+                else []
+            )
             return text if done == [1.0] else None
 
         deadline = time.monotonic() + 60
@@ -188,8 +227,13 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
         waits = [s for s in fams["appliance_job_queue_wait_seconds"].samples if s.name.endswith("_count")]
         assert [s.value for s in waits] == [1.0]
         if shutil.which("promtool"):
-            check = await asyncio.to_thread(subprocess.run, ["promtool", "check", "metrics"], input=metrics,
-                                            capture_output=True, text=True)
+            check = await asyncio.to_thread(
+                subprocess.run,
+                ["promtool", "check", "metrics"],
+                input=metrics,
+                capture_output=True,
+                text=True,
+            )
             assert check.returncode == 0, check.stdout + check.stderr
 
         # Health endpoints; secrets appear nowhere.
@@ -212,8 +256,9 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
     assert proc.returncode == 0, out.decode()[-2000:]
     assert PASSWORD not in out.decode() and API_KEY not in out.decode()
     assert "STOPPING=1" in notify_lines
-    shutdown = await collector.until(lambda: next((e for e in collector.events if e["event_type"] == "shutdown"),
-                                                  None))
+    shutdown = await collector.until(
+        lambda: next((e for e in collector.events if e["event_type"] == "shutdown"), None)
+    )
     assert shutdown["reason"] == "SIGTERM" and shutdown["uptime_ms"] > 0
     assert collector.statuses[-1]["update_type"] == "shutdown"
     assert not await client.exists(f"machine:{MID}:info")
@@ -232,31 +277,55 @@ async def test_changes_are_published_at_once(redis_url: str) -> None:
     collector = Collector(client)
     await collector.start()
     port = free_port()
-    env = {**os.environ, "APPLIANCE_REDIS__URL": redis_url, "APPLIANCE_MACHINE__ID": MID,
-           "APPLIANCE_MACHINE__TYPE": "api", "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "600",
-           "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true", "APPLIANCE_HEALTH__HOST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "APPLIANCE_REDIS__URL": redis_url,
+        "APPLIANCE_MACHINE__ID": MID,
+        "APPLIANCE_MACHINE__TYPE": "api",
+        "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "600",
+        "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true",
+        "APPLIANCE_HEALTH__HOST": "127.0.0.1",
+    }
     env.pop("NOTIFY_SOCKET", None)
     env.pop("APPLIANCE_CONFIG", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "appliance", "machine", "--health-port", str(port), env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "appliance",
+        "machine",
+        "--health-port",
+        str(port),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     session = None
     try:
         await collector.until(lambda: any(s["update_type"] == "machine_ready" for s in collector.statuses))
         session = await queue.worker_session(f"{MID}-echo0", Capabilities(services=["echo"]), machine_id=MID)
         await session.set_status({"status": "busy", "current_job_id": "job-1", "progress": 10.0})
-        first = await collector.until(lambda: next(
-            (s for s in collector.statuses
-             if s["status"]["workers"][f"{MID}-echo0"].get("current_job_id") == "job-1"), None))
+        first = await collector.until(
+            lambda: next(
+                (
+                    s
+                    for s in collector.statuses
+                    if s["status"]["workers"][f"{MID}-echo0"].get("current_job_id") == "job-1"
+                ),
+                None,
+            )
+        )
         assert first["update_type"] == "event_driven"
 
-        cli = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "fleet", "drain", MID,
-                                                   env=env, stdout=subprocess.PIPE)
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "appliance", "fleet", "drain", MID, env=env, stdout=subprocess.PIPE
+        )
         out, _ = await cli.communicate()
         assert cli.returncode == 0 and out.decode().strip() == f"{MID}: drained"
         drained = await collector.until(lambda: next((s for s in collector.statuses if s["draining"]), None))
         assert drained["update_type"] == "event_driven"
-        assert (await _get(f"http://127.0.0.1:{port}/metrics"))[1].count("appliance_machine_draining 1.0") == 1
+        assert (await _get(f"http://127.0.0.1:{port}/metrics"))[1].count(
+            "appliance_machine_draining 1.0"
+        ) == 1
     finally:
         if session is not None:
             await session.close()
@@ -264,8 +333,9 @@ async def test_changes_are_published_at_once(redis_url: str) -> None:
             proc.send_signal(signal.SIGINT)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode()[-2000:]
-    shutdown = await collector.until(lambda: next((e for e in collector.events if e["event_type"] == "shutdown"),
-                                                  None))
+    shutdown = await collector.until(
+        lambda: next((e for e in collector.events if e["event_type"] == "shutdown"), None)
+    )
     assert shutdown["reason"] == "SIGINT"
     await collector.stop()
     await queue.close()

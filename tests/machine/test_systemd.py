@@ -51,14 +51,21 @@ CPUUsageNSec=[not set]
 
 def test_parse_show_blocks() -> None:
     blocks = parse_show(SHOW_OUTPUT)
-    assert [b["Id"] for b in blocks] == ["appliance-comfyui@0.service", "appliance-worker@gpu0.service",
-                                         "appliance-worker@gpu9.service"]
+    assert [b["Id"] for b in blocks] == [
+        "appliance-comfyui@0.service",
+        "appliance-worker@gpu0.service",
+        "appliance-worker@gpu9.service",
+    ]
     assert blocks[0]["StatusText"] == "ComfyUI answering on :8188"
 
 
 def test_parse_states_maps_units_and_values() -> None:
-    units = ["appliance-worker@gpu0.service", "appliance-comfyui@0.service", "appliance-worker@gpu9.service",
-             "appliance-worker@gpu7.service"]
+    units = [
+        "appliance-worker@gpu0.service",
+        "appliance-comfyui@0.service",
+        "appliance-worker@gpu9.service",
+        "appliance-worker@gpu7.service",
+    ]
     states = parse_states(units, SHOW_OUTPUT)
     comfy = states["appliance-comfyui@0.service"]
     assert (comfy.active, comfy.sub_state, comfy.restarts, comfy.main_pid) == (True, "running", 3, 4242)

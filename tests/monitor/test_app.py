@@ -17,8 +17,9 @@ from appliance.queue import Capabilities, JobSpec, Queue
 from tests.monitor.helpers import SimulatedMachine, gpu_machine_state, running_monitor
 
 
-async def _until(ws: aiohttp.ClientWebSocketResponse, pred: Callable[[dict[str, Any]], bool],
-                 timeout_s: float = 30) -> dict[str, Any]:
+async def _until(
+    ws: aiohttp.ClientWebSocketResponse, pred: Callable[[dict[str, Any]], bool], timeout_s: float = 30
+) -> dict[str, Any]:
     async with asyncio.timeout(timeout_s):
         while True:
             msg = await ws.receive()
@@ -37,8 +38,14 @@ async def test_snapshot_deltas_and_resync(redis_url: str) -> None:
             async with http.ws_connect(base + "/ws") as ws:
                 snap = await _until(ws, lambda m: m["type"] == "full_state_snapshot")
                 assert snap["redis"]["ok"] in (True, False) and snap["queue"] == "default"
-                update = await _until(ws, lambda m: m["type"] == "machine_update" and m["machine"]["id"] == "sim-gpu"
-                                      and m["machine"]["online"])
+                update = await _until(
+                    ws,
+                    lambda m: (
+                        m["type"] == "machine_update"
+                        and m["machine"]["id"] == "sim-gpu"
+                        and m["machine"]["online"]
+                    ),
+                )
                 machine = update["machine"]
                 assert machine["pool"] == "heavy" and len(machine["gpus"]) == 2
                 assert machine["services"]["comfyui@0"]["restarts"] == 2
@@ -52,8 +59,12 @@ async def test_snapshot_deltas_and_resync(redis_url: str) -> None:
                 running = await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["percent"] == 55)
                 assert running["job"]["status"] == "running" and running["job"]["worker"] == "w-1"
                 await queue.fail(claimed.job.id, claimed.token, "model exploded", retryable=False)
-                failed = await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["status"] == "failed"
-                                      and m["job"]["error"])
+                failed = await _until(
+                    ws,
+                    lambda m: (
+                        m["type"] == "job_update" and m["job"]["status"] == "failed" and m["job"]["error"]
+                    ),
+                )
                 assert "model exploded" in failed["job"]["error"]
                 await session.close()
 
@@ -67,15 +78,27 @@ async def test_snapshot_deltas_and_resync(redis_url: str) -> None:
                 assert any(j["id"] == job.id and j["status"] == "failed" for j in again["jobs"])
                 assert any(m["id"] == "sim-gpu" for m in again["machines"])
 
-                await gpu.stop(deregister=True)  # deregistered: offline at the next poll, not after 2 intervals
-                gone = await _until(ws, lambda m: m["type"] == "machine_update" and m["machine"]["id"] == "sim-gpu"
-                                    and not m["machine"]["online"])
+                await gpu.stop(
+                    deregister=True
+                )  # deregistered: offline at the next poll, not after 2 intervals
+                gone = await _until(
+                    ws,
+                    lambda m: (
+                        m["type"] == "machine_update"
+                        and m["machine"]["id"] == "sim-gpu"
+                        and not m["machine"]["online"]
+                    ),
+                )
                 assert gone["machine"]["offline_reason"] == "registration expired"
             async with http.get(base + "/api/state") as resp:
                 assert resp.status == 200 and (await resp.json())["type"] == "full_state_snapshot"
             async with http.get(base + "/") as resp:
                 page = await resp.text()
-                assert resp.status == 200 and "/static/monitor.js" in page and "http" not in page.split("<body>")[0]
+                assert (
+                    resp.status == 200
+                    and "/static/monitor.js" in page
+                    and "http" not in page.split("<body>")[0]
+                )
                 assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
     finally:
         await gpu.stop()
@@ -83,7 +106,10 @@ async def test_snapshot_deltas_and_resync(redis_url: str) -> None:
 
 
 async def test_token_auth(redis_url: str) -> None:
-    async with running_monitor(redis_url, token="s3cret-token") as (_m, base), aiohttp.ClientSession() as http:
+    async with (
+        running_monitor(redis_url, token="s3cret-token") as (_m, base),
+        aiohttp.ClientSession() as http,
+    ):
         async with http.get(base + "/api/state") as resp:
             assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
         async with http.get(base + "/metrics", headers={"Authorization": "Bearer wrong"}) as resp:
@@ -99,7 +125,9 @@ async def test_token_auth(redis_url: str) -> None:
             first = await ws.receive()
             assert json.loads(first.data) == {"type": "auth_required"}
             closing = await ws.receive()
-            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and ws.close_code == 4401
+            assert (
+                closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and ws.close_code == 4401
+            )
         async with http.ws_connect(base + "/ws?token=s3cret-token") as ws:
             snap = await _until(ws, lambda m: True)
             assert snap["type"] == "full_state_snapshot"
@@ -131,11 +159,21 @@ async def test_survives_redis_restart(private_redis: LocalRedis) -> None:
 
 def test_monitor_command_errors() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    bad = subprocess.run([sys.executable, "-m", "appliance", "monitor", "--port", "70000"], capture_output=True,
-                         text=True, env=env, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "appliance", "monitor", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--port" in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "appliance", "monitor"], capture_output=True, text=True,
-                             env={**env, "APPLIANCE_MONITOR__TOKEN_FILE": "/nonexistent/token"}, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "appliance", "monitor"],
+        capture_output=True,
+        text=True,
+        env={**env, "APPLIANCE_MONITOR__TOKEN_FILE": "/nonexistent/token"},
+        timeout=60,
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "token" in missing.stderr
 
 
@@ -143,8 +181,17 @@ async def test_monitor_command_serves(redis_url: str) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env["APPLIANCE_REDIS__URL"] = redis_url
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "monitor", "--port", str(port),
-                                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance",
+        "monitor",
+        "--port",
+        str(port),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(30):

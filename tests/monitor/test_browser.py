@@ -19,8 +19,16 @@ from appliance.queue import Capabilities, JobSpec, Queue
 from tests.monitor.helpers import SimulatedMachine, gpu_machine_state, running_monitor
 
 CHROMIUM = os.environ.get("APPLIANCE_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 try:
     from playwright.async_api import async_playwright
@@ -29,8 +37,10 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 pytestmark = [
     pytest.mark.skipif(async_playwright is None, reason="the playwright Python package is not installed"),
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)),
-                       reason=f"no Chromium at {CHROMIUM} (set APPLIANCE_CHROMIUM)"),
+    pytest.mark.skipif(
+        not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)),
+        reason=f"no Chromium at {CHROMIUM} (set APPLIANCE_CHROMIUM)",
+    ),
 ]
 
 MID = "e2e-api-1"
@@ -38,22 +48,43 @@ GPU_MID = "e2e-gpu-1"
 
 
 def artifacts_dir() -> Path:
-    path = Path(os.environ.get("APPLIANCE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts")
+    path = Path(
+        os.environ.get("APPLIANCE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts"
+    )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 async def _start_machine(redis_url: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update({"APPLIANCE_REDIS__URL": redis_url, "APPLIANCE_MACHINE__ID": MID, "APPLIANCE_MACHINE__TYPE": "api",
-                "APPLIANCE_MACHINE__POOL": "fast", "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "0.5",
-                "APPLIANCE_MACHINE__REGISTRATION_TTL_S": "30", "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true",
-                "APPLIANCE_CONNECTORS__ECHO__SLOTS": "1", "APPLIANCE_HEALTH__HOST": "127.0.0.1",
-                "APPLIANCE_HEALTH__PORT": str(free_port())})
-    log = await asyncio.to_thread(open, artifacts_dir() / "monitor-e2e-machine.log", "wb")  # kept for diagnosis
+    env.update(
+        {
+            "APPLIANCE_REDIS__URL": redis_url,
+            "APPLIANCE_MACHINE__ID": MID,
+            "APPLIANCE_MACHINE__TYPE": "api",
+            "APPLIANCE_MACHINE__POOL": "fast",
+            "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "0.5",
+            "APPLIANCE_MACHINE__REGISTRATION_TTL_S": "30",
+            "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true",
+            "APPLIANCE_CONNECTORS__ECHO__SLOTS": "1",
+            "APPLIANCE_HEALTH__HOST": "127.0.0.1",
+            "APPLIANCE_HEALTH__PORT": str(free_port()),
+        }
+    )
+    log = await asyncio.to_thread(
+        open, artifacts_dir() / "monitor-e2e-machine.log", "wb"
+    )  # kept for diagnosis
     try:
-        return await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", "--unmanaged",
-                                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "appliance",
+            "machine",
+            "--unmanaged",
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     finally:
         log.close()
 
@@ -82,8 +113,10 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
             try:
                 await page.wait_for_selector(f"[data-machine='{MID}'][data-online='1']", timeout=60_000)
             except Exception:
-                raise AssertionError(f"machine {MID} never showed online (exit {machine.returncode}); "
-                                     f"its log:\n{_machine_log()}") from None
+                raise AssertionError(
+                    f"machine {MID} never showed online (exit {machine.returncode}); "
+                    f"its log:\n{_machine_log()}"
+                ) from None
             await page.wait_for_selector(f"[data-machine='{GPU_MID}'][data-online='1']")
             gpu_card = page.locator(f"[data-machine='{GPU_MID}']")
             assert "NVIDIA H100 80GB HBM3" in await gpu_card.inner_text()
@@ -94,15 +127,22 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
             job = await queue.submit(JobSpec(service="echo", pool="fast", payload={"n": 1}))
             row = page.locator(f"tr[data-job='{job.id}']")
             await row.wait_for()
-            session = await queue.worker_session(f"{MID}-echo0", Capabilities(services=["echo"], pool="fast"),
-                                                 machine_id=MID)
+            session = await queue.worker_session(
+                f"{MID}-echo0", Capabilities(services=["echo"], pool="fast"), machine_id=MID
+            )
             claimed = await session.claim()
             assert claimed is not None and claimed.job.id == job.id
             await page.wait_for_selector(f"tr[data-job='{job.id}'][data-status='claimed']")
             await queue.progress(job.id, claimed.token, 25, "sampling")
             await page.wait_for_selector(f"tr[data-job='{job.id}'] [role=progressbar][aria-valuenow='25']")
-            await session.set_status({"state": "running", "status": f"running job {job.id} (25%)",
-                                      "current_job_id": job.id, "jobs": [{"id": job.id, "progress": 25}]})
+            await session.set_status(
+                {
+                    "state": "running",
+                    "status": f"running job {job.id} (25%)",
+                    "current_job_id": job.id,
+                    "jobs": [{"id": job.id, "progress": 25}],
+                }
+            )
             worker_bar = f"[data-machine='{MID}'] [data-worker='{MID}-echo0'] [role=progressbar]"
             await page.wait_for_selector(worker_bar)
             await queue.progress(job.id, claimed.token, 70, "decoding")
@@ -115,7 +155,9 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
                 """id => { const b = document.querySelector(`tr[data-job='${id}'] [role=progressbar]`);
                            if (!b) return false; const t = b.getBoundingClientRect().width;
                            const f = b.firstChild.getBoundingClientRect().width;
-                           return t > 0 && f / t > 0.6 && f / t < 0.8; }""", arg=job.id)
+                           return t > 0 && f / t > 0.6 && f / t < 0.8; }""",
+                arg=job.id,
+            )
 
             await queue.complete(job.id, claimed.token, {"ok": True})
             await page.wait_for_selector(f"tr[data-job='{job.id}'][data-status='completed']")

@@ -32,30 +32,60 @@ def test_job_lifecycle_from_stream_with_pubsub_details() -> None:
     state = MonitorState("default")
     assert state.apply_job_event({"event": "submitted", "job": "j1", "service": "echo", "shape": "s1"}, 1000)
     state.shape_pool["s1"] = "fast"
-    assert state.apply_job_event({"event": "progress", "job": "j1", "queue": "default", "percent": "5",
-                                  "progress": {"percent": 5, "message": "early"}}, details_only=True) is None
-    state.apply_job_event({"event": "claimed", "job": "j1", "worker": "w1", "attempt": "1", "wait_ms": "40"}, 1100)
+    assert (
+        state.apply_job_event(
+            {
+                "event": "progress",
+                "job": "j1",
+                "queue": "default",
+                "percent": "5",
+                "progress": {"percent": 5, "message": "early"},
+            },
+            details_only=True,
+        )
+        is None
+    )
+    state.apply_job_event(
+        {"event": "claimed", "job": "j1", "worker": "w1", "attempt": "1", "wait_ms": "40"}, 1100
+    )
     job = state.apply_job_event({"event": "progress", "job": "j1", "worker": "w1", "percent": "40"}, 1200)
     assert job is not None and (job.status, job.percent) == ("running", 40.0)
-    state.apply_job_event({"event": "progress", "job": "j1", "queue": "default",
-                           "progress": {"percent": 40, "message": "sampling"}}, details_only=True)
+    state.apply_job_event(
+        {
+            "event": "progress",
+            "job": "j1",
+            "queue": "default",
+            "progress": {"percent": 40, "message": "sampling"},
+        },
+        details_only=True,
+    )
     assert state.jobs["j1"].message == "sampling"
     # The job fails and is retried, then claimed again and completed.
     state.apply_job_event({"event": "retrying", "job": "j1", "attempt": "1"}, 1300)
     assert (state.jobs["j1"].status, state.jobs["j1"].percent) == ("pending", 0.0)
-    state.apply_job_event({"event": "retrying", "job": "j1", "queue": "default",
-                           "error": {"message": "CUDA out of memory"}}, details_only=True)
+    state.apply_job_event(
+        {"event": "retrying", "job": "j1", "queue": "default", "error": {"message": "CUDA out of memory"}},
+        details_only=True,
+    )
     assert state.jobs["j1"].error == "CUDA out of memory"
     state.apply_job_event({"event": "claimed", "job": "j1", "worker": "w2", "attempt": "2"}, 1400)
     state.apply_job_event({"event": "completed", "job": "j1", "worker": "w2", "duration_ms": "250"}, 1650)
     job = state.jobs["j1"]
-    assert (job.status, job.percent, job.attempt, job.worker, job.duration_ms) == ("completed", 100.0, 2, "w2", 250.0)
+    assert (job.status, job.percent, job.attempt, job.worker, job.duration_ms) == (
+        "completed",
+        100.0,
+        2,
+        "w2",
+        250.0,
+    )
     # Late copies never move a finished job backwards.
     assert state.apply_job_event({"event": "progress", "job": "j1", "percent": "10"}, 1700) is None
     assert state.apply_job_event({"event": "claimed", "job": "j1", "attempt": "2"}, 1700) is None
     assert state.job_view(job)["pool"] == "fast"
     series = state.series.render(1650)
-    assert sum(series["completed"]) == 1 and series["latency_p50_s"][-1] == 0.25 and sum(series["failed"]) == 0
+    assert (
+        sum(series["completed"]) == 1 and series["latency_p50_s"][-1] == 0.25 and sum(series["failed"]) == 0
+    )
 
 
 def test_other_queues_and_garbage_are_ignored_and_list_is_capped() -> None:

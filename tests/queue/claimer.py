@@ -54,8 +54,9 @@ async def work(queue: Queue, process: int, index: int, hang: bool) -> None:
 async def main() -> None:
     url, process, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     hang = "--hang" in sys.argv
-    queue = await Queue.connect(url, settings=QueueSettings(lease_ms=1000, reaper_interval_ms=200),
-                                max_connections=workers + 8)
+    queue = await Queue.connect(
+        url, settings=QueueSettings(lease_ms=1000, reaper_interval_ms=200), max_connections=workers + 8
+    )
     try:
         await asyncio.gather(*(work(queue, process, i, hang) for i in range(workers)))
     finally:

@@ -17,13 +17,34 @@ from appliance.queue import Queue
 def run(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     base["APPLIANCE_REDIS_URL"] = url
-    return subprocess.run([sys.executable, "-m", "appliance", "job", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "job", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_submit_prints_the_id_last_and_get_shows_status(redis_url: str) -> None:
-    out = run(redis_url, "submit", "--service", "echo", "--payload", '{"prompt": "hi"}', "--priority", "3",
-              "--requires", "gpu_memory_gb=24", "--requires", "tag=sdxl", "--max-retries", "2", "--timeout", "60")
+    out = run(
+        redis_url,
+        "submit",
+        "--service",
+        "echo",
+        "--payload",
+        '{"prompt": "hi"}',
+        "--priority",
+        "3",
+        "--requires",
+        "gpu_memory_gb=24",
+        "--requires",
+        "tag=sdxl",
+        "--max-retries",
+        "2",
+        "--timeout",
+        "60",
+    )
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip().splitlines()[-1]
     got = run(redis_url, "get", job_id, "--json")
@@ -46,15 +67,21 @@ def test_submit_json_prints_the_record_then_the_id(redis_url: str, tmp_path) -> 
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["submit", "--service", "echo", "--payload", "{nope"], "--payload: not valid JSON"),
-    (["submit", "--service", "echo", "--payload", "[1]"], "must be a JSON object"),
-    (["submit", "--service", "echo", "--requires", "colour=red"], "unknown key 'colour'"),
-    (["submit", "--service", "echo", "--requires", "gpu_memory_gb=lots"], "gpu_memory_gb must be a float"),
-    (["submit", "--service", "echo", "--priority", "5000"], "priority"),
-    (["submit", "--service", "echo", "--requires", "isolation=strict"], "needs a customer_id"),
-    (["submit", "--service", "echo", "--payload", "@/no/such/file"], "cannot read /no/such/file"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["submit", "--service", "echo", "--payload", "{nope"], "--payload: not valid JSON"),
+        (["submit", "--service", "echo", "--payload", "[1]"], "must be a JSON object"),
+        (["submit", "--service", "echo", "--requires", "colour=red"], "unknown key 'colour'"),
+        (
+            ["submit", "--service", "echo", "--requires", "gpu_memory_gb=lots"],
+            "gpu_memory_gb must be a float",
+        ),
+        (["submit", "--service", "echo", "--priority", "5000"], "priority"),
+        (["submit", "--service", "echo", "--requires", "isolation=strict"], "needs a customer_id"),
+        (["submit", "--service", "echo", "--payload", "@/no/such/file"], "cannot read /no/such/file"),
+    ],
+)
 def test_bad_input_is_one_clear_line(redis_url: str, args: list[str], needle: str) -> None:
     out = run(redis_url, *args)
     assert out.returncode == 2
@@ -72,9 +99,19 @@ def test_unknown_job_and_unreachable_redis(redis_url: str) -> None:
 async def test_wait_cancel_list_stats(redis_url: str) -> None:
     job_id = run(redis_url, "submit", "--service", "echo").stdout.split()[-1]
     waiting = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "appliance", "job", "wait", job_id, "--json", "--timeout", "30",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "APPLIANCE_REDIS_URL": redis_url})
+        sys.executable,
+        "-m",
+        "appliance",
+        "job",
+        "wait",
+        job_id,
+        "--json",
+        "--timeout",
+        "30",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "APPLIANCE_REDIS_URL": redis_url},
+    )
     queue = await Queue.connect(redis_url)
     try:
         job = await queue.get(job_id)
@@ -96,8 +133,13 @@ async def test_wait_cancel_list_stats(redis_url: str) -> None:
     assert failed_wait.returncode == 1
     stats = json.loads(run(redis_url, "stats", "--json").stdout)
     assert stats["totals"]["completed"] == 1 and stats["totals"]["cancelled"] == 1
-    timed_out = run(redis_url, "wait", run(redis_url, "submit", "--service", "echo").stdout.split()[-1],
-                    "--timeout", "0.5")
+    timed_out = run(
+        redis_url,
+        "wait",
+        run(redis_url, "submit", "--service", "echo").stdout.split()[-1],
+        "--timeout",
+        "0.5",
+    )
     assert timed_out.returncode == 124
 
 
@@ -116,9 +158,13 @@ def test_classifier_assigns_a_pool_only_when_enabled(redis_url: str) -> None:
     plain = run(redis_url, "submit", "--service", "echo", "--payload", '{"declared_cost_s": 5}', "--json")
     assert json.loads("\n".join(plain.stdout.splitlines()[:-1]))["pool"] is None
     on = {"APPLIANCE_CLASSIFIER__ENABLED": "true"}
-    quick = run(redis_url, "submit", "--service", "echo", "--payload", '{"declared_cost_s": 5}', "--json", env=on)
+    quick = run(
+        redis_url, "submit", "--service", "echo", "--payload", '{"declared_cost_s": 5}', "--json", env=on
+    )
     assert json.loads("\n".join(quick.stdout.splitlines()[:-1]))["pool"] == "fast"
     long = run(redis_url, "submit", "--service", "echo", "--timeout", "3600", "--json", env=on)
     assert json.loads("\n".join(long.stdout.splitlines()[:-1]))["pool"] == "heavy"
-    named = run(redis_url, "submit", "--service", "echo", "--pool", "standard", "--timeout", "5", "--json", env=on)
+    named = run(
+        redis_url, "submit", "--service", "echo", "--pool", "standard", "--timeout", "5", "--json", env=on
+    )
     assert json.loads("\n".join(named.stdout.splitlines()[:-1]))["pool"] == "standard"

@@ -12,7 +12,9 @@ import pytest
 from appliance.localredis import LocalRedis, free_port
 from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue, QueueSettings
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli (redis-tools) not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-cli") is None, reason="redis-cli (redis-tools) not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +22,39 @@ def cluster() -> Iterator[list[LocalRedis]]:
     nodes = []
     try:
         for _ in range(3):
-            nodes.append(LocalRedis(extra_args=[
-                # An explicit bus port: the default (port + 10000) can fall outside the port range.
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()),
-                "--cluster-node-timeout", "2000"]).start())
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            nodes.append(
+                LocalRedis(
+                    extra_args=[
+                        # An explicit bus port: the default (port + 10000) can fall outside the port range.
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-port",
+                        str(free_port()),
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                ).start()
+            )
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         for _ in range(100):
-            info = subprocess.run(["redis-cli", "-p", str(nodes[0].port), "cluster", "info"],
-                                  capture_output=True, text=True).stdout
+            info = subprocess.run(
+                ["redis-cli", "-p", str(nodes[0].port), "cluster", "info"], capture_output=True, text=True
+            ).stdout
             if "cluster_state:ok" in info:
                 break
             subprocess.run(["sleep", "0.1"])
@@ -40,9 +66,12 @@ def cluster() -> Iterator[list[LocalRedis]]:
 
 @pytest.mark.parametrize("use_functions", [True, False])
 async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_functions: bool) -> None:
-    queue = await Queue.connect(f"redis://127.0.0.1:{cluster[0].port}", cluster=True,
-                                queue_name=f"cl{int(use_functions)}",
-                                settings=QueueSettings(lease_ms=1000, retry_base_ms=0, retry_max_ms=0))
+    queue = await Queue.connect(
+        f"redis://127.0.0.1:{cluster[0].port}",
+        cluster=True,
+        queue_name=f"cl{int(use_functions)}",
+        settings=QueueSettings(lease_ms=1000, retry_base_ms=0, retry_max_ms=0),
+    )
     if not use_functions:
         from appliance.queue.scripts import ScriptSet
 
@@ -50,8 +79,12 @@ async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_fun
         await queue.scripts.load(queue.client)
     try:
         assert queue.scripts.use_functions is use_functions
-        jobs = await queue.submit_many([{"service": "echo", "payload": {"i": i},
-                                         "requirements": {"tags": [f"t{i % 3}"]}} for i in range(6)])
+        jobs = await queue.submit_many(
+            [
+                {"service": "echo", "payload": {"i": i}, "requirements": {"tags": [f"t{i % 3}"]}}
+                for i in range(6)
+            ]
+        )
         session = await queue.worker_session("cw", Capabilities(services=["echo"], tags=["t0", "t1", "t2"]))
         try:
             first = await session.claim()

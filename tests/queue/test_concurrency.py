@@ -18,12 +18,21 @@ ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
 async def test_four_processes_claim_10k_mixed_jobs_exactly_once(redis_url: str, aredis) -> None:
     queue = await Queue.connect(redis_url)
     try:
-        specs = [{"service": "echo", "priority": i % 3, "requirements": {"tags": [f"t{i % 8}"]},
-                  "payload": {"i": i}} for i in range(10_000)]
+        specs = [
+            {
+                "service": "echo",
+                "priority": i % 3,
+                "requirements": {"tags": [f"t{i % 8}"]},
+                "payload": {"i": i},
+            }
+            for i in range(10_000)
+        ]
         jobs = await queue.submit_many(specs)
         assert len({j.shape for j in jobs}) == 8
-        procs = [await asyncio.create_subprocess_exec(sys.executable, CLAIMER, redis_url, str(p), "8", env=ENV)
-                 for p in range(4)]
+        procs = [
+            await asyncio.create_subprocess_exec(sys.executable, CLAIMER, redis_url, str(p), "8", env=ENV)
+            for p in range(4)
+        ]
         codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 300)
         assert codes == [0, 0, 0, 0]
         completions = [c.decode() for c in await aredis.lrange("test:completions", 0, -1)]
@@ -45,8 +54,9 @@ async def test_kill_9_mid_job_is_reclaimed_and_completed_once(redis_url: str, ar
     try:
         # t3 is served by both the doomed process (t0-t3) and the rescuer (t3-t7).
         job = await queue.submit({"service": "echo", "requirements": {"tags": ["t3"]}})
-        doomed = await asyncio.create_subprocess_exec(sys.executable, CLAIMER, redis_url, "0", "1", "--hang",
-                                                      env=ENV, stdout=asyncio.subprocess.PIPE)
+        doomed = await asyncio.create_subprocess_exec(
+            sys.executable, CLAIMER, redis_url, "0", "1", "--hang", env=ENV, stdout=asyncio.subprocess.PIPE
+        )
         line = await asyncio.wait_for(doomed.stdout.readline(), 30)
         assert line.decode().strip() == f"claimed {job.id}"
         assert (await queue.get(job.id)).status is JobStatus.CLAIMED

@@ -84,8 +84,15 @@ async def test_claim_takes_best_job_across_many_shapes(queue: Queue) -> None:
     worker = Capabilities(services=["echo"], tags=[f"t{i}" for i in range(40)], gpu_memory_gb=80)
     jobs = []
     for i in range(40):
-        jobs.append(await queue.submit({"service": "echo", "priority": i % 7,
-                                        "requirements": {"tags": [f"t{i}"], "gpu_memory_gb": i}}))
+        jobs.append(
+            await queue.submit(
+                {
+                    "service": "echo",
+                    "priority": i % 7,
+                    "requirements": {"tags": [f"t{i}"], "gpu_memory_gb": i},
+                }
+            )
+        )
     foreign = await queue.submit({"service": "echo", "priority": 100, "requirements": {"tags": ["zzz"]}})
     session = await queue.worker_session("w-many", worker)
     try:
@@ -104,9 +111,12 @@ async def test_a_job_deep_in_the_queue_is_not_starved(queue: Queue) -> None:
     for _ in range(500):
         await queue.submit({"service": "echo", "priority": 10})
     special = await queue.submit({"service": "echo", "requirements": {"tags": ["rare"]}})
-    session = await queue.worker_session("w-rare", Capabilities(services=["echo"], tags=["rare"],
-                                                                pool=None, workflow_id=None,
-                                                                customer_isolation="none"))
+    session = await queue.worker_session(
+        "w-rare",
+        Capabilities(
+            services=["echo"], tags=["rare"], pool=None, workflow_id=None, customer_isolation="none"
+        ),
+    )
     try:
         # This worker can run both shapes; a worker that only has the rare shape gets it at once.
         only_rare = await queue.claim("w-only-rare", [special.shape])
@@ -146,7 +156,9 @@ async def test_zero_delay_retry_goes_straight_back(queue: Queue) -> None:
 async def test_permanent_failure_fails_at_once(queue: Queue) -> None:
     job = await queue.submit({"service": "echo", "max_retries": 5})
     claimed = await queue.claim("w", [job.shape])
-    status = await queue.fail(job.id, claimed.token, "bad payload", retryable=False, details={"field": "prompt"})
+    status = await queue.fail(
+        job.id, claimed.token, "bad payload", retryable=False, details={"field": "prompt"}
+    )
     assert status is JobStatus.FAILED
     got = await queue.get(job.id)
     assert got.status is JobStatus.FAILED and got.error == "bad payload"
@@ -214,15 +226,18 @@ async def test_duplicate_id_is_rejected_and_the_first_job_kept(queue: Queue) -> 
     assert (await queue.get("order-1")).payload == {"v": 1}
 
 
-@pytest.mark.parametrize("bad,field", [
-    ({"payload": {}}, "service"),
-    ({"service": "echo", "priority": "high"}, "priority"),
-    ({"service": "echo", "requirements": {"gpu_memory_gb": -1}}, "requirements.gpu_memory_gb"),
-    ({"service": "echo", "requirements": {"colour": "red"}}, "requirements.colour"),
-    ({"service": "echo", "max_retries": -1}, "max_retries"),
-    ({"service": "echo", "id": "has space"}, "id"),
-    ({"service": "echo", "timeout_s": 0}, "timeout_s"),
-])
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        ({"payload": {}}, "service"),
+        ({"service": "echo", "priority": "high"}, "priority"),
+        ({"service": "echo", "requirements": {"gpu_memory_gb": -1}}, "requirements.gpu_memory_gb"),
+        ({"service": "echo", "requirements": {"colour": "red"}}, "requirements.colour"),
+        ({"service": "echo", "max_retries": -1}, "max_retries"),
+        ({"service": "echo", "id": "has space"}, "id"),
+        ({"service": "echo", "timeout_s": 0}, "timeout_s"),
+    ],
+)
 async def test_bad_input_names_the_field_and_enqueues_nothing(queue: Queue, bad: dict, field: str) -> None:
     with pytest.raises(InvalidJob, match=field.replace(".", r"\.")):
         await queue.submit(bad)
@@ -359,7 +374,9 @@ async def test_finished_records_expire_and_memory_returns_to_baseline(make_queue
 
 async def test_events_on_stream_and_pubsub(queue: Queue, aredis) -> None:
     pubsub = aredis.pubsub()
-    await pubsub.subscribe("job_submitted", "job_claimed", "update_job_progress", "complete_job", "job_failed")
+    await pubsub.subscribe(
+        "job_submitted", "job_claimed", "update_job_progress", "complete_job", "job_failed"
+    )
     job = await queue.submit({"service": "echo"})
     claimed = await queue.claim("w", [job.shape])
     await queue.progress(job.id, claimed.token, 50, 'say "hi"')

@@ -12,8 +12,9 @@ def record(**req: object) -> dict:
     service = req.pop("service", "comfyui")
     customer = req.pop("customer", None)
     pool = req.pop("pool_field", None)
-    return shape_of(JobSpec(service=service, customer_id=customer, pool=pool,
-                            requirements=Requirements(**req)))[1]
+    return shape_of(
+        JobSpec(service=service, customer_id=customer, pool=pool, requirements=Requirements(**req))
+    )[1]
 
 
 def caps(**kw: object) -> Capabilities:
@@ -41,8 +42,10 @@ def test_numeric_minimums_round_up_to_buckets() -> None:
     assert bucket(300, GPU_MEMORY_BUCKETS_GB) == 300
     assert bucket(None, GPU_MEMORY_BUCKETS_GB) is None
     # 10.5 GB and 11 GB share a shape; a worker with 11 GB cannot take it (rounded up to 12), one with 12 can.
-    assert shape_of(JobSpec(service="comfyui", requirements=Requirements(gpu_memory_gb=10.5)))[0] == \
-        shape_of(JobSpec(service="comfyui", requirements=Requirements(gpu_memory_gb=11)))[0]
+    assert (
+        shape_of(JobSpec(service="comfyui", requirements=Requirements(gpu_memory_gb=10.5)))[0]
+        == shape_of(JobSpec(service="comfyui", requirements=Requirements(gpu_memory_gb=11)))[0]
+    )
     assert not matches(caps(gpu_memory_gb=11), record(gpu_memory_gb=10.5))
     assert matches(caps(gpu_memory_gb=12), record(gpu_memory_gb=10.5))
 
@@ -52,11 +55,17 @@ def test_service_must_be_offered() -> None:
     assert not matches(caps(services=["comfyui"]), record(service="openai_text"))
 
 
-@pytest.mark.parametrize("key,need,have,ok", [
-    ("gpu_memory_gb", 24, 24, True), ("gpu_memory_gb", 24, 16, False),
-    ("ram_gb", 32, 64, True), ("ram_gb", 32, 16, False),
-    ("cpu_cores", 8, 8, True), ("cpu_cores", 8, 4, False),
-])
+@pytest.mark.parametrize(
+    "key,need,have,ok",
+    [
+        ("gpu_memory_gb", 24, 24, True),
+        ("gpu_memory_gb", 24, 16, False),
+        ("ram_gb", 32, 64, True),
+        ("ram_gb", 32, 16, False),
+        ("cpu_cores", 8, 8, True),
+        ("cpu_cores", 8, 4, False),
+    ],
+)
 def test_hardware_minimums(key: str, need: float, have: float, ok: bool) -> None:
     assert matches(caps(**{key: have}), record(**{key: need})) is ok
 

@@ -53,11 +53,16 @@ def skip_reason() -> str | None:
     return None
 
 
-def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 600,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input, check=False)
+def run(
+    cmd: Sequence[str], *, check: bool = True, timeout: float = 600, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(cmd), capture_output=True, text=True, timeout=timeout, input=input, check=False
+    )
     if check and proc.returncode != 0:
-        raise HarnessError(f"{shlex.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise HarnessError(
+            f"{shlex.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -73,8 +78,20 @@ def build_wheel(dest: Path) -> Path:
     """A wheel of the checkout (no dependencies: the rootfs's venv has them)."""
     # setuptools builds in the source tree (build/, *.egg-info): build from a copy to leave the checkout alone.
     source = dest / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "result*"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".pytest_cache",
+            ".mypy_cache",
+            ".ruff_cache",
+            "result*",
+        ),
+    )
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest), str(source)])
     shutil.rmtree(source)
     wheels = sorted(dest.glob("appliance-*.whl"))
@@ -93,8 +110,16 @@ def nspawn_run(tree: Path, *argv: str, binds: Sequence[tuple[Path, str]] = ()) -
 def prepare_tree(rootfs: Path, tree: Path, wheel: Path) -> Path:
     """A private copy of `rootfs` with the checkout installed into its venv; returns `tree`."""
     run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
-    nspawn_run(tree, str(VENV / "bin" / "pip"), "install", "--quiet", "--no-deps", "--no-index",
-               f"/tmp/wheel/{wheel.name}", binds=[(wheel.parent, "/tmp/wheel")])
+    nspawn_run(
+        tree,
+        str(VENV / "bin" / "pip"),
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-index",
+        f"/tmp/wheel/{wheel.name}",
+        binds=[(wheel.parent, "/tmp/wheel")],
+    )
     return tree
 
 
@@ -102,8 +127,22 @@ def install_units(tree: Path, plan: dict, *extra: str) -> str:
     """`appliance units install` into `tree`, run from the checkout on the host (the same code)."""
     plan_file = tree / "root" / "plan.json"
     plan_file.write_text(json.dumps(plan), encoding="utf-8")
-    return run([sys.executable, "-m", "appliance", "units", "install", "--root", str(tree),
-                "--bin", str(APPLIANCE_BIN), "--plan-json", str(plan_file), *extra]).stdout
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "units",
+            "install",
+            "--root",
+            str(tree),
+            "--bin",
+            str(APPLIANCE_BIN),
+            "--plan-json",
+            str(plan_file),
+            *extra,
+        ]
+    ).stdout
 
 
 def write_env(tree: Path, env: dict[str, str]) -> None:
@@ -120,8 +159,13 @@ def write_credential(tree: Path, name: str, value: str) -> None:
     path.chmod(0o600)
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.2,
-             on_timeout: Callable[[], str] | None = None) -> T:
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.2,
+    on_timeout: Callable[[], str] | None = None,
+) -> T:
     """Poll `probe` until it returns something truthy. The timeout only bounds a hang; it is not the assertion."""
     deadline = time.monotonic() + timeout
     while True:
@@ -146,13 +190,23 @@ class Container:
     extra_args: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 90) -> None:
-        cmd = ["systemd-nspawn", f"--directory={self.tree}", f"--machine={self.name}", "--boot",
-               "--register=no", "--keep-unit", "--console=passive", "--volatile=overlay",
-               "--kill-signal=SIGRTMIN+3", *self.extra_args]
+        cmd = [
+            "systemd-nspawn",
+            f"--directory={self.tree}",
+            f"--machine={self.name}",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--console=passive",
+            "--volatile=overlay",
+            "--kill-signal=SIGRTMIN+3",
+            *self.extra_args,
+        ]
         with open(self.console_log, "wb") as log:
             # A session of its own: the test runner's Ctrl-C must reach the teardown, not nspawn directly.
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.leader = wait_for("the container's PID 1", self._find_leader, 30, on_timeout=self.console)
         wait_for("systemd inside to finish booting", self._booted, timeout, on_timeout=self.diagnostics)
 
@@ -174,12 +228,14 @@ class Container:
         state = self.sh("systemctl", "is-system-running", check=False).stdout.strip()
         return state in ("running", "degraded")
 
-    def sh(self, *argv: str, check: bool = True, timeout: float = 120,
-           input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, *argv: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         if self.leader is None:
             raise HarnessError("container not started")
-        return run(["nsenter", "-t", str(self.leader), "-a", "--", *argv], check=check, timeout=timeout,
-                   input=input)
+        return run(
+            ["nsenter", "-t", str(self.leader), "-a", "--", *argv], check=check, timeout=timeout, input=input
+        )
 
     def systemctl(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.sh("systemctl", "--no-pager", *argv, check=check)
@@ -205,8 +261,14 @@ class Container:
 
         return wait_for(f"{unit} to be active", probe, timeout, on_timeout=lambda: self.diagnostics(unit))
 
-    def wait_props(self, unit: str, what: str, predicate: Callable[[dict[str, str]], bool],
-                   props: Sequence[str], timeout: float = 90) -> dict[str, str]:
+    def wait_props(
+        self,
+        unit: str,
+        what: str,
+        predicate: Callable[[dict[str, str]], bool],
+        props: Sequence[str],
+        timeout: float = 90,
+    ) -> dict[str, str]:
         def probe() -> dict[str, str] | None:
             values = self.show(unit, *props)
             return values if predicate(values) else None
@@ -265,11 +327,13 @@ class Container:
 
 
 @contextmanager
-def booted(tree: Path, name: str, log_dir: Path, extra_args: Sequence[str] = (),
-           timeout: float = 90) -> Iterator[Container]:
+def booted(
+    tree: Path, name: str, log_dir: Path, extra_args: Sequence[str] = (), timeout: float = 90
+) -> Iterator[Container]:
     """Boot `tree` (read-only underneath: --volatile=overlay) and always tear it down."""
-    container = Container(tree=tree, name=name, console_log=log_dir / f"{name}.console.log",
-                          extra_args=list(extra_args))
+    container = Container(
+        tree=tree, name=name, console_log=log_dir / f"{name}.console.log", extra_args=list(extra_args)
+    )
     try:
         container.start(timeout)
         yield container

@@ -12,20 +12,43 @@ import pytest
 
 from appliance.units import install as inst
 
-GPU_PLAN = {"machine_id": "m1", "machine_type": "gpu", "services": [
-    {"name": "comfyui@0", "unit": "appliance-comfyui@0.service", "kind": "comfyui", "gpu": 0, "port": 8188},
-    {"name": "worker@gpu0", "unit": "appliance-worker@gpu0.service", "kind": "worker", "slot": "gpu0"},
-    {"name": "comfyui@1", "unit": "appliance-comfyui@1.service", "kind": "comfyui", "gpu": 1, "port": 8189},
-    {"name": "worker@gpu1", "unit": "appliance-worker@gpu1.service", "kind": "worker", "slot": "gpu1"},
-]}
-API_PLAN = {"machine_type": "api", "services": [{"unit": "appliance-worker@openai0.service"},
-                                                {"unit": "appliance-worker@echo0.service"}]}
+GPU_PLAN = {
+    "machine_id": "m1",
+    "machine_type": "gpu",
+    "services": [
+        {
+            "name": "comfyui@0",
+            "unit": "appliance-comfyui@0.service",
+            "kind": "comfyui",
+            "gpu": 0,
+            "port": 8188,
+        },
+        {"name": "worker@gpu0", "unit": "appliance-worker@gpu0.service", "kind": "worker", "slot": "gpu0"},
+        {
+            "name": "comfyui@1",
+            "unit": "appliance-comfyui@1.service",
+            "kind": "comfyui",
+            "gpu": 1,
+            "port": 8189,
+        },
+        {"name": "worker@gpu1", "unit": "appliance-worker@gpu1.service", "kind": "worker", "slot": "gpu1"},
+    ],
+}
+API_PLAN = {
+    "machine_type": "api",
+    "services": [{"unit": "appliance-worker@openai0.service"}, {"unit": "appliance-worker@echo0.service"}],
+}
 BIN = "/opt/appliance/bin/appliance"
 
 
 def cli(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "appliance", "units", *argv], capture_output=True, text=True,
-                          input=stdin, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "units", *argv],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -48,7 +71,9 @@ def install(root: Path, plan: dict, *extra: str) -> subprocess.CompletedProcess[
 def tree(root: Path) -> dict[str, str]:
     """Every file and link the installer manages under etc/, with a link's target or a file's first line."""
     out = {}
-    paths = [p for d in ("systemd", "tmpfiles.d", "sysusers.d", "appliance") for p in (root / "etc" / d).rglob("*")]
+    paths = [
+        p for d in ("systemd", "tmpfiles.d", "sysusers.d", "appliance") for p in (root / "etc" / d).rglob("*")
+    ]
     for path in sorted(paths):
         rel = str(path.relative_to(root))
         if path.is_symlink():
@@ -65,11 +90,18 @@ def test_gpu_plan_binds_each_worker_to_its_comfyui(root: Path) -> None:
         dropin = (units / f"appliance-worker@gpu{i}.service.d/10-comfyui.conf").read_text()
         assert f"BindsTo=appliance-comfyui@{i}.service" in dropin
         assert f"After=appliance-comfyui@{i}.service" in dropin
-        assert os.readlink(units / f"appliance.target.wants/appliance-comfyui@{i}.service") == \
-            "/etc/systemd/system/appliance-comfyui@.service"
-        assert os.readlink(units / f"appliance.target.wants/appliance-worker@gpu{i}.service") == \
-            "/etc/systemd/system/appliance-worker@.service"
-    assert os.readlink(units / "multi-user.target.wants/appliance.target") == "/etc/systemd/system/appliance.target"
+        assert (
+            os.readlink(units / f"appliance.target.wants/appliance-comfyui@{i}.service")
+            == "/etc/systemd/system/appliance-comfyui@.service"
+        )
+        assert (
+            os.readlink(units / f"appliance.target.wants/appliance-worker@gpu{i}.service")
+            == "/etc/systemd/system/appliance-worker@.service"
+        )
+    assert (
+        os.readlink(units / "multi-user.target.wants/appliance.target")
+        == "/etc/systemd/system/appliance.target"
+    )
     for name in ("appliance-machine.service", "appliance-worker@.service", "appliance-comfyui@.service"):
         text = (units / name).read_text()
         assert inst.BIN_PLACEHOLDER not in text and f"ExecStart={BIN} " in text
@@ -88,8 +120,10 @@ def test_api_slots_get_no_binding_and_reinstall_removes_stale_files(root: Path) 
     assert "etc/systemd/system/appliance-machine.service.d/50-container-mode.conf" not in files
     assert "etc/systemd/system/appliance-.service.d/20-config.conf" not in files
     assert "etc/systemd/system/multi-user.target.wants/appliance.target" not in files
-    assert sorted(p.rsplit("/", 1)[1] for p in files if "appliance.target.wants/" in p) == \
-        ["appliance-worker@echo0.service", "appliance-worker@openai0.service"]
+    assert sorted(p.rsplit("/", 1)[1] for p in files if "appliance.target.wants/" in p) == [
+        "appliance-worker@echo0.service",
+        "appliance-worker@openai0.service",
+    ]
     # The env file belongs to the operator once it exists.
     assert env_file.read_text() == "APPLIANCE_REDIS_URL=redis://10.0.0.1:6379/0\n"
 
@@ -98,9 +132,14 @@ def test_container_mode_and_config_dropins(root: Path) -> None:
     install(root, API_PLAN, "--container-mode", "--config", "/etc/appliance/config.toml")
     units = root / "etc/systemd/system"
     container = (units / "appliance-machine.service.d/50-container-mode.conf").read_text()
-    assert "FailureAction=exit" in container and f"FailureActionExitStatus={inst.CONTAINER_EXIT_STATUS}" in container
-    assert "Environment=APPLIANCE_CONFIG=/etc/appliance/config.toml" in \
-        (units / "appliance-.service.d/20-config.conf").read_text()
+    assert (
+        "FailureAction=exit" in container
+        and f"FailureActionExitStatus={inst.CONTAINER_EXIT_STATUS}" in container
+    )
+    assert (
+        "Environment=APPLIANCE_CONFIG=/etc/appliance/config.toml"
+        in (units / "appliance-.service.d/20-config.conf").read_text()
+    )
 
 
 def test_list_writes_nothing_and_matches_install(root: Path) -> None:
@@ -126,12 +165,15 @@ def test_uninstall_removes_everything_but_the_env_file(root: Path) -> None:
     assert list(tree(root)) == ["etc/appliance/appliance.env"]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--bin", "bin/appliance"], "must be an absolute path"),
-    (["--bin", "/root/venv/bin/appliance"], "ProtectHome"),
-    (["--bin", "/usr/local/bin/appliance"], "no executable file there"),
-    ([], "--bin PATH is required with --root"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bin", "bin/appliance"], "must be an absolute path"),
+        (["--bin", "/root/venv/bin/appliance"], "ProtectHome"),
+        (["--bin", "/usr/local/bin/appliance"], "no executable file there"),
+        ([], "--bin PATH is required with --root"),
+    ],
+)
 def test_bad_bin_is_one_clear_error(root: Path, argv: list[str], message: str) -> None:
     proc = cli("install", "--root", str(root), *argv)
     assert proc.returncode != 0
@@ -139,13 +181,16 @@ def test_bad_bin_is_one_clear_error(root: Path, argv: list[str], message: str) -
     assert not (root / "etc").exists()
 
 
-@pytest.mark.parametrize(("plan", "message"), [
-    ({"services": [{"unit": "sshd.service"}]}, "expected appliance-comfyui@<gpu>.service"),
-    ({"services": [{"unit": "appliance-comfyui@gpu0.service"}]}, "GPU index"),
-    ({"services": [{"unit": "appliance-worker@../x.service"}]}, "expected appliance-comfyui"),
-    ({"services": [{"unit": "appliance-worker@openai.service"}]}, "<name><index>"),
-    ({"machine_type": "gpu"}, "services"),
-])
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ({"services": [{"unit": "sshd.service"}]}, "expected appliance-comfyui@<gpu>.service"),
+        ({"services": [{"unit": "appliance-comfyui@gpu0.service"}]}, "GPU index"),
+        ({"services": [{"unit": "appliance-worker@../x.service"}]}, "expected appliance-comfyui"),
+        ({"services": [{"unit": "appliance-worker@openai.service"}]}, "<name><index>"),
+        ({"machine_type": "gpu"}, "services"),
+    ],
+)
 def test_bad_plan_is_one_clear_error(root: Path, plan: dict, message: str) -> None:
     plan_file = root / "plan.json"
     plan_file.write_text(json.dumps(plan))

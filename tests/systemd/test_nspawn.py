@@ -41,7 +41,9 @@ _names = itertools.count()
 
 
 def cli_available(group: str) -> bool:
-    proc = subprocess.run([sys.executable, "-m", "appliance", group, "--help"], capture_output=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", group, "--help"], capture_output=True, check=False
+    )
     return proc.returncode == 0
 
 
@@ -120,16 +122,35 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         harness.write_credential(tree, "redis-password", password)
         # Fail the module once, in seconds, if the installed wheel cannot even reach the queue (a file missing
         # from the package data, say) instead of every test waiting for units that never become ready.
-        harness.nspawn_run(tree, str(harness.VENV / "bin" / "python"), "-c", SMOKE, server.url,
-                           binds=[(tree / "etc" / "credstore", "/run/smoke")])
+        harness.nspawn_run(
+            tree,
+            str(harness.VENV / "bin" / "python"),
+            "-c",
+            SMOKE,
+            server.url,
+            binds=[(tree / "etc" / "credstore", "/run/smoke")],
+        )
         # The plan comes from the installed package inside the rootfs, as on a real host.
-        plan = harness.nspawn_run(tree, "/usr/bin/env", "APPLIANCE_CONFIG=/etc/appliance/config.toml",
-                                  str(harness.APPLIANCE_BIN), "machine", "plan", "--json")
+        plan = harness.nspawn_run(
+            tree,
+            "/usr/bin/env",
+            "APPLIANCE_CONFIG=/etc/appliance/config.toml",
+            str(harness.APPLIANCE_BIN),
+            "machine",
+            "plan",
+            "--json",
+        )
         harness.install_units(tree, json.loads(plan), "--config", "/etc/appliance/config.toml")
         logs = work / "logs"
         logs.mkdir()
-        yield Env(tree=tree, logs=logs, redis=server, password=password, machine_id=machine_id,
-                  health_port=health_port)
+        yield Env(
+            tree=tree,
+            logs=logs,
+            redis=server,
+            password=password,
+            machine_id=machine_id,
+            health_port=health_port,
+        )
     finally:
         server.cleanup()
 
@@ -217,8 +238,13 @@ def job(env: Env, job_id: str):  # noqa: ANN201
 
 
 def wait_job(c: harness.Container, env: Env, job_id: str, what: str, predicate, timeout: float = 90):  # noqa: ANN001,ANN201
-    return harness.wait_for(f"job {job_id} {what}", lambda: (j := job(env, job_id)) and predicate(j) and j,
-                            timeout, interval=0.3, on_timeout=c.diagnostics)
+    return harness.wait_for(
+        f"job {job_id} {what}",
+        lambda: (j := job(env, job_id)) and predicate(j) and j,
+        timeout,
+        interval=0.3,
+        on_timeout=c.diagnostics,
+    )
 
 
 def unit_of(env: Env, worker_id: str) -> str:
@@ -245,11 +271,17 @@ def test_killed_worker_is_restarted_and_its_job_runs_again(fresh: Env) -> None:
         for unit in ECHO:
             c.wait_active(unit)
         job_id = asyncio.run(_submit(fresh, {"delay": 4}))
-        claimed = wait_job(c, fresh, job_id, "claimed", lambda j: j.worker_id and j.status in ("claimed", "running"))
+        claimed = wait_job(
+            c, fresh, job_id, "claimed", lambda j: j.worker_id and j.status in ("claimed", "running")
+        )
         unit = unit_of(fresh, claimed.worker_id)
         c.kill_main(unit, "KILL")
-        props = c.wait_props(unit, "restarted", lambda p: p["ActiveState"] == "active" and p["NRestarts"] == "1",
-                             ["ActiveState", "NRestarts"])
+        props = c.wait_props(
+            unit,
+            "restarted",
+            lambda p: p["ActiveState"] == "active" and p["NRestarts"] == "1",
+            ["ActiveState", "NRestarts"],
+        )
         assert props["NRestarts"] == "1"
         done = wait_job(c, fresh, job_id, "completed after the restart", lambda j: j.status == "completed")
         assert done.attempts >= 2
@@ -261,19 +293,32 @@ def test_hung_worker_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None
     with fresh.boot() as c:
         unit = ECHO[0]
         # A short watchdog keeps the test quick; APPLIANCE_TEST_HOOKS arms the worker's SIGUSR2 "hang" hook.
-        dropin(c, "appliance-worker@.service",
-               "[Service]\nWatchdogSec=4s\nEnvironment=APPLIANCE_TEST_HOOKS=1\n")
+        dropin(
+            c, "appliance-worker@.service", "[Service]\nWatchdogSec=4s\nEnvironment=APPLIANCE_TEST_HOOKS=1\n"
+        )
         c.systemctl("start", "--no-block", TARGET)
         c.wait_active(unit)
         c.kill_main(unit, "USR2")
-        c.wait_props(unit, "restarted", lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
-                     ["NRestarts", "ActiveState"])
+        c.wait_props(
+            unit,
+            "restarted",
+            lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
+            ["NRestarts", "ActiveState"],
+        )
         journal = c.journal(unit)
         assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
         # Result= is reset by the restart; ExecStopPost= counted the kill where the supervisor's metrics read it.
-        c.wait_props(MACHINE, "counted", lambda _: 'appliance_service_watchdog_kills_total{kind="worker",service="'
-                     f'worker@{unit.split("@")[1].removesuffix(".service")}",unit="{unit}"}} 1.0' in _metrics(fresh),
-                     ["Id"], timeout=60)
+        c.wait_props(
+            MACHINE,
+            "counted",
+            lambda _: (
+                'appliance_service_watchdog_kills_total{kind="worker",service="'
+                f'worker@{unit.split("@")[1].removesuffix(".service")}",unit="{unit}"}} 1.0'
+                in _metrics(fresh)
+            ),
+            ["Id"],
+            timeout=60,
+        )
 
 
 @needs_worker
@@ -284,18 +329,25 @@ def test_worker_failing_past_its_start_limit_hands_its_jobs_back(fresh: Env) -> 
         for unit in ECHO:
             c.wait_active(unit)
         job_id = asyncio.run(_submit(fresh, {"delay": 30}))
-        claimed = wait_job(c, fresh, job_id, "claimed", lambda j: j.worker_id and j.status in ("claimed", "running"))
+        claimed = wait_job(
+            c, fresh, job_id, "claimed", lambda j: j.worker_id and j.status in ("claimed", "running")
+        )
         unit = unit_of(fresh, claimed.worker_id)
         # From now on this worker cannot start: it crashes through its start limit.
         dropin(c, unit, "[Service]\nExecStartPre=/bin/false\nRestartSec=100ms\n")
         c.kill_main(unit, "KILL")
-        c.wait_props(unit, "failed for good", lambda p: p["ActiveState"] == "failed", ["ActiveState", "Result"])
+        c.wait_props(
+            unit, "failed for good", lambda p: p["ActiveState"] == "failed", ["ActiveState", "Result"]
+        )
         handler = f"appliance-onfailure@{unit.removesuffix('.service')}.service"
-        props = c.wait_props(handler, "run", lambda p: p["ActiveState"] == "inactive" and p["Result"] != "",
-                             ["ActiveState", "Result", "ExecMainStatus"])
+        props = c.wait_props(
+            handler,
+            "run",
+            lambda p: p["ActiveState"] == "inactive" and p["Result"] != "",
+            ["ActiveState", "Result", "ExecMainStatus"],
+        )
         assert props["Result"] == "success", c.journal(handler)
-        done = wait_job(c, fresh, job_id, "completed by the other worker",
-                        lambda j: j.status == "completed")
+        done = wait_job(c, fresh, job_id, "completed by the other worker", lambda j: j.status == "completed")
         assert done.worker_id != claimed.worker_id
         assert any("service_failed" in json.dumps(e) for e in done.errors), done.errors
 
@@ -312,8 +364,13 @@ def test_stopping_the_target_drains_running_jobs(fresh: Env) -> None:
         # The target stops first (it is ordered after its members), so this returns before they are down.
         c.systemctl("stop", TARGET)
         for unit in [MACHINE, *ECHO]:
-            props = c.wait_props(unit, "stopped", lambda p: p["ActiveState"] in ("inactive", "failed"),
-                                 ["ActiveState", "Result"], timeout=120)
+            props = c.wait_props(
+                unit,
+                "stopped",
+                lambda p: p["ActiveState"] in ("inactive", "failed"),
+                ["ActiveState", "Result"],
+                timeout=120,
+            )
             assert props == {"ActiveState": "inactive", "Result": "success"}, (unit, props, c.journal(unit))
         assert job(fresh, job_id).status == "completed"
 
@@ -322,8 +379,18 @@ def test_stopping_the_target_drains_running_jobs(fresh: Env) -> None:
 def test_container_mode_exits_when_the_machine_fails_for_good(fresh: Env) -> None:
     with fresh.boot() as c:
         # The installer inside the container, as an image build would run it.
-        c.sh(str(harness.APPLIANCE_BIN), "units", "install", "--bin", str(harness.APPLIANCE_BIN),
-             "--plan-json", "/root/plan.json", "--config", "/etc/appliance/config.toml", "--container-mode")
+        c.sh(
+            str(harness.APPLIANCE_BIN),
+            "units",
+            "install",
+            "--bin",
+            str(harness.APPLIANCE_BIN),
+            "--plan-json",
+            "/root/plan.json",
+            "--config",
+            "/etc/appliance/config.toml",
+            "--container-mode",
+        )
         dropin(c, MACHINE, "[Service]\nExecStartPre=/bin/false\nRestartSec=100ms\n")
         c.systemctl("start", "--no-block", MACHINE)
         assert c.process is not None

@@ -29,9 +29,16 @@ from appliance.worker.wiring import build_capabilities, worker_parts
 # --- identity ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("slot", "connector", "index", "gpu"), [
-    ("gpu0", "comfyui", 0, True), ("gpu12", "comfyui", 12, True), ("echo0", "echo", 0, False),
-    ("openai1", "openai", 1, False), ("my_conn3", "my_conn", 3, False)])
+@pytest.mark.parametrize(
+    ("slot", "connector", "index", "gpu"),
+    [
+        ("gpu0", "comfyui", 0, True),
+        ("gpu12", "comfyui", 12, True),
+        ("echo0", "echo", 0, False),
+        ("openai1", "openai", 1, False),
+        ("my_conn3", "my_conn", 3, False),
+    ],
+)
 def test_slots_parse_into_connector_and_index(slot: str, connector: str, index: int, gpu: bool) -> None:
     parsed = parse_slot(slot)
     assert (parsed.connector, parsed.index, parsed.gpu, parsed.name) == (connector, index, gpu, slot)
@@ -47,10 +54,12 @@ def test_bad_slots_are_refused_by_name(slot: str) -> None:
 def test_exactly_one_way_to_name_the_slot() -> None:
     assert slot_from_arguments(slot=None, gpu=2, connector=None, index=None).name == "gpu2"
     assert slot_from_arguments(slot=None, gpu=None, connector="openai", index=None).name == "openai0"
-    for kwargs in ({"slot": "echo0", "gpu": 1, "connector": None, "index": None},
-                   {"slot": None, "gpu": None, "connector": None, "index": None},
-                   {"slot": None, "gpu": 0, "connector": None, "index": 1},
-                   {"slot": None, "gpu": None, "connector": "comfyui", "index": None}):
+    for kwargs in (
+        {"slot": "echo0", "gpu": 1, "connector": None, "index": None},
+        {"slot": None, "gpu": None, "connector": None, "index": None},
+        {"slot": None, "gpu": 0, "connector": None, "index": 1},
+        {"slot": None, "gpu": None, "connector": "comfyui", "index": None},
+    ):
         with pytest.raises(SlotError):
             slot_from_arguments(**kwargs)  # type: ignore[arg-type]
 
@@ -72,8 +81,11 @@ def test_outcome_decisions() -> None:
 
 def test_failure_classification() -> None:
     limited = failure_of(RetryableError("slow down", code="rate_limited", details={"retry_after_s": 7}))
-    assert limited.retryable and limited.details == {"kind": "rate_limited", "code": "rate_limited",
-                                                     "retry_after_s": 7}
+    assert limited.retryable and limited.details == {
+        "kind": "rate_limited",
+        "code": "rate_limited",
+        "retry_after_s": 7,
+    }
     bad = failure_of(PermanentError("no such model", code="not_found", details={"status": 404}))
     assert not bad.retryable and bad.error == "no such model" and bad.details["status"] == 404
     assert failure_of(ConnectionResetError("peer")).retryable
@@ -87,8 +99,17 @@ def test_failure_classification() -> None:
 
 def test_status_lines() -> None:
     def snap(phase: Phase, jobs: list[dict[str, object]] | None = None) -> Snapshot:
-        return Snapshot(phase=phase, connector="comfyui", slot="gpu0", concurrency=1, service_healthy=True,
-                        drained=False, redis_ok=True, jobs=jobs or [])
+        return Snapshot(
+            phase=phase,
+            connector="comfyui",
+            slot="gpu0",
+            concurrency=1,
+            service_healthy=True,
+            drained=False,
+            redis_ok=True,
+            jobs=jobs or [],
+        )
+
     assert snap(Phase.IDLE).text() == "idle, 0 jobs"
     assert snap(Phase.RUNNING, [{"id": "42", "progress": 57.4}]).text() == "running job 42 (57%)"
     assert snap(Phase.DRAINING).text() == "draining"
@@ -96,7 +117,11 @@ def test_status_lines() -> None:
     assert snap(Phase.REDIS_DOWN).text() == "redis unreachable, retrying"
     assert snap(Phase.DRAINED).text() == "drained, 0 jobs"
     record = snap(Phase.RUNNING, [{"id": "42", "progress": 57.4}]).record()
-    assert record["state"] == "running" and record["current_job_id"] == "42" and record["jobs"][0]["progress"] == 57.4
+    assert (
+        record["state"] == "running"
+        and record["current_job_id"] == "42"
+        and record["jobs"][0]["progress"] == 57.4
+    )
 
 
 # --- wiring -----------------------------------------------------------------------------------------------------
@@ -105,24 +130,43 @@ def test_status_lines() -> None:
 def test_connector_parts_and_secrets(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("sk-secret-value\n")
-    settings = load_settings(env={"APPLIANCE_CONNECTORS__OPENAI__API_KEY_FILE": str(key_file),
-                                  "APPLIANCE_CONNECTORS__OPENAI__CONCURRENCY": "3",
-                                  "APPLIANCE_COMFYUI__BASE_PORT": "9100"}).settings
+    settings = load_settings(
+        env={
+            "APPLIANCE_CONNECTORS__OPENAI__API_KEY_FILE": str(key_file),
+            "APPLIANCE_CONNECTORS__OPENAI__CONCURRENCY": "3",
+            "APPLIANCE_COMFYUI__BASE_PORT": "9100",
+        }
+    ).settings
     parts = worker_parts(settings, parse_slot("openai1"))
     assert parts.options.api_key == "sk-secret-value" and parts.concurrency == 3
     assert "sk-secret-value" not in repr(parts)
     assert worker_parts(settings, parse_slot("openai0"), concurrency=5).concurrency == 5
     gpu = worker_parts(settings, parse_slot("gpu2"))
-    assert gpu.connector == "comfyui" and gpu.options.base_url == "http://127.0.0.1:9102" and gpu.concurrency == 1
+    assert (
+        gpu.connector == "comfyui"
+        and gpu.options.base_url == "http://127.0.0.1:9102"
+        and gpu.concurrency == 1
+    )
 
 
 def test_capabilities_merge_service_reports_with_config() -> None:
-    settings = load_settings(env={"APPLIANCE_MACHINE__TAGS": '["fast"]', "APPLIANCE_MACHINE__REGION": "eu",
-                                  "APPLIANCE_WORKER__CAPABILITIES__CUSTOMER_ISOLATION": "strict",
-                                  "APPLIANCE_WORKER__CAPABILITIES__ALLOWED_CUSTOMERS": '["acme"]'}).settings
-    found = ConnectorCapabilities(services=["comfyui"], models={"comfyui": ["sdxl.safetensors"]}, gpu_memory_gb=24)
+    settings = load_settings(
+        env={
+            "APPLIANCE_MACHINE__TAGS": '["fast"]',
+            "APPLIANCE_MACHINE__REGION": "eu",
+            "APPLIANCE_WORKER__CAPABILITIES__CUSTOMER_ISOLATION": "strict",
+            "APPLIANCE_WORKER__CAPABILITIES__ALLOWED_CUSTOMERS": '["acme"]',
+        }
+    ).settings
+    found = ConnectorCapabilities(
+        services=["comfyui"], models={"comfyui": ["sdxl.safetensors"]}, gpu_memory_gb=24
+    )
     caps = build_capabilities(settings, found, ram_gb=64, cpu_cores=16)
-    assert caps.services == ["comfyui"] and caps.gpu_memory_gb == 24 and caps.models == {"comfyui": ["sdxl.safetensors"]}
+    assert (
+        caps.services == ["comfyui"]
+        and caps.gpu_memory_gb == 24
+        and caps.models == {"comfyui": ["sdxl.safetensors"]}
+    )
     assert caps.region == "eu" and caps.tags == ["fast"] and caps.customer_isolation.value == "strict"
     assert caps.allowed_customers == ["acme"] and caps.ram_gb == 64 and caps.cpu_cores == 16
 
@@ -159,7 +203,9 @@ async def test_progress_is_coalesced_and_the_last_value_always_written(queue: Qu
         writes.append(percent)
         return await queue.progress(claimed.job.id, claimed.token, percent, message)
 
-    fwd = ProgressForwarder(write, RedisLink(), on_cancel=lambda: None, on_lost=lambda: None, min_interval_s=0.05)
+    fwd = ProgressForwarder(
+        write, RedisLink(), on_cancel=lambda: None, on_lost=lambda: None, min_interval_s=0.05
+    )
     for i in range(1, 201):
         await fwd.report(i / 2)  # 0.5 % steps, far faster than the throttle
         await asyncio.sleep(0.001)
@@ -177,8 +223,14 @@ async def test_heartbeat_reports_cancel_and_lost(queue: Queue) -> None:
     lease = Lease(claimed, timeout_s=60)
     table.add(lease)
     events: list[str] = []
-    beat = Heartbeater(session, table, RedisLink(), interval_s=1,
-                       on_cancel=lambda le: events.append("cancel"), on_lost=lambda le: events.append("lost"))
+    beat = Heartbeater(
+        session,
+        table,
+        RedisLink(),
+        interval_s=1,
+        on_cancel=lambda le: events.append("cancel"),
+        on_lost=lambda le: events.append("lost"),
+    )
     assert await beat.beat() and events == []
     assert await queue.cancel(lease.job_id) == "requested"
     assert await beat.beat() and events == ["cancel"]

@@ -61,8 +61,9 @@ def moto_url() -> Iterator[str]:
     if binary is None:
         pytest.fail("moto_server not installed: pip install 'moto[server]'")
     port = _free_port()
-    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):  # wait for it to listen (start-up time, not a timed assertion)
         try:
@@ -80,10 +81,21 @@ def moto_url() -> Iterator[str]:
 async def test_s3_upload_and_presigned_get(moto_url: str, tmp_path: Path) -> None:
     import boto3
 
-    settings = S3Settings(bucket="outputs", endpoint_url=moto_url, region="us-east-1", access_key_id="test",
-                          secret_access_key="test", prefix="appliance")
-    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="outputs")
+    settings = S3Settings(
+        bucket="outputs",
+        endpoint_url=moto_url,
+        region="us-east-1",
+        access_key_id="test",
+        secret_access_key="test",
+        prefix="appliance",
+    )
+    boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket="outputs")
     storage = S3Storage(settings)
     stored = await storage.put("job-9", "../a.png", b"PNGDATA", "image/png", kind="images")
     assert stored.name == "appliance/job-9/a.png" and stored.size == 7 and stored.path is None
@@ -99,8 +111,11 @@ async def test_s3_upload_and_presigned_get(moto_url: str, tmp_path: Path) -> Non
 
 
 async def test_s3_missing_bucket_raises(moto_url: str) -> None:
-    storage = S3Storage(S3Settings(bucket="no-such-bucket", endpoint_url=moto_url, access_key_id="test",
-                                   secret_access_key="test"))
+    storage = S3Storage(
+        S3Settings(
+            bucket="no-such-bucket", endpoint_url=moto_url, access_key_id="test", secret_access_key="test"
+        )
+    )
     with pytest.raises(Exception, match="NoSuchBucket"):
         await storage.put("j", "x", b"1", "text/plain")
     await storage.close()

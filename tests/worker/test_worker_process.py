@@ -28,14 +28,18 @@ from appliance.standins import process as standin_process
 
 MACHINE = "mtest"
 #: Short timings so leases expire and reapers run within a test; the heartbeat stays well below lease/2.
-QUEUE_ENV = {"APPLIANCE_QUEUE__LEASE_MS": "2000", "APPLIANCE_QUEUE__HEARTBEAT_INTERVAL_MS": "300",
-             "APPLIANCE_QUEUE__REAPER_INTERVAL_MS": "200", "APPLIANCE_QUEUE__RETRY_BASE_MS": "100"}
+QUEUE_ENV = {
+    "APPLIANCE_QUEUE__LEASE_MS": "2000",
+    "APPLIANCE_QUEUE__HEARTBEAT_INTERVAL_MS": "300",
+    "APPLIANCE_QUEUE__REAPER_INTERVAL_MS": "200",
+    "APPLIANCE_QUEUE__RETRY_BASE_MS": "100",
+}
 DEADLINE_S = 30.0
 
 
 def queue_settings(env: dict[str, str]) -> QueueSettings:
     prefix = "APPLIANCE_QUEUE__"
-    return QueueSettings(**{k[len(prefix):].lower(): int(v) for k, v in env.items() if k.startswith(prefix)})
+    return QueueSettings(**{k[len(prefix) :].lower(): int(v) for k, v in env.items() if k.startswith(prefix)})
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = DEADLINE_S) -> Any:
@@ -78,6 +82,7 @@ class NotifySocket:
     async def wait_line(self, predicate: Callable[[str], bool], what: str) -> str:
         async def found() -> str | None:
             return next((line for line in self.lines() if predicate(line)), None)
+
         return str(await eventually(found, what))
 
     def close(self) -> None:
@@ -90,8 +95,12 @@ class WorkerProcess:
         self.log_path = log_path
         self.notify = notify
         self.log_file = log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "worker", *args], env=env,
-                                     stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "worker", *args],
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def log(self) -> str:
@@ -102,11 +111,13 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log}")
             return "READY=1" in self.notify.lines()
+
         await eventually(check, "READY=1")
 
     async def status(self, text: str) -> str:
-        return await self.notify.wait_line(lambda line: line.startswith("STATUS=") and text in line,
-                                           f"STATUS containing {text!r}")
+        return await self.notify.wait_line(
+            lambda line: line.startswith("STATUS=") and text in line, f"STATUS containing {text!r}"
+        )
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -114,12 +125,14 @@ class WorkerProcess:
     async def exit_code(self, timeout_s: float = DEADLINE_S) -> int:
         async def check() -> bool:
             return self.proc.poll() is not None
+
         await eventually(check, "the worker to exit", timeout_s)
         return int(self.proc.returncode)
 
     async def logged(self, text: str) -> None:
         async def check() -> bool:
             return text in self.log
+
         await eventually(check, f"{text!r} in the worker log")
 
     def kill(self) -> None:
@@ -133,12 +146,21 @@ class Harness:
     def __init__(self, tmp_path: Path, redis_url: str) -> None:
         self.tmp_path = tmp_path
         self.redis_url = redis_url
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("APPLIANCE_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY"))}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("APPLIANCE_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY"))
+        }
         self.env.update(QUEUE_ENV)
-        self.env.update({"APPLIANCE_REDIS_URL": redis_url, "APPLIANCE_MACHINE__ID": MACHINE,
-                         "APPLIANCE_STORAGE__LOCAL_DIR": str(tmp_path / "outputs"),
-                         "APPLIANCE_WORKER__CLAIM_TIMEOUT_S": "2", "PYTHONUNBUFFERED": "1"})
+        self.env.update(
+            {
+                "APPLIANCE_REDIS_URL": redis_url,
+                "APPLIANCE_MACHINE__ID": MACHINE,
+                "APPLIANCE_STORAGE__LOCAL_DIR": str(tmp_path / "outputs"),
+                "APPLIANCE_WORKER__CLAIM_TIMEOUT_S": "2",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.workers: list[WorkerProcess] = []
         self.queue: Queue | None = None
 
@@ -175,20 +197,25 @@ async def job_in(queue: Queue, job_id: str, *statuses: JobStatus) -> Any:
     async def check() -> Any:
         job = await queue.get(job_id)
         return job if job is not None and job.status in statuses else None
+
     return await eventually(check, f"job {job_id} to be {'/'.join(s.value for s in statuses)}")
 
 
 async def running(queue: Queue, job_id: str) -> Any:
     """The job once a worker holds it (the worker starts its connector call right after the claim)."""
+
     async def check() -> Any:
         job = await queue.get(job_id)
         return job if job is not None and job.status in (JobStatus.CLAIMED, JobStatus.RUNNING) else None
+
     return await eventually(check, f"job {job_id} to be running")
 
 
 async def completed_events(queue: Queue, job_id: str) -> int:
     entries = await queue.client.xrange(queue.keys.events)
-    return sum(1 for _, fields in entries if fields.get("event") == "completed" and fields.get("job") == job_id)
+    return sum(
+        1 for _, fields in entries if fields.get("event") == "completed" and fields.get("job") == job_id
+    )
 
 
 async def seen_after(queue: Queue, worker_id: str, after_ms: int) -> bool:
@@ -224,9 +251,11 @@ async def test_jobs_complete_and_status_is_published(harness: Harness) -> None:
 
 
 async def test_bad_arguments_are_one_line_errors(harness: Harness) -> None:
-    for args, expected in ((["--slot", "nonsense"], "is not gpu<N>"),
-                           (["--connector", "nosuch"], "unknown connector"),
-                           (["--gpu", "0", "--connector", "echo"], "exactly one of")):
+    for args, expected in (
+        (["--slot", "nonsense"], "is not gpu<N>"),
+        (["--connector", "nosuch"], "unknown connector"),
+        (["--gpu", "0", "--connector", "echo"], "exactly one of"),
+    ):
         worker = harness.start(*args)
         assert await worker.exit_code() == 2
         lines = worker.log.strip().splitlines()
@@ -437,7 +466,8 @@ def comfy(tmp_path: Path, comfy_port: int) -> Iterator[Callable[[], standin_proc
 
 
 async def test_service_down_stops_claiming_until_it_answers(
-        harness: Harness, comfy: Callable[[], standin_process.StandinProcess], comfy_port: int) -> None:
+    harness: Harness, comfy: Callable[[], standin_process.StandinProcess], comfy_port: int
+) -> None:
     q = harness.queue
     assert q is not None
     service = comfy()

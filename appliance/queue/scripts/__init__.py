@@ -19,8 +19,18 @@ from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
-SCRIPT_NAMES = ("submit", "claim", "heartbeat", "progress", "complete", "fail", "release", "cancel",
-                "reap", "requeue")
+SCRIPT_NAMES = (
+    "submit",
+    "claim",
+    "heartbeat",
+    "progress",
+    "complete",
+    "fail",
+    "release",
+    "cancel",
+    "reap",
+    "requeue",
+)
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 
 
@@ -104,7 +114,9 @@ class ScriptSet:
         if hasattr(client, "get_primaries"):  # RedisCluster: every primary needs the library
             from redis.asyncio.cluster import RedisCluster
 
-            await client.execute_command("FUNCTION LOAD", "REPLACE", code, target_nodes=RedisCluster.PRIMARIES)
+            await client.execute_command(
+                "FUNCTION LOAD", "REPLACE", code, target_nodes=RedisCluster.PRIMARIES
+            )
         else:
             await client.execute_command("FUNCTION LOAD", "REPLACE", code)
 

@@ -95,8 +95,13 @@ class PermanentError(ConnectorError):
 class JobCancelled(PermanentError):
     """`process()` stopped because `cancel(job_id)` was called; the runtime finishes the job as cancelled."""
 
-    def __init__(self, message: str = "job cancelled", *, code: str = "cancelled",
-                 details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "job cancelled",
+        *,
+        code: str = "cancelled",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message, code=code, details=details)
 
 

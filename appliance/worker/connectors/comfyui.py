@@ -55,10 +55,15 @@ log = logging.getLogger(__name__)
 #: Namespace for prompt ids: uuid5(PROMPT_NAMESPACE, job_id) is stable across attempts and workers.
 PROMPT_NAMESPACE = uuid.UUID("6d1f3a52-7c1e-4f0b-9a57-1b0c8f2d7e11")
 #: Loader nodes whose combo lists name the models this instance has.
-MODEL_INPUTS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "LoraLoader": ("lora_name", "loras"),
-                "VAELoader": ("vae_name", "vae"), "UNETLoader": ("unet_name", "diffusion_models"),
-                "CLIPLoader": ("clip_name", "text_encoders"), "ControlNetLoader": ("control_net_name", "controlnet"),
-                "UpscaleModelLoader": ("model_name", "upscale_models")}
+MODEL_INPUTS = {
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "LoraLoader": ("lora_name", "loras"),
+    "VAELoader": ("vae_name", "vae"),
+    "UNETLoader": ("unet_name", "diffusion_models"),
+    "CLIPLoader": ("clip_name", "text_encoders"),
+    "ControlNetLoader": ("control_net_name", "controlnet"),
+    "UpscaleModelLoader": ("model_name", "upscale_models"),
+}
 
 
 def prompt_id_for(job_id: str) -> str:
@@ -106,14 +111,18 @@ class ComfyUIConnector(Connector):
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 body = await resp.read()
                 if resp.status >= 500:
-                    raise RetryableError(f"ComfyUI {method} {path} answered {resp.status}", code="service_error",
-                                         details={"status": resp.status})
+                    raise RetryableError(
+                        f"ComfyUI {method} {path} answered {resp.status}",
+                        code="service_error",
+                        details={"status": resp.status},
+                    )
                 if resp.content_type == "application/json":
                     return resp.status, json.loads(body or b"null")
                 return resp.status, body
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise RetryableError(f"ComfyUI at {self.base_url} unreachable: {exc.__class__.__name__}: {exc}",
-                                 code="unreachable") from exc
+            raise RetryableError(
+                f"ComfyUI at {self.base_url} unreachable: {exc.__class__.__name__}: {exc}", code="unreachable"
+            ) from exc
         except json.JSONDecodeError as exc:
             raise RetryableError(f"ComfyUI {method} {path} sent malformed JSON", code="bad_response") from exc
 
@@ -138,9 +147,15 @@ class ComfyUIConnector(Connector):
         vram = max((d.get("vram_total", 0) for d in devices), default=0)
         models = sorted({m for names in folders.values() for m in names})
         return ConnectorCapabilities(
-            services=["comfyui"], models={"comfyui": models}, gpu_memory_gb=round(vram / 1024**3, 2) if vram else None,
-            extra={"model_folders": folders, "comfyui_version": (stats or {}).get("system", {}).get("comfyui_version"),
-                   "devices": [d.get("name") for d in devices]})
+            services=["comfyui"],
+            models={"comfyui": models},
+            gpu_memory_gb=round(vram / 1024**3, 2) if vram else None,
+            extra={
+                "model_folders": folders,
+                "comfyui_version": (stats or {}).get("system", {}).get("comfyui_version"),
+                "devices": [d.get("name") for d in devices],
+            },
+        )
 
     # ---- jobs -------------------------------------------------------------------------------------------
     async def cancel(self, job_id: str) -> None:
@@ -169,8 +184,11 @@ class ComfyUIConnector(Connector):
             with contextlib.suppress(RetryableError):
                 await self._request("POST", "/queue", json={"delete": [prompt_id]})
                 await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
-            raise RetryableError(f"ComfyUI prompt {prompt_id} exceeded the job timeout of {timeout:g}s",
-                                 code="timeout", details={"prompt_id": prompt_id}) from None
+            raise RetryableError(
+                f"ComfyUI prompt {prompt_id} exceeded the job timeout of {timeout:g}s",
+                code="timeout",
+                details={"prompt_id": prompt_id},
+            ) from None
         finally:
             self._active.pop(job.id, None)
             self._cancelled.pop(job.id, None)
@@ -182,8 +200,15 @@ class ComfyUIConnector(Connector):
             data["ui"] = ui
         return ConnectorResult(data=data, outputs=outputs, service_job_id=prompt_id)
 
-    async def _run(self, job: ConnectorJob, prompt_id: str, workflow: dict[str, Any], images: list[Any],
-                   progress: ProgressCallback, cancelled: asyncio.Event) -> dict[str, Any]:
+    async def _run(
+        self,
+        job: ConnectorJob,
+        prompt_id: str,
+        workflow: dict[str, Any],
+        images: list[Any],
+        progress: ProgressCallback,
+        cancelled: asyncio.Event,
+    ) -> dict[str, Any]:
         entry = await self._history(prompt_id)
         if entry is not None and _finished(entry):
             if (entry.get("status") or {}).get("status_str") == "success":
@@ -206,29 +231,40 @@ class ComfyUIConnector(Connector):
             await asyncio.gather(ws_task, return_exceptions=True)
 
     async def _submit(self, prompt_id: str, client_id: str, workflow: dict[str, Any]) -> None:
-        status, body = await self._request("POST", "/prompt", json={
-            "prompt": workflow, "client_id": client_id, "prompt_id": prompt_id})
+        status, body = await self._request(
+            "POST", "/prompt", json={"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        )
         if status == 400 and isinstance(body, dict):
             raise explain_validation(body)
         if status != 200:
-            raise PermanentError(f"ComfyUI POST /prompt answered {status}", code="rejected",
-                                 details={"status": status})
+            raise PermanentError(
+                f"ComfyUI POST /prompt answered {status}", code="rejected", details={"status": status}
+            )
         if isinstance(body, dict) and body.get("node_errors"):
             # ComfyUI queued the prompt but will skip the invalid outputs; a job that silently loses
             # outputs is worse than a clear failure, so take it back out and fail.
             with contextlib.suppress(RetryableError):
                 await self._request("POST", "/queue", json={"delete": [prompt_id]})
                 await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
-            raise explain_validation({"error": {"type": "prompt_outputs_failed_validation",
-                                                "message": "some outputs failed validation"},
-                                      "node_errors": body["node_errors"]})
+            raise explain_validation(
+                {
+                    "error": {
+                        "type": "prompt_outputs_failed_validation",
+                        "message": "some outputs failed validation",
+                    },
+                    "node_errors": body["node_errors"],
+                }
+            )
         if isinstance(body, dict) and body.get("prompt_id") not in (None, prompt_id):
             # Older ComfyUI ignores a caller-chosen prompt_id; without it we cannot be idempotent.
-            raise PermanentError("this ComfyUI does not honour prompt_id in POST /prompt; upgrade it",
-                                 code="unsupported_comfyui")
+            raise PermanentError(
+                "this ComfyUI does not honour prompt_id in POST /prompt; upgrade it",
+                code="unsupported_comfyui",
+            )
 
-    async def _wait(self, prompt_id: str, wake: asyncio.Event, ws_state: dict[str, bool],
-                    cancelled: asyncio.Event) -> dict[str, Any]:
+    async def _wait(
+        self, prompt_id: str, wake: asyncio.Event, ws_state: dict[str, bool], cancelled: asyncio.Event
+    ) -> dict[str, Any]:
         missing = 0
         down_since: float | None = None
         cancel_deadline: float | None = None
@@ -244,29 +280,46 @@ class ComfyUIConnector(Connector):
                 entry, queued = None, True
             if cancelled.is_set():
                 cancel_deadline = cancel_deadline or time.monotonic() + self.cancel_grace_s
-                if (entry is not None and _finished(entry)) or (entry is None and not queued) \
-                        or time.monotonic() > cancel_deadline:
-                    raise JobCancelled(f"ComfyUI prompt {prompt_id} cancelled", details={"prompt_id": prompt_id})
+                if (
+                    (entry is not None and _finished(entry))
+                    or (entry is None and not queued)
+                    or time.monotonic() > cancel_deadline
+                ):
+                    raise JobCancelled(
+                        f"ComfyUI prompt {prompt_id} cancelled", details={"prompt_id": prompt_id}
+                    )
             elif entry is not None and _finished(entry):
                 return _raise_for_failure(entry)
             missing = missing + 1 if entry is None and not queued else 0
             if missing >= 2:
-                raise RetryableError(f"ComfyUI lost prompt {prompt_id} (restarted?): neither queued nor in history",
-                                     code="prompt_lost", details={"prompt_id": prompt_id})
+                raise RetryableError(
+                    f"ComfyUI lost prompt {prompt_id} (restarted?): neither queued nor in history",
+                    code="prompt_lost",
+                    details={"prompt_id": prompt_id},
+                )
             fast = not ws_state["connected"] or missing or cancelled.is_set() or down_since
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.fast_poll_interval_s if fast else self.poll_interval_s)
+                await asyncio.wait_for(
+                    wake.wait(), self.fast_poll_interval_s if fast else self.poll_interval_s
+                )
             wake.clear()
 
-    async def _watch(self, client_id: str, tracker: ProgressTracker, progress: ProgressCallback,
-                     wake: asyncio.Event, state: dict[str, bool]) -> None:
+    async def _watch(
+        self,
+        client_id: str,
+        tracker: ProgressTracker,
+        progress: ProgressCallback,
+        wake: asyncio.Event,
+        state: dict[str, bool],
+    ) -> None:
         """Follow /ws events, reconnecting forever (the caller cancels us); wakes the waiter on news."""
         url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
         backoff = 0.1
         while True:
             try:
-                async with self.session.ws_connect(url, heartbeat=30, timeout=aiohttp.ClientWSTimeout(
-                        ws_close=5)) as ws:
+                async with self.session.ws_connect(
+                    url, heartbeat=30, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+                ) as ws:
                     state["connected"] = True
                     backoff = 0.1
                     wake.set()  # re-check history: we may have missed events while disconnected
@@ -276,9 +329,12 @@ class ComfyUIConnector(Connector):
                         event = json.loads(msg.data)
                         etype, data = event.get("type"), event.get("data") or {}
                         if tracker.handle(etype, data):
-                            await progress(tracker.percent, f"node {tracker.current}" if tracker.current else None)
+                            await progress(
+                                tracker.percent, f"node {tracker.current}" if tracker.current else None
+                            )
                         if etype in ("execution_success", "execution_error", "execution_interrupted") or (
-                                etype == "executing" and data.get("node") is None):
+                            etype == "executing" and data.get("node") is None
+                        ):
                             wake.set()
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 log.debug("ComfyUI websocket: %s", exc.__class__.__name__)
@@ -299,41 +355,55 @@ class ComfyUIConnector(Connector):
     async def _upload_images(self, images: list[Any]) -> None:
         for index, image in enumerate(images):
             if not isinstance(image, dict) or not image.get("name") or not image.get("image"):
-                raise PermanentError(f"payload.images[{index}] needs 'name' and 'image' (base64 or URL)",
-                                     code="bad_payload")
+                raise PermanentError(
+                    f"payload.images[{index}] needs 'name' and 'image' (base64 or URL)", code="bad_payload"
+                )
             data = await self._image_bytes(str(image["image"]), index)
             form = aiohttp.FormData()
-            form.add_field("image", data, filename=str(image["name"]),
-                           content_type=mimetypes.guess_type(str(image["name"]))[0] or "application/octet-stream")
+            form.add_field(
+                "image",
+                data,
+                filename=str(image["name"]),
+                content_type=mimetypes.guess_type(str(image["name"]))[0] or "application/octet-stream",
+            )
             form.add_field("overwrite", "true")
             status, _ = await self._request("POST", "/upload/image", data=form)
             if status != 200:
-                raise PermanentError(f"ComfyUI refused upload of {image['name']!r} ({status})", code="upload_failed")
+                raise PermanentError(
+                    f"ComfyUI refused upload of {image['name']!r} ({status})", code="upload_failed"
+                )
 
     async def _image_bytes(self, value: str, index: int) -> bytes:
         if value.startswith(("http://", "https://")):
             try:
                 async with self.session.get(value) as resp:
                     if resp.status != 200:
-                        raise PermanentError(f"payload.images[{index}]: GET {value} answered {resp.status}",
-                                             code="bad_payload")
+                        raise PermanentError(
+                            f"payload.images[{index}]: GET {value} answered {resp.status}", code="bad_payload"
+                        )
                     return await resp.read()
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                raise RetryableError(f"payload.images[{index}]: cannot fetch {value}", code="input_fetch") from exc
+                raise RetryableError(
+                    f"payload.images[{index}]: cannot fetch {value}", code="input_fetch"
+                ) from exc
         if value.startswith("data:"):
             value = value.split(",", 1)[-1]
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise PermanentError(f"payload.images[{index}].image is neither a URL nor valid base64",
-                                 code="bad_payload") from exc
+            raise PermanentError(
+                f"payload.images[{index}].image is neither a URL nor valid base64", code="bad_payload"
+            ) from exc
 
     async def _collect(self, job_id: str, entry: dict[str, Any]) -> tuple[list[OutputFile], dict[str, Any]]:
         refs, ui = output_refs(entry)
         stored: list[OutputFile] = []
         for ref in refs:
-            status, body = await self._request("GET", "/view", params={
-                "filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type})
+            status, body = await self._request(
+                "GET",
+                "/view",
+                params={"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type},
+            )
             if status != 200 or not isinstance(body, bytes):
                 raise RetryableError(f"ComfyUI /view {ref.filename} answered {status}", code="output_missing")
             name = f"{ref.subfolder}_{ref.filename}" if ref.subfolder else ref.filename
@@ -367,16 +437,20 @@ def _raise_for_failure(entry: dict[str, Any]) -> dict[str, Any]:
     interrupted = status_message(entry, "execution_interrupted")
     if interrupted is not None:
         # Not requested by us (cancel() is handled before): someone else interrupted ComfyUI; try again.
-        raise RetryableError(f"ComfyUI prompt interrupted at node {interrupted.get('node_id')}",
-                             code="interrupted", details=interrupted)
+        raise RetryableError(
+            f"ComfyUI prompt interrupted at node {interrupted.get('node_id')}",
+            code="interrupted",
+            details=interrupted,
+        )
     raise RetryableError("ComfyUI reported an error without details", code="execution_error")
 
 
 def _parse_payload(payload: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
     workflow = payload.get("workflow", payload.get("prompt"))
     if not isinstance(workflow, dict) or not workflow:
-        raise PermanentError("payload needs 'workflow' (or 'prompt'): a non-empty ComfyUI API-format graph",
-                             code="bad_payload")
+        raise PermanentError(
+            "payload needs 'workflow' (or 'prompt'): a non-empty ComfyUI API-format graph", code="bad_payload"
+        )
     images = payload.get("images") or []
     if not isinstance(images, list):
         raise PermanentError("payload.images must be a list of {name, image}", code="bad_payload")

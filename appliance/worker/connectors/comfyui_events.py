@@ -80,13 +80,20 @@ def explain_validation(body: dict[str, Any]) -> PermanentError:
             line = f"node {node_id} ({info.get('class_type', '?')}): {reason.get('type')}: {reason.get('details')}"
             extra = reason.get("extra_info") or {}
             config = extra.get("input_config")
-            if reason.get("type") == "value_not_in_list" and isinstance(config, list) and config \
-                    and isinstance(config[0], list):
+            if (
+                reason.get("type") == "value_not_in_list"
+                and isinstance(config, list)
+                and config
+                and isinstance(config[0], list)
+            ):
                 line += f" (available: {', '.join(map(str, config[0]))})"
             parts.append(line)
     code = "model_not_found" if "value_not_in_list" in str(body.get("node_errors")) else "invalid_workflow"
-    return PermanentError("ComfyUI rejected the workflow: " + "; ".join(parts), code=code,
-                          details={"error": error, "node_errors": body.get("node_errors") or {}})
+    return PermanentError(
+        "ComfyUI rejected the workflow: " + "; ".join(parts),
+        code=code,
+        details={"error": error, "node_errors": body.get("node_errors") or {}},
+    )
 
 
 def execution_failure(data: dict[str, Any]) -> PermanentError | RetryableError:
@@ -132,8 +139,15 @@ def output_refs(entry: dict[str, Any]) -> tuple[list[OutputRef], dict[str, Any]]
             for item in items:
                 if isinstance(item, dict) and "filename" in item:
                     if item.get("type", "output") != "temp":
-                        files.append(OutputRef(str(node), kind, str(item["filename"]),
-                                               str(item.get("subfolder") or ""), str(item.get("type") or "output")))
+                        files.append(
+                            OutputRef(
+                                str(node),
+                                kind,
+                                str(item["filename"]),
+                                str(item.get("subfolder") or ""),
+                                str(item.get("type") or "output"),
+                            )
+                        )
                 else:
                     other.setdefault(str(node), {}).setdefault(kind, []).append(item)
     return files, other

@@ -47,7 +47,9 @@ class EchoConnector(Connector):
         payload = job.payload
         delay = payload.get("delay", 0)
         if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
-            raise PermanentError(f"payload.delay must be a non-negative number, got {delay!r}", code="bad_payload")
+            raise PermanentError(
+                f"payload.delay must be a non-negative number, got {delay!r}", code="bad_payload"
+            )
         if delay:
             await progress(0.0, "started")
             for step in range(1, PROGRESS_STEPS + 1):
@@ -60,14 +62,18 @@ class EchoConnector(Connector):
         if fail == "permanent":
             raise PermanentError(message, code="echo_permanent")
         if fail is not None:
-            raise PermanentError(f"payload.fail must be 'retryable' or 'permanent', got {fail!r}",
-                                 code="bad_payload")
+            raise PermanentError(
+                f"payload.fail must be 'retryable' or 'permanent', got {fail!r}", code="bad_payload"
+            )
         outputs = []
         spec = payload.get("output")
         if isinstance(spec, dict):
             text = str(spec.get("text", ""))
-            outputs.append(await self.storage.put(job.id, str(spec.get("name") or "echo.txt"),
-                                                  text.encode(), "text/plain", kind="text"))
+            outputs.append(
+                await self.storage.put(
+                    job.id, str(spec.get("name") or "echo.txt"), text.encode(), "text/plain", kind="text"
+                )
+            )
         return ConnectorResult(data={"echo": payload, "attempt": job.attempt}, outputs=outputs)
 
     async def cancel(self, job_id: str) -> None:

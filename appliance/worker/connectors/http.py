@@ -16,8 +16,15 @@ from appliance.worker.connectors.base import ConnectorError, PermanentError, Ret
 
 
 class JsonApi:
-    def __init__(self, base_url: str, api_key: str | None, *, service: str, timeout_s: float = 30.0,
-                 auth_scheme: str = "Bearer") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        service: str,
+        timeout_s: float = 30.0,
+        auth_scheme: str = "Bearer",
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.service = service
         self._headers = {"Authorization": f"{auth_scheme} {api_key}"} if api_key else {}
@@ -33,18 +40,27 @@ class JsonApi:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError(f"{self.service} client not started")
         what = f"{self.service} {method} {path}"
         try:
-            async with self._session.request(method, self.base_url + path, json=body, headers=headers) as resp:
+            async with self._session.request(
+                method, self.base_url + path, json=body, headers=headers
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("retry-after")
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise RetryableError(f"{what}: unreachable ({exc.__class__.__name__})", code="unreachable") from None
+            raise RetryableError(
+                f"{what}: unreachable ({exc.__class__.__name__})", code="unreachable"
+            ) from None
         try:
             parsed = json.loads(raw) if raw else {}
         except ValueError:
@@ -62,8 +78,11 @@ class JsonApi:
             raise RetryableError(f"{what} answered {status}", code=code, details=details)
         if status >= 400:
             code = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status, "bad_request")
-            raise PermanentError(f"{what} answered {status}: {details.get('error') or ''}".rstrip(": "),
-                                 code=code, details=details)
+            raise PermanentError(
+                f"{what} answered {status}: {details.get('error') or ''}".rstrip(": "),
+                code=code,
+                details=details,
+            )
         if not isinstance(parsed, dict):
             raise RetryableError(f"{what} sent a malformed body", code="bad_response", details=details)
         return parsed

@@ -56,12 +56,18 @@ def map_error(exc: Exception) -> ConnectorError:
         if retry_after is not None:
             details["retry_after_s"] = retry_after
         if status in RETRYABLE_STATUS or status >= 500:
-            return RetryableError(message, code="rate_limited" if status == 429 else "service_error",
-                                  details=details)
-        return PermanentError(message, code={401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(
-            status, "bad_request"), details=details)
+            return RetryableError(
+                message, code="rate_limited" if status == 429 else "service_error", details=details
+            )
+        return PermanentError(
+            message,
+            code={401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status, "bad_request"),
+            details=details,
+        )
     if isinstance(exc, openai.APIResponseValidationError | ValueError | KeyError | TypeError):
-        return RetryableError(f"OpenAI sent a malformed response: {exc.__class__.__name__}", code="bad_response")
+        return RetryableError(
+            f"OpenAI sent a malformed response: {exc.__class__.__name__}", code="bad_response"
+        )
     return RetryableError(f"OpenAI call failed: {exc.__class__.__name__}", code="error")
 
 
@@ -83,15 +89,21 @@ class OpenAIConnector(Connector):
         self.options = options
         self.storage = storage
         self.max_concurrency = max(1, int(options.concurrency or 1))
-        self.request_timeout_s = float((options.extra or {}).get("request_timeout_s", options.default_timeout_s))
+        self.request_timeout_s = float(
+            (options.extra or {}).get("request_timeout_s", options.default_timeout_s)
+        )
         self._client: Any = None
         self._tasks = JobTasks()
 
     async def start(self) -> None:
         from openai import AsyncOpenAI  # optional dependency, imported only here
 
-        self._client = AsyncOpenAI(api_key=self.options.api_key or "unset", base_url=self.options.base_url,
-                                   max_retries=0, timeout=self.request_timeout_s)
+        self._client = AsyncOpenAI(
+            api_key=self.options.api_key or "unset",
+            base_url=self.options.base_url,
+            max_retries=0,
+            timeout=self.request_timeout_s,
+        )
 
     async def close(self) -> None:
         if self._client is not None:
@@ -100,8 +112,9 @@ class OpenAIConnector(Connector):
 
     async def capabilities(self) -> ConnectorCapabilities:
         models = (self.options.extra or {}).get("models")
-        return ConnectorCapabilities(services=list(SERVICES), models={s: list(models) for s in SERVICES}
-                                     if models else {})
+        return ConnectorCapabilities(
+            services=list(SERVICES), models={s: list(models) for s in SERVICES} if models else {}
+        )
 
     async def health(self) -> bool:
         try:
@@ -117,11 +130,17 @@ class OpenAIConnector(Connector):
         if self._client is None:
             raise RuntimeError("OpenAIConnector.start() was not called")
         kind = job.payload.get("kind", job.service)
-        handler = {"openai_text": self._chat, "openai_chat": self._chat, "openai": self._chat,
-                   "openai_responses": self._responses, "openai_image": self._image}.get(kind)
+        handler = {
+            "openai_text": self._chat,
+            "openai_chat": self._chat,
+            "openai": self._chat,
+            "openai_responses": self._responses,
+            "openai_image": self._image,
+        }.get(kind)
         if handler is None:
-            raise PermanentError(f"unknown OpenAI job kind {kind!r} (known: {', '.join(SERVICES)})",
-                                 code="bad_payload")
+            raise PermanentError(
+                f"unknown OpenAI job kind {kind!r} (known: {', '.join(SERVICES)})", code="bad_payload"
+            )
         model = job.payload.get("model") or (self.options.extra or {}).get("default_model")
         if not model:
             raise PermanentError("payload.model is required", code="bad_payload")
@@ -139,25 +158,39 @@ class OpenAIConnector(Connector):
         except Exception as exc:
             raise map_error(exc) from None
 
-    async def _chat(self, job: ConnectorJob, model: str, params: dict[str, Any], progress: ProgressCallback,
-                    timeout_s: float) -> ConnectorResult:
+    async def _chat(
+        self,
+        job: ConnectorJob,
+        model: str,
+        params: dict[str, Any],
+        progress: ProgressCallback,
+        timeout_s: float,
+    ) -> ConnectorResult:
         messages = job.payload.get("messages")
         if messages is None and job.payload.get("prompt") is not None:
             messages = [{"role": "user", "content": str(job.payload["prompt"])}]
         if not isinstance(messages, list) or not messages:
             raise PermanentError("payload.messages (list) or payload.prompt is required", code="bad_payload")
         if not job.payload.get("stream", True):
-            completion = await self._client.chat.completions.create(model=model, messages=messages,
-                                                                    timeout=timeout_s, **params)
+            completion = await self._client.chat.completions.create(
+                model=model, messages=messages, timeout=timeout_s, **params
+            )
             choice = completion.choices[0]
-            return ConnectorResult(data={"text": choice.message.content, "finish_reason": choice.finish_reason,
-                                         "model": completion.model, "usage": _dump(completion.usage)},
-                                   service_job_id=completion.id)
+            return ConnectorResult(
+                data={
+                    "text": choice.message.content,
+                    "finish_reason": choice.finish_reason,
+                    "model": completion.model,
+                    "usage": _dump(completion.usage),
+                },
+                service_job_id=completion.id,
+            )
         limit = params.get("max_tokens") or params.get("max_completion_tokens")
         parts: list[str] = []
         finish, response_id, chunks = None, None, 0
-        stream = await self._client.chat.completions.create(model=model, messages=messages, stream=True,
-                                                            timeout=timeout_s, **params)
+        stream = await self._client.chat.completions.create(
+            model=model, messages=messages, stream=True, timeout=timeout_s, **params
+        )
         async for chunk in stream:
             response_id = chunk.id
             for choice in chunk.choices:
@@ -170,27 +203,49 @@ class OpenAIConnector(Connector):
         if finish is None:
             raise RetryableError("OpenAI stream ended before a finish_reason", code="bad_response")
         await progress(100.0, "done")
-        return ConnectorResult(data={"text": "".join(parts), "finish_reason": finish, "model": model},
-                               service_job_id=response_id)
+        return ConnectorResult(
+            data={"text": "".join(parts), "finish_reason": finish, "model": model}, service_job_id=response_id
+        )
 
-    async def _responses(self, job: ConnectorJob, model: str, params: dict[str, Any], progress: ProgressCallback,
-                         timeout_s: float) -> ConnectorResult:
+    async def _responses(
+        self,
+        job: ConnectorJob,
+        model: str,
+        params: dict[str, Any],
+        progress: ProgressCallback,
+        timeout_s: float,
+    ) -> ConnectorResult:
         if job.payload.get("input") is None:
             raise PermanentError("payload.input is required for openai_responses", code="bad_payload")
-        response = await self._client.responses.create(model=model, input=job.payload["input"], timeout=timeout_s,
-                                                       **params)
+        response = await self._client.responses.create(
+            model=model, input=job.payload["input"], timeout=timeout_s, **params
+        )
         await progress(100.0, "done")
-        return ConnectorResult(data={"text": response.output_text, "status": response.status, "model": model,
-                                     "usage": _dump(response.usage)}, service_job_id=response.id)
+        return ConnectorResult(
+            data={
+                "text": response.output_text,
+                "status": response.status,
+                "model": model,
+                "usage": _dump(response.usage),
+            },
+            service_job_id=response.id,
+        )
 
-    async def _image(self, job: ConnectorJob, model: str, params: dict[str, Any], progress: ProgressCallback,
-                     timeout_s: float) -> ConnectorResult:
+    async def _image(
+        self,
+        job: ConnectorJob,
+        model: str,
+        params: dict[str, Any],
+        progress: ProgressCallback,
+        timeout_s: float,
+    ) -> ConnectorResult:
         prompt = job.payload.get("prompt")
         if not prompt:
             raise PermanentError("payload.prompt is required for openai_image", code="bad_payload")
         extra = {k: job.payload[k] for k in ("size", "n", "quality") if k in job.payload}
-        result = await self._client.images.generate(model=model, prompt=str(prompt), timeout=timeout_s,
-                                                    **extra, **params)
+        result = await self._client.images.generate(
+            model=model, prompt=str(prompt), timeout=timeout_s, **extra, **params
+        )
         outputs, urls = [], []
         for index, image in enumerate(result.data or []):
             if image.b64_json:
@@ -198,8 +253,9 @@ class OpenAIConnector(Connector):
                     data = base64.b64decode(image.b64_json, validate=True)
                 except (binascii.Error, ValueError) as exc:
                     raise RetryableError("OpenAI image was not valid base64", code="bad_response") from exc
-                outputs.append(await self.storage.put(job.id, f"image-{index}.png", data, "image/png",
-                                                      kind="images"))
+                outputs.append(
+                    await self.storage.put(job.id, f"image-{index}.png", data, "image/png", kind="images")
+                )
             elif image.url:
                 urls.append(image.url)
         if not outputs and not urls:

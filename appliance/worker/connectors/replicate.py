@@ -46,8 +46,12 @@ class ReplicateConnector(Connector):
 
     def __init__(self, *, options: Any, storage: OutputStorage) -> None:
         extra = dict(options.extra or {})
-        self.api = JsonApi(options.base_url or DEFAULT_BASE_URL, options.api_key, service="Replicate",
-                           timeout_s=float(extra.get("request_timeout_s", 30.0)))
+        self.api = JsonApi(
+            options.base_url or DEFAULT_BASE_URL,
+            options.api_key,
+            service="Replicate",
+            timeout_s=float(extra.get("request_timeout_s", 30.0)),
+        )
         self.storage = storage
         self.default_timeout_s = float(options.default_timeout_s)
         self.max_concurrency = max(1, int(options.concurrency or 1))
@@ -94,15 +98,18 @@ class ReplicateConnector(Connector):
                 prediction = await self._poll(job.id, prediction, progress)
         except TimeoutError:
             await self.cancel(job.id)
-            raise RetryableError(f"Replicate prediction exceeded the job timeout of {timeout:g}s",
-                                 code="timeout") from None
+            raise RetryableError(
+                f"Replicate prediction exceeded the job timeout of {timeout:g}s", code="timeout"
+            ) from None
         except KeyError:
             raise RetryableError("Replicate sent a prediction without an id", code="bad_response") from None
         finally:
             self._predictions.pop(job.id, None)
         return await self._result(job, prediction)
 
-    async def _poll(self, job_id: str, prediction: dict[str, Any], progress: ProgressCallback) -> dict[str, Any]:
+    async def _poll(
+        self, job_id: str, prediction: dict[str, Any], progress: ProgressCallback
+    ) -> dict[str, Any]:
         delay = self.poll_initial_s
         last = -1.0
         while prediction.get("status") not in ("succeeded", "failed", "canceled", "aborted"):
@@ -122,23 +129,33 @@ class ReplicateConnector(Connector):
                 raise JobCancelled(f"Replicate prediction {pid} canceled", details={"prediction_id": pid})
             raise RetryableError(f"Replicate prediction {pid} was {status}", code=str(status))
         if status == "failed":
-            raise PermanentError(f"Replicate prediction {pid} failed: {prediction.get('error')}",
-                                 code="prediction_failed", details={"prediction_id": pid,
-                                                                    "error": prediction.get("error")})
+            raise PermanentError(
+                f"Replicate prediction {pid} failed: {prediction.get('error')}",
+                code="prediction_failed",
+                details={"prediction_id": pid, "error": prediction.get("error")},
+            )
         output = prediction.get("output")
         outputs: list[OutputFile] = []
         if self.copy_outputs:
-            urls = [u for u in (output if isinstance(output, list) else [output])
-                    if isinstance(u, str) and u.startswith(("http://", "https://"))]
+            urls = [
+                u
+                for u in (output if isinstance(output, list) else [output])
+                if isinstance(u, str) and u.startswith(("http://", "https://"))
+            ]
             outputs = [await self._copy(job.id, url, i) for i, url in enumerate(urls)]
-        return ConnectorResult(data={"output": output, "metrics": prediction.get("metrics") or {},
-                                     "status": status}, outputs=outputs, service_job_id=pid)
+        return ConnectorResult(
+            data={"output": output, "metrics": prediction.get("metrics") or {}, "status": status},
+            outputs=outputs,
+            service_job_id=pid,
+        )
 
     async def _copy(self, job_id: str, url: str, index: int) -> OutputFile:
         try:
             async with aiohttp.ClientSession() as session, session.get(url) as resp:
                 if resp.status != 200:
-                    raise RetryableError(f"output {index} download answered {resp.status}", code="output_missing")
+                    raise RetryableError(
+                        f"output {index} download answered {resp.status}", code="output_missing"
+                    )
                 data = await resp.read()
                 ctype = resp.content_type or "application/octet-stream"
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:

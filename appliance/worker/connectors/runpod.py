@@ -37,8 +37,12 @@ class RunPodConnector(Connector):
 
     def __init__(self, *, options: Any, storage: OutputStorage) -> None:
         extra = dict(options.extra or {})
-        self.api = JsonApi(options.base_url or DEFAULT_BASE_URL, options.api_key, service="RunPod",
-                           timeout_s=float(extra.get("request_timeout_s", 30.0)))
+        self.api = JsonApi(
+            options.base_url or DEFAULT_BASE_URL,
+            options.api_key,
+            service="RunPod",
+            timeout_s=float(extra.get("request_timeout_s", 30.0)),
+        )
         self.storage = storage
         self.endpoint_id = extra.get("endpoint_id")
         self.stream = bool(extra.get("stream", False))
@@ -72,8 +76,9 @@ class RunPodConnector(Connector):
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         endpoint = job.payload.get("endpoint_id") or self.endpoint_id
         if not endpoint or not isinstance(job.payload.get("input", {}), dict):
-            raise PermanentError("payload needs 'input' (object) and an endpoint_id (payload or config)",
-                                 code="bad_payload")
+            raise PermanentError(
+                "payload needs 'input' (object) and an endpoint_id (payload or config)", code="bad_payload"
+            )
         body: dict[str, Any] = {"input": job.payload.get("input") or {}}
         if isinstance(job.payload.get("policy"), dict):
             body["policy"] = job.payload["policy"]
@@ -91,13 +96,16 @@ class RunPodConnector(Connector):
                 state = await self._poll(str(endpoint), run, progress, chunks)
         except TimeoutError:
             await self.cancel(job.id)
-            raise RetryableError(f"RunPod job exceeded the job timeout of {timeout:g}s", code="timeout") from None
+            raise RetryableError(
+                f"RunPod job exceeded the job timeout of {timeout:g}s", code="timeout"
+            ) from None
         finally:
             self._runs.pop(job.id, None)
         return self._result(job, state, chunks)
 
-    async def _poll(self, endpoint: str, state: dict[str, Any], progress: ProgressCallback,
-                    chunks: list[Any]) -> dict[str, Any]:
+    async def _poll(
+        self, endpoint: str, state: dict[str, Any], progress: ProgressCallback, chunks: list[Any]
+    ) -> dict[str, Any]:
         delay = self.poll_initial_s
         rid = state["id"]
         while state.get("status") not in TERMINAL:
@@ -109,8 +117,12 @@ class RunPodConnector(Connector):
                     chunks.append(item.get("output"))
                     out = item.get("output")
                     percent = out.get("progress") if isinstance(out, dict) else None
-                    await progress(min(99.0, float(percent)) if isinstance(percent, int | float)
-                                   else min(99.0, 100.0 * len(chunks) / (len(chunks) + 10)), None)
+                    await progress(
+                        min(99.0, float(percent))
+                        if isinstance(percent, int | float)
+                        else min(99.0, 100.0 * len(chunks) / (len(chunks) + 10)),
+                        None,
+                    )
                 if streamed.get("status") in TERMINAL:
                     state = await self.api.request("GET", f"/v2/{endpoint}/status/{rid}")
                 continue
@@ -129,10 +141,16 @@ class RunPodConnector(Connector):
         if status == "TIMED_OUT":
             raise RetryableError(f"RunPod job {rid} timed out", code="timeout", details={"runpod_id": rid})
         if status == "FAILED":
-            raise PermanentError(f"RunPod job {rid} failed: {state.get('error')}", code="job_failed",
-                                 details={"runpod_id": rid, "error": state.get("error")})
-        data = {"output": state.get("output"), "delay_time_ms": state.get("delayTime"),
-                "execution_time_ms": state.get("executionTime")}
+            raise PermanentError(
+                f"RunPod job {rid} failed: {state.get('error')}",
+                code="job_failed",
+                details={"runpod_id": rid, "error": state.get("error")},
+            )
+        data = {
+            "output": state.get("output"),
+            "delay_time_ms": state.get("delayTime"),
+            "execution_time_ms": state.get("executionTime"),
+        }
         if chunks:
             data["stream"] = chunks
         return ConnectorResult(data=data, service_job_id=rid)

@@ -18,24 +18,38 @@ from appliance.worker.connectors.comfyui import ComfyUIConnector, prompt_id_for
 from appliance.worker.storage import LocalStorage
 from tests.worker.connectors.conftest import read_bytes, wait_until
 
-FAST = {"poll_interval_s": 5.0, "fast_poll_interval_s": 0.05, "unreachable_grace_s": 3.0, "cancel_grace_s": 5.0}
+FAST = {
+    "poll_interval_s": 5.0,
+    "fast_poll_interval_s": 0.05,
+    "unreachable_grace_s": 3.0,
+    "cancel_grace_s": 5.0,
+}
 
 
 def graph(steps: int = 3) -> dict[str, Any]:
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 4, "batch_size": 2, "color": 0xFF0000}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 4, "batch_size": 2, "color": 0xFF0000},
+        },
         "2": {"class_type": "StandinSampler", "inputs": {"image": ["1", 0], "steps": steps}},
         "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "inv"}},
-        "5": {"class_type": "SaveAnimatedGIF", "inputs": {"images": ["1", 0], "filename_prefix": "anim", "fps": 4.0}},
+        "5": {
+            "class_type": "SaveAnimatedGIF",
+            "inputs": {"images": ["1", 0], "filename_prefix": "anim", "fps": 4.0},
+        },
         "6": {"class_type": "SaveAudio", "inputs": {"seconds": 0.05, "filename_prefix": "snd"}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }
 
 
-def job(job_id: str = "job-1", payload: dict[str, Any] | None = None, timeout_s: float | None = None) -> ConnectorJob:
-    return ConnectorJob(id=job_id, service="comfyui", payload=payload or {"workflow": graph()}, attempt=1,
-                        timeout_s=timeout_s)
+def job(
+    job_id: str = "job-1", payload: dict[str, Any] | None = None, timeout_s: float | None = None
+) -> ConnectorJob:
+    return ConnectorJob(
+        id=job_id, service="comfyui", payload=payload or {"workflow": graph()}, attempt=1, timeout_s=timeout_s
+    )
 
 
 class Recorder:
@@ -49,8 +63,11 @@ class Recorder:
 
 
 async def make(url: str, storage: LocalStorage, **extra: Any) -> ComfyUIConnector:
-    connector = create_connector("comfyui", options=ConnectorOptions(base_url=url, default_timeout_s=60,
-                                                                     extra={**FAST, **extra}), storage=storage)
+    connector = create_connector(
+        "comfyui",
+        options=ConnectorOptions(base_url=url, default_timeout_s=60, extra={**FAST, **extra}),
+        storage=storage,
+    )
     assert isinstance(connector, ComfyUIConnector)
     await connector.start()
     return connector
@@ -94,9 +111,11 @@ async def test_success_collects_every_output_kind_and_reports_progress(comfy, st
 async def test_validation_error_is_permanent_and_lists_models(comfy, storage: LocalStorage) -> None:
     _, url = comfy
     connector = await make(url, storage)
-    bad = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}},
-           "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": "x"}},
-           "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}}}
+    bad = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": "x"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}},
+    }
     with pytest.raises(PermanentError) as info:
         await connector.process(job(payload={"prompt": bad}), Recorder())
     err = info.value
@@ -111,8 +130,9 @@ async def test_validation_error_is_permanent_and_lists_models(comfy, storage: Lo
         await connector.process(job("job-p", {"workflow": graph(steps=2_000_000)}), Recorder())
 
     with pytest.raises(PermanentError, match="NoSuchNode does not exist"):
-        await connector.process(job("job-2", {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}),
-                                Recorder())
+        await connector.process(
+            job("job-2", {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}), Recorder()
+        )
     with pytest.raises(PermanentError, match="workflow"):
         await connector.process(job("job-3", {"nothing": 1}), Recorder())
     await connector.close()
@@ -237,13 +257,19 @@ async def test_uploads_base64_images_before_submitting(comfy, storage: LocalStor
     state, url = comfy
     connector = await make(url, storage)
     png = encode_png(Frame.solid(3, 2, 0x00FF00))
-    payload = {"workflow": {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
-                            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}},
-               "images": [{"name": "in.png", "image": base64.b64encode(png).decode()}]}
+    payload = {
+        "workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+        },
+        "images": [{"name": "in.png", "image": base64.b64encode(png).decode()}],
+    }
     result = await connector.process(job("u", payload), Recorder())
     assert state.stats["uploads"] == 1 and len(result.outputs) == 1
     with pytest.raises(PermanentError, match="base64"):
-        await connector.process(job("u2", {**payload, "images": [{"name": "x.png", "image": "%%%"}]}), Recorder())
+        await connector.process(
+            job("u2", {**payload, "images": [{"name": "x.png", "image": "%%%"}]}), Recorder()
+        )
     await connector.close()
 
 
@@ -270,8 +296,9 @@ async def test_unreachable_comfyui_is_retryable(storage: LocalStorage) -> None:
 
 @pytest.mark.slow
 async def test_standin_process_killed_mid_job_is_retryable(tmp_path: Path, storage: LocalStorage) -> None:
-    proc = await asyncio.to_thread(process.start, "comfyui", "--step-delay", "0.05",
-                                   "--data-dir", str(tmp_path / "d"))
+    proc = await asyncio.to_thread(
+        process.start, "comfyui", "--step-delay", "0.05", "--data-dir", str(tmp_path / "d")
+    )
     try:
         connector = await make(proc.url, storage, unreachable_grace_s=1.0)
         progress = Recorder()
@@ -293,5 +320,3 @@ def test_standin_rejects_bad_cli_flag() -> None:
 
 def test_prompt_id_is_stable_per_job() -> None:
     assert prompt_id_for("a") == prompt_id_for("a") != prompt_id_for("b")
-
-

@@ -27,8 +27,9 @@ async def test_echo_returns_payload_with_progress_and_output(echo) -> None:
     async def progress(percent: float, message: str | None) -> None:
         seen.append(percent)
 
-    result = await echo.process(job({"delay": 0.01, "x": [1, 2], "output": {"name": "a.txt", "text": "hi"}}),
-                                progress)
+    result = await echo.process(
+        job({"delay": 0.01, "x": [1, 2], "output": {"name": "a.txt", "text": "hi"}}), progress
+    )
     assert result.data["echo"]["x"] == [1, 2] and result.data["attempt"] == 2
     assert seen == [10.0 * i for i in range(0, 11)]
     assert read_bytes(result.outputs[0].path).decode() == "hi"

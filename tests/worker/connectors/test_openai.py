@@ -35,14 +35,19 @@ async def openai_url() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def connector(openai_url: str, storage: LocalStorage) -> AsyncIterator[Connector]:
-    c = create_connector("openai", options=ConnectorOptions(base_url=openai_url, api_key=KEY, default_timeout_s=5,
-                                                            concurrency=4), storage=storage)
+    c = create_connector(
+        "openai",
+        options=ConnectorOptions(base_url=openai_url, api_key=KEY, default_timeout_s=5, concurrency=4),
+        storage=storage,
+    )
     await c.start()
     yield c
     await c.close()
 
 
-def job(service: str, payload: dict[str, Any], job_id: str = "j1", timeout_s: float | None = None) -> ConnectorJob:
+def job(
+    service: str, payload: dict[str, Any], job_id: str = "j1", timeout_s: float | None = None
+) -> ConnectorJob:
     return ConnectorJob(id=job_id, service=service, payload=payload, attempt=1, timeout_s=timeout_s)
 
 
@@ -58,24 +63,35 @@ class Progress:
 
 async def test_chat_streams_with_progress(connector: Connector) -> None:
     progress = Progress()
-    result = await connector.process(job("openai_chat", {"model": "gpt-4o-mini", "messages": [
-        {"role": "user", "content": "one two three four"}]}), progress)
+    result = await connector.process(
+        job(
+            "openai_chat",
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three four"}]},
+        ),
+        progress,
+    )
     assert result.data["text"] == "echo: one two three four"
     assert result.data["finish_reason"] == "stop"
-    assert len(progress.calls) >= 5 and progress.calls == sorted(progress.calls) and progress.calls[-1] == 100.0
+    assert (
+        len(progress.calls) >= 5 and progress.calls == sorted(progress.calls) and progress.calls[-1] == 100.0
+    )
 
 
 async def test_text_without_stream_and_responses(connector: Connector) -> None:
-    result = await connector.process(job("openai_text", {"model": "gpt-4o-mini", "prompt": "hi", "stream": False}),
-                                     Progress())
+    result = await connector.process(
+        job("openai_text", {"model": "gpt-4o-mini", "prompt": "hi", "stream": False}), Progress()
+    )
     assert result.data["text"] == "echo: hi" and result.service_job_id.startswith("chatcmpl-")
-    result = await connector.process(job("openai_responses", {"model": "gpt-4o-mini", "input": "yo"}), Progress())
+    result = await connector.process(
+        job("openai_responses", {"model": "gpt-4o-mini", "input": "yo"}), Progress()
+    )
     assert result.data["text"] == "echo: yo" and result.data["status"] == "completed"
 
 
 async def test_image_is_stored_not_inlined(connector: Connector, tmp_path: Path) -> None:
-    result = await connector.process(job("openai_image", {"model": "gpt-image-1", "prompt": "a cat", "n": 2,
-                                                          "size": "8x8"}), Progress())
+    result = await connector.process(
+        job("openai_image", {"model": "gpt-image-1", "prompt": "a cat", "n": 2, "size": "8x8"}), Progress()
+    )
     assert len(result.outputs) == 2
     assert read_bytes(result.outputs[0].path).startswith(b"\x89PNG")
     assert "b64" not in str(result.to_dict())
@@ -98,8 +114,9 @@ async def test_server_error_retryable_bad_request_permanent(connector: Connector
 
 
 async def test_wrong_key_is_permanent(openai_url: str, storage: LocalStorage) -> None:
-    c = create_connector("openai", options=ConnectorOptions(base_url=openai_url, api_key="sk-wrong"),
-                         storage=storage)
+    c = create_connector(
+        "openai", options=ConnectorOptions(base_url=openai_url, api_key="sk-wrong"), storage=storage
+    )
     await c.start()
     with pytest.raises(PermanentError) as info:
         await c.process(job("openai_chat", {"model": "gpt-4o-mini", "prompt": "x"}), Progress())
@@ -110,24 +127,31 @@ async def test_wrong_key_is_permanent(openai_url: str, storage: LocalStorage) ->
 
 async def test_timeout_is_retryable(connector: Connector) -> None:
     with pytest.raises(RetryableError) as info:
-        await connector.process(job("openai_chat", {"model": "standin-slow", "prompt": "x", "stream": False},
-                                    timeout_s=0.3), Progress())
+        await connector.process(
+            job("openai_chat", {"model": "standin-slow", "prompt": "x", "stream": False}, timeout_s=0.3),
+            Progress(),
+        )
     assert info.value.code == "timeout"
 
 
 async def test_malformed_and_truncated_bodies_are_retryable(connector: Connector) -> None:
     with pytest.raises(RetryableError) as info:
-        await connector.process(job("openai_chat", {"model": "standin-malformed", "prompt": "x", "stream": False}),
-                                Progress())
+        await connector.process(
+            job("openai_chat", {"model": "standin-malformed", "prompt": "x", "stream": False}), Progress()
+        )
     assert info.value.code == "bad_response"
     with pytest.raises(RetryableError):
-        await connector.process(job("openai_chat", {"model": "standin-truncated", "prompt": "a b c d e f"}),
-                                Progress())
+        await connector.process(
+            job("openai_chat", {"model": "standin-truncated", "prompt": "a b c d e f"}), Progress()
+        )
 
 
 async def test_cancel_drops_the_request(connector: Connector) -> None:
-    task = asyncio.create_task(connector.process(
-        job("openai_chat", {"model": "standin-slow", "prompt": "x"}, job_id="slow"), Progress()))
+    task = asyncio.create_task(
+        connector.process(
+            job("openai_chat", {"model": "standin-slow", "prompt": "x"}, job_id="slow"), Progress()
+        )
+    )
     while True:  # wait until the job is registered, then cancel it
         await asyncio.sleep(0.01)
         if "slow" in connector._tasks:  # type: ignore[attr-defined]

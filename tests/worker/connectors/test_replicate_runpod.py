@@ -35,12 +35,19 @@ async def _serve(app: Any) -> tuple[TestServer, str]:
 
 
 @pytest.fixture(params=["replicate", "runpod"])
-async def service(request: pytest.FixtureRequest, storage: LocalStorage) -> AsyncIterator[tuple[str, Connector, Any]]:
+async def service(
+    request: pytest.FixtureRequest, storage: LocalStorage
+) -> AsyncIterator[tuple[str, Connector, Any]]:
     module = replicate_standin if request.param == "replicate" else runpod_standin
     app = module.make_app(api_key=KEY)
     server, url = await _serve(app)
-    connector = create_connector(request.param, options=ConnectorOptions(
-        base_url=url, api_key=KEY, default_timeout_s=30, extra={**FAST, "endpoint_id": "ep1"}), storage=storage)
+    connector = create_connector(
+        request.param,
+        options=ConnectorOptions(
+            base_url=url, api_key=KEY, default_timeout_s=30, extra={**FAST, "endpoint_id": "ep1"}
+        ),
+        storage=storage,
+    )
     await connector.start()
     yield request.param, connector, app[SIM_KEY]
     await connector.close()
@@ -106,8 +113,13 @@ async def test_rate_limit_server_error_malformed(service) -> None:
 
 async def test_wrong_key_is_permanent_and_not_leaked(service, storage: LocalStorage) -> None:
     name, connector, _ = service
-    other = create_connector(name, options=ConnectorOptions(base_url=connector.api.base_url, api_key="wrong-key",
-                                                            extra={**FAST, "endpoint_id": "ep1"}), storage=storage)
+    other = create_connector(
+        name,
+        options=ConnectorOptions(
+            base_url=connector.api.base_url, api_key="wrong-key", extra={**FAST, "endpoint_id": "ep1"}
+        ),
+        storage=storage,
+    )
     await other.start()
     with pytest.raises(PermanentError) as info:
         await other.process(job(name, {"x": 1}), Progress())
@@ -119,16 +131,25 @@ async def test_wrong_key_is_permanent_and_not_leaked(service, storage: LocalStor
 async def test_runpod_stream_and_timeout(storage: LocalStorage) -> None:
     app = runpod_standin.make_app(api_key=KEY)
     server, url = await _serve(app)
-    connector = create_connector("runpod", options=ConnectorOptions(
-        base_url=url, api_key=KEY, extra={**FAST, "endpoint_id": "ep1", "stream": True}), storage=storage)
+    connector = create_connector(
+        "runpod",
+        options=ConnectorOptions(
+            base_url=url, api_key=KEY, extra={**FAST, "endpoint_id": "ep1", "stream": True}
+        ),
+        storage=storage,
+    )
     await connector.start()
     progress = Progress()
     result = await connector.process(job("runpod", {"steps": 3}), progress)
     assert [c["step"] for c in result.data["stream"]] == [1, 2, 3]
     assert [p for p, _ in progress.calls] == [33.0, 66.0, 99.0]
-    timed = ConnectorJob(id="t", service="runpod", payload={"input": {"hang": True},
-                                                            "policy": {"executionTimeout": 100}},
-                         attempt=1, timeout_s=None)
+    timed = ConnectorJob(
+        id="t",
+        service="runpod",
+        payload={"input": {"hang": True}, "policy": {"executionTimeout": 100}},
+        attempt=1,
+        timeout_s=None,
+    )
     with pytest.raises(RetryableError) as info:
         await connector.process(timed, Progress())
     assert info.value.code == "timeout"
@@ -143,7 +164,9 @@ def test_progress_from_logs() -> None:
 
 async def test_payload_without_target_is_permanent(service) -> None:
     name, connector, sim = service
-    bad = ConnectorJob(id="b", service=name, payload={"input": {}, "endpoint_id": ""}, attempt=1, timeout_s=None)
+    bad = ConnectorJob(
+        id="b", service=name, payload={"input": {}, "endpoint_id": ""}, attempt=1, timeout_s=None
+    )
     if name == "runpod":
         connector.endpoint_id = None
     with pytest.raises(PermanentError, match="version|endpoint_id"):

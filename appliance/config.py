@@ -75,15 +75,27 @@ class RedisConnection:
 
 
 class RedisSettings(_Section):
-    url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss:// or unix://). "
-                     "A password written into the URL is moved to `redis.password` so the URL is safe to log.")
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL (redis://, rediss:// or unix://). "
+        "A password written into the URL is moved to `redis.password` so the URL is safe to log.",
+    )
     username: str | None = Field(default=None, description="Redis ACL user name (Redis 6+).")
-    password: SecretStr | None = Field(default=None, description="Redis password. Prefer `password_file` or the "
-                                       "`redis-password` systemd credential.")
-    password_file: Path | None = Field(default=None, description="File holding the Redis password (one line).")
-    tls_ca_file: Path | None = Field(default=None, description="CA bundle to verify the server of a rediss:// URL.")
-    queue: str = Field(default="default", min_length=1, description="Name of the job queue; all Redis keys of one queue "
-                       "share one hash tag.")
+    password: SecretStr | None = Field(
+        default=None,
+        description="Redis password. Prefer `password_file` or the `redis-password` systemd credential.",
+    )
+    password_file: Path | None = Field(
+        default=None, description="File holding the Redis password (one line)."
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify the server of a rediss:// URL."
+    )
+    queue: str = Field(
+        default="default",
+        min_length=1,
+        description="Name of the job queue; all Redis keys of one queue share one hash tag.",
+    )
 
     @model_validator(mode="after")
     def _password_out_of_url(self) -> RedisSettings:
@@ -96,48 +108,86 @@ class RedisSettings(_Section):
 
     def connection(self, env: Any = os.environ) -> RedisConnection:
         """Resolve the password (inline, `password_file`, `$CREDENTIALS_DIRECTORY/redis-password`)."""
-        password = read_secret(credential_name("redis.password"), file=self.password_file,
-                               inline=self.password, env=env)
+        password = read_secret(
+            credential_name("redis.password"), file=self.password_file, inline=self.password, env=env
+        )
         return RedisConnection(self.url, password, self.username, self.tls_ca_file)
 
 
 class MachineSettings(_Section):
-    id: str = Field(default_factory=socket.gethostname, min_length=1,
-                    description="Machine id; worker ids are `<machine id>-<slot>`. Defaults to the host name.",
-                    json_schema_extra={"doc_default": "host name"})
-    type: Literal["gpu", "api"] = Field(default="api", description="`gpu` runs ComfyUI + one worker per GPU; "
-                                        "`api` runs the enabled API connectors.")
-    pool: str | None = Field(default=None, description="Pool this machine serves (see `pools`); none serves every pool.")
+    id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="Machine id; worker ids are `<machine id>-<slot>`. Defaults to the host name.",
+        json_schema_extra={"doc_default": "host name"},
+    )
+    type: Literal["gpu", "api"] = Field(
+        default="api",
+        description="`gpu` runs ComfyUI + one worker per GPU; `api` runs the enabled API connectors.",
+    )
+    pool: str | None = Field(
+        default=None, description="Pool this machine serves (see `pools`); none serves every pool."
+    )
     region: str | None = Field(default=None, description="Region label, matched against job requirements.")
-    tags: list[str] = Field(default_factory=list, description="Free-form labels, matched against job requirements.")
-    status_interval_s: float = Field(default=15, gt=0, description="How often the machine publishes its status, in seconds.")
-    registration_ttl_s: float = Field(default=60, gt=0, description="Lifetime of the machine's registration key in Redis, "
-                                      "in seconds; refreshed every status interval.")
-    container_mode: bool = Field(default=False, description="Supervised container mode, for containers without "
-                                 "systemd: `appliance machine` starts the service plan's processes itself (ComfyUI "
-                                 "and the workers), restarts them and stops them. Not the units' `--container-mode` "
-                                 "(systemd as PID 1, FailureAction=exit).")
-    restart_delay_s: float = Field(default=2, gt=0, description="Container mode: delay before a process that exited "
-                                   "is restarted, in seconds; doubles with each quick failure up to "
-                                   "`restart_max_delay_s`.")
-    restart_max_delay_s: float = Field(default=60, gt=0, description="Container mode: longest delay between restarts "
-                                       "of one process, in seconds.")
-    restart_limit_burst: int = Field(default=5, ge=0, description="Container mode: restarts of one process allowed "
-                                     "within `restart_limit_interval_s`; one more and the service has failed.")
-    restart_limit_interval_s: float = Field(default=600, gt=0, description="Container mode: window of "
-                                            "`restart_limit_burst`, in seconds.")
-    exit_on_service_failure: bool = Field(default=True, description="Container mode: when a service failed past its "
-                                          "restart limit, stop everything and exit with status 70, so the container "
-                                          "exits and its platform replaces it.")
-    gpu_cpu_mode: bool = Field(default=False, description="Development: treat a machine without GPUs as a GPU machine "
-                               "with one CPU-run ComfyUI.")
+    tags: list[str] = Field(
+        default_factory=list, description="Free-form labels, matched against job requirements."
+    )
+    status_interval_s: float = Field(
+        default=15, gt=0, description="How often the machine publishes its status, in seconds."
+    )
+    registration_ttl_s: float = Field(
+        default=60,
+        gt=0,
+        description="Lifetime of the machine's registration key in Redis, "
+        "in seconds; refreshed every status interval.",
+    )
+    container_mode: bool = Field(
+        default=False,
+        description="Supervised container mode, for containers without "
+        "systemd: `appliance machine` starts the service plan's processes itself (ComfyUI "
+        "and the workers), restarts them and stops them. Not the units' `--container-mode` "
+        "(systemd as PID 1, FailureAction=exit).",
+    )
+    restart_delay_s: float = Field(
+        default=2,
+        gt=0,
+        description="Container mode: delay before a process that exited "
+        "is restarted, in seconds; doubles with each quick failure up to "
+        "`restart_max_delay_s`.",
+    )
+    restart_max_delay_s: float = Field(
+        default=60,
+        gt=0,
+        description="Container mode: longest delay between restarts of one process, in seconds.",
+    )
+    restart_limit_burst: int = Field(
+        default=5,
+        ge=0,
+        description="Container mode: restarts of one process allowed "
+        "within `restart_limit_interval_s`; one more and the service has failed.",
+    )
+    restart_limit_interval_s: float = Field(
+        default=600, gt=0, description="Container mode: window of `restart_limit_burst`, in seconds."
+    )
+    exit_on_service_failure: bool = Field(
+        default=True,
+        description="Container mode: when a service failed past its "
+        "restart limit, stop everything and exit with status 70, so the container "
+        "exits and its platform replaces it.",
+    )
+    gpu_cpu_mode: bool = Field(
+        default=False,
+        description="Development: treat a machine without GPUs as a GPU machine with one CPU-run ComfyUI.",
+    )
 
 
 class HealthSettings(_Section):
     # Prometheus, the monitor and rolling updates reach it from other machines; it serves no secrets, and the
     # NixOS module keeps the port closed unless openFirewall is set.
-    host: str = Field(default="0.0.0.0",  # nosec B104 # reachable by Prometheus, the monitor and rolling updates
-                      description="Address the health server (/health /ready /status /metrics) binds.")
+    host: str = Field(
+        default="0.0.0.0",  # nosec B104 # reachable by Prometheus, the monitor and rolling updates
+        description="Address the health server (/health /ready /status /metrics) binds.",
+    )
     port: int = Field(default=9090, ge=0, le=65535, description="Port of the health server.")
 
 
@@ -148,58 +198,97 @@ class CapabilityOverrides(_Section):
     ram_gb: float | None = Field(default=None, ge=0, description="RAM offered, in GiB.")
     cpu_cores: int | None = Field(default=None, ge=0, description="CPU cores offered.")
     models: dict[str, list[str]] | Literal["all"] | None = Field(
-        default=None, description='Models per service (`{"comfyui": ["sdxl.safetensors"]}`), or "all".')
+        default=None, description='Models per service (`{"comfyui": ["sdxl.safetensors"]}`), or "all".'
+    )
     customer_isolation: Literal["strict", "loose", "none"] | None = Field(
-        default=None, description="`strict`: only jobs of allowed customers; `loose`: prefer them; `none`: any customer.")
-    allowed_customers: list[str] | None = Field(default=None, description="Customers whose jobs this worker may run.")
-    denied_customers: list[str] | None = Field(default=None, description="Customers whose jobs this worker never runs.")
+        default=None,
+        description="`strict`: only jobs of allowed customers; `loose`: prefer them; `none`: any customer.",
+    )
+    allowed_customers: list[str] | None = Field(
+        default=None, description="Customers whose jobs this worker may run."
+    )
+    denied_customers: list[str] | None = Field(
+        default=None, description="Customers whose jobs this worker never runs."
+    )
     tags: list[str] = Field(default_factory=list, description="Tags added to the machine's tags.")
     workflow_id: str | None = Field(default=None, description="Pin the worker to jobs of this workflow.")
 
 
 class WorkerSettings(_Section):
-    drain_grace_s: float = Field(default=30, ge=0, description="On stop, how long running jobs may finish before they "
-                                 "are handed back to the queue, in seconds.")
-    claim_timeout_s: float = Field(default=5, gt=0, description="How long one wait for matching work blocks before the "
-                                   "worker re-checks its state, in seconds.")
+    drain_grace_s: float = Field(
+        default=30,
+        ge=0,
+        description="On stop, how long running jobs may finish before they "
+        "are handed back to the queue, in seconds.",
+    )
+    claim_timeout_s: float = Field(
+        default=5,
+        gt=0,
+        description="How long one wait for matching work blocks before the "
+        "worker re-checks its state, in seconds.",
+    )
     concurrency: int = Field(default=1, ge=1, description="Jobs one worker process runs at once.")
-    capabilities: CapabilityOverrides = Field(default_factory=CapabilityOverrides,
-                                              description="Overrides of detected capabilities.")
+    capabilities: CapabilityOverrides = Field(
+        default_factory=CapabilityOverrides, description="Overrides of detected capabilities."
+    )
 
 
 class ComfyUISettings(_Section):
-    command: list[str] = Field(default_factory=lambda: ["python", "main.py"], min_length=1,
-                               description="Command that starts ComfyUI (run in `workdir`); port and listen "
-                               "address are appended.")
+    command: list[str] = Field(
+        default_factory=lambda: ["python", "main.py"],
+        min_length=1,
+        description="Command that starts ComfyUI (run in `workdir`); port and listen address are appended.",
+    )
     workdir: Path | None = Field(default=None, description="ComfyUI checkout to run in.")
-    base_port: int = Field(default=8188, ge=1, le=65535, description="Port of GPU 0's ComfyUI; GPU N uses base_port + N.")
+    base_port: int = Field(
+        default=8188, ge=1, le=65535, description="Port of GPU 0's ComfyUI; GPU N uses base_port + N."
+    )
     listen: str = Field(default="127.0.0.1", description="Address ComfyUI listens on.")
-    extra_args: list[str] = Field(default_factory=list, description="Extra command-line arguments for ComfyUI.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="Extra command-line arguments for ComfyUI."
+    )
     cpu: bool = Field(default=False, description="Run ComfyUI with --cpu (no GPU).")
     models_dir: Path | None = Field(default=None, description="Model directory handed to ComfyUI.")
-    startup_timeout_s: float = Field(default=600, gt=0, description="How long ComfyUI may take to answer after start, "
-                                     "in seconds.")
-    request_timeout_s: float = Field(default=30, gt=0, description="Timeout of one HTTP request to ComfyUI, in seconds.")
-    default_job_timeout_s: float = Field(default=1800, gt=0, description="Run-time limit of a ComfyUI job that sets "
-                                         "none, in seconds.")
+    startup_timeout_s: float = Field(
+        default=600, gt=0, description="How long ComfyUI may take to answer after start, in seconds."
+    )
+    request_timeout_s: float = Field(
+        default=30, gt=0, description="Timeout of one HTTP request to ComfyUI, in seconds."
+    )
+    default_job_timeout_s: float = Field(
+        default=1800, gt=0, description="Run-time limit of a ComfyUI job that sets none, in seconds."
+    )
 
 
 class ConnectorSettings(_Section):
     enabled: bool = Field(default=False, description="Run workers for this connector on api machines.")
-    slots: int = Field(default=1, ge=0, description="Worker processes for this connector (slots `<name>0`, `<name>1`, ...).")
-    concurrency: int = Field(default=1, ge=1, description="Jobs one worker process of this connector runs at once.")
-    base_url: str | None = Field(default=None, description="API base URL; unset uses the provider's public endpoint.")
-    api_key: SecretStr | None = Field(default=None, description="API key. Prefer `api_key_file` or the "
-                                      "`<name>-api-key` systemd credential.")
+    slots: int = Field(
+        default=1, ge=0, description="Worker processes for this connector (slots `<name>0`, `<name>1`, ...)."
+    )
+    concurrency: int = Field(
+        default=1, ge=1, description="Jobs one worker process of this connector runs at once."
+    )
+    base_url: str | None = Field(
+        default=None, description="API base URL; unset uses the provider's public endpoint."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="API key. Prefer `api_key_file` or the `<name>-api-key` systemd credential."
+    )
     api_key_file: Path | None = Field(default=None, description="File holding the API key.")
     endpoint_id: str | None = Field(default=None, description="RunPod serverless endpoint id (runpod only).")
-    default_timeout_s: float = Field(default=600, gt=0, description="Run-time limit of a job that sets none, in seconds.")
+    default_timeout_s: float = Field(
+        default=600, gt=0, description="Run-time limit of a job that sets none, in seconds."
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="Connector-specific options.")
 
     def resolve_api_key(self, name: str, env: Any = os.environ) -> str | None:
         """The API key of connector `name`: inline, `api_key_file`, or `$CREDENTIALS_DIRECTORY/<name>-api-key`."""
-        return read_secret(credential_name(f"connectors.{name}.api_key"), file=self.api_key_file,
-                           inline=self.api_key, env=env)
+        return read_secret(
+            credential_name(f"connectors.{name}.api_key"),
+            file=self.api_key_file,
+            inline=self.api_key,
+            env=env,
+        )
 
 
 def _default_connectors() -> dict[str, ConnectorSettings]:
@@ -208,25 +297,44 @@ def _default_connectors() -> dict[str, ConnectorSettings]:
 
 class S3Settings(_Section):
     bucket: str | None = Field(default=None, description="Bucket for job outputs.")
-    endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, R2, ...); unset uses AWS.")
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, R2, ...); unset uses AWS."
+    )
     region: str | None = Field(default=None, description="S3 region.")
     prefix: str = Field(default="", description="Key prefix for outputs.")
-    access_key_id: str | None = Field(default=None, description="Access key id; unset uses the SDK's credential chain.")
-    secret_access_key: SecretStr | None = Field(default=None, description="Secret access key. Prefer the file or the "
-                                                "`s3-secret-access-key` credential.")
-    secret_access_key_file: Path | None = Field(default=None, description="File holding the secret access key.")
-    presign_expiry_s: int = Field(default=3600, gt=0, description="Lifetime of presigned output URLs, in seconds.")
-    public_base_url: str | None = Field(default=None, description="Public URL prefix of the bucket; when set, output "
-                                        "URLs are built from it instead of presigned.")
+    access_key_id: str | None = Field(
+        default=None, description="Access key id; unset uses the SDK's credential chain."
+    )
+    secret_access_key: SecretStr | None = Field(
+        default=None,
+        description="Secret access key. Prefer the file or the `s3-secret-access-key` credential.",
+    )
+    secret_access_key_file: Path | None = Field(
+        default=None, description="File holding the secret access key."
+    )
+    presign_expiry_s: int = Field(
+        default=3600, gt=0, description="Lifetime of presigned output URLs, in seconds."
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="Public URL prefix of the bucket; when set, output "
+        "URLs are built from it instead of presigned.",
+    )
 
     def resolve_secret_access_key(self, env: Any = os.environ) -> str | None:
-        return read_secret(credential_name("storage.s3.secret_access_key"), file=self.secret_access_key_file,
-                           inline=self.secret_access_key, env=env)
+        return read_secret(
+            credential_name("storage.s3.secret_access_key"),
+            file=self.secret_access_key_file,
+            inline=self.secret_access_key,
+            env=env,
+        )
 
 
 class StorageSettings(_Section):
     backend: Literal["local", "s3"] = Field(default="local", description="Where job outputs are stored.")
-    local_dir: Path = Field(default=Path("/var/lib/appliance/outputs"), description="Output directory of the local backend.")
+    local_dir: Path = Field(
+        default=Path("/var/lib/appliance/outputs"), description="Output directory of the local backend."
+    )
     s3: S3Settings = Field(default_factory=S3Settings, description="S3 backend.")
 
     @model_validator(mode="after")
@@ -239,8 +347,10 @@ class StorageSettings(_Section):
 class MonitorSettings(_Section):
     host: str = Field(default="127.0.0.1", description="Address the monitor UI binds.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port of the monitor UI.")
-    token: SecretStr | None = Field(default=None, description="Bearer token required by the monitor; unset allows "
-                                    "anyone who can reach it.")
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required by the monitor; unset allows anyone who can reach it.",
+    )
     token_file: Path | None = Field(default=None, description="File holding the monitor token.")
 
     def resolve_token(self, env: Any = os.environ) -> str | None:
@@ -249,10 +359,16 @@ class MonitorSettings(_Section):
 
 class PoolSettings(_Section):
     description: str = Field(default="", description="What the pool is for.")
-    target_drain_s: float = Field(default=300, gt=0, description="The backlog of this pool should drain within this "
-                                  "many seconds; the scaling advice aims for it.")
+    target_drain_s: float = Field(
+        default=300,
+        gt=0,
+        description="The backlog of this pool should drain within this "
+        "many seconds; the scaling advice aims for it.",
+    )
     min_machines: int = Field(default=0, ge=0, description="Fewest machines the pool keeps.")
-    max_machines: int | None = Field(default=None, ge=0, description="Most machines the pool may have; unset: no limit.")
+    max_machines: int | None = Field(
+        default=None, ge=0, description="Most machines the pool may have; unset: no limit."
+    )
     machine_capacity: int = Field(default=1, ge=1, description="Jobs one machine of this pool runs at once.")
 
 
@@ -270,42 +386,68 @@ class PoolRule(_Section):
     pool: str = Field(description="Pool a matching job goes to.")
     service: str | None = Field(default=None, description="Job service equals this.")
     workflow_id: str | None = Field(default=None, description="Job workflow id equals this.")
-    min_declared_cost_s: float | None = Field(default=None, ge=0, description="Declared run time at least this, in seconds.")
-    max_declared_cost_s: float | None = Field(default=None, ge=0, description="Declared run time below this, in seconds.")
-    min_payload_bytes: int | None = Field(default=None, ge=0, description="Payload JSON at least this many bytes.")
-    max_payload_bytes: int | None = Field(default=None, ge=0, description="Payload JSON below this many bytes.")
+    min_declared_cost_s: float | None = Field(
+        default=None, ge=0, description="Declared run time at least this, in seconds."
+    )
+    max_declared_cost_s: float | None = Field(
+        default=None, ge=0, description="Declared run time below this, in seconds."
+    )
+    min_payload_bytes: int | None = Field(
+        default=None, ge=0, description="Payload JSON at least this many bytes."
+    )
+    max_payload_bytes: int | None = Field(
+        default=None, ge=0, description="Payload JSON below this many bytes."
+    )
 
 
 class ClassifierSettings(_Section):
-    enabled: bool = Field(default=False, description="Assign a pool at submit time to jobs that name none. Enable "
-                          "it once machines declare `machine.pool`: a job with a pool runs only on that pool's workers.")
+    enabled: bool = Field(
+        default=False,
+        description="Assign a pool at submit time to jobs that name none. Enable "
+        "it once machines declare `machine.pool`: a job with a pool runs only on that pool's workers.",
+    )
     default_pool: str = Field(default="standard", description="Pool of a job no rule matches.")
     rules: list[PoolRule] = Field(
-        default_factory=lambda: [PoolRule(pool="fast", max_declared_cost_s=30),
-                                 PoolRule(pool="heavy", min_declared_cost_s=600)],
-        description="Rules tried in order; a job submitted with an explicit pool skips them.")
+        default_factory=lambda: [
+            PoolRule(pool="fast", max_declared_cost_s=30),
+            PoolRule(pool="heavy", min_declared_cost_s=600),
+        ],
+        description="Rules tried in order; a job submitted with an explicit pool skips them.",
+    )
 
 
 class LoggingSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(default="INFO", description="Log level.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Log level."
+    )
 
 
 class Settings(_Section):
     """Everything an appliance process can be configured with."""
 
-    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection and queue name.")
+    redis: RedisSettings = Field(
+        default_factory=RedisSettings, description="Redis connection and queue name."
+    )
     machine: MachineSettings = Field(default_factory=MachineSettings, description="This machine.")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Health and metrics server.")
-    queue: QueueSettings = Field(default_factory=QueueSettings.model_construct, description="Queue timing and retention.")
+    queue: QueueSettings = Field(
+        default_factory=QueueSettings.model_construct, description="Queue timing and retention."
+    )
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker processes.")
-    comfyui: ComfyUISettings = Field(default_factory=ComfyUISettings, description="ComfyUI instances (gpu machines).")
-    connectors: dict[str, ConnectorSettings] = Field(default_factory=_default_connectors,
-                                                     description="API connectors by name.")
+    comfyui: ComfyUISettings = Field(
+        default_factory=ComfyUISettings, description="ComfyUI instances (gpu machines)."
+    )
+    connectors: dict[str, ConnectorSettings] = Field(
+        default_factory=_default_connectors, description="API connectors by name."
+    )
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Where job outputs go.")
     monitor: MonitorSettings = Field(default_factory=MonitorSettings, description="Monitor UI.")
-    pools: dict[str, PoolSettings] = Field(default_factory=_default_pools, description="Machine pools by name.")
-    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings, description="How jobs are "
-                                           "assigned to pools.")
+    pools: dict[str, PoolSettings] = Field(
+        default_factory=_default_pools, description="Machine pools by name."
+    )
+    classifier: ClassifierSettings = Field(
+        default_factory=ClassifierSettings, description="How jobs are assigned to pools."
+    )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
 
     @field_validator("connectors")
@@ -320,13 +462,16 @@ class Settings(_Section):
     def _pools_exist(self) -> Settings:
         # The message starts with the key so the loader can name the key and where it was set.
         references = [("classifier.default_pool", self.classifier.default_pool)]
-        references += [(f"classifier.rules.{i}.pool", rule.pool) for i, rule in enumerate(self.classifier.rules)]
+        references += [
+            (f"classifier.rules.{i}.pool", rule.pool) for i, rule in enumerate(self.classifier.rules)
+        ]
         if self.machine.pool is not None:
             references.append(("machine.pool", self.machine.pool))
         for key, name in references:
             if name not in self.pools:
-                raise ValueError(f"{key}: pool {name!r} is not defined in pools "
-                                 f"(defined: {', '.join(sorted(self.pools))})")
+                raise ValueError(
+                    f"{key}: pool {name!r} is not defined in pools (defined: {', '.join(sorted(self.pools))})"
+                )
         return self
 
     def redis_connection(self, env: Any = os.environ) -> RedisConnection:
@@ -381,7 +526,9 @@ def check_files(loaded: LoadedSettings) -> list[str]:
             with open(value, "rb"):
                 pass
         except OSError as exc:
-            reason = "does not exist" if isinstance(exc, FileNotFoundError) else (exc.strerror or "cannot be read")
+            reason = (
+                "does not exist" if isinstance(exc, FileNotFoundError) else (exc.strerror or "cannot be read")
+            )
             errors.append(f"{key}: file {value} {reason.lower()} (from {loaded.source(key)})")
     return errors
 

@@ -7,9 +7,12 @@
 #   LoadCredential=<id> looks), and execs systemd. At boot appliance-install.service computes the service
 #   plan (`appliance machine plan --json`), installs the units with `appliance units install` and starts
 #   appliance.target.
+#   ("Units container mode": the machine failing for good exits PID 1 with status 70, and the container.)
 # - single process (any arguments; for platforms that forbid systemd in containers): the entrypoint execs
-#   `appliance "$@"`, e.g. `IMAGE machine` (the supervisor starts ComfyUI and the workers itself,
-#   machine.container_mode) or `IMAGE worker --slot echo0`. Secrets come from /run/secrets (CREDENTIALS_DIRECTORY).
+#   `appliance "$@"`, e.g. `IMAGE machine` ("supervised container mode", machine.container_mode: the supervisor
+#   starts, restarts and stops ComfyUI and the workers itself, and exits 70 when one fails for good) or
+#   `IMAGE worker --slot echo0`. Secrets come from /run/secrets (CREDENTIALS_DIRECTORY). The supervisor also
+#   stops cleanly on the StopSignal below (SIGRTMIN+3); run it with the runtime's --init to reap orphans.
 {
   lib,
   bashInteractive,

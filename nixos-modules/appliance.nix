@@ -275,9 +275,12 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Let the machine supervisor start ComfyUI and the workers itself instead of one unit per instance (for
-        NixOS containers whose systemd cannot delegate per-unit device access). Only
-        appliance-machine.service is started; it gets every credential.
+        Supervised container mode (`machine.container_mode`): appliance-machine.service starts ComfyUI and the
+        workers itself as its children, restarts them and stops them, instead of one unit per instance (for
+        NixOS containers whose systemd cannot delegate per-unit device access). Only appliance-machine.service
+        is started; it gets every credential. A service that fails past its restart limit makes the supervisor
+        exit with status 70 (`machine.exit_on_service_failure`), and systemd restarts it. Not the units'
+        `--container-mode` (FailureAction=exit), which images with systemd as PID 1 use.
       '';
     };
 
@@ -424,7 +427,19 @@ in
                 workerCredentials
               else
                 supervisorCredentials;
-            TimeoutStopSec = mkDefault "30s";
+            # In container mode the supervisor stops its workers (drain grace + 30 s to hand jobs back), then
+            # ComfyUI (30 s), before it exits; it extends the timeout while it waits, this is the floor.
+            TimeoutStopSec = mkDefault (if cfg.containerMode then "${toString (drainGrace + 90)}s" else "30s");
+          }
+          # ComfyUI runs inside this unit in container mode: lift what its own unit does not impose either
+          # (PyTorch JIT-compiles into writable executable memory; CUDA needs the resource syscalls).
+          // lib.optionalAttrs (cfg.containerMode && cfg.machineType == "gpu") {
+            MemoryDenyWriteExecute = false;
+            SystemCallFilter = [
+              ""
+              "@system-service"
+            ];
+            LimitNOFILE = mkDefault 65536;
           };
         };
         # OnFailure= handler template: hands the failed worker's jobs back, so it needs Redis.

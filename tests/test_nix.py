@@ -262,7 +262,7 @@ def test_api_machine_units_and_credentials() -> None:
     openai = services["appliance-worker@openai0"]["serviceConfig"]
     assert openai["LoadCredential"] == ["", "openai-api-key:/run/secrets/openai"]
     # Above the 60 s drain grace from settings.
-    assert openai["TimeoutStopSec"] == "75s"
+    assert openai["TimeoutStopSec"] == "90s"  # drain grace 60 s + 30 s to stop the connector and hand back
     # The supervisor never gets API keys.
     assert services["appliance-machine"]["serviceConfig"]["LoadCredential"] == [""]
     assert out["firewall"] == [9191]

@@ -91,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
             supervision="unmanaged" if args.unmanaged else None,
             health_host=args.health_host,
             health_port=args.health_port,
+            config_path=getattr(args, "config", None),
         )
     except SecretError as exc:
         raise CommandError(str(exc)) from None

@@ -17,7 +17,9 @@ started with its ComfyUI; it waits for ComfyUI to answer on its own). The superv
   SIGTERM again, which makes draining workers hand their jobs back at once.
 
 Children run in their own session, so a terminal's Ctrl-C reaches only the supervisor, which stops them in order.
-Their stdout and stderr are the supervisor's, so container logs show every process.
+Their stdout and stderr are the supervisor's, so container logs show every process. A supervisor killed with
+SIGKILL leaves its children to the namespace's PID 1: in a container that is the supervisor itself (or the
+runtime's init), so the container ends with it; under systemd KillMode=mixed kills the whole unit.
 """
 
 from __future__ import annotations
@@ -57,7 +59,14 @@ WORKER_STOP_MARGIN_S = 30.0
 COMFYUI_STOP_S = 30.0
 #: Environment the children must not inherit: the notify socket and watchdog are the supervisor's, and
 #: socket activation (LISTEN_*) addresses the supervisor's process only.
-_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+_PRIVATE_ENV = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
 
 ChildCallback = Callable[["Child"], Awaitable[None]]
 
@@ -71,8 +80,12 @@ class RestartPolicy:
 
     @classmethod
     def from_settings(cls, m: MachineSettings) -> RestartPolicy:
-        return cls(m.restart_delay_s, max(m.restart_delay_s, m.restart_max_delay_s), m.restart_limit_burst,
-                   m.restart_limit_interval_s)
+        return cls(
+            m.restart_delay_s,
+            max(m.restart_delay_s, m.restart_max_delay_s),
+            m.restart_limit_burst,
+            m.restart_limit_interval_s,
+        )
 
     def delay(self, quick_failures: int) -> float:
         """Delay before the next start after `quick_failures` short runs in a row (exponential, capped)."""
@@ -99,7 +112,8 @@ def child_env(environ: Mapping[str, str], notify_path: str, config_path: str | N
 
 def _notify_dir() -> str:
     # AF_UNIX paths hold at most 108 bytes: a short directory, not a deep $TMPDIR.
-    return tempfile.mkdtemp(prefix="appliance-notify-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    short_tmp = "/tmp"  # nosec B108 # mkdtemp makes a private 0700 directory; /tmp keeps the path short
+    return tempfile.mkdtemp(prefix="appliance-notify-", dir=short_tmp if os.path.isdir(short_tmp) else None)
 
 
 def _tree(pid: int) -> list[int]:
@@ -187,10 +201,19 @@ class Child:
         pid = self.pid
         memory, cpu = proc_usage(pid) if pid else (None, None)
         started_us = int(self.started_monotonic * 1_000_000) if pid else None
-        return UnitState(unit=self.service.unit, load_state="loaded", active_state=self.active_state,
-                         sub_state=self.sub_state, restarts=self.restarts, main_pid=pid,
-                         started_monotonic_us=started_us, memory_bytes=memory, cpu_seconds=cpu,
-                         status_text=self.status_text, result=self.result)
+        return UnitState(
+            unit=self.service.unit,
+            load_state="loaded",
+            active_state=self.active_state,
+            sub_state=self.sub_state,
+            restarts=self.restarts,
+            main_pid=pid,
+            started_monotonic_us=started_us,
+            memory_bytes=memory,
+            cpu_seconds=cpu,
+            status_text=self.status_text,
+            result=self.result,
+        )
 
     def signal(self, sig: int) -> None:
         if self.pid is not None:
@@ -204,9 +227,18 @@ class ProcessGroup:
     `on_exit` runs after every unexpected exit (the supervisor hands a dead worker's jobs back), `on_failed`
     once when a service has failed for good (service_failed, and maybe the whole machine's exit)."""
 
-    def __init__(self, plan: ServicePlan, policy: RestartPolicy, *, on_exit: ChildCallback,
-                 on_failed: ChildCallback, environ: Mapping[str, str] | None = None, python: str = sys.executable,
-                 config_path: str | None = None, worker_stop_s: float = 30.0 + WORKER_STOP_MARGIN_S) -> None:
+    def __init__(
+        self,
+        plan: ServicePlan,
+        policy: RestartPolicy,
+        *,
+        on_exit: ChildCallback,
+        on_failed: ChildCallback,
+        environ: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+        config_path: str | None = None,
+        worker_stop_s: float = 30.0 + WORKER_STOP_MARGIN_S,
+    ) -> None:
         self.plan = plan
         self.policy = policy
         self.on_exit = on_exit
@@ -233,7 +265,9 @@ class ProcessGroup:
             self._transports.append(transport)
             self.children.append(child)
         for child in self.children:
-            self._tasks.append(asyncio.create_task(self._keep_running(child), name=f"child {child.service.name}"))
+            self._tasks.append(
+                asyncio.create_task(self._keep_running(child), name=f"child {child.service.name}")
+            )
 
     def states(self) -> dict[str, UnitState]:
         return {c.service.unit: c.unit_state() for c in self.children}
@@ -248,8 +282,11 @@ class ProcessGroup:
         child.active_state, child.sub_state, child.status_text = "activating", "start", ""
         child.exit_status = None
         child.proc = await asyncio.create_subprocess_exec(
-            *child.argv, env=child_env(self.environ, child.notify_path, self.config_path),
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            *child.argv,
+            env=child_env(self.environ, child.notify_path, self.config_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
         child.started_monotonic = time.monotonic()
         log.info("started %s (pid %s): %s", child.service.name, child.proc.pid, " ".join(child.argv[1:]))
 
@@ -266,9 +303,14 @@ class ProcessGroup:
                 break
             ran = time.monotonic() - child.started_monotonic
             child.exit_status = code
-            child.result = "success" if code == 0 else "signal" if code is not None and code < 0 else "exit-code"
-            child.status_text = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
-                                 else f"exited with status {code}")
+            child.result = (
+                "success" if code == 0 else "signal" if code is not None and code < 0 else "exit-code"
+            )
+            child.status_text = (
+                f"killed by {signal.Signals(-code).name}"
+                if code is not None and code < 0
+                else f"exited with status {code}"
+            )
             child.active_state, child.sub_state = "activating", "auto-restart"
             log.warning("%s %s after %.1fs", child.service.name, child.status_text, ran)
             await self._call(self.on_exit, child)
@@ -277,8 +319,12 @@ class ProcessGroup:
                 child.restart_times.popleft()
             if len(child.restart_times) >= self.policy.burst:
                 child.active_state, child.sub_state, child.result = "failed", "failed", "start-limit-hit"
-                log.error("%s failed: %d restarts within %gs", child.service.name, len(child.restart_times),
-                          self.policy.interval_s)
+                log.error(
+                    "%s failed: %d restarts within %gs",
+                    child.service.name,
+                    len(child.restart_times),
+                    self.policy.interval_s,
+                )
                 await self._call(self.on_failed, child)
                 for dep in self.plan.dependents(child.service):
                     await self._end(next(c for c in self.children if c.service is dep), "dependency")
@@ -297,8 +343,11 @@ class ProcessGroup:
         try:
             await callback(child)
         except Exception:  # a callback's failure (Redis down) must not end the supervision of the child
-            log.exception("handling %s of %s failed", "exit" if callback is self.on_exit else "failure",
-                          child.service.name)
+            log.exception(
+                "handling %s of %s failed",
+                "exit" if callback is self.on_exit else "failure",
+                child.service.name,
+            )
 
     async def _end(self, child: Child, result: str) -> None:
         """Stop a child for good (its ComfyUI failed): no restart; its jobs went back with the ComfyUI's."""
@@ -329,15 +378,18 @@ class ProcessGroup:
         running = [c for c in group if c.pid is not None]
         for child in running:
             child.active_state, child.sub_state = "deactivating", "stop-sigterm"
-            child.signal(signal.SIGTERM)
+            if not child.disabled:  # a disabled child got its SIGTERM already; a second would mean "hurry"
+                child.signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while (left := [c for c in running if c.pid is not None]) and time.monotonic() < deadline:
             if notifier is not None:
                 notifier.status(f"stopping: waiting for {', '.join(c.service.name for c in left)}")
                 notifier.extend_timeout(5.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(c.proc.wait() for c in left if c.proc is not None)),
-                                       min(1.0, max(0.0, deadline - time.monotonic())))
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.proc.wait() for c in left if c.proc is not None)),
+                    min(1.0, max(0.0, deadline - time.monotonic())),
+                )
         for child in running:
             if child.pid is not None:
                 log.warning("%s did not stop within %gs: SIGKILL", child.service.name, timeout_s)
@@ -347,25 +399,40 @@ class ProcessGroup:
                 child.active_state, child.sub_state = "inactive", "dead"
 
 
-
 class MachineProcesses(ProcessGroup):
     """The group as the supervisor runs it. A worker that exited cannot renew its leases, so its jobs go back at
     once (not at lease expiry). A service that failed for good gets what `appliance machine on-failure` does
     under systemd, in-process: its workers' jobs go back (a ComfyUI's failure takes its worker's), then
     `service_failed` is published and `on_failed(name, error)` tells the supervisor."""
 
-    def __init__(self, settings: Settings, plan: ServicePlan, queue: Queue, registry: MachineRegistry, *,
-                 on_failed: Callable[[str, str], None], config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(plan, RestartPolicy.from_settings(settings.machine), on_exit=self._exited,
-                         on_failed=self._failed, config_path=config_path,
-                         worker_stop_s=settings.worker.drain_grace_s + WORKER_STOP_MARGIN_S, **kwargs)
+    def __init__(
+        self,
+        settings: Settings,
+        plan: ServicePlan,
+        queue: Queue,
+        registry: MachineRegistry,
+        *,
+        on_failed: Callable[[str, str], None],
+        config_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            plan,
+            RestartPolicy.from_settings(settings.machine),
+            on_exit=self._exited,
+            on_failed=self._failed,
+            config_path=config_path,
+            worker_stop_s=settings.worker.drain_grace_s + WORKER_STOP_MARGIN_S,
+            **kwargs,
+        )
         self.queue = queue
         self.registry = registry
         self.notify_failed = on_failed
 
     async def _exited(self, child: Child) -> None:
         if (wid := child.service.worker_id(self.plan.machine_id)) and (
-                n := await self.queue.return_jobs_of_worker(wid, "worker_exited")):
+            n := await self.queue.return_jobs_of_worker(wid, "worker_exited")
+        ):
             log.warning("%s exited holding %d job(s); handed back", wid, n)
 
     async def _failed(self, child: Child) -> None:
@@ -373,11 +440,20 @@ class MachineProcesses(ProcessGroup):
 
         try:
             failed = resolve_unit(self.plan.machine_id, child.service.unit)
-            returned = {wid: await self.queue.return_jobs_of_worker(wid, "service_failed")
-                        for wid in failed.worker_ids}
+            returned = {
+                wid: await self.queue.return_jobs_of_worker(wid, "service_failed")
+                for wid in failed.worker_ids
+            }
             await self.registry.publish_event(
-                "service_failed", service=failed.service, unit=failed.unit, reason="restart limit reached",
-                result=child.result, exit_status=child.exit_status, restarts=child.restarts,
-                active_state="failed", jobs_returned=returned)
+                "service_failed",
+                service=failed.service,
+                unit=failed.unit,
+                reason="restart limit reached",
+                result=child.result,
+                exit_status=child.exit_status,
+                restarts=child.restarts,
+                active_state="failed",
+                jobs_returned=returned,
+            )
         finally:  # Redis down or not, the machine's fate is decided
             self.notify_failed(child.service.name, f"{child.service.name} failed: {child.status_text}")

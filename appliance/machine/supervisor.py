@@ -53,7 +53,7 @@ SERVICE_FAILED_EXIT_STATUS = 70
 
 
 def decide_supervision(settings: Settings, force_unmanaged: bool = False) -> str:
-    """"supervisor" in container mode (we run the processes); "systemd" only when systemd is PID 1 and started us
+    """ "supervisor" in container mode (we run the processes); "systemd" only when systemd is PID 1 and started us
     (INVOCATION_ID): a developer running `appliance machine` in a shell must not wait for units it never started."""
     if force_unmanaged:
         return "unmanaged"
@@ -63,9 +63,16 @@ def decide_supervision(settings: Settings, force_unmanaged: bool = False) -> str
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, notifier: Notifier | None = None, supervision: str | None = None,
-                 health_host: str | None = None, health_port: int | None = None,
-                 config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        supervision: str | None = None,
+        health_host: str | None = None,
+        health_port: int | None = None,
+        config_path: str | None = None,
+    ) -> None:
         self.settings = settings
         self.notifier = notifier or Notifier()
         self.supervision = supervision or decide_supervision(settings)
@@ -80,8 +87,13 @@ class Supervisor:
         m = settings.machine
         self.health_host = health_host if health_host is not None else settings.health.host
         self.health_port = health_port if health_port is not None else settings.health.port
-        self.state = MachineState(m.id, m.type, ServicePlan(m.id, MachineType(m.type)), supervision=self.supervision,
-                                  secrets=frozenset(secrets))
+        self.state = MachineState(
+            m.id,
+            m.type,
+            ServicePlan(m.id, MachineType(m.type)),
+            supervision=self.supervision,
+            secrets=frozenset(secrets),
+        )
         self.stop_event = asyncio.Event()
         self.stop_reason = "stopped"
         self.steps: list[dict[str, Any]] = []
@@ -150,19 +162,34 @@ class Supervisor:
             self.state.resources = await asyncio.to_thread(lambda: host_resources(self.nvml.start()))
             self._step("detect_resources", gpu_count=self.state.resources.gpu_count)
             metrics_registry, self.jobs = make_registry(self.state)
-            runner, port = await start_server(make_app(self.state, metrics_registry, self.publish_status),
-                                              self.health_host, self.health_port)
-            host = connect_host(self.health_host) if self.health_host not in WILDCARD else connect_host(
-                res_host(self.state))
+            runner, port = await start_server(
+                make_app(self.state, metrics_registry, self.publish_status),
+                self.health_host,
+                self.health_port,
+            )
+            host = (
+                connect_host(self.health_host)
+                if self.health_host not in WILDCARD
+                else connect_host(res_host(self.state))
+            )
             self.state.health_url = f"http://{host}:{port}"
             self._step("health_server", port=port)
             if not await self._connect():
                 return 0  # stopped while waiting for Redis
             res = self.state.resources
-            await self._event("machine_startup", phase="starting", supervision=self.supervision, host_info={
-                "hostname": res.hostname, "os": res.os, "cpu_cores": res.cpu_cores,
-                "total_ram_gb": round(res.ram_total_bytes / 2**30, 2), "gpu_count": res.gpu_count,
-                "gpu_models": [g.name for g in res.gpus]})
+            await self._event(
+                "machine_startup",
+                phase="starting",
+                supervision=self.supervision,
+                host_info={
+                    "hostname": res.hostname,
+                    "os": res.os,
+                    "cpu_cores": res.cpu_cores,
+                    "total_ram_gb": round(res.ram_total_bytes / 2**30, 2),
+                    "gpu_count": res.gpu_count,
+                    "gpu_models": [g.name for g in res.gpus],
+                },
+            )
             for step in self.steps:
                 await self._event("startup_step", **step)
             try:
@@ -176,8 +203,14 @@ class Supervisor:
             self.jobs.worker_ids = set(plan.worker_ids())
             if self.supervision == "supervisor":
                 assert self.queue is not None and self.registry is not None
-                self.processes = MachineProcesses(self.settings, plan, self.queue, self.registry,
-                                                  on_failed=self._service_failed, config_path=self.config_path)
+                self.processes = MachineProcesses(
+                    self.settings,
+                    plan,
+                    self.queue,
+                    self.registry,
+                    on_failed=self._service_failed,
+                    config_path=self.config_path,
+                )
             await self._event("startup_step", **self._step("plan", services=[s.name for s in plan.services]))
             await self._event("startup_step", **self._step("clean_state", **await self._clean_state()))
             await self._register()
@@ -193,8 +226,12 @@ class Supervisor:
         backoff = 0.5
         while True:
             try:
-                self.queue = await Queue.connect(self.conn.url, queue_name=self.settings.redis.queue,
-                                                 settings=self.settings.queue, **self.conn.client_kwargs())
+                self.queue = await Queue.connect(
+                    self.conn.url,
+                    queue_name=self.settings.redis.queue,
+                    settings=self.settings.queue,
+                    **self.conn.client_kwargs(),
+                )
                 break
             except (RedisError, OSError) as exc:
                 self.state.last_error = f"Redis unreachable: {type(exc).__name__}"
@@ -204,8 +241,12 @@ class Supervisor:
                     return False
                 backoff = min(backoff * 2, 10.0)
         self.state.redis_ok, self.state.last_error = True, None
-        self.registry = MachineRegistry(self.queue.client, self.state.machine_id,
-                                        ttl_s=self.settings.machine.registration_ttl_s, secrets=self.state.secrets)
+        self.registry = MachineRegistry(
+            self.queue.client,
+            self.state.machine_id,
+            ttl_s=self.settings.machine.registration_ttl_s,
+            secrets=self.state.secrets,
+        )
         self._step("connect_redis")
         return True
 
@@ -213,15 +254,23 @@ class Supervisor:
         """Forget a previous boot's registration; hand back the jobs of this machine's workers that are gone."""
         assert self.queue is not None and self.registry is not None
         stale = await self.registry.clear_stale()
-        ids = set(self.state.plan.worker_ids()) | set(await registered_workers(self.queue, self.state.machine_id))
+        ids = set(self.state.plan.worker_ids()) | set(
+            await registered_workers(self.queue, self.state.machine_id)
+        )
         now_ms = await self.queue.server_time_ms()
         seen = await read_workers(self.queue, ids, now_ms)
-        units = await self.systemd.states([f"appliance-worker@{wid.removeprefix(self.state.machine_id + '-')}.service"
-                                           for wid in sorted(ids)])
+        units = await self.systemd.states(
+            [
+                f"appliance-worker@{wid.removeprefix(self.state.machine_id + '-')}.service"
+                for wid in sorted(ids)
+            ]
+        )
         returned: dict[str, int] = {}
         for wid, unit in zip(sorted(ids), units.values(), strict=True):
             # In container mode none of our workers runs yet: whatever they held is a previous run's.
-            alive = unit.active if unit.managed else bool(seen.get(wid, {}).get("alive")) and not self.processes
+            alive = (
+                unit.active if unit.managed else bool(seen.get(wid, {}).get("alive")) and not self.processes
+            )
             if not alive:
                 n = await self.queue.return_jobs_of_worker(wid, "machine_restart")
                 if n:
@@ -232,17 +281,32 @@ class Supervisor:
         assert self.registry is not None
         res = self.state.resources
         m = self.settings.machine
-        capabilities = {"machine_type": m.type, "gpu_count": res.gpu_count if res else 0,
-                        "gpus": [{"name": g.name, "uuid": g.uuid, "memory_total_bytes": g.memory_total_bytes}
-                                 for g in (res.gpus if res else [])],
-                        "cpu_cores": res.cpu_cores if res else 0,
-                        "ram_total_bytes": res.ram_total_bytes if res else 0,
-                        "pool": m.pool, "region": m.region, "tags": m.tags}
-        await self.registry.register({
-            "machine_id": m.id, "machine_type": m.type, "hostname": res.hostname if res else "",
-            "health_url": self.state.health_url, "supervision": self.supervision, "phase": self.state.phase.value,
-            "started_at": int(self.state.started_at * 1000), "capabilities": capabilities,
-            "plan": self.state.plan.to_dict()})
+        capabilities = {
+            "machine_type": m.type,
+            "gpu_count": res.gpu_count if res else 0,
+            "gpus": [
+                {"name": g.name, "uuid": g.uuid, "memory_total_bytes": g.memory_total_bytes}
+                for g in (res.gpus if res else [])
+            ],
+            "cpu_cores": res.cpu_cores if res else 0,
+            "ram_total_bytes": res.ram_total_bytes if res else 0,
+            "pool": m.pool,
+            "region": m.region,
+            "tags": m.tags,
+        }
+        await self.registry.register(
+            {
+                "machine_id": m.id,
+                "machine_type": m.type,
+                "hostname": res.hostname if res else "",
+                "health_url": self.state.health_url,
+                "supervision": self.supervision,
+                "phase": self.state.phase.value,
+                "started_at": int(self.state.started_at * 1000),
+                "capabilities": capabilities,
+                "plan": self.state.plan.to_dict(),
+            }
+        )
         self.state.registered = True
 
     async def _wait_services(self) -> None:
@@ -257,22 +321,34 @@ class Supervisor:
             self.state.units = await self.systemd.states(self.state.plan.units)
             return
         has_comfy = any(s.kind == "comfyui" for s in self.state.plan.services)
-        deadline = time.monotonic() + (self.settings.comfyui.startup_timeout_s if has_comfy else API_SERVICES_TIMEOUT_S)
+        deadline = time.monotonic() + (
+            self.settings.comfyui.startup_timeout_s if has_comfy else API_SERVICES_TIMEOUT_S
+        )
         while True:
             await self._poll_units()
-            pending = self.processes.pending() if self.processes else [
-                u for u, st in self.state.units.items() if not st.active and SUPERVISOR_UNIT not in st.after]
+            pending = (
+                self.processes.pending()
+                if self.processes
+                else [
+                    u
+                    for u, st in self.state.units.items()
+                    if not st.active and SUPERVISOR_UNIT not in st.after
+                ]
+            )
             if not pending or time.monotonic() > deadline or self.stop_event.is_set():
                 break
-            self.notifier.status(f"starting: waiting for {len(pending)} service(s): {', '.join(sorted(pending))}")
+            self.notifier.status(
+                f"starting: waiting for {len(pending)} service(s): {', '.join(sorted(pending))}"
+            )
             # Our own deadline bounds the wait; keep systemd's start timeout from cutting it short.
             self.notifier.extend_timeout(5.0)
             if await self._sleep(1.0):
                 break
 
     async def _poll_units(self) -> None:
-        self.state.units = (self.processes.states() if self.processes
-                            else await self.systemd.states(self.state.plan.units))
+        self.state.units = (
+            self.processes.states() if self.processes else await self.systemd.states(self.state.plan.units)
+        )
         for svc in self.state.plan.services:
             st = self.state.units.get(svc.unit)
             if st is None or not st.managed:
@@ -280,14 +356,25 @@ class Supervisor:
             if st.active and svc.unit not in self._started_units:
                 self._started_units.add(svc.unit)
                 self._failed_units.discard(svc.unit)
-                await self._event("service_started", service=svc.name, unit=svc.unit, main_pid=st.main_pid,
-                                  restarts=st.restarts, elapsed_ms=self._elapsed_ms())
+                await self._event(
+                    "service_started",
+                    service=svc.name,
+                    unit=svc.unit,
+                    main_pid=st.main_pid,
+                    restarts=st.restarts,
+                    elapsed_ms=self._elapsed_ms(),
+                )
             elif not st.active:
                 self._started_units.discard(svc.unit)
                 if st.failed and svc.unit not in self._failed_units and not self.processes:
                     self._failed_units.add(svc.unit)
-                    await self._event("service_failed", service=svc.name, unit=svc.unit, result=st.result,
-                                      restarts=st.restarts)
+                    await self._event(
+                        "service_failed",
+                        service=svc.name,
+                        unit=svc.unit,
+                        result=st.result,
+                        restarts=st.restarts,
+                    )
 
     def _service_failed(self, name: str, error: str) -> None:
         """Container mode: a child failed for good (service_failed is out); the machine fails with it, if so set."""
@@ -304,8 +391,10 @@ class Supervisor:
         up = sum(health.values())
         busy = sum(1 for w in s.workers.values() if w.get("current_job_id") or w.get("jobs"))
         down = [name for name, ok in health.items() if not ok]
-        line = (f"{s.phase.value}: {up}/{len(health)} services "
-                f"{'active' if s.managed or self.processes else 'unmanaged'}, {busy} busy")
+        line = (
+            f"{s.phase.value}: {up}/{len(health)} services "
+            f"{'active' if s.managed or self.processes else 'unmanaged'}, {busy} busy"
+        )
         if down:
             line += f"; down: {', '.join(down)}"
         if not s.redis_ok:
@@ -313,9 +402,20 @@ class Supervisor:
         return line + ("; draining" if s.draining else "")
 
     def _signature(self) -> tuple[Any, ...]:
-        units = tuple(sorted((u, st.active_state, st.sub_state, st.restarts) for u, st in self.state.units.items()))
-        workers = tuple(sorted((w, str(e.get("status") or e.get("state")), str(e.get("current_job_id")),
-                                bool(e.get("alive"))) for w, e in self.state.workers.items()))
+        units = tuple(
+            sorted((u, st.active_state, st.sub_state, st.restarts) for u, st in self.state.units.items())
+        )
+        workers = tuple(
+            sorted(
+                (
+                    w,
+                    str(e.get("status") or e.get("state")),
+                    str(e.get("current_job_id")),
+                    bool(e.get("alive")),
+                )
+                for w, e in self.state.workers.items()
+            )
+        )
         return units, workers, self.state.draining, self.state.phase, self.state.redis_ok
 
     async def _refresh(self, full: bool) -> None:
@@ -396,27 +496,38 @@ class Supervisor:
         return bool(await self.queue.client.ping())
 
     async def _loop_turns(self) -> bool:
-        return time.monotonic() - self._last_loop < 3 * min(CHANGE_POLL_S, self.settings.machine.status_interval_s) + 5
+        return (
+            time.monotonic() - self._last_loop
+            < 3 * min(CHANGE_POLL_S, self.settings.machine.status_interval_s) + 5
+        )
 
     async def _serve(self) -> int:
         self.state.phase = Phase.READY
         self.state.settle_phase()
         res = self.state.resources
-        await self._event("startup_complete", total_startup_time_ms=self._elapsed_ms(), startup_steps=self.steps,
-                          machine_config={
-                              "gpu_count": res.gpu_count if res else 0,
-                              "gpu_memory": round(sum(g.memory_total_bytes for g in res.gpus) / 2**30, 2) if res else 0,
-                              "gpu_model": res.gpus[0].name if res and res.gpus else None,
-                              "cpu_cores": res.cpu_cores if res else 0,
-                              "ram_gb": round(res.ram_total_bytes / 2**30, 2) if res else 0,
-                              "services": [s.name for s in self.state.plan.services]},
-                          phase=self.state.phase.value)
+        await self._event(
+            "startup_complete",
+            total_startup_time_ms=self._elapsed_ms(),
+            startup_steps=self.steps,
+            machine_config={
+                "gpu_count": res.gpu_count if res else 0,
+                "gpu_memory": round(sum(g.memory_total_bytes for g in res.gpus) / 2**30, 2) if res else 0,
+                "gpu_model": res.gpus[0].name if res and res.gpus else None,
+                "cpu_cores": res.cpu_cores if res else 0,
+                "ram_gb": round(res.ram_total_bytes / 2**30, 2) if res else 0,
+                "services": [s.name for s in self.state.plan.services],
+            },
+            phase=self.state.phase.value,
+        )
         await self.publish_status("machine_ready")
         self.notifier.ready(self._status_line())
         self._last_loop = time.monotonic()
         pinger = WatchdogPinger(self.notifier, [self._redis_answers, self._loop_turns])
-        tasks = [asyncio.create_task(self._status_loop(), name="status"),
-                 asyncio.create_task(self._follow_job_events(), name="job-events"), pinger.start()]
+        tasks = [
+            asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self._follow_job_events(), name="job-events"),
+            pinger.start(),
+        ]
         try:
             await self.stop_event.wait()
         finally:
@@ -434,7 +545,9 @@ class Supervisor:
         if self.registry is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.registry.publish_status(build_status(self.state, "shutdown"))
-            await self._event("shutdown", reason=self.stop_reason, uptime_ms=int(self.state.uptime_s() * 1000))
+            await self._event(
+                "shutdown", reason=self.stop_reason, uptime_ms=int(self.state.uptime_s() * 1000)
+            )
             with contextlib.suppress(RedisError, OSError):
                 await self.registry.deregister()
         if runner is not None:

@@ -7,6 +7,7 @@ generous timeouts that only guard against hangs; nothing asserts how fast anythi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,6 +33,7 @@ MID = "testbox"
 
 # --- pure parts -------------------------------------------------------------------------------------------------
 
+
 def test_restart_delay_doubles_up_to_the_cap() -> None:
     policy = RestartPolicy(delay_s=2, max_delay_s=10, burst=5, interval_s=600)
     assert [policy.delay(n) for n in range(6)] == [2, 2, 4, 8, 10, 10]
@@ -44,8 +47,17 @@ def test_commands_are_the_units_commands() -> None:
 
 
 def test_children_get_their_own_notify_socket() -> None:
-    env = child_env({"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1",
-                     "LISTEN_FDS": "1", "APPLIANCE_REDIS__URL": "redis://r"}, "/tmp/x/0.sock", "/etc/a.toml")
+    env = child_env(
+        {
+            "NOTIFY_SOCKET": "/run/systemd/notify",
+            "WATCHDOG_USEC": "30000000",
+            "WATCHDOG_PID": "1",
+            "LISTEN_FDS": "1",
+            "APPLIANCE_REDIS__URL": "redis://r",
+        },
+        "/tmp/x/0.sock",
+        "/etc/a.toml",
+    )
     assert env["NOTIFY_SOCKET"] == "/tmp/x/0.sock"
     assert not {"WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"} & set(env)
     assert env["APPLIANCE_REDIS__URL"] == "redis://r" and env["APPLIANCE_CONFIG"] == "/etc/a.toml"
@@ -59,14 +71,24 @@ def test_usage_of_a_process_tree() -> None:
 
 # --- the supervisor with its children ---------------------------------------------------------------------------
 
+
 def _env(redis_url: str, port: int, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "APPLIANCE_REDIS__URL": redis_url, "APPLIANCE_MACHINE__ID": MID,
-           "APPLIANCE_MACHINE__CONTAINER_MODE": "true", "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "0.5",
-           "APPLIANCE_MACHINE__RESTART_DELAY_S": "0.2", "APPLIANCE_HEALTH__HOST": "127.0.0.1",
-           "APPLIANCE_HEALTH__PORT": str(port), **extra}
-    for name in ("APPLIANCE_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "INVOCATION_ID"):
-        env.pop(name, None)
-    return env
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("APPLIANCE_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "INVOCATION_ID")
+    }
+    return {
+        **env,
+        "APPLIANCE_REDIS__URL": redis_url,
+        "APPLIANCE_MACHINE__ID": MID,
+        "APPLIANCE_MACHINE__CONTAINER_MODE": "true",
+        "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "0.5",
+        "APPLIANCE_MACHINE__RESTART_DELAY_S": "0.2",
+        "APPLIANCE_HEALTH__HOST": "127.0.0.1",
+        "APPLIANCE_HEALTH__PORT": str(port),
+        **extra,
+    }
 
 
 async def _get(url: str) -> tuple[int, Any]:
@@ -83,27 +105,71 @@ async def _until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: floa
     return result
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
+def _proc_env(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(e.decode().split("=", 1) for e in f.read().split(b"\0") if b"=" in e)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie is dead too (it only waits to be reaped).
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
+        return _proc_stat(pid)[0] != "Z"  # a zombie is dead too, it only waits to be reaped
     except OSError:
         return False
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> bytes:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+async def _machine(env: dict[str, str], tmp_path: Path) -> asyncio.subprocess.Process:
+    # Output goes to a file: the children write into it too, and an unread pipe would fill up and block them.
+    fd = os.open(tmp_path / "machine.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "appliance", "machine", env=env, stdout=fd, stderr=subprocess.STDOUT
+        )
+    finally:
+        os.close(fd)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if _proc_stat(int(entry))[1] == str(pid):
+                    out.append(int(entry))
+            except (OSError, IndexError):
+                continue
     return out
 
 
-async def test_api_machine_runs_restarts_and_drains_its_workers(redis_url: str) -> None:
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """After a failed test: SIGKILL the machine and its children (which would outlive it, as orphans)."""
+    if proc.returncode is None:
+        children = _children(proc.pid)
+        proc.kill()
+        await proc.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _output(proc: asyncio.subprocess.Process, tmp_path: Path, stop: bool = True) -> str:
+    """Stop the machine (SIGTERM) unless `stop` is False, wait for its exit and return its output."""
+    if stop and proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 120)
+    return (tmp_path / "machine.log").read_text(errors="replace")
+
+
+async def test_api_machine_runs_restarts_and_drains_its_workers(redis_url: str, tmp_path: Path) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     queue = await Queue.connect(redis_url)
     collector = Collector(client)
@@ -111,10 +177,14 @@ async def test_api_machine_runs_restarts_and_drains_its_workers(redis_url: str) 
     notify = NotifySocket()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = _env(redis_url, port, NOTIFY_SOCKET=notify.path, APPLIANCE_CONNECTORS__ECHO__ENABLED="true",
-               APPLIANCE_CONNECTORS__ECHO__SLOTS="2")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", env=env,
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = _env(
+        redis_url,
+        port,
+        NOTIFY_SOCKET=notify.path,
+        APPLIANCE_CONNECTORS__ECHO__ENABLED="true",
+        APPLIANCE_CONNECTORS__ECHO__SLOTS="2",
+    )
+    proc = await _machine(env, tmp_path)
     pids: list[int] = []
     try:
         lines = await asyncio.to_thread(notify.wait_line, "READY=1", 90)
@@ -130,11 +200,8 @@ async def test_api_machine_runs_restarts_and_drains_its_workers(redis_url: str) 
         pids = [svc["main_pid"] for svc in services.values()]
         # The children are ours, and none of them got the supervisor's notify socket.
         for pid in pids:
-            with open(f"/proc/{pid}/stat") as f:
-                assert int(f.read().rpartition(")")[2].split()[1]) == proc.pid  # parent pid
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                child = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
-            assert child[b"NOTIFY_SOCKET"].decode() != notify.path
+            assert _proc_stat(pid)[1] == str(proc.pid)  # parent pid
+            assert _proc_env(pid)["NOTIFY_SOCKET"] != notify.path
         code, health = await _get(base + "/health")
         assert code == 200 and health["services"] == {"worker@echo0": True, "worker@echo1": True}
 
@@ -154,8 +221,16 @@ async def test_api_machine_runs_restarts_and_drains_its_workers(redis_url: str) 
         svc = await _until(restarted, "worker@echo0 restarted")
         assert svc["main_pid"] != victim and not _alive(victim)
         pids.append(svc["main_pid"])
-        started = await collector.until(lambda: [e for e in collector.events if e["event_type"] == "service_started"
-                                                 and e["service"] == "worker@echo0" and e["restarts"] == 1], 90)
+        started = await collector.until(
+            lambda: [
+                e
+                for e in collector.events
+                if e["event_type"] == "service_started"
+                and e["service"] == "worker@echo0"
+                and e["restarts"] == 1
+            ],
+            90,
+        )
         assert started[0]["main_pid"] == svc["main_pid"]
         for n in range(2):  # one of them may land on the restarted worker, either must complete
             job = await queue.submit(JobSpec(service="echo", payload={"n": n}))
@@ -169,46 +244,44 @@ async def test_api_machine_runs_restarts_and_drains_its_workers(redis_url: str) 
             return j is not None and j.status in (JobStatus.CLAIMED, JobStatus.RUNNING)
 
         await _until(is_running, "the delayed job runs")
-        proc.send_signal(signal.SIGTERM)
-        out = await _stop(proc)
-        assert proc.returncode == 0, out.decode()[-3000:]
+        out = await _output(proc, tmp_path)  # one SIGTERM (a second would hand the job back at once)
+        assert proc.returncode == 0, out[-3000:]
         assert (await queue.get(running.id)).status is JobStatus.COMPLETED  # type: ignore[union-attr]
-        assert out.decode().count("SIGTERM: draining") == 2  # both children got the signal from us
+        assert out.count("SIGTERM: draining") == 2  # both children got the signal from us
         assert not any(_alive(pid) for pid in pids)
         assert "STOPPING=1" in notify.lines()
         shutdown = await collector.until(
-            lambda: next((e for e in collector.events if e["event_type"] == "shutdown"), None), 60)
+            lambda: next((e for e in collector.events if e["event_type"] == "shutdown"), None), 60
+        )
         assert shutdown["reason"] == "SIGTERM"
         final = collector.statuses[-1]
         assert final["update_type"] == "shutdown"
         assert {s["active_state"] for s in final["status"]["services"].values()} == {"inactive"}
         assert not await client.exists(f"machine:{MID}:info")
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        await _kill(proc)
         notify.close()
         await collector.stop()
         await queue.close()
         await client.aclose()
 
 
-async def _stop_when_done(proc: asyncio.subprocess.Process) -> bytes:
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    return out
-
-
 def _crashing_gpu_env(redis_url: str, port: int, **extra: str) -> dict[str, str]:
     # A CPU "GPU machine" whose ComfyUI command exits at once: the wrapper exits non-zero every time.
-    return _env(redis_url, port, APPLIANCE_MACHINE__TYPE="gpu", APPLIANCE_MACHINE__GPU_CPU_MODE="true",
-                APPLIANCE_COMFYUI__COMMAND='["false"]', APPLIANCE_COMFYUI__BASE_PORT=str(free_port()),
-                APPLIANCE_MACHINE__RESTART_LIMIT_BURST="2", APPLIANCE_MACHINE__RESTART_MAX_DELAY_S="0.5", **extra)
+    return _env(
+        redis_url,
+        port,
+        APPLIANCE_MACHINE__TYPE="gpu",
+        APPLIANCE_MACHINE__GPU_CPU_MODE="true",
+        APPLIANCE_COMFYUI__COMMAND='["false"]',
+        APPLIANCE_COMFYUI__BASE_PORT=str(free_port()),
+        APPLIANCE_MACHINE__RESTART_LIMIT_BURST="2",
+        APPLIANCE_MACHINE__RESTART_MAX_DELAY_S="0.5",
+        **extra,
+    )
 
 
-async def test_a_service_failing_for_good_exits_the_container(redis_url: str) -> None:
+async def test_a_service_failing_for_good_exits_the_container(redis_url: str, tmp_path: Path) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     queue = await Queue.connect(redis_url)
     # A job the GPU worker held when the container went down, its heartbeat still fresh: in container mode no
@@ -221,42 +294,42 @@ async def test_a_service_failing_for_good_exits_the_container(redis_url: str) ->
     await collector.start()
     notify = NotifySocket()
     env = _crashing_gpu_env(redis_url, free_port(), NOTIFY_SOCKET=notify.path)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", env=env,
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = await _machine(env, tmp_path)
     try:
-        out = await _stop_when_done(proc)
-        assert proc.returncode == 70, out.decode()[-3000:]
-        failed = await collector.until(lambda: [e for e in collector.events if e["event_type"] == "service_failed"])
+        out = await _output(proc, tmp_path, stop=False)
+        assert proc.returncode == 70, out[-3000:]
+        failed = await collector.until(
+            lambda: [e for e in collector.events if e["event_type"] == "service_failed"]
+        )
         assert len(failed) == 1
         event = failed[0]
         assert event["service"] == "comfyui@0" and event["unit"] == "appliance-comfyui@0.service"
         assert event["restarts"] == 2 and event["result"] == "start-limit-hit" and event["exit_status"] != 0
         assert event["jobs_returned"] == {f"{MID}-gpu0": 0}
         shutdown = await collector.until(
-            lambda: next((e for e in collector.events if e["event_type"] == "shutdown"), None))
+            lambda: next((e for e in collector.events if e["event_type"] == "shutdown"), None)
+        )
         assert shutdown["reason"] == "service_failed: comfyui@0"
         assert "READY=1" not in notify.lines() and "STOPPING=1" in notify.lines()
-        assert out.decode().count("starting ComfyUI") == 3  # the first start and two restarts
+        assert out.count("starting ComfyUI") == 3  # the first start and two restarts
         clean = next(e for e in collector.events if e.get("step_name") == "clean_state")
         assert clean["jobs_returned"] == {f"{MID}-gpu0": 1}
         assert (await queue.get(held.id)).status is JobStatus.PENDING  # type: ignore[union-attr]
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await _kill(proc)
         notify.close()
         await collector.stop()
         await queue.close()
         await client.aclose()
 
 
-async def test_without_exit_on_failure_the_machine_stays_up_degraded(redis_url: str) -> None:
+async def test_without_exit_on_failure_the_machine_stays_up_degraded(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = _crashing_gpu_env(redis_url, port, APPLIANCE_MACHINE__EXIT_ON_SERVICE_FAILURE="false")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "machine", env=env,
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = await _machine(env, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
+
         async def failed() -> Any:
             try:
                 code, body = await _get(base + "/status")
@@ -271,9 +344,7 @@ async def test_without_exit_on_failure_the_machine_stays_up_degraded(redis_url: 
         assert status["status"]["services"]["worker@gpu0"]["result"] == "dependency"
         code, health = await _get(base + "/health")
         assert code == 503 and health["services"] == {"comfyui@0": False, "worker@gpu0": False}
-        out = await _stop(proc)
-        assert proc.returncode == 0, out.decode()[-3000:]
+        out = await _output(proc, tmp_path)
+        assert proc.returncode == 0, out[-3000:]
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await _kill(proc)

@@ -397,3 +397,90 @@ def test_container_mode_exits_when_the_machine_fails_for_good(fresh: Env) -> Non
         rc = c.process.wait(timeout=120)
         assert rc == CONTAINER_EXIT_STATUS, c.console()
         assert "Exiting container" in c.console() or "exit.target" in c.console()
+
+
+GPU_CONFIG = """\
+[redis]
+url = "{url}"
+
+[machine]
+id = "{machine_id}"
+type = "gpu"
+gpu_cpu_mode = true
+status_interval_s = 1
+
+[health]
+host = "127.0.0.1"
+port = {health_port}
+
+[comfyui]
+# The protocol-faithful stand-in, started by the real wrapper exactly as it would start ComfyUI.
+command = ["{python}", "-m", "appliance.standins.comfyui"]
+base_port = {comfy_port}
+"""
+
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 255}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "nspawn"}},
+}
+
+
+@needs_worker
+@needs_machine
+def test_gpu_slot_runs_comfyui_and_its_worker_follows_it(fresh: Env) -> None:
+    comfy, worker = "appliance-comfyui@0.service", "appliance-worker@gpu0.service"
+    with fresh.boot() as c:
+        config = GPU_CONFIG.format(
+            url=fresh.redis.url,
+            machine_id=fresh.machine_id,
+            health_port=fresh.health_port,
+            python=harness.VENV / "bin" / "python",
+            comfy_port=free_port(),
+        )
+        c.sh("sh", "-c", "cat > /etc/appliance/config.toml", input=config)
+        # Re-plan this container as a GPU machine (CPU mode: one ComfyUI), as `units install` does on a host.
+        c.sh(
+            "env",
+            "APPLIANCE_CONFIG=/etc/appliance/config.toml",
+            str(harness.APPLIANCE_BIN),
+            "units",
+            "install",
+            "--root",
+            "/",
+            "--bin",
+            str(harness.APPLIANCE_BIN),
+            "--from-machine-plan",
+            "--config",
+            "/etc/appliance/config.toml",
+        )
+        c.systemctl("daemon-reload")
+        wants = c.sh("ls", "/etc/systemd/system/appliance.target.wants").stdout.split()
+        assert comfy in wants and worker in wants and not [w for w in wants if "echo" in w], wants
+        c.systemctl("start", "--no-block", TARGET)
+        c.wait_active(comfy)
+        c.wait_active(worker)
+        assert c.show(comfy, "StatusText")["StatusText"], "the wrapper reports a STATUS= line"
+        job_id = asyncio.run(_submit_comfy(fresh))
+        done = wait_job(c, fresh, job_id, "completed", lambda j: j.status == "completed", timeout=120)
+        assert done.worker_id == f"{fresh.machine_id}-gpu0"
+        outputs = done.result["outputs"]
+        assert outputs and outputs[0]["content_type"] == "image/png" and outputs[0]["size"] > 0, outputs
+        # BindsTo=: when its ComfyUI stops, the worker stops with it.
+        c.systemctl("stop", comfy)
+        c.wait_props(
+            worker,
+            "stopped with its ComfyUI",
+            lambda p: p["ActiveState"] in ("inactive", "failed"),
+            ["ActiveState"],
+        )
+
+
+async def _submit_comfy(env: Env) -> str:
+    from appliance.queue import JobSpec
+
+    q = await env.queue()
+    try:
+        return (await q.submit(JobSpec(service="comfyui", payload={"workflow": WORKFLOW}))).id
+    finally:
+        await q.close()

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
+from appliance.config import Settings
 from appliance.machine.state import MachineState
 
 UPDATE_TYPES = ("periodic", "event_driven", "machine_ready", "shutdown")
@@ -133,3 +134,62 @@ def build_status(state: MachineState, update_type: str = "periodic") -> dict[str
         "queue": state.queue_stats,
     }
     return scrub(payload, state.secrets)
+
+
+def status_line(state: MachineState, *, supervised: bool) -> str:
+    """The one-line `STATUS=` systemd shows: phase, services up, busy workers, what is wrong."""
+    health = state.service_health()
+    up = sum(health.values())
+    busy = sum(1 for w in state.workers.values() if w.get("current_job_id") or w.get("jobs"))
+    down = [name for name, ok in health.items() if not ok]
+    line = (
+        f"{state.phase.value}: {up}/{len(health)} services "
+        f"{'active' if state.managed or supervised else 'unmanaged'}, {busy} busy"
+    )
+    if down:
+        line += f"; down: {', '.join(down)}"
+    if not state.redis_ok:
+        line += "; Redis unreachable"
+    return line + ("; draining" if state.draining else "")
+
+
+def change_signature(state: MachineState) -> tuple[Any, ...]:
+    """What, when it changes, is published at once rather than at the next interval."""
+    units = tuple(sorted((u, st.active_state, st.sub_state, st.restarts) for u, st in state.units.items()))
+    workers = tuple(
+        sorted(
+            (w, str(e.get("status") or e.get("state")), str(e.get("current_job_id")), bool(e.get("alive")))
+            for w, e in state.workers.items()
+        )
+    )
+    return units, workers, state.draining, state.phase, state.redis_ok
+
+
+def registration_record(settings: Settings, state: MachineState, supervision: str) -> dict[str, Any]:
+    """What `machine:<id>:info` says about this machine: identity, capabilities, plan, health URL."""
+    res = state.resources
+    m = settings.machine
+    capabilities = {
+        "machine_type": m.type,
+        "gpu_count": res.gpu_count if res else 0,
+        "gpus": [
+            {"name": g.name, "uuid": g.uuid, "memory_total_bytes": g.memory_total_bytes}
+            for g in (res.gpus if res else [])
+        ],
+        "cpu_cores": res.cpu_cores if res else 0,
+        "ram_total_bytes": res.ram_total_bytes if res else 0,
+        "pool": m.pool,
+        "region": m.region,
+        "tags": m.tags,
+    }
+    return {
+        "machine_id": m.id,
+        "machine_type": m.type,
+        "hostname": res.hostname if res else "",
+        "health_url": state.health_url,
+        "supervision": supervision,
+        "phase": state.phase.value,
+        "started_at": int(state.started_at * 1000),
+        "capabilities": capabilities,
+        "plan": state.plan.to_dict(),
+    }

@@ -32,7 +32,7 @@ from appliance.machine.processes import MachineProcesses
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import Nvml, host_resources
 from appliance.machine.state import MachineState, Phase
-from appliance.machine.status import build_status
+from appliance.machine.status import build_status, change_signature, registration_record, status_line
 from appliance.machine.stops import read_stops, state_directory
 from appliance.machine.systemd import SystemdUnits, systemd_running
 from appliance.machine.workers import read_workers, registered_workers
@@ -279,34 +279,7 @@ class Supervisor:
 
     async def _register(self) -> None:
         assert self.registry is not None
-        res = self.state.resources
-        m = self.settings.machine
-        capabilities = {
-            "machine_type": m.type,
-            "gpu_count": res.gpu_count if res else 0,
-            "gpus": [
-                {"name": g.name, "uuid": g.uuid, "memory_total_bytes": g.memory_total_bytes}
-                for g in (res.gpus if res else [])
-            ],
-            "cpu_cores": res.cpu_cores if res else 0,
-            "ram_total_bytes": res.ram_total_bytes if res else 0,
-            "pool": m.pool,
-            "region": m.region,
-            "tags": m.tags,
-        }
-        await self.registry.register(
-            {
-                "machine_id": m.id,
-                "machine_type": m.type,
-                "hostname": res.hostname if res else "",
-                "health_url": self.state.health_url,
-                "supervision": self.supervision,
-                "phase": self.state.phase.value,
-                "started_at": int(self.state.started_at * 1000),
-                "capabilities": capabilities,
-                "plan": self.state.plan.to_dict(),
-            }
-        )
+        await self.registry.register(registration_record(self.settings, self.state, self.supervision))
         self.state.registered = True
 
     async def _wait_services(self) -> None:
@@ -385,39 +358,6 @@ class Supervisor:
 
     # --- running ----------------------------------------------------------------------------------------------
 
-    def _status_line(self) -> str:
-        s = self.state
-        health = s.service_health()
-        up = sum(health.values())
-        busy = sum(1 for w in s.workers.values() if w.get("current_job_id") or w.get("jobs"))
-        down = [name for name, ok in health.items() if not ok]
-        line = (
-            f"{s.phase.value}: {up}/{len(health)} services "
-            f"{'active' if s.managed or self.processes else 'unmanaged'}, {busy} busy"
-        )
-        if down:
-            line += f"; down: {', '.join(down)}"
-        if not s.redis_ok:
-            line += "; Redis unreachable"
-        return line + ("; draining" if s.draining else "")
-
-    def _signature(self) -> tuple[Any, ...]:
-        units = tuple(
-            sorted((u, st.active_state, st.sub_state, st.restarts) for u, st in self.state.units.items())
-        )
-        workers = tuple(
-            sorted(
-                (
-                    w,
-                    str(e.get("status") or e.get("state")),
-                    str(e.get("current_job_id")),
-                    bool(e.get("alive")),
-                )
-                for w, e in self.state.workers.items()
-            )
-        )
-        return units, workers, self.state.draining, self.state.phase, self.state.redis_ok
-
     async def _refresh(self, full: bool) -> None:
         """Read units and workers (and, when `full`, resources and queue stats); Redis errors mark Redis down."""
         await self._poll_units()
@@ -455,18 +395,18 @@ class Supervisor:
             await self.registry.publish_status(build_status(self.state, update_type))
         except (RedisError, OSError) as exc:
             log.warning("could not publish status: %s", exc)
-        self.notifier.status(self._status_line())
+        self.notifier.status(status_line(self.state, supervised=self.processes is not None))
 
     async def _status_loop(self) -> None:
         interval = self.settings.machine.status_interval_s
         poll = min(CHANGE_POLL_S, interval)
         next_full = time.monotonic() + interval
-        last = self._signature()
+        last = change_signature(self.state)
         while not await self._sleep(poll):
             self._last_loop = time.monotonic()
             full = time.monotonic() >= next_full
             await self._refresh(full)
-            sig = self._signature()
+            sig = change_signature(self.state)
             if full:
                 next_full += interval * max(1, int((time.monotonic() - next_full) // interval) + 1)
                 await self.publish_status("periodic")
@@ -520,7 +460,7 @@ class Supervisor:
             phase=self.state.phase.value,
         )
         await self.publish_status("machine_ready")
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(status_line(self.state, supervised=self.processes is not None))
         self._last_loop = time.monotonic()
         pinger = WatchdogPinger(self.notifier, [self._redis_answers, self._loop_turns])
         tasks = [

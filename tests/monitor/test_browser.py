@@ -111,7 +111,7 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
 
             # Both machines appear online: the real supervisor process and the simulated GPU machine.
             try:
-                await page.wait_for_selector(f"[data-machine='{MID}'][data-online='1']", timeout=60_000)
+                await page.wait_for_selector(f"[data-machine='{MID}'][data-online='1']", timeout=120_000)
             except Exception:
                 raise AssertionError(
                     f"machine {MID} never showed online (exit {machine.returncode}); "

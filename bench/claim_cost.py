@@ -134,25 +134,8 @@ async def cost(queue: Queue, command: str) -> tuple[int, float]:
 
 def claim_command(queue: Queue, shapes: list[str], via: str) -> list[str]:
     """The claim exactly as Queue.claim sends it (fixed worker and token), for redis-benchmark to repeat."""
-    k = queue.keys
-    keys = [
-        k.heads,
-        k.spec,
-        k.meta,
-        k.state,
-        k.attempts,
-        k.owner,
-        k.leases,
-        k.counts,
-        k.events,
-        *(k.ready(s) for s in shapes),
-    ]
-    args = [str(a) for a in queue._common()] + [
-        "bench-w",
-        "0123456789abcdef01234567",
-        str(queue.settings.lease_ms),
-        *shapes,
-    ]
+    keys, claim_args = queue.claim_call("bench-w", shapes, "0123456789abcdef01234567")
+    args = [str(a) for a in [*queue._common(), *claim_args]]
     if via == "FCALL":
         return ["FCALL", queue.scripts.function_name("claim"), str(len(keys)), *keys, *args]
     sha = hashlib.sha1(queue.scripts.sources["claim"].encode()).hexdigest()

@@ -366,28 +366,18 @@ class Queue:
 
     # --- the leased side: what a worker calls -----------------------------------------------------------------
 
+    def claim_call(self, worker_id: str, shapes: Sequence[str], token: str) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of claim.lua after the common prefix, exactly as `claim` sends them."""
+        k = self.keys
+        keys = [k.heads, k.spec, k.meta, k.state, k.attempts, k.owner, k.leases, k.counts, k.events]
+        return [*keys, *(k.ready(s) for s in shapes)], [worker_id, token, self.settings.lease_ms, *shapes]
+
     async def claim(self, worker_id: str, shapes: list[str]) -> ClaimedJob | None:
         """Lease the best waiting job among `shapes` (at most settings.max_shapes_per_claim of them)."""
         if not shapes:
             return None
-        k = self.keys
         token = secrets.token_hex(12)
-        reply = await self._call(
-            "claim",
-            [
-                k.heads,
-                k.spec,
-                k.meta,
-                k.state,
-                k.attempts,
-                k.owner,
-                k.leases,
-                k.counts,
-                k.events,
-                *(k.ready(s) for s in shapes),
-            ],
-            [worker_id, token, self.settings.lease_ms, *shapes],
-        )
+        reply = await self._call("claim", *self.claim_call(worker_id, shapes, token))
         if not reply:
             return None
         job_id, spec, attempt, deadline, shape = reply

@@ -36,26 +36,11 @@ def teardown() -> None:
     pass
 
 
-def worker_command(python: str, url: str, concurrency: int, processes: int) -> list[list[str]]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    return [
-        [
-            python,
-            "-m",
-            "dramatiq",
-            "peer_dramatiq",
-            "--processes",
-            str(processes),
-            "--threads",
-            str(concurrency),
-            "--path",
-            here,
-        ]
-    ]
-
-
 def run_worker(url: str, concurrency: int) -> None:
-    raise SystemExit("dramatiq workers start through worker_command")
+    # bench/throughput.py starts the workers with dramatiq's CLI: this module is not importable there.
+    raise SystemExit(
+        "dramatiq workers start through `python -m dramatiq peer_dramatiq` (bench/throughput.py)"
+    )
 
 
 if __name__ == "__main__":

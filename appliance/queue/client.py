@@ -270,10 +270,12 @@ class Queue:
         return job
 
     async def _shape_is_live(self, shape: str) -> bool:
-        seen = await self.client.hget(self.keys.shape_live, shape)
-        if seen is None:
-            return False
-        return int(float(seen)) >= await self.server_time_ms() - self.settings.worker_ttl_ms
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.shape_live, shape)
+        pipe.time()
+        seen, (seconds, micros) = await pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return seen is not None and int(float(seen)) >= now_ms - self.settings.worker_ttl_ms
 
     async def list_jobs(self, status: JobStatus | None = None, limit: int = 50) -> list[Job]:
         """Jobs from the indexes (waiting, active, delayed, dead, finished), never a scan of all jobs."""

@@ -34,10 +34,16 @@ from appliance.queue.models import (
 )
 from appliance.queue.options import QueueSettings
 from appliance.queue.scripts import ScriptSet
-from appliance.queue.shapes import shape_of
+from appliance.queue.shapes import WorkerClass, shape_of
 
 #: Jobs per round trip when submitting in bulk.
 SUBMIT_BATCH = 500
+#: Most jobs one claim call leases.
+MAX_CLAIM_BATCH = 256
+#: Claim calls before `claim_many` gives up on a race it keeps losing (each lost one is a read-only call).
+CLAIM_TRIES = 8
+#: Idle life of a worker class SET (ms); claim.lua answers 'noclass' once it is gone, and the client rewrites it.
+CLAIM_CLASS_TTL_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Queue:
         self.scripts = scripts or ScriptSet()
         #: Assigns a pool to jobs that name none (appliance.pools.classify), applied before the shape is taken.
         self.classifier = classifier
+        self._classes: dict[tuple[str, ...], WorkerClass] = {}
 
     @classmethod
     async def connect(
@@ -368,29 +375,92 @@ class Queue:
 
     # --- the leased side: what a worker calls -----------------------------------------------------------------
 
-    def claim_call(self, worker_id: str, shapes: Sequence[str], token: str) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of claim.lua after the common prefix, exactly as `claim` sends them."""
+    def claim_call(
+        self, worker_id: str, worker_class: WorkerClass, guess: str, token: str, count: int = 1
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of claim.lua after the common prefix, exactly as `claim_many` sends them."""
         k = self.keys
-        keys = [k.heads, k.spec, k.meta, k.state, k.attempts, k.owner, k.leases, k.counts, k.events]
-        return [*keys, *(k.ready(s) for s in shapes)], [worker_id, token, self.settings.lease_ms, *shapes]
+        keys = [
+            k.heads,
+            k.worker_class(worker_class.class_id),
+            k.spec,
+            k.meta,
+            k.state,
+            k.attempts,
+            k.owner,
+            k.leases,
+            k.counts,
+            k.events,
+            k.ready(guess),
+        ]
+        return keys, [worker_id, token, self.settings.lease_ms, guess, count]
 
-    async def claim(self, worker_id: str, shapes: list[str]) -> ClaimedJob | None:
-        """Lease the best waiting job among `shapes` (at most settings.max_shapes_per_claim of them)."""
-        if not shapes:
-            return None
-        token = secrets.token_hex(12)
-        reply = await self._call("claim", *self.claim_call(worker_id, shapes, token))
-        if not reply:
-            return None
-        job_id, spec, attempt, deadline, shape = reply
-        body = json.loads(spec)
-        job = Job(
-            **{k_: v for k_, v in body.items() if k_ in Job.model_fields},
-            status=JobStatus.CLAIMED,
-            attempts=int(attempt),
-            worker_id=worker_id,
-        )
-        return ClaimedJob(job=job, token=token, attempt=int(attempt), lease_deadline_ms=int(deadline))
+    def worker_class(self, shapes: Sequence[str]) -> WorkerClass:
+        """The class of a shape list (cached: sessions re-use the same list until a new shape appears)."""
+        frozen = tuple(shapes)
+        found = self._classes.get(frozen)
+        if found is None:
+            if len(self._classes) >= 256:
+                self._classes.clear()
+            found = self._classes[frozen] = WorkerClass.of(frozen)
+        return found
+
+    async def _write_class(self, worker_class: WorkerClass) -> None:
+        key = self.keys.worker_class(worker_class.class_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(key, *worker_class.shapes)
+        pipe.pexpire(key, CLAIM_CLASS_TTL_MS)
+        await pipe.execute()
+
+    async def claim(self, worker_id: str, shapes: Sequence[str]) -> ClaimedJob | None:
+        """Lease the best waiting job among `shapes`, or None when none waits."""
+        claimed = await self.claim_many(worker_id, shapes, 1)
+        return claimed[0] if claimed else None
+
+    async def claim_many(self, worker_id: str, shapes: Sequence[str], count: int) -> list[ClaimedJob]:
+        """Lease up to `count` of the best waiting jobs among `shapes`, best first, in one script call when
+        the client's guess of the best shape is right (claim.lua's hint keeps it right); each job gets its own
+        fencing token. Fewer than `count` come back when the next job ranks behind another shape's best."""
+        if not shapes or count < 1:
+            return []
+        count = min(count, MAX_CLAIM_BATCH)
+        worker_class = self.worker_class(shapes)
+        for _ in range(CLAIM_TRIES):
+            token = secrets.token_hex(12)
+            guess = worker_class.guess or worker_class.shapes[0]
+            reply = await self._call("claim", *self.claim_call(worker_id, worker_class, guess, token, count))
+            outcome = reply[0]
+            if outcome == "ok":
+                worker_class.guess = reply[1]
+                return self._claimed(worker_id, token, reply)
+            if outcome == "none":
+                return []
+            if outcome == "retry":
+                worker_class.guess = reply[1]
+            elif outcome == "noclass":
+                await self._write_class(worker_class)
+            else:
+                raise QueueError(f"claim.lua answered {reply!r}")
+        # Other workers kept taking the best job first; the caller's loop comes back at once.
+        return []
+
+    @staticmethod
+    def _claimed(worker_id: str, token: str, reply: list[Any]) -> list[ClaimedJob]:
+        deadline = int(reply[2])
+        out = []
+        for index, at in enumerate(range(4, len(reply), 3), start=1):
+            job_id, spec, attempt = reply[at], reply[at + 1], int(reply[at + 2])
+            body = json.loads(spec)
+            job = Job(
+                **{k_: v for k_, v in body.items() if k_ in Job.model_fields},
+                status=JobStatus.CLAIMED,
+                attempts=attempt,
+                worker_id=worker_id,
+            )
+            out.append(
+                ClaimedJob(job=job, token=f"{token}.{index}", attempt=attempt, lease_deadline_ms=deadline)
+            )
+        return out
 
     async def heartbeat(
         self, worker_id: str, leases: Mapping[str, str], shapes: Sequence[str] = ()
@@ -436,33 +506,24 @@ class Queue:
         return code == ScriptCode.CANCEL_REQUESTED
 
     async def complete(self, job_id: str, token: str, result: Any = None) -> None:
+        """Store a job's result and end its lease; LeaseLost when `token` no longer owns the job."""
+        raise_for_code((await self.complete_many([(job_id, token, result)]))[0], job_id)
+
+    async def complete_many(self, outcomes: Sequence[tuple[str, str, Any]]) -> list[int]:
+        """Complete several leased jobs, (job id, token, result) each, in one script call. Returns one code per
+        job (ScriptCode.OK or ScriptCode.LEASE_LOST), so one lost lease does not hold back the others."""
+        if not outcomes:
+            return []
+        return [int(c) for c in await self._call("complete", *self.complete_call(outcomes))]
+
+    def complete_call(self, outcomes: Sequence[tuple[str, str, Any]]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of complete.lua after the common prefix (for a pipeline, see `claim_call`)."""
         k = self.keys
-        raise_for_code(
-            int(
-                await self._call(
-                    "complete",
-                    [
-                        k.owner,
-                        k.leases,
-                        k.state,
-                        k.results,
-                        k.info,
-                        k.done,
-                        k.counts,
-                        k.events,
-                        k.cancels,
-                        k.meta,
-                    ],
-                    [
-                        job_id,
-                        token,
-                        json.dumps(result, separators=(",", ":"), default=str),
-                        self.settings.result_ttl_s * 1000,
-                    ],
-                )
-            ),
-            job_id,
-        )
+        keys = [k.owner, k.leases, k.state, k.results, k.info, k.done, k.counts, k.events, k.cancels, k.meta]
+        args: list[Any] = [self.settings.result_ttl_s * 1000]
+        for job_id, token, result in outcomes:
+            args += [job_id, token, json.dumps(result, separators=(",", ":"), default=str)]
+        return keys, args
 
     def retry_delay_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
         """Exponential backoff with equal jitter, never shorter than a service's Retry-After."""

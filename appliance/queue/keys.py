@@ -89,6 +89,10 @@ class QueueKeys:
         """Ready index of one shape: ZSET job id -> score (priority as a time offset, then FIFO)."""
         return self.key(f"ready:{shape}")
 
+    def worker_class(self, class_id: str) -> str:
+        """SET of the shape ids one worker class serves (claim.lua walks `heads` against it)."""
+        return self.key(f"class:{class_id}")
+
     @property
     def heads(self) -> str:
         """ZSET shape -> score of its best waiting job; only non-empty shapes are members."""

@@ -57,8 +57,3 @@ class QueueSettings(BaseModel):
     worker_ttl_ms: int = Field(
         60_000, ge=1_000, description="A worker not seen for this long no longer counts for matching (ms)."
     )
-    max_shapes_per_claim: int = Field(
-        64,
-        ge=1,
-        description="Upper bound on shapes one claim call covers; more are claimed in rotating windows.",
-    )

@@ -52,7 +52,6 @@ class WorkerSession:
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._pubsub: Any = None
-        self._window = 0
         self._closed = False
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -124,19 +123,13 @@ class WorkerSession:
     async def claim(self) -> ClaimedJob | None:
         """Lease the best job this worker can run, or None. Clears the wake flag first, so a job submitted
         while this runs still wakes the next `wait_for_work`."""
+        claimed = await self.claim_many(1)
+        return claimed[0] if claimed else None
+
+    async def claim_many(self, count: int) -> list[ClaimedJob]:
+        """Lease up to `count` jobs in one call (a worker with free slots fills several at once)."""
         self._wake.clear()
-        window = self.queue.settings.max_shapes_per_claim
-        if len(self.shapes) <= window:
-            return await self.queue.claim(self.worker_id, self.shapes)
-        # More shapes than one call covers: rotate windows so every shape gets its turn.
-        for _ in range(0, len(self.shapes), window):
-            start = self._window % len(self.shapes)
-            chunk = (self.shapes + self.shapes)[start : start + window]
-            self._window += window
-            claimed = await self.queue.claim(self.worker_id, chunk)
-            if claimed:
-                return claimed
-        return None
+        return await self.queue.claim_many(self.worker_id, self.shapes, count)
 
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Sleep until a matching job may be waiting (a wake-up) or `timeout_s` passes. True if woken."""

@@ -11,6 +11,7 @@ import bisect
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.queue.models import Capabilities, Isolation, JobSpec
@@ -139,3 +140,22 @@ def explain_mismatch(caps: Capabilities, record: dict[str, Any]) -> str | None:
     if record.get("models"):
         return "models missing or pool/region/tags/isolation differ"
     return "pool, region, tags, workflow pin or customer isolation differ"
+
+
+@dataclass
+class WorkerClass:
+    """The shapes one worker serves, as claim.lua sees them: a SET in Redis named by a hash of the list.
+
+    Workers with equal shape lists share one class (and one SET). `guess` is the shape the next claim
+    passes as its ready index; claim.lua corrects it with a hint on every reply.
+    """
+
+    class_id: str
+    shapes: tuple[str, ...]
+    guess: str = ""
+
+    @classmethod
+    def of(cls, shapes: tuple[str, ...]) -> WorkerClass:
+        ordered = tuple(sorted(set(shapes)))
+        digest = hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:16]
+        return cls(class_id=digest, shapes=ordered)

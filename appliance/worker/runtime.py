@@ -271,7 +271,8 @@ class Worker:
             if self.blocked() is not None or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
                 await self._wait_changed(self.claim_timeout_s)
                 return
-            claimed = await self.session.claim()
+            # Every free slot in one call: a worker with concurrency fills up in one round trip.
+            claimed = await self.session.claim_many(self.capacity - len(self.leases))
         except Exception as exc:
             if not is_unreachable(exc):
                 log.exception("claiming failed")
@@ -280,10 +281,11 @@ class Worker:
                 self.link.mark_down(exc)
             return
         self.link.mark_up()
-        if claimed is None:
+        if not claimed:
             await self.session.wait_for_work(self.claim_timeout_s)
             return
-        self._start_run(claimed)
+        for one in claimed:
+            self._start_run(one)
 
     def blocked(self) -> str | None:
         """Why the worker may not claim now, or None."""

@@ -1,0 +1,123 @@
+"""claim.lua's worker classes, guesses and batches, through the real scripts on a real Redis."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue
+from appliance.queue.shapes import WorkerClass
+
+
+async def _tagged(queue: Queue, tag: str, **extra: object):
+    return await queue.submit({"service": "echo", "requirements": {"tags": [tag]}, **extra})
+
+
+async def test_a_wrong_guess_changes_nothing_and_names_the_best_shape(queue: Queue, aredis) -> None:
+    early = await _tagged(queue, "a")
+    late = await _tagged(queue, "b")
+    worker_class = queue.worker_class([early.shape, late.shape])
+    await queue._write_class(worker_class)
+    keys, args = queue.claim_call("w", worker_class, late.shape, "tok", 1)
+    before = await aredis.zrange(queue.keys.heads, 0, -1, withscores=True)
+    reply = await queue.scripts.call(queue.client, "claim", keys, queue._common() + args)
+    assert reply == ["retry", early.shape]
+    assert await aredis.zrange(queue.keys.heads, 0, -1, withscores=True) == before
+    assert (await queue.get(early.id)).status is JobStatus.PENDING
+    assert (await queue.get(late.id)).status is JobStatus.PENDING
+
+
+async def test_claims_follow_the_global_order_across_64_shapes(queue: Queue) -> None:
+    rng = random.Random(7)
+    tags = [f"t{i}" for i in range(64)]
+    jobs = [await _tagged(queue, rng.choice(tags), priority=rng.randrange(4)) for _ in range(300)]
+    shapes = sorted({j.shape for j in jobs})
+    expected = [j.id for j in sorted(jobs, key=lambda j: (-j.priority, jobs.index(j)))]
+    got = []
+    while claimed := await queue.claim("w", shapes):
+        got.append(claimed.job.id)
+    assert got == expected
+
+
+async def test_a_batch_stops_where_another_shape_ranks_first(queue: Queue) -> None:
+    a = [await _tagged(queue, "a") for _ in range(3)]
+    b = await _tagged(queue, "b")
+    a += [await _tagged(queue, "a") for _ in range(2)]
+    shapes = [a[0].shape, b.shape]
+    first = await queue.claim_many("w", shapes, 10)
+    assert [c.job.id for c in first] == [j.id for j in a[:3]]
+    second = await queue.claim_many("w", shapes, 10)
+    assert [c.job.id for c in second] == [b.id]
+    third = await queue.claim_many("w", shapes, 10)
+    assert [c.job.id for c in third] == [j.id for j in a[3:]]
+    assert await queue.claim_many("w", shapes, 10) == []
+
+
+async def test_each_job_of_a_batch_has_its_own_fencing_token(queue: Queue) -> None:
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(4)])
+    batch = await queue.claim_many("w", [jobs[0].shape], 4)
+    assert [c.job.id for c in batch] == [j.id for j in jobs]
+    assert len({c.token for c in batch}) == 4
+    assert [c.job.payload for c in batch] == [{"n": i} for i in range(4)]
+    assert all(c.attempt == 1 and c.job.status is JobStatus.CLAIMED for c in batch)
+    with pytest.raises(LeaseLost):
+        await queue.complete(batch[1].job.id, batch[0].token, None)
+    for claimed in batch:
+        await queue.complete(claimed.job.id, claimed.token, {"ok": True})
+        assert (await queue.get(claimed.job.id)).status is JobStatus.COMPLETED
+
+
+async def test_the_class_set_is_rewritten_when_it_has_expired(queue: Queue, aredis) -> None:
+    first = await _tagged(queue, "a")
+    second = await _tagged(queue, "a")
+    assert (await queue.claim("w", [first.shape])).job.id == first.id
+    worker_class = queue.worker_class([first.shape])
+    assert await aredis.pttl(queue.keys.worker_class(worker_class.class_id)) > 0
+    await aredis.delete(queue.keys.worker_class(worker_class.class_id))
+    assert (await queue.claim("w", [first.shape])).job.id == second.id
+
+
+async def test_the_walk_passes_many_shapes_of_other_classes(queue: Queue) -> None:
+    # 300 shapes that this worker cannot serve rank ahead of its only job: the walk pages through them.
+    for i in range(300):
+        await _tagged(queue, f"other{i}", priority=5)
+    mine = await _tagged(queue, "mine")
+    claimed = await queue.claim("w", [mine.shape])
+    assert claimed is not None and claimed.job.id == mine.id
+    assert await queue.claim("w", [mine.shape]) is None
+
+
+async def test_workers_with_equal_shape_lists_share_one_class(queue: Queue, aredis) -> None:
+    job = await _tagged(queue, "a")
+    caps = Capabilities(services=["echo"], tags=["a"])
+    one = await queue.worker_session("w1", caps)
+    two = await queue.worker_session("w2", caps)
+    try:
+        assert one.shapes == two.shapes == [job.shape]
+        assert (await one.claim()).job.id == job.id
+        assert await two.claim() is None
+        classes = [k async for k in aredis.scan_iter(match=queue.keys.worker_class("*"))]
+        assert classes == [queue.keys.worker_class(WorkerClass.of((job.shape,)).class_id).encode()]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_complete_many_writes_each_outcome_and_fences_each_token(queue: Queue) -> None:
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
+    batch = await queue.claim_many("w", [jobs[0].shape], 3)
+    stale = batch[1].token[:-1] + "9"
+    codes = await queue.complete_many(
+        [
+            (batch[0].job.id, batch[0].token, {"n": 0}),
+            (batch[1].job.id, stale, {"n": 1}),
+            (batch[2].job.id, batch[2].token, {"n": 2}),
+        ]
+    )
+    assert codes == [1, -2, 1]
+    assert (await queue.get(batch[0].job.id)).result == {"n": 0}
+    assert (await queue.get(batch[1].job.id)).status is JobStatus.CLAIMED
+    assert (await queue.get(batch[2].job.id)).status is JobStatus.COMPLETED
+    assert await queue.complete_many([(batch[1].job.id, batch[1].token, None)]) == [1]
+    assert (await queue.stats()).totals.get("completed") == 3

@@ -376,7 +376,7 @@ class Queue:
     # --- the leased side: what a worker calls -----------------------------------------------------------------
 
     def claim_call(
-        self, worker_id: str, worker_class: WorkerClass, guess: str, token: str, count: int = 1
+        self, worker_id: str, worker_class: WorkerClass, token: str, count: int = 1
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of claim.lua after the common prefix, exactly as `claim_many` sends them."""
         k = self.keys
@@ -391,9 +391,9 @@ class Queue:
             k.leases,
             k.counts,
             k.events,
-            k.ready(guess),
+            *(k.ready(shape) for shape in worker_class.candidates),
         ]
-        return keys, [worker_id, token, self.settings.lease_ms, guess, count]
+        return keys, [worker_id, token, self.settings.lease_ms, count, *worker_class.candidates]
 
     def worker_class(self, shapes: Sequence[str]) -> WorkerClass:
         """The class of a shape list (cached: sessions re-use the same list until a new shape appears)."""
@@ -405,7 +405,8 @@ class Queue:
             found = self._classes[frozen] = WorkerClass.of(frozen)
         return found
 
-    async def _write_class(self, worker_class: WorkerClass) -> None:
+    async def register_class(self, worker_class: WorkerClass) -> None:
+        """Write the class SET claim.lua walks against (claims also write it when they find it missing)."""
         key = self.keys.worker_class(worker_class.class_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.sadd(key, *worker_class.shapes)
@@ -419,7 +420,7 @@ class Queue:
 
     async def claim_many(self, worker_id: str, shapes: Sequence[str], count: int) -> list[ClaimedJob]:
         """Lease up to `count` of the best waiting jobs among `shapes`, best first, in one script call when
-        the client's guess of the best shape is right (claim.lua's hint keeps it right); each job gets its own
+        the best shape is among the client's candidates (claim.lua's hint keeps them right); each job gets its own
         fencing token. Fewer than `count` come back when the next job ranks behind another shape's best."""
         if not shapes or count < 1:
             return []
@@ -427,21 +428,22 @@ class Queue:
         worker_class = self.worker_class(shapes)
         for _ in range(CLAIM_TRIES):
             token = secrets.token_hex(12)
-            guess = worker_class.guess or worker_class.shapes[0]
-            reply = await self._call("claim", *self.claim_call(worker_id, worker_class, guess, token, count))
+            reply = await self._call("claim", *self.claim_call(worker_id, worker_class, token, count))
             outcome = reply[0]
             if outcome == "ok":
-                worker_class.guess = reply[1]
+                worker_class.take_hint(reply[1])
                 return self._claimed(worker_id, token, reply)
             if outcome == "none":
+                worker_class.take_hint("")
                 return []
             if outcome == "retry":
-                worker_class.guess = reply[1]
+                worker_class.take_hint(reply[1])
             elif outcome == "noclass":
-                await self._write_class(worker_class)
+                await self.register_class(worker_class)
             else:
                 raise QueueError(f"claim.lua answered {reply!r}")
-        # Other workers kept taking the best job first; the caller's loop comes back at once.
+        # Other workers kept taking the best job first; `worker_class.hint` still names waiting shapes, which
+        # tells WorkerSession to come back at once.
         return []
 
     @staticmethod

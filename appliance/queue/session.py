@@ -102,6 +102,8 @@ class WorkerSession:
         added = set(matching) - set(self.shapes)
         self.shapes = matching
         if added:
+            await self.queue.register_class(self.queue.worker_class(self.shapes))
+        if added:
             self._wake.set()
             if self._pubsub is not None:
                 await self._pubsub.subscribe(*(self.queue.keys.wake_channel(s) for s in added))
@@ -114,6 +116,7 @@ class WorkerSession:
         record = await self.queue.client.hget(self.queue.keys.shapes, shape)
         if record and matches(self.capabilities, json.loads(record)) and shape not in self.shapes:
             self.shapes = sorted([*self.shapes, shape])
+            await self.queue.register_class(self.queue.worker_class(self.shapes))
             await self._pubsub.subscribe(self.queue.keys.wake_channel(shape))
             await self.queue.heartbeat(self.worker_id, {}, [shape])
             self._wake.set()
@@ -129,7 +132,11 @@ class WorkerSession:
     async def claim_many(self, count: int) -> list[ClaimedJob]:
         """Lease up to `count` jobs in one call (a worker with free slots fills several at once)."""
         self._wake.clear()
-        return await self.queue.claim_many(self.worker_id, self.shapes, count)
+        claimed = await self.queue.claim_many(self.worker_id, self.shapes, count)
+        if not claimed and self.shapes and self.queue.worker_class(self.shapes).hint:
+            # Lost every race for the best job, but jobs wait: the next wait_for_work returns at once.
+            self._wake.set()
+        return claimed
 
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Sleep until a matching job may be waiting (a wake-up) or `timeout_s` passes. True if woken."""

@@ -146,13 +146,21 @@ def explain_mismatch(caps: Capabilities, record: dict[str, Any]) -> str | None:
 class WorkerClass:
     """The shapes one worker serves, as claim.lua sees them: a SET in Redis named by a hash of the list.
 
-    Workers with equal shape lists share one class (and one SET). `guess` is the shape the next claim
-    passes as its ready index; claim.lua corrects it with a hint on every reply.
+    Workers with equal shape lists share one class (and one SET). `hint` holds the shapes claim.lua last named
+    as this class's best; the next claim passes their ready indexes as its candidates.
     """
 
     class_id: str
     shapes: tuple[str, ...]
-    guess: str = ""
+    hint: tuple[str, ...] = ()
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return self.hint or self.shapes[:1]
+
+    def take_hint(self, hint: str) -> None:
+        """Keep claim.lua's hint: the class's best shapes, comma-separated (only shapes of this class)."""
+        self.hint = tuple(hint.split(",")) if hint else ()
 
     @classmethod
     def of(cls, shapes: tuple[str, ...]) -> WorkerClass:

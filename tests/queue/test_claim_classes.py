@@ -18,11 +18,12 @@ async def test_a_wrong_guess_changes_nothing_and_names_the_best_shape(queue: Que
     early = await _tagged(queue, "a")
     late = await _tagged(queue, "b")
     worker_class = queue.worker_class([early.shape, late.shape])
-    await queue._write_class(worker_class)
-    keys, args = queue.claim_call("w", worker_class, late.shape, "tok", 1)
+    await queue.register_class(worker_class)
+    worker_class.take_hint(late.shape)
+    keys, args = queue.claim_call("w", worker_class, "tok", 1)
     before = await aredis.zrange(queue.keys.heads, 0, -1, withscores=True)
     reply = await queue.scripts.call(queue.client, "claim", keys, queue._common() + args)
-    assert reply == ["retry", early.shape]
+    assert reply == ["retry", f"{early.shape},{late.shape}"]
     assert await aredis.zrange(queue.keys.heads, 0, -1, withscores=True) == before
     assert (await queue.get(early.id)).status is JobStatus.PENDING
     assert (await queue.get(late.id)).status is JobStatus.PENDING
@@ -121,3 +122,18 @@ async def test_complete_many_writes_each_outcome_and_fences_each_token(queue: Qu
     assert (await queue.get(batch[2].job.id)).status is JobStatus.COMPLETED
     assert await queue.complete_many([(batch[1].job.id, batch[1].token, None)]) == [1]
     assert (await queue.stats()).totals.get("completed") == 3
+
+
+async def test_a_session_that_keeps_losing_races_comes_back_at_once(queue: Queue, monkeypatch) -> None:
+    job = await _tagged(queue, "a")
+    session = await queue.worker_session("w", Capabilities(services=["echo"], tags=["a"]))
+    try:
+        monkeypatch.setattr("appliance.queue.client.CLAIM_TRIES", 1)
+        queue.worker_class(session.shapes).take_hint("0" * 16)  # a shape that is never the best
+        assert await session.claim() is None
+        assert await session.wait_for_work(timeout_s=0.01) is True
+        assert (await session.claim()).job.id == job.id
+        assert await session.claim() is None
+        assert await session.wait_for_work(timeout_s=0.01) is False
+    finally:
+        await session.close()

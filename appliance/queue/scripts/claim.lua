@@ -2,15 +2,14 @@
   Claim up to N of the best waiting jobs a worker class can run, and lease them.
 
   A worker class is a set of shape ids (the `class` SET, written by the client from its shape list). The claim
-  walks `heads` (shape -> best waiting score, over every shape) from the best, and the first members the class
-  holds are the class's best shape and its runner-up. The client names, as its guess, the shape whose ready
-  index it passes in KEYS; when the best shape is another one the script changes nothing and answers
-  'retry' with that shape, so every key it touches is declared. Each success returns the next best shape as a
-  hint, so a client following hints rarely retries.
+  walks `heads` (shape -> best waiting score, over every shape) from the best; the first members the class
+  holds are its best shapes. The client passes, as candidates, the ready indexes of the shapes it expects to
+  be best (the hint of its previous reply). When the best shape is not among them the script changes nothing
+  and answers 'retry' with a fresh hint, so every key it touches is declared in KEYS.
 
-  Cost: O(log S + W) on `heads` (S shapes waiting, W = how many shapes of other classes rank ahead of the
-  class's best and runner-up), O(log N + n) on one ready index, then O(1) per claimed job. It does not grow
-  with the number of shapes the worker serves, nor with queue depth.
+  Cost: O(log S + W) on `heads` (S shapes waiting; W = shapes of other classes ranked ahead of this class's
+  best ones), O(log N + n) on one ready index, then O(1) per claimed job. Neither the number of shapes the
+  worker serves nor the queue depth changes it.
 
   Input:
     KEYS[1]  heads     ZSET shape -> best waiting score
@@ -23,20 +22,21 @@
     KEYS[8]  leases    ZSET id -> lease deadline, ms
     KEYS[9]  counts    HASH of totals
     KEYS[10] events    STREAM
-    KEYS[11] ready     ZSET of the guessed shape: id -> score
+    KEYS[11..10+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[9..8+C]
 
     ARGV[1]  unused          ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  worker id        ARGV[6]  fencing token prefix (random; job i of the batch gets prefix.i)
-    ARGV[7]  lease, ms        ARGV[8]  guessed shape id
-    ARGV[9]  most jobs to claim (n >= 1)
+    ARGV[7]  lease, ms        ARGV[8]  most jobs to claim (n >= 1)
+    ARGV[9..8+C]  candidate shape ids
 
   Returns:
     {'ok', hint, deadline ms, shape, id, job JSON, attempt, id, job JSON, attempt, ...}  (1..n jobs, all of
-       `shape`, in score order; hint = the class's best shape now, or '' when none is known to wait)
-    {'retry', shape}  the class's best job waits in `shape`, not in the guess: nothing was changed
+       `shape`, in score order)
+    {'retry', hint}   the class's best job waits in a shape that is not a candidate: nothing was changed
     {'none'}          no job waits in any of the class's shapes
     {'noclass'}       the class SET does not exist (never written, or expired): write it and call again
+    where hint = the class's best shapes now, best first, comma-separated ('' when none is known to wait)
 
   Emits: claimed (channel job_claimed), one per job
 ]]
@@ -46,17 +46,17 @@ local rcall = redis.call
 -- @include heads
 
 local heads_key, class_key, spec_key, meta_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local attempts_key, owner_key, leases_key, counts_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local events_key, ready_key = KEYS[10], KEYS[11]
+local attempts_key, owner_key, leases_key, counts_key, events_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local queue, mode, maxlen = ARGV[2], ARGV[3], ARGV[4]
-local worker, token, lease_ms, guess = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local want = tonumber(ARGV[9])
+local worker, token, lease_ms, want = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local TOP = 4
 
--- Walk heads from the best score in growing pages; stop at the class's best shape and its runner-up.
-local function class_best()
-  local best
+-- The class's best shapes in score order, {shape, score} each: walk heads in growing pages until two are
+-- known (the best and the runner-up that bounds a batch), keeping up to TOP from the pages read.
+local function class_top()
+  local top = {}
   local start, page = 0, 16
-  while true do
+  while #top < 2 do
     local entries = rcall('ZRANGE', heads_key, start, start + page - 1, 'WITHSCORES')
     local n = #entries / 2
     if n == 0 then break end
@@ -64,29 +64,38 @@ local function class_best()
     for i = 1, n do members[i] = entries[2 * i - 1] end
     local held = rcall('SMISMEMBER', class_key, unpack(members))
     for i = 1, n do
-      if held[i] == 1 then
-        if best then return best, members[i], tonumber(entries[2 * i]) end
-        best = members[i]
-      end
+      if held[i] == 1 and #top < TOP then top[#top + 1] = {members[i], tonumber(entries[2 * i])} end
     end
     if n < page then break end
     start, page = start + page, math.min(page * 4, 1024)
   end
-  return best, nil, nil
+  return top
 end
 
-local best, runner_up, runner_up_score = class_best()
-if not best then
+local function hint_of(top)
+  local names = {}
+  for i, entry in ipairs(top) do names[i] = entry[1] end
+  return table.concat(names, ',')
+end
+
+local top = class_top()
+if #top == 0 then
   if rcall('EXISTS', class_key) == 0 then return {'noclass'} end
   return {'none'}
 end
-if best ~= guess then return {'retry', best} end
+local best = top[1][1]
+local ready_key
+for i = 9, #ARGV do
+  if ARGV[i] == best then ready_key = KEYS[i + 2] end
+end
+if not ready_key then return {'retry', hint_of(top)} end
 
 -- Take jobs from this shape while they rank no worse than the runner-up's best: a batch keeps the order.
+local bound = top[2] and top[2][2]
 local popped = rcall('ZPOPMIN', ready_key, want)
 local ids = {}
 for i = 1, #popped, 2 do
-  if #ids == 0 or runner_up_score == nil or tonumber(popped[i + 1]) <= runner_up_score then
+  if #ids == 0 or bound == nil or tonumber(popped[i + 1]) <= bound then
     ids[#ids + 1] = popped[i]
   else
     rcall('ZADD', ready_key, popped[i + 1], popped[i])
@@ -95,20 +104,25 @@ end
 local head_score = refresh_head(ready_key, heads_key, best)
 if #ids == 0 then
   -- heads named a shape with nothing waiting (corrected now): point the client at the new best.
-  best = class_best()
-  if not best then return {'none'} end
-  return {'retry', best}
+  top = class_top()
+  if #top == 0 then return {'none'} end
+  return {'retry', hint_of(top)}
 end
-local hint = best
-if head_score == nil or (runner_up_score ~= nil and runner_up_score < head_score) then
-  hint = runner_up or ''
+-- The hint after this claim: the same shapes, the claimed one re-ranked by its new head (or gone).
+table.remove(top, 1)
+if head_score then
+  local at = #top + 1
+  for i = #top, 1, -1 do
+    if top[i][2] > head_score then at = i end
+  end
+  table.insert(top, at, {best, head_score})
 end
 
 local now = server_now()
 local deadline = now + lease_ms
 local metas, specs = rcall('HMGET', meta_key, unpack(ids)), rcall('HMGET', spec_key, unpack(ids))
 local states, owners, leases = {}, {}, {}
-local reply = {'ok', hint, deadline, best}
+local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
   local attempt = rcall('HINCRBY', attempts_key, id, 1)
   local at = 2 * i - 1

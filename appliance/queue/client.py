@@ -19,7 +19,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 
+from appliance.queue.connections import connection_class_for
 from appliance.queue.errors import InvalidJob, JobNotFound, QueueError, ScriptCode, raise_for_code
 from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS, QueueKeys
 from appliance.queue.models import (
@@ -33,7 +35,7 @@ from appliance.queue.models import (
     ms_to_datetime,
 )
 from appliance.queue.options import QueueSettings
-from appliance.queue.scripts import ScriptSet
+from appliance.queue.scripts import ScriptSet, is_missing_function
 from appliance.queue.shapes import WorkerClass, shape_of
 
 #: Jobs per round trip when submitting in bulk.
@@ -113,6 +115,7 @@ class Queue:
             client: Any = RedisCluster.from_url(url, **kwargs)
             await client.initialize()
         else:
+            kwargs.setdefault("connection_class", connection_class_for(url))
             client = aioredis.Redis.from_url(url, **kwargs)
         queue = cls(client, queue_name=queue_name, settings=settings, classifier=classifier)
         try:
@@ -422,20 +425,44 @@ class Queue:
         """Lease up to `count` of the best waiting jobs among `shapes`, best first, in one script call when
         the best shape is among the client's candidates (claim.lua's hint keeps them right); each job gets its own
         fencing token. Fewer than `count` come back when the next job ranks behind another shape's best."""
-        if not shapes or count < 1:
-            return []
+        return (await self.finish_and_claim((), worker_id, shapes, count))[1]
+
+    async def finish_and_claim(
+        self, outcomes: Sequence[tuple[str, str, Any]], worker_id: str, shapes: Sequence[str], count: int
+    ) -> tuple[list[int], list[ClaimedJob]]:
+        """`complete_many(outcomes)` and `claim_many(...)` in one round trip (a pipeline of the two scripts):
+        the loop of a worker whose jobs are short. Returns (complete codes, claimed jobs)."""
         count = min(count, MAX_CLAIM_BATCH)
+        if not shapes or count < 1:
+            return await self.complete_many(outcomes), []
         worker_class = self.worker_class(shapes)
-        for _ in range(CLAIM_TRIES):
+        codes: list[int] = []
+        pipelined = (
+            bool(outcomes) and self.scripts.use_functions and not hasattr(self.client, "get_primaries")
+        )
+        if outcomes and not pipelined:
+            codes = await self.complete_many(outcomes)
+        for attempt in range(CLAIM_TRIES):
             token = secrets.token_hex(12)
-            reply = await self._call("claim", *self.claim_call(worker_id, worker_class, token, count))
+            keys, args = self.claim_call(worker_id, worker_class, token, count)
+            if pipelined and attempt == 0:
+                try:
+                    codes, reply = await self._pipelined_finish_and_claim(outcomes, keys, args)
+                except ResponseError as exc:
+                    if not is_missing_function(exc):
+                        raise
+                    await self.scripts.load(self.client)  # nothing ran: the library was missing
+                    codes = await self.complete_many(outcomes)
+                    reply = await self._call("claim", keys, args)
+            else:
+                reply = await self._call("claim", keys, args)
             outcome = reply[0]
             if outcome == "ok":
                 worker_class.take_hint(reply[1])
-                return self._claimed(worker_id, token, reply)
+                return codes, self._claimed(worker_id, token, reply)
             if outcome == "none":
                 worker_class.take_hint("")
-                return []
+                return codes, []
             if outcome == "retry":
                 worker_class.take_hint(reply[1])
             elif outcome == "noclass":
@@ -444,23 +471,30 @@ class Queue:
                 raise QueueError(f"claim.lua answered {reply!r}")
         # Other workers kept taking the best job first; `worker_class.hint` still names waiting shapes, which
         # tells WorkerSession to come back at once.
-        return []
+        return codes, []
+
+    async def _pipelined_finish_and_claim(
+        self, outcomes: Sequence[tuple[str, str, Any]], keys: list[str], args: list[Any]
+    ) -> tuple[list[int], Any]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.fcall(*self.scripts.fcall_args("complete", *self.complete_call(outcomes, common=True)))
+        pipe.fcall(*self.scripts.fcall_args("claim", keys, self._common() + args))
+        done, reply = await pipe.execute()
+        return [int(c) for c in done], reply
 
     @staticmethod
     def _claimed(worker_id: str, token: str, reply: list[Any]) -> list[ClaimedJob]:
         deadline = int(reply[2])
         out = []
         for index, at in enumerate(range(4, len(reply), 3), start=1):
-            job_id, spec, attempt = reply[at], reply[at + 1], int(reply[at + 2])
-            body = json.loads(spec)
-            job = Job(
-                **{k_: v for k_, v in body.items() if k_ in Job.model_fields},
-                status=JobStatus.CLAIMED,
-                attempts=attempt,
-                worker_id=worker_id,
-            )
+            # The body was validated at submit; one pass in pydantic-core parses and types it again.
+            job = Job.model_validate_json(reply[at + 1])
+            attempt = int(reply[at + 2])
+            job.status, job.attempts, job.worker_id = JobStatus.CLAIMED, attempt, worker_id
             out.append(
-                ClaimedJob(job=job, token=f"{token}.{index}", attempt=attempt, lease_deadline_ms=deadline)
+                ClaimedJob.model_construct(
+                    job=job, token=f"{token}.{index}", attempt=attempt, lease_deadline_ms=deadline
+                )
             )
         return out
 
@@ -518,11 +552,13 @@ class Queue:
             return []
         return [int(c) for c in await self._call("complete", *self.complete_call(outcomes))]
 
-    def complete_call(self, outcomes: Sequence[tuple[str, str, Any]]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of complete.lua after the common prefix (for a pipeline, see `claim_call`)."""
+    def complete_call(
+        self, outcomes: Sequence[tuple[str, str, Any]], common: bool = False
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of complete.lua, after the common prefix (with it when `common`)."""
         k = self.keys
         keys = [k.owner, k.leases, k.state, k.results, k.info, k.done, k.counts, k.events, k.cancels, k.meta]
-        args: list[Any] = [self.settings.result_ttl_s * 1000]
+        args: list[Any] = [*(self._common() if common else ()), self.settings.result_ttl_s * 1000]
         for job_id, token, result in outcomes:
             args += [job_id, token, json.dumps(result, separators=(",", ":"), default=str)]
         return keys, args

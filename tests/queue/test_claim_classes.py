@@ -137,3 +137,22 @@ async def test_a_session_that_keeps_losing_races_comes_back_at_once(queue: Queue
         assert await session.wait_for_work(timeout_s=0.01) is False
     finally:
         await session.close()
+
+
+async def test_finish_and_claim_completes_and_leases_in_one_round(queue: Queue, aredis) -> None:
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(5)])
+    shapes = [jobs[0].shape]
+    codes, first = await queue.finish_and_claim([], "w", shapes, 2)
+    assert codes == [] and [c.job.id for c in first] == [j.id for j in jobs[:2]]
+    outcomes = [(c.job.id, c.token, {"n": c.job.payload["n"]}) for c in first]
+    codes, second = await queue.finish_and_claim(outcomes, "w", shapes, 2)
+    assert codes == [1, 1] and [c.job.id for c in second] == [j.id for j in jobs[2:4]]
+    assert (await queue.get(jobs[0].id)).result == {"n": 0}
+    # A Redis that lost its functions (restart without persistence): nothing is lost, the library comes back.
+    await aredis.function_flush()
+    outcomes = [(c.job.id, c.token, None) for c in second]
+    codes, third = await queue.finish_and_claim(outcomes, "w", shapes, 2)
+    assert codes == [1, 1] and [c.job.id for c in third] == [jobs[4].id]
+    codes, none = await queue.finish_and_claim([(jobs[4].id, third[0].token, None)], "w", shapes, 2)
+    assert codes == [1] and none == []
+    assert (await queue.stats()).totals.get("completed") == 5

@@ -71,6 +71,11 @@ def return_codes(name: str) -> set[int]:
     return {int(n) for n in re.findall(r"(?m)(?:^|\s)(-?\d)\s{2}", returns)}
 
 
+def is_missing_function(exc: Exception) -> bool:
+    """A restarted Redis without persistence, a FUNCTION FLUSH, or a fresh failover target."""
+    return "function not found" in str(exc).lower()
+
+
 @dataclass
 class ScriptSet:
     """Calls the queue scripts on one client, as FCALL where it can and EVALSHA where it must."""
@@ -129,7 +134,7 @@ class ScriptSet:
             return await client.fcall(self.function_name(name), len(keys), *keys, *args)
         except ResponseError as exc:
             # A restarted Redis without persistence, a FUNCTION FLUSH, or a fresh failover target: reload once.
-            if "Function not found" not in str(exc) and "function not found" not in str(exc).lower():
+            if not is_missing_function(exc):
                 raise
             log.warning("queue functions missing on the server (restart or flush?); reloading")
             await self._function_load(client)

@@ -121,12 +121,14 @@ end
 local now = server_now()
 local deadline = now + lease_ms
 local metas, specs = rcall('HMGET', meta_key, unpack(ids)), rcall('HMGET', spec_key, unpack(ids))
-local states, owners, leases = {}, {}, {}
+local attempts = rcall('HMGET', attempts_key, unpack(ids))
+local states, owners, leases, tries = {}, {}, {}, {}
 local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
-  local attempt = rcall('HINCRBY', attempts_key, id, 1)
+  local attempt = (tonumber(attempts[i]) or 0) + 1
   local at = 2 * i - 1
   states[at], states[at + 1] = id, 'claimed'
+  tries[at], tries[at + 1] = id, attempt
   owners[at], owners[at + 1] = id, token .. '.' .. i .. '|' .. worker .. '|' .. now
   leases[at], leases[at + 1] = deadline, id
   local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
@@ -136,6 +138,7 @@ for i, id in ipairs(ids) do
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt
 end
 rcall('HSET', state_key, unpack(states))
+rcall('HSET', attempts_key, unpack(tries))
 rcall('HSET', owner_key, unpack(owners))
 rcall('ZADD', leases_key, unpack(leases))
 return reply

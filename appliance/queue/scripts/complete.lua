@@ -28,31 +28,49 @@
 local rcall = redis.call
 -- @include now
 -- @include emit
--- @include finish
 -- @include owner
 
 local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
-local keys = {state = state_key, info = info_key, done = done_key, counts = counts_key}
 
-local codes = {}
-for at = 6, #ARGV, 3 do
-  local id, token, result = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local worker, claimed = lease_of(owner_key, id, token, '')
-  if worker then
-    rcall('HDEL', owner_key, id)
-    rcall('ZREM', leases_key, id)
-    rcall('HDEL', cancels_key, id)
-    rcall('HSET', results_key, id, result)
-    finish(keys, id, 'completed', worker, claimed, now, ttl_ms)
-    local service = string.match(rcall('HGET', meta_key, id) or '', '^[^|]*|([^|]*)|')
-    emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
-      {'job', id, 'worker', worker, 'service', service or '', 'duration_ms', now - claimed}, ',"result":' .. result)
-    codes[#codes + 1] = 1
+-- One read of every lease, then one write per column for the whole batch.
+local asked = {}
+for at = 6, #ARGV, 3 do asked[#asked + 1] = ARGV[at] end
+if #asked == 0 then return {} end
+local owners = rcall('HMGET', owner_key, unpack(asked))
+local codes, ids, results, states, infos, dones, workers, claims = {}, {}, {}, {}, {}, {}, {}, {}
+for i, id in ipairs(asked) do
+  local worker, claimed = parse_lease(owners[i], ARGV[4 + 3 * i], '')
+  if worker and not workers[id] then
+    codes[i] = 1
+    ids[#ids + 1], workers[id], claims[id] = id, worker, claimed
+    local n = #results
+    results[n + 1], results[n + 2] = id, ARGV[5 + 3 * i]
+    states[n + 1], states[n + 2] = id, 'completed'
+    infos[n + 1], infos[n + 2] = id, worker .. '|' .. claimed .. '|' .. now
+    dones[n + 1], dones[n + 2] = now + ttl_ms, id
   else
-    codes[#codes + 1] = -2
+    codes[i] = -2
+  end
+end
+if #ids == 0 then return codes end
+rcall('HDEL', owner_key, unpack(ids))
+rcall('ZREM', leases_key, unpack(ids))
+rcall('HDEL', cancels_key, unpack(ids))
+rcall('HSET', results_key, unpack(results))
+rcall('HSET', state_key, unpack(states))
+rcall('HSET', info_key, unpack(infos))
+rcall('ZADD', done_key, unpack(dones))
+rcall('HINCRBY', counts_key, 'completed', #ids)
+if mode ~= 'none' then
+  local metas = rcall('HMGET', meta_key, unpack(ids))
+  for i, id in ipairs(ids) do
+    local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|')
+    emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
+      {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', now - claims[id]},
+      ',"result":' .. results[2 * i])
   end
 end
 return codes

@@ -10,12 +10,13 @@ local function emit(events_key, mode, maxlen, channel, queue, event, fields, ext
     rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', event, unpack(fields))
   end
   if mode ~= 'stream' then
-    local parts = {'{"event":"', event, '","queue":"', queue, '"'}
+    -- One concat at the end: no intermediate strings per field.
+    local parts, n = {'{"event":"', event, '","queue":"', queue, '"'}, 5
     for i = 1, #fields, 2 do
-      parts[#parts + 1] = ',"' .. fields[i] .. '":"' .. tostring(fields[i + 1]) .. '"'
+      parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = ',"', fields[i], '":"', fields[i + 1]
+      parts[n + 5], n = '"', n + 5
     end
-    if extra_json then parts[#parts + 1] = extra_json end
-    parts[#parts + 1] = '}'
+    parts[n + 1], parts[n + 2] = extra_json or '', '}'
     rcall('PUBLISH', channel, table.concat(parts))
   end
 end

@@ -1,9 +1,8 @@
 --[[
-  Function to read a lease: owner column value token|worker|claimed_ms.
-  Returns worker, claimed_ms when `token` owns it (or, with token '', when `worker` does), else nil.
+  Functions to read a lease: owner column value token|worker|claimed_ms.
+  Both return worker, claimed_ms when `token` owns it (or, with token '', when `worker` does), else nil.
 ]]
-local function lease_of(owner_key, id, token, worker)
-  local own = rcall('HGET', owner_key, id)
+local function parse_lease(own, token, worker)
   if not own then return nil end
   local t, w, claimed = string.match(own, '^([^|]*)|([^|]*)|([^|]*)$')
   if token ~= '' then
@@ -12,4 +11,8 @@ local function lease_of(owner_key, id, token, worker)
     return nil
   end
   return w, tonumber(claimed)
+end
+
+local function lease_of(owner_key, id, token, worker)
+  return parse_lease(rcall('HGET', owner_key, id), token, worker)
 end

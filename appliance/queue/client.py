@@ -396,7 +396,8 @@ class Queue:
             k.events,
             *(k.ready(shape) for shape in worker_class.candidates),
         ]
-        return keys, [worker_id, token, self.settings.lease_ms, count, *worker_class.candidates]
+        slack = self.settings.claim_slack_ms * 1000  # scores count submission time in µs
+        return keys, [worker_id, token, self.settings.lease_ms, count, slack, *worker_class.candidates]
 
     def worker_class(self, shapes: Sequence[str]) -> WorkerClass:
         """The class of a shape list (cached: sessions re-use the same list until a new shape appears)."""

@@ -57,3 +57,11 @@ class QueueSettings(BaseModel):
     worker_ttl_ms: int = Field(
         60_000, ge=1_000, description="A worker not seen for this long no longer counts for matching (ms)."
     )
+    claim_slack_ms: int = Field(
+        50,
+        ge=0,
+        description=(
+            "Concurrent workers of one class may take jobs of different shapes up to this much out of "
+            "submission order (ms) instead of racing for the single best one; 0 keeps the order strict."
+        ),
+    )

@@ -14,7 +14,8 @@ async def _tagged(queue: Queue, tag: str, **extra: object):
     return await queue.submit({"service": "echo", "requirements": {"tags": [tag]}, **extra})
 
 
-async def test_a_wrong_guess_changes_nothing_and_names_the_best_shape(queue: Queue, aredis) -> None:
+async def test_a_wrong_guess_changes_nothing_and_names_the_best_shape(make_queue, aredis) -> None:
+    queue = await make_queue(claim_slack_ms=0)
     early = await _tagged(queue, "a")
     late = await _tagged(queue, "b")
     worker_class = queue.worker_class([early.shape, late.shape])
@@ -29,6 +30,19 @@ async def test_a_wrong_guess_changes_nothing_and_names_the_best_shape(queue: Que
     assert (await queue.get(late.id)).status is JobStatus.PENDING
 
 
+async def test_within_the_slack_a_candidate_shape_is_taken_instead_of_racing(make_queue) -> None:
+    queue = await make_queue(claim_slack_ms=60_000)
+    early = await _tagged(queue, "a")
+    late = await _tagged(queue, "b")
+    urgent = await _tagged(queue, "c", priority=5)  # five priority steps (5 minutes) ahead: beyond the slack
+    worker_class = queue.worker_class([early.shape, late.shape, urgent.shape])
+    worker_class.take_hint(late.shape)
+    assert [c.job.id for c in await queue.claim_many("w", worker_class.shapes, 1)] == [urgent.id]
+    worker_class.take_hint(late.shape)
+    assert [c.job.id for c in await queue.claim_many("w", worker_class.shapes, 1)] == [late.id]
+    assert [c.job.id for c in await queue.claim_many("w", worker_class.shapes, 1)] == [early.id]
+
+
 async def test_claims_follow_the_global_order_across_64_shapes(queue: Queue) -> None:
     rng = random.Random(7)
     tags = [f"t{i}" for i in range(64)]
@@ -41,7 +55,8 @@ async def test_claims_follow_the_global_order_across_64_shapes(queue: Queue) -> 
     assert got == expected
 
 
-async def test_a_batch_stops_where_another_shape_ranks_first(queue: Queue) -> None:
+async def test_a_batch_stops_where_another_shape_ranks_first(make_queue) -> None:
+    queue = await make_queue(claim_slack_ms=0)
     a = [await _tagged(queue, "a") for _ in range(3)]
     b = await _tagged(queue, "b")
     a += [await _tagged(queue, "a") for _ in range(2)]
@@ -156,3 +171,22 @@ async def test_finish_and_claim_completes_and_leases_in_one_round(queue: Queue, 
     codes, none = await queue.finish_and_claim([(jobs[4].id, third[0].token, None)], "w", shapes, 2)
     assert codes == [1] and none == []
     assert (await queue.stats()).totals.get("completed") == 5
+
+
+async def test_the_default_slack_never_reorders_priorities(make_queue) -> None:
+    queue = await make_queue()
+    assert 0 < queue.settings.claim_slack_ms * 10 < queue.settings.priority_step_ms
+    rng = random.Random(3)
+    jobs = [await _tagged(queue, f"t{i % 16}", priority=i % 3) for i in range(90)]
+    shapes = sorted({j.shape for j in jobs})
+    worker_class = queue.worker_class(shapes)
+    got = []
+    while True:
+        # Stale hints, as concurrent workers of one class leave each other: any four shapes.
+        worker_class.take_hint(",".join(rng.sample(shapes, 4)))
+        claimed = await queue.claim("w", shapes)
+        if claimed is None:
+            break
+        got.append(claimed.job)
+    assert sorted(j.id for j in got) == sorted(j.id for j in jobs)
+    assert [j.priority for j in got] == sorted((j.priority for j in jobs), reverse=True)

@@ -4,8 +4,10 @@
   A worker class is a set of shape ids (the `class` SET, written by the client from its shape list). The claim
   walks `heads` (shape -> best waiting score, over every shape) from the best; the first members the class
   holds are its best shapes. The client passes, as candidates, the ready indexes of the shapes it expects to
-  be best (the hint of its previous reply). When the best shape is not among them the script changes nothing
-  and answers 'retry' with a fresh hint, so every key it touches is declared in KEYS.
+  be best (the hint of its previous reply). It claims from the candidate with the best head when that head
+  is within the slack of the class's very best (slack 0: strictly the best). Otherwise it changes nothing and
+  answers 'retry' with a fresh hint, so every key it touches is declared in KEYS. The slack lets concurrent
+  workers of one class take near-simultaneous jobs of different shapes without racing for the single best.
 
   Cost: O(log S + W) on `heads` (S shapes waiting; W = shapes of other classes ranked ahead of this class's
   best ones), O(log N + n) on one ready index, then O(1) per claimed job. Neither the number of shapes the
@@ -22,13 +24,14 @@
     KEYS[8]  leases    ZSET id -> lease deadline, ms
     KEYS[9]  counts    HASH of totals
     KEYS[10] events    STREAM
-    KEYS[11..10+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[9..8+C]
+    KEYS[11..10+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[10..9+C]
 
     ARGV[1]  unused          ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  worker id        ARGV[6]  fencing token prefix (random; job i of the batch gets prefix.i)
     ARGV[7]  lease, ms        ARGV[8]  most jobs to claim (n >= 1)
-    ARGV[9..8+C]  candidate shape ids
+    ARGV[9]  slack, in score units (1 ms of submission = 1000)
+    ARGV[10..9+C]  candidate shape ids
 
   Returns:
     {'ok', hint, deadline ms, shape, id, job JSON, attempt, id, job JSON, attempt, ...}  (1..n jobs, all of
@@ -49,13 +52,14 @@ local heads_key, class_key, spec_key, meta_key, state_key = KEYS[1], KEYS[2], KE
 local attempts_key, owner_key, leases_key, counts_key, events_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local queue, mode, maxlen = ARGV[2], ARGV[3], ARGV[4]
 local worker, token, lease_ms, want = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local slack = tonumber(ARGV[9])
 local TOP = 4
 
 -- The class's best shapes in score order, {shape, score} each: walk heads in growing pages until two are
 -- known (the best and the runner-up that bounds a batch), keeping up to TOP from the pages read.
 local function class_top()
   local top = {}
-  local start, page = 0, 16
+  local start, page = 0, 4
   while #top < 2 do
     local entries = rcall('ZRANGE', heads_key, start, start + page - 1, 'WITHSCORES')
     local n = #entries / 2
@@ -83,15 +87,26 @@ if #top == 0 then
   if rcall('EXISTS', class_key) == 0 then return {'noclass'} end
   return {'none'}
 end
-local best = top[1][1]
-local ready_key
-for i = 9, #ARGV do
-  if ARGV[i] == best then ready_key = KEYS[i + 2] end
+-- The candidate with the best head, if that head is within the slack of the class's very best.
+local ncand = #ARGV - 9
+local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, 10, 9 + ncand))
+local chosen, chosen_score, ready_key
+for i = 1, ncand do
+  local score = tonumber(heads[i])
+  if score and score <= top[1][2] + slack and (not chosen_score or score < chosen_score) then
+    chosen, chosen_score, ready_key = ARGV[9 + i], score, KEYS[10 + i]
+  end
 end
-if not ready_key then return {'retry', hint_of(top)} end
+if not chosen then return {'retry', hint_of(top)} end
+local best = chosen
+-- heads holds every class's shapes: a candidate other than the class's best must be checked as its own.
+if best ~= top[1][1] and rcall('SISMEMBER', class_key, best) == 0 then return {'retry', hint_of(top)} end
 
--- Take jobs from this shape while they rank no worse than the runner-up's best: a batch keeps the order.
-local bound = top[2] and top[2][2]
+-- Take jobs from this shape while they rank no worse than (the slack past) the best other shape's head:
+-- a batch keeps the order.
+local other = top[1]
+if other[1] == best then other = top[2] end
+local bound = other and other[2] + slack
 local popped = rcall('ZPOPMIN', ready_key, want)
 local ids = {}
 for i = 1, #popped, 2 do
@@ -109,7 +124,9 @@ if #ids == 0 then
   return {'retry', hint_of(top)}
 end
 -- The hint after this claim: the same shapes, the claimed one re-ranked by its new head (or gone).
-table.remove(top, 1)
+for i = #top, 1, -1 do
+  if top[i][1] == best then table.remove(top, i) end
+end
 if head_score then
   local at = #top + 1
   for i = #top, 1, -1 do

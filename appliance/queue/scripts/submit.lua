@@ -54,8 +54,8 @@ rcall('HSET', state_key, id, 'pending')
 rcall('ZADD', ready_key, score, id)
 rcall('ZADD', heads_key, 'LT', score, shape)
 if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
-  -- A member longer than 64 bytes keeps heads in Redis's hashtable encoding: in the compact (listpack)
-  -- encoding every ZMSCORE lookup in claim.lua would scan the whole index, O(K x shapes) instead of O(K).
+  -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
+  -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.
   rcall('ZADD', heads_key, 'NX', '+inf', HEADS_SENTINEL)
   rcall('PUBLISH', ARGV[15], shape)
 end

@@ -47,20 +47,20 @@ local rcall = redis.call
 -- @include now
 -- @include emit
 -- @include heads
+-- @include sentinel
 
 local heads_key, class_key, spec_key, meta_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local attempts_key, owner_key, leases_key, counts_key, events_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local queue, mode, maxlen = ARGV[2], ARGV[3], ARGV[4]
 local worker, token, lease_ms, want = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local slack = tonumber(ARGV[9])
-local TOP = 4
 
--- The class's best shapes in score order, {shape, score} each: walk heads in growing pages until two are
--- known (the best and the runner-up that bounds a batch), keeping up to TOP from the pages read.
+-- The class's two best shapes in score order, {shape, score} each (the best, and the runner-up that bounds a
+-- batch): walk heads in growing pages; the sentinel at +inf marks the end.
 local function class_top()
   local top = {}
-  local start, page = 0, 4
-  while #top < 2 do
+  local start, page = 0, 2
+  while true do
     local entries = rcall('ZRANGE', heads_key, start, start + page - 1, 'WITHSCORES')
     local n = #entries / 2
     if n == 0 then break end
@@ -68,9 +68,12 @@ local function class_top()
     for i = 1, n do members[i] = entries[2 * i - 1] end
     local held = rcall('SMISMEMBER', class_key, unpack(members))
     for i = 1, n do
-      if held[i] == 1 and #top < TOP then top[#top + 1] = {members[i], tonumber(entries[2 * i])} end
+      if held[i] == 1 then
+        top[#top + 1] = {members[i], tonumber(entries[2 * i])}
+        if #top == 2 then return top end
+      end
     end
-    if n < page then break end
+    if n < page or members[n] == HEADS_SENTINEL then break end
     start, page = start + page, math.min(page * 4, 1024)
   end
   return top
@@ -87,20 +90,27 @@ if #top == 0 then
   if rcall('EXISTS', class_key) == 0 then return {'noclass'} end
   return {'none'}
 end
--- The candidate with the best head, if that head is within the slack of the class's very best.
+-- The class's best shape when it is a candidate (no lookup needed); else the candidate with the best head, if
+-- that head is within the slack of the class's very best.
 local ncand = #ARGV - 9
-local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, 10, 9 + ncand))
-local chosen, chosen_score, ready_key
+local chosen, ready_key
 for i = 1, ncand do
-  local score = tonumber(heads[i])
-  if score and score <= top[1][2] + slack and (not chosen_score or score < chosen_score) then
-    chosen, chosen_score, ready_key = ARGV[9 + i], score, KEYS[10 + i]
+  if ARGV[9 + i] == top[1][1] then chosen, ready_key = ARGV[9 + i], KEYS[10 + i] end
+end
+if not chosen and slack > 0 then
+  local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, 10, 9 + ncand))
+  local chosen_score
+  for i = 1, ncand do
+    local score = tonumber(heads[i])
+    if score and score <= top[1][2] + slack and (not chosen_score or score < chosen_score) then
+      chosen, chosen_score, ready_key = ARGV[9 + i], score, KEYS[10 + i]
+    end
   end
+  -- heads holds every class's shapes: a candidate must be checked as one of this class's own.
+  if chosen and rcall('SISMEMBER', class_key, chosen) == 0 then chosen = nil end
 end
 if not chosen then return {'retry', hint_of(top)} end
 local best = chosen
--- heads holds every class's shapes: a candidate other than the class's best must be checked as its own.
-if best ~= top[1][1] and rcall('SISMEMBER', class_key, best) == 0 then return {'retry', hint_of(top)} end
 
 -- Take jobs from this shape while they rank no worse than (the slack past) the best other shape's head:
 -- a batch keeps the order.
@@ -138,11 +148,13 @@ end
 local now = server_now()
 local deadline = now + lease_ms
 local metas, specs = rcall('HMGET', meta_key, unpack(ids)), rcall('HMGET', spec_key, unpack(ids))
-local attempts = rcall('HMGET', attempts_key, unpack(ids))
+-- One job: HINCRBY. A batch: one read and one write of the attempts column.
+local attempts = (#ids > 1) and rcall('HMGET', attempts_key, unpack(ids)) or nil
 local states, owners, leases, tries = {}, {}, {}, {}
 local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
-  local attempt = (tonumber(attempts[i]) or 0) + 1
+  local attempt
+  if attempts then attempt = (tonumber(attempts[i]) or 0) + 1 else attempt = rcall('HINCRBY', attempts_key, id, 1) end
   local at = 2 * i - 1
   states[at], states[at + 1] = id, 'claimed'
   tries[at], tries[at + 1] = id, attempt
@@ -155,7 +167,7 @@ for i, id in ipairs(ids) do
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt
 end
 rcall('HSET', state_key, unpack(states))
-rcall('HSET', attempts_key, unpack(tries))
+if attempts then rcall('HSET', attempts_key, unpack(tries)) end
 rcall('HSET', owner_key, unpack(owners))
 rcall('ZADD', leases_key, unpack(leases))
 return reply

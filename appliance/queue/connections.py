@@ -9,10 +9,17 @@ usual error).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis is a dependency; a bare redis-py still works
@@ -46,7 +53,7 @@ class HiredisUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
     pass
 
 
-def connection_class_for(url: str) -> type[Connection]:
+def connection_class_for(url: str) -> type[AbstractConnection]:
     """The connection class matching a redis://, rediss:// or unix:// URL."""
     scheme = url.split("://", 1)[0].lower()
     if scheme == "rediss":

@@ -103,7 +103,6 @@ class WorkerSession:
         self.shapes = matching
         if added:
             await self.queue.register_class(self.queue.worker_class(self.shapes))
-        if added:
             self._wake.set()
             if self._pubsub is not None:
                 await self._pubsub.subscribe(*(self.queue.keys.wake_channel(s) for s in added))

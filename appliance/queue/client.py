@@ -44,7 +44,8 @@ SUBMIT_BATCH = 500
 MAX_CLAIM_BATCH = 256
 #: Claim calls before `claim_many` gives up on a race it keeps losing (each lost one is a read-only call).
 CLAIM_TRIES = 8
-#: Idle life of a worker class SET (ms); claim.lua answers 'noclass' once it is gone, and the client rewrites it.
+#: Life of a worker class SET after it was last written (ms); once it is gone claim.lua answers 'noclass' and the
+#: client writes it again, so classes no worker uses any more disappear on their own.
 CLAIM_CLASS_TTL_MS = 86_400_000
 
 

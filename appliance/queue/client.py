@@ -19,7 +19,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
 
 from appliance.queue.connections import connection_class_for
 from appliance.queue.errors import InvalidJob, JobNotFound, QueueError, ScriptCode, raise_for_code
@@ -35,7 +34,7 @@ from appliance.queue.models import (
     ms_to_datetime,
 )
 from appliance.queue.options import QueueSettings
-from appliance.queue.scripts import ScriptSet, is_missing_function
+from appliance.queue.scripts import ScriptSet
 from appliance.queue.shapes import WorkerClass, shape_of
 
 #: Jobs per round trip when submitting in bulk.
@@ -185,11 +184,11 @@ class Queue:
                 raise_for_code(int(await self._call("submit", keys, args)), job_id)
         else:
             for start in range(0, len(calls), SUBMIT_BATCH):
-                pipe = self.client.pipeline(transaction=False)
                 batch = calls[start : start + SUBMIT_BATCH]
-                for _, keys, args in batch:
-                    pipe.fcall(*self.scripts.fcall_args("submit", keys, self._common() + args))
-                for (job_id, _, _), code in zip(batch, await pipe.execute(), strict=True):
+                codes = await self.scripts.call_pipelined(
+                    self.client, [("submit", keys, self._common() + args) for _, keys, args in batch]
+                )
+                for (job_id, _, _), code in zip(batch, codes, strict=True):
                     raise_for_code(int(code), job_id)
         return [
             self._job_from_spec(s, job_id, keys[3].rsplit(":", 1)[1])
@@ -448,14 +447,14 @@ class Queue:
             token = secrets.token_hex(12)
             keys, args = self.claim_call(worker_id, worker_class, token, count)
             if pipelined and attempt == 0:
-                try:
-                    codes, reply = await self._pipelined_finish_and_claim(outcomes, keys, args)
-                except ResponseError as exc:
-                    if not is_missing_function(exc):
-                        raise
-                    await self.scripts.load(self.client)  # nothing ran: the library was missing
-                    codes = await self.complete_many(outcomes)
-                    reply = await self._call("claim", keys, args)
+                done, reply = await self.scripts.call_pipelined(
+                    self.client,
+                    [
+                        ("complete", *self.complete_call(outcomes, common=True)),
+                        ("claim", keys, self._common() + args),
+                    ],
+                )
+                codes = [int(c) for c in done]
             else:
                 reply = await self._call("claim", keys, args)
             outcome = reply[0]
@@ -474,15 +473,6 @@ class Queue:
         # Other workers kept taking the best job first; `worker_class.hint` still names waiting shapes, which
         # tells WorkerSession to come back at once.
         return codes, []
-
-    async def _pipelined_finish_and_claim(
-        self, outcomes: Sequence[tuple[str, str, Any]], keys: list[str], args: list[Any]
-    ) -> tuple[list[int], Any]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.fcall(*self.scripts.fcall_args("complete", *self.complete_call(outcomes, common=True)))
-        pipe.fcall(*self.scripts.fcall_args("claim", keys, self._common() + args))
-        done, reply = await pipe.execute()
-        return [int(c) for c in done], reply
 
     @staticmethod
     def _claimed(worker_id: str, token: str, reply: list[Any]) -> list[ClaimedJob]:

@@ -190,3 +190,10 @@ async def test_the_default_slack_never_reorders_priorities(make_queue) -> None:
         got.append(claimed.job)
     assert sorted(j.id for j in got) == sorted(j.id for j in jobs)
     assert [j.priority for j in got] == sorted((j.priority for j in jobs), reverse=True)
+
+
+async def test_submit_many_reloads_a_library_the_server_lost(queue: Queue, aredis) -> None:
+    await aredis.function_flush()
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
+    assert [(await queue.get(j.id)).status for j in jobs] == [JobStatus.PENDING] * 3
+    assert (await queue.stats()).totals.get("submitted") == 3

@@ -140,6 +140,27 @@ class ScriptSet:
             await self._function_load(client)
             return await client.fcall(self.function_name(name), len(keys), *keys, *args)
 
-    def fcall_args(self, name: str, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
-        """Arguments for a pipelined FCALL (callers check `use_functions` first)."""
-        return (self.function_name(name), len(keys), *keys, *args)
+    async def call_pipelined(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Several FCALLs in one round trip (callers check `use_functions` first). A call that found the library
+        missing did not run: those, and only those, run again once after a reload, as in `call`."""
+        results = await self._pipeline(client, calls)
+        missing = [
+            i for i, r in enumerate(results) if isinstance(r, ResponseError) and is_missing_function(r)
+        ]
+        if missing:
+            log.warning("queue functions missing on the server (restart or flush?); reloading")
+            await self._function_load(client)
+            for i, result in zip(
+                missing, await self._pipeline(client, [calls[i] for i in missing]), strict=True
+            ):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _pipeline(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.fcall(self.function_name(name), len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

@@ -308,13 +308,17 @@ def test_hung_worker_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None
         journal = c.journal(unit)
         assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
         # Result= is reset by the restart; ExecStopPost= counted the kill where the supervisor's metrics read it.
+        # At least one: on a loaded machine the restarted worker may miss the 4 s watchdog again and be killed twice.
+        series = (
+            'appliance_service_watchdog_kills_total{kind="worker",service="'
+            f'worker@{unit.split("@")[1].removesuffix(".service")}",unit="{unit}"}} '
+        )
         c.wait_props(
             MACHINE,
             "counted",
-            lambda _: (
-                'appliance_service_watchdog_kills_total{kind="worker",service="'
-                f'worker@{unit.split("@")[1].removesuffix(".service")}",unit="{unit}"}} 1.0'
-                in _metrics(fresh)
+            lambda _: any(
+                line.startswith(series) and float(line[len(series) :]) >= 1
+                for line in _metrics(fresh).splitlines()
             ),
             ["Id"],
             timeout=60,

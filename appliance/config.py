@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from appliance.queue.connections import check_database
 from appliance.queue.options import QueueSettings
 from appliance.secrets import SecretError, credential_name, read_secret, split_url_password
 
@@ -96,6 +97,12 @@ class RedisSettings(_Section):
         min_length=1,
         description="Name of the job queue; all Redis keys of one queue share one hash tag.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _database_number(cls, value: str) -> str:
+        check_database(value)
+        return value
 
     @model_validator(mode="after")
     def _password_out_of_url(self) -> RedisSettings:

@@ -465,3 +465,23 @@ def test_reference_lists_every_setting_and_env_name() -> None:
         "APPLIANCE_REDIS__PASSWORD_FILE",
     ):
         assert f"`{name}`" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://host/x", "must be a database number (e.g. /0), not /x"),
+        ("redis://host/1/2", "not /1/2"),
+        ("rediss://host:6380/db0", "not /db0"),
+        ("redis://host/?db=one", "db=one in the Redis URL is not a database number"),
+    ],
+)
+def test_redis_url_names_no_database_number(url: str, expected: str) -> None:
+    # redis-py would silently use db 0 (or db 12 for /1/2): another database's keys.
+    (line,) = errors_of(env={"APPLIANCE_REDIS_URL": url})
+    assert line.startswith("redis.url: ") and expected in line and "\n" not in line
+
+
+@pytest.mark.parametrize("url", ["redis://host", "redis://host/", "redis://host:6379/15", "unix:///run/r.sock?db=2"])
+def test_redis_url_database_numbers_accepted(url: str) -> None:
+    assert load_settings(None, env={"APPLIANCE_REDIS_URL": url}).settings.redis.url == url

@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from appliance.queue.connections import connection_class_for
+from appliance.queue.connections import check_database, connection_class_for
 from appliance.queue.errors import InvalidJob, JobNotFound, QueueError, ScriptCode, raise_for_code
 from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS, QueueKeys
 from appliance.queue.models import (
@@ -104,6 +104,7 @@ class Queue:
         **redis_kwargs: Any,
     ) -> Queue:
         """Connect, check the server answers, and install the scripts."""
+        check_database(url)
         kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
         if password is not None:
             kwargs["password"] = password

@@ -482,6 +482,8 @@ def test_redis_url_names_no_database_number(url: str, expected: str) -> None:
     assert line.startswith("redis.url: ") and expected in line and "\n" not in line
 
 
-@pytest.mark.parametrize("url", ["redis://host", "redis://host/", "redis://host:6379/15", "unix:///run/r.sock?db=2"])
+@pytest.mark.parametrize(
+    "url", ["redis://host", "redis://host/", "redis://host:6379/15", "unix:///run/r.sock?db=2"]
+)
 def test_redis_url_database_numbers_accepted(url: str) -> None:
     assert load_settings(None, env={"APPLIANCE_REDIS_URL": url}).settings.redis.url == url

@@ -74,7 +74,9 @@ def check_database(url: str) -> None:
     if parts.scheme in ("redis", "rediss"):
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if path and not (path.isascii() and path.isdigit()):
-            raise ValueError(f"the path of {parts.scheme}://… must be a database number (e.g. /0), not /{path}")
+            raise ValueError(
+                f"the path of {parts.scheme}://… must be a database number (e.g. /0), not /{path}"
+            )
     for value in parse_qs(parts.query).get("db", []):
         if not (value.isascii() and value.isdigit()):
             raise ValueError(f"db={value} in the Redis URL is not a database number")

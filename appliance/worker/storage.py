@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import secrets
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path

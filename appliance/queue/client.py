@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -68,6 +69,56 @@ def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
             f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
         )
         raise InvalidJob(f"invalid job: {problems}") from None
+
+
+def _json_or(raw: str | None, default: Any) -> Any:
+    """`raw` parsed as JSON, or `default` when it is missing or not JSON."""
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return default
+
+
+def _int_or(raw: str | None, default: int) -> int:
+    try:
+        return int(raw) if raw is not None else default
+    except ValueError:
+        return default
+
+
+def _time_or_none(ms: str | None) -> datetime | None:
+    try:
+        return ms_to_datetime(ms)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _job_from_body(body: Mapping[str, Any], job_id: str, **known: Any) -> Job:
+    """The Job of a stored spec; fields that do not validate are left at their defaults."""
+    fields = {k: v for k, v in body.items() if k in Job.model_fields and k != "id" and k not in known}
+    for _ in range(len(fields) + 1):
+        try:
+            return Job(id=job_id, **{"service": "", **fields}, **known)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & set(fields)
+            if not bad:
+                break
+            for name in bad:
+                del fields[name]
+    return Job(id=job_id, service="", **known)
+
+
+def _split_around(value: str, before: int, after: int) -> list[str] | None:
+    """Split `value` on '|' into before + 1 + after parts, the middle one keeping any extra '|'."""
+    head = value.split("|", before) if before else [value]
+    if len(head) != before + 1:
+        return None
+    tail = head[-1].rsplit("|", after)
+    if len(tail) != after + 1:
+        return None
+    return head[:-1] + tail
 
 
 class Queue:
@@ -245,31 +296,51 @@ class Queue:
         ) = await pipe.execute()
         if spec is None or state is None:
             return None
-        body = json.loads(spec)
-        shape, _, created_ms = meta.split("|")[:3]
-        job = Job(
-            **{k_: v for k_, v in body.items() if k_ in Job.model_fields},
-            status=JobStatus(state),
-            attempts=int(attempts or 0),
-            created_at=ms_to_datetime(created_ms),
+        # Every column is parsed defensively: an odd record (written by an older version, or by hand) shows
+        # what can be read instead of crashing `job get/list/wait`.
+        body = _json_or(spec, {})
+        shape, _, created_ms = (
+            (meta or "").split("|")[:3] if meta and meta.count("|") >= 2 else ("", "", None)
+        )
+        try:
+            status = JobStatus(state)
+        except ValueError:
+            return None
+        job = _job_from_body(
+            body if isinstance(body, dict) else {},
+            job_id,
+            status=status,
+            attempts=_int_or(attempts, 0),
+            created_at=_time_or_none(created_ms),
             cancel_requested=cancel is not None,
-            next_attempt_at=ms_to_datetime(delayed),
+            next_attempt_at=_time_or_none(delayed),
         )
         if owner:
-            _, job.worker_id, claimed = owner.split("|")
-            job.claimed_at = ms_to_datetime(claimed)
+            # token|worker|claimed_ms: the token never holds '|' and claimed_ms is a number, so the worker id is
+            # whatever lies between (even a '|' written before ids were validated).
+            lease = _split_around(owner, 1, 1)
+            if lease:
+                job.worker_id, job.claimed_at = lease[1], _time_or_none(lease[2])
         elif info:
-            worker, claimed, finished = info.split("|")
-            job.worker_id = worker or None
-            job.claimed_at = ms_to_datetime(claimed)
-            job.finished_at = ms_to_datetime(finished)
+            # worker|claimed_ms|finished_ms
+            finished = _split_around(info, 0, 2)
+            if finished:
+                job.worker_id = finished[0] or None
+                job.claimed_at = _time_or_none(finished[1])
+                job.finished_at = _time_or_none(finished[2])
         if progress:
-            job.progress = json.loads(progress)
+            parsed = _json_or(progress, None)
+            job.progress = parsed if isinstance(parsed, dict) else None
         if result is not None:
-            job.result = json.loads(result)
+            job.result = _json_or(result, result)
         if errors:
-            job.errors = json.loads(errors)
-            job.error = str(job.errors[-1].get("message")) if job.errors else None
+            history = _json_or(errors, [])
+            if not isinstance(history, list):
+                history = [history]
+            job.errors = [e if isinstance(e, dict) else {"message": str(e)} for e in history]
+            # `error` says why the job is not done: a completed job's earlier failed attempts stay in `errors`.
+            if job.errors and status is not JobStatus.COMPLETED:
+                job.error = str(job.errors[-1].get("message"))
         if job.status is JobStatus.PENDING:
             job.unworkable = not await self._shape_is_live(shape)
         return job
@@ -611,6 +682,7 @@ class Queue:
                         k.events,
                         k.info,
                         k.cancels,
+                        k.progress,
                     ],
                     [
                         job_id,
@@ -662,6 +734,7 @@ class Queue:
                         k.dead,
                         k.errors,
                         k.info,
+                        k.progress,
                     ],
                     [
                         job_id,
@@ -687,7 +760,8 @@ class Queue:
         """Ids of the jobs a worker holds leases on (a scan of the active leases, not of all jobs)."""
         found = []
         async for job_id, owner in self.client.hscan_iter(self.keys.owner, count=500):
-            if owner.split("|")[1] == worker_id:
+            lease = _split_around(owner, 1, 1)
+            if lease and lease[1] == worker_id:
                 found.append(job_id)
         return found
 
@@ -739,6 +813,7 @@ class Queue:
                     k.events,
                     k.info,
                     k.cancels,
+                    k.progress,
                 ],
                 [
                     shape,

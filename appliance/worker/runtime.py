@@ -349,7 +349,7 @@ class Worker:
         assert self.session is not None
         while True:
             job_id = await self.session.cancel_requests.get()
-            lease = self.leases.get(job_id)
+            lease = self.leases.current(job_id)
             if lease is not None:
                 self._cancel_requested(lease)
 

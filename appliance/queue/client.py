@@ -22,7 +22,14 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from appliance.queue.connections import check_database, connection_class_for
-from appliance.queue.errors import InvalidJob, JobNotFound, QueueError, ScriptCode, raise_for_code
+from appliance.queue.errors import (
+    DuplicateJob,
+    InvalidJob,
+    JobNotFound,
+    QueueError,
+    ScriptCode,
+    raise_for_code,
+)
 from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS, QueueKeys
 from appliance.queue.models import (
     Capabilities,
@@ -228,24 +235,59 @@ class Queue:
         return self._job_from_spec(parsed, job_id, keys[3].rsplit(":", 1)[1])
 
     async def submit_many(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
-        """Validate every job first (nothing is enqueued if one is invalid), then enqueue in pipelined batches."""
+        """Enqueue a batch, all or nothing: every job is validated and every caller-chosen id checked (against
+        the queue and within the batch) before anything is written, then the jobs are enqueued in pipelined
+        batches. InvalidJob or DuplicateJob means nothing was enqueued, so the caller may fix and retry.
+
+        One race is left: another client submitting one of these ids between the check and the writes. Then
+        DuplicateJob names it and its `submitted` lists the jobs of this call that were enqueued.
+        """
         parsed = [self._classified(s) for s in specs]
+        chosen = [s.id for s in parsed if s.id is not None]
+        seen: set[str] = set()
+        for job_id in chosen:
+            if job_id in seen:
+                raise DuplicateJob(job_id, f"id {job_id!r} appears twice in the batch; nothing was submitted")
+            seen.add(job_id)
+        for start in range(0, len(chosen), SUBMIT_BATCH):
+            part = chosen[start : start + SUBMIT_BATCH]
+            for job_id, state in zip(part, await self.client.hmget(self.keys.state, part), strict=True):
+                if state is not None:
+                    raise DuplicateJob(
+                        job_id, f"a job with id {job_id!r} already exists; nothing was submitted"
+                    )
         calls = [self._submit_call(s) for s in parsed]
-        if not self.scripts.use_functions or hasattr(self.client, "get_primaries"):
-            for job_id, keys, args in calls:
-                raise_for_code(int(await self._call("submit", keys, args)), job_id)
-        else:
-            for start in range(0, len(calls), SUBMIT_BATCH):
-                batch = calls[start : start + SUBMIT_BATCH]
-                codes = await self.scripts.call_pipelined(
-                    self.client, [("submit", keys, self._common() + args) for _, keys, args in batch]
-                )
-                for (job_id, _, _), code in zip(batch, codes, strict=True):
-                    raise_for_code(int(code), job_id)
-        return [
+        jobs = [
             self._job_from_spec(s, job_id, keys[3].rsplit(":", 1)[1])
             for s, (job_id, keys, _) in zip(parsed, calls, strict=True)
         ]
+        codes: list[Any] = []
+        if not self.scripts.use_functions or hasattr(self.client, "get_primaries"):
+            for _, keys, args in calls:
+                codes.append(await self._call("submit", keys, args))
+                if int(codes[-1]) == ScriptCode.DUPLICATE:
+                    break
+        else:
+            for start in range(0, len(calls), SUBMIT_BATCH):
+                batch = calls[start : start + SUBMIT_BATCH]
+                codes += await self.scripts.call_pipelined(
+                    self.client, [("submit", keys, self._common() + args) for _, keys, args in batch]
+                )
+                if any(int(code) == ScriptCode.DUPLICATE for code in codes[-len(batch) :]):
+                    break
+        written = [job for job, code in zip(jobs, codes, strict=False) if int(code) == ScriptCode.OK]
+        for job, code in zip(jobs, codes, strict=False):
+            if int(code) != ScriptCode.OK:
+                try:
+                    raise_for_code(int(code), job.id)
+                except DuplicateJob:
+                    raise DuplicateJob(
+                        job.id,
+                        f"a job with id {job.id!r} was submitted by another client meanwhile; "
+                        f"{len(written)} of the batch's {len(jobs)} jobs were submitted",
+                        submitted=written,
+                    ) from None
+        return jobs
 
     @staticmethod
     def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:

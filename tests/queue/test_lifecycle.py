@@ -250,6 +250,24 @@ async def test_bad_input_names_the_field_and_enqueues_nothing(queue: Queue, bad:
     assert (await queue.stats()).totals.get("submitted", 0) == 0
 
 
+@pytest.mark.parametrize("where", ["existing", "twice"])
+async def test_submit_many_is_all_or_nothing(queue: Queue, where: str) -> None:
+    # It used to enqueue the rest of the batch and raise, so the caller got no list and a retry double-submitted.
+    await queue.submit({"id": "order-1", "service": "echo"})
+    batch = [{"service": "echo", "payload": {"i": i}} for i in range(3)]
+    batch.insert(1, {"id": "order-1" if where == "existing" else "order-2", "service": "echo"})
+    if where == "twice":
+        batch.append({"id": "order-2", "service": "echo"})
+    with pytest.raises(DuplicateJob, match="nothing was submitted") as info:
+        await queue.submit_many(batch)
+    assert info.value.submitted == []
+    stats = await queue.stats()
+    assert stats.totals["submitted"] == 1 and stats.waiting == 1
+    assert await queue.get("order-2") is None
+    jobs = await queue.submit_many(batch[:1] + batch[2:4])  # the same batch without the offending id
+    assert len(jobs) == 3 and (await queue.stats()).waiting == 4
+
+
 async def test_submit_many_keeps_order(queue: Queue) -> None:
     jobs = await queue.submit_many([{"service": "echo", "payload": {"i": i}} for i in range(1200)])
     assert len({j.id for j in jobs}) == 1200

@@ -107,8 +107,9 @@ class ComfyUIConnector(Connector):
             raise RuntimeError("ComfyUIConnector.start() was not called")
         return self._session
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        """(status, parsed JSON or bytes); connection problems and 5xx become RetryableError."""
+    async def _request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> tuple[int, Any]:
+        """(status, parsed JSON or bytes; always bytes with `raw`); connection problems and 5xx become
+        RetryableError."""
         try:
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 body = await resp.read()
@@ -118,7 +119,7 @@ class ComfyUIConnector(Connector):
                         code="service_error",
                         details={"status": resp.status},
                     )
-                if resp.content_type == "application/json":
+                if not raw and resp.content_type == "application/json":
                     return resp.status, json.loads(body or b"null")
                 return resp.status, body
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
@@ -406,9 +407,12 @@ class ComfyUIConnector(Connector):
         refs, ui = output_refs(entry)
         stored: list[OutputFile] = []
         for ref in refs:
+            # Raw bytes whatever the Content-Type: /view serves a .json output as application/json, and the
+            # file must be stored as it is, not parsed.
             status, body = await self._request(
                 "GET",
                 "/view",
+                raw=True,
                 params={"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type},
             )
             if status != 200 or not isinstance(body, bytes):

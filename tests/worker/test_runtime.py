@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -345,3 +346,57 @@ async def test_job_tasks_cancel_only_the_named_attempt() -> None:
     assert "j" in tasks  # attempt 2 is still registered after attempt 1 ended
     gate.set()
     assert await run2 == "done"
+
+
+async def test_a_heartbeat_racing_the_completion_does_not_claim_the_outcome_is_lost(
+    queue: Queue, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The outcome's complete landed (ending the lease) while a heartbeat carrying the job was in flight: the
+    # heartbeat answers "lost". The worker logged "its outcome will not be written" and then the job completed.
+    from appliance.worker.connectors.echo import EchoConnector
+    from appliance.worker.execution import JobRunner
+    from appliance.worker.runtime import Worker
+    from appliance.worker.storage import LocalStorage
+
+    settings = load_settings(
+        None, env={"APPLIANCE_REDIS_URL": redis_url, "APPLIANCE_MACHINE_ID": "m"}
+    ).settings
+    storage = LocalStorage(tmp_path)
+    connector = EchoConnector(options=ConnectorSettings(), storage=storage)
+    worker = Worker(
+        settings,
+        parse_slot("echo0"),
+        connection=settings.redis_connection(),
+        connector=connector,
+        storage=storage,
+        env={},
+    )
+    writer = OutcomeWriter(queue, worker.link)
+    worker.runner = JobRunner(connector, queue, worker.leases, worker.link, writer, default_timeout_s=60)
+    session, finished = await _claim(queue)
+    _, running = await _claim(queue)
+    done = worker.runner.lease_for(finished)
+    still = worker.runner.lease_for(running)
+    done.finishing = True  # its connector call ended; the outcome is being written
+    beat = Heartbeater(
+        session,
+        worker.leases,
+        worker.link,
+        interval_s=1,
+        on_cancel=worker._cancel_requested,
+        on_lost=worker._lease_lost,
+    )
+    tokens = worker.leases.tokens()
+    await queue.complete(finished.job.id, finished.token, {"ok": True})  # the write landed ...
+    await queue.client.zadd(queue.keys.leases, {running.job.id: 0})  # ... and another lease really is lost
+    await queue.reap(force=True)
+    with caplog.at_level(logging.DEBUG, logger="appliance.worker.runtime"):
+        assert await beat.beat()  # ... before its reply: the heartbeat no longer finds either lease
+    assert worker.leases.tokens() == tokens
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [
+        f"job {running.job.id}: lease lost (heartbeat); stopping it, its outcome will not be written"
+    ]
+    assert done.stop is None and still.stop is StopReason.LOST
+    job = await queue.get(finished.job.id)
+    assert job is not None and job.status is JobStatus.COMPLETED

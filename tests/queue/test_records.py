@@ -90,3 +90,18 @@ async def test_a_job_back_in_line_does_not_keep_its_old_progress(queue: Queue, h
         await queue.fail(job.id, claimed.token, "flaky", retryable=True)
     got = await queue.get(job.id)
     assert got.status is JobStatus.PENDING and got.progress is None
+
+
+async def test_events_stay_valid_json_whatever_the_worker_id(queue: Queue) -> None:
+    # The pub/sub messages were concatenated too: a '"' in a worker id made them invalid JSON.
+    pubsub = queue.client.pubsub()
+    await pubsub.subscribe("job_claimed")
+    try:
+        job = await queue.submit({"service": "echo"})
+        await queue.claim(ODD_WORKER, [job.shape])
+        while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)) is None:
+            pass
+    finally:
+        await pubsub.aclose()
+    event = json.loads(message["data"])
+    assert event["worker"] == ODD_WORKER and event["job"] == job.id and event["event"] == "claimed"

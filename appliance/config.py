@@ -361,7 +361,10 @@ class S3Settings(_Section):
 class StorageSettings(_Section):
     backend: Literal["local", "s3"] = Field(default="local", description="Where job outputs are stored.")
     local_dir: Path = Field(
-        default=Path("/var/lib/appliance/outputs"), description="Output directory of the local backend."
+        default=Path("/var/lib/appliance/outputs"),
+        description="Output directory of the local backend. Files get mode 0666 less the worker's umask: "
+        "0644 under umask 022; under the units' UMask=0027, 0640 for the `appliance` group, so add the web "
+        "server serving `public_base_url` to that group.",
     )
     s3: S3Settings = Field(default_factory=S3Settings, description="S3 backend.")
 

@@ -17,6 +17,7 @@ Environment variables (parsed by `appliance.configload`):
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from appliance.queue.connections import check_database
 from appliance.queue.options import QueueSettings
 from appliance.secrets import SecretError, credential_name, read_secret, split_url_password
 
@@ -97,6 +99,12 @@ class RedisSettings(_Section):
         description="Name of the job queue; all Redis keys of one queue share one hash tag.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _database_number(cls, value: str) -> str:
+        check_database(value)
+        return value
+
     @model_validator(mode="after")
     def _password_out_of_url(self) -> RedisSettings:
         url, password = split_url_password(self.url)
@@ -114,13 +122,33 @@ class RedisSettings(_Section):
         return RedisConnection(self.url, password, self.username, self.tls_ca_file)
 
 
+#: Longest machine id: `<machine id>-<slot>` must still be a valid worker id (ID_PATTERN, 128 characters).
+MACHINE_ID_MAX = 96
+MACHINE_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{MACHINE_ID_MAX - 1}}}")
+
+
 class MachineSettings(_Section):
     id: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
-        description="Machine id; worker ids are `<machine id>-<slot>`. Defaults to the host name.",
+        description="Machine id (letters, digits and `_ . : -`, at most 96 characters); worker ids are "
+        "`<machine id>-<slot>`. Defaults to the host name.",
         json_schema_extra={"doc_default": "host name"},
     )
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        # The id lands in the lease owner field (`token|worker|claimed_ms`), JSON error records, channel names
+        # and log lines: only characters that need no escaping anywhere, like job ids. Worker ids are
+        # `<machine id>-<slot>`, so the machine id leaves room for the slot within the 128 of an id.
+        if not MACHINE_ID_RE.fullmatch(value):
+            raise ValueError(
+                "not a valid machine id: letters, digits and _ . : - only, starting with a "
+                f"letter or digit, at most {MACHINE_ID_MAX} characters"
+            )
+        return value
+
     type: Literal["gpu", "api"] = Field(
         default="api",
         description="`gpu` runs ComfyUI + one worker per GPU; `api` runs the enabled API connectors.",
@@ -333,7 +361,10 @@ class S3Settings(_Section):
 class StorageSettings(_Section):
     backend: Literal["local", "s3"] = Field(default="local", description="Where job outputs are stored.")
     local_dir: Path = Field(
-        default=Path("/var/lib/appliance/outputs"), description="Output directory of the local backend."
+        default=Path("/var/lib/appliance/outputs"),
+        description="Output directory of the local backend. Files get mode 0666 less the worker's umask: "
+        "0644 under umask 022; under the units' UMask=0027, 0640 for the `appliance` group, so add the web "
+        "server serving `public_base_url` to that group.",
     )
     s3: S3Settings = Field(default_factory=S3Settings, description="S3 backend.")
 
@@ -472,6 +503,18 @@ class Settings(_Section):
                 raise ValueError(
                     f"{key}: pool {name!r} is not defined in pools (defined: {', '.join(sorted(self.pools))})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        # A heartbeat every lease/2 or slower lets a healthy worker's lease expire between two beats: the job
+        # is handed to another worker while the first still runs it.
+        q = self.queue
+        if q.heartbeat_interval_ms * 2 >= q.lease_ms:
+            raise ValueError(
+                f"queue.heartbeat_interval_ms: {q.heartbeat_interval_ms} ms must be below half of "
+                f"queue.lease_ms ({q.lease_ms} ms), or leases expire between heartbeats"
+            )
         return self
 
     def redis_connection(self, env: Any = os.environ) -> RedisConnection:

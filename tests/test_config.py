@@ -465,3 +465,58 @@ def test_reference_lists_every_setting_and_env_name() -> None:
         "APPLIANCE_REDIS__PASSWORD_FILE",
     ):
         assert f"`{name}`" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://host/x", "must be a database number (e.g. /0), not /x"),
+        ("redis://host/1/2", "not /1/2"),
+        ("rediss://host:6380/db0", "not /db0"),
+        ("redis://host/?db=one", "db=one in the Redis URL is not a database number"),
+    ],
+)
+def test_redis_url_names_no_database_number(url: str, expected: str) -> None:
+    # redis-py would silently use db 0 (or db 12 for /1/2): another database's keys.
+    (line,) = errors_of(env={"APPLIANCE_REDIS_URL": url})
+    assert line.startswith("redis.url: ") and expected in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://host", "redis://host/", "redis://host:6379/15", "unix:///run/r.sock?db=2"]
+)
+def test_redis_url_database_numbers_accepted(url: str) -> None:
+    assert load_settings(None, env={"APPLIANCE_REDIS_URL": url}).settings.redis.url == url
+
+
+@pytest.mark.parametrize(("lease", "beat"), [("1000", "5000"), ("10000", "5000"), ("30000", "30000")])
+def test_heartbeat_at_or_above_half_the_lease_is_refused(lease: str, beat: str) -> None:
+    # lease_ms=1000 with heartbeat_interval_ms=5000 let a healthy worker's lease expire between beats.
+    env = {"APPLIANCE_QUEUE__LEASE_MS": lease, "APPLIANCE_QUEUE__HEARTBEAT_INTERVAL_MS": beat}
+    (line,) = errors_of(env=env)
+    assert line.startswith("queue.heartbeat_interval_ms: ") and f"half of queue.lease_ms ({lease} ms)" in line
+    env["APPLIANCE_QUEUE__HEARTBEAT_INTERVAL_MS"] = str(int(lease) // 2 - 1)
+    assert load_settings(None, env=env).settings.queue.heartbeat_interval_ms == int(lease) // 2 - 1
+
+
+@pytest.mark.parametrize("machine_id", ["m|1", 'm"1', "m1\nINFO forged line", "-m1", "m 1", "m" * 97, "m/1"])
+def test_machine_ids_are_validated_like_job_ids(machine_id: str) -> None:
+    # A '|' broke the lease owner field, a '"' the error history JSON, a newline forged log lines.
+    (line,) = errors_of(env={"APPLIANCE_MACHINE_ID": machine_id})
+    assert line.startswith("machine.id: not a valid machine id") and "\n" not in line
+
+
+@pytest.mark.parametrize("machine_id", ["m1", "gpu-box.example.com", "rack:3_node-7", "m" * 96])
+def test_ordinary_machine_ids_are_accepted(machine_id: str) -> None:
+    assert load_settings(None, env={"APPLIANCE_MACHINE_ID": machine_id}).settings.machine.id == machine_id
+
+
+async def test_a_worker_session_refuses_an_unsafe_worker_id(redis_url: str) -> None:
+    from appliance.queue import Capabilities, Queue
+
+    q = await Queue.connect(redis_url)
+    try:
+        with pytest.raises(ValueError, match="not a valid id"):
+            await q.worker_session("m|1-echo0", Capabilities(services=["echo"]))
+    finally:
+        await q.close()

@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_worker(args: argparse.Namespace) -> int:
     from appliance.config import ConfigError, RedisConnection, load_settings
+    from appliance.queue.connections import check_database
     from appliance.secrets import SecretError, split_url_password
     from appliance.worker.identity import SlotError, slot_from_arguments
     from appliance.worker.runtime import Worker, WorkerError
@@ -66,6 +67,10 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CommandError(str(exc).replace("\n", "; ")) from None
     if args.redis_url:
         url, password = split_url_password(args.redis_url)
+        try:
+            check_database(url)
+        except ValueError as exc:
+            raise CommandError(f"--redis-url: {exc}") from None
         connection = RedisConnection(
             url,
             password if password is not None else connection.password,

@@ -15,13 +15,21 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from appliance.queue.connections import connection_class_for
-from appliance.queue.errors import InvalidJob, JobNotFound, QueueError, ScriptCode, raise_for_code
+from appliance.queue.connections import check_database, connection_class_for
+from appliance.queue.errors import (
+    DuplicateJob,
+    InvalidJob,
+    JobNotFound,
+    QueueError,
+    ScriptCode,
+    raise_for_code,
+)
 from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS, QueueKeys
 from appliance.queue.models import (
     Capabilities,
@@ -70,6 +78,56 @@ def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
         raise InvalidJob(f"invalid job: {problems}") from None
 
 
+def _json_or(raw: str | None, default: Any) -> Any:
+    """`raw` parsed as JSON, or `default` when it is missing or not JSON."""
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return default
+
+
+def _int_or(raw: str | None, default: int) -> int:
+    try:
+        return int(raw) if raw is not None else default
+    except ValueError:
+        return default
+
+
+def _time_or_none(ms: str | None) -> datetime | None:
+    try:
+        return ms_to_datetime(ms)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _job_from_body(body: Mapping[str, Any], job_id: str, **known: Any) -> Job:
+    """The Job of a stored spec; fields that do not validate are left at their defaults."""
+    fields = {k: v for k, v in body.items() if k in Job.model_fields and k != "id" and k not in known}
+    for _ in range(len(fields) + 1):
+        try:
+            return Job(id=job_id, **{"service": "", **fields}, **known)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & set(fields)
+            if not bad:
+                break
+            for name in bad:
+                del fields[name]
+    return Job(id=job_id, service="", **known)
+
+
+def _split_around(value: str, before: int, after: int) -> list[str] | None:
+    """Split `value` on '|' into before + 1 + after parts, the middle one keeping any extra '|'."""
+    head = value.split("|", before) if before else [value]
+    if len(head) != before + 1:
+        return None
+    tail = head[-1].rsplit("|", after)
+    if len(tail) != after + 1:
+        return None
+    return head[:-1] + tail
+
+
 class Queue:
     """One queue on one Redis (standalone or Cluster); safe to share between tasks."""
 
@@ -104,6 +162,7 @@ class Queue:
         **redis_kwargs: Any,
     ) -> Queue:
         """Connect, check the server answers, and install the scripts."""
+        check_database(url)
         kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
         if password is not None:
             kwargs["password"] = password
@@ -176,24 +235,59 @@ class Queue:
         return self._job_from_spec(parsed, job_id, keys[3].rsplit(":", 1)[1])
 
     async def submit_many(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
-        """Validate every job first (nothing is enqueued if one is invalid), then enqueue in pipelined batches."""
+        """Enqueue a batch, all or nothing: every job is validated and every caller-chosen id checked (against
+        the queue and within the batch) before anything is written, then the jobs are enqueued in pipelined
+        batches. InvalidJob or DuplicateJob means nothing was enqueued, so the caller may fix and retry.
+
+        One race is left: another client submitting one of these ids between the check and the writes. Then
+        DuplicateJob names it and its `submitted` lists the jobs of this call that were enqueued.
+        """
         parsed = [self._classified(s) for s in specs]
+        chosen = [s.id for s in parsed if s.id is not None]
+        seen: set[str] = set()
+        for job_id in chosen:
+            if job_id in seen:
+                raise DuplicateJob(job_id, f"id {job_id!r} appears twice in the batch; nothing was submitted")
+            seen.add(job_id)
+        for start in range(0, len(chosen), SUBMIT_BATCH):
+            part = chosen[start : start + SUBMIT_BATCH]
+            for job_id, state in zip(part, await self.client.hmget(self.keys.state, part), strict=True):
+                if state is not None:
+                    raise DuplicateJob(
+                        job_id, f"a job with id {job_id!r} already exists; nothing was submitted"
+                    )
         calls = [self._submit_call(s) for s in parsed]
-        if not self.scripts.use_functions or hasattr(self.client, "get_primaries"):
-            for job_id, keys, args in calls:
-                raise_for_code(int(await self._call("submit", keys, args)), job_id)
-        else:
-            for start in range(0, len(calls), SUBMIT_BATCH):
-                batch = calls[start : start + SUBMIT_BATCH]
-                codes = await self.scripts.call_pipelined(
-                    self.client, [("submit", keys, self._common() + args) for _, keys, args in batch]
-                )
-                for (job_id, _, _), code in zip(batch, codes, strict=True):
-                    raise_for_code(int(code), job_id)
-        return [
+        jobs = [
             self._job_from_spec(s, job_id, keys[3].rsplit(":", 1)[1])
             for s, (job_id, keys, _) in zip(parsed, calls, strict=True)
         ]
+        codes: list[Any] = []
+        if not self.scripts.use_functions or hasattr(self.client, "get_primaries"):
+            for _, keys, args in calls:
+                codes.append(await self._call("submit", keys, args))
+                if int(codes[-1]) == ScriptCode.DUPLICATE:
+                    break
+        else:
+            for start in range(0, len(calls), SUBMIT_BATCH):
+                batch = calls[start : start + SUBMIT_BATCH]
+                codes += await self.scripts.call_pipelined(
+                    self.client, [("submit", keys, self._common() + args) for _, keys, args in batch]
+                )
+                if any(int(code) == ScriptCode.DUPLICATE for code in codes[-len(batch) :]):
+                    break
+        written = [job for job, code in zip(jobs, codes, strict=False) if int(code) == ScriptCode.OK]
+        for job, code in zip(jobs, codes, strict=False):
+            if int(code) != ScriptCode.OK:
+                try:
+                    raise_for_code(int(code), job.id)
+                except DuplicateJob:
+                    raise DuplicateJob(
+                        job.id,
+                        f"a job with id {job.id!r} was submitted by another client meanwhile; "
+                        f"{len(written)} of the batch's {len(jobs)} jobs were submitted",
+                        submitted=written,
+                    ) from None
+        return jobs
 
     @staticmethod
     def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
@@ -244,31 +338,51 @@ class Queue:
         ) = await pipe.execute()
         if spec is None or state is None:
             return None
-        body = json.loads(spec)
-        shape, _, created_ms = meta.split("|")[:3]
-        job = Job(
-            **{k_: v for k_, v in body.items() if k_ in Job.model_fields},
-            status=JobStatus(state),
-            attempts=int(attempts or 0),
-            created_at=ms_to_datetime(created_ms),
+        # Every column is parsed defensively: an odd record (written by an older version, or by hand) shows
+        # what can be read instead of crashing `job get/list/wait`.
+        body = _json_or(spec, {})
+        shape, _, created_ms = (
+            (meta or "").split("|")[:3] if meta and meta.count("|") >= 2 else ("", "", None)
+        )
+        try:
+            status = JobStatus(state)
+        except ValueError:
+            return None
+        job = _job_from_body(
+            body if isinstance(body, dict) else {},
+            job_id,
+            status=status,
+            attempts=_int_or(attempts, 0),
+            created_at=_time_or_none(created_ms),
             cancel_requested=cancel is not None,
-            next_attempt_at=ms_to_datetime(delayed),
+            next_attempt_at=_time_or_none(delayed),
         )
         if owner:
-            _, job.worker_id, claimed = owner.split("|")
-            job.claimed_at = ms_to_datetime(claimed)
+            # token|worker|claimed_ms: the token never holds '|' and claimed_ms is a number, so the worker id is
+            # whatever lies between (even a '|' written before ids were validated).
+            lease = _split_around(owner, 1, 1)
+            if lease:
+                job.worker_id, job.claimed_at = lease[1], _time_or_none(lease[2])
         elif info:
-            worker, claimed, finished = info.split("|")
-            job.worker_id = worker or None
-            job.claimed_at = ms_to_datetime(claimed)
-            job.finished_at = ms_to_datetime(finished)
+            # worker|claimed_ms|finished_ms
+            finished = _split_around(info, 0, 2)
+            if finished:
+                job.worker_id = finished[0] or None
+                job.claimed_at = _time_or_none(finished[1])
+                job.finished_at = _time_or_none(finished[2])
         if progress:
-            job.progress = json.loads(progress)
+            parsed = _json_or(progress, None)
+            job.progress = parsed if isinstance(parsed, dict) else None
         if result is not None:
-            job.result = json.loads(result)
+            job.result = _json_or(result, result)
         if errors:
-            job.errors = json.loads(errors)
-            job.error = str(job.errors[-1].get("message")) if job.errors else None
+            history = _json_or(errors, [])
+            if not isinstance(history, list):
+                history = [history]
+            job.errors = [e if isinstance(e, dict) else {"message": str(e)} for e in history]
+            # `error` says why the job is not done: a completed job's earlier failed attempts stay in `errors`.
+            if job.errors and status is not JobStatus.COMPLETED:
+                job.error = str(job.errors[-1].get("message"))
         if job.status is JobStatus.PENDING:
             job.unworkable = not await self._shape_is_live(shape)
         return job
@@ -610,6 +724,7 @@ class Queue:
                         k.events,
                         k.info,
                         k.cancels,
+                        k.progress,
                     ],
                     [
                         job_id,
@@ -661,6 +776,7 @@ class Queue:
                         k.dead,
                         k.errors,
                         k.info,
+                        k.progress,
                     ],
                     [
                         job_id,
@@ -686,7 +802,8 @@ class Queue:
         """Ids of the jobs a worker holds leases on (a scan of the active leases, not of all jobs)."""
         found = []
         async for job_id, owner in self.client.hscan_iter(self.keys.owner, count=500):
-            if owner.split("|")[1] == worker_id:
+            lease = _split_around(owner, 1, 1)
+            if lease and lease[1] == worker_id:
                 found.append(job_id)
         return found
 
@@ -738,6 +855,7 @@ class Queue:
                     k.events,
                     k.info,
                     k.cancels,
+                    k.progress,
                 ],
                 [
                     shape,

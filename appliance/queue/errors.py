@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ScriptCode(IntEnum):
@@ -50,9 +51,16 @@ class LeaseLost(QueueError):
 
 
 class DuplicateJob(QueueError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"a job with id {job_id!r} already exists")
+    """A caller-chosen id exists already (or appears twice in one `submit_many` batch).
+
+    `submitted` lists the jobs of the same `submit_many` call that were enqueued anyway: empty, except when
+    another client submitted one of the batch's ids between the batch's check and its writes.
+    """
+
+    def __init__(self, job_id: str, message: str | None = None, submitted: list[Any] | None = None) -> None:
+        super().__init__(message or f"a job with id {job_id!r} already exists")
         self.job_id = job_id
+        self.submitted: list[Any] = submitted or []
 
 
 class JobAlreadyFinished(QueueError):

@@ -5,6 +5,7 @@ Pydantic models guard the edges (submit, registration, CLI); every validation er
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -123,6 +124,20 @@ class Capabilities(BaseModel):
         return _check_names(value, info.field_name)
 
 
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or ±Infinity inside `value`, or None (iterative: no recursion limit)."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
+
+
 class JobSpec(BaseModel):
     """A job as a client submits it."""
 
@@ -144,6 +159,14 @@ class JobSpec(BaseModel):
     pool: str | None = Field(None, pattern=NAME_PATTERN, description="Shorthand for requirements.pool.")
     max_retries: int = Field(3, ge=0, le=100)
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Per-attempt run time limit (s).")
+
+    @field_validator("payload")
+    @classmethod
+    def _finite_numbers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # JSON has no NaN or Infinity: stored as JSON they would silently become null.
+        if where := _non_finite(value, "payload"):
+            raise ValueError(f"{where} is not a finite number (JSON has no NaN or Infinity)")
+        return value
 
     @model_validator(mode="after")
     def _customer_for_isolation(self) -> JobSpec:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from appliance.queue.models import Capabilities, ClaimedJob
+from appliance.queue.models import ID_PATTERN, Capabilities, ClaimedJob
 from appliance.queue.shapes import matches
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class WorkerSession:
     def __init__(
         self, queue: Queue, worker_id: str, capabilities: Capabilities, *, machine_id: str | None = None
     ) -> None:
+        if not re.fullmatch(ID_PATTERN, worker_id):
+            # Like job ids: it is written into the owner field (`token|worker|claimed_ms`) and JSON records.
+            raise ValueError(f"worker id {worker_id!r} is not a valid id (letters, digits, _ . : -; max 128)")
         self.queue = queue
         self.worker_id = worker_id
         self.capabilities = capabilities

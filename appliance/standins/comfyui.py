@@ -4,7 +4,8 @@
         [--fail-mode none|execution_error|oom|hang|drop_ws|crash] [--fail-times N] [--checkpoints a,b] [--vram-gb 24]
 
 Routes as ComfyUI (also under /api): /system_stats /object_info /prompt /queue /history /history/{id} /view
-/upload/image /interrupt /free /ws. Control: GET /__standin/stats, POST /__standin/config {field: value},
+/upload/image /interrupt /free /ws; /view answers with the type guessed from the file name, as ComfyUI does (a
+.json output, e.g. from the custom-node-style StandinSaveJSON, comes back as application/json). Control: GET /__standin/stats, POST /__standin/config {field: value},
 POST /__standin/restart (loses queue and history like a real restart), POST /__standin/pause {"paused": bool}.
 Fail modes hit the first StandinSampler (else the first output node) of a prompt: `execution_error` and `oom`
 fail it like ComfyUI does, `hang` never returns and ignores interrupts, `drop_ws` closes every socket after the

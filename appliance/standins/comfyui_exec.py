@@ -242,5 +242,13 @@ class Executor:
                 encode_wav(float(inputs.get("seconds", 0.25))),
             )
             return (), {"audio": [entry]}
+        if class_type == "StandinSaveJSON":
+            entry = self._save(
+                "output",
+                inputs.get("filename_prefix", "ComfyUI"),
+                "json",
+                str(inputs.get("text", "{}")).encode(),
+            )
+            return (), {"files": [entry]}
         # Loaders: model handles are opaque placeholders.
         return tuple(f"{class_type}:{node_id}:{i}" for i in range(3)), None

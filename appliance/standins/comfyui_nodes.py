@@ -78,6 +78,13 @@ def node_library(
             [],
             output_node=True,
         ),
+        # A custom-node-style output node that saves a .json file: /view serves it as application/json.
+        NodeDef(
+            "StandinSaveJSON",
+            {"text": ("STRING", {"default": "{}"}), "filename_prefix": prefix},
+            [],
+            output_node=True,
+        ),
         NodeDef("CheckpointLoaderSimple", {"ckpt_name": (list(checkpoints), {})}, ["MODEL", "CLIP", "VAE"]),
         NodeDef(
             "LoraLoader",

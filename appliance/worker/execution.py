@@ -4,7 +4,7 @@
     await runner.run(claimed)          # returns once the outcome is written (or known unwritable)
 
 A job is interrupted for one of the reasons in `StopReason` (cancel requested, timeout, lease lost, hand-back):
-`connector.cancel(job_id)` asks the service to stop, the connector call gets `interrupt_grace_s` to wind down,
+`connector.cancel(job_id, token)` asks the service to stop that attempt (never another attempt of the job), the connector call gets `interrupt_grace_s` to wind down,
 then its task is cancelled. The outcome follows from what the call returned or raised and why it was stopped.
 """
 
@@ -121,6 +121,7 @@ class JobRunner:
             attempt=lease.claimed.attempt,
             timeout_s=lease.timeout_s,
             customer_id=job.customer_id,
+            token=lease.token,
         )
         assert lease.progress is not None
         proc = asyncio.create_task(self.connector.process(cjob, lease.progress.report), name=f"job:{job.id}")
@@ -155,7 +156,7 @@ class JobRunner:
         """connector.cancel(), a grace to wind down, then cancel the call's task."""
         try:
             async with asyncio.timeout(CANCEL_CALL_TIMEOUT_S):
-                await self.connector.cancel(lease.job_id)
+                await self.connector.cancel(lease.job_id, lease.token)
         except Exception:
             log.exception("job %s: connector.cancel failed", lease.job_id)
         done, _ = await asyncio.wait({proc}, timeout=self.interrupt_grace_s)

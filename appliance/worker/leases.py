@@ -71,7 +71,11 @@ class Lease:
 
 
 class LeaseTable:
-    """Job id → Lease; `on_change` is called when a lease is added or removed."""
+    """Fencing token → Lease, one entry per attempt; `on_change` is called when a lease is added or removed.
+
+    Keyed by attempt, not by job: when attempt 1's lease is lost while it still winds down, the same worker may
+    claim attempt 2 of that job, and stopping attempt 1 must not touch attempt 2.
+    """
 
     def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._leases: dict[str, Lease] = {}
@@ -80,30 +84,39 @@ class LeaseTable:
     def __len__(self) -> int:
         return len(self._leases)
 
-    def __contains__(self, job_id: str) -> bool:
-        return job_id in self._leases
-
-    def get(self, job_id: str) -> Lease | None:
-        return self._leases.get(job_id)
+    def current(self, job_id: str) -> Lease | None:
+        """The job's newest attempt held here (an older one's lease is lost: the job was claimed again)."""
+        found = [lease for lease in self._leases.values() if lease.job_id == job_id]
+        return max(found, key=lambda lease: lease.claimed.attempt) if found else None
 
     def all(self) -> list[Lease]:
         return list(self._leases.values())
 
     def add(self, lease: Lease) -> None:
-        self._leases[lease.job_id] = lease
+        self._leases[lease.token] = lease
         self._on_change()
 
     def remove(self, lease: Lease) -> None:
-        if self._leases.get(lease.job_id) is lease:
-            del self._leases[lease.job_id]
+        if self._leases.get(lease.token) is lease:
+            del self._leases[lease.token]
             self._on_change()
 
     def tokens(self) -> dict[str, str]:
-        return {lease.job_id: lease.token for lease in self._leases.values()}
+        """Job id → token of its newest attempt here: what a heartbeat renews."""
+        return {lease.job_id: lease.token for lease in sorted(self._leases.values(), key=_attempt)}
+
+    def superseded(self) -> list[Lease]:
+        """Leases of attempts the same job has a newer attempt of here: certainly lost."""
+        newest = self.tokens()
+        return [lease for lease in self._leases.values() if newest[lease.job_id] != lease.token]
 
     def running(self) -> list[Lease]:
         """Leases whose connector call has not ended yet."""
         return [lease for lease in self._leases.values() if not lease.finishing]
+
+
+def _attempt(lease: Lease) -> int:
+    return lease.claimed.attempt
 
 
 class Heartbeater:
@@ -153,13 +166,16 @@ class Heartbeater:
         self.link.mark_up()
         self.last_ok = time.monotonic()
         for job_id, state in states.items():
-            lease = self.leases.get(job_id)
+            lease = self.leases.current(job_id)
             if lease is None or lease.token != tokens[job_id]:
                 continue
             if state == "lost":
                 self.on_lost(lease)
             elif state == "cancelled":
                 self.on_cancel(lease)
+        for lease in self.leases.superseded():
+            if lease.stop is not StopReason.LOST:
+                self.on_lost(lease)
         return True
 
 

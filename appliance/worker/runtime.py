@@ -339,6 +339,15 @@ class Worker:
             self.runner.stop(lease, StopReason.CANCEL)
 
     def _lease_lost(self, lease: Lease) -> None:
+        if lease.finishing:
+            # The outcome is being written: the heartbeat may have run just after our own complete/fail landed
+            # (it ends the lease) and before its reply came back. The write's reply tells what happened, and
+            # the writer logs it; saying "will not be written" here would be false when it was written.
+            log.debug(
+                "job %s: heartbeat found no lease while its outcome is being written; the write decides",
+                lease.job_id,
+            )
+            return
         log.warning(
             "job %s: lease lost (heartbeat); stopping it, its outcome will not be written", lease.job_id
         )
@@ -349,7 +358,7 @@ class Worker:
         assert self.session is not None
         while True:
             job_id = await self.session.cancel_requests.get()
-            lease = self.leases.get(job_id)
+            lease = self.leases.current(job_id)
             if lease is not None:
                 self._cancel_requested(lease)
 

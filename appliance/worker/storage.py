@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +93,10 @@ class LocalStorage(OutputStorage):
     @staticmethod
     def _write(target: Path, data: bytes | Path) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temp file and rename, so a reader never sees a half-written output.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+        # Write to a temp file and rename, so a reader never sees a half-written output. Created with mode
+        # 0666 less the umask (not mkstemp's 0600): a web server serving public_base_url must read it.
+        tmp = str(target.parent / f".partial-{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             with os.fdopen(fd, "wb") as out:
                 if isinstance(data, Path):

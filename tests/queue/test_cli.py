@@ -168,3 +168,11 @@ def test_classifier_assigns_a_pool_only_when_enabled(redis_url: str) -> None:
         redis_url, "submit", "--service", "echo", "--pool", "standard", "--timeout", "5", "--json", env=on
     )
     assert json.loads("\n".join(named.stdout.splitlines()[:-1]))["pool"] == "standard"
+
+
+def test_submit_refuses_nan_in_the_payload(redis_url: str) -> None:
+    # Python's json reads NaN; JSON has none, and it used to be stored as null without a word.
+    out = run(redis_url, "submit", "--service", "echo", "--payload", '{"x": NaN}')
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "payload.x is not a finite number" in line

@@ -51,3 +51,9 @@ async def test_the_queue_talks_through_it(redis_url: str) -> None:
         assert await queue.client.config_get("maxmemory") is not None
     finally:
         await queue.close()
+
+
+async def test_connect_refuses_a_url_without_a_database_number(redis_url: str) -> None:
+    # The Python API gets the same check as the config: redis-py would connect to db 0.
+    with pytest.raises(ValueError, match="must be a database number"):
+        await Queue.connect(redis_url.rsplit("/", 1)[0] + "/x")

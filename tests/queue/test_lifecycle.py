@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -236,14 +237,35 @@ async def test_duplicate_id_is_rejected_and_the_first_job_kept(queue: Queue) -> 
         ({"service": "echo", "max_retries": -1}, "max_retries"),
         ({"service": "echo", "id": "has space"}, "id"),
         ({"service": "echo", "timeout_s": 0}, "timeout_s"),
+        # JSON has no NaN: stored as JSON it would silently become null.
+        ({"service": "echo", "payload": {"x": float("nan")}}, "payload.x is not a finite number"),
+        ({"service": "echo", "payload": {"a": [1, {"b": float("inf")}]}}, r"payload.a[1].b"),
     ],
 )
 async def test_bad_input_names_the_field_and_enqueues_nothing(queue: Queue, bad: dict, field: str) -> None:
-    with pytest.raises(InvalidJob, match=field.replace(".", r"\.")):
+    with pytest.raises(InvalidJob, match=re.escape(field)):
         await queue.submit(bad)
     with pytest.raises(InvalidJob):
         await queue.submit_many([{"service": "echo"}, bad])
     assert (await queue.stats()).totals.get("submitted", 0) == 0
+
+
+@pytest.mark.parametrize("where", ["existing", "twice"])
+async def test_submit_many_is_all_or_nothing(queue: Queue, where: str) -> None:
+    # It used to enqueue the rest of the batch and raise, so the caller got no list and a retry double-submitted.
+    await queue.submit({"id": "order-1", "service": "echo"})
+    batch = [{"service": "echo", "payload": {"i": i}} for i in range(3)]
+    batch.insert(1, {"id": "order-1" if where == "existing" else "order-2", "service": "echo"})
+    if where == "twice":
+        batch.append({"id": "order-2", "service": "echo"})
+    with pytest.raises(DuplicateJob, match="nothing was submitted") as info:
+        await queue.submit_many(batch)
+    assert info.value.submitted == []
+    stats = await queue.stats()
+    assert stats.totals["submitted"] == 1 and stats.waiting == 1
+    assert await queue.get("order-2") is None
+    jobs = await queue.submit_many(batch[:1] + batch[2:4])  # the same batch without the offending id
+    assert len(jobs) == 3 and (await queue.stats()).waiting == 4
 
 
 async def test_submit_many_keeps_order(queue: Queue) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from appliance.config import load_settings
+from appliance.config import ConnectorSettings, load_settings
 from appliance.localredis import LocalRedis
 from appliance.queue import Capabilities, ClaimedJob, JobStatus, Queue, WorkerSession
 from appliance.queue.errors import LeaseLost
@@ -274,3 +275,128 @@ async def test_an_outcome_over_a_lost_lease_is_not_written(queue: Queue) -> None
     assert await OutcomeWriter(queue, RedisLink()).write(lease, decide({"x": 1}, None, None)) is False
     job = await queue.get(lease.job_id)
     assert job is not None and job.status is JobStatus.PENDING and job.result is None
+
+
+# --- attempts of one job on one worker --------------------------------------------------------------------------
+
+
+async def test_stopping_a_lost_attempt_never_cancels_the_next_attempt_on_the_same_worker(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # Attempt 1's lease expires while it runs (a heartbeat slower than the lease, as lease_ms=1000 with
+    # heartbeat_interval_ms=5000 allowed), the reaper puts the job back and this same worker claims attempt 2.
+    # Stopping attempt 1 must not cancel attempt 2: the job was never cancelled and must complete.
+    from appliance.worker.connectors.echo import EchoConnector
+    from appliance.worker.execution import JobRunner
+    from appliance.worker.storage import LocalStorage
+
+    connector = EchoConnector(options=ConnectorSettings(concurrency=2), storage=LocalStorage(tmp_path))
+    table = LeaseTable()
+    link = RedisLink()
+    runner = JobRunner(connector, queue, table, link, OutcomeWriter(queue, link), default_timeout_s=60)
+    runner.interrupt_grace_s = 5
+    session, first = await _claim(queue, {"delay": 2.0})
+    lease1 = runner.lease_for(first)
+    run1 = asyncio.create_task(runner.run(lease1))
+    await asyncio.sleep(0.3)  # attempt 1 is under way
+    await queue.client.zadd(queue.keys.leases, {first.job.id: 0})
+    assert (await queue.reap(force=True)).requeued == 1
+    second = await session.claim()
+    assert second is not None and second.job.id == first.job.id and second.attempt == 2
+    lease2 = runner.lease_for(second)
+    run2 = asyncio.create_task(runner.run(lease2))
+    assert len(table) == 2 and table.current(first.job.id) is lease2
+    events: list[tuple[str, int]] = []
+    beat = Heartbeater(
+        session,
+        table,
+        link,
+        interval_s=1,
+        on_cancel=lambda le: events.append(("cancel", le.claimed.attempt)),
+        on_lost=lambda le: (events.append(("lost", le.claimed.attempt)), runner.stop(le, StopReason.LOST)),
+    )
+    assert await beat.beat()
+    assert events == [("lost", 1)]  # the older attempt is known lost; the newer one is renewed
+    await asyncio.wait_for(run1, 30)
+    await asyncio.wait_for(run2, 30)
+    job = await queue.get(first.job.id)
+    assert job is not None and job.status is JobStatus.COMPLETED, (job.status if job else None, job.errors)
+    assert job.result["attempt"] == 2 and runner.completed == 1
+
+
+async def test_job_tasks_cancel_only_the_named_attempt() -> None:
+    from appliance.worker.connectors.base import ConnectorJob
+    from appliance.worker.connectors.tasks import JobTasks
+
+    tasks = JobTasks()
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        await gate.wait()
+        return "done"
+
+    one = ConnectorJob(id="j", service="echo", payload={}, attempt=1, timeout_s=None, token="t1")
+    two = ConnectorJob(id="j", service="echo", payload={}, attempt=2, timeout_s=None, token="t2")
+    run1 = asyncio.create_task(tasks.run(one, work()))
+    run2 = asyncio.create_task(tasks.run(two, work()))
+    await asyncio.sleep(0)
+    assert tasks.cancel("j", "t1") is True
+    with pytest.raises(JobCancelled):
+        await run1
+    assert "j" in tasks  # attempt 2 is still registered after attempt 1 ended
+    gate.set()
+    assert await run2 == "done"
+
+
+async def test_a_heartbeat_racing_the_completion_does_not_claim_the_outcome_is_lost(
+    queue: Queue, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The outcome's complete landed (ending the lease) while a heartbeat carrying the job was in flight: the
+    # heartbeat answers "lost". The worker logged "its outcome will not be written" and then the job completed.
+    from appliance.worker.connectors.echo import EchoConnector
+    from appliance.worker.execution import JobRunner
+    from appliance.worker.runtime import Worker
+    from appliance.worker.storage import LocalStorage
+
+    settings = load_settings(
+        None, env={"APPLIANCE_REDIS_URL": redis_url, "APPLIANCE_MACHINE_ID": "m"}
+    ).settings
+    storage = LocalStorage(tmp_path)
+    connector = EchoConnector(options=ConnectorSettings(), storage=storage)
+    worker = Worker(
+        settings,
+        parse_slot("echo0"),
+        connection=settings.redis_connection(),
+        connector=connector,
+        storage=storage,
+        env={},
+    )
+    writer = OutcomeWriter(queue, worker.link)
+    worker.runner = JobRunner(connector, queue, worker.leases, worker.link, writer, default_timeout_s=60)
+    session, finished = await _claim(queue)
+    _, running = await _claim(queue)
+    done = worker.runner.lease_for(finished)
+    still = worker.runner.lease_for(running)
+    done.finishing = True  # its connector call ended; the outcome is being written
+    beat = Heartbeater(
+        session,
+        worker.leases,
+        worker.link,
+        interval_s=1,
+        on_cancel=worker._cancel_requested,
+        on_lost=worker._lease_lost,
+    )
+    tokens = worker.leases.tokens()
+    await queue.complete(finished.job.id, finished.token, {"ok": True})  # the write landed ...
+    await queue.client.zadd(queue.keys.leases, {running.job.id: 0})  # ... and another lease really is lost
+    await queue.reap(force=True)
+    with caplog.at_level(logging.DEBUG, logger="appliance.worker.runtime"):
+        assert await beat.beat()  # ... before its reply: the heartbeat no longer finds either lease
+    assert worker.leases.tokens() == tokens
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [
+        f"job {running.job.id}: lease lost (heartbeat); stopping it, its outcome will not be written"
+    ]
+    assert done.stop is None and still.stop is StopReason.LOST
+    job = await queue.get(finished.job.id)
+    assert job is not None and job.status is JobStatus.COMPLETED

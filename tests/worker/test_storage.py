@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 import urllib.request
@@ -119,3 +121,20 @@ async def test_s3_missing_bucket_raises(moto_url: str) -> None:
     with pytest.raises(Exception, match="NoSuchBucket"):
         await storage.put("j", "x", b"1", "text/plain")
     await storage.close()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+async def test_local_outputs_are_readable_per_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    # A web server serving public_base_url runs as another user: outputs get 0666 less the umask, not 0600.
+    storage = LocalStorage(tmp_path / "out")
+    old = os.umask(umask)
+    try:
+        stored = await storage.put("j", "img.png", b"data", "image/png")
+        src = tmp_path / "src.bin"
+        src.write_bytes(b"x")
+        copied = await storage.put("j", "copy.bin", src, "application/octet-stream")
+    finally:
+        os.umask(old)
+    assert stored.path is not None and copied.path is not None
+    assert stat.S_IMODE(os.stat(stored.path).st_mode) == mode
+    assert stat.S_IMODE(os.stat(copied.path).st_mode) == mode

@@ -58,7 +58,7 @@ if status == 'pending' then
 end
 
 rcall('HSET', cancels_key, id, now)
-local worker = string.match(rcall('HGET', owner_key, id) or '', '^[^|]*|([^|]*)|') or ''
+local worker = string.match(rcall('HGET', owner_key, id) or '', '^[^|]*|(.*)|[^|]*$') or ''
 rcall('PUBLISH', ARGV[8], id .. '|' .. worker)
 emit(events_key, mode, maxlen, 'job_failed', queue, 'cancel_requested', {'job', id, 'worker', worker})
 return 2

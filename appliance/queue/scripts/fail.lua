@@ -19,6 +19,7 @@
     KEYS[13] events    STREAM
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
     KEYS[15] cancels   HASH id -> cancel request time
+    KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
 
     ARGV[1]  unused            ARGV[2]  queue name
     ARGV[3]  events mode        ARGV[4]  events maxlen
@@ -48,6 +49,7 @@ local rcall = redis.call
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local errors_key, delayed_key, ready_key, heads_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local progress_key = KEYS[16]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, token, disposition, delay = ARGV[5], ARGV[6], ARGV[8], tonumber(ARGV[9])
 
@@ -66,6 +68,7 @@ local message = ',"error":' .. ARGV[7]
 
 if disposition == 'retry' and attempt <= meta.max_retries then
   rcall('HSET', state_key, id, 'pending')
+  rcall('HDEL', progress_key, id)
   if delay > 0 then
     rcall('ZADD', delayed_key, now + delay, id)
   else

@@ -20,6 +20,8 @@
     KEYS[12] dead      ZSET id -> time of death, ms
     KEYS[13] errors    HASH id -> error history
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
+    KEYS[15] progress  HASH id -> progress JSON (dropped when the job goes back in line: the next attempt
+                       starts from nothing)
 
     ARGV[1]  unused          ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
@@ -49,7 +51,7 @@ local rcall = redis.call
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, heads_key, counts_key, events_key, cancels_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local done_key, dead_key, errors_key, info_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local done_key, dead_key, errors_key, info_key, progress_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, counted, reason = ARGV[5], ARGV[8] == '1', ARGV[9]
 
@@ -71,8 +73,8 @@ if rcall('HDEL', cancels_key, id) == 1 then
 end
 
 if counted then
-  append_error(errors_key, id, '{"message":"worker ' .. worker .. ' stopped (' .. reason .. ')","kind":"'
-    .. reason .. '","worker":"' .. worker .. '","attempt":' .. attempt .. ',"at":' .. now .. '}')
+  append_error_record(errors_key, id, {message = 'worker ' .. worker .. ' stopped (' .. reason .. ')',
+    kind = reason, worker = worker, attempt = attempt, at = now})
   if attempt > meta.max_retries then
     finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[13]))
     emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
@@ -83,6 +85,7 @@ else
 end
 
 rcall('HSET', state_key, id, 'pending')
+rcall('HDEL', progress_key, id)
 rcall('ZADD', ready_key, meta.score, id)
 rcall('ZADD', heads_key, 'LT', meta.score, meta.shape)
 rcall('HINCRBY', counts_key, 'released', 1)

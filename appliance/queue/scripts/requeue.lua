@@ -19,6 +19,7 @@
     KEYS[13] events    STREAM
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
     KEYS[15] cancels   HASH id -> cancel request time
+    KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
 
     ARGV[1]  unused        ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -41,12 +42,14 @@ local rcall = redis.call
 local ready_key, heads_key, leases_key, delayed_key, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local state_key, attempts_key, meta_key, errors_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local progress_key = KEYS[16]
 local now, queue, mode, maxlen, shape = server_now(), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
 local requeued, died, cancelled = 0, 0, 0
 local function back_in_line(id, meta)
   rcall('HSET', state_key, id, 'pending')
+  rcall('HDEL', progress_key, id)
   rcall('ZADD', ready_key, meta.score, id)
   rcall('ZADD', heads_key, 'LT', meta.score, shape)
   requeued = requeued + 1
@@ -60,14 +63,13 @@ for i = 9, #ARGV do
     local deadline = rcall('ZSCORE', leases_key, id)
     if deadline and tonumber(deadline) <= now then
       local own = rcall('HGET', owner_key, id) or ''
-      local worker, claimed = string.match(own, '^[^|]*|([^|]*)|([^|]*)$')
+      local worker, claimed = string.match(own, '^[^|]*|(.*)|([^|]*)$')
       worker, claimed = worker or '', claimed or '0'
       rcall('HDEL', owner_key, id)
       rcall('ZREM', leases_key, id)
       local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
-      append_error(errors_key, id, '{"message":"lease expired: worker ' .. worker
-        .. ' stopped renewing it","kind":"lease_expired","worker":"' .. worker .. '","attempt":' .. attempt
-        .. ',"at":' .. now .. '}')
+      append_error_record(errors_key, id, {message = 'lease expired: worker ' .. worker .. ' stopped renewing it',
+        kind = 'lease_expired', worker = worker, attempt = attempt, at = now})
       local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt}
       if rcall('HDEL', cancels_key, id) == 1 then
         finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[6]))

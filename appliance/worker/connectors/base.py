@@ -22,6 +22,9 @@ class ConnectorJob:
     attempt: int
     timeout_s: float | None
     customer_id: str | None = None
+    #: The attempt's fencing token: with `id` it names this attempt (a lost attempt of the same job may still
+    #: be winding down on this worker while this one runs).
+    token: str = ""
 
 
 #: Called with (percent 0..100, optional message) whenever a connector learns of progress.
@@ -93,7 +96,7 @@ class PermanentError(ConnectorError):
 
 
 class JobCancelled(PermanentError):
-    """`process()` stopped because `cancel(job_id)` was called; the runtime finishes the job as cancelled."""
+    """`process()` stopped because `cancel()` was called for its attempt; the runtime finishes the job as cancelled."""
 
     def __init__(
         self,
@@ -142,5 +145,6 @@ class Connector(ABC):
         """Run one job to completion; raise RetryableError/PermanentError on failure."""
 
     @abstractmethod
-    async def cancel(self, job_id: str) -> None:
-        """Interrupt work for that job (idempotent; a no-op for unknown jobs)."""
+    async def cancel(self, job_id: str, token: str | None = None) -> None:
+        """Interrupt that attempt of the job (the one whose ConnectorJob.token is `token`), or every attempt
+        of it when `token` is None; idempotent, a no-op for unknown jobs. Never touches another attempt."""

@@ -48,6 +48,7 @@ from appliance.worker.connectors.comfyui_events import (
     output_refs,
     status_message,
 )
+from appliance.worker.connectors.tasks import AttemptKey, attempts_of
 from appliance.worker.storage import OutputStorage
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ class ComfyUIConnector(Connector):
         self.request_timeout_s = float(extra.get("request_timeout_s", 30.0))
         self.storage = storage
         self._session: aiohttp.ClientSession | None = None
-        self._active: dict[str, str] = {}  # job id -> prompt id
-        self._cancelled: dict[str, asyncio.Event] = {}
-        self._wakes: dict[str, asyncio.Event] = {}  # job id -> "re-check history now"
+        # Per attempt (job id, token): stopping a lost attempt never touches a newer one of the same job.
+        self._active: dict[AttemptKey, str] = {}  # attempt -> prompt id
+        self._cancelled: dict[AttemptKey, asyncio.Event] = {}
+        self._wakes: dict[AttemptKey, asyncio.Event] = {}  # attempt -> "re-check history now"
 
     # ---- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -105,8 +107,9 @@ class ComfyUIConnector(Connector):
             raise RuntimeError("ComfyUIConnector.start() was not called")
         return self._session
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        """(status, parsed JSON or bytes); connection problems and 5xx become RetryableError."""
+    async def _request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> tuple[int, Any]:
+        """(status, parsed JSON or bytes; always bytes with `raw`); connection problems and 5xx become
+        RetryableError."""
         try:
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 body = await resp.read()
@@ -116,7 +119,7 @@ class ComfyUIConnector(Connector):
                         code="service_error",
                         details={"status": resp.status},
                     )
-                if resp.content_type == "application/json":
+                if not raw and resp.content_type == "application/json":
                     return resp.status, json.loads(body or b"null")
                 return resp.status, body
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
@@ -158,24 +161,29 @@ class ComfyUIConnector(Connector):
         )
 
     # ---- jobs -------------------------------------------------------------------------------------------
-    async def cancel(self, job_id: str) -> None:
-        prompt_id = self._active.get(job_id)
-        event = self._cancelled.get(job_id)
+    async def cancel(self, job_id: str, token: str | None = None) -> None:
+        for key in attempts_of(list(self._active), job_id, token):
+            await self._cancel_attempt(key)
+
+    async def _cancel_attempt(self, key: AttemptKey) -> None:
+        prompt_id = self._active.get(key)
+        event = self._cancelled.get(key)
         if prompt_id is None or event is None or event.is_set():
             return
         event.set()
         with contextlib.suppress(RetryableError):
             await self._request("POST", "/queue", json={"delete": [prompt_id]})
             await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
-        wake = self._wakes.get(job_id)
+        wake = self._wakes.get(key)
         if wake is not None:
             wake.set()
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         workflow, images = _parse_payload(job.payload)
         prompt_id = prompt_id_for(job.id)
-        self._active[job.id] = prompt_id
-        cancelled = self._cancelled[job.id] = asyncio.Event()
+        key = (job.id, job.token)
+        self._active[key] = prompt_id
+        cancelled = self._cancelled[key] = asyncio.Event()
         timeout = job.timeout_s or self.default_timeout_s
         try:
             async with asyncio.timeout(timeout):
@@ -190,9 +198,9 @@ class ComfyUIConnector(Connector):
                 details={"prompt_id": prompt_id},
             ) from None
         finally:
-            self._active.pop(job.id, None)
-            self._cancelled.pop(job.id, None)
-            self._wakes.pop(job.id, None)
+            self._active.pop(key, None)
+            self._cancelled.pop(key, None)
+            self._wakes.pop(key, None)
         outputs, ui = await self._collect(job.id, entry)
         await progress(100.0, "done")
         data: dict[str, Any] = {"prompt_id": prompt_id}
@@ -218,7 +226,7 @@ class ComfyUIConnector(Connector):
             entry = None
         client_id = uuid.uuid5(PROMPT_NAMESPACE, "client:" + prompt_id).hex
         tracker = ProgressTracker(prompt_id, set(workflow))
-        wake = self._wakes[job.id] = asyncio.Event()
+        wake = self._wakes[(job.id, job.token)] = asyncio.Event()
         ws_state = {"connected": False}
         ws_task = asyncio.create_task(self._watch(client_id, tracker, progress, wake, ws_state))
         try:
@@ -399,9 +407,12 @@ class ComfyUIConnector(Connector):
         refs, ui = output_refs(entry)
         stored: list[OutputFile] = []
         for ref in refs:
+            # Raw bytes whatever the Content-Type: /view serves a .json output as application/json, and the
+            # file must be stored as it is, not parsed.
             status, body = await self._request(
                 "GET",
                 "/view",
+                raw=True,
                 params={"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type},
             )
             if status != 200 or not isinstance(body, bytes):

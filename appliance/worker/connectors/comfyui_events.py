@@ -4,7 +4,8 @@ Progress mapping: each node that will run (all nodes of the graph minus those Co
 `execution_cached`) counts as one equal unit. A node counts as done once a later node starts `executing`, or
 its `progress_state` says finished; the running node adds `value/max` of its latest `progress` (or
 `progress_state`). percent = 100 * (done + fraction) / total, never decreasing, capped at 99 until the
-prompt has finished (only then 100).
+prompt has succeeded (only then 100): `execution_success` says so. `executing {node: null}` does not: ComfyUI
+sends it after every prompt, interrupted and failed ones too; it only ends the prompt.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ class ProgressTracker:
     current: str | None = None
     fraction: float = 0.0
     percent: float = 0.0
+    #: The prompt succeeded (`execution_success`): only then is it 100 %.
     finished: bool = False
+    #: The prompt ended, however it went (`executing {node: null}`, error, interruption).
+    ended: bool = False
 
     def _total(self) -> int:
         return max(1, len(self.nodes - self.cached))
@@ -44,7 +48,7 @@ class ProgressTracker:
             node = data.get("node")
             if node is None:
                 if data.get("prompt_id") == self.prompt_id:
-                    self.finished = True
+                    self.ended = True
             else:
                 if self.current is not None and self.current != str(node):
                     self.done.add(self.current)
@@ -58,8 +62,10 @@ class ProgressTracker:
                     self.done.add(str(node_id))
                 elif str(node_id) == self.current and st.get("max"):
                     self.fraction = min(1.0, float(st["value"]) / float(st["max"]))
-        elif event in ("execution_success",):
-            self.finished = True
+        elif event == "execution_success":
+            self.finished = self.ended = True
+        elif event in ("execution_error", "execution_interrupted"):
+            self.ended = True
         done = len((self.done - self.cached) & self.nodes)
         fraction = self.fraction if self.current not in self.done else 0.0
         value = 100.0 * (done + fraction) / self._total()

@@ -41,7 +41,7 @@ class EchoConnector(Connector):
         return True
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
-        return await self._tasks.run(job.id, self._run(job, progress))
+        return await self._tasks.run(job, self._run(job, progress))
 
     async def _run(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         payload = job.payload
@@ -76,5 +76,5 @@ class EchoConnector(Connector):
             )
         return ConnectorResult(data={"echo": payload, "attempt": job.attempt}, outputs=outputs)
 
-    async def cancel(self, job_id: str) -> None:
-        self._tasks.cancel(job_id)
+    async def cancel(self, job_id: str, token: str | None = None) -> None:
+        self._tasks.cancel(job_id, token)

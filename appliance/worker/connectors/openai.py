@@ -123,8 +123,8 @@ class OpenAIConnector(Connector):
             return False
         return True
 
-    async def cancel(self, job_id: str) -> None:
-        self._tasks.cancel(job_id)
+    async def cancel(self, job_id: str, token: str | None = None) -> None:
+        self._tasks.cancel(job_id, token)
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         if self._client is None:
@@ -150,7 +150,7 @@ class OpenAIConnector(Connector):
         timeout = job.timeout_s or self.options.default_timeout_s
         try:
             async with asyncio.timeout(timeout):  # the SDK timeout is per read; this bounds the whole job
-                return await self._tasks.run(job.id, handler(job, str(model), params, progress, timeout))
+                return await self._tasks.run(job, handler(job, str(model), params, progress, timeout))
         except TimeoutError:
             raise RetryableError(f"OpenAI job exceeded its timeout of {timeout:g}s", code="timeout") from None
         except ConnectorError:

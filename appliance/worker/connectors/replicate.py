@@ -29,6 +29,7 @@ from appliance.worker.connectors.base import (
     RetryableError,
 )
 from appliance.worker.connectors.http import JsonApi
+from appliance.worker.connectors.tasks import AttemptKey, attempts_of
 from appliance.worker.storage import OutputStorage
 
 _PERCENT = re.compile(r"(\d{1,3})%\|")
@@ -58,8 +59,9 @@ class ReplicateConnector(Connector):
         self.poll_initial_s = float(extra.get("poll_initial_s", 0.5))
         self.poll_max_s = float(extra.get("poll_max_s", 5.0))
         self.copy_outputs = bool(extra.get("copy_outputs", False))
-        self._predictions: dict[str, str] = {}
-        self._cancelled: set[str] = set()
+        # Per attempt (job id, token): a lost attempt winding down never cancels a newer one of the same job.
+        self._predictions: dict[AttemptKey, str | None] = {}
+        self._cancelled: set[AttemptKey] = set()
 
     async def start(self) -> None:
         await self.api.start()
@@ -73,11 +75,12 @@ class ReplicateConnector(Connector):
     async def health(self) -> bool:
         return await self.api.answers("GET", "/v1/account")
 
-    async def cancel(self, job_id: str) -> None:
-        self._cancelled.add(job_id)
-        prediction = self._predictions.get(job_id)
-        if prediction is not None:
-            await self.api.answers("POST", f"/v1/predictions/{prediction}/cancel")
+    async def cancel(self, job_id: str, token: str | None = None) -> None:
+        for key in attempts_of(list(self._predictions), job_id, token):
+            self._cancelled.add(key)
+            prediction = self._predictions.get(key)
+            if prediction is not None:
+                await self.api.answers("POST", f"/v1/predictions/{prediction}/cancel")
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         body = {"input": job.payload.get("input") or {}}
@@ -87,24 +90,26 @@ class ReplicateConnector(Connector):
             path = f"/v1/models/{job.payload['model']}/predictions"
         else:
             raise PermanentError("payload needs 'version' or 'model' (owner/name)", code="bad_payload")
-        self._cancelled.discard(job.id)
+        key = (job.id, job.token)
+        self._cancelled.discard(key)
+        self._predictions[key] = None  # known before its prediction id: a cancel meanwhile is remembered
         timeout = job.timeout_s or self.default_timeout_s
         try:
             async with asyncio.timeout(timeout):
                 prediction = await self.api.request("POST", path, body)
-                self._predictions[job.id] = str(prediction["id"])
-                if job.id in self._cancelled:
-                    await self.cancel(job.id)
+                self._predictions[key] = str(prediction["id"])
+                if key in self._cancelled:
+                    await self.cancel(job.id, job.token)
                 prediction = await self._poll(job.id, prediction, progress)
         except TimeoutError:
-            await self.cancel(job.id)
+            await self.cancel(job.id, job.token)
             raise RetryableError(
                 f"Replicate prediction exceeded the job timeout of {timeout:g}s", code="timeout"
             ) from None
         except KeyError:
             raise RetryableError("Replicate sent a prediction without an id", code="bad_response") from None
         finally:
-            self._predictions.pop(job.id, None)
+            self._predictions.pop(key, None)
         return await self._result(job, prediction)
 
     async def _poll(
@@ -125,7 +130,7 @@ class ReplicateConnector(Connector):
     async def _result(self, job: ConnectorJob, prediction: dict[str, Any]) -> ConnectorResult:
         status, pid = prediction.get("status"), str(prediction.get("id"))
         if status in ("canceled", "aborted"):
-            if job.id in self._cancelled:
+            if (job.id, job.token) in self._cancelled:
                 raise JobCancelled(f"Replicate prediction {pid} canceled", details={"prediction_id": pid})
             raise RetryableError(f"Replicate prediction {pid} was {status}", code=str(status))
         if status == "failed":

@@ -26,6 +26,7 @@ from appliance.worker.connectors.base import (
     RetryableError,
 )
 from appliance.worker.connectors.http import JsonApi
+from appliance.worker.connectors.tasks import AttemptKey, attempts_of
 from appliance.worker.storage import OutputStorage
 
 DEFAULT_BASE_URL = "https://api.runpod.ai"
@@ -50,8 +51,10 @@ class RunPodConnector(Connector):
         self.max_concurrency = max(1, int(options.concurrency or 1))
         self.poll_initial_s = float(extra.get("poll_initial_s", 0.5))
         self.poll_max_s = float(extra.get("poll_max_s", 5.0))
-        self._runs: dict[str, tuple[str, str]] = {}  # job id -> (endpoint, runpod job id)
-        self._cancelled: set[str] = set()
+        # (job id, token) -> (endpoint, runpod job id), None until /run answered; per attempt, so a lost
+        # attempt winding down never cancels a newer one of the same job.
+        self._runs: dict[AttemptKey, tuple[str, str] | None] = {}
+        self._cancelled: set[AttemptKey] = set()
 
     async def start(self) -> None:
         await self.api.start()
@@ -67,11 +70,12 @@ class RunPodConnector(Connector):
             return True  # nothing endpoint-independent to probe
         return await self.api.answers("GET", f"/v2/{self.endpoint_id}/health")
 
-    async def cancel(self, job_id: str) -> None:
-        self._cancelled.add(job_id)
-        run = self._runs.get(job_id)
-        if run is not None:
-            await self.api.answers("POST", f"/v2/{run[0]}/cancel/{run[1]}")
+    async def cancel(self, job_id: str, token: str | None = None) -> None:
+        for key in attempts_of(list(self._runs), job_id, token):
+            self._cancelled.add(key)
+            run = self._runs.get(key)
+            if run is not None:
+                await self.api.answers("POST", f"/v2/{run[0]}/cancel/{run[1]}")
 
     async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
         endpoint = job.payload.get("endpoint_id") or self.endpoint_id
@@ -82,7 +86,9 @@ class RunPodConnector(Connector):
         body: dict[str, Any] = {"input": job.payload.get("input") or {}}
         if isinstance(job.payload.get("policy"), dict):
             body["policy"] = job.payload["policy"]
-        self._cancelled.discard(job.id)
+        key = (job.id, job.token)
+        self._cancelled.discard(key)
+        self._runs[key] = None
         timeout = job.timeout_s or self.default_timeout_s
         chunks: list[Any] = []
         try:
@@ -90,17 +96,17 @@ class RunPodConnector(Connector):
                 run = await self.api.request("POST", f"/v2/{endpoint}/run", body)
                 if "id" not in run:
                     raise RetryableError("RunPod /run answered without a job id", code="bad_response")
-                self._runs[job.id] = (str(endpoint), str(run["id"]))
-                if job.id in self._cancelled:
-                    await self.cancel(job.id)
+                self._runs[key] = (str(endpoint), str(run["id"]))
+                if key in self._cancelled:
+                    await self.cancel(job.id, job.token)
                 state = await self._poll(str(endpoint), run, progress, chunks)
         except TimeoutError:
-            await self.cancel(job.id)
+            await self.cancel(job.id, job.token)
             raise RetryableError(
                 f"RunPod job exceeded the job timeout of {timeout:g}s", code="timeout"
             ) from None
         finally:
-            self._runs.pop(job.id, None)
+            self._runs.pop(key, None)
         return self._result(job, state, chunks)
 
     async def _poll(
@@ -135,7 +141,7 @@ class RunPodConnector(Connector):
     def _result(self, job: ConnectorJob, state: dict[str, Any], chunks: list[Any]) -> ConnectorResult:
         status, rid = state.get("status"), str(state.get("id"))
         if status == "CANCELLED":
-            if job.id in self._cancelled:
+            if (job.id, job.token) in self._cancelled:
                 raise JobCancelled(f"RunPod job {rid} cancelled", details={"runpod_id": rid})
             raise RetryableError(f"RunPod job {rid} was cancelled by RunPod", code="cancelled_remotely")
         if status == "TIMED_OUT":

@@ -15,6 +15,7 @@ from appliance.standins.media import Frame, encode_png
 from appliance.worker.connectors import ConnectorOptions, create_connector
 from appliance.worker.connectors.base import ConnectorJob, JobCancelled, PermanentError, RetryableError
 from appliance.worker.connectors.comfyui import ComfyUIConnector, prompt_id_for
+from appliance.worker.connectors.comfyui_events import ProgressTracker
 from appliance.worker.storage import LocalStorage
 from tests.worker.connectors.conftest import read_bytes, wait_until
 
@@ -320,3 +321,98 @@ def test_standin_rejects_bad_cli_flag() -> None:
 
 def test_prompt_id_is_stable_per_job() -> None:
     assert prompt_id_for("a") == prompt_id_for("a") != prompt_id_for("b")
+
+
+# --- JSON outputs and what "done" means ---------------------------------------------------------------------------
+
+
+def json_graph(text: str) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "img"}},
+        "3": {"class_type": "StandinSaveJSON", "inputs": {"text": text, "filename_prefix": "meta"}},
+    }
+
+
+async def test_a_json_output_is_stored_as_its_bytes(comfy, storage: LocalStorage) -> None:
+    # /view serves a .json output as application/json (as ComfyUI does); the connector used to parse it and
+    # then refuse the dict as "output_missing" on every attempt until the job was dead.
+    _, url = comfy
+    text = '{"seed": 7,  "tags": ["a", "b"]}\n'  # stored byte for byte, spacing included
+    connector = await make(url, storage)
+    result = await connector.process(job("js", {"workflow": json_graph(text)}), Recorder())
+    await connector.close()
+    (stored,) = [o for o in result.outputs if o.name.endswith(".json")]
+    assert read_bytes(stored.path) == text.encode() and stored.content_type == "application/json"
+    assert stored.node == "3" and len(result.outputs) == 2
+    async with aiohttp.ClientSession() as s:
+        params = {"filename": stored.name.split("/")[-1], "type": "output"}
+        async with s.get(url + "/view", params=params) as r:
+            assert r.status == 200 and r.content_type == "application/json"
+
+
+async def ws_messages(
+    url: str, prompt: dict[str, Any], *, interrupt_after_progress: bool = False
+) -> tuple[str, list]:
+    """Every WS message the stand-in sends for one prompt, up to its final `executing {node: null}`."""
+    client_id = "capture"
+    messages: list[tuple[str, dict[str, Any]]] = []
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+        async with s.post(url + "/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+            prompt_id = (await r.json())["prompt_id"]
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            event = msg.json()
+            data = event["data"]
+            if data.get("prompt_id") != prompt_id:
+                continue
+            messages.append((event["type"], data))
+            if event["type"] == "progress" and interrupt_after_progress:
+                interrupt_after_progress = False
+                async with s.post(url + "/interrupt", json={}) as r:
+                    assert r.status == 200
+            if event["type"] == "executing" and data.get("node") is None:
+                break
+    return prompt_id, messages
+
+
+@pytest.mark.parametrize("how", ["success", "execution_error", "execution_interrupted"])
+async def test_only_a_successful_prompt_reaches_100_percent(comfy, how: str) -> None:
+    # ComfyUI sends `executing {node: null}` after every prompt, failed and interrupted ones too; progress used
+    # to take it for success and show 100 % on a failed job.
+    _, url = comfy
+    if how == "execution_error":
+        await control(url, "/__standin/config", {"fail_mode": "execution_error", "fail_times": 1})
+    if how == "execution_interrupted":
+        await control(url, "/__standin/config", {"step_delay_s": 0.05})
+    prompt = graph(steps=50 if how == "execution_interrupted" else 3)
+    prompt_id, messages = await ws_messages(
+        url, prompt, interrupt_after_progress=how == "execution_interrupted"
+    )
+    kinds = [kind for kind, _ in messages]
+    # The order ComfyUI sends them in: start, cached, per node executing (progress, executed), the outcome,
+    # then the final executing with node null.
+    assert kinds[:2] == ["execution_start", "execution_cached"] and kinds[2] == "executing"
+    outcome = "execution_success" if how == "success" else how
+    assert kinds[-2:] == [outcome, "executing"] and messages[-1][1]["node"] is None
+    assert kinds.count(outcome) == 1
+    tracker = ProgressTracker(prompt_id, set(prompt))
+    for kind, data in messages:
+        tracker.handle(kind, data)
+    assert tracker.ended
+    if how == "success":
+        assert tracker.finished and tracker.percent == 100.0
+    else:
+        assert not tracker.finished and tracker.percent < 100.0
+
+
+async def test_a_failed_prompt_never_reports_100_percent(comfy, storage: LocalStorage) -> None:
+    _, url = comfy
+    connector = await make(url, storage)
+    await control(url, "/__standin/config", {"fail_mode": "execution_error", "fail_times": 1})
+    progress = Recorder()
+    with pytest.raises(PermanentError):
+        await connector.process(job("f100", {"workflow": graph(steps=3)}), progress)
+    await connector.close()
+    assert progress.calls and max(p for p, _ in progress.calls) < 100.0

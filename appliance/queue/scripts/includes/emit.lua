@@ -1,7 +1,8 @@
 --[[
   Function to emit one lifecycle event on the capped stream and/or a pub/sub channel.
     mode       'stream+pubsub' | 'stream' | 'pubsub' | 'none'
-    fields     flat {name, value, ...}; values are ids and numbers (no JSON escaping needed)
+    fields     flat {name, value, ...}; names are literals, values (ids, numbers) are JSON-encoded by cjson so
+               no value can break the message
     extra_json raw JSON members appended to the pub/sub message only (e.g. ',"result":{...}'), or nil
 ]]
 local function emit(events_key, mode, maxlen, channel, queue, event, fields, extra_json)
@@ -11,10 +12,10 @@ local function emit(events_key, mode, maxlen, channel, queue, event, fields, ext
   end
   if mode ~= 'stream' then
     -- One concat at the end: no intermediate strings per field.
-    local parts, n = {'{"event":"', event, '","queue":"', queue, '"'}, 5
+    local parts, n = {'{"event":"', event, '","queue":', cjson.encode(queue)}, 4
     for i = 1, #fields, 2 do
-      parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = ',"', fields[i], '":"', fields[i + 1]
-      parts[n + 5], n = '"', n + 5
+      parts[n + 1], parts[n + 2], parts[n + 3] = ',"', fields[i], '":'
+      parts[n + 4], n = cjson.encode(tostring(fields[i + 1])), n + 4
     end
     parts[n + 1], parts[n + 2] = extra_json or '', '}'
     rcall('PUBLISH', channel, table.concat(parts))

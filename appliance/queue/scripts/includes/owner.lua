@@ -4,7 +4,7 @@
 ]]
 local function parse_lease(own, token, worker)
   if not own then return nil end
-  local t, w, claimed = string.match(own, '^([^|]*)|([^|]*)|([^|]*)$')
+  local t, w, claimed = string.match(own, '^([^|]*)|(.*)|([^|]*)$')
   if token ~= '' then
     if t ~= token then return nil end
   elseif w ~= worker then

@@ -21,7 +21,7 @@
     KEYS[13] errors    HASH id -> error history
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
 
-    ARGV[1]  unused          ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  job id
     ARGV[6]  fencing token, or '' to match by worker id

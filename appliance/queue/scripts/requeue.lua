@@ -20,7 +20,7 @@
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
     KEYS[15] cancels   HASH id -> cancel request time
 
-    ARGV[1]  unused        ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  shape id       ARGV[6]  result TTL, ms
     ARGV[7]  dead-letter TTL, ms

@@ -20,8 +20,23 @@ class CommandError(Exception):
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine on a fresh event loop."""
-    return asyncio.run(coro)
+    """Run a command's coroutine on a fresh event loop. A command Redis refuses for want of an ACL permission
+    ends in one line naming it (exit 4), wherever in the command it happened."""
+    from redis.exceptions import NoPermissionError
+
+    try:
+        return asyncio.run(coro)
+    except NoPermissionError as exc:
+        raise CommandError(refused(exc), 4) from None
+
+
+def refused(exc: Exception) -> str:
+    """One line for a Redis NOPERM reply: Redis's own words name the command, key or channel refused."""
+    text = " ".join(str(exc).split())
+    return (
+        f"Redis refused: {text} (the ACL user lacks this permission; "
+        "`appliance redis acl --role ROLE` prints each role's)"
+    )
 
 
 def print_json(value: Any) -> None:

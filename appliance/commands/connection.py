@@ -89,7 +89,7 @@ async def connect_queue(args: argparse.Namespace) -> Any:
     except AuthenticationError as exc:
         raise CommandError(f"Redis at {target.redacted_url()} refused the credentials: {exc}", 4) from None
     except NoPermissionError as exc:
-        raise CommandError(f"{refused(exc)} at {target.redacted_url()}", 4) from None
+        raise CommandError(refused(exc, target.redacted_url()), 4) from None
     except ScriptLibraryError as exc:
         raise CommandError(str(exc), 4) from None
     except (RedisError, OSError) as exc:

@@ -46,8 +46,10 @@ class Role(StrEnum):
     MONITOR = "monitor"
 
 
-#: Every connection: redis-py names itself (CLIENT SETINFO) and pings; AUTH and HELLO need no grant.
-CONNECTION = ("ping", "client|setinfo")
+#: Every connection pings; AUTH and HELLO need no grant. redis-py also names itself with CLIENT SETINFO (Redis
+#: 7.2+), which is not granted (Redis 7.0 does not know it, so the rule would not apply there): refused, and
+#: ignored by redis-py.
+CONNECTION = ("ping",)
 #: What the clients read outside scripts (Queue.get, list_jobs, stats, the monitor's feed).
 READS = (
     "time",
@@ -72,6 +74,9 @@ READS = (
     "xrevrange",
     "xread",
     "lrange",
+    "hscan",
+    "sscan",
+    "zscan",
 )
 SUBSCRIBING = ("subscribe", "unsubscribe", "psubscribe", "punsubscribe")
 #: Writes the machine layer makes outside scripts (registration, status, events, worker classes and status).
@@ -89,6 +94,9 @@ MACHINE_WRITES = (
     "rpush",
     "ltrim",
     "publish",
+    "multi",
+    "exec",
+    "discard",
 )
 
 
@@ -145,7 +153,9 @@ def rules(
             "%R~machine:*",
             *queue_channels,
             *shared,
-            "&machine:*",
+            # PSUBSCRIBE is checked literally against the user's patterns, so the monitor's pattern is named.
+            f"&{machine_keys.status_channel('*')}",
+            f"&{machine_keys.STARTUP_EVENTS_CHANNEL}",
         ]
     else:
         if machine_id is None or not _MACHINE_ID_RE.match(machine_id):

@@ -111,7 +111,8 @@ class Queue:
         classifier: Callable[[JobSpec], JobSpec] | None = None,
         **redis_kwargs: Any,
     ) -> Queue:
-        """Connect, check the server answers, and install the scripts."""
+        """Connect and check the server answers (with `queue.scripts = "functions"`, also that its library is
+        this version's: ScriptLibraryError when it differs). Nothing is loaded into Redis here."""
         kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
         if password is not None:
             kwargs["password"] = password

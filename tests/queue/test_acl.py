@@ -354,6 +354,23 @@ async def test_clients_never_load_the_library(server: LocalRedis, admin: aioredi
     assert await admin.execute_command("FUNCTION", "LIST") == []
     assert (await queue.get(job.id)).status is JobStatus.PENDING
     await queue.close()
+    # Loaded, then gone mid-run (a restart without persistence, FUNCTION FLUSH): single and pipelined calls
+    # carry on through EVALSHA, and the library stays gone until the deployer loads it again.
+    assert await ScriptSet().install(admin) == "loaded"
+    queue = await connect(server, None, "a", scripts="functions")
+    assert queue.scripts.use_functions is True
+    await admin.execute_command("FUNCTION", "FLUSH")
+    await admin.execute_command("SCRIPT", "FLUSH")
+    jobs = await queue.submit_many([{"service": "echo"} for _ in range(3)])
+    _, claimed = await queue.finish_and_claim([], "w", [jobs[0].shape], 2)
+    assert queue.scripts.use_functions is False and len(claimed) == 2
+    await admin.execute_command("SCRIPT", "FLUSH")
+    codes, more = await queue.finish_and_claim(
+        [(c.job.id, c.token, {}) for c in claimed], "w", [jobs[0].shape], 2
+    )
+    assert codes == [1, 1] and len(more) == 2
+    assert await admin.execute_command("FUNCTION", "LIST") == []
+    await queue.close()
 
 
 # --- forbidden commands are one line --------------------------------------------------------------------------------

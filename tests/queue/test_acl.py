@@ -80,6 +80,7 @@ async def admin(server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
     await client.flushall()
     await client.execute_command("FUNCTION", "FLUSH")
     await client.execute_command("ACL", "LOG", "RESET")
+    await client.config_resetstat()
     yield client
     await client.aclose()
 
@@ -226,6 +227,40 @@ async def test_every_role_does_its_job_and_redis_refuses_nothing(
         ("mon-a", "evalsha"),
         ("mon-a", "hset"),
     }, denied
+
+
+async def test_the_roles_in_functions_mode_call_the_verified_library(
+    server: LocalRedis, admin: aioredis.Redis, tmp_path: Path
+) -> None:
+    mode = ("--scripts", "functions")
+    make_user(server, tmp_path, "deployer", "deployer")
+    make_user(server, tmp_path, "sub-a", "submitter", "--queue", "a", *mode)
+    make_user(server, tmp_path, "mach-a", "machine", "--queue", "a", "--machine", "m1", *mode)
+    make_user(server, tmp_path, "mon-a", "monitor", "--queue", "a", *mode)
+    assert cli("redis", "setup", env=as_user(server, "deployer")).returncode == 0
+    submitter = await connect(server, "sub-a", "a", scripts="functions")
+    machine = await connect(server, "mach-a", "a", scripts="functions")
+    monitor = await connect(server, "mon-a", "a", scripts="functions")
+    try:
+        assert (
+            submitter.scripts.use_functions
+            and machine.scripts.use_functions
+            and monitor.scripts.use_functions
+        )
+        jobs = await submitter.submit_many([{"service": "echo"} for _ in range(3)])
+        _, claimed = await machine.finish_and_claim([], "m1-w", [jobs[0].shape], 2)
+        codes, _ = await machine.finish_and_claim([(c.job.id, c.token, {}) for c in claimed], "m1-w", [], 0)
+        assert codes == [1, 1]
+        assert await submitter.cancel(jobs[2].id) == "cancelled"
+        assert (await monitor.stats()).totals["completed"] == 2
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_fcall"]["calls"] >= 4 and "cmdstat_evalsha" not in stats
+    finally:
+        for queue in (submitter, machine, monitor):
+            await queue.close()
+    log_entries = await admin.execute_command("ACL", "LOG")
+    entries = [dict(zip(e[::2], e[1::2], strict=False)) if isinstance(e, list) else e for e in log_entries]
+    assert [e for e in entries if e["object"] != "client|setinfo"] == []
 
 
 # --- a tenant cannot reach another queue ----------------------------------------------------------------------------

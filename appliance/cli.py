@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "appliance.commands.monitor",
     "appliance.commands.pools",
     "appliance.commands.fleet",
+    "appliance.commands.redis",
 )
 
 

@@ -21,9 +21,11 @@ import statistics
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
 from _common import NOOP_LIBRARY, NOOP_LUA, command_cost, machine_line, private_redis, redis_benchmark, table
 
 from appliance.queue import EventsMode, JobSpec, Queue, QueueSettings, Requirements
+from appliance.queue.options import ScriptsMode
 from appliance.queue.scripts import ScriptSet
 
 #: Fills one shape's ready index with `count` jobs per call. Mirrors submit.lua's writes (see its header).
@@ -220,6 +222,7 @@ async def claim_depth(
     Returns the median of each figure per shape count."""
     queues = {n: await connect(url, functions=True, name=f"bench{n}") for n in grid_shapes}
     await queues[grid_shapes[0]].client.flushall(asynchronous=True)
+    await install_library(url)
     for queue in queues.values():
         await queue.scripts.load(queue.client)
     fillers = {n: Filler(q, n) for n, q in queues.items()}
@@ -302,13 +305,25 @@ async def lifecycle_costs(queue: Queue, count: int) -> dict[str, float]:
 async def connect(
     url: str, functions: bool, events: EventsMode = EventsMode.STREAM_AND_PUBSUB, name: str = "bench"
 ) -> Queue:
+    if functions:  # the deployer's step: clients never load the library themselves
+        await install_library(url)
     queue = await Queue.connect(
-        url, queue_name=name, settings=QueueSettings(events=events, claim_slack_ms=CLAIM_SLACK_MS[0])
+        url,
+        queue_name=name,
+        settings=QueueSettings(
+            events=events,
+            claim_slack_ms=CLAIM_SLACK_MS[0],
+            scripts=ScriptsMode.FUNCTIONS if functions else ScriptsMode.EVAL,
+        ),
     )
-    if not functions:
-        queue.scripts = ScriptSet(use_functions=False)
-        await queue.scripts.load(queue.client)
+    assert queue.scripts.use_functions is functions
     return queue
+
+
+async def install_library(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    await ScriptSet().install(client)
+    await client.aclose()
 
 
 async def run(args: argparse.Namespace) -> None:

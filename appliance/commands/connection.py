@@ -71,9 +71,11 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
 
 
 async def connect_queue(args: argparse.Namespace) -> Any:
-    from redis.exceptions import AuthenticationError, RedisError
+    from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
+    from appliance.commands import refused
     from appliance.queue import Queue
+    from appliance.queue.scripts import ScriptLibraryError
 
     target = resolve_target(args)
     try:
@@ -86,6 +88,10 @@ async def connect_queue(args: argparse.Namespace) -> Any:
         )
     except AuthenticationError as exc:
         raise CommandError(f"Redis at {target.redacted_url()} refused the credentials: {exc}", 4) from None
+    except NoPermissionError as exc:
+        raise CommandError(refused(exc, target.redacted_url()), 4) from None
+    except ScriptLibraryError as exc:
+        raise CommandError(str(exc), 4) from None
     except (RedisError, OSError) as exc:
         raise CommandError(f"cannot reach Redis at {target.redacted_url()}: {exc}", 4) from None
     except ValueError as exc:

@@ -168,7 +168,7 @@ async def _submit_async(args: argparse.Namespace, spec: dict[str, Any]) -> int:
     queue = await connect_queue(args)
     try:
         job = await queue.submit(parsed)
-    except DuplicateJob as exc:
+    except (DuplicateJob, InvalidJob) as exc:  # InvalidJob: over queue.max_payload_bytes
         raise CommandError(str(exc)) from None
     finally:
         await queue.close()

@@ -2,7 +2,8 @@
 
 Sources:
 - pub/sub `machine:status:*` (machine status payloads) and `machine:startup:events` (lifecycle events);
-- pub/sub job channels `job_submitted`, `job_claimed`, `update_job_progress`, `complete_job`, `job_failed`;
+- pub/sub job channels `job_submitted`, `job_claimed`, `update_job_progress`, `complete_job`, `job_failed`
+  (prefixed `appliance:{<queue>}:` with `queue.channels = "queue"`; they carry ids and summaries, never results);
 - the queue's event stream `appliance:{<queue>}:events`, read with XREAD from the last entry seen, so nothing
   is missed across a reconnect;
 - every `poll_s`: `Queue.stats()`, machine registrations (`machines`, `machine:<id>:info`), pool signals.
@@ -143,7 +144,9 @@ class Feed:
         pubsub = self.queue.client.pubsub()
         try:
             await pubsub.psubscribe(STATUS_PATTERN)
-            await pubsub.subscribe(machine_keys.STARTUP_EVENTS_CHANNEL, *JOB_CHANNELS)
+            await pubsub.subscribe(
+                machine_keys.STARTUP_EVENTS_CHANNEL, *map(self.queue.channel, JOB_CHANNELS)
+            )
             await self._load()
             self.state.redis_ok, self.state.redis_error = True, None
             self.publish(self.state.snapshot())

@@ -7,7 +7,9 @@ from appliance.queue.errors import (
     JobAlreadyFinished,
     JobNotFound,
     LeaseLost,
+    PayloadTooLarge,
     QueueError,
+    ResultTooLarge,
 )
 from appliance.queue.models import (
     Capabilities,
@@ -35,8 +37,10 @@ __all__ = [
     "JobSpec",
     "JobStatus",
     "LeaseLost",
+    "PayloadTooLarge",
     "Queue",
     "QueueError",
+    "ResultTooLarge",
     "QueueSettings",
     "QueueStats",
     "ReapResult",

@@ -26,7 +26,9 @@ from appliance.queue.errors import (
     DuplicateJob,
     InvalidJob,
     JobNotFound,
+    PayloadTooLarge,
     QueueError,
+    ResultTooLarge,
     ScriptCode,
     raise_for_code,
 )
@@ -41,7 +43,7 @@ from appliance.queue.models import (
     ShapeStats,
     ms_to_datetime,
 )
-from appliance.queue.options import QueueSettings
+from appliance.queue.options import ChannelsMode, QueueSettings, ScriptsMode
 from appliance.queue.scripts import ScriptSet
 from appliance.queue.shapes import WorkerClass, shape_of
 
@@ -143,7 +145,7 @@ class Queue:
         self.client = client
         self.keys = QueueKeys(queue_name)
         self.settings = settings or QueueSettings()
-        self.scripts = scripts or ScriptSet()
+        self.scripts = scripts or ScriptSet(use_functions=self.settings.scripts is ScriptsMode.FUNCTIONS)
         #: Assigns a pool to jobs that name none (appliance.pools.classify), applied before the shape is taken.
         self.classifier = classifier
         self._classes: dict[tuple[str, ...], WorkerClass] = {}
@@ -161,7 +163,8 @@ class Queue:
         classifier: Callable[[JobSpec], JobSpec] | None = None,
         **redis_kwargs: Any,
     ) -> Queue:
-        """Connect, check the server answers, and install the scripts."""
+        """Connect and check the server answers (with `queue.scripts = "functions"`, also that its library is
+        this version's: ScriptLibraryError when it differs). Nothing is loaded into Redis here."""
         check_database(url)
         kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
         if password is not None:
@@ -192,8 +195,17 @@ class Queue:
     def name(self) -> str:
         return self.keys.name
 
+    @property
+    def channel_prefix(self) -> str:
+        """What the lifecycle channels' names start with: nothing (shared) or the queue's key prefix."""
+        return self.keys.prefix if self.settings.channels is ChannelsMode.QUEUE else ""
+
+    def channel(self, name: str) -> str:
+        """The name of lifecycle channel `name` (`complete_job`, ...) for this queue's `queue.channels`."""
+        return self.channel_prefix + name
+
     def _common(self) -> list[Any]:
-        return ["", self.keys.name, self.settings.events.value, self.settings.events_maxlen]
+        return [self.channel_prefix, self.keys.name, self.settings.events.value, self.settings.events_maxlen]
 
     async def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
         return await self.scripts.call(self.client, script, keys, self._common() + args)
@@ -210,11 +222,16 @@ class Queue:
         body = spec.model_dump(mode="json", exclude={"id"})
         body["id"] = job_id
         body["shape"] = shape
+        encoded = json.dumps(body, separators=(",", ":"))
+        if len(encoded) > self.settings.max_payload_bytes:  # json.dumps writes ASCII: characters are bytes
+            raise PayloadTooLarge(
+                f"job {job_id}", len(encoded), "max_payload_bytes", self.settings.max_payload_bytes
+            )
         k = self.keys
         keys = [k.spec, k.meta, k.state, k.ready(shape), k.heads, k.shapes, k.counts, k.seq, k.events]
         args = [
             job_id,
-            json.dumps(body, separators=(",", ":")),
+            encoded,
             shape,
             json.dumps(record, sort_keys=True, separators=(",", ":")),
             spec.service,
@@ -262,7 +279,7 @@ class Queue:
             for s, (job_id, keys, _) in zip(parsed, calls, strict=True)
         ]
         codes: list[Any] = []
-        if not self.scripts.use_functions or hasattr(self.client, "get_primaries"):
+        if hasattr(self.client, "get_primaries"):
             for _, keys, args in calls:
                 codes.append(await self._call("submit", keys, args))
                 if int(codes[-1]) == ScriptCode.DUPLICATE:
@@ -432,7 +449,7 @@ class Queue:
     ) -> Job:
         """Block until the job finishes (completed, failed, cancelled, dead); TimeoutError past `timeout_s`."""
         pubsub = self.client.pubsub()
-        await pubsub.subscribe(CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS)
+        await pubsub.subscribe(*map(self.channel, (CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS)))
         try:
             async with asyncio.timeout(timeout_s):
                 job = await self.require(job_id)
@@ -552,9 +569,7 @@ class Queue:
             return await self.complete_many(outcomes), []
         worker_class = self.worker_class(shapes)
         codes: list[int] = []
-        pipelined = (
-            bool(outcomes) and self.scripts.use_functions and not hasattr(self.client, "get_primaries")
-        )
+        pipelined = bool(outcomes) and not hasattr(self.client, "get_primaries")
         if outcomes and not pipelined:
             codes = await self.complete_many(outcomes)
         for attempt in range(CLAIM_TRIES):
@@ -640,7 +655,15 @@ class Queue:
                 await self._call(
                     "progress",
                     [k.owner, k.state, k.progress, k.cancels, k.events],
-                    [job_id, token, json.dumps(record, separators=(",", ":")), record["percent"]],
+                    [
+                        job_id,
+                        token,
+                        json.dumps(record, separators=(",", ":")),
+                        record["percent"],
+                        json.dumps(
+                            {k_: v for k_, v in record.items() if k_ != "data"}, separators=(",", ":")
+                        ),
+                    ],
                 )
             ),
             job_id,
@@ -665,8 +688,12 @@ class Queue:
         k = self.keys
         keys = [k.owner, k.leases, k.state, k.results, k.info, k.done, k.counts, k.events, k.cancels, k.meta]
         args: list[Any] = [*(self._common() if common else ()), self.settings.result_ttl_s * 1000]
+        limit = self.settings.max_result_bytes
         for job_id, token, result in outcomes:
-            args += [job_id, token, json.dumps(result, separators=(",", ":"), default=str)]
+            encoded = json.dumps(result, separators=(",", ":"), default=str)
+            if len(encoded) > limit:  # json.dumps writes ASCII: characters are bytes
+                raise ResultTooLarge(f"the result of job {job_id}", len(encoded), "max_result_bytes", limit)
+            args += [job_id, token, encoded]
         return keys, args
 
     def retry_delay_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
@@ -736,6 +763,11 @@ class Queue:
                         self.settings.dead_ttl_s * 1000,
                         shape,
                         k.wake_channel(shape),
+                        json.dumps(
+                            {k_: v for k_, v in record.items() if k_ != "details"},
+                            separators=(",", ":"),
+                            default=str,
+                        ),
                     ],
                 )
             ),

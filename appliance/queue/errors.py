@@ -33,6 +33,22 @@ class InvalidJob(QueueError, ValueError):
     """A job, requirement or capability failed validation; the message names the field."""
 
 
+class TooLarge(QueueError, ValueError):
+    """A job or a result is bigger than the limit the queue keeps in Redis; the message names both."""
+
+    def __init__(self, what: str, size: int, setting: str, limit: int) -> None:
+        super().__init__(f"{what} is {size} bytes, over the limit queue.{setting}={limit}")
+        self.size, self.setting, self.limit = size, setting, limit
+
+
+class PayloadTooLarge(TooLarge, InvalidJob):
+    """A submitted job (its JSON, payload included) exceeds `queue.max_payload_bytes`."""
+
+
+class ResultTooLarge(TooLarge):
+    """A result exceeds `queue.max_result_bytes`: store it in output storage and complete with a reference."""
+
+
 class JobNotFound(QueueError, KeyError):
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id)

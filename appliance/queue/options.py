@@ -17,6 +17,31 @@ class EventsMode(StrEnum):
     NONE = "none"
 
 
+class ScriptsMode(StrEnum):
+    """How clients run the queue's Lua (docs/security.md, "Redis")."""
+
+    #: EVALSHA of each script's own SHA1: content-addressed, so no other Redis user can change what runs.
+    EVAL = "eval"
+    #: FCALL of the Function library that `appliance redis setup` loaded (verified against this version's code
+    #: at connect); only safe where no untrusted Redis user may run FUNCTION LOAD.
+    FUNCTIONS = "functions"
+
+
+class ChannelsMode(StrEnum):
+    """Which pub/sub channels carry the job lifecycle messages."""
+
+    #: The original system's names (`complete_job`, ...), one channel for every queue of the Redis.
+    SHARED = "shared"
+    #: One set per queue, `appliance:{<queue>}:complete_job`, ...: an ACL channel pattern can confine a tenant.
+    QUEUE = "queue"
+
+
+#: 1 MiB: the largest payload a job may carry by default (a ComfyUI workflow is tens of KiB).
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+#: 256 KiB: the largest result kept in Redis by default; a bigger one goes to output storage.
+DEFAULT_MAX_RESULT_BYTES = 256 << 10
+
+
 class QueueSettings(BaseModel):
     """How the queue leases, retries, expires and announces jobs."""
 
@@ -63,5 +88,33 @@ class QueueSettings(BaseModel):
         description=(
             "Concurrent workers of one class may take jobs of different shapes up to this much out of "
             "submission order (ms) instead of racing for the single best one; 0 keeps the order strict."
+        ),
+    )
+    scripts: ScriptsMode = Field(
+        ScriptsMode.EVAL,
+        description=(
+            "How the queue's Lua runs: `eval` (EVALSHA, content-addressed: safe where tenants share a Redis) or "
+            "`functions` (FCALL of the library `appliance redis setup` loaded; clients never load it)."
+        ),
+    )
+    channels: ChannelsMode = Field(
+        ChannelsMode.SHARED,
+        description=(
+            "Lifecycle pub/sub channels: `shared` (the original names, every queue on one channel) or `queue` "
+            "(`appliance:{<queue>}:<name>`, which an ACL channel pattern can confine; use it where tenants share "
+            "a Redis)."
+        ),
+    )
+    max_payload_bytes: int = Field(
+        DEFAULT_MAX_PAYLOAD_BYTES,
+        ge=1_024,
+        description="Largest job a submit accepts: the stored job JSON, payload included (bytes).",
+    )
+    max_result_bytes: int = Field(
+        DEFAULT_MAX_RESULT_BYTES,
+        ge=1_024,
+        description=(
+            "Largest result JSON kept in Redis (bytes); a worker stores a bigger one in output storage and "
+            "completes the job with a reference to it."
         ),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from functools import partial
 from typing import Any
@@ -19,9 +20,10 @@ from typing import Any
 from appliance.queue import ClaimedJob, Queue
 from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult
 from appliance.worker.leases import Lease, LeaseTable, OutcomeWriter
-from appliance.worker.outcome import OutcomeKind, StopReason, decide
+from appliance.worker.outcome import Outcome, OutcomeKind, StopReason, decide
 from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink
+from appliance.worker.storage import OutputStorage
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class JobRunner:
         *,
         default_timeout_s: float,
         on_service_trouble: Any = lambda: None,
+        storage: OutputStorage | None = None,
     ) -> None:
         self.connector = connector
         self.queue = queue
@@ -55,6 +58,8 @@ class JobRunner:
         self.default_timeout_s = default_timeout_s
         self.interrupt_grace_s = INTERRUPT_GRACE_S
         self._on_service_trouble = on_service_trouble
+        #: Where a result too big for Redis (`queue.max_result_bytes`) goes instead.
+        self.storage = storage
         self.completed = 0
         self.failed = 0
 
@@ -95,6 +100,8 @@ class JobRunner:
             else:
                 await lease.progress.close()
             outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
+            if outcome.kind is OutcomeKind.COMPLETE:
+                outcome = await self._bounded(job.id, outcome)
             if exc is not None and outcome.kind is OutcomeKind.FAIL:
                 log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
                 if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
@@ -107,6 +114,34 @@ class JobRunner:
         finally:
             await lease.progress.close()
             self.leases.remove(lease)
+
+    async def _bounded(self, job_id: str, outcome: Outcome) -> Outcome:
+        """A result within `queue.max_result_bytes` as it is; a bigger one stored in output storage and replaced
+        by a reference to it (`stored_result`), so Redis never holds or publishes the body."""
+        body = json.dumps(outcome.result, separators=(",", ":"), default=str).encode()
+        limit = self.queue.settings.max_result_bytes
+        if len(body) <= limit:
+            return outcome
+        if self.storage is None:
+            return Outcome(
+                OutcomeKind.FAIL,
+                error=f"the result is {len(body)} bytes, over the limit queue.max_result_bytes={limit}, "
+                "and this worker has no output storage",
+                details={"kind": "result_too_large", "code": "result_too_large", "bytes": len(body)},
+            )
+        try:
+            stored = await self.storage.put(job_id, "result.json", body, "application/json", kind="result")
+        except Exception as exc:  # S3 or disk trouble: the work is done, but the result must be kept to count
+            return Outcome(
+                OutcomeKind.FAIL,
+                error=f"storing the {len(body)}-byte result failed: {type(exc).__name__}: {exc}",
+                retryable=True,
+                details={"kind": "storage", "code": "storage", "bytes": len(body)},
+            )
+        log.info("job %s: result of %d bytes kept in output storage (%s)", job_id, len(body), stored.name)
+        return Outcome(
+            OutcomeKind.COMPLETE, result={"stored_result": stored.to_dict(), "result_bytes": len(body)}
+        )
 
     async def _write_progress(self, job_id: str, token: str, percent: float, message: str | None) -> bool:
         return await self.queue.progress(job_id, token, percent, message)

@@ -163,6 +163,7 @@ class Worker:
             self.writer,
             default_timeout_s=self.parts.default_timeout_s,
             on_service_trouble=self.service.check_now,
+            storage=self.storage,
         )
         self._phase = None
         self.notifier.ready(self.snapshot().text())

@@ -3,8 +3,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio as aioredis
 
 from appliance.queue import Queue, QueueSettings
+from appliance.queue.options import ScriptsMode
 from appliance.queue.scripts import ScriptSet
 
 
@@ -12,15 +14,22 @@ from appliance.queue.scripts import ScriptSet
 async def queue(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Queue]:
     """A queue on a flushed real Redis, once through FCALL and once through the EVALSHA fallback. Claims keep
     the order strictly (no slack), so tests can name the exact order."""
+    if request.param == "functions":  # the deployer's step: clients never load the library themselves
+        client = aioredis.Redis.from_url(redis_url)
+        await ScriptSet().install(client)
+        await client.aclose()
     q = await Queue.connect(
         redis_url,
         settings=QueueSettings(
-            lease_ms=1000, reaper_interval_ms=100, retry_base_ms=0, retry_max_ms=0, claim_slack_ms=0
+            lease_ms=1000,
+            reaper_interval_ms=100,
+            retry_base_ms=0,
+            retry_max_ms=0,
+            claim_slack_ms=0,
+            scripts=ScriptsMode.FUNCTIONS if request.param == "functions" else ScriptsMode.EVAL,
         ),
     )
-    if request.param == "evalsha":
-        q.scripts = ScriptSet(use_functions=False)
-        await q.scripts.load(q.client)
+    assert q.scripts.use_functions is (request.param == "functions")
     yield q
     await q.close()
 

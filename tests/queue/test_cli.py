@@ -176,3 +176,25 @@ def test_submit_refuses_nan_in_the_payload(redis_url: str) -> None:
     assert out.returncode != 0 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
     assert "payload.x is not a finite number" in line
+
+
+def test_a_payload_over_the_limit_is_refused_in_one_line(redis_url: str, tmp_path) -> None:
+    payload = tmp_path / "big.json"
+    payload.write_text(json.dumps({"blob": "x" * 1_100_000}))
+    out = run(redis_url, "submit", "--service", "echo", "--payload", f"@{payload}")
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "over the limit queue.max_payload_bytes=1048576" in lines[0] and "1100" in lines[0], lines[0]
+    # A smaller limit from the environment applies the same way; nothing was enqueued by either.
+    small = run(
+        redis_url,
+        "submit",
+        "--service",
+        "echo",
+        "--payload",
+        '{"blob": "' + "y" * 5000 + '"}',
+        env={"APPLIANCE_QUEUE__MAX_PAYLOAD_BYTES": "4096"},
+    )
+    assert small.returncode == 2 and "queue.max_payload_bytes=4096" in small.stderr
+    assert run(redis_url, "list", "--json").stdout.strip() in ("[]", "")

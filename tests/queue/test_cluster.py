@@ -11,6 +11,7 @@ import pytest
 
 from appliance.localredis import LocalRedis, free_port
 from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue, QueueSettings
+from appliance.queue.options import ScriptsMode
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-cli") is None, reason="redis-cli (redis-tools) not installed"
@@ -66,17 +67,26 @@ def cluster() -> Iterator[list[LocalRedis]]:
 
 @pytest.mark.parametrize("use_functions", [True, False])
 async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_functions: bool) -> None:
+    if use_functions:  # the deployer loads the library on every primary (`appliance redis setup`)
+        from redis.asyncio.cluster import RedisCluster
+
+        from appliance.queue.scripts import ScriptSet
+
+        admin = RedisCluster.from_url(f"redis://127.0.0.1:{cluster[0].port}", decode_responses=True)
+        await admin.initialize()
+        assert await ScriptSet().install(admin) == "loaded"
+        await admin.aclose()
     queue = await Queue.connect(
         f"redis://127.0.0.1:{cluster[0].port}",
         cluster=True,
         queue_name=f"cl{int(use_functions)}",
-        settings=QueueSettings(lease_ms=1000, retry_base_ms=0, retry_max_ms=0),
+        settings=QueueSettings(
+            lease_ms=1000,
+            retry_base_ms=0,
+            retry_max_ms=0,
+            scripts=ScriptsMode.FUNCTIONS if use_functions else ScriptsMode.EVAL,
+        ),
     )
-    if not use_functions:
-        from appliance.queue.scripts import ScriptSet
-
-        queue.scripts = ScriptSet(use_functions=False)
-        await queue.scripts.load(queue.client)
     try:
         assert queue.scripts.use_functions is use_functions
         jobs = await queue.submit_many(

@@ -16,7 +16,9 @@ from appliance.queue import (
     JobNotFound,
     JobStatus,
     LeaseLost,
+    PayloadTooLarge,
     Queue,
+    ResultTooLarge,
 )
 
 ECHO = Capabilities(services=["echo"])
@@ -414,7 +416,8 @@ async def test_events_on_stream_and_pubsub(queue: Queue, aredis) -> None:
     assert [c for c, _ in seen] == ["job_submitted", "job_claimed", "update_job_progress", "complete_job"]
     assert all(e["job"] == job.id and e["queue"] == "default" for _, e in seen)
     assert seen[2][1]["progress"]["message"] == 'say "hi"'
-    assert seen[3][1]["result"] == {"x": 1}
+    # The completion message names the job and the result's size, never the result: readers fetch the record.
+    assert "result" not in seen[3][1] and seen[3][1]["result_bytes"] == str(len('{"x":1}'))
     entries = await aredis.xrange(queue.keys.events)
     assert [e[1][b"event"].decode() for e in entries] == ["submitted", "claimed", "progress", "completed"]
 
@@ -438,3 +441,40 @@ async def test_heads_index_keeps_constant_time_lookups(queue: Queue, aredis) -> 
     claimed = await queue.claim("w", [job.shape])
     await queue.complete(job.id, claimed.token, None)
     assert await aredis.exists(queue.keys.heads) == 1  # the sentinel keeps the key (and its encoding)
+
+
+async def test_sizes_over_the_limits_are_refused_naming_the_limit(make_queue) -> None:
+    q = await make_queue(max_payload_bytes=4096, max_result_bytes=2048)
+    with pytest.raises(PayloadTooLarge, match=r"over the limit queue\.max_payload_bytes=4096"):
+        await q.submit({"service": "echo", "payload": {"blob": "x" * 5000}})
+    # A batch is checked whole before anything is sent: the small job before the big one is not enqueued.
+    with pytest.raises(PayloadTooLarge):
+        await q.submit_many([{"service": "echo"}, {"service": "echo", "payload": {"blob": "x" * 5000}}])
+    assert (await q.stats()).waiting == 0
+    job = await q.submit({"service": "echo"})
+    claimed = await q.claim("w", [job.shape])
+    with pytest.raises(ResultTooLarge, match=r"is \d+ bytes, over the limit queue\.max_result_bytes=2048"):
+        await q.complete(job.id, claimed.token, {"blob": "y" * 3000})
+    assert (await q.get(job.id)).status is JobStatus.CLAIMED  # nothing written: the worker still holds it
+    await q.complete(job.id, claimed.token, {"ok": True})
+    assert (await q.get(job.id)).result == {"ok": True}
+
+
+async def test_per_queue_channels_carry_only_their_queue(make_queue, aredis) -> None:
+    mine = await make_queue(channels="queue")
+    pubsub = aredis.pubsub()
+    await pubsub.psubscribe("*")
+    job = await mine.submit({"service": "echo"})
+    claimed = await mine.claim("w", [job.shape])
+    await mine.complete(job.id, claimed.token, {"x": 1})
+    channels = []
+    async with asyncio.timeout(10):
+        while "appliance:{default}:complete_job" not in channels:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                channels.append(message["channel"].decode())
+    await pubsub.aclose()
+    assert not {"job_submitted", "job_claimed", "complete_job"} & set(channels)
+    assert all(c.startswith("appliance:{default}:") for c in channels), channels
+    waiter = asyncio.create_task(mine.wait(job.id, timeout_s=10))
+    assert (await waiter).status is JobStatus.COMPLETED

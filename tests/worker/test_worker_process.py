@@ -541,3 +541,72 @@ async def test_watchdog_pings_stop_when_the_event_loop_hangs(harness: Harness) -
     after = [m for m in worker.notify.poll()[before:] if "WATCHDOG=1" in m]
     assert after == []
     assert worker.proc.poll() is None  # hung, not dead: systemd's watchdog has to kill it
+
+
+# --- bounded results (issue 12, item 3) --------------------------------------------------------------------------
+
+
+def start_cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_a_big_result_goes_to_storage_and_never_reaches_pubsub(tmp_path: Path) -> None:
+    # A Redis that drops a pub/sub subscriber as soon as 64 KiB wait in its output buffer, as production Redis
+    # does at 32 MiB: a result body on `complete_job` would cut every subscriber, an unrelated `job wait` too.
+    server = LocalRedis().start()
+    h = Harness(tmp_path, server.url)
+    try:
+        q = await h.connect()
+        await q.client.config_set("client-output-buffer-limit", "pubsub 64kb 32kb 60")
+        watcher = q.client.pubsub()
+        await watcher.subscribe("complete_job")
+        # An unrelated job no worker here serves, and a real `appliance job wait` on it.
+        other = await q.submit({"service": "echo", "requirements": {"tags": ["elsewhere"]}})
+        env = {**h.env, "APPLIANCE_REDIS__QUEUE": "default"}
+        waiter = start_cli(env, "job", "wait", other.id, "--json", "--timeout", "120")
+
+        async def subscribed() -> bool:
+            counts = dict(await q.client.pubsub_numsub("complete_job"))
+            return counts.get("complete_job", 0) >= 2  # our watcher and the waiter
+
+        await eventually(subscribed, "the job wait to subscribe")
+        worker = h.start("--slot", "echo0")
+        await worker.ready()
+        blob = "x" * 400_000  # the echo result carries the payload: over the 256 KiB result limit
+        big = await q.submit({"service": "echo", "payload": {"blob": blob}})
+        done = await job_in(q, big.id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DEAD)
+        assert done.status is JobStatus.COMPLETED, done.errors
+        # Redis holds a reference; the body lies in output storage.
+        stored = done.result["stored_result"]
+        assert done.result["result_bytes"] > q.settings.max_result_bytes and stored["kind"] == "result"
+        body = json.loads(await asyncio.to_thread(Path(stored["path"]).read_text))
+        assert body["echo"]["blob"] == blob
+        assert len(await q.client.hget(q.keys.results, big.id)) < 1_000
+        # The completion message names the job and sizes, never the body.
+        message = None
+        async with asyncio.timeout(DEADLINE_S):
+            while message is None:
+                message = await watcher.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert len(message["data"]) < 1_000 and json.loads(message["data"])["job"] == big.id
+        # The unrelated waiter is still subscribed, and still sees its own job end.
+        assert waiter.poll() is None, waiter.communicate()
+        assert await subscribed()
+        claimed = await q.claim("elsewhere-worker", [other.shape])
+        assert claimed is not None
+        await q.complete(other.id, claimed.token, {"fine": True})
+        out, err = await asyncio.to_thread(waiter.communicate, timeout=60)
+        assert waiter.returncode == 0, err
+        assert json.loads(out)["result"] == {"fine": True}
+        await watcher.aclose()
+    finally:
+        if "waiter" in locals() and waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+        await h.close()
+        server.cleanup()

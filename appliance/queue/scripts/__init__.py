@@ -1,9 +1,17 @@
-"""The queue's Lua scripts: one file per state transition, loaded once per connection.
+"""The queue's Lua scripts: one file per state transition.
 
-Preferred: a Redis 7 Function library (FUNCTION LOAD REPLACE + FCALL; persisted and replicated, so no NOSCRIPT
-race after a failover). Fallback where Functions are missing (Redis < 7, some managed services, Dragonfly):
-EVALSHA with a SCRIPT LOAD retry. The library name carries a hash of the sources, so two versions can serve
-one Redis during a rolling update.
+Two ways to run them (`queue.scripts`, docs/security.md):
+
+- `eval` (the default): EVALSHA of each script's SHA1, with SCRIPT LOAD when the server does not know it
+  (a restart, a failover, a SCRIPT FLUSH). Scripts are content-addressed, so no other Redis user can change
+  what a client runs: safe where tenants share a Redis.
+- `functions`: FCALL of a Redis 7 Function library (persisted and replicated) that the deployer loaded with
+  `appliance redis setup`. Clients never load or replace it: at connect they compare the server's copy with their
+  own code and refuse a library that differs (someone replaced it); when it is missing they use EVALSHA.
+  A library can be replaced by any user allowed FUNCTION LOAD, so this mode is safe only where no untrusted
+  user has that right.
+
+The library name carries a hash of the sources, so two versions can serve one Redis during a rolling update.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
+
+from appliance.queue.errors import QueueError
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +86,32 @@ def is_missing_function(exc: Exception) -> bool:
     return "function not found" in str(exc).lower()
 
 
+def is_missing_script(exc: Exception) -> bool:
+    """EVALSHA of a script the server does not hold (restart, failover, SCRIPT FLUSH)."""
+    return str(exc).startswith("NOSCRIPT") or isinstance(exc, NoScriptError)
+
+
+class ScriptLibraryError(QueueError):
+    """The server's Function library is not this version's code, or cannot be checked or loaded."""
+
+
 @dataclass
 class ScriptSet:
-    """Calls the queue scripts on one client, as FCALL where it can and EVALSHA where it must."""
+    """Calls the queue scripts on one client: EVALSHA by default, FCALL of a verified library when asked."""
 
     sources: dict[str, str] = field(default_factory=load_sources)
-    use_functions: bool = True
+    use_functions: bool = False
     version: str = ""
-    _scripts: dict[str, Any] = field(default_factory=dict)
+    _shas: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256("\0".join(self.sources[n] for n in SCRIPT_NAMES).encode()).hexdigest()
         self.version = digest[:12]
+        # Redis names a script by the SHA1 of its source (a name, not a security measure).
+        self._shas = {
+            n: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
+            for n, src in self.sources.items()
+        }
 
     @property
     def library(self) -> str:
@@ -96,6 +120,9 @@ class ScriptSet:
     def function_name(self, name: str) -> str:
         return f"{self.library}_{name}"
 
+    def sha(self, name: str) -> str:
+        return self._shas[name]
+
     def library_code(self) -> str:
         parts = [f"#!lua name={self.library}"]
         for name in SCRIPT_NAMES:
@@ -103,53 +130,119 @@ class ScriptSet:
             parts.append(f"redis.register_function('{self.function_name(name)}', {name}_)")
         return "\n".join(parts)
 
-    async def load(self, client: Any) -> None:
-        """Install the library on `client` (every primary, for a cluster client); fall back to scripts."""
-        if self.use_functions:
-            try:
-                await self._function_load(client)
-                return
-            except ResponseError as exc:
-                log.info("Redis Functions unavailable (%s); using EVALSHA", exc)
-                self.use_functions = False
-        self._scripts = {name: client.register_script(src) for name, src in self.sources.items()}
+    # --- the deployer's side -----------------------------------------------------------------------------------
 
-    async def _function_load(self, client: Any) -> None:
+    async def server_library(self, client: Any) -> str | None:
+        """The code of this version's library as the server holds it, or None when it is not loaded (on a
+        cluster client: the first primary that lacks it or differs, else the common code)."""
+        found: str | None = None
+        for node in _primaries(client):
+            reply = await _on(client, node, "FUNCTION", "LIST", "LIBRARYNAME", self.library, "WITHCODE")
+            code = _library_code(reply, self.library)
+            if code is None or code != self.library_code():
+                return code
+            found = code
+        return found
+
+    async def install(self, client: Any, *, replace: bool = False) -> str:
+        """Load the library where it is missing: 'loaded', or 'present' when the same code is there already.
+        A library of this name with other code is refused unless `replace` ('replaced'). Also SCRIPT LOADs every
+        script, so EVALSHA clients find them. Only the deployer runs this (`appliance redis setup`)."""
+        outcome = "present"
         code = self.library_code()
-        if hasattr(client, "get_primaries"):  # RedisCluster: every primary needs the library
-            from redis.asyncio.cluster import RedisCluster
+        for node in _primaries(client):
+            reply = await _on(client, node, "FUNCTION", "LIST", "LIBRARYNAME", self.library, "WITHCODE")
+            current = _library_code(reply, self.library)
+            if current is None:
+                await _on(client, node, "FUNCTION", "LOAD", code)
+                outcome = "loaded" if outcome == "present" else outcome
+            elif current != code:
+                if not replace:
+                    raise ScriptLibraryError(
+                        f"the server holds a library {self.library} whose code differs from this version's "
+                        "(replaced by someone else?); check who may run FUNCTION LOAD, then rerun with --replace"
+                    )
+                await _on(client, node, "FUNCTION", "LOAD", "REPLACE", code)
+                outcome = "replaced"
+            for source in self.sources.values():
+                await _on(client, node, "SCRIPT", "LOAD", source)
+        return outcome
 
-            await client.execute_command(
-                "FUNCTION LOAD", "REPLACE", code, target_nodes=RedisCluster.PRIMARIES
+    # --- the clients' side -------------------------------------------------------------------------------------
+
+    async def load(self, client: Any) -> None:
+        """Get ready to call on `client`. EVALSHA needs nothing (scripts load on first use). FCALL checks the
+        server's library against this version's code: a different one raises ScriptLibraryError, a missing one
+        (or a server without Functions) falls back to EVALSHA."""
+        if not self.use_functions:
+            return
+        try:
+            code = await self.server_library(client)
+        except ResponseError as exc:
+            if "noperm" in str(exc).lower():
+                raise ScriptLibraryError(
+                    f"queue.scripts=functions needs FUNCTION LIST to check the library {self.library}: {exc}"
+                ) from None
+            log.info("Redis Functions unavailable (%s); using EVALSHA", exc)
+            self.use_functions = False
+            return
+        if code is None:
+            log.warning(
+                "Redis Function library %s is not loaded (run `appliance redis setup`); using EVALSHA",
+                self.library,
             )
-        else:
-            await client.execute_command("FUNCTION LOAD", "REPLACE", code)
+            self.use_functions = False
+        elif code != self.library_code():
+            raise ScriptLibraryError(
+                f"the server's Function library {self.library} differs from this version's code: refusing to "
+                "run it (replaced by someone else?); reload it with `appliance redis setup --replace` as the "
+                "deployer, or set queue.scripts=eval"
+            )
+
+    def _lost_library(self) -> None:
+        log.warning(
+            "Redis Function library %s vanished (restart or FUNCTION FLUSH?); using EVALSHA", self.library
+        )
+        self.use_functions = False
 
     async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
-        if not self.use_functions:
-            if not self._scripts:
-                self._scripts = {n: client.register_script(src) for n, src in self.sources.items()}
-            return await self._scripts[name](keys=keys, args=args, client=client)
+        if self.use_functions:
+            try:
+                return await client.fcall(self.function_name(name), len(keys), *keys, *args)
+            except ResponseError as exc:
+                # The library is never loaded from here (that would let a client replace it): EVALSHA instead.
+                if not is_missing_function(exc):
+                    raise
+                self._lost_library()
         try:
-            return await client.fcall(self.function_name(name), len(keys), *keys, *args)
+            return await client.evalsha(self.sha(name), len(keys), *keys, *args)
         except ResponseError as exc:
-            # A restarted Redis without persistence, a FUNCTION FLUSH, or a fresh failover target: reload once.
-            if not is_missing_function(exc):
+            if not is_missing_script(exc):
                 raise
-            log.warning("queue functions missing on the server (restart or flush?); reloading")
-            await self._function_load(client)
-            return await client.fcall(self.function_name(name), len(keys), *keys, *args)
+            await self._script_load(client, name, keys)
+            return await client.evalsha(self.sha(name), len(keys), *keys, *args)
+
+    async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
+        if hasattr(client, "get_primaries"):  # RedisCluster: the node that owns the keys needs it
+            node = client.get_node_from_key(keys[0]) if keys else None
+            await client.execute_command("SCRIPT LOAD", self.sources[name], target_nodes=node)
+        else:
+            await client.execute_command("SCRIPT LOAD", self.sources[name])
 
     async def call_pipelined(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """Several FCALLs in one round trip (callers check `use_functions` first). A call that found the library
-        missing did not run: those, and only those, run again once after a reload, as in `call`."""
+        """Several calls in one round trip (not on a cluster client). A call that found its script or library
+        missing did not run: those, and only those, run again once (EVALSHA, after SCRIPT LOAD)."""
         results = await self._pipeline(client, calls)
         missing = [
-            i for i, r in enumerate(results) if isinstance(r, ResponseError) and is_missing_function(r)
+            i
+            for i, r in enumerate(results)
+            if isinstance(r, ResponseError) and (is_missing_function(r) or is_missing_script(r))
         ]
         if missing:
-            log.warning("queue functions missing on the server (restart or flush?); reloading")
-            await self._function_load(client)
+            if self.use_functions:
+                self._lost_library()
+            for name in dict.fromkeys(calls[i][0] for i in missing):
+                await self._script_load(client, name, [])
             for i, result in zip(
                 missing, await self._pipeline(client, [calls[i] for i in missing]), strict=True
             ):
@@ -162,5 +255,36 @@ class ScriptSet:
     async def _pipeline(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for name, keys, args in calls:
-            pipe.fcall(self.function_name(name), len(keys), *keys, *args)
+            if self.use_functions:
+                pipe.fcall(self.function_name(name), len(keys), *keys, *args)
+            else:
+                pipe.evalsha(self.sha(name), len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+def _primaries(client: Any) -> list[Any]:
+    """Where a library must live: every primary of a cluster client, else the one server (None)."""
+    if hasattr(client, "get_primaries"):
+        return list(client.get_primaries())
+    return [None]
+
+
+async def _on(client: Any, node: Any, *command: Any) -> Any:
+    if node is None:
+        return await client.execute_command(*command)
+    return await client.execute_command(*command, target_nodes=node)
+
+
+def _library_code(reply: Any, library: str) -> str | None:
+    """The `library_code` of `library` in a FUNCTION LIST ... WITHCODE reply (RESP2 lists or RESP3 maps)."""
+    for entry in reply or ():
+        fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2], strict=False))
+        fields = {_text(k): v for k, v in fields.items()}
+        if _text(fields.get("library_name")) == library:
+            code = fields.get("library_code")
+            return None if code is None else _text(code)
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -15,7 +15,7 @@
     KEYS[10] events   STREAM
     KEYS[11] info     HASH id -> worker|claimed_ms|finished_ms
 
-    ARGV[1]  unused        ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  job id         ARGV[6]  result TTL, ms
     ARGV[7]  shape id (must be the job's)

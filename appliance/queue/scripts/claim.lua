@@ -26,7 +26,7 @@
     KEYS[10] events    STREAM
     KEYS[11..10+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[10..9+C]
 
-    ARGV[1]  unused          ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  worker id        ARGV[6]  fencing token prefix (random; job i of the batch gets prefix.i)
     ARGV[7]  lease, ms        ARGV[8]  most jobs to claim (n >= 1)

@@ -13,7 +13,7 @@
     KEYS[9]  cancels  HASH id -> cancel request time
     KEYS[10] meta     HASH id -> shape|service|...
 
-    ARGV[1]  unused        ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  result TTL, ms
     ARGV[6..]  one triple per job: job id, fencing token, result JSON
@@ -23,7 +23,9 @@
      1  completed
     -2  lease lost: the outcome is not written
 
-  Emits: completed (channel complete_job), one per completed job
+  Emits: completed (channel complete_job), one per completed job: ids, duration and the result's size in bytes,
+  never the result itself (a big message makes Redis drop every subscriber whose buffer it overflows; readers
+  fetch the record)
 ]]
 local rcall = redis.call
 -- @include now
@@ -69,8 +71,8 @@ if mode ~= 'none' then
   for i, id in ipairs(ids) do
     local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|')
     emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
-      {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', now - claims[id]},
-      ',"result":' .. results[2 * i])
+      {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', now - claims[id],
+       'result_bytes', #results[2 * i]})
   end
 end
 return codes

@@ -21,7 +21,7 @@
     KEYS[15] cancels   HASH id -> cancel request time
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
 
-    ARGV[1]  unused            ARGV[2]  queue name
+    ARGV[1]  channel prefix    ARGV[2]  queue name
     ARGV[3]  events mode        ARGV[4]  events maxlen
     ARGV[5]  job id             ARGV[6]  fencing token
     ARGV[7]  error record JSON (object)
@@ -30,6 +30,7 @@
     ARGV[10] result TTL, ms     ARGV[11] dead-letter TTL, ms
     ARGV[12] shape id (must be the job's)
     ARGV[13] wake channel of the shape
+    ARGV[14] what pub/sub carries of the error record (JSON: it without its details)
 
   Returns:
      3  retry scheduled       4  dead-lettered (retries exhausted)
@@ -64,7 +65,7 @@ append_error(errors_key, id, ARGV[7])
 if rcall('HDEL', cancels_key, id) == 1 then disposition = 'cancelled' end
 local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
 local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt}
-local message = ',"error":' .. ARGV[7]
+local message = ',"error":' .. ARGV[14]
 
 if disposition == 'retry' and attempt <= meta.max_retries then
   rcall('HSET', state_key, id, 'pending')

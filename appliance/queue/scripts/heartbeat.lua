@@ -10,7 +10,7 @@
     KEYS[4]  workers_seen  ZSET worker -> last heartbeat, ms
     KEYS[5]  shape_live    HASH shape -> last time a matching worker was alive, ms
 
-    ARGV[1]  unused         ARGV[2]  queue name (unused; uniform prefix)
+    ARGV[1]  channel prefix  ARGV[2]  queue name (unused; uniform prefix)
     ARGV[3]  events mode     ARGV[4]  events maxlen
     ARGV[5]  worker id       ARGV[6]  lease, ms
     ARGV[7]  K = number of shapes that follow

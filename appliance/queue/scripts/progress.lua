@@ -8,10 +8,11 @@
     KEYS[4]  cancels   HASH id -> cancel request time
     KEYS[5]  events    STREAM
 
-    ARGV[1]  unused        ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  job id         ARGV[6]  fencing token
     ARGV[7]  progress JSON  ARGV[8]  percent (number)
+    ARGV[9]  what pub/sub carries of it (JSON: percent and message, never its data)
 
   Returns:
      1  recorded
@@ -33,6 +34,6 @@ if not worker then return -2 end
 rcall('HSET', state_key, id, 'running')
 rcall('HSET', progress_key, id, ARGV[7])
 emit(events_key, mode, maxlen, 'update_job_progress', queue, 'progress',
-  {'job', id, 'worker', worker, 'percent', ARGV[8]}, ',"progress":' .. ARGV[7])
+  {'job', id, 'worker', worker, 'percent', ARGV[8]}, ',"progress":' .. ARGV[9])
 if rcall('HEXISTS', cancels_key, id) == 1 then return 2 end
 return 1

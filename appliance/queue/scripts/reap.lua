@@ -11,7 +11,7 @@
     KEYS[5]  dead         ZSET id -> time of death
     KEYS[6..15]  job columns: spec, meta, state, attempts, owner, progress, results, errors, info, cancels
 
-    ARGV[1]  unused (the server clock decides)     ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  interval, ms   ARGV[6]  batch limit
     ARGV[7]  '1' to run even if another caller reaped within the interval

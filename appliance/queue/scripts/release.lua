@@ -23,7 +23,7 @@
     KEYS[15] progress  HASH id -> progress JSON (dropped when the job goes back in line: the next attempt
                        starts from nothing)
 
-    ARGV[1]  unused          ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  job id
     ARGV[6]  fencing token, or '' to match by worker id

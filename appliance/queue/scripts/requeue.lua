@@ -21,7 +21,7 @@
     KEYS[15] cancels   HASH id -> cancel request time
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
 
-    ARGV[1]  unused        ARGV[2]  queue name
+    ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  shape id       ARGV[6]  result TTL, ms
     ARGV[7]  dead-letter TTL, ms

@@ -12,7 +12,7 @@
     KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
     KEYS[9]  events    STREAM
 
-    ARGV[1]  unused              ARGV[2]  queue name
+    ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
     ARGV[5]  job id               ARGV[6]  job JSON
     ARGV[7]  shape id             ARGV[8]  shape JSON

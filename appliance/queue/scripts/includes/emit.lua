@@ -1,9 +1,11 @@
 --[[
   Function to emit one lifecycle event on the capped stream and/or a pub/sub channel.
     mode       'stream+pubsub' | 'stream' | 'pubsub' | 'none'
+    channel    the channel's base name; ARGV[1] (the common prefix every script takes) is put before it: '' for
+               the shared channels, 'appliance:{<queue>}:' for per-queue ones (queue.channels)
     fields     flat {name, value, ...}; names are literals, values (ids, numbers) are JSON-encoded by cjson so
                no value can break the message
-    extra_json raw JSON members appended to the pub/sub message only (e.g. ',"result":{...}'), or nil
+    extra_json raw JSON members appended to the pub/sub message only (small: never a job's result), or nil
 ]]
 local function emit(events_key, mode, maxlen, channel, queue, event, fields, extra_json)
   if mode == 'none' then return end
@@ -18,6 +20,6 @@ local function emit(events_key, mode, maxlen, channel, queue, event, fields, ext
       parts[n + 4], n = cjson.encode(tostring(fields[i + 1])), n + 4
     end
     parts[n + 1], parts[n + 2] = extra_json or '', '}'
-    rcall('PUBLISH', channel, table.concat(parts))
+    rcall('PUBLISH', ARGV[1] .. channel, table.concat(parts))
   end
 end

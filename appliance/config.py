@@ -121,9 +121,10 @@ class MachineSettings(_Section):
         description="Machine id; worker ids are `<machine id>-<slot>`. Defaults to the host name.",
         json_schema_extra={"doc_default": "host name"},
     )
-    type: Literal["gpu", "api"] = Field(
-        default="api",
-        description="`gpu` runs ComfyUI + one worker per GPU; `api` runs the enabled API connectors.",
+    type: Literal["auto", "gpu", "api"] = Field(
+        default="auto",
+        description="`gpu` runs ComfyUI + one worker per GPU; `api` runs the enabled API connectors; `auto` "
+        "asks NVML at startup: GPUs found means `gpu`, none (or no NVML) means `api`.",
     )
     pool: str | None = Field(
         default=None, description="Pool this machine serves (see `pools`); none serves every pool."

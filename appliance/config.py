@@ -198,6 +198,13 @@ class CapabilityOverrides(_Section):
     gpu_memory_gb: float | None = Field(default=None, ge=0, description="GPU memory offered, in GiB.")
     ram_gb: float | None = Field(default=None, ge=0, description="RAM offered, in GiB.")
     cpu_cores: int | None = Field(default=None, ge=0, description="CPU cores offered.")
+    gpu_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs bound to each worker, matched against a job's `requirements.gpu_count`; "
+        "default 1 for a GPU slot (one ComfyUI per GPU) and 0 for a connector slot. Set it for a worker "
+        "whose service runs on several GPUs (a multi-GPU remote endpoint, a ComfyUI given two GPUs).",
+    )
     models: dict[str, list[str]] | Literal["all"] | None = Field(
         default=None, description='Models per service (`{"comfyui": ["sdxl.safetensors"]}`), or "all".'
     )

@@ -222,16 +222,21 @@ async def run_profile(args: argparse.Namespace, name: str, lease_ms: int, heartb
         try:
             for round_ in range(args.rounds):
                 victim = machines[round_ % len(machines)]
-                # Wait until the victim holds jobs, then kill at a random phase of the heartbeat cycle.
-                deadline = time.monotonic() + 120
-                while not await held_by(queue, victim):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{victim.name} never held jobs: see its logs in {tmp}")
-                    await asyncio.sleep(0.1)
-                await asyncio.sleep(random.uniform(0, heartbeat_ms / 1000))
-                victim.kill()
-                killed_at = time.monotonic()
-                held = await held_by(queue, victim)
+                # Wait until the victim holds jobs, then kill at a random phase of the heartbeat cycle. The jobs
+                # counted are those still leased to it after the kill (one may have finished during the wait).
+                held: dict[str, str] = {}
+                while not held:
+                    deadline = time.monotonic() + 120
+                    while not await held_by(queue, victim):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"{victim.name} never held jobs: see its logs in {tmp}")
+                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(random.uniform(0, heartbeat_ms / 1000))
+                    victim.kill()
+                    killed_at = time.monotonic()
+                    held = await held_by(queue, victim)
+                    if not held:
+                        victim.start()
                 back: dict[str, float] = {}
                 pending = dict(held)
                 while pending:
@@ -259,6 +264,10 @@ async def run_profile(args: argparse.Namespace, name: str, lease_ms: int, heartb
                     flush=True,
                 )
                 victim.start()
+        except BaseException:
+            for m in machines:
+                m.stop()
+            raise
         finally:
             feeder.cancel()
         # Let everything submitted finish, then count.

@@ -137,7 +137,9 @@ class Worker:
         if found is None:
             return False
         ram_gb, cores = machine_resources()
-        capabilities = build_capabilities(self.settings, found, ram_gb=ram_gb, cpu_cores=cores)
+        capabilities = build_capabilities(
+            self.settings, found, slot=self.slot, ram_gb=ram_gb, cpu_cores=cores
+        )
         # Leases still held under our id belong to a previous run of this slot that died: hand them back now
         # instead of letting them wait for their lease to expire (the attempt counts).
         orphans = await self._until_redis(

@@ -171,6 +171,18 @@ def test_capabilities_merge_service_reports_with_config() -> None:
     assert caps.allowed_customers == ["acme"] and caps.ram_gb == 64 and caps.cpu_cores == 16
 
 
+def test_capabilities_carry_gpu_count_and_machine_type_of_the_slot() -> None:
+    settings = load_settings(env={}).settings
+    gpu = build_capabilities(settings, ConnectorCapabilities(services=["comfyui"]), slot=parse_slot("gpu1"))
+    assert (gpu.gpu_count, gpu.machine_type) == (1, "gpu")
+    api = build_capabilities(settings, ConnectorCapabilities(services=["echo"]), slot=parse_slot("echo0"))
+    assert (api.gpu_count, api.machine_type) == (0, "api")
+    # A worker whose service runs on two GPUs says so in the config.
+    two = load_settings(env={"APPLIANCE_WORKER__CAPABILITIES__GPU_COUNT": "2"}).settings
+    caps = build_capabilities(two, ConnectorCapabilities(services=["comfyui"]), slot=parse_slot("gpu0"))
+    assert caps.gpu_count == 2
+
+
 # --- progress, leases, outcomes against Redis -------------------------------------------------------------------
 
 

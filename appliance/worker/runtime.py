@@ -27,7 +27,7 @@ from appliance.queue import ClaimedJob, Queue, WorkerSession
 from appliance.worker.connectors import Connector, ConnectorCapabilities, create_connector
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals, wait_until
 from appliance.worker.execution import JobRunner
-from appliance.worker.housekeeping import HEALTH_TIMEOUT_S, ServiceHealth, reap_forever
+from appliance.worker.housekeeping import HEALTH_TIMEOUT_S, Reaper, ServiceHealth
 from appliance.worker.identity import WorkerSlot
 from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import StopReason
@@ -245,10 +245,17 @@ class Worker:
             on_cancel=self._cancel_requested,
             on_lost=self._lease_lost,
         )
-        reaper = reap_forever(self.queue, self.link, self.settings.queue.reaper_interval_ms / 1000)
+        q = self.settings.queue
+        reaper = Reaper(
+            self.queue,
+            self.link,
+            interval_s=q.reaper_interval_ms / 1000,
+            max_sleep_s=q.reaper_max_sleep_ms / 1000,
+        )
+        self.queue.on_retry_scheduled = reaper.due_in
         for name, coro in (
             ("heartbeat", heartbeat.run()),
-            ("reaper", reaper),
+            ("reaper", reaper.run()),
             ("health", self.service.run()),
             ("fleet-drain", self.fleet.run()),
             ("status", self._status_loop()),

@@ -140,10 +140,21 @@ async def held_by(queue: Queue, machine: Machine) -> dict[str, str]:
 FINISHED = ("completed", "failed", "dead", "cancelled")
 
 
-async def total_calls(queue: Queue) -> int:
-    """Commands the server ran so far (every client; INFO itself counts one)."""
+async def calls_by_command(queue: Queue) -> dict[str, int]:
+    """Calls per command the server ran so far (every client; INFO itself counts one)."""
     stats = await queue.client.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def total_calls(queue: Queue) -> int:
+    return sum((await calls_by_command(queue)).values())
+
+
+def top_commands(before: dict[str, int], after: dict[str, int], seconds: float, workers: int) -> str:
+    """The busiest commands of a window, per second per worker."""
+    delta = {name: after[name] - before.get(name, 0) for name in after}
+    ranked = sorted(((n, d) for n, d in delta.items() if d > 0), key=lambda x: -x[1])[:6]
+    return ", ".join(f"{name} {d / seconds / workers:.2f}" for name, d in ranked)
 
 
 async def measure_load(
@@ -154,17 +165,25 @@ async def measure_load(
     while await queue.client.zcard(queue.keys.workers_seen) < workers:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     await asyncio.sleep(2)
-    before = await total_calls(queue)
+    before_by = await calls_by_command(queue)
     await asyncio.sleep(window_s)
-    idle = (await total_calls(queue) - before) / window_s / workers
+    after_by = await calls_by_command(queue)
+    idle = (sum(after_by.values()) - sum(before_by.values())) / window_s / workers
+    print(
+        f"  idle, per worker per second: {top_commands(before_by, after_by, window_s, workers)}", flush=True
+    )
     # Enough jobs that every slot stays busy through the window; completions are counted from the totals.
     count = int(capacity * (window_s / job_s + 2))
     await queue.submit_many({"service": "echo", "payload": {"delay": job_s}} for _ in range(count))
     await asyncio.sleep(1)
     done0 = int((await queue.client.hget(queue.keys.counts, "completed")) or 0)
-    before = await total_calls(queue)
+    before_by = await calls_by_command(queue)
     await asyncio.sleep(window_s)
-    calls = await total_calls(queue) - before
+    after_by = await calls_by_command(queue)
+    calls = sum(after_by.values()) - sum(before_by.values())
+    print(
+        f"  busy, per worker per second: {top_commands(before_by, after_by, window_s, workers)}", flush=True
+    )
     done = int((await queue.client.hget(queue.keys.counts, "completed")) or 0) - done0
     busy = calls / window_s / workers
     # Drain the rest before the chaos rounds.

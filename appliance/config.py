@@ -149,9 +149,10 @@ class MachineSettings(_Section):
             )
         return value
 
-    type: Literal["gpu", "api"] = Field(
-        default="api",
-        description="`gpu` runs ComfyUI + one worker per GPU; `api` runs the enabled API connectors.",
+    type: Literal["auto", "gpu", "api"] = Field(
+        default="auto",
+        description="`gpu` runs ComfyUI + one worker per GPU; `api` runs the enabled API connectors; `auto` "
+        "asks NVML at startup: GPUs found means `gpu`, none (or no NVML) means `api`.",
     )
     pool: str | None = Field(
         default=None, description="Pool this machine serves (see `pools`); none serves every pool."
@@ -225,6 +226,13 @@ class CapabilityOverrides(_Section):
     gpu_memory_gb: float | None = Field(default=None, ge=0, description="GPU memory offered, in GiB.")
     ram_gb: float | None = Field(default=None, ge=0, description="RAM offered, in GiB.")
     cpu_cores: int | None = Field(default=None, ge=0, description="CPU cores offered.")
+    gpu_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs bound to each worker, matched against a job's `requirements.gpu_count`; "
+        "default 1 for a GPU slot (one ComfyUI per GPU) and 0 for a connector slot. Set it for a worker "
+        "whose service runs on several GPUs (a multi-GPU remote endpoint, a ComfyUI given two GPUs).",
+    )
     models: dict[str, list[str]] | Literal["all"] | None = Field(
         default=None, description='Models per service (`{"comfyui": ["sdxl.safetensors"]}`), or "all".'
     )

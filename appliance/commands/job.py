@@ -20,6 +20,8 @@ REQUIREMENT_KEYS: dict[str, type | str] = {
     "gpu_memory_gb": float,
     "ram_gb": float,
     "cpu_cores": int,
+    "gpu_count": int,
+    "machine_type": str,
     "models": "list",
     "model": "append:models",
     "isolation": str,

@@ -32,6 +32,23 @@ class PlanError(ValueError):
     """The inputs describe no valid plan (an unknown machine type, a bad connector name, no GPU)."""
 
 
+#: `machine.type` value that leaves the choice to the GPUs NVML finds at startup.
+AUTO = "auto"
+
+
+def resolve_machine_type(
+    configured: MachineType | str, gpu_count: int, *, cpu_mode: bool = False
+) -> MachineType:
+    """The machine type to run: `auto` becomes gpu when NVML found GPUs (or a CPU-run ComfyUI is asked for with
+    `cpu_mode`), else api; gpu and api stay what they are. PlanError for anything else."""
+    if configured == AUTO:
+        return MachineType.GPU if gpu_count > 0 or cpu_mode else MachineType.API
+    try:
+        return MachineType(configured)
+    except ValueError:
+        raise PlanError(f"unknown machine type {configured!r} (expected auto, gpu or api)") from None
+
+
 @dataclass(frozen=True)
 class PlannedService:
     """One unit instance of the plan. `kind` is "comfyui" or "worker"."""
@@ -171,12 +188,9 @@ def compute_plan(
 
     `gpu_count` is what NVML found; `cpu` runs every ComfyUI with `--cpu`. On a GPU machine without GPUs
     `cpu_instances` ComfyUI instances run with `--cpu` (development), and with neither the plan is refused
-    rather than silently empty.
+    rather than silently empty. `machine_type` `auto` is resolved from `gpu_count` (resolve_machine_type).
     """
-    try:
-        mtype = MachineType(machine_type)
-    except ValueError:
-        raise PlanError(f"unknown machine type {machine_type!r} (expected gpu or api)") from None
+    mtype = resolve_machine_type(machine_type, gpu_count, cpu_mode=cpu_instances > 0)
     conns = list(connectors.values()) if isinstance(connectors, Mapping) else list(connectors)
     services: list[PlannedService] = []
     if mtype is MachineType.GPU:

@@ -170,7 +170,7 @@ def registration_record(settings: Settings, state: MachineState, supervision: st
     res = state.resources
     m = settings.machine
     capabilities = {
-        "machine_type": m.type,
+        "machine_type": state.machine_type,
         "gpu_count": res.gpu_count if res else 0,
         "gpus": [
             {"name": g.name, "uuid": g.uuid, "memory_total_bytes": g.memory_total_bytes}
@@ -184,7 +184,7 @@ def registration_record(settings: Settings, state: MachineState, supervision: st
     }
     return {
         "machine_id": m.id,
-        "machine_type": m.type,
+        "machine_type": state.machine_type,
         "hostname": res.hostname if res else "",
         "health_url": state.health_url,
         "supervision": supervision,

@@ -4,8 +4,8 @@ supervised container mode (`machine.container_mode`, supervision "supervisor"), 
 planned processes itself (appliance.machine.processes) and exits with status 70 when one failed for good.
 
 Startup sequence (each step is published as `startup_step` with its elapsed time):
-  detect_resources → health_server → connect_redis → plan → clean_state → register → wait_services →
-  startup_complete, then READY=1. (appliance.target starts the planned units; `appliance units install` links them.)
+  detect_resources → detect_machine_type → health_server → connect_redis → plan → clean_state → register →
+  wait_services → startup_complete, then READY=1. (appliance.target starts the planned units; `appliance units install` links them.)
 Then: status every `machine.status_interval_s` and at once on a change, registration refresh, job metrics from
 the queue's event stream, WATCHDOG=1 while Redis answers and the status loop turns. On SIGTERM/SIGINT: STOPPING=1,
 (container mode: the children stopped), final status, `shutdown` event, deregistration.
@@ -27,7 +27,14 @@ from appliance.config import Settings
 from appliance.health.metrics import JobMetrics, make_registry
 from appliance.health.server import make_app, start_server
 from appliance.machine import fleet
-from appliance.machine.plan import MachineType, PlanError, ServicePlan, plan_from_settings
+from appliance.machine.plan import (
+    AUTO,
+    MachineType,
+    PlanError,
+    ServicePlan,
+    plan_from_settings,
+    resolve_machine_type,
+)
 from appliance.machine.processes import MachineProcesses
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import Nvml, host_resources
@@ -87,10 +94,12 @@ class Supervisor:
         m = settings.machine
         self.health_host = health_host if health_host is not None else settings.health.host
         self.health_port = health_port if health_port is not None else settings.health.port
+        # With machine.type auto the type is known only after NVML was asked (detect_machine_type); until then
+        # the state says "auto" and holds an empty plan.
         self.state = MachineState(
             m.id,
             m.type,
-            ServicePlan(m.id, MachineType(m.type)),
+            ServicePlan(m.id, MachineType.API if m.type == AUTO else MachineType(m.type)),
             supervision=self.supervision,
             secrets=frozenset(secrets),
         )
@@ -119,6 +128,19 @@ class Supervisor:
         self.steps.append(step)
         self.notifier.status(f"starting: {name.replace('_', ' ')} done")
         return step
+
+    def _detect_machine_type(self) -> None:
+        """The seed's "detect machine type" step: machine.type auto becomes gpu or api from the GPUs found."""
+        m, res = self.settings.machine, self.state.resources
+        gpus = res.gpu_count if res is not None else 0
+        try:
+            mtype = resolve_machine_type(m.type, gpus, cpu_mode=m.gpu_cpu_mode or self.settings.comfyui.cpu)
+        except PlanError:
+            return  # the plan step reports it
+        self.state.machine_type = mtype.value
+        self._step("detect_machine_type", machine_type=mtype.value, configured=m.type, gpu_count=gpus)
+        if m.type == AUTO:
+            log.info("machine type %s: NVML found %d GPU(s)", mtype.value, gpus)
 
     async def _read_stops(self) -> None:
         """Pick up the stops units counted in ExecStopPost=; announce each new non-clean one."""
@@ -161,6 +183,7 @@ class Supervisor:
         try:
             self.state.resources = await asyncio.to_thread(lambda: host_resources(self.nvml.start()))
             self._step("detect_resources", gpu_count=self.state.resources.gpu_count)
+            self._detect_machine_type()
             metrics_registry, self.jobs = make_registry(self.state)
             runner, port = await start_server(
                 make_app(self.state, metrics_registry, self.publish_status),

@@ -65,6 +65,9 @@ class ReapResult:
     requeued: int = 0
     dead: int = 0
     cancelled: int = 0
+    #: ms until the next lease deadline or retry falls due (and the fleet's reaper guard frees), by the server's
+    #: clock; None when nothing is leased or delayed. A reaper sleeps this long instead of polling.
+    next_in_ms: int | None = None
 
 
 def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
@@ -149,6 +152,9 @@ class Queue:
         #: Assigns a pool to jobs that name none (appliance.pools.classify), applied before the shape is taken.
         self.classifier = classifier
         self._classes: dict[tuple[str, ...], WorkerClass] = {}
+        #: Called with the delay (ms) of every retry `fail` schedules: this process's reaper wakes for it, since
+        #: the time it last read from the queue does not include it.
+        self.on_retry_scheduled: Callable[[int], None] | None = None
 
     @classmethod
     async def connect(
@@ -773,6 +779,8 @@ class Queue:
             ),
             job_id,
         )
+        if code == ScriptCode.RETRY_SCHEDULED and self.on_retry_scheduled is not None:
+            self.on_retry_scheduled(delay)
         return {
             ScriptCode.RETRY_SCHEDULED: JobStatus.PENDING,
             ScriptCode.DEAD: JobStatus.DEAD,
@@ -853,16 +861,18 @@ class Queue:
     # --- housekeeping -----------------------------------------------------------------------------------------
 
     async def reap(self, force: bool = False, limit: int = 500) -> ReapResult:
-        """Requeue expired leases and due retries, drop expired records; once per interval across the fleet."""
+        """Requeue expired leases and due retries, drop expired records; once per interval across the fleet.
+        The result says when the next lease deadline or retry falls due (`next_in_ms`)."""
         k = self.keys
         reply = await self._call(
             "reap",
             [k.reaper_lock, k.leases, k.delayed, k.done, k.dead, *k.job_columns()],
             [self.settings.reaper_interval_ms, limit, "1" if force else "0"],
         )
-        if reply is None:
-            return ReapResult(ran=False)
-        dropped, expired, due = reply
+        dropped, expired, due, wait = reply
+        next_in_ms = int(wait) if int(wait) >= 0 else None
+        if int(dropped) < 0:
+            return ReapResult(ran=False, next_in_ms=next_in_ms)
         by_shape: dict[str, list[str]] = {}
         for pairs in (expired, due):
             for i in range(0, len(pairs), 2):
@@ -899,7 +909,12 @@ class Queue:
             )
             requeued, dead, cancelled = requeued + int(r), dead + int(d), cancelled + int(c)
         return ReapResult(
-            ran=True, records_dropped=int(dropped), requeued=requeued, dead=dead, cancelled=cancelled
+            ran=True,
+            records_dropped=int(dropped),
+            requeued=requeued,
+            dead=dead,
+            cancelled=cancelled,
+            next_in_ms=next_in_ms,
         )
 
     async def stats(self) -> QueueStats:

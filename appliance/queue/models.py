@@ -39,6 +39,10 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD)
 
 
+#: Machine types a job may ask for: a GPU machine (ComfyUI workers) or an API machine (connector workers).
+MachineKind = Literal["gpu", "api"]
+
+
 class Isolation(StrEnum):
     #: Any worker serving the service may run the job.
     NONE = "none"
@@ -63,6 +67,15 @@ class Requirements(BaseModel):
     gpu_memory_gb: float | None = Field(None, ge=0, le=4096, description="Minimum GPU memory (GB).")
     ram_gb: float | None = Field(None, ge=0, le=65536, description="Minimum system RAM (GB).")
     cpu_cores: int | None = Field(None, ge=0, le=4096, description="Minimum CPU cores.")
+    gpu_count: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Minimum GPUs bound to the worker (a multi-GPU job asks for 2 or more).",
+    )
+    machine_type: MachineKind | None = Field(
+        None, description="Run only on workers of a machine of this type (gpu or api)."
+    )
     models: list[str] = Field(
         default_factory=list, description="Models the worker must have loaded/available."
     )
@@ -105,6 +118,8 @@ class Capabilities(BaseModel):
     gpu_memory_gb: float = Field(0, ge=0)
     ram_gb: float = Field(0, ge=0)
     cpu_cores: int = Field(0, ge=0)
+    gpu_count: int = Field(0, ge=0, description="GPUs bound to this worker (a GPU slot has 1).")
+    machine_type: MachineKind | None = Field(None, description="Type of the worker's machine (gpu or api).")
     models: dict[str, list[str]] | Literal["all"] = Field(
         default_factory=dict, description="Available models per service, or 'all'."
     )

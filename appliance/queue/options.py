@@ -47,18 +47,27 @@ class QueueSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # 15 s / 5 s: a dead machine's jobs are back in line 10 to 15 s after it died (bench/recovery.py), and a
+    # worker still survives two missed heartbeats (a Redis blip of up to about 10 s) without losing its jobs.
     lease_ms: int = Field(
-        30_000, ge=1_000, description="How long a claim stays valid without a heartbeat (ms)."
+        15_000, ge=1_000, description="How long a claim stays valid without a heartbeat (ms)."
     )
     heartbeat_interval_ms: int = Field(
-        10_000,
+        5_000,
         ge=100,
         description="How often a worker renews all its leases in one call (ms); keep below lease_ms/2.",
     )
     reaper_interval_ms: int = Field(
         1_000,
         ge=100,
-        description="How often expired leases and due retries are moved back (ms); one reaper per interval.",
+        description="At most one reaper pass per interval across the fleet (ms); between passes each worker's "
+        "reaper sleeps until the next lease deadline or retry falls due.",
+    )
+    reaper_max_sleep_ms: int = Field(
+        5_000,
+        ge=100,
+        description="Longest a worker's reaper sleeps when nothing falls due sooner (ms): bounds how late it "
+        "notices a retry another worker scheduled, and how often expired finished records are dropped.",
     )
     result_ttl_s: int = Field(
         86_400, ge=1, description="How long completed, failed and cancelled jobs stay readable (s)."

@@ -41,6 +41,9 @@ def shape_record(spec: JobSpec) -> dict[str, Any]:
         ("gpu_memory_gb", bucket(req.gpu_memory_gb, GPU_MEMORY_BUCKETS_GB)),
         ("ram_gb", bucket(req.ram_gb, RAM_BUCKETS_GB)),
         ("cpu_cores", bucket(req.cpu_cores, CPU_BUCKETS)),
+        # GPU counts are small integers: exact, no bucket (a 3-GPU job must not need a 4-GPU worker).
+        ("gpu_count", req.gpu_count or None),
+        ("machine_type", req.machine_type),
         ("pool", spec.pool or req.pool),
         ("region", req.region),
         ("workflow", req.workflow),
@@ -82,6 +85,10 @@ def matches(caps: Capabilities, record: dict[str, Any]) -> bool:
     if record.get("ram_gb", 0) > caps.ram_gb:
         return False
     if record.get("cpu_cores", 0) > caps.cpu_cores:
+        return False
+    if record.get("gpu_count", 0) > caps.gpu_count:
+        return False
+    if "machine_type" in record and record["machine_type"] != caps.machine_type:
         return False
     models = record.get("models")
     if models and caps.models != "all":
@@ -134,9 +141,12 @@ def explain_mismatch(caps: Capabilities, record: dict[str, Any]) -> str | None:
         ("gpu_memory_gb", caps.gpu_memory_gb),
         ("ram_gb", caps.ram_gb),
         ("cpu_cores", caps.cpu_cores),
+        ("gpu_count", caps.gpu_count),
     ):
         if record.get(key, 0) > have:
             return f"{key} {have} < {record[key]}"
+    if "machine_type" in record and record["machine_type"] != caps.machine_type:
+        return f"machine_type {caps.machine_type} is not {record['machine_type']}"
     if record.get("models"):
         return "models missing or pool/region/tags/isolation differ"
     return "pool, region, tags, workflow pin or customer isolation differ"

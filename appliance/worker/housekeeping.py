@@ -1,8 +1,9 @@
 """The loops beside the claim loop that watch the backing service and keep the queue tidy.
 
 `ServiceHealth` probes the connector's service (ComfyUI, an API): while it does not answer the worker claims
-nothing and says so; a failed job that smells of an outage triggers a probe at once. `reap_forever` offers to
-run the queue's reaper every interval; the script's lock lets one worker of the fleet through per interval.
+nothing and says so; a failed job that smells of an outage triggers a probe at once. `Reaper` offers to
+run the queue's reaper when the next lease deadline or retry falls due; the script's lock lets one worker of the
+fleet through per interval.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from appliance.queue import Queue
@@ -74,20 +76,47 @@ class ServiceHealth:
             self._now.clear()
 
 
-async def reap_forever(queue: Queue, link: RedisLink, interval_s: float) -> None:
-    """Offer to reap every interval (jittered, so workers do not arrive together); skip while Redis is away."""
-    while True:
-        await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
-        if not link.up:
-            continue
+class Reaper:
+    """Offers to run the queue's reaper when something falls due, instead of polling.
+
+    Each pass reports how long until the next lease deadline or retry is due (by the server's clock, and not
+    before the fleet-wide guard frees); the loop sleeps that long, at most `max_sleep_s`. A retry this process
+    schedules wakes it earlier (`due_in`). While the fleet is quiet each worker calls about once per lease
+    renewal cycle rather than once per second, and an expired lease is reaped as its deadline passes instead of
+    up to a polling interval later.
+    """
+
+    def __init__(self, queue: Queue, link: RedisLink, *, interval_s: float, max_sleep_s: float) -> None:
+        self.queue = queue
+        self.link = link
+        self.interval_s = interval_s
+        self.max_sleep_s = max_sleep_s
+        self._wake_at: float | None = None
+        self._poke = asyncio.Event()
+
+    def due_in(self, delay_ms: int) -> None:
+        """Something falls due in `delay_ms` (a retry this process scheduled): be awake by then."""
+        at = time.monotonic() + delay_ms / 1000
+        if self._wake_at is None or at < self._wake_at:
+            self._wake_at = at
+            self._poke.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._sleep(await self.once())
+
+    async def once(self) -> float:
+        """One offer to reap; returns how long to sleep before the next."""
+        if not self.link.up:
+            return self.interval_s
         try:
-            result = await queue.reap()
+            result = await self.queue.reap()
         except Exception as exc:
             if is_unreachable(exc):
-                link.mark_down(exc)
+                self.link.mark_down(exc)
             else:
                 log.exception("reaping failed")
-            continue
+            return self.interval_s
         if result.requeued or result.dead or result.cancelled:
             log.info(
                 "reaper: %d expired or due job(s) back in line, %d dead-lettered, %d cancelled",
@@ -95,3 +124,23 @@ async def reap_forever(queue: Queue, link: RedisLink, interval_s: float) -> None
                 result.dead,
                 result.cancelled,
             )
+        if result.next_in_ms is None:
+            return self.max_sleep_s
+        # A few ms past the due time (this clock and the server's tick apart) and spread over the fleet, so the
+        # workers do not all arrive in the same millisecond; one of them gets the guard, the others sleep again.
+        return min(self.max_sleep_s, result.next_in_ms / 1000 + random.uniform(0.005, 0.05))
+
+    async def _sleep(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while True:
+            if self._wake_at is not None and self._wake_at < until:
+                until = self._wake_at
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                break
+            self._poke.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._poke.wait()
+        if self._wake_at is not None and self._wake_at <= time.monotonic():
+            self._wake_at = None

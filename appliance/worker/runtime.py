@@ -27,7 +27,7 @@ from appliance.queue import ClaimedJob, Queue, WorkerSession
 from appliance.worker.connectors import Connector, ConnectorCapabilities, create_connector
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals, wait_until
 from appliance.worker.execution import JobRunner
-from appliance.worker.housekeeping import HEALTH_TIMEOUT_S, ServiceHealth, reap_forever
+from appliance.worker.housekeeping import HEALTH_TIMEOUT_S, Reaper, ServiceHealth
 from appliance.worker.identity import WorkerSlot
 from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import StopReason
@@ -137,7 +137,9 @@ class Worker:
         if found is None:
             return False
         ram_gb, cores = machine_resources()
-        capabilities = build_capabilities(self.settings, found, ram_gb=ram_gb, cpu_cores=cores)
+        capabilities = build_capabilities(
+            self.settings, found, slot=self.slot, ram_gb=ram_gb, cpu_cores=cores
+        )
         # Leases still held under our id belong to a previous run of this slot that died: hand them back now
         # instead of letting them wait for their lease to expire (the attempt counts).
         orphans = await self._until_redis(
@@ -244,10 +246,17 @@ class Worker:
             on_cancel=self._cancel_requested,
             on_lost=self._lease_lost,
         )
-        reaper = reap_forever(self.queue, self.link, self.settings.queue.reaper_interval_ms / 1000)
+        q = self.settings.queue
+        reaper = Reaper(
+            self.queue,
+            self.link,
+            interval_s=q.reaper_interval_ms / 1000,
+            max_sleep_s=q.reaper_max_sleep_ms / 1000,
+        )
+        self.queue.on_retry_scheduled = reaper.due_in
         for name, coro in (
             ("heartbeat", heartbeat.run()),
-            ("reaper", reaper),
+            ("reaper", reaper.run()),
             ("health", self.service.run()),
             ("fleet-drain", self.fleet.run()),
             ("status", self._status_loop()),

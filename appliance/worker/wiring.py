@@ -114,10 +114,19 @@ def build_storage(settings: Settings, env: Mapping[str, str] = os.environ) -> Ou
 
 
 def build_capabilities(
-    settings: Settings, found: ConnectorCapabilities, *, ram_gb: float = 0.0, cpu_cores: int = 0
+    settings: Settings,
+    found: ConnectorCapabilities,
+    *,
+    slot: WorkerSlot | None = None,
+    ram_gb: float = 0.0,
+    cpu_cores: int = 0,
 ) -> Capabilities:
-    """The queue Capabilities: what the connector reports, what the machine has, what the config overrides."""
+    """The queue Capabilities: what the connector reports, what the machine has, what the config overrides.
+
+    The machine type follows the slot, as the service plan does: a GPU slot runs only on a gpu machine, a
+    connector slot only on an api machine. A GPU slot is bound to one GPU unless `gpu_count` says more."""
     o = settings.worker.capabilities
+    gpu_slot = slot is not None and slot.gpu
     models: dict[str, list[str]] | str = {k: list(v) for k, v in found.models.items()}
     if o.models is not None:
         models = o.models
@@ -127,6 +136,8 @@ def build_capabilities(
         "gpu_memory_gb": o.gpu_memory_gb if o.gpu_memory_gb is not None else (found.gpu_memory_gb or 0.0),
         "ram_gb": o.ram_gb if o.ram_gb is not None else ram_gb,
         "cpu_cores": o.cpu_cores if o.cpu_cores is not None else cpu_cores,
+        "gpu_count": o.gpu_count if o.gpu_count is not None else (1 if gpu_slot else 0),
+        "machine_type": None if slot is None else ("gpu" if gpu_slot else "api"),
         "models": models,
         "customer_isolation": o.customer_isolation or "none",
         "allowed_customers": list(o.allowed_customers or []),

@@ -157,3 +157,45 @@ async def test_hung_nvml_poll_times_out_without_piling_up(monkeypatch) -> None:
         assert len(calls) == 1
     finally:
         release.set()
+
+
+# --- machine.type auto: the seed's "detect machine type" step ---------------------------------------------------
+
+
+def _plan_on_defaults(monkeypatch, capsys) -> dict:
+    """`appliance machine plan --json` in this process on a config that leaves machine.type at its default."""
+    import json
+
+    from appliance.cli import main
+
+    for name in ("APPLIANCE_MACHINE__TYPE", "APPLIANCE_MACHINE_TYPE", "APPLIANCE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("APPLIANCE_MACHINE__ID", "box")
+    monkeypatch.setenv("APPLIANCE_CONNECTORS__ECHO__ENABLED", "true")
+    capsys.readouterr()
+    assert main(["machine", "plan", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_auto_machine_type_is_gpu_when_nvml_finds_gpus(monkeypatch, capsys) -> None:
+    _fake_gpu_boundary(monkeypatch)
+    plan = _plan_on_defaults(monkeypatch, capsys)
+    assert plan["machine_type"] == "gpu"
+    assert [s["name"] for s in plan["services"]] == ["comfyui@0", "worker@gpu0", "comfyui@1", "worker@gpu1"]
+
+
+@pytest.mark.parametrize("error", [pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded])
+def test_auto_machine_type_is_api_without_nvml(monkeypatch, capsys, error) -> None:
+    def fail() -> None:
+        raise error()
+
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+    plan = _plan_on_defaults(monkeypatch, capsys)
+    assert plan["machine_type"] == "api"
+    assert [s["name"] for s in plan["services"]] == ["worker@echo0"]
+
+
+def test_auto_machine_type_is_api_when_nvml_finds_no_gpu(monkeypatch, capsys) -> None:
+    _fake_gpu_boundary(monkeypatch)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 0)
+    assert _plan_on_defaults(monkeypatch, capsys)["machine_type"] == "api"

@@ -32,6 +32,7 @@ PASSWORD = "planted-redis-pass-4711"
 API_KEY = "sk-planted-openai-key-0815"
 STEPS = [
     "detect_resources",
+    "detect_machine_type",
     "health_server",
     "connect_redis",
     "plan",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -197,3 +198,31 @@ async def test_submit_many_reloads_a_library_the_server_lost(queue: Queue, aredi
     jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
     assert [(await queue.get(j.id)).status for j in jobs] == [JobStatus.PENDING] * 3
     assert (await queue.stats()).totals.get("submitted") == 3
+
+
+async def test_a_multi_gpu_job_goes_to_a_worker_bound_to_enough_gpus(queue: Queue) -> None:
+    """gpu_count and machine_type are shapes like any requirement: the claim walks the shape index, no scan."""
+    one_gpu = await queue.worker_session(
+        "m1-gpu0", Capabilities(services=["comfyui"], gpu_count=1, machine_type="gpu")
+    )
+    two_gpus = await queue.worker_session(
+        "m2-gpu0", Capabilities(services=["comfyui"], gpu_count=2, machine_type="gpu")
+    )
+    api = await queue.worker_session("m3-echo0", Capabilities(services=["comfyui"], machine_type="api"))
+    try:
+        big = await queue.submit({"service": "comfyui", "requirements": {"gpu_count": 2}})
+        on_api = await queue.submit({"service": "comfyui", "requirements": {"machine_type": "api"}})
+        for session in (one_gpu, two_gpus, api):
+            await session.refresh_shapes()
+        assert await one_gpu.claim() is None  # neither job fits a worker bound to one GPU
+        claimed = await two_gpus.claim()
+        assert claimed is not None and claimed.job.id == big.id
+        assert await two_gpus.claim() is None  # the api-only job is not for a gpu machine
+        claimed = await api.claim()
+        assert claimed is not None and claimed.job.id == on_api.id
+        shapes = [json.loads(r) for r in (await queue.client.hgetall(queue.keys.shapes)).values()]
+        assert {"gpu_count": 2, "service": "comfyui"} in shapes
+        assert {"machine_type": "api", "service": "comfyui"} in shapes
+    finally:
+        for session in (one_gpu, two_gpus, api):
+            await session.close()

@@ -367,6 +367,38 @@ async def test_reaper_runs_once_per_interval(make_queue) -> None:
     assert (await q.reap(force=True)).ran is True
 
 
+async def test_reap_says_when_the_next_lease_or_retry_falls_due(make_queue) -> None:
+    # The server's clock decides; only bounds are checked, never how long anything took.
+    q = await make_queue(lease_ms=60_000, reaper_interval_ms=100, retry_base_ms=30_000, retry_max_ms=30_000)
+    assert (await q.reap(force=True)).next_in_ms is None  # nothing leased or delayed: nothing to wake for
+    job = await q.submit({"service": "echo"})
+    claimed = await q.claim("w", [job.shape])
+    assert claimed is not None
+    first = await q.reap(force=True)
+    assert first.next_in_ms is not None and 0 < first.next_in_ms <= 60_000  # the lease's deadline
+    # A retry due sooner than every lease comes first.
+    other = await q.submit({"service": "echo", "id": "retry-me"})
+    second = await q.claim("w", [other.shape])
+    assert second is not None and second.job.id == other.id
+    scheduled: list[int] = []
+    q.on_retry_scheduled = scheduled.append
+    assert await q.fail(other.id, second.token, "flaky", retryable=True) is JobStatus.PENDING
+    assert len(scheduled) == 1 and 15_000 <= scheduled[0] <= 30_000  # equal jitter over the 30 s ceiling
+    due = await q.reap(force=True)
+    assert due.next_in_ms is not None and due.next_in_ms <= scheduled[0]
+
+
+async def test_a_caller_turned_away_by_the_guard_learns_when_to_come_back(make_queue) -> None:
+    q = await make_queue(lease_ms=1_000, reaper_interval_ms=60_000)
+    job = await q.submit({"service": "echo"})
+    await q.claim("w", [job.shape])
+    assert (await q.reap()).ran is True
+    turned_away = await q.reap()
+    # Not before the guard frees (60 s), even though the lease falls due sooner.
+    assert turned_away.ran is False and turned_away.next_in_ms is not None
+    assert 1_000 < turned_away.next_in_ms <= 60_000
+
+
 async def test_return_jobs_of_a_dead_worker(queue: Queue) -> None:
     a = await queue.submit({"service": "echo"})
     b = await queue.submit({"service": "echo"})

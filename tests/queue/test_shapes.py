@@ -64,6 +64,10 @@ def test_service_must_be_offered() -> None:
         ("ram_gb", 32, 16, False),
         ("cpu_cores", 8, 8, True),
         ("cpu_cores", 8, 4, False),
+        ("gpu_count", 2, 2, True),
+        ("gpu_count", 2, 4, True),
+        ("gpu_count", 2, 1, False),
+        ("gpu_count", 3, 2, False),
     ],
 )
 def test_hardware_minimums(key: str, need: float, have: float, ok: bool) -> None:
@@ -128,3 +132,22 @@ def test_isolation_requires_a_customer() -> None:
 def test_contradictory_tags_are_rejected() -> None:
     with pytest.raises(ValueError, match="tags and not_tags"):
         Requirements(tags=["a"], not_tags=["a"])
+
+
+def test_gpu_count_is_exact_and_absent_when_not_asked() -> None:
+    # Not bucketed: a 3-GPU job does not need a 4-GPU worker. 0 means "no requirement", like an absent key.
+    assert record(gpu_count=3)["gpu_count"] == 3
+    assert "gpu_count" not in record(gpu_count=0) and "gpu_count" not in record()
+    assert (
+        shape_of(JobSpec(service="comfyui"))[0]
+        == shape_of(JobSpec(service="comfyui", requirements=Requirements(gpu_count=0)))[0]
+    )
+
+
+def test_machine_type_is_exact_when_required() -> None:
+    assert matches(caps(machine_type="gpu"), record(machine_type="gpu"))
+    assert not matches(caps(machine_type="api"), record(machine_type="gpu"))
+    assert not matches(caps(), record(machine_type="api"))  # a worker that does not say its type
+    assert matches(caps(machine_type="api"), record())
+    with pytest.raises(ValueError, match="machine_type"):
+        Requirements(machine_type="tpu")  # type: ignore[arg-type]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 
 from appliance.config import ConnectorSettings, load_settings
 from appliance.localredis import LocalRedis
-from appliance.queue import Capabilities, ClaimedJob, JobStatus, Queue, WorkerSession
+from appliance.queue import Capabilities, ClaimedJob, JobStatus, Queue, QueueSettings, WorkerSession
 from appliance.queue.errors import LeaseLost
 from appliance.worker.connectors.base import (
     ConnectorCapabilities,
@@ -19,6 +22,7 @@ from appliance.worker.connectors.base import (
     PermanentError,
     RetryableError,
 )
+from appliance.worker.housekeeping import Reaper
 from appliance.worker.identity import SlotError, parse_slot, slot_from_arguments
 from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import OutcomeKind, StopReason, decide, failure_of
@@ -170,6 +174,18 @@ def test_capabilities_merge_service_reports_with_config() -> None:
     )
     assert caps.region == "eu" and caps.tags == ["fast"] and caps.customer_isolation.value == "strict"
     assert caps.allowed_customers == ["acme"] and caps.ram_gb == 64 and caps.cpu_cores == 16
+
+
+def test_capabilities_carry_gpu_count_and_machine_type_of_the_slot() -> None:
+    settings = load_settings(env={}).settings
+    gpu = build_capabilities(settings, ConnectorCapabilities(services=["comfyui"]), slot=parse_slot("gpu1"))
+    assert (gpu.gpu_count, gpu.machine_type) == (1, "gpu")
+    api = build_capabilities(settings, ConnectorCapabilities(services=["echo"]), slot=parse_slot("echo0"))
+    assert (api.gpu_count, api.machine_type) == (0, "api")
+    # A worker whose service runs on two GPUs says so in the config.
+    two = load_settings(env={"APPLIANCE_WORKER__CAPABILITIES__GPU_COUNT": "2"}).settings
+    caps = build_capabilities(two, ConnectorCapabilities(services=["comfyui"]), slot=parse_slot("gpu0"))
+    assert caps.gpu_count == 2
 
 
 # --- progress, leases, outcomes against Redis -------------------------------------------------------------------
@@ -400,3 +416,46 @@ async def test_a_heartbeat_racing_the_completion_does_not_claim_the_outcome_is_l
     assert done.stop is None and still.stop is StopReason.LOST
     job = await queue.get(finished.job.id)
     assert job is not None and job.status is JobStatus.COMPLETED
+
+
+# --- the reaper: woken by deadlines, not a polling interval -----------------------------------------------------
+
+
+async def test_reaper_wakes_for_a_lease_deadline_it_learned_and_for_a_retry_it_scheduled(
+    redis_url: str,
+) -> None:
+    """With an hour-long maximum sleep, only the deadlines reported by the queue (and the retry this process
+    scheduled) can wake the reaper: a dead worker's job and a failed job both come back."""
+    q = await Queue.connect(
+        redis_url, settings=QueueSettings(lease_ms=1_000, reaper_interval_ms=100, retry_base_ms=500)
+    )
+    reaper = Reaper(q, RedisLink(), interval_s=0.1, max_sleep_s=3600)
+    q.on_retry_scheduled = reaper.due_in
+    task = asyncio.create_task(reaper.run())
+    try:
+        dead = await q.submit({"service": "echo"})
+        assert await q.claim("w-dead", [dead.shape]) is not None  # never renewed: its worker is gone
+        # The reaper may have read the queue before this lease existed (it then sleeps the maximum): a second
+        # job failing with a retry wakes it (due_in), and from then on it knows the lease's deadline too.
+        flaky = await q.submit({"service": "echo"})
+        claimed = await q.claim("w-alive", [flaky.shape])
+        assert claimed is not None and claimed.job.id == flaky.id
+        assert await q.fail(flaky.id, claimed.token, "flaky", retryable=True) is JobStatus.PENDING
+
+        async def back(job_id: str) -> bool:
+            for _ in range(600):
+                if (await q.get(job_id)).status is JobStatus.PENDING and await q.client.zscore(  # type: ignore[union-attr]
+                    q.keys.ready(dead.shape), job_id
+                ) is not None:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert await back(flaky.id), "the retry never went back in line"
+        assert await back(dead.id), "the expired lease was never reaped"
+        assert (await q.get(dead.id)).errors[0]["kind"] == "lease_expired"  # type: ignore[union-attr]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await q.close()

@@ -333,6 +333,38 @@ async def test_kill_9_mid_job_is_reclaimed_after_lease_expiry_and_completed_once
     assert await completed_events(q, job.id) == 1
 
 
+async def test_a_killed_machines_jobs_come_back_elsewhere_and_complete_once(harness: Harness) -> None:
+    """Every process of one machine SIGKILLed at once: its jobs come back by lease expiry alone (the survivor's
+    reaper sleeps up to ten minutes unless a deadline it learned from the queue wakes it), run on the other
+    machine, and each completes exactly once."""
+    q = harness.queue
+    assert q is not None
+    patient = {"APPLIANCE_QUEUE__REAPER_MAX_SLEEP_MS": "600000"}
+    doomed = [
+        harness.start("--slot", f"echo{i}", "--concurrency", "2", APPLIANCE_MACHINE__ID="mdoomed", **patient)
+        for i in range(2)
+    ]
+    for worker in doomed:
+        await worker.ready()
+    jobs = [await q.submit({"service": "echo", "payload": {"delay": 2}}) for _ in range(4)]
+    for job in jobs:
+        await running(q, job.id)
+    survivor = harness.start(
+        "--slot", "echo0", "--concurrency", "4", APPLIANCE_MACHINE__ID="mlive", **patient
+    )
+    await survivor.ready()
+    for worker in doomed:
+        worker.signal(signal.SIGKILL)
+    for worker in doomed:
+        assert await worker.exit_code() == -signal.SIGKILL
+    for job in jobs:
+        done = await job_in(q, job.id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DEAD)
+        assert done.status is JobStatus.COMPLETED, done.errors
+        assert done.worker_id == "mlive-echo0" and done.attempts == 2 and done.result["attempt"] == 2
+        assert [e["kind"] for e in done.errors] == ["lease_expired"]
+        assert await completed_events(q, job.id) == 1
+
+
 async def test_redis_restart_mid_job_still_completes_once(tmp_path: Path) -> None:
     # A Redis that persists every write, so a kill -9 and restart keeps the queue (as production Redis would).
     server = LocalRedis(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()

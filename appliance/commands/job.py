@@ -127,15 +127,27 @@ def _load_payload(raw: str) -> dict[str, Any]:
                 raw = handle.read()
         except OSError as exc:
             raise CommandError(f"--payload: cannot read {source}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CommandError(
+                f"--payload: {source} is not UTF-8 text (byte {exc.start}); JSON payloads are UTF-8"
+            ) from None
+    payload = parse_json_object(raw, source)
+    if not isinstance(payload, dict):
+        raise CommandError(f"{source}: the payload must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def parse_json_object(raw: str, source: str) -> Any:
+    """`raw` parsed as JSON; CommandError names `source` and what is wrong (also for absurd nesting)."""
     try:
-        payload = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CommandError(
             f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
-    if not isinstance(payload, dict):
-        raise CommandError(f"{source}: the payload must be a JSON object, got {type(payload).__name__}")
-    return payload
+    except RecursionError:
+        # The decoder recurses per nesting level: 100,000 `[` exhaust the stack long before any limit of ours.
+        raise CommandError(f"{source}: JSON nested too deeply to parse") from None
 
 
 def _job_json(job: Any) -> dict[str, Any]:

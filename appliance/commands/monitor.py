@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--poll", type=float, default=2.0, help="seconds between queue/registration polls (default 2)"
     )
     add_redis_arguments(monitor)
-    monitor.set_defaults(handler=_monitor)
+    monitor.set_defaults(handler=_monitor, long_running=True)
 
 
 def _is_loopback(host: str) -> bool:

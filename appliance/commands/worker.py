@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Redis URL (default: $APPLIANCE_REDIS_URL or the config file); "
         "put the password in redis.password_file, not here",
     )
-    parser.set_defaults(handler=run_worker)
+    parser.set_defaults(handler=run_worker, long_running=True)
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -65,7 +65,9 @@ def run_worker(args: argparse.Namespace) -> int:
     except (ConfigError, SecretError) as exc:
         raise CommandError(str(exc).replace("\n", "; ")) from None
     if args.redis_url:
-        url, password = split_url_password(args.redis_url)
+        from appliance.commands.connection import checked_url_flag
+
+        url, password = split_url_password(checked_url_flag(args.redis_url))
         connection = RedisConnection(
             url,
             password if password is not None else connection.password,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, ExitCode, run_async
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -74,6 +74,11 @@ def run_worker(args: argparse.Namespace) -> int:
             connection.username,
             connection.tls_ca_file,
         )
+    from appliance.worker.packages import missing_packages
+
+    missing = missing_packages(settings, [slot.connector])
+    if missing:  # a restart would not install it: say so once instead of crash-looping on the import
+        raise CommandError(f"worker {slot.name}: {missing[0]}", ExitCode.CONFIG)
     try:
         worker = Worker(settings, slot, connection=connection, concurrency=args.concurrency)
     except (WiringError, ValueError, ImportError) as exc:

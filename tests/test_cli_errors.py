@@ -162,12 +162,16 @@ def test_a_refused_ping_says_redis_was_reached() -> None:
     assert "cannot reach Redis" in error_line(down)
 
 
-async def test_job_list_into_a_closed_pipe_exits_quietly(redis_url: str) -> None:
-    queue = await Queue.connect(redis_url)
+async def _submit_many(url: str, count: int) -> None:
+    queue = await Queue.connect(url)
     try:
-        await queue.submit_many([JobSpec(service="echo", payload={"text": "x" * 500}) for _ in range(300)])
+        await queue.submit_many([JobSpec(service="echo", payload={"text": "x" * 500}) for _ in range(count)])
     finally:
         await queue.close()
+
+
+def test_job_list_into_a_closed_pipe_exits_quietly(redis_url: str) -> None:
+    asyncio.run(_submit_many(redis_url, 300))  # far more than a pipe buffer of JSON
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "job", "list", "--json", "--limit", "300"],
         stdout=subprocess.PIPE,

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -153,6 +154,11 @@ def test_a_refused_ping_says_redis_was_reached() -> None:
         admin.close()
         base = {"APPLIANCE_REDIS_URL": server.url, "APPLIANCE_REDIS__USERNAME": "noping"}
         refused = appliance("job", "stats", env=env_with(**base, APPLIANCE_REDIS__PASSWORD="np"))
+        supervisor = stderr_until(
+            ["machine", "--unmanaged", "--health-port", "0"],
+            env_with(**base, APPLIANCE_REDIS__PASSWORD="np", APPLIANCE_MACHINE__ID="m1"),
+            "retrying",
+        )
         wrong = appliance("job", "stats", env=env_with(**base, APPLIANCE_REDIS__PASSWORD="not-it"))
     down = appliance("job", "stats", env=env_with(APPLIANCE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"))
     assert refused.returncode == wrong.returncode == down.returncode == 4
@@ -160,6 +166,40 @@ def test_a_refused_ping_says_redis_was_reached() -> None:
     assert "'ping'" in error_line(refused) and "cannot reach" not in error_line(refused)
     assert "reached Redis" in error_line(wrong) and "refused the credentials" in error_line(wrong)
     assert "cannot reach Redis" in error_line(down)
+    # The supervisor keeps waiting (ACLs can change), and says what it waits for.
+    waiting = [line for line in supervisor.splitlines() if "retrying" in line]
+    assert waiting and "reached Redis" in waiting[0] and "NOPERM" in waiting[0], supervisor
+    assert "unreachable" not in supervisor and "Traceback" not in supervisor
+
+
+def stderr_until(argv: list[str], env: dict[str, str], needle: str, timeout_s: float = 60) -> str:
+    """Run a service until `needle` shows on its stderr (or `timeout_s` passes), stop it, return its stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    timer = threading.Timer(timeout_s, proc.kill)  # readline below blocks: this bounds it
+    timer.start()
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if needle in line:
+                break
+    finally:
+        timer.cancel()
+        proc.terminate()
+        try:
+            rest = proc.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest = proc.communicate()[1]
+    return "".join(seen) + (rest or "")
 
 
 async def _submit_many(url: str, count: int) -> None:

@@ -8,6 +8,7 @@ runs as a real `python -m appliance` subprocess against real redis-servers:
 - `wrong_password`: a server with a password, given the wrong one;
 - `noperm`: a real ACL user that may connect and PING but run nothing else;
 - `oom`: `maxmemory 1` with `noeviction`, so every write is refused;
+- `readonly`: a replica (of a primary that is not there), which refuses every write with READONLY;
 - `bad_file`: a file argument (`--config`, `--payload @FILE`, `--plan-json`, `config check FILE`) whose bytes
   are not UTF-8.
 
@@ -49,7 +50,8 @@ NO_REDIS = {
     ("machine", "record-stop"),
     ("demo",),  # starts its own redis-server unless told otherwise
 }
-#: Commands that add data to Redis: the `oom` case must refuse them (reads and deletes still work).
+#: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
+#: still work).
 WRITES = {("job", "submit"), ("fleet", "drain")}
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
@@ -66,7 +68,7 @@ FILL = {
     "gpu": "0",
 }
 
-SCENARIOS = ("down", "wrong_password", "noperm", "oom", "bad_file")
+SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -135,6 +137,7 @@ class Servers:
     down_url: str
     acl: LocalRedis
     oom: LocalRedis
+    replica: LocalRedis
     tmp: Path
 
 
@@ -198,6 +201,8 @@ def environment(case: Case, servers: Servers) -> dict[str, str]:
         env["APPLIANCE_REDIS__PASSWORD"] = "weak-secret"
     elif case.scenario == "oom":
         env["APPLIANCE_REDIS__URL"] = servers.oom.url
+    elif case.scenario == "readonly":
+        env["APPLIANCE_REDIS__URL"] = servers.replica.url
     if case.path == ("demo",):
         env["APPLIANCE_REDIS_URL"] = env.pop("APPLIANCE_REDIS__URL")
     return env
@@ -241,6 +246,7 @@ def outcomes() -> Iterator[dict[Case, Outcome]]:
     (tmp / "bad.toml").write_bytes(b"\xff\xfe\x80 not utf-8 \xc3\x28\n")
     acl = LocalRedis(extra_args=["--requirepass", "right"]).start()
     oom = LocalRedis(extra_args=["--maxmemory", "1", "--maxmemory-policy", "noeviction"]).start()
+    replica = LocalRedis(extra_args=["--replicaof", "127.0.0.1", str(free_port())]).start()
     try:
         admin = redis.Redis(port=acl.port, password="right")
         # May connect and PING, nothing else: every real command is refused with NOPERM.
@@ -248,7 +254,7 @@ def outcomes() -> Iterator[dict[Case, Outcome]]:
             "weak", enabled=True, passwords=["+weak-secret"], commands=["-@all", "+@connection"]
         )
         admin.close()
-        servers = Servers(f"redis://127.0.0.1:{free_port()}/0", acl, oom, tmp)
+        servers = Servers(f"redis://127.0.0.1:{free_port()}/0", acl, oom, replica, tmp)
         all_cases = cases()
         with ThreadPoolExecutor(max_workers=8) as pool:
             results = dict(zip(all_cases, pool.map(lambda c: run_case(c, servers), all_cases), strict=True))
@@ -256,6 +262,7 @@ def outcomes() -> Iterator[dict[Case, Outcome]]:
     finally:
         acl.cleanup()
         oom.cleanup()
+        replica.cleanup()
 
 
 def test_every_command_is_enumerated() -> None:
@@ -271,6 +278,7 @@ EXPECTED = {
     "wrong_password": ("refused the credentials", ExitCode.REDIS),
     "noperm": ("NOPERM", ExitCode.REDIS),
     "oom": ("out of memory", ExitCode.REDIS),
+    "readonly": ("read-only replica", ExitCode.REDIS),
     "bad_file": ("UTF-8", ExitCode.CONFIG),
 }
 
@@ -293,7 +301,7 @@ def test_failure_is_one_line(case: Case, outcomes: dict[Case, Outcome]) -> None:
             assert got.returncode == code and needle in lines[-1], shown
         return
     if (
-        case.scenario == "oom"
+        case.scenario in ("oom", "readonly")
         and case.path not in WRITES
         and got.returncode in (ExitCode.OK, ExitCode.NOT_FOUND)
     ):
@@ -305,3 +313,5 @@ def test_failure_is_one_line(case: Case, outcomes: dict[Case, Outcome]) -> None:
     assert len(lines) == 1 and lines[0].startswith("appliance: error: "), shown
     assert got.returncode == code, shown
     assert needle in lines[0], shown
+    if case.scenario not in ("down", "bad_file"):  # it reached Redis: the line must not say it did not
+        assert "cannot reach" not in lines[0], shown

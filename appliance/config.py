@@ -109,7 +109,8 @@ def check_redis_url(url: str) -> str:
 class RedisSettings(_Section):
     url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="Redis URL (redis://, rediss:// or unix://). "
+        description="Redis URL (redis://, rediss:// or unix://; port 1-65535; path: a database number), "
+        "checked when settings load. "
         "A password written into the URL is moved to `redis.password` so the URL is safe to log.",
     )
     username: str | None = Field(default=None, description="Redis ACL user name (Redis 6+).")

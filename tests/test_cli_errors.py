@@ -96,6 +96,10 @@ def test_payload_files_that_are_not_text_or_absurdly_deep(tmp_path: Path) -> Non
     deep.write_text("[" * 100_000 + "]" * 100_000)
     proc = appliance("job", "submit", "--service", "echo", "--payload", f"@{deep}", env=env)
     assert proc.returncode == 2 and "nested too deeply" in error_line(proc)
+    # Deep enough to break serialising (pydantic stops near 255 levels), shallow enough to parse.
+    middling = "[" * 300 + "]" * 300
+    proc = appliance("job", "submit", "--service", "echo", "--payload", f'{{"a": {middling}}}', env=env)
+    assert proc.returncode == 2 and "payload: nested deeper than 100 levels" in error_line(proc)
 
 
 def _without_openai(tmp_path: Path) -> dict[str, str]:

@@ -77,7 +77,8 @@ def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise InvalidJob(f"invalid job: {problems}") from None
 

@@ -123,6 +123,29 @@ class Capabilities(BaseModel):
         return _check_names(value, info.field_name)
 
 
+#: Deepest nesting of lists and objects a payload may have. Real payloads (ComfyUI graphs) are a handful of levels;
+#: serialising goes recursive (pydantic stops near 255 levels, Lua's cjson at 1000), so a bound well below both
+#: makes a pathological payload one clear error instead of a crash somewhere on its way.
+MAX_PAYLOAD_DEPTH = 100
+
+
+def nesting_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/objects deeper than `limit` (iterative: any depth is safe to ask about)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class JobSpec(BaseModel):
     """A job as a client submits it."""
 
@@ -144,6 +167,13 @@ class JobSpec(BaseModel):
     pool: str | None = Field(None, pattern=NAME_PATTERN, description="Shorthand for requirements.pool.")
     max_retries: int = Field(3, ge=0, le=100)
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Per-attempt run time limit (s).")
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_depth(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if nesting_depth_exceeds(value, MAX_PAYLOAD_DEPTH):
+            raise ValueError(f"nested deeper than {MAX_PAYLOAD_DEPTH} levels of lists and objects")
+        return value
 
     @model_validator(mode="after")
     def _customer_for_isolation(self) -> JobSpec:

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
-        return 2
+        return ExitCode.USAGE
     try:
         result = handler(args)
         sys.stdout.flush()  # a closed pipe (`| head`) shows here, inside the handling below

@@ -19,9 +19,9 @@ class ExitCode(enum.IntEnum):
     """
 
     OK = 0
-    #: `job wait`: the job ended failed, cancelled or dead; `job cancel`: it had already finished;
-    #: a service that stopped on an error of its own (e.g. its port is taken).
-    JOB_FAILED = 1
+    #: What was asked for did not happen: `job wait`: the job ended failed, cancelled or dead; `job cancel`: it
+    #: had already finished; a service could not run (e.g. its port is taken).
+    FAILED = 1
     #: Bad input: an argument, a payload, a file argument.
     USAGE = 2
     #: Bad configuration (a setting, the config file, a secret file).

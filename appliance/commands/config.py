@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from appliance.commands import print_json
+from appliance.commands import ExitCode, print_json
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 def _report(errors: list[str]) -> int:
     for line in errors:
         print(f"appliance: error: {line}", file=sys.stderr)
-    return 2
+    return ExitCode.CONFIG
 
 
 def show_handler(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from appliance.commands import CommandError, print_json, run_async
+from appliance.commands import CommandError, ExitCode, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue
 
 #: --requires keys and how their values parse: a type, "list" (comma list) or "append:<field>" (repeatable).
@@ -201,7 +201,9 @@ async def _get_async(args: argparse.Namespace) -> int:
     finally:
         await queue.close()
     if job is None:
-        raise CommandError(f"job {args.job_id!r} not found (unknown id, or its record expired)", 3)
+        raise CommandError(
+            f"job {args.job_id!r} not found (unknown id, or its record expired)", ExitCode.NOT_FOUND
+        )
     if args.json:
         print_json(_job_json(job))
     else:
@@ -256,9 +258,11 @@ async def _wait_async(args: argparse.Namespace) -> int:
     try:
         job = await queue.wait(args.job_id, timeout_s=args.timeout, on_progress=show)
     except JobNotFound as exc:
-        raise CommandError(str(exc), 3) from None
+        raise CommandError(str(exc), ExitCode.NOT_FOUND) from None
     except TimeoutError:
-        raise CommandError(f"job {args.job_id!r} did not finish within {args.timeout}s", 124) from None
+        raise CommandError(
+            f"job {args.job_id!r} did not finish within {args.timeout}s", ExitCode.TIMEOUT
+        ) from None
     finally:
         await queue.close()
     if show:
@@ -268,7 +272,7 @@ async def _wait_async(args: argparse.Namespace) -> int:
         print_json(_job_json(job))
     else:
         _print_job(job)
-    return 0 if job.status is JobStatus.COMPLETED else 1
+    return ExitCode.OK if job.status is JobStatus.COMPLETED else ExitCode.FAILED
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -282,9 +286,9 @@ async def _cancel_async(args: argparse.Namespace) -> int:
     try:
         outcome = await queue.cancel(args.job_id)
     except JobNotFound as exc:
-        raise CommandError(str(exc), 3) from None
+        raise CommandError(str(exc), ExitCode.NOT_FOUND) from None
     except JobAlreadyFinished as exc:
-        raise CommandError(str(exc), 1) from None
+        raise CommandError(str(exc), ExitCode.FAILED) from None
     finally:
         await queue.close()
     if args.json:

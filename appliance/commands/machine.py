@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, print_json, run_async
+from appliance.commands import CommandError, ExitCode, print_json, run_async
 from appliance.commands.connection import redis_failure
 
 
@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return run_async(supervisor.run())
     except OSError as exc:  # the health port is taken, typically
-        raise CommandError(f"machine supervisor: {exc}", 1) from None
+        raise CommandError(f"machine supervisor: {exc}", ExitCode.FAILED) from None
 
 
 def _plan(args: argparse.Namespace) -> int:

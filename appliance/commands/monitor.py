@@ -11,7 +11,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, ExitCode, run_async
 from appliance.commands.connection import add_redis_arguments
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,9 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
     try:
         runner, bound = await start_server(make_app(monitor), host, port)
     except OSError as exc:
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from None
+        raise CommandError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitCode.FAILED
+        ) from None
     shown = f"[{host}]" if ":" in host else host
     log.info(
         "monitor on http://%s:%d/ (queue %s, Redis %s%s)",

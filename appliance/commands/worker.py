@@ -88,6 +88,6 @@ def run_worker(args: argparse.Namespace) -> int:
         try:
             return await worker.run()
         except WorkerError as exc:
-            raise CommandError(f"worker {worker.worker_id}: {exc}", 4) from None
+            raise CommandError(f"worker {worker.worker_id}: {exc}", ExitCode.REDIS) from None
 
     return run_async(main())

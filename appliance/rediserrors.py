@@ -50,8 +50,8 @@ def redis_error_kind(exc: BaseException) -> str:
 def describe_redis_error(exc: BaseException, where: str = "", doing: str = "") -> str:
     """One line: what Redis (at `where`, a redacted URL) did, while `doing` something, and the server's words.
 
-    >>> describe_redis_error(rx.NoPermissionError("this user has no permissions to run the 'hget' command"))
-    "Redis refused the command (NOPERM: the Redis user lacks a permission): this user has no permissions to run the 'hget' command"
+    >>> describe_redis_error(rx.ReadOnlyError("You can't write against a read only replica."), "redis://r:6379/0")
+    'Redis at redis://r:6379/0 is a read-only replica (READONLY): connect to the primary'
     """
     at = f" at {where}" if where else ""
     during = f" while {doing}" if doing else ""

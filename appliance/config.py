@@ -76,10 +76,43 @@ class RedisConnection:
         return kwargs
 
 
+def check_redis_url(url: str) -> str:
+    """`url` if redis-py can connect with it; else ValueError with one line saying what is wrong (password hidden).
+
+    redis-py itself only complains when it connects, with a traceback from deep inside (a scheme it does not know,
+    a port beyond 65535 from urllib): checked here, every process and `config check` name the mistake at once.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # urllib: "Port out of range 0-65535", "Port could not be cast to integer ..."
+        raise ValueError(str(exc).lower()) from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        got = f"{parts.scheme}://" if parts.scheme and "//" in url else "none"
+        raise ValueError(
+            f"the scheme must be redis://, rediss:// or unix:// (got {got}), e.g. redis://127.0.0.1:6379/0"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket path, e.g. unix:///run/redis.sock")
+        return url
+    if not parts.hostname:
+        raise ValueError("no host, e.g. redis://127.0.0.1:6379/0")
+    if port == 0:
+        raise ValueError("port 0 is not a port Redis listens on (1-65535)")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"the path must be a database number (e.g. /0), not /{database}")
+    return url
+
+
 class RedisSettings(_Section):
     url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="Redis URL (redis://, rediss:// or unix://). "
+        description="Redis URL (redis://, rediss:// or unix://; port 1-65535; path: a database number), "
+        "checked when settings load. "
         "A password written into the URL is moved to `redis.password` so the URL is safe to log.",
     )
     username: str | None = Field(default=None, description="Redis ACL user name (Redis 6+).")
@@ -101,7 +134,8 @@ class RedisSettings(_Section):
 
     @field_validator("url")
     @classmethod
-    def _database_number(cls, value: str) -> str:
+    def _valid_url(cls, value: str) -> str:
+        value = check_redis_url(value)
         check_database(value)
         return value
 
@@ -595,4 +629,4 @@ def _file_settings(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Pa
     return found
 
 
-__all__ += ["KNOWN_CONNECTORS", "SecretError", "check_files"]
+__all__ += ["KNOWN_CONNECTORS", "SecretError", "check_files", "check_redis_url"]

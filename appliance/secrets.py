@@ -103,12 +103,10 @@ def split_url_password(url: str) -> tuple[str, str | None]:
     parts = urlsplit(url)
     if parts.password is None:
         return url, None
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
+    # Rebuilt from the raw host part (not `.port`, which raises on a bad port: the URL check reports that).
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}@{hostinfo}" if user else hostinfo
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), unquote(
         parts.password
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import sys
 from collections.abc import Coroutine
@@ -11,10 +12,39 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class ExitCode(enum.IntEnum):
+    """Every exit status an `appliance` command returns: the one place they are defined (docs/cli.md lists them).
+
+    Scripts and systemd (`RestartPreventExitStatus=`) depend on these numbers: never reuse one for a new meaning.
+    """
+
+    OK = 0
+    #: What was asked for did not happen: `job wait`: the job ended failed, cancelled or dead; `job cancel`: it
+    #: had already finished; a service could not run (e.g. its port is taken).
+    FAILED = 1
+    #: Bad input: an argument, a payload, a file argument.
+    USAGE = 2
+    #: Bad configuration (a setting, the config file, a secret file).
+    CONFIG = 2
+    #: The job (or machine) is not known.
+    NOT_FOUND = 3
+    #: Redis: unreachable, refused the credentials, or refused a command (no permission, out of memory,
+    #: read-only replica, ...).
+    REDIS = 4
+    #: An unexpected error (a bug): one line, the traceback only with --log-level DEBUG (EX_SOFTWARE).
+    INTERNAL = 70
+    #: `job wait --timeout` ran out.
+    TIMEOUT = 124
+    #: Interrupted (Ctrl-C).
+    INTERRUPTED = 130
+    #: The reader of stdout went away (`... | head`): what a process killed by SIGPIPE reports.
+    BROKEN_PIPE = 141
+
+
 class CommandError(Exception):
     """An error the user caused or can fix: printed as one line on stderr, exit status `exit_code`."""
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = ExitCode.USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 

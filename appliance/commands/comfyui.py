@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="restart ComfyUI after it stopped answering this long (default: 3 x comfyui.request_timeout_s)",
     )
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(handler=_run, long_running=True)
 
 
 def _run(args: argparse.Namespace) -> int:

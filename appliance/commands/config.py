@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from appliance.commands import print_json
+from appliance.commands import ExitCode, print_json
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 def _report(errors: list[str]) -> int:
     for line in errors:
         print(f"appliance: error: {line}", file=sys.stderr)
-    return 2
+    return ExitCode.CONFIG
 
 
 def show_handler(args: argparse.Namespace) -> int:
@@ -63,9 +63,15 @@ def check_handler(args: argparse.Namespace) -> int:
     if not args.with_env:  # judge the file alone, not whatever this shell happens to export
         env = {k: v for k, v in env.items() if not k.startswith("APPLIANCE_")}
     try:
-        load_settings(args.file, env=env)
+        loaded = load_settings(args.file, env=env)
     except ConfigError as exc:
         return _report(exc.errors)
+    from appliance.worker.packages import missing_packages
+
+    settings = loaded.settings
+    missing = missing_packages(settings, settings.enabled_connectors())
+    if missing:
+        return _report(missing)
     print("ok")
     return 0
 

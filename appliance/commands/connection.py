@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.commands import CommandError
+from appliance.commands import CommandError, ExitCode
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -41,6 +41,17 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (TOML, YAML or JSON; default: $APPLIANCE_CONFIG)")
 
 
+def checked_url_flag(url: str) -> str:
+    """`--redis-url`, checked as strictly as `redis.url` in the settings."""
+    from appliance.config import check_redis_url
+    from appliance.secrets import redact_url
+
+    try:
+        return check_redis_url(url)
+    except ValueError as exc:
+        raise CommandError(f"--redis-url: {exc}; got {redact_url(url)!r}") from None
+
+
 def resolve_target(args: argparse.Namespace) -> RedisTarget:
     """Merge flags over the loaded settings; a bad config is a CommandError naming the key."""
     from appliance.config import ConfigError, load_settings
@@ -54,7 +65,7 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
     kwargs = connection.client_kwargs()
     url = connection.url
     if getattr(args, "redis_url", None):
-        url, password = split_url_password(args.redis_url)
+        url, password = split_url_password(checked_url_flag(args.redis_url))
         if password is not None:
             kwargs["password"] = password
     queue = getattr(args, "queue", None) or settings.redis.queue
@@ -70,10 +81,17 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
     )
 
 
-async def connect_queue(args: argparse.Namespace) -> Any:
-    from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+def redis_failure(exc: BaseException, url: str = "", doing: str = "") -> CommandError:
+    """A Redis error as the one line (exit 4) a person reads: unreachable, credentials refused, NOPERM, OOM, ..."""
+    from appliance.rediserrors import describe_redis_error
+    from appliance.secrets import redact_url
 
-    from appliance.commands import refused
+    return CommandError(describe_redis_error(exc, redact_url(url) if url else "", doing), ExitCode.REDIS)
+
+
+async def connect_queue(args: argparse.Namespace) -> Any:
+    from redis.exceptions import RedisError
+
     from appliance.queue import Queue
     from appliance.queue.scripts import ScriptLibraryError
 
@@ -86,13 +104,9 @@ async def connect_queue(args: argparse.Namespace) -> Any:
             classifier=target.classifier,
             **target.client_kwargs,
         )
-    except AuthenticationError as exc:
-        raise CommandError(f"Redis at {target.redacted_url()} refused the credentials: {exc}", 4) from None
-    except NoPermissionError as exc:
-        raise CommandError(refused(exc, target.redacted_url()), 4) from None
     except ScriptLibraryError as exc:
-        raise CommandError(str(exc), 4) from None
+        raise CommandError(str(exc), ExitCode.REDIS) from None
     except (RedisError, OSError) as exc:
-        raise CommandError(f"cannot reach Redis at {target.redacted_url()}: {exc}", 4) from None
+        raise redis_failure(exc, target.url) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None

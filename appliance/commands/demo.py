@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--jobs", type=int, default=8, help="jobs to submit (default 8)")
     demo.add_argument("--concurrency", type=int, default=2, help="jobs each worker runs at once (default 2)")
     demo.add_argument("--timeout", type=float, default=120, help="give up after this many seconds")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, long_running=True)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from appliance.commands import CommandError, run_async
+from appliance.commands.connection import redis_failure
 
 
 def register(subparsers: Any) -> None:
@@ -59,7 +60,7 @@ def _act(args: argparse.Namespace, drain: bool) -> int:
     try:
         known, changed = run_async(go())
     except (RedisError, OSError) as exc:
-        raise CommandError(f"cannot reach Redis: {type(exc).__name__}: {exc}", 4) from None
+        raise redis_failure(exc) from None
     note = "" if known else " (no machine of that id has registered yet)"
     if drain:
         print(f"{machine}: drained{note}")

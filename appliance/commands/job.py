@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from appliance.commands import CommandError, print_json, run_async
+from appliance.commands import CommandError, ExitCode, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue
 
 #: --requires keys and how their values parse: a type, "list" (comma list) or "append:<field>" (repeatable).
@@ -129,15 +129,27 @@ def _load_payload(raw: str) -> dict[str, Any]:
                 raw = handle.read()
         except OSError as exc:
             raise CommandError(f"--payload: cannot read {source}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CommandError(
+                f"--payload: {source} is not UTF-8 text (byte {exc.start}); JSON payloads are UTF-8"
+            ) from None
+    payload = parse_json_object(raw, source)
+    if not isinstance(payload, dict):
+        raise CommandError(f"{source}: the payload must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def parse_json_object(raw: str, source: str) -> Any:
+    """`raw` parsed as JSON; CommandError names `source` and what is wrong (also for absurd nesting)."""
     try:
-        payload = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CommandError(
             f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
-    if not isinstance(payload, dict):
-        raise CommandError(f"{source}: the payload must be a JSON object, got {type(payload).__name__}")
-    return payload
+    except RecursionError:
+        # The decoder recurses per nesting level: 100,000 `[` exhaust the stack long before any limit of ours.
+        raise CommandError(f"{source}: JSON nested too deeply to parse") from None
 
 
 def _job_json(job: Any) -> dict[str, Any]:
@@ -191,7 +203,9 @@ async def _get_async(args: argparse.Namespace) -> int:
     finally:
         await queue.close()
     if job is None:
-        raise CommandError(f"job {args.job_id!r} not found (unknown id, or its record expired)", 3)
+        raise CommandError(
+            f"job {args.job_id!r} not found (unknown id, or its record expired)", ExitCode.NOT_FOUND
+        )
     if args.json:
         print_json(_job_json(job))
     else:
@@ -246,9 +260,11 @@ async def _wait_async(args: argparse.Namespace) -> int:
     try:
         job = await queue.wait(args.job_id, timeout_s=args.timeout, on_progress=show)
     except JobNotFound as exc:
-        raise CommandError(str(exc), 3) from None
+        raise CommandError(str(exc), ExitCode.NOT_FOUND) from None
     except TimeoutError:
-        raise CommandError(f"job {args.job_id!r} did not finish within {args.timeout}s", 124) from None
+        raise CommandError(
+            f"job {args.job_id!r} did not finish within {args.timeout}s", ExitCode.TIMEOUT
+        ) from None
     finally:
         await queue.close()
     if show:
@@ -258,7 +274,7 @@ async def _wait_async(args: argparse.Namespace) -> int:
         print_json(_job_json(job))
     else:
         _print_job(job)
-    return 0 if job.status is JobStatus.COMPLETED else 1
+    return ExitCode.OK if job.status is JobStatus.COMPLETED else ExitCode.FAILED
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -272,9 +288,9 @@ async def _cancel_async(args: argparse.Namespace) -> int:
     try:
         outcome = await queue.cancel(args.job_id)
     except JobNotFound as exc:
-        raise CommandError(str(exc), 3) from None
+        raise CommandError(str(exc), ExitCode.NOT_FOUND) from None
     except JobAlreadyFinished as exc:
-        raise CommandError(str(exc), 1) from None
+        raise CommandError(str(exc), ExitCode.FAILED) from None
     finally:
         await queue.close()
     if args.json:

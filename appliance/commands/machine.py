@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, print_json, run_async
+from appliance.commands import CommandError, ExitCode, print_json, run_async
+from appliance.commands.connection import redis_failure
 
 
 def register(subparsers: Any) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--unmanaged", action="store_true", help="do not read unit states from systemd even if it runs here"
     )
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(handler=_run, long_running=True)
     sub = parser.add_subparsers(dest="machine_command", metavar="SUBCOMMAND")
 
     plan = sub.add_parser("plan", help="print the service plan of this machine")
@@ -31,7 +32,7 @@ def register(subparsers: Any) -> None:
         "--json", action="store_true", help="print the plan as JSON (for `appliance units install`)"
     )
     plan.add_argument("--gpus", type=int, metavar="N", help="plan for N GPUs instead of asking NVML")
-    plan.set_defaults(handler=_plan)
+    plan.set_defaults(handler=_plan, long_running=False)
 
     onfail = sub.add_parser(
         "on-failure",
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
     )
     _add_config(onfail)
     onfail.add_argument("unit", metavar="UNIT", help="the failed unit, e.g. appliance-worker@gpu0.service")
-    onfail.set_defaults(handler=_on_failure)
+    onfail.set_defaults(handler=_on_failure, long_running=False)
 
     stop = sub.add_parser(
         "record-stop", help="count why a unit stopped ($SERVICE_RESULT; run by ExecStopPost=)"
@@ -49,13 +50,13 @@ def register(subparsers: Any) -> None:
     stop.add_argument(
         "unit", metavar="UNIT", help="the unit that stopped, e.g. appliance-worker@gpu0.service"
     )
-    stop.set_defaults(handler=_record_stop)
+    stop.set_defaults(handler=_record_stop, long_running=False)
 
     status = sub.add_parser("status", help="print a machine's last published status from Redis")
     _add_config(status)
     status.add_argument("--machine", metavar="ID", help="machine id (default: machine.id of this host)")
     status.add_argument("--json", action="store_true", help="print the whole status payload as JSON")
-    status.set_defaults(handler=_status)
+    status.set_defaults(handler=_status, long_running=False)
 
 
 def _add_config(parser: argparse.ArgumentParser, default: Any = None) -> None:
@@ -98,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return run_async(supervisor.run())
     except OSError as exc:  # the health port is taken, typically
-        raise CommandError(f"machine supervisor: {exc}", 1) from None
+        raise CommandError(f"machine supervisor: {exc}", ExitCode.FAILED) from None
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -140,7 +141,7 @@ def _on_failure(args: argparse.Namespace) -> int:
     except PlanError as exc:
         raise CommandError(str(exc)) from None
     except (RedisError, OSError) as exc:
-        raise CommandError(f"cannot reach Redis: {type(exc).__name__}: {exc}", 4) from None
+        raise redis_failure(exc) from None
     returned = sum(event["jobs_returned"].values())
     print(f"{event['unit']}: {returned} job(s) returned to the queue; service_failed published")
     return 0
@@ -184,7 +185,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         raw = run_async(fetch())
     except (RedisError, OSError) as exc:
-        raise CommandError(f"cannot reach Redis: {type(exc).__name__}: {exc}", 4) from None
+        raise redis_failure(exc, conn.url) from None
     if raw is None:
         raise CommandError(
             f"machine {machine_id!r} has no current status (not running, or its registration expired)", 3

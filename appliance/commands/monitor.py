@@ -11,7 +11,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, ExitCode, run_async
 from appliance.commands.connection import add_redis_arguments
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--poll", type=float, default=2.0, help="seconds between queue/registration polls (default 2)"
     )
     add_redis_arguments(monitor)
-    monitor.set_defaults(handler=_monitor)
+    monitor.set_defaults(handler=_monitor, long_running=True)
 
 
 def _is_loopback(host: str) -> bool:
@@ -85,7 +85,9 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
     try:
         runner, bound = await start_server(make_app(monitor), host, port)
     except OSError as exc:
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from None
+        raise CommandError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitCode.FAILED
+        ) from None
     shown = f"[{host}]" if ":" in host else host
     log.info(
         "monitor on http://%s:%d/ (queue %s, Redis %s%s)",

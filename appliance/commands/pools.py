@@ -7,12 +7,11 @@ Exit status: 0, 2 bad input or configuration, 4 Redis unreachable.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from appliance.commands import CommandError, print_json, run_async
-from appliance.commands.connection import add_redis_arguments, connect_queue
+from appliance.commands.connection import add_redis_arguments, connect_queue, redis_failure
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +73,7 @@ async def _read(args: argparse.Namespace, settings: Any) -> Any:
     try:
         return await read_pool_signals(queue, settings, window_s=args.window)
     except (RedisError, OSError) as exc:
-        raise CommandError(f"Redis failed while reading the pool signals: {exc}", 4) from None
+        raise redis_failure(exc, doing="reading the pool signals") from None
     finally:
         await queue.close()
 
@@ -130,10 +129,9 @@ def _classify(args: argparse.Namespace) -> int:
     from appliance.queue import InvalidJob, parse_spec
 
     settings = _settings(args)
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"--payload: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    from appliance.commands.job import parse_json_object
+
+    payload = parse_json_object(args.payload, "--payload")
     if not isinstance(payload, dict):
         raise CommandError("--payload: must be a JSON object")
     raw = {

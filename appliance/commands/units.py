@@ -99,6 +99,8 @@ def _plan_text(args: argparse.Namespace) -> tuple[str, str] | None:
             return Path(args.plan_json).read_text(encoding="utf-8"), args.plan_json
         except OSError as exc:
             raise CommandError(f"--plan-json {args.plan_json}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"--plan-json {args.plan_json}: not UTF-8 text (byte {exc.start})") from None
     if args.from_machine_plan:
         # In-process rather than a subprocess: under Nix the bare interpreter cannot import the package.
         return json.dumps(_machine_plan(args)), "`appliance machine plan --json`"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, ExitCode, run_async
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,12 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Redis URL (default: $APPLIANCE_REDIS_URL or the config file); "
         "put the password in redis.password_file, not here",
     )
-    parser.set_defaults(handler=run_worker)
+    parser.set_defaults(handler=run_worker, long_running=True)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from appliance.config import ConfigError, RedisConnection, load_settings
-    from appliance.queue.connections import check_database
     from appliance.secrets import SecretError, split_url_password
     from appliance.worker.identity import SlotError, slot_from_arguments
     from appliance.worker.runtime import Worker, WorkerError
@@ -66,17 +65,20 @@ def run_worker(args: argparse.Namespace) -> int:
     except (ConfigError, SecretError) as exc:
         raise CommandError(str(exc).replace("\n", "; ")) from None
     if args.redis_url:
-        url, password = split_url_password(args.redis_url)
-        try:
-            check_database(url)
-        except ValueError as exc:
-            raise CommandError(f"--redis-url: {exc}") from None
+        from appliance.commands.connection import checked_url_flag
+
+        url, password = split_url_password(checked_url_flag(args.redis_url))
         connection = RedisConnection(
             url,
             password if password is not None else connection.password,
             connection.username,
             connection.tls_ca_file,
         )
+    from appliance.worker.packages import missing_packages
+
+    missing = missing_packages(settings, [slot.connector])
+    if missing:  # a restart would not install it: say so once instead of crash-looping on the import
+        raise CommandError(f"worker {slot.name}: {missing[0]}", ExitCode.CONFIG)
     try:
         worker = Worker(settings, slot, connection=connection, concurrency=args.concurrency)
     except (WiringError, ValueError, ImportError) as exc:
@@ -86,6 +88,6 @@ def run_worker(args: argparse.Namespace) -> int:
         try:
             return await worker.run()
         except WorkerError as exc:
-            raise CommandError(f"worker {worker.worker_id}: {exc}", 4) from None
+            raise CommandError(f"worker {worker.worker_id}: {exc}", ExitCode.REDIS) from None
 
     return run_async(main())

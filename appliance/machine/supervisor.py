@@ -46,6 +46,8 @@ from appliance.machine.workers import read_workers, registered_workers
 from appliance.netaddr import WILDCARD, connect_host
 from appliance.notify import Notifier, WatchdogPinger
 from appliance.queue import Queue
+from appliance.rediserrors import describe_redis_error, redis_error_kind
+from appliance.secrets import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +259,13 @@ class Supervisor:
                 )
                 break
             except (RedisError, OSError) as exc:
-                self.state.last_error = f"Redis unreachable: {type(exc).__name__}"
+                # Unreachable, or reached and refused (password, ACL, OOM): the line says which, so an operator
+                # fixes the right thing; either may change while we wait, so keep trying.
+                line = describe_redis_error(exc, redact_url(self.conn.url))
+                refused = redis_error_kind(exc) != "unreachable"
+                self.state.last_error = line if refused else f"Redis unreachable: {type(exc).__name__}"
                 self.notifier.status(f"starting: waiting for Redis at {self.conn.url}")
-                log.warning("Redis at %s unreachable (%s); retrying", self.conn.url, exc)
+                log.warning("%s; retrying", line)
                 if await self._sleep(backoff):
                     return False
                 backoff = min(backoff * 2, 10.0)

@@ -8,7 +8,9 @@ done = await queue.wait(job.id, timeout_s=30)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import random
 import secrets
 import time
@@ -20,6 +22,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
+from redis.exceptions import AuthorizationError as RedisAuthorizationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from appliance.queue.connections import check_database, connection_class_for
 from appliance.queue.errors import (
@@ -47,8 +54,13 @@ from appliance.queue.options import ChannelsMode, QueueSettings, ScriptsMode
 from appliance.queue.scripts import ScriptSet
 from appliance.queue.shapes import WorkerClass, shape_of
 
+log = logging.getLogger(__name__)
+
 #: Jobs per round trip when submitting in bulk.
 SUBMIT_BATCH = 500
+#: `wait` after losing Redis: first and largest pause before reconnecting (s).
+WAIT_RECONNECT_MIN_S = 0.2
+WAIT_RECONNECT_MAX_S = 2.0
 #: Most jobs one claim call leases.
 MAX_CLAIM_BATCH = 256
 #: Claim calls before `claim_many` gives up on a race it keeps losing (each lost one is a read-only call).
@@ -78,7 +90,8 @@ def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise InvalidJob(f"invalid job: {problems}") from None
 
@@ -453,29 +466,61 @@ class Queue:
         timeout_s: float | None = None,
         on_progress: Callable[[Job], Awaitable[None] | None] | None = None,
     ) -> Job:
-        """Block until the job finishes (completed, failed, cancelled, dead); TimeoutError past `timeout_s`."""
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(*map(self.channel, (CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS)))
-        try:
-            async with asyncio.timeout(timeout_s):
-                job = await self.require(job_id)
-                while not job.status.finished:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
-                        try:
-                            event = json.loads(message["data"])
-                        except (TypeError, ValueError):
-                            continue
-                        if event.get("job") != job_id or event.get("queue") != self.name:
-                            continue
+        """Block until the job finishes (completed, failed, cancelled, dead); TimeoutError past `timeout_s`.
+
+        A lost connection (Redis restarting) is not the end of the wait: it reconnects with backoff, subscribes
+        again and re-reads the record (the outcome may have been published while nobody listened), for as long as
+        `timeout_s` allows. A refusal (password, ACL) is raised at once: waiting will not change it.
+        """
+        delay = WAIT_RECONNECT_MIN_S
+        outage = False
+        async with asyncio.timeout(timeout_s):
+            while True:
+                pubsub = self.client.pubsub()
+                try:
+                    await pubsub.subscribe(
+                        *map(self.channel, (CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS))
+                    )
                     job = await self.require(job_id)
-                    if on_progress is not None:
-                        maybe = on_progress(job)
-                        if asyncio.iscoroutine(maybe):
-                            await maybe
-                return job
-        finally:
-            await pubsub.aclose()
+                    if outage:
+                        log.info("Redis answers again; still waiting for job %s", job_id)
+                    outage, delay = False, WAIT_RECONNECT_MIN_S
+                    return await self._wait_subscribed(pubsub, job, on_progress)
+                except (RedisAuthenticationError, RedisAuthorizationError):
+                    raise
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    if not outage:
+                        log.warning(
+                            "waiting for job %s: lost Redis (%s); reconnecting", job_id, type(exc).__name__
+                        )
+                    outage = True
+                finally:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WAIT_RECONNECT_MAX_S)
+
+    async def _wait_subscribed(
+        self,
+        pubsub: Any,
+        job: Job,
+        on_progress: Callable[[Job], Awaitable[None] | None] | None,
+    ) -> Job:
+        while not job.status.finished:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                try:
+                    event = json.loads(message["data"])
+                except (TypeError, ValueError):
+                    continue
+                if event.get("job") != job.id or event.get("queue") != self.name:
+                    continue
+            job = await self.require(job.id)
+            if on_progress is not None:
+                maybe = on_progress(job)
+                if asyncio.iscoroutine(maybe):
+                    await maybe
+        return job
 
     # --- cancelling -------------------------------------------------------------------------------------------
 

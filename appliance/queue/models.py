@@ -153,6 +153,29 @@ def _non_finite(value: Any, path: str) -> str | None:
     return None
 
 
+#: Deepest nesting of lists and objects a payload may have. Real payloads (ComfyUI graphs) are a handful of levels;
+#: serialising goes recursive (pydantic stops near 255 levels, Lua's cjson at 1000), so a bound well below both
+#: makes a pathological payload one clear error instead of a crash somewhere on its way.
+MAX_PAYLOAD_DEPTH = 100
+
+
+def nesting_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/objects deeper than `limit` (iterative: any depth is safe to ask about)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class JobSpec(BaseModel):
     """A job as a client submits it."""
 
@@ -181,6 +204,13 @@ class JobSpec(BaseModel):
         # JSON has no NaN or Infinity: stored as JSON they would silently become null.
         if where := _non_finite(value, "payload"):
             raise ValueError(f"{where} is not a finite number (JSON has no NaN or Infinity)")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_depth(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if nesting_depth_exceeds(value, MAX_PAYLOAD_DEPTH):
+            raise ValueError(f"nested deeper than {MAX_PAYLOAD_DEPTH} levels of lists and objects")
         return value
 
     @model_validator(mode="after")

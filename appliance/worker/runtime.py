@@ -154,8 +154,8 @@ class Worker:
         if session is None:
             return False
         self.session = self.status.session = session
-        self.fleet = FleetDrain(queue.client, self.machine_id, self.link, on_change=self._change)
-        await self.fleet.check()
+        fleet = self.fleet = FleetDrain(queue.client, self.machine_id, self.link, on_change=self._change)
+        await self._until_redis(fleet.check, f"reading the fleet drain flag (key {fleet.key})")
         self.writer = OutcomeWriter(queue, self.link)
         self.runner = JobRunner(
             self.connector,
@@ -197,14 +197,19 @@ class Worker:
 
     async def _until_redis(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
         """Retry `call` while Redis is unreachable (with backoff); None when a stop signal came first."""
-        from redis.exceptions import AuthenticationError, AuthorizationError
+        from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+
+        from appliance.rediserrors import describe_redis_error
 
         while not self.signals.draining.is_set():
             try:
                 result = await call()
             except (AuthenticationError, AuthorizationError) as exc:
-                raise WorkerError(f"Redis refused the credentials: {exc}") from None
+                raise WorkerError(describe_redis_error(exc)) from None
             except Exception as exc:
+                if isinstance(exc, RedisError) and not is_unreachable(exc):
+                    # Redis answered and refused (NOPERM, OOM, READONLY): retrying will not change that.
+                    raise WorkerError(describe_redis_error(exc, doing=what)) from None
                 if not is_unreachable(exc):
                     raise
                 self.link.mark_down(exc)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-
-
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 

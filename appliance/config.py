@@ -530,15 +530,18 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     return result
 
 
-def load_settings(config_path: str | Path | None = None, env: Any = None) -> LoadedSettings:
+def load_settings(
+    config_path: str | Path | None = None, env: Any = None, *, open_files: bool = True
+) -> LoadedSettings:
     """Load settings: env `APPLIANCE_*` over the config file (argument, else `$APPLIANCE_CONFIG`) over defaults.
 
     Raises ConfigError naming every bad key, its source and what was expected; also when a configured
-    `*_file` cannot be read, so a process fails before it starts anything.
+    `*_file` cannot be read, so a process fails before it starts anything (unless `open_files` is false: a
+    check where those files do not exist, such as the Nix build that validates a NixOS machine's settings).
     """
     from appliance.configload import load
 
-    return load(config_path, os.environ if env is None else env)
+    return load(config_path, os.environ if env is None else env, open_files=open_files)
 
 
 def check_files(loaded: LoadedSettings) -> list[str]:

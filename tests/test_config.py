@@ -438,6 +438,20 @@ def test_config_check(tmp_path: Path) -> None:
     assert f"redis.urll: unknown setting (from file:{bad})" in lines[0] + lines[1]
 
 
+def test_config_check_without_opening_files(tmp_path: Path) -> None:
+    """The NixOS module checks its rendered settings in the build sandbox, where a configured CA file or key
+    file does not exist: --no-open-files judges the settings alone, and still names a bad key."""
+    missing = tmp_path / "absent-ca.pem"
+    doc = write_config(tmp_path, ".json", {"redis": {"tls_ca_file": str(missing)}})
+    result = run_cli("config", "check", str(doc), env={})
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = run_cli("config", "check", "--no-open-files", str(doc), env={})
+    assert (result.returncode, result.stdout) == (0, "ok\n")
+    bad = write_config(tmp_path, ".json", {"bogus": 1})
+    result = run_cli("config", "check", "--no-open-files", str(bad), env={})
+    assert result.returncode == 2 and f"bogus: unknown setting (from file:{bad})" in result.stderr
+
+
 # --- generated reference ------------------------------------------------------------------------------------
 
 

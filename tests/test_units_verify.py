@@ -199,7 +199,9 @@ def test_worker_stop_timeout_covers_the_drain() -> None:
 
     drain = Settings().worker.drain_grace_s
     stop = units_by_name()["appliance-worker@.service"]["Service"]["TimeoutStopSec"][0]
-    assert stop.endswith("s") and float(stop[:-1]) >= drain + 10
+    from appliance.contract import WORKER_STOP_MARGIN_S
+
+    assert stop.endswith("s") and float(stop[:-1]) >= drain + WORKER_STOP_MARGIN_S
 
 
 def test_comfyui_keeps_the_gpu_reachable() -> None:

@@ -43,12 +43,16 @@ let
   unitView = unit: {
     inherit (unit)
       wantedBy
+      wants
       after
       bindsTo
       overrideStrategy
+      environment
       ;
     serviceConfig = unit.serviceConfig;
   };
+
+  configFile = config.environment.etc."appliance/config.toml".source;
 
   # TOML has no null; pkgs.formats.toml would fail to render one.
   hasNull =
@@ -72,6 +76,25 @@ in
   settings = config.services.appliance.settings;
   settingsHaveNull = hasNull config.services.appliance.settings;
   etc = lib.mapAttrs (_: e: e.text or (e.source.name or e.source)) config.environment.etc;
+  # The build step that checks the rendered settings (a runCommand, kept as data by the stub pkgs).
+  configCheck = {
+    inherit (configFile) buildCommand;
+    tools = map (p: p.name) configFile.nativeBuildInputs;
+    rendered = configFile.settings.passthru.value;
+  };
+  redisServers = lib.mapAttrs (_: r: {
+    inherit (r)
+      enable
+      user
+      unixSocket
+      requirePassFile
+      ;
+  }) config.services.redis.servers;
+  extraGroups = lib.mapAttrs (_: u: u.extraGroups or [ ]) config.users.users;
+  meta = {
+    inherit (config.meta) maintainers;
+    doc = toString config.meta.doc;
+  };
   firewall = config.networking.firewall.allowedTCPPorts;
   users = lib.mapAttrs (_: u: u.group or null) config.users.users;
   groups = lib.attrNames config.users.groups;

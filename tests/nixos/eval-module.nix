@@ -4,10 +4,12 @@
 #   nix-instantiate --eval --strict --json tests/nixos/eval-module.nix \
 #     --argstr libPath /path/to/nixpkgs.lib --argstr configJSON '{"enable": true, "machineType": "api"}'
 #
-# or, with `--argstr vmTest api.nix --argstr node api`, the services.appliance settings of that VM test's node.
+# or, with `--argstr vmTest cluster.nix --argstr node api`, that VM test node's services.appliance and
+# systemd.services. `extraJSON` is one more module (JSON), e.g. an operator's own unit settings.
 {
   libPath,
   configJSON ? null,
+  extraJSON ? "{}",
   vmTest ? null,
   node ? null,
 }:
@@ -21,21 +23,29 @@ let
     packages.${pkgs.stdenv.hostPlatform.system}.default = pkgs.appliance;
     nixosModules.default = { };
   };
-  applianceConfig =
+  nodeConfig =
     if vmTest != null then
-      (import (./. + "/${vmTest}") {
-        self = selfStub;
-        inherit pkgs;
-      }).nodes.${node}.services.appliance
+      let
+        nodeAttrs =
+          (import (./. + "/${vmTest}") {
+            self = selfStub;
+            inherit pkgs;
+          }).nodes.${node};
+      in
+      {
+        services.appliance = nodeAttrs.services.appliance;
+        systemd.services = nodeAttrs.systemd.services or { };
+      }
     else
-      builtins.fromJSON configJSON;
+      { services.appliance = builtins.fromJSON configJSON; };
 
   evaluated = lib.evalModules {
     modules = [
       ./stub/nixos.nix
       ../../nixos-modules/appliance.nix
       { _module.args.pkgs = pkgs; }
-      { services.appliance = applianceConfig; }
+      nodeConfig
+      (builtins.fromJSON extraJSON)
     ];
   };
   inherit (evaluated) config;

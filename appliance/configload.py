@@ -31,8 +31,9 @@ from appliance.secrets import redact_url, split_url_password
 
 ENV_PREFIX = "APPLIANCE_"
 #: `APPLIANCE_*` variables that are not settings and must not be reported as unknown.
-#: Variables that are not settings: the config file path, and test-only hooks the worker honours.
-ENV_ALLOWLIST = frozenset({"APPLIANCE_CONFIG", "APPLIANCE_TEST_HOOKS"})
+#: Variables that are not settings: the config file path, test-only hooks the worker honours, and the nixpkgs
+#: lib checkout tests/test_nix.py reads (set for a whole test run, so every process it starts sees it).
+ENV_ALLOWLIST = frozenset({"APPLIANCE_CONFIG", "APPLIANCE_TEST_HOOKS", "APPLIANCE_NIXPKGS_LIB"})
 #: Short names that do not follow the path rule.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"LOG_LEVEL": ("logging", "level")}
 

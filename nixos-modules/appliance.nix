@@ -293,7 +293,7 @@ in
       package = lib.mkPackageOption pkgs "comfyui" {
         nullable = true;
         default = null;
-        example = "comfyui";
+        example = [ "comfyui" ];
         extraDescription = ''
           Its main program starts ComfyUI. For CUDA, take it from a nixpkgs instance with
           `config.cudaSupport = true; config.allowUnfree = true;`. Ignored when `command` is set.

@@ -479,3 +479,11 @@ def test_reference_lists_every_setting_and_env_name() -> None:
         "APPLIANCE_REDIS__PASSWORD_FILE",
     ):
         assert f"`{name}`" in text
+
+
+def test_test_tooling_variables_are_not_settings() -> None:
+    """APPLIANCE_NIXPKGS_LIB points tests/test_nix.py at a nixpkgs lib checkout for a whole test run; every
+    appliance process the suite starts inherits it and must not refuse it as an unknown setting."""
+    from appliance.config import load_settings
+
+    load_settings(None, env={"APPLIANCE_NIXPKGS_LIB": "/work/nixpkgs-lib", "APPLIANCE_TEST_HOOKS": "1"})

@@ -14,8 +14,8 @@ Needs nix-instantiate; skipped with the reason when it is missing.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys

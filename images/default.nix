@@ -193,6 +193,9 @@ let
             # there on NixOS hosts); on other hosts CDI puts the driver into FHS directories.
             LD_LIBRARY_PATH = "/run/opengl-driver/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu";
             NVIDIA_DRIVER_CAPABILITIES = "compute,utility";
+            # ComfyUI's files (output, input, user, temp, database) under the image's volume, also in
+            # single-process mode where no systemd StateDirectory= exists; the same place the units use.
+            APPLIANCE_COMFYUI__STATE_DIR = "/var/lib/appliance";
           }
           // (
             if comfyui != null then

@@ -256,6 +256,15 @@ in
     doc = ./appliance.md;
   };
 
+  imports = [
+    (lib.mkRemovedOptionModule [
+      "services"
+      "appliance"
+      "comfyui"
+      "cpu"
+    ] "Use services.appliance.comfyui.acceleration = \"cpu\"; it also closes the units' device access.")
+  ];
+
   ###### interface
 
   options.services.appliance = {

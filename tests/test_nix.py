@@ -457,6 +457,10 @@ def test_build_time_settings_check_runs_the_package(tmp_path: Path) -> None:
             {"enable": True, "settings": {"storage": {"s3": {"secret_access_key": "x"}}}},
             "storage.s3.secret_access_key would be stored world-readable",
         ),
+        (
+            {"enable": True, "machineType": "gpu", "gpus": 1, "comfyui": {"command": ["c"], "cpu": True}},
+            'Use services.appliance.comfyui.acceleration = "cpu"',
+        ),
         ({"enable": True, "settings": {"bogus": 1}}, "unknown setting(s) bogus"),
         (
             {"enable": True, "settings": {"worker": {"drain_grace": 1}}},

@@ -52,9 +52,11 @@ FAIL_MODES = ("none", "execution_error", "oom", "hang", "drop_ws", "crash")
 class ComfyStandin:
     """State of one fake ComfyUI: queue, history, sockets, directories, counters."""
 
-    def __init__(self, data_dir: Path, behaviour: Behaviour | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, behaviour: Behaviour | None = None, dirs: dict[str, Path] | None = None
+    ) -> None:
         self.behaviour = behaviour or Behaviour()
-        self.dirs = {t: data_dir / t for t in ("output", "temp", "input")}
+        self.dirs = {t: data_dir / t for t in ("output", "temp", "input")} | (dirs or {})
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         self.stats = {
@@ -425,6 +427,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cuda-device", type=int, help="accepted for compatibility")
     parser.add_argument("--base-directory", type=Path, dest="data_dir", help="same as --data-dir")
+    # ComfyUI's directory flags, with its semantics: the temp directory is `<--temp-directory>/temp`.
+    parser.add_argument("--output-directory", type=Path, help="where outputs are written")
+    parser.add_argument("--input-directory", type=Path, help="where uploads are written")
+    parser.add_argument("--temp-directory", type=Path, help="temp files go to its `temp` subdirectory")
+    parser.add_argument("--user-directory", type=Path, help="accepted; created like ComfyUI does")
+    parser.add_argument("--database-url", help="accepted for compatibility")
     parser.add_argument("--disable-auto-launch", action="store_true", help="accepted for compatibility")
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="output/temp/input live here (default: a temp dir)"
@@ -444,7 +452,18 @@ def main(argv: list[str] | None = None) -> None:
         allow_exit=True,
     )
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="comfyui-standin-"))
-    state = ComfyStandin(data_dir, behaviour)
+    dirs = {
+        kind: path
+        for kind, path in [
+            ("output", args.output_directory),
+            ("input", args.input_directory),
+            ("temp", args.temp_directory / "temp" if args.temp_directory else None),
+        ]
+        if path is not None
+    }
+    if args.user_directory is not None:
+        args.user_directory.mkdir(parents=True, exist_ok=True)
+    state = ComfyStandin(data_dir, behaviour, dirs)
     asyncio.run(serve(make_app(state), args.host, args.port))
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConnectorSettings, load_settings
+from appliance.config import load_settings
 from appliance.localredis import LocalRedis
 from appliance.queue import Capabilities, ClaimedJob, JobStatus, Queue, QueueSettings, WorkerSession
 from appliance.queue.errors import LeaseLost
 from appliance.worker.connectors.base import (
     ConnectorCapabilities,
+    ConnectorOptions,
     JobCancelled,
     PermanentError,
     RetryableError,
@@ -304,7 +305,7 @@ async def test_stopping_a_lost_attempt_never_cancels_the_next_attempt_on_the_sam
     from appliance.worker.execution import JobRunner
     from appliance.worker.storage import LocalStorage
 
-    connector = EchoConnector(options=ConnectorSettings(concurrency=2), storage=LocalStorage(tmp_path))
+    connector = EchoConnector(options=ConnectorOptions(concurrency=2), storage=LocalStorage(tmp_path))
     table = LeaseTable()
     link = RedisLink()
     runner = JobRunner(connector, queue, table, link, OutcomeWriter(queue, link), default_timeout_s=60)
@@ -340,9 +341,9 @@ async def test_stopping_a_lost_attempt_never_cancels_the_next_attempt_on_the_sam
 
 async def test_job_tasks_cancel_only_the_named_attempt() -> None:
     from appliance.worker.connectors.base import ConnectorJob
-    from appliance.worker.connectors.tasks import JobTasks
+    from appliance.worker.connectors.tasks import Attempts
 
-    tasks = JobTasks()
+    tasks = Attempts()
     gate = asyncio.Event()
 
     async def work() -> str:
@@ -354,7 +355,7 @@ async def test_job_tasks_cancel_only_the_named_attempt() -> None:
     run1 = asyncio.create_task(tasks.run(one, work()))
     run2 = asyncio.create_task(tasks.run(two, work()))
     await asyncio.sleep(0)
-    assert tasks.cancel("j", "t1") is True
+    assert [a.token for a in tasks.cancel("j", "t1")] == ["t1"]
     with pytest.raises(JobCancelled):
         await run1
     assert "j" in tasks  # attempt 2 is still registered after attempt 1 ended
@@ -376,7 +377,7 @@ async def test_a_heartbeat_racing_the_completion_does_not_claim_the_outcome_is_l
         None, env={"APPLIANCE_REDIS_URL": redis_url, "APPLIANCE_MACHINE_ID": "m"}
     ).settings
     storage = LocalStorage(tmp_path)
-    connector = EchoConnector(options=ConnectorSettings(), storage=storage)
+    connector = EchoConnector(options=ConnectorOptions(), storage=storage)
     worker = Worker(
         settings,
         parse_slot("echo0"),

@@ -17,7 +17,7 @@ from appliance.standins import comfyui_nodes as nodes
 from appliance.standins.media import Frame, decode_png_size, encode_gif, encode_png, encode_wav
 
 if TYPE_CHECKING:
-    from appliance.standins.comfyui import ComfyStandin
+    from appliance.standins.comfyui_state import ComfyStandin
 
 
 class Interrupted(Exception):

@@ -28,7 +28,7 @@ from appliance.worker.outcome import OutcomeKind, StopReason, decide, failure_of
 from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink
 from appliance.worker.status import Phase, Snapshot
-from appliance.worker.wiring import build_capabilities, worker_parts
+from appliance.worker.wiring import WiringError, build_capabilities, worker_parts
 
 # --- identity ---------------------------------------------------------------------------------------------------
 
@@ -151,6 +151,21 @@ def test_connector_parts_and_secrets(tmp_path: Path) -> None:
         and gpu.options.base_url == "http://127.0.0.1:9102"
         and gpu.concurrency == 1
     )
+
+
+def test_connector_options_are_typed_once_when_wired_and_a_wrong_one_is_named() -> None:
+    # Each connector's own options are a typed model, validated when the worker is wired: "no" is False (a
+    # bare bool("no") was True and copied every output), and a value of the wrong type names its key.
+    good = load_settings(
+        env={"APPLIANCE_CONNECTORS__REPLICATE__EXTRA": '{"copy_outputs": "no", "poll_max_s": "2"}'}
+    ).settings
+    options = worker_parts(good, parse_slot("replicate0")).options
+    assert type(options).__name__ == "ReplicateOptions"
+    assert options.copy_outputs is False and options.poll_max_s == 2.0  # type: ignore[attr-defined]
+    bad = load_settings(env={"APPLIANCE_CONNECTORS__REPLICATE__EXTRA": '{"poll_max_s": "fast"}'}).settings
+    with pytest.raises(WiringError) as info:
+        worker_parts(bad, parse_slot("replicate0"))
+    assert str(info.value).startswith("connectors.replicate: poll_max_s: ") and "\n" not in str(info.value)
 
 
 def test_capabilities_merge_service_reports_with_config() -> None:

@@ -98,6 +98,36 @@ async def test_cancel_cancels_remote_job(service) -> None:
     assert next(iter(sim.jobs.values())).state == "canceled"
 
 
+async def test_cancel_stops_only_the_named_attempt(service) -> None:
+    # A lost attempt 1 still winding down on this worker, attempt 2 of the same job running: cancelling
+    # attempt 1 (by its token) cancels its remote job only.
+    name, connector, sim = service
+    one, two = (
+        ConnectorJob(
+            id="c2",
+            service=name,
+            payload=job(name, {"hang": True}).payload,
+            attempt=n,
+            timeout_s=None,
+            token=t,
+        )
+        for n, t in ((1, "t1"), (2, "t2"))
+    )
+    run1 = asyncio.create_task(connector.process(one, Progress()))
+    await wait_until(lambda: len(sim.jobs) == 1)
+    run2 = asyncio.create_task(connector.process(two, Progress()))
+    await wait_until(lambda: len(sim.jobs) == 2)
+    first, second = sim.jobs.values()
+    await connector.cancel("c2", "t1")
+    with pytest.raises(JobCancelled):
+        await run1
+    assert first.state == "canceled" and second.state != "canceled" and not run2.done()
+    await connector.cancel("c2", "t2")
+    with pytest.raises(JobCancelled):
+        await run2
+    assert sim.stats["cancels"] == 2
+
+
 async def test_rate_limit_server_error_malformed(service) -> None:
     name, connector, _ = service
     with pytest.raises(RetryableError) as info:

@@ -7,7 +7,7 @@ then each URL output is downloaded into storage.
 
 extra: poll_initial_s (0.5), poll_max_s (5), copy_outputs (False), request_timeout_s (30).
 
-Not the official `replicate` client: see docs/connectors.md ("Why not the replicate package").
+Not the official `replicate` client: see docs/connectors.md ("Why not the `replicate` package").
 """
 
 from __future__ import annotations

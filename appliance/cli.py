@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from appliance.commands import CommandError
+from appliance.commands import CommandError, ConfigCommandError
+from appliance.journal import configure_logging, prefix_lines
 
 #: Command modules, in the order `appliance --help` lists them.
 COMMAND_MODULES = (
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("APPLIANCE_LOG_LEVEL", "INFO"),
-        help="logging level (default: INFO, or $APPLIANCE_LOG_LEVEL)",
+        default=None,
+        help="logging level (default: the logging.level setting: config file, APPLIANCE_LOGGING__LEVEL or "
+        "APPLIANCE_LOG_LEVEL; else INFO)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -55,11 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level, warnings = _log_level(args)
+    configure_logging(level, sys.stderr, "%(levelname)s %(name)s: %(message)s")
+    for warning in warnings:
+        logging.getLogger("appliance.config").warning("%s", warning)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -67,8 +68,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = handler(args)
     except CommandError as exc:
-        print(f"appliance: error: {exc}", file=sys.stderr)
+        print(prefix_lines(f"appliance: error: {exc}", logging.ERROR, sys.stderr), file=sys.stderr)
+        if isinstance(exc, ConfigCommandError):
+            from appliance.notify import Notifier
+
+            # systemd keeps the last STATUS= of a unit that failed: `systemctl status` then shows the cause.
+            notifier = Notifier()
+            notifier.status(f"config error: {exc}"[:500])
+            notifier.close()
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     return int(result or 0)
+
+
+def _log_level(args: argparse.Namespace) -> tuple[int, list[str]]:
+    """--log-level, else the `logging.level` setting (file or environment), else INFO; and the settings'
+    warnings (an `APPLIANCE_*` variable that is no setting), logged once here for every command. A
+    configuration that does not load is the command's to report (with its own exit status)."""
+    name, warnings = args.log_level, []
+    if getattr(args, "handler", None) is not None:
+        from appliance.config import load_settings
+
+        try:
+            loaded = load_settings(getattr(args, "config", None))
+            warnings = loaded.warnings
+            name = name or loaded.settings.logging.level
+        except Exception:  # reported by the command itself, one line, when it loads the settings
+            name = name or os.environ.get("APPLIANCE_LOG_LEVEL", "INFO")
+    level = logging.getLevelName(str(name or "INFO").upper())
+    return (level if isinstance(level, int) else logging.INFO), warnings

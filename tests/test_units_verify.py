@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.commands import CONFIG_EXIT_STATUS
 from appliance.secrets import CREDENTIALS
 from appliance.units import install as inst
 
@@ -184,7 +185,12 @@ def test_long_running_units_are_supervised(name: str) -> None:
     assert service["KillMode"] == ["mixed"]
     # Start limits are [Unit] keys: in [Service] systemd would ignore them.
     assert unit["Unit"]["StartLimitBurst"] and unit["Unit"]["StartLimitIntervalSec"]
-    assert unit["Unit"]["OnFailure"] == ["appliance-onfailure@%N.service"]
+    on_failure = ["appliance-onfailure@%N.service"]
+    if name == "appliance-machine.service":
+        on_failure.append("appliance-target-down.service")
+    assert unit["Unit"]["OnFailure"] == [" ".join(on_failure)]
+    # A configuration error is not retried (restarting cannot fix it); its cause stays in STATUS=.
+    assert service["RestartPreventExitStatus"] == [str(CONFIG_EXIT_STATUS)]
     assert unit["Unit"]["PartOf"] == ["appliance.target"]
     assert service["EnvironmentFile"] == ["-/etc/appliance/appliance.env"]
     for key, value in HARDENING.items():

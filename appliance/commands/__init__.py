@@ -19,6 +19,19 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
+#: Exit status of a service started with a configuration it cannot run with (sysexits.h EX_CONFIG). The units
+#: name it in RestartPreventExitStatus=: restarting cannot fix a typo, so the unit fails at once and keeps the
+#: cause in its STATUS= instead of hiding it behind "Start request repeated too quickly".
+CONFIG_EXIT_STATUS = 78
+
+
+class ConfigCommandError(CommandError):
+    """A service cannot start with this configuration; exits CONFIG_EXIT_STATUS after `STATUS=config error: …`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.replace("\n", "; "), CONFIG_EXIT_STATUS)
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine on a fresh event loop."""
     return asyncio.run(coro)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, ConfigCommandError, run_async
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,7 +63,7 @@ def run_worker(args: argparse.Namespace) -> int:
         settings = load_settings(args.config).settings
         connection = settings.redis_connection()
     except (ConfigError, SecretError) as exc:
-        raise CommandError(str(exc).replace("\n", "; ")) from None
+        raise ConfigCommandError(str(exc)) from None
     if args.redis_url:
         url, password = split_url_password(args.redis_url)
         connection = RedisConnection(

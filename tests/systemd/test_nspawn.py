@@ -595,3 +595,34 @@ def test_ready_means_every_service_active_and_answering(fresh: Env) -> None:
         assert [e["phase"] for e in complete] == ["ready"], events
         assert c.show(MACHINE, "StatusText")["StatusText"].startswith("ready: 2/2 services active")
         assert "degraded" not in c.journal(MACHINE), c.journal(MACHINE)
+
+
+@needs_worker
+@needs_machine
+def test_a_config_error_fails_at_once_shows_its_cause_and_takes_the_target_down(fresh: Env) -> None:
+    """A configuration the supervisor cannot run with: exit 78, no restart loop (RestartPreventExitStatus=),
+    the cause in `systemctl status` (STATUS=), and appliance.target no longer "active" — its workers keep
+    serving."""
+    with fresh.boot() as c:
+        c.systemctl("start", "--no-block", TARGET)
+        for unit in [MACHINE, *ECHO]:
+            c.wait_active(unit)
+        dropin(c, MACHINE, "[Service]\nEnvironment=APPLIANCE_MACHINE__STATUS_INTERVAL_S=-1\n")
+        c.systemctl("restart", "--no-block", MACHINE)
+        props = c.wait_props(
+            MACHINE,
+            "failed",
+            lambda p: p["ActiveState"] == "failed",
+            ["ActiveState", "Result", "ExecMainStatus", "NRestarts", "StatusText"],
+        )
+        assert props["ExecMainStatus"] == "78" and props["NRestarts"] == "0", props
+        assert props["StatusText"].startswith("config error: machine.status_interval_s"), props
+        c.wait_props(TARGET, "down", lambda p: p["ActiveState"] == "inactive", ["ActiveState"])
+        for unit in ECHO:
+            assert c.show(unit, "ActiveState")["ActiveState"] == "active", c.diagnostics(unit)
+        status = c.systemctl("status", MACHINE, check=False).stdout
+        assert "config error: machine.status_interval_s" in status, status
+        # Filed at priority err (the `<3>` prefix), so `journalctl -p err` finds it; and no prefix shows.
+        errors = c.sh("journalctl", "--no-pager", "-p", "err", "-u", MACHINE, "-o", "cat", check=False).stdout
+        assert "appliance: error: machine.status_interval_s" in errors, errors
+        assert "<3>" not in errors, errors

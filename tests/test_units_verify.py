@@ -230,3 +230,11 @@ def test_credentials_match_what_the_app_reads() -> None:
     for unit in units.values():
         for value in unit.get("Service", {}).get("LoadCredential", []):
             assert ":" not in value and value in names
+
+
+def test_the_supervisor_is_started_by_the_target_only() -> None:
+    """appliance.target Wants= the supervisor; an [Install] section of its own would only make `systemctl
+    status` read "disabled; preset: enabled" for a unit that is never enabled by itself."""
+    units = units_by_name()
+    assert "appliance-machine.service" in units["appliance.target"]["Unit"]["Wants"][0].split()
+    assert "Install" not in units["appliance-machine.service"]

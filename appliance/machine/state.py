@@ -46,6 +46,9 @@ class MachineState:
     queue_stats: dict[str, Any] | None = None
     #: unit -> {systemd result: stops counted by ExecStopPost=} (see appliance.machine.stops).
     unit_stops: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: How often the status is published (`machine.status_interval_s`): carried in the payload, so a monitor
+    #: with another interval judges this machine's silence by this machine's own rhythm.
+    status_interval_s: float = 15.0
     redis_ok: bool = False
     registered: bool = False
     draining: bool = False

@@ -3,7 +3,7 @@
 Shape (kept close to the original system's aggregator so the monitor's machine cards map one to one):
 
     {machine_id, machine_type, timestamp (ms), update_type: periodic|event_driven|machine_ready|shutdown,
-     health_url, supervision: systemd|unmanaged, healthy, ready, draining,
+     status_interval_s, health_url, supervision: systemd|unmanaged, healthy, ready, draining,
      structure: {gpu_count, services: [planned service dicts], workers: [worker ids]},
      status: {machine: {phase, uptime_ms, started_at (ms), checks: {redis, registered}, last_error},
               services: {name: {unit, kind, active_state, sub_state, restarts, memory_bytes, cpu_seconds,
@@ -108,6 +108,7 @@ def build_status(state: MachineState, update_type: str = "periodic") -> dict[str
         "machine_type": state.machine_type,
         "timestamp": int(time.time() * 1000),
         "update_type": update_type,
+        "status_interval_s": state.status_interval_s,
         "health_url": state.health_url,
         "supervision": state.supervision,
         "healthy": state.healthy(),

@@ -101,6 +101,7 @@ class Supervisor:
             ServicePlan(m.id, MachineType(m.type)),
             supervision=self.supervision,
             secrets=frozenset(secrets),
+            status_interval_s=m.status_interval_s,
         )
         self.stop_event = asyncio.Event()
         self.stop_reason = "stopped"

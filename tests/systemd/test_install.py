@@ -218,3 +218,19 @@ def test_plan_from_this_machine(root: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("APPLIANCE_MACHINE_TYPE", "gpu")  # no GPU here and no CPU mode: a clear error
     bad = cli("install", "--root", str(root), "--bin", BIN, "--from-machine-plan")
     assert bad.returncode == 2 and "machine plan" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_relative_root_is_taken_from_the_working_directory(root: Path) -> None:
+    """`--root DIR` relative to where the command runs: everything lands there, the system user included."""
+    (root / "plan.json").write_text(json.dumps(API_PLAN))
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "units", "install", "--root", root.name, "--bin", BIN]
+        + ["--plan-json", str(root / "plan.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/systemd/system/appliance.target").is_file()
+    assert all(line.startswith(str(root)) for line in proc.stdout.splitlines()), proc.stdout

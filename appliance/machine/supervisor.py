@@ -23,6 +23,8 @@ import signal
 import time
 from typing import Any
 
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from appliance.config import Settings
@@ -115,6 +117,9 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._startup_deadline = 0.0
         self._started_units: set[str] = set()
+        #: Units seen active before, and their restart counts then (to tell a restart in the log).
+        self._seen_active: set[str] = set()
+        self._restarts: dict[str, int] = {}
         self._failed_units: set[str] = set()
         self.exit_status = 0
         #: The children, in container mode; `config_path` is handed to them (APPLIANCE_CONFIG).
@@ -138,6 +143,7 @@ class Supervisor:
         for unit, counts in self.state.unit_stops.items():
             for result, count in counts.items():
                 if result != "success" and count > before.get(unit, {}).get(result, 0) and before:
+                    log.warning("%s stopped: %s (%d so far)", unit, result, count)
                     await self._event("service_stopped", unit=unit, result=result, count=count)
 
     async def _event(self, event_type: str, **fields: Any) -> None:
@@ -177,7 +183,9 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGUSR2, hang_event_loop)
         runner = None
         try:
-            self.state.resources = await asyncio.to_thread(lambda: host_resources(self.nvml.start()))
+            self.state.resources = await asyncio.to_thread(
+                lambda: host_resources(self.nvml.start(self.state.machine_type == "gpu"))
+            )
             self._step("detect_resources", gpu_count=self.state.resources.gpu_count)
             metrics_registry, self.jobs = make_registry(self.state)
             runner, port = await start_server(
@@ -248,6 +256,9 @@ class Supervisor:
                     self.conn.url,
                     queue_name=self.settings.redis.queue,
                     settings=self.settings.queue,
+                    # A pooled connection Redis closed (it restarted) is retried at once instead of failing
+                    # the next call with a false "Connection closed by server".
+                    retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
                     socket_timeout=REDIS_CALL_TIMEOUT_S,
                     socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
                     **self.conn.client_kwargs(),
@@ -349,6 +360,12 @@ class Supervisor:
             if st.active and svc.unit not in self._started_units:
                 self._started_units.add(svc.unit)
                 self._failed_units.discard(svc.unit)
+                if st.restarts > self._restarts.get(svc.unit, st.restarts):
+                    log.warning("%s is back after a restart (restart %d of this boot)", svc.unit, st.restarts)
+                elif svc.unit in self._seen_active:
+                    log.info("%s active again", svc.unit)
+                self._seen_active.add(svc.unit)
+                self._restarts[svc.unit] = st.restarts
                 await self._event(
                     "service_started",
                     service=svc.name,
@@ -358,9 +375,23 @@ class Supervisor:
                     elapsed_ms=self._elapsed_ms(),
                 )
             elif not st.active:
+                if svc.unit in self._started_units and self.state.phase is not Phase.STOPPING:
+                    log.warning(
+                        "%s is %s (%s), was active%s",
+                        svc.unit,
+                        st.active_state,
+                        st.sub_state,
+                        f"; result {st.result}" if st.result and st.result != "success" else "",
+                    )
                 self._started_units.discard(svc.unit)
                 if st.failed and svc.unit not in self._failed_units and not self.processes:
                     self._failed_units.add(svc.unit)
+                    log.error(
+                        "%s failed for good (result %s after %d restarts); its jobs go back to the queue",
+                        svc.unit,
+                        st.result or "unknown",
+                        st.restarts,
+                    )
                     await self._event(
                         "service_failed",
                         service=svc.name,
@@ -580,6 +611,12 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await self.queue.close()
         self.nvml.stop()
+        # systemd keeps a stopped unit's last STATUS=: let it say how it ended, not "stopping".
+        self.notifier.status(
+            f"failed: {self.state.last_error}"
+            if self.state.phase is Phase.FAILED
+            else f"stopped ({self.stop_reason})"
+        )
         self.notifier.close()
 
 

@@ -387,6 +387,8 @@ class Worker:
             drained=drained,
             redis_ok=self.link.up,
             jobs=[lease.snapshot() for lease in self.leases.all()],
+            done=self.runner.completed if self.runner else 0,
+            failed=self.runner.failed if self.runner else 0,
         )
 
     async def _publish(self, force: bool = False) -> None:
@@ -457,9 +459,14 @@ class Worker:
         if self.queue is not None:
             with contextlib.suppress(Exception):
                 await self.queue.close()
+        done = self.runner.completed if self.runner else 0
+        failed = self.runner.failed if self.runner else 0
+        summary = f"stopped: {done} job{'s' if done != 1 else ''} done, {failed} failed"
+        # systemd keeps a stopped unit's last STATUS=: let it be this, not "draining".
+        self.notifier.status(summary)
         self.notifier.close()
         self.signals.uninstall()
-        log.info("worker %s stopped", self.worker_id)
+        log.info("worker %s %s", self.worker_id, summary)
 
 
 async def stop_tasks(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.0) -> None:

@@ -297,6 +297,17 @@ def test_killed_worker_is_restarted_and_its_job_runs_again(fresh: Env) -> None:
         assert props["NRestarts"] == "1"
         done = wait_job(c, fresh, job_id, "completed after the restart", lambda j: j.status == "completed")
         assert done.attempts >= 2
+        # The supervisor says so in its own log: what went down, and that it is back.
+        c.wait_props(
+            MACHINE,
+            "logged the restart",
+            lambda _: f"{unit} is back after a restart" in c.journal(MACHINE),
+            ["Id"],
+            timeout=30,
+        )
+        assert f"{unit} is activating" in c.journal(MACHINE) or f"{unit} is deactivating" in c.journal(
+            MACHINE
+        )
 
 
 @needs_worker
@@ -594,7 +605,11 @@ def test_ready_means_every_service_active_and_answering(fresh: Env) -> None:
         complete = [e for e in events if e["event_type"] == "startup_complete"]
         assert [e["phase"] for e in complete] == ["ready"], events
         assert c.show(MACHINE, "StatusText")["StatusText"].startswith("ready: 2/2 services active")
-        assert "degraded" not in c.journal(MACHINE), c.journal(MACHINE)
+        doc = c.show(MACHINE, "Documentation")["Documentation"].removeprefix("file:")
+        assert c.sh("test", "-s", doc, check=False).returncode == 0, f"Documentation= names {doc}: missing"
+        journal = c.journal(MACHINE)
+        assert "degraded" not in journal and "ready after" in journal, journal
+        assert "event startup_step" not in journal and "no GPUs" not in journal, journal  # noise an api box
 
 
 @needs_worker

@@ -357,15 +357,17 @@ class Supervisor:
             st = self.state.units.get(svc.unit)
             if st is None or not st.managed:
                 continue
+            restarted = st.active and st.restarts > self._restarts.get(svc.unit, st.restarts)
+            if restarted:  # a quick restart may happen between two polls: NRestarts tells it anyway
+                log.warning("%s is back after a restart (restart %d of this boot)", svc.unit, st.restarts)
+            if st.active:
+                self._restarts[svc.unit] = st.restarts
             if st.active and svc.unit not in self._started_units:
                 self._started_units.add(svc.unit)
                 self._failed_units.discard(svc.unit)
-                if st.restarts > self._restarts.get(svc.unit, st.restarts):
-                    log.warning("%s is back after a restart (restart %d of this boot)", svc.unit, st.restarts)
-                elif svc.unit in self._seen_active:
+                if svc.unit in self._seen_active and not restarted:
                     log.info("%s active again", svc.unit)
                 self._seen_active.add(svc.unit)
-                self._restarts[svc.unit] = st.restarts
                 await self._event(
                     "service_started",
                     service=svc.name,

@@ -404,3 +404,6 @@ async def test_redis_outage_is_degraded_and_the_watchdog_keeps_pinging(private_r
     log = out.decode()
     assert proc.returncode == 0, log[-2000:]
     assert "Redis unreachable" in log and "Redis answers again after" in log, log[-2000:]
+    # After Redis is back, a pooled connection it closed is retried, not reported as a new failure.
+    after = log[log.index("Redis answers again after") :]
+    assert "Connection closed by server" not in after and "could not publish" not in after, after

@@ -305,9 +305,6 @@ def test_killed_worker_is_restarted_and_its_job_runs_again(fresh: Env) -> None:
             ["Id"],
             timeout=30,
         )
-        assert f"{unit} is activating" in c.journal(MACHINE) or f"{unit} is deactivating" in c.journal(
-            MACHINE
-        )
 
 
 @needs_worker

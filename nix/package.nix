@@ -77,6 +77,8 @@ let
     postInstall = ''
       install -Dm444 -t $out/lib/systemd/system appliance/units/*.service appliance/units/*.target
       substituteInPlace $out/lib/systemd/system/* --replace-fail '@APPLIANCE_BIN@' "$out/bin/appliance"
+      # Documentation= names docs/systemd.md, which the wheel's data-files put under $out/share/doc/appliance.
+      substituteInPlace $out/lib/systemd/system/* --replace-fail '@APPLIANCE_DOC@' "$out/share/doc/appliance/systemd.md"
       install -Dm444 appliance/units/tmpfiles.conf $out/lib/tmpfiles.d/appliance.conf
       install -Dm444 appliance/units/sysusers.conf $out/lib/sysusers.d/appliance.conf
     '';

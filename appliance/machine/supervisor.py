@@ -4,8 +4,10 @@ supervised container mode (`machine.container_mode`, supervision "supervisor"), 
 planned processes itself (appliance.machine.processes) and exits with status 70 when one failed for good.
 
 Startup sequence (each step is published as `startup_step` with its elapsed time):
-  detect_resources → health_server → connect_redis → plan → clean_state → register → wait_services →
-  startup_complete, then READY=1. (appliance.target starts the planned units; `appliance units install` links them.)
+  detect_resources → health_server → connect_redis → plan → clean_state → register → wait_services, then READY=1
+  (units ordered after us start only then). The machine is ready later, once every planned service is active and
+  each worker's connector answers: then `startup_complete` (phase ready, or degraded after the startup timeout),
+  /ready 200. (appliance.target starts the planned units; `appliance units install` links them.)
 Then: status every `machine.status_interval_s` and at once on a change, registration refresh, job metrics from
 the queue's event stream, WATCHDOG=1 while this process is alive: the status loop turns and none of its own
 tasks died. Redis being away is a dependency outage, not a stuck process: the machine reads "degraded" in STATUS=,

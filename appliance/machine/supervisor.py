@@ -359,11 +359,18 @@ class Supervisor:
             st = self.state.units.get(svc.unit)
             if st is None or not st.managed:
                 continue
-            restarted = st.active and st.restarts > self._restarts.get(svc.unit, st.restarts)
-            if restarted:  # a quick restart may happen between two polls: NRestarts tells it anyway
-                log.warning("%s is back after a restart (restart %d of this boot)", svc.unit, st.restarts)
-            if st.active:
-                self._restarts[svc.unit] = st.restarts
+            # A quick restart may happen between two polls: NRestarts tells it anyway. The count is taken from the
+            # first look on (systemd's own count starts with the unit's loading, not with this supervisor).
+            previous = self._restarts.get(svc.unit)
+            self._restarts[svc.unit] = st.restarts
+            restarted = previous is not None and st.restarts > previous
+            if restarted:
+                log.warning(
+                    "%s restarted by systemd (restart %d since it was loaded; now %s)",
+                    svc.unit,
+                    st.restarts,
+                    st.active_state,
+                )
             if st.active and svc.unit not in self._started_units:
                 self._started_units.add(svc.unit)
                 self._failed_units.discard(svc.unit)

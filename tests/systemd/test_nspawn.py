@@ -301,7 +301,7 @@ def test_killed_worker_is_restarted_and_its_job_runs_again(fresh: Env) -> None:
         c.wait_props(
             MACHINE,
             "logged the restart",
-            lambda _: f"{unit} is back after a restart" in c.journal(MACHINE),
+            lambda _: f"{unit} restarted by systemd" in c.journal(MACHINE),
             ["Id"],
             timeout=30,
         )

@@ -423,6 +423,7 @@ class Supervisor:
     async def _refresh(self, full: bool) -> None:
         """Read units and workers (and, when `full`, resources and queue stats); Redis errors mark Redis down."""
         await self._poll_units()
+        self.state.settle_phase()  # at once: /status must not show a failed unit with the phase from before it
         if full:
             gpus = await self.nvml.poll() if self.nvml.available else []
             res = await asyncio.to_thread(host_resources, None)

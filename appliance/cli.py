@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from appliance.commands import CommandError, ExitCode
+from appliance.commands import CommandError, ConfigCommandError, ExitCode
+from appliance.journal import configure_logging, prefix_lines
 
 log = logging.getLogger("appliance")
 
@@ -40,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("APPLIANCE_LOG_LEVEL"),
-        help="logging level (default: $APPLIANCE_LOG_LEVEL, else INFO for services (worker, machine, "
-        "monitor, comfyui, demo) and WARNING for one-shot commands, whose stderr is their one error line)",
+        default=None,
+        help="logging level (default: the logging.level setting: config file, APPLIANCE_LOGGING__LEVEL or "
+        "APPLIANCE_LOG_LEVEL; else INFO for services (worker, machine, monitor, comfyui, demo) and WARNING for "
+        "one-shot commands, whose stderr is their one error line)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -59,12 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    default_level = "INFO" if getattr(args, "long_running", False) else "WARNING"
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level or default_level).upper(), logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level, warnings = _log_level(args)
+    configure_logging(level, sys.stderr, "%(levelname)s %(name)s: %(message)s")
+    for warning in warnings:
+        logging.getLogger("appliance.config").warning("%s", warning)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -73,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = handler(args)
         sys.stdout.flush()  # a closed pipe (`| head`) shows here, inside the handling below
     except CommandError as exc:
+        if isinstance(exc, ConfigCommandError):
+            from appliance.notify import Notifier
+
+            # systemd keeps the last STATUS= of a unit that failed: `systemctl status` then shows the cause.
+            notifier = Notifier()
+            notifier.status(f"config error: {exc}"[:500])
+            notifier.close()
         return _error(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
@@ -99,5 +106,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str, code: int) -> int:
-    print(f"appliance: error: {' '.join(message.split())}", file=sys.stderr)
+    line = f"appliance: error: {' '.join(message.split())}"
+    print(prefix_lines(line, logging.ERROR, sys.stderr), file=sys.stderr)
     return int(code)
+
+
+def _log_level(args: argparse.Namespace) -> tuple[int, list[str]]:
+    """--log-level, else the `logging.level` setting (file or environment), else INFO for services and WARNING
+    for one-shot commands; and the settings' warnings (an `APPLIANCE_*` variable that is no setting), logged
+    once here for every command. A configuration that does not load is the command's to report (with its own
+    exit status)."""
+    name, warnings = args.log_level, []
+    if getattr(args, "handler", None) is not None:
+        from appliance.config import load_settings
+
+        try:
+            loaded = load_settings(getattr(args, "config", None))
+            warnings = loaded.warnings
+            if "logging" in loaded.settings.model_fields_set or os.environ.get("APPLIANCE_LOG_LEVEL"):
+                name = name or loaded.settings.logging.level
+        except Exception:  # reported by the command itself, one line, when it loads the settings
+            name = name or os.environ.get("APPLIANCE_LOG_LEVEL")
+    default = "INFO" if getattr(args, "long_running", False) else "WARNING"
+    level = logging.getLevelName(str(name or default).upper())
+    return (level if isinstance(level, int) else logging.INFO), warnings

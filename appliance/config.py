@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -597,6 +597,8 @@ class LoadedSettings:
     settings: Settings
     sources: dict[str, str]
     config_path: Path | None = None
+    #: Problems that do not stop a process: an `APPLIANCE_*` variable that is no setting (a typo, most likely).
+    warnings: list[str] = field(default_factory=list)
 
     def source(self, key: str) -> str:
         """Source of `key` or of the nearest enclosing key that was set."""

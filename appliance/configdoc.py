@@ -56,7 +56,10 @@ of each value and secrets replaced by `***`.
 - Values of lists, tables and whole sections are JSON (`APPLIANCE_MACHINE_TAGS='["a","b"]'`,
   `APPLIANCE_STORAGE__S3='{"bucket": "out"}'`); booleans accept `true/false/1/0/yes/no`; an empty value sets an
   optional key to null.
-- Not settings, but allowed: {allowlist}.
+- Any other `APPLIANCE_*` variable that is no setting gets a warning (`APPLIANCE_REDIS_URLL: not a setting,
+  ignored (environment); did you mean APPLIANCE_REDIS_URL?`) and is ignored: it never stops a process from
+  starting. Not settings, and not warned about (the config file path, test hooks, the project's tooling):
+  {allowlist}.
 
 ## Secrets
 

@@ -30,10 +30,23 @@ from appliance.config import KNOWN_CONNECTORS, ConfigError, LoadedSettings, Sett
 from appliance.secrets import redact_url, split_url_password
 
 ENV_PREFIX = "APPLIANCE_"
-#: `APPLIANCE_*` variables that are not settings and must not be reported as unknown.
-#: Variables that are not settings: the config file path, test-only hooks the worker honours, and the nixpkgs
-#: lib checkout tests/test_nix.py reads (set for a whole test run, so every process it starts sees it).
-ENV_ALLOWLIST = frozenset({"APPLIANCE_CONFIG", "APPLIANCE_TEST_HOOKS", "APPLIANCE_NIXPKGS_LIB"})
+#: `APPLIANCE_*` variables that are not settings and must not be reported as unknown: the config file path, the
+#: test hooks the processes honour, and the project's tooling (tests, CI, Nix checks), which is often exported for
+#: a whole shell or CI job. Any other `APPLIANCE_*` variable that is no setting gets a did-you-mean warning; it
+#: never stops a process from starting.
+ENV_ALLOWLIST = frozenset(
+    {
+        "APPLIANCE_CONFIG",
+        "APPLIANCE_TEST_HOOKS",
+        "APPLIANCE_SKIP_NSPAWN",
+        "APPLIANCE_TEST_CACHE",
+        "APPLIANCE_TEST_APT_SOURCES",
+        "APPLIANCE_TEST_ARTIFACTS",
+        "APPLIANCE_NIXPKGS_LIB",
+        "APPLIANCE_PIP_AUDIT",
+        "APPLIANCE_CHROMIUM",
+    }
+)
 #: Short names that do not follow the path rule.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"LOG_LEVEL": ("logging", "level")}
 
@@ -240,10 +253,12 @@ def _takes_container(annotation: Any) -> bool:
 
 def env_overrides(
     env: Mapping[str, str], names: EnvNames
-) -> tuple[list[tuple[KeyPath, Any, str]], list[str]]:
-    """Key path, parsed value and variable name of every `APPLIANCE_*` setting; errors for the rest."""
+) -> tuple[list[tuple[KeyPath, Any, str]], list[str], list[str]]:
+    """Key path, parsed value and variable name of every `APPLIANCE_*` setting; errors (a bad value, an
+    ambiguous or conflicting name) and warnings (a name that is no setting)."""
     found: dict[KeyPath, tuple[Any, str]] = {}
     errors: list[str] = []
+    warnings: list[str] = []
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in ENV_ALLOWLIST:
             continue
@@ -263,7 +278,7 @@ def env_overrides(
             known = [*names.short, *(n[len(ENV_PREFIX) :] for n in ENV_ALLOWLIST)]
             close = difflib.get_close_matches(rest, known, n=1)
             hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
-            errors.append(f"{name}: unknown setting (environment){hint}")
+            warnings.append(f"{name}: not a setting, ignored (environment){hint}")
             continue
         try:
             value = parse_env_value(node, env[name], name)
@@ -278,7 +293,7 @@ def env_overrides(
             continue
         found[path] = (value, name)
     ordered = sorted(found.items(), key=lambda item: len(item[0]))
-    return [(path, value, name) for path, (value, name) in ordered], errors
+    return [(path, value, name) for path, (value, name) in ordered], errors, warnings
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
@@ -348,7 +363,7 @@ def load(
     _deep_merge(merged, file_data)
 
     names = EnvNames.build(table_keys_of(defaults, file_data))
-    overrides, errors = env_overrides(env, names)
+    overrides, errors, warnings = env_overrides(env, names)
     if errors:
         raise ConfigError(errors)
     for key_path, value, name in overrides:
@@ -372,7 +387,7 @@ def load(
         raise ConfigError([_format_error(e, explicit) for e in exc.errors()]) from None
     dump = settings.model_dump(mode="python")
     sources = {".".join(p): _source(explicit, p) for p in walk(ROOT, dump)}
-    loaded = LoadedSettings(settings, sources, path)
+    loaded = LoadedSettings(settings, sources, path, warnings)
     file_errors = check_files(loaded) if open_files else []
     if file_errors:
         raise ConfigError(file_errors)

@@ -6,8 +6,10 @@ errors visible (the `sdnotify` package swallows them) and needs no libsystemd. W
 a container) every call is a no-op.
 
 The watchdog ping is the liveness signal systemd acts on (`WatchdogSec=` → kill and restart), so it is sent from
-the event loop and only after every health check passed: a hung loop or a failing dependency stops the pings,
-and systemd restarts the service.
+the event loop and only after every health check passed. The checks say whether *this process* is alive (its
+loops turn, its own tasks run), never whether a dependency answers: a Redis outage is a degraded state that
+the process reports and rides out, and a restart would not bring Redis back; a hung loop stops the pings, and
+systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -199,3 +201,11 @@ class WatchdogPinger:
         except Exception as exc:  # any exception means unhealthy; it must not kill the pinger
             return f"{name}: {type(exc).__name__}: {exc}"
         return None if ok else f"{name}: returned false"
+
+
+def hang_event_loop() -> None:
+    """Test hook (APPLIANCE_TEST_HOOKS=1, SIGUSR2): block the event loop for good, like a hung process, so the
+    watchdog tests can see systemd kill it."""
+    log.warning("APPLIANCE_TEST_HOOKS: SIGUSR2 received, blocking the event loop forever")
+    while True:
+        time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point of this hook

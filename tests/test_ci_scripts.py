@@ -486,3 +486,12 @@ def test_workflow_runs_the_checks_and_references_what_exists() -> None:
                 assert re.fullmatch(r"[\w-]+/[\w-]+@v\d+", step["uses"]), step["uses"]
     # No registry or mirror host in the repo: registries come from repository variables.
     assert not re.search(r"https?://", text)
+
+
+def test_rolling_update_names_a_rollback_only_for_a_host_it_changed() -> None:
+    """The first step (pulling the image over ssh) fails on a host that does not resolve: nothing was changed
+    there, so the message says so instead of telling the operator to roll it back."""
+    proc = rolling("--no-sudo", "--image", "registry.invalid/team/appliance-api:0.2.0", "nohost.invalid")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Nothing was changed on nohost.invalid" in proc.stderr, proc.stderr
+    assert "Roll back" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

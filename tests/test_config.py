@@ -161,13 +161,30 @@ def test_unknown_key_in_file(tmp_path: Path, suffix: str) -> None:
     assert f"nosuchsection: unknown setting (from file:{path})" in errors
 
 
-def test_unknown_appliance_variable_with_suggestion() -> None:
-    (line,) = errors_of(env={"APPLIANCE_REDIS_URLL": "redis://x"})
-    assert line == "APPLIANCE_REDIS_URLL: unknown setting (environment); did you mean APPLIANCE_REDIS_URL?"
-    (line,) = errors_of(env={"APPLIANCE_REDIS__NOPE": "1"})
-    assert line.startswith("APPLIANCE_REDIS__NOPE: unknown setting")
-    (line,) = errors_of(env={"APPLIANCE_HEALTH__PORT__X": "1"})
-    assert line.startswith("APPLIANCE_HEALTH__PORT__X: unknown setting")
+def test_unknown_appliance_variable_is_a_warning_with_a_suggestion() -> None:
+    def warnings_of(env: dict[str, str]) -> list[str]:
+        return load_settings(None, env=env).warnings
+
+    (line,) = warnings_of({"APPLIANCE_REDIS_URLL": "redis://x"})
+    assert (
+        line
+        == "APPLIANCE_REDIS_URLL: not a setting, ignored (environment); did you mean APPLIANCE_REDIS_URL?"
+    )
+    (line,) = warnings_of({"APPLIANCE_REDIS__NOPE": "1"})
+    assert line.startswith("APPLIANCE_REDIS__NOPE: not a setting")
+    (line,) = warnings_of({"APPLIANCE_HEALTH__PORT__X": "1"})
+    assert line.startswith("APPLIANCE_HEALTH__PORT__X: not a setting")
+    # The project's tooling variables are neither settings nor typos.
+    tooling = {"APPLIANCE_PIP_AUDIT": "1", "APPLIANCE_SKIP_NSPAWN": "1", "APPLIANCE_TEST_CACHE": "/x"}
+    assert warnings_of({**tooling, "APPLIANCE_NIXPKGS_LIB": "/y"}) == []
+
+
+def test_a_variable_that_is_no_setting_never_stops_a_process(tmp_path: Path) -> None:
+    result = run_cli("config", "show", env={"APPLIANCE_BOGUS": "1", "APPLIANCE_PIP_AUDIT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "WARNING appliance.config: APPLIANCE_BOGUS: not a setting, ignored (environment)"
+    ]
 
 
 def test_conflicting_env_spellings() -> None:
@@ -420,7 +437,10 @@ def test_config_show_redacts_planted_secrets(tmp_path: Path, as_json: bool) -> N
 def test_config_show_reports_errors_without_traceback() -> None:
     result = run_cli("config", "show", env={"APPLIANCE_HEALTH_PORT": "x", "APPLIANCE_BOGUS": "1"})
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.splitlines() == ["appliance: error: APPLIANCE_BOGUS: unknown setting (environment)"]
+    assert result.stderr.splitlines() == [
+        "appliance: error: health.port: Input should be a valid integer, unable to parse string as an integer; "
+        "got 'x' (from env:APPLIANCE_HEALTH_PORT)"
+    ]
 
 
 def test_config_check(tmp_path: Path) -> None:

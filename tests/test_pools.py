@@ -266,3 +266,29 @@ def test_pools_cli_errors() -> None:
     assert classify_out.returncode == 0 and json.loads(classify_out.stdout)["pool"] == "fast"
     bad_payload = _cli("pools", "classify", "--service", "echo", "--payload", "[1]")
     assert bad_payload.returncode == 2 and "--payload" in bad_payload.stderr
+
+
+async def test_connect_queue_classifies_every_submit(redis_url: str) -> None:
+    """Submitting from Python through `connect_queue` classifies as the CLI does (submit and submit_many)."""
+    from appliance.pools import connect_queue
+
+    settings = Settings.model_validate({"redis": {"url": redis_url}, "classifier": {"enabled": True}})
+    q = await connect_queue(settings)
+    try:
+        fast = await q.submit(JobSpec(service="echo", payload={"declared_cost_s": 5}))
+        heavy, named = await q.submit_many(
+            [
+                JobSpec(service="echo", timeout_s=3600),
+                JobSpec(service="echo", timeout_s=3600, pool="fast"),
+            ]
+        )
+        stored = [await q.get(j.id) for j in (fast, heavy, named)]
+        assert [j.pool or j.requirements.pool for j in stored if j] == ["fast", "heavy", "fast"]
+    finally:
+        await q.close()
+    off = await connect_queue(Settings.model_validate({"redis": {"url": redis_url}}))
+    try:
+        plain = await off.submit(JobSpec(service="echo", timeout_s=5))
+        assert plain.pool is None and plain.requirements.pool is None
+    finally:
+        await off.close()

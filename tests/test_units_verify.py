@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.commands import CONFIG_EXIT_STATUS
 from appliance.secrets import CREDENTIALS
 from appliance.units import install as inst
 
@@ -184,7 +185,12 @@ def test_long_running_units_are_supervised(name: str) -> None:
     assert service["KillMode"] == ["mixed"]
     # Start limits are [Unit] keys: in [Service] systemd would ignore them.
     assert unit["Unit"]["StartLimitBurst"] and unit["Unit"]["StartLimitIntervalSec"]
-    assert unit["Unit"]["OnFailure"] == ["appliance-onfailure@%N.service"]
+    on_failure = ["appliance-onfailure@%N.service"]
+    if name == "appliance-machine.service":
+        on_failure.append("appliance-target-down.service")
+    assert unit["Unit"]["OnFailure"] == [" ".join(on_failure)]
+    # A configuration error is not retried (restarting cannot fix it); its cause stays in STATUS=.
+    assert service["RestartPreventExitStatus"] == [str(CONFIG_EXIT_STATUS)]
     assert unit["Unit"]["PartOf"] == ["appliance.target"]
     assert service["EnvironmentFile"] == ["-/etc/appliance/appliance.env"]
     for key, value in HARDENING.items():
@@ -322,3 +328,11 @@ def test_render_refuses_a_missing_executable(tmp_path: Path) -> None:
         proc.stderr.strip() == f"appliance: error: --bin {tmp_path}/bin/appliance: no executable file there"
     )
     assert not (tmp_path / "lib").exists()
+
+
+def test_the_supervisor_is_started_by_the_target_only() -> None:
+    """appliance.target Wants= the supervisor; an [Install] section of its own would only make `systemctl
+    status` read "disabled; preset: enabled" for a unit that is never enabled by itself."""
+    units = units_by_name()
+    assert "appliance-machine.service" in units["appliance.target"]["Unit"]["Wants"][0].split()
+    assert "Install" not in units["appliance-machine.service"]

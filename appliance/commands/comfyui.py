@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, ConfigCommandError, run_async
 
 
 def register(subparsers: Any) -> None:
@@ -39,9 +39,9 @@ def _run(args: argparse.Namespace) -> int:
     settings = load(args)
     command = build_command(settings, args.gpu)
     if command.port > 65535:
-        raise CommandError(f"port {command.port} (comfyui.base_port + {args.gpu}) is beyond 65535")
+        raise ConfigCommandError(f"port {command.port} (comfyui.base_port + {args.gpu}) is beyond 65535")
     if command.cwd is not None and not command.cwd.is_dir():
-        raise CommandError(f"comfyui.workdir {command.cwd} is not a directory")
+        raise ConfigCommandError(f"comfyui.workdir {command.cwd} is not a directory")
     try:
         prepare_instance_dir(command)
     except OSError as exc:

@@ -69,13 +69,9 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
         if password is not None:
             kwargs["password"] = password
     queue = getattr(args, "queue", None) or settings.redis.queue
-    classifier = None
-    if settings.classifier.enabled:
-        from functools import partial
+    from appliance.pools import classifier_for
 
-        from appliance.pools import classify
-
-        classifier = partial(classify, settings=settings)
+    classifier = classifier_for(settings)
     return RedisTarget(
         url=url, queue=queue, client_kwargs=kwargs, settings=settings.queue, classifier=classifier
     )

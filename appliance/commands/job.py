@@ -230,6 +230,8 @@ def _print_job(job: Any) -> None:
         rows.append(
             ("progress", f"{job.progress.get('percent', 0)}% {job.progress.get('message', '')}".strip())
         )
+    if job.next_attempt_at is not None and job.status.value == "pending":
+        rows.append(("next try", job.next_attempt_at))  # waiting out its retry backoff
     if job.error:
         rows.append(("error", job.error))
     if job.result is not None:

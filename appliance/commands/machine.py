@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, ExitCode, print_json, run_async
+from appliance.commands import CommandError, ConfigCommandError, ExitCode, print_json, run_async
 from appliance.commands.connection import redis_failure
 
 
@@ -43,6 +43,13 @@ def register(subparsers: Any) -> None:
     onfail.add_argument("unit", metavar="UNIT", help="the failed unit, e.g. appliance-worker@gpu0.service")
     onfail.set_defaults(handler=_on_failure, long_running=False)
 
+    down = sub.add_parser(
+        "target-down",
+        help="stop appliance.target alone, its workers keep running "
+        "(run by appliance-target-down.service when the supervisor failed for good)",
+    )
+    down.set_defaults(handler=_target_down)
+
     stop = sub.add_parser(
         "record-stop", help="count why a unit stopped ($SERVICE_RESULT; run by ExecStopPost=)"
     )
@@ -76,9 +83,9 @@ def load(args: argparse.Namespace) -> Any:
     try:
         return load_settings(getattr(args, "config", None)).settings
     except ConfigError as exc:
-        raise CommandError("; ".join(exc.errors)) from None
+        raise ConfigCommandError("; ".join(exc.errors)) from None
     except SecretError as exc:
-        raise CommandError(str(exc)) from None
+        raise ConfigCommandError(str(exc)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
             config_path=getattr(args, "config", None),
         )
     except SecretError as exc:
-        raise CommandError(str(exc)) from None
+        raise ConfigCommandError(str(exc)) from None
     try:
         return run_async(supervisor.run())
     except OSError as exc:  # the health port is taken, typically
@@ -203,4 +210,21 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  {name:<16} {svc['active_state']:<10} restarts={svc['restarts']}")
     for wid, w in status["status"]["workers"].items():
         print(f"  {wid:<24} {w.get('status')} job={w.get('current_job_id')} progress={w.get('progress')}")
+    return 0
+
+
+def _target_down(args: argparse.Namespace) -> int:
+    import subprocess
+
+    argv = ["systemctl", "--no-block", "--job-mode=ignore-dependencies", "stop", "appliance.target"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CommandError(f"systemctl: {exc}", 1) from None
+    if proc.returncode != 0:
+        raise CommandError(f"stopping appliance.target failed: {proc.stderr.strip()}", 1)
+    print(
+        "appliance-machine.service failed for good: appliance.target stopped, its workers keep running; "
+        "the cause: systemctl status appliance-machine.service"
+    )
     return 0

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from appliance.commands import CommandError, ExitCode, run_async
+from appliance.commands import CommandError, ConfigCommandError, ExitCode, run_async
 from appliance.commands.connection import add_redis_arguments
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _monitor(args: argparse.Namespace) -> int:
         settings = load_settings(args.config).settings
         token = settings.monitor.resolve_token()
     except (ConfigError, SecretError) as exc:
-        raise CommandError(str(exc).replace("\n", "; ")) from None
+        raise ConfigCommandError(str(exc)) from None
     target = resolve_target(args)
     host = args.host or settings.monitor.host
     port = settings.monitor.port if args.port is None else args.port

@@ -144,7 +144,7 @@ def _machine_plan(args: argparse.Namespace) -> dict[str, object]:
 def _planned(args: argparse.Namespace) -> tuple[Path, list[InstallFile]]:
     from appliance.units import install as inst
 
-    root = Path(args.root)
+    root = Path(args.root).absolute()  # systemd-sysusers --root= needs an absolute path
     if not root.is_dir():
         raise CommandError(f"--root {args.root}: not a directory")
     if args.bin_path is None and root.resolve() != Path("/"):
@@ -231,7 +231,7 @@ def _render(args: argparse.Namespace) -> int:
 def _uninstall(args: argparse.Namespace) -> int:
     from appliance.units import install as inst
 
-    root = Path(args.root)
+    root = Path(args.root).absolute()
     if not root.is_dir():
         raise CommandError(f"--root {args.root}: not a directory")
     for path in inst.uninstall(root):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.commands import CommandError, ExitCode, run_async
+from appliance.commands import CommandError, ConfigCommandError, ExitCode, run_async
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,7 +63,7 @@ def run_worker(args: argparse.Namespace) -> int:
         settings = load_settings(args.config).settings
         connection = settings.redis_connection()
     except (ConfigError, SecretError) as exc:
-        raise CommandError(str(exc).replace("\n", "; ")) from None
+        raise ConfigCommandError(str(exc)) from None
     if args.redis_url:
         from appliance.commands.connection import checked_url_flag
 
@@ -78,7 +78,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     missing = missing_packages(settings, [slot.connector])
     if missing:  # a restart would not install it: say so once instead of crash-looping on the import
-        raise CommandError(f"worker {slot.name}: {missing[0]}", ExitCode.CONFIG)
+        raise ConfigCommandError(f"worker {slot.name}: {missing[0]}")
     try:
         worker = Worker(settings, slot, connection=connection, concurrency=args.concurrency)
     except (WiringError, ValueError, ImportError) as exc:

@@ -65,6 +65,11 @@ class MachineCollector(Collector):
         for name, doc, value in (
             ("machine_ready", "1 once the startup sequence completed and until shutdown.", s.ready()),
             ("machine_healthy", "1 while every check and service is healthy.", s.healthy()),
+            (
+                "machine_redis_up",
+                "1 while Redis answers the supervisor (0: degraded, services ride it out).",
+                s.redis_ok,
+            ),
             ("machine_draining", "1 while the machine is drained (workers take no new jobs).", s.draining),
             ("machine_uptime_seconds", "Seconds since the supervisor started.", s.uptime_s()),
         ):

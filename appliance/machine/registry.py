@@ -43,7 +43,9 @@ class MachineRegistry:
             pipe.ltrim(history, -keys.EVENT_HISTORY_LEN, -1)
             pipe.expire(history, keys.EVENT_HISTORY_TTL_S)
             await pipe.execute()
-        log.info(
+        # The operator's lines come from the supervisor itself; the events are for machines (and --log-level
+        # debug).
+        log.debug(
             "event %s %s", event_type, {k: v for k, v in fields.items() if not isinstance(v, dict | list)}
         )
         return event

@@ -76,7 +76,8 @@ class Nvml:
         self._lock = threading.Lock()
         self._inflight: asyncio.Future[list[GpuInfo]] | None = None
 
-    def start(self) -> Nvml:
+    def start(self, expect_gpus: bool = True) -> Nvml:
+        """Initialise NVML; its absence is news (INFO) only where GPUs are expected (a gpu machine)."""
         with self._lock:
             try:
                 if self._module is None:
@@ -92,7 +93,7 @@ class Nvml:
                 self.available = True
                 self.driver_version = self._optional(self._module.nvmlSystemGetDriverVersion)
             if self.error:
-                log.info("no GPUs: %s", self.error)
+                log.log(logging.INFO if expect_gpus else logging.DEBUG, "no GPUs: %s", self.error)
             return self
 
     def stop(self) -> None:

@@ -46,6 +46,9 @@ class MachineState:
     queue_stats: dict[str, Any] | None = None
     #: unit -> {systemd result: stops counted by ExecStopPost=} (see appliance.machine.stops).
     unit_stops: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: How often the status is published (`machine.status_interval_s`): carried in the payload, so a monitor
+    #: with another interval judges this machine's silence by this machine's own rhythm.
+    status_interval_s: float = 15.0
     redis_ok: bool = False
     registered: bool = False
     draining: bool = False
@@ -82,14 +85,42 @@ class MachineState:
             and all(self.service_health().values())
         )
 
+    def not_ready(self) -> list[str]:
+        """What keeps the machine from serving, one phrase each; empty when it is ready. Ready means every
+        planned service active and, for a worker, its connector answering (its own `service_healthy`: ComfyUI
+        loaded, an API reachable). Unmanaged services are somebody else's to supervise and count as ready."""
+        missing: list[str] = []
+        if not self.redis_ok:
+            missing.append("Redis unreachable")
+        if not self.registered:
+            missing.append("not registered")
+        for svc in self.plan.services:
+            st = self.units.get(svc.unit)
+            if st is None or not st.managed:
+                if self.managed:
+                    missing.append(f"{svc.name} unknown")
+                continue
+            if not st.active:
+                missing.append(f"{svc.name} {st.active_state}")
+                continue
+            wid = svc.worker_id(self.machine_id)
+            if wid:
+                entry = self.workers.get(wid) or {}
+                if not entry.get("alive"):
+                    missing.append(f"{svc.name} not reporting")
+                elif not entry.get("service_healthy"):
+                    missing.append(f"{svc.name}: {entry.get('connector') or 'its service'} not answering")
+        return missing
+
     def ready(self) -> bool:
-        return self.phase in (Phase.READY, Phase.DEGRADED)
+        """Able to serve: started, and nothing down (a degraded machine, Redis away say, is not ready)."""
+        return self.phase is Phase.READY
 
     def settle_phase(self) -> bool:
         """After startup, flip between READY and DEGRADED as checks pass or fail; True when the phase changed."""
         if self.phase not in (Phase.READY, Phase.DEGRADED):
             return False
-        new = Phase.READY if self.healthy() else Phase.DEGRADED
+        new = Phase.READY if self.healthy() and not self.not_ready() else Phase.DEGRADED
         changed = new is not self.phase
         self.phase = new
         return changed

@@ -3,7 +3,7 @@
 Shape (kept close to the original system's aggregator so the monitor's machine cards map one to one):
 
     {machine_id, machine_type, timestamp (ms), update_type: periodic|event_driven|machine_ready|shutdown,
-     health_url, supervision: systemd|unmanaged, healthy, ready, draining,
+     status_interval_s, health_url, supervision: systemd|unmanaged, healthy, ready, draining,
      structure: {gpu_count, services: [planned service dicts], workers: [worker ids]},
      status: {machine: {phase, uptime_ms, started_at (ms), checks: {redis, registered}, last_error},
               services: {name: {unit, kind, active_state, sub_state, restarts, memory_bytes, cpu_seconds,
@@ -25,7 +25,7 @@ from dataclasses import asdict
 from typing import Any
 
 from appliance.config import Settings
-from appliance.machine.state import MachineState
+from appliance.machine.state import MachineState, Phase
 
 UPDATE_TYPES = ("periodic", "event_driven", "machine_ready", "shutdown")
 
@@ -108,6 +108,7 @@ def build_status(state: MachineState, update_type: str = "periodic") -> dict[str
         "machine_type": state.machine_type,
         "timestamp": int(time.time() * 1000),
         "update_type": update_type,
+        "status_interval_s": state.status_interval_s,
         "health_url": state.health_url,
         "supervision": state.supervision,
         "healthy": state.healthy(),
@@ -137,20 +138,30 @@ def build_status(state: MachineState, update_type: str = "periodic") -> dict[str
 
 
 def status_line(state: MachineState, *, supervised: bool) -> str:
-    """The one-line `STATUS=` systemd shows: phase, services up, busy workers, what is wrong."""
+    """The one-line `STATUS=` systemd shows: phase, services up, busy workers, what is wrong (or awaited)."""
     health = state.service_health()
     up = sum(health.values())
     busy = sum(1 for w in state.workers.values() if w.get("current_job_id") or w.get("jobs"))
-    down = [name for name, ok in health.items() if not ok]
+    if state.phase is Phase.STOPPING:
+        n = running_jobs(state)
+        return f"stopping: draining {n} job{'s' if n != 1 else ''}" if n else "stopping"
+    missing = state.not_ready()
+    if state.phase is Phase.STARTING and missing:
+        return "starting: waiting for " + ", ".join(missing)
     line = (
         f"{state.phase.value}: {up}/{len(health)} services "
         f"{'active' if state.managed or supervised else 'unmanaged'}, {busy} busy"
     )
-    if down:
-        line += f"; down: {', '.join(down)}"
-    if not state.redis_ok:
-        line += "; Redis unreachable"
+    if state.phase is not Phase.READY and missing:
+        line += "; " + "; ".join(missing)
     return line + ("; draining" if state.draining else "")
+
+
+def running_jobs(state: MachineState) -> int:
+    """Jobs this machine's workers hold, as they last reported."""
+    return sum(
+        len(w.get("jobs") or ()) or (1 if w.get("current_job_id") else 0) for w in state.workers.values()
+    )
 
 
 def change_signature(state: MachineState) -> tuple[Any, ...]:

@@ -5,9 +5,14 @@ planned processes itself (appliance.machine.processes) and exits with status 70 
 
 Startup sequence (each step is published as `startup_step` with its elapsed time):
   detect_resources → detect_machine_type → health_server → connect_redis → plan → clean_state → register →
-  wait_services → startup_complete, then READY=1. (appliance.target starts the planned units; `appliance units install` links them.)
+  wait_services, then READY=1 (units ordered after us start only then). The machine is ready later, once every
+  planned service is active and each worker's connector answers: then `startup_complete` (phase ready, or
+  degraded after the startup timeout), /ready 200. (appliance.target starts the planned units; `appliance units
+  install` links them.)
 Then: status every `machine.status_interval_s` and at once on a change, registration refresh, job metrics from
-the queue's event stream, WATCHDOG=1 while Redis answers and the status loop turns. On SIGTERM/SIGINT: STOPPING=1,
+the queue's event stream, WATCHDOG=1 while this process is alive: the status loop turns and none of its own
+tasks died. Redis being away is a dependency outage, not a stuck process: the machine reads "degraded" in STATUS=,
+/health, /ready and the metrics, and the watchdog keeps pinging. On SIGTERM/SIGINT: STOPPING=1,
 (container mode: the children stopped), final status, `shutdown` event, deregistration.
 """
 
@@ -21,6 +26,8 @@ import signal
 import time
 from typing import Any
 
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from appliance.config import Settings
@@ -44,7 +51,7 @@ from appliance.machine.stops import read_stops, state_directory
 from appliance.machine.systemd import SystemdUnits, systemd_running
 from appliance.machine.workers import read_workers, registered_workers
 from appliance.netaddr import WILDCARD, connect_host
-from appliance.notify import Notifier, WatchdogPinger
+from appliance.notify import Notifier, WatchdogPinger, hang_event_loop
 from appliance.queue import Queue
 from appliance.rediserrors import describe_redis_error, redis_error_kind
 from appliance.secrets import redact_url
@@ -59,6 +66,12 @@ SUPERVISOR_UNIT = "appliance-machine.service"
 API_SERVICES_TIMEOUT_S = 120.0
 #: Exit status when a service failed for good in container mode (as `units install --container-mode`'s).
 SERVICE_FAILED_EXIT_STATUS = 70
+#: Bound on one Redis call (connect, command): an unanswering Redis must not stall the status loop, whose
+#: turning is what the watchdog checks (s).
+REDIS_CALL_TIMEOUT_S = 5.0
+#: The status loop counts as turning while its last turn is younger than this (s): a few polls plus a
+#: refresh whose Redis calls all ran into REDIS_CALL_TIMEOUT_S.
+LOOP_STALL_S = 3 * CHANGE_POLL_S + 4 * REDIS_CALL_TIMEOUT_S
 
 
 def decide_supervision(settings: Settings, force_unmanaged: bool = False) -> str:
@@ -104,6 +117,7 @@ class Supervisor:
             ServicePlan(m.id, MachineType.API if m.type == AUTO else MachineType(m.type)),
             supervision=self.supervision,
             secrets=frozenset(secrets),
+            status_interval_s=m.status_interval_s,
         )
         self.stop_event = asyncio.Event()
         self.stop_reason = "stopped"
@@ -113,7 +127,13 @@ class Supervisor:
         self.jobs: JobMetrics | None = None
         self._t0 = time.monotonic()
         self._last_loop = time.monotonic()
+        self._redis_down_since: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._startup_deadline = 0.0
         self._started_units: set[str] = set()
+        #: Units seen active before, and their restart counts then (to tell a restart in the log).
+        self._seen_active: set[str] = set()
+        self._restarts: dict[str, int] = {}
         self._failed_units: set[str] = set()
         self.exit_status = 0
         #: The children, in container mode; `config_path` is handed to them (APPLIANCE_CONFIG).
@@ -150,14 +170,19 @@ class Supervisor:
         for unit, counts in self.state.unit_stops.items():
             for result, count in counts.items():
                 if result != "success" and count > before.get(unit, {}).get(result, 0) and before:
+                    log.warning("%s stopped: %s (%d so far)", unit, result, count)
                     await self._event("service_stopped", unit=unit, result=result, count=count)
 
     async def _event(self, event_type: str, **fields: Any) -> None:
         if self.registry is None:
             return
+        if not self.state.redis_ok and self.state.phase is not Phase.STARTING:
+            log.info("event %s not published: Redis unreachable", event_type)
+            return  # each try would hold the status loop for the client's timeout
         try:
-            await self.registry.publish_event(event_type, **fields)
-        except RedisError as exc:
+            async with asyncio.timeout(2 * REDIS_CALL_TIMEOUT_S):
+                await self.registry.publish_event(event_type, **fields)
+        except (RedisError, OSError) as exc:
             log.warning("could not publish %s: %s", event_type, exc)
 
     def request_stop(self, reason: str) -> None:
@@ -181,9 +206,13 @@ class Supervisor:
             loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
         if self.supervision == "supervisor":  # the images' StopSignal (systemd's), should it reach us instead
             loop.add_signal_handler(signal.SIGRTMIN + 3, self.request_stop, "SIGRTMIN+3")
+        if os.environ.get("APPLIANCE_TEST_HOOKS") == "1":  # the watchdog tests: SIGUSR2 hangs the loop
+            loop.add_signal_handler(signal.SIGUSR2, hang_event_loop)
         runner = None
         try:
-            self.state.resources = await asyncio.to_thread(lambda: host_resources(self.nvml.start()))
+            self.state.resources = await asyncio.to_thread(
+                lambda: host_resources(self.nvml.start(self.state.machine_type == "gpu"))
+            )
             self._step("detect_resources", gpu_count=self.state.resources.gpu_count)
             self._detect_machine_type()
             metrics_registry, self.jobs = make_registry(self.state)
@@ -255,6 +284,11 @@ class Supervisor:
                     self.conn.url,
                     queue_name=self.settings.redis.queue,
                     settings=self.settings.queue,
+                    # A pooled connection Redis closed (it restarted) is retried at once instead of failing
+                    # the next call with a false "Connection closed by server".
+                    retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+                    socket_timeout=REDIS_CALL_TIMEOUT_S,
+                    socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
                     **self.conn.client_kwargs(),
                 )
                 break
@@ -355,9 +389,24 @@ class Supervisor:
             st = self.state.units.get(svc.unit)
             if st is None or not st.managed:
                 continue
+            # A quick restart may happen between two polls: NRestarts tells it anyway. The count is taken from the
+            # first look on (systemd's own count starts with the unit's loading, not with this supervisor).
+            previous = self._restarts.get(svc.unit)
+            self._restarts[svc.unit] = st.restarts
+            restarted = previous is not None and st.restarts > previous
+            if restarted:
+                log.warning(
+                    "%s restarted by systemd (restart %d since it was loaded; now %s)",
+                    svc.unit,
+                    st.restarts,
+                    st.active_state,
+                )
             if st.active and svc.unit not in self._started_units:
                 self._started_units.add(svc.unit)
                 self._failed_units.discard(svc.unit)
+                if svc.unit in self._seen_active and not restarted:
+                    log.info("%s active again", svc.unit)
+                self._seen_active.add(svc.unit)
                 await self._event(
                     "service_started",
                     service=svc.name,
@@ -367,9 +416,23 @@ class Supervisor:
                     elapsed_ms=self._elapsed_ms(),
                 )
             elif not st.active:
+                if svc.unit in self._started_units and self.state.phase is not Phase.STOPPING:
+                    log.warning(
+                        "%s is %s (%s), was active%s",
+                        svc.unit,
+                        st.active_state,
+                        st.sub_state,
+                        f"; result {st.result}" if st.result and st.result != "success" else "",
+                    )
                 self._started_units.discard(svc.unit)
                 if st.failed and svc.unit not in self._failed_units and not self.processes:
                     self._failed_units.add(svc.unit)
+                    log.error(
+                        "%s failed for good (result %s after %d restarts); its jobs go back to the queue",
+                        svc.unit,
+                        st.result or "unknown",
+                        st.restarts,
+                    )
                     await self._event(
                         "service_failed",
                         service=svc.name,
@@ -390,6 +453,7 @@ class Supervisor:
     async def _refresh(self, full: bool) -> None:
         """Read units and workers (and, when `full`, resources and queue stats); Redis errors mark Redis down."""
         await self._poll_units()
+        self.state.settle_phase()  # at once: /status must not show a failed unit with the phase from before it
         if full:
             gpus = await self.nvml.poll() if self.nvml.available else []
             res = await asyncio.to_thread(host_resources, None)
@@ -402,28 +466,51 @@ class Supervisor:
             self.state.resources = res
         assert self.queue is not None and self.registry is not None
         try:
-            ids = set(self.state.plan.worker_ids()) | set(self.state.workers)
-            self.state.workers = await read_workers(self.queue, ids, await self.queue.server_time_ms())
-            self.state.draining = await fleet.is_drained(self.queue.client, self.state.machine_id)
-            if full:
-                self.state.queue_stats = (await self.queue.stats()).model_dump(mode="json")
-                await self._read_stops()
-                if not await self.registry.refresh(self.state.phase.value):
-                    await self._register()  # the key expired (Redis restarted or was flushed)
-            self.state.redis_ok = True
+            async with asyncio.timeout(2 * REDIS_CALL_TIMEOUT_S):  # the client's own retries included
+                await self._read_queue(full)
+            self._redis_answered()
         except (RedisError, OSError) as exc:
-            if self.state.redis_ok:
-                log.warning("Redis unreachable: %s", exc)
-            self.state.redis_ok = False
+            self._redis_failed(exc)
         self.state.settle_phase()
+
+    async def _read_queue(self, full: bool) -> None:
+        assert self.queue is not None and self.registry is not None
+        ids = set(self.state.plan.worker_ids()) | set(self.state.workers)
+        self.state.workers = await read_workers(self.queue, ids, await self.queue.server_time_ms())
+        self.state.draining = await fleet.is_drained(self.queue.client, self.state.machine_id)
+        if full:
+            self.state.queue_stats = (await self.queue.stats()).model_dump(mode="json")
+            await self._read_stops()
+            if not await self.registry.refresh(self.state.phase.value):
+                await self._register()  # the key expired (Redis restarted or was flushed)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        if self.state.redis_ok:
+            self._redis_down_since = time.monotonic()
+            log.warning(
+                "Redis unreachable (%s: %s); machine degraded, services keep running, retrying",
+                type(exc).__name__,
+                exc,
+            )
+        self.state.redis_ok = False
+        self.state.last_error = f"Redis unreachable: {type(exc).__name__}"
+
+    def _redis_answered(self) -> None:
+        if not self.state.redis_ok and self._redis_down_since is not None:
+            log.warning("Redis answers again after %.0fs", time.monotonic() - self._redis_down_since)
+            self.state.last_error = None
+        self._redis_down_since = None
+        self.state.redis_ok = True
 
     async def publish_status(self, update_type: str = "event_driven") -> None:
         if self.registry is None:
             return
-        try:
-            await self.registry.publish_status(build_status(self.state, update_type))
-        except (RedisError, OSError) as exc:
-            log.warning("could not publish status: %s", exc)
+        if self.state.redis_ok:  # while Redis is away the status loop notices its return; no point in waiting
+            try:
+                async with asyncio.timeout(2 * REDIS_CALL_TIMEOUT_S):
+                    await self.registry.publish_status(build_status(self.state, update_type))
+            except (RedisError, OSError) as exc:
+                log.warning("could not publish status: %s", exc)
         self.notifier.status(status_line(self.state, supervised=self.processes is not None))
 
     async def _status_loop(self) -> None:
@@ -435,6 +522,8 @@ class Supervisor:
             self._last_loop = time.monotonic()
             full = time.monotonic() >= next_full
             await self._refresh(full)
+            await self._check_planned_stop()
+            await self._settle_startup()
             sig = change_signature(self.state)
             if full:
                 next_full += interval * max(1, int((time.monotonic() - next_full) // interval) + 1)
@@ -460,23 +549,64 @@ class Supervisor:
                     self.jobs.observe(entry_id, fields)
             self.jobs.worker_ids = set(self.state.plan.worker_ids()) | set(self.state.workers)
 
-    async def _redis_answers(self) -> bool:
-        assert self.queue is not None
-        return bool(await self.queue.client.ping())
-
     async def _loop_turns(self) -> bool:
-        return (
-            time.monotonic() - self._last_loop
-            < 3 * min(CHANGE_POLL_S, self.settings.machine.status_interval_s) + 5
-        )
+        """Watchdog check: the status loop turned recently (it bounds its own Redis calls, so an outage
+        does not stall it; a blocked event loop stops the pings by itself, since they come from the loop)."""
+        return time.monotonic() - self._last_loop < LOOP_STALL_S
+
+    async def _tasks_alive(self) -> bool:
+        """Watchdog check: none of our own loops ended (one that crashed leaves a process that looks up but
+        no longer watches anything; systemd's restart is the cure)."""
+        for task in self._tasks:
+            if task.done() and not self.stop_event.is_set():
+                exc = None if task.cancelled() else task.exception()
+                raise RuntimeError(f"task {task.get_name()} ended: {exc!r}")
+        return True
 
     async def _serve(self) -> int:
-        self.state.phase = Phase.READY
-        self.state.settle_phase()
+        """READY=1 now (systemd starts the units ordered after us only then); the machine itself is ready once
+        every planned service is active and its connector answers (`_settle_startup`, from the status loop)."""
+        has_comfy = any(s.kind == "comfyui" for s in self.state.plan.services)
+        self._startup_deadline = time.monotonic() + (
+            self.settings.comfyui.startup_timeout_s if has_comfy else API_SERVICES_TIMEOUT_S
+        )
+        await self._refresh(full=False)
+        await self._settle_startup()
+        self.notifier.ready(status_line(self.state, supervised=self.processes is not None))
+        self._last_loop = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self._follow_job_events(), name="job-events"),
+        ]
+        pinger = WatchdogPinger(self.notifier, [self._loop_turns, self._tasks_alive])
+        tasks = [*self._tasks, pinger.start()]
+        try:
+            await self.stop_event.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self.exit_status
+
+    async def _settle_startup(self) -> None:
+        """While starting: once nothing is missing, or the startup timeout passed, the machine is READY (or
+        DEGRADED, saying what is missing) and `startup_complete` goes out."""
+        if self.state.phase is not Phase.STARTING:
+            return
+        missing = self.state.not_ready()
+        failed = any(st.failed for st in self.state.units.values())  # for good: no use waiting for it
+        if missing and not failed and time.monotonic() < self._startup_deadline:
+            return
+        self.state.phase = Phase.DEGRADED if missing else Phase.READY
+        elapsed = self._elapsed_ms()
+        if missing:
+            log.warning("started degraded after %.1fs: %s", elapsed / 1000, "; ".join(missing))
+        else:
+            log.info("ready after %.1fs: %d service(s) active", elapsed / 1000, len(self.state.plan.services))
         res = self.state.resources
         await self._event(
             "startup_complete",
-            total_startup_time_ms=self._elapsed_ms(),
+            total_startup_time_ms=elapsed,
             startup_steps=self.steps,
             machine_config={
                 "gpu_count": res.gpu_count if res else 0,
@@ -487,27 +617,25 @@ class Supervisor:
                 "services": [s.name for s in self.state.plan.services],
             },
             phase=self.state.phase.value,
+            missing=missing,
         )
         await self.publish_status("machine_ready")
-        self.notifier.ready(status_line(self.state, supervised=self.processes is not None))
-        self._last_loop = time.monotonic()
-        pinger = WatchdogPinger(self.notifier, [self._redis_answers, self._loop_turns])
-        tasks = [
-            asyncio.create_task(self._status_loop(), name="status"),
-            asyncio.create_task(self._follow_job_events(), name="job-events"),
-            pinger.start(),
-        ]
-        try:
-            await self.stop_event.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return self.exit_status
+
+    async def _check_planned_stop(self) -> None:
+        """`systemctl stop appliance.target` stops the workers before us (they are ordered after us): while our
+        own stop job waits, that is a planned stop, not a degraded machine."""
+        if self.state.phase in (Phase.STOPPING, Phase.FAILED) or not self.state.managed:
+            return
+        if all(st.active for st in self.state.units.values()):
+            return
+        if await self.systemd.stop_pending(SUPERVISOR_UNIT):
+            self.state.phase = Phase.STOPPING
+            self.stop_reason = "planned stop"
 
     async def _shutdown(self, runner: Any) -> None:
         self.state.phase = Phase.STOPPING if self.state.phase is not Phase.FAILED else Phase.FAILED
-        self.notifier.stopping(f"stopping: {self.stop_reason}")
+        self.notifier.stopping(status_line(self.state, supervised=self.processes is not None))
+        log.info("stopping (%s)", self.stop_reason)
         if self.processes is not None:
             await self.processes.stop(self.notifier)
             self.state.units = self.processes.states()
@@ -525,6 +653,12 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await self.queue.close()
         self.nvml.stop()
+        # systemd keeps a stopped unit's last STATUS=: let it say how it ended, not "stopping".
+        self.notifier.status(
+            f"failed: {self.state.last_error}"
+            if self.state.phase is Phase.FAILED
+            else f"stopped ({self.stop_reason})"
+        )
         self.notifier.close()
 
 

@@ -165,16 +165,25 @@ class SystemdUnits:
             return {}
         if not self.managed:
             return {u: UnitState(unit=u) for u in units}
-        args = [
-            "systemctl",
-            *(["--user"] if self.user else []),
-            "show",
-            "--no-pager",
-            "-p",
-            ",".join(PROPERTIES),
-            "--",
-            *units,
-        ]
+        out = await self._systemctl("show", "--no-pager", "-p", ",".join(PROPERTIES), "--", *units)
+        if out is None:
+            return {u: UnitState(unit=u, active_state="unknown", sub_state="unknown") for u in units}
+        return parse_states(units, out)
+
+    async def stop_pending(self, unit: str) -> bool:
+        """Whether a stop job for `unit` is queued or running (`systemctl stop appliance.target`: the
+        workers, ordered after the supervisor, stop first while the supervisor's own stop job waits)."""
+        if not self.managed:
+            return False
+        out = await self._systemctl("list-jobs", "--no-legend", "--no-pager", "--", unit)
+        return any(
+            len(cols := line.split()) >= 3 and cols[1] == unit and cols[2] == "stop"
+            for line in (out or "").splitlines()
+        )
+
+    async def _systemctl(self, *argv: str) -> str | None:
+        """systemctl's output, or None when it could not run at all (a failure is logged)."""
+        args = ["systemctl", *(["--user"] if self.user else []), *argv]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args,
@@ -192,8 +201,10 @@ class SystemdUnits:
             )
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
         except (OSError, TimeoutError) as exc:
-            log.warning("systemctl show failed: %s", exc)
-            return {u: UnitState(unit=u, active_state="unknown", sub_state="unknown") for u in units}
+            log.warning("systemctl %s failed: %s", argv[0], exc)
+            return None
         if proc.returncode != 0:
-            log.warning("systemctl show exited %s: %s", proc.returncode, err.decode(errors="replace").strip())
-        return parse_states(units, out.decode(errors="replace"))
+            log.warning(
+                "systemctl %s exited %s: %s", argv[0], proc.returncode, err.decode(errors="replace").strip()
+            )
+        return out.decode(errors="replace")

@@ -11,9 +11,12 @@ declares neither matches no rule with a cost condition.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from appliance.config import PoolRule, Settings
+from appliance.queue import Queue
 from appliance.queue.models import JobSpec
 
 #: Payload key through which a submitter declares the expected run time (s).
@@ -96,3 +99,23 @@ def explain(spec: JobSpec, settings: Settings) -> dict[str, Any]:
         "declared_cost_s": cost,
         "payload_bytes": size,
     }
+
+
+def classifier_for(settings: Settings) -> Callable[[JobSpec], JobSpec] | None:
+    """The submit-time classifier the settings ask for (None while `classifier.enabled` is false)."""
+    return partial(classify, settings=settings) if settings.classifier.enabled else None
+
+
+async def connect_queue(settings: Settings, **redis_kwargs: Any) -> Queue:
+    """A queue connected as `settings` say (URL, credentials, queue name, timing) whose `submit` and
+    `submit_many` classify like `appliance job submit` does: the way to submit from Python with the
+    configured pools. `redis_kwargs` go to the Redis client (socket timeouts, say)."""
+    conn = settings.redis_connection()
+    return await Queue.connect(
+        conn.url,
+        queue_name=settings.redis.queue,
+        settings=settings.queue,
+        classifier=classifier_for(settings),
+        **conn.client_kwargs(),
+        **redis_kwargs,
+    )

@@ -85,7 +85,9 @@ class QueueSettings(BaseModel):
         description="Each priority point counts as this much earlier submission (ms): priority wins, starvation is bounded.",
     )
     retry_base_ms: int = Field(
-        1_000, ge=0, description="First retry delay (ms); doubles per attempt, with full jitter."
+        1_000,
+        ge=0,
+        description="First retry delay (ms); doubles per attempt, with equal jitter (half fixed, half random).",
     )
     retry_max_ms: int = Field(300_000, ge=0, description="Upper bound of a retry delay (ms).")
     worker_ttl_ms: int = Field(

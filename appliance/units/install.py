@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 #: Replaced by the absolute path of the `appliance` executable when the units are installed.
 BIN_PLACEHOLDER = "@APPLIANCE_BIN@"
+#: Replaced by where the package installed docs/systemd.md (see `doc_path`).
+DOC_PLACEHOLDER = "@APPLIANCE_DOC@"
 
 #: Where units, drop-ins and wants links go, relative to the root: the administrator's unit directory, which
 #: every systemd searches and which the distribution's package manager never touches.
@@ -181,8 +183,14 @@ def packaged_files() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def doc_path(bin_path: PurePosixPath) -> PurePosixPath:
+    """Where the package installs docs/systemd.md (pyproject's data-files): under the prefix of the executable,
+    `<prefix>/bin/appliance` → `<prefix>/share/doc/appliance/systemd.md` (a venv, the Nix store path)."""
+    return bin_path.parent.parent / "share" / "doc" / "appliance" / "systemd.md"
+
+
 def render(text: str, bin_path: PurePosixPath) -> str:
-    return text.replace(BIN_PLACEHOLDER, str(bin_path))
+    return text.replace(DOC_PLACEHOLDER, str(doc_path(bin_path))).replace(BIN_PLACEHOLDER, str(bin_path))
 
 
 def render_units(bin_path: PurePosixPath, packaged: dict[str, str] | None = None) -> dict[str, str]:

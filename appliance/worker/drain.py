@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from appliance.machine.keys import drain_key
+from appliance.notify import hang_event_loop
 from appliance.worker.redislink import RedisLink, is_unreachable
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,6 @@ class StopSignals:
             self.draining.set()
             self.hurry.set()
         self._on_change()
-
-
-def hang_event_loop() -> None:
-    log.warning("APPLIANCE_TEST_HOOKS: SIGUSR2 received, blocking the event loop forever")
-    while True:
-        time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point of this hook
 
 
 class FleetDrain:

@@ -42,6 +42,8 @@ class ServiceHealth:
         self.interval_s = interval_s
         self.down_interval_s = down_interval_s
         self.healthy = False
+        #: Whether it ever answered: the first answer is the start, not a recovery.
+        self._answered = False
         self._on_change = on_change
         self._now = asyncio.Event()
 
@@ -60,11 +62,14 @@ class ServiceHealth:
     def set(self, healthy: bool) -> None:
         if healthy == self.healthy:
             return
-        if healthy:
+        if healthy and not self._answered:
+            log.info("%s answers; taking jobs", self.name)
+        elif healthy:
             log.warning("%s answers again; taking jobs", self.name)
         else:
             log.warning("service down: %s not answering; taking no jobs until it does", self.name)
         self.healthy = healthy
+        self._answered = self._answered or healthy
         self._on_change()
 
     async def run(self) -> None:

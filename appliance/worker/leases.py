@@ -237,13 +237,14 @@ class OutcomeWriter:
                 continue
             self.link.mark_up()
             log.info(
-                "job %s: %s",
+                "job %s: %s after %.1fs",
                 job_id,
                 outcome.describe()
                 if outcome.kind is OutcomeKind.FAIL
                 else {"complete": "completed", "cancelled": "cancelled on request", "release": "handed back"}[
                     outcome.kind.value
                 ],
+                time.monotonic() - lease.started,
             )
             return True
 

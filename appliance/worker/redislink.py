@@ -1,8 +1,8 @@
 """Whether Redis answers, as the worker sees it, and how long to wait before asking again.
 
 Every loop of the worker reports its Redis calls here: a connection error marks Redis down (once, logged once),
-the next answer marks it up. Retries back off exponentially with full jitter, so a fleet of workers does not
-reconnect in lockstep after a Redis restart.
+the next answer marks it up. Retries back off exponentially, each delay drawn at random between half the first
+delay and the current ceiling, so a fleet of workers does not reconnect in lockstep after a Redis restart.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class RedisLink:
             self._on_change()
 
     def backoff_s(self) -> float:
-        """Next retry delay: exponential in the failures so far, full jitter, bounded."""
+        """Next retry delay: uniform between BACKOFF_MIN_S / 2 and a ceiling exponential in the failures so far."""
         ceiling = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(self._failures, 10))
         return random.uniform(BACKOFF_MIN_S / 2, ceiling)
 

@@ -46,6 +46,9 @@ class Snapshot:
     drained: bool
     redis_ok: bool
     jobs: list[dict[str, Any]] = field(default_factory=list)
+    #: Jobs this process completed and failed since it started (what "idle" has to say about work done).
+    done: int = 0
+    failed: int = 0
 
     def text(self) -> str:
         """The one-line STATUS= text."""
@@ -65,7 +68,8 @@ class Snapshot:
             return f"running job {self.jobs[0]['id']} ({self.jobs[0]['progress']:.0f}%)"
         if n:
             return f"running {jobs}"
-        return "idle, 0 jobs"
+        idle = f"idle, {self.done} job{'s' if self.done != 1 else ''} done"
+        return idle + (f", {self.failed} failed" if self.failed else "")
 
     def record(self) -> dict[str, Any]:
         """The worker status record (`WorkerSession.set_status`); never holds secrets or payloads."""

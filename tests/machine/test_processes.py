@@ -336,11 +336,13 @@ async def test_without_exit_on_failure_the_machine_stays_up_degraded(redis_url: 
             except aiohttp.ClientError:
                 return None
             services = body["status"]["services"]
-            done = services["comfyui@0"]["active_state"] == "failed" and body["ready"]
+            phase = body["status"]["machine"]["phase"]
+            done = services["comfyui@0"]["active_state"] == "failed" and phase != "starting"
             return body if done and services["worker@gpu0"]["active_state"] == "inactive" else None
 
         status = await _until(failed, "comfyui@0 failed, worker@gpu0 stopped with it")
-        assert status["status"]["machine"]["phase"] == "degraded"
+        assert status["status"]["machine"]["phase"] == "degraded" and status["ready"] is False
+        assert (await _get(base + "/ready"))[0] == 503  # up, but it cannot serve: not ready
         assert status["status"]["services"]["worker@gpu0"]["result"] == "dependency"
         code, health = await _get(base + "/health")
         assert code == 503 and health["services"] == {"comfyui@0": False, "worker@gpu0": False}

@@ -341,3 +341,70 @@ async def test_changes_are_published_at_once(redis_url: str) -> None:
     await collector.stop()
     await queue.close()
     await client.aclose()
+
+
+async def test_redis_outage_is_degraded_and_the_watchdog_keeps_pinging(private_redis: LocalRedis) -> None:
+    """Redis away for many watchdog periods: the supervisor keeps sending WATCHDOG=1 (it is alive; a restart
+    would not bring Redis back), says "degraded ... Redis unreachable" in STATUS=, /health, /ready and the
+    metrics, and is ready again once Redis answers, logging how long it was away."""
+    notify = NotifySocket()
+    port = free_port()
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": notify.path,
+        "WATCHDOG_USEC": "1000000",  # a ping every 0.5 s
+        "APPLIANCE_REDIS__URL": private_redis.url,
+        "APPLIANCE_MACHINE__ID": MID,
+        "APPLIANCE_MACHINE__TYPE": "api",
+        "APPLIANCE_MACHINE__STATUS_INTERVAL_S": "0.5",
+        "APPLIANCE_CONNECTORS__ECHO__ENABLED": "true",
+        "APPLIANCE_HEALTH__HOST": "127.0.0.1",
+        "APPLIANCE_HEALTH__PORT": str(port),
+    }
+    env.pop("APPLIANCE_CONFIG", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance",
+        "machine",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(notify.wait_line, "READY=1")
+        private_redis.kill()
+        lines = await asyncio.to_thread(
+            notify.wait_for, lambda ls: any("Redis unreachable" in line for line in ls)
+        )
+        down_at = len(lines)
+        # Ten pings after the outage was noticed: five times the 1 s watchdog limit, Redis still away.
+        await asyncio.to_thread(notify.wait_for, lambda ls: ls[down_at:].count("WATCHDOG=1") >= 10)
+        assert not private_redis.ping()
+        assert proc.returncode is None
+        code, body = await _get(base + "/ready")
+        assert code == 503 and json.loads(body)["phase"] == "degraded"
+        code, body = await _get(base + "/health")
+        assert code == 503 and json.loads(body)["checks"]["redis"] is False
+        metrics = (await _get(base + "/metrics"))[1]
+        assert "appliance_machine_redis_up 0.0" in metrics and "appliance_machine_ready 0.0" in metrics
+
+        private_redis.start()
+        back = len(notify.lines())
+        await asyncio.to_thread(
+            notify.wait_for, lambda ls: any(line.startswith("STATUS=ready:") for line in ls[back:])
+        )
+        code, body = await _get(base + "/ready")
+        assert code == 200 and json.loads(body)["phase"] == "ready"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        notify.close()
+    log = out.decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert "Redis unreachable" in log and "Redis answers again after" in log, log[-2000:]
+    # After Redis is back, a pooled connection it closed is retried, not reported as a new failure.
+    after = log[log.index("Redis answers again after") :]
+    assert "Connection closed by server" not in after and "could not publish" not in after, after

@@ -86,7 +86,7 @@ def gpu_machine_state(machine_id: str, *, pool: str = "heavy", restarts: int = 2
         if wid:
             state.workers[wid] = {
                 "state": "idle",
-                "status": "idle, 0 jobs",
+                "status": "idle, 0 jobs done",
                 "alive": True,
                 "jobs": [],
                 "current_job_id": None,

@@ -99,3 +99,17 @@ def test_other_queues_and_garbage_are_ignored_and_list_is_capped() -> None:
     assert len(state.jobs) == MAX_JOBS and f"j{MAX_JOBS + 9}" in state.jobs and "j0" not in state.jobs
     snap = state.snapshot(5000)
     assert snap["type"] == "full_state_snapshot" and snap["jobs"][0]["id"] == f"j{MAX_JOBS + 9}"
+
+
+def test_a_machine_is_judged_by_its_own_status_interval() -> None:
+    """The supervisor's real payload carries its interval: a machine publishing every 60 s is online after
+    30 s of silence even to a monitor whose own interval is 5 s."""
+    from appliance.machine.plan import MachineType, ServicePlan
+    from appliance.machine.state import MachineState
+    from appliance.machine.status import build_status
+
+    machine = MachineState("slow", "api", ServicePlan("slow", MachineType("api")), status_interval_s=60)
+    state = MonitorState("default", default_interval_s=5)
+    state.apply_machine_status(build_status(machine), seen_ms=1_000)
+    assert state.tick(31_000) == [] and state.machines["slow"].online
+    assert state.tick(121_001) == ["slow"]

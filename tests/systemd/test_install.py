@@ -218,3 +218,32 @@ def test_plan_from_this_machine(root: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("APPLIANCE_MACHINE_TYPE", "gpu")  # no GPU here and no CPU mode: a clear error
     bad = cli("install", "--root", str(root), "--bin", BIN, "--from-machine-plan")
     assert bad.returncode == 2 and "machine plan" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_relative_root_is_taken_from_the_working_directory(root: Path) -> None:
+    """`--root DIR` relative to where the command runs: everything lands there, the system user included."""
+    (root / "plan.json").write_text(json.dumps(API_PLAN))
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "units", "install", "--root", root.name, "--bin", BIN]
+        + ["--plan-json", str(root / "plan.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/systemd/system/appliance.target").is_file()
+    assert all(line.startswith(str(root)) for line in proc.stdout.splitlines()), proc.stdout
+
+
+def test_documentation_points_at_the_doc_the_package_installs(root: Path) -> None:
+    """Documentation= names <prefix>/share/doc/appliance/systemd.md, where pyproject's data-files put
+    docs/systemd.md beside <prefix>/bin/appliance (the nspawn tests open it in a real install)."""
+    install(root, API_PLAN, "--no-user")
+    units = root / "etc/systemd/system"
+    for unit in ("appliance.target", "appliance-machine.service", "appliance-worker@.service"):
+        text = (units / unit).read_text()
+        assert "Documentation=file:/opt/appliance/share/doc/appliance/systemd.md\n" in text, unit
+        assert "@APPLIANCE_" not in text, unit
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert '"share/doc/appliance" = ["docs/systemd.md"]' in pyproject

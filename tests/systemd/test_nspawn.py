@@ -14,8 +14,10 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -233,6 +235,16 @@ async def _get(env: Env, job_id: str):  # noqa: ANN202
         await q.close()
 
 
+async def _worker_statuses(env: Env) -> dict[str, dict]:
+    """slot -> the worker's own status record, as it wrote it into the queue."""
+    q = await env.queue()
+    try:
+        records = [json.loads(raw) for raw in (await q.client.hgetall(q.keys.worker_status)).values()]
+    finally:
+        await q.close()
+    return {r["slot"]: r for r in records}
+
+
 def job(env: Env, job_id: str):  # noqa: ANN201
     return asyncio.run(_get(env, job_id))
 
@@ -285,6 +297,14 @@ def test_killed_worker_is_restarted_and_its_job_runs_again(fresh: Env) -> None:
         assert props["NRestarts"] == "1"
         done = wait_job(c, fresh, job_id, "completed after the restart", lambda j: j.status == "completed")
         assert done.attempts >= 2
+        # The supervisor says so in its own log: what went down, and that it is back.
+        c.wait_props(
+            MACHINE,
+            "logged the restart",
+            lambda _: f"{unit} restarted by systemd" in c.journal(MACHINE),
+            ["Id"],
+            timeout=30,
+        )
 
 
 @needs_worker
@@ -363,10 +383,18 @@ def test_stopping_the_target_drains_running_jobs(fresh: Env) -> None:
         c.systemctl("start", "--no-block", TARGET)
         for unit in ECHO:
             c.wait_active(unit)
-        job_id = asyncio.run(_submit(fresh, {"delay": 3}))
+        job_id = asyncio.run(_submit(fresh, {"delay": 8}))
         wait_job(c, fresh, job_id, "running", lambda j: j.status in ("claimed", "running"))
         # The target stops first (it is ordered after its members), so this returns before they are down.
         c.systemctl("stop", TARGET)
+        # The workers stop before the supervisor (ordered after it); meanwhile it reads as a planned stop.
+        c.wait_props(
+            MACHINE,
+            "reads as a planned stop",
+            lambda p: p["StatusText"] == "stopping: draining 1 job",
+            ["StatusText"],
+            timeout=30,
+        )
         for unit in [MACHINE, *ECHO]:
             props = c.wait_props(
                 unit,
@@ -488,3 +516,129 @@ async def _submit_comfy(env: Env) -> str:
         return (await q.submit(JobSpec(service="comfyui", payload={"workflow": WORKFLOW}))).id
     finally:
         await q.close()
+
+
+#: How long the outage test holds Redis: three times the units' WatchdogSec=30s.
+OUTAGE_S = 90
+
+
+def _ready(env: Env) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{env.health_port}/ready", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@needs_worker
+@needs_machine
+def test_a_redis_outage_restarts_nothing_and_every_job_completes_after_it(fresh: Env) -> None:
+    """Redis stops answering (SIGSTOP: connections hang, nothing refuses) for three watchdog periods. That is a
+    dependency outage, not a stuck process: no unit is restarted, the supervisor says so in STATUS=, and every
+    job completes once Redis answers again."""
+    units = [MACHINE, *ECHO]
+    with fresh.boot() as c:
+        c.systemctl("start", "--no-block", TARGET)
+        for unit in units:
+            c.wait_active(unit)
+        harness.wait_for("/ready", lambda: _ready(fresh), 120, on_timeout=c.diagnostics)
+        before = {u: c.show(u, "NRestarts")["NRestarts"] for u in units}
+        jobs = [asyncio.run(_submit(fresh, {"delay": 2, "n": i})) for i in range(4)]
+        wait_job(c, fresh, jobs[0], "running", lambda j: j.status in ("claimed", "running"))
+        assert fresh.redis.process is not None
+        fresh.redis.process.send_signal(signal.SIGSTOP)
+        try:
+            c.wait_props(
+                MACHINE,
+                "degraded",
+                lambda p: "Redis unreachable" in p["StatusText"],
+                ["StatusText"],
+                timeout=60,
+            )
+            time.sleep(OUTAGE_S)  # the outage itself; nothing is asserted about its timing
+            during = {u: c.show(u, "ActiveState", "NRestarts") for u in units}
+        finally:
+            fresh.redis.process.send_signal(signal.SIGCONT)
+        for jid in jobs:
+            wait_job(c, fresh, jid, "completed after the outage", lambda j: j.status == "completed", 180)
+        after = {u: c.show(u, "ActiveState", "NRestarts") for u in units}
+        for unit in units:
+            assert during[unit] == {"ActiveState": "active", "NRestarts": before[unit]}, (unit, during)
+            assert after[unit] == {"ActiveState": "active", "NRestarts": before[unit]}, (unit, after)
+        journal = c.journal(lines=2000)
+        assert "Watchdog timeout" not in journal, journal
+        c.wait_props(MACHINE, "ready again", lambda p: p["StatusText"].startswith("ready:"), ["StatusText"])
+
+
+@needs_machine
+def test_hung_supervisor_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None:
+    with fresh.boot() as c:
+        # A short watchdog keeps the test quick; APPLIANCE_TEST_HOOKS arms the SIGUSR2 "hang" hook.
+        dropin(c, MACHINE, "[Service]\nWatchdogSec=4s\nEnvironment=APPLIANCE_TEST_HOOKS=1\n")
+        c.systemctl("start", "--no-block", MACHINE)
+        c.wait_active(MACHINE)
+        c.kill_main(MACHINE, "USR2")
+        c.wait_props(
+            MACHINE,
+            "restarted",
+            lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
+            ["NRestarts", "ActiveState"],
+        )
+        journal = c.journal(MACHINE)
+        assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
+
+
+@needs_worker
+@needs_machine
+def test_ready_means_every_service_active_and_answering(fresh: Env) -> None:
+    """/ready turns 200 only once every planned unit is active and its worker's connector answers;
+    startup_complete says "ready", and a clean start logs nothing about being degraded."""
+    with fresh.boot() as c:
+        c.systemctl("start", "--no-block", TARGET)
+        harness.wait_for("/ready", lambda: _ready(fresh), 120, interval=0.1, on_timeout=c.diagnostics)
+        for unit in ECHO:  # read right after the first 200: they were up before it, not after
+            assert c.show(unit, "ActiveState")["ActiveState"] == "active", c.diagnostics(unit)
+        workers = asyncio.run(_worker_statuses(fresh))
+        assert sorted(workers) == ["echo0", "echo1"], workers
+        assert all(w["service_healthy"] for w in workers.values()), workers
+        client = redis.Redis(port=fresh.redis.port, password=fresh.password, decode_responses=True)
+        events = [json.loads(e) for e in client.lrange(f"machine:{fresh.machine_id}:events", 0, -1)]
+        complete = [e for e in events if e["event_type"] == "startup_complete"]
+        assert [e["phase"] for e in complete] == ["ready"], events
+        assert c.show(MACHINE, "StatusText")["StatusText"].startswith("ready: 2/2 services active")
+        doc = c.show(MACHINE, "Documentation")["Documentation"].removeprefix("file:")
+        assert c.sh("test", "-s", doc, check=False).returncode == 0, f"Documentation= names {doc}: missing"
+        journal = c.journal(MACHINE)
+        assert "degraded" not in journal and "ready after" in journal, journal
+        assert "event startup_step" not in journal and "no GPUs" not in journal, journal  # noise an api box
+
+
+@needs_worker
+@needs_machine
+def test_a_config_error_fails_at_once_shows_its_cause_and_takes_the_target_down(fresh: Env) -> None:
+    """A configuration the supervisor cannot run with: exit 78, no restart loop (RestartPreventExitStatus=),
+    the cause in `systemctl status` (STATUS=), and appliance.target no longer "active" — its workers keep
+    serving."""
+    with fresh.boot() as c:
+        c.systemctl("start", "--no-block", TARGET)
+        for unit in [MACHINE, *ECHO]:
+            c.wait_active(unit)
+        dropin(c, MACHINE, "[Service]\nEnvironment=APPLIANCE_MACHINE__STATUS_INTERVAL_S=-1\n")
+        c.systemctl("restart", "--no-block", MACHINE)
+        props = c.wait_props(
+            MACHINE,
+            "failed",
+            lambda p: p["ActiveState"] == "failed",
+            ["ActiveState", "Result", "ExecMainStatus", "NRestarts", "StatusText"],
+        )
+        assert props["ExecMainStatus"] == "78" and props["NRestarts"] == "0", props
+        assert props["StatusText"].startswith("config error: machine.status_interval_s"), props
+        c.wait_props(TARGET, "down", lambda p: p["ActiveState"] == "inactive", ["ActiveState"])
+        for unit in ECHO:
+            assert c.show(unit, "ActiveState")["ActiveState"] == "active", c.diagnostics(unit)
+        status = c.systemctl("status", MACHINE, check=False).stdout
+        assert "config error: machine.status_interval_s" in status, status
+        # Filed at priority err (the `<3>` prefix), so `journalctl -p err` finds it; and no prefix shows.
+        errors = c.sh("journalctl", "--no-pager", "-p", "err", "-u", MACHINE, "-o", "cat", check=False).stdout
+        assert "appliance: error: machine.status_interval_s" in errors, errors
+        assert "<3>" not in errors, errors

@@ -114,7 +114,9 @@ def test_status_lines() -> None:
             jobs=jobs or [],
         )
 
-    assert snap(Phase.IDLE).text() == "idle, 0 jobs"
+    assert snap(Phase.IDLE).text() == "idle, 0 jobs done"
+    done = Snapshot(Phase.IDLE, "echo", "echo0", 1, True, False, True, [], done=1, failed=2)
+    assert done.text() == "idle, 1 job done, 2 failed"
     assert snap(Phase.RUNNING, [{"id": "42", "progress": 57.4}]).text() == "running job 42 (57%)"
     assert snap(Phase.DRAINING).text() == "draining"
     assert snap(Phase.SERVICE_DOWN).text() == "service down: comfyui not answering"

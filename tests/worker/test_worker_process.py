@@ -241,12 +241,19 @@ async def test_jobs_complete_and_status_is_published(harness: Harness) -> None:
     assert [(await q.get(j.id)).result["echo"]["n"] for j in jobs] == [0, 1, 2]  # type: ignore[union-attr]
     stored = (await q.get(out.id)).result["outputs"][0]  # type: ignore[union-attr]
     assert await asyncio.to_thread(Path(stored["path"]).read_text) == "hi"
-    await worker.status("idle, 0 jobs")
+    await worker.status("idle, 4 jobs done")
+    await worker.logged(f"job {out.id}: completed after ")  # with its duration
+    # Its first answer is the start, not a recovery: no warning about answering "again".
+    assert "echo answers; taking jobs" in worker.log and "answers again" not in worker.log, worker.log
     record = json.loads(await q.client.hget(q.keys.worker_status, f"{MACHINE}-echo0"))
     assert record["connector"] == "echo" and record["service_healthy"] is True and record["concurrency"] == 1
     worker.signal(signal.SIGTERM)
     assert await worker.exit_code() == 0
     assert "STOPPING=1" in worker.notify.lines()
+    # The last STATUS= (which systemd keeps for a stopped unit) says how it ended, not "draining".
+    assert [x for x in worker.notify.lines() if x.startswith("STATUS=")][
+        -1
+    ] == "STATUS=stopped: 4 jobs done, 0 failed"
     assert await q.client.hget(q.keys.worker_status, f"{MACHINE}-echo0") is None  # deregistered
 
 
@@ -385,7 +392,7 @@ async def test_redis_restart_mid_job_still_completes_once(tmp_path: Path) -> Non
         done = await job_in(q, job.id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DEAD)
         assert done.status is JobStatus.COMPLETED and done.attempts == 1
         assert await completed_events(q, job.id) == 1
-        await worker.status("idle, 0 jobs")
+        await worker.status("idle, 1 job done")
         nxt = await q.submit({"service": "echo", "payload": {}})
         assert (await job_in(q, nxt.id, JobStatus.COMPLETED)).status is JobStatus.COMPLETED
     finally:
@@ -412,7 +419,7 @@ async def test_a_lost_lease_is_never_completed(harness: Harness) -> None:
     finally:
         worker.signal(signal.SIGCONT)
     await worker.logged("lease lost")
-    await worker.status("idle, 0 jobs")
+    await worker.status("idle, 0 jobs done")
     held = await q.get(job.id)
     assert held is not None and held.status in (JobStatus.CLAIMED, JobStatus.RUNNING)
     assert held.worker_id == "mtest-thief" and await completed_events(q, job.id) == 0

@@ -365,10 +365,10 @@ NOT_SETTINGS = {"redis.call", "redis.pcall"}
 
 def nixos_option(key: str) -> bool:
     """Whether `key` names an option of the NixOS module (`services.appliance.<key>`): each segment is declared
-    there (`<name> = mkOption` / `mkEnableOption`, or an option set `<name> = {`)."""
+    there (`<name> = mkOption` / `mkEnableOption` / `lib.mkPackageOption`, or an option set `<name> = {`)."""
     module = (ROOT / "nixos-modules" / "appliance.nix").read_text()
     return all(
-        re.search(rf"^\s*{re.escape(seg)} = (mkOption|mkEnableOption|\{{)", module, re.M)
+        re.search(rf"^\s*{re.escape(seg)} = (mkOption|mkEnableOption|lib\.mkPackageOption|\{{)", module, re.M)
         for seg in key.split(".")
     )
 

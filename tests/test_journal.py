@@ -88,7 +88,9 @@ def test_logging_level_comes_from_the_setting(tmp_path: Path, monkeypatch) -> No
     config = tmp_path / "config.toml"
     config.write_text('[logging]\nlevel = "WARNING"\n')
     assert _log_level(argparse.Namespace(log_level=None, config=str(config))) == logging.WARNING
-    assert _log_level(argparse.Namespace(log_level=None, config=None)) == logging.INFO
+    # Unset: INFO for services, WARNING for one-shot commands (their stderr is their one error line).
+    assert _log_level(argparse.Namespace(log_level=None, config=None, long_running=True)) == logging.INFO
+    assert _log_level(argparse.Namespace(log_level=None, config=None)) == logging.WARNING
     for var in ("APPLIANCE_LOGGING__LEVEL", "APPLIANCE_LOGGING_LEVEL", "APPLIANCE_LOG_LEVEL"):
         monkeypatch.setenv(var, "ERROR")
         assert _log_level(argparse.Namespace(log_level=None, config=str(config))) == logging.ERROR, var

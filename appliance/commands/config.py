@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
 def _report(errors: list[str]) -> int:
     for line in errors:
         print(f"appliance: error: {line}", file=sys.stderr)
-    return ExitCode.CONFIG
+    return ExitCode.USAGE
 
 
 def show_handler(args: argparse.Namespace) -> int:

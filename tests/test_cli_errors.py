@@ -128,7 +128,9 @@ def test_a_connector_whose_package_is_missing_is_one_line(tmp_path: Path) -> Non
         "openai",
         env=env_with(**blocked, APPLIANCE_CONFIG=str(config), APPLIANCE_REDIS_URL="redis://127.0.0.1:1/0"),
     )
-    assert worker.returncode == 78 and "'openai'" in last_line(worker) and "not installed" in last_line(worker)
+    assert (
+        worker.returncode == 78 and "'openai'" in last_line(worker) and "not installed" in last_line(worker)
+    )
 
 
 def test_a_worker_without_access_to_its_drain_flag_says_which_key() -> None:

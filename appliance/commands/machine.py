@@ -77,15 +77,18 @@ def _add_config(parser: argparse.ArgumentParser, default: Any = None) -> None:
 
 
 def load(args: argparse.Namespace) -> Any:
+    """The settings, or one line: exit 78 (EX_CONFIG, the units' RestartPreventExitStatus=) for a service that
+    cannot start as configured, 2 for a one-shot command."""
     from appliance.config import ConfigError, load_settings
     from appliance.secrets import SecretError
 
+    error = ConfigCommandError if getattr(args, "long_running", False) else CommandError
     try:
         return load_settings(getattr(args, "config", None)).settings
     except ConfigError as exc:
-        raise ConfigCommandError("; ".join(exc.errors)) from None
+        raise error("; ".join(exc.errors)) from None
     except SecretError as exc:
-        raise ConfigCommandError(str(exc)) from None
+        raise error(str(exc)) from None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from enum import StrEnum
 
-from appliance.machine import keys as machine_keys
+from appliance.queue import registry as machine_keys
 from appliance.queue.keys import (
     CHANNEL_CLAIMED,
     CHANNEL_COMPLETED,

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.queue.events import AttemptEnd, EventKind, meaning
+from appliance.queue.events import AttemptEnd, EventKind, Meaning, meaning
 from appliance.queue.models import JobStatus
 from appliance.queue.records import number
 
@@ -245,6 +245,25 @@ class MonitorState:
             job.service = str(fields["service"])
         if fields.get("shape"):
             job.shape = str(fields["shape"])
+        self._move(job, event, means, fields, at, details_only)
+        changed = asdict(job) != before
+        if changed:
+            job.updated_ms = at
+            self.jobs.move_to_end(job_id, last=False)
+            while len(self.jobs) > MAX_JOBS:
+                self.jobs.popitem(last=True)
+        return job if changed else None
+
+    def _move(
+        self,
+        job: JobView,
+        event: EventKind,
+        means: Meaning,
+        fields: dict[str, Any],
+        at: int,
+        details_only: bool,
+    ) -> None:
+        """What one event changes of a known job (the caller compares before and after)."""
         attempt = int(number(fields.get("attempt")) or 0)
         raw_progress = fields.get("progress")
         progress: dict[str, Any] = raw_progress if isinstance(raw_progress, dict) else {}
@@ -267,16 +286,7 @@ class MonitorState:
             job.claimed_ms, job.wait_ms = at, number(fields.get("wait_ms"))
             job.worker = str(fields.get("worker") or "") or None
         elif event is EventKind.PROGRESS:
-            percent = number(fields.get("percent"))
-            if percent is None:
-                percent = number(progress.get("percent"))
-            if job.status in ("claimed", "running", "pending"):
-                job.status = "running"
-                job.worker = str(fields.get("worker") or job.worker or "") or None
-                if percent is not None:
-                    job.percent = percent
-                if progress.get("message"):
-                    job.message = str(progress["message"])[:200]
+            self._progress(job, fields, progress)
         else:
             status = means.status.value
             if means.back_in_line:  # retrying, released, lease_expired: back in line for another attempt
@@ -296,13 +306,19 @@ class MonitorState:
                     job.percent, job.message = 100.0, None
                     job.duration_ms = number(fields.get("duration_ms"))
             self._error_from(job, fields)
-        changed = asdict(job) != before
-        if changed:
-            job.updated_ms = at
-            self.jobs.move_to_end(job_id, last=False)
-            while len(self.jobs) > MAX_JOBS:
-                self.jobs.popitem(last=True)
-        return job if changed else None
+
+    @staticmethod
+    def _progress(job: JobView, fields: dict[str, Any], progress: dict[str, Any]) -> None:
+        percent = number(fields.get("percent"))
+        if percent is None:
+            percent = number(progress.get("percent"))
+        if job.status in ("claimed", "running", "pending"):
+            job.status = "running"
+            job.worker = str(fields.get("worker") or job.worker or "") or None
+            if percent is not None:
+                job.percent = percent
+            if progress.get("message"):
+                job.message = str(progress["message"])[:200]
 
     @staticmethod
     def _error_from(job: JobView, fields: dict[str, Any]) -> None:

@@ -90,9 +90,8 @@
         # The pytest suite against a real redis-server, in the build sandbox.
         pytest = self.packages.${system}.default.passthru.tests.pytest;
         image-api = self.packages.${system}.image-api;
-        # NixOS VM tests (need KVM on the builder).
-        vm-api = vmTest system ./tests/nixos/api.nix;
-        vm-gpu = vmTest system ./tests/nixos/gpu.nix;
+        # The NixOS VM test of a pool: redis, a gpu and an api machine (needs KVM on the builder).
+        vm = vmTest system ./tests/nixos/cluster.nix;
       });
 
       devShells = forAllSystems (

@@ -21,7 +21,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -242,6 +242,18 @@ class MachineSettings(_Section):
         default=False,
         description="Development: treat a machine without GPUs as a GPU machine with one CPU-run ComfyUI.",
     )
+    gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        description="GPU indices this gpu machine serves, one ComfyUI and one worker each; unset: every GPU "
+        "NVML finds. The NixOS module writes its `gpus` option here, so the units it starts are the plan.",
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct_gpus(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"lists a GPU index twice: {value}")
+        return value
 
 
 class HealthSettings(_Section):
@@ -318,7 +330,18 @@ class ComfyUISettings(_Section):
         default_factory=list, description="Extra command-line arguments for ComfyUI."
     )
     cpu: bool = Field(default=False, description="Run ComfyUI with --cpu (no GPU).")
-    models_dir: Path | None = Field(default=None, description="Model directory handed to ComfyUI.")
+    state_dir: Path | None = Field(
+        default=None,
+        description="Where ComfyUI instance N keeps its files (`<state_dir>/comfyui-<N>`: output, input, user, "
+        "temp, models, custom_nodes); unset: systemd's StateDirectory (`appliance/comfyui-<N>`), else "
+        "ComfyUI's own directory.",
+    )
+    models_dir: Path | None = Field(
+        default=None, description="Model directory, linked as the instance's `models` directory."
+    )
+    custom_nodes_dir: Path | None = Field(
+        default=None, description="Custom nodes directory, linked as the instance's `custom_nodes` directory."
+    )
     startup_timeout_s: float = Field(
         default=600, gt=0, description="How long ComfyUI may take to answer after start, in seconds."
     )
@@ -592,15 +615,18 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     return result
 
 
-def load_settings(config_path: str | Path | None = None, env: Any = None) -> LoadedSettings:
+def load_settings(
+    config_path: str | Path | None = None, env: Any = None, *, open_files: bool = True
+) -> LoadedSettings:
     """Load settings: env `APPLIANCE_*` over the config file (argument, else `$APPLIANCE_CONFIG`) over defaults.
 
     Raises ConfigError naming every bad key, its source and what was expected; also when a configured
-    `*_file` cannot be read, so a process fails before it starts anything.
+    `*_file` cannot be read, so a process fails before it starts anything (unless `open_files` is false: a
+    check where those files do not exist, such as the Nix build that validates a NixOS machine's settings).
     """
     from appliance.configload import load
 
-    return load(config_path, os.environ if env is None else env)
+    return load(config_path, os.environ if env is None else env, open_files=open_files)
 
 
 def check_files(loaded: LoadedSettings) -> list[str]:

@@ -1,9 +1,9 @@
 # Group 5 of the images: the files that turn a Nix closure into a bootable container, and the image config.
 #
 # Two ways to run an image:
-# - systemd as PID 1 (no arguments; `podman run --systemd=always IMAGE`): the entrypoint copies the
-#   container's APPLIANCE_* variables into /etc/appliance/appliance.env (systemd does not hand PID 1's
-#   environment to services), links podman/docker secrets into /run/credstore (where the units'
+# - systemd as PID 1 (no arguments; `podman run --systemd=always IMAGE`): the entrypoint (./entrypoint.sh)
+#   copies the container's APPLIANCE_*, LD_LIBRARY_PATH, NVIDIA_* and CUDA_* variables into
+#   /etc/appliance/appliance.env (systemd does not hand PID 1's environment to services), links podman/docker secrets into /run/credstore (where the units'
 #   LoadCredential=<id> looks), and execs systemd. At boot appliance-install.service computes the service
 #   plan (`appliance machine plan --json`), installs the units with `appliance units install` and starts
 #   appliance.target.
@@ -17,7 +17,6 @@
   lib,
   bashInteractive,
   systemd,
-  writeShellScript,
   writeText,
   appliance,
 }:
@@ -32,24 +31,14 @@ let
     ""
   ];
 
-  entrypoint = writeShellScript "appliance-entrypoint" ''
-    set -eu
-    if [ -f /etc/appliance/config.toml ] && [ -z "''${APPLIANCE_CONFIG:-}" ]; then
-      export APPLIANCE_CONFIG=/etc/appliance/config.toml
-    fi
-    if [ "$#" -eq 0 ]; then
-      mkdir -p /etc/appliance /run/credstore
-      # Values with newlines cannot pass this way; use the config file for those.
-      ${lib.getExe' bashInteractive "bash"} -c 'env' | { grep '^APPLIANCE_' || true; } > /etc/appliance/appliance.env
-      for secret in /run/secrets/*; do
-        [ -f "$secret" ] && ln -sfn "$secret" "/run/credstore/''${secret##*/}"
-      done
-      exec ${systemd}/lib/systemd/systemd
-    fi
-    export APPLIANCE_MACHINE__CONTAINER_MODE="''${APPLIANCE_MACHINE__CONTAINER_MODE:-true}"
-    export CREDENTIALS_DIRECTORY="''${CREDENTIALS_DIRECTORY:-/run/secrets}"
-    exec /bin/appliance "$@"
-  '';
+  # images/entrypoint.sh, run by the image's own sh (bash's `sh`, POSIX mode) with systemd and the appliance as
+  # its first two arguments; it needs only shell builtins and coreutils (tests/test_images.py checks that).
+  entrypoint = [
+    (lib.getExe' bashInteractive "sh")
+    "${./entrypoint.sh}"
+    "${systemd}/lib/systemd/systemd"
+    "/bin/appliance"
+  ];
 
   installUnit = writeText "appliance-install.service" ''
     [Unit]
@@ -81,7 +70,7 @@ in
       env ? { },
     }:
     {
-      Entrypoint = [ "${entrypoint}" ];
+      Entrypoint = entrypoint;
       Cmd = [ ];
       # systemd in a container stops on SIGRTMIN+3; podman --systemd=always sets this itself.
       StopSignal = "SIGRTMIN+3";

@@ -45,15 +45,53 @@ let
 
   apiEnv = python.withPackages (_: [ appliance ] ++ lib.concatLists (lib.attrValues appliance.optionalDependencies));
 
+  # ComfyUI's requirements.txt as nixpkgs attribute names (the list nixpkgs' own comfyui package uses, without
+  # the packages only its newest releases need), for a ComfyUI checkout mounted at /opt/comfyui when the pinned
+  # nixpkgs has no comfyui. A name the pin lacks stops the evaluation of image-gpu with its name, rather than
+  # building an image whose ComfyUI cannot import it.
+  comfyuiRequirements = [
+    "aiohttp"
+    "alembic"
+    "av"
+    "comfyui-embedded-docs"
+    "comfyui-frontend-package"
+    "comfyui-workflow-templates"
+    "einops"
+    "kornia"
+    "numpy"
+    "pillow"
+    "psutil"
+    "pydantic"
+    "pydantic-settings"
+    "pyyaml"
+    "requests"
+    "safetensors"
+    "scipy"
+    "sentencepiece"
+    "spandrel"
+    "sqlalchemy"
+    "tokenizers"
+    "torch"
+    "torchaudio"
+    "torchsde"
+    "torchvision"
+    "tqdm"
+    "transformers"
+    "yarl"
+  ];
+
   gpuPython =
     if cudaPkgs == null then
       null
     else
-      cudaPkgs.python3.withPackages (ps: [
-        ps.torch
-        ps.torchvision
-        ps.torchaudio
-      ]);
+      cudaPkgs.python3.withPackages (
+        ps:
+        map (
+          name:
+          ps.${name}
+            or (throw "images: python3Packages.${name} (a ComfyUI requirement) is missing from the pinned nixpkgs")
+        ) comfyuiRequirements
+      );
 
   common = {
     created = epoch;
@@ -146,7 +184,8 @@ let
       extension {
         name = "appliance-gpu";
         machineType = "gpu";
-        contents = [ gpuPython ] ++ lib.optional (comfyui != null) comfyui;
+        # The comfyui package brings its own Python environment; the fallback runs a mounted checkout.
+        contents = if comfyui != null then [ comfyui ] else [ gpuPython ];
         budget = 24;
         env =
           {
@@ -154,6 +193,9 @@ let
             # there on NixOS hosts); on other hosts CDI puts the driver into FHS directories.
             LD_LIBRARY_PATH = "/run/opengl-driver/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu";
             NVIDIA_DRIVER_CAPABILITIES = "compute,utility";
+            # ComfyUI's files (output, input, user, temp, database) under the image's volume, also in
+            # single-process mode where no systemd StateDirectory= exists; the same place the units use.
+            APPLIANCE_COMFYUI__STATE_DIR = "/var/lib/appliance";
           }
           // (
             if comfyui != null then

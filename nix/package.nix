@@ -2,8 +2,9 @@
 #
 # Built as a Python *module* (buildPythonPackage) so that `python.withPackages (_: [ appliance ])` can import it
 # (the VM tests run the stand-ins as `python -m appliance.standins.…`); `flake.nix` turns it into the
-# application with `toPythonApplication`. The systemd units and the tmpfiles.d entry shipped inside the package
-# (appliance/units/), with tmpfiles.d and sysusers.d entries, are also installed where NixOS and systemd look for them, with `@APPLIANCE_BIN@` filled in.
+# application with `toPythonApplication`. The systemd units, the tmpfiles.d and the sysusers.d entry are written
+# where NixOS and systemd look for them by the package's own renderer (`appliance units render`, the code that
+# `appliance units install` and the nspawn tests use), so no file is patched by hand and none can be missed.
 #
 # The test suite is not run inside this build (doCheck = false): it needs a Redis server and binds local ports,
 # and one failing flaky test should not block installing the package. `passthru.tests.pytest` runs it, and the
@@ -73,12 +74,16 @@ let
 
     optional-dependencies = optionalDependencies;
 
-    # Install the units where `systemd.packages` and `systemd.tmpfiles.packages` pick them up.
+    # The units where `systemd.packages` and `systemd.tmpfiles.packages` pick them up. $out/bin/appliance is
+    # wrapped only in postFixup, so the renderer runs as a module with the installed package first on
+    # PYTHONPATH (the dependencies already are, as in pythonImportsCheck); it names $out/bin/appliance, which
+    # exists by then, and refuses a path that does not.
     postInstall = ''
-      install -Dm444 -t $out/lib/systemd/system appliance/units/*.service appliance/units/*.target
-      substituteInPlace $out/lib/systemd/system/* --replace-fail '@APPLIANCE_BIN@' "$out/bin/appliance"
-      install -Dm444 appliance/units/tmpfiles.conf $out/lib/tmpfiles.d/appliance.conf
-      install -Dm444 appliance/units/sysusers.conf $out/lib/sysusers.d/appliance.conf
+      PYTHONPATH="$out/${ps.python.sitePackages}:$PYTHONPATH" ${ps.python.interpreter} -m appliance units render \
+        --bin "$out/bin/appliance" \
+        --dest "$out/lib/systemd/system" \
+        --tmpfiles "$out/lib/tmpfiles.d/appliance.conf" \
+        --sysusers "$out/lib/sysusers.d/appliance.conf"
     '';
 
     doCheck = false;
@@ -118,7 +123,13 @@ let
               appliance
               ps.pytest
               ps.pytest-asyncio
+              # pyproject's test group: tests/worker/test_storage.py runs moto's S3 server, and
+              # [tool.pytest.ini_options] timeout = 600 needs pytest-timeout.
+              ps.moto
+              ps.pytest-timeout
             ]
+            # moto_server needs flask and friends: the `server` extra where nixpkgs names it, else `all`.
+            ++ (ps.moto.optional-dependencies.server or ps.moto.optional-dependencies.all or [ ])
             ++ lib.concatLists (lib.attrValues optionalDependencies)
           ))
           redis

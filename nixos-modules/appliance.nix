@@ -1,9 +1,16 @@
 # services.appliance: a GPU or API machine of the appliance job pool.
 #
-# The unit files come from the package (`systemd.packages`): this module does not re-declare them, it only
-# adds drop-ins. It links the instances of the machine's service plan into appliance.target (what
-# `appliance units install` does on other hosts), hands secrets over with LoadCredential=, and renders
-# `settings` to the TOML file every process reads through APPLIANCE_CONFIG.
+# The unit files come from the package (`systemd.packages`; rendered at build time by `appliance units render`):
+# this module does not re-declare them, it only adds drop-ins. It links the instances of the machine's service
+# plan into appliance.target (what `appliance units install` does on other hosts), hands secrets over with
+# LoadCredential=, and renders `settings` to the TOML file every process reads through APPLIANCE_CONFIG,
+# validated at build time by the package's own `appliance config check`.
+#
+# What the module knows about the application (connector names, credential ids, unit names, plan rules,
+# defaults, stop margins, the settings key tree) comes from ../nix/contract.json, which `python -m
+# appliance.contract` generates from the code and a test keeps current. The plan is the settings': the typed
+# options below are written into `settings` with mkDefault, and the units are computed from the resulting
+# settings exactly as appliance.machine.plan computes them at run time (`machine.gpus` included).
 {
   config,
   lib,
@@ -22,41 +29,58 @@ let
     types
     ;
 
+  contract = lib.importJSON ../nix/contract.json;
+
   cfg = config.services.appliance;
+  # The settings as the processes will see them (the typed options are defaults inside them).
+  s = cfg.settings;
 
   tomlFormat = pkgs.formats.toml { };
 
-  # Mirrors appliance.config.KNOWN_CONNECTORS; a misspelt connector fails at evaluation, not at boot.
-  knownConnectors = [
-    "openai"
-    "replicate"
-    "runpod"
-    "echo"
-  ];
+  knownConnectors = contract.connectors;
+  redisCredential = contract.credentials.redis;
+  connectorCredential = name: contract.credentials.connectors.${name} or "${name}-api-key";
 
-  # Credential ids the processes look for under $CREDENTIALS_DIRECTORY (appliance.secrets.CREDENTIALS).
-  redisCredential = "redis-password";
-  connectorCredential = name: "${name}-api-key";
+  unitName = name: "${contract.units.prefix}${name}";
 
-  unitName = name: "appliance-${name}";
+  # --- the service plan, from the settings (appliance.machine.plan.compute_plan) ---------------------------
 
-  gpuIndices = if builtins.isInt cfg.gpus then lib.range 0 (cfg.gpus - 1) else cfg.gpus;
+  optionGpus = if builtins.isInt cfg.gpus then lib.range 0 (cfg.gpus - 1) else cfg.gpus;
+  machineType = s.machine.type or "api";
+  planGpus = lib.sort lib.lessThan (s.machine.gpus or [ ]);
+  cpuOnly = (s.comfyui.cpu or false) || (s.machine.gpu_cpu_mode or false);
+  comfyIndices = if planGpus == [ ] && cpuOnly then [ 0 ] else planGpus;
+  basePort = s.comfyui.base_port or contract.defaults.comfyuiBasePort;
 
-  # A machine without GPUs can still be a gpu machine for development: one ComfyUI on the CPU.
-  cpuOnly = cfg.comfyui.cpu || (cfg.settings.machine.gpu_cpu_mode or false);
-  comfyIndices = if gpuIndices == [ ] && cpuOnly then [ 0 ] else gpuIndices;
+  connectorSettings = s.connectors or { };
+  enabledConnectors = lib.filterAttrs (
+    _: c: (c.enabled or false) && (c.slots or 1) > 0
+  ) connectorSettings;
 
-  enabledConnectors = lib.filterAttrs (_: c: c.enable && c.slots > 0) cfg.connectors;
-
-  # The service plan, as unit instance names (appliance.machine.plan computes the same at run time).
-  comfyInstances = lib.optionals (cfg.machineType == "gpu") (map (i: "comfyui@${toString i}") comfyIndices);
-  workerSlots =
-    if cfg.machineType == "gpu" then
-      map (i: "gpu${toString i}") comfyIndices
+  comfyInstances = lib.optionals (machineType == "gpu") (
+    map (i: "${contract.plan.comfyuiInstance}${toString i}") comfyIndices
+  );
+  # Worker instance -> the connector whose key it gets (null: a GPU worker, which needs none).
+  workerInstances =
+    if machineType == "gpu" then
+      map (i: {
+        name = "${contract.plan.gpuWorker}${toString i}";
+        connector = null;
+        comfyUnit = "${unitName "${contract.plan.comfyuiInstance}${toString i}"}.service";
+      }) comfyIndices
     else
       lib.concatLists (
-        lib.mapAttrsToList (name: c: map (j: "${name}${toString j}") (lib.range 0 (c.slots - 1))) enabledConnectors
+        lib.mapAttrsToList (
+          name: c:
+          map (j: {
+            name = "${contract.plan.apiWorker}${name}${toString j}";
+            connector = name;
+            comfyUnit = null;
+          }) (lib.range 0 ((c.slots or 1) - 1))
+        ) enabledConnectors
       );
+
+  # --- credentials --------------------------------------------------------------------------------------
 
   # LoadCredential= entries (id:path) for each secret given as a file. The packaged units load their
   # credentials from /etc/credstore by id; the empty first entry resets that list, so only the files
@@ -64,31 +88,123 @@ let
   sharedCredentials =
     lib.optional (cfg.redis.passwordFile != null) "${redisCredential}:${cfg.redis.passwordFile}"
     ++ lib.mapAttrsToList (id: path: "${id}:${path}") cfg.extraCredentials;
-  connectorCredentials = lib.mapAttrsToList (name: c: "${connectorCredential name}:${c.apiKeyFile}") (
-    lib.filterAttrs (_: c: c.apiKeyFile != null) enabledConnectors
-  );
-  # Supervisor and failure handler talk to Redis only; workers also call the APIs.
+  keyFiles = lib.filterAttrs (_: c: c.apiKeyFile != null) cfg.connectors;
+  connectorCredentials =
+    name:
+    lib.optional (keyFiles ? ${name}) "${connectorCredential name}:${keyFiles.${name}.apiKeyFile}";
+  allConnectorCredentials = lib.concatMap connectorCredentials (lib.attrNames enabledConnectors);
+  # Supervisor and failure handler talk to Redis only; a worker also gets its own connector's key, no other.
   supervisorCredentials = [ "" ] ++ sharedCredentials;
-  workerCredentials = [ "" ] ++ sharedCredentials ++ connectorCredentials;
+  workerCredentials =
+    connector: [ "" ] ++ sharedCredentials ++ lib.optionals (connector != null) (connectorCredentials connector);
 
-  configFile = tomlFormat.generate "appliance.toml" cfg.settings;
+  # --- settings checks ----------------------------------------------------------------------------------
+
+  # Dotted keys of `value` that the settings schema (contract.settingsKeys) does not have.
+  unknownKeys =
+    tree: value: prefix:
+    if tree == true || !builtins.isAttrs value then
+      [ ]
+    else
+      lib.concatLists (
+        lib.mapAttrsToList (
+          key: sub:
+          let
+            subtree = tree.${key} or tree."*" or null;
+          in
+          if subtree == null then [ "${prefix}${key}" ] else unknownKeys subtree sub "${prefix}${key}."
+        ) value
+      );
+  # Dotted keys of `value` matching `path` (a list; "*" matches any table entry).
+  findKeys =
+    value: path: prefix:
+    if path == [ ] then
+      [ (lib.removeSuffix "." prefix) ]
+    else if !builtins.isAttrs value then
+      [ ]
+    else
+      let
+        head = builtins.head path;
+        rest = builtins.tail path;
+      in
+      if head == "*" then
+        lib.concatLists (lib.mapAttrsToList (k: v: findKeys v rest "${prefix}${k}.") value)
+      else if value ? ${head} then
+        findKeys value.${head} rest "${prefix}${head}."
+      else
+        [ ];
+  inlineSecrets = lib.concatMap (key: findKeys s (lib.splitString "." key) "") contract.secretKeys;
+  badKeys = unknownKeys contract.settingsKeys s "";
 
   # A password inside a redis:// URL, as redis-py accepts it (redis://[user]:password@host).
   urlHasPassword = url: builtins.match "[a-z]+://[^/@]*:[^/@]+@.*" url != null;
 
+  # Rendered, then checked by the package itself: the build fails with `appliance config check`'s message,
+  # which names the key. --no-open-files: files named by `*_file` settings do not exist in the build sandbox.
+  settingsToml = tomlFormat.generate "appliance-settings.toml" s;
+  configFile =
+    pkgs.runCommand "appliance.toml"
+      {
+        nativeBuildInputs = [ cfg.package ];
+        settings = settingsToml;
+      }
+      ''
+        appliance config check --no-open-files "$settings"
+        cp "$settings" "$out"
+      '';
+
+  drainGrace = builtins.ceil (s.worker.drain_grace_s or contract.defaults.drainGraceS);
+
+  # --- units --------------------------------------------------------------------------------------------
+
+  localRedisUnit = "redis-${redisServerName}.service";
+  redisServerName = "appliance";
+
   # Drop-in on a packaged unit or template instance. "asDropin": instance names have no unit file of their
-  # own, so the default strategy would write a full unit without ExecStart.
-  dropIn =
-    extra:
-    {
-      overrideStrategy = "asDropin";
-      restartTriggers = [ configFile ];
-    }
-    // extra;
+  # own, so the default strategy would write a full unit without ExecStart. `env` is the unit's Environment=.
+  dropInWith =
+    env: extra:
+    lib.mkMerge [
+      {
+        overrideStrategy = "asDropin";
+        restartTriggers = [ configFile ];
+        environment = env;
+        serviceConfig = lib.optionalAttrs (cfg.environmentFile != null) {
+          EnvironmentFile = [ cfg.environmentFile ];
+        };
+        wants = lib.optional cfg.redis.createLocally localRedisUnit;
+        after = lib.optional cfg.redis.createLocally localRedisUnit;
+      }
+      extra
+    ];
+  dropIn = dropInWith cfg.environment;
 
-  instanceUnit = extra: dropIn ({ wantedBy = [ "appliance.target" ]; } // extra);
+  instanceUnit = env: extra: dropInWith env ({ wantedBy = [ contract.units.target ]; } // extra);
 
-  drainGrace = cfg.settings.worker.drain_grace_s or 30;
+  # Device access of a ComfyUI unit by acceleration. The packaged unit allows the NVIDIA nodes; "" resets.
+  comfyDevices = {
+    cuda = { };
+    rocm = {
+      DeviceAllow = [
+        ""
+        "char-drm rw"
+        "char-kfd rw"
+      ];
+      SupplementaryGroups = [
+        "render"
+        "video"
+      ];
+    };
+    cpu.DeviceAllow = [ "" ];
+  };
+
+  # Trees linked into each ComfyUI instance directory (appliance.machine.comfyui.prepare_instance_dir).
+  modelsTree = pkgs.linkFarm "appliance-comfyui-models" (
+    lib.mapAttrsToList (name: path: { inherit name path; }) cfg.comfyui.models
+  );
+  customNodesTree = pkgs.linkFarm "appliance-comfyui-custom-nodes" (
+    lib.mapAttrsToList (name: path: { inherit name path; }) cfg.comfyui.customNodes
+  );
 
   connectorModule =
     { name, ... }:
@@ -123,26 +239,39 @@ let
           default = null;
           example = "/run/secrets/${name}-api-key";
           description = ''
-            File holding the API key, read by systemd as root and handed to the workers as the credential
-            `${connectorCredential name}` (LoadCredential=), so it never enters the Nix store, the unit's
-            environment or a process's arguments. An inline `settings.connectors.${name}.api_key` would be
-            stored world-readable in the Nix store; setting both is an error.
+            File holding the API key, read by systemd as root and handed to this connector's workers (and no
+            other unit) as the credential `${connectorCredential name}` (LoadCredential=), so it never enters
+            the Nix store, the unit's environment or a process's arguments. An inline
+            `settings.connectors.${name}.api_key` would be stored world-readable in the Nix store and is refused.
           '';
         };
       };
     };
 in
 {
+  meta = {
+    # The option's type accepts entries of nixpkgs' lib.maintainers only, where this project has none yet;
+    # the maintainers are the project's (README.md).
+    maintainers = [ ];
+    doc = ./appliance.md;
+  };
+
+  imports = [
+    (lib.mkRemovedOptionModule [
+      "services"
+      "appliance"
+      "comfyui"
+      "cpu"
+    ] "Use services.appliance.comfyui.acceleration = \"cpu\"; it also closes the units' device access.")
+  ];
+
   ###### interface
 
   options.services.appliance = {
     enable = mkEnableOption "the appliance machine (appliance.target and the units of its service plan)";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.appliance;
-      defaultText = literalExpression "appliance.packages.\${system}.default";
-      description = "The appliance package; its unit files and tmpfiles.d entry are installed from it.";
+    package = lib.mkPackageOption pkgs "appliance" {
+      extraDescription = "Its unit files, tmpfiles.d entry and `appliance config check` are used.";
     };
 
     machineType = mkOption {
@@ -154,6 +283,7 @@ in
       description = ''
         `gpu`: one ComfyUI (`appliance-comfyui@<index>`) and one worker (`appliance-worker@gpu<index>`) per
         GPU. `api`: `slots` workers per enabled connector (`appliance-worker@openai0`, ...).
+        Written to `settings.machine.type`.
       '';
     };
 
@@ -163,18 +293,18 @@ in
       example = literalExpression "[ 0 1 ]";
       description = ''
         GPUs of a gpu machine: a list of indices, or a count N meaning indices 0 .. N-1. Each index gets its
-        own ComfyUI on port `comfyui.basePort + index`.
+        own ComfyUI on port `comfyui.basePort + index`. Written to `settings.machine.gpus`, from which the
+        supervisor plans too, so the units started here are the units it expects.
       '';
     };
 
     comfyui = {
-      package = mkOption {
-        type = types.nullOr types.package;
+      package = lib.mkPackageOption pkgs "comfyui" {
+        nullable = true;
         default = null;
-        defaultText = literalExpression "null";
-        example = literalExpression "pkgs.comfyui";
-        description = ''
-          ComfyUI package whose main program starts ComfyUI. For CUDA, take it from a nixpkgs instance with
+        example = [ "comfyui" ];
+        extraDescription = ''
+          Its main program starts ComfyUI. For CUDA, take it from a nixpkgs instance with
           `config.cudaSupport = true; config.allowUnfree = true;`. Ignored when `command` is set.
         '';
       };
@@ -183,16 +313,19 @@ in
         default = if cfg.comfyui.package != null then [ (lib.getExe cfg.comfyui.package) ] else null;
         defaultText = literalExpression ''if comfyui.package != null then [ (lib.getExe comfyui.package) ] else null'';
         example = literalExpression ''[ "''${appliance.pythonEnv}/bin/python" "-m" "appliance.standins.comfyui" ]'';
-        description = "Command that starts one ComfyUI; the port and listen address are appended by `appliance comfyui`.";
+        description = ''
+          Command that starts one ComfyUI; `appliance comfyui` appends the port, the listen address and the
+          directory flags (`--base-directory` and the others, all into the instance's StateDirectory).
+        '';
       };
       basePort = mkOption {
         type = types.port;
-        default = 8188;
+        default = contract.defaults.comfyuiBasePort;
         description = "Port of the ComfyUI for GPU 0; GPU N listens on basePort + N.";
       };
       listen = mkOption {
         type = types.str;
-        default = "127.0.0.1";
+        default = contract.defaults.comfyuiListen;
         description = "Address ComfyUI listens on. Only the local worker talks to it.";
       };
       extraArgs = mkOption {
@@ -201,19 +334,63 @@ in
         example = [ "--disable-all-custom-nodes" ];
         description = "Extra ComfyUI command-line arguments.";
       };
+      acceleration = mkOption {
+        type = types.enum [
+          "cuda"
+          "rocm"
+          "cpu"
+        ];
+        default = "cuda";
+        description = ''
+          Which devices the ComfyUI units may open. `cuda`: the NVIDIA nodes (the packaged unit's default).
+          `rocm`: `/dev/dri` and `/dev/kfd` (DeviceAllow=char-drm, char-kfd) with the `render` and `video`
+          groups. `cpu`: no devices, ComfyUI runs with `--cpu`; with no `gpus`, one CPU-run instance
+          (development, VM tests).
+        '';
+      };
+      models = mkOption {
+        type = types.attrsOf types.path;
+        default = { };
+        example = literalExpression ''
+          {
+            "checkpoints/sd_xl_base_1.0.safetensors" = pkgs.fetchurl { url = "…"; hash = "sha256-…"; };
+          }
+        '';
+        description = ''
+          Model files (derivations or paths) by their path under ComfyUI's `models` directory. They are
+          gathered into one store tree that each instance's `models` directory links to. Mutually
+          exclusive with `modelsDir`.
+        '';
+      };
       modelsDir = mkOption {
         type = types.nullOr types.str;
         default = null;
         example = "/var/lib/models";
         description = ''
-          Model directory handed to ComfyUI. The units run with ProtectSystem=strict and ProtectHome=yes: it
-          is readable anywhere outside /home.
+          A models directory outside the store, linked as each instance's `models` directory. The units run
+          with ProtectSystem=strict and ProtectHome=yes: it is readable anywhere outside /home.
         '';
       };
-      cpu = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Run ComfyUI with --cpu; with no `gpus`, one CPU-run instance (development, VM tests).";
+      customNodes = mkOption {
+        type = types.attrsOf types.path;
+        default = { };
+        example = literalExpression ''{ ComfyUI-Impact-Pack = pkgs.fetchFromGitHub { … }; }'';
+        description = ''
+          Custom node directories (derivations or paths) by name, gathered into one store tree that each
+          instance's `custom_nodes` directory links to. Their Python dependencies must be in ComfyUI's
+          interpreter (the `package`).
+        '';
+      };
+      environment = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = {
+          PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True";
+        };
+        description = ''
+          Environment of the ComfyUI units (and of the supervisor in container mode, which starts ComfyUI).
+          `appliance comfyui` passes it on to ComfyUI, minus anything secret-looking.
+        '';
       };
     };
 
@@ -232,11 +409,20 @@ in
     redis = {
       url = mkOption {
         type = types.str;
-        default = "redis://127.0.0.1:6379/0";
+        default = contract.defaults.redisUrl;
         example = "rediss://redis.internal:6380/0";
         description = ''
-          Redis URL without the password (redis://, rediss:// or unix://). A password written into the URL is
-          stored world-readable in the Nix store: use `passwordFile`.
+          Redis URL without the password (redis://, rediss:// or unix://). A password written into the URL
+          would be stored world-readable in the Nix store and is refused: use `passwordFile`.
+        '';
+      };
+      createLocally = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Run a Redis for this machine alone (`services.redis.servers.appliance`, reachable only through its
+          unix socket, whose group the `appliance` user joins) and point `url` at it. For single machines
+          and development; a pool of machines shares one Redis elsewhere.
         '';
       };
       passwordFile = mkOption {
@@ -245,7 +431,7 @@ in
         example = "/run/secrets/redis-password";
         description = ''
           File holding the Redis password, handed to the processes as the credential `${redisCredential}`.
-          Setting it together with an inline password (`settings.redis.password` or one inside `url`) is an error.
+          With `createLocally`, the local Redis requires it too.
         '';
       };
       tls = {
@@ -261,7 +447,7 @@ in
 
     healthPort = mkOption {
       type = types.port;
-      default = 9090;
+      default = contract.defaults.healthPort;
       description = "Port of the health server (/health /ready /status /metrics).";
     };
 
@@ -284,13 +470,36 @@ in
       '';
     };
 
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        APPLIANCE_LOGGING__LEVEL = "DEBUG";
+      };
+      description = ''
+        Environment of every appliance unit. Stored world-readable in the Nix store: no secrets (use the
+        `*File` options or `environmentFile`).
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/appliance.env";
+      description = ''
+        An EnvironmentFile= of every appliance unit, read by systemd at start (outside the store), e.g.
+        `APPLIANCE_*` overrides kept out of the store. Prefer the `*File` options for secrets: variables are
+        visible to every process of the unit.
+      '';
+    };
+
     extraCredentials = mkOption {
       type = types.attrsOf types.str;
       default = { };
       example = literalExpression ''{ s3-secret-access-key = "/run/secrets/s3"; monitor-token = "/run/secrets/monitor"; }'';
       description = ''
-        More credentials by id (see appliance.secrets.CREDENTIALS), each loaded from a file with
-        LoadCredential= into the supervisor, the failure handler and every worker.
+        More credentials by id (${lib.concatStringsSep ", " contract.credentials.all}), each loaded from a
+        file with LoadCredential= into the supervisor, the failure handler and every worker.
       '';
     };
 
@@ -305,9 +514,10 @@ in
         }
       '';
       description = ''
-        Settings of every appliance process (see docs/configuration.md), rendered to TOML and passed as
-        APPLIANCE_CONFIG. The typed options above are written into it; setting the same key both ways is
-        a conflict. Never put secrets here: the file is world-readable in the Nix store.
+        Settings of every appliance process (see docs/configuration.md), rendered to TOML, checked at build
+        time with `appliance config check` and passed as APPLIANCE_CONFIG. The typed options above are
+        written into it with `mkDefault`, so a key set here wins over its option. Unknown keys and inline
+        secrets are refused: the file is world-readable in the Nix store.
       '';
     };
   };
@@ -318,11 +528,23 @@ in
     {
       assertions = [
         {
-          assertion = cfg.machineType != "gpu" || comfyIndices != [ ];
-          message = "services.appliance: machineType is \"gpu\" but gpus is empty; set gpus (a count or a list of indices) or comfyui.cpu for a CPU-run ComfyUI.";
+          assertion = badKeys == [ ];
+          message = "services.appliance.settings: unknown setting(s) ${lib.concatStringsSep ", " badKeys} (see docs/configuration.md).";
         }
         {
-          assertion = cfg.machineType != "gpu" || cfg.comfyui.command != null;
+          assertion = inlineSecrets == [ ];
+          message = "services.appliance.settings: ${lib.concatStringsSep ", " inlineSecrets} would be stored world-readable in the Nix store; use redis.passwordFile, connectors.<name>.apiKeyFile or extraCredentials.";
+        }
+        {
+          assertion = !urlHasPassword (s.redis.url or "");
+          message = "services.appliance.redis.url contains a password, which would be stored world-readable in the Nix store; use redis.passwordFile.";
+        }
+        {
+          assertion = machineType != "gpu" || comfyIndices != [ ];
+          message = "services.appliance: machineType is \"gpu\" but gpus is empty; set gpus (a count or a list of indices) or comfyui.acceleration = \"cpu\" for a CPU-run ComfyUI.";
+        }
+        {
+          assertion = machineType != "gpu" || cfg.comfyui.command != null || s ? comfyui.command;
           message = "services.appliance: machineType is \"gpu\" but neither comfyui.package nor comfyui.command is set.";
         }
         {
@@ -330,62 +552,74 @@ in
           message = "services.appliance.gpus lists an index twice: ${builtins.toJSON cfg.gpus}.";
         }
         {
-          assertion =
-            cfg.redis.passwordFile == null
-            || !(cfg.settings.redis ? password || urlHasPassword cfg.settings.redis.url);
-          message = "services.appliance.redis: the password is given both inline (settings.redis.password or inside the URL) and as passwordFile; keep passwordFile.";
+          assertion = comfyIndices == [ ] || basePort + lib.last comfyIndices <= 65535;
+          message = "services.appliance.comfyui.basePort ${toString basePort} + GPU index ${
+            toString (lib.last ([ 0 ] ++ comfyIndices))
+          } is beyond port 65535.";
         }
         {
-          assertion = !cfg.redis.tls.enable || lib.hasPrefix "rediss://" cfg.settings.redis.url;
-          message = "services.appliance.redis.tls.enable needs a rediss:// URL, got ${cfg.settings.redis.url}.";
+          assertion = !cfg.redis.tls.enable || lib.hasPrefix "rediss://" (s.redis.url or "");
+          message = "services.appliance.redis.tls.enable needs a rediss:// URL, got ${s.redis.url or "none"}.";
         }
         {
-          assertion = lib.all (name: lib.elem name knownConnectors) (lib.attrNames cfg.connectors);
-          message = "services.appliance.connectors: unknown connector(s) ${
-            lib.concatStringsSep ", " (lib.subtractLists knownConnectors (lib.attrNames cfg.connectors))
-          } (known: ${lib.concatStringsSep ", " knownConnectors}).";
+          assertion = !(cfg.redis.createLocally && cfg.redis.tls.enable);
+          message = "services.appliance.redis: createLocally serves a unix socket; tls.enable does not apply.";
         }
-      ]
-      ++ lib.mapAttrsToList (name: c: {
-        assertion = c.apiKeyFile == null || !(cfg.settings.connectors.${name} ? api_key);
-        message = "services.appliance.connectors.${name}: the API key is given both inline (settings.connectors.${name}.api_key) and as apiKeyFile; keep apiKeyFile.";
-      }) cfg.connectors;
+        {
+          assertion = cfg.comfyui.models == { } || cfg.comfyui.modelsDir == null;
+          message = "services.appliance.comfyui: set models or modelsDir, not both (both would be the instance's models directory).";
+        }
+        (
+          let
+            unknown = lib.subtractLists knownConnectors (
+              lib.unique (lib.attrNames cfg.connectors ++ lib.attrNames connectorSettings)
+            );
+          in
+          {
+            assertion = unknown == [ ];
+            message = "services.appliance.connectors: unknown connector(s) ${lib.concatStringsSep ", " unknown} (known: ${lib.concatStringsSep ", " knownConnectors}).";
+          }
+        )
+      ];
 
-      warnings =
-        lib.optional (urlHasPassword cfg.settings.redis.url && cfg.redis.passwordFile == null)
-          "services.appliance.redis.url contains a password, which ends up world-readable in the Nix store; use redis.passwordFile."
-        ++ lib.optional (
-          cfg.machineType == "api" && enabledConnectors == { } && !cfg.containerMode
-        ) "services.appliance: an api machine without enabled connectors runs no workers.";
+      warnings = lib.optional (
+        machineType == "api" && enabledConnectors == { } && !cfg.containerMode
+      ) "services.appliance: an api machine without enabled connectors runs no workers.";
 
-      # The typed options, written into the free-form settings (null means: leave the application default).
+      # The typed options, written into the free-form settings at mkDefault: a key set in `settings` wins.
       services.appliance.settings = {
         machine = {
-          type = cfg.machineType;
-          container_mode = cfg.containerMode;
-        };
-        redis = {
-          url = cfg.redis.url;
+          type = mkDefault cfg.machineType;
+          container_mode = mkDefault cfg.containerMode;
         }
-        // lib.optionalAttrs (cfg.redis.tls.caFile != null) { tls_ca_file = cfg.redis.tls.caFile; };
-        health.port = cfg.healthPort;
+        // lib.optionalAttrs (cfg.machineType == "gpu") { gpus = mkDefault optionGpus; };
+        redis = {
+          url = mkDefault cfg.redis.url;
+        }
+        // lib.optionalAttrs (cfg.redis.tls.caFile != null) { tls_ca_file = mkDefault cfg.redis.tls.caFile; };
+        health.port = mkDefault cfg.healthPort;
         comfyui = mkIf (cfg.machineType == "gpu") (
           {
-            base_port = cfg.comfyui.basePort;
-            listen = cfg.comfyui.listen;
-            extra_args = cfg.comfyui.extraArgs;
-            cpu = cfg.comfyui.cpu;
+            base_port = mkDefault cfg.comfyui.basePort;
+            listen = mkDefault cfg.comfyui.listen;
+            extra_args = mkDefault cfg.comfyui.extraArgs;
+            cpu = mkDefault (cfg.comfyui.acceleration == "cpu");
           }
-          // lib.optionalAttrs (cfg.comfyui.command != null) { command = cfg.comfyui.command; }
-          // lib.optionalAttrs (cfg.comfyui.modelsDir != null) { models_dir = cfg.comfyui.modelsDir; }
+          // lib.optionalAttrs (cfg.comfyui.command != null) { command = mkDefault cfg.comfyui.command; }
+          // lib.optionalAttrs (cfg.comfyui.modelsDir != null) { models_dir = mkDefault cfg.comfyui.modelsDir; }
+          // lib.optionalAttrs (cfg.comfyui.models != { }) { models_dir = mkDefault "${modelsTree}"; }
+          // lib.optionalAttrs (cfg.comfyui.customNodes != { }) {
+            custom_nodes_dir = mkDefault "${customNodesTree}";
+          }
         );
         connectors = lib.mapAttrs (
           _: c:
           {
-            enabled = c.enable;
-            inherit (c) slots concurrency;
+            enabled = mkDefault c.enable;
+            slots = mkDefault c.slots;
+            concurrency = mkDefault c.concurrency;
           }
-          // lib.optionalAttrs (c.baseUrl != null) { base_url = c.baseUrl; }
+          // lib.optionalAttrs (c.baseUrl != null) { base_url = mkDefault c.baseUrl; }
         ) cfg.connectors;
       };
 
@@ -418,29 +652,42 @@ in
       };
 
       systemd.services = {
-        appliance-machine = dropIn {
-          wantedBy = [ "appliance.target" ];
+        appliance-machine = dropInWith (
+          cfg.environment // lib.optionalAttrs (cfg.containerMode && machineType == "gpu") cfg.comfyui.environment
+        ) {
+          wantedBy = [ contract.units.target ];
           serviceConfig = {
             LoadCredential =
               if cfg.containerMode then
                 # The supervisor starts the workers itself, so it must hold their secrets too.
-                workerCredentials
+                supervisorCredentials ++ allConnectorCredentials
               else
                 supervisorCredentials;
-            # In container mode the supervisor stops its workers (drain grace + 30 s to hand jobs back), then
-            # ComfyUI (30 s), before it exits; it extends the timeout while it waits, this is the floor.
-            TimeoutStopSec = mkDefault (if cfg.containerMode then "${toString (drainGrace + 90)}s" else "30s");
+            # In container mode the supervisor stops its workers, then ComfyUI, before it exits; it extends
+            # the timeout while it waits, this is the floor.
+            TimeoutStopSec = mkDefault (
+              if cfg.containerMode then
+                "${toString (drainGrace + contract.stopMarginsS.containerMode)}s"
+              else
+                "30s"
+            );
           }
           # ComfyUI runs inside this unit in container mode: lift what its own unit does not impose either
-          # (PyTorch JIT-compiles into writable executable memory; CUDA needs the resource syscalls).
-          // lib.optionalAttrs (cfg.containerMode && cfg.machineType == "gpu") {
-            MemoryDenyWriteExecute = false;
-            SystemCallFilter = [
-              ""
-              "@system-service"
-            ];
-            LimitNOFILE = mkDefault 65536;
-          };
+          # (PyTorch JIT-compiles into writable executable memory; CUDA needs the resource syscalls). At
+          # mkDefault, like every tunable here: a value of yours wins.
+          // lib.optionalAttrs (cfg.containerMode && machineType == "gpu") (
+            lib.mapAttrs (_: mkDefault) (
+              {
+                MemoryDenyWriteExecute = false;
+                SystemCallFilter = [
+                  ""
+                  "@system-service"
+                ];
+                LimitNOFILE = 65536;
+              }
+              // comfyDevices.${cfg.comfyui.acceleration}
+            )
+          );
         };
         # OnFailure= handler template: hands the failed worker's jobs back, so it needs Redis.
         "appliance-onfailure@" = dropIn {
@@ -449,38 +696,48 @@ in
       };
     }
 
+    (mkIf cfg.redis.createLocally {
+      services.redis.servers.${redisServerName} = {
+        enable = true;
+        # No TCP port (the default for a named server): only the unix socket, mode 660, group redis-appliance.
+        requirePassFile = mkIf (cfg.redis.passwordFile != null) cfg.redis.passwordFile;
+      };
+      users.users.appliance.extraGroups = [ config.services.redis.servers.${redisServerName}.user ];
+      services.appliance.redis.url = mkDefault "unix://${
+        config.services.redis.servers.${redisServerName}.unixSocket
+      }";
+    })
+
     (mkIf (!cfg.containerMode) {
       systemd.services = lib.listToAttrs (
         map (
           instance:
-          lib.nameValuePair (unitName instance) (instanceUnit {
-            serviceConfig.LimitNOFILE = mkDefault 65536;
+          lib.nameValuePair (unitName instance) (instanceUnit (cfg.environment // cfg.comfyui.environment) {
+            serviceConfig = lib.mapAttrs (_: mkDefault) (
+              { LimitNOFILE = 65536; } // comfyDevices.${cfg.comfyui.acceleration}
+            );
           })
         ) comfyInstances
         ++ map (
-          slot:
-          let
-            gpu = lib.removePrefix "gpu" slot;
-            comfyUnit = "${unitName "comfyui@${gpu}"}.service";
-          in
-          lib.nameValuePair (unitName "worker@${slot}") (
-            instanceUnit (
+          worker:
+          lib.nameValuePair (unitName worker.name) (
+            instanceUnit cfg.environment (
               {
                 serviceConfig = {
-                  LoadCredential = workerCredentials;
+                  LoadCredential = workerCredentials worker.connector;
                   # Above the worker's drain grace, so a drain is never cut short by SIGKILL.
-                  TimeoutStopSec = mkDefault "${toString (drainGrace + 30)}s";
+                  TimeoutStopSec = mkDefault "${toString (drainGrace + contract.stopMarginsS.worker)}s";
                   LimitNOFILE = mkDefault 65536;
                 };
               }
               # A GPU worker is useless without its ComfyUI: stop and start with it.
-              // lib.optionalAttrs (cfg.machineType == "gpu") {
-                bindsTo = [ comfyUnit ];
-                after = [ comfyUnit ];
+              // lib.optionalAttrs (worker.comfyUnit != null) {
+                bindsTo = [ worker.comfyUnit ];
+                after = [ worker.comfyUnit ];
               }
             )
           )
-        ) workerSlots
+        ) workerInstances
       );
     })
   ]);

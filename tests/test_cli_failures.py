@@ -48,6 +48,7 @@ NO_REDIS = {
     ("pools", "classify"),
     ("machine", "plan"),
     ("machine", "record-stop"),
+    ("redis", "acl"),  # prints an ACL SETUSER line; never connects
     ("demo",),  # starts its own redis-server unless told otherwise
 }
 #: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
@@ -66,6 +67,7 @@ FILL = {
     "machine": "m-test",
     "service": "echo",
     "gpu": "0",
+    "role": "submitter",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")

@@ -438,6 +438,20 @@ def test_config_check(tmp_path: Path) -> None:
     assert f"redis.urll: unknown setting (from file:{bad})" in lines[0] + lines[1]
 
 
+def test_config_check_without_opening_files(tmp_path: Path) -> None:
+    """The NixOS module checks its rendered settings in the build sandbox, where a configured CA file or key
+    file does not exist: --no-open-files judges the settings alone, and still names a bad key."""
+    missing = tmp_path / "absent-ca.pem"
+    doc = write_config(tmp_path, ".json", {"redis": {"tls_ca_file": str(missing)}})
+    result = run_cli("config", "check", str(doc), env={})
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = run_cli("config", "check", "--no-open-files", str(doc), env={})
+    assert (result.returncode, result.stdout) == (0, "ok\n")
+    bad = write_config(tmp_path, ".json", {"bogus": 1})
+    result = run_cli("config", "check", "--no-open-files", str(bad), env={})
+    assert result.returncode == 2 and f"bogus: unknown setting (from file:{bad})" in result.stderr
+
+
 # --- generated reference ------------------------------------------------------------------------------------
 
 
@@ -520,3 +534,11 @@ async def test_a_worker_session_refuses_an_unsafe_worker_id(redis_url: str) -> N
             await q.worker_session("m|1-echo0", Capabilities(services=["echo"]))
     finally:
         await q.close()
+
+
+def test_test_tooling_variables_are_not_settings() -> None:
+    """APPLIANCE_NIXPKGS_LIB points tests/test_nix.py at a nixpkgs lib checkout for a whole test run; every
+    appliance process the suite starts inherits it and must not refuse it as an unknown setting."""
+    from appliance.config import load_settings
+
+    load_settings(None, env={"APPLIANCE_NIXPKGS_LIB": "/work/nixpkgs-lib", "APPLIANCE_TEST_HOOKS": "1"})

@@ -43,12 +43,12 @@ INSTANCES = [
 ]
 #: Exposure (systemd-analyze security, 0 = locked down, 10 = exposed) each unit must stay under.
 MAX_EXPOSURE = {
-    "appliance-machine.service": 3.0,
-    "appliance-worker@gpu0.service": 3.0,
-    "appliance-worker@echo0.service": 3.0,
-    "appliance-onfailure@appliance-worker@gpu0.service": 3.0,
+    "appliance-machine.service": 1.5,
+    "appliance-worker@gpu0.service": 1.5,
+    "appliance-worker@echo0.service": 1.5,
+    "appliance-onfailure@appliance-worker@gpu0.service": 1.5,
     # CUDA rules out PrivateDevices= and MemoryDenyWriteExecute=.
-    "appliance-comfyui@0.service": 4.0,
+    "appliance-comfyui@0.service": 2.0,
 }
 HARDENING = {
     "CapabilityBoundingSet": "",
@@ -189,7 +189,8 @@ def test_long_running_units_are_supervised(name: str) -> None:
     assert service["EnvironmentFile"] == ["-/etc/appliance/appliance.env"]
     for key, value in HARDENING.items():
         assert service.get(key) is not None and value in service[key], f"{name}: {key}"
-    assert service["StateDirectory"] == ["appliance"]
+    # The shared directory comes first: `machine record-stop` counts in the first $STATE_DIRECTORY entry.
+    assert service["StateDirectory"][0].split()[0] == "appliance"
     assert service["User"] == ["appliance"] and service["Group"] == ["appliance"]
 
 
@@ -198,7 +199,9 @@ def test_worker_stop_timeout_covers_the_drain() -> None:
 
     drain = Settings().worker.drain_grace_s
     stop = units_by_name()["appliance-worker@.service"]["Service"]["TimeoutStopSec"][0]
-    assert stop.endswith("s") and float(stop[:-1]) >= drain + 10
+    from appliance.contract import WORKER_STOP_MARGIN_S
+
+    assert stop.endswith("s") and float(stop[:-1]) >= drain + WORKER_STOP_MARGIN_S
 
 
 def test_comfyui_keeps_the_gpu_reachable() -> None:
@@ -224,3 +227,98 @@ def test_credentials_match_what_the_app_reads() -> None:
     for unit in units.values():
         for value in unit.get("Service", {}).get("LoadCredential", []):
             assert ":" not in value and value in names
+
+
+def test_comfyui_state_directory_is_where_the_wrapper_points_comfyui() -> None:
+    """The unit's StateDirectory= (as systemd expands it into $STATE_DIRECTORY) is the directory `appliance
+    comfyui` hands ComfyUI: the only writable place under ProtectSystem=strict (issue 11, defect 2)."""
+    from appliance.config import Settings
+    from appliance.machine.comfyui import build_command
+
+    service = units_by_name()["appliance-comfyui@.service"]["Service"]
+    assert service["ProtectSystem"] == ["strict"]
+    entries = [e.replace("%i", "3") for value in service["StateDirectory"] for e in value.split()]
+    env = {"STATE_DIRECTORY": ":".join(f"/var/lib/{e}" for e in entries)}
+    command = build_command(Settings(), 3, env)
+    assert command.base_dir == Path("/var/lib/appliance/comfyui-3")
+    assert f"/var/lib/{entries[0]}" == "/var/lib/appliance"
+
+
+def render_cli(tmp_path: Path, bin_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "units",
+            "render",
+            "--bin",
+            str(bin_path),
+            "--dest",
+            str(tmp_path / "lib/systemd/system"),
+            "--tmpfiles",
+            str(tmp_path / "lib/tmpfiles.d/appliance.conf"),
+            "--sysusers",
+            str(tmp_path / "lib/sysusers.d/appliance.conf"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the Nix package's install step writes: `appliance units render` into $out."""
+    out = tmp_path_factory.mktemp("out")
+    exe = out / "bin" / "appliance"
+    exe.parent.mkdir()
+    exe.write_text(f'#!/bin/sh\nexec {sys.executable} -m appliance "$@"\n', encoding="utf-8")
+    exe.chmod(0o755)
+    proc = render_cli(out, exe)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_render_writes_every_packaged_file(rendered: Path) -> None:
+    """Every unit, the target included (defect 1: the placeholder substitution broke on appliance.target,
+    which names no executable), with nothing left to substitute."""
+    unit_dir = rendered / "lib/systemd/system"
+    packaged = inst.packaged_files()
+    assert sorted(p.name for p in unit_dir.iterdir()) == sorted(set(packaged) - set(inst.SYSTEM_FILES))
+    exe = rendered / "bin" / "appliance"
+    for path in unit_dir.iterdir():
+        text = path.read_text()
+        assert inst.BIN_PLACEHOLDER not in text, path.name
+        if path.suffix == ".service":
+            assert f"ExecStart={exe} " in text, path.name
+    assert (rendered / "lib/tmpfiles.d/appliance.conf").read_text() == packaged["tmpfiles.conf"]
+    assert (rendered / "lib/sysusers.d/appliance.conf").read_text() == packaged["sysusers.conf"]
+
+
+@needs_analyze
+def test_rendered_units_verify(rendered: Path) -> None:
+    """The package's unit directory as NixOS reads it (no drop-ins, no wants links) loads cleanly."""
+    env = {
+        "SYSTEMD_UNIT_PATH": f"{rendered / 'lib/systemd/system'}:",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "SYSTEMD_LOG_COLOR": "0",
+    }
+    assert ANALYZE is not None
+    proc = subprocess.run(
+        [ANALYZE, "verify", *INSTANCES],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
+
+
+def test_render_refuses_a_missing_executable(tmp_path: Path) -> None:
+    proc = render_cli(tmp_path, tmp_path / "bin" / "appliance")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"appliance: error: --bin {tmp_path}/bin/appliance: no executable file there"
+    )
+    assert not (tmp_path / "lib").exists()

@@ -22,14 +22,15 @@ def register(subparsers: Any) -> None:
         "--hang-after",
         type=float,
         metavar="SECONDS",
-        help="restart ComfyUI after it stopped answering this long (default: 3 x comfyui.request_timeout_s)",
+        help="without a systemd watchdog: kill ComfyUI (and exit non-zero) after it stopped answering this long "
+        "(default: 3 x comfyui.request_timeout_s); under WatchdogSec= systemd alone judges a hang",
     )
     parser.set_defaults(handler=_run, long_running=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     from appliance.commands.machine import load
-    from appliance.machine.comfyui import ComfyWrapper, build_command
+    from appliance.machine.comfyui import ComfyWrapper, build_command, prepare_instance_dir
 
     if args.gpu < 0:
         raise CommandError(f"--gpu must be 0 or more, not {args.gpu}")
@@ -41,6 +42,10 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"port {command.port} (comfyui.base_port + {args.gpu}) is beyond 65535")
     if command.cwd is not None and not command.cwd.is_dir():
         raise CommandError(f"comfyui.workdir {command.cwd} is not a directory")
+    try:
+        prepare_instance_dir(command)
+    except OSError as exc:
+        raise CommandError(f"ComfyUI directory {command.base_dir}: {exc}") from None
     c = settings.comfyui
     wrapper = ComfyWrapper(
         command,

@@ -29,6 +29,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also apply the APPLIANCE_* environment, as a process started here would",
     )
+    check.add_argument(
+        "--no-open-files",
+        action="store_true",
+        help="check the settings only; do not open the files `*_file` settings name (a build sandbox, where "
+        "they do not exist yet)",
+    )
     check.set_defaults(handler=check_handler)
 
 
@@ -63,7 +69,7 @@ def check_handler(args: argparse.Namespace) -> int:
     if not args.with_env:  # judge the file alone, not whatever this shell happens to export
         env = {k: v for k, v in env.items() if not k.startswith("APPLIANCE_")}
     try:
-        loaded = load_settings(args.file, env=env)
+        loaded = load_settings(args.file, env=env, open_files=not args.no_open_files)
     except ConfigError as exc:
         return _report(exc.errors)
     from appliance.worker.packages import missing_packages

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, ExitCode, run_async
 from appliance.commands.connection import add_redis_arguments, resolve_target
 
 
@@ -105,8 +105,9 @@ def _setup(args: argparse.Namespace) -> int:
 
 async def _setup_async(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
-    from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+    from redis.exceptions import NoPermissionError, RedisError
 
+    from appliance.commands.connection import redis_failure
     from appliance.queue.connections import connection_class_for
     from appliance.queue.scripts import ScriptLibraryError, ScriptSet
 
@@ -119,16 +120,13 @@ async def _setup_async(args: argparse.Namespace) -> int:
         outcome = await scripts.install(client, replace=args.replace)
     except ScriptLibraryError as exc:
         raise CommandError(str(exc)) from None
-    except AuthenticationError as exc:
-        raise CommandError(f"Redis at {target.redacted_url()} refused the credentials: {exc}", 4) from None
     except NoPermissionError as exc:
+        line = str(redis_failure(exc, target.url, "loading the scripts"))
         raise CommandError(
-            f"Redis at {target.redacted_url()} refused: {exc} (setup needs the deployer role: "
-            "`appliance redis acl --role deployer`)",
-            4,
+            f"{line} (setup needs the deployer role: `appliance redis acl --role deployer`)", ExitCode.REDIS
         ) from None
     except (RedisError, OSError) as exc:
-        raise CommandError(f"cannot reach Redis at {target.redacted_url()}: {exc}", 4) from None
+        raise redis_failure(exc, target.url, "loading the scripts") from None
     finally:
         await client.aclose()
     print(f"Function library {scripts.library}: {outcome}; scripts loaded ({target.redacted_url()})")

@@ -37,6 +37,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     show.set_defaults(handler=_list)
 
+    render = sub.add_parser(
+        "render",
+        help="write the unit files with the executable filled in, as a package ships them (the Nix build)",
+    )
+    render.add_argument(
+        "--bin", dest="bin_path", required=True, metavar="PATH", help="the appliance executable"
+    )
+    render.add_argument(
+        "--dest", required=True, metavar="DIR", help="unit directory, e.g. $out/lib/systemd/system"
+    )
+    render.add_argument("--tmpfiles", metavar="FILE", help="also write the tmpfiles.d entry here")
+    render.add_argument("--sysusers", metavar="FILE", help="also write the sysusers.d entry here")
+    render.set_defaults(handler=_render)
+
     remove = sub.add_parser("uninstall", help="remove what `install` wrote (the env file stays)")
     remove.add_argument("--root", default="/", help="root directory (default: /)")
     remove.set_defaults(handler=_uninstall)
@@ -186,6 +200,31 @@ def _list(args: argparse.Namespace) -> int:
     for f in files:
         detail = f" -> {f.link}" if f.link else ""
         print(f"{f.kind.value:9} {root / f.path}{detail}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from appliance.units import install as inst
+
+    try:
+        bin_path = inst.check_bin_path(args.bin_path, Path("/"))
+        units = inst.render_units(bin_path)
+    except inst.InstallError as exc:
+        raise CommandError(str(exc)) from None
+    packaged = inst.packaged_files()
+    outputs = [(Path(args.dest) / name, text) for name, text in units.items()]
+    for option, name in ((args.tmpfiles, "tmpfiles.conf"), (args.sysusers, "sysusers.conf")):
+        if option:
+            outputs.append((Path(option), packaged[name]))
+    try:
+        for path, text in outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            path.chmod(0o444)
+    except OSError as exc:
+        raise CommandError(f"writing {exc.filename}: {exc.strerror}") from None
+    for path, _ in outputs:
+        print(path)
     return 0
 
 

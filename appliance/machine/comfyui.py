@@ -1,9 +1,16 @@
 """`appliance comfyui --gpu N`: run one ComfyUI as a child and tell systemd how it is.
 
-READY=1 once `GET /system_stats` answers; WATCHDOG=1 while it keeps answering; the wrapper exits non-zero when
-the child exits or stops answering for `hang_after_s` (so `Restart=on-failure` restarts it, also without a
-watchdog, e.g. in the foreground). SIGTERM/SIGINT are passed on to the child. The child's stdout and stderr are
-the wrapper's (journald under systemd), so ComfyUI's log lines pass through untouched.
+READY=1 once `GET /system_stats` answers; WATCHDOG=1 while it keeps answering. A hang has one judge:
+- under a systemd watchdog (WatchdogSec=, so $WATCHDOG_USEC is set) the wrapper only stops pinging, and systemd
+  kills the unit (Result=watchdog, counted by `machine record-stop`) and restarts it;
+- without one (foreground, supervised container mode) the wrapper kills ComfyUI itself once it has not answered
+  for `hang_after_s`, and exits non-zero so whatever started it restarts it.
+Either way the child exiting makes the wrapper exit non-zero. SIGTERM/SIGINT are passed on to the child. The
+child's stdout and stderr are the wrapper's (journald under systemd), so ComfyUI's log lines pass through.
+
+ComfyUI writes output, input, temp and user files (and its database) under its own directory unless told
+otherwise; on NixOS that is the read-only store. Each instance therefore gets a directory of its own
+(`instance_dir`), and every ComfyUI directory flag points into it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ STOP_GRACE_S = 20.0
 _SECRET_ENV = re.compile(r"^APPLIANCE_.*(PASSWORD|API_KEY|SECRET|TOKEN)(_FILE)?$|^CREDENTIALS_DIRECTORY$")
 
 
+#: Subdirectories of an instance directory that ComfyUI writes (temp: `--temp-directory` appends `temp`).
+WRITABLE_DIRS = ("output", "input", "user", "temp")
+
+
 @dataclass(frozen=True)
 class ComfyCommand:
     argv: list[str]
@@ -39,16 +50,89 @@ class ComfyCommand:
     env: dict[str, str]
     port: int
     probe_url: str
+    #: The instance's own directory (every ComfyUI directory flag points into it); None: ComfyUI's defaults.
+    base_dir: Path | None = None
+    #: Directories to link into `base_dir` before ComfyUI starts: name -> target.
+    links: dict[str, Path] | None = None
+
+
+def instance_dir(settings: Settings, gpu: int, environ: dict[str, str]) -> Path | None:
+    """Where ComfyUI instance `gpu` keeps its files.
+
+    `comfyui.state_dir/comfyui-<gpu>` when configured; else the unit's `StateDirectory=appliance/comfyui-%i`
+    (systemd lists every StateDirectory= entry, colon-separated, in $STATE_DIRECTORY); else, under another unit
+    (the supervisor in container mode), `comfyui-<gpu>` beside its first state directory; else None.
+    """
+    name = f"comfyui-{gpu}"
+    if settings.comfyui.state_dir is not None:
+        return settings.comfyui.state_dir / name
+    entries = [Path(e) for e in environ.get("STATE_DIRECTORY", "").split(":") if e]
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    return entries[0] / name if entries else None
+
+
+def directory_args(base: Path) -> list[str]:
+    """ComfyUI's flags that put every file it writes under `base`."""
+    return [
+        "--base-directory",
+        str(base),
+        "--output-directory",
+        str(base / "output"),
+        "--input-directory",
+        str(base / "input"),
+        "--user-directory",
+        str(base / "user"),
+        # ComfyUI appends "temp" to this one.
+        "--temp-directory",
+        str(base),
+        # Its default lies beside ComfyUI's own code, not under --base-directory.
+        "--database-url",
+        f"sqlite:///{base / 'user' / 'comfyui.db'}",
+    ]
+
+
+def prepare_instance_dir(command: ComfyCommand) -> None:
+    """Create the instance's writable directories and point `models`/`custom_nodes` at the configured ones.
+
+    A link is replaced when its target changed (a new models derivation after a rebuild); a real directory of
+    the same name is left alone and reported, never deleted.
+    """
+    base = command.base_dir
+    if base is None:
+        return
+    for sub in WRITABLE_DIRS:
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for name, target in (command.links or {}).items():
+        link = base / name
+        if link.is_symlink():
+            if Path(os.readlink(link)) == target:
+                continue
+            link.unlink()
+        elif link.exists():
+            raise OSError(f"{link} is a directory of its own; move it away to use {target}")
+        link.symlink_to(target, target_is_directory=True)
 
 
 def build_command(settings: Settings, gpu: int, environ: dict[str, str] | None = None) -> ComfyCommand:
     c = settings.comfyui
+    environ = dict(os.environ if environ is None else environ)
     port = c.base_port + gpu
     argv = [*c.command, "--listen", c.listen, "--port", str(port)]
+    base = instance_dir(settings, gpu, environ)
+    links: dict[str, Path] = {}
+    if base is not None:
+        argv += directory_args(base)
+        if c.models_dir is not None:
+            links["models"] = c.models_dir
+        if c.custom_nodes_dir is not None:
+            links["custom_nodes"] = c.custom_nodes_dir
     env = {
         k: v
-        for k, v in (os.environ if environ is None else environ).items()
-        if not _SECRET_ENV.match(k) and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+        for k, v in environ.items()
+        if not _SECRET_ENV.match(k)
+        and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY")
     }
     if c.cpu or settings.machine.gpu_cpu_mode:
         argv.append("--cpu")
@@ -58,7 +142,7 @@ def build_command(settings: Settings, gpu: int, environ: dict[str, str] | None =
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     argv += c.extra_args
     host = connect_host(c.listen)
-    return ComfyCommand(argv, c.workdir, env, port, f"http://{host}:{port}/system_stats")
+    return ComfyCommand(argv, c.workdir, env, port, f"http://{host}:{port}/system_stats", base, links)
 
 
 class ComfyWrapper:
@@ -74,9 +158,12 @@ class ComfyWrapper:
         self.command = command
         self.startup_timeout_s = startup_timeout_s
         self.request_timeout_s = request_timeout_s
+        self.notifier = notifier or Notifier()
         self.hang_after_s = hang_after_s if hang_after_s is not None else 3 * request_timeout_s
         self.probe_interval_s = min(5.0, max(0.1, self.hang_after_s / 3))
-        self.notifier = notifier or Notifier()
+        #: Whether the wrapper kills a hung ComfyUI itself: only where no systemd watchdog judges the hang
+        #: (module docstring), so the two never race and the unit's Result= says who acted.
+        self.kills_hangs = self.notifier.watchdog_interval_s() is None
         self.stop_event = asyncio.Event()
         self.last_ok = 0.0
         #: Result of the latest probe: the watchdog pings only while it is True.
@@ -183,7 +270,7 @@ class ComfyWrapper:
                 if time.monotonic() - self.last_ok > self.probe_interval_s * 2:
                     self.notifier.status(f"ComfyUI answering on :{port}")
                 self.last_ok = time.monotonic()
-            elif (silent := time.monotonic() - self.last_ok) > self.hang_after_s:
+            elif (silent := time.monotonic() - self.last_ok) > self.hang_after_s and self.kills_hangs:
                 log.error("ComfyUI on :%s has not answered for %.1fs; killing it for a restart", port, silent)
                 self.notifier.status(f"ComfyUI hung (no answer for {silent:.0f}s)")
                 await self._stop_child(signal.SIGKILL)

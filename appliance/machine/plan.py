@@ -179,6 +179,7 @@ def compute_plan(
     machine_type: MachineType | str,
     *,
     gpu_count: int,
+    gpus: Iterable[int] | None = None,
     connectors: Iterable[ConnectorSlots] | Mapping[str, ConnectorSlots] = (),
     base_port: int = DEFAULT_BASE_PORT,
     cpu: bool = False,
@@ -186,7 +187,8 @@ def compute_plan(
 ) -> ServicePlan:
     """The plan for one machine.
 
-    `gpu_count` is what NVML found; `cpu` runs every ComfyUI with `--cpu`. On a GPU machine without GPUs
+    `gpu_count` is what NVML found; `gpus`, when given, are the configured indices and replace it (the NixOS
+    module starts exactly those units, so the plan must name the same ones). `cpu` runs every ComfyUI with `--cpu`. On a GPU machine without GPUs
     `cpu_instances` ComfyUI instances run with `--cpu` (development), and with neither the plan is refused
     rather than silently empty. `machine_type` `auto` is resolved from `gpu_count` (resolve_machine_type).
     """
@@ -194,8 +196,11 @@ def compute_plan(
     conns = list(connectors.values()) if isinstance(connectors, Mapping) else list(connectors)
     services: list[PlannedService] = []
     if mtype is MachineType.GPU:
-        if gpu_count > 0:
-            services += gpu_services(range(gpu_count), base_port, cpu=cpu)
+        indices = list(range(gpu_count)) if gpus is None else sorted(gpus)
+        if indices and base_port + indices[-1] > 65535:
+            raise PlanError(f"comfyui.base_port {base_port} + GPU index {indices[-1]} is beyond port 65535")
+        if indices:
+            services += gpu_services(indices, base_port, cpu=cpu)
         elif cpu_instances > 0:
             services += gpu_services(range(cpu_instances), base_port, cpu=True)
         else:
@@ -209,13 +214,14 @@ def compute_plan(
 
 
 def plan_from_settings(settings: Settings, gpu_count: int) -> ServicePlan:
-    """The plan for the configured machine, given how many GPUs NVML found."""
+    """The plan for the configured machine, given how many GPUs NVML found (ignored when `machine.gpus` is set)."""
     m = settings.machine
     conns = [ConnectorSlots(name, c.slots, c.enabled) for name, c in settings.connectors.items()]
     return compute_plan(
         m.id,
         m.type,
         gpu_count=gpu_count,
+        gpus=m.gpus,
         connectors=conns,
         base_port=settings.comfyui.base_port,
         cpu=settings.comfyui.cpu,

@@ -17,7 +17,7 @@ from appliance.standins import comfyui_nodes as nodes
 from appliance.standins.media import Frame, decode_png_size, encode_gif, encode_png, encode_wav
 
 if TYPE_CHECKING:
-    from appliance.standins.comfyui import ComfyStandin
+    from appliance.standins.comfyui_state import ComfyStandin
 
 
 class Interrupted(Exception):
@@ -93,53 +93,43 @@ class Executor:
                 await self._message(
                     result,
                     "execution_interrupted",
-                    {
-                        "prompt_id": prompt_id,
-                        "node_id": node_id,
-                        "node_type": node["class_type"],
-                        "executed": executed,
-                    },
+                    _failed_at(prompt_id, node_id, node, executed),
                     broadcast=True,
                 )
                 break
             except SimulatedError as exc:
                 result.success = False
                 await self._message(
-                    result,
-                    "execution_error",
-                    {
-                        "prompt_id": prompt_id,
-                        "node_id": node_id,
-                        "node_type": node["class_type"],
-                        "executed": executed,
-                        "exception_message": str(exc),
-                        "exception_type": exc.exception_type,
-                        "traceback": ['  File "execution.py", line 1, in execute\n'],
-                        "current_inputs": {},
-                        "current_outputs": [],
-                    },
+                    result, "execution_error", _error_data(prompt_id, node_id, node, executed, exc)
                 )
                 break
             values[node_id] = out
             executed.append(node_id)
-            await self._progress_state(prompt_id, node_id, 1, 1, "finished", sid)
-            if ui is not None:
-                result.outputs[node_id] = ui
-                result.meta[node_id] = {
-                    "node_id": node_id,
-                    "display_node": node_id,
-                    "parent_node": None,
-                    "real_node_id": node_id,
-                }
-                await self.server.send(
-                    "executed",
-                    {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
-                    sid,
-                )
+            await self._node_done(result, prompt_id, node_id, ui, sid)
         else:
             await self._message(result, "execution_success", {"prompt_id": prompt_id})
         self.current_node = None
         return result
+
+    async def _node_done(
+        self, result: ExecResult, prompt_id: str, node_id: str, ui: dict[str, Any] | None, sid: str | None
+    ) -> None:
+        """A node finished: progress_state says so, and an output node's files go to history and `executed`."""
+        await self._progress_state(prompt_id, node_id, 1, 1, "finished", sid)
+        if ui is None:
+            return
+        result.outputs[node_id] = ui
+        result.meta[node_id] = {
+            "node_id": node_id,
+            "display_node": node_id,
+            "parent_node": None,
+            "real_node_id": node_id,
+        }
+        await self.server.send(
+            "executed",
+            {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
+            sid,
+        )
 
     async def _progress_state(
         self, prompt_id: str, node_id: str, value: float, maximum: float, state: str, sid: str | None
@@ -187,27 +177,33 @@ class Executor:
         (self.server.dirs[folder] / filename).write_bytes(data)
         return {"filename": filename, "subfolder": "", "type": folder}
 
+    async def _sample(self, prompt_id: str, node_id: str, steps: int, failure: str) -> None:
+        """StandinSampler: one progress (and progress_state) per step; a fail mode strikes after step 1."""
+        sid = self.server.client_id
+        for step in range(1, steps + 1):
+            await asyncio.sleep(self.server.behaviour.step_delay_s)
+            self._check_interrupt()
+            await self._progress_state(prompt_id, node_id, step, steps, "running", sid)
+            await self.server.send(
+                "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}, sid
+            )
+            if step == 1 and failure == "drop_ws":
+                await self.server.drop_sockets()
+            if step == 1 and failure not in ("none", "drop_ws"):
+                await self._fail(failure)
+
     async def _run_node(
         self, prompt_id: str, node_id: str, class_type: str, inputs: dict[str, Any], failure: str
     ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
-        sid = self.server.client_id
         if class_type == "StandinSampler":
-            steps = int(inputs.get("steps", 4))
-            for step in range(1, steps + 1):
-                await asyncio.sleep(self.server.behaviour.step_delay_s)
-                self._check_interrupt()
-                await self._progress_state(prompt_id, node_id, step, steps, "running", sid)
-                await self.server.send(
-                    "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}, sid
-                )
-                if step == 1 and failure == "drop_ws":
-                    await self.server.drop_sockets()
-                if step == 1 and failure not in ("none", "drop_ws"):
-                    await self._fail(failure)
+            await self._sample(prompt_id, node_id, int(inputs.get("steps", 4)), failure)
             return (inputs["image"],), None
         await asyncio.sleep(0)
         if failure not in ("none", "drop_ws"):
             await self._fail(failure)
+        saved = self._output_node(class_type, inputs)
+        if saved is not None:
+            return (), saved
         if class_type == "EmptyImage":
             frame = Frame.solid(
                 int(inputs.get("width", 512)), int(inputs.get("height", 512)), int(inputs.get("color", 0))
@@ -219,13 +215,18 @@ class Executor:
             data = (self.server.dirs["input"] / inputs["image"]).read_bytes()
             width, height = decode_png_size(data)
             return ([Frame.solid(width, height, 0x808080)], None), None
+        # Loaders: model handles are opaque placeholders.
+        return tuple(f"{class_type}:{node_id}:{i}" for i in range(3)), None
+
+    def _output_node(self, class_type: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        """The `ui` of an output node (its files saved), or None for any other node."""
         if class_type in ("SaveImage", "PreviewImage"):
             kind = "temp" if class_type == "PreviewImage" else "output"
             files = [
                 self._save(kind, inputs.get("filename_prefix", "ComfyUI"), "png", encode_png(f))
                 for f in inputs["images"]
             ]
-            return (), {"images": files}
+            return {"images": files}
         if class_type == "SaveAnimatedGIF":
             entry = self._save(
                 "output",
@@ -233,7 +234,7 @@ class Executor:
                 "gif",
                 encode_gif(inputs["images"], delay_cs=int(100 / float(inputs.get("fps", 8.0)))),
             )
-            return (), {"gifs": [{**entry, "format": "image/gif", "frame_rate": inputs.get("fps", 8.0)}]}
+            return {"gifs": [{**entry, "format": "image/gif", "frame_rate": inputs.get("fps", 8.0)}]}
         if class_type == "SaveAudio":
             entry = self._save(
                 "output",
@@ -241,7 +242,7 @@ class Executor:
                 "wav",
                 encode_wav(float(inputs.get("seconds", 0.25))),
             )
-            return (), {"audio": [entry]}
+            return {"audio": [entry]}
         if class_type == "StandinSaveJSON":
             entry = self._save(
                 "output",
@@ -249,6 +250,23 @@ class Executor:
                 "json",
                 str(inputs.get("text", "{}")).encode(),
             )
-            return (), {"files": [entry]}
-        # Loaders: model handles are opaque placeholders.
-        return tuple(f"{class_type}:{node_id}:{i}" for i in range(3)), None
+            return {"files": [entry]}
+        return None
+
+
+def _failed_at(prompt_id: str, node_id: str, node: dict[str, Any], executed: list[str]) -> dict[str, Any]:
+    return {"prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"], "executed": executed}
+
+
+def _error_data(
+    prompt_id: str, node_id: str, node: dict[str, Any], executed: list[str], exc: SimulatedError
+) -> dict[str, Any]:
+    """An `execution_error` as ComfyUI sends it."""
+    return {
+        **_failed_at(prompt_id, node_id, node, executed),
+        "exception_message": str(exc),
+        "exception_type": exc.exception_type,
+        "traceback": ['  File "execution.py", line 1, in execute\n'],
+        "current_inputs": {},
+        "current_outputs": [],
+    }

@@ -129,6 +129,41 @@ def _is_link(value: Any) -> bool:
     )
 
 
+def _check_value(name: str, kind: Any, opts: dict[str, Any], value: Any) -> dict[str, Any] | None:
+    """The reason a literal input value is refused (combo list, number type and range), or None."""
+    if isinstance(kind, list):
+        if value not in kind:
+            return _error(
+                "value_not_in_list",
+                "Value not in list",
+                f"{name}: '{value}' not in {kind}",
+                {"input_name": name, "input_config": [kind, opts], "received_value": value},
+            )
+    elif kind in (INT, "FLOAT"):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return _error(
+                "invalid_input_type",
+                f"Failed to convert an input value to a {kind} value",
+                f"{name}, {value}",
+                {"input_name": name, "received_value": value},
+            )
+        elif "min" in opts and value < opts["min"]:
+            return _error(
+                "value_smaller_than_min",
+                f"Value {value} smaller than min of {opts['min']}",
+                f"{name}",
+                {"input_name": name, "received_value": value},
+            )
+        elif "max" in opts and value > opts["max"]:
+            return _error(
+                "value_bigger_than_max",
+                f"Value {value} bigger than max of {opts['max']}",
+                f"{name}",
+                {"input_name": name, "received_value": value},
+            )
+    return None
+
+
 def _validate_node(
     prompt: dict[str, Any], node_id: str, defs: dict[str, NodeDef], seen: dict[str, list[dict[str, Any]]]
 ) -> bool:
@@ -164,46 +199,35 @@ def _validate_node(
                 continue
             upstream_ok = _validate_node(prompt, src, defs, seen) and upstream_ok
             continue
-        if isinstance(kind, list):
-            if value not in kind:
-                reasons.append(
-                    _error(
-                        "value_not_in_list",
-                        "Value not in list",
-                        f"{name}: '{value}' not in {kind}",
-                        {"input_name": name, "input_config": [kind, opts], "received_value": value},
-                    )
-                )
-        elif kind in (INT, "FLOAT"):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                reasons.append(
-                    _error(
-                        "invalid_input_type",
-                        f"Failed to convert an input value to a {kind} value",
-                        f"{name}, {value}",
-                        {"input_name": name, "received_value": value},
-                    )
-                )
-            elif "min" in opts and value < opts["min"]:
-                reasons.append(
-                    _error(
-                        "value_smaller_than_min",
-                        f"Value {value} smaller than min of {opts['min']}",
-                        f"{name}",
-                        {"input_name": name, "received_value": value},
-                    )
-                )
-            elif "max" in opts and value > opts["max"]:
-                reasons.append(
-                    _error(
-                        "value_bigger_than_max",
-                        f"Value {value} bigger than max of {opts['max']}",
-                        f"{name}",
-                        {"input_name": name, "received_value": value},
-                    )
-                )
+        problem = _check_value(name, kind, opts, value)
+        if problem is not None:
+            reasons.append(problem)
     seen[node_id] = reasons
     return not reasons and upstream_ok
+
+
+def _output_nodes(
+    prompt: dict[str, Any], defs: dict[str, NodeDef]
+) -> tuple[list[str], dict[str, Any] | None]:
+    """The prompt's output nodes, or the error of its first node without a known class_type."""
+    outputs: list[str] = []
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or "class_type" not in node:
+            return [], _error(
+                "invalid_prompt",
+                "Cannot execute because a node is missing the class_type property.",
+                f"Node ID '#{node_id}'",
+            )
+        d = defs.get(node["class_type"])
+        if d is None:
+            return [], _error(
+                "invalid_prompt",
+                f"Cannot execute because node {node['class_type']} does not exist.",
+                f"Node ID '#{node_id}'",
+            )
+        if d.output_node:
+            outputs.append(node_id)
+    return outputs, None
 
 
 def validate_prompt(
@@ -212,33 +236,9 @@ def validate_prompt(
     """(valid, error, outputs_to_execute, node_errors), like ComfyUI's execution.validate_prompt."""
     if not isinstance(prompt, dict):
         return False, _error("invalid_prompt", "Invalid prompt", "prompt must be an object", {}), [], {}
-    outputs = []
-    for node_id, node in prompt.items():
-        if not isinstance(node, dict) or "class_type" not in node:
-            return (
-                False,
-                _error(
-                    "invalid_prompt",
-                    "Cannot execute because a node is missing the class_type property.",
-                    f"Node ID '#{node_id}'",
-                ),
-                [],
-                {},
-            )
-        d = defs.get(node["class_type"])
-        if d is None:
-            return (
-                False,
-                _error(
-                    "invalid_prompt",
-                    f"Cannot execute because node {node['class_type']} does not exist.",
-                    f"Node ID '#{node_id}'",
-                ),
-                [],
-                {},
-            )
-        if d.output_node:
-            outputs.append(node_id)
+    outputs, error = _output_nodes(prompt, defs)
+    if error is not None:
+        return False, error, [], {}
     if not outputs:
         return False, _error("prompt_no_outputs", "Prompt has no outputs", ""), [], {}
     good: list[str] = []

@@ -87,21 +87,13 @@ def create_misbehaviour(job_input: dict[str, Any]) -> web.Response | None:
     return None
 
 
-def check_auth(request: web.Request, key: str | None) -> web.Response | None:
-    if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
-        return web.json_response(
-            {
-                "title": "Unauthenticated",
-                "detail": "You did not pass a valid authentication token",
-                "status": 401,
-            },
-            status=401,
-        )
-    return None
-
-
-def read_key(path: str | None) -> str | None:
-    if not path:
-        return None
-    with open(path) as f:
-        return f.read().strip()
+def unauthenticated() -> web.Response:
+    """The 401 Replicate and RunPod send for a missing or wrong bearer key."""
+    return web.json_response(
+        {
+            "title": "Unauthenticated",
+            "detail": "You did not pass a valid authentication token",
+            "status": 401,
+        },
+        status=401,
+    )

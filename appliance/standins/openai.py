@@ -12,7 +12,6 @@ A wrong/missing bearer key (when --api-key-file is set) -> 401 invalid_api_key. 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
@@ -22,8 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from appliance.standins import process
 from appliance.standins.media import Frame, encode_png
-from appliance.standins.process import serve
 
 #: The parsed JSON body, stored by the middleware for the handlers.
 BODY_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("body", dict)
@@ -39,15 +38,20 @@ def _error(
     )
 
 
-def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Application:
-    stats: dict[str, int] = {"requests": 0}
+class OpenAI:
+    """The routes; misbehaviour is chosen by the middleware, before a handler sees the request."""
+
+    def __init__(self, api_key: str | None, slow_seconds: float) -> None:
+        self.api_key = api_key
+        self.slow_seconds = slow_seconds
+        self.stats: dict[str, int] = {"requests": 0}
 
     @web.middleware
-    async def behaviour(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def behaviour(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/v1/"):
             return await handler(request)
-        stats["requests"] += 1
-        if api_key is not None and request.headers.get("Authorization") != f"Bearer {api_key}":
+        self.stats["requests"] += 1
+        if not process.authorized(request, self.api_key):
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         body: dict[str, Any] = {}
         if request.method == "POST":
@@ -74,13 +78,10 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
         if model == "standin-malformed":
             return web.Response(text='{"id": "chatcmpl-1", "choices": [', content_type="application/json")
         if model == "standin-slow":
-            await asyncio.sleep(slow_seconds)
+            await asyncio.sleep(self.slow_seconds)
         return await handler(request)
 
-    routes = web.RouteTableDef()
-
-    @routes.get("/v1/models")
-    async def models(request: web.Request) -> web.Response:
+    async def models(self, request: web.Request) -> web.Response:
         names = ["gpt-4o-mini", "gpt-image-1", "standin-429", "standin-500", "standin-slow"]
         return web.json_response(
             {
@@ -89,8 +90,7 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
             }
         )
 
-    @routes.post("/v1/chat/completions")
-    async def chat(request: web.Request) -> web.StreamResponse:
+    async def chat(self, request: web.Request) -> web.StreamResponse:
         body = request[BODY_KEY]
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -103,52 +103,10 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
             "total_tokens": 5 + len(text.split()),
         }
         if not body.get("stream"):
-            return web.json_response(
-                {
-                    "id": cid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "logprobs": None,
-                            "message": {"role": "assistant", "content": text},
-                        }
-                    ],
-                    "usage": usage,
-                }
-            )
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            if body.get("model") == "standin-truncated" and i == len(words) // 2:
-                return resp  # connection ends without [DONE]
-            delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
-            if i == 0:
-                delta["role"] = "assistant"
-            chunk = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-            }
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        final = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        }
-        await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
-        return resp
+            return _completion(cid, created, model, text, usage)
+        return await _stream(request, body, cid, created, model, text)
 
-    @routes.post("/v1/responses")
-    async def responses(request: web.Request) -> web.Response:
+    async def responses(self, request: web.Request) -> web.Response:
         body = request[BODY_KEY]
         prompt = body.get("input")
         text = "echo: " + (prompt if isinstance(prompt, str) else json.dumps(prompt))
@@ -187,8 +145,7 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
             }
         )
 
-    @routes.post("/v1/images/generations")
-    async def images(request: web.Request) -> web.Response:
+    async def images(self, request: web.Request) -> web.Response:
         body = request[BODY_KEY]
         if not body.get("prompt"):
             return _error(400, "'prompt' is a required property", "invalid_request_error", None)
@@ -202,35 +159,78 @@ def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Appl
         ]
         return web.json_response({"created": int(time.time()), "data": data})
 
-    @routes.get("/__standin/stats")
-    async def get_stats(request: web.Request) -> web.Response:
-        return web.json_response(stats)
 
-    app = web.Application(middlewares=[behaviour])
-    app.add_routes(routes)
+def _completion(cid: str, created: int, model: Any, text: str, usage: dict[str, int]) -> web.Response:
+    return web.json_response(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": usage,
+        }
+    )
+
+
+async def _stream(
+    request: web.Request, body: dict[str, Any], cid: str, created: int, model: Any, text: str
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        if body.get("model") == "standin-truncated" and i == len(words) // 2:
+            return resp  # connection ends without [DONE]
+        delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
+        if i == 0:
+            delta["role"] = "assistant"
+        chunk = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    final = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+    return resp
+
+
+def make_app(api_key: str | None = None, slow_seconds: float = 30.0) -> web.Application:
+    o = OpenAI(api_key, slow_seconds)
+    app = web.Application(middlewares=[o.behaviour])
+    app.add_routes(
+        [
+            web.get("/v1/models", o.models),
+            web.post("/v1/chat/completions", o.chat),
+            web.post("/v1/responses", o.responses),
+            web.post("/v1/images/generations", o.images),
+            process.stats_route(lambda: o.stats),
+        ]
+    )
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m appliance.standins.openai",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8301)
-    parser.add_argument(
-        "--api-key-file",
-        default=None,
-        help="require this bearer key (read from a file, so it never shows in process arguments)",
-    )
+    parser = process.parser("openai", __doc__, 8301)
     parser.add_argument("--slow-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
-    key = None
-    if args.api_key_file:
-        with open(args.api_key_file) as f:
-            key = f.read().strip()
-    asyncio.run(serve(make_app(key, args.slow_seconds), args.host, args.port))
+    process.run(make_app(process.read_key(args.api_key_file), args.slow_seconds), args)
 
 
 if __name__ == "__main__":

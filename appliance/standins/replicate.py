@@ -10,15 +10,13 @@ Inputs steer behaviour (see appliance.standins.jobsim); GET /__standin/stats cou
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from appliance.standins.jobsim import SIM_KEY, JobSim, SimJob, check_auth, create_misbehaviour, read_key
-from appliance.standins.process import serve
+from appliance.standins import process
+from appliance.standins.jobsim import SIM_KEY, JobSim, SimJob, create_misbehaviour, unauthenticated
 
 STATUS = {
     "queued": "starting",
@@ -27,18 +25,22 @@ STATUS = {
     "failed": "failed",
     "canceled": "canceled",
 }
+NOT_FOUND = {"detail": "Not found.", "status": 404}
 
 
-def make_app(api_key: str | None = None) -> web.Application:
-    sim = JobSim()
-    models: dict[str, str] = {}
+class Predictions:
+    """The routes, over one simulated set of jobs."""
 
-    def view(request: web.Request, job: SimJob) -> dict[str, Any]:
+    def __init__(self) -> None:
+        self.sim = JobSim()
+        self.models: dict[str, str] = {}
+
+    def view(self, request: web.Request, job: SimJob) -> dict[str, Any]:
         base = f"{request.scheme}://{request.host}/v1/predictions/{job.id}"
         now = datetime.now(UTC).isoformat()
         return {
             "id": job.id,
-            "model": models.get(job.id, "standin/model"),
+            "model": self.models.get(job.id, "standin/model"),
             "version": "standin-version",
             "input": job.input,
             "logs": "\n".join(job.logs),
@@ -53,17 +55,7 @@ def make_app(api_key: str | None = None) -> web.Application:
             "urls": {"get": base, "cancel": base + "/cancel", "web": base},
         }
 
-    @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
-            denied = check_auth(request, api_key)
-            if denied is not None:
-                return denied
-        return await handler(request)
-
-    routes = web.RouteTableDef()
-
-    async def create(request: web.Request, model: str) -> web.Response:
+    async def create(self, request: web.Request, model: str) -> web.Response:
         body = await request.json()
         job_input = body.get("input")
         if not isinstance(job_input, dict):
@@ -73,61 +65,56 @@ def make_app(api_key: str | None = None) -> web.Application:
         trouble = create_misbehaviour(job_input)
         if trouble is not None:
             return trouble
-        job = sim.create(job_input)
-        models[job.id] = model
-        return web.json_response(view(request, job), status=201)
+        job = self.sim.create(job_input)
+        self.models[job.id] = model
+        return web.json_response(self.view(request, job), status=201)
 
-    @routes.post("/v1/predictions")
-    async def create_versioned(request: web.Request) -> web.Response:
-        return await create(request, "standin/model")
+    async def create_versioned(self, request: web.Request) -> web.Response:
+        return await self.create(request, "standin/model")
 
-    @routes.post("/v1/models/{owner}/{name}/predictions")
-    async def create_for_model(request: web.Request) -> web.Response:
-        return await create(request, f"{request.match_info['owner']}/{request.match_info['name']}")
+    async def create_for_model(self, request: web.Request) -> web.Response:
+        return await self.create(request, f"{request.match_info['owner']}/{request.match_info['name']}")
 
-    @routes.get("/v1/predictions/{id}")
-    async def get(request: web.Request) -> web.Response:
-        job = sim.jobs.get(request.match_info["id"])
+    async def get(self, request: web.Request) -> web.Response:
+        job = self.sim.jobs.get(request.match_info["id"])
         if job is None:
-            return web.json_response({"detail": "Not found.", "status": 404}, status=404)
-        sim.stats["polls"] += 1
-        return web.json_response(view(request, job))
+            return web.json_response(NOT_FOUND, status=404)
+        self.sim.stats["polls"] += 1
+        return web.json_response(self.view(request, job))
 
-    @routes.post("/v1/predictions/{id}/cancel")
-    async def cancel(request: web.Request) -> web.Response:
-        job = sim.jobs.get(request.match_info["id"])
+    async def cancel(self, request: web.Request) -> web.Response:
+        job = self.sim.jobs.get(request.match_info["id"])
         if job is None:
-            return web.json_response({"detail": "Not found.", "status": 404}, status=404)
-        sim.cancel(job)
-        return web.json_response(view(request, job))
+            return web.json_response(NOT_FOUND, status=404)
+        self.sim.cancel(job)
+        return web.json_response(self.view(request, job))
 
-    @routes.get("/v1/account")
-    async def account(request: web.Request) -> web.Response:
+    async def account(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"type": "user", "username": "standin", "name": "Stand-in", "github_url": None}
         )
 
-    @routes.get("/__standin/stats")
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(sim.stats)
 
-    app = web.Application(middlewares=[auth])
-    app.add_routes(routes)
-    app[SIM_KEY] = sim
+def make_app(api_key: str | None = None) -> web.Application:
+    p = Predictions()
+    app = web.Application(middlewares=[process.bearer_auth(api_key, "/v1/", unauthenticated)])
+    app.add_routes(
+        [
+            web.post("/v1/predictions", p.create_versioned),
+            web.post("/v1/models/{owner}/{name}/predictions", p.create_for_model),
+            web.get("/v1/predictions/{id}", p.get),
+            web.post("/v1/predictions/{id}/cancel", p.cancel),
+            web.get("/v1/account", p.account),
+            process.stats_route(lambda: p.sim.stats),
+        ]
+    )
+    app[SIM_KEY] = p.sim
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m appliance.standins.replicate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8302)
-    parser.add_argument("--api-key-file", default=None)
-    args = parser.parse_args(argv)
-    asyncio.run(serve(make_app(read_key(args.api_key_file)), args.host, args.port))
+    args = process.parser("replicate", __doc__, 8302).parse_args(argv)
+    process.run(make_app(process.read_key(args.api_key_file)), args)
 
 
 if __name__ == "__main__":

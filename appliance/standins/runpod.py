@@ -10,14 +10,13 @@ TIMED_OUT when the input's policy.executionTimeout (ms) passes. Inputs steer beh
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Any
 
 from aiohttp import web
 
-from appliance.standins.jobsim import SIM_KEY, JobSim, SimJob, check_auth, create_misbehaviour, read_key
-from appliance.standins.process import serve
+from appliance.standins import process
+from appliance.standins.jobsim import SIM_KEY, JobSim, SimJob, create_misbehaviour, unauthenticated
 
 STATUS = {
     "queued": "IN_QUEUE",
@@ -27,40 +26,41 @@ STATUS = {
     "canceled": "CANCELLED",
     "timed_out": "TIMED_OUT",
 }
+NOT_FOUND = {"error": "request does not exist"}
 
 
-def make_app(api_key: str | None = None) -> web.Application:
-    sim = JobSim()
-    streamed: dict[str, int] = {}
+def view(job: SimJob) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.id,
+        "status": STATUS[job.state],
+        "delayTime": 50,
+        "executionTime": 100 * job.step,
+    }
+    if job.state == "succeeded":
+        out["output"] = job.output
+    if job.state == "failed":
+        out["error"] = job.error
+    return out
 
-    def view(job: SimJob) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": job.id,
-            "status": STATUS[job.state],
-            "delayTime": 50,
-            "executionTime": 100 * job.step,
-        }
-        if job.state == "succeeded":
-            out["output"] = job.output
-        if job.state == "failed":
-            out["error"] = job.error
-        return out
 
-    @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/v2/"):
-            denied = check_auth(request, api_key)
-            if denied is not None:
-                return denied
-        return await handler(request)
+def _time_out(job: SimJob) -> None:
+    if job.state in ("queued", "running"):
+        if job.task:
+            job.task.cancel()
+        job.state = "timed_out"
 
-    routes = web.RouteTableDef()
 
-    def lookup(request: web.Request) -> SimJob | None:
-        return sim.jobs.get(request.match_info["id"])
+class Endpoint:
+    """The routes of a serverless endpoint (any endpoint id), over one simulated set of jobs."""
 
-    @routes.post("/v2/{endpoint}/run")
-    async def run(request: web.Request) -> web.Response:
+    def __init__(self) -> None:
+        self.sim = JobSim()
+        self.streamed: dict[str, int] = {}
+
+    def lookup(self, request: web.Request) -> SimJob | None:
+        return self.sim.jobs.get(request.match_info["id"])
+
+    async def run(self, request: web.Request) -> web.Response:
         body = await request.json()
         job_input = body.get("input")
         if not isinstance(job_input, dict):
@@ -68,81 +68,72 @@ def make_app(api_key: str | None = None) -> web.Application:
         trouble = create_misbehaviour(job_input)
         if trouble is not None:
             return trouble
-        job = sim.create(job_input)
+        job = self.sim.create(job_input)
         limit_ms = (body.get("policy") or {}).get("executionTimeout")
         if limit_ms:
             asyncio.get_running_loop().call_later(float(limit_ms) / 1000, _time_out, job)
         return web.json_response({"id": job.id, "status": "IN_QUEUE"})
 
-    def _time_out(job: SimJob) -> None:
-        if job.state in ("queued", "running"):
-            if job.task:
-                job.task.cancel()
-            job.state = "timed_out"
-
-    @routes.get("/v2/{endpoint}/status/{id}")
-    async def status(request: web.Request) -> web.Response:
-        job = lookup(request)
+    async def status(self, request: web.Request) -> web.Response:
+        job = self.lookup(request)
         if job is None:
-            return web.json_response({"error": "request does not exist"}, status=404)
-        sim.stats["polls"] += 1
+            return web.json_response(NOT_FOUND, status=404)
+        self.sim.stats["polls"] += 1
         return web.json_response(view(job))
 
-    @routes.get("/v2/{endpoint}/stream/{id}")
-    async def stream(request: web.Request) -> web.Response:
-        job = lookup(request)
+    async def stream(self, request: web.Request) -> web.Response:
+        job = self.lookup(request)
         if job is None:
-            return web.json_response({"error": "request does not exist"}, status=404)
-        start = streamed.get(job.id, 0)
-        streamed[job.id] = len(job.stream)
+            return web.json_response(NOT_FOUND, status=404)
+        start = self.streamed.get(job.id, 0)
+        self.streamed[job.id] = len(job.stream)
         return web.json_response(
             {"status": STATUS[job.state], "stream": [{"output": chunk} for chunk in job.stream[start:]]}
         )
 
-    @routes.post("/v2/{endpoint}/cancel/{id}")
-    async def cancel(request: web.Request) -> web.Response:
-        job = lookup(request)
+    async def cancel(self, request: web.Request) -> web.Response:
+        job = self.lookup(request)
         if job is None:
-            return web.json_response({"error": "request does not exist"}, status=404)
-        sim.cancel(job)
+            return web.json_response(NOT_FOUND, status=404)
+        self.sim.cancel(job)
         return web.json_response({"id": job.id, "status": STATUS[job.state]})
 
-    @routes.get("/v2/{endpoint}/health")
-    async def health(request: web.Request) -> web.Response:
-        active = [j for j in sim.jobs.values() if j.state in ("queued", "running")]
+    async def health(self, request: web.Request) -> web.Response:
+        jobs = self.sim.jobs.values()
+        active = [j for j in jobs if j.state in ("queued", "running")]
         return web.json_response(
             {
                 "jobs": {
                     "inQueue": sum(j.state == "queued" for j in active),
                     "inProgress": sum(j.state == "running" for j in active),
-                    "completed": sum(j.state == "succeeded" for j in sim.jobs.values()),
-                    "failed": sum(j.state == "failed" for j in sim.jobs.values()),
+                    "completed": sum(j.state == "succeeded" for j in jobs),
+                    "failed": sum(j.state == "failed" for j in jobs),
                 },
                 "workers": {"idle": 1, "running": len(active)},
             }
         )
 
-    @routes.get("/__standin/stats")
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(sim.stats)
 
-    app = web.Application(middlewares=[auth])
-    app.add_routes(routes)
-    app[SIM_KEY] = sim
+def make_app(api_key: str | None = None) -> web.Application:
+    e = Endpoint()
+    app = web.Application(middlewares=[process.bearer_auth(api_key, "/v2/", unauthenticated)])
+    app.add_routes(
+        [
+            web.post("/v2/{endpoint}/run", e.run),
+            web.get("/v2/{endpoint}/status/{id}", e.status),
+            web.get("/v2/{endpoint}/stream/{id}", e.stream),
+            web.post("/v2/{endpoint}/cancel/{id}", e.cancel),
+            web.get("/v2/{endpoint}/health", e.health),
+            process.stats_route(lambda: e.sim.stats),
+        ]
+    )
+    app[SIM_KEY] = e.sim
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m appliance.standins.runpod",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8303)
-    parser.add_argument("--api-key-file", default=None)
-    args = parser.parse_args(argv)
-    asyncio.run(serve(make_app(read_key(args.api_key_file)), args.host, args.port))
+    args = process.parser("runpod", __doc__, 8303).parse_args(argv)
+    process.run(make_app(process.read_key(args.api_key_file)), args)
 
 
 if __name__ == "__main__":

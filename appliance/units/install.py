@@ -185,6 +185,20 @@ def render(text: str, bin_path: PurePosixPath) -> str:
     return text.replace(BIN_PLACEHOLDER, str(bin_path))
 
 
+def render_units(bin_path: PurePosixPath, packaged: dict[str, str] | None = None) -> dict[str, str]:
+    """Every packaged unit file (the `.service` and `.target` files) with the executable filled in, by name.
+
+    What `appliance units render` writes: a distribution package's (Nix's) unit directory. Files that name no
+    executable (appliance.target) pass through unchanged, so no file is special.
+    """
+    packaged = packaged_files() if packaged is None else packaged
+    out = {name: render(text, bin_path) for name, text in packaged.items() if name not in SYSTEM_FILES}
+    for name, text in out.items():
+        if BIN_PLACEHOLDER in text:  # pragma: no cover - render() replaces every occurrence
+            raise InstallError(f"{name}: {BIN_PLACEHOLDER} left after rendering")
+    return out
+
+
 def _dropin(unit: str, name: str) -> PurePosixPath:
     return UNIT_DIR / f"{unit}.d" / name
 

@@ -14,7 +14,7 @@ from typing import Any
 from appliance.config import Settings
 from appliance.netaddr import connect_host
 from appliance.queue import Capabilities
-from appliance.worker.connectors import ConnectorCapabilities, ConnectorOptions
+from appliance.worker.connectors import ConnectorCapabilities, ConnectorOptions, connector_options
 from appliance.worker.identity import WorkerSlot
 from appliance.worker.storage import LocalStorage, OutputStorage
 
@@ -56,11 +56,14 @@ def worker_parts(
     if slot.gpu:
         c = settings.comfyui
         host = connect_host(c.listen)
-        options = ConnectorOptions(
-            base_url=f"http://{host}:{c.base_port + slot.index}",
-            default_timeout_s=c.default_job_timeout_s,
-            concurrency=1,
-            extra={"request_timeout_s": c.request_timeout_s},
+        options = connector_options(
+            "comfyui",
+            ConnectorOptions(
+                base_url=f"http://{host}:{c.base_port + slot.index}",
+                default_timeout_s=c.default_job_timeout_s,
+                concurrency=1,
+                extra={"request_timeout_s": c.request_timeout_s},
+            ),
         )
         # One ComfyUI runs one prompt at a time: more would only queue inside ComfyUI, out of our sight.
         return WorkerParts("comfyui", options, 1, c.default_job_timeout_s, LOCAL_HEALTH_INTERVAL_S)
@@ -76,13 +79,19 @@ def worker_parts(
     wanted = concurrency if concurrency is not None else conf.concurrency
     if wanted < 1:
         raise WiringError(f"--concurrency must be 1 or more, not {wanted}")
-    options = ConnectorOptions(
-        base_url=conf.base_url,
-        api_key=api_key,
-        default_timeout_s=conf.default_timeout_s,
-        concurrency=wanted,
-        extra={**conf.extra, **({"endpoint_id": conf.endpoint_id} if conf.endpoint_id else {})},
-    )
+    try:
+        options = connector_options(
+            slot.connector,
+            ConnectorOptions(
+                base_url=conf.base_url,
+                api_key=api_key,
+                default_timeout_s=conf.default_timeout_s,
+                concurrency=wanted,
+                extra={**conf.extra, **({"endpoint_id": conf.endpoint_id} if conf.endpoint_id else {})},
+            ),
+        )
+    except ValueError as exc:  # the connector's own options: named keys, never a value (could be secret)
+        raise WiringError(f"connectors.{slot.connector}: {exc}") from None
     interval = LOCAL_HEALTH_INTERVAL_S if slot.connector in LOCAL_CONNECTORS else REMOTE_HEALTH_INTERVAL_S
     return WorkerParts(slot.connector, options, wanted, conf.default_timeout_s, interval)
 

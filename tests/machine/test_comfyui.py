@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from appliance.config import Settings
 from appliance.localredis import free_port
-from appliance.machine.comfyui import build_command
+from appliance.machine.comfyui import build_command, prepare_instance_dir
 from tests.machine.notifysock import NotifySocket
 
 FAKE = Path(__file__).with_name("fake_comfyui.py")
@@ -145,11 +146,70 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ready_watchdog_then_hang_kills_and_fails(wrapper) -> None:
-    w = wrapper("--hang-after", "1.5")
-    w.notify.wait_line("READY=1")
+def test_instance_directory_flags_and_links(tmp_path: Path) -> None:
+    """Every directory ComfyUI writes is under the instance's own directory (issue 11, defect 2: on NixOS its
+    own directory is the read-only store), and the configured models/custom nodes are linked into it."""
+    models, nodes = tmp_path / "models-tree", tmp_path / "nodes-tree"
+    s = Settings.model_validate(
+        {"comfyui": {"command": ["comfy"], "models_dir": str(models), "custom_nodes_dir": str(nodes)}}
+    )
+    state = tmp_path / "state"
+    # systemd hands every StateDirectory= entry over, colon-separated.
+    env = {"STATE_DIRECTORY": f"{state}:{state / 'comfyui-3'}"}
+    cmd = build_command(s, 3, env)
+    base = state / "comfyui-3"
+    flags = dict(zip(cmd.argv[::1], cmd.argv[1:], strict=False))
+    assert flags["--base-directory"] == str(base)
+    assert flags["--output-directory"] == str(base / "output")
+    assert flags["--input-directory"] == str(base / "input")
+    assert flags["--user-directory"] == str(base / "user")
+    assert flags["--temp-directory"] == str(base)  # ComfyUI appends "temp"
+    assert flags["--database-url"] == f"sqlite:///{base}/user/comfyui.db"
+    assert "STATE_DIRECTORY" not in cmd.env
+    prepare_instance_dir(cmd)
+    assert all((base / d).is_dir() for d in ("output", "input", "user", "temp"))
+    assert os.readlink(base / "models") == str(models) and os.readlink(base / "custom_nodes") == str(nodes)
+    # A rebuild with another models tree relinks; running again with the same one changes nothing.
+    cmd2 = build_command(
+        s.model_copy(update={"comfyui": s.comfyui.model_copy(update={"models_dir": nodes})}), 3, env
+    )
+    prepare_instance_dir(cmd2)
+    assert os.readlink(base / "models") == str(nodes)
+    prepare_instance_dir(cmd2)
+    # A real directory of that name is never deleted.
+    (base / "custom_nodes").unlink()
+    (base / "custom_nodes").mkdir()
+    with pytest.raises(OSError, match="directory of its own"):
+        prepare_instance_dir(cmd2)
+    # Under another unit (the supervisor in container mode): beside its state directory.
+    assert build_command(s, 1, {"STATE_DIRECTORY": str(state)}).base_dir == state / "comfyui-1"
+    # Configured explicitly, it wins; with neither, ComfyUI keeps its defaults (foreground development).
+    explicit = Settings.model_validate({"comfyui": {"state_dir": str(tmp_path / "x")}})
+    assert build_command(explicit, 0, env).base_dir == tmp_path / "x" / "comfyui-0"
+    plain = build_command(Settings(), 0, {})
+    assert plain.base_dir is None and "--base-directory" not in plain.argv
+
+
+def test_under_a_systemd_watchdog_the_wrapper_does_not_kill_a_hang(wrapper) -> None:
+    """One judge of a hang: with WATCHDOG_USEC set the wrapper only stops pinging, so systemd's watchdog acts
+    (Result=watchdog) instead of racing the wrapper's own kill."""
+    w = wrapper("--hang-after", "0.5")
     lines = w.notify.wait_for(lambda ls: ls.count("WATCHDOG=1") >= 2)
     assert lines.index("READY=1") < lines.index("WATCHDOG=1")
+    child = next(r for r in w.records() if "pid" in r)
+    w.set("hang")
+    # Silent for more than twice --hang-after, and still running.
+    w.notify.wait_for(lambda ls: any(re.search(r"not answering for ([2-9]|\d\d)s", line) for line in ls))
+    assert w.proc.poll() is None and _alive(child["pid"])
+    lines = w.notify.lines()
+    first_silent = next(i for i, line in enumerate(lines) if "not answering" in line)
+    assert lines[first_silent:].count("WATCHDOG=1") <= 1, lines
+
+
+def test_ready_watchdog_then_hang_kills_and_fails(wrapper) -> None:
+    """Without a systemd watchdog (foreground, supervised container mode) the wrapper kills a hang itself."""
+    w = wrapper("--hang-after", "1.5", env={"WATCHDOG_USEC": ""})
+    w.notify.wait_line("READY=1")
     child = next(r for r in w.records() if "pid" in r)
     assert child["argv"] == [
         "--listen",
@@ -167,10 +227,6 @@ def test_ready_watchdog_then_hang_kills_and_fails(wrapper) -> None:
     assert "has not answered" in out and "fake comfyui log line" in out  # the child's output passes through
     assert any("hung" in line for line in w.notify.lines() if line.startswith("STATUS="))
     assert not _alive(child["pid"])
-    # Pings stop with the first unanswered probe (one already decided may still arrive after it).
-    lines = w.notify.lines()
-    first_silent = next(i for i, line in enumerate(lines) if "not answering" in line or "hung" in line)
-    assert lines[first_silent:].count("WATCHDOG=1") <= 1, lines
 
 
 def test_child_death_fails_the_wrapper(wrapper) -> None:

@@ -107,3 +107,31 @@ def test_plan_from_settings() -> None:
     )
     plan = plan_from_settings(s, gpu_count=0)
     assert [(x.name, x.port) for x in plan.services] == [("comfyui@0", 8200), ("worker@gpu0", None)]
+
+
+def test_configured_gpus_are_the_plan() -> None:
+    """machine.gpus (what the NixOS module writes) decides the units, whatever NVML counts: the module starts
+    comfyui@0 and @2 for `gpus = [ 0 2 ]` and the supervisor must expect exactly those (issue 11, defect 4)."""
+    s = Settings.model_validate({"machine": {"id": "box", "type": "gpu", "gpus": [2, 0]}})
+    plan = plan_from_settings(s, gpu_count=3)
+    assert plan.units == [
+        "appliance-comfyui@0.service",
+        "appliance-worker@gpu0.service",
+        "appliance-comfyui@2.service",
+        "appliance-worker@gpu2.service",
+    ]
+    assert [x.port for x in plan.services if x.kind == "comfyui"] == [8188, 8190]
+    # With gpus unset, NVML's count decides as before.
+    s = Settings.model_validate({"machine": {"id": "box", "type": "gpu"}})
+    assert len(plan_from_settings(s, gpu_count=3).services) == 6
+
+
+def test_configured_gpus_beyond_the_port_range_are_refused() -> None:
+    s = Settings.model_validate({"machine": {"type": "gpu", "gpus": [0, 3]}, "comfyui": {"base_port": 65533}})
+    with pytest.raises(PlanError, match="65533 \\+ GPU index 3 is beyond port 65535"):
+        plan_from_settings(s, gpu_count=0)
+
+
+def test_gpus_listed_twice_are_a_settings_error() -> None:
+    with pytest.raises(ValueError, match="lists a GPU index twice"):
+        Settings.model_validate({"machine": {"type": "gpu", "gpus": [1, 1]}})

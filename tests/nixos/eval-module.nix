@@ -4,10 +4,12 @@
 #   nix-instantiate --eval --strict --json tests/nixos/eval-module.nix \
 #     --argstr libPath /path/to/nixpkgs.lib --argstr configJSON '{"enable": true, "machineType": "api"}'
 #
-# or, with `--argstr vmTest api.nix --argstr node api`, the services.appliance settings of that VM test's node.
+# or, with `--argstr vmTest cluster.nix --argstr node api`, that VM test node's services.appliance and
+# systemd.services. `extraJSON` is one more module (JSON), e.g. an operator's own unit settings.
 {
   libPath,
   configJSON ? null,
+  extraJSON ? "{}",
   vmTest ? null,
   node ? null,
 }:
@@ -21,21 +23,29 @@ let
     packages.${pkgs.stdenv.hostPlatform.system}.default = pkgs.appliance;
     nixosModules.default = { };
   };
-  applianceConfig =
+  nodeConfig =
     if vmTest != null then
-      (import (./. + "/${vmTest}") {
-        self = selfStub;
-        inherit pkgs;
-      }).nodes.${node}.services.appliance
+      let
+        nodeAttrs =
+          (import (./. + "/${vmTest}") {
+            self = selfStub;
+            inherit pkgs;
+          }).nodes.${node};
+      in
+      {
+        services.appliance = nodeAttrs.services.appliance;
+        systemd.services = nodeAttrs.systemd.services or { };
+      }
     else
-      builtins.fromJSON configJSON;
+      { services.appliance = builtins.fromJSON configJSON; };
 
   evaluated = lib.evalModules {
     modules = [
       ./stub/nixos.nix
       ../../nixos-modules/appliance.nix
       { _module.args.pkgs = pkgs; }
-      { services.appliance = applianceConfig; }
+      nodeConfig
+      (builtins.fromJSON extraJSON)
     ];
   };
   inherit (evaluated) config;
@@ -43,12 +53,16 @@ let
   unitView = unit: {
     inherit (unit)
       wantedBy
+      wants
       after
       bindsTo
       overrideStrategy
+      environment
       ;
     serviceConfig = unit.serviceConfig;
   };
+
+  configFile = config.environment.etc."appliance/config.toml".source;
 
   # TOML has no null; pkgs.formats.toml would fail to render one.
   hasNull =
@@ -72,6 +86,25 @@ in
   settings = config.services.appliance.settings;
   settingsHaveNull = hasNull config.services.appliance.settings;
   etc = lib.mapAttrs (_: e: e.text or (e.source.name or e.source)) config.environment.etc;
+  # The build step that checks the rendered settings (a runCommand, kept as data by the stub pkgs).
+  configCheck = {
+    inherit (configFile) buildCommand;
+    tools = map (p: p.name) configFile.nativeBuildInputs;
+    rendered = configFile.settings.passthru.value;
+  };
+  redisServers = lib.mapAttrs (_: r: {
+    inherit (r)
+      enable
+      user
+      unixSocket
+      requirePassFile
+      ;
+  }) config.services.redis.servers;
+  extraGroups = lib.mapAttrs (_: u: u.extraGroups or [ ]) config.users.users;
+  meta = {
+    inherit (config.meta) maintainers;
+    doc = toString config.meta.doc;
+  };
   firewall = config.networking.firewall.allowedTCPPorts;
   users = lib.mapAttrs (_: u: u.group or null) config.users.users;
   groups = lib.attrNames config.users.groups;

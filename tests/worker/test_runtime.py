@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConnectorSettings, load_settings
+from appliance.config import load_settings
 from appliance.localredis import LocalRedis
 from appliance.queue import Capabilities, ClaimedJob, JobStatus, Queue, QueueSettings, WorkerSession
 from appliance.queue.errors import LeaseLost
 from appliance.worker.connectors.base import (
     ConnectorCapabilities,
+    ConnectorOptions,
     JobCancelled,
     PermanentError,
     RetryableError,
@@ -27,7 +28,7 @@ from appliance.worker.outcome import OutcomeKind, StopReason, decide, failure_of
 from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink
 from appliance.worker.status import Phase, Snapshot
-from appliance.worker.wiring import build_capabilities, worker_parts
+from appliance.worker.wiring import WiringError, build_capabilities, worker_parts
 
 # --- identity ---------------------------------------------------------------------------------------------------
 
@@ -150,6 +151,21 @@ def test_connector_parts_and_secrets(tmp_path: Path) -> None:
         and gpu.options.base_url == "http://127.0.0.1:9102"
         and gpu.concurrency == 1
     )
+
+
+def test_connector_options_are_typed_once_when_wired_and_a_wrong_one_is_named() -> None:
+    # Each connector's own options are a typed model, validated when the worker is wired: "no" is False (a
+    # bare bool("no") was True and copied every output), and a value of the wrong type names its key.
+    good = load_settings(
+        env={"APPLIANCE_CONNECTORS__REPLICATE__EXTRA": '{"copy_outputs": "no", "poll_max_s": "2"}'}
+    ).settings
+    options = worker_parts(good, parse_slot("replicate0")).options
+    assert type(options).__name__ == "ReplicateOptions"
+    assert options.copy_outputs is False and options.poll_max_s == 2.0  # type: ignore[attr-defined]
+    bad = load_settings(env={"APPLIANCE_CONNECTORS__REPLICATE__EXTRA": '{"poll_max_s": "fast"}'}).settings
+    with pytest.raises(WiringError) as info:
+        worker_parts(bad, parse_slot("replicate0"))
+    assert str(info.value).startswith("connectors.replicate: poll_max_s: ") and "\n" not in str(info.value)
 
 
 def test_capabilities_merge_service_reports_with_config() -> None:
@@ -304,7 +320,7 @@ async def test_stopping_a_lost_attempt_never_cancels_the_next_attempt_on_the_sam
     from appliance.worker.execution import JobRunner
     from appliance.worker.storage import LocalStorage
 
-    connector = EchoConnector(options=ConnectorSettings(concurrency=2), storage=LocalStorage(tmp_path))
+    connector = EchoConnector(options=ConnectorOptions(concurrency=2), storage=LocalStorage(tmp_path))
     table = LeaseTable()
     link = RedisLink()
     runner = JobRunner(connector, queue, table, link, OutcomeWriter(queue, link), default_timeout_s=60)
@@ -340,9 +356,9 @@ async def test_stopping_a_lost_attempt_never_cancels_the_next_attempt_on_the_sam
 
 async def test_job_tasks_cancel_only_the_named_attempt() -> None:
     from appliance.worker.connectors.base import ConnectorJob
-    from appliance.worker.connectors.tasks import JobTasks
+    from appliance.worker.connectors.tasks import Attempts
 
-    tasks = JobTasks()
+    tasks = Attempts()
     gate = asyncio.Event()
 
     async def work() -> str:
@@ -354,7 +370,7 @@ async def test_job_tasks_cancel_only_the_named_attempt() -> None:
     run1 = asyncio.create_task(tasks.run(one, work()))
     run2 = asyncio.create_task(tasks.run(two, work()))
     await asyncio.sleep(0)
-    assert tasks.cancel("j", "t1") is True
+    assert [a.token for a in tasks.cancel("j", "t1")] == ["t1"]
     with pytest.raises(JobCancelled):
         await run1
     assert "j" in tasks  # attempt 2 is still registered after attempt 1 ended
@@ -376,7 +392,7 @@ async def test_a_heartbeat_racing_the_completion_does_not_claim_the_outcome_is_l
         None, env={"APPLIANCE_REDIS_URL": redis_url, "APPLIANCE_MACHINE_ID": "m"}
     ).settings
     storage = LocalStorage(tmp_path)
-    connector = EchoConnector(options=ConnectorSettings(), storage=storage)
+    connector = EchoConnector(options=ConnectorOptions(), storage=storage)
     worker = Worker(
         settings,
         parse_slot("echo0"),

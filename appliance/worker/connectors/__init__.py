@@ -7,14 +7,14 @@ Each connector lives in its own module and imports its optional SDK only there.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from appliance.worker.connectors.base import (
     Connector,
     ConnectorCapabilities,
     ConnectorError,
     ConnectorJob,
+    ConnectorOptions,
     ConnectorResult,
     JobCancelled,
     OutputFile,
@@ -39,34 +39,31 @@ CONNECTORS: dict[str, str] = {
 COMFYUI_BASE_PORT = 8188
 
 
-@dataclass
-class ConnectorOptions:
-    """Settings common to all connectors; connector-specific ones go in `extra`."""
-
-    base_url: str | None = None
-    #: The secret itself, already read from its file by the caller; never logged.
-    api_key: str | None = field(default=None, repr=False)
-    #: Per-job limit when the job has no timeout_s of its own.
-    default_timeout_s: float = 600.0
-    concurrency: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def comfyui_base_url(gpu_index: int, host: str = "127.0.0.1") -> str:
     """The local ComfyUI instance serving GPU `gpu_index`."""
     return f"http://{host}:{COMFYUI_BASE_PORT + gpu_index}"
 
 
-def create_connector(name: str, *, options: ConnectorOptions, storage: OutputStorage) -> Connector:
-    """Build the connector called `name`; ValueError names the known ones when it is unknown."""
+def connector_class(name: str) -> type[Connector]:
+    """The class of the connector called `name`; ValueError names the known ones when it is unknown."""
     target = CONNECTORS.get(name)
     if target is None:
         raise ValueError(f"unknown connector {name!r} (known: {', '.join(sorted(CONNECTORS))})")
     module_name, class_name = target.split(":")
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name)
-    connector: Connector = cls(options=options, storage=storage)
-    return connector
+    cls: type[Connector] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def connector_options(name: str, options: ConnectorOptions) -> ConnectorOptions:
+    """`options` validated as the connector `name` types them (its own fields from `extra`); ValueError names
+    the wrong keys. Done once, when the worker is wired: the connector then gets them as they are."""
+    return options.typed(connector_class(name).Options)
+
+
+def create_connector(name: str, *, options: ConnectorOptions, storage: OutputStorage) -> Connector:
+    """Build the connector called `name`; ValueError names the known ones when it is unknown, or the options
+    that do not fit it."""
+    return connector_class(name)(options=options, storage=storage)
 
 
 __all__ = [
@@ -84,5 +81,7 @@ __all__ = [
     "ProgressCallback",
     "RetryableError",
     "comfyui_base_url",
+    "connector_class",
+    "connector_options",
     "create_connector",
 ]

@@ -9,7 +9,46 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from appliance.worker.storage import OutputStorage
+
+OptionsT = TypeVar("OptionsT", bound="ConnectorOptions")
+
+
+class ConnectorOptions(BaseModel):
+    """Settings every connector takes. A connector's own settings arrive in `extra` and are fields of its
+    subclass of this model (`Connector.Options`): `typed()` validates them once, when the worker is wired, so a
+    mistyped option fails at start with the key named, never in the middle of a job. Keys a connector does not
+    know are ignored, as they always were (one `connectors.<name>.extra` may serve several connectors)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    base_url: str | None = None
+    #: The secret itself, already read from its file by the caller; never logged, never in repr().
+    api_key: str | None = Field(default=None, repr=False)
+    #: Per-job limit when the job has no timeout_s of its own.
+    default_timeout_s: float = Field(default=600.0, gt=0)
+    concurrency: int = Field(default=1, ge=1)
+    #: Connector-specific settings, untyped until `typed()` folds them into the connector's own model.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def typed(self, model: type[OptionsT]) -> OptionsT:
+        """These options as `model` (a subclass carrying the connector's own fields, validated from `extra`);
+        ValueError names every wrong key on one line."""
+        if isinstance(self, model):
+            return self
+        fields = {**self.model_dump(exclude={"extra"}), **self.extra}
+        try:
+            return model.model_validate(fields)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ValueError(problems) from None
 
 
 @dataclass(frozen=True)
@@ -122,7 +161,14 @@ class Connector(ABC):
     """Base of all connectors; one instance per worker process, possibly running several jobs at once."""
 
     name: ClassVar[str]
+    #: The model of this connector's options (common fields plus its own `extra` ones).
+    Options: ClassVar[type[ConnectorOptions]] = ConnectorOptions
     max_concurrency: int = 1
+
+    def __init__(self, *, options: ConnectorOptions, storage: OutputStorage) -> None:
+        self.options = options.typed(self.Options)
+        self.storage = storage
+        self.max_concurrency = self.options.concurrency
 
     async def start(self) -> None:
         """Open sessions/clients; called once before the first job."""

@@ -1,4 +1,4 @@
-"""Pure helpers for the ComfyUI connector: progress mapping, error explanations, output listing.
+"""Pure helpers for the ComfyUI connector: progress mapping, error explanations, outputs, payload and models.
 
 Progress mapping: each node that will run (all nodes of the graph minus those ComfyUI reports in
 `execution_cached`) counts as one equal unit. A node counts as done once a later node starts `executing`, or
@@ -157,3 +157,74 @@ def output_refs(entry: dict[str, Any]) -> tuple[list[OutputRef], dict[str, Any]]
                 else:
                     other.setdefault(str(node), {}).setdefault(kind, []).append(item)
     return files, other
+
+
+#: Loader nodes whose combo lists name the models this instance has.
+MODEL_INPUTS = {
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "LoraLoader": ("lora_name", "loras"),
+    "VAELoader": ("vae_name", "vae"),
+    "UNETLoader": ("unet_name", "diffusion_models"),
+    "CLIPLoader": ("clip_name", "text_encoders"),
+    "ControlNetLoader": ("control_net_name", "controlnet"),
+    "UpscaleModelLoader": ("model_name", "upscale_models"),
+}
+
+
+def model_folders(object_info: Any) -> dict[str, list[str]]:
+    """Model folder -> the files its loader node offers, from /object_info."""
+    folders: dict[str, list[str]] = {}
+    for node, (field_name, folder) in MODEL_INPUTS.items():
+        spec = ((object_info or {}).get(node) or {}).get("input", {}).get("required", {}).get(field_name)
+        choices = combo_choices(spec)
+        if choices is not None:
+            folders[folder] = choices
+    return folders
+
+
+def combo_choices(spec: Any) -> list[str] | None:
+    """Choices of a combo input: old form [[a, b], {...}], new form ["COMBO", {"options": [a, b]}]."""
+    if isinstance(spec, list) and spec:
+        if isinstance(spec[0], list):
+            return [str(x) for x in spec[0]]
+        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            return [str(x) for x in spec[1].get("options", [])]
+    return None
+
+
+def finished(entry: dict[str, Any]) -> bool:
+    """The history entry is final (however it went)."""
+    status = entry.get("status") or {}
+    return bool(status.get("completed")) or status.get("status_str") in ("success", "error")
+
+
+def raise_for_failure(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry when its prompt succeeded; otherwise the error its status messages explain."""
+    status = entry.get("status") or {}
+    if status.get("status_str", "success") == "success":
+        return entry
+    error = status_message(entry, "execution_error")
+    if error is not None:
+        raise execution_failure(error)
+    interrupted = status_message(entry, "execution_interrupted")
+    if interrupted is not None:
+        # Not requested by us (cancel() is handled before): someone else interrupted ComfyUI; try again.
+        raise RetryableError(
+            f"ComfyUI prompt interrupted at node {interrupted.get('node_id')}",
+            code="interrupted",
+            details=interrupted,
+        )
+    raise RetryableError("ComfyUI reported an error without details", code="execution_error")
+
+
+def parse_payload(payload: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """(workflow, images) of a job payload; PermanentError names what is missing."""
+    workflow = payload.get("workflow", payload.get("prompt"))
+    if not isinstance(workflow, dict) or not workflow:
+        raise PermanentError(
+            "payload needs 'workflow' (or 'prompt'): a non-empty ComfyUI API-format graph", code="bad_payload"
+        )
+    images = payload.get("images") or []
+    if not isinstance(images, list):
+        raise PermanentError("payload.images must be a list of {name, image}", code="bad_payload")
+    return workflow, images

@@ -7,18 +7,18 @@ Payload knobs: `{"delay": seconds}` sleeps in steps reporting progress, `{"fail"
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from appliance.worker.connectors.base import (
     Connector,
     ConnectorCapabilities,
     ConnectorJob,
+    ConnectorOptions,
     ConnectorResult,
     PermanentError,
     ProgressCallback,
     RetryableError,
 )
-from appliance.worker.connectors.tasks import JobTasks
+from appliance.worker.connectors.tasks import Attempts
 from appliance.worker.storage import OutputStorage
 
 #: Number of progress steps a delayed echo reports.
@@ -28,11 +28,9 @@ PROGRESS_STEPS = 10
 class EchoConnector(Connector):
     name = "echo"
 
-    def __init__(self, *, options: Any, storage: OutputStorage) -> None:
-        self.options = options
-        self.storage = storage
-        self.max_concurrency = max(1, int(getattr(options, "concurrency", 1) or 1))
-        self._tasks = JobTasks()
+    def __init__(self, *, options: ConnectorOptions, storage: OutputStorage) -> None:
+        super().__init__(options=options, storage=storage)
+        self._tasks = Attempts()
 
     async def capabilities(self) -> ConnectorCapabilities:
         return ConnectorCapabilities(services=["echo"])

@@ -19,19 +19,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import Field
 
 from appliance.worker.connectors.base import (
     Connector,
     ConnectorCapabilities,
     ConnectorError,
     ConnectorJob,
+    ConnectorOptions,
     ConnectorResult,
     PermanentError,
     ProgressCallback,
     RetryableError,
 )
-from appliance.worker.connectors.tasks import JobTasks
+from appliance.worker.connectors.tasks import Attempts
 from appliance.worker.storage import OutputStorage
 
 SERVICES = ["openai_text", "openai_chat", "openai_responses", "openai_image"]
@@ -82,18 +85,25 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+class OpenAIOptions(ConnectorOptions):
+    #: Limit of one SDK read (default: the job's default timeout).
+    request_timeout_s: float | None = Field(default=None, gt=0)
+    #: Models to announce in the capabilities (none: any model).
+    models: list[str] | None = None
+    #: Model of jobs whose payload names none.
+    default_model: str | None = None
+
+
 class OpenAIConnector(Connector):
     name = "openai"
+    Options: ClassVar[type[ConnectorOptions]] = OpenAIOptions
+    options: OpenAIOptions
 
-    def __init__(self, *, options: Any, storage: OutputStorage) -> None:
-        self.options = options
-        self.storage = storage
-        self.max_concurrency = max(1, int(options.concurrency or 1))
-        self.request_timeout_s = float(
-            (options.extra or {}).get("request_timeout_s", options.default_timeout_s)
-        )
+    def __init__(self, *, options: ConnectorOptions, storage: OutputStorage) -> None:
+        super().__init__(options=options, storage=storage)
+        self.request_timeout_s = self.options.request_timeout_s or self.options.default_timeout_s
         self._client: Any = None
-        self._tasks = JobTasks()
+        self._tasks = Attempts()
 
     async def start(self) -> None:
         from openai import AsyncOpenAI  # optional dependency, imported only here
@@ -111,7 +121,7 @@ class OpenAIConnector(Connector):
             self._client = None
 
     async def capabilities(self) -> ConnectorCapabilities:
-        models = (self.options.extra or {}).get("models")
+        models = self.options.models
         return ConnectorCapabilities(
             services=list(SERVICES), models={s: list(models) for s in SERVICES} if models else {}
         )
@@ -141,7 +151,7 @@ class OpenAIConnector(Connector):
             raise PermanentError(
                 f"unknown OpenAI job kind {kind!r} (known: {', '.join(SERVICES)})", code="bad_payload"
             )
-        model = job.payload.get("model") or (self.options.extra or {}).get("default_model")
+        model = job.payload.get("model") or self.options.default_model
         if not model:
             raise PermanentError("payload.model is required", code="bad_payload")
         params = job.payload.get("params") or {}

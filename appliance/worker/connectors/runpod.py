@@ -12,55 +12,43 @@ extra: endpoint_id, stream (False), poll_initial_s (0.5), poll_max_s (5), reques
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from appliance.worker.connectors.base import (
-    Connector,
     ConnectorCapabilities,
     ConnectorJob,
+    ConnectorOptions,
     ConnectorResult,
     JobCancelled,
     PermanentError,
     ProgressCallback,
     RetryableError,
 )
-from appliance.worker.connectors.http import JsonApi
-from appliance.worker.connectors.tasks import AttemptKey, attempts_of
+from appliance.worker.connectors.polling import PollingConnector, PollingOptions, RemoteJob
 from appliance.worker.storage import OutputStorage
 
 DEFAULT_BASE_URL = "https://api.runpod.ai"
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 
-class RunPodConnector(Connector):
+class RunPodOptions(PollingOptions):
+    #: The serverless endpoint jobs go to unless their payload names one.
+    endpoint_id: str | None = None
+    #: Poll /stream/{id} and report each chunk as progress.
+    stream: bool = False
+
+
+class RunPodConnector(PollingConnector):
     name = "runpod"
+    Options: ClassVar[type[ConnectorOptions]] = RunPodOptions
+    options: RunPodOptions
+    service = "RunPod"
+    default_base_url = DEFAULT_BASE_URL
+    terminal = TERMINAL
 
-    def __init__(self, *, options: Any, storage: OutputStorage) -> None:
-        extra = dict(options.extra or {})
-        self.api = JsonApi(
-            options.base_url or DEFAULT_BASE_URL,
-            options.api_key,
-            service="RunPod",
-            timeout_s=float(extra.get("request_timeout_s", 30.0)),
-        )
-        self.storage = storage
-        self.endpoint_id = extra.get("endpoint_id")
-        self.stream = bool(extra.get("stream", False))
-        self.default_timeout_s = float(options.default_timeout_s)
-        self.max_concurrency = max(1, int(options.concurrency or 1))
-        self.poll_initial_s = float(extra.get("poll_initial_s", 0.5))
-        self.poll_max_s = float(extra.get("poll_max_s", 5.0))
-        # (job id, token) -> (endpoint, runpod job id), None until /run answered; per attempt, so a lost
-        # attempt winding down never cancels a newer one of the same job.
-        self._runs: dict[AttemptKey, tuple[str, str] | None] = {}
-        self._cancelled: set[AttemptKey] = set()
-
-    async def start(self) -> None:
-        await self.api.start()
-
-    async def close(self) -> None:
-        await self.api.close()
+    def __init__(self, *, options: ConnectorOptions, storage: OutputStorage) -> None:
+        super().__init__(options=options, storage=storage)
+        self.endpoint_id = self.options.endpoint_id
 
     async def capabilities(self) -> ConnectorCapabilities:
         return ConnectorCapabilities(services=["runpod"], extra={"endpoint_id": self.endpoint_id})
@@ -70,14 +58,7 @@ class RunPodConnector(Connector):
             return True  # nothing endpoint-independent to probe
         return await self.api.answers("GET", f"/v2/{self.endpoint_id}/health")
 
-    async def cancel(self, job_id: str, token: str | None = None) -> None:
-        for key in attempts_of(list(self._runs), job_id, token):
-            self._cancelled.add(key)
-            run = self._runs.get(key)
-            if run is not None:
-                await self.api.answers("POST", f"/v2/{run[0]}/cancel/{run[1]}")
-
-    async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
+    def prepare(self, job: ConnectorJob) -> RemoteJob:
         endpoint = job.payload.get("endpoint_id") or self.endpoint_id
         if not endpoint or not isinstance(job.payload.get("input", {}), dict):
             raise PermanentError(
@@ -86,62 +67,46 @@ class RunPodConnector(Connector):
         body: dict[str, Any] = {"input": job.payload.get("input") or {}}
         if isinstance(job.payload.get("policy"), dict):
             body["policy"] = job.payload["policy"]
-        key = (job.id, job.token)
-        self._cancelled.discard(key)
-        self._runs[key] = None
-        timeout = job.timeout_s or self.default_timeout_s
-        chunks: list[Any] = []
-        try:
-            async with asyncio.timeout(timeout):
-                run = await self.api.request("POST", f"/v2/{endpoint}/run", body)
-                if "id" not in run:
-                    raise RetryableError("RunPod /run answered without a job id", code="bad_response")
-                self._runs[key] = (str(endpoint), str(run["id"]))
-                if key in self._cancelled:
-                    await self.cancel(job.id, job.token)
-                state = await self._poll(str(endpoint), run, progress, chunks)
-        except TimeoutError:
-            await self.cancel(job.id, job.token)
-            raise RetryableError(
-                f"RunPod job exceeded the job timeout of {timeout:g}s", code="timeout"
-            ) from None
-        finally:
-            self._runs.pop(key, None)
-        return self._result(job, state, chunks)
+        return RemoteJob(job, f"/v2/{endpoint}/run", body, scope=str(endpoint))
 
-    async def _poll(
-        self, endpoint: str, state: dict[str, Any], progress: ProgressCallback, chunks: list[Any]
-    ) -> dict[str, Any]:
-        delay = self.poll_initial_s
-        rid = state["id"]
-        while state.get("status") not in TERMINAL:
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, self.poll_max_s)
-            if self.stream:
-                streamed = await self.api.request("GET", f"/v2/{endpoint}/stream/{rid}")
-                for item in streamed.get("stream") or []:
-                    chunks.append(item.get("output"))
-                    out = item.get("output")
-                    percent = out.get("progress") if isinstance(out, dict) else None
-                    await progress(
-                        min(99.0, float(percent))
-                        if isinstance(percent, int | float)
-                        else min(99.0, 100.0 * len(chunks) / (len(chunks) + 10)),
-                        None,
-                    )
-                if streamed.get("status") in TERMINAL:
-                    state = await self.api.request("GET", f"/v2/{endpoint}/status/{rid}")
-                continue
-            previous = state.get("status")
-            state = await self.api.request("GET", f"/v2/{endpoint}/status/{rid}")
-            if state.get("status") != previous and state.get("status") not in TERMINAL:
-                await progress(0.0, str(state.get("status")))  # no percentages without streaming
-        return state
+    def status_path(self, remote: RemoteJob) -> str:
+        return f"/v2/{remote.scope}/status/{remote.id}"
 
-    def _result(self, job: ConnectorJob, state: dict[str, Any], chunks: list[Any]) -> ConnectorResult:
-        status, rid = state.get("status"), str(state.get("id"))
+    def cancel_path(self, remote: RemoteJob) -> str:
+        return f"/v2/{remote.scope}/cancel/{remote.id}"
+
+    async def report(self, remote: RemoteJob, progress: ProgressCallback) -> None:
+        if self.options.stream:
+            return  # the chunks report progress
+        status = remote.state.get("status")
+        if remote.status is not None and status != remote.status:
+            await progress(0.0, str(status))  # no percentages without streaming
+        remote.status = status
+
+    async def fetch(self, remote: RemoteJob, progress: ProgressCallback) -> dict[str, Any]:
+        if not self.options.stream:
+            return await super().fetch(remote, progress)
+        streamed = await self.api.request("GET", f"/v2/{remote.scope}/stream/{remote.id}")
+        for item in streamed.get("stream") or []:
+            out = item.get("output")
+            remote.chunks.append(out)
+            percent = out.get("progress") if isinstance(out, dict) else None
+            n = len(remote.chunks)
+            await progress(
+                min(99.0, float(percent))
+                if isinstance(percent, int | float)
+                else min(99.0, 100.0 * n / (n + 10)),
+                None,
+            )
+        if streamed.get("status") in TERMINAL:
+            return await super().fetch(remote, progress)
+        return remote.state  # still running: the status document is read once the stream ends
+
+    async def result(self, remote: RemoteJob, cancelled: bool) -> ConnectorResult:
+        state, rid = remote.state, remote.id
+        status = state.get("status")
         if status == "CANCELLED":
-            if (job.id, job.token) in self._cancelled:
+            if cancelled:
                 raise JobCancelled(f"RunPod job {rid} cancelled", details={"runpod_id": rid})
             raise RetryableError(f"RunPod job {rid} was cancelled by RunPod", code="cancelled_remotely")
         if status == "TIMED_OUT":
@@ -157,6 +122,6 @@ class RunPodConnector(Connector):
             "delay_time_ms": state.get("delayTime"),
             "execution_time_ms": state.get("executionTime"),
         }
-        if chunks:
-            data["stream"] = chunks
+        if remote.chunks:
+            data["stream"] = remote.chunks
         return ConnectorResult(data=data, service_job_id=rid)

@@ -1,13 +1,20 @@
-"""Per-attempt task bookkeeping shared by connectors: run an attempt's coroutine as a task that cancel() can stop.
+"""The one cancellation mechanism of all connectors: a registry of live attempts that `cancel()` marks.
 
 Keyed by attempt (job id and fencing token), not by job: the same worker may run attempt 2 of a job while its
 lost attempt 1 still winds down, and stopping attempt 1 must leave attempt 2 running.
+
+`Attempts.cancel()` marks the named attempts cancelled, stops their task when they run as one (`run()`), and
+hands them back so a connector whose work lives in a remote service can also tell that service (by the
+attempt's `remote` id) and wake its waiting loop (`wake`). A connector then raises JobCancelled when it sees
+`cancelled` set; for `run()` that happens here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from appliance.worker.connectors.base import ConnectorJob, JobCancelled
@@ -18,49 +25,67 @@ T = TypeVar("T")
 AttemptKey = tuple[str, str]
 
 
-def attempts_of(keys: Any, job_id: str, token: str | None) -> list[AttemptKey]:
-    """The attempt keys among `keys` that `cancel(job_id, token)` means: that attempt, or every attempt
-    of the job when `token` is None."""
-    return [key for key in keys if key[0] == job_id and (token is None or key[1] == token)]
+@dataclass(eq=False)
+class Attempt:
+    """One running attempt of a job on this worker."""
+
+    job_id: str
+    token: str
+    #: Set by `Attempts.cancel()`: this attempt was asked to stop.
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: "Look now": set by whoever learns news the attempt's waiting loop should not sleep through.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The service's id of this attempt's work (prediction id, prompt id, ...), once known.
+    remote: Any = None
+    #: The task running the attempt, when it runs as one (`Attempts.run`).
+    task: asyncio.Task[Any] | None = None
 
 
-class JobTasks:
-    """Maps (job id, token) -> running task; cancel() stops it and process() then raises JobCancelled."""
+class Attempts:
+    """The live attempts of one connector."""
 
     def __init__(self) -> None:
-        self._tasks: dict[AttemptKey, asyncio.Task[Any]] = {}
-        self._cancelled: set[AttemptKey] = set()
+        self._live: dict[AttemptKey, Attempt] = {}
 
     def __contains__(self, job_id: str) -> bool:
-        return any(key[0] == job_id for key in self._tasks)
+        return any(key[0] == job_id for key in self._live)
+
+    @contextlib.contextmanager
+    def open(self, job: ConnectorJob, remote: Any = None) -> Iterator[Attempt]:
+        """Register this attempt of `job` for its duration: a cancel() meanwhile, even before its remote id is
+        known, is remembered in `cancelled`."""
+        key = (job.id, job.token)
+        attempt = self._live[key] = Attempt(job.id, job.token, remote=remote)
+        try:
+            yield attempt
+        finally:
+            if self._live.get(key) is attempt:
+                del self._live[key]
 
     async def run(self, job: ConnectorJob, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` for this attempt of `job`; a cancel() of it meanwhile turns into JobCancelled."""
-        key = (job.id, job.token)
-        self._cancelled.discard(key)
-        task = asyncio.ensure_future(coro)
-        self._tasks[key] = task
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if key in self._cancelled:
-                raise JobCancelled(f"job {job.id} cancelled") from None
-            # Our caller was cancelled (shutdown): stop the work too, then propagate.
-            task.cancel()
-            raise
-        finally:
-            if self._tasks.get(key) is task:
-                del self._tasks[key]
-            self._cancelled.discard(key)
-
-    def cancel(self, job_id: str, token: str | None = None) -> bool:
-        """Cancel that attempt's task (every attempt of the job when `token` is None) if running; idempotent.
-        True when a task was cancelled."""
-        cancelled = False
-        for key in attempts_of(self._tasks, job_id, token):
-            task = self._tasks[key]
-            if not task.done():
-                self._cancelled.add(key)
+        """Run `coro` as this attempt's task; a cancel() of it meanwhile turns into JobCancelled."""
+        with self.open(job) as attempt:
+            task = attempt.task = asyncio.ensure_future(coro)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if attempt.cancelled.is_set():
+                    raise JobCancelled(f"job {job.id} cancelled") from None
+                # Our caller was cancelled (shutdown): stop the work too, then propagate.
                 task.cancel()
-                cancelled = True
-        return cancelled
+                raise
+
+    def cancel(self, job_id: str, token: str | None = None) -> list[Attempt]:
+        """Mark that attempt (every attempt of the job when `token` is None) cancelled and stop its task;
+        idempotent. Returns the attempts newly cancelled, for the caller to tell the remote service."""
+        newly: list[Attempt] = []
+        for key, attempt in list(self._live.items()):
+            if key[0] != job_id or (token is not None and key[1] != token) or attempt.cancelled.is_set():
+                continue
+            if attempt.task is not None and attempt.task.done():
+                continue  # finished already: its outcome stands
+            attempt.cancelled.set()
+            if attempt.task is not None:
+                attempt.task.cancel()
+            newly.append(attempt)
+        return newly

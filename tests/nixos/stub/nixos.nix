@@ -13,8 +13,13 @@ let
     freeformType = types.attrsOf types.anything;
     options = {
       wantedBy = list;
+      wants = list;
       after = list;
       bindsTo = list;
+      environment = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+      };
       restartTriggers = list;
       overrideStrategy = mkOption {
         type = types.enum [
@@ -32,6 +37,47 @@ let
 in
 {
   options = {
+    meta = {
+      maintainers = list;
+      doc = mkOption {
+        type = types.path;
+      };
+    };
+    # services.redis.servers.<name>, with the defaults nixos/modules/services/databases/redis.nix gives the
+    # options the module reads (user and socket of a named server).
+    services.redis.servers = mkOption {
+      type = types.attrsOf (
+        types.submodule (
+          { name, ... }:
+          {
+            freeformType = types.attrsOf types.anything;
+            options = {
+              enable = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              user = mkOption {
+                type = types.str;
+                default = "redis-${name}";
+              };
+              unixSocket = mkOption {
+                type = types.nullOr types.str;
+                default = "/run/redis-${name}/redis.sock";
+              };
+              port = mkOption {
+                type = types.port;
+                default = 0;
+              };
+              requirePassFile = mkOption {
+                type = types.nullOr types.str;
+                default = null;
+              };
+            };
+          }
+        )
+      );
+      default = { };
+    };
     assertions = list;
     warnings = mkOption {
       type = types.listOf types.str;

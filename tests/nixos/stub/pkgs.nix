@@ -24,6 +24,19 @@ in
   # What the VM test files use to build their node configurations.
   stdenv.hostPlatform.system = "x86_64-linux";
   writeText = name: _text: fakeDrv name { };
+  # Kept as data, so the test can check what would be built (and run the check script itself).
+  runCommand =
+    name: env: buildCommand:
+    fakeDrv name (env // { inherit buildCommand; });
+  linkFarm =
+    name: entries:
+    fakeDrv name {
+      passthru.entries = map (e: {
+        inherit (e) name;
+        path = "${e.path}";
+      }) entries;
+    };
+  fetchurl = { url, hash }: fakeDrv (baseNameOf url) { };
   jq = fakeDrv "jq" { };
   redis = fakeDrv "redis" { };
   curl = fakeDrv "curl" { };

@@ -98,6 +98,36 @@ async def test_cancel_cancels_remote_job(service) -> None:
     assert next(iter(sim.jobs.values())).state == "canceled"
 
 
+async def test_cancel_stops_only_the_named_attempt(service) -> None:
+    # A lost attempt 1 still winding down on this worker, attempt 2 of the same job running: cancelling
+    # attempt 1 (by its token) cancels its remote job only.
+    name, connector, sim = service
+    one, two = (
+        ConnectorJob(
+            id="c2",
+            service=name,
+            payload=job(name, {"hang": True}).payload,
+            attempt=n,
+            timeout_s=None,
+            token=t,
+        )
+        for n, t in ((1, "t1"), (2, "t2"))
+    )
+    run1 = asyncio.create_task(connector.process(one, Progress()))
+    await wait_until(lambda: len(sim.jobs) == 1)
+    run2 = asyncio.create_task(connector.process(two, Progress()))
+    await wait_until(lambda: len(sim.jobs) == 2)
+    first, second = sim.jobs.values()
+    await connector.cancel("c2", "t1")
+    with pytest.raises(JobCancelled):
+        await run1
+    assert first.state == "canceled" and second.state != "canceled" and not run2.done()
+    await connector.cancel("c2", "t2")
+    with pytest.raises(JobCancelled):
+        await run2
+    assert sim.stats["cancels"] == 2
+
+
 async def test_rate_limit_server_error_malformed(service) -> None:
     name, connector, _ = service
     with pytest.raises(RetryableError) as info:
@@ -172,3 +202,52 @@ async def test_payload_without_target_is_permanent(service) -> None:
     with pytest.raises(PermanentError, match="version|endpoint_id"):
         await connector.process(bad, Progress())
     assert sim.stats["created"] == 0
+
+
+async def test_a_new_remote_job_provider_is_only_its_hooks(storage: LocalStorage) -> None:
+    # The polling base carries submit, backoff, timeout and remote cancel: a provider is paths, statuses and a
+    # result mapping (here one speaking RunPod's protocol under another name).
+    from appliance.worker.connectors.polling import PollingConnector, RemoteJob
+
+    class Tiny(PollingConnector):
+        name = "tiny"
+        service = "Tiny"
+        default_base_url = "http://unused.invalid"
+        terminal = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+        async def capabilities(self) -> Any:
+            raise NotImplementedError
+
+        async def health(self) -> bool:
+            return True
+
+        def prepare(self, job: ConnectorJob) -> RemoteJob:
+            return RemoteJob(job, "/v2/ep/run", {"input": job.payload["input"]})
+
+        def status_path(self, remote: RemoteJob) -> str:
+            return f"/v2/ep/status/{remote.id}"
+
+        def cancel_path(self, remote: RemoteJob) -> str:
+            return f"/v2/ep/cancel/{remote.id}"
+
+        async def result(self, remote: RemoteJob, cancelled: bool) -> Any:
+            if cancelled:
+                raise JobCancelled("tiny cancelled")
+            return remote.state["output"]
+
+    app = runpod_standin.make_app(api_key=KEY)
+    server, url = await _serve(app)
+    tiny = Tiny(options=ConnectorOptions(base_url=url, api_key=KEY, extra=FAST), storage=storage)
+    await tiny.start()
+    try:
+        assert tiny.options.poll_max_s == FAST["poll_max_s"]
+        assert await tiny.process(job("runpod", {"prompt": "hi"}), Progress()) == {"echo": {"prompt": "hi"}}
+        hung = asyncio.create_task(tiny.process(job("runpod", {"hang": True}, job_id="h"), Progress()))
+        await wait_until(lambda: len(app[SIM_KEY].jobs) == 2)
+        await tiny.cancel("h")
+        with pytest.raises(JobCancelled):
+            await hung
+        assert app[SIM_KEY].stats["cancels"] == 1
+    finally:
+        await tiny.close()
+        await server.close()

@@ -229,7 +229,13 @@ class MonitorState:
         event = EventKind.parse(fields.get("event"))
         job_id = fields.get("job") or fields.get("job_id")
         means = meaning(event)
-        if event is None or means is None or not isinstance(job_id, str) or not job_id:
+        if (
+            event is None
+            or means is None
+            or means.status is None
+            or not isinstance(job_id, str)
+            or not job_id
+        ):
             return None
         if fields.get("queue") not in (None, self.queue_name):
             return None
@@ -288,7 +294,7 @@ class MonitorState:
         elif event is EventKind.PROGRESS:
             self._progress(job, fields, progress)
         else:
-            status = means.status.value
+            status = means.status.value if means.status is not None else job.status
             if means.back_in_line:  # retrying, released, lease_expired: back in line for another attempt
                 job.status, job.percent = "pending", 0.0
                 job.attempt = max(attempt, job.attempt)

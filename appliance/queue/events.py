@@ -29,6 +29,8 @@ class EventKind(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    #: A leased job's cancellation was requested; its worker is told and ends it (then: cancelled).
+    CANCEL_REQUESTED = "cancel_requested"
     RELEASED = "released"
     LEASE_EXPIRED = "lease_expired"
 
@@ -55,8 +57,8 @@ class AttemptEnd(StrEnum):
 
 @dataclass(frozen=True)
 class Meaning:
-    #: The job's status after the event.
-    status: JobStatus
+    #: The job's status after the event; None when the event does not change it.
+    status: JobStatus | None
     ends: AttemptEnd | None = None
 
     @property
@@ -74,6 +76,7 @@ MEANING: dict[EventKind, Meaning] = {
     EventKind.FAILED: Meaning(JobStatus.FAILED, AttemptEnd.FAILED),
     EventKind.DEAD: Meaning(JobStatus.DEAD, AttemptEnd.FAILED),
     EventKind.CANCELLED: Meaning(JobStatus.CANCELLED),
+    EventKind.CANCEL_REQUESTED: Meaning(None),
     EventKind.RELEASED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
     EventKind.LEASE_EXPIRED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
 }

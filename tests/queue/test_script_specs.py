@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from appliance.queue import Queue
 from appliance.queue.errors import QueueError, ScriptCode, WrongShape, raise_for_code
+from appliance.queue.events import MEANING, EventKind
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import SCRIPT_NAMES, declared_keys, header_keys, load_sources
 from appliance.queue.specs import SPECS
@@ -53,3 +57,28 @@ async def test_a_call_naming_the_wrong_shape_changes_nothing(queue: Queue) -> No
     with pytest.raises(WrongShape):
         await queue.release(job.id, claimed.token, shape=other.shape)
     assert (await queue.require(job.id)).worker_id == "w1"
+
+
+def test_every_event_the_scripts_emit_has_one_meaning() -> None:
+    emitted = {
+        name
+        for source in load_sources().values()
+        for name in re.findall(r"emit\(events_key, mode, maxlen, '\w+', queue, '(\w+)'", source)
+    }
+    assert emitted == {kind.value for kind in EventKind}
+    assert set(MEANING) == set(EventKind)
+
+
+OUTSIDE_QUEUE_FORBIDDEN = re.compile(r"\.(xread|xrange|xrevrange|hgetall)\(|import keys as machine_keys")
+
+
+def test_no_module_outside_the_queue_reads_its_storage() -> None:
+    root = Path(__file__).resolve().parents[2] / "appliance"
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for path in root.rglob("*.py")
+        if "queue" not in path.relative_to(root).parts[:1]
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if OUTSIDE_QUEUE_FORBIDDEN.search(line)
+    ]
+    assert offenders == []

@@ -44,6 +44,7 @@ NO_REDIS = {
     ("units", "install"),
     ("units", "list"),
     ("units", "uninstall"),
+    ("units", "render"),
     ("comfyui",),
     ("pools", "classify"),
     ("machine", "plan"),
@@ -68,6 +69,7 @@ FILL = {
     "service": "echo",
     "gpu": "0",
     "role": "submitter",
+    "bin_path": "/usr/bin/appliance",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")
@@ -179,6 +181,7 @@ def build_argv(case: Case, tmp: Path) -> list[str]:
         ("units", "install"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance", "--no-user"],
         ("units", "list"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance"],
         ("units", "uninstall"): ["--root", str(tmp / "root")],
+        ("units", "render"): ["--dest", str(tmp / "rendered")],
         ("machine", "plan"): ["--gpus", "0"],
         ("demo",): ["--workers", "1", "--jobs", "1"],
     }

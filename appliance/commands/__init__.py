@@ -57,21 +57,26 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except NoPermissionError as exc:
-        raise CommandError(refused(exc), 4) from None
+        raise CommandError(refused(exc), ExitCode.REDIS) from None
     except ResponseError as exc:
         # The same refusal met by a command inside a script comes back as a script error.
         if "user executing the script can't" not in str(exc):
             raise
-        raise CommandError(refused(exc), 4) from None
+        raise CommandError(refused(exc), ExitCode.REDIS) from None
 
 
 def refused(exc: Exception, where: str = "") -> str:
-    """One line for a Redis NOPERM reply: Redis's own words name the command, key or channel refused."""
-    text = " ".join(str(exc).split())
-    return (
-        f"Redis{f' at {where}' if where else ''} refused: {text} (the ACL user lacks this permission; "
-        "`appliance redis acl --role ROLE` prints each role's)"
-    )
+    """One line for a Redis NOPERM reply (the describer every command uses): Redis's own words name the command,
+    key or channel refused, and the line says which role prints the permissions."""
+    from appliance.rediserrors import describe_redis_error
+
+    text = describe_redis_error(exc, where)
+    if "NOPERM" not in text:  # a refusal inside a script arrives as a script error
+        text = (
+            f"reached Redis{f' at {where}' if where else ''} but it refused a command inside a script (NOPERM): "
+            + (" ".join(str(exc).split()))
+        )
+    return f"{text} (`appliance redis acl --role ROLE` prints each role's permissions)"
 
 
 def print_json(value: Any) -> None:

@@ -101,9 +101,10 @@ class Filler:
     def __init__(self, queue: Queue, nshapes: int) -> None:
         self.queue = queue
         self.loader = queue.client.register_script(LOADER)
-        self.calls = [queue._submit_call(spec) for spec in shape_specs(nshapes)]
+        prefix = len(queue.conn.common())  # submit.lua's own ARGV follow the common prefix
+        self.calls = [queue.producer._submit_call(spec)[2][2][prefix:] for spec in shape_specs(nshapes)]
         # The client's own submit arguments give the exact JSON body, shape id and shape record it would write.
-        self.shapes: list[str] = [args[2] for _, _, args in self.calls]
+        self.shapes: list[str] = [args[2] for args in self.calls]
         self.next_index = [0] * nshapes
 
     async def top_up(self, total: int) -> None:
@@ -111,7 +112,7 @@ class Filler:
         k = self.queue.keys
         per_shape = max(1, total // len(self.shapes))
         now = int(time.time() * 1000)
-        for index, (_, _, args) in enumerate(self.calls):
+        for index, args in enumerate(self.calls):
             body, shape, record = args[1], args[2], args[3]
             missing = per_shape - int(await self.queue.client.zcard(k.ready(shape)))
             while missing > 0:
@@ -152,8 +153,10 @@ async def cost(queue: Queue, command: str) -> tuple[int, float]:
 
 def claim_command(queue: Queue, shape: str, via: str) -> list[str]:
     """A one-shape claim exactly as Queue.claim sends it (fixed worker and token), for redis-benchmark to repeat."""
-    keys, claim_args = queue.claim_call("bench-w", queue.worker_class([shape]), "0123456789abcdef01234567")
-    args = [str(a) for a in [*queue._common(), *claim_args]]
+    _, keys, claim_args = queue.leases.claim_call(
+        "bench-w", queue.worker_class([shape]), "0123456789abcdef01234567"
+    )
+    args = [str(a) for a in claim_args]
     if via == "FCALL":
         return ["FCALL", queue.scripts.function_name("claim"), str(len(keys)), *keys, *args]
     sha = hashlib.sha1(queue.scripts.sources["claim"].encode()).hexdigest()

@@ -42,7 +42,7 @@ def _check(machine: str) -> str:
 def _act(args: argparse.Namespace, drain: bool) -> int:
     from redis.exceptions import RedisError
 
-    from appliance.machine import fleet
+    from appliance.queue import registry as fleet
 
     machine = _check(args.machine)
 

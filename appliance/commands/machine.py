@@ -178,7 +178,7 @@ def _status(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from appliance.machine import keys
+    from appliance.queue import registry as keys
 
     settings = load(args)
     machine_id = args.machine or settings.machine.id

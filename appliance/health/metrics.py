@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from appliance.machine import resources
 from appliance.machine.state import MachineState
+from appliance.queue.events import AttemptEnd, EventKind, JobEvent
 
 log = logging.getLogger(__name__)
 
@@ -325,49 +326,32 @@ class JobMetrics:
         worker = fields.get("worker")
         if worker not in self.worker_ids:
             return
-        event, job, service = (
-            fields.get("event", ""),
-            fields.get("job", ""),
-            fields.get("service") or "unknown",
-        )
-        at_ms = _entry_ms(entry_id)
-        if event == "claimed":
-            if (wait := _number(fields.get("wait_ms"))) is not None:
+        event = JobEvent.of_entry(entry_id, fields)
+        job, service, at_ms, meaning = event.job, event.service or "unknown", event.at_ms, event.meaning
+        if event.kind is EventKind.CLAIMED:
+            if (wait := event.number("wait_ms")) is not None:
                 self.queue_wait.labels(service).observe(max(0.0, wait / 1000))
             if len(self._claimed_ms) > 100_000:  # claims whose end we never saw (stream trimmed): forget them
                 self._claimed_ms.clear()
             self._claimed_ms[job] = at_ms
             return
         claimed = self._claimed_ms.pop(job, None)
-        if event == "completed":
+        ends = meaning.ends if meaning is not None else None
+        if ends is AttemptEnd.COMPLETED:
             self.completed.labels(service).inc()
-            duration = _number(fields.get("duration_ms"))
+            duration = event.number("duration_ms")
             if duration is None and claimed is not None:
                 duration = at_ms - claimed
             if duration is not None:
                 self.duration.labels(service, "completed").observe(max(0.0, duration / 1000))
-        elif event in ("retrying", "failed", "dead"):
-            self.failed.labels(service, "true" if event == "retrying" else "false").inc()
-            if event == "retrying":
+        elif ends in (AttemptEnd.RETRIED, AttemptEnd.FAILED):
+            self.failed.labels(service, "true" if ends is AttemptEnd.RETRIED else "false").inc()
+            if ends is AttemptEnd.RETRIED:
                 self.retried.labels(service).inc()
             if claimed is not None:
                 self.duration.labels(service, "failed").observe(max(0.0, (at_ms - claimed) / 1000))
-        elif event in ("released", "lease_expired"):
+        elif ends is AttemptEnd.RETURNED:
             self.released.labels(service).inc()
-
-
-def _entry_ms(entry_id: str) -> int:
-    try:
-        return int(str(entry_id).split("-", 1)[0])
-    except ValueError:
-        return 0
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 def make_registry(state: MachineState, proc: str | Path = "/proc") -> tuple[CollectorRegistry, JobMetrics]:

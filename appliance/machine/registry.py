@@ -10,8 +10,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from appliance.machine import keys
 from appliance.machine.status import scrub
+from appliance.queue import registry as keys
 
 log = logging.getLogger(__name__)
 

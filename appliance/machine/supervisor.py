@@ -33,7 +33,6 @@ from redis.exceptions import RedisError
 from appliance.config import Settings
 from appliance.health.metrics import JobMetrics, make_registry
 from appliance.health.server import make_app, start_server
-from appliance.machine import fleet
 from appliance.machine.plan import (
     AUTO,
     MachineType,
@@ -49,10 +48,10 @@ from appliance.machine.state import MachineState, Phase
 from appliance.machine.status import build_status, change_signature, registration_record, status_line
 from appliance.machine.stops import read_stops, state_directory
 from appliance.machine.systemd import SystemdUnits, systemd_running
-from appliance.machine.workers import read_workers, registered_workers
 from appliance.netaddr import WILDCARD, connect_host
 from appliance.notify import Notifier, WatchdogPinger, hang_event_loop
 from appliance.queue import Queue
+from appliance.queue.registry import is_drained
 from appliance.rediserrors import describe_redis_error, redis_error_kind
 from appliance.secrets import redact_url
 
@@ -318,10 +317,10 @@ class Supervisor:
         assert self.queue is not None and self.registry is not None
         stale = await self.registry.clear_stale()
         ids = set(self.state.plan.worker_ids()) | set(
-            await registered_workers(self.queue, self.state.machine_id)
+            await self.queue.registry.registered_workers(self.state.machine_id)
         )
         now_ms = await self.queue.server_time_ms()
-        seen = await read_workers(self.queue, ids, now_ms)
+        seen = await self.queue.registry.read_workers(ids, now_ms)
         units = await self.systemd.states(
             [
                 f"appliance-worker@{wid.removeprefix(self.state.machine_id + '-')}.service"
@@ -476,8 +475,8 @@ class Supervisor:
     async def _read_queue(self, full: bool) -> None:
         assert self.queue is not None and self.registry is not None
         ids = set(self.state.plan.worker_ids()) | set(self.state.workers)
-        self.state.workers = await read_workers(self.queue, ids, await self.queue.server_time_ms())
-        self.state.draining = await fleet.is_drained(self.queue.client, self.state.machine_id)
+        self.state.workers = await self.queue.registry.read_workers(ids, await self.queue.server_time_ms())
+        self.state.draining = await is_drained(self.queue.client, self.state.machine_id)
         if full:
             self.state.queue_stats = (await self.queue.stats()).model_dump(mode="json")
             await self._read_stops()
@@ -535,18 +534,16 @@ class Supervisor:
     async def _follow_job_events(self) -> None:
         """Feed the job histograms from the queue's event stream, from now on (history is not replayed)."""
         assert self.queue is not None and self.jobs is not None
-        stream, last_id = self.queue.keys.events, "$"
+        last_id = "$"
         while not self.stop_event.is_set():
             try:
-                reply = await self.queue.client.xread({stream: last_id}, block=2000, count=500)
+                last_id, events = await self.queue.events.tail(last_id, block_ms=2000, count=500)
             except (RedisError, OSError):
                 if await self._sleep(1.0):
                     return
                 continue
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    last_id = entry_id
-                    self.jobs.observe(entry_id, fields)
+            for event in events:
+                self.jobs.observe(event.entry_id, event.fields)
             self.jobs.worker_ids = set(self.state.plan.worker_ids()) | set(self.state.workers)
 
     async def _loop_turns(self) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -26,9 +25,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from appliance.config import Settings
-from appliance.machine import keys as machine_keys
 from appliance.monitor.state import MonitorState, now_ms
 from appliance.queue import Queue
+from appliance.queue.events import EventKind, JobEvent
 from appliance.queue.keys import (
     CHANNEL_CLAIMED,
     CHANNEL_COMPLETED,
@@ -37,33 +36,19 @@ from appliance.queue.keys import (
     CHANNEL_SUBMITTED,
 )
 from appliance.queue.options import EventsMode
+from appliance.queue.registry import STARTUP_EVENTS_CHANNEL, decode_message, status_channel
 from appliance.secrets import redact_url
 
 log = logging.getLogger(__name__)
 
 JOB_CHANNELS = (CHANNEL_SUBMITTED, CHANNEL_CLAIMED, CHANNEL_PROGRESS, CHANNEL_COMPLETED, CHANNEL_FAILED)
-STATUS_PATTERN = machine_keys.status_channel("*")
+STATUS_PATTERN = status_channel("*")
 #: Stream entries loaded on the first connect (the recent job list and sparklines come from them).
 INITIAL_ENTRIES = 2000
 #: Backoff between reconnect attempts (s).
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
 
 Publish = Callable[[dict[str, Any]], None]
-
-
-def _loads(data: Any) -> dict[str, Any] | None:
-    try:
-        value = json.loads(data)
-    except (TypeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _entry_ms(entry_id: str) -> int:
-    try:
-        return int(entry_id.split("-", 1)[0])
-    except ValueError:
-        return now_ms()
 
 
 class Feed:
@@ -144,9 +129,7 @@ class Feed:
         pubsub = self.queue.client.pubsub()
         try:
             await pubsub.psubscribe(STATUS_PATTERN)
-            await pubsub.subscribe(
-                machine_keys.STARTUP_EVENTS_CHANNEL, *map(self.queue.channel, JOB_CHANNELS)
-            )
+            await pubsub.subscribe(STARTUP_EVENTS_CHANNEL, *map(self.queue.channel, JOB_CHANNELS))
             await self._load()
             self.state.redis_ok, self.state.redis_error = True, None
             self.publish(self.state.snapshot())
@@ -181,36 +164,20 @@ class Feed:
 
     async def _load_stream(self) -> None:
         assert self.queue is not None
-        events = self.queue.keys.events
-        client = self.queue.client
         if self.state.last_stream_id == "0-0":
-            entries = list(reversed(await client.xrevrange(events, count=INITIAL_ENTRIES)))
+            events = await self.queue.events.replay(INITIAL_ENTRIES)
         else:
-            entries = await client.xrange(
-                events, min=f"({self.state.last_stream_id}", max="+", count=INITIAL_ENTRIES * 5
-            )
-        for entry_id, fields in entries:
-            self._apply_entry(entry_id, fields, publish=False)
+            _, events = await self.queue.events.tail(self.state.last_stream_id, count=INITIAL_ENTRIES * 5)
+        for event in events:
+            self._apply_entry(event, publish=False)
 
     async def _discover_machines(self, load_status: bool) -> None:
         """Registrations of every machine in `machines` and every machine we show; status of unknown ones."""
         assert self.queue is not None
-        client = self.queue.client
-        ids = set(await client.zrange(machine_keys.MACHINES_KEY, 0, -1)) | set(self.state.machines)
-        ordered = sorted(ids)
-        pipe = client.pipeline(transaction=False)
-        for mid in ordered:
-            pipe.hgetall(machine_keys.info_key(mid))
-            pipe.get(machine_keys.status_key(mid))
-        replies = await pipe.execute()
-        for i, mid in enumerate(ordered):
-            info, status = replies[2 * i], replies[2 * i + 1]
+        for record in await self.queue.registry.machines(also=self.state.machines):
+            mid, payload = record.machine_id, record.status
             known = mid in self.state.machines
-            decoded = {
-                k: (_loads(v) if k in ("capabilities", "plan") else v) for k, v in (info or {}).items()
-            }
-            view = self.state.set_registration(mid, decoded or None)
-            payload = _loads(status) if status else None
+            view = self.state.set_registration(mid, record.info)
             if payload and (load_status or not known or view is None or not view.seen_ms):
                 stamp = int(payload.get("timestamp") or 0)
                 view = self.state.apply_machine_status(payload, min(now_ms(), stamp) if stamp else None)
@@ -224,7 +191,7 @@ class Feed:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None:
                 continue
-            data = _loads(message.get("data"))
+            data = decode_message(message.get("data"))
             if data is None:
                 continue
             channel = message.get("channel")
@@ -232,7 +199,7 @@ class Feed:
                 view = self.state.apply_machine_status(data)
                 if view is not None:
                     self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
-            elif channel == machine_keys.STARTUP_EVENTS_CHANNEL:
+            elif channel == STARTUP_EVENTS_CHANNEL:
                 view = self.state.apply_machine_event(data)
                 if view is not None:
                     self.publish({"type": "machine_event", "event": data})
@@ -246,20 +213,19 @@ class Feed:
 
     async def _stream_loop(self) -> None:
         assert self.queue is not None
-        events = self.queue.keys.events
         while not self.stopping:
-            reply = await self.queue.client.xread({events: self.state.last_stream_id}, count=500, block=1000)
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._apply_entry(entry_id, fields, publish=True)
+            _, events = await self.queue.events.tail(self.state.last_stream_id, count=500, block_ms=1000)
+            for event in events:
+                self._apply_entry(event, publish=True)
 
-    def _apply_entry(self, entry_id: str, fields: dict[str, Any], *, publish: bool) -> None:
-        self.state.last_stream_id = entry_id
-        job = self.state.apply_job_event(fields, _entry_ms(entry_id))
+    def _apply_entry(self, event: JobEvent, *, publish: bool) -> None:
+        self.state.last_stream_id = event.entry_id
+        job = self.state.apply_job_event(dict(event.fields), event.at_ms)
         if job is None:
             return
-        if job.status in ("failed", "dead") or fields.get("event") == "retrying":
-            if not job.error or fields.get("event") == "retrying":
+        retrying = event.kind is EventKind.RETRYING
+        if job.status in ("failed", "dead") or retrying:
+            if not job.error or retrying:
                 self._need_error.add(job.id)
         if publish:
             self.publish({"type": "job_update", "job": self.state.job_view(job)})
@@ -275,11 +241,7 @@ class Feed:
         assert self.queue is not None
         stats = await self.queue.stats()
         self.state.queue_stats = stats.model_dump(mode="json")
-        shapes = await self.queue.client.hgetall(self.queue.keys.shapes)
-        default_pool = self.settings.classifier.default_pool
-        self.state.shape_pool = {
-            s: str((_loads(r) or {}).get("pool") or default_pool) for s, r in shapes.items()
-        }
+        self.state.shape_pool = await self.queue.registry.shape_pools(self.settings.classifier.default_pool)
         self.publish({"type": "queue_stats", "stats": self.state.queue_stats})
         await self._discover_machines(load_status=False)
         for mid in self.state.tick():

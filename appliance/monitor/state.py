@@ -20,6 +20,10 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from appliance.queue.events import AttemptEnd, EventKind, Meaning, meaning
+from appliance.queue.models import JobStatus
+from appliance.queue.records import number
+
 #: A machine silent for this many status intervals is offline.
 OFFLINE_INTERVALS = 2.0
 #: Offline machines are dropped from the view after this long (s).
@@ -32,31 +36,11 @@ MAX_MACHINE_EVENTS = 20
 BUCKET_S = 5
 BUCKETS = 60
 
-FINISHED = {"completed", "failed", "dead", "cancelled"}
-#: Stream/pub-sub event name -> the job status it leads to.
-EVENT_STATUS = {
-    "submitted": "pending",
-    "claimed": "claimed",
-    "progress": "running",
-    "completed": "completed",
-    "failed": "failed",
-    "dead": "dead",
-    "cancelled": "cancelled",
-    "retrying": "pending",
-    "released": "pending",
-    "lease_expired": "pending",
-}
+FINISHED = {s.value for s in JobStatus if s.finished}
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _num(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass
@@ -174,7 +158,7 @@ class MonitorState:
         return view
 
     def interval_s(self, view: MachineView) -> float:
-        value = _num(view.payload.get("status_interval_s"))
+        value = number(view.payload.get("status_interval_s"))
         return value if value and value > 0 else self.default_interval_s
 
     def _evaluate(self, view: MachineView, at_ms: int) -> bool:
@@ -242,9 +226,16 @@ class MonitorState:
     ) -> JobView | None:
         """Apply one lifecycle event (stream entry fields or a pub/sub message); returns the job if it changed.
         `details_only`: a pub/sub copy of an event the stream delivers too (adds error text, progress message)."""
-        event = str(fields.get("event") or "")
+        event = EventKind.parse(fields.get("event"))
         job_id = fields.get("job") or fields.get("job_id")
-        if event not in EVENT_STATUS or not isinstance(job_id, str) or not job_id:
+        means = meaning(event)
+        if (
+            event is None
+            or means is None
+            or means.status is None
+            or not isinstance(job_id, str)
+            or not job_id
+        ):
             return None
         if fields.get("queue") not in (None, self.queue_name):
             return None
@@ -260,51 +251,7 @@ class MonitorState:
             job.service = str(fields["service"])
         if fields.get("shape"):
             job.shape = str(fields["shape"])
-        attempt = int(_num(fields.get("attempt")) or 0)
-        raw_progress = fields.get("progress")
-        progress: dict[str, Any] = raw_progress if isinstance(raw_progress, dict) else {}
-        if details_only:
-            self._error_from(job, fields)
-            if event == "progress" and job.status in ("claimed", "running") and progress.get("message"):
-                job.message = str(progress["message"])[:200]
-        elif job.status in FINISHED:
-            # Terminal: only details may still arrive (the pub/sub copy carries the error text).
-            self._error_from(job, fields)
-        elif event == "submitted":
-            job.submitted_ms = job.submitted_ms or at
-        elif event == "claimed":
-            job.attempt = max(attempt, job.attempt)
-            job.status, job.percent, job.message = "claimed", 0.0, None
-            job.claimed_ms, job.wait_ms = at, _num(fields.get("wait_ms"))
-            job.worker = str(fields.get("worker") or "") or None
-        elif event == "progress":
-            percent = _num(fields.get("percent"))
-            if percent is None:
-                percent = _num(progress.get("percent"))
-            if job.status in ("claimed", "running", "pending"):
-                job.status = "running"
-                job.worker = str(fields.get("worker") or job.worker or "") or None
-                if percent is not None:
-                    job.percent = percent
-                if progress.get("message"):
-                    job.message = str(progress["message"])[:200]
-        else:
-            status = EVENT_STATUS[event]
-            if status == "pending":  # retrying, released, lease_expired: back in line for another attempt
-                job.status, job.percent = "pending", 0.0
-                job.attempt = max(attempt, job.attempt)
-                job.message = event + (f": {fields['reason']}" if fields.get("reason") else "")
-            else:
-                if event in ("completed", "failed", "dead"):
-                    self.series.add(
-                        at, "completed" if event == "completed" else "failed", _num(fields.get("duration_ms"))
-                    )
-                job.status = status
-                job.finished_ms = at
-                if status == "completed":
-                    job.percent, job.message = 100.0, None
-                    job.duration_ms = _num(fields.get("duration_ms"))
-            self._error_from(job, fields)
+        self._move(job, event, means, fields, at, details_only)
         changed = asdict(job) != before
         if changed:
             job.updated_ms = at
@@ -312,6 +259,72 @@ class MonitorState:
             while len(self.jobs) > MAX_JOBS:
                 self.jobs.popitem(last=True)
         return job if changed else None
+
+    def _move(
+        self,
+        job: JobView,
+        event: EventKind,
+        means: Meaning,
+        fields: dict[str, Any],
+        at: int,
+        details_only: bool,
+    ) -> None:
+        """What one event changes of a known job (the caller compares before and after)."""
+        attempt = int(number(fields.get("attempt")) or 0)
+        raw_progress = fields.get("progress")
+        progress: dict[str, Any] = raw_progress if isinstance(raw_progress, dict) else {}
+        if details_only:
+            self._error_from(job, fields)
+            if (
+                event is EventKind.PROGRESS
+                and job.status in ("claimed", "running")
+                and progress.get("message")
+            ):
+                job.message = str(progress["message"])[:200]
+        elif job.status in FINISHED:
+            # Terminal: only details may still arrive (the pub/sub copy carries the error text).
+            self._error_from(job, fields)
+        elif event is EventKind.SUBMITTED:
+            job.submitted_ms = job.submitted_ms or at
+        elif event is EventKind.CLAIMED:
+            job.attempt = max(attempt, job.attempt)
+            job.status, job.percent, job.message = "claimed", 0.0, None
+            job.claimed_ms, job.wait_ms = at, number(fields.get("wait_ms"))
+            job.worker = str(fields.get("worker") or "") or None
+        elif event is EventKind.PROGRESS:
+            self._progress(job, fields, progress)
+        else:
+            status = means.status.value if means.status is not None else job.status
+            if means.back_in_line:  # retrying, released, lease_expired: back in line for another attempt
+                job.status, job.percent = "pending", 0.0
+                job.attempt = max(attempt, job.attempt)
+                job.message = event.value + (f": {fields['reason']}" if fields.get("reason") else "")
+            else:
+                if means.ends in (AttemptEnd.COMPLETED, AttemptEnd.FAILED):
+                    self.series.add(
+                        at,
+                        "completed" if means.ends is AttemptEnd.COMPLETED else "failed",
+                        number(fields.get("duration_ms")),
+                    )
+                job.status = status
+                job.finished_ms = at
+                if status == "completed":
+                    job.percent, job.message = 100.0, None
+                    job.duration_ms = number(fields.get("duration_ms"))
+            self._error_from(job, fields)
+
+    @staticmethod
+    def _progress(job: JobView, fields: dict[str, Any], progress: dict[str, Any]) -> None:
+        percent = number(fields.get("percent"))
+        if percent is None:
+            percent = number(progress.get("percent"))
+        if job.status in ("claimed", "running", "pending"):
+            job.status = "running"
+            job.worker = str(fields.get("worker") or job.worker or "") or None
+            if percent is not None:
+                job.percent = percent
+            if progress.get("message"):
+                job.message = str(progress["message"])[:200]
 
     @staticmethod
     def _error_from(job: JobView, fields: dict[str, Any]) -> None:

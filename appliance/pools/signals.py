@@ -22,15 +22,13 @@ clamped), so an idle pool's first job asks for one machine and no number is inve
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import PoolSettings, Settings
-from appliance.machine import keys as machine_keys
+from appliance.queue.events import AttemptEnd, EventKind
 
 if TYPE_CHECKING:
     from appliance.queue import Queue
@@ -39,8 +37,8 @@ if TYPE_CHECKING:
 DEFAULT_WINDOW_S = 900.0
 #: Most stream entries read per refresh (the stream is capped by queue.events_maxlen anyway).
 MAX_EVENTS = 50_000
-#: Stream events that end an attempt, and what they count as.
-OUTCOMES = {"completed": "completed", "failed": "failed", "dead": "failed", "retrying": "retried"}
+#: How an attempt ended (the queue's one event -> meaning map, appliance.queue.events) -> the count it adds to.
+OUTCOMES = {AttemptEnd.COMPLETED: "completed", AttemptEnd.FAILED: "failed", AttemptEnd.RETRIED: "retried"}
 
 
 @dataclass
@@ -113,32 +111,22 @@ def desired_machines(waiting: int, active: int, p50_s: float | None, pool: PoolS
     return value, reason
 
 
-def _json(raw: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(raw) if raw else {}
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+class _Rows:
+    """The report's rows, created on first use with their pool's settings (the default pool for None)."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.default_pool = settings.classifier.default_pool
+        self.pools: dict[str, PoolSignals] = {}
+        for name in settings.pools:
+            self(name)
 
-async def read_pool_signals(
-    queue: Queue, settings: Settings, *, window_s: float = DEFAULT_WINDOW_S, now_ms: int | None = None
-) -> PoolReport:
-    """Compute every pool's signals from Redis (a handful of pipelined round trips)."""
-    client = queue.client
-    k = queue.keys
-    default_pool = settings.classifier.default_pool
-    now = now_ms if now_ms is not None else await queue.server_time_ms()
-    stats = await queue.stats()
-
-    pools: dict[str, PoolSignals] = {}
-
-    def row(name: str | None) -> PoolSignals:
-        name = name or default_pool
-        if name not in pools:
-            cfg = settings.pools.get(name)
+    def __call__(self, name: str | None) -> PoolSignals:
+        name = name or self.default_pool
+        if name not in self.pools:
+            cfg = self.settings.pools.get(name)
             conf = cfg or PoolSettings()
-            pools[name] = PoolSignals(
+            self.pools[name] = PoolSignals(
                 pool=name,
                 configured=cfg is not None,
                 target_drain_s=conf.target_drain_s,
@@ -146,68 +134,38 @@ async def read_pool_signals(
                 min_machines=conf.min_machines,
                 max_machines=conf.max_machines,
             )
-        return pools[name]
+        return self.pools[name]
 
-    for name in settings.pools:
-        row(name)
 
-    shape_pool: dict[str, str] = {}
-    for shape in stats.shapes:
-        pool_name = str(shape.requirements.get("pool") or default_pool)
-        shape_pool[shape.shape] = pool_name
-        r = row(pool_name)
-        r.waiting += shape.waiting
-        if shape.waiting and not shape.live_workers:
-            r.unworkable += shape.waiting
-        if shape.oldest_wait_s is not None and shape.waiting:
-            r.oldest_wait_s = max(r.oldest_wait_s or 0.0, shape.oldest_wait_s)
+async def read_pool_signals(
+    queue: Queue, settings: Settings, *, window_s: float = DEFAULT_WINDOW_S, now_ms: int | None = None
+) -> PoolReport:
+    """Compute every pool's signals from Redis (a handful of pipelined round trips)."""
+    now = now_ms if now_ms is not None else await queue.server_time_ms()
+    row = _Rows(settings)
+    shape_pool = await _waiting(queue, row)
 
-    all_shapes = await client.hgetall(k.shapes)
-    for shape, record in all_shapes.items():
-        shape_pool.setdefault(shape, str(_json(record).get("pool") or default_pool))
-
-    # Active jobs: lease index -> each job's shape (first field of its meta column).
-    leased = await client.zrange(k.leases, 0, -1)
-    job_pool = await _pools_of_jobs(queue, leased, shape_pool, default_pool)
+    # Active jobs: lease index -> each job's shape.
+    leased = await queue.reader.leased()
+    job_pool = await _pools_of_jobs(queue, leased, shape_pool, row.default_pool)
     for job_id in leased:
         row(job_pool.get(job_id)).active += 1
 
-    # Outcomes and run times of the window, from the event stream (entry ids are ms timestamps).
-    start = max(0, now - int(window_s * 1000))
-    entries = await client.xrange(k.events, min=f"{start}-0", max="+", count=MAX_EVENTS)
-    finished: list[tuple[str, str, float | None]] = []
-    for _entry_id, fields in entries:
-        event = fields.get("event")
-        if event == "submitted" and fields.get("job") and fields.get("shape"):
-            job_pool[fields["job"]] = shape_pool.get(fields["shape"], default_pool)
-        elif event in OUTCOMES and fields.get("job"):
-            duration = fields.get("duration_ms")
-            finished.append(
-                (
-                    fields["job"],
-                    OUTCOMES[event],
-                    float(duration) / 1000 if event == "completed" and duration not in (None, "") else None,
-                )
-            )
-    missing = [job for job, _, _ in finished if job not in job_pool]
-    job_pool.update(await _pools_of_jobs(queue, missing, shape_pool, default_pool))
-    durations: dict[str, list[float]] = {}
-    for job, outcome, duration in finished:
-        r = row(job_pool.get(job))
-        setattr(r, outcome, getattr(r, outcome) + 1)
-        if duration is not None:
-            durations.setdefault(r.pool, []).append(max(0.0, duration))
+    await _outcomes(queue, row, shape_pool, job_pool, max(0, now - int(window_s * 1000)))
+    shared = 0
+    for pool in await queue.registry.live_machine_pools():
+        if pool:
+            row(pool).machines += 1
+        else:
+            shared += 1
 
-    shared = await _count_machines(client, row)
-
-    for r in pools.values():
-        values = sorted(durations.get(r.pool, []))
-        r.duration_p50_s, r.duration_p90_s, r.duration_p99_s = (percentile(values, q) for q in (50, 90, 99))
+    for r in row.pools.values():
         final = r.completed + r.failed
         r.success_ratio = r.completed / final if final else None
         conf = settings.pools.get(r.pool) or PoolSettings()
         r.desired_machines, r.reason = desired_machines(r.waiting, r.active, r.duration_p50_s, conf)
 
+    pools = row.pools
     ordered = [pools[n] for n in settings.pools] + [
         p for n, p in sorted(pools.items()) if n not in settings.pools
     ]
@@ -216,42 +174,55 @@ async def read_pool_signals(
     )
 
 
+async def _waiting(queue: Queue, row: _Rows) -> dict[str, str]:
+    """Waiting, unworkable and oldest wait per pool from `Queue.stats()`; returns every shape's pool."""
+    stats = await queue.stats()
+    shape_pool: dict[str, str] = {}
+    for shape in stats.shapes:
+        pool_name = str(shape.requirements.get("pool") or row.default_pool)
+        shape_pool[shape.shape] = pool_name
+        r = row(pool_name)
+        r.waiting += shape.waiting
+        if shape.waiting and not shape.live_workers:
+            r.unworkable += shape.waiting
+        if shape.oldest_wait_s is not None and shape.waiting:
+            r.oldest_wait_s = max(r.oldest_wait_s or 0.0, shape.oldest_wait_s)
+    for shape_id, pool in (await queue.registry.shape_pools(row.default_pool)).items():
+        shape_pool.setdefault(shape_id, pool)
+    return shape_pool
+
+
+async def _outcomes(
+    queue: Queue, row: _Rows, shape_pool: dict[str, str], job_pool: dict[str, str], start_ms: int
+) -> None:
+    """Outcomes and run times of the window, from the event stream (entry ids are ms timestamps)."""
+    finished: list[tuple[str, str, float | None]] = []
+    for event in await queue.events.window(start_ms, MAX_EVENTS):
+        ends = event.meaning.ends if event.meaning is not None else None
+        if event.kind is EventKind.SUBMITTED and event.job and event.fields.get("shape"):
+            job_pool[event.job] = shape_pool.get(event.fields["shape"], row.default_pool)
+        elif ends in OUTCOMES and event.job:
+            duration = event.number("duration_ms") if ends is AttemptEnd.COMPLETED else None
+            finished.append((event.job, OUTCOMES[ends], duration / 1000 if duration is not None else None))
+    missing = [job for job, _, _ in finished if job not in job_pool]
+    job_pool.update(await _pools_of_jobs(queue, missing, shape_pool, row.default_pool))
+    durations: dict[str, list[float]] = {}
+    for job, outcome, duration in finished:
+        r = row(job_pool.get(job))
+        setattr(r, outcome, getattr(r, outcome) + 1)
+        if duration is not None:
+            durations.setdefault(r.pool, []).append(max(0.0, duration))
+    for r in row.pools.values():
+        values = sorted(durations.get(r.pool, []))
+        r.duration_p50_s, r.duration_p90_s, r.duration_p99_s = (percentile(values, q) for q in (50, 90, 99))
+
+
 async def _pools_of_jobs(
     queue: Queue, job_ids: list[str], shape_pool: dict[str, str], default_pool: str
 ) -> dict[str, str]:
-    if not job_ids:
-        return {}
-    unique = list(dict.fromkeys(job_ids))
-    metas = await queue.client.hmget(queue.keys.meta, unique)
-    out = {}
-    for job_id, meta in zip(unique, metas, strict=True):
-        shape = str(meta).split("|", 1)[0] if meta else ""
-        # A record that expired already: the default pool is the best guess left.
-        out[job_id] = shape_pool.get(shape, default_pool)
-    return out
-
-
-async def _count_machines(client: Any, row: Callable[[str | None], PoolSignals]) -> int:
-    """Count live machines per declared pool; returns those declaring none (shared)."""
-    ids = await client.zrange(machine_keys.MACHINES_KEY, 0, -1)
-    if not ids:
-        return 0
-    pipe = client.pipeline(transaction=False)
-    for mid in ids:
-        pipe.hget(machine_keys.info_key(mid), "capabilities")
-        pipe.exists(machine_keys.info_key(mid))
-    replies = await pipe.execute()
-    shared = 0
-    for i in range(0, len(replies), 2):
-        capabilities, exists = replies[i], replies[i + 1]
-        if not exists:
-            continue  # registration expired: the machine is gone
-        pool = _json(capabilities).get("pool")
-        if pool:
-            row(str(pool)).machines += 1
-        else:
-            shared += 1
-    return shared
+    # A record that expired already (no shape): the default pool is the best guess left.
+    shapes = await queue.reader.shapes_of_jobs(job_ids)
+    return {job_id: shape_pool.get(shape, default_pool) for job_id, shape in shapes.items()}
 
 
 def report_age_s(report: PoolReport) -> float:

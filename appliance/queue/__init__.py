@@ -1,6 +1,6 @@
 """The job queue: capability-matched, Lua-claimed, leased jobs on Redis."""
 
-from appliance.queue.client import Queue, ReapResult, parse_spec
+from appliance.queue.client import Queue
 from appliance.queue.errors import (
     DuplicateJob,
     InvalidJob,
@@ -11,6 +11,7 @@ from appliance.queue.errors import (
     QueueError,
     ResultTooLarge,
 )
+from appliance.queue.housekeeper import ReapResult
 from appliance.queue.models import (
     Capabilities,
     ClaimedJob,
@@ -22,6 +23,7 @@ from appliance.queue.models import (
     Requirements,
 )
 from appliance.queue.options import EventsMode, QueueSettings
+from appliance.queue.producer import parse_spec
 from appliance.queue.session import WorkerSession
 
 __all__ = [

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from enum import StrEnum
 
-from appliance.machine import keys as machine_keys
+from appliance.queue import registry as machine_keys
 from appliance.queue.keys import (
     CHANNEL_CLAIMED,
     CHANNEL_COMPLETED,
@@ -158,30 +158,35 @@ def rules(
             f"&{machine_keys.STARTUP_EVENTS_CHANNEL}",
         ]
     else:
-        if machine_id is None or not _MACHINE_ID_RE.match(machine_id):
-            raise ValueError(
-                "the machine role needs --machine with the machine's id (letters, digits, _ . -)"
-            )
-        commands = sorted(
-            {
-                *CONNECTION,
-                *READS,
-                *SUBSCRIBING,
-                *MACHINE_WRITES,
-                *_script_running(scripts),
-                *script_commands(SCRIPT_NAMES),
-            }
-        )
-        patterns = [
-            *queue_keys,
-            f"~{machine_keys.MACHINES_KEY}",
-            f"~machine:{machine_id}:*",
-            *queue_channels,
-            *shared,
-            f"&{machine_keys.STARTUP_EVENTS_CHANNEL}",
-            f"&{machine_keys.status_channel(machine_id)}",
-        ]
+        commands, patterns = _machine_rules(machine_id, scripts, queue_keys, [*queue_channels, *shared])
     return [*(f"+{c}" for c in commands), *patterns]
+
+
+def _machine_rules(
+    machine_id: str | None, scripts: ScriptsMode, queue_keys: list[str], channels: list[str]
+) -> tuple[list[str], list[str]]:
+    """Commands and patterns of the machine role: its queues, its own machine keys and channels."""
+    if machine_id is None or not _MACHINE_ID_RE.match(machine_id):
+        raise ValueError("the machine role needs --machine with the machine's id (letters, digits, _ . -)")
+    commands = sorted(
+        {
+            *CONNECTION,
+            *READS,
+            *SUBSCRIBING,
+            *MACHINE_WRITES,
+            *_script_running(scripts),
+            *script_commands(SCRIPT_NAMES),
+        }
+    )
+    patterns = [
+        *queue_keys,
+        f"~{machine_keys.MACHINES_KEY}",
+        f"~machine:{machine_id}:*",
+        *channels,
+        f"&{machine_keys.STARTUP_EVENTS_CHANNEL}",
+        f"&{machine_keys.status_channel(machine_id)}",
+    ]
+    return commands, patterns
 
 
 def _script_running_ro(scripts: ScriptsMode) -> list[str]:

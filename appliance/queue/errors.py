@@ -79,6 +79,15 @@ class DuplicateJob(QueueError):
         self.submitted: list[Any] = submitted or []
 
 
+class WrongShape(QueueError):
+    """The caller named a shape that is not the job's (a stale cache, or a record changed under it): nothing
+    was written."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} is not of the shape the call named; nothing was changed")
+        self.job_id = job_id
+
+
 class JobAlreadyFinished(QueueError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} has already finished")
@@ -97,4 +106,6 @@ def raise_for_code(code: int, job_id: str) -> int:
         raise JobAlreadyFinished(job_id)
     if code == ScriptCode.DUPLICATE:
         raise DuplicateJob(job_id)
+    if code == ScriptCode.WRONG_SHAPE:
+        raise WrongShape(job_id)
     raise QueueError(f"queue script returned unknown code {code} for job {job_id!r}")

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from appliance.machine.keys import drain_key
 from appliance.notify import hang_event_loop
+from appliance.queue.registry import drain_key
 from appliance.worker.redislink import RedisLink, is_unreachable
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ async def test_a_wrong_guess_changes_nothing_and_names_the_best_shape(make_queue
     worker_class = queue.worker_class([early.shape, late.shape])
     await queue.register_class(worker_class)
     worker_class.take_hint(late.shape)
-    keys, args = queue.claim_call("w", worker_class, "tok", 1)
+    call = queue.leases.claim_call("w", worker_class, "tok", 1)
     before = await aredis.zrange(queue.keys.heads, 0, -1, withscores=True)
-    reply = await queue.scripts.call(queue.client, "claim", keys, queue._common() + args)
+    reply = await queue.conn.run(call)
     assert reply == ["retry", f"{early.shape},{late.shape}"]
     assert await aredis.zrange(queue.keys.heads, 0, -1, withscores=True) == before
     assert (await queue.get(early.id)).status is JobStatus.PENDING
@@ -144,7 +144,7 @@ async def test_a_session_that_keeps_losing_races_comes_back_at_once(queue: Queue
     job = await _tagged(queue, "a")
     session = await queue.worker_session("w", Capabilities(services=["echo"], tags=["a"]))
     try:
-        monkeypatch.setattr("appliance.queue.client.CLAIM_TRIES", 1)
+        monkeypatch.setattr("appliance.queue.lease.CLAIM_TRIES", 1)
         queue.worker_class(session.shapes).take_hint("0" * 16)  # a shape that is never the best
         assert await session.claim() is None
         assert await session.wait_for_work(timeout_s=0.01) is True

@@ -74,7 +74,7 @@ async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_fun
 
         admin = RedisCluster.from_url(f"redis://127.0.0.1:{cluster[0].port}", decode_responses=True)
         await admin.initialize()
-        assert await ScriptSet().install(admin) == "loaded"
+        assert await ScriptSet(cluster=True).install(admin) == "loaded"
         await admin.aclose()
     queue = await Queue.connect(
         f"redis://127.0.0.1:{cluster[0].port}",

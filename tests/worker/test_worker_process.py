@@ -22,8 +22,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from appliance.localredis import LocalRedis, free_port
-from appliance.machine.keys import drain_key
 from appliance.queue import Capabilities, JobStatus, Queue, QueueSettings
+from appliance.queue.registry import drain_key
 from appliance.standins import process as standin_process
 
 MACHINE = "mtest"

@@ -73,6 +73,14 @@ def declared_keys(name: str) -> int | None:
     return max(numbers) if numbers else 0
 
 
+def header_keys(name: str) -> tuple[list[str], bool]:
+    """The key names a script's header lists (`KEYS[n]  name`), in order, and whether a variable tail
+    (`KEYS[a..b+C]`) follows them."""
+    header = _read(f"{name}.lua").split("]]", 1)[0]
+    named = sorted((int(n), key) for n, key in re.findall(r"KEYS\[(\d+)\]\s+(\w+)", header))
+    return [key for _, key in named], bool(re.search(r"KEYS\[\d+\.\.\d+\+", header))
+
+
 def return_codes(name: str) -> set[int]:
     """The integer codes a script's `Returns:` header lists."""
     header = _read(f"{name}.lua").split("]]", 1)[0]
@@ -101,6 +109,8 @@ class ScriptSet:
 
     sources: dict[str, str] = field(default_factory=load_sources)
     use_functions: bool = False
+    #: Calls go to a RedisCluster client: SCRIPT/FUNCTION LOAD on the primaries, not on one server.
+    cluster: bool = False
     version: str = ""
     _shas: dict[str, str] = field(default_factory=dict)
 
@@ -136,7 +146,7 @@ class ScriptSet:
         """The code of this version's library as the server holds it, or None when it is not loaded (on a
         cluster client: the first primary that lacks it or differs, else the common code)."""
         found: str | None = None
-        for node in _primaries(client):
+        for node in _primaries(client, self.cluster):
             reply = await _on(client, node, "FUNCTION", "LIST", "LIBRARYNAME", self.library, "WITHCODE")
             code = _library_code(reply, self.library)
             if code is None or code != self.library_code():
@@ -150,7 +160,7 @@ class ScriptSet:
         script, so EVALSHA clients find them. Only the deployer runs this (`appliance redis setup`)."""
         outcome = "present"
         code = self.library_code()
-        for node in _primaries(client):
+        for node in _primaries(client, self.cluster):
             reply = await _on(client, node, "FUNCTION", "LIST", "LIBRARYNAME", self.library, "WITHCODE")
             current = _library_code(reply, self.library)
             if current is None:
@@ -223,7 +233,7 @@ class ScriptSet:
             return await client.evalsha(self.sha(name), len(keys), *keys, *args)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
-        if hasattr(client, "get_primaries"):  # RedisCluster: the node that owns the keys needs it
+        if self.cluster:  # the node that owns the keys needs it
             node = client.get_node_from_key(keys[0]) if keys else None
             await client.execute_command("SCRIPT LOAD", self.sources[name], target_nodes=node)
         else:
@@ -262,9 +272,9 @@ class ScriptSet:
         return list(await pipe.execute(raise_on_error=False))
 
 
-def _primaries(client: Any) -> list[Any]:
+def _primaries(client: Any, cluster: bool) -> list[Any]:
     """Where a library must live: every primary of a cluster client, else the one server (None)."""
-    if hasattr(client, "get_primaries"):
+    if cluster:
         return list(client.get_primaries())
     return [None]
 

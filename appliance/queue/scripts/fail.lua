@@ -46,6 +46,7 @@ local rcall = redis.call
 -- @include owner
 -- @include meta
 -- @include history
+-- @include in_line
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local errors_key, delayed_key, ready_key, heads_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -68,14 +69,13 @@ local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt',
 local message = ',"error":' .. ARGV[14]
 
 if disposition == 'retry' and attempt <= meta.max_retries then
-  rcall('HSET', state_key, id, 'pending')
-  rcall('HDEL', progress_key, id)
   if delay > 0 then
+    rcall('HSET', state_key, id, 'pending')
+    rcall('HDEL', progress_key, id)
     rcall('ZADD', delayed_key, now + delay, id)
   else
-    rcall('ZADD', ready_key, meta.score, id)
-    rcall('ZADD', heads_key, 'LT', meta.score, meta.shape)
-    rcall('PUBLISH', ARGV[13], id)
+    local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key}
+    back_in_line(line, id, meta.shape, meta.score, ARGV[13])
   end
   rcall('HINCRBY', counts_key, 'retried', 1)
   fields[#fields + 1] = 'retry_in_ms'

@@ -10,12 +10,11 @@
     KEYS[4]  workers_seen  ZSET worker -> last heartbeat, ms
     KEYS[5]  shape_live    HASH shape -> last time a matching worker was alive, ms
 
-    ARGV[1]  channel prefix  ARGV[2]  queue name (unused; uniform prefix)
-    ARGV[3]  events mode     ARGV[4]  events maxlen
-    ARGV[5]  worker id       ARGV[6]  lease, ms
-    ARGV[7]  K = number of shapes that follow
-    ARGV[8..7+K]  shape ids the worker serves
-    ARGV[8+K..]   job id, token, job id, token, ...
+    (no common prefix: nothing here publishes or emits)
+    ARGV[1]  worker id       ARGV[2]  lease, ms
+    ARGV[3]  K = number of shapes that follow
+    ARGV[4..3+K]  shape ids the worker serves
+    ARGV[4+K..]   job id, token, job id, token, ...
 
   Returns: one code per job, in order:
      1  renewed
@@ -27,12 +26,12 @@ local rcall = redis.call
 -- @include owner
 
 local owner_key, leases_key, cancels_key, seen_key, live_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now, worker, lease_ms, nshapes = server_now(), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local now, worker, lease_ms, nshapes = server_now(), ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 rcall('ZADD', seen_key, now, worker)
 if nshapes > 0 then
   local pairs_ = {}
-  for i = 8, 7 + nshapes do
+  for i = 4, 3 + nshapes do
     pairs_[#pairs_ + 1] = ARGV[i]
     pairs_[#pairs_ + 1] = now
   end
@@ -40,7 +39,7 @@ if nshapes > 0 then
 end
 
 local out = {}
-for i = 8 + nshapes, #ARGV - 1, 2 do
+for i = 4 + nshapes, #ARGV - 1, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   if lease_of(owner_key, id, token, worker) then
     rcall('ZADD', leases_key, now + lease_ms, id)

@@ -4,17 +4,25 @@
   requeue.lua, and how long until more falls due. Cost is O(expired + due + cleaned + log N), never O(active).
 
   Input:
-    KEYS[1]  reaper lock  STRING (SET NX PX interval: the guard)
+    KEYS[1]  reaper_lock  STRING (SET NX PX interval: the guard)
     KEYS[2]  leases       ZSET id -> deadline
     KEYS[3]  delayed      ZSET id -> retry due
     KEYS[4]  done         ZSET id -> record expiry
     KEYS[5]  dead         ZSET id -> time of death
-    KEYS[6..15]  job columns: spec, meta, state, attempts, owner, progress, results, errors, info, cancels
+    KEYS[6]  spec         \
+    KEYS[7]  meta          |
+    KEYS[8]  state         |
+    KEYS[9]  attempts      |
+    KEYS[10] owner         | the job columns: every per-job HASH, from which a dropped record goes
+    KEYS[11] progress      |
+    KEYS[12] results       |
+    KEYS[13] errors        |
+    KEYS[14] info          |
+    KEYS[15] cancels      /
 
-    ARGV[1]  channel prefix  ARGV[2]  queue name
-    ARGV[3]  events mode    ARGV[4]  events maxlen
-    ARGV[5]  interval, ms   ARGV[6]  batch limit
-    ARGV[7]  '1' to run even if another caller reaped within the interval
+    (no common prefix: nothing here publishes or emits)
+    ARGV[1]  interval, ms   ARGV[2]  batch limit
+    ARGV[3]  '1' to run even if another caller reaped within the interval
 
   Returns:
     {-1, {}, {}, wait ms} when another caller holds this interval, else
@@ -28,7 +36,7 @@ local rcall = redis.call
 
 local lock_key, leases_key, delayed_key, done_key, dead_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local meta_key = KEYS[7]
-local now, limit = server_now(), tonumber(ARGV[6])
+local now, limit = server_now(), tonumber(ARGV[2])
 
 -- The earliest score of a ZSET after `after` (exclusive; '-inf' for any), or nil.
 local function first_after(key, after)
@@ -45,7 +53,7 @@ local function wait_ms(a, b)
   return math.max(next_at - now, guard, 0)
 end
 
-if ARGV[7] ~= '1' and not rcall('SET', lock_key, now, 'NX', 'PX', ARGV[5]) then
+if ARGV[3] ~= '1' and not rcall('SET', lock_key, now, 'NX', 'PX', ARGV[1]) then
   -- The holder of this interval handles what is due now; anything already past its time counts (a holder
   -- that died between here and requeue.lua leaves it to the next caller once the guard frees).
   return {-1, {}, {}, wait_ms(first_after(leases_key, '-inf'), first_after(delayed_key, '-inf'))}

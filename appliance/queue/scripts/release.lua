@@ -26,13 +26,13 @@
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  job id
-    ARGV[6]  fencing token, or '' to match by worker id
-    ARGV[7]  worker id (used when ARGV[6] is '')
-    ARGV[8]  1 = the attempt counts (worker died), 0 = it does not (graceful hand-back)
-    ARGV[9]  reason (an id-safe word, e.g. drain, worker_failed)
-    ARGV[10] shape id (must be the job's)
-    ARGV[11] wake channel of the shape
-    ARGV[12] result TTL, ms   ARGV[13] dead-letter TTL, ms
+    ARGV[6]  who: 'token' (a worker hands its own lease back: the attempt does not count) or 'worker' (the
+             jobs of a dead worker: the attempt counts)
+    ARGV[7]  the fencing token, or the worker id
+    ARGV[8]  reason (an id-safe word, e.g. drain, worker_failed)
+    ARGV[9]  shape id (must be the job's)
+    ARGV[10] wake channel of the shape
+    ARGV[11] result TTL, ms   ARGV[12] dead-letter TTL, ms
 
   Returns:
      1  back in line       4  dead-lettered (the counted attempt was the last)
@@ -48,17 +48,24 @@ local rcall = redis.call
 -- @include owner
 -- @include meta
 -- @include history
+-- @include in_line
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, heads_key, counts_key, events_key, cancels_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local done_key, dead_key, errors_key, info_key, progress_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
-local id, counted, reason = ARGV[5], ARGV[8] == '1', ARGV[9]
+local id, counted, reason = ARGV[5], ARGV[6] == 'worker', ARGV[8]
+if ARGV[7] == '' or (ARGV[6] ~= 'token' and not counted) then return -2 end
 
-local worker, claimed = lease_of(owner_key, id, ARGV[6], ARGV[7])
+local worker, claimed
+if counted then
+  worker, claimed = lease_of(owner_key, id, '', ARGV[7])
+else
+  worker, claimed = lease_of(owner_key, id, ARGV[7], '')
+end
 if not worker then return -2 end
 local meta = parse_meta(rcall('HGET', meta_key, id))
-if meta.shape ~= ARGV[10] then return -5 end
+if meta.shape ~= ARGV[9] then return -5 end
 
 rcall('HDEL', owner_key, id)
 rcall('ZREM', leases_key, id)
@@ -67,7 +74,7 @@ local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt',
 
 local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
 if rcall('HDEL', cancels_key, id) == 1 then
-  finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[12]))
+  finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[11]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields)
   return 6
 end
@@ -76,7 +83,7 @@ if counted then
   append_error_record(errors_key, id, {message = 'worker ' .. worker .. ' stopped (' .. reason .. ')',
     kind = reason, worker = worker, attempt = attempt, at = now})
   if attempt > meta.max_retries then
-    finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[13]))
+    finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[12]))
     emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
     return 4
   end
@@ -84,11 +91,8 @@ else
   rcall('HINCRBY', attempts_key, id, -1)
 end
 
-rcall('HSET', state_key, id, 'pending')
-rcall('HDEL', progress_key, id)
-rcall('ZADD', ready_key, meta.score, id)
-rcall('ZADD', heads_key, 'LT', meta.score, meta.shape)
+local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key}
+back_in_line(line, id, meta.shape, meta.score, ARGV[10])
 rcall('HINCRBY', counts_key, 'released', 1)
-rcall('PUBLISH', ARGV[11], id)
 emit(events_key, mode, maxlen, 'job_failed', queue, 'released', fields)
 return 1

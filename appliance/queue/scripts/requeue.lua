@@ -38,6 +38,7 @@ local rcall = redis.call
 -- @include finish
 -- @include meta
 -- @include history
+-- @include in_line
 
 local ready_key, heads_key, leases_key, delayed_key, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local state_key, attempts_key, meta_key, errors_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -47,11 +48,9 @@ local now, queue, mode, maxlen, shape = server_now(), ARGV[2], ARGV[3], ARGV[4],
 
 local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
 local requeued, died, cancelled = 0, 0, 0
-local function back_in_line(id, meta)
-  rcall('HSET', state_key, id, 'pending')
-  rcall('HDEL', progress_key, id)
-  rcall('ZADD', ready_key, meta.score, id)
-  rcall('ZADD', heads_key, 'LT', meta.score, shape)
+local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key}
+local function requeue(id, meta)
+  back_in_line(line, id, shape, meta.score, nil)
   requeued = requeued + 1
 end
 
@@ -80,7 +79,7 @@ for i = 9, #ARGV do
         died = died + 1
         emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
       else
-        back_in_line(id, meta)
+        requeue(id, meta)
         rcall('HINCRBY', counts_key, 'lease_expired', 1)
         emit(events_key, mode, maxlen, 'job_failed', queue, 'lease_expired', fields)
       end
@@ -88,7 +87,7 @@ for i = 9, #ARGV do
       local due = rcall('ZSCORE', delayed_key, id)
       if due and tonumber(due) <= now then
         rcall('ZREM', delayed_key, id)
-        back_in_line(id, meta)
+        requeue(id, meta)
       end
     end
   end

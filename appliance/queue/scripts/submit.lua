@@ -32,6 +32,7 @@ local rcall = redis.call
 -- @include now
 -- @include emit
 -- @include sentinel
+-- @include in_line
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -50,9 +51,7 @@ local score = string.format('%.0f', (now - priority * tonumber(ARGV[11])) * 1000
 rcall('HSET', spec_key, id, ARGV[6])
 rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
-rcall('HSET', state_key, id, 'pending')
-rcall('ZADD', ready_key, score, id)
-rcall('ZADD', heads_key, 'LT', score, shape)
+back_in_line({state = state_key, ready = ready_key, heads = heads_key}, id, shape, score, nil)
 if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
   -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.

@@ -1,0 +1,157 @@
+"""The queue's lifecycle events: what each one means, and reading them from the capped stream.
+
+The scripts write one stream entry per transition (includes/emit.lua): `event` (an EventKind), `job`, and per
+kind `worker`, `service`, `shape`, `attempt`, `wait_ms`, `duration_ms`, `reason`, `retry_in_ms`. The entry id
+`<ms>-<seq>` is the server's time of the transition. Pub/sub copies carry the same names as JSON.
+
+MEANING is the one event -> meaning map: the monitor (a job's status, the throughput series), the pool signals
+(outcomes per pool) and the machine's job metrics all read it, so a new event is taught to them in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from appliance.queue.conn import QueueConnection
+from appliance.queue.models import JobStatus
+from appliance.queue.records import entry_ms, number
+
+
+class EventKind(StrEnum):
+    SUBMITTED = "submitted"
+    CLAIMED = "claimed"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    #: A leased job's cancellation was requested; its worker is told and ends it (then: cancelled).
+    CANCEL_REQUESTED = "cancel_requested"
+    RELEASED = "released"
+    LEASE_EXPIRED = "lease_expired"
+
+    @classmethod
+    def parse(cls, name: Any) -> EventKind | None:
+        """The kind of an event name, or None for a name this version does not know (a newer writer's)."""
+        try:
+            return cls(name)
+        except ValueError:
+            return None
+
+
+class AttemptEnd(StrEnum):
+    """How an event ends the attempt that was running (None in MEANING: it ends none, or only by cancel)."""
+
+    COMPLETED = "completed"
+    #: Failed, and the job goes again (retrying).
+    RETRIED = "retried"
+    #: Failed for good (failed, dead).
+    FAILED = "failed"
+    #: Handed back unfinished, not a failure of the job (released, lease_expired).
+    RETURNED = "returned"
+
+
+@dataclass(frozen=True)
+class Meaning:
+    #: The job's status after the event; None when the event does not change it.
+    status: JobStatus | None
+    ends: AttemptEnd | None = None
+
+    @property
+    def back_in_line(self) -> bool:
+        """The job waits again for another attempt (retrying, released, lease_expired)."""
+        return self.ends is not None and self.status is JobStatus.PENDING
+
+
+MEANING: dict[EventKind, Meaning] = {
+    EventKind.SUBMITTED: Meaning(JobStatus.PENDING),
+    EventKind.CLAIMED: Meaning(JobStatus.CLAIMED),
+    EventKind.PROGRESS: Meaning(JobStatus.RUNNING),
+    EventKind.COMPLETED: Meaning(JobStatus.COMPLETED, AttemptEnd.COMPLETED),
+    EventKind.RETRYING: Meaning(JobStatus.PENDING, AttemptEnd.RETRIED),
+    EventKind.FAILED: Meaning(JobStatus.FAILED, AttemptEnd.FAILED),
+    EventKind.DEAD: Meaning(JobStatus.DEAD, AttemptEnd.FAILED),
+    EventKind.CANCELLED: Meaning(JobStatus.CANCELLED),
+    EventKind.CANCEL_REQUESTED: Meaning(None),
+    EventKind.RELEASED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
+    EventKind.LEASE_EXPIRED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
+}
+
+
+def meaning(name: Any) -> Meaning | None:
+    """What an event name means, or None for one this version does not know."""
+    kind = EventKind.parse(name)
+    return MEANING[kind] if kind is not None else None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One stream entry."""
+
+    entry_id: str
+    kind: EventKind | None
+    job: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_entry(cls, entry_id: str, fields: Mapping[str, str]) -> JobEvent:
+        return cls(str(entry_id), EventKind.parse(fields.get("event")), str(fields.get("job") or ""), fields)
+
+    @property
+    def at_ms(self) -> int:
+        return entry_ms(self.entry_id)
+
+    @property
+    def meaning(self) -> Meaning | None:
+        return MEANING[self.kind] if self.kind is not None else None
+
+    @property
+    def worker(self) -> str | None:
+        return self.fields.get("worker")
+
+    @property
+    def service(self) -> str:
+        return self.fields.get("service") or ""
+
+    def number(self, name: str) -> float | None:
+        """A numeric field (`attempt`, `wait_ms`, `duration_ms`, `retry_in_ms`), None when absent or odd."""
+        return number(self.fields.get(name))
+
+
+class EventLog:
+    """Reads the queue's event stream (`appliance:{<queue>}:events`)."""
+
+    def __init__(self, conn: QueueConnection) -> None:
+        self.conn = conn
+
+    async def tail(
+        self, since: str = "$", *, block_ms: int | None = None, count: int = 500
+    ) -> tuple[str, list[JobEvent]]:
+        """Entries after `since` ('$': from now on), waiting up to `block_ms` for one (None: do not wait).
+        Returns the id to pass next time and the events, oldest first."""
+        if since == "$":
+            # XREAD of '$' again on the next call would skip what arrived between the two: start from an id.
+            since = await self._newest_id()
+        reply = await self.conn.client.xread({self.conn.keys.events: since}, count=count, block=block_ms)
+        events = [JobEvent.of_entry(i, f) for _stream, entries in reply or [] for i, f in entries]
+        return (events[-1].entry_id if events else since), events
+
+    async def _newest_id(self) -> str:
+        last = await self.conn.client.xrevrange(self.conn.keys.events, count=1)
+        return str(last[0][0]) if last else "0-0"
+
+    async def replay(self, n: int) -> list[JobEvent]:
+        """The last `n` entries, oldest first."""
+        entries = await self.conn.client.xrevrange(self.conn.keys.events, count=n)
+        return [JobEvent.of_entry(i, f) for i, f in reversed(entries)]
+
+    async def window(self, start_ms: int, count: int) -> list[JobEvent]:
+        """At most `count` entries from `start_ms` (server time) on, oldest first."""
+        entries = await self.conn.client.xrange(
+            self.conn.keys.events, min=f"{max(0, start_ms)}-0", max="+", count=count
+        )
+        return [JobEvent.of_entry(i, f) for i, f in entries]

@@ -1,0 +1,56 @@
+"""Housekeeping of the queue: requeue expired leases and due retries, drop expired records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.queue.conn import QueueConnection
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    ran: bool
+    records_dropped: int = 0
+    requeued: int = 0
+    dead: int = 0
+    cancelled: int = 0
+    #: ms until the next lease deadline or retry falls due (and the fleet's reaper guard frees), by the server's
+    #: clock; None when nothing is leased or delayed. A reaper sleeps this long instead of polling.
+    next_in_ms: int | None = None
+
+
+class Housekeeper:
+    def __init__(self, conn: QueueConnection) -> None:
+        self.conn = conn
+
+    async def reap(self, force: bool = False, limit: int = 500) -> ReapResult:
+        """Requeue expired leases and due retries, drop expired records; once per interval across the fleet.
+        The result says when the next lease deadline or retry falls due (`next_in_ms`)."""
+        settings = self.conn.settings
+        call = self.conn.prepare("reap", [settings.reaper_interval_ms, limit, "1" if force else "0"])
+        dropped, expired, due, wait = await self.conn.run(call)
+        next_in_ms = int(wait) if int(wait) >= 0 else None
+        if int(dropped) < 0:
+            return ReapResult(ran=False, next_in_ms=next_in_ms)
+        by_shape: dict[str, list[str]] = {}
+        for pairs in (expired, due):
+            for i in range(0, len(pairs), 2):
+                by_shape.setdefault(pairs[i + 1], []).append(pairs[i])
+        requeued = dead = cancelled = 0
+        for shape, ids in by_shape.items():
+            args = [
+                shape,
+                settings.result_ttl_s * 1000,
+                settings.dead_ttl_s * 1000,
+                self.conn.keys.wake_channel(shape),
+            ]
+            r, d, c = await self.conn.run(self.conn.prepare("requeue", [*args, *ids], shape=shape))
+            requeued, dead, cancelled = requeued + int(r), dead + int(d), cancelled + int(c)
+        return ReapResult(
+            ran=True,
+            records_dropped=int(dropped),
+            requeued=requeued,
+            dead=dead,
+            cancelled=cancelled,
+            next_in_ms=next_in_ms,
+        )

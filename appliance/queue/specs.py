@@ -1,0 +1,93 @@
+"""One declarative spec per Lua script: the KEYS it takes, in its header's order, and whether it takes the
+common ARGV prefix. Every caller builds KEYS from here; tests/queue/test_script_specs.py checks each spec
+against its script's `KEYS[n]  name` header lines, so a key added to a script cannot be forgotten here.
+
+A key is named as in the header, which is the QueueKeys attribute of that name, except:
+`ready` (the job's or the batch's shape), `class` (the worker class) and a trailing `ready...` (claim's
+candidate shapes, a variable tail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from appliance.queue.keys import QueueKeys
+
+#: The per-job columns, in the order QueueKeys.job_columns() gives them (reap.lua takes them all).
+JOB_COLUMNS = (
+    "spec",
+    "meta",
+    "state",
+    "attempts",
+    "owner",
+    "progress",
+    "results",
+    "errors",
+    "info",
+    "cancels",
+)
+
+
+@dataclass(frozen=True)
+class ScriptSpec:
+    name: str
+    keys: tuple[str, ...]
+    #: Takes ARGV[1..4] = channel prefix, queue name, events mode, events maxlen (scripts that emit or publish).
+    common: bool = True
+    #: claim.lua: KEYS continue with the ready index of each candidate shape.
+    candidate_tail: bool = False
+
+    def build(
+        self, k: QueueKeys, *, shape: str = "", class_id: str = "", candidates: Sequence[str] = ()
+    ) -> list[str]:
+        """The KEYS of one call: `shape` for `ready`, `class_id` for `class`, `candidates` for claim's tail."""
+        out = []
+        for name in self.keys:
+            if name == "ready":
+                if not shape:
+                    raise ValueError(f"{self.name}.lua needs the job's shape for its ready key")
+                out.append(k.ready(shape))
+            elif name == "class":
+                out.append(k.worker_class(class_id))
+            else:
+                out.append(str(getattr(k, name)))
+        if self.candidate_tail:
+            out += [k.ready(s) for s in candidates]
+        return out
+
+
+def _spec(name: str, keys: str, **flags: bool) -> ScriptSpec:
+    return ScriptSpec(name, tuple(keys.split()), **flags)
+
+
+SPECS: dict[str, ScriptSpec] = {
+    s.name: s
+    for s in (
+        _spec("submit", "spec meta state ready heads shapes counts seq events"),
+        _spec(
+            "claim",
+            "heads class spec meta state attempts owner leases counts events",
+            candidate_tail=True,
+        ),
+        _spec("heartbeat", "owner leases cancels workers_seen shape_live", common=False),
+        _spec("progress", "owner state progress cancels events"),
+        _spec("complete", "owner leases state results info done counts events cancels meta"),
+        _spec(
+            "fail",
+            "owner leases state attempts meta errors delayed ready heads done dead counts events info cancels "
+            "progress",
+        ),
+        _spec(
+            "release",
+            "owner leases state attempts meta ready heads counts events cancels done dead errors info progress",
+        ),
+        _spec("cancel", "state meta ready heads delayed owner cancels done counts events info"),
+        _spec("reap", "reaper_lock leases delayed done dead " + " ".join(JOB_COLUMNS), common=False),
+        _spec(
+            "requeue",
+            "ready heads leases delayed owner state attempts meta errors done dead counts events info cancels "
+            "progress",
+        ),
+    )
+}

@@ -71,7 +71,7 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
     import asyncio
     import signal
 
-    from appliance.health.server import start_server
+    from appliance.httpserve import start_server
     from appliance.monitor.app import Monitor, make_app
 
     monitor = Monitor(

@@ -24,9 +24,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from appliance.config import Settings
-from appliance.health.metrics import JobMetrics, make_registry
-from appliance.health.server import make_app, start_server
+from appliance.httpserve import start_server
 from appliance.machine import fleet
+from appliance.machine.health import make_app
+from appliance.machine.metrics import JobMetrics, make_registry
 from appliance.machine.plan import (
     AUTO,
     MachineType,

@@ -26,6 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from appliance.config import Settings
+from appliance.config.queue import EventsMode
 from appliance.machine import keys as machine_keys
 from appliance.monitor.state import MonitorState, now_ms
 from appliance.queue import Queue
@@ -36,7 +37,6 @@ from appliance.queue.keys import (
     CHANNEL_PROGRESS,
     CHANNEL_SUBMITTED,
 )
-from appliance.queue.options import EventsMode
 from appliance.secrets import redact_url
 
 log = logging.getLogger(__name__)

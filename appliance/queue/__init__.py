@@ -1,5 +1,6 @@
 """The job queue: capability-matched, Lua-claimed, leased jobs on Redis."""
 
+from appliance.config.queue import EventsMode, QueueSettings
 from appliance.queue.client import Queue, ReapResult, parse_spec
 from appliance.queue.errors import (
     DuplicateJob,
@@ -21,7 +22,6 @@ from appliance.queue.models import (
     QueueStats,
     Requirements,
 )
-from appliance.queue.options import EventsMode, QueueSettings
 from appliance.queue.session import WorkerSession
 
 __all__ = [

@@ -28,7 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from appliance.queue.connections import check_database, connection_class_for
+from appliance.config import check_database
+from appliance.config.queue import ChannelsMode, QueueSettings, ScriptsMode
+from appliance.queue.connections import connection_class_for
 from appliance.queue.errors import (
     DuplicateJob,
     InvalidJob,
@@ -50,7 +52,6 @@ from appliance.queue.models import (
     ShapeStats,
     ms_to_datetime,
 )
-from appliance.queue.options import ChannelsMode, QueueSettings, ScriptsMode
 from appliance.queue.scripts import ScriptSet
 from appliance.queue.shapes import WorkerClass, shape_of
 

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from appliance.config import Settings
-from appliance.health.server import start_server
+from appliance.httpserve import start_server
 from appliance.machine.plan import plan_from_settings
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import GpuInfo, HostResources

@@ -73,6 +73,7 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
 
     from appliance.httpserve import start_server
     from appliance.monitor.app import Monitor, make_app
+    from appliance.pools import PoolSignalsCollector
 
     monitor = Monitor(
         settings,
@@ -83,7 +84,9 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
         poll_s=poll_s,
     )
     try:
-        runner, bound = await start_server(make_app(monitor), host, port)
+        # The pool signals on /metrics; the monitor hands the collector its feed's queue client on each scrape.
+        pools = PoolSignalsCollector(None, settings, interval_s=poll_s * 3)  # type: ignore[arg-type]
+        runner, bound = await start_server(make_app(monitor, pools), host, port)
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitCode.FAILED

@@ -73,7 +73,7 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
 
     from appliance.httpserve import start_server
     from appliance.monitor.app import Monitor, make_app
-    from appliance.pools import PoolSignalsCollector
+    from appliance.pools import PoolSignalsCollector, read_pool_signals
 
     monitor = Monitor(
         settings,
@@ -82,6 +82,7 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
         queue_name=target.queue,
         token=token,
         poll_s=poll_s,
+        pool_signals=read_pool_signals,
     )
     try:
         # The pool signals on /metrics; the monitor hands the collector its feed's queue client on each scrape.

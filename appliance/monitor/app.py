@@ -35,7 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from appliance.config import Settings
-from appliance.monitor.feed import Feed
+from appliance.monitor.feed import Feed, PoolSignals
 from appliance.monitor.state import MonitorState, now_ms
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class Monitor:
         token: str | None = None,
         poll_s: float = 2.0,
         tick_s: float = 1.0,
+        pool_signals: PoolSignals | None = None,
     ) -> None:
         self.settings = settings
         self.token = token
@@ -97,7 +98,13 @@ class Monitor:
         self.state = MonitorState(queue_name or settings.redis.queue, settings.machine.status_interval_s)
         self.hub = Hub()
         self.feed = Feed(
-            settings, self.state, self.hub.publish, url=url, client_kwargs=client_kwargs, poll_s=poll_s
+            settings,
+            self.state,
+            self.hub.publish,
+            url=url,
+            client_kwargs=client_kwargs,
+            poll_s=poll_s,
+            pool_signals=pool_signals,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -19,7 +19,7 @@ from appliance.machine.state import MachineState, Phase
 from appliance.machine.status import build_status
 from appliance.machine.systemd import UnitState
 from appliance.monitor.app import Monitor, make_app
-from appliance.pools import PoolSignalsCollector
+from appliance.pools import PoolSignalsCollector, read_pool_signals
 
 GIB = 2**30
 
@@ -35,7 +35,7 @@ async def running_monitor(
     **settings: Any,
 ) -> AsyncIterator[tuple[Monitor, str]]:
     cfg = Settings.model_validate({"machine": {"status_interval_s": interval_s}, **settings})
-    monitor = Monitor(cfg, url=url, token=token, poll_s=poll_s, tick_s=tick_s)
+    monitor = Monitor(cfg, url=url, token=token, poll_s=poll_s, tick_s=tick_s, pool_signals=read_pool_signals)
     pools = PoolSignalsCollector(None, cfg, interval_s=poll_s * 3)  # type: ignore[arg-type]
     runner, port = await start_server(make_app(monitor, pools), "127.0.0.1", 0)
     try:

@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import SecretStr
 
 from appliance.config import KNOWN_CONNECTORS, Settings
-from appliance.configload import ROOT, Node, _members, node_of
-from appliance.machine.plan import UNIT_PREFIX, gpu_services
+from appliance.config.load import ROOT, Node, _members, node_of
+from appliance.identity import UNIT_PREFIX
+from appliance.machine.plan import gpu_services
 from appliance.secrets import CREDENTIALS, credential_name
 from appliance.units import install as inst
 

@@ -24,8 +24,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from _common import NOOP_LIBRARY, NOOP_LUA, command_cost, machine_line, private_redis, redis_benchmark, table
 
+from appliance.config.queue import ScriptsMode
 from appliance.queue import EventsMode, JobSpec, Queue, QueueSettings, Requirements
-from appliance.queue.options import ScriptsMode
 from appliance.queue.scripts import ScriptSet
 
 #: Fills one shape's ready index with `count` jobs per call. Mirrors submit.lua's writes (see its header).

@@ -72,7 +72,7 @@ def _exported_names() -> set[str]:
     (job counters appear only once a job ran) and the pool collector's."""
     from prometheus_client.exposition import generate_latest
 
-    from appliance.health.metrics import make_registry
+    from appliance.machine.metrics import make_registry
     from tests.monitor.helpers import gpu_machine_state
 
     registry, _jobs = make_registry(gpu_machine_state("m1"))

@@ -476,10 +476,10 @@ def test_config_check_without_opening_files(tmp_path: Path) -> None:
 
 
 def test_configuration_reference_is_up_to_date() -> None:
-    from appliance.configdoc import render
+    from appliance.config.doc import render
 
     doc = REPO / "docs" / "configuration.md"
-    assert doc.read_text() == render(), "regenerate: python -m appliance.configdoc > docs/configuration.md"
+    assert doc.read_text() == render(), "regenerate: python -m appliance.config.doc > docs/configuration.md"
 
 
 def test_reference_lists_every_setting_and_env_name() -> None:

@@ -71,8 +71,9 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
     import asyncio
     import signal
 
-    from appliance.health.server import start_server
+    from appliance.httpserve import start_server
     from appliance.monitor.app import Monitor, make_app
+    from appliance.pools import PoolSignalsCollector, read_pool_signals
 
     monitor = Monitor(
         settings,
@@ -81,9 +82,12 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
         queue_name=target.queue,
         token=token,
         poll_s=poll_s,
+        pool_signals=read_pool_signals,
     )
     try:
-        runner, bound = await start_server(make_app(monitor), host, port)
+        # The pool signals on /metrics; the monitor hands the collector its feed's queue client on each scrape.
+        pools = PoolSignalsCollector(None, settings, interval_s=poll_s * 3)  # type: ignore[arg-type]
+        runner, bound = await start_server(make_app(monitor, pools), host, port)
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitCode.FAILED

@@ -58,8 +58,8 @@ def _acl(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from appliance.config import ConfigError, load_settings
+    from appliance.config.queue import ChannelsMode, ScriptsMode
     from appliance.queue.acl import Role, quote, rules, setuser
-    from appliance.queue.options import ChannelsMode, ScriptsMode
 
     try:
         settings = load_settings(args.config).settings

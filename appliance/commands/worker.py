@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_worker(args: argparse.Namespace) -> int:
     from appliance.config import ConfigError, RedisConnection, load_settings
+    from appliance.identity import SlotError, slot_from_arguments
     from appliance.secrets import SecretError, split_url_password
-    from appliance.worker.identity import SlotError, slot_from_arguments
     from appliance.worker.runtime import Worker, WorkerError
     from appliance.worker.wiring import WiringError
 

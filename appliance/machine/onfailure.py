@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.config import Settings
-from appliance.machine.plan import PlanError, normalize_unit
+from appliance.identity import (
+    COMFYUI_TEMPLATE,
+    WORKER_TEMPLATE,
+    gpu_slot,
+    service_of_unit,
+    unit_name,
+    worker_id,
+)
+from appliance.machine.plan import PlanError
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.systemd import SystemdUnits
 from appliance.queue import Queue
@@ -29,20 +37,20 @@ class FailedUnit:
 def resolve_unit(machine_id: str, name: str) -> FailedUnit:
     """Map `worker@gpu0`, `appliance-comfyui@1.service`, ... to the workers it affects."""
     # %i of the handler unit arrives systemd-escaped ("\x2d" for "-") when the unit name was escaped.
-    unit = normalize_unit(re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name.strip()))
-    service = unit.removeprefix("appliance-").removesuffix(".service")
+    unit = unit_name(re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name.strip()))
+    service = service_of_unit(unit)
     template, _, instance = service.partition("@")
     if service == "machine":
         # The supervisor itself gave up: its workers may still be running, so no job is taken from them.
         return FailedUnit(unit, service, ())
     if not instance:
         raise PlanError(f"unit {name!r} is not an instance of appliance-worker@ or appliance-comfyui@")
-    if template == "worker":
-        return FailedUnit(unit, service, (f"{machine_id}-{instance}",))
-    if template == "comfyui":
+    if template == WORKER_TEMPLATE:
+        return FailedUnit(unit, service, (worker_id(machine_id, instance),))
+    if template == COMFYUI_TEMPLATE:
         if not instance.isdigit():
             raise PlanError(f"unit {name!r}: a ComfyUI instance is a GPU index")
-        return FailedUnit(unit, service, (f"{machine_id}-gpu{instance}",))
+        return FailedUnit(unit, service, (gpu_slot(int(instance)).worker_id(machine_id),))
     raise PlanError(f"unit {name!r} is not an appliance worker or ComfyUI unit")
 
 

@@ -14,13 +14,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from appliance.identity import (
+    COMFYUI_TEMPLATE,
+    WORKER_TEMPLATE,
+    WorkerSlot,
+    gpu_slot,
+    service_name,
+    unit_name,
+    worker_id,
+)
+
 if TYPE_CHECKING:
     from appliance.config import Settings
 
 #: ComfyUI instance i listens on DEFAULT_BASE_PORT + i unless configured otherwise.
 DEFAULT_BASE_PORT = 8188
-
-UNIT_PREFIX = "appliance-"
 
 
 class MachineType(StrEnum):
@@ -64,11 +72,10 @@ class PlannedService:
 
     @property
     def unit(self) -> str:
-        template, _, instance = self.name.partition("@")
-        return f"{UNIT_PREFIX}{template}@{instance}.service"
+        return unit_name(self.name)
 
     def worker_id(self, machine_id: str) -> str | None:
-        return f"{machine_id}-{self.slot}" if self.kind == "worker" and self.slot else None
+        return worker_id(machine_id, self.slot) if self.kind == "worker" and self.slot else None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "unit": self.unit, "kind": self.kind}
@@ -99,7 +106,7 @@ class ServicePlan:
         return [wid for s in self.services if (wid := s.worker_id(self.machine_id))]
 
     def by_unit(self, unit: str) -> PlannedService | None:
-        unit = normalize_unit(unit)
+        unit = unit_name(unit)
         return next((s for s in self.services if s.unit == unit), None)
 
     def dependents(self, service: PlannedService) -> list[PlannedService]:
@@ -123,15 +130,6 @@ class ConnectorSlots:
     enabled: bool = True
 
 
-def normalize_unit(name: str) -> str:
-    """Accept "worker@gpu0", "appliance-worker@gpu0" or "appliance-worker@gpu0.service"."""
-    if not name.endswith(".service"):
-        name = f"{name}.service"
-    if not name.startswith(UNIT_PREFIX):
-        name = f"{UNIT_PREFIX}{name}"
-    return name
-
-
 def _check_connector_name(name: str) -> None:
     # The name becomes part of a unit instance and a worker id: keep it to what both accept unescaped.
     if not name or not name[0].isalpha() or not all(c.isalnum() or c == "_" for c in name):
@@ -145,15 +143,18 @@ def gpu_services(
 ) -> list[PlannedService]:
     services: list[PlannedService] = []
     for i in gpus:
-        comfy = PlannedService(name=f"comfyui@{i}", kind="comfyui", gpu=i, port=base_port + i, cpu=cpu)
+        comfy = PlannedService(
+            name=service_name(COMFYUI_TEMPLATE, i), kind="comfyui", gpu=i, port=base_port + i, cpu=cpu
+        )
         services.append(comfy)
+        slot = gpu_slot(i)
         services.append(
             PlannedService(
-                name=f"worker@gpu{i}",
+                name=service_name(WORKER_TEMPLATE, slot.name),
                 kind="worker",
-                slot=f"gpu{i}",
+                slot=slot.name,
                 gpu=i,
-                connector="comfyui",
+                connector=slot.connector,
                 binds_to=comfy.unit,
             )
         )
@@ -167,9 +168,11 @@ def connector_services(connectors: Iterable[ConnectorSlots]) -> list[PlannedServ
         if not conn.enabled or conn.slots <= 0:
             continue
         for index in range(conn.slots):
-            slot = f"{conn.name}{index}"
+            slot = WorkerSlot(conn.name, index).name
             services.append(
-                PlannedService(name=f"worker@{slot}", kind="worker", slot=slot, connector=conn.name)
+                PlannedService(
+                    name=service_name(WORKER_TEMPLATE, slot), kind="worker", slot=slot, connector=conn.name
+                )
             )
     return services
 

@@ -26,14 +26,25 @@ class Phase(StrEnum):
     FAILED = "failed"
 
 
+class Supervision(StrEnum):
+    """Who runs the machine's planned processes (`decide_supervision`). A StrEnum: it is stored, shown and
+    compared as its value ("systemd" == Supervision.SYSTEMD)."""
+
+    #: systemd is PID 1 and started the supervisor: it runs the planned units, the supervisor watches them.
+    SYSTEMD = "systemd"
+    #: Container mode (`machine.container_mode`): the supervisor runs the processes itself.
+    SUPERVISOR = "supervisor"
+    #: Nobody the supervisor can ask (a developer's shell, `appliance machine --unmanaged`).
+    UNMANAGED = "unmanaged"
+
+
 @dataclass
 class MachineState:
     machine_id: str
     machine_type: str
     plan: ServicePlan
     health_url: str = ""
-    #: "systemd" when systemd runs the planned units, else "unmanaged" (foreground development, containers).
-    supervision: str = "unmanaged"
+    supervision: Supervision = Supervision.UNMANAGED
     phase: Phase = Phase.STARTING
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
@@ -61,7 +72,7 @@ class MachineState:
 
     @property
     def managed(self) -> bool:
-        return self.supervision == "systemd"
+        return self.supervision == Supervision.SYSTEMD
 
     def service_health(self) -> dict[str, bool]:
         """Per planned service: active under systemd. Unmanaged services are somebody else's to supervise, so

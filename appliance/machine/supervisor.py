@@ -31,8 +31,9 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from appliance.config import Settings
-from appliance.health.metrics import JobMetrics, make_registry
-from appliance.health.server import make_app, start_server
+from appliance.httpserve import start_server
+from appliance.machine.health import make_app
+from appliance.machine.metrics import JobMetrics, make_registry
 from appliance.machine.plan import (
     AUTO,
     MachineType,
@@ -44,7 +45,7 @@ from appliance.machine.plan import (
 from appliance.machine.processes import MachineProcesses
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import Nvml, host_resources
-from appliance.machine.state import MachineState, Phase
+from appliance.machine.state import MachineState, Phase, Supervision
 from appliance.machine.status import build_status, change_signature, registration_record, status_line
 from appliance.machine.stops import read_stops, state_directory
 from appliance.machine.systemd import SystemdUnits, systemd_running
@@ -73,14 +74,15 @@ REDIS_CALL_TIMEOUT_S = 5.0
 LOOP_STALL_S = 3 * CHANGE_POLL_S + 4 * REDIS_CALL_TIMEOUT_S
 
 
-def decide_supervision(settings: Settings, force_unmanaged: bool = False) -> str:
+def decide_supervision(settings: Settings, force_unmanaged: bool = False) -> Supervision:
     """ "supervisor" in container mode (we run the processes); "systemd" only when systemd is PID 1 and started us
     (INVOCATION_ID): a developer running `appliance machine` in a shell must not wait for units it never started."""
     if force_unmanaged:
-        return "unmanaged"
+        return Supervision.UNMANAGED
     if settings.machine.container_mode:
-        return "supervisor"
-    return "systemd" if systemd_running() and os.environ.get("INVOCATION_ID") else "unmanaged"
+        return Supervision.SUPERVISOR
+    managed = systemd_running() and os.environ.get("INVOCATION_ID")
+    return Supervision.SYSTEMD if managed else Supervision.UNMANAGED
 
 
 class Supervisor:
@@ -96,7 +98,7 @@ class Supervisor:
     ) -> None:
         self.settings = settings
         self.notifier = notifier or Notifier()
-        self.supervision = supervision or decide_supervision(settings)
+        self.supervision = Supervision(supervision) if supervision else decide_supervision(settings)
         self.systemd = SystemdUnits(managed=self.supervision == "systemd")
         self.nvml = Nvml()
         self.conn = settings.redis_connection()

@@ -8,7 +8,8 @@ Routes:
 - `GET /ws`             WebSocket: `full_state_snapshot` on connect, then deltas (`machine_update`,
                         `machine_event`, `job_update`, `queue_stats`, `pools`, `redis`, `tick`); the client may send
                         `{"type": "resync_request"}` for a new snapshot, `{"type": "ping"}` for a `pong`.
-- `GET /metrics`        Prometheus text: the pool signals (appliance.pools.PoolSignalsCollector)
+- `GET /metrics`        Prometheus text of the collector the caller hands `make_app` (the pool signals,
+                        appliance.pools.PoolSignalsCollector: the monitor itself knows nothing of pools)
 
 With a token configured (`monitor.token`, `monitor.token_file`, credential `monitor-token`) every route but `/`,
 `/static` and `/healthz` needs it: `Authorization: Bearer <token>`, or `?token=<token>` (browsers cannot set
@@ -26,14 +27,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from appliance.config import Settings
-from appliance.monitor.feed import Feed
+from appliance.monitor.feed import Feed, PoolSignals
 from appliance.monitor.state import MonitorState, now_ms
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class Monitor:
         token: str | None = None,
         poll_s: float = 2.0,
         tick_s: float = 1.0,
+        pool_signals: PoolSignals | None = None,
     ) -> None:
         self.settings = settings
         self.token = token
@@ -95,7 +98,13 @@ class Monitor:
         self.state = MonitorState(queue_name or settings.redis.queue, settings.machine.status_interval_s)
         self.hub = Hub()
         self.feed = Feed(
-            settings, self.state, self.hub.publish, url=url, client_kwargs=client_kwargs, poll_s=poll_s
+            settings,
+            self.state,
+            self.hub.publish,
+            url=url,
+            client_kwargs=client_kwargs,
+            poll_s=poll_s,
+            pool_signals=pool_signals,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -247,18 +256,30 @@ async def _write(client: Client) -> None:
         await client.ws.send_str(text)
 
 
+class QueueCollector(Protocol):
+    """A Prometheus collector over the queue the monitor reads, refreshed on scrape (the pool signals)."""
+
+    #: The feed's current queue client, handed over before each scrape (the feed reconnects with a new one).
+    queue: Any
+    last_ok: bool
+
+    async def ensure_fresh(self) -> object: ...
+
+    async def close(self) -> None: ...
+
+    def collect(self) -> Any: ...
+
+
 REGISTRY_KEY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 COLLECTOR_KEY: web.AppKey[Any] = web.AppKey("pool_collector", object)
 
 
-def make_app(monitor: Monitor) -> web.Application:
-    from appliance.pools import PoolSignalsCollector
-
+def make_app(monitor: Monitor, collector: QueueCollector) -> web.Application:
+    """The monitor's web app; `/metrics` serves `collector`, which the app closes on shutdown."""
     app = web.Application(middlewares=[_security])
     app[MONITOR_KEY] = monitor
     registry = CollectorRegistry(auto_describe=False)
-    collector = PoolSignalsCollector(None, monitor.settings, interval_s=monitor.feed.poll_s * 3)  # type: ignore[arg-type]
-    registry.register(collector)
+    registry.register(cast(Collector, collector))
     app[REGISTRY_KEY] = registry
     app[COLLECTOR_KEY] = collector
 

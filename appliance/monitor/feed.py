@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from appliance.config import Settings
+from appliance.config.queue import EventsMode
 from appliance.monitor.state import MonitorState, now_ms
 from appliance.queue import Queue
 from appliance.queue.events import EventKind, JobEvent
@@ -35,7 +36,6 @@ from appliance.queue.keys import (
     CHANNEL_PROGRESS,
     CHANNEL_SUBMITTED,
 )
-from appliance.queue.options import EventsMode
 from appliance.queue.registry import STARTUP_EVENTS_CHANNEL, decode_message, status_channel
 from appliance.secrets import redact_url
 
@@ -49,6 +49,9 @@ INITIAL_ENTRIES = 2000
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
 
 Publish = Callable[[dict[str, Any]], None]
+#: Reads a queue's pool signals (appliance.pools.read_pool_signals, handed in by the command: the monitor knows
+#: nothing of pools); the page shows the result's `to_dict()`.
+PoolSignals = Callable[[Queue, Settings], Awaitable[Any]]
 
 
 class Feed:
@@ -62,6 +65,7 @@ class Feed:
         client_kwargs: dict[str, Any] | None = None,
         poll_s: float = 2.0,
         pools_every: int = 3,
+        pool_signals: PoolSignals | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -70,6 +74,7 @@ class Feed:
         self.client_kwargs = client_kwargs or {}
         self.poll_s = poll_s
         self.pools_every = pools_every
+        self.pool_signals = pool_signals
         self.queue: Queue | None = None
         self.stream_mode = settings.queue.events in (EventsMode.STREAM, EventsMode.STREAM_AND_PUBSUB)
         #: Jobs that ended in failure without their error text yet (stream entries do not carry it).
@@ -249,10 +254,8 @@ class Feed:
             if view is not None:
                 self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
         await self._fill_errors()
-        if with_pools:
-            from appliance.pools import read_pool_signals
-
-            report = await read_pool_signals(self.queue, self.settings)
+        if with_pools and self.pool_signals is not None:
+            report = await self.pool_signals(self.queue, self.settings)
             self.state.pools = report.to_dict()
             self.publish({"type": "pools", "pools": self.state.pools})
 

@@ -1,5 +1,6 @@
 """The job queue: capability-matched, Lua-claimed, leased jobs on Redis."""
 
+from appliance.config.queue import EventsMode, QueueSettings
 from appliance.queue.client import Queue
 from appliance.queue.errors import (
     DuplicateJob,
@@ -22,7 +23,6 @@ from appliance.queue.models import (
     QueueStats,
     Requirements,
 )
-from appliance.queue.options import EventsMode, QueueSettings
 from appliance.queue.producer import parse_spec
 from appliance.queue.session import WorkerSession
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from enum import StrEnum
 
+from appliance.config.queue import ChannelsMode, ScriptsMode
 from appliance.queue import registry as machine_keys
 from appliance.queue.keys import (
     CHANNEL_CLAIMED,
@@ -32,7 +33,6 @@ from appliance.queue.keys import (
     CHANNEL_SUBMITTED,
     QueueKeys,
 )
-from appliance.queue.options import ChannelsMode, ScriptsMode
 from appliance.queue.scripts import SCRIPT_NAMES, load_sources
 
 LIFECYCLE_CHANNELS = (CHANNEL_SUBMITTED, CHANNEL_CLAIMED, CHANNEL_PROGRESS, CHANNEL_COMPLETED, CHANNEL_FAILED)

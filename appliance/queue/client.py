@@ -18,14 +18,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from appliance.config import check_database
+from appliance.config.queue import QueueSettings, ScriptsMode
 from appliance.queue.conn import QueueConnection
-from appliance.queue.connections import check_database, connection_class_for
+from appliance.queue.connections import connection_class_for
 from appliance.queue.events import EventLog
 from appliance.queue.housekeeper import Housekeeper
 from appliance.queue.keys import QueueKeys
 from appliance.queue.lease import LeaseClient
 from appliance.queue.models import Capabilities, JobSpec
-from appliance.queue.options import QueueSettings, ScriptsMode
 from appliance.queue.producer import Producer
 from appliance.queue.reader import Reader
 from appliance.queue.registry import Registry

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.config.queue import ChannelsMode, QueueSettings
 from appliance.queue.keys import QueueKeys
-from appliance.queue.options import ChannelsMode, QueueSettings
 from appliance.queue.scripts import ScriptSet
 from appliance.queue.specs import SPECS
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio.connection import (
     AbstractConnection,
@@ -62,21 +61,3 @@ def connection_class_for(url: str) -> type[AbstractConnection]:
     if scheme == "unix":
         return HiredisUnixConnection
     return HiredisConnection
-
-
-def check_database(url: str) -> None:
-    """Raise ValueError naming the problem when `url` selects no valid database number.
-
-    redis-py ignores a path it cannot read (`redis://host/x` connects to db 0, `redis://host/1/2` to db 12):
-    a typo would silently share another database's keys.
-    """
-    parts = urlsplit(url)
-    if parts.scheme in ("redis", "rediss"):
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        if path and not (path.isascii() and path.isdigit()):
-            raise ValueError(
-                f"the path of {parts.scheme}://… must be a database number (e.g. /0), not /{path}"
-            )
-    for value in parse_qs(parts.query).get("db", []):
-        if not (value.isascii() and value.isdigit()):
-            raise ValueError(f"db={value} in the Redis URL is not a database number")

@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from appliance.config import RedisConnection, Settings
+from appliance.identity import WorkerSlot
 from appliance.notify import Notifier, WatchdogPinger
 from appliance.queue import ClaimedJob, Queue, WorkerSession
 from appliance.worker.connectors import Connector, ConnectorCapabilities, create_connector
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals, wait_until
 from appliance.worker.execution import JobRunner
 from appliance.worker.housekeeping import HEALTH_TIMEOUT_S, Reaper, ServiceHealth
-from appliance.worker.identity import WorkerSlot
 from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import StopReason
 from appliance.worker.redislink import RedisLink, is_unreachable

@@ -12,16 +12,33 @@ import re
 import secrets
 import shutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from appliance.worker.connectors.base import OutputFile
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: Object names longer than this are cut (S3 allows 1024 bytes per key; filesystems 255 per component).
 MAX_NAME_LEN = 200
+
+
+# Defined here, the module that makes them; connectors re-export it from base (they import storage, never
+# the other way).
+@dataclass
+class OutputFile:
+    """One stored output (image, video, audio, ...); `url` or `path` says where it lives."""
+
+    name: str
+    url: str | None
+    path: str | None
+    content_type: str
+    size: int
+    node: str | None = None
+    #: The output list it came from: images, gifs, videos, audio, text, files, ...
+    kind: str = "files"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def sanitize_name(name: str) -> str:

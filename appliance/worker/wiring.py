@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.config import Settings
+from appliance.identity import WorkerSlot
 from appliance.netaddr import connect_host
 from appliance.queue import Capabilities
 from appliance.worker.connectors import ConnectorCapabilities, ConnectorOptions, connector_options
-from appliance.worker.identity import WorkerSlot
 from appliance.worker.storage import LocalStorage, OutputStorage
 
 #: How often the backing service is probed while it answers (s): local services are cheap to ask, remote APIs

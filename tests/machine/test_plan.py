@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from appliance.config import Settings
+from appliance.identity import unit_name
 from appliance.machine.plan import (
     ConnectorSlots,
     MachineType,
     PlanError,
     compute_plan,
-    normalize_unit,
     plan_from_settings,
 )
 
@@ -94,7 +94,7 @@ def test_bad_inputs_name_the_problem() -> None:
 
 def test_unit_names_normalize() -> None:
     for name in ("worker@gpu0", "appliance-worker@gpu0", "appliance-worker@gpu0.service"):
-        assert normalize_unit(name) == "appliance-worker@gpu0.service"
+        assert unit_name(name) == "appliance-worker@gpu0.service"
 
 
 def test_plan_from_settings() -> None:

@@ -55,7 +55,7 @@ def test_bad_calls_are_one_line(tmp_path: Path) -> None:
 def test_watchdog_kills_reach_the_metrics() -> None:
     from prometheus_client.exposition import generate_latest
 
-    from appliance.health.metrics import make_registry
+    from appliance.machine.metrics import make_registry
     from tests.monitor.helpers import gpu_machine_state
 
     state = gpu_machine_state("m1")

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from appliance.config import Settings
-from appliance.health.server import start_server
+from appliance.httpserve import start_server
 from appliance.machine.plan import plan_from_settings
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import GpuInfo, HostResources
@@ -19,6 +19,7 @@ from appliance.machine.state import MachineState, Phase
 from appliance.machine.status import build_status
 from appliance.machine.systemd import UnitState
 from appliance.monitor.app import Monitor, make_app
+from appliance.pools import PoolSignalsCollector, read_pool_signals
 
 GIB = 2**30
 
@@ -34,8 +35,9 @@ async def running_monitor(
     **settings: Any,
 ) -> AsyncIterator[tuple[Monitor, str]]:
     cfg = Settings.model_validate({"machine": {"status_interval_s": interval_s}, **settings})
-    monitor = Monitor(cfg, url=url, token=token, poll_s=poll_s, tick_s=tick_s)
-    runner, port = await start_server(make_app(monitor), "127.0.0.1", 0)
+    monitor = Monitor(cfg, url=url, token=token, poll_s=poll_s, tick_s=tick_s, pool_signals=read_pool_signals)
+    pools = PoolSignalsCollector(None, cfg, interval_s=poll_s * 3)  # type: ignore[arg-type]
+    runner, port = await start_server(make_app(monitor, pools), "127.0.0.1", 0)
     try:
         yield monitor, f"http://127.0.0.1:{port}"
     finally:

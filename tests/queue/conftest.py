@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from appliance.config.queue import ScriptsMode
 from appliance.queue import Queue, QueueSettings
-from appliance.queue.options import ScriptsMode
 from appliance.queue.scripts import ScriptSet
 
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from appliance.config.queue import ScriptsMode
 from appliance.localredis import LocalRedis, free_port
 from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue, QueueSettings
-from appliance.queue.options import ScriptsMode
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-cli") is None, reason="redis-cli (redis-tools) not installed"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import load_settings
+from appliance.identity import SlotError, parse_slot, slot_from_arguments
 from appliance.localredis import LocalRedis
 from appliance.queue import Capabilities, ClaimedJob, JobStatus, Queue, QueueSettings, WorkerSession
 from appliance.queue.errors import LeaseLost
@@ -22,7 +23,6 @@ from appliance.worker.connectors.base import (
     RetryableError,
 )
 from appliance.worker.housekeeping import Reaper
-from appliance.worker.identity import SlotError, parse_slot, slot_from_arguments
 from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import OutcomeKind, StopReason, decide, failure_of
 from appliance.worker.progress import ProgressForwarder

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-if TYPE_CHECKING:
-    from appliance.worker.storage import OutputStorage
+# OutputFile is re-exported: connectors import it from here.
+from appliance.worker.storage import OutputFile, OutputStorage
 
 OptionsT = TypeVar("OptionsT", bound="ConnectorOptions")
 
@@ -68,23 +68,6 @@ class ConnectorJob:
 
 #: Called with (percent 0..100, optional message) whenever a connector learns of progress.
 ProgressCallback = Callable[[float, str | None], Awaitable[None]]
-
-
-@dataclass
-class OutputFile:
-    """One stored output (image, video, audio, ...); `url` or `path` says where it lives."""
-
-    name: str
-    url: str | None
-    path: str | None
-    content_type: str
-    size: int
-    node: str | None = None
-    #: The output list it came from: images, gifs, videos, audio, text, files, ...
-    kind: str = "files"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

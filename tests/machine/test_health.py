@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.health.metrics import make_registry
-from appliance.health.server import make_app
+from appliance.machine.health import make_app
+from appliance.machine.metrics import make_registry
 from appliance.machine.plan import compute_plan
 from appliance.machine.resources import GpuInfo, host_resources
 from appliance.machine.state import MachineState, Phase

@@ -1,11 +1,11 @@
 """Settings of every appliance process: one typed schema, loaded from env > config file > defaults.
 
 The schema is the only place a setting is declared: `load_settings` derives the environment variable names from it,
-and `python -m appliance.configdoc` renders docs/configuration.md from it. Unknown keys are errors everywhere
+and `python -m appliance.config.doc` renders docs/configuration.md from it. Unknown keys are errors everywhere
 (`extra="forbid"`), so a misspelt setting fails at start instead of being silently ignored. Every duration names
 its unit in the key (`_s`, `_ms`).
 
-Environment variables (parsed by `appliance.configload`):
+Environment variables (parsed by `appliance.config.load`):
 - `APPLIANCE_<SECTION>__<KEY>[__<SUBKEY>...]`, the canonical form: nested keys joined by `__`
   (`APPLIANCE_REDIS__URL`, `APPLIANCE_CONNECTORS__OPENAI__API_KEY_FILE`).
 - `APPLIANCE_<SECTION>_<KEY>`, the short form: the same path joined by single `_` (`APPLIANCE_REDIS_URL`,
@@ -22,11 +22,11 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from appliance.queue.connections import check_database
-from appliance.queue.options import QueueSettings
+from appliance.config.queue import QueueSettings
 from appliance.secrets import SecretError, credential_name, read_secret, split_url_password
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "LoadedSettings",
     "RedisConnection",
     "Settings",
-    "load_settings",
     "redacted_dump",
 ]
 
@@ -74,6 +73,24 @@ class RedisConnection:
         if self.tls_ca_file is not None:
             kwargs["ssl_ca_certs"] = str(self.tls_ca_file)
         return kwargs
+
+
+def check_database(url: str) -> None:
+    """Raise ValueError naming the problem when `url` selects no valid database number.
+
+    redis-py ignores a path it cannot read (`redis://host/x` connects to db 0, `redis://host/1/2` to db 12):
+    a typo would silently share another database's keys.
+    """
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss"):
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if path and not (path.isascii() and path.isdigit()):
+            raise ValueError(
+                f"the path of {parts.scheme}://… must be a database number (e.g. /0), not /{path}"
+            )
+    for value in parse_qs(parts.query).get("db", []):
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(f"db={value} in the Redis URL is not a database number")
 
 
 def check_redis_url(url: str) -> str:
@@ -617,20 +634,6 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     return result
 
 
-def load_settings(
-    config_path: str | Path | None = None, env: Any = None, *, open_files: bool = True
-) -> LoadedSettings:
-    """Load settings: env `APPLIANCE_*` over the config file (argument, else `$APPLIANCE_CONFIG`) over defaults.
-
-    Raises ConfigError naming every bad key, its source and what was expected; also when a configured
-    `*_file` cannot be read, so a process fails before it starts anything (unless `open_files` is false: a
-    check where those files do not exist, such as the Nix build that validates a NixOS machine's settings).
-    """
-    from appliance.configload import load
-
-    return load(config_path, os.environ if env is None else env, open_files=open_files)
-
-
 def check_files(loaded: LoadedSettings) -> list[str]:
     """Errors for configured files (`*_file` settings) that cannot be read; contents are never shown."""
     errors = []
@@ -657,4 +660,4 @@ def _file_settings(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Pa
     return found
 
 
-__all__ += ["KNOWN_CONNECTORS", "SecretError", "check_files", "check_redis_url"]
+__all__ += ["KNOWN_CONNECTORS", "SecretError", "check_database", "check_files", "check_redis_url"]

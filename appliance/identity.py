@@ -1,7 +1,8 @@
-"""Who a worker process is: its slot (`gpu0`, `openai1`, `echo0`) and its worker id (`<machine id>-<slot>`).
+"""Who a process is: a worker's slot (`gpu0`, `openai1`, `echo0`), its worker id (`<machine id>-<slot>`) and the
+systemd unit names (`appliance-worker@<slot>.service`, `appliance-comfyui@<gpu>.service`).
 
-Slots are what systemd knows (`appliance-worker@<slot>.service`) and what the machine plan names; the worker id
-is what the queue knows. Both are derived here and nowhere else in the worker.
+Slots are what systemd knows and what the machine plan names; the worker id is what the queue knows. All of
+them are derived here and nowhere else: the worker, the machine plan and the OnFailure handler call these.
 """
 
 from __future__ import annotations
@@ -16,6 +17,36 @@ _CONNECTOR_SLOT_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_]*?)(?P<index>[0-
 
 #: The connector that serves GPU slots.
 GPU_CONNECTOR = "comfyui"
+#: Every unit of the appliance is named `appliance-<template>[@<instance>].service`.
+UNIT_PREFIX = "appliance-"
+UNIT_SUFFIX = ".service"
+#: The unit templates: a worker per slot, a ComfyUI instance per GPU.
+WORKER_TEMPLATE = "worker"
+COMFYUI_TEMPLATE = "comfyui"
+
+
+def worker_id(machine_id: str, slot: str) -> str:
+    """The queue's name of the worker in `slot` of machine `machine_id`."""
+    return f"{machine_id}-{slot}"
+
+
+def service_name(template: str, instance: str | int) -> str:
+    """`worker@gpu0`, `comfyui@1`: a unit instance without prefix and suffix (how the plan names services)."""
+    return f"{template}@{instance}"
+
+
+def unit_name(service: str) -> str:
+    """The full unit of a service; also accepts `appliance-worker@gpu0` and the full name itself."""
+    if not service.endswith(UNIT_SUFFIX):
+        service = f"{service}{UNIT_SUFFIX}"
+    if not service.startswith(UNIT_PREFIX):
+        service = f"{UNIT_PREFIX}{service}"
+    return service
+
+
+def service_of_unit(unit: str) -> str:
+    """`appliance-worker@gpu0.service` → `worker@gpu0`."""
+    return unit.removeprefix(UNIT_PREFIX).removesuffix(UNIT_SUFFIX)
 
 
 class SlotError(ValueError):
@@ -38,13 +69,22 @@ class WorkerSlot:
         return f"gpu{self.index}" if self.gpu else f"{self.connector}{self.index}"
 
     def worker_id(self, machine_id: str) -> str:
-        return f"{machine_id}-{self.name}"
+        return worker_id(machine_id, self.name)
+
+    @property
+    def unit(self) -> str:
+        return unit_name(service_name(WORKER_TEMPLATE, self.name))
+
+
+def gpu_slot(gpu: int) -> WorkerSlot:
+    """The slot of the worker of the ComfyUI instance on GPU `gpu`."""
+    return WorkerSlot(GPU_CONNECTOR, gpu, gpu=True)
 
 
 def parse_slot(slot: str) -> WorkerSlot:
     """`gpu3` → ComfyUI on GPU 3; `openai1` → connector openai, index 1 (the systemd instance name)."""
     if match := _GPU_SLOT_RE.match(slot):
-        return WorkerSlot(GPU_CONNECTOR, int(match["index"]), gpu=True)
+        return gpu_slot(int(match["index"]))
     if match := _CONNECTOR_SLOT_RE.match(slot):
         name = match["name"].lower()
         if name == GPU_CONNECTOR:
@@ -74,7 +114,7 @@ def slot_from_arguments(
     if gpu is not None:
         if gpu < 0:
             raise SlotError(f"--gpu must be 0 or more, not {gpu}")
-        return WorkerSlot(GPU_CONNECTOR, gpu, gpu=True)
+        return gpu_slot(gpu)
     assert connector is not None
     if index is not None and index < 0:
         raise SlotError(f"--index must be 0 or more, not {index}")

@@ -6,7 +6,7 @@ import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.health.metrics import make_registry
+from appliance.machine.metrics import make_registry
 from appliance.machine.plan import ConnectorSlots, compute_plan
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.state import MachineState

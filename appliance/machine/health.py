@@ -93,16 +93,3 @@ def make_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_route("*", "/refresh-status", _refresh)
     return app
-
-
-async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app`; returns the runner (stop with `await runner.cleanup()`) and the bound port (for port 0)."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        bound = int(server.sockets[0].getsockname()[1])
-    return runner, bound

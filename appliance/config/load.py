@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from appliance.config import KNOWN_CONNECTORS, ConfigError, LoadedSettings, Settings, check_files
+from appliance.config.schema import KNOWN_CONNECTORS, ConfigError, LoadedSettings, Settings, check_files
 from appliance.secrets import redact_url, split_url_password
 
 ENV_PREFIX = "APPLIANCE_"

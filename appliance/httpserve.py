@@ -1,0 +1,18 @@
+"""Serving an aiohttp application on a TCP port: shared by the machine's health server and the monitor."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app`; returns the runner (stop with `await runner.cleanup()`) and the bound port (for port 0)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        bound = int(server.sockets[0].getsockname()[1])
+    return runner, bound

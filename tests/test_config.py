@@ -546,12 +546,12 @@ def test_ordinary_machine_ids_are_accepted(machine_id: str) -> None:
 
 
 async def test_a_worker_session_refuses_an_unsafe_worker_id(redis_url: str) -> None:
-    from appliance.queue import Capabilities, Queue
+    from appliance.queue import Capabilities, Queue, WorkerSession
 
     q = await Queue.connect(redis_url)
     try:
         with pytest.raises(ValueError, match="not a valid id"):
-            await q.worker_session("m|1-echo0", Capabilities(services=["echo"]))
+            await WorkerSession.open(q, "m|1-echo0", Capabilities(services=["echo"]))
     finally:
         await q.close()
 

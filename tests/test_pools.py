@@ -19,7 +19,7 @@ from appliance.config import PoolRule, PoolSettings, Settings
 from appliance.machine.registry import MachineRegistry
 from appliance.pools import PoolSignalsCollector, classify, desired_machines, percentile, read_pool_signals
 from appliance.pools.classifier import explain
-from appliance.queue import Capabilities, JobSpec, Queue, QueueSettings
+from appliance.queue import Capabilities, JobSpec, Queue, QueueSettings, WorkerSession
 
 
 def _settings(**overrides: object) -> Settings:
@@ -125,8 +125,8 @@ async def _scenario(redis_url: str) -> tuple[Queue, Settings]:
         await queue.submit(classify(JobSpec(service="echo", payload={"declared_cost_s": 1}), settings))
     await queue.submit(JobSpec(service="echo"))
     heavy = [await queue.submit(JobSpec(service="video", pool="heavy")) for _ in range(3)]
-    session = await queue.worker_session(
-        "m-heavy-0", Capabilities(services=["video"], pool="heavy"), machine_id="m-heavy"
+    session = await WorkerSession.open(
+        queue, "m-heavy-0", Capabilities(services=["video"], pool="heavy"), machine_id="m-heavy"
     )
     first = await session.claim()
     assert first is not None

@@ -26,7 +26,7 @@ from appliance.queue.events import EventLog
 from appliance.queue.housekeeper import Housekeeper
 from appliance.queue.keys import QueueKeys
 from appliance.queue.lease import LeaseClient
-from appliance.queue.models import Capabilities, JobSpec
+from appliance.queue.models import JobSpec
 from appliance.queue.producer import Producer
 from appliance.queue.reader import Reader
 from appliance.queue.registry import Registry
@@ -174,17 +174,5 @@ class Queue:
     def on_retry_scheduled(self, value: Callable[[int], None] | None) -> None:
         self.leases.on_retry_scheduled = value
 
-    async def worker_session(
-        self, worker_id: str, capabilities: Capabilities, *, machine_id: str | None = None
-    ) -> WorkerSession:
-        """Register a worker and subscribe to wake-ups for the shapes it can serve."""
-        from appliance.queue.session import WorkerSession
 
-        session = WorkerSession(self, worker_id, capabilities, machine_id=machine_id)
-        await session.start()
-        return session
-
-
-from appliance.queue.session import WorkerSession  # noqa: E402  (type name for annotations)
-
-__all__ = ["Queue", "WorkerSession"]
+__all__ = ["Queue"]

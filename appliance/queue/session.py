@@ -1,6 +1,6 @@
 """A worker's registration: the shapes it serves, wake-ups, cancel requests, heartbeats.
 
-session = await queue.worker_session("m1-gpu0", Capabilities(services=["comfyui"], gpu_memory_gb=24))
+session = await WorkerSession.open(queue, "m1-gpu0", Capabilities(services=["comfyui"], gpu_memory_gb=24))
 while True:
     claimed = await session.claim()
     if claimed is None:
@@ -37,7 +37,7 @@ SHAPE_REFRESH_S = 30.0
 
 
 class WorkerSession:
-    """One worker's view of the queue. Create with `Queue.worker_session`."""
+    """One worker's view of the queue. Create with `WorkerSession.open`."""
 
     def __init__(
         self, queue: Queue, worker_id: str, capabilities: Capabilities, *, machine_id: str | None = None
@@ -57,6 +57,15 @@ class WorkerSession:
         self._listener: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self._closed = False
+
+    @classmethod
+    async def open(
+        cls, queue: Queue, worker_id: str, capabilities: Capabilities, *, machine_id: str | None = None
+    ) -> WorkerSession:
+        """Register a worker and subscribe to wake-ups for the shapes it can serve."""
+        session = cls(queue, worker_id, capabilities, machine_id=machine_id)
+        await session.start()
+        return session
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 

@@ -145,7 +145,7 @@ class Worker:
         if orphans:
             log.warning("handed back %d job(s) a previous run of %s left behind", orphans, self.worker_id)
         session = await self._until_redis(
-            lambda: queue.worker_session(self.worker_id, capabilities, machine_id=self.machine_id),
+            lambda: WorkerSession.open(queue, self.worker_id, capabilities, machine_id=self.machine_id),
             "registering",
         )
         if session is None:

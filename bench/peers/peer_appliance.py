@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # a checkout witho
 
 import _harness  # noqa: E402
 
-from appliance.queue import Capabilities, ClaimedJob, JobSpec, Queue  # noqa: E402
+from appliance.queue import Capabilities, ClaimedJob, JobSpec, Queue, WorkerSession  # noqa: E402
 
 QUEUE = "bench"
 _queue: Any = None
@@ -44,7 +44,7 @@ async def _worker_process(url: str, concurrency: int) -> None:
     """One worker with `concurrency` slots, as a short-job worker runs: each round trip completes what finished
     and leases up to the free slots (Queue.finish_and_claim); jobs run as tasks."""
     queue = await Queue.connect(url, queue_name=QUEUE)
-    session = await queue.worker_session(f"bench-{os.getpid()}", Capabilities(services=["bench"]))
+    session = await WorkerSession.open(queue, f"bench-{os.getpid()}", Capabilities(services=["bench"]))
     finished: list[tuple[str, str, Any]] = []
     changed = asyncio.Event()
     running = 0

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from appliance.machine.onfailure import resolve_unit
 from appliance.machine.plan import PlanError
-from appliance.queue import Capabilities, JobSpec, JobStatus, Queue
+from appliance.queue import Capabilities, JobSpec, JobStatus, Queue, WorkerSession
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -69,7 +69,7 @@ async def test_on_failure_returns_jobs_and_publishes(redis_url: str) -> None:
     queue = await Queue.connect(redis_url)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     job = await queue.submit(JobSpec(service="echo"))
-    session = await queue.worker_session("box-echo0", Capabilities(services=["echo"]), machine_id="box")
+    session = await WorkerSession.open(queue, "box-echo0", Capabilities(services=["echo"]), machine_id="box")
     assert (await session.claim()) is not None
     pubsub = client.pubsub()
     await pubsub.subscribe("machine:startup:events")

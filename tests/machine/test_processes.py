@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from appliance.localredis import free_port
 from appliance.machine.plan import PlannedService
 from appliance.machine.processes import RestartPolicy, child_env, command_for, proc_usage
-from appliance.queue import Capabilities, JobSpec, JobStatus, Queue
+from appliance.queue import Capabilities, JobSpec, JobStatus, Queue, WorkerSession
 from tests.machine.notifysock import NotifySocket
 from tests.machine.test_supervisor import Collector
 
@@ -287,7 +287,7 @@ async def test_a_service_failing_for_good_exits_the_container(redis_url: str, tm
     # A job the GPU worker held when the container went down, its heartbeat still fresh: in container mode no
     # worker of ours runs before we start it, so the job goes back at clean_state.
     held = await queue.submit(JobSpec(service="comfyui", payload={}))
-    old = await queue.worker_session(f"{MID}-gpu0", Capabilities(services=["comfyui"]), machine_id=MID)
+    old = await WorkerSession.open(queue, f"{MID}-gpu0", Capabilities(services=["comfyui"]), machine_id=MID)
     assert (await old.claim()) is not None
     await old.close(deregister=False)
     collector = Collector(client)

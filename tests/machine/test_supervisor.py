@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.localredis import LocalRedis, free_port
-from appliance.queue import Capabilities, JobSpec, JobStatus, Queue
+from appliance.queue import Capabilities, JobSpec, JobStatus, Queue, WorkerSession
 from tests.machine.notifysock import NotifySocket
 
 MID = "testbox"
@@ -107,7 +107,7 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
     queue = await Queue.connect(locked_redis.url, password=PASSWORD)
     # A previous boot of this machine left a job leased by echo1, whose last heartbeat is long past.
     job = await queue.submit(JobSpec(service="echo", payload={"n": 1}))
-    old = await queue.worker_session(f"{MID}-echo1", Capabilities(services=["echo"]), machine_id=MID)
+    old = await WorkerSession.open(queue, f"{MID}-echo1", Capabilities(services=["echo"]), machine_id=MID)
     assert (await old.claim()) is not None
     await old.close(deregister=False)
     await client.zadd(queue.keys.workers_seen, {f"{MID}-echo1": int(time.time() * 1000) - 3_600_000})
@@ -186,7 +186,9 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
         assert collector.statuses[0]["update_type"] == "machine_ready"
 
         # A worker's own status reaches the machine status at once (before the next periodic one would).
-        session = await queue.worker_session(f"{MID}-echo0", Capabilities(services=["echo"]), machine_id=MID)
+        session = await WorkerSession.open(
+            queue, f"{MID}-echo0", Capabilities(services=["echo"]), machine_id=MID
+        )
         await session.set_status({"status": "busy", "current_job_id": job.id, "progress": 50.0})
         busy = await collector.until(
             lambda: next(
@@ -303,7 +305,9 @@ async def test_changes_are_published_at_once(redis_url: str) -> None:
     session = None
     try:
         await collector.until(lambda: any(s["update_type"] == "machine_ready" for s in collector.statuses))
-        session = await queue.worker_session(f"{MID}-echo0", Capabilities(services=["echo"]), machine_id=MID)
+        session = await WorkerSession.open(
+            queue, f"{MID}-echo0", Capabilities(services=["echo"]), machine_id=MID
+        )
         await session.set_status({"status": "busy", "current_job_id": "job-1", "progress": 10.0})
         first = await collector.until(
             lambda: next(

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from appliance.localredis import LocalRedis, free_port
-from appliance.queue import Capabilities, JobSpec, Queue
+from appliance.queue import Capabilities, JobSpec, Queue, WorkerSession
 from tests.monitor.helpers import SimulatedMachine, gpu_machine_state, running_monitor
 
 
@@ -52,7 +52,7 @@ async def test_snapshot_deltas_and_resync(redis_url: str) -> None:
 
                 job = await queue.submit(JobSpec(service="echo", payload={}))
                 await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["id"] == job.id)
-                session = await queue.worker_session("w-1", Capabilities(services=["echo"]))
+                session = await WorkerSession.open(queue, "w-1", Capabilities(services=["echo"]))
                 claimed = await session.claim()
                 assert claimed is not None
                 await queue.progress(claimed.job.id, claimed.token, 55, "half way")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from appliance.localredis import free_port
-from appliance.queue import Capabilities, JobSpec, Queue
+from appliance.queue import Capabilities, JobSpec, Queue, WorkerSession
 from tests.monitor.helpers import SimulatedMachine, gpu_machine_state, running_monitor
 
 CHROMIUM = os.environ.get("APPLIANCE_CHROMIUM", "/usr/bin/chromium")
@@ -127,8 +127,8 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
             job = await queue.submit(JobSpec(service="echo", pool="fast", payload={"n": 1}))
             row = page.locator(f"tr[data-job='{job.id}']")
             await row.wait_for()
-            session = await queue.worker_session(
-                f"{MID}-echo0", Capabilities(services=["echo"], pool="fast"), machine_id=MID
+            session = await WorkerSession.open(
+                queue, f"{MID}-echo0", Capabilities(services=["echo"], pool="fast"), machine_id=MID
             )
             claimed = await session.claim()
             assert claimed is not None and claimed.job.id == job.id

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from appliance.queue import Capabilities, LeaseLost, Queue, QueueSettings
+from appliance.queue import Capabilities, LeaseLost, Queue, QueueSettings, WorkerSession
 
 TAGS = [f"t{i}" for i in range(8)]
 
@@ -24,7 +24,7 @@ def capabilities(process: int, worker: int) -> Capabilities:
 
 
 async def work(queue: Queue, process: int, index: int, hang: bool) -> None:
-    session = await queue.worker_session(f"p{process}-w{index}", capabilities(process, index))
+    session = await WorkerSession.open(queue, f"p{process}-w{index}", capabilities(process, index))
     idle_rounds = 0
     try:
         while True:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue
+from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue, WorkerSession
 from appliance.queue.shapes import WorkerClass
 
 
@@ -108,8 +108,8 @@ async def test_the_walk_passes_many_shapes_of_other_classes(queue: Queue) -> Non
 async def test_workers_with_equal_shape_lists_share_one_class(queue: Queue, aredis) -> None:
     job = await _tagged(queue, "a")
     caps = Capabilities(services=["echo"], tags=["a"])
-    one = await queue.worker_session("w1", caps)
-    two = await queue.worker_session("w2", caps)
+    one = await WorkerSession.open(queue, "w1", caps)
+    two = await WorkerSession.open(queue, "w2", caps)
     try:
         assert one.shapes == two.shapes == [job.shape]
         assert (await one.claim()).job.id == job.id
@@ -142,7 +142,7 @@ async def test_complete_many_writes_each_outcome_and_fences_each_token(queue: Qu
 
 async def test_a_session_that_keeps_losing_races_comes_back_at_once(queue: Queue, monkeypatch) -> None:
     job = await _tagged(queue, "a")
-    session = await queue.worker_session("w", Capabilities(services=["echo"], tags=["a"]))
+    session = await WorkerSession.open(queue, "w", Capabilities(services=["echo"], tags=["a"]))
     try:
         monkeypatch.setattr("appliance.queue.lease.CLAIM_TRIES", 1)
         queue.worker_class(session.shapes).take_hint("0" * 16)  # a shape that is never the best
@@ -202,13 +202,13 @@ async def test_submit_many_reloads_a_library_the_server_lost(queue: Queue, aredi
 
 async def test_a_multi_gpu_job_goes_to_a_worker_bound_to_enough_gpus(queue: Queue) -> None:
     """gpu_count and machine_type are shapes like any requirement: the claim walks the shape index, no scan."""
-    one_gpu = await queue.worker_session(
-        "m1-gpu0", Capabilities(services=["comfyui"], gpu_count=1, machine_type="gpu")
+    one_gpu = await WorkerSession.open(
+        queue, "m1-gpu0", Capabilities(services=["comfyui"], gpu_count=1, machine_type="gpu")
     )
-    two_gpus = await queue.worker_session(
-        "m2-gpu0", Capabilities(services=["comfyui"], gpu_count=2, machine_type="gpu")
+    two_gpus = await WorkerSession.open(
+        queue, "m2-gpu0", Capabilities(services=["comfyui"], gpu_count=2, machine_type="gpu")
     )
-    api = await queue.worker_session("m3-echo0", Capabilities(services=["comfyui"], machine_type="api"))
+    api = await WorkerSession.open(queue, "m3-echo0", Capabilities(services=["comfyui"], machine_type="api"))
     try:
         big = await queue.submit({"service": "comfyui", "requirements": {"gpu_count": 2}})
         on_api = await queue.submit({"service": "comfyui", "requirements": {"machine_type": "api"}})

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.config.queue import ScriptsMode
 from appliance.localredis import LocalRedis, free_port
-from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue, QueueSettings
+from appliance.queue import Capabilities, JobStatus, LeaseLost, Queue, QueueSettings, WorkerSession
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-cli") is None, reason="redis-cli (redis-tools) not installed"
@@ -95,7 +95,9 @@ async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_fun
                 for i in range(6)
             ]
         )
-        session = await queue.worker_session("cw", Capabilities(services=["echo"], tags=["t0", "t1", "t2"]))
+        session = await WorkerSession.open(
+            queue, "cw", Capabilities(services=["echo"], tags=["t0", "t1", "t2"])
+        )
         try:
             first = await session.claim()
             assert await session.heartbeat({first.job.id: first.token}) == {first.job.id: "ok"}

@@ -19,6 +19,7 @@ from appliance.queue import (
     PayloadTooLarge,
     Queue,
     ResultTooLarge,
+    WorkerSession,
 )
 
 ECHO = Capabilities(services=["echo"])
@@ -97,7 +98,7 @@ async def test_claim_takes_best_job_across_many_shapes(queue: Queue) -> None:
             )
         )
     foreign = await queue.submit({"service": "echo", "priority": 100, "requirements": {"tags": ["zzz"]}})
-    session = await queue.worker_session("w-many", worker)
+    session = await WorkerSession.open(queue, "w-many", worker)
     try:
         assert len(session.shapes) == 40 and foreign.shape not in session.shapes
         expected = [j.id for j in sorted(jobs, key=lambda j: (-j.priority, jobs.index(j)))]
@@ -114,7 +115,8 @@ async def test_a_job_deep_in_the_queue_is_not_starved(queue: Queue) -> None:
     for _ in range(500):
         await queue.submit({"service": "echo", "priority": 10})
     special = await queue.submit({"service": "echo", "requirements": {"tags": ["rare"]}})
-    session = await queue.worker_session(
+    session = await WorkerSession.open(
+        queue,
         "w-rare",
         Capabilities(
             services=["echo"], tags=["rare"], pool=None, workflow_id=None, customer_isolation="none"
@@ -186,7 +188,7 @@ async def test_cancel_pending_and_running(queue: Queue) -> None:
     behind = await queue.submit({"service": "echo"})
     assert await queue.cancel(waiting.id) == "cancelled"
     assert (await queue.get(waiting.id)).status is JobStatus.CANCELLED
-    session = await queue.worker_session("w-c", ECHO)
+    session = await WorkerSession.open(queue, "w-c", ECHO)
     try:
         claimed = await session.claim()
         assert claimed.job.id == running.id
@@ -280,13 +282,13 @@ async def test_submit_many_keeps_order(queue: Queue) -> None:
 
 async def test_unworkable_jobs_are_reported(queue: Queue) -> None:
     job = await queue.submit({"service": "comfyui", "requirements": {"gpu_memory_gb": 80}})
-    small = await queue.worker_session("w-small", Capabilities(services=["comfyui"], gpu_memory_gb=24))
+    small = await WorkerSession.open(queue, "w-small", Capabilities(services=["comfyui"], gpu_memory_gb=24))
     try:
         got = await queue.get(job.id)
         assert got.status is JobStatus.PENDING and got.unworkable
         stats = await queue.stats()
         assert stats.unworkable == 1
-        big = await queue.worker_session("w-big", Capabilities(services=["comfyui"], gpu_memory_gb=80))
+        big = await WorkerSession.open(queue, "w-big", Capabilities(services=["comfyui"], gpu_memory_gb=80))
         try:
             assert not (await queue.get(job.id)).unworkable
             assert (await queue.stats()).unworkable == 0
@@ -297,7 +299,7 @@ async def test_unworkable_jobs_are_reported(queue: Queue) -> None:
 
 
 async def test_idle_worker_is_woken_by_a_matching_submit_not_by_others(queue: Queue) -> None:
-    session = await queue.worker_session("w-idle", ECHO)
+    session = await WorkerSession.open(queue, "w-idle", ECHO)
     try:
         assert await session.claim() is None
         other = asyncio.create_task(session.wait_for_work(0.5))
@@ -313,7 +315,7 @@ async def test_idle_worker_is_woken_by_a_matching_submit_not_by_others(queue: Qu
 
 
 async def test_a_worker_learns_new_shapes_it_can_serve(queue: Queue) -> None:
-    session = await queue.worker_session("w-new", Capabilities(services=["echo"], tags=["gpu"]))
+    session = await WorkerSession.open(queue, "w-new", Capabilities(services=["echo"], tags=["gpu"]))
     try:
         assert session.shapes == []
         waiter = asyncio.create_task(session.wait_for_work(10))

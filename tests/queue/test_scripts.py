@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from appliance.queue import Capabilities, Queue
+from appliance.queue import Capabilities, Queue, WorkerSession
 from appliance.queue.errors import ScriptCode
 from appliance.queue.scripts import SCRIPT_NAMES, ScriptSet, declared_keys, expand, return_codes
 
@@ -44,7 +44,7 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
     job = await queue.submit({"service": "echo"})
     other = await queue.submit({"service": "echo"})
     third = await queue.submit({"service": "echo"})
-    session = await queue.worker_session("w", Capabilities(services=["echo"]))
+    session = await WorkerSession.open(queue, "w", Capabilities(services=["echo"]))
     try:
         claimed = await session.claim()
         await session.heartbeat({claimed.job.id: claimed.token})

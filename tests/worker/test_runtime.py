@@ -221,7 +221,7 @@ SESSIONS: dict[int, list[WorkerSession]] = {}
 
 async def _claim(queue: Queue, payload: dict[str, object] | None = None) -> tuple[WorkerSession, ClaimedJob]:
     job = await queue.submit({"service": "echo", "payload": payload or {}})
-    session = await queue.worker_session("m-w0", Capabilities(services=["echo"]))
+    session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
     SESSIONS.setdefault(id(queue), []).append(session)
     claimed = await session.claim()
     assert claimed is not None and claimed.job.id == job.id

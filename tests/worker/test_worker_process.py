@@ -22,7 +22,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from appliance.localredis import LocalRedis, free_port
-from appliance.queue import Capabilities, JobStatus, Queue, QueueSettings
+from appliance.queue import Capabilities, JobStatus, Queue, QueueSettings, WorkerSession
 from appliance.queue.registry import drain_key
 from appliance.standins import process as standin_process
 
@@ -284,7 +284,7 @@ async def test_sigterm_hands_back_a_job_that_outlasts_the_grace(harness: Harness
     back = await q.get(job.id)
     assert back is not None and back.status is JobStatus.PENDING
     assert back.attempts == 0 and back.errors == []  # a hand-back is not a failed attempt
-    session = await q.worker_session("mtest-other", Capabilities(services=["echo"]))
+    session = await WorkerSession.open(q, "mtest-other", Capabilities(services=["echo"]))
     claimed = await session.claim()
     assert claimed is not None and claimed.job.id == job.id and claimed.attempt == 1
     await session.close()
@@ -413,7 +413,7 @@ async def test_a_lost_lease_is_never_completed(harness: Harness) -> None:
         await q.client.zadd(q.keys.leases, {job.id: 0})
         reaped = await q.reap(force=True)
         assert reaped.requeued == 1
-        thief = await q.worker_session("mtest-thief", Capabilities(services=["echo"]))
+        thief = await WorkerSession.open(q, "mtest-thief", Capabilities(services=["echo"]))
         claimed = await thief.claim()
         assert claimed is not None and claimed.job.id == job.id
     finally:

@@ -23,6 +23,14 @@ UNIT_SUFFIX = ".service"
 #: The unit templates: a worker per slot, a ComfyUI instance per GPU.
 WORKER_TEMPLATE = "worker"
 COMFYUI_TEMPLATE = "comfyui"
+ONFAILURE_TEMPLATE = "onfailure"
+#: The supervisor's own unit is not a template instance: `appliance-machine.service`.
+MACHINE_SERVICE = "machine"
+#: An instance unit's full name; instance names go into unit names and worker ids unescaped, so they keep to
+#: what both accept.
+_INSTANCE_UNIT_RE = re.compile(
+    rf"^{re.escape(UNIT_PREFIX)}(?P<template>[a-z]+)@(?P<instance>[A-Za-z0-9_]+){re.escape(UNIT_SUFFIX)}$"
+)
 
 
 def worker_id(machine_id: str, slot: str) -> str:
@@ -42,6 +50,33 @@ def unit_name(service: str) -> str:
     if not service.startswith(UNIT_PREFIX):
         service = f"{UNIT_PREFIX}{service}"
     return service
+
+
+def template_unit(template: str) -> str:
+    """`worker` → `appliance-worker@.service`: the template file its instances are made from."""
+    return unit_name(service_name(template, ""))
+
+
+def worker_unit(slot: str) -> str:
+    """`gpu0` → `appliance-worker@gpu0.service`."""
+    return unit_name(service_name(WORKER_TEMPLATE, slot))
+
+
+def comfyui_unit(gpu: int) -> str:
+    """`0` → `appliance-comfyui@0.service`: the ComfyUI instance on GPU `gpu`."""
+    return unit_name(service_name(COMFYUI_TEMPLATE, gpu))
+
+
+def instance_of_unit(unit: str) -> tuple[str, str] | None:
+    """`appliance-worker@gpu0.service` → (`worker`, `gpu0`); None for a name that is no template instance."""
+    match = _INSTANCE_UNIT_RE.match(unit)
+    return (match["template"], match["instance"]) if match else None
+
+
+def slot_of_worker(machine_id: str, worker_id: str) -> str:
+    """The slot of a worker of machine `machine_id`, the inverse of `worker_id()` (an id without the machine's
+    prefix is returned whole)."""
+    return worker_id.removeprefix(f"{machine_id}-")
 
 
 def service_of_unit(unit: str) -> str:
@@ -73,7 +108,7 @@ class WorkerSlot:
 
     @property
     def unit(self) -> str:
-        return unit_name(service_name(WORKER_TEMPLATE, self.name))
+        return worker_unit(self.name)
 
 
 def gpu_slot(gpu: int) -> WorkerSlot:

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from appliance.config import Settings
 from appliance.httpserve import start_server
+from appliance.identity import slot_of_worker, worker_unit
 from appliance.machine.health import make_app
 from appliance.machine.metrics import JobMetrics, make_registry
 from appliance.machine.plan import (
@@ -324,10 +325,7 @@ class Supervisor:
         now_ms = await self.queue.server_time_ms()
         seen = await self.queue.registry.read_workers(ids, now_ms)
         units = await self.systemd.states(
-            [
-                f"appliance-worker@{wid.removeprefix(self.state.machine_id + '-')}.service"
-                for wid in sorted(ids)
-            ]
+            [worker_unit(slot_of_worker(self.state.machine_id, w)) for w in sorted(ids)]
         )
         returned: dict[str, int] = {}
         for wid, unit in zip(sorted(ids), units.values(), strict=True):

@@ -18,7 +18,6 @@ it ever wrote is found again by `managed_paths`, so a re-install with another pl
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from appliance import identity
 
 #: Replaced by the absolute path of the `appliance` executable when the units are installed.
 BIN_PLACEHOLDER = "@APPLIANCE_BIN@"
@@ -41,10 +42,10 @@ SYSUSERS_DIR = PurePosixPath("etc/sysusers.d")
 CONFIG_DIR = PurePosixPath("etc/appliance")
 
 TARGET = "appliance.target"
-MACHINE_UNIT = "appliance-machine.service"
-COMFYUI_TEMPLATE = "appliance-comfyui@.service"
-WORKER_TEMPLATE = "appliance-worker@.service"
-ONFAILURE_TEMPLATE = "appliance-onfailure@.service"
+MACHINE_UNIT = identity.unit_name(identity.MACHINE_SERVICE)
+COMFYUI_TEMPLATE = identity.template_unit(identity.COMFYUI_TEMPLATE)
+WORKER_TEMPLATE = identity.template_unit(identity.WORKER_TEMPLATE)
+ONFAILURE_TEMPLATE = identity.template_unit(identity.ONFAILURE_TEMPLATE)
 #: Packaged name -> installed path, for the files that are not units.
 SYSTEM_FILES = {
     "tmpfiles.conf": TMPFILES_DIR / "appliance.conf",
@@ -59,12 +60,8 @@ ALL_UNITS_DROPIN_DIR = "appliance-.service.d"
 #: What the container exits with when the machine failed for good (--container-mode).
 CONTAINER_EXIT_STATUS = 70
 
-# Instance names go into unit names and worker ids unescaped: keep them to what both accept.
-_INSTANCE_UNIT_RE = re.compile(
-    r"^appliance-(?P<template>comfyui|worker)@(?P<instance>[A-Za-z0-9_]+)\.service$"
-)
-_GPU_SLOT_RE = re.compile(r"^gpu(?P<index>[0-9]+)$")
-_SLOT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*[0-9]+$")
+#: The templates a service plan may name instances of.
+_PLAN_TEMPLATES = (identity.COMFYUI_TEMPLATE, identity.WORKER_TEMPLATE)
 # ProtectHome=yes hides these from every unit, so an executable there could never start.
 _HIDDEN_BY_PROTECT_HOME = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
 
@@ -142,17 +139,20 @@ def check_plan_unit(unit: str) -> None:
     """Refuse a plan entry that is not an instance of our templates (or the machine unit itself)."""
     if unit == MACHINE_UNIT:
         return
-    match = _INSTANCE_UNIT_RE.match(unit)
-    if not match:
+    parsed = identity.instance_of_unit(unit)
+    if parsed is None or parsed[0] not in _PLAN_TEMPLATES:
         raise InstallError(
-            f"plan names unit {unit!r}: expected appliance-comfyui@<gpu>.service or "
-            "appliance-worker@<slot>.service"
+            f"plan names unit {unit!r}: expected {identity.unit_name(identity.service_name(identity.COMFYUI_TEMPLATE, '<gpu>'))} or "
+            f"{identity.worker_unit('<slot>')}"
         )
-    instance = match["instance"]
-    if match["template"] == "comfyui" and not instance.isdigit():
+    template, instance = parsed
+    if template == identity.COMFYUI_TEMPLATE and not instance.isdigit():
         raise InstallError(f"plan names unit {unit!r}: the ComfyUI instance is a GPU index")
-    if match["template"] == "worker" and not _SLOT_RE.match(instance):
-        raise InstallError(f"plan names unit {unit!r}: a worker slot is <name><index>, e.g. gpu0 or openai0")
+    if template == identity.WORKER_TEMPLATE:
+        try:
+            identity.parse_slot(instance)
+        except identity.SlotError as exc:
+            raise InstallError(f"plan names unit {unit!r}: {exc}") from None
 
 
 def check_bin_path(bin_path: str, root: Path) -> PurePosixPath:
@@ -213,10 +213,13 @@ def _dropin(unit: str, name: str) -> PurePosixPath:
 
 def comfyui_binding(slot: str) -> str | None:
     """The drop-in text that makes worker slot `gpuN` follow ComfyUI instance N; None for API slots."""
-    match = _GPU_SLOT_RE.match(slot)
-    if not match:
+    try:
+        parsed = identity.parse_slot(slot)
+    except identity.SlotError:
         return None
-    comfyui = f"appliance-comfyui@{int(match['index'])}.service"
+    if not parsed.gpu:
+        return None
+    comfyui = identity.comfyui_unit(parsed.index)
     return (
         "# Written by `appliance units install`: this worker serves that ComfyUI instance, so it starts\n"
         "# after it and stops (or restarts) with it.\n"
@@ -235,8 +238,8 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
         else:
             files.append(InstallFile(UNIT_DIR / name, FileKind.UNIT, content=render(text, options.bin_path)))
     for unit in options.units:
-        match = _INSTANCE_UNIT_RE.match(unit)
-        if match and match["template"] == "worker" and (binding := comfyui_binding(match["instance"])):
+        parsed = identity.instance_of_unit(unit)
+        if parsed and parsed[0] == identity.WORKER_TEMPLATE and (binding := comfyui_binding(parsed[1])):
             files.append(InstallFile(_dropin(unit, COMFYUI_DROPIN), FileKind.DROPIN, content=binding))
     if options.container_mode:
         files.append(
@@ -265,7 +268,8 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
     for unit in options.units:
         if unit == MACHINE_UNIT:
             continue  # appliance.target wants it already
-        template = _INSTANCE_UNIT_RE.sub(r"appliance-\g<template>@.service", unit)
+        parsed = identity.instance_of_unit(unit)
+        template = identity.template_unit(parsed[0]) if parsed else unit
         files.append(
             InstallFile(UNIT_DIR / f"{TARGET}.wants" / unit, FileKind.WANTS, link=f"/{UNIT_DIR / template}")
         )

@@ -187,7 +187,9 @@ def test_bad_bin_is_one_clear_error(root: Path, argv: list[str], message: str) -
         ({"services": [{"unit": "sshd.service"}]}, "expected appliance-comfyui@<gpu>.service"),
         ({"services": [{"unit": "appliance-comfyui@gpu0.service"}]}, "GPU index"),
         ({"services": [{"unit": "appliance-worker@../x.service"}]}, "expected appliance-comfyui"),
-        ({"services": [{"unit": "appliance-worker@openai.service"}]}, "<name><index>"),
+        # worker slots are parsed by appliance.identity, as the worker parses its own --slot
+        ({"services": [{"unit": "appliance-worker@openai.service"}]}, "<connector><N>"),
+        ({"services": [{"unit": "appliance-worker@comfyui0.service"}]}, "ComfyUI workers use gpu<N> slots"),
         ({"machine_type": "gpu"}, "services"),
     ],
 )

@@ -1,9 +1,12 @@
 """Telling systemd how a process is: sd_notify messages and a watchdog that pings only while the process is healthy.
 
 The protocol (sd_notify(3)) is one datagram of newline-separated `KEY=VALUE` lines sent to the AF_UNIX socket named
-by `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket). It is small enough to speak directly, which keeps
-errors visible (the `sdnotify` package swallows them) and needs no libsystemd. Without `$NOTIFY_SOCKET` (a shell,
-a container) every call is a no-op.
+by `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket). The `sdnotify` package sends it (no libsystemd
+needed); around its `SystemdNotifier.notify` we keep what it leaves out: the address comes from the environment
+mapping we are given (tests pass their own) rather than from `os.environ` at construction, the socket never blocks
+the event loop, a failed send is logged and retried with a fresh connection on the next message instead of being
+swallowed, and text goes out as UTF-8 (the package encodes latin-1). Without `$NOTIFY_SOCKET` (a shell, a
+container) every call is a no-op.
 
 The watchdog ping is the liveness signal systemd acts on (`WatchdogSec=` → kill and restart), so it is sent from
 the event loop and only after every health check passed. The checks say whether *this process* is alive (its
@@ -20,6 +23,8 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import sdnotify
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,33 @@ def _socket_address(value: str | None) -> str | bytes | None:
     return None
 
 
+class _Transport(sdnotify.SystemdNotifier):
+    """sdnotify's notifier, connected to an address we name.
+
+    `SystemdNotifier.__init__` is not called: it reads `os.environ` itself and, unless `debug=True`, hides a
+    failed connect by leaving `socket` None. We set the two attributes its `notify` uses ourselves.
+    """
+
+    def __init__(self, address: str | bytes) -> None:
+        self.debug = True  # `notify` re-raises send errors only in debug mode; Notifier logs them
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Never block the event loop on a full receive queue: a dropped message beats a stalled loop.
+        self.socket.setblocking(False)
+        try:
+            self.socket.connect(address)
+        except OSError:
+            self.socket.close()
+            raise
+
+    def send(self, text: str) -> None:
+        # `notify` encodes latin-1; handing it the UTF-8 bytes spelled as latin-1 puts UTF-8 on the wire, as
+        # sd_notify(3) expects (a status line may name a model in any script).
+        self.notify(text.encode().decode("latin-1"))
+
+    def close(self) -> None:
+        self.socket.close()
+
+
 class Notifier:
     """Sends sd_notify messages to `$NOTIFY_SOCKET`; does nothing when it is unset."""
 
@@ -47,7 +79,7 @@ class Notifier:
         self._watchdog_usec = env.get("WATCHDOG_USEC")
         self._watchdog_pid = env.get("WATCHDOG_PID")
         self._pid = os.getpid() if pid is None else pid
-        self._socket: socket.socket | None = None
+        self._transport: _Transport | None = None
         self._last_status: str | None = None
 
     @property
@@ -58,15 +90,14 @@ class Notifier:
         """Send one message of `KEY=VALUE` lines; True if it was handed to the socket."""
         if self._address is None:
             return False
-        payload = "\n".join(lines).encode()
         try:
-            if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                # Never block the event loop on a full receive queue: a dropped message beats a stalled loop.
-                self._socket.setblocking(False)
-            self._socket.sendto(payload, self._address)
+            if self._transport is None:
+                self._transport = _Transport(self._address)
+            self._transport.send("\n".join(lines))
         except OSError as exc:
             log.warning("sd_notify %s failed: %s", lines[0].split("=", 1)[0] if lines else "", exc)
+            # A connected socket stays bound to a receiver that may be gone (systemd re-executed): reconnect.
+            self.close()
             return False
         return True
 
@@ -116,9 +147,9 @@ class Notifier:
         return usec / 2 / 1_000_000 if usec > 0 else None
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
 
 
 class WatchdogPinger:

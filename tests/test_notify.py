@@ -115,6 +115,40 @@ def test_send_to_missing_socket_is_reported_not_raised(
     assert "sd_notify READY failed" in caplog.text
 
 
+def test_text_goes_out_as_utf8(notify_socket: tuple[socket.socket, str]) -> None:
+    """sdnotify encodes latin-1; systemd reads UTF-8, and a status may name anything."""
+    sock, name = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": name})
+    assert notifier.status("lädt flux → GPU 0")
+    assert sock.recv(4096) == "STATUS=lädt flux → GPU 0".encode()
+    notifier.close()
+
+
+def test_a_receiver_that_comes_back_gets_the_next_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sending socket is connected; when its receiver goes away (systemd re-executed) it reconnects."""
+    path = tmp_path / "notify.sock"
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    first.bind(str(path))
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+    assert notifier.ready()
+    assert first.recv(4096) == b"READY=1"
+    first.close()
+    path.unlink()
+    assert notifier.status("nobody listens") is False
+    assert "sd_notify STATUS failed" in caplog.text
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    second.bind(str(path))
+    second.settimeout(RECV_TIMEOUT_S)
+    try:
+        assert notifier.watchdog()
+        assert second.recv(4096) == b"WATCHDOG=1"
+    finally:
+        second.close()
+        notifier.close()
+
+
 def test_watchdog_interval() -> None:
     assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "30000000"}).watchdog_interval_s() == 15
     assert (

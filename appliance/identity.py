@@ -57,6 +57,11 @@ def template_unit(template: str) -> str:
     return unit_name(service_name(template, ""))
 
 
+def template_of_unit(unit: str) -> str:
+    """`appliance-worker@gpu0.service` → `appliance-worker@.service`: the template an instance unit comes from."""
+    return template_unit(service_of_unit(unit).partition("@")[0])
+
+
 def worker_unit(slot: str) -> str:
     """`gpu0` → `appliance-worker@gpu0.service`."""
     return unit_name(service_name(WORKER_TEMPLATE, slot))

@@ -9,6 +9,7 @@ from appliance.identity import (
     parse_slot,
     service_of_unit,
     slot_of_worker,
+    template_of_unit,
     unit_name,
     worker_id,
     worker_unit,
@@ -41,6 +42,7 @@ def test_plan_onfailure_and_worker_agree_on_every_name() -> None:
         install.check_plan_unit(service.unit)
         template, instance = instance_of_unit(service.unit) or ("", "")
         assert f"{template}@{instance}" == service.name == service_of_unit(service.unit)
+        assert template_of_unit(service.unit) == install.WORKER_TEMPLATE
     for comfy in (s for s in gpu.services if s.kind == "comfyui"):
         (bound,) = gpu.dependents(comfy)
         assert resolve_unit(machine, comfy.unit).worker_ids == (bound.worker_id(machine),)
@@ -48,6 +50,7 @@ def test_plan_onfailure_and_worker_agree_on_every_name() -> None:
         binding = install.comfyui_binding(parse_slot(bound.slot or "").name)
         assert binding is not None and f"BindsTo={comfy.unit}\n" in binding
         install.check_plan_unit(comfy.unit)
+        assert template_of_unit(comfy.unit) == install.COMFYUI_TEMPLATE
     assert gpu.worker_ids() == ["m-7-gpu0", "m-7-gpu3"]
     assert [s.unit for s in api.workers][:1] == ["appliance-worker@echo0.service"]
 

@@ -268,8 +268,7 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
     for unit in options.units:
         if unit == MACHINE_UNIT:
             continue  # appliance.target wants it already
-        parsed = identity.instance_of_unit(unit)
-        template = identity.template_unit(parsed[0]) if parsed else unit
+        template = identity.template_of_unit(unit)
         files.append(
             InstallFile(UNIT_DIR / f"{TARGET}.wants" / unit, FileKind.WANTS, link=f"/{UNIT_DIR / template}")
         )

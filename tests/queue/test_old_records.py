@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Run with the previous release on sys.path: it submits and runs jobs into every state a reader meets.
 OLD_WRITER = """
 import asyncio, json, sys
+import appliance
 from appliance.queue import Capabilities, Queue, QueueSettings
 
 async def main(url):
@@ -46,7 +47,7 @@ async def main(url):
     await session.set_status({"state": "busy"})
     await session.close(deregister=False)
     await q.close()
-    print(json.dumps({"ids": ids, "tokens": tokens}))
+    print(json.dumps({"ids": ids, "tokens": tokens, "code": appliance.__file__}))
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -77,11 +78,15 @@ async def test_this_version_takes_over_what_the_previous_release_wrote(
         capture_output=True,
         text=True,
         env=env,
+        # `python -c` puts the working directory first on sys.path: run where only the old code lies, or the
+        # checkout's own appliance/ would be imported instead.
+        cwd=old,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     written = json.loads(done.stdout.strip().splitlines()[-1])
     ids, tokens = written["ids"], written["tokens"]
+    assert Path(written["code"]).is_relative_to(old), written["code"]  # the previous release wrote them
 
     q = await Queue.connect(
         redis_url, queue_name="compat", settings=QueueSettings(retry_base_ms=0, retry_max_ms=0)

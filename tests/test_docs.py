@@ -316,8 +316,8 @@ def resolve_setting(key: str) -> bool:
     """Whether a dotted key (table entries and list items as `<name>`, `NAME`, `rules[]`) names a setting."""
     from pydantic import BaseModel
 
-    from appliance.configload import ROOT as SCHEMA
-    from appliance.configload import _members, child, node_of
+    from appliance.config.load import ROOT as SCHEMA
+    from appliance.config.load import _members, child, node_of
 
     node = SCHEMA
     for segment in key.split("."):
@@ -409,7 +409,7 @@ async def _exported_metrics(redis_url: str) -> set[str]:
     from prometheus_client.exposition import generate_latest
 
     from appliance.config import Settings
-    from appliance.health.metrics import make_registry
+    from appliance.machine.metrics import make_registry
     from appliance.pools import PoolSignalsCollector
     from appliance.pools.signals import PoolReport, PoolSignals
     from appliance.queue import Queue
@@ -466,15 +466,19 @@ def _routes(tmp: Path) -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from appliance.config import Settings
-    from appliance.health.server import make_app
+    from appliance.machine.health import make_app
     from appliance.monitor.app import Monitor
     from appliance.monitor.app import make_app as monitor_app
+    from appliance.pools import PoolSignalsCollector
     from appliance.standins import comfyui, openai, replicate, runpod
     from tests.monitor.helpers import gpu_machine_state
 
     apps: list[web.Application] = [
         make_app(gpu_machine_state("m1"), CollectorRegistry(), None),
-        monitor_app(Monitor(Settings(), url="redis://127.0.0.1:1/0")),
+        monitor_app(
+            Monitor(Settings(), url="redis://127.0.0.1:1/0"),
+            PoolSignalsCollector(None, Settings()),  # type: ignore[arg-type]
+        ),
         comfyui.make_app(comfyui.ComfyStandin(tmp)),
         openai.make_app(),
         replicate.make_app(),

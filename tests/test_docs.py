@@ -477,7 +477,7 @@ def _routes(tmp: Path) -> set[str]:
         make_app(gpu_machine_state("m1"), CollectorRegistry(), None),
         monitor_app(
             Monitor(Settings(), url="redis://127.0.0.1:1/0"),
-            PoolSignalsCollector(None, Settings(), interval_s=1),  # type: ignore[arg-type]
+            PoolSignalsCollector(None, Settings()),  # type: ignore[arg-type]
         ),
         comfyui.make_app(comfyui.ComfyStandin(tmp)),
         openai.make_app(),

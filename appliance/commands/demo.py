@@ -13,9 +13,12 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.commands import CommandError, run_async
+
+if TYPE_CHECKING:
+    from appliance.queue import Queue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,6 +54,34 @@ def _demo(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, url: str) -> int:
     from appliance.queue import JobStatus, Queue
 
+    workers = await _start_workers(args, url)
+    queue = await Queue.connect(url)
+    try:
+        specs: list[dict[str, Any]] = [
+            {
+                "service": "echo",
+                "priority": 5 if i % 4 == 0 else 0,
+                "payload": {"delay": 0.5 + (i % 3) * 0.5, "steps": 4, "message": f"hello #{i}"},
+            }
+            for i in range(args.jobs)
+        ]
+        started = time.monotonic()
+        jobs = await queue.submit_many(specs)
+        print(f"demo: submitted {len(jobs)} jobs (every 4th at priority 5)")
+        await _follow(queue, [j.id for j in jobs], workers, started, deadline=started + args.timeout)
+        final = [await queue.get(j.id) for j in jobs]
+        done = sum(1 for j in final if j and j.status is JobStatus.COMPLETED)
+        print(f"demo: {done}/{len(jobs)} jobs completed in {time.monotonic() - started:.2f}s")
+        stats = await queue.stats()
+        print(f"demo: queue totals {dict(sorted(stats.totals.items()))}")
+        return 0 if done == len(jobs) else 1
+    finally:
+        await queue.close()
+        await _stop_workers(workers)
+
+
+async def _start_workers(args: argparse.Namespace, url: str) -> list[asyncio.subprocess.Process]:
+    """`args.workers` echo workers as real `appliance worker` processes, on the demo's Redis only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env.update(
         APPLIANCE_REDIS_URL=url,
@@ -78,58 +109,56 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         f"demo: started {args.workers} echo workers (demo-echo0..{args.workers - 1}), "
         f"{args.concurrency} jobs each at a time"
     )
-    queue = await Queue.connect(url)
-    try:
-        specs: list[dict[str, Any]] = [
-            {
-                "service": "echo",
-                "priority": 5 if i % 4 == 0 else 0,
-                "payload": {"delay": 0.5 + (i % 3) * 0.5, "steps": 4, "message": f"hello #{i}"},
-            }
-            for i in range(args.jobs)
-        ]
-        started = time.monotonic()
-        jobs = await queue.submit_many(specs)
-        print(f"demo: submitted {len(jobs)} jobs (every 4th at priority 5)")
-        last: dict[str, str] = {}
-        deadline = started + args.timeout
-        while time.monotonic() < deadline:
-            states = {j.id: await queue.get(j.id) for j in jobs}
-            for job_id, job in states.items():
-                if job is None:
-                    continue
-                line = job.status.value
-                if job.progress and not job.status.finished:
-                    line += f" {job.progress.get('percent', 0):.0f}%"
-                if last.get(job_id) != line:
-                    last[job_id] = line
-                    who = f" on {job.worker_id}" if job.worker_id else ""
-                    print(f"  {time.monotonic() - started:6.2f}s  {job_id[:12]}  {line}{who}")
-            if all(j is not None and j.status.finished for j in states.values()):
-                break
-            for proc in workers:
-                if proc.returncode is not None:
-                    err = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
-                    raise CommandError(
-                        f"a demo worker exited early (status {proc.returncode}): "
-                        f"{err.strip().splitlines()[-1] if err.strip() else 'no output'}",
-                        1,
-                    )
-            await asyncio.sleep(0.1)
-        final = [await queue.get(j.id) for j in jobs]
-        done = sum(1 for j in final if j and j.status is JobStatus.COMPLETED)
-        print(f"demo: {done}/{len(jobs)} jobs completed in {time.monotonic() - started:.2f}s")
-        stats = await queue.stats()
-        print(f"demo: queue totals {dict(sorted(stats.totals.items()))}")
-        return 0 if done == len(jobs) else 1
-    finally:
-        await queue.close()
-        for proc in workers:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-        print("demo: workers drained and stopped")
+    return workers
+
+
+async def _follow(
+    queue: Queue,
+    job_ids: list[str],
+    workers: list[asyncio.subprocess.Process],
+    started: float,
+    deadline: float,
+) -> None:
+    """Print each job's state as it changes, until all are finished or the deadline passed."""
+    last: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {job_id: await queue.get(job_id) for job_id in job_ids}
+        for job_id, job in states.items():
+            if job is None:
+                continue
+            line = job.status.value
+            if job.progress and not job.status.finished:
+                line += f" {job.progress.get('percent', 0):.0f}%"
+            if last.get(job_id) != line:
+                last[job_id] = line
+                who = f" on {job.worker_id}" if job.worker_id else ""
+                print(f"  {time.monotonic() - started:6.2f}s  {job_id[:12]}  {line}{who}")
+        if all(j is not None and j.status.finished for j in states.values()):
+            return
+        await _check_workers(workers)
+        await asyncio.sleep(0.1)
+
+
+async def _check_workers(workers: list[asyncio.subprocess.Process]) -> None:
+    """A CommandError naming the last line a worker wrote, if one exited before the demo ended."""
+    for proc in workers:
+        if proc.returncode is not None:
+            err = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
+            raise CommandError(
+                f"a demo worker exited early (status {proc.returncode}): "
+                f"{err.strip().splitlines()[-1] if err.strip() else 'no output'}",
+                1,
+            )
+
+
+async def _stop_workers(workers: list[asyncio.subprocess.Process]) -> None:
+    """SIGTERM, as systemd would: the workers drain; one that does not stop in 30 s is killed."""
+    for proc in workers:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+    print("demo: workers drained and stopped")

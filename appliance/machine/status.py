@@ -63,9 +63,21 @@ def _worker_entry(state: MachineState, worker_id: str, slot: str | None) -> dict
     return entry
 
 
-def build_status(state: MachineState, update_type: str = "periodic") -> dict[str, Any]:
-    if update_type not in UPDATE_TYPES:
-        raise ValueError(f"update_type must be one of {UPDATE_TYPES}, not {update_type!r}")
+_UNIT_FIELDS = (
+    "active_state",
+    "sub_state",
+    "restarts",
+    "memory_bytes",
+    "cpu_seconds",
+    "uptime_s",
+    "main_pid",
+    "result",
+    "status_text",
+)
+
+
+def _service_entries(state: MachineState) -> dict[str, Any]:
+    """`status.services`: each planned service with its unit's state and whether it is healthy."""
     health = state.service_health()
     services: dict[str, Any] = {}
     for svc in state.plan.services:
@@ -73,27 +85,16 @@ def build_status(state: MachineState, update_type: str = "periodic") -> dict[str
         entry: dict[str, Any] = {"unit": svc.unit, "kind": svc.kind}
         if unit is not None:
             u = unit.to_dict()
-            entry.update(
-                {
-                    k: u[k]
-                    for k in (
-                        "active_state",
-                        "sub_state",
-                        "restarts",
-                        "memory_bytes",
-                        "cpu_seconds",
-                        "uptime_s",
-                        "main_pid",
-                        "result",
-                        "status_text",
-                    )
-                }
-            )
+            entry.update({k: u[k] for k in _UNIT_FIELDS})
         else:
             entry.update({"active_state": "unknown", "sub_state": "unknown", "restarts": 0})
         entry["healthy"] = health.get(svc.name, False)
         services[svc.name] = entry
+    return services
 
+
+def _worker_entries(state: MachineState) -> dict[str, Any]:
+    """`status.workers`: the planned workers, then any other of this machine's that reported."""
     workers: dict[str, Any] = {}
     for svc in state.plan.workers:
         wid = svc.worker_id(state.machine_id)
@@ -101,7 +102,14 @@ def build_status(state: MachineState, update_type: str = "periodic") -> dict[str
             workers[wid] = _worker_entry(state, wid, svc.slot)
     for wid in state.workers:  # workers of this machine that the plan does not know (an older plan)
         workers.setdefault(wid, _worker_entry(state, wid, None))
+    return workers
 
+
+def build_status(state: MachineState, update_type: str = "periodic") -> dict[str, Any]:
+    if update_type not in UPDATE_TYPES:
+        raise ValueError(f"update_type must be one of {UPDATE_TYPES}, not {update_type!r}")
+    services = _service_entries(state)
+    workers = _worker_entries(state)
     res = state.resources
     payload: dict[str, Any] = {
         "machine_id": state.machine_id,

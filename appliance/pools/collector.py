@@ -106,6 +106,15 @@ class PoolSignalsCollector(Collector):
     # --- rendering --------------------------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._refresh_metrics()
+        report = self.report
+        if report is None or self.refreshed_at is None:
+            return
+        yield from _report_metrics(report, self.refreshed_at)
+        yield from _pool_metrics(report)
+
+    def _refresh_metrics(self) -> Iterator[Metric]:
+        """Whether the refreshes succeed: rendered even before the first report."""
         up = GaugeMetricFamily(
             f"{PREFIX}_signals_up", "1 when the latest refresh of the pool signals succeeded."
         )
@@ -116,96 +125,104 @@ class PoolSignalsCollector(Collector):
         )
         errors.add_metric([], float(self.errors))
         yield errors
-        report = self.report
-        if report is None or self.refreshed_at is None:
-            return
-        age = GaugeMetricFamily(
-            f"{PREFIX}_signals_age_seconds", "Seconds since the pool signals were computed."
-        )
-        age.add_metric([], max(0.0, time.monotonic() - self.refreshed_at))
-        yield age
-        window = GaugeMetricFamily(
-            f"{PREFIX}_signals_window_seconds",
-            "Look-back of the run-time percentiles, outcome counts and success ratio.",
-        )
-        window.add_metric([], report.window_s)
-        yield window
-        shared = GaugeMetricFamily(
-            f"{PREFIX}_shared_machines", "Live machines that declare no pool (serve all).", labels=["queue"]
-        )
-        shared.add_metric([report.queue], float(report.shared_machines))
-        yield shared
 
-        labels = ["queue", "pool"]
-        fams = {
-            "waiting": GaugeMetricFamily(
-                f"{PREFIX}_queue_depth", "Jobs of the pool waiting to be claimed.", labels=labels
-            ),
-            "active": GaugeMetricFamily(
-                f"{PREFIX}_jobs_active", "Jobs of the pool leased by a worker now.", labels=labels
-            ),
-            "unworkable": GaugeMetricFamily(
-                f"{PREFIX}_jobs_unworkable", "Waiting jobs of the pool no live worker can run.", labels=labels
-            ),
-            "oldest_wait_s": GaugeMetricFamily(
-                f"{PREFIX}_oldest_wait_seconds",
-                "Age of the pool's oldest waiting job (0 when none waits).",
-                labels=labels,
-            ),
-            "machines": GaugeMetricFamily(
-                f"{PREFIX}_machines", "Live machines that declare this pool.", labels=labels
-            ),
-            "desired_machines": GaugeMetricFamily(
-                f"{PREFIX}_desired_machines",
-                "Machines the pool should have to "
-                "drain its backlog within target_drain_s (docs/monitoring.md).",
-                labels=labels,
-            ),
-            "min_machines": GaugeMetricFamily(
-                f"{PREFIX}_min_machines", "Configured lower bound.", labels=labels
-            ),
-            "target_drain_s": GaugeMetricFamily(
-                f"{PREFIX}_target_drain_seconds", "Configured backlog drain target.", labels=labels
-            ),
-            "success_ratio": GaugeMetricFamily(
-                f"{PREFIX}_success_ratio",
-                "Completed / (completed + failed for good) over the window; absent without finished jobs.",
-                labels=labels,
-            ),
-        }
-        max_machines = GaugeMetricFamily(
-            f"{PREFIX}_max_machines", "Configured upper bound (absent: none).", labels=labels
+
+def _report_metrics(report: PoolReport, refreshed_at: float) -> Iterator[Metric]:
+    """What the report as a whole says: its age, its window, the machines that serve every pool."""
+    age = GaugeMetricFamily(f"{PREFIX}_signals_age_seconds", "Seconds since the pool signals were computed.")
+    age.add_metric([], max(0.0, time.monotonic() - refreshed_at))
+    yield age
+    window = GaugeMetricFamily(
+        f"{PREFIX}_signals_window_seconds",
+        "Look-back of the run-time percentiles, outcome counts and success ratio.",
+    )
+    window.add_metric([], report.window_s)
+    yield window
+    shared = GaugeMetricFamily(
+        f"{PREFIX}_shared_machines", "Live machines that declare no pool (serve all).", labels=["queue"]
+    )
+    shared.add_metric([report.queue], float(report.shared_machines))
+    yield shared
+
+
+#: Labels of every per-pool metric.
+POOL_LABELS = ["queue", "pool"]
+
+
+def _pool_gauges() -> dict[str, GaugeMetricFamily]:
+    """One gauge per `PoolSignals` attribute that is rendered as it is."""
+    labels = POOL_LABELS
+    return {
+        "waiting": GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Jobs of the pool waiting to be claimed.", labels=labels
+        ),
+        "active": GaugeMetricFamily(
+            f"{PREFIX}_jobs_active", "Jobs of the pool leased by a worker now.", labels=labels
+        ),
+        "unworkable": GaugeMetricFamily(
+            f"{PREFIX}_jobs_unworkable", "Waiting jobs of the pool no live worker can run.", labels=labels
+        ),
+        "oldest_wait_s": GaugeMetricFamily(
+            f"{PREFIX}_oldest_wait_seconds",
+            "Age of the pool's oldest waiting job (0 when none waits).",
+            labels=labels,
+        ),
+        "machines": GaugeMetricFamily(
+            f"{PREFIX}_machines", "Live machines that declare this pool.", labels=labels
+        ),
+        "desired_machines": GaugeMetricFamily(
+            f"{PREFIX}_desired_machines",
+            "Machines the pool should have to drain its backlog within target_drain_s (docs/monitoring.md).",
+            labels=labels,
+        ),
+        "min_machines": GaugeMetricFamily(f"{PREFIX}_min_machines", "Configured lower bound.", labels=labels),
+        "target_drain_s": GaugeMetricFamily(
+            f"{PREFIX}_target_drain_seconds", "Configured backlog drain target.", labels=labels
+        ),
+        "success_ratio": GaugeMetricFamily(
+            f"{PREFIX}_success_ratio",
+            "Completed / (completed + failed for good) over the window; absent without finished jobs.",
+            labels=labels,
+        ),
+    }
+
+
+def _pool_metrics(report: PoolReport) -> Iterator[Metric]:
+    """The per-pool metrics, one sample per pool in each."""
+    labels = POOL_LABELS
+    fams = _pool_gauges()
+    max_machines = GaugeMetricFamily(
+        f"{PREFIX}_max_machines", "Configured upper bound (absent: none).", labels=labels
+    )
+    # One gauge per quantile: a `quantile` label is reserved for summaries, whose counts must be monotonic.
+    durations = {
+        q: GaugeMetricFamily(
+            f"{PREFIX}_job_duration_p{q}_seconds",
+            f"{q}th percentile of the run time "
+            "(claim to completion) of the pool's jobs completed in the window.",
+            labels=labels,
         )
-        # One gauge per quantile: a `quantile` label is reserved for summaries, whose counts must be monotonic.
-        durations = {
-            q: GaugeMetricFamily(
-                f"{PREFIX}_job_duration_p{q}_seconds",
-                f"{q}th percentile of the run time "
-                "(claim to completion) of the pool's jobs completed in the window.",
-                labels=labels,
-            )
-            for q in ("50", "90", "99")
-        }
-        outcomes = GaugeMetricFamily(
-            f"{PREFIX}_window_jobs",
-            "Attempts of the pool that ended in the window, by "
-            "outcome (completed, failed = for good, retried).",
-            labels=[*labels, "outcome"],
-        )
-        for p in report.pools:
-            lv = [report.queue, p.pool]
-            for attr, fam in fams.items():
-                value = getattr(p, attr)
-                if attr == "oldest_wait_s" and value is None:
-                    value = 0.0
-                if value is not None:
-                    fam.add_metric(lv, float(value))
-            if p.max_machines is not None:
-                max_machines.add_metric(lv, float(p.max_machines))
-            for q, value in (("50", p.duration_p50_s), ("90", p.duration_p90_s), ("99", p.duration_p99_s)):
-                if value is not None:
-                    durations[q].add_metric(lv, value)
-            for outcome in ("completed", "failed", "retried"):
-                outcomes.add_metric([*lv, outcome], float(getattr(p, outcome)))
-        yield from fams.values()
-        yield from (max_machines, *durations.values(), outcomes)
+        for q in ("50", "90", "99")
+    }
+    outcomes = GaugeMetricFamily(
+        f"{PREFIX}_window_jobs",
+        "Attempts of the pool that ended in the window, by outcome (completed, failed = for good, retried).",
+        labels=[*labels, "outcome"],
+    )
+    for p in report.pools:
+        lv = [report.queue, p.pool]
+        for attr, fam in fams.items():
+            value = getattr(p, attr)
+            if attr == "oldest_wait_s" and value is None:
+                value = 0.0
+            if value is not None:
+                fam.add_metric(lv, float(value))
+        if p.max_machines is not None:
+            max_machines.add_metric(lv, float(p.max_machines))
+        for q, value in (("50", p.duration_p50_s), ("90", p.duration_p90_s), ("99", p.duration_p99_s)):
+            if value is not None:
+                durations[q].add_metric(lv, value)
+        for outcome in ("completed", "failed", "retried"):
+            outcomes.add_metric([*lv, outcome], float(getattr(p, outcome)))
+    yield from fams.values()
+    yield from (max_machines, *durations.values(), outcomes)

@@ -237,6 +237,23 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
             files.append(InstallFile(SYSTEM_FILES[name], kind, content=text))
         else:
             files.append(InstallFile(UNIT_DIR / name, FileKind.UNIT, content=render(text, options.bin_path)))
+    files += _dropins(options)
+    files += _wants(options)
+    files.append(
+        InstallFile(
+            CONFIG_DIR / "appliance.env",
+            FileKind.CONFIG,
+            content=ENV_FILE_TEMPLATE,
+            mode=0o640,
+            keep_existing=True,
+        )
+    )
+    return files
+
+
+def _dropins(options: InstallOptions) -> list[InstallFile]:
+    """The drop-ins the options ask for: ComfyUI bindings of GPU workers, container mode, the config path."""
+    files: list[InstallFile] = []
     for unit in options.units:
         parsed = identity.instance_of_unit(unit)
         if parsed and parsed[0] == identity.WORKER_TEMPLATE and (binding := comfyui_binding(parsed[1])):
@@ -265,6 +282,12 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
                 ),
             )
         )
+    return files
+
+
+def _wants(options: InstallOptions) -> list[InstallFile]:
+    """The `.wants` links: the target wants each unit, and multi-user.target the target when enabled."""
+    files: list[InstallFile] = []
     for unit in options.units:
         if unit == MACHINE_UNIT:
             continue  # appliance.target wants it already
@@ -278,15 +301,6 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
                 UNIT_DIR / "multi-user.target.wants" / TARGET, FileKind.WANTS, link=f"/{UNIT_DIR / TARGET}"
             )
         )
-    files.append(
-        InstallFile(
-            CONFIG_DIR / "appliance.env",
-            FileKind.CONFIG,
-            content=ENV_FILE_TEMPLATE,
-            mode=0o640,
-            keep_existing=True,
-        )
-    )
     return files
 
 

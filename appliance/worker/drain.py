@@ -125,3 +125,17 @@ async def wait_until(
             return False
         await asyncio.sleep(min(poll_s, left))
     return True
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.0) -> None:
+    """Cancel tasks and wait for them, cancelling again while they linger: a cancellation that lands on
+    an expiring timeout, or in code that suppresses it, must not keep the process from exiting."""
+    deadline = time.monotonic() + timeout_s
+    while pending := [t for t in tasks if not t.done()]:
+        if time.monotonic() > deadline:
+            for task in pending:
+                log.error("task %s did not stop; exiting without it", task.get_name())
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.2)

@@ -4,10 +4,10 @@
     exit_code = await worker.run()
 
 Start: connect to Redis, start the connector, wait for its service, register capabilities, READY=1. Then the
-claim loop (`_iteration`) takes jobs while Redis answers, the service is healthy, the machine is not drained
-and a slot is free; it sleeps on the queue's push wake-up, never on a polling timer. Beside it run the batched
-heartbeat, the fleet-wide reaper, the service health probe, the fleet drain watch, the cancel listener and the
-status publisher. SIGTERM drains (see `appliance.worker.drain`); the watchdog pings while the claim loop keeps
+claim loop (`appliance.worker.claimloop`) takes jobs while Redis answers, the service is healthy, the machine is
+not drained and a slot is free; it sleeps on the queue's push wake-up, never on a polling timer. Beside it run
+the batched heartbeat, the fleet-wide reaper, the service health probe, the fleet drain watch, the cancel
+listener and the status publisher. SIGTERM drains (see `appliance.worker.drain`); the watchdog pings while the claim loop keeps
 turning, however long Redis is away (an outage is reported in STATUS=, the process rides it out).
 """
 
@@ -17,16 +17,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from appliance.config import RedisConnection, Settings
 from appliance.identity import WorkerSlot
 from appliance.notify import Notifier, WatchdogPinger
-from appliance.queue import ClaimedJob, Queue, WorkerSession
+from appliance.queue import Queue, WorkerSession
+from appliance.worker.claimloop import ClaimLoop
 from appliance.worker.connectors import Connector, ConnectorCapabilities, create_connector
-from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals, wait_until
+from appliance.worker.drain import FleetDrain, StopSignals, stop_tasks, wait_until
 from appliance.worker.execution import JobRunner
 from appliance.worker.housekeeping import HEALTH_TIMEOUT_S, Reaper, ServiceHealth
 from appliance.worker.leases import Heartbeater, Lease, LeaseTable, OutcomeWriter
@@ -38,6 +38,7 @@ from appliance.worker.wiring import (
     DOWN_HEALTH_INTERVAL_S,
     build_capabilities,
     build_storage,
+    connect_queue,
     machine_resources,
     worker_parts,
 )
@@ -96,17 +97,14 @@ class Worker:
             down_interval_s=DOWN_HEALTH_INTERVAL_S,
             on_change=self._change,
         )
-        #: Monotonic time of the claim loop's last turn (the watchdog's liveness check).
-        self.loop_beat = time.monotonic()
         self.queue: Queue | None = None
         self.session: WorkerSession | None = None
         self.fleet: FleetDrain | None = None
         self.runner: JobRunner | None = None
         self.writer: OutcomeWriter | None = None
+        self.claims: ClaimLoop | None = None
         self._phase: Phase | None = Phase.STARTING
-        self._changed = asyncio.Event()
         self._status_dirty = asyncio.Event()
-        self._runs: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[Any]] = []
         self._watchdog: WatchdogPinger | None = None
 
@@ -125,7 +123,9 @@ class Worker:
     async def _start(self) -> bool:
         """Connect, start the connector, wait for its service, register; False when stopped meanwhile."""
         await self._publish()
-        queue = await self._until_redis(self._connect, "connecting to Redis")
+        queue = await self._until_redis(
+            lambda: connect_queue(self.connection, self.settings), "connecting to Redis"
+        )
         if queue is None:
             return False
         self.queue = queue
@@ -175,23 +175,6 @@ class Worker:
         )
         return True
 
-    async def _connect(self) -> Queue:
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialWithJitterBackoff
-
-        c = self.connection
-        kwargs: dict[str, Any] = {**c.client_kwargs()}
-        # Few client-side retries: the worker has its own backoff and must notice an outage quickly.
-        return await Queue.connect(
-            c.url,
-            queue_name=self.settings.redis.queue,
-            settings=self.settings.queue,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
-            socket_timeout=5.0,
-            socket_connect_timeout=5.0,
-            **kwargs,
-        )
-
     async def _until_redis(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
         """Retry `call` while Redis is unreachable (with backoff); None when a stop signal came first."""
         from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
@@ -240,6 +223,7 @@ class Worker:
 
     async def _serve(self) -> None:
         assert self.queue is not None and self.session is not None and self.fleet is not None
+        assert self.runner is not None
         heartbeat = Heartbeater(
             self.session,
             self.leases,
@@ -265,79 +249,32 @@ class Worker:
             ("cancels", self._cancel_listener()),
         ):
             self._background.append(asyncio.create_task(coro, name=name))
+        self.claims = ClaimLoop(
+            self.session,
+            self.fleet,
+            self.runner,
+            leases=self.leases,
+            link=self.link,
+            signals=self.signals,
+            service=self.service,
+            capacity=self.capacity,
+            claim_timeout_s=self.claim_timeout_s,
+            on_change=self._change,
+        )
         self._watchdog = WatchdogPinger(self.notifier, [self.claim_loop_turning])
         self._watchdog.start()
-        while not self.signals.draining.is_set():
-            await self._iteration()
+        await self.claims.run()
         await self._drain()
 
-    # --- the claim loop ---------------------------------------------------------------------------------------
-
-    async def _iteration(self) -> None:
-        """One turn: take a job if this worker may, else sleep until something changes (or a timeout)."""
-        assert self.session is not None and self.fleet is not None and self.runner is not None
-        self.loop_beat = time.monotonic()
-        self._collect_runs()
-        self._changed.clear()
-        try:
-            if self.blocked() is not None or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
-                await self._wait_changed(self.claim_timeout_s)
-                return
-            # Every free slot in one call: a worker with concurrency fills up in one round trip.
-            claimed = await self.session.claim_many(self.capacity - len(self.leases))
-        except Exception as exc:
-            if not is_unreachable(exc):
-                log.exception("claiming failed")
-                await self._sleep_or_stop(self.link.backoff_s())
-            else:
-                self.link.mark_down(exc)
-            return
-        self.link.mark_up()
-        if not claimed:
-            await self.session.wait_for_work(self.claim_timeout_s)
-            return
-        for one in claimed:
-            self._start_run(one)
-
-    def blocked(self) -> str | None:
-        """Why the worker may not claim now, or None."""
-        if self.signals.draining.is_set():
-            return "draining"
-        if not self.link.up:
-            return "redis down"
-        if not self.service.healthy:
-            return "service down"
-        if self.fleet is not None and self.fleet.drained:
-            return "drained"
-        if len(self.leases) >= self.capacity:
-            return "full"
-        return None
-
-    def _start_run(self, claimed: ClaimedJob) -> None:
-        assert self.runner is not None
-        lease = self.runner.lease_for(claimed)
-        task = asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}")
-        self._runs.add(task)
-        task.add_done_callback(lambda _: self._change())
-
-    def _collect_runs(self) -> None:
-        """Drop finished run tasks and surface their crashes (a bug, not a job failure)."""
-        for task in [t for t in self._runs if t.done()]:
-            self._runs.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("a job run crashed", exc_info=task.exception())
+    # --- changes ---------------------------------------------------------------------------------------------
 
     def _change(self) -> None:
         """Something the claim loop or the status depends on changed: wake both."""
-        self._changed.set()
         self._status_dirty.set()
-        if self.session is not None:
+        if self.claims is not None:
+            self.claims.wake()
+        elif self.session is not None:
             self.session.wake()
-
-    async def _wait_changed(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._changed.wait()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -420,13 +357,13 @@ class Worker:
 
     async def claim_loop_turning(self) -> bool:
         """Watchdog check: the claim loop (or the drain) turned recently."""
-        return time.monotonic() - self.loop_beat < 3 * self.claim_timeout_s + 30
+        return self.claims is not None and self.claims.turning()
 
     # --- stopping ---------------------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
         """No new claims; running jobs get the drain grace, then go back to the queue (attempt not counted)."""
-        assert self.runner is not None and self.writer is not None
+        assert self.runner is not None and self.writer is not None and self.claims is not None
         self._phase = Phase.DRAINING
         self.notifier.stopping(self.snapshot().text())
         await self._publish(force=True)
@@ -438,11 +375,11 @@ class Worker:
                 len(running),
                 grace,
             )
-        self.loop_beat = time.monotonic()
+        self.claims.touch()
         finished = await wait_until(
             lambda: not self.leases.running(), timeout_s=grace, wake=self.signals.hurry
         )
-        self.loop_beat = time.monotonic()
+        self.claims.touch()
         if not finished:
             hurry = self.signals.hurry.is_set()
             self.runner.interrupt_grace_s = HURRY_INTERRUPT_S if hurry else DRAIN_INTERRUPT_S
@@ -468,7 +405,8 @@ class Worker:
         log.debug("closing: stopping tasks")
         if self._watchdog is not None:
             await self._watchdog.stop()
-        await stop_tasks([*self._runs, *self._background])
+        runs = self.claims.runs if self.claims is not None else set()
+        await stop_tasks([*runs, *self._background])
         log.debug("closing: session")
         if self.session is not None:
             with contextlib.suppress(Exception):
@@ -491,17 +429,3 @@ class Worker:
         self.notifier.close()
         self.signals.uninstall()
         log.info("worker %s %s", self.worker_id, summary)
-
-
-async def stop_tasks(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.0) -> None:
-    """Cancel tasks and wait for them, cancelling again while they linger: a cancellation that lands on
-    an expiring timeout, or in code that suppresses it, must not keep the process from exiting."""
-    deadline = time.monotonic() + timeout_s
-    while pending := [t for t in tasks if not t.done()]:
-        if time.monotonic() > deadline:
-            for task in pending:
-                log.error("task %s did not stop; exiting without it", task.get_name())
-            return
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.2)

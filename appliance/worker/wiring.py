@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config import Settings
+from appliance.config import RedisConnection, Settings
 from appliance.identity import WorkerSlot
 from appliance.netaddr import connect_host
-from appliance.queue import Capabilities
+from appliance.queue import Capabilities, Queue
 from appliance.worker.connectors import ConnectorCapabilities, ConnectorOptions, connector_options
 from appliance.worker.storage import LocalStorage, OutputStorage
 
@@ -168,3 +168,22 @@ def machine_resources() -> tuple[float, int]:
     except (ValueError, OSError):
         ram = 0.0
     return ram, cores
+
+
+async def connect_queue(connection: RedisConnection, settings: Settings) -> Queue:
+    """The worker's queue client: few client-side retries, short socket timeouts."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialWithJitterBackoff
+
+    c = connection
+    kwargs: dict[str, Any] = {**c.client_kwargs()}
+    # Few client-side retries: the worker has its own backoff and must notice an outage quickly.
+    return await Queue.connect(
+        c.url,
+        queue_name=settings.redis.queue,
+        settings=settings.queue,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+        socket_timeout=5.0,
+        socket_connect_timeout=5.0,
+        **kwargs,
+    )

@@ -22,8 +22,9 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from appliance.localredis import free_port
+from appliance.machine.children import child_env, command_for, proc_usage
 from appliance.machine.plan import PlannedService
-from appliance.machine.processes import RestartPolicy, child_env, command_for, proc_usage
+from appliance.machine.processes import RestartPolicy
 from appliance.queue import Capabilities, JobSpec, JobStatus, Queue, WorkerSession
 from tests.machine.notifysock import NotifySocket
 from tests.machine.test_supervisor import Collector

@@ -1,0 +1,141 @@
+"""The claim loop: take jobs while this worker may, else sleep until something changes.
+
+    claims = ClaimLoop(session, fleet, runner, leases=..., link=..., signals=..., service=..., capacity=2,
+                       claim_timeout_s=5, on_change=worker_changed)
+    await claims.run()                 # returns once a stop signal came
+
+A turn claims every free slot in one call while Redis answers, the service is healthy, the machine is not drained
+and a slot is free; otherwise it sleeps on the queue's push wake-up or on a change of state (`wake`), never on a
+polling timer. Each claimed job runs as its own task (`JobRunner.run`); the loop collects the finished ones. The
+time of the last turn (`beat`) is what the watchdog checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from appliance.queue import ClaimedJob, WorkerSession
+from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals
+from appliance.worker.execution import JobRunner
+from appliance.worker.housekeeping import ServiceHealth
+from appliance.worker.leases import LeaseTable
+from appliance.worker.redislink import RedisLink, is_unreachable
+
+log = logging.getLogger(__name__)
+
+
+class ClaimLoop:
+    """Claims jobs for one worker and starts their runs; `runs` holds the run tasks not yet collected."""
+
+    def __init__(
+        self,
+        session: WorkerSession,
+        fleet: FleetDrain,
+        runner: JobRunner,
+        *,
+        leases: LeaseTable,
+        link: RedisLink,
+        signals: StopSignals,
+        service: ServiceHealth,
+        capacity: int,
+        claim_timeout_s: float,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.session = session
+        self.fleet = fleet
+        self.runner = runner
+        self.leases = leases
+        self.link = link
+        self.signals = signals
+        self.service = service
+        self.capacity = capacity
+        self.claim_timeout_s = claim_timeout_s
+        self._on_change = on_change
+        self.runs: set[asyncio.Task[None]] = set()
+        #: Monotonic time of the loop's last turn (the watchdog's liveness check).
+        self.beat = time.monotonic()
+        self._changed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Turn until a stop signal came."""
+        while not self.signals.draining.is_set():
+            await self.iteration()
+
+    async def iteration(self) -> None:
+        """One turn: take a job if this worker may, else sleep until something changes (or a timeout)."""
+        self.touch()
+        self.collect_runs()
+        self._changed.clear()
+        try:
+            if self.blocked() is not None or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
+                await self._wait_changed(self.claim_timeout_s)
+                return
+            # Every free slot in one call: a worker with concurrency fills up in one round trip.
+            claimed = await self.session.claim_many(self.capacity - len(self.leases))
+        except Exception as exc:
+            if not is_unreachable(exc):
+                log.exception("claiming failed")
+                await self._sleep_or_stop(self.link.backoff_s())
+            else:
+                self.link.mark_down(exc)
+            return
+        self.link.mark_up()
+        if not claimed:
+            await self.session.wait_for_work(self.claim_timeout_s)
+            return
+        for one in claimed:
+            self._start_run(one)
+
+    def blocked(self) -> str | None:
+        """Why the worker may not claim now, or None."""
+        if self.signals.draining.is_set():
+            return "draining"
+        if not self.link.up:
+            return "redis down"
+        if not self.service.healthy:
+            return "service down"
+        if self.fleet.drained:
+            return "drained"
+        if len(self.leases) >= self.capacity:
+            return "full"
+        return None
+
+    def wake(self) -> None:
+        """Something a turn depends on changed: end the current wait."""
+        self._changed.set()
+        self.session.wake()
+
+    def touch(self) -> None:
+        """The loop (or the drain that follows it) is alive."""
+        self.beat = time.monotonic()
+
+    def turning(self) -> bool:
+        """Whether the loop turned recently."""
+        return time.monotonic() - self.beat < 3 * self.claim_timeout_s + 30
+
+    def collect_runs(self) -> None:
+        """Drop finished run tasks and surface their crashes (a bug, not a job failure)."""
+        for task in [t for t in self.runs if t.done()]:
+            self.runs.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a job run crashed", exc_info=task.exception())
+
+    def _start_run(self, claimed: ClaimedJob) -> None:
+        lease = self.runner.lease_for(claimed)
+        task = asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}")
+        self.runs.add(task)
+        task.add_done_callback(lambda _: self._on_change())
+
+    async def _wait_changed(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.signals.draining.wait()

@@ -97,6 +97,21 @@ class Collector:
         await self.pubsub.aclose()
 
 
+async def _start_machine(env: dict[str, str], *argv: str) -> asyncio.subprocess.Process:
+    """`appliance machine` as its unit starts it, with `env` alone (no config file), output on one pipe."""
+    env.pop("APPLIANCE_CONFIG", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance",
+        "machine",
+        *argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
 async def _get(url: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         return resp.status, await resp.text()
@@ -135,16 +150,7 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
         "APPLIANCE_HEALTH__HOST": "127.0.0.1",
         "APPLIANCE_HEALTH__PORT": str(port),
     }
-    env.pop("APPLIANCE_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "appliance",
-        "machine",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = await _start_machine(env)
     base = f"http://127.0.0.1:{port}"
     session = None
     try:
@@ -365,16 +371,7 @@ async def test_redis_outage_is_degraded_and_the_watchdog_keeps_pinging(private_r
         "APPLIANCE_HEALTH__HOST": "127.0.0.1",
         "APPLIANCE_HEALTH__PORT": str(port),
     }
-    env.pop("APPLIANCE_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "appliance",
-        "machine",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = await _start_machine(env)
     base = f"http://127.0.0.1:{port}"
     try:
         await asyncio.to_thread(notify.wait_line, "READY=1")

@@ -353,17 +353,20 @@ async def test_a_killed_machines_jobs_come_back_elsewhere_and_complete_once(harn
     ]
     for worker in doomed:
         await worker.ready()
-    jobs = [await q.submit({"service": "echo", "payload": {"delay": 2}}) for _ in range(4)]
+    jobs = [await q.submit({"service": "echo", "payload": {"delay": 3}}) for _ in range(4)]
     for job in jobs:
         await running(q, job.id)
-    survivor = harness.start(
-        "--slot", "echo0", "--concurrency", "4", APPLIANCE_MACHINE__ID="mlive", **patient
-    )
-    await survivor.ready()
+    # Killed at once, before anything else is awaited: no job can finish on the doomed machine first (waiting
+    # for the survivor's start in between raced on a loaded machine). The survivor then starts and its first
+    # reap learns when the dead leases expire.
     for worker in doomed:
         worker.signal(signal.SIGKILL)
     for worker in doomed:
         assert await worker.exit_code() == -signal.SIGKILL
+    survivor = harness.start(
+        "--slot", "echo0", "--concurrency", "4", APPLIANCE_MACHINE__ID="mlive", **patient
+    )
+    await survivor.ready()
     for job in jobs:
         done = await job_in(q, job.id, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DEAD)
         assert done.status is JobStatus.COMPLETED, done.errors

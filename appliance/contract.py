@@ -17,7 +17,7 @@ from appliance.config import KNOWN_CONNECTORS, Settings
 from appliance.config.load import ROOT, Node, _members, node_of
 from appliance.identity import UNIT_PREFIX
 from appliance.machine.plan import gpu_services
-from appliance.secrets import CREDENTIALS, credential_name
+from appliance.secrets import CREDENTIALS, connector_credential
 from appliance.units import install as inst
 
 #: A worker needs up to ~15 s after its drain grace to stop its connector and hand jobs back: TimeoutStopSec=
@@ -61,9 +61,10 @@ def contract() -> dict[str, Any]:
         "connectors": sorted(KNOWN_CONNECTORS),
         "credentials": {
             "redis": CREDENTIALS["redis.password"],
-            # A worker of connector <name> loads exactly this one (and the shared ones).
+            # A worker of connector <name> loads exactly this one (and the shared ones); a connector not listed
+            # calls no keyed API (echo) and its workers get no key.
             "connectors": {
-                name: credential_name(f"connectors.{name}.api_key") for name in sorted(KNOWN_CONNECTORS)
+                name: cred for name in sorted(KNOWN_CONNECTORS) if (cred := connector_credential(name))
             },
             # Every id a process may look for, for `extraCredentials`.
             "all": sorted(CREDENTIALS.values()),

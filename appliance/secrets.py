@@ -41,6 +41,12 @@ class SecretError(Exception):
     """A secret could not be read. The message names the file, never its content."""
 
 
+def connector_credential(connector: str) -> str | None:
+    """The credential a worker of `connector` loads for its API key; None for a connector that calls no keyed
+    API (echo, and comfyui on GPU slots). The units' per-worker drop-ins and the NixOS module both use this."""
+    return CREDENTIALS.get(f"connectors.{connector}.api_key")
+
+
 def credential_name(key: str) -> str:
     """The `$CREDENTIALS_DIRECTORY` entry for a settings key; connectors not listed get `<name>-api-key`."""
     if key in CREDENTIALS:

@@ -39,6 +39,8 @@ let
 
   knownConnectors = contract.connectors;
   redisCredential = contract.credentials.redis;
+  # appliance.secrets.connector_credential; a connector without an entry (echo) calls no keyed API, and an
+  # apiKeyFile given for it anyway is loaded under the id the worker looks for, `<name>-api-key`.
   connectorCredential = name: contract.credentials.connectors.${name} or "${name}-api-key";
 
   unitName = name: "${contract.units.prefix}${name}";

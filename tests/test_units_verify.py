@@ -223,11 +223,13 @@ def test_comfyui_keeps_the_gpu_reachable() -> None:
 
 def test_credentials_match_what_the_app_reads() -> None:
     """Bare-name LoadCredential= (a missing one is skipped, so units start without it) for each secret the
-    unit's process may need, spelled as appliance.secrets names them."""
+    unit's process may need, spelled as appliance.secrets names them. The worker template loads only what
+    every worker may need: a connector's API key comes from the instance's drop-in (tests/systemd/
+    test_install.py), so no worker can read another connector's key (issue 11, defect 9)."""
     units = units_by_name()
     names = set(CREDENTIALS.values())
     worker = set(units["appliance-worker@.service"]["Service"]["LoadCredential"])
-    assert worker == {"redis-password", "s3-secret-access-key"} | {n for n in names if n.endswith("-api-key")}
+    assert worker == {"redis-password", "s3-secret-access-key"}
     for name in ("appliance-machine.service", "appliance-onfailure@.service"):
         assert units[name]["Service"]["LoadCredential"] == ["redis-password"]
     for unit in units.values():

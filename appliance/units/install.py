@@ -6,6 +6,9 @@ as the Nix derivation does with its store path. On top of the unit files the ins
 
 - per-instance drop-ins binding `appliance-worker@gpuN` to `appliance-comfyui@N` (the worker template also
   serves API slots, so the binding cannot live in the template),
+- per-instance drop-ins giving `appliance-worker@<connector><N>` its own connector's API key credential
+  (`LoadCredential=` is a list that drop-ins append to, systemd.exec(5)): the template loads only what every
+  worker needs, so no worker can read another connector's key,
 - the service plan's instances as symlinks in `appliance.target.wants/`, exactly what `systemctl enable` would
   create, so installing works offline and into a tree no systemd runs in,
 - optional drop-ins: container mode (the machine failing for good stops the container) and a config path,
@@ -28,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from appliance import identity
+from appliance.secrets import connector_credential
 
 #: Replaced by the absolute path of the `appliance` executable when the units are installed.
 BIN_PLACEHOLDER = "@APPLIANCE_BIN@"
@@ -53,6 +57,7 @@ SYSTEM_FILES = {
 }
 
 COMFYUI_DROPIN = "10-comfyui.conf"
+CREDENTIALS_DROPIN = "30-credentials.conf"
 CONFIG_DROPIN = "20-config.conf"
 CONTAINER_DROPIN = "50-container-mode.conf"
 #: A drop-in directory named by a unit-name prefix applies to every unit starting with it (systemd.unit(5)).
@@ -227,6 +232,23 @@ def comfyui_binding(slot: str) -> str | None:
     )
 
 
+def connector_credentials(slot: str) -> str | None:
+    """The drop-in text that hands worker slot `<connector><N>` its connector's API key; None for a slot whose
+    connector uses none (GPU slots, echo)."""
+    try:
+        parsed = identity.parse_slot(slot)
+    except identity.SlotError:
+        return None
+    credential = None if parsed.gpu else connector_credential(parsed.connector)
+    if credential is None:
+        return None
+    return (
+        "# Written by `appliance units install`: this worker's connector key, and no other connector's. A bare\n"
+        "# name is looked up in /etc/credstore/ and /run/credstore/ (a missing one is skipped).\n"
+        f"[Service]\nLoadCredential={credential}\n"
+    )
+
+
 def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None) -> list[InstallFile]:
     """Every file the installation consists of, in writing order."""
     packaged = packaged_files() if packaged is None else packaged
@@ -252,12 +274,17 @@ def plan_install(options: InstallOptions, packaged: dict[str, str] | None = None
 
 
 def _dropins(options: InstallOptions) -> list[InstallFile]:
-    """The drop-ins the options ask for: ComfyUI bindings of GPU workers, container mode, the config path."""
+    """The drop-ins the options ask for: ComfyUI bindings of GPU workers, each API worker's key, container
+    mode, the config path."""
     files: list[InstallFile] = []
     for unit in options.units:
         parsed = identity.instance_of_unit(unit)
-        if parsed and parsed[0] == identity.WORKER_TEMPLATE and (binding := comfyui_binding(parsed[1])):
+        if not parsed or parsed[0] != identity.WORKER_TEMPLATE:
+            continue
+        if binding := comfyui_binding(parsed[1]):
             files.append(InstallFile(_dropin(unit, COMFYUI_DROPIN), FileKind.DROPIN, content=binding))
+        if credentials := connector_credentials(parsed[1]):
+            files.append(InstallFile(_dropin(unit, CREDENTIALS_DROPIN), FileKind.DROPIN, content=credentials))
     if options.container_mode:
         files.append(
             InstallFile(
@@ -316,7 +343,8 @@ def managed_paths(root: Path, packaged: dict[str, str] | None = None) -> list[Pa
     wants = unit_dir / f"{TARGET}.wants"
     if wants.is_dir():
         found += [p for p in wants.iterdir() if p.is_symlink() and p.name.startswith("appliance-")]
-    found += [p for p in unit_dir.glob(f"appliance-worker@*.service.d/{COMFYUI_DROPIN}")]
+    for name in (COMFYUI_DROPIN, CREDENTIALS_DROPIN):
+        found += [p for p in unit_dir.glob(f"appliance-worker@*.service.d/{name}")]
     found += [
         p
         for p in [

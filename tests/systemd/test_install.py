@@ -128,6 +128,54 @@ def test_api_slots_get_no_binding_and_reinstall_removes_stale_files(root: Path) 
     assert env_file.read_text() == "APPLIANCE_REDIS_URL=redis://10.0.0.1:6379/0\n"
 
 
+def loaded_credentials(units: Path, instance: str) -> set[str]:
+    """The LoadCredential= ids of one worker instance: the template's plus its drop-ins' (a list setting that
+    drop-ins append to, systemd.exec(5)); an empty assignment would reset the list."""
+    ids: list[str] = []
+    files = [units / "appliance-worker@.service"]
+    files += sorted((units / f"appliance-worker@{instance}.service.d").glob("*.conf"))
+    for path in files:
+        for line in path.read_text().splitlines():
+            if line.startswith("LoadCredential="):
+                value = line.removeprefix("LoadCredential=")
+                ids = ids + [value.split(":", 1)[0]] if value else []
+    return set(ids)
+
+
+def test_each_worker_loads_only_its_own_connectors_key(root: Path) -> None:
+    """Issue 11, defect 9: the echo worker gets no API key, the openai worker only openai-api-key, GPU workers
+    none; no worker can read another connector's key."""
+    plan = {
+        "services": [
+            {"unit": "appliance-worker@openai0.service"},
+            {"unit": "appliance-worker@openai1.service"},
+            {"unit": "appliance-worker@echo0.service"},
+            {"unit": "appliance-worker@replicate0.service"},
+            {"unit": "appliance-worker@gpu0.service"},
+        ]
+    }
+    install(root, plan, "--no-user")
+    units = root / "etc/systemd/system"
+    shared = {"redis-password", "s3-secret-access-key"}
+    assert loaded_credentials(units, "echo0") == shared
+    assert loaded_credentials(units, "gpu0") == shared
+    assert loaded_credentials(units, "openai0") == shared | {"openai-api-key"}
+    assert loaded_credentials(units, "openai1") == shared | {"openai-api-key"}
+    assert loaded_credentials(units, "replicate0") == shared | {"replicate-api-key"}
+    # The ids are appliance.secrets' (the worker reads $CREDENTIALS_DIRECTORY/<id>), as in nix/contract.json.
+    contract = json.loads((Path(__file__).parents[2] / "nix/contract.json").read_text())
+    assert contract["credentials"]["connectors"] == {
+        "openai": "openai-api-key",
+        "replicate": "replicate-api-key",
+        "runpod": "runpod-api-key",
+    }
+    # A re-install with another plan takes the old instances' keys away.
+    install(root, API_PLAN, "--no-user")
+    assert not (units / "appliance-worker@replicate0.service.d").exists()
+    assert loaded_credentials(units, "openai0") == shared | {"openai-api-key"}
+    assert loaded_credentials(units, "echo0") == shared
+
+
 def test_container_mode_and_config_dropins(root: Path) -> None:
     install(root, API_PLAN, "--container-mode", "--config", "/etc/appliance/config.toml")
     units = root / "etc/systemd/system"

@@ -188,6 +188,20 @@ def test_machine_unit_starts_with_credential_and_sandbox(fresh: Env) -> None:
         assert float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", score)[1]) <= 3.0, score
 
 
+def _hang_until_the_watchdog_restarts(c: harness.Container, unit: str) -> None:
+    """SIGUSR2 hangs the unit's event loop (the APPLIANCE_TEST_HOOKS hook): systemd's watchdog must kill it and
+    Restart= bring it back once, and the journal must say it was the watchdog."""
+    c.kill_main(unit, "USR2")
+    c.wait_props(
+        unit,
+        "restarted",
+        lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
+        ["NRestarts", "ActiveState"],
+    )
+    journal = c.journal(unit)
+    assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
+
+
 def _metrics(env: Env) -> str:
     """The supervisor's /metrics (it shares the host network), or '' while it does not answer."""
     try:
@@ -318,15 +332,7 @@ def test_hung_worker_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> None
         )
         c.systemctl("start", "--no-block", TARGET)
         c.wait_active(unit)
-        c.kill_main(unit, "USR2")
-        c.wait_props(
-            unit,
-            "restarted",
-            lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
-            ["NRestarts", "ActiveState"],
-        )
-        journal = c.journal(unit)
-        assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
+        _hang_until_the_watchdog_restarts(c, unit)
         # Result= is reset by the restart; ExecStopPost= counted the kill where the supervisor's metrics read it.
         # At least one: on a loaded machine the restarted worker may miss the 4 s watchdog again and be killed twice.
         series = (
@@ -577,15 +583,7 @@ def test_hung_supervisor_is_killed_by_the_watchdog_and_restarted(fresh: Env) -> 
         dropin(c, MACHINE, "[Service]\nWatchdogSec=4s\nEnvironment=APPLIANCE_TEST_HOOKS=1\n")
         c.systemctl("start", "--no-block", MACHINE)
         c.wait_active(MACHINE)
-        c.kill_main(MACHINE, "USR2")
-        c.wait_props(
-            MACHINE,
-            "restarted",
-            lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active",
-            ["NRestarts", "ActiveState"],
-        )
-        journal = c.journal(MACHINE)
-        assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
+        _hang_until_the_watchdog_restarts(c, MACHINE)
 
 
 @needs_worker

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.commands import CONFIG_EXIT_STATUS
+from appliance.commands import ExitCode
 from appliance.secrets import CREDENTIALS
 from appliance.units import install as inst
 
@@ -190,7 +190,7 @@ def test_long_running_units_are_supervised(name: str) -> None:
         on_failure.append("appliance-target-down.service")
     assert unit["Unit"]["OnFailure"] == [" ".join(on_failure)]
     # A configuration error is not retried (restarting cannot fix it); its cause stays in STATUS=.
-    assert service["RestartPreventExitStatus"] == [str(CONFIG_EXIT_STATUS)]
+    assert service["RestartPreventExitStatus"] == [str(int(ExitCode.CONFIG))]
     assert unit["Unit"]["PartOf"] == ["appliance.target"]
     assert service["EnvironmentFile"] == ["-/etc/appliance/appliance.env"]
     for key, value in HARDENING.items():

@@ -24,8 +24,10 @@ class ExitCode(enum.IntEnum):
     FAILED = 1
     #: Bad input: an argument, a payload, a file argument.
     USAGE = 2
-    #: Bad configuration (a setting, the config file, a secret file): sysexits.h EX_CONFIG. The units set
-    #: `RestartPreventExitStatus=78`, so systemd does not restart a service that cannot start as configured.
+    #: A service cannot start as configured (a setting, the config file, a secret file, a missing connector
+    #: package): sysexits.h EX_CONFIG. The units set `RestartPreventExitStatus=78`: restarting cannot fix a typo,
+    #: so the unit fails at once and keeps the cause in its STATUS= instead of "Start request repeated too
+    #: quickly". One-shot commands report bad configuration as USAGE.
     CONFIG = 78
     #: The job (or machine) is not known.
     NOT_FOUND = 3
@@ -50,17 +52,11 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-#: Exit status of a service started with a configuration it cannot run with (sysexits.h EX_CONFIG). The units
-#: name it in RestartPreventExitStatus=: restarting cannot fix a typo, so the unit fails at once and keeps the
-#: cause in its STATUS= instead of hiding it behind "Start request repeated too quickly".
-CONFIG_EXIT_STATUS = ExitCode.CONFIG
-
-
 class ConfigCommandError(CommandError):
-    """A service cannot start with this configuration; exits CONFIG_EXIT_STATUS after `STATUS=config error: …`."""
+    """A service cannot start with this configuration; exits ExitCode.CONFIG (78) after `STATUS=config error: …`."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message.replace("\n", "; "), CONFIG_EXIT_STATUS)
+        super().__init__(message.replace("\n", "; "), ExitCode.CONFIG)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

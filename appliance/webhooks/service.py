@@ -43,6 +43,11 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def where(url: str) -> str:
     """Scheme and host of a URL, for logs: its path and query may carry the receiver's own token."""
     parts = urlsplit(url)
@@ -138,11 +143,16 @@ class Webhooks:
     async def _resilient(self, what: str, step: Callable[[], Awaitable[Any]]) -> None:
         pause = ERROR_PAUSE_MIN_S
         while True:
+            if _cancelling():
+                # A cancellation that redis-py swallowed (or turned into a ConnectionError) still ends the loop.
+                raise asyncio.CancelledError
             try:
                 await step()
                 pause = ERROR_PAUSE_MIN_S
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHDB, a new Redis): start over
+                if (
+                    "NOGROUP" in str(exc) and not _cancelling()
+                ):  # the stream was deleted (FLUSHDB, a new Redis): start over
                     with contextlib.suppress(RedisError):
                         await ensure_group(self.queue.client, self.queue.keys.events)
                     continue

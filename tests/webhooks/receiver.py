@@ -33,6 +33,8 @@ class Receiver:
     followed: int = 0
     attempts: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Ends the requests held by `hang` (with a 503).
+    released: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -54,6 +56,7 @@ class Receiver:
         return self.url.rsplit("/", 1)[0] + path
 
     async def stop(self) -> None:
+        self.released.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -62,7 +65,8 @@ class Receiver:
         self.arrived.set()
         body = await request.text()
         if self.hang:
-            await asyncio.sleep(3600)
+            await self.released.wait()
+            return web.Response(status=503)
         if self.down:
             return web.Response(status=503)
         try:

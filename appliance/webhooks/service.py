@@ -124,6 +124,12 @@ class Webhooks:
         if await self.outbox.enqueue(delivery, job_id):
             self._wake.set()
 
+    async def unregister(self, job_ids: list[str]) -> None:
+        """Forget the webhooks of jobs that were registered but never submitted (a submit that failed after
+        `register`): nothing else removes a registration whose job never ends."""
+        if job_ids:
+            await self.queue.client.hdel(self.keys.hooks, *job_ids)
+
     # --- the delivery worker ------------------------------------------------------------------------------------
 
     async def run_delivery(self) -> None:

@@ -173,3 +173,21 @@ async def test_refuses_to_run_without_the_event_stream(redis_url: str) -> None:
             await Webhooks.open(q, fast_settings())
     finally:
         await q.close()
+
+
+async def test_registered_before_submit_and_unregistered(queue: Queue, receiver: Receiver) -> None:
+    """The API registers a job's webhook under the id it chose before submitting; a failed submit unregisters."""
+    async with delivering(queue, fast_settings()) as webhooks:
+        receiver.secret = await webhooks.secret("acme")
+        await webhooks.register("acme", "job-chosen-1", WebhookRequest(url=receiver.url))
+        await webhooks.register("acme", "job-never-submitted", WebhookRequest(url=receiver.url))
+        await webhooks.unregister(["job-never-submitted"])
+        assert await queue.client.hkeys(webhooks.keys.hooks) == ["job-chosen-1"]
+        job = await queue.submit({"id": "job-chosen-1", "service": "echo"})
+        await finish(queue, job.id, job.shape, 1)
+        await eventually(lambda: len(receiver.unique()) == 1, "the event of the job registered first")
+        await eventually(lambda: _no_hooks(queue, webhooks), "the registration ended with the job")
+
+
+async def _no_hooks(queue: Queue, webhooks: Webhooks) -> bool:
+    return await queue.client.hlen(webhooks.keys.hooks) == 0

@@ -35,3 +35,29 @@ async def test_every_event_is_delivered_and_verified(queue: Queue, receiver: Rec
     assert by_type["job.failed"].body["data"]["error"] == "boom"
     assert by_type["job.cancelled"].body["data"]["status"] == "cancelled"
     assert receiver.refused == []
+
+
+async def test_dead_lettered_job_is_reported_failed(queue: Queue, receiver: Receiver) -> None:
+    """Out of retries (the queue's `dead` event) is a job.failed too; subscribers of job.completed only get
+    nothing, and their registration still ends."""
+    async with delivering(queue, fast_settings()) as webhooks:
+        receiver.secret = await webhooks.secret("acme")
+        dead = await queue.submit({"service": "echo", "max_retries": 0})
+        quiet = await queue.submit({"service": "echo", "max_retries": 0})
+        await webhooks.register("acme", dead.id, WebhookRequest(url=receiver.url))
+        await webhooks.register(
+            "acme", quiet.id, WebhookRequest(url=receiver.url, events=[EventType.COMPLETED])
+        )
+        for job in (dead, quiet):
+            claimed = await queue.claim("w1", [job.shape])
+            assert claimed is not None
+            await queue.fail(job.id, claimed.token, "out of memory", retryable=True)
+        await eventually(lambda: len(receiver.unique()) == 1, "the dead job's event")
+
+        async def ended() -> bool:
+            return await queue.client.hlen(webhooks.keys.hooks) == 0
+
+        await eventually(ended, "both registrations ended")
+    (got,) = receiver.unique().values()
+    assert got.type == "job.failed" and got.body["data"]["id"] == dead.id
+    assert got.body["data"]["status"] == "dead" and got.body["data"]["error"] == "out of memory"

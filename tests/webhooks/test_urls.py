@@ -83,3 +83,17 @@ def test_request_model_names_what_is_wrong() -> None:
         WebhookRequest(url="gopher://x.example/h")
     with pytest.raises(ValueError, match="allow_private"):
         WebhookSettings(allow_private=["10.0.0.0/33"])
+
+
+async def test_connection_time_resolver_refuses_what_the_name_resolves_to_now() -> None:
+    """The resolver aiohttp connects through judges the addresses it hands over (no gap for DNS rebinding)."""
+    from appliance.webhooks.urls import GuardedResolver
+
+    strict = GuardedResolver(AllowList([]))
+    with pytest.raises(WebhookRefused, match="loopback"):
+        await strict.resolve("localhost", 80)
+    await strict.close()
+    loose = GuardedResolver(AllowList(["127.0.0.0/8", "::1"]))
+    hosts = {r["host"] for r in await loose.resolve("localhost", 80)}
+    await loose.close()
+    assert hosts and hosts <= {"127.0.0.1", "::1"}

@@ -22,9 +22,6 @@ DIRECT = (
     "hdel",
     "zrange",
     "zrevrangebyscore",
-    "multi",
-    "exec",
-    "discard",
     # The feed: a consumer group on the queue's event stream.
     "xgroup|create",
     "xgroup|delconsumer",

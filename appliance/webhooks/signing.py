@@ -53,11 +53,11 @@ class SecretStore:
         fresh = new_secret()
         old = await self.client.hget(self.keys.secrets, tenant)
         until = int(time.time() * 1000) + overlap_ms
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys.secrets, tenant, fresh)
+        # The old secret is kept first, then replaced: a crash in between leaves the old one current (no
+        # MULTI, which a Cluster client does not offer).
         if old is not None:
-            pipe.hset(self.keys.previous_secrets, tenant, f"{until}|{old}")
-        await pipe.execute()
+            await self.client.hset(self.keys.previous_secrets, tenant, f"{until}|{old}")
+        await self.client.hset(self.keys.secrets, tenant, fresh)
         return fresh
 
     async def signing(self, tenant: str) -> list[str]:

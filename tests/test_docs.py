@@ -432,6 +432,11 @@ async def _exported_metrics(redis_url: str) -> set[str]:
     for family in collector.collect():
         names.add(family.name)
         names.update(s.name for s in family.samples)
+    from appliance.webhooks.metrics import WebhookMetrics
+
+    for family in WebhookMetrics().registry.collect():  # the API process's webhook families
+        names.add(family.name)
+        names.update(s.name for s in family.samples)
     return names
 
 

@@ -61,31 +61,48 @@ class ClaimLoop:
         self._changed = asyncio.Event()
 
     async def run(self) -> None:
-        """Turn until a stop signal came."""
-        while not self.signals.draining.is_set():
-            await self.iteration()
+        """Turn until a stop signal came. Meanwhile the loop carries the completions of finished jobs with its
+        claims; afterwards (the drain) the writer sends them itself."""
+        writer = self.runner.writer
+        writer.carry(self.wake)
+        try:
+            while not self.signals.draining.is_set():
+                await self.iteration()
+        finally:
+            writer.carry(None)
 
     async def iteration(self) -> None:
-        """One turn: take a job if this worker may, else sleep until something changes (or a timeout)."""
+        """One turn: complete the jobs that finished and claim the slots that are free in one round trip (the
+        finished jobs' slots count as free: their leases end first, so nothing is leased beyond the slots);
+        when this worker may not claim, send the completions alone; with nothing to do, sleep until something
+        changes (or a timeout)."""
         self.touch()
         self.collect_runs()
         self._changed.clear()
+        writer = self.runner.writer
+        batch = writer.take()
         try:
-            if self.blocked() is not None or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
-                await self._wait_changed(self.claim_timeout_s)
+            free = self.capacity - len(self.leases) + len(batch)
+            if self.blocked() is not None or free < 1 or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
+                if batch:
+                    await writer.send(batch)
+                else:
+                    await self._wait_changed(self.claim_timeout_s)
                 return
-            # Every free slot in one call: a worker with concurrency fills up in one round trip.
-            claimed = await self.session.claim_many(self.capacity - len(self.leases))
+            codes, claimed = await self.session.finish_and_claim([o for o, _ in batch], free)
         except Exception as exc:
+            writer.resolve(batch, exc)  # each writer retries (Redis away) or reports it
             if not is_unreachable(exc):
                 log.exception("claiming failed")
                 await self._sleep_or_stop(self.link.backoff_s())
             else:
                 self.link.mark_down(exc)
             return
+        writer.resolve(batch, codes)
         self.link.mark_up()
         if not claimed:
-            await self.session.wait_for_work(self.claim_timeout_s)
+            if not batch:
+                await self.session.wait_for_work(self.claim_timeout_s)
             return
         for one in claimed:
             self._start_run(one)
@@ -100,8 +117,6 @@ class ClaimLoop:
             return "service down"
         if self.fleet.drained:
             return "drained"
-        if len(self.leases) >= self.capacity:
-            return "full"
         return None
 
     def wake(self) -> None:

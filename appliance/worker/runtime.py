@@ -51,6 +51,8 @@ DRAIN_INTERRUPT_S = 5.0
 HURRY_INTERRUPT_S = 0.5
 EXIT_WRITE_S = 10.0
 HURRY_WRITE_S = 3.0
+#: Least time between two looks of the status loop (s).
+STATUS_GAP_S = 0.2
 
 
 class WorkerError(Exception):
@@ -320,6 +322,9 @@ class Worker:
                     await self._status_dirty.wait()
             self._status_dirty.clear()
             await self._publish()
+            # Every claim and completion marks the status dirty: a busy worker looks a few times a second, not
+            # once per job (the drain publishes on its own, at once).
+            await self._sleep_or_stop(STATUS_GAP_S)
 
     # --- status and watchdog ----------------------------------------------------------------------------------
 

@@ -35,9 +35,13 @@ _FAILED = {
 }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def compact_json(value: Any) -> str:
-    """The JSON the queue stores for a result: compact, anything unknown as its str()."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    """The JSON the queue stores for a result: compact, anything unknown as its str() (one encoder for all:
+    json.dumps with options builds a new one per call)."""
+    return _ENCODER.encode(value)
 
 
 _compact = compact_json

@@ -62,14 +62,14 @@ class ClaimLoop:
 
     async def run(self) -> None:
         """Turn until a stop signal came. Meanwhile the loop carries the completions of finished jobs with its
-        claims; afterwards (the drain) the writer sends them itself."""
-        writer = self.runner.writer
-        writer.carry(self.wake)
+        claims; afterwards (the drain) they go out on their own."""
+        completions = self.runner.writer.completions
+        completions.carry(self.wake)
         try:
             while not self.signals.draining.is_set():
                 await self.iteration()
         finally:
-            writer.carry(None)
+            completions.carry(None)
 
     async def iteration(self) -> None:
         """One turn: complete the jobs that finished and claim the slots that are free in one round trip (the
@@ -79,26 +79,26 @@ class ClaimLoop:
         self.touch()
         self.collect_runs()
         self._changed.clear()
-        writer = self.runner.writer
-        batch = writer.take()
+        completions = self.runner.writer.completions
+        batch = completions.take()
         try:
             free = self.capacity - len(self.leases) + len(batch)
             if self.blocked() is not None or free < 1 or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
                 if batch:
-                    await writer.send(batch)
+                    await completions.send(batch)
                 else:
                     await self._wait_changed(self.claim_timeout_s)
                 return
             codes, claimed = await self.session.finish_and_claim([o for o, _ in batch], free)
         except Exception as exc:
-            writer.resolve(batch, exc)  # each writer retries (Redis away) or reports it
+            completions.resolve(batch, exc)  # each writer retries (Redis away) or reports it
             if not is_unreachable(exc):
                 log.exception("claiming failed")
                 await self._sleep_or_stop(self.link.backoff_s())
             else:
                 self.link.mark_down(exc)
             return
-        writer.resolve(batch, codes)
+        completions.resolve(batch, codes)
         self.link.mark_up()
         if not claimed:
             if not batch:

@@ -164,11 +164,16 @@ class JobRunner:
         assert lease.progress is not None
         proc = asyncio.create_task(self.connector.process(cjob, lease.progress.report), name=f"job:{job.id}")
         # Woken by the call's end or by a stop request, whichever comes first (no task of its own per job).
-        ended = asyncio.get_running_loop().create_future()
-        proc.add_done_callback(lambda _: ended.done() or ended.set_result(None))
-        lease.on_stop = lambda: ended.done() or ended.set_result(None)
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def end(*_: Any) -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        proc.add_done_callback(end)
+        lease.on_stop = end
         if lease.stop is not None:
-            lease.on_stop()
+            end()
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(lease.timeout_s):

@@ -17,7 +17,7 @@ from typing import Any
 from appliance.queue import ClaimedJob, Queue, WorkerSession
 from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, QueueError, raise_for_code
 from appliance.queue.lease import EncodedJSON, compact_json
-from appliance.queue.lease import Outcome as Outcome3
+from appliance.worker.completions import Completions
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason
 from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink, is_unreachable
@@ -201,6 +201,18 @@ class _Ended:
         ]
 
 
+def _log_written(lease: Lease, outcome: Outcome) -> None:
+    # A completion is logged at DEBUG only (a line per job would cost a busy worker more than the job, and
+    # journald drops a unit's lines past its rate limit); everything else that ends a job is news at INFO.
+    log.log(
+        logging.DEBUG if outcome.kind is OutcomeKind.COMPLETE else logging.INFO,
+        "job %s: %s after %.1fs",
+        lease.job_id,
+        _Ended(outcome),
+        time.monotonic() - lease.started,
+    )
+
+
 class OutcomeWriter:
     """Writes a job's outcome, retrying while Redis is down, until it is written or cannot be anymore."""
 
@@ -210,12 +222,8 @@ class OutcomeWriter:
         self.release_reason = release_reason
         #: Set to give up on outcomes still waiting for Redis (the worker must exit now).
         self.abandon = asyncio.Event()
-        #: Completions waiting to be sent, each with the future its writer awaits (the script's code for it).
-        self._pending: list[tuple[Outcome3, asyncio.Future[int]]] = []
-        #: Set while the claim loop carries completions with its claims (`take`/`resolve`, one round trip for
-        #: both): called when a completion starts waiting. None: the writer sends them itself (`_send_soon`).
-        self.carrier: Callable[[], None] | None = None
-        self._sending: asyncio.Task[None] | None = None
+        #: Completions wait here to go out in batches (with the claim loop's next claim, or on their own).
+        self.completions = Completions(queue)
 
     async def write(self, lease: Lease, outcome: Outcome) -> bool:
         """True when the outcome (or the hand-back) reached the queue."""
@@ -268,15 +276,7 @@ class OutcomeWriter:
                 await self._wait_retry()
                 continue
             self.link.mark_up()
-            # A completion is logged at DEBUG only (one line per job would cost a busy worker more than the
-            # job); everything else that ends a job is news at INFO.
-            log.log(
-                logging.DEBUG if outcome.kind is OutcomeKind.COMPLETE else logging.INFO,
-                "job %s: %s after %.1fs",
-                job_id,
-                _Ended(outcome),
-                time.monotonic() - lease.started,
-            )
+            _log_written(lease, outcome)
             return True
 
     async def _wait_retry(self) -> None:
@@ -292,7 +292,7 @@ class OutcomeWriter:
             encoded = outcome.encoded or compact_json(outcome.result)
             if len(encoded) > q.settings.max_result_bytes:
                 await q.complete(job_id, token, outcome.result)  # raises ResultTooLarge, for this job alone
-            raise_for_code(await self._complete(job_id, token, EncodedJSON(encoded)), job_id)
+            raise_for_code(await self.completions.add(job_id, token, EncodedJSON(encoded)), job_id)
         elif outcome.kind is OutcomeKind.FAIL:
             await q.fail(
                 job_id,
@@ -307,60 +307,3 @@ class OutcomeWriter:
             await q.finish_cancelled(job_id, token, shape=shape)
         elif outcome.kind is OutcomeKind.RELEASE:
             await q.release(job_id, token, reason=self.release_reason, shape=shape)
-
-    # --- completions, batched ---------------------------------------------------------------------------------
-
-    def _complete(self, job_id: str, token: str, result: EncodedJSON) -> asyncio.Future[int]:
-        """Queue one completion; the future gets its complete.lua code once the batch it joined was sent."""
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(((job_id, token, result), done))
-        if self.carrier is not None:
-            self.carrier()
-        elif self._sending is None:
-            self._sending = asyncio.create_task(self._send_soon(), name="complete-batch")
-        return done
-
-    def take(self) -> list[tuple[Outcome3, asyncio.Future[int]]]:
-        """The completions waiting now (the claim loop sends them with its next claim)."""
-        batch, self._pending = self._pending, []
-        return batch
-
-    @staticmethod
-    def resolve(batch: list[tuple[Outcome3, asyncio.Future[int]]], codes: list[int] | BaseException) -> None:
-        """Hand each writer in `batch` its code, or the exception that kept the batch from Redis."""
-        for i, (_, done) in enumerate(batch):
-            if done.done():  # its writer was cancelled (the worker exits)
-                continue
-            if isinstance(codes, BaseException):
-                done.set_exception(codes)
-            else:
-                done.set_result(codes[i])
-
-    async def send(self, batch: list[tuple[Outcome3, asyncio.Future[int]]]) -> None:
-        """Send a batch of completions alone (one complete.lua call)."""
-        if not batch:
-            return
-        try:
-            codes = await self.queue.complete_many([outcome for outcome, _ in batch])
-        except Exception as exc:
-            self.resolve(batch, exc)
-        else:
-            self.resolve(batch, codes)
-
-    async def _send_soon(self) -> None:
-        """No claim loop carries completions (the worker drains): whatever is waiting goes in one call."""
-        try:
-            while self._pending and self.carrier is None:
-                await self.send(self.take())
-        finally:
-            self._sending = None
-        if self._pending and self.carrier is not None:
-            self.carrier()
-
-    def carry(self, carrier: Callable[[], None] | None) -> None:
-        """The claim loop takes over sending completions (`carrier` wakes it) or hands it back (None)."""
-        self.carrier = carrier
-        if carrier is None and self._pending and self._sending is None:
-            self._sending = asyncio.create_task(self._send_soon(), name="complete-batch")
-        elif carrier is not None and self._pending:
-            carrier()

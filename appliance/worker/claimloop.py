@@ -1,7 +1,7 @@
 """The claim loop: take jobs while this worker may, else sleep until something changes.
 
     claims = ClaimLoop(session, fleet, runner, leases=..., link=..., signals=..., service=..., capacity=2,
-                       claim_timeout_s=5, on_change=worker_changed)
+                       claim_timeout_s=5)
     await claims.run()                 # returns once a stop signal came
 
 A turn claims every free slot in one call while Redis answers, the service is healthy, the machine is not drained
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 from appliance.queue import ClaimedJob, WorkerSession
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals
@@ -43,7 +42,6 @@ class ClaimLoop:
         service: ServiceHealth,
         capacity: int,
         claim_timeout_s: float,
-        on_change: Callable[[], None],
     ) -> None:
         self.session = session
         self.fleet = fleet
@@ -54,7 +52,6 @@ class ClaimLoop:
         self.service = service
         self.capacity = capacity
         self.claim_timeout_s = claim_timeout_s
-        self._on_change = on_change
         self.runs: set[asyncio.Task[None]] = set()
         #: Monotonic time of the loop's last turn (the watchdog's liveness check).
         self.beat = time.monotonic()
@@ -141,9 +138,9 @@ class ClaimLoop:
 
     def _start_run(self, claimed: ClaimedJob) -> None:
         lease = self.runner.lease_for(claimed)
-        task = asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}")
-        self.runs.add(task)
-        task.add_done_callback(lambda _: self._on_change())
+        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free), and the next
+        # turn collects the task.
+        self.runs.add(asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}"))
 
     async def _wait_changed(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -77,15 +77,19 @@ class Lease:
 
 
 class LeaseTable:
-    """Fencing token → Lease, one entry per attempt; `on_change` is called when a lease is added or removed.
+    """Fencing token → Lease, one entry per attempt; `on_change` is called when a lease is added or removed,
+    `on_free` when one is removed (a slot is free: what the claim loop waits for; an added lease is its own).
 
     Keyed by attempt, not by job: when attempt 1's lease is lost while it still winds down, the same worker may
     claim attempt 2 of that job, and stopping attempt 1 must not touch attempt 2.
     """
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_change: Callable[[], None] | None = None, on_free: Callable[[], None] | None = None
+    ) -> None:
         self._leases: dict[str, Lease] = {}
         self._on_change = on_change or (lambda: None)
+        self._on_free = on_free or (lambda: None)
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -106,6 +110,7 @@ class LeaseTable:
         if self._leases.get(lease.token) is lease:
             del self._leases[lease.token]
             self._on_change()
+            self._on_free()
 
     def tokens(self) -> dict[str, str]:
         """Job id → token of its newest attempt here: what a heartbeat renews."""

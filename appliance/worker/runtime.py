@@ -89,7 +89,7 @@ class Worker:
         self.claim_timeout_s = settings.worker.claim_timeout_s
         self.notifier = notifier or Notifier(env)
         self.link = RedisLink(on_change=self._change)
-        self.leases = LeaseTable(on_change=self._change)
+        self.leases = LeaseTable(on_change=self._jobs_changed, on_free=self._change)
         self.signals = StopSignals(on_change=self._change)
         self.status = StatusPublisher(self.notifier, self.link)
         self.service = ServiceHealth(
@@ -261,7 +261,6 @@ class Worker:
             service=self.service,
             capacity=self.capacity,
             claim_timeout_s=self.claim_timeout_s,
-            on_change=self._change,
         )
         self._watchdog = WatchdogPinger(self.notifier, [self.claim_loop_turning])
         self._watchdog.start()
@@ -277,6 +276,10 @@ class Worker:
             self.claims.wake()
         elif self.session is not None:
             self.session.wake()
+
+    def _jobs_changed(self) -> None:
+        """A lease came or went: the status shows it (a freed slot also wakes the claim loop: `_change`)."""
+        self._status_dirty.set()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

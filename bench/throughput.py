@@ -42,6 +42,8 @@ from _common import ROOT, machine_line, table
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PRODUCT = "appliance"
 CORE = "appliance-core"
+#: The product row again, run from another checkout (--before PATH): a before/after figure from the same run.
+BEFORE = "appliance-before"
 SYSTEMS = {
     # name: (adapter, module that must import, configuration in words)
     PRODUCT: (
@@ -79,6 +81,7 @@ def _int(value: Any) -> int:
 #: How many jobs are done, read from each system's own Redis state (`jobs` = how many were enqueued).
 DONE: dict[str, Callable[[redis.Redis, int], int]] = {
     PRODUCT: lambda r, jobs: _int(r.hget("appliance:{default}:counts", "completed")),
+    BEFORE: lambda r, jobs: _int(r.hget("appliance:{default}:counts", "completed")),
     CORE: lambda r, jobs: _int(r.hget("appliance:{bench}:counts", "completed")),
     # A finished job leaves the queue list and the started ("wip") registry.
     "rq": lambda r, jobs: jobs - r.llen("rq:queue:bench") - r.zcard("rq:wip:bench"),
@@ -147,7 +150,7 @@ class Bench:
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
     def python(self, system: str) -> str:
-        if system in (PRODUCT, CORE):
+        if system in (PRODUCT, CORE, BEFORE):
             return str(self.args.pythons.get(system) or sys.executable)
         return str(self.args.pythons.get(system) or self.args.pythons.get("*") or sys.executable)
 
@@ -176,7 +179,7 @@ class Bench:
 
     def commands(self, system: str, processes: int, concurrency: int) -> list[list[str]]:
         python = self.python(system)
-        if system == PRODUCT:
+        if system in (PRODUCT, BEFORE):
             return [
                 [python, "-m", "appliance", "worker", "--connector", "echo", "--index", str(i)]
                 + ["--concurrency", str(concurrency), "--redis-url", self.url]
@@ -192,6 +195,8 @@ class Bench:
 
     def start_workers(self, system: str, processes: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
         env = {**self.env, "BENCH_MODE": "throughput"}
+        if system == BEFORE:
+            env["PYTHONPATH"] = self.args.before
         workers = []
         for i, command in enumerate(self.commands(system, processes, concurrency)):
             with open(self.logs / f"{system}-{processes}x{concurrency}-{i}.log", "wb") as log:
@@ -199,7 +204,7 @@ class Bench:
                     subprocess.Popen(
                         command,
                         env=env,
-                        cwd=PEERS_DIR if system != PRODUCT else self.logs,
+                        cwd=PEERS_DIR if system not in (PRODUCT, BEFORE) else self.logs,
                         stdout=subprocess.DEVNULL,
                         stderr=log,
                         start_new_session=True,
@@ -316,7 +321,7 @@ def report(args: argparse.Namespace, results: list[Result], skipped: dict[str, s
     rows = []
     for layout in (f"{p}x{c}" for p, c in LAYOUTS):
         cell = [r for r in results if r.layout == layout]
-        peers = [r for r in cell if r.system not in (PRODUCT, CORE) and r.rate == r.rate]
+        peers = [r for r in cell if r.system not in (PRODUCT, CORE, BEFORE) and r.rate == r.rate]
         best = max(peers, key=lambda r: r.rate) if peers else None
         bull = next((r for r in cell if r.system == "bullmq"), None)
         for r in sorted(cell, key=lambda r: -r.rate if r.rate == r.rate else 0):
@@ -378,7 +383,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell, systems taking turns; medians")
     parser.add_argument("--jobs", type=int, default=0, help="jobs per run (default 20,000; quick 4,000)")
     parser.add_argument("--json", action="store_true", help="also print the raw results as one JSON line")
+    parser.add_argument(
+        "--before",
+        metavar="PATH",
+        help="also run `appliance worker` from the checkout PATH (row appliance-before)",
+    )
     args = parser.parse_args()
+    if args.before:
+        SYSTEMS[BEFORE] = (
+            SYSTEMS[PRODUCT][0],
+            "appliance.queue",
+            f"the product row, code from {args.before}",
+        )
     args.pythons = {k: v for k, v in DEFAULT_PYTHONS.items() if Path(v).exists()}
     if os.environ.get("BENCH_PEER_PYTHON"):
         args.pythons = {"*": os.environ["BENCH_PEER_PYTHON"]}
@@ -390,7 +406,7 @@ def main() -> None:
     args.jobs_1x1 = max(500, args.jobs // 5)
     args.timeout = 15.0 if args.quick else 60.0
     args.verdicts = []
-    names = [n for n in SYSTEMS if not args.only or n in args.only]
+    names = [n for n in SYSTEMS if not args.only or n in args.only or n == BEFORE]
     print(f"# throughput ({'quick' if args.quick else 'full'}) on {machine_line()}")
     print("  interpreters: " + ", ".join(f"{k}={v}" for k, v in args.pythons.items()))
     started = time.monotonic()

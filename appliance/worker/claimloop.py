@@ -87,6 +87,9 @@ class ClaimLoop:
                     await self._wait_changed(self.claim_timeout_s)
                 return
             codes, claimed = await self.session.finish_and_claim([o for o, _ in batch], free)
+        except asyncio.CancelledError:
+            completions.put_back(batch)  # the worker exits: they go out on their own (a repeat is refused)
+            raise
         except Exception as exc:
             completions.resolve(batch, exc)  # each writer retries (Redis away) or reports it
             if not is_unreachable(exc):

@@ -49,6 +49,12 @@ class Completions:
         batch, self._pending = self._pending, []
         return batch
 
+    def put_back(self, batch: list[Pending]) -> None:
+        """Completions whose call was cut (cancelled) wait again, first in line. Whether Redis ran them is
+        unknown: sent again, one that did land answers 'lease lost', so nothing completes twice."""
+        waiting = {id(done) for _, done in self._pending}
+        self._pending[:0] = [p for p in batch if not p[1].done() and id(p[1]) not in waiting]
+
     @staticmethod
     def resolve(batch: list[Pending], codes: list[int] | BaseException) -> None:
         """Hand each writer in `batch` its code, or the exception that kept the batch from Redis."""
@@ -66,6 +72,9 @@ class Completions:
             return
         try:
             codes = await self.queue.complete_many([outcome for outcome, _ in batch])
+        except asyncio.CancelledError:
+            self.put_back(batch)
+            raise
         except Exception as exc:
             self.resolve(batch, exc)
         else:

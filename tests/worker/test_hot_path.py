@@ -114,3 +114,36 @@ async def test_a_worker_at_info_writes_no_line_per_completed_job(harness: Harnes
     await worker.logged(f"job {failing.id}: attempt 1 failed")
     assert not [job_id for job_id in ids if job_id in worker.log], worker.log
     assert f"worker {MACHINE}-echo0 ready" in worker.log
+
+
+async def test_completions_waiting_together_go_in_one_call_and_a_lost_lease_fails_alone(
+    redis_url: str,
+) -> None:
+    # The drain's path (no claim loop carries them): the completions waiting at once share one complete.lua call;
+    # the one whose lease is lost is refused by its fencing token and the others are written.
+    from appliance.queue import Capabilities, WorkerSession
+    from appliance.worker.leases import Lease, OutcomeWriter
+    from appliance.worker.outcome import decide
+    from appliance.worker.redislink import RedisLink
+
+    queue = await Queue.connect(redis_url)
+    await submit_echo_jobs(queue, 3)
+    session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
+    try:
+        claimed = await session.claim_many(3)
+        assert len(claimed) == 3
+        leases = [Lease(c, timeout_s=60) for c in claimed]
+        await queue.complete(leases[1].job_id, leases[1].token, {"first": True})  # its lease ends here
+        await queue.client.config_resetstat()
+        writer = OutcomeWriter(queue, RedisLink())
+        written = await asyncio.gather(
+            *(writer.write(lease, decide({"n": i}, None, None)) for i, lease in enumerate(leases))
+        )
+        assert written == [True, False, True]
+        assert await command_calls(queue, "zrem") == 1  # one complete.lua call for the three
+        results = [(await queue.get(lease.job_id)).result for lease in leases]  # type: ignore[union-attr]
+        assert results == [{"n": 0}, {"first": True}, {"n": 2}]
+        assert int(await queue.client.hget(queue.keys.counts, "completed")) == 3
+    finally:
+        await session.close()
+        await queue.close()

@@ -62,7 +62,9 @@ class QueueConnection:
         if keys is None:
             if len(self._keys) >= 4096:
                 self._keys.clear()
-            keys = self._keys[memo] = spec.build(self.keys, shape=shape, class_id=class_id, candidates=candidates)
+            keys = self._keys[memo] = spec.build(
+                self.keys, shape=shape, class_id=class_id, candidates=candidates
+            )
         return script, keys, (self.common() if spec.common else []) + args
 
     async def run(self, call: Call) -> Any:

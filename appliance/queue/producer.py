@@ -81,7 +81,7 @@ class Producer:
             self.conn.settings.priority_step_ms,
             spec.max_retries,
             int(spec.timeout_s * 1000) if spec.timeout_s else 0,
-            k.wake_channel(shape),
+            self.conn.wake_check,
             k.shapes_channel,
         ]
         return job_id, shape, self.conn.prepare("submit", args, shape=shape)

@@ -40,6 +40,8 @@ SCRIPT_NAMES = (
     "cancel",
     "reap",
     "requeue",
+    "idle",
+    "wake",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 

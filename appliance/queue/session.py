@@ -62,6 +62,8 @@ class WorkerSession:
         self._idle_next = False
         #: Shapes this session was woken for and has not claimed from yet -> when (monotonic s).
         self._owed: dict[str, float] = {}
+        #: Counts wake-ups and lost registrations: one that comes while idle.lua runs has spent what it wrote.
+        self._woken_count = 0
 
     @classmethod
     async def open(
@@ -194,9 +196,12 @@ class WorkerSession:
         assert self.hub is not None, "the session is not open"
         conn = self.queue.conn
         call = conn.prepare("idle", [self.worker_id, self.hub.channel, *self.shapes], candidates=self.shapes)
-        self.registered = int(await conn.run(call)) == 1
+        before = self._woken_count
+        done = int(await conn.run(call)) == 1
+        # The hub's connection may deliver the wake-up that spends this registration before its reply arrives.
+        self.registered = done and self._woken_count == before
         self._idle_next = self.registered
-        return self.registered
+        return done
 
     def wake(self) -> None:
         self._wake.set()
@@ -206,12 +211,14 @@ class WorkerSession:
     def woken(self, shape: str) -> None:
         """A job of `shape` woke this worker (its registration is spent): claim."""
         self.registered = False
+        self._woken_count += 1
         self._owed.setdefault(shape, time.monotonic())
         self._wake.set()
 
     def lost_registration(self) -> None:
         """The registration may be gone (a new shape, a reconnect, a refresh that did not find it): look now."""
         self.registered = False
+        self._woken_count += 1
         self._idle_next = False
         self._wake.set()
 

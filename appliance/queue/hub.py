@@ -67,9 +67,8 @@ class WakeHub:
     async def attach(self, session: WorkerSession) -> None:
         """Route this session's messages to it; the first session opens the connection (subscribed on return,
         so a registration naming this hub is never published to before it listens)."""
-        if session.worker_id in self.sessions:
-            raise ValueError(f"worker id {session.worker_id!r} already has a session in this process")
         async with self._lock:
+            # A second session under one worker id (a replacement) takes its messages over.
             self.sessions[session.worker_id] = session
             if self._pubsub is None:
                 self._pubsub = self.queue.client.pubsub()
@@ -142,34 +141,36 @@ class WakeHub:
     async def _listen(self) -> None:
         """Turn messages into wake-ups and cancel requests; survive Redis restarts."""
         backoff = 0.1
+        subscribed = True  # attach subscribed before starting us
         last_refresh = time.monotonic()
         while True:
             try:
+                if not subscribed:
+                    await self._resubscribe()
+                    subscribed = True
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 backoff = 0.1
                 if message is not None:
                     await self._dispatch(str(message["channel"]), str(message["data"]))
                 now = time.monotonic()
-                await self.pass_on(
-                    [
-                        s
-                        for session in list(self.sessions.values())
-                        for s in session.overdue(now - OWED_GRACE_S)
-                    ]
-                )
+                overdue = [
+                    s for session in list(self.sessions.values()) for s in session.overdue(now - OWED_GRACE_S)
+                ]
+                await self.pass_on(overdue)
                 if now - last_refresh > SHAPE_REFRESH_S:
                     last_refresh = now
                     await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as exc:
+                # RuntimeError: redis-py's PubSub after a resubscription that did not get through.
+                subscribed = False
                 log.warning("wake-up channel lost (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
-                with contextlib.suppress(Exception):
-                    await self._resubscribe()
             except Exception:
                 log.exception("wake hub: handling a message failed")
+                await asyncio.sleep(0.1)  # never spin on a fault that repeats
 
     async def _resubscribe(self) -> None:
         await self._drop_pubsub()

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SHAPE_REFRESH_S", "WorkerSession"]
 
+#: Most candidate shapes a woken session passes to claim.lua (each is one more key).
+MAX_CANDIDATES = 4
+
 
 class WorkerSession:
     """One worker's view of the queue. Create with `WorkerSession.open`."""
@@ -158,6 +161,11 @@ class WorkerSession:
             if self._idle_next and await self._register_idle():
                 return []
         owed = list(self._owed)
+        if owed:
+            # The job that woke us is most likely the best: claim.lua takes it in one call when its shape is a
+            # candidate (the class's hint is shared by the process's sessions of the class and may name others).
+            worker_class = self.queue.worker_class(self.shapes)
+            worker_class.hint = tuple(dict.fromkeys([*owed, *worker_class.hint]))[:MAX_CANDIDATES]
         claimed = await self.queue.claim_many(self.worker_id, self.shapes, count)
         hint = self.queue.worker_class(self.shapes).hint if self.shapes else ()
         self._idle_next = not hint

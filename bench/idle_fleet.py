@@ -23,6 +23,7 @@ Not a test: it never asserts on time.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -43,7 +44,11 @@ CLASSES = ((0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 6, 7))
 async def _run(session: Any, latencies: list[float]) -> None:
     queue = session.queue
     while True:
-        claimed = await session.claim()
+        try:
+            claimed = await session.claim()
+        except Exception:  # a pool timeout under a claim storm: a worker would retry
+            await asyncio.sleep(0.1)
+            continue
         if claimed is None:
             await session.wait_for_work(3600)
             continue
@@ -59,10 +64,15 @@ async def _worker_process(url: str, process: int, count: int) -> None:
     from appliance.queue import Capabilities, Queue, WorkerSession
     from appliance.queue.connections import HiredisConnection
 
-    # Commands share a pool of at most 8 connections per process (both designs): what the fleet holds is then
-    # that, plus whatever the design adds for wake-ups.
+    # Commands share a pool of at most 8 connections per process; the design before took each session's pub/sub
+    # connection from that pool too, so it gets one more per session. What the fleet holds is then those 8 plus
+    # whatever the design adds for wake-ups.
+    old_design = importlib.util.find_spec("appliance.queue.hub") is None
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=8, decode_responses=True, connection_class=HiredisConnection
+        url,
+        max_connections=8 + (count if old_design else 0),
+        decode_responses=True,
+        connection_class=HiredisConnection,
     )
     queue = Queue(aioredis.Redis(connection_pool=pool), queue_name="fleet")
     latencies: list[float] = []

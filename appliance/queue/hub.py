@@ -53,6 +53,8 @@ class WakeHub:
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        #: The shapes as the last refresh read them.
+        self._shapes: dict[str, str] = {}
 
     @classmethod
     def of(cls, queue: Queue) -> WakeHub:
@@ -181,13 +183,16 @@ class WakeHub:
         # every session looks now, and registers again when nothing waits.
         for session in list(self.sessions.values()):
             session.lost_registration()
+        self._shapes = {}
         await self.refresh()
 
     async def refresh(self) -> None:
         """Re-read every shape for every session, and wake each session whose registration vanished unseen."""
         shapes = await self.queue.client.hgetall(self.queue.keys.shapes)
-        for session in list(self.sessions.values()):
-            await session.refresh_shapes(shapes)
+        if shapes != self._shapes:  # unchanged: every session already serves what it can (no matching again)
+            self._shapes = shapes
+            for session in list(self.sessions.values()):
+                await session.refresh_shapes(shapes)
         registered = [s for s in self.sessions.values() if s.registered]
         if registered:
             held = await self.queue.client.hmget(self.queue.keys.waiting, [s.worker_id for s in registered])

@@ -6,6 +6,10 @@ kind `worker`, `service`, `shape`, `attempt`, `wait_ms`, `duration_ms`, `reason`
 
 MEANING is the one event -> meaning map: the monitor (a job's status, the throughput series), the pool signals
 (outcomes per pool) and the machine's job metrics all read it, so a new event is taught to them in one place.
+
+`EventLog.group(name, consumer)` is a consumer group on the stream (each entry handled by one member, acknowledged
+after): readers outside the queue, like the webhook feed, use it instead of XREADGROUP on a key they would have
+to know.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from appliance.queue.conn import QueueConnection
 from appliance.queue.models import JobStatus
@@ -149,9 +155,80 @@ class EventLog:
         entries = await self.conn.client.xrevrange(self.conn.keys.events, count=n)
         return [JobEvent.of_entry(i, f) for i, f in reversed(entries)]
 
+    def group(self, name: str, consumer: str) -> EventGroup:
+        """Member `consumer` of consumer group `name` on this stream."""
+        return EventGroup(self.conn, name, consumer)
+
     async def window(self, start_ms: int, count: int) -> list[JobEvent]:
         """At most `count` entries from `start_ms` (server time) on, oldest first."""
         entries = await self.conn.client.xrange(
             self.conn.keys.events, min=f"{max(0, start_ms)}-0", max="+", count=count
         )
         return [JobEvent.of_entry(i, f) for i, f in entries]
+
+
+class EventGroup:
+    """One member (`consumer`) of consumer group `name` on the queue's event stream."""
+
+    def __init__(self, conn: QueueConnection, name: str, consumer: str) -> None:
+        self.conn = conn
+        self.name = name
+        self.consumer = consumer
+
+    @property
+    def _stream(self) -> str:
+        return self.conn.keys.events
+
+    async def ensure(self) -> None:
+        """Create the group at the stream's end (MKSTREAM: also before the first event); present is fine."""
+        try:
+            await self.conn.client.xgroup_create(self._stream, self.name, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, *, count: int, block_ms: int | None) -> list[JobEvent]:
+        """Entries no member has read yet, waiting up to `block_ms` for one."""
+        reply = await self.conn.client.xreadgroup(
+            self.name, self.consumer, {self._stream: ">"}, count=count, block=block_ms
+        )
+        return [JobEvent.of_entry(str(i), f) for _s, rows in reply or [] for i, f in rows if f is not None]
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            await self.conn.client.xack(self._stream, self.name, *entry_ids)
+
+    async def take_over(self, *, idle_ms: int, count: int) -> list[JobEvent]:
+        """Entries another member read but never acknowledged (its process died), idle for `idle_ms`."""
+        reply = await self.conn.client.xautoclaim(
+            self._stream, self.name, self.consumer, idle_ms, start_id="0-0", count=count
+        )
+        rows: list[Any] = reply[1] if len(reply) > 1 else []
+        return [JobEvent.of_entry(str(i), f) for i, f in rows if i and f is not None]
+
+    async def drop_stale_members(self, idle_ms: int) -> int:
+        """Remove other members idle for `idle_ms` with nothing pending (processes that are gone)."""
+        dropped = 0
+        for member in await self.conn.client.xinfo_consumers(self._stream, self.name):
+            name = str(member.get("name"))
+            if (
+                name != self.consumer
+                and int(member.get("pending", 0)) == 0
+                and int(member.get("idle", 0)) > idle_ms
+            ):
+                await self.conn.client.xgroup_delconsumer(self._stream, self.name, name)
+                dropped += 1
+        return dropped
+
+    async def trimmed_past(self) -> tuple[str, str] | None:
+        """(last id the group read, oldest id left) when the stream was trimmed past what the group had read:
+        entries of that time were lost to the group. None when nothing was lost (or the group is new)."""
+        groups = await self.conn.client.xinfo_groups(self._stream)
+        mine = next((g for g in groups if str(g.get("name")) == self.name), None)
+        first = await self.conn.client.xrange(self._stream, count=1)
+        if mine is None or not first:
+            return None
+        read = str(mine.get("last-delivered-id") or "0-0")
+        if read != "0-0" and entry_ms(read) < entry_ms(str(first[0][0])):
+            return read, str(first[0][0])
+        return None

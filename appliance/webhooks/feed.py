@@ -21,10 +21,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
 
 from appliance.queue.events import EventKind, JobEvent
-from appliance.queue.records import entry_ms
 from appliance.webhooks.bodies import delivery_of
 from appliance.webhooks.keys import GROUP
 from appliance.webhooks.models import EventType, Registration
@@ -48,15 +46,6 @@ STALE_CONSUMER_MS = 3_600_000
 BATCH = 200
 
 
-async def ensure_group(client: Any, stream: str) -> None:
-    """Create the group at the stream's end (MKSTREAM: also before the first event); present is fine."""
-    try:
-        await client.xgroup_create(stream, GROUP, id="$", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
@@ -67,8 +56,8 @@ class Feed:
     ) -> None:
         self.queue = queue
         self.outbox = outbox
-        self.stream = queue.keys.events
         self.consumer = consumer_name()
+        self.group = queue.events.group(GROUP, self.consumer)
         self.max_result_bytes = max_result_bytes
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
@@ -80,57 +69,34 @@ class Feed:
 
     async def check_retention(self) -> None:
         """Warn when the stream was trimmed past what the group has read (events lost to webhooks)."""
-        client = self.queue.client
-        groups = await client.xinfo_groups(self.stream)
-        mine = next((g for g in groups if str(g.get("name")) == GROUP), None)
-        first = await client.xrange(self.stream, count=1)
-        if mine is None or not first:
-            return
-        read = str(mine.get("last-delivered-id") or "0-0")
-        if read != "0-0" and entry_ms(read) < entry_ms(str(first[0][0])):
+        trimmed = await self.group.trimmed_past()
+        if trimmed is not None:
             log.warning(
                 "the queue's event stream was trimmed past what webhooks had read (%s < %s): events of that "
                 "time got no webhook; raise queue.events_maxlen or keep an API process running",
-                read,
-                first[0][0],
+                *trimmed,
             )
 
     async def step(self) -> int:
         """Read, queue and acknowledge one batch (waiting up to block_ms for one); returns how many entries."""
-        entries = await self._take_over()
-        if not entries:
-            reply = await self.queue.client.xreadgroup(
-                GROUP, self.consumer, {self.stream: ">"}, count=BATCH, block=self.block_ms
-            )
-            entries = [(str(i), f) for _s, rows in reply or [] for i, f in rows]
-        if entries:
-            await self.handle([JobEvent.of_entry(i, f) for i, f in entries if f is not None])
-            await self.queue.client.xack(self.stream, GROUP, *[i for i, _ in entries])
-        return len(entries)
+        events = await self._take_over()
+        if not events:
+            events = await self.group.read(count=BATCH, block_ms=self.block_ms)
+        if events:
+            await self.handle(events)
+            await self.group.ack([e.entry_id for e in events])
+        return len(events)
 
-    async def _take_over(self) -> list[tuple[str, Any]]:
+    async def _take_over(self) -> list[JobEvent]:
         """Entries another consumer read but never acknowledged (its process died), idle past claim_idle_ms;
         checked about once per claim_idle_ms."""
         now = time.monotonic()
         if now - self._last_sweep < self.claim_idle_ms / 1000:
             return []
         self._last_sweep = now
-        client = self.queue.client
-        reply = await client.xautoclaim(
-            self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
-        )
-        await self._drop_stale_consumers()
-        return [(str(i), f) for i, f in (reply[1] if len(reply) > 1 else []) if i]
-
-    async def _drop_stale_consumers(self) -> None:
-        for c in await self.queue.client.xinfo_consumers(self.stream, GROUP):
-            name = str(c.get("name"))
-            if (
-                name != self.consumer
-                and int(c.get("pending", 0)) == 0
-                and int(c.get("idle", 0)) > STALE_CONSUMER_MS
-            ):
-                await self.queue.client.xgroup_delconsumer(self.stream, GROUP, name)
+        events = await self.group.take_over(idle_ms=self.claim_idle_ms, count=BATCH)
+        await self.group.drop_stale_members(STALE_CONSUMER_MS)
+        return events
 
     async def handle(self, events: list[JobEvent]) -> None:
         relevant = [e for e in events if e.kind in EVENT_OF and e.job]
@@ -180,7 +146,7 @@ class Feed:
 
     async def run(self) -> None:
         """Until cancelled; a lost Redis is waited out."""
-        await ensure_group(self.queue.client, self.stream)
+        await self.group.ensure()
         await self.check_retention()
         while True:
             await self.step()

@@ -20,8 +20,8 @@ from appliance.config.webhooks import WebhookSettings
 from appliance.queue.models import ID_PATTERN
 from appliance.webhooks.bodies import TERMINAL_OF, delivery_of
 from appliance.webhooks.errors import InvalidTenant, WebhooksUnavailable
-from appliance.webhooks.feed import Feed, ensure_group
-from appliance.webhooks.keys import WebhookKeys
+from appliance.webhooks.feed import Feed
+from appliance.webhooks.keys import GROUP, WebhookKeys
 from appliance.webhooks.metrics import WebhookMetrics
 from appliance.webhooks.models import DeadPage, Delivery, Registration, WebhookRequest
 from appliance.webhooks.outbox import Outbox
@@ -96,7 +96,7 @@ class Webhooks:
                 "(set it to 'stream+pubsub' or 'stream')"
             )
         webhooks = cls(queue, settings, registry)
-        await ensure_group(queue.client, queue.keys.events)
+        await queue.events.group(GROUP, "setup").ensure()
         return webhooks
 
     async def check_url(self, url: str) -> None:
@@ -170,7 +170,7 @@ class Webhooks:
                     "NOGROUP" in str(exc) and not _cancelling()
                 ):  # the stream was deleted (FLUSHDB, a new Redis): start over
                     with contextlib.suppress(RedisError):
-                        await ensure_group(self.queue.client, self.queue.keys.events)
+                        await self.queue.events.group(GROUP, "setup").ensure()
                     continue
                 pause = await self._pause(what, exc, pause)
             except (RedisError, OSError) as exc:

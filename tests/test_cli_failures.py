@@ -55,7 +55,7 @@ NO_REDIS = {
 }
 #: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
 #: still work).
-WRITES = {("job", "submit"), ("fleet", "drain")}
+WRITES = {("job", "submit"), ("fleet", "drain"), ("schedule", "add")}
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
 #: How long a service may run before it is stopped (s); clients get CLIENT_TIMEOUT_S to exit on their own.
@@ -71,6 +71,7 @@ FILL = {
     "gpu": "0",
     "role": "submitter",
     "bin_path": "/usr/bin/appliance",
+    "schedule_id": "nightly",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")
@@ -177,6 +178,7 @@ def build_argv(case: Case, tmp: Path) -> list[str]:
     # Extra arguments some commands need to run here at all (never touch the real system).
     extra = {
         ("worker",): ["--slot", "echo0"],
+        ("schedule", "add"): ["--every", "60"],
         ("machine",): ["--unmanaged", "--health-port", "0"],
         ("monitor",): ["--port", "0"],
         ("units", "install"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance", "--no-user"],

@@ -40,25 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
 
     submit = commands.add_parser("submit", help="enqueue a job; prints its id as the last line")
-    submit.add_argument(
-        "--service", required=True, help="service that runs it (comfyui, openai_text, echo, ...)"
-    )
-    submit.add_argument(
-        "--payload", default="{}", help="job payload as JSON, or @FILE to read it from a file"
-    )
-    submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--pool")
-    submit.add_argument("--customer", help="customer id (for isolation)")
-    submit.add_argument("--workflow-id")
-    submit.add_argument(
-        "--requires",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"requirement, repeatable; keys: {', '.join(sorted(REQUIREMENT_KEYS))}",
-    )
-    submit.add_argument("--max-retries", type=int, default=3)
-    submit.add_argument("--timeout", type=float, help="per-attempt time limit, seconds")
+    add_spec_arguments(submit)
     submit.add_argument("--id", help="caller-chosen job id (idempotency key)")
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")
     submit.set_defaults(handler=_submit)
@@ -93,6 +75,46 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     for sub in (submit, get, wait, cancel, listing, stats):
         add_redis_arguments(sub)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that describe a job (submit, schedule add); `spec_from_args` reads them back."""
+    parser.add_argument(
+        "--service", required=True, help="service that runs it (comfyui, openai_text, echo, ...)"
+    )
+    parser.add_argument(
+        "--payload", default="{}", help="job payload as JSON, or @FILE to read it from a file"
+    )
+    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--pool")
+    parser.add_argument("--customer", help="customer id (for isolation)")
+    parser.add_argument("--workflow-id")
+    parser.add_argument(
+        "--requires",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"requirement, repeatable; keys: {', '.join(sorted(REQUIREMENT_KEYS))}",
+    )
+    parser.add_argument("--max-retries", type=int, default=3)
+    parser.add_argument("--timeout", type=float, help="per-attempt time limit, seconds")
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The job described by `add_spec_arguments`' flags, as a dict for parse_spec (unset fields left out)."""
+    spec = {
+        "service": args.service,
+        "payload": _load_payload(args.payload),
+        "priority": args.priority,
+        "requirements": parse_requirements(args.requires),
+        "customer_id": args.customer,
+        "workflow_id": args.workflow_id,
+        "pool": args.pool,
+        "max_retries": args.max_retries,
+        "timeout_s": args.timeout,
+        "id": getattr(args, "id", None),
+    }
+    return {k: v for k, v in spec.items() if v is not None}
 
 
 def parse_requirements(pairs: list[str]) -> dict[str, Any]:
@@ -157,19 +179,7 @@ def _job_json(job: Any) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    spec = {
-        "service": args.service,
-        "payload": _load_payload(args.payload),
-        "priority": args.priority,
-        "requirements": parse_requirements(args.requires),
-        "customer_id": args.customer,
-        "workflow_id": args.workflow_id,
-        "pool": args.pool,
-        "max_retries": args.max_retries,
-        "timeout_s": args.timeout,
-        "id": args.id,
-    }
-    return run_async(_submit_async(args, {k: v for k, v in spec.items() if v is not None}))
+    return run_async(_submit_async(args, spec_from_args(args)))
 
 
 async def _submit_async(args: argparse.Namespace, spec: dict[str, Any]) -> int:

@@ -6,9 +6,10 @@ done = await queue.wait(job.id, timeout_s=30)
 
 The work is split by who calls it: `queue.producer` (submit, cancel; producer.py), `queue.reader` (get, list,
 wait, stats; reader.py), `queue.leases` (claim ... return the jobs of a worker; lease.py), `queue.housekeeper`
-(reap; housekeeper.py), `queue.events` (the lifecycle stream; events.py) and `queue.registry` (workers and
-machines; registry.py). The facade's methods are those clients' bound methods, so a call site keeps one
-`queue` object instead of six, and every method has exactly one implementation.
+(reap; housekeeper.py), `queue.events` (the lifecycle stream; events.py), `queue.registry` (workers and
+machines; registry.py) and `queue.schedules` (repeating jobs; schedules.py). The facade's methods are those
+clients' bound methods, so a call site keeps one `queue` object instead of seven, and every method has exactly
+one implementation.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from appliance.queue.models import JobSpec
 from appliance.queue.producer import Producer
 from appliance.queue.reader import Reader
 from appliance.queue.registry import Registry
+from appliance.queue.schedules import Schedules
 from appliance.queue.scripts import ScriptSet
 
 
@@ -56,6 +58,7 @@ class Queue:
         self.housekeeper = Housekeeper(self.conn)
         self.events = EventLog(self.conn)
         self.registry = Registry(self.conn)
+        self.schedules = Schedules(self.conn, self.producer)
         # The facade: each name is one client's bound method.
         self.submit, self.submit_many, self.cancel = (
             self.producer.submit,

@@ -143,6 +143,16 @@ class QueueKeys:
         return self.key("events")
 
     @property
+    def schedules(self) -> str:
+        """HASH schedule id -> repeating schedule (JSON): the job to submit and when (appliance.queue.schedules)."""
+        return self.key("schedules")
+
+    @property
+    def schedule_due(self) -> str:
+        """ZSET schedule id -> its next tick (ms); a paused schedule is absent."""
+        return self.key("schedule_due")
+
+    @property
     def reaper_lock(self) -> str:
         return self.key("reaper")
 

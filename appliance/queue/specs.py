@@ -89,5 +89,8 @@ SPECS: dict[str, ScriptSpec] = {
             "ready heads leases delayed owner state attempts meta errors done dead counts events info cancels "
             "progress",
         ),
+        _spec("schedule_save", "schedules schedule_due", common=False),
+        _spec("schedule_due", "schedule_due", common=False),
+        _spec("schedule_advance", "schedule_due", common=False),
     )
 }

@@ -40,6 +40,9 @@ SCRIPT_NAMES = (
     "cancel",
     "reap",
     "requeue",
+    "schedule_save",
+    "schedule_due",
+    "schedule_advance",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 

@@ -122,3 +122,19 @@ async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_fun
             await session.close()
     finally:
         await queue.close()
+
+
+async def test_schedule_scripts_run_on_a_cluster(cluster: list[LocalRedis]) -> None:
+    queue = await Queue.connect(f"redis://127.0.0.1:{cluster[0].port}", cluster=True, queue_name="clsched")
+    try:
+        start = await queue.server_time_ms() + 5_000
+        await queue.schedules.add({"id": "s", "every_s": 1, "start_at_ms": start, "job": {"service": "echo"}})
+        result = await queue.schedules.materialise(now_ms=start + 1_000)
+        assert result.submitted == 2 and await queue.client.hexists(queue.keys.state, f"s:{start}")
+        await queue.schedules.pause("s")
+        await queue.schedules.resume("s")
+        assert [s.id for s in await queue.schedules.list()] == ["s"]
+        await queue.schedules.remove("s")
+        assert await queue.schedules.list() == []
+    finally:
+        await queue.close()

@@ -41,6 +41,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     submit = commands.add_parser("submit", help="enqueue a job; prints its id as the last line")
     add_spec_arguments(submit)
+    start = submit.add_mutually_exclusive_group()
+    start.add_argument(
+        "--run-at",
+        metavar="TIME",
+        help="start no earlier than TIME: ISO 8601 (UTC unless it names a zone) or epoch ms",
+    )
+    start.add_argument(
+        "--delay", type=float, metavar="SECONDS", help="start no earlier than SECONDS from now"
+    )
     submit.add_argument("--id", help="caller-chosen job id (idempotency key)")
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")
     submit.set_defaults(handler=_submit)
@@ -113,6 +122,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "max_retries": args.max_retries,
         "timeout_s": args.timeout,
         "id": getattr(args, "id", None),
+        "run_at": getattr(args, "run_at", None),
+        "delay_s": getattr(args, "delay", None),
     }
     return {k: v for k, v in spec.items() if v is not None}
 

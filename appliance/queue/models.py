@@ -197,6 +197,21 @@ class JobSpec(BaseModel):
     pool: str | None = Field(None, pattern=NAME_PATTERN, description="Shorthand for requirements.pool.")
     max_retries: int = Field(3, ge=0, le=100)
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Per-attempt run time limit (s).")
+    run_at: datetime | None = Field(
+        None,
+        description="Start no earlier than this time (UTC unless it names a zone); until then it waits delayed.",
+    )
+    delay_s: float | None = Field(
+        None,
+        ge=0,
+        le=366 * 86400,
+        description="Start no earlier than this many seconds after submission (server clock).",
+    )
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @field_validator("payload")
     @classmethod
@@ -219,6 +234,8 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"requirements.isolation={self.requirements.isolation.value} needs a customer_id"
             )
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give at most one of run_at and delay_s")
         if self.pool and self.requirements.pool and self.pool != self.requirements.pool:
             raise ValueError(f"pool {self.pool!r} contradicts requirements.pool {self.requirements.pool!r}")
         return self

@@ -83,6 +83,8 @@ class Producer:
             int(spec.timeout_s * 1000) if spec.timeout_s else 0,
             k.wake_channel(shape),
             k.shapes_channel,
+            int(spec.run_at.timestamp() * 1000) if spec.run_at is not None else "",
+            int(spec.delay_s * 1000) if spec.delay_s is not None else "",
         ]
         return job_id, shape, self.conn.prepare("submit", args, shape=shape)
 
@@ -164,10 +166,15 @@ class Producer:
 
 
 def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
+    now_ms = time.time() * 1000
+    starts = spec.run_at
+    if starts is None and spec.delay_s is not None:  # by this clock; the script used the server's
+        starts = ms_to_datetime(now_ms + spec.delay_s * 1000)
     return Job(
-        **spec.model_dump(exclude={"id"}),
+        **spec.model_dump(exclude={"id", "run_at", "delay_s"}),
         id=job_id,
         shape=shape,
         status=JobStatus.PENDING,
-        created_at=ms_to_datetime(time.time() * 1000),
+        created_at=ms_to_datetime(now_ms),
+        next_attempt_at=starts if starts is not None and starts.timestamp() * 1000 > now_ms else None,
     )

@@ -185,3 +185,79 @@ async def test_ticks_survive_a_redis_restart_without_running_twice(tmp_path: Pat
         await q.close()
     finally:
         server.cleanup()
+
+
+async def test_a_delayed_job_waits_then_ranks_from_its_start(queue: Queue) -> None:
+    from appliance.queue import Capabilities, JobStatus, WorkerSession
+
+    session = await WorkerSession.open(queue, "w-delay", Capabilities(services=["echo"]))
+    try:
+        later = await queue.submit({**JOB, "id": "later", "delay_s": 3600})
+        assert later.next_attempt_at is not None
+        stored = await queue.get("later")
+        assert (
+            stored is not None and stored.status is JobStatus.PENDING and stored.next_attempt_at is not None
+        )
+        assert await session.claim() is None  # not before its time, reap or no reap
+        await queue.reap(force=True)
+        assert await session.claim() is None
+        assert await queue.cancel("later") == "cancelled"  # a delayed job cancels at once
+
+        now = await queue.server_time_ms()
+        await queue.submit({**JOB, "id": "soon", "run_at": (now + 300) / 1000})
+        await queue.submit({**JOB, "id": "now"})
+        first = await session.claim()
+        assert first is not None and first.job.id == "now"
+        await queue.complete(first.job.id, first.token, {})
+
+        async def due() -> Any:
+            await queue.reap(force=True)
+            return await session.claim()
+
+        claimed = None
+        for _ in range(200):
+            if (claimed := await due()) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert claimed is not None and claimed.job.id == "soon"
+        record = await queue.get("soon")
+        assert record is not None and record.claimed_at is not None
+        assert (
+            record.claimed_at.timestamp() * 1000 >= now + 300
+        )  # never before its start, by the server clock
+    finally:
+        await session.close()
+
+
+async def test_a_delayed_job_ranks_behind_jobs_submitted_before_it_falls_due(queue: Queue) -> None:
+    from appliance.queue import Capabilities, WorkerSession
+
+    now = await queue.server_time_ms()
+    await queue.submit({**JOB, "id": "early-but-delayed", "run_at": (now - 1) / 1000})  # due at once
+    await queue.submit({**JOB, "id": "delayed", "delay_s": 0.2})
+    await queue.client.zadd(queue.keys.delayed, {"delayed": now - 1})  # fall due without waiting
+    await queue.submit({**JOB, "id": "meanwhile"})
+    await queue.reap(force=True)
+    session = await WorkerSession.open(queue, "w-rank", Capabilities(services=["echo"]))
+    try:
+        order = []
+        while (claimed := await session.claim()) is not None:
+            order.append(claimed.job.id)
+        assert order == ["early-but-delayed", "meanwhile", "delayed"]  # ranked from its start, not submission
+    finally:
+        await session.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"run_at": "2030-01-01T00:00:00", "delay_s": 5}, "at most one of run_at and delay_s"),
+        ({"delay_s": -1}, "delay_s"),
+        ({"run_at": "tomorrow"}, "run_at"),
+    ],
+)
+async def test_bad_start_times_name_the_field(queue: Queue, extra: dict[str, Any], message: str) -> None:
+    from appliance.queue import InvalidJob
+
+    with pytest.raises(InvalidJob, match=message):
+        await queue.submit({**JOB, **extra})

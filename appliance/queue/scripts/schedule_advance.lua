@@ -12,14 +12,14 @@
 
   Returns:
      1  moved on
-     0  someone else moved it, or it was paused or removed meanwhile
+    -2  stale (as a lost lease): someone else moved it, or it was paused or removed meanwhile
 ]]
 local rcall = redis.call
 local due_key, id = KEYS[1], ARGV[1]
 
 local current = rcall('ZSCORE', due_key, id)
 if not current or tonumber(current) ~= tonumber(ARGV[2]) then
-  return 0
+  return -2
 end
 if ARGV[3] == '' then
   rcall('ZREM', due_key, id)

@@ -1,5 +1,6 @@
 --[[
-  Submit a job: store it, index it in its shape's ready set, register a new shape, wake matching workers.
+  Submit a job: store it, index it in its shape's ready set (or, when it is to start later, in the delayed set,
+  which the reaper moves back in line when it falls due), register a new shape, wake matching workers.
 
   Input:
     KEYS[1]  spec      HASH id -> submitted job (JSON)
@@ -11,6 +12,7 @@
     KEYS[7]  counts    HASH of totals
     KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
     KEYS[9]  events    STREAM
+    KEYS[10] delayed   ZSET id -> ms it falls due
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -21,6 +23,8 @@
     ARGV[13] timeout, ms (0 = none)
     ARGV[14] wake channel of the shape
     ARGV[15] new-shape channel
+    ARGV[16] start at, epoch ms ('' = now)
+    ARGV[17] start after a delay, ms, by the server's clock ('' = none)
 
   Returns:
      1  submitted
@@ -36,6 +40,7 @@ local rcall = redis.call
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local delayed_key = KEYS[10]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
 
@@ -43,15 +48,24 @@ if rcall('HEXISTS', state_key, id) == 1 then
   return -4
 end
 
+-- A job that starts later ranks as if submitted when it falls due, not ahead of what arrived meanwhile.
+local start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[17])) or now
+local later = start > now
+
 -- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,
 -- and no job waits more than (priority difference x step) behind later arrivals.
 local seq = rcall('INCR', seq_key)
-local score = string.format('%.0f', (now - priority * tonumber(ARGV[11])) * 1000 + (seq % 1000))
+local score = string.format('%.0f', (start - priority * tonumber(ARGV[11])) * 1000 + (seq % 1000))
 
 rcall('HSET', spec_key, id, ARGV[6])
 rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
-back_in_line({state = state_key, ready = ready_key, heads = heads_key}, id, shape, score, nil)
+if later then
+  rcall('HSET', state_key, id, 'pending')
+  rcall('ZADD', delayed_key, start, id)
+else
+  back_in_line({state = state_key, ready = ready_key, heads = heads_key}, id, shape, score, nil)
+end
 if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
   -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.
@@ -59,7 +73,11 @@ if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   rcall('PUBLISH', ARGV[15], shape)
 end
 rcall('HINCRBY', counts_key, 'submitted', 1)
-rcall('PUBLISH', ARGV[14], id)
-emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted',
-  {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]})
+local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
+if later then
+  fields[#fields + 1], fields[#fields + 2] = 'run_at', start
+else
+  rcall('PUBLISH', ARGV[14], id)
+end
+emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 return 1

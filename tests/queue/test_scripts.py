@@ -58,6 +58,9 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         await session.claim()
         await asyncio.sleep(1.1)
         await queue.reap(force=True)
+        await queue.schedules.add({"id": "s", "every_s": 60, "job": {"service": "echo"}})
+        await queue.schedules.materialise(now_ms=2**50)  # far ahead: due, submitted, moved on
+        await queue.schedules.remove("s")
     finally:
         await session.close()
     seen = {name for name, _ in calls}

@@ -153,6 +153,16 @@ class QueueKeys:
         return self.key("schedule_due")
 
     @property
+    def fair_finish(self) -> str:
+        """HASH customer -> `tag|arrival` (score units) of its latest job: fair share's per-customer clock."""
+        return self.key("fair_finish")
+
+    @property
+    def fair_weights(self) -> str:
+        """HASH customer -> fair-share weight (absent: 1)."""
+        return self.key("fair_weights")
+
+    @property
     def reaper_lock(self) -> str:
         return self.key("reaper")
 

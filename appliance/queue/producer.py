@@ -85,6 +85,7 @@ class Producer:
             k.shapes_channel,
             int(spec.run_at.timestamp() * 1000) if spec.run_at is not None else "",
             int(spec.delay_s * 1000) if spec.delay_s is not None else "",
+            spec.customer_id or "",
         ]
         return job_id, shape, self.conn.prepare("submit", args, shape=shape)
 

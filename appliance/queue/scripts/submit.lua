@@ -13,6 +13,8 @@
     KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
     KEYS[9]  events    STREAM
     KEYS[10] delayed   ZSET id -> ms it falls due
+    KEYS[11] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
+    KEYS[12] fair_weights  HASH customer -> weight (default 1)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -25,6 +27,7 @@
     ARGV[15] new-shape channel
     ARGV[16] start at, epoch ms ('' = now)
     ARGV[17] start after a delay, ms, by the server's clock ('' = none)
+    ARGV[18] customer ('' = the default customer)
 
   Returns:
      1  submitted
@@ -37,10 +40,11 @@ local rcall = redis.call
 -- @include emit
 -- @include sentinel
 -- @include in_line
+-- @include fair
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local delayed_key = KEYS[10]
+local delayed_key, finish_key, weights_key = KEYS[10], KEYS[11], KEYS[12]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
 
@@ -53,9 +57,17 @@ local start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[
 local later = start > now
 
 -- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,
--- and no job waits more than (priority difference x step) behind later arrivals.
+-- and no job waits more than (priority difference x step) of virtual time behind later arrivals.
 local seq = rcall('INCR', seq_key)
-local score = string.format('%.0f', (start - priority * tonumber(ARGV[11])) * 1000 + (seq % 1000))
+local step_units = priority * tonumber(ARGV[11]) * 1000
+local score
+if later then
+  -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md).
+  score = string.format('%.0f', start * 1000 - step_units + (seq % 1000))
+else
+  score = string.format('%.0f', fair_tag(ready_key, meta_key, finish_key, weights_key, ARGV[18],
+    now * 1000 + (seq % 1000), tonumber(ARGV[11])) - step_units)
+end
 
 rcall('HSET', spec_key, id, ARGV[6])
 rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]

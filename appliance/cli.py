@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "appliance.commands.demo",
     "appliance.commands.job",
     "appliance.commands.schedule",
+    "appliance.commands.limits",
     "appliance.commands.worker",
     "appliance.commands.machine",
     "appliance.commands.comfyui",

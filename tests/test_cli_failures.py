@@ -55,7 +55,7 @@ NO_REDIS = {
 }
 #: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
 #: still work).
-WRITES = {("job", "submit"), ("fleet", "drain"), ("schedule", "add")}
+WRITES = {("job", "submit"), ("fleet", "drain"), ("schedule", "add"), ("limits", "set")}
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
 #: How long a service may run before it is stopped (s); clients get CLIENT_TIMEOUT_S to exit on their own.
@@ -72,6 +72,7 @@ FILL = {
     "role": "submitter",
     "bin_path": "/usr/bin/appliance",
     "schedule_id": "nightly",
+    "customer": "acme",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")
@@ -179,6 +180,7 @@ def build_argv(case: Case, tmp: Path) -> list[str]:
     extra = {
         ("worker",): ["--slot", "echo0"],
         ("schedule", "add"): ["--every", "60"],
+        ("limits", "set"): ["--weight", "2"],
         ("machine",): ["--unmanaged", "--health-port", "0"],
         ("monitor",): ["--port", "0"],
         ("units", "install"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance", "--no-user"],

@@ -64,7 +64,9 @@ def _spec(name: str, keys: str, **flags: bool) -> ScriptSpec:
 SPECS: dict[str, ScriptSpec] = {
     s.name: s
     for s in (
-        _spec("submit", "spec meta state ready heads shapes counts seq events delayed fair_finish fair_weights"),
+        _spec(
+            "submit", "spec meta state ready heads shapes counts seq events delayed fair_finish fair_weights"
+        ),
         _spec(
             "claim",
             "heads class spec meta state attempts owner leases counts events",

@@ -138,3 +138,26 @@ async def test_schedule_scripts_run_on_a_cluster(cluster: list[LocalRedis]) -> N
         assert await queue.schedules.list() == []
     finally:
         await queue.close()
+
+
+async def test_fair_share_keys_on_a_cluster(cluster: list[LocalRedis]) -> None:
+    queue = await Queue.connect(
+        f"redis://127.0.0.1:{cluster[0].port}",
+        cluster=True,
+        queue_name="clfair",
+        settings=QueueSettings(claim_slack_ms=0),
+    )
+    try:
+        await queue.limits.set("acme", weight=0.001)
+        await queue.limits.set("bolt", weight=0.001)
+        first = await queue.submit_many(
+            [{"id": f"a-{i}", "service": "echo", "customer_id": "acme"} for i in range(3)]
+        )
+        await queue.submit_many(
+            [{"id": f"b-{i}", "service": "echo", "customer_id": "bolt"} for i in range(2)]
+        )
+        order = [(await queue.claim("w", [first[0].shape])).job.id for _ in range(5)]
+        assert order == ["a-0", "b-0", "a-1", "b-1", "a-2"]
+        assert [c.customer for c in await queue.limits.list()] == ["acme", "bolt"]
+    finally:
+        await queue.close()

@@ -34,12 +34,15 @@ def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else float("nan")
 
 
-async def _worker(queue: Queue, name: str, shape: str, stop: asyncio.Event) -> None:
+async def _worker(queue: Queue, name: str, shape: str, last: str, stop: asyncio.Event) -> None:
+    """Claim and complete until the job `last` was claimed (by any worker)."""
     while not stop.is_set():
         claimed = await queue.claim(name, [shape])
         if claimed is None:
             await asyncio.sleep(0.001)
             continue
+        if claimed.job.id == last:
+            stop.set()
         await queue.complete(claimed.job.id, claimed.token, None)
 
 
@@ -52,16 +55,14 @@ async def shares(url: str, a_jobs: int, b_jobs: int, weight_a: float) -> dict[st
         # Every no-op job has one shape; submit one first so the workers know it.
         shape = (await queue.submit({"id": "warm", "service": "echo", "customer_id": "a"})).shape
         stop = asyncio.Event()
-        workers = [asyncio.create_task(_worker(queue, f"w{i}", shape, stop)) for i in range(WORKERS)]
+        last = f"b-{b_jobs - 1}"
+        workers = [asyncio.create_task(_worker(queue, f"w{i}", shape, last, stop)) for i in range(WORKERS)]
         for start in range(0, a_jobs, 500):
             batch = range(start, min(a_jobs, start + 500))
             await queue.submit_many([{"id": f"a-{i}", "service": "echo", "customer_id": "a"} for i in batch])
         await queue.submit_many(
             [{"id": f"b-{i}", "service": "echo", "customer_id": "b"} for i in range(b_jobs)]
         )
-        while (await queue.get(f"b-{b_jobs - 1}")).status.value == "pending":
-            await asyncio.sleep(0.01)
-        stop.set()
         await asyncio.gather(*workers)
         events = await queue.client.xrange(queue.keys.events)
     finally:

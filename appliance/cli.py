@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "appliance.commands.job",
     "appliance.commands.schedule",
     "appliance.commands.limits",
+    "appliance.commands.queue",
     "appliance.commands.worker",
     "appliance.commands.machine",
     "appliance.commands.comfyui",

@@ -55,7 +55,7 @@ NO_REDIS = {
 }
 #: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
 #: still work).
-WRITES = {("job", "submit"), ("fleet", "drain"), ("schedule", "add"), ("limits", "set")}
+WRITES = {("job", "submit"), ("fleet", "drain"), ("schedule", "add"), ("limits", "set"), ("queue", "pause")}
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
 #: How long a service may run before it is stopped (s); clients get CLIENT_TIMEOUT_S to exit on their own.

@@ -236,6 +236,8 @@ async def _get_async(args: argparse.Namespace) -> int:
 
 def _print_job(job: Any) -> None:
     status = job.status.value + (" (unworkable: no live worker can run it)" if job.unworkable else "")
+    if job.held_by:
+        status += f" (held: {job.held_by})"
     rows = [
         ("id", job.id),
         ("service", job.service),
@@ -345,7 +347,7 @@ async def _list_async(args: argparse.Namespace) -> int:
     print(f"{'ID':<34} {'SERVICE':<14} {'STATUS':<10} {'ATT':>3}  {'PROGRESS':>8}  WORKER")
     for job in jobs:
         percent = f"{(job.progress or {}).get('percent', 0):.0f}%" if job.progress else "-"
-        status = "unworkable" if job.unworkable else job.status.value
+        status = "unworkable" if job.unworkable else "held" if job.held_by else job.status.value
         print(
             f"{job.id:<34} {job.service:<14} {status:<10} {job.attempts:>3}  {percent:>8}  {job.worker_id or '-'}"
         )
@@ -370,6 +372,10 @@ async def _stats_async(args: argparse.Namespace) -> int:
         f"{stats.dead} dead, {stats.unworkable} unworkable, {stats.workers} live workers"
     )
     print("totals: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.totals.items())))
+    if stats.paused or stats.held:
+        print(
+            f"paused: {', '.join(stats.paused) or '-'}; {stats.held} jobs held out of line by a customer's pause"
+        )
     for shape in stats.shapes:
         oldest = f"{shape.oldest_wait_s:.1f}s" if shape.oldest_wait_s is not None else "-"
         flag = "" if shape.live_workers else "  UNWORKABLE" if shape.waiting else "  (no live worker)"

@@ -7,9 +7,10 @@ done = await queue.wait(job.id, timeout_s=30)
 The work is split by who calls it: `queue.producer` (submit, cancel; producer.py), `queue.reader` (get, list,
 wait, stats; reader.py), `queue.leases` (claim ... return the jobs of a worker; lease.py), `queue.housekeeper`
 (reap; housekeeper.py), `queue.events` (the lifecycle stream; events.py), `queue.registry` (workers and
-machines; registry.py), `queue.schedules` (repeating jobs; schedules.py) and `queue.limits` (per-customer
-weights; limits.py). The facade's methods are those clients' bound methods, so a call site keeps one `queue`
-object instead of eight, and every method has exactly one implementation.
+machines; registry.py), `queue.schedules` (repeating jobs; schedules.py), `queue.limits` (per-customer
+weights; limits.py) and `queue.pauses` (pause and resume; pauses.py). The facade's methods are those clients'
+bound methods, so a call site keeps one `queue` object instead of nine, and every method has exactly one
+implementation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from appliance.queue.keys import QueueKeys
 from appliance.queue.lease import LeaseClient
 from appliance.queue.limits import Limits
 from appliance.queue.models import JobSpec
+from appliance.queue.pauses import Pauses
 from appliance.queue.producer import Producer
 from appliance.queue.reader import Reader
 from appliance.queue.registry import Registry
@@ -61,6 +63,7 @@ class Queue:
         self.registry = Registry(self.conn)
         self.schedules = Schedules(self.conn, self.producer)
         self.limits = Limits(self.conn)
+        self.pauses = Pauses(self.conn)
         # The facade: each name is one client's bound method.
         self.submit, self.submit_many, self.cancel = (
             self.producer.submit,

@@ -84,6 +84,11 @@ class QueueKeys:
         """Jobs whose cancellation was requested while they ran."""
         return self.key("cancels")
 
+    @property
+    def customer(self) -> str:
+        """The customer of a job that names one (claim.lua checks pauses against it)."""
+        return self.key("customer")
+
     # Indexes.
     def ready(self, shape: str) -> str:
         """Ready index of one shape: ZSET job id -> score (priority as a time offset, then FIFO)."""
@@ -163,6 +168,16 @@ class QueueKeys:
         return self.key("fair_weights")
 
     @property
+    def paused(self) -> str:
+        """HASH `queue` | `shape:<id>` | `customer:<id>` -> ms it was paused: what claims skip."""
+        return self.key("paused")
+
+    @property
+    def held(self) -> str:
+        """ZSET (score 0) `<customer>|<shape>|<id>`: waiting jobs a customer's pause took out of line."""
+        return self.key("held")
+
+    @property
     def reaper_lock(self) -> str:
         return self.key("reaper")
 
@@ -206,4 +221,5 @@ class QueueKeys:
             self.errors,
             self.info,
             self.cancels,
+            self.customer,
         ]

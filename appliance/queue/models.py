@@ -275,6 +275,9 @@ class Job(BaseModel):
     cancel_requested: bool = False
     #: No live worker can satisfy this job's shape (it would wait forever).
     unworkable: bool = False
+    #: Why a waiting job is not claimed although workers could run it: 'queue paused', 'shape paused',
+    #: 'customer paused' (see Queue.pauses). Not unworkable: it runs once resumed.
+    held_by: str | None = None
 
 
 class ClaimedJob(BaseModel):
@@ -304,3 +307,7 @@ class QueueStats(BaseModel):
     totals: dict[str, int]
     shapes: list[ShapeStats]
     workers: int
+    #: What is paused: 'queue', 'shape:<id>', 'customer:<id>'.
+    paused: list[str] = Field(default_factory=list)
+    #: Waiting jobs a customer's pause took out of line (not counted in `waiting`).
+    held: int = 0

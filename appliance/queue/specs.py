@@ -26,6 +26,7 @@ JOB_COLUMNS = (
     "errors",
     "info",
     "cancels",
+    "customer",
 )
 
 
@@ -65,11 +66,12 @@ SPECS: dict[str, ScriptSpec] = {
     s.name: s
     for s in (
         _spec(
-            "submit", "spec meta state ready heads shapes counts seq events delayed fair_finish fair_weights"
+            "submit",
+            "spec meta state ready heads shapes counts seq events delayed fair_finish fair_weights customer",
         ),
         _spec(
             "claim",
-            "heads class spec meta state attempts owner leases counts events",
+            "heads class spec meta state attempts owner leases counts events paused held customer",
             candidate_tail=True,
         ),
         _spec("heartbeat", "owner leases cancels workers_seen shape_live", common=False),
@@ -94,5 +96,6 @@ SPECS: dict[str, ScriptSpec] = {
         _spec("schedule_save", "schedules schedule_due", common=False),
         _spec("schedule_due", "schedule_due", common=False),
         _spec("schedule_advance", "schedule_due", common=False),
+        _spec("unhold", "held state meta ready heads", common=False),
     )
 }

@@ -43,6 +43,7 @@ SCRIPT_NAMES = (
     "schedule_save",
     "schedule_due",
     "schedule_advance",
+    "unhold",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 

@@ -15,6 +15,7 @@
     KEYS[10] delayed   ZSET id -> ms it falls due
     KEYS[11] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
     KEYS[12] fair_weights  HASH customer -> weight (default 1)
+    KEYS[13] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -44,7 +45,7 @@ local rcall = redis.call
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local delayed_key, finish_key, weights_key = KEYS[10], KEYS[11], KEYS[12]
+local delayed_key, finish_key, weights_key, customer_key = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
 
@@ -70,6 +71,7 @@ else
 end
 
 rcall('HSET', spec_key, id, ARGV[6])
+if ARGV[18] ~= '' then rcall('HSET', customer_key, id, ARGV[18]) end
 rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
 if later then

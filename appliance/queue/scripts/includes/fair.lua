@@ -17,7 +17,7 @@
   Cost: O(log N) (the head) + O(1), whatever the number of customers. Jobs without a customer form one
   default customer, '-' (not a valid customer id).
 ]]
-local FAIR_QUANTUM = 1000  -- score units a weight-1 customer's tag moves per job (1 ms)
+local FAIR_QUANTUM = 10000  -- score units a weight-1 customer's tag moves per job (10 ms)
 
 local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, arrival, step_ms)
   if customer == '' then customer = '-' end

@@ -90,7 +90,5 @@ class Pauses:
             for member in members:
                 by_shape[member.split("|", 2)[1]].append(member)
             for shape, part in by_shape.items():
-                moved = int(await self.conn.run(self.conn.prepare("unhold", [shape, *part], shape=shape)))
-                if moved:
-                    await client.publish(k.wake_channel(shape), "resumed")
-                back += moved
+                call = self.conn.prepare("unhold", [shape, k.wake_channel(shape), *part], shape=shape)
+                back += int(await self.conn.run(call))

@@ -96,6 +96,6 @@ SPECS: dict[str, ScriptSpec] = {
         _spec("schedule_save", "schedules schedule_due", common=False),
         _spec("schedule_due", "schedule_due", common=False),
         _spec("schedule_advance", "schedule_due", common=False),
-        _spec("unhold", "held state meta ready heads", common=False),
+        _spec("unhold", "held state meta ready heads"),
     )
 }

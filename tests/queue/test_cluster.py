@@ -140,7 +140,7 @@ async def test_schedule_scripts_run_on_a_cluster(cluster: list[LocalRedis]) -> N
         await queue.close()
 
 
-async def test_fair_share_keys_on_a_cluster(cluster: list[LocalRedis]) -> None:
+async def test_fair_share_and_pause_keys_on_a_cluster(cluster: list[LocalRedis]) -> None:
     queue = await Queue.connect(
         f"redis://127.0.0.1:{cluster[0].port}",
         cluster=True,
@@ -159,5 +159,17 @@ async def test_fair_share_keys_on_a_cluster(cluster: list[LocalRedis]) -> None:
         order = [(await queue.claim("w", [first[0].shape])).job.id for _ in range(5)]
         assert order == ["a-0", "b-0", "a-1", "b-1", "a-2"]
         assert [c.customer for c in await queue.limits.list()] == ["acme", "bolt"]
+        # Pauses: claim.lua's paused/held/customer keys and unhold.lua, all declared.
+        await queue.submit_many(
+            [{"id": f"p-{i}", "service": "echo", "customer_id": "acme"} for i in range(2)]
+        )
+        await queue.pauses.pause(customer="acme")
+        assert await queue.claim("w", [first[0].shape]) is None
+        assert (await queue.stats()).held == 2
+        assert await queue.pauses.resume(customer="acme") == 2
+        await queue.pauses.pause(shape=first[0].shape)
+        assert await queue.claim("w", [first[0].shape]) is None
+        await queue.pauses.resume(shape=first[0].shape)
+        assert (await queue.claim("w", [first[0].shape])).job.id == "p-0"
     finally:
         await queue.close()

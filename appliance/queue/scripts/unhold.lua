@@ -1,8 +1,8 @@
 --[[
   Put a resumed customer's held jobs of one shape back in line, each at its original place (the score in its
-  meta); the client wakes the shape's idle workers afterwards. A job that is no longer waiting (cancelled meanwhile) only leaves
-  `held`. The client lists the customer's held members (ZRANGEBYLEX) and calls this once per shape, with
-  that shape's ready index in KEYS.
+  meta), and wake the shape's idle workers. A job that is no longer waiting (cancelled
+  meanwhile) only leaves `held`. The client lists the customer's held members (ZRANGEBYLEX) and calls this once
+  per shape, with that shape's ready index in KEYS.
 
   Input:
     KEYS[1]  held      ZSET (score 0) '<customer>|<shape>|<id>'
@@ -11,9 +11,10 @@
     KEYS[4]  ready     ZSET of the shape: id -> score
     KEYS[5]  heads     ZSET shape -> best waiting score
 
-    (no common prefix: nothing here emits)
-    ARGV[1]  shape id
-    ARGV[2..] held members of this shape
+    ARGV[1]  channel prefix  ARGV[2]  queue name
+    ARGV[3]  events mode    ARGV[4]  events maxlen
+    ARGV[5]  shape id       ARGV[6]  the shape's wake channel
+    ARGV[7..] held members of this shape
 
   Returns: the number of jobs put back in line
 ]]
@@ -24,15 +25,16 @@ local rcall = redis.call
 local held_key, state_key, meta_key = KEYS[1], KEYS[2], KEYS[3]
 local k = {state = state_key, ready = KEYS[4], heads = KEYS[5]}
 local back = 0
-for i = 2, #ARGV do
+for i = 7, #ARGV do
   local member = ARGV[i]
   local id = string.match(member, '^[^|]*|[^|]*|(.*)$')
   if rcall('ZREM', held_key, member) == 1 and id and rcall('HGET', state_key, id) == 'pending' then
     local meta = rcall('HGET', meta_key, id)
     if meta then
-      back_in_line(k, id, ARGV[1], parse_meta(meta).score, nil)
+      back_in_line(k, id, ARGV[5], parse_meta(meta).score, nil)
       back = back + 1
     end
   end
 end
+if back > 0 then rcall('PUBLISH', ARGV[6], 'resumed') end
 return back

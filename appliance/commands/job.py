@@ -96,7 +96,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--priority", type=int, default=0)
     parser.add_argument("--pool")
-    parser.add_argument("--customer", help="customer id (for isolation)")
+    parser.add_argument("--customer", help="customer id (fair share, pauses, isolation)")
     parser.add_argument("--workflow-id")
     parser.add_argument(
         "--requires",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -116,3 +119,30 @@ async def test_pause_names_are_checked(queue: Queue) -> None:
         await queue.pauses.pause(customer="no spaces")
     with pytest.raises(InvalidPause, match="not both"):
         await queue.pauses.pause(shape="0" * 16, customer="acme")
+
+
+def test_queue_pause_and_resume_cli(redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_REDIS_URL"] = redis_url
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    submitted = run("job", "submit", "--service", "echo", "--customer", "acme")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[-1]
+    paused = run("queue", "pause", "--customer", "acme")
+    assert paused.returncode == 0 and paused.stdout.strip() == "customer:acme: paused"
+    assert "already" in run("queue", "pause", "--customer", "acme").stdout
+    shown = run("job", "get", job_id)
+    assert "held: customer paused" in shown.stdout
+    stats = run("job", "stats")
+    assert "paused: customer:acme" in stats.stdout
+    resumed = run("queue", "resume", "--customer", "acme", "--json")
+    assert resumed.returncode == 0 and '"resumed": "customer:acme"' in resumed.stdout
+    bad = run("queue", "pause", "--shape", "nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "shape" in bad.stderr
+    both = run("queue", "pause", "--shape", "0" * 16, "--customer", "acme")
+    assert both.returncode == 2

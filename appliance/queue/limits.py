@@ -18,7 +18,7 @@ from appliance.queue.errors import QueueError
 #: or digit).
 DEFAULT_CUSTOMER = "-"
 CUSTOMER_PATTERN = r"^(?:-|[A-Za-z0-9][A-Za-z0-9_.:-]{0,127})$"
-#: Weights range over six orders of magnitude: 1 ms of virtual time / weight stays at least one score unit.
+#: Weights range over six orders of magnitude: 10 ms of virtual time / weight stays at least ten score units.
 MIN_WEIGHT, MAX_WEIGHT = 0.001, 1000.0
 
 

@@ -6,9 +6,9 @@
   - V, the shape's virtual time: the tag of the job next in line (the head's score plus the head's priority
     offset), so claims advance it by taking that job; a shape with nothing waiting follows the server clock
     (`arrival`, which carries the FIFO tie-break).
-  - tag = max(V, last tag + 1 ms / weight, arrival + min(0, last tag - last arrival)), from the customer's last
+  - tag = max(V, last tag + 10 ms / weight, arrival + min(0, last tag - last arrival)), from the customer's last
     job (any shape). A customer that just arrived starts at V: next in line, not behind another customer's
-    backlog. A customer with a backlog is paced at 1 ms of virtual time per job divided by its weight, so
+    backlog. A customer with a backlog is paced at 10 ms of virtual time per job divided by its weight, so
     backlogged customers interleave in proportion to their weights. Jobs a customer submits apart keep at
     least their wall-clock spacing, so priority (a time offset) ages between them as before; a lead a customer
     built by flooding decays with the clock, a lag it was given behind a backlog is kept while it lasts.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.config.queue import ChannelsMode, QueueSettings
@@ -25,6 +25,9 @@ class QueueConnection:
     scripts: ScriptSet
     #: A RedisCluster client: no multi-key pipelines of scripts, SCRIPT/FUNCTION LOAD per primary.
     cluster: bool = False
+    #: KEYS already built, per script, shape, class and candidates: building them costs ~30 µs, a worker's calls
+    #: repeat the same few (never mutated by the callers).
+    _keys: dict[tuple[Any, ...], list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -54,7 +57,12 @@ class QueueConnection:
     ) -> Call:
         """A call of `script` with KEYS from its spec and ARGV = common prefix (if it takes one) + `args`."""
         spec = SPECS[script]
-        keys = spec.build(self.keys, shape=shape, class_id=class_id, candidates=candidates)
+        memo = (script, shape, class_id, *candidates)
+        keys = self._keys.get(memo)
+        if keys is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            keys = self._keys[memo] = spec.build(self.keys, shape=shape, class_id=class_id, candidates=candidates)
         return script, keys, (self.common() if spec.common else []) + args
 
     async def run(self, call: Call) -> Any:

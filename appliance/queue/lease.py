@@ -35,8 +35,20 @@ _FAILED = {
 }
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
+def compact_json(value: Any) -> str:
+    """The JSON the queue stores for a result: compact, anything unknown as its str() (one encoder for all:
+    json.dumps with options builds a new one per call)."""
+    return _ENCODER.encode(value)
+
+
+_compact = compact_json
+
+
+class EncodedJSON(str):
+    """A result already encoded by `compact_json` (the worker measured its size with it): sent as it is."""
 
 
 class LeaseClient:
@@ -173,7 +185,7 @@ class LeaseClient:
         args: list[Any] = [self.conn.settings.result_ttl_s * 1000]
         limit = self.conn.settings.max_result_bytes
         for job_id, token, result in outcomes:
-            encoded = _compact(result)
+            encoded = result if isinstance(result, EncodedJSON) else _compact(result)
             if len(encoded) > limit:  # json.dumps writes ASCII: characters are bytes
                 raise ResultTooLarge(f"the result of job {job_id}", len(encoded), "max_result_bytes", limit)
             args += [job_id, token, encoded]

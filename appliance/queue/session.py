@@ -18,7 +18,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -143,12 +143,19 @@ class WorkerSession:
 
     async def claim_many(self, count: int) -> list[ClaimedJob]:
         """Lease up to `count` jobs in one call (a worker with free slots fills several at once)."""
+        return (await self.finish_and_claim((), count))[1]
+
+    async def finish_and_claim(
+        self, outcomes: Sequence[tuple[str, str, Any]], count: int
+    ) -> tuple[list[int], list[ClaimedJob]]:
+        """Complete `outcomes` (job id, token, result) and lease up to `count` jobs in one round trip
+        (`Queue.finish_and_claim`): (complete codes, claimed jobs)."""
         self._wake.clear()
-        claimed = await self.queue.claim_many(self.worker_id, self.shapes, count)
+        codes, claimed = await self.queue.finish_and_claim(outcomes, self.worker_id, self.shapes, count)
         if not claimed and self.shapes and self.queue.worker_class(self.shapes).hint:
             # Lost every race for the best job, but jobs wait: the next wait_for_work returns at once.
             self._wake.set()
-        return claimed
+        return codes, claimed
 
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Sleep until a matching job may be waiting (a wake-up) or `timeout_s` passes. True if woken."""

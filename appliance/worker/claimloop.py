@@ -1,7 +1,7 @@
 """The claim loop: take jobs while this worker may, else sleep until something changes.
 
     claims = ClaimLoop(session, fleet, runner, leases=..., link=..., signals=..., service=..., capacity=2,
-                       claim_timeout_s=5, on_change=worker_changed)
+                       claim_timeout_s=5)
     await claims.run()                 # returns once a stop signal came
 
 A turn claims every free slot in one call while Redis answers, the service is healthy, the machine is not drained
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 from appliance.queue import ClaimedJob, WorkerSession
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals
@@ -43,7 +42,6 @@ class ClaimLoop:
         service: ServiceHealth,
         capacity: int,
         claim_timeout_s: float,
-        on_change: Callable[[], None],
     ) -> None:
         self.session = session
         self.fleet = fleet
@@ -54,38 +52,57 @@ class ClaimLoop:
         self.service = service
         self.capacity = capacity
         self.claim_timeout_s = claim_timeout_s
-        self._on_change = on_change
         self.runs: set[asyncio.Task[None]] = set()
         #: Monotonic time of the loop's last turn (the watchdog's liveness check).
         self.beat = time.monotonic()
         self._changed = asyncio.Event()
 
     async def run(self) -> None:
-        """Turn until a stop signal came."""
-        while not self.signals.draining.is_set():
-            await self.iteration()
+        """Turn until a stop signal came. Meanwhile the loop carries the completions of finished jobs with its
+        claims; afterwards (the drain) they go out on their own."""
+        completions = self.runner.writer.completions
+        completions.carry(self.wake)
+        try:
+            while not self.signals.draining.is_set():
+                await self.iteration()
+        finally:
+            completions.carry(None)
 
     async def iteration(self) -> None:
-        """One turn: take a job if this worker may, else sleep until something changes (or a timeout)."""
+        """One turn: complete the jobs that finished and claim the slots that are free in one round trip (the
+        finished jobs' slots count as free: their leases end first, so nothing is leased beyond the slots);
+        when this worker may not claim, send the completions alone; with nothing to do, sleep until something
+        changes (or a timeout)."""
         self.touch()
         self.collect_runs()
         self._changed.clear()
+        completions = self.runner.writer.completions
+        batch = completions.take()
         try:
-            if self.blocked() is not None or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
-                await self._wait_changed(self.claim_timeout_s)
+            free = self.capacity - len(self.leases) + len(batch)
+            if self.blocked() is not None or free < 1 or await self.fleet.check(FLEET_CHECK_MAX_AGE_S):
+                if batch:
+                    await completions.send(batch)
+                else:
+                    await self._wait_changed(self.claim_timeout_s)
                 return
-            # Every free slot in one call: a worker with concurrency fills up in one round trip.
-            claimed = await self.session.claim_many(self.capacity - len(self.leases))
+            codes, claimed = await self.session.finish_and_claim([o for o, _ in batch], free)
+        except asyncio.CancelledError:
+            completions.put_back(batch)  # the worker exits: they go out on their own (a repeat is refused)
+            raise
         except Exception as exc:
+            completions.resolve(batch, exc)  # each writer retries (Redis away) or reports it
             if not is_unreachable(exc):
                 log.exception("claiming failed")
                 await self._sleep_or_stop(self.link.backoff_s())
             else:
                 self.link.mark_down(exc)
             return
+        completions.resolve(batch, codes)
         self.link.mark_up()
         if not claimed:
-            await self.session.wait_for_work(self.claim_timeout_s)
+            if not batch:
+                await self.session.wait_for_work(self.claim_timeout_s)
             return
         for one in claimed:
             self._start_run(one)
@@ -100,8 +117,6 @@ class ClaimLoop:
             return "service down"
         if self.fleet.drained:
             return "drained"
-        if len(self.leases) >= self.capacity:
-            return "full"
         return None
 
     def wake(self) -> None:
@@ -126,9 +141,9 @@ class ClaimLoop:
 
     def _start_run(self, claimed: ClaimedJob) -> None:
         lease = self.runner.lease_for(claimed)
-        task = asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}")
-        self.runs.add(task)
-        task.add_done_callback(lambda _: self._on_change())
+        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free), and the next
+        # turn collects the task.
+        self.runs.add(asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}"))
 
     async def _wait_changed(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):

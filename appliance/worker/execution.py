@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from functools import partial
 from typing import Any
 
 from appliance.queue import ClaimedJob, Queue
+from appliance.queue.lease import compact_json
 from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult
 from appliance.worker.leases import Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason, decide
@@ -85,7 +85,9 @@ class JobRunner:
         """Run the job to its outcome and write it; the lease leaves the table when done."""
         job, claimed = lease.claimed.job, lease.claimed
         assert lease.progress is not None
-        log.info(
+        # Per job, a line only at DEBUG: at INFO a busy worker would spend more on its log than on the job
+        # (and journald drops a unit's lines past its rate limit). Failures and stops are logged at INFO+.
+        log.debug(
             "job %s: claimed (service %s, attempt %d, timeout %gs)",
             job.id,
             job.service,
@@ -118,10 +120,11 @@ class JobRunner:
     async def _bounded(self, job_id: str, outcome: Outcome) -> Outcome:
         """A result within `queue.max_result_bytes` as it is; a bigger one stored in output storage and replaced
         by a reference to it (`stored_result`), so Redis never holds or publishes the body."""
-        body = json.dumps(outcome.result, separators=(",", ":"), default=str).encode()
+        encoded = compact_json(outcome.result)
         limit = self.queue.settings.max_result_bytes
-        if len(body) <= limit:
-            return outcome
+        if len(encoded) <= limit:  # ASCII JSON: characters are bytes
+            return Outcome(OutcomeKind.COMPLETE, result=outcome.result, encoded=encoded)
+        body = encoded.encode()
         if self.storage is None:
             return Outcome(
                 OutcomeKind.FAIL,
@@ -160,12 +163,22 @@ class JobRunner:
         )
         assert lease.progress is not None
         proc = asyncio.create_task(self.connector.process(cjob, lease.progress.report), name=f"job:{job.id}")
-        stopped = asyncio.create_task(lease.stopped.wait())
+        # Woken by the call's end or by a stop request, whichever comes first (no task of its own per job).
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def end(*_: Any) -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        proc.add_done_callback(end)
+        lease.on_stop = end
+        if lease.stop is not None:
+            end()
         try:
-            done, _ = await asyncio.wait(
-                {proc, stopped}, timeout=lease.timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if proc not in done:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(lease.timeout_s):
+                    await ended
+            if not proc.done():
                 if lease.request_stop(StopReason.TIMEOUT):
                     log.warning("job %s: timed out after %gs; interrupting it", job.id, lease.timeout_s)
                 await self._interrupt(lease, proc)
@@ -176,7 +189,7 @@ class JobRunner:
                 await proc
             raise
         finally:
-            stopped.cancel()
+            lease.on_stop = None
         if not proc.done():
             return None, asyncio.CancelledError("the connector call did not stop")
         try:

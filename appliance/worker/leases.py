@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.queue import ClaimedJob, Queue, WorkerSession
-from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, QueueError
+from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, QueueError, raise_for_code
+from appliance.queue.lease import EncodedJSON, compact_json
+from appliance.worker.completions import Completions
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason
 from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink, is_unreachable
@@ -36,6 +38,8 @@ class Lease:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     #: The outcome is decided and being written (the connector is done with the job).
     finishing: bool = False
+    #: Called when a stop is requested (the run waiting on the connector call wakes).
+    on_stop: Callable[[], Any] | None = None
 
     @property
     def job_id(self) -> str:
@@ -54,6 +58,8 @@ class Lease:
         if self.stop is None or (reason is StopReason.LOST and self.stop is not StopReason.LOST):
             self.stop = reason
             self.stopped.set()
+            if self.on_stop is not None:
+                self.on_stop()
             return True
         return False
 
@@ -71,15 +77,19 @@ class Lease:
 
 
 class LeaseTable:
-    """Fencing token → Lease, one entry per attempt; `on_change` is called when a lease is added or removed.
+    """Fencing token → Lease, one entry per attempt; `on_change` is called when a lease is added or removed,
+    `on_free` when one is removed (a slot is free: what the claim loop waits for; an added lease is its own).
 
     Keyed by attempt, not by job: when attempt 1's lease is lost while it still winds down, the same worker may
     claim attempt 2 of that job, and stopping attempt 1 must not touch attempt 2.
     """
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_change: Callable[[], None] | None = None, on_free: Callable[[], None] | None = None
+    ) -> None:
         self._leases: dict[str, Lease] = {}
         self._on_change = on_change or (lambda: None)
+        self._on_free = on_free or (lambda: None)
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -100,6 +110,7 @@ class LeaseTable:
         if self._leases.get(lease.token) is lease:
             del self._leases[lease.token]
             self._on_change()
+            self._on_free()
 
     def tokens(self) -> dict[str, str]:
         """Job id → token of its newest attempt here: what a heartbeat renews."""
@@ -179,6 +190,34 @@ class Heartbeater:
         return True
 
 
+class _Ended:
+    """How a job ended, in words, formatted only when the log line is written."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+    def __str__(self) -> str:
+        if self.outcome.kind is OutcomeKind.FAIL:
+            return self.outcome.describe()
+        return {"complete": "completed", "cancelled": "cancelled on request", "release": "handed back"}[
+            self.outcome.kind.value
+        ]
+
+
+def _log_written(lease: Lease, outcome: Outcome) -> None:
+    # A completion is logged at DEBUG only (a line per job would cost a busy worker more than the job, and
+    # journald drops a unit's lines past its rate limit); everything else that ends a job is news at INFO.
+    log.log(
+        logging.DEBUG if outcome.kind is OutcomeKind.COMPLETE else logging.INFO,
+        "job %s: %s after %.1fs",
+        lease.job_id,
+        _Ended(outcome),
+        time.monotonic() - lease.started,
+    )
+
+
 class OutcomeWriter:
     """Writes a job's outcome, retrying while Redis is down, until it is written or cannot be anymore."""
 
@@ -188,6 +227,8 @@ class OutcomeWriter:
         self.release_reason = release_reason
         #: Set to give up on outcomes still waiting for Redis (the worker must exit now).
         self.abandon = asyncio.Event()
+        #: Completions wait here to go out in batches (with the claim loop's next claim, or on their own).
+        self.completions = Completions(queue)
 
     async def write(self, lease: Lease, outcome: Outcome) -> bool:
         """True when the outcome (or the hand-back) reached the queue."""
@@ -207,8 +248,12 @@ class OutcomeWriter:
                 )
                 return False
             try:
-                # Shielded: a shutdown cancelling this task must not cut a script call in half.
-                await asyncio.shield(self._write_once(lease, outcome))
+                if outcome.kind is OutcomeKind.COMPLETE:
+                    # The claim loop (or a batch task) makes the call: cancelling this wait cannot cut it.
+                    await self._write_once(lease, outcome)
+                else:
+                    # Shielded: a shutdown cancelling this task must not cut a script call in half.
+                    await asyncio.shield(self._write_once(lease, outcome))
             except LeaseLost:
                 log.warning(
                     "job %s: lease lost; the queue refused its outcome (%s)", job_id, outcome.describe()
@@ -236,16 +281,7 @@ class OutcomeWriter:
                 await self._wait_retry()
                 continue
             self.link.mark_up()
-            log.info(
-                "job %s: %s after %.1fs",
-                job_id,
-                outcome.describe()
-                if outcome.kind is OutcomeKind.FAIL
-                else {"complete": "completed", "cancelled": "cancelled on request", "release": "handed back"}[
-                    outcome.kind.value
-                ],
-                time.monotonic() - lease.started,
-            )
+            _log_written(lease, outcome)
             return True
 
     async def _wait_retry(self) -> None:
@@ -258,7 +294,10 @@ class OutcomeWriter:
     async def _write_once(self, lease: Lease, outcome: Outcome) -> None:
         q, job_id, token, shape = self.queue, lease.job_id, lease.token, lease.shape
         if outcome.kind is OutcomeKind.COMPLETE:
-            await q.complete(job_id, token, outcome.result)
+            encoded = outcome.encoded or compact_json(outcome.result)
+            if len(encoded) > q.settings.max_result_bytes:
+                await q.complete(job_id, token, outcome.result)  # raises ResultTooLarge, for this job alone
+            raise_for_code(await self.completions.add(job_id, token, EncodedJSON(encoded)), job_id)
         elif outcome.kind is OutcomeKind.FAIL:
             await q.fail(
                 job_id,

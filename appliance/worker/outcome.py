@@ -42,6 +42,8 @@ class Outcome:
     error: str = ""
     retryable: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    #: The result as the queue stores it (`compact_json`), when the runner encoded it already to measure it.
+    encoded: str = ""
 
     def describe(self) -> str:
         if self.kind is OutcomeKind.FAIL:

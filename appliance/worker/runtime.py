@@ -51,6 +51,8 @@ DRAIN_INTERRUPT_S = 5.0
 HURRY_INTERRUPT_S = 0.5
 EXIT_WRITE_S = 10.0
 HURRY_WRITE_S = 3.0
+#: Least time between two looks of the status loop (s).
+STATUS_GAP_S = 0.2
 
 
 class WorkerError(Exception):
@@ -87,7 +89,7 @@ class Worker:
         self.claim_timeout_s = settings.worker.claim_timeout_s
         self.notifier = notifier or Notifier(env)
         self.link = RedisLink(on_change=self._change)
-        self.leases = LeaseTable(on_change=self._change)
+        self.leases = LeaseTable(on_change=self._jobs_changed, on_free=self._change)
         self.signals = StopSignals(on_change=self._change)
         self.status = StatusPublisher(self.notifier, self.link)
         self.service = ServiceHealth(
@@ -259,7 +261,6 @@ class Worker:
             service=self.service,
             capacity=self.capacity,
             claim_timeout_s=self.claim_timeout_s,
-            on_change=self._change,
         )
         self._watchdog = WatchdogPinger(self.notifier, [self.claim_loop_turning])
         self._watchdog.start()
@@ -275,6 +276,10 @@ class Worker:
             self.claims.wake()
         elif self.session is not None:
             self.session.wake()
+
+    def _jobs_changed(self) -> None:
+        """A lease came or went: the status shows it (a freed slot also wakes the claim loop: `_change`)."""
+        self._status_dirty.set()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -320,6 +325,9 @@ class Worker:
                     await self._status_dirty.wait()
             self._status_dirty.clear()
             await self._publish()
+            # Every claim and completion marks the status dirty: a busy worker looks a few times a second, not
+            # once per job (the drain publishes on its own, at once).
+            await self._sleep_or_stop(STATUS_GAP_S)
 
     # --- status and watchdog ----------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 #: A record is re-published at least this often even when nothing changed (s), so readers see it is alive.
 PERIODIC_S = 5.0
-#: Progress alone re-publishes at most this often (s); state changes go out at once.
+#: Progress, and which jobs run, re-publish at most this often (s); state changes go out at once. A worker
+#: finishing hundreds of jobs a second writes its record about once a second, not once per job.
 PROGRESS_EVERY_S = 1.0
 
 
@@ -88,15 +89,19 @@ class Snapshot:
         }
 
     def key(self) -> tuple[Any, ...]:
-        """What counts as a change worth publishing at once (progress is not)."""
+        """What counts as a change worth publishing at once (progress and the running jobs' ids are not; a job
+        being stopped is)."""
         return (
             self.phase,
             self.service_healthy,
             self.drained,
             self.redis_ok,
-            tuple(j["id"] for j in self.jobs),
-            tuple(j.get("stopping") for j in self.jobs),
+            tuple((j["id"], j["stopping"]) for j in self.jobs if "stopping" in j),
         )
+
+    def churn(self) -> tuple[Any, ...]:
+        """What changes all the time on a busy worker: published at most every PROGRESS_EVERY_S."""
+        return tuple((j["id"], j["progress"]) for j in self.jobs)
 
 
 class StatusPublisher:
@@ -116,7 +121,7 @@ class StatusPublisher:
             return
         now = time.monotonic()
         key = snap.key()
-        progress = tuple(j["progress"] for j in snap.jobs)
+        progress = snap.churn()
         due = (
             force
             or key != self._last_key

@@ -230,7 +230,8 @@ async def seen_after(queue: Queue, worker_id: str, after_ms: int) -> bool:
 async def test_jobs_complete_and_status_is_published(harness: Harness) -> None:
     q = harness.queue
     assert q is not None
-    worker = harness.start("--connector", "echo", "--index", "0")
+    # Per-job lines are DEBUG (a busy worker at INFO writes none; see test_hot_path.py).
+    worker = harness.start("--connector", "echo", "--index", "0", APPLIANCE_LOG_LEVEL="DEBUG")
     await worker.ready()
     jobs = [await q.submit({"service": "echo", "payload": {"n": i, "delay": 0.2}}) for i in range(3)]
     out = await q.submit({"service": "echo", "payload": {"output": {"name": "hello.txt", "text": "hi"}}})

@@ -63,17 +63,18 @@ class Attempts:
                 del self._live[key]
 
     async def run(self, job: ConnectorJob, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` as this attempt's task; a cancel() of it meanwhile turns into JobCancelled."""
+        """Run `coro` in the calling task (the runner gives each job's call a task of its own: no second task
+        per job); a cancel() of this attempt meanwhile cancels that task and turns into JobCancelled."""
         with self.open(job) as attempt:
-            task = attempt.task = asyncio.ensure_future(coro)
+            task = attempt.task = asyncio.current_task()
             try:
-                return await asyncio.shield(task)
+                return await coro
             except asyncio.CancelledError:
                 if attempt.cancelled.is_set():
+                    if task is not None:
+                        task.uncancel()  # ours, turned into JobCancelled: not a cancellation of the caller
                     raise JobCancelled(f"job {job.id} cancelled") from None
-                # Our caller was cancelled (shutdown): stop the work too, then propagate.
-                task.cancel()
-                raise
+                raise  # our caller was cancelled (shutdown): the work stopped with it
 
     def cancel(self, job_id: str, token: str | None = None) -> list[Attempt]:
         """Mark that attempt (every attempt of the job when `token` is None) cancelled and stop its task;

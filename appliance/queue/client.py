@@ -64,6 +64,8 @@ class Queue:
         self.schedules = Schedules(self.conn, self.producer)
         self.limits = Limits(self.conn)
         self.pauses = Pauses(self.conn)
+        #: The process's WakeHub for this queue object (appliance.queue.hub), made by the first WorkerSession.
+        self.wake_hub: Any = None
         # The facade: each name is one client's bound method.
         self.submit, self.submit_many, self.cancel = (
             self.producer.submit,

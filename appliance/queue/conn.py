@@ -42,6 +42,12 @@ class QueueConnection:
         """The name of lifecycle channel `name` (`complete_job`, ...) for this queue's `queue.channels`."""
         return self.channel_prefix + name
 
+    @property
+    def wake_check(self) -> str:
+        """ARGV of the scripts that wake an idle worker: '1' lets them drop registrations whose process no longer
+        listens (PUBLISH reached no one); '0' on a Cluster, where PUBLISH counts only one node's subscribers."""
+        return "0" if self.cluster else "1"
+
     def common(self) -> list[Any]:
         """ARGV[1..4] of every script that emits or publishes."""
         return [self.channel_prefix, self.keys.name, self.settings.events.value, self.settings.events_maxlen]
@@ -62,7 +68,9 @@ class QueueConnection:
         if keys is None:
             if len(self._keys) >= 4096:
                 self._keys.clear()
-            keys = self._keys[memo] = spec.build(self.keys, shape=shape, class_id=class_id, candidates=candidates)
+            keys = self._keys[memo] = spec.build(
+                self.keys, shape=shape, class_id=class_id, candidates=candidates
+            )
         return script, keys, (self.common() if spec.common else []) + args
 
     async def run(self, call: Call) -> Any:

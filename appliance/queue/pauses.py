@@ -22,6 +22,8 @@ from appliance.queue.limits import CUSTOMER_PATTERN, DEFAULT_CUSTOMER
 SHAPE_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 #: Held members one resume step lists; unhold.lua calls carry at most this many.
 RESUME_BATCH = 500
+#: Idle workers a resumed shape wakes at most (one per waiting job; those woken wake others as they claim).
+WAKE_ON_RESUME = 256
 
 
 class InvalidPause(QueueError, ValueError):
@@ -64,11 +66,16 @@ class Pauses:
         await client.hdel(k.paused, field)
         if customer is not None:
             return await self._unhold(customer)
-        # Idle workers of the shapes that have jobs waiting learn of them now, not at their next poll.
+        # The jobs that wait woke their idle workers while paused, and those registered as idle again (idle.lua
+        # passes over what is paused): wake one idle worker per waiting job now, as their submits would have.
         shapes = [shape] if shape is not None else await client.zrange(k.heads, 0, -1)
         for name in shapes:
             if SHAPE_PATTERN.match(name):
-                await client.publish(k.wake_channel(name), "resumed")
+                waiting = min(int(await client.zcard(k.ready(name))), WAKE_ON_RESUME)
+                for _ in range(waiting):
+                    call = self.conn.prepare("wake", [name, self.conn.wake_check], shape=name)
+                    if not int(await self.conn.run(call)):
+                        break
         return 0
 
     async def list(self) -> dict[str, int]:
@@ -90,5 +97,5 @@ class Pauses:
             for member in members:
                 by_shape[member.split("|", 2)[1]].append(member)
             for shape, part in by_shape.items():
-                call = self.conn.prepare("unhold", [shape, k.wake_channel(shape), *part], shape=shape)
+                call = self.conn.prepare("unhold", [shape, self.conn.wake_check, *part], shape=shape)
                 back += int(await self.conn.run(call))

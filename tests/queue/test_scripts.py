@@ -10,6 +10,7 @@ import pytest
 from appliance.queue import Capabilities, Queue, WorkerSession
 from appliance.queue.errors import ScriptCode
 from appliance.queue.scripts import SCRIPT_NAMES, ScriptSet, declared_keys, expand, return_codes
+from appliance.queue.specs import SPECS
 
 
 def test_every_return_code_in_a_header_is_known() -> None:
@@ -64,15 +65,20 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         await queue.submit({"service": "echo", "customer_id": "acme"})
         await queue.pauses.pause(customer="acme")
         while (await queue.stats()).held == 0:  # claims take what waits ahead, then hold acme's job aside
-            await session.claim()
+            await queue.claim("w", session.shapes)
         assert await queue.pauses.resume(customer="acme") == 1  # unhold
+        assert session.hub is not None
+        await session.hub.pass_on([job.shape])
+        while await session.claim() is not None:
+            pass
+        assert await session.wait_for_work(0.01) is False  # registered as idle (idle.lua), nothing came
     finally:
         await session.close()
     seen = {name for name, _ in calls}
     assert seen == set(SCRIPT_NAMES)
     for name, count in calls:
         declared = declared_keys(name)
-        if declared is None:  # claim: a fixed head plus one ready key per shape
-            assert count >= 13, name
+        if declared is None:  # claim, idle: a fixed head plus one key per shape
+            assert count >= len(SPECS[name].keys) + 1, name
         else:
             assert count == declared, name

@@ -1,6 +1,7 @@
 --[[
   Submit a job: store it, index it in its shape's ready set (or, when it is to start later, in the delayed set,
-  which the reaper moves back in line when it falls due), register a new shape, wake matching workers.
+  which the reaper moves back in line when it falls due), register a new shape, wake one idle worker that serves
+  the shape (never all of them).
 
   Input:
     KEYS[1]  spec      HASH id -> submitted job (JSON)
@@ -13,9 +14,11 @@
     KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
     KEYS[9]  events    STREAM
     KEYS[10] delayed   ZSET id -> ms it falls due
-    KEYS[11] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
-    KEYS[12] fair_weights  HASH customer -> weight (default 1)
-    KEYS[13] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
+    KEYS[11] idle      ZSET of this job's shape: idle worker -> ms it began waiting
+    KEYS[12] waiting   HASH idle worker -> hub channel of its process
+    KEYS[13] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
+    KEYS[14] fair_weights  HASH customer -> weight (default 1)
+    KEYS[15] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -24,7 +27,7 @@
     ARGV[9]  service              ARGV[10] priority
     ARGV[11] priority step, ms    ARGV[12] max retries
     ARGV[13] timeout, ms (0 = none)
-    ARGV[14] wake channel of the shape
+    ARGV[14] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
     ARGV[15] new-shape channel
     ARGV[16] start at, epoch ms ('' = now)
     ARGV[17] start after a delay, ms, by the server's clock ('' = none)
@@ -45,7 +48,8 @@ local rcall = redis.call
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local delayed_key, finish_key, weights_key, customer_key = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local delayed_key, idle_key, waiting_key = KEYS[10], KEYS[11], KEYS[12]
+local finish_key, weights_key, customer_key = KEYS[13], KEYS[14], KEYS[15]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
 
@@ -91,7 +95,7 @@ local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[
 if later then
   fields[#fields + 1], fields[#fields + 2] = 'run_at', start
 else
-  rcall('PUBLISH', ARGV[14], id)
+  wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14] == '1')
 end
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 return 1

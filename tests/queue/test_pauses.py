@@ -146,3 +146,22 @@ def test_queue_pause_and_resume_cli(redis_url: str) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "shape" in bad.stderr
     both = run("queue", "pause", "--shape", "0" * 16, "--customer", "acme")
     assert both.returncode == 2
+
+
+async def test_an_idle_worker_does_not_spin_on_a_paused_queue_and_wakes_on_resume(queue: Queue) -> None:
+    from appliance.queue import Capabilities, WorkerSession
+
+    await queue.submit(job("j1"))
+    await queue.pauses.pause()
+    session = await WorkerSession.open(queue, "w-idle", Capabilities(services=["echo"]))
+    try:
+        assert await session.claim() is None
+        # idle.lua passes over the paused queue's waiting job: the worker registers as idle and sleeps, instead of
+        # being told "a job waits, claim" again and again.
+        assert await session.wait_for_work(0.3) is False
+        assert await queue.client.hexists(queue.keys.waiting, "w-idle")
+        await queue.pauses.resume()
+        assert await session.wait_for_work(30) is True  # woken by the resume, not by a timeout
+        assert (await session.claim()).job.id == "j1"
+    finally:
+        await session.close()

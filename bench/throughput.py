@@ -271,13 +271,16 @@ class Bench:
 
 
 def _median(cell: list[Result]) -> Result:
-    result = cell[0]
+    """The cell's medians over the runs that finished (a run stopped at the cap has no rate)."""
+    finished = [r for r in cell if r.rate == r.rate] or cell[:1]
+    result = finished[0]
     if len(cell) > 1:
-        rates = [r.rate for r in cell]
+        rates = [r.rate for r in finished]
         result.rate = statistics.median(rates)
-        result.redis_us = statistics.median(r.redis_us for r in cell)
-        result.worker_us = statistics.median(r.worker_us for r in cell)
-        result.note = f"median of {len(rates)} ({min(rates):,.0f}–{max(rates):,.0f}) {result.note}".strip()
+        result.redis_us = statistics.median(r.redis_us for r in finished)
+        result.worker_us = statistics.median(r.worker_us for r in finished)
+        capped = f", {len(cell) - len(finished)} stopped at the cap" if len(finished) < len(cell) else ""
+        result.note = f"median of {len(rates)} ({min(rates):,.0f}–{max(rates):,.0f}){capped}"
     return result
 
 

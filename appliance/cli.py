@@ -22,6 +22,9 @@ log = logging.getLogger("appliance")
 COMMAND_MODULES = (
     "appliance.commands.demo",
     "appliance.commands.job",
+    "appliance.commands.schedule",
+    "appliance.commands.limits",
+    "appliance.commands.queue",
     "appliance.commands.worker",
     "appliance.commands.machine",
     "appliance.commands.comfyui",

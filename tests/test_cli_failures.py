@@ -55,7 +55,14 @@ NO_REDIS = {
 }
 #: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
 #: still work).
-WRITES = {("job", "submit"), ("fleet", "drain"), ("webhooks", "secret")}
+WRITES = {
+    ("job", "submit"),
+    ("fleet", "drain"),
+    ("webhooks", "secret"),
+    ("schedule", "add"),
+    ("limits", "set"),
+    ("queue", "pause"),
+}
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
 #: How long a service may run before it is stopped (s); clients get CLIENT_TIMEOUT_S to exit on their own.
@@ -72,6 +79,8 @@ FILL = {
     "role": "submitter",
     "bin_path": "/usr/bin/appliance",
     "tenant": "t-test",
+    "schedule_id": "nightly",
+    "customer": "acme",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")
@@ -178,6 +187,8 @@ def build_argv(case: Case, tmp: Path) -> list[str]:
     # Extra arguments some commands need to run here at all (never touch the real system).
     extra = {
         ("worker",): ["--slot", "echo0"],
+        ("schedule", "add"): ["--every", "60"],
+        ("limits", "set"): ["--weight", "2"],
         ("machine",): ["--unmanaged", "--health-port", "0"],
         ("monitor",): ["--port", "0"],
         ("units", "install"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance", "--no-user"],

@@ -40,25 +40,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
 
     submit = commands.add_parser("submit", help="enqueue a job; prints its id as the last line")
-    submit.add_argument(
-        "--service", required=True, help="service that runs it (comfyui, openai_text, echo, ...)"
+    add_spec_arguments(submit)
+    start = submit.add_mutually_exclusive_group()
+    start.add_argument(
+        "--run-at",
+        metavar="TIME",
+        help="start no earlier than TIME: ISO 8601 (UTC unless it names a zone) or epoch ms",
     )
-    submit.add_argument(
-        "--payload", default="{}", help="job payload as JSON, or @FILE to read it from a file"
+    start.add_argument(
+        "--delay", type=float, metavar="SECONDS", help="start no earlier than SECONDS from now"
     )
-    submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--pool")
-    submit.add_argument("--customer", help="customer id (for isolation)")
-    submit.add_argument("--workflow-id")
-    submit.add_argument(
-        "--requires",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"requirement, repeatable; keys: {', '.join(sorted(REQUIREMENT_KEYS))}",
-    )
-    submit.add_argument("--max-retries", type=int, default=3)
-    submit.add_argument("--timeout", type=float, help="per-attempt time limit, seconds")
     submit.add_argument("--id", help="caller-chosen job id (idempotency key)")
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")
     submit.set_defaults(handler=_submit)
@@ -93,6 +84,48 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     for sub in (submit, get, wait, cancel, listing, stats):
         add_redis_arguments(sub)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that describe a job (submit, schedule add); `spec_from_args` reads them back."""
+    parser.add_argument(
+        "--service", required=True, help="service that runs it (comfyui, openai_text, echo, ...)"
+    )
+    parser.add_argument(
+        "--payload", default="{}", help="job payload as JSON, or @FILE to read it from a file"
+    )
+    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--pool")
+    parser.add_argument("--customer", help="customer id (fair share, pauses, isolation)")
+    parser.add_argument("--workflow-id")
+    parser.add_argument(
+        "--requires",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"requirement, repeatable; keys: {', '.join(sorted(REQUIREMENT_KEYS))}",
+    )
+    parser.add_argument("--max-retries", type=int, default=3)
+    parser.add_argument("--timeout", type=float, help="per-attempt time limit, seconds")
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The job described by `add_spec_arguments`' flags, as a dict for parse_spec (unset fields left out)."""
+    spec = {
+        "service": args.service,
+        "payload": _load_payload(args.payload),
+        "priority": args.priority,
+        "requirements": parse_requirements(args.requires),
+        "customer_id": args.customer,
+        "workflow_id": args.workflow_id,
+        "pool": args.pool,
+        "max_retries": args.max_retries,
+        "timeout_s": args.timeout,
+        "id": getattr(args, "id", None),
+        "run_at": getattr(args, "run_at", None),
+        "delay_s": getattr(args, "delay", None),
+    }
+    return {k: v for k, v in spec.items() if v is not None}
 
 
 def parse_requirements(pairs: list[str]) -> dict[str, Any]:
@@ -157,19 +190,7 @@ def _job_json(job: Any) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    spec = {
-        "service": args.service,
-        "payload": _load_payload(args.payload),
-        "priority": args.priority,
-        "requirements": parse_requirements(args.requires),
-        "customer_id": args.customer,
-        "workflow_id": args.workflow_id,
-        "pool": args.pool,
-        "max_retries": args.max_retries,
-        "timeout_s": args.timeout,
-        "id": args.id,
-    }
-    return run_async(_submit_async(args, {k: v for k, v in spec.items() if v is not None}))
+    return run_async(_submit_async(args, spec_from_args(args)))
 
 
 async def _submit_async(args: argparse.Namespace, spec: dict[str, Any]) -> int:
@@ -215,6 +236,8 @@ async def _get_async(args: argparse.Namespace) -> int:
 
 def _print_job(job: Any) -> None:
     status = job.status.value + (" (unworkable: no live worker can run it)" if job.unworkable else "")
+    if job.held_by:
+        status += f" (held: {job.held_by})"
     rows = [
         ("id", job.id),
         ("service", job.service),
@@ -324,7 +347,7 @@ async def _list_async(args: argparse.Namespace) -> int:
     print(f"{'ID':<34} {'SERVICE':<14} {'STATUS':<10} {'ATT':>3}  {'PROGRESS':>8}  WORKER")
     for job in jobs:
         percent = f"{(job.progress or {}).get('percent', 0):.0f}%" if job.progress else "-"
-        status = "unworkable" if job.unworkable else job.status.value
+        status = "unworkable" if job.unworkable else "held" if job.held_by else job.status.value
         print(
             f"{job.id:<34} {job.service:<14} {status:<10} {job.attempts:>3}  {percent:>8}  {job.worker_id or '-'}"
         )
@@ -349,6 +372,10 @@ async def _stats_async(args: argparse.Namespace) -> int:
         f"{stats.dead} dead, {stats.unworkable} unworkable, {stats.workers} live workers"
     )
     print("totals: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.totals.items())))
+    if stats.paused or stats.held:
+        print(
+            f"paused: {', '.join(stats.paused) or '-'}; {stats.held} jobs held out of line by a customer's pause"
+        )
     for shape in stats.shapes:
         oldest = f"{shape.oldest_wait_s:.1f}s" if shape.oldest_wait_s is not None else "-"
         flag = "" if shape.live_workers else "  UNWORKABLE" if shape.waiting else "  (no live worker)"

@@ -65,6 +65,7 @@ READS = (
     "zrange",
     "zrevrange",
     "zrangebyscore",
+    "zrangebylex",
     "zcard",
     "zcount",
     "smembers",

@@ -6,9 +6,11 @@ done = await queue.wait(job.id, timeout_s=30)
 
 The work is split by who calls it: `queue.producer` (submit, cancel; producer.py), `queue.reader` (get, list,
 wait, stats; reader.py), `queue.leases` (claim ... return the jobs of a worker; lease.py), `queue.housekeeper`
-(reap; housekeeper.py), `queue.events` (the lifecycle stream; events.py) and `queue.registry` (workers and
-machines; registry.py). The facade's methods are those clients' bound methods, so a call site keeps one
-`queue` object instead of six, and every method has exactly one implementation.
+(reap; housekeeper.py), `queue.events` (the lifecycle stream; events.py), `queue.registry` (workers and
+machines; registry.py), `queue.schedules` (repeating jobs; schedules.py), `queue.limits` (per-customer
+weights; limits.py) and `queue.pauses` (pause and resume; pauses.py). The facade's methods are those clients'
+bound methods, so a call site keeps one `queue` object instead of nine, and every method has exactly one
+implementation.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from appliance.queue.events import EventLog
 from appliance.queue.housekeeper import Housekeeper
 from appliance.queue.keys import QueueKeys
 from appliance.queue.lease import LeaseClient
+from appliance.queue.limits import Limits
 from appliance.queue.models import JobSpec
+from appliance.queue.pauses import Pauses
 from appliance.queue.producer import Producer
 from appliance.queue.reader import Reader
 from appliance.queue.registry import Registry
+from appliance.queue.schedules import Schedules
 from appliance.queue.scripts import ScriptSet
 
 
@@ -56,6 +61,9 @@ class Queue:
         self.housekeeper = Housekeeper(self.conn)
         self.events = EventLog(self.conn)
         self.registry = Registry(self.conn)
+        self.schedules = Schedules(self.conn, self.producer)
+        self.limits = Limits(self.conn)
+        self.pauses = Pauses(self.conn)
         #: The process's WakeHub for this queue object (appliance.queue.hub), made by the first WorkerSession.
         self.wake_hub: Any = None
         # The facade: each name is one client's bound method.

@@ -84,6 +84,11 @@ class QueueKeys:
         """Jobs whose cancellation was requested while they ran."""
         return self.key("cancels")
 
+    @property
+    def customer(self) -> str:
+        """The customer of a job that names one (claim.lua checks pauses against it)."""
+        return self.key("customer")
+
     # Indexes.
     def ready(self, shape: str) -> str:
         """Ready index of one shape: ZSET job id -> score (priority as a time offset, then FIFO)."""
@@ -154,6 +159,36 @@ class QueueKeys:
         return self.key("events")
 
     @property
+    def schedules(self) -> str:
+        """HASH schedule id -> repeating schedule (JSON): the job to submit and when (appliance.queue.schedules)."""
+        return self.key("schedules")
+
+    @property
+    def schedule_due(self) -> str:
+        """ZSET schedule id -> its next tick (ms); a paused schedule is absent."""
+        return self.key("schedule_due")
+
+    @property
+    def fair_finish(self) -> str:
+        """HASH customer -> `tag|arrival` (score units) of its latest job: fair share's per-customer clock."""
+        return self.key("fair_finish")
+
+    @property
+    def fair_weights(self) -> str:
+        """HASH customer -> fair-share weight (absent: 1)."""
+        return self.key("fair_weights")
+
+    @property
+    def paused(self) -> str:
+        """HASH `queue` | `shape:<id>` | `customer:<id>` -> ms it was paused: what claims skip."""
+        return self.key("paused")
+
+    @property
+    def held(self) -> str:
+        """ZSET (score 0) `<customer>|<shape>|<id>`: waiting jobs a customer's pause took out of line."""
+        return self.key("held")
+
+    @property
     def reaper_lock(self) -> str:
         return self.key("reaper")
 
@@ -198,4 +233,5 @@ class QueueKeys:
             self.errors,
             self.info,
             self.cancels,
+            self.customer,
         ]

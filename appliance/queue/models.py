@@ -197,6 +197,21 @@ class JobSpec(BaseModel):
     pool: str | None = Field(None, pattern=NAME_PATTERN, description="Shorthand for requirements.pool.")
     max_retries: int = Field(3, ge=0, le=100)
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Per-attempt run time limit (s).")
+    run_at: datetime | None = Field(
+        None,
+        description="Start no earlier than this time (UTC unless it names a zone); until then it waits delayed.",
+    )
+    delay_s: float | None = Field(
+        None,
+        ge=0,
+        le=366 * 86400,
+        description="Start no earlier than this many seconds after submission (server clock).",
+    )
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @field_validator("payload")
     @classmethod
@@ -219,6 +234,8 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"requirements.isolation={self.requirements.isolation.value} needs a customer_id"
             )
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give at most one of run_at and delay_s")
         if self.pool and self.requirements.pool and self.pool != self.requirements.pool:
             raise ValueError(f"pool {self.pool!r} contradicts requirements.pool {self.requirements.pool!r}")
         return self
@@ -258,6 +275,9 @@ class Job(BaseModel):
     cancel_requested: bool = False
     #: No live worker can satisfy this job's shape (it would wait forever).
     unworkable: bool = False
+    #: Why a waiting job is not claimed although workers could run it: 'queue paused', 'shape paused',
+    #: 'customer paused' (see Queue.pauses). Not unworkable: it runs once resumed.
+    held_by: str | None = None
 
 
 class ClaimedJob(BaseModel):
@@ -287,3 +307,7 @@ class QueueStats(BaseModel):
     totals: dict[str, int]
     shapes: list[ShapeStats]
     workers: int
+    #: What is paused: 'queue', 'shape:<id>', 'customer:<id>'.
+    paused: list[str] = Field(default_factory=list)
+    #: Waiting jobs a customer's pause took out of line (not counted in `waiting`).
+    held: int = 0

@@ -112,6 +112,9 @@ class Producer:
             int(spec.timeout_s * 1000) if spec.timeout_s else 0,
             self.conn.wake_check,
             self.conn.keys.shapes_channel,
+            int(spec.run_at.timestamp() * 1000) if spec.run_at is not None else "",
+            int(spec.delay_s * 1000) if spec.delay_s is not None else "",
+            spec.customer_id or "",
         ]
         return job_id, shape, ("submit", keys, args)
 
@@ -193,13 +196,20 @@ class Producer:
 
 
 def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
+    now_ms = time.time() * 1000
+    starts = spec.run_at
+    if starts is None and spec.delay_s is not None:  # by this clock; the script used the server's
+        starts = ms_to_datetime(now_ms + spec.delay_s * 1000)
     # From the validated spec's fields as they are: pydantic takes its models without copying or re-checking
     # them (several times cheaper than dumping the spec to a dict first; model_construct is slower still).
-    fields = {name: getattr(spec, name) for name in JobSpec.model_fields if name != "id"}
+    fields = {
+        name: getattr(spec, name) for name in JobSpec.model_fields if name not in ("id", "run_at", "delay_s")
+    }
     return Job(
         **fields,
         id=job_id,
         shape=shape,
         status=JobStatus.PENDING,
-        created_at=ms_to_datetime(time.time() * 1000),
+        created_at=ms_to_datetime(now_ms),
+        next_attempt_at=starts if starts is not None and starts.timestamp() * 1000 > now_ms else None,
     )

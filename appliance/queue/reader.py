@@ -96,6 +96,7 @@ class Reader:
             errors,
             info,
             cancel,
+            _customer,
             delayed,
         ) = await pipe.execute()
         if spec is None or state is None:
@@ -118,7 +119,17 @@ class Reader:
         _add_columns(job, owner, info, progress, result, errors)
         if job.status is JobStatus.PENDING:
             job.unworkable = not await self._shape_is_live(decoded.shape if decoded else "")
+            job.held_by = await self._held_by(decoded.shape if decoded else "", job.customer_id)
         return job
+
+    async def _held_by(self, shape: str, customer: str | None) -> str | None:
+        """The pause that keeps a waiting job from being claimed, if any (queue first, then shape, customer)."""
+        fields = ["queue", f"shape:{shape}", f"customer:{customer or '-'}"]
+        flags = await self.conn.client.hmget(self.conn.keys.paused, fields)
+        for what, flag in zip(("queue", "shape", "customer"), flags, strict=True):
+            if flag is not None:
+                return f"{what} paused"
+        return None
 
     async def require(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -142,6 +153,7 @@ class Reader:
             for shape in await client.zrange(k.heads, 0, -1):
                 ids += await client.zrange(k.ready(shape), 0, limit - 1)
             ids += await client.zrange(k.delayed, 0, limit - 1)
+            ids += [m.split("|", 2)[2] for m in await client.zrange(k.held, 0, limit - 1)]
         if status in (None, JobStatus.CLAIMED, JobStatus.RUNNING):
             ids += await client.zrange(k.leases, 0, limit - 1)
         if status is JobStatus.DEAD:
@@ -235,7 +247,9 @@ class Reader:
         pipe.hgetall(k.shapes)
         pipe.hgetall(k.shape_live)
         pipe.zcount(k.workers_seen, now - settings.worker_ttl_ms, "+inf")
-        counts, active, delayed, dead, shapes, live, workers = await pipe.execute()
+        pipe.hgetall(k.paused)
+        pipe.zcard(k.held)
+        counts, active, delayed, dead, shapes, live, workers, paused, held = await pipe.execute()
         rows = await self._shape_rows(shapes, live, now)
         return QueueStats(
             queue=self.conn.name,
@@ -247,6 +261,8 @@ class Reader:
             totals={n: int(v) for n, v in counts.items()},
             shapes=rows,
             workers=int(workers),
+            paused=sorted(paused),
+            held=int(held),
         )
 
     async def _shape_rows(self, shapes: dict[str, str], live: dict[str, str], now: int) -> list[ShapeStats]:

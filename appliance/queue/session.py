@@ -162,12 +162,12 @@ class WorkerSession:
     ) -> tuple[list[int], list[ClaimedJob]]:
         """Complete `outcomes` (job id, token, result) and lease up to `count` jobs in one round trip
         (`Queue.finish_and_claim`): (complete codes, claimed jobs). While the session is registered as idle and
-        not woken it only completes, without a claim: nothing waited when it registered, and every job since
-        woke an idle worker."""
+        not woken, claims nothing without asking Redis (the outcomes still go): nothing waited when it
+        registered, and every job since woke an idle worker."""
         self._wake.clear()
         if not self._owed and self.shapes:
             if self.registered or (self._idle_next and await self._register_idle()):
-                return await self.queue.complete_many(outcomes), []
+                return (await self.queue.complete_many(outcomes) if outcomes else []), []
         owed = list(self._owed)
         if owed:
             # The job that woke us is most likely the best: claim.lua takes it in one call when its shape is a

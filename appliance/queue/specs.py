@@ -26,6 +26,7 @@ JOB_COLUMNS = (
     "errors",
     "info",
     "cancels",
+    "customer",
 )
 
 
@@ -66,10 +67,14 @@ def _spec(name: str, keys: str, *, tail: str = "ready", **flags: bool) -> Script
 SPECS: dict[str, ScriptSpec] = {
     s.name: s
     for s in (
-        _spec("submit", "spec meta state ready heads shapes counts seq events idle waiting"),
+        _spec(
+            "submit",
+            "spec meta state ready heads shapes counts seq events delayed idle waiting fair_finish fair_weights "
+            "customer",
+        ),
         _spec(
             "claim",
-            "heads class spec meta state attempts owner leases counts events",
+            "heads class spec meta state attempts owner leases counts events paused held customer",
             candidate_tail=True,
         ),
         _spec("heartbeat", "owner leases cancels workers_seen shape_live", common=False),
@@ -92,7 +97,11 @@ SPECS: dict[str, ScriptSpec] = {
             "ready heads leases delayed owner state attempts meta errors done dead counts events info cancels "
             "progress idle waiting",
         ),
-        _spec("idle", "heads waiting", common=False, candidate_tail=True, tail="idle"),
+        _spec("schedule_save", "schedules schedule_due", common=False),
+        _spec("schedule_due", "schedule_due", common=False),
+        _spec("schedule_advance", "schedule_due", common=False),
+        _spec("unhold", "held state meta ready heads idle waiting"),
+        _spec("idle", "heads waiting paused", common=False, candidate_tail=True, tail="idle"),
         _spec("wake", "ready idle waiting"),
     )
 }

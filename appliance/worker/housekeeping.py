@@ -2,8 +2,8 @@
 
 `ServiceHealth` probes the connector's service (ComfyUI, an API): while it does not answer the worker claims
 nothing and says so; a failed job that smells of an outage triggers a probe at once. `Reaper` offers to
-run the queue's reaper when the next lease deadline or retry falls due; the script's lock lets one worker of the
-fleet through per interval.
+run the queue's reaper when the next lease deadline, retry or repeating job's tick falls due; the script's lock
+lets one worker of the fleet through per interval, and a tick's job id lets one submission through.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ class Reaper:
             return self.interval_s
         try:
             result = await self.queue.reap()
+            # Repeating jobs: every worker offers, each due tick is submitted once across the fleet.
+            ticks = await self.queue.schedules.materialise()
         except Exception as exc:
             if is_unreachable(exc):
                 self.link.mark_down(exc)
@@ -129,11 +131,14 @@ class Reaper:
                 result.dead,
                 result.cancelled,
             )
-        if result.next_in_ms is None:
+        if ticks.submitted:
+            log.info("schedules: %d repeating job(s) submitted", ticks.submitted)
+        waits = [w for w in (result.next_in_ms, ticks.next_in_ms) if w is not None]
+        if not waits:
             return self.max_sleep_s
         # A few ms past the due time (this clock and the server's tick apart) and spread over the fleet, so the
         # workers do not all arrive in the same millisecond; one of them gets the guard, the others sleep again.
-        return min(self.max_sleep_s, result.next_in_ms / 1000 + random.uniform(0.005, 0.05))
+        return min(self.max_sleep_s, min(waits) / 1000 + random.uniform(0.005, 0.05))
 
     async def _sleep(self, seconds: float) -> None:
         until = time.monotonic() + seconds

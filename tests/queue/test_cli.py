@@ -198,3 +198,19 @@ def test_a_payload_over_the_limit_is_refused_in_one_line(redis_url: str, tmp_pat
     )
     assert small.returncode == 2 and "queue.max_payload_bytes=4096" in small.stderr
     assert run(redis_url, "list", "--json").stdout.strip() in ("[]", "")
+
+
+def test_submit_with_a_delay_waits_and_says_when_it_starts(redis_url: str) -> None:
+    out = run(redis_url, "submit", "--service", "echo", "--delay", "3600", "--json")
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip().splitlines()[-1]
+    shown = run(redis_url, "get", job_id)
+    assert "pending" in shown.stdout and "next try" in shown.stdout, shown.stdout
+    at = run(redis_url, "submit", "--service", "echo", "--run-at", "2030-01-01T00:00", "--json")
+    assert at.returncode == 0, at.stderr
+    record = json.loads(run(redis_url, "get", at.stdout.strip().splitlines()[-1], "--json").stdout)
+    assert record["next_attempt_at"].startswith("2030-01-01T00:00:00")
+    both = run(redis_url, "submit", "--service", "echo", "--delay", "5", "--run-at", "2030-01-01")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    bad = run(redis_url, "submit", "--service", "echo", "--run-at", "soon")
+    assert bad.returncode == 2 and "run_at" in bad.stderr and "Traceback" not in bad.stderr

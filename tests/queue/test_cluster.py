@@ -122,3 +122,54 @@ async def test_every_script_runs_on_a_cluster(cluster: list[LocalRedis], use_fun
             await session.close()
     finally:
         await queue.close()
+
+
+async def test_schedule_scripts_run_on_a_cluster(cluster: list[LocalRedis]) -> None:
+    queue = await Queue.connect(f"redis://127.0.0.1:{cluster[0].port}", cluster=True, queue_name="clsched")
+    try:
+        start = await queue.server_time_ms() + 5_000
+        await queue.schedules.add({"id": "s", "every_s": 1, "start_at_ms": start, "job": {"service": "echo"}})
+        result = await queue.schedules.materialise(now_ms=start + 1_000)
+        assert result.submitted == 2 and await queue.client.hexists(queue.keys.state, f"s:{start}")
+        await queue.schedules.pause("s")
+        await queue.schedules.resume("s")
+        assert [s.id for s in await queue.schedules.list()] == ["s"]
+        await queue.schedules.remove("s")
+        assert await queue.schedules.list() == []
+    finally:
+        await queue.close()
+
+
+async def test_fair_share_and_pause_keys_on_a_cluster(cluster: list[LocalRedis]) -> None:
+    queue = await Queue.connect(
+        f"redis://127.0.0.1:{cluster[0].port}",
+        cluster=True,
+        queue_name="clfair",
+        settings=QueueSettings(claim_slack_ms=0),
+    )
+    try:
+        await queue.limits.set("acme", weight=0.001)
+        await queue.limits.set("bolt", weight=0.001)
+        first = await queue.submit_many(
+            [{"id": f"a-{i}", "service": "echo", "customer_id": "acme"} for i in range(3)]
+        )
+        await queue.submit_many(
+            [{"id": f"b-{i}", "service": "echo", "customer_id": "bolt"} for i in range(2)]
+        )
+        order = [(await queue.claim("w", [first[0].shape])).job.id for _ in range(5)]
+        assert order == ["a-0", "b-0", "a-1", "b-1", "a-2"]
+        assert [c.customer for c in await queue.limits.list()] == ["acme", "bolt"]
+        # Pauses: claim.lua's paused/held/customer keys and unhold.lua, all declared.
+        await queue.submit_many(
+            [{"id": f"p-{i}", "service": "echo", "customer_id": "acme"} for i in range(2)]
+        )
+        await queue.pauses.pause(customer="acme")
+        assert await queue.claim("w", [first[0].shape]) is None
+        assert (await queue.stats()).held == 2
+        assert await queue.pauses.resume(customer="acme") == 2
+        await queue.pauses.pause(shape=first[0].shape)
+        assert await queue.claim("w", [first[0].shape]) is None
+        await queue.pauses.resume(shape=first[0].shape)
+        assert (await queue.claim("w", [first[0].shape])).job.id == "p-0"
+    finally:
+        await queue.close()

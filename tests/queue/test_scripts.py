@@ -59,6 +59,14 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         await session.claim()
         await asyncio.sleep(1.1)
         await queue.reap(force=True)
+        await queue.schedules.add({"id": "s", "every_s": 60, "job": {"service": "echo"}})
+        await queue.schedules.materialise(now_ms=2**50)  # far ahead: due, submitted, moved on
+        await queue.schedules.remove("s")
+        await queue.submit({"service": "echo", "customer_id": "acme"})
+        await queue.pauses.pause(customer="acme")
+        while (await queue.stats()).held == 0:  # claims take what waits ahead, then hold acme's job aside
+            await queue.claim("w", session.shapes)
+        assert await queue.pauses.resume(customer="acme") == 1  # unhold
         assert session.hub is not None
         await session.hub.pass_on([job.shape])
         while await session.claim() is not None:

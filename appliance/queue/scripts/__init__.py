@@ -43,6 +43,10 @@ SCRIPT_NAMES = (
     "cancel",
     "reap",
     "requeue",
+    "schedule_save",
+    "schedule_due",
+    "schedule_advance",
+    "unhold",
     "idle",
     "wake",
 )

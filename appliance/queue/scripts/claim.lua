@@ -24,7 +24,10 @@
     KEYS[8]  leases    ZSET id -> lease deadline, ms
     KEYS[9]  counts    HASH of totals
     KEYS[10] events    STREAM
-    KEYS[11..10+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[10..9+C]
+    KEYS[11] paused    HASH 'queue' | 'shape:<id>' | 'customer:<id>' -> ms: what claims skip
+    KEYS[12] held      ZSET (score 0) '<customer>|<shape>|<id>': jobs taken out of line by their customer's pause
+    KEYS[13] customer  HASH id -> customer (absent: the default customer '-')
+    KEYS[14..13+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[10..9+C]
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
@@ -37,7 +40,7 @@
     {'ok', hint, deadline ms, shape, id, job JSON, attempt, id, job JSON, attempt, ...}  (1..n jobs, all of
        `shape`, in score order)
     {'retry', hint}   the class's best job waits in a shape that is not a candidate: nothing was changed
-    {'none'}          no job waits in any of the class's shapes
+    {'none'}          no job waits in any of the class's shapes that is not paused (or the queue is paused)
     {'noclass'}       the class SET does not exist (never written, or expired): write it and call again
     where hint = the class's best shapes now, best first, comma-separated ('' when none is known to wait)
 
@@ -54,6 +57,16 @@ local attempts_key, owner_key, leases_key, counts_key, events_key = KEYS[6], KEY
 local queue, mode, maxlen = ARGV[2], ARGV[3], ARGV[4]
 local worker, token, lease_ms, want = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local slack = tonumber(ARGV[9])
+local paused_key, held_key, customer_key = KEYS[11], KEYS[12], KEYS[13]
+local CANDIDATES = 13  -- candidate i's ready index is KEYS[CANDIDATES + i]
+
+-- Pause and resume (docs/queue.md): one HLEN when nothing is paused. A paused queue claims nothing; a paused
+-- shape is passed over as if its head were absent; a paused customer's jobs are moved to `held` below.
+local pauses = rcall('HLEN', paused_key) > 0
+if pauses and rcall('HEXISTS', paused_key, 'queue') == 1 then return {'none'} end
+local function shape_paused(shape)
+  return pauses and rcall('HEXISTS', paused_key, 'shape:' .. shape) == 1
+end
 
 -- The class's two best shapes in score order, {shape, score} each (the best, and the runner-up that bounds a
 -- batch): walk heads in growing pages; the sentinel at +inf marks the end.
@@ -68,7 +81,7 @@ local function class_top()
     for i = 1, n do members[i] = entries[2 * i - 1] end
     local held = rcall('SMISMEMBER', class_key, unpack(members))
     for i = 1, n do
-      if held[i] == 1 then
+      if held[i] == 1 and not shape_paused(members[i]) then
         top[#top + 1] = {members[i], tonumber(entries[2 * i])}
         if #top == 2 then return top end
       end
@@ -95,7 +108,7 @@ end
 local ncand = #ARGV - 9
 local chosen, ready_key
 for i = 1, ncand do
-  if ARGV[9 + i] == top[1][1] then chosen, ready_key = ARGV[9 + i], KEYS[10 + i] end
+  if ARGV[9 + i] == top[1][1] then chosen, ready_key = ARGV[9 + i], KEYS[CANDIDATES + i] end
 end
 if not chosen and slack > 0 then
   local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, 10, 9 + ncand))
@@ -103,11 +116,11 @@ if not chosen and slack > 0 then
   for i = 1, ncand do
     local score = tonumber(heads[i])
     if score and score <= top[1][2] + slack and (not chosen_score or score < chosen_score) then
-      chosen, chosen_score, ready_key = ARGV[9 + i], score, KEYS[10 + i]
+      chosen, chosen_score, ready_key = ARGV[9 + i], score, KEYS[CANDIDATES + i]
     end
   end
   -- heads holds every class's shapes: a candidate must be checked as one of this class's own.
-  if chosen and rcall('SISMEMBER', class_key, chosen) == 0 then chosen = nil end
+  if chosen and (rcall('SISMEMBER', class_key, chosen) == 0 or shape_paused(chosen)) then chosen = nil end
 end
 if not chosen then return {'retry', hint_of(top)} end
 local best = chosen
@@ -117,15 +130,39 @@ local best = chosen
 local other = top[1]
 if other[1] == best then other = top[2] end
 local bound = other and other[2] + slack
-local popped = rcall('ZPOPMIN', ready_key, want)
-local ids = {}
-for i = 1, #popped, 2 do
-  if #ids == 0 or bound == nil or tonumber(popped[i + 1]) <= bound then
-    ids[#ids + 1] = popped[i]
-  else
-    rcall('ZADD', ready_key, popped[i + 1], popped[i])
+-- The head was checked to be the best; any job after it must rank within the bound.
+local ids, moved, first = {}, 0, true
+repeat
+  local popped = rcall('ZPOPMIN', ready_key, want - #ids)
+  local taken, stop = {}, #popped < 2 * (want - #ids)
+  for i = 1, #popped, 2 do
+    if first or bound == nil or tonumber(popped[i + 1]) <= bound then
+      taken[#taken + 1] = popped[i]
+    else
+      rcall('ZADD', ready_key, popped[i + 1], popped[i])
+      stop = true
+    end
+    first = false
   end
-end
+  if pauses and #taken > 0 then
+    -- A paused customer's jobs leave the line for `held`, each once (no scan); unhold.lua puts them back at
+    -- their places when the customer is resumed. At most 256 per call: a caller meeting a long paused backlog
+    -- gets 'retry' and calls again.
+    local customers, flags = rcall('HMGET', customer_key, unpack(taken)), {}
+    for i = 1, #taken do flags[i] = 'customer:' .. (customers[i] or '-') end
+    local paused = rcall('HMGET', paused_key, unpack(flags))
+    for i, id in ipairs(taken) do
+      if paused[i] then
+        rcall('ZADD', held_key, 0, (customers[i] or '-') .. '|' .. best .. '|' .. id)
+        moved = moved + 1
+      else
+        ids[#ids + 1] = id
+      end
+    end
+  else
+    for _, id in ipairs(taken) do ids[#ids + 1] = id end
+  end
+until stop or #ids >= want or moved >= 256
 local head_score = refresh_head(ready_key, heads_key, best)
 if #ids == 0 then
   -- heads named a shape with nothing waiting (corrected now): point the client at the new best.

@@ -10,7 +10,9 @@
   Input:
     KEYS[1]  heads     ZSET shape -> best waiting score
     KEYS[2]  waiting   HASH idle worker -> hub channel of its process
-    KEYS[3..2+S]       idle ZSETs of the worker's S shapes, in the order of ARGV[3..2+S]
+    KEYS[3]  paused    HASH 'queue' | 'shape:<id>' | 'customer:<id>' -> ms (a paused queue or shape's jobs do not
+                       count as waiting: the claim would pass them over, and the worker would spin)
+    KEYS[4..3+S]       idle ZSETs of the worker's S shapes, in the order of ARGV[3..2+S]
 
     ARGV[1]  worker id
     ARGV[2]  hub channel of the worker's process (where wake-ups for it go)
@@ -24,12 +26,16 @@ local rcall = redis.call
 
 local heads_key, waiting_key, worker = KEYS[1], KEYS[2], ARGV[1]
 local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, 3))
-for i = 1, #ARGV - 2 do
-  if heads[i] then return 0 end
+local paused_key = KEYS[3]
+local pauses = rcall('HLEN', paused_key) > 0
+if not (pauses and rcall('HEXISTS', paused_key, 'queue') == 1) then
+  for i = 1, #ARGV - 2 do
+    if heads[i] and not (pauses and rcall('HEXISTS', paused_key, 'shape:' .. ARGV[2 + i]) == 1) then return 0 end
+  end
 end
 local now = server_now()
 rcall('HSET', waiting_key, worker, ARGV[2])
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   rcall('ZADD', KEYS[i], now, worker)
 end
 return 1

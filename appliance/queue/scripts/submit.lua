@@ -1,6 +1,7 @@
 --[[
-  Submit a job: store it, index it in its shape's ready set, register a new shape, wake one idle
-  worker that serves the shape (never all of them).
+  Submit a job: store it, index it in its shape's ready set (or, when it is to start later, in the delayed set,
+  which the reaper moves back in line when it falls due), register a new shape, wake one idle worker that serves
+  the shape (never all of them).
 
   Input:
     KEYS[1]  spec      HASH id -> submitted job (JSON)
@@ -12,8 +13,12 @@
     KEYS[7]  counts    HASH of totals
     KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
     KEYS[9]  events    STREAM
-    KEYS[10] idle      ZSET of this job's shape: idle worker -> ms it began waiting
-    KEYS[11] waiting   HASH idle worker -> hub channel of its process
+    KEYS[10] delayed   ZSET id -> ms it falls due
+    KEYS[11] idle      ZSET of this job's shape: idle worker -> ms it began waiting
+    KEYS[12] waiting   HASH idle worker -> hub channel of its process
+    KEYS[13] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
+    KEYS[14] fair_weights  HASH customer -> weight (default 1)
+    KEYS[15] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -24,6 +29,9 @@
     ARGV[13] timeout, ms (0 = none)
     ARGV[14] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
     ARGV[15] new-shape channel
+    ARGV[16] start at, epoch ms ('' = now)
+    ARGV[17] start after a delay, ms, by the server's clock ('' = none)
+    ARGV[18] customer ('' = the default customer)
 
   Returns:
      1  submitted
@@ -36,10 +44,12 @@ local rcall = redis.call
 -- @include emit
 -- @include sentinel
 -- @include in_line
+-- @include fair
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local idle_key, waiting_key = KEYS[10], KEYS[11]
+local delayed_key, idle_key, waiting_key = KEYS[10], KEYS[11], KEYS[12]
+local finish_key, weights_key, customer_key = KEYS[13], KEYS[14], KEYS[15]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
 
@@ -47,15 +57,33 @@ if rcall('HEXISTS', state_key, id) == 1 then
   return -4
 end
 
+-- A job that starts later ranks as if submitted when it falls due, not ahead of what arrived meanwhile.
+local start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[17])) or now
+local later = start > now
+
 -- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,
--- and no job waits more than (priority difference x step) behind later arrivals.
+-- and no job waits more than (priority difference x step) of virtual time behind later arrivals.
 local seq = rcall('INCR', seq_key)
-local score = string.format('%.0f', (now - priority * tonumber(ARGV[11])) * 1000 + (seq % 1000))
+local step_units = priority * tonumber(ARGV[11]) * 1000
+local score
+if later then
+  -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md).
+  score = string.format('%.0f', start * 1000 - step_units + (seq % 1000))
+else
+  score = string.format('%.0f', fair_tag(ready_key, meta_key, finish_key, weights_key, ARGV[18],
+    now * 1000 + (seq % 1000), tonumber(ARGV[11])) - step_units)
+end
 
 rcall('HSET', spec_key, id, ARGV[6])
+if ARGV[18] ~= '' then rcall('HSET', customer_key, id, ARGV[18]) end
 rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
-back_in_line({state = state_key, ready = ready_key, heads = heads_key}, id, shape, score, nil)
+if later then
+  rcall('HSET', state_key, id, 'pending')
+  rcall('ZADD', delayed_key, start, id)
+else
+  back_in_line({state = state_key, ready = ready_key, heads = heads_key}, id, shape, score, nil)
+end
 if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
   -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.
@@ -63,7 +91,11 @@ if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   rcall('PUBLISH', ARGV[15], shape)
 end
 rcall('HINCRBY', counts_key, 'submitted', 1)
-wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14] == '1')
-emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted',
-  {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]})
+local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
+if later then
+  fields[#fields + 1], fields[#fields + 2] = 'run_at', start
+else
+  wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14] == '1')
+end
+emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 return 1

@@ -1,0 +1,43 @@
+--[[
+  Function for fair share across customers (docs/queue.md "Fair share"): the tag a newly submitted job ranks
+  by, in score units (1 ms = 1000), before its priority offset. Start-time fair queueing, with a customer's own
+  jobs kept as far apart as they arrived:
+
+  - V, the shape's virtual time: the tag of the job next in line (the head's score plus the head's priority
+    offset), so claims advance it by taking that job; a shape with nothing waiting follows the server clock
+    (`arrival`, which carries the FIFO tie-break).
+  - tag = max(V, last tag + 10 ms / weight, arrival + min(0, last tag - last arrival)), from the customer's last
+    job (any shape). A customer that just arrived starts at V: next in line, not behind another customer's
+    backlog. A customer with a backlog is paced at 10 ms of virtual time per job divided by its weight, so
+    backlogged customers interleave in proportion to their weights. Jobs a customer submits apart keep at
+    least their wall-clock spacing, so priority (a time offset) ages between them as before; a lead a customer
+    built by flooding decays with the clock, a lag it was given behind a backlog is kept while it lasts.
+    One customer's tags only grow: its own jobs stay FIFO.
+
+  Cost: O(log N) (the head) + O(1), whatever the number of customers. Jobs without a customer form one
+  default customer, '-' (not a valid customer id).
+]]
+local FAIR_QUANTUM = 10000  -- score units a weight-1 customer's tag moves per job (10 ms)
+
+local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, arrival, step_ms)
+  if customer == '' then customer = '-' end
+  local v = arrival
+  local head = rcall('ZRANGE', ready_key, 0, 0, 'WITHSCORES')
+  if head[1] then
+    local meta = rcall('HGET', meta_key, head[1])
+    local p = meta and tonumber(string.match(meta, '^[^|]*|[^|]*|[^|]*|([^|]*)|')) or 0
+    v = tonumber(head[2]) + p * step_ms * 1000
+  end
+  local tag = v
+  local last = rcall('HGET', finish_key, customer)
+  if last then
+    local last_tag, last_arrival = string.match(last, '^([^|]*)|(.*)$')
+    last_tag, last_arrival = tonumber(last_tag), tonumber(last_arrival)
+    local weight = tonumber(rcall('HGET', weights_key, customer)) or 1
+    local paced = last_tag + math.max(1, math.floor(FAIR_QUANTUM / weight + 0.5))
+    local spaced = arrival + math.min(0, last_tag - last_arrival)
+    tag = math.max(tag, paced, spaced)
+  end
+  rcall('HSET', finish_key, customer, string.format('%.0f|%.0f', tag, arrival))
+  return tag
+end

@@ -51,10 +51,11 @@ class QueueConnection:
         shape: str = "",
         class_id: str = "",
         candidates: tuple[str, ...] | list[str] = (),
+        customer: str = "",
     ) -> Call:
         """A call of `script` with KEYS from its spec and ARGV = common prefix (if it takes one) + `args`."""
         spec = SPECS[script]
-        keys = spec.build(self.keys, shape=shape, class_id=class_id, candidates=candidates)
+        keys = spec.build(self.keys, shape=shape, class_id=class_id, candidates=candidates, customer=customer)
         return script, keys, (self.common() if spec.common else []) + args
 
     async def run(self, call: Call) -> Any:

@@ -33,6 +33,8 @@ class EventKind(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"
     RELEASED = "released"
     LEASE_EXPIRED = "lease_expired"
+    #: A failed or dead job was put back in line by hand (Queue.retry: dead-letter replay).
+    REPLAYED = "replayed"
 
     @classmethod
     def parse(cls, name: Any) -> EventKind | None:
@@ -79,6 +81,7 @@ MEANING: dict[EventKind, Meaning] = {
     EventKind.CANCEL_REQUESTED: Meaning(None),
     EventKind.RELEASED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
     EventKind.LEASE_EXPIRED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
+    EventKind.REPLAYED: Meaning(JobStatus.PENDING),
 }
 
 

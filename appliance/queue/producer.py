@@ -83,8 +83,9 @@ class Producer:
             int(spec.timeout_s * 1000) if spec.timeout_s else 0,
             k.wake_channel(shape),
             k.shapes_channel,
+            spec.customer_id or "",
         ]
-        return job_id, shape, self.conn.prepare("submit", args, shape=shape)
+        return job_id, shape, self.conn.prepare("submit", args, shape=shape, customer=spec.customer_id or "")
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
@@ -161,6 +162,13 @@ class Producer:
         )
         code = raise_for_code(int(await self.conn.run(call)), job_id)
         return "cancelled" if code == ScriptCode.OK else "requested"
+
+    async def retry(self, job_id: str) -> None:
+        """Put a failed or dead job back in line with its retries renewed (dead-letter replay); JobNotRetryable
+        when it is waiting, running, completed or cancelled."""
+        shape = await shape_of_job(self.conn, job_id)
+        call = self.conn.prepare("retry", [job_id, shape, self.conn.keys.wake_channel(shape)], shape=shape)
+        raise_for_code(int(await self.conn.run(call)), job_id)
 
 
 def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:

@@ -3,7 +3,7 @@ common ARGV prefix. Every caller builds KEYS from here; tests/queue/test_script_
 against its script's `KEYS[n]  name` header lines, so a key added to a script cannot be forgotten here.
 
 A key is named as in the header, which is the QueueKeys attribute of that name, except:
-`ready` (the job's or the batch's shape), `class` (the worker class) and a trailing `ready...` (claim's
+`ready` (the job's or the batch's shape), `class` (the worker class), `tenant` (the job's customer) and a trailing `ready...` (claim's
 candidate shapes, a variable tail).
 """
 
@@ -39,9 +39,16 @@ class ScriptSpec:
     candidate_tail: bool = False
 
     def build(
-        self, k: QueueKeys, *, shape: str = "", class_id: str = "", candidates: Sequence[str] = ()
+        self,
+        k: QueueKeys,
+        *,
+        shape: str = "",
+        class_id: str = "",
+        candidates: Sequence[str] = (),
+        customer: str = "",
     ) -> list[str]:
-        """The KEYS of one call: `shape` for `ready`, `class_id` for `class`, `candidates` for claim's tail."""
+        """The KEYS of one call: `shape` for `ready`, `class_id` for `class`, `customer` for `tenant`,
+        `candidates` for claim's tail."""
         out = []
         for name in self.keys:
             if name == "ready":
@@ -50,6 +57,8 @@ class ScriptSpec:
                 out.append(k.ready(shape))
             elif name == "class":
                 out.append(k.worker_class(class_id))
+            elif name == "tenant":
+                out.append(k.tenant_jobs(customer))
             else:
                 out.append(str(getattr(k, name)))
         if self.candidate_tail:
@@ -64,7 +73,7 @@ def _spec(name: str, keys: str, **flags: bool) -> ScriptSpec:
 SPECS: dict[str, ScriptSpec] = {
     s.name: s
     for s in (
-        _spec("submit", "spec meta state ready heads shapes counts seq events"),
+        _spec("submit", "spec meta state ready heads shapes counts seq events tenant"),
         _spec(
             "claim",
             "heads class spec meta state attempts owner leases counts events",
@@ -89,5 +98,6 @@ SPECS: dict[str, ScriptSpec] = {
             "ready heads leases delayed owner state attempts meta errors done dead counts events info cancels "
             "progress",
         ),
+        _spec("retry", "state meta ready heads done dead attempts info counts events"),
     )
 }

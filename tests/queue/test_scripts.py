@@ -58,6 +58,10 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         await session.claim()
         await asyncio.sleep(1.1)
         await queue.reap(force=True)
+        await queue.submit({"service": "echo"})
+        last = await session.claim()
+        await queue.fail(last.job.id, last.token, "x", retryable=False)
+        await queue.retry(last.job.id)
     finally:
         await session.close()
     seen = {name for name, _ in calls}

@@ -40,6 +40,7 @@ SCRIPT_NAMES = (
     "cancel",
     "reap",
     "requeue",
+    "retry",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 

@@ -11,6 +11,7 @@
     KEYS[7]  counts    HASH of totals
     KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
     KEYS[9]  events    STREAM
+    KEYS[10] tenant    ZSET of the job's customer: id -> submit order (written only when ARGV[16] is set)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -21,6 +22,7 @@
     ARGV[13] timeout, ms (0 = none)
     ARGV[14] wake channel of the shape
     ARGV[15] new-shape channel
+    ARGV[16] customer id ('' = none: the tenant index is not written)
 
   Returns:
      1  submitted
@@ -59,6 +61,8 @@ if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   rcall('PUBLISH', ARGV[15], shape)
 end
 rcall('HINCRBY', counts_key, 'submitted', 1)
+-- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
+if ARGV[16] ~= '' then rcall('ZADD', KEYS[10], string.format('%.0f', now * 1000 + (seq % 1000)), id) end
 rcall('PUBLISH', ARGV[14], id)
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted',
   {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]})

@@ -38,6 +38,7 @@ from appliance.config.pools import ClassifierSettings, PoolRule, PoolSettings, _
 from appliance.config.queue import QueueSettings
 from appliance.config.section import ConfigError, Section
 from appliance.config.storage import S3Settings, StorageSettings
+from appliance.config.webhooks import WebhookSettings
 from appliance.config.worker import CapabilityOverrides, WorkerSettings
 from appliance.secrets import SecretError, credential_name, read_secret
 
@@ -98,6 +99,9 @@ class Settings(Section):
         default_factory=ClassifierSettings, description="How jobs are assigned to pools."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    webhooks: WebhookSettings = Field(
+        default_factory=WebhookSettings, description="Webhook delivery (the API process)."
+    )
 
     @field_validator("connectors")
     @classmethod
@@ -215,5 +219,6 @@ __all__ += [
     "S3Settings",
     "Section",
     "StorageSettings",
+    "WebhookSettings",
     "WorkerSettings",
 ]

@@ -40,7 +40,7 @@ class Api:
 
 API_KEY: web.AppKey[Api] = web.AppKey("api", Api)
 #: The authenticated key of a request (set by the auth middleware on /v1/ routes).
-KEY = "appliance.api.key"
+KEY: web.RequestKey[ApiKey] = web.RequestKey("key", ApiKey)
 
 
 def api_of(request: web.Request) -> Api:
@@ -49,7 +49,7 @@ def api_of(request: web.Request) -> Api:
 
 def caller(request: web.Request, scope: Scope) -> ApiKey:
     """The request's key, which must hold `scope` (admin holds every scope): 403 naming the scope otherwise."""
-    key: ApiKey = request[KEY]
+    key = request[KEY]
     if scope not in key.scopes and Scope.ADMIN not in key.scopes:
         raise ProblemError(403, f"this API key lacks the {scope.value!r} scope")
     return key

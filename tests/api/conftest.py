@@ -1,0 +1,78 @@
+"""A real API server on loopback (in this test's event loop, on a real TCP port) over a real redis-server, and
+real HTTP clients holding keys of two tenants."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from appliance.api.keys import KeyStore, Scope
+from appliance.api.server import Running, start
+from appliance.config.schema import Settings
+from appliance.queue import Queue
+
+
+@dataclass
+class Client:
+    """One tenant's HTTP client."""
+
+    http: aiohttp.ClientSession
+    base: str
+    token: str
+    tenant: str
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", **extra}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, aiohttp.ClientResponse]:
+        headers = self.headers(**kwargs.pop("headers", {}))
+        async with self.http.request(method, self.base + path, headers=headers, **kwargs) as resp:
+            body: Any = await resp.read()
+            if resp.content_type in ("application/json", "application/problem+json"):
+                body = await resp.json(content_type=None)
+            return resp.status, body, resp
+
+
+@dataclass
+class Server:
+    running: Running
+    queue: Queue
+    base: str
+    http: aiohttp.ClientSession
+    store: KeyStore
+
+    async def client(self, tenant: str, scopes: list[Scope] | None = None, **limits: Any) -> Client:
+        _, token = await self.store.create(tenant, scopes or [Scope.SUBMIT, Scope.READ, Scope.CANCEL], **limits)
+        return Client(self.http, self.base, token, tenant)
+
+
+def api_settings(**api: Any) -> Settings:
+    return Settings.model_validate({"api": {"sse_keepalive_s": 1, **api}, "queue": {"retry_base_ms": 0}})
+
+
+@pytest.fixture
+async def make_server(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
+    made: list[tuple[Running, Queue]] = []
+    http = aiohttp.ClientSession()
+
+    async def factory(settings: Settings | None = None) -> Server:
+        settings = settings or api_settings()
+        queue = await Queue.connect(redis_url, settings=settings.queue)
+        running = await start(queue, settings, "127.0.0.1", 0)
+        made.append((running, queue))
+        return Server(running, queue, f"http://127.0.0.1:{running.port}", http, KeyStore(queue.client, queue.keys))
+
+    yield factory
+    for running, queue in made:
+        await running.stop()
+        await queue.close()
+    await http.close()
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., Any]) -> Server:
+    return await make_server()

@@ -1,5 +1,5 @@
-"""The aiohttp application: routes, and the middlewares every request passes (metrics, problem details, API
-key and per-key rate limit)."""
+"""The aiohttp application: routes, and the middlewares every request passes (metrics, problem details). Each
+/v1/ handler starts with `await caller(request, scope)`: the API key, its rate and its scope."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from appliance.api import fleet, jobs, live, ws
-from appliance.api.context import API_KEY, KEY, Api, api_of
+from appliance.api.context import API_KEY, Api, api_of
 from appliance.api.problems import ProblemError, render
 
 log = logging.getLogger(__name__)
@@ -53,28 +53,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return render(503, f"the job store is unavailable ({type(exc).__name__}); try again", {"Retry-After": "1"})
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/v1/ needs a bearer API key, read from Redis on each request (a revoked key fails at once), and counts
-    the request against the key's rate."""
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
-    api = api_of(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    key = await api.store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-    if key is None:
-        raise ProblemError(
-            401, "a valid API key is required: Authorization: Bearer apk_...", headers={"WWW-Authenticate": "Bearer"}
-        )
-    refused = await api.limits.request(key.id, key.rate_per_s or api.settings.api.rate_per_s)
-    if refused is not None:
-        raise ProblemError(429, refused.detail, headers={"Retry-After": str(refused.retry_after_s)})
-    request[KEY] = key
-    return await handler(request)
-
-
 def make_app(api: Api) -> web.Application:
-    app = web.Application(middlewares=[measure, problems, authenticate])
+    app = web.Application(middlewares=[measure, problems])
     app[API_KEY] = api
     r = app.router
     r.add_post("/v1/jobs", jobs.submit)

@@ -39,17 +39,24 @@ class Api:
 
 
 API_KEY: web.AppKey[Api] = web.AppKey("api", Api)
-#: The authenticated key of a request (set by the auth middleware on /v1/ routes).
-KEY: web.RequestKey[ApiKey] = web.RequestKey("key", ApiKey)
-
 
 def api_of(request: web.Request) -> Api:
     return request.app[API_KEY]
 
 
-def caller(request: web.Request, scope: Scope) -> ApiKey:
-    """The request's key, which must hold `scope` (admin holds every scope): 403 naming the scope otherwise."""
-    key = request[KEY]
+async def caller(request: web.Request, scope: Scope) -> ApiKey:
+    """The request's API key (a bearer token, read from Redis on each request: a revoked key fails at once),
+    counted against its rate, and holding `scope` (admin holds every scope): 401, 429 or 403 otherwise."""
+    api = api_of(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    key = await api.store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
+        raise ProblemError(
+            401, "a valid API key is required: Authorization: Bearer apk_...", headers={"WWW-Authenticate": "Bearer"}
+        )
+    refused = await api.limits.request(key.id, key.rate_per_s or api.settings.api.rate_per_s)
+    if refused is not None:
+        raise ProblemError(429, refused.detail, headers={"Retry-After": str(refused.retry_after_s)})
     if scope not in key.scopes and Scope.ADMIN not in key.scopes:
         raise ProblemError(403, f"this API key lacks the {scope.value!r} scope")
     return key

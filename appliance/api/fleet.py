@@ -18,13 +18,13 @@ DEFAULT_POOL = "standard"
 
 async def stats(request: web.Request) -> web.Response:
     api = api_of(request)
-    caller(request, Scope.ADMIN)
+    await caller(request, Scope.ADMIN)
     return json_response((await api.queue.stats()).model_dump(mode="json"))
 
 
 async def machines(request: web.Request) -> web.Response:
     api = api_of(request)
-    caller(request, Scope.ADMIN)
+    await caller(request, Scope.ADMIN)
     records = await api.queue.registry.machines()
     return json_response(
         {"machines": [{"machine_id": r.machine_id, "info": r.info, "status": r.status} for r in records]}
@@ -33,7 +33,7 @@ async def machines(request: web.Request) -> web.Response:
 
 async def pools(request: web.Request) -> web.Response:
     api = api_of(request)
-    caller(request, Scope.ADMIN)
+    await caller(request, Scope.ADMIN)
     queue_stats = await api.queue.stats()
     default = api.settings.classifier.default_pool or DEFAULT_POOL
     waiting: Counter[str] = Counter()

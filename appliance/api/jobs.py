@@ -113,7 +113,7 @@ async def _submit_idempotent(request: web.Request, api: Api, key: ApiKey, body: 
 
 async def submit(request: web.Request) -> web.Response:
     api = api_of(request)
-    key = caller(request, Scope.SUBMIT)
+    key = await caller(request, Scope.SUBMIT)
     wait = _wait_s(request, api)
     body = await read_json(request, api.max_body)
     sub = _submission(body, key)
@@ -131,7 +131,7 @@ async def submit(request: web.Request) -> web.Response:
 
 async def submit_batch(request: web.Request) -> web.Response:
     api = api_of(request)
-    key = caller(request, Scope.SUBMIT)
+    key = await caller(request, Scope.SUBMIT)
     limit = min(api.max_body * api.settings.api.max_batch, 64 * 1024 * 1024)
     body = await read_json(request, limit)
     if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
@@ -150,13 +150,13 @@ async def submit_batch(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     api = api_of(request)
-    key = caller(request, Scope.READ)
+    key = await caller(request, Scope.READ)
     return json_response(job_json(await owned_job(api, key, job_id_of(request))))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     api = api_of(request)
-    key = caller(request, Scope.CANCEL)
+    key = await caller(request, Scope.CANCEL)
     job = await owned_job(api, key, job_id_of(request))
     try:
         outcome = await api.queue.cancel(job.id)
@@ -168,7 +168,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def retry_job(request: web.Request) -> web.Response:
     api = api_of(request)
-    key = caller(request, Scope.SUBMIT)
+    key = await caller(request, Scope.SUBMIT)
     job = await owned_job(api, key, job_id_of(request))
     limit = key.max_in_flight or api.settings.api.max_in_flight
     refused = await api.limits.admit(key.id, limit, [job.id])
@@ -203,7 +203,7 @@ def _int_param(request: web.Request, name: str, default: int | None, low: int, h
 
 async def list_jobs(request: web.Request) -> web.Response:
     api = api_of(request)
-    key = caller(request, Scope.READ)
+    key = await caller(request, Scope.READ)
     status = _status_filter(request.query.get("status"))
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE) or 50
     cursor = _int_param(request, "cursor", None, 0, 2**62)
@@ -213,7 +213,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def output(request: web.Request) -> web.StreamResponse:
     api = api_of(request)
-    key = caller(request, Scope.READ)
+    key = await caller(request, Scope.READ)
     job = await owned_job(api, key, job_id_of(request))
     name = request.match_info["name"]
     if not _OUTPUT_RE.match(name):
@@ -253,7 +253,7 @@ async def _presigned(api: Api, key: str) -> web.Response:
 async def dead_webhooks(request: web.Request) -> web.Response:
     """The caller's tenant's webhook deliveries that were given up, newest first."""
     api = api_of(request)
-    key = caller(request, Scope.READ)
+    key = await caller(request, Scope.READ)
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE) or 50
     cursor = request.query.get("cursor")
     if cursor is not None and not re.fullmatch(r"[A-Za-z0-9:._-]{1,200}", cursor):

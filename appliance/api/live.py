@@ -81,7 +81,7 @@ class _Follower:
 
 async def job_events(request: web.Request) -> web.StreamResponse:
     api = api_of(request)
-    key = caller(request, Scope.READ)
+    key = await caller(request, Scope.READ)
     job = await owned_job(api, key, job_id_of(request))
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if last is not None and not _ENTRY_RE.match(last):

@@ -107,7 +107,7 @@ def _ids(value: Any) -> list[str]:
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     api = api_of(request)
-    key = caller(request, Scope.READ)
+    key = await caller(request, Scope.READ)
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1024 * 1024)
     await ws.prepare(request)
     session = _Session(api, key, ws)

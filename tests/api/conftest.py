@@ -76,3 +76,23 @@ async def make_server(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture
 async def server(make_server: Callable[..., Any]) -> Server:
     return await make_server()
+
+
+async def finish(queue: Queue, job_id: str, outcome: str = "completed", result: Any = None) -> None:
+    """Run one job through a real worker session of the queue: claim it, then complete or fail it."""
+    from appliance.queue import Capabilities, WorkerSession
+
+    session = await WorkerSession.open(queue, f"w-{job_id[:8]}", Capabilities(services=["echo"]))
+    try:
+        for _ in range(100):
+            claimed = await session.claim()
+            assert claimed is not None, "nothing to claim"
+            if claimed.job.id == job_id:
+                break
+            await queue.release(claimed.job.id, claimed.token)
+        if outcome == "completed":
+            await queue.complete(job_id, claimed.token, result if result is not None else {"ok": True})
+        else:
+            await queue.fail(job_id, claimed.token, "it broke", retryable=False)
+    finally:
+        await session.close()

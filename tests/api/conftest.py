@@ -83,13 +83,16 @@ async def finish(queue: Queue, job_id: str, outcome: str = "completed", result: 
     from appliance.queue import Capabilities, WorkerSession
 
     session = await WorkerSession.open(queue, f"w-{job_id[:8]}", Capabilities(services=["echo"]))
+    others = []
     try:
-        for _ in range(100):
+        while True:
             claimed = await session.claim()
-            assert claimed is not None, "nothing to claim"
+            assert claimed is not None, f"job {job_id} is not waiting"
             if claimed.job.id == job_id:
                 break
-            await queue.release(claimed.job.id, claimed.token)
+            others.append(claimed)
+        for other in others:  # back in line at their own place
+            await queue.release(other.job.id, other.token)
         if outcome == "completed":
             await queue.complete(job_id, claimed.token, result if result is not None else {"ok": True})
         else:

@@ -41,12 +41,17 @@ class Subscription:
         self.inbox: asyncio.Queue[JobEvent | None] = asyncio.Queue(BUFFER + 1)
         self.lagged = False
 
+    def cut(self) -> None:
+        """End this subscriber's stream (the process stops, or it fell behind): its client resumes elsewhere."""
+        self.lagged = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.inbox.put_nowait(None)
+
     def offer(self, event: JobEvent) -> None:
         if self.lagged:
             return
         if self.inbox.qsize() >= BUFFER:
-            self.lagged = True
-            self.inbox.put_nowait(None)
+            self.cut()
             return
         self.inbox.put_nowait(event)
 
@@ -56,6 +61,7 @@ class EventHub:
         self.queue = queue
         self.block_ms = block_ms
         self._by_job: dict[str, set[Subscription]] = defaultdict(set)
+        self._subs: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         #: Entries read from the stream (for the benchmark and tests).
         self.read = 0
@@ -64,10 +70,17 @@ class EventHub:
         self._task = asyncio.create_task(self._run(), name="api-event-hub")
 
     async def stop(self) -> None:
+        """Stop reading and end every open stream (so the server's shutdown does not wait for them)."""
+        for sub in tuple(self._subs):
+            sub.cut()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
 
     @property
     def alive(self) -> bool:
@@ -75,6 +88,7 @@ class EventHub:
 
     def attach(self, jobs: set[str]) -> Subscription:
         sub = Subscription(set())
+        self._subs.add(sub)
         self.follow(sub, jobs)
         return sub
 
@@ -84,6 +98,9 @@ class EventHub:
             self._by_job[job].add(sub)
 
     def unfollow(self, sub: Subscription, jobs: set[str] | None = None) -> None:
+        """Stop sending `jobs` (None: every job, and the subscriber is gone) to `sub`."""
+        if jobs is None:
+            self._subs.discard(sub)
         for job in list(sub.jobs if jobs is None else jobs):
             sub.jobs.discard(job)
             subs = self._by_job.get(job)
@@ -92,9 +109,8 @@ class EventHub:
                 if not subs:
                     del self._by_job[job]
 
-    async def catch_up(self, job: str, after: str) -> AsyncIterator[JobEvent]:
-        """The job's events in the stream after entry `after` (exclusive), oldest first."""
-        start = f"({after}"
+    async def catch_up(self, job: str, start: str) -> AsyncIterator[JobEvent]:
+        """The job's events in the stream from `start` (an XRANGE bound: `(<id>` excludes it), oldest first."""
         while True:
             entries = await self.queue.client.xrange(self.queue.keys.events, min=start, max="+", count=CATCH_UP_BATCH)
             for entry_id, fields in entries:

@@ -3,7 +3,13 @@ real HTTP clients holding keys of two tenants."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +52,9 @@ class Server:
     store: KeyStore
 
     async def client(self, tenant: str, scopes: list[Scope] | None = None, **limits: Any) -> Client:
-        _, token = await self.store.create(tenant, scopes or [Scope.SUBMIT, Scope.READ, Scope.CANCEL], **limits)
+        _, token = await self.store.create(
+            tenant, scopes or [Scope.SUBMIT, Scope.READ, Scope.CANCEL], **limits
+        )
         return Client(self.http, self.base, token, tenant)
 
 
@@ -64,7 +72,9 @@ async def make_server(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
         queue = await Queue.connect(redis_url, settings=settings.queue)
         running = await start(queue, settings, "127.0.0.1", 0)
         made.append((running, queue))
-        return Server(running, queue, f"http://127.0.0.1:{running.port}", http, KeyStore(queue.client, queue.keys))
+        return Server(
+            running, queue, f"http://127.0.0.1:{running.port}", http, KeyStore(queue.client, queue.keys)
+        )
 
     yield factory
     for running, queue in made:
@@ -99,3 +109,41 @@ async def finish(queue: Queue, job_id: str, outcome: str = "completed", result: 
             await queue.fail(job_id, claimed.token, "it broke", retryable=False)
     finally:
         await session.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def api_process(redis_url: str) -> Iterator[Callable[[int], subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(APPLIANCE_REDIS_URL=redis_url, APPLIANCE_API__SSE_KEEPALIVE_S="1")
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "api", "--host", "127.0.0.1", "--port", str(port)], env=env
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+async def wait_ready(http: aiohttp.ClientSession, base: str) -> None:
+    for _ in range(600):
+        try:
+            async with http.get(base + "/readyz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("the API did not get ready")

@@ -15,7 +15,9 @@ async def test_a_bad_field_is_a_problem_naming_it(server: Server) -> None:
     assert status == 400 and resp.content_type == "application/problem+json"
     assert body["status"] == 400 and "priority" in body["detail"]
     assert [e["field"] for e in body["errors"]] == ["priority"]
-    status, body, _ = await alice.call("POST", "/v1/jobs", data=b"{not json", headers={"Content-Type": "application/json"})
+    status, body, _ = await alice.call(
+        "POST", "/v1/jobs", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and "not valid JSON" in body["detail"]
     status, body, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo", "id": "mine"})
     assert status == 400 and body["detail"].startswith("id:")
@@ -28,7 +30,9 @@ async def test_keys_are_required_checked_and_scoped(server: Server) -> None:
     async with server.http.get(server.base + "/v1/jobs") as resp:
         assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
         assert resp.content_type == "application/problem+json"
-    async with server.http.get(server.base + "/v1/jobs", headers={"Authorization": "Bearer " + alice.token[:-1] + "x"}) as resp:
+    async with server.http.get(
+        server.base + "/v1/jobs", headers={"Authorization": "Bearer " + alice.token[:-1] + "x"}
+    ) as resp:
         assert resp.status == 401
     status, body, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo"})
     assert status == 403 and "'submit' scope" in body["detail"]
@@ -51,14 +55,20 @@ async def test_the_same_idempotency_key_and_body_give_the_same_job(server: Serve
     again = await alice.call("POST", "/v1/jobs", json=job, headers={"Idempotency-Key": "k1"})
     assert first[0] == again[0] == 202 and first[1]["id"] == again[1]["id"]
     assert again[2].headers["Idempotent-Replayed"] == "true"
-    status, body, _ = await alice.call("POST", "/v1/jobs", json={**job, "payload": {"n": 2}}, headers={"Idempotency-Key": "k1"})
+    status, body, _ = await alice.call(
+        "POST", "/v1/jobs", json={**job, "payload": {"n": 2}}, headers={"Idempotency-Key": "k1"}
+    )
     assert status == 409 and "different body" in body["detail"]
     assert (await server.queue.stats()).totals["submitted"] == 1
     # Keys are per tenant: bob's k1 is another request.
     bob = await server.client("bob")
-    assert (await bob.call("POST", "/v1/jobs", json=job, headers={"Idempotency-Key": "k1"}))[1]["id"] != first[1]["id"]
+    assert (await bob.call("POST", "/v1/jobs", json=job, headers={"Idempotency-Key": "k1"}))[1][
+        "id"
+    ] != first[1]["id"]
     # A refused request does not hold its key: fixed and sent again with it, it goes through.
-    assert (await alice.call("POST", "/v1/jobs", json={"service": "!"}, headers={"Idempotency-Key": "k2"}))[0] == 400
+    assert (await alice.call("POST", "/v1/jobs", json={"service": "!"}, headers={"Idempotency-Key": "k2"}))[
+        0
+    ] == 400
     assert (await alice.call("POST", "/v1/jobs", json=job, headers={"Idempotency-Key": "k2"}))[0] == 202
 
 
@@ -136,9 +146,13 @@ async def test_bodies_over_the_size_limit_are_413(make_server) -> None:  # type:
     settings.queue.max_payload_bytes = 4096
     server = await make_server(settings)
     alice = await server.client("alice")
-    status, body, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo", "payload": {"x": "y" * 30_000}})
+    status, body, _ = await alice.call(
+        "POST", "/v1/jobs", json={"service": "echo", "payload": {"x": "y" * 30_000}}
+    )
     assert status == 413 and "limit" in body["detail"]
-    status, body, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo", "payload": {"x": "y" * 8000}})
+    status, body, _ = await alice.call(
+        "POST", "/v1/jobs", json={"service": "echo", "payload": {"x": "y" * 8000}}
+    )
     assert status == 413 and "max_payload_bytes" in body["detail"]
     assert (await server.queue.stats()).totals.get("submitted", 0) == 0
 

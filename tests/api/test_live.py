@@ -4,19 +4,13 @@ the WebSocket following many jobs."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import aiohttp
-import pytest
 
 from appliance.api.keys import KeyStore, Scope
 from appliance.queue import Capabilities, Queue, WorkerSession
-from tests.api.conftest import Server, finish
+from tests.api.conftest import Server, finish, free_port, wait_ready
 from tests.api.sse import Event, events
 
 
@@ -56,44 +50,6 @@ async def test_a_finished_job_streams_its_history_at_once(server: Server) -> Non
         f"{server.base}/v1/jobs/{job['id']}/events", headers=alice.headers(**{"Last-Event-ID": seen[1].id})
     ) as resp:
         assert [e.event for e in await read_until_end(resp)] == ["failed", "end"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def api_process(redis_url: str) -> Iterator[object]:
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(APPLIANCE_REDIS_URL=redis_url, APPLIANCE_API__SSE_KEEPALIVE_S="1")
-
-    def start(port: int) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "api", "--host", "127.0.0.1", "--port", str(port)], env=env
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-
-
-async def wait_ready(http: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(600):
-        try:
-            async with http.get(base + "/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the API did not get ready")
 
 
 async def test_sse_resumed_after_an_api_restart_loses_no_event(redis_url: str, api_process) -> None:  # type: ignore[no-untyped-def]

@@ -10,10 +10,23 @@ from appliance.queue.models import Job, JobSpec, QueueStats
 from appliance.webhooks import WebhookRequest
 
 
+def _server_fields(schema: dict[str, Any]) -> None:
+    """The document shows what a client may send: no `id`; `customer_id` only as the key's own."""
+    properties = schema.get("properties", {})
+    properties.pop("id", None)
+    if "customer_id" in properties:
+        properties["customer_id"] = {
+            "description": "Set from the API key; a body may only repeat the key's own customer.",
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+        }
+
+
 class JobSubmission(JobSpec):
     """A job spec as `POST /v1/jobs` takes it: the queue's JobSpec plus an optional webhook. `id` is chosen by
     the server (send an Idempotency-Key header to make a submit safe to repeat) and `customer_id` comes from
     the API key: a body naming another customer is refused."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_server_fields)
 
     webhook: WebhookRequest | None = Field(None, description="Where to POST this job's events (signed).")
 

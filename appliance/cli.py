@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "appliance.commands.pools",
     "appliance.commands.fleet",
     "appliance.commands.redis",
+    "appliance.commands.webhooks",
 )
 
 

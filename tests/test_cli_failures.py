@@ -55,7 +55,7 @@ NO_REDIS = {
 }
 #: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
 #: still work).
-WRITES = {("job", "submit"), ("fleet", "drain")}
+WRITES = {("job", "submit"), ("fleet", "drain"), ("webhooks", "secret")}
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
 #: How long a service may run before it is stopped (s); clients get CLIENT_TIMEOUT_S to exit on their own.
@@ -71,6 +71,7 @@ FILL = {
     "gpu": "0",
     "role": "submitter",
     "bin_path": "/usr/bin/appliance",
+    "tenant": "t-test",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")

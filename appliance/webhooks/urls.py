@@ -40,7 +40,10 @@ class AllowList:
                 self.hosts.add(entry.lower().rstrip("."))
 
     def permits(self, host: str, address: Address) -> bool:
-        return host.lower().rstrip(".") in self.hosts or any(address in n for n in self.networks)
+        if host.lower().rstrip(".") in self.hosts:
+            return True
+        inner = _effective(address)
+        return any(a in n for a in (address, inner) for n in self.networks if a.version == n.version)
 
 
 def _effective(address: Address) -> Address:
@@ -109,8 +112,9 @@ def judge(host: str, addresses: Sequence[Address], allow: AllowList) -> None:
     for address in addresses:
         reason = why_not_public(address)
         if reason is not None and not allow.permits(host, address):
+            shown = f"{address} ({_effective(address)})" if _effective(address) != address else str(address)
             raise WebhookRefused(
-                f"webhook host {host!r} resolves to {address}, a {reason} address "
+                f"webhook host {host!r} resolves to {shown}, a {reason} address "
                 "(allow it with webhooks.allow_private)"
             )
 

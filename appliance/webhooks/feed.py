@@ -1,0 +1,181 @@
+"""The feed: the queue's event stream, read through a consumer group, turned into outbox deliveries.
+
+Each API process is one consumer of the group `webhooks` on `appliance:{<queue>}:events`. An entry is
+acknowledged (XACK) only after its deliveries are in the outbox, so a process killed in between leaves it
+pending, and another process takes it over (XAUTOCLAIM) once it has been idle for `claim_idle_ms`. Queuing is
+idempotent (a delivery id is queued once, and a terminal event ends the job's registration in the same script),
+so an entry read twice does not send twice what it sent once.
+
+The stream is capped (`queue.events_maxlen`): entries trimmed before any API process read them are lost to
+webhooks (a warning says so at start). Keep API processes running, or the cap large enough for the longest
+outage of all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from redis.exceptions import ResponseError
+
+from appliance.queue.events import EventKind, JobEvent
+from appliance.queue.records import entry_ms
+from appliance.webhooks.bodies import delivery_of
+from appliance.webhooks.keys import GROUP
+from appliance.webhooks.models import EventType, Registration
+from appliance.webhooks.outbox import Outbox
+
+if TYPE_CHECKING:
+    from appliance.queue.client import Queue
+
+log = logging.getLogger(__name__)
+
+#: The webhook event of each queue event that has one.
+EVENT_OF = {
+    EventKind.COMPLETED: EventType.COMPLETED,
+    EventKind.FAILED: EventType.FAILED,
+    EventKind.DEAD: EventType.FAILED,
+    EventKind.CANCELLED: EventType.CANCELLED,
+    EventKind.PROGRESS: EventType.PROGRESS,
+}
+#: Consumers of the group idle this long with nothing pending are removed (processes that are gone).
+STALE_CONSUMER_MS = 3_600_000
+BATCH = 200
+
+
+async def ensure_group(client: Any, stream: str) -> None:
+    """Create the group at the stream's end (MKSTREAM: also before the first event); present is fine."""
+    try:
+        await client.xgroup_create(stream, GROUP, id="$", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Feed:
+    def __init__(
+        self, queue: Queue, outbox: Outbox, *, max_result_bytes: int, claim_idle_ms: int, block_ms: int
+    ) -> None:
+        self.queue = queue
+        self.outbox = outbox
+        self.stream = queue.keys.events
+        self.consumer = consumer_name()
+        self.max_result_bytes = max_result_bytes
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = block_ms
+        #: Called after deliveries were queued (the delivery loop wakes for them).
+        self.on_queued: Any = None
+        self._last_sweep = 0.0
+
+    async def check_retention(self) -> None:
+        """Warn when the stream was trimmed past what the group has read (events lost to webhooks)."""
+        client = self.queue.client
+        groups = await client.xinfo_groups(self.stream)
+        mine = next((g for g in groups if str(g.get("name")) == GROUP), None)
+        first = await client.xrange(self.stream, count=1)
+        if mine is None or not first:
+            return
+        read = str(mine.get("last-delivered-id") or "0-0")
+        if read != "0-0" and entry_ms(read) < entry_ms(str(first[0][0])):
+            log.warning(
+                "the queue's event stream was trimmed past what webhooks had read (%s < %s): events of that "
+                "time got no webhook; raise queue.events_maxlen or keep an API process running",
+                read,
+                first[0][0],
+            )
+
+    async def step(self) -> int:
+        """Read, queue and acknowledge one batch (waiting up to block_ms for one); returns how many entries."""
+        entries = await self._take_over()
+        if not entries:
+            reply = await self.queue.client.xreadgroup(
+                GROUP, self.consumer, {self.stream: ">"}, count=BATCH, block=self.block_ms
+            )
+            entries = [(str(i), f) for _s, rows in reply or [] for i, f in rows]
+        if entries:
+            await self.handle([JobEvent.of_entry(i, f) for i, f in entries if f is not None])
+            await self.queue.client.xack(self.stream, GROUP, *[i for i, _ in entries])
+        return len(entries)
+
+    async def _take_over(self) -> list[tuple[str, Any]]:
+        """Entries another consumer read but never acknowledged (its process died), idle past claim_idle_ms;
+        checked about once per claim_idle_ms."""
+        now = time.monotonic()
+        if now - self._last_sweep < self.claim_idle_ms / 1000:
+            return []
+        self._last_sweep = now
+        client = self.queue.client
+        reply = await client.xautoclaim(
+            self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
+        )
+        await self._drop_stale_consumers()
+        return [(str(i), f) for i, f in (reply[1] if len(reply) > 1 else []) if i]
+
+    async def _drop_stale_consumers(self) -> None:
+        for c in await self.queue.client.xinfo_consumers(self.stream, GROUP):
+            name = str(c.get("name"))
+            if (
+                name != self.consumer
+                and int(c.get("pending", 0)) == 0
+                and int(c.get("idle", 0)) > STALE_CONSUMER_MS
+            ):
+                await self.queue.client.xgroup_delconsumer(self.stream, GROUP, name)
+
+    async def handle(self, events: list[JobEvent]) -> None:
+        relevant = [e for e in events if e.kind in EVENT_OF and e.job]
+        if not relevant:
+            return
+        jobs = list(dict.fromkeys(e.job for e in relevant))
+        found = dict(zip(jobs, await self.queue.client.hmget(self.outbox.keys.hooks, jobs), strict=True))
+        queued = 0
+        for event in relevant:
+            raw = found.get(event.job)
+            if raw is None:
+                continue
+            try:
+                registration = Registration.model_validate_json(raw)
+            except ValidationError:
+                log.warning("webhook registration of job %s does not parse; dropped", event.job)
+                await self.queue.client.hdel(self.outbox.keys.hooks, event.job)
+                continue
+            queued += await self.queue_event(registration, event)
+            if EVENT_OF[event.kind] is not EventType.PROGRESS:  # type: ignore[index]
+                found[event.job] = None  # its registration ended with it
+        if queued and self.on_queued is not None:
+            self.on_queued()
+
+    async def queue_event(self, registration: Registration, event: JobEvent) -> int:
+        kind = EVENT_OF[event.kind]  # type: ignore[index]
+        terminal = kind is not EventType.PROGRESS
+        if kind not in registration.events:
+            if terminal:
+                await self.queue.client.hdel(self.outbox.keys.hooks, event.job)
+            return 0
+        job = await self.queue.get(event.job)
+        delivery = delivery_of(
+            self.queue.name,
+            registration,
+            event.job,
+            job,
+            kind,
+            at_ms=event.at_ms,
+            progress_key=event.entry_id,
+            max_result_bytes=self.max_result_bytes,
+        )
+        return int(await self.outbox.enqueue(delivery, event.job if terminal else ""))
+
+    async def run(self) -> None:
+        """Until cancelled; a lost Redis is waited out."""
+        await ensure_group(self.queue.client, self.stream)
+        await self.check_retention()
+        while True:
+            await self.step()

@@ -1,0 +1,31 @@
+"""The feed survives an API process that died between reading events and storing their deliveries: another
+process takes the unacknowledged entries over and the events are delivered, once each."""
+
+from __future__ import annotations
+
+from appliance.queue import Queue
+from appliance.webhooks import WebhookRequest, Webhooks
+from appliance.webhooks.keys import GROUP
+from tests.webhooks.conftest import delivering, eventually, fast_settings
+from tests.webhooks.receiver import Receiver
+
+
+async def test_entries_read_by_a_dead_consumer_are_taken_over(queue: Queue, receiver: Receiver) -> None:
+    webhooks = await Webhooks.open(queue, fast_settings())
+    receiver.secret = await webhooks.secret("acme")
+    jobs = [await queue.submit({"service": "echo"}) for _ in range(3)]
+    for job in jobs:
+        await webhooks.register("acme", job.id, WebhookRequest(url=receiver.url))
+        claimed = await queue.claim("w1", [job.shape])
+        assert claimed is not None
+        await queue.complete(job.id, claimed.token, job.id)
+    # A process that read every entry and died before storing anything or acknowledging.
+    read = await queue.client.xreadgroup(GROUP, "dead-process", {queue.keys.events: ">"}, count=1000)
+    assert sum(len(rows) for _s, rows in read) >= 3
+    assert (await queue.client.xpending(queue.keys.events, GROUP))["pending"] >= 3
+    async with delivering(queue, fast_settings()) as live:
+        live.feed.claim_idle_ms = 1  # what a process does after webhooks' 30 s, at once here
+        await eventually(lambda: len(receiver.unique()) == 3, "the taken-over events")
+    assert sorted(r.body["data"]["result"] for r in receiver.unique().values()) == sorted(j.id for j in jobs)
+    assert (await queue.client.xpending(queue.keys.events, GROUP))["pending"] == 0
+    await webhooks.close()

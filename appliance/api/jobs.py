@@ -54,11 +54,13 @@ def _wait_s(request: web.Request, api: Api) -> float:
 
 
 async def _submit_all(api: Api, key: ApiKey, subs: list[JobSubmission], ids: list[str]) -> list[Job]:
-    """Admit against the key's in-flight limit, check and register webhooks, then submit all or nothing."""
+    """Admit against the key's in-flight limit, check and register webhooks (before the submit, so no event of
+    the job can pass unseen), then submit all or nothing; a failure gives back what it took."""
     limit = key.max_in_flight or api.settings.api.max_in_flight
     refused = await api.limits.admit(key.id, limit, ids)
     if refused:
         raise ProblemError(429, refused.detail, headers={"Retry-After": str(refused.retry_after_s)})
+    hooked: list[str] = []
     try:
         for i, sub in enumerate(subs):
             if sub.webhook is not None:
@@ -66,16 +68,17 @@ async def _submit_all(api: Api, key: ApiKey, subs: list[JobSubmission], ids: lis
         specs = [sub.spec().model_copy(update={"id": job_id}) for sub, job_id in zip(subs, ids, strict=True)]
         for sub, job_id in zip(subs, ids, strict=True):
             if sub.webhook is not None:
+                hooked.append(job_id)
                 await api.webhooks.register(key.tenant, job_id, sub.webhook)
         return await api.queue.submit_many(specs) if len(specs) > 1 else [await api.queue.submit(specs[0])]
-    except PayloadTooLarge as exc:
+    except BaseException as exc:
         await api.limits.release(key.id, ids)
-        raise ProblemError(413, str(exc)) from None
-    except InvalidJob as exc:
-        await api.limits.release(key.id, ids)
-        raise ProblemError(400, str(exc)) from None
-    except BaseException:
-        await api.limits.release(key.id, ids)
+        if hooked:
+            await api.webhooks.unregister(hooked)
+        if isinstance(exc, PayloadTooLarge):
+            raise ProblemError(413, str(exc)) from None
+        if isinstance(exc, InvalidJob):
+            raise ProblemError(400, str(exc)) from None
         raise
 
 

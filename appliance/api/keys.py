@@ -1,8 +1,8 @@
 """API keys: bearer tokens stored only as hashes, each bound to one customer (tenant) and a set of scopes.
 
-A token is `apk_<key id>_<secret>`. Redis holds, per queue, one hash `appliance:{<queue>}:api:keys` of key id ->
-record (JSON: the token's SHA-256, tenant, scopes, limits); the token itself is printed once by `appliance api
-keys create` and kept nowhere. Every request reads its key's record (one HGET), so a revoked key (its field
+A token is `apk_<key id>_<secret>`. Redis holds, per queue, one hash `apikeys:{<queue>}` of key id -> record
+(JSON: the token's SHA-256, tenant, scopes, limits); the token itself is printed once by `appliance api keys
+create` and kept nowhere. Every request reads its key's record (one HGET), so a revoked key (its field
 deleted) is refused by every API process at once. The secret has 256 bits, so a plain SHA-256 is enough: there
 is nothing to brute-force that a slow hash would protect.
 """
@@ -51,7 +51,9 @@ class ApiKey(BaseModel):
 
 
 def keys_hash(keys: QueueKeys) -> str:
-    return keys.key("api:keys")
+    """Outside the queue's prefix (which the API's Redis user may write): the API process only reads it, so a
+    compromised API process cannot mint keys. The hash tag keeps it in the queue's Cluster slot."""
+    return f"apikeys:{{{keys.name}}}"
 
 
 def _digest(token: str) -> str:

@@ -67,6 +67,8 @@ def make_app(api: Api) -> web.Application:
     r.add_get("/v1/jobs/{id}/events", live.job_events)
     r.add_get("/v1/ws", ws.websocket)
     r.add_get("/v1/webhooks/dead", jobs.dead_webhooks)
+    r.add_get("/v1/webhooks/secret", jobs.webhook_secret)
+    r.add_post("/v1/webhooks/secret", jobs.webhook_secret)
     r.add_get("/v1/stats", fleet.stats)
     r.add_get("/v1/machines", fleet.machines)
     r.add_get("/v1/pools", fleet.pools)

@@ -265,3 +265,14 @@ async def dead_webhooks(request: web.Request) -> web.Response:
         return json_response({"items": [], "next_cursor": None})
     page = await api.webhooks.dead(key.tenant, limit, cursor)
     return json_response(page.model_dump(mode="json"))
+
+
+async def webhook_secret(request: web.Request) -> web.Response:
+    """The caller's tenant's signing secret (admin scope): what its receiver verifies with. POST rotates it (the
+    old one keeps signing beside the new one for webhooks.max_age_s)."""
+    api = api_of(request)
+    key = await caller(request, Scope.ADMIN)
+    if api.webhooks is None:
+        raise ProblemError(409, "webhooks are unavailable here (the queue writes no event stream)")
+    secret = await api.webhooks.secret(key.tenant, rotate=request.method == "POST")
+    return json_response({"secret": secret}, headers={"Cache-Control": "no-store"})

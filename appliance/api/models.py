@@ -87,6 +87,12 @@ class PoolList(BaseModel):
     pools: list[PoolView]
 
 
+class WebhookSecret(BaseModel):
+    """The tenant's Standard Webhooks signing secret (`whsec_...`)."""
+
+    secret: str
+
+
 class LiveEvent(BaseModel):
     """One lifecycle event of a job, as SSE `data:` and WebSocket messages carry it. `id` is the event stream's
     entry id (SSE `id:`; send it back as Last-Event-ID to resume)."""

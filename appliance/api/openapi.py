@@ -21,6 +21,7 @@ from appliance.api.models import (
     LiveEvent,
     MachineList,
     PoolList,
+    WebhookSecret,
 )
 from appliance.api.problems import Problem
 from appliance.queue.models import Job, JobStatus, QueueStats
@@ -40,6 +41,7 @@ OUTPUTS: tuple[type[BaseModel], ...] = (
     Problem,
     LiveEvent,
     DeadPage,
+    WebhookSecret,
 )
 
 
@@ -184,6 +186,18 @@ def _paths() -> dict[str, Any]:
                 {"200": _json(DeadPage, "One page.")},
                 parameters=PAGE,
             )
+        },
+        "/v1/webhooks/secret": {
+            "get": _op(
+                "webhookSecret",
+                "The tenant's webhook signing secret (scope admin).",
+                {"200": _json(WebhookSecret, "The secret."), "409": _problem("Webhooks are unavailable here.")},
+            ),
+            "post": _op(
+                "rotateWebhookSecret",
+                "A new signing secret; the old one still signs for webhooks.max_age_s (scope admin).",
+                {"200": _json(WebhookSecret, "The new secret."), "409": _problem("Webhooks are unavailable here.")},
+            ),
         },
         "/v1/stats": {"get": _op("stats", "Queue depths and totals (scope admin).", {"200": _json(QueueStats, "Stats.")})},
         "/v1/machines": {"get": _op("machines", "The fleet's machines (scope admin).", {"200": _json(MachineList, "Machines.")})},

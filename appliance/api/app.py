@@ -50,7 +50,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return render(exc.status, exc.text or exc.reason, headers)
     except RedisError as exc:
         log.warning("%s %s: Redis: %s", request.method, request.path, exc)
-        return render(503, f"the job store is unavailable ({type(exc).__name__}); try again", {"Retry-After": "1"})
+        return render(
+            503, f"the job store is unavailable ({type(exc).__name__}); try again", {"Retry-After": "1"}
+        )
 
 
 def make_app(api: Api) -> web.Application:

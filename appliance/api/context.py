@@ -40,6 +40,7 @@ class Api:
 
 API_KEY: web.AppKey[Api] = web.AppKey("api", Api)
 
+
 def api_of(request: web.Request) -> Api:
     return request.app[API_KEY]
 
@@ -52,7 +53,9 @@ async def caller(request: web.Request, scope: Scope) -> ApiKey:
     key = await api.store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
     if key is None:
         raise ProblemError(
-            401, "a valid API key is required: Authorization: Bearer apk_...", headers={"WWW-Authenticate": "Bearer"}
+            401,
+            "a valid API key is required: Authorization: Bearer apk_...",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     refused = await api.limits.request(key.id, key.rate_per_s or api.settings.api.rate_per_s)
     if refused is not None:

@@ -10,8 +10,8 @@ from redis.exceptions import RedisError
 
 from appliance.api.context import api_of, caller
 from appliance.api.keys import Scope
-from appliance.api.problems import ProblemError, json_response
 from appliance.api.openapi import document
+from appliance.api.problems import ProblemError, json_response
 
 DEFAULT_POOL = "standard"
 
@@ -48,7 +48,9 @@ async def pools(request: web.Request) -> web.Response:
             "pools": [
                 {
                     "name": name,
-                    "config": api.settings.pools[name].model_dump(mode="json") if name in api.settings.pools else {},
+                    "config": api.settings.pools[name].model_dump(mode="json")
+                    if name in api.settings.pools
+                    else {},
                     "waiting": waiting[name],
                     "shapes": shapes[name],
                 }

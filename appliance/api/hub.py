@@ -112,7 +112,9 @@ class EventHub:
     async def catch_up(self, job: str, start: str) -> AsyncIterator[JobEvent]:
         """The job's events in the stream from `start` (an XRANGE bound: `(<id>` excludes it), oldest first."""
         while True:
-            entries = await self.queue.client.xrange(self.queue.keys.events, min=start, max="+", count=CATCH_UP_BATCH)
+            entries = await self.queue.client.xrange(
+                self.queue.keys.events, min=start, max="+", count=CATCH_UP_BATCH
+            )
             for entry_id, fields in entries:
                 if fields.get("job") == job:
                     yield JobEvent.of_entry(entry_id, fields)

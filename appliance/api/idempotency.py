@@ -35,7 +35,9 @@ class Idempotency:
         slot = hashlib.sha256(header.encode()).hexdigest()[:32]
         key = self.keys.key(f"api:idem:{tenant}:{slot}")
         digest = body_digest(body)
-        earlier = await self.client.set(key, f"{digest}|{','.join(job_ids)}", nx=True, get=True, ex=self.ttl_s)
+        earlier = await self.client.set(
+            key, f"{digest}|{','.join(job_ids)}", nx=True, get=True, ex=self.ttl_s
+        )
         if earlier is None:
             return Reservation(key, None)
         earlier_digest, _, ids = str(earlier).partition("|")

@@ -29,11 +29,14 @@ def _submission(body: Any, key: ApiKey, where: str = "") -> JobSubmission:
         raise ProblemError(400, f"{where or 'the body'} must be a JSON object")
     if "id" in body:
         raise ProblemError(
-            400, f"{where}id: job ids are chosen by the server; send an Idempotency-Key header to repeat safely"
+            400,
+            f"{where}id: job ids are chosen by the server; send an Idempotency-Key header to repeat safely",
         )
     named = body.get("customer_id")
     if named is not None and named != key.tenant:
-        raise ProblemError(400, f"{where}customer_id: comes from the API key; this key's customer is {key.tenant!r}")
+        raise ProblemError(
+            400, f"{where}customer_id: comes from the API key; this key's customer is {key.tenant!r}"
+        )
     try:
         return JobSubmission.model_validate({**body, "customer_id": key.tenant})
     except ValidationError as exc:
@@ -94,7 +97,9 @@ async def _check_webhook(api: Api, sub: JobSubmission, field: str) -> None:
         raise ProblemError(400, f"{field}: {exc}") from None
 
 
-async def _submit_idempotent(request: web.Request, api: Api, key: ApiKey, body: Any, subs: list[JobSubmission]) -> tuple[list[Job], bool]:
+async def _submit_idempotent(
+    request: web.Request, api: Api, key: ApiKey, body: Any, subs: list[JobSubmission]
+) -> tuple[list[Job], bool]:
     """(jobs, replayed): a repeat of an earlier request with the same Idempotency-Key gets its jobs back."""
     ids = [uuid.uuid4().hex for _ in subs]
     header = request.headers.get("Idempotency-Key")
@@ -105,7 +110,10 @@ async def _submit_idempotent(request: web.Request, api: Api, key: ApiKey, body: 
     if reservation.earlier is not None:
         jobs = [await api.queue.get(i) for i in reservation.earlier]
         if any(j is None for j in jobs):
-            raise ProblemError(409, "the first request with this Idempotency-Key is still being processed (or its jobs expired)")
+            raise ProblemError(
+                409,
+                "the first request with this Idempotency-Key is still being processed (or its jobs expired)",
+            )
         return [j for j in jobs if j is not None], True
     try:
         return await _submit_all(api, key, subs, ids), False
@@ -181,7 +189,9 @@ async def retry_job(request: web.Request) -> web.Response:
         await api.queue.retry(job.id)
     except JobNotRetryable:
         await api.limits.release(key.id, [job.id])
-        raise ProblemError(409, f"job {job.id!r} is {job.status.value}; only failed or dead jobs can be retried") from None
+        raise ProblemError(
+            409, f"job {job.id!r} is {job.status.value}; only failed or dead jobs can be retried"
+        ) from None
     return json_response(job_json(await api.queue.get(job.id) or job), 202)
 
 
@@ -211,7 +221,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE) or 50
     cursor = _int_param(request, "cursor", None, 0, 2**62)
     jobs, after = await api.queue.tenant_page(key.tenant, status, limit, cursor)
-    return json_response({"jobs": [job_json(j) for j in jobs], "next_cursor": None if after is None else str(after)})
+    return json_response(
+        {"jobs": [job_json(j) for j in jobs], "next_cursor": None if after is None else str(after)}
+    )
 
 
 async def output(request: web.Request) -> web.StreamResponse:

@@ -40,7 +40,9 @@ class Limits:
         admitted, wait_ms = await self._rate(keys=[self.rate_key(key_id)], args=[per_s])
         if int(admitted):
             return None
-        return Refusal(f"over this key's limit of {per_s} requests per second", max(1, -(-int(wait_ms) // 1000)))
+        return Refusal(
+            f"over this key's limit of {per_s} requests per second", max(1, -(-int(wait_ms) // 1000))
+        )
 
     async def admit(self, key_id: str, limit: int, job_ids: list[str]) -> Refusal | None:
         admitted, count = await self._inflight(
@@ -49,7 +51,8 @@ class Limits:
         if int(admitted):
             return None
         return Refusal(
-            f"this key has {int(count)} unfinished jobs; {len(job_ids)} more would pass its limit of {limit}", 1
+            f"this key has {int(count)} unfinished jobs; {len(job_ids)} more would pass its limit of {limit}",
+            1,
         )
 
     async def release(self, key_id: str, job_ids: list[str]) -> None:

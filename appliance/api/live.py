@@ -6,16 +6,15 @@ restart, loses nothing that the capped stream still holds."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from appliance.api.context import Api, api_of, caller, job_id_of, job_json, owned_job
 from appliance.api.hub import Subscription, entry_key
-from appliance.api.keys import ApiKey, Scope
+from appliance.api.keys import Scope
 from appliance.api.problems import ProblemError
 from appliance.queue import Job
 from appliance.queue.events import JobEvent
@@ -107,24 +106,28 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 async def _sse(response: web.StreamResponse, event: JobEvent) -> None:
     data = json.dumps(event_json(event), separators=(",", ":"))
-    await response.write(f"id: {event.entry_id}\nevent: {event_json(event)['event']}\ndata: {data}\n\n".encode())
+    await response.write(
+        f"id: {event.entry_id}\nevent: {event_json(event)['event']}\ndata: {data}\n\n".encode()
+    )
 
 
 async def _sse_live(api: Api, response: web.StreamResponse, follower: _Follower, sub: Subscription) -> None:
     keepalive = api.settings.api.sse_keepalive_s
-    check = True  # after the catch-up and after each idle keep-alive period (not per event: fan-out stays cheap)
+    check = (
+        True  # after the catch-up and after each idle keep-alive period (not per event: fan-out stays cheap)
+    )
     while not follower.ended:
         if check:
-            events, record = await follower.end_missing()
-            for event in events:
-                await _sse(response, event)
+            missed, record = await follower.end_missing()
+            for old in missed:
+                await _sse(response, old)
             if record is not None:
                 await response.write(f"event: end\ndata: {json.dumps(job_json(record))}\n\n".encode())
                 return
             check = False
             continue
         try:
-            event = await asyncio.wait_for(sub.inbox.get(), keepalive)
+            event: JobEvent | None = await asyncio.wait_for(sub.inbox.get(), keepalive)
         except TimeoutError:
             await response.write(b": keep-alive\n\n")
             check = True

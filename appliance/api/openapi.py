@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -73,8 +73,17 @@ JOB_ID = {
 }
 NOT_FOUND = {"404": _problem("No such job for this key's tenant.")}
 PAGE = [
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
-    {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the last page."},
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "next_cursor of the last page.",
+    },
 ]
 
 
@@ -86,10 +95,17 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
 
 
+TOO_LARGE = {"413": _problem("The body or the job is over the size limit (queue.max_payload_bytes).")}
+CONFLICT = {"409": _problem("The Idempotency-Key was used with another body.")}
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}
+
+
 def _paths() -> dict[str, Any]:
-    too_large = {"413": _problem("The body or the job is over the size limit (queue.max_payload_bytes).")}
-    conflict = {"409": _problem("The Idempotency-Key was used with another body.")}
-    idem = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}
+    return {**_submit_paths(), **_job_paths(), **_live_paths(), **_other_paths(), **_open_paths()}
+
+
+def _submit_paths() -> dict[str, Any]:
+    too_large, conflict, idem = TOO_LARGE, CONFLICT, IDEMPOTENCY_KEY
     return {
         "/v1/jobs": {
             "post": _op(
@@ -102,7 +118,11 @@ def _paths() -> dict[str, Any]:
                     **conflict,
                 },
                 parameters=[
-                    {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 60}},
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 60},
+                    },
                     idem,
                 ],
                 requestBody=_body(JobSubmission),
@@ -126,6 +146,11 @@ def _paths() -> dict[str, Any]:
                 requestBody=_body(BatchSubmission),
             )
         },
+    }
+
+
+def _job_paths() -> dict[str, Any]:
+    return {
         "/v1/jobs/{id}": {
             "parameters": [JOB_ID],
             "get": _op("getJob", "A job (scope read).", {"200": _json(Job, "The job."), **NOT_FOUND}),
@@ -145,33 +170,56 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "retryJob",
                 "Put a failed or dead job back in line (scope submit).",
-                {"202": _json(Job, "Back in line."), "409": _problem("The job is not failed or dead."), **NOT_FOUND},
+                {
+                    "202": _json(Job, "Back in line."),
+                    "409": _problem("The job is not failed or dead."),
+                    **NOT_FOUND,
+                },
             ),
         },
         "/v1/jobs/{id}/outputs/{name}": {
-            "parameters": [JOB_ID, {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [
+                JOB_ID,
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
             "get": _op(
                 "getOutput",
                 "One output file of a job: streamed (local storage) or a redirect to a presigned URL (S3).",
                 {
-                    "200": {"description": "The file.", "content": {"application/octet-stream": {"schema": {}}}},
+                    "200": {
+                        "description": "The file.",
+                        "content": {"application/octet-stream": {"schema": {}}},
+                    },
                     "302": {"description": "Where the file is (S3)."},
                     "404": _problem("No such job or output."),
                 },
             ),
         },
+    }
+
+
+def _live_paths() -> dict[str, Any]:
+    return {
         "/v1/jobs/{id}/events": {
             "parameters": [JOB_ID],
             "get": _op(
                 "jobEvents",
                 "The job's lifecycle events as Server-Sent Events (data: LiveEvent), then `end` with the job.",
                 {
-                    "200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": {}}}},
+                    "200": {
+                        "description": "An event stream.",
+                        "content": {"text/event-stream": {"schema": {}}},
+                    },
                     **NOT_FOUND,
                 },
                 parameters=[{"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}],
             ),
         },
+    }
+
+
+def _other_paths() -> dict[str, Any]:
+    return {
         "/v1/ws": {
             "get": _op(
                 "websocket",
@@ -191,18 +239,35 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "webhookSecret",
                 "The tenant's webhook signing secret (scope admin).",
-                {"200": _json(WebhookSecret, "The secret."), "409": _problem("Webhooks are unavailable here.")},
+                {
+                    "200": _json(WebhookSecret, "The secret."),
+                    "409": _problem("Webhooks are unavailable here."),
+                },
             ),
             "post": _op(
                 "rotateWebhookSecret",
                 "A new signing secret; the old one still signs for webhooks.max_age_s (scope admin).",
-                {"200": _json(WebhookSecret, "The new secret."), "409": _problem("Webhooks are unavailable here.")},
+                {
+                    "200": _json(WebhookSecret, "The new secret."),
+                    "409": _problem("Webhooks are unavailable here."),
+                },
             ),
         },
-        "/v1/stats": {"get": _op("stats", "Queue depths and totals (scope admin).", {"200": _json(QueueStats, "Stats.")})},
-        "/v1/machines": {"get": _op("machines", "The fleet's machines (scope admin).", {"200": _json(MachineList, "Machines.")})},
-        "/v1/pools": {"get": _op("pools", "The pools and their backlog (scope admin).", {"200": _json(PoolList, "Pools.")})},
-        **_open_paths(),
+        "/v1/stats": {
+            "get": _op(
+                "stats", "Queue depths and totals (scope admin).", {"200": _json(QueueStats, "Stats.")}
+            )
+        },
+        "/v1/machines": {
+            "get": _op(
+                "machines", "The fleet's machines (scope admin).", {"200": _json(MachineList, "Machines.")}
+            )
+        },
+        "/v1/pools": {
+            "get": _op(
+                "pools", "The pools and their backlog (scope admin).", {"200": _json(PoolList, "Pools.")}
+            )
+        },
     }
 
 
@@ -213,22 +278,34 @@ def _open_paths() -> dict[str, Any]:
     return {
         "/healthz": plain("healthz", "Liveness.", {"200": _json(Health, "Alive.")}),
         "/readyz": plain(
-            "readyz", "Readiness: Redis answers.", {"200": _json(Health, "Ready."), "503": _problem("Not ready.")}
+            "readyz",
+            "Readiness: Redis answers.",
+            {"200": _json(Health, "Ready."), "503": _problem("Not ready.")},
         ),
         "/metrics": plain(
             "metrics",
             "Prometheus metrics.",
-            {"200": {"description": "Text exposition.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            {
+                "200": {
+                    "description": "Text exposition.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
         ),
         "/openapi.json": plain(
-            "openapi", "This document.", {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {}}}}}
+            "openapi",
+            "This document.",
+            {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {}}}}},
         ),
     }
 
 
 @cache
 def document() -> dict[str, Any]:
-    pairs = [(m, "validation") for m in INPUTS] + [(m, "serialization") for m in OUTPUTS]
+    pairs: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        *((m, "validation") for m in INPUTS),
+        *((m, "serialization") for m in OUTPUTS),
+    ]
     _, schemas = models_json_schema(pairs, ref_template=REF)
     return {
         "openapi": "3.1.0",
@@ -239,7 +316,9 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "apk_... API key"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "apk_... API key"}
+            },
         },
         "security": [{"bearer": []}],
         "paths": _paths(),

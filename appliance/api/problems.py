@@ -73,11 +73,17 @@ def render(
 ) -> web.Response:
     problem = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
     return web.Response(
-        status=status, text=problem.model_dump_json(exclude_none=True), content_type=PROBLEM_TYPE, headers=headers
+        status=status,
+        text=problem.model_dump_json(exclude_none=True),
+        content_type=PROBLEM_TYPE,
+        headers=headers,
     )
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=status, text=json.dumps(data, separators=(",", ":")), content_type="application/json", headers=headers
+        status=status,
+        text=json.dumps(data, separators=(",", ":")),
+        content_type="application/json",
+        headers=headers,
     )

@@ -72,7 +72,9 @@ async def start(queue: Queue, settings: Settings, host: str, port: int, *, webho
     return Running(api, runner, bound, delivery)
 
 
-async def serve(queue: Queue, settings: Settings, host: str, port: int, notifier: Notifier | None = None) -> int:
+async def serve(
+    queue: Queue, settings: Settings, host: str, port: int, notifier: Notifier | None = None
+) -> int:
     notifier = notifier or Notifier()
     running = await start(queue, settings, host, port)
     shown = f"[{host}]" if ":" in host else host

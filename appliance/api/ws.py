@@ -9,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from appliance.api.context import Api, api_of, caller, job_json
+from appliance.api.context import Api, api_of, caller, job_json, owned_job
 from appliance.api.keys import ApiKey, Scope
 from appliance.api.live import _ENTRY_RE, _Follower, _start_of, event_json
 from appliance.api.problems import ProblemError
-from appliance.api.context import owned_job
 from appliance.queue.models import ID_PATTERN
-
-import re
 
 _ID_RE = re.compile(ID_PATTERN)
 #: Most jobs one WebSocket may follow at once.
@@ -45,7 +43,8 @@ class _Session:
         if not isinstance(message, dict):
             await self.send({"type": "error", "status": 400, "detail": "messages are JSON objects"})
             return
-        resume = message.get("last_event_id") if isinstance(message.get("last_event_id"), dict) else {}
+        named = message.get("last_event_id")
+        resume: dict[str, Any] = named if isinstance(named, dict) else {}
         for job_id in _ids(message.get("unfollow")):
             self.api.hub.unfollow(self.sub, {job_id})
             self.followers.pop(job_id, None)
@@ -54,10 +53,24 @@ class _Session:
 
     async def follow(self, job_id: str, last: Any) -> None:
         if len(self.followers) >= MAX_FOLLOWED:
-            await self.send({"type": "error", "status": 400, "job": job_id, "detail": f"at most {MAX_FOLLOWED} jobs per socket"})
+            await self.send(
+                {
+                    "type": "error",
+                    "status": 400,
+                    "job": job_id,
+                    "detail": f"at most {MAX_FOLLOWED} jobs per socket",
+                }
+            )
             return
         if last is not None and not (isinstance(last, str) and _ENTRY_RE.match(last)):
-            await self.send({"type": "error", "status": 400, "job": job_id, "detail": "last_event_id: an event id like 1700000000000-0"})
+            await self.send(
+                {
+                    "type": "error",
+                    "status": 400,
+                    "job": job_id,
+                    "detail": "last_event_id: an event id like 1700000000000-0",
+                }
+            )
             return
         try:
             if not _ID_RE.match(job_id):
@@ -87,7 +100,13 @@ class _Session:
     async def live(self, event: Any) -> bool:
         """Send one event from the hub; False when the socket fell behind (the client resumes)."""
         if event is None:
-            await self.send({"type": "error", "status": 503, "detail": "fell behind; reconnect and resume with last_event_id"})
+            await self.send(
+                {
+                    "type": "error",
+                    "status": 503,
+                    "detail": "fell behind; reconnect and resume with last_event_id",
+                }
+            )
             return False
         follower = self.followers.get(event.job)
         if follower is not None and follower.fresh(event):
@@ -101,7 +120,7 @@ def _ids(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
-        return [str(v) for v in value if isinstance(v, str | int)][: MAX_FOLLOWED]
+        return [str(v) for v in value if isinstance(v, str | int)][:MAX_FOLLOWED]
     return []
 
 

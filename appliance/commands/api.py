@@ -55,7 +55,9 @@ def _scopes(raw: str) -> list[Any]:
     names = [s.strip() for s in raw.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCOPES]
     if unknown or not names:
-        raise CommandError(f"--scopes: {unknown[0] if unknown else raw!r} is not a scope (known: {', '.join(SCOPES)})")
+        raise CommandError(
+            f"--scopes: {unknown[0] if unknown else raw!r} is not a scope (known: {', '.join(SCOPES)})"
+        )
     return [Scope(n) for n in names]
 
 
@@ -66,7 +68,9 @@ def _keys(args: argparse.Namespace) -> int:
         from appliance.queue.models import ID_PATTERN
 
         if not re.match(ID_PATTERN, args.tenant):
-            raise CommandError(f"--tenant: {args.tenant!r} is not a valid id (letters, digits, _ . : -; max 128)")
+            raise CommandError(
+                f"--tenant: {args.tenant!r} is not a valid id (letters, digits, _ . : -; max 128)"
+            )
         for flag, value in (("--rate", args.rate), ("--max-in-flight", args.max_in_flight)):
             if value is not None and value < 1:
                 raise CommandError(f"{flag} must be at least 1, got {value}")
@@ -101,7 +105,9 @@ async def _keys_async(args: argparse.Namespace) -> int:
                 scopes = ",".join(s.value for s in key.scopes)
                 print(f"{key.id}  tenant={key.tenant}  scopes={scopes}  name={key.name or '-'}")
         elif not await store.revoke(args.key_id):
-            raise CommandError(f"no API key {args.key_id!r} (see `appliance api keys list`)", ExitCode.NOT_FOUND)
+            raise CommandError(
+                f"no API key {args.key_id!r} (see `appliance api keys list`)", ExitCode.NOT_FOUND
+            )
     except RedisError as exc:
         raise redis_failure(exc, "", "managing API keys") from None
     finally:
@@ -130,6 +136,8 @@ async def _serve_async(args: argparse.Namespace, settings: Any, host: str, port:
     try:
         return await serve(queue, settings, host, port)
     except OSError as exc:
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitCode.FAILED) from None
+        raise CommandError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitCode.FAILED
+        ) from None
     finally:
         await queue.close()

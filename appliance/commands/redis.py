@@ -55,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _acl(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from appliance.config import ConfigError, load_settings
     from appliance.config.queue import ChannelsMode, ScriptsMode
@@ -117,7 +116,11 @@ def _print_api_acl(args: argparse.Namespace, settings: Any, queues: list[str]) -
     channels = ChannelsMode(args.channels) if args.channels else settings.queue.channels
     scripts = ScriptsMode(args.scripts) if args.scripts else settings.queue.scripts
     try:
-        line = setuser(args.user or f"appliance-api-{queues[0]}", api_rules(queues, channels=channels, scripts=scripts), _password(args))
+        line = setuser(
+            args.user or f"appliance-api-{queues[0]}",
+            api_rules(queues, channels=channels, scripts=scripts),
+            _password(args),
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     print(" ".join(quote(a) for a in line))

@@ -8,7 +8,9 @@ from appliance.config.section import Section
 
 
 class ApiSettings(Section):
-    host: str = Field(default="127.0.0.1", description="Address the HTTP job API binds (loopback by default).")
+    host: str = Field(
+        default="127.0.0.1", description="Address the HTTP job API binds (loopback by default)."
+    )
     port: int = Field(default=8088, ge=0, le=65535, description="Port of the HTTP job API.")
     rate_per_s: int = Field(
         default=50,
@@ -25,7 +27,9 @@ class ApiSettings(Section):
     max_wait_s: float = Field(
         default=60, gt=0, le=60, description="Longest `?wait=` a submit may ask for, in seconds."
     )
-    max_batch: int = Field(default=500, ge=1, le=10_000, description="Most jobs one POST /v1/jobs/batch takes.")
+    max_batch: int = Field(
+        default=500, ge=1, le=10_000, description="Most jobs one POST /v1/jobs/batch takes."
+    )
     idempotency_ttl_s: int = Field(
         default=86400, ge=60, description="How long an Idempotency-Key is remembered, in seconds."
     )

@@ -5,13 +5,11 @@ keys nor reach another queue."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from appliance.api.keys import KeyStore, Scope, keys_hash
 from appliance.api.server import start
@@ -20,7 +18,7 @@ from appliance.localredis import LocalRedis
 from appliance.queue import Queue, QueueSettings
 from tests.api.conftest import finish
 from tests.api.sse import events
-from tests.queue.test_acl import PASSWORD, cli, make_user, refused
+from tests.queue.test_acl import PASSWORD, make_user, refused
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,9 @@ def server() -> Iterator[LocalRedis]:
     redis_server.cleanup()
 
 
-async def test_the_api_role_serves_every_endpoint_and_nothing_more(server: LocalRedis, tmp_path: Path) -> None:
+async def test_the_api_role_serves_every_endpoint_and_nothing_more(
+    server: LocalRedis, tmp_path: Path
+) -> None:
     make_user(server, tmp_path, "api-a", "api", "--queue", "a")
     settings = Settings.model_validate(
         {"queue": {"channels": "queue", "retry_base_ms": 0}, "webhooks": {"allow_private": ["127.0.0.0/8"]}}
@@ -71,7 +71,14 @@ async def test_the_api_role_serves_every_endpoint_and_nothing_more(server: Local
                 await ws.send_json({"follow": [job["id"]]})
                 while (await asyncio.wait_for(ws.receive_json(), 10))["type"] != "end":
                     pass
-            for path in ("/v1/stats", "/v1/machines", "/v1/pools", "/v1/webhooks/dead", "/readyz", "/metrics"):
+            for path in (
+                "/v1/stats",
+                "/v1/machines",
+                "/v1/pools",
+                "/v1/webhooks/dead",
+                "/readyz",
+                "/metrics",
+            ):
                 await call("GET", path, 200)
         # What the role must not do: write the API keys, reach another queue.
         await refused(queue.client.hset(keys_hash(queue.keys), "forged", "{}"))

@@ -39,7 +39,10 @@ async def test_readyz_says_when_redis_is_gone(make_server, private_redis) -> Non
         private_redis.stop()
         import aiohttp
 
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{running.port}/readyz") as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{running.port}/readyz") as resp,
+        ):
             body = await resp.json(content_type=None)
             assert resp.status == 503 and "Redis does not answer" in body["detail"]
     finally:
@@ -64,7 +67,12 @@ async def test_metrics_count_requests_by_route_and_pass_promtool(server: Server)
     if promtool is None:
         pytest.skip("promtool is not installed")
     proc = await asyncio.create_subprocess_exec(
-        promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate(text.encode())
     assert proc.returncode == 0, out.decode()

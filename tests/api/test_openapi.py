@@ -31,7 +31,12 @@ async def test_every_route_is_documented(server: Server) -> None:
         for r in server.running.runner.app.router.routes()
         if r.method != "HEAD" and r.resource is not None
     }
-    documented = {(path, method) for path, ops in document()["paths"].items() for method in ops if method != "parameters"}
+    documented = {
+        (path, method)
+        for path, ops in document()["paths"].items()
+        for method in ops
+        if method != "parameters"
+    }
     assert routes == documented
 
 
@@ -50,16 +55,27 @@ async def test_schemathesis_finds_no_5xx_and_no_response_off_the_schema(make_ser
     await admin.call("POST", "/v1/jobs", json={"service": "echo"})
     checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
     proc = await asyncio.create_subprocess_exec(
-        st, "run", server.base + "/openapi.json",
-        "--url", server.base,
-        "-H", f"Authorization: Bearer {admin.token}",
-        "--checks", checks,
-        "--max-examples", "5",
-        "--phases", "examples,fuzzing",
-        "--request-timeout", "20",
-        "--seed", "1",
-        "--generation-database", "none",
-        "--exclude-path", "/v1/ws",
+        st,
+        "run",
+        server.base + "/openapi.json",
+        "--url",
+        server.base,
+        "-H",
+        f"Authorization: Bearer {admin.token}",
+        "--checks",
+        checks,
+        "--max-examples",
+        "5",
+        "--phases",
+        "examples,fuzzing",
+        "--request-timeout",
+        "20",
+        "--seed",
+        "1",
+        "--generation-database",
+        "none",
+        "--exclude-path",
+        "/v1/ws",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=tmp_path,

@@ -38,8 +38,12 @@ async def test_a_submits_webhook_is_delivered_signed(make_server) -> None:  # ty
 async def test_refused_webhook_urls_name_the_field(server: Server) -> None:
     alice = await server.client("alice")
     for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "ftp://example.com/x"):
-        status, body, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo", "webhook": {"url": url}})
-        assert status == 400 and body["detail"].startswith(("webhook.url", "invalid request: webhook.url")), body
+        status, body, _ = await alice.call(
+            "POST", "/v1/jobs", json={"service": "echo", "webhook": {"url": url}}
+        )
+        assert status == 400 and body["detail"].startswith(("webhook.url", "invalid request: webhook.url")), (
+            body
+        )
     batch = {"jobs": [{"service": "echo"}, {"service": "echo", "webhook": {"url": "http://10.0.0.1/x"}}]}
     status, body, _ = await alice.call("POST", "/v1/jobs/batch", json=batch)
     assert status == 400 and body["detail"].startswith("jobs.1.webhook.url")

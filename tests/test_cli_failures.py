@@ -36,7 +36,7 @@ from appliance.commands import ExitCode
 from appliance.localredis import LocalRedis, free_port
 
 #: Commands that serve until stopped: under a failure they may exit (one line, no traceback) or ride it out.
-SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",), ("demo",)}
+SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",), ("demo",), ("api",)}
 #: Commands that never talk to Redis: the Redis failures do not apply to them.
 NO_REDIS = {
     ("config", "show"),
@@ -55,7 +55,7 @@ NO_REDIS = {
 }
 #: Commands that add data to Redis: `oom` and `readonly` must refuse them (reads, and deletes on a full Redis,
 #: still work).
-WRITES = {("job", "submit"), ("fleet", "drain"), ("webhooks", "secret")}
+WRITES = {("job", "submit"), ("fleet", "drain"), ("webhooks", "secret"), ("api", "keys", "create")}
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
 #: How long a service may run before it is stopped (s); clients get CLIENT_TIMEOUT_S to exit on their own.
@@ -72,6 +72,7 @@ FILL = {
     "role": "submitter",
     "bin_path": "/usr/bin/appliance",
     "tenant": "t-test",
+    "key_id": "no-such-key",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")
@@ -180,6 +181,7 @@ def build_argv(case: Case, tmp: Path) -> list[str]:
         ("worker",): ["--slot", "echo0"],
         ("machine",): ["--unmanaged", "--health-port", "0"],
         ("monitor",): ["--port", "0"],
+        ("api",): ["--port", "0"],
         ("units", "install"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance", "--no-user"],
         ("units", "list"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance"],
         ("units", "uninstall"): ["--root", str(tmp / "root")],
@@ -290,7 +292,7 @@ EXPECTED = {
 }
 #: A service that cannot start as configured exits EX_CONFIG (its units' RestartPreventExitStatus=); one-shot
 #: commands call a bad file bad input.
-CONFIG_SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",)}
+CONFIG_SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",), ("api",)}
 
 
 @pytest.mark.parametrize("case", cases(), ids=lambda c: c.id)

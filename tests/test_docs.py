@@ -432,6 +432,13 @@ async def _exported_metrics(redis_url: str) -> set[str]:
     for family in collector.collect():
         names.add(family.name)
         names.update(s.name for s in family.samples)
+    from appliance.api.metrics import ApiMetrics
+
+    api = ApiMetrics()
+    api.observe("/v1/jobs", "GET", 200, 0.01)
+    for family in api.registry.collect():
+        names.add(family.name)
+        names.update(s.name for s in family.samples)
     return names
 
 
@@ -484,7 +491,9 @@ def _routes(tmp: Path) -> set[str]:
         replicate.make_app(),
         runpod.make_app(),
     ]
-    routes = set()
+    from appliance.api.openapi import document
+
+    routes = set(document()["paths"])  # the HTTP job API's routes (tests/api/test_openapi.py: all of them)
     for app in apps:
         for resource in app.router.resources():
             info = resource.get_info()

@@ -240,7 +240,10 @@ def test_credentials_match_what_the_app_reads() -> None:
     assert worker == {"redis-password", "s3-secret-access-key"}
     for name in ("appliance-machine.service", "appliance-onfailure@.service"):
         assert units[name]["Service"]["LoadCredential"] == ["redis-password"]
-    assert set(units["appliance-api.service"]["Service"]["LoadCredential"]) == {"redis-password", "s3-secret-access-key"}
+    assert set(units["appliance-api.service"]["Service"]["LoadCredential"]) == {
+        "redis-password",
+        "s3-secret-access-key",
+    }
     for unit in units.values():
         for value in unit.get("Service", {}).get("LoadCredential", []):
             assert ":" not in value and value in names

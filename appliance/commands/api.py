@@ -129,10 +129,41 @@ def _serve(args: argparse.Namespace) -> int:
     return run_async(_serve_async(args, settings, host, port))
 
 
+async def _connect_pooled(args: argparse.Namespace, settings: Any) -> Any:
+    """The API's queue client: a blocking pool of `api.redis_connections`, so a burst of requests waits for a
+    connection instead of failing (redis-py's default pool refuses past 100)."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from appliance.commands.connection import resolve_target
+    from appliance.queue import Queue
+    from appliance.queue.connections import connection_class_for
+    from appliance.queue.scripts import ScriptLibraryError
+
+    target = resolve_target(args)
+    kwargs: dict[str, Any] = {"decode_responses": True, **target.client_kwargs}
+    kwargs.setdefault("connection_class", connection_class_for(target.url))
+    pool = aioredis.BlockingConnectionPool.from_url(
+        target.url, max_connections=settings.api.redis_connections, timeout=10, **kwargs
+    )
+    client = aioredis.Redis.from_pool(pool)
+    queue = Queue(client, queue_name=target.queue, settings=target.settings, classifier=target.classifier)
+    try:
+        await client.ping()
+        await queue.scripts.load(client)
+    except ScriptLibraryError as exc:
+        await client.aclose()
+        raise CommandError(str(exc), ExitCode.REDIS) from None
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise redis_failure(exc, target.url) from None
+    return queue
+
+
 async def _serve_async(args: argparse.Namespace, settings: Any, host: str, port: int) -> int:
     from appliance.api.server import serve
 
-    queue = await connect_queue(args)
+    queue = await _connect_pooled(args, settings)
     try:
         return await serve(queue, settings, host, port)
     except OSError as exc:

@@ -33,6 +33,13 @@ class ApiSettings(Section):
     idempotency_ttl_s: int = Field(
         default=86400, ge=60, description="How long an Idempotency-Key is remembered, in seconds."
     )
+    redis_connections: int = Field(
+        default=256,
+        ge=4,
+        le=10_000,
+        description="Redis connections one API process opens at most; a request that finds none free waits "
+        "up to 10 s for one (then 503), so bursts of requests or streams queue instead of failing.",
+    )
     sse_keepalive_s: float = Field(
         default=15, gt=0, le=300, description="Seconds between keep-alive comments on an idle event stream."
     )

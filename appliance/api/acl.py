@@ -18,8 +18,8 @@ from appliance.queue.keys import QueueKeys
 from appliance.webhooks.acl import webhook_rules
 
 #: Commands the API runs itself: tenant-index pruning and limit releases (ZREM), Idempotency-Key (SET NX GET,
-#: DEL on a failed request).
-DIRECT = ("zrem", "set", "del")
+#: DEL on a failed request), and the check redis-py makes before a pipeline that runs a script (SCRIPT EXISTS).
+DIRECT = ("zrem", "set", "del", "script|exists")
 
 
 def _own_script_commands() -> set[str]:

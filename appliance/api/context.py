@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.api.hub import EventHub
-from appliance.api.keys import ApiKey, KeyStore, Scope
+from appliance.api.keys import ApiKey, KeyStore, Scope, check, key_id_of
 from appliance.api.limits import Limits
 from appliance.api.metrics import ApiMetrics
 from appliance.api.problems import ProblemError, not_found
@@ -50,16 +50,22 @@ async def caller(request: web.Request, scope: Scope) -> ApiKey:
     counted against its rate, and holding `scope` (admin holds every scope): 401, 429 or 403 otherwise."""
     api = api_of(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    key = await api.store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    token = token.strip()
+    key_id = key_id_of(token) if scheme.lower() == "bearer" else None
+    raw, count, wait_ms = None, 0, 0
+    if key_id is not None:  # one round trip: the key's record and its count in this second (rate.lua)
+        raw, count, wait_ms = await api.limits.request(api.store.key, key_id)
+    key = check(token, raw)
     if key is None:
         raise ProblemError(
             401,
             "a valid API key is required: Authorization: Bearer apk_...",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    refused = await api.limits.request(key.id, key.rate_per_s or api.settings.api.rate_per_s)
-    if refused is not None:
-        raise ProblemError(429, refused.detail, headers={"Retry-After": str(refused.retry_after_s)})
+    limit = key.rate_per_s or api.settings.api.rate_per_s
+    if count > limit:
+        detail = f"over this key's limit of {limit} requests per second"
+        raise ProblemError(429, detail, headers={"Retry-After": str(max(1, -(-wait_ms // 1000)))})
     if scope not in key.scopes and Scope.ADMIN not in key.scopes:
         raise ProblemError(403, f"this API key lacks the {scope.value!r} scope")
     return key

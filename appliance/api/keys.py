@@ -102,14 +102,22 @@ class KeyStore:
 
     async def authenticate(self, token: str) -> ApiKey | None:
         """The key a bearer token belongs to, or None (malformed, unknown, revoked, or the wrong secret)."""
-        match = TOKEN_RE.match(token)
-        if match is None:
-            return None
-        raw = await self.client.hget(self.key, match.group(1))
-        if raw is None:
-            return None
-        try:
-            record = ApiKey.model_validate_json(raw)
-        except ValidationError:
-            return None
-        return record if hmac.compare_digest(record.token_sha256, _digest(token)) else None
+        key_id = key_id_of(token)
+        return check(token, await self.client.hget(self.key, key_id)) if key_id else None
+
+
+def key_id_of(token: str) -> str | None:
+    """The key id a well-formed token names (None for anything else)."""
+    match = TOKEN_RE.match(token)
+    return match.group(1) if match else None
+
+
+def check(token: str, raw: str | None) -> ApiKey | None:
+    """The stored record `raw` if `token` is its key's (compared in constant time), else None."""
+    if raw is None:
+        return None
+    try:
+        record = ApiKey.model_validate_json(raw)
+    except ValidationError:
+        return None
+    return record if hmac.compare_digest(record.token_sha256, _digest(token)) else None

@@ -36,13 +36,14 @@ class Limits:
     def inflight_key(self, key_id: str) -> str:
         return self.keys.key(f"api:inflight:{key_id}")
 
-    async def request(self, key_id: str, per_s: int) -> Refusal | None:
-        admitted, wait_ms = await self._rate(keys=[self.rate_key(key_id)], args=[per_s])
-        if int(admitted):
-            return None
-        return Refusal(
-            f"over this key's limit of {per_s} requests per second", max(1, -(-int(wait_ms) // 1000))
-        )
+    async def request(self, keys_hash: str, key_id: str) -> tuple[str | None, int, int]:
+        """One round trip: the key's stored record (None: no such key), the requests counted in its current
+        window with this one, and the ms until that window ends."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys_hash, key_id)
+        await self._rate(keys=[self.rate_key(key_id)], args=[], client=pipe)
+        record, (count, wait_ms) = await pipe.execute()
+        return (None if record is None else str(record)), int(count), int(wait_ms)
 
     async def admit(self, key_id: str, limit: int, job_ids: list[str]) -> Refusal | None:
         admitted, count = await self._inflight(

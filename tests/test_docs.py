@@ -433,10 +433,11 @@ async def _exported_metrics(redis_url: str) -> set[str]:
         names.add(family.name)
         names.update(s.name for s in family.samples)
     from appliance.api.metrics import ApiMetrics
+    from appliance.webhooks.metrics import WebhookMetrics
 
     api = ApiMetrics()
     api.observe("/v1/jobs", "GET", 200, 0.01)
-    for family in api.registry.collect():
+    for family in [*api.registry.collect(), *WebhookMetrics().registry.collect()]:
         names.add(family.name)
         names.update(s.name for s in family.samples)
     return names

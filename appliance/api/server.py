@@ -42,13 +42,13 @@ class Running:
             await self.api.webhooks.close()
 
 
-async def open_webhooks(queue: Queue, settings: Settings) -> Any:
-    """The webhook service, or None where it cannot run (the queue writes no event stream): submits naming a
-    webhook are then refused with a 400 saying so."""
+async def open_webhooks(queue: Queue, settings: Settings, registry: Any) -> Any:
+    """The webhook service (its metrics on the API's /metrics registry), or None where it cannot run (the
+    queue writes no event stream): submits naming a webhook are then refused with a 400 saying so."""
     from appliance.webhooks import Webhooks, WebhooksUnavailable
 
     try:
-        return await Webhooks.open(queue, settings.webhooks)
+        return await Webhooks.open(queue, settings.webhooks, registry)
     except (WebhooksUnavailable, NotImplementedError) as exc:
         log.warning("webhooks are unavailable: %s", exc or type(exc).__name__)
         return None
@@ -56,14 +56,15 @@ async def open_webhooks(queue: Queue, settings: Settings) -> Any:
 
 async def start(queue: Queue, settings: Settings, host: str, port: int, *, webhooks: bool = True) -> Running:
     """Serve the API for `queue` on host:port (0: any free port); returns what `stop` ends."""
-    hooks = await open_webhooks(queue, settings) if webhooks else None
+    metrics = ApiMetrics()
+    hooks = await open_webhooks(queue, settings, metrics.registry) if webhooks else None
     api = Api(
         queue=queue,
         settings=settings,
         store=KeyStore(queue.client, queue.keys),
         limits=Limits(queue.client, queue.keys),
         hub=EventHub(queue),
-        metrics=ApiMetrics(),
+        metrics=metrics,
         webhooks=hooks,
     )
     api.hub.start()

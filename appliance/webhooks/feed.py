@@ -74,6 +74,8 @@ class Feed:
         self.block_ms = block_ms
         #: Called after deliveries were queued (the delivery loop wakes for them).
         self.on_queued: Any = None
+        #: WebhookMetrics, when the service set them.
+        self.metrics: Any = None
         self._last_sweep = 0.0
 
     async def check_retention(self) -> None:
@@ -171,7 +173,10 @@ class Feed:
             progress_key=event.entry_id,
             max_result_bytes=self.max_result_bytes,
         )
-        return int(await self.outbox.enqueue(delivery, event.job if terminal else ""))
+        queued = await self.outbox.enqueue(delivery, event.job if terminal else "")
+        if queued and self.metrics is not None:
+            self.metrics.queued.labels(kind.value).inc()
+        return int(queued)
 
     async def run(self) -> None:
         """Until cancelled; a lost Redis is waited out."""

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError, ResponseError
 
 from appliance.config.queue import EventsMode
@@ -21,6 +22,7 @@ from appliance.webhooks.bodies import TERMINAL_OF, delivery_of
 from appliance.webhooks.errors import InvalidTenant, WebhooksUnavailable
 from appliance.webhooks.feed import Feed, ensure_group
 from appliance.webhooks.keys import WebhookKeys
+from appliance.webhooks.metrics import WebhookMetrics
 from appliance.webhooks.models import DeadPage, Delivery, Registration, WebhookRequest
 from appliance.webhooks.outbox import Outbox
 from appliance.webhooks.sender import Sender
@@ -57,8 +59,11 @@ def where(url: str) -> str:
 class Webhooks:
     """Create with `Webhooks.open(queue, settings.webhooks)`."""
 
-    def __init__(self, queue: Queue, settings: WebhookSettings) -> None:
+    def __init__(
+        self, queue: Queue, settings: WebhookSettings, registry: CollectorRegistry | None = None
+    ) -> None:
         self.queue = queue
+        self.metrics = WebhookMetrics(registry)
         self.settings = settings
         self.keys = WebhookKeys(queue.name)
         self.allow = AllowList(settings.allow_private)
@@ -76,17 +81,21 @@ class Webhooks:
         )
         self._wake = asyncio.Event()
         self.feed.on_queued = self._wake.set
+        self.feed.metrics = self.metrics
         self._inflight: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, queue: Queue, settings: WebhookSettings) -> Webhooks:
-        """WebhooksUnavailable when the queue writes no event stream (`queue.events` pubsub or none)."""
+    async def open(
+        cls, queue: Queue, settings: WebhookSettings, registry: CollectorRegistry | None = None
+    ) -> Webhooks:
+        """WebhooksUnavailable when the queue writes no event stream (`queue.events` pubsub or none). The
+        metrics (appliance_webhook_*) go on `registry` (the API's /metrics), else on a private one."""
         if queue.settings.events not in (EventsMode.STREAM_AND_PUBSUB, EventsMode.STREAM):
             raise WebhooksUnavailable(
                 f"webhooks need the queue's event stream, but queue.events is {queue.settings.events.value!r} "
                 "(set it to 'stream+pubsub' or 'stream')"
             )
-        webhooks = cls(queue, settings)
+        webhooks = cls(queue, settings, registry)
         await ensure_group(queue.client, queue.keys.events)
         return webhooks
 
@@ -122,6 +131,7 @@ class Webhooks:
             max_result_bytes=self.settings.max_result_bytes,
         )
         if await self.outbox.enqueue(delivery, job_id):
+            self.metrics.queued.labels(event.value).inc()
             self._wake.set()
 
     async def unregister(self, job_ids: list[str]) -> None:
@@ -198,8 +208,10 @@ class Webhooks:
 
     async def _attempt(self, delivery: Delivery, token: str) -> None:
         try:
-            error = await self.sender.send(delivery, await self.secrets.signing(delivery.tenant))
+            with self.metrics.duration.time():
+                error = await self.sender.send(delivery, await self.secrets.signing(delivery.tenant))
             if error is None:
+                self.metrics.attempts.labels("delivered").inc()
                 await self.outbox.delivered(delivery.id, token)
                 return
             await self._failed(delivery, token, error)
@@ -225,6 +237,7 @@ class Webhooks:
                 tried.attempts,
                 error,
             )
+            self.metrics.attempts.labels("given_up").inc()
             await self.outbox.give_up(tried, token, self.settings.dead_keep)
             return
         # The last try falls at the deadline itself, so a delivery is never given up early.
@@ -238,6 +251,7 @@ class Webhooks:
             tried.attempts,
             delay / 1000,
         )
+        self.metrics.attempts.labels("retried").inc()
         await self.outbox.retry(tried, token, delay)
 
     # --- the tenants' views -------------------------------------------------------------------------------------

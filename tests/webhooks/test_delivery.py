@@ -61,3 +61,18 @@ async def test_dead_lettered_job_is_reported_failed(queue: Queue, receiver: Rece
     (got,) = receiver.unique().values()
     assert got.type == "job.failed" and got.body["data"]["id"] == dead.id
     assert got.body["data"]["status"] == "dead" and got.body["data"]["error"] == "out of memory"
+
+
+async def test_big_result_is_left_out_of_the_body(queue: Queue, receiver: Receiver) -> None:
+    async with delivering(queue, fast_settings(max_result_bytes=100)) as webhooks:
+        receiver.secret = await webhooks.secret("acme")
+        small, big = [await queue.submit({"service": "echo"}) for _ in range(2)]
+        for job, result in ((small, {"n": 1}), (big, {"blob": "x" * 500})):
+            await webhooks.register("acme", job.id, WebhookRequest(url=receiver.url))
+            claimed = await queue.claim("w1", [job.shape])
+            assert claimed is not None
+            await queue.complete(job.id, claimed.token, result)
+        await eventually(lambda: len(receiver.unique()) == 2, "both events")
+    data = {r.body["data"]["id"]: r.body["data"] for r in receiver.unique().values()}
+    assert data[small.id]["result"] == {"n": 1} and "result_omitted" not in data[small.id]
+    assert data[big.id]["result_omitted"] is True and "result" not in data[big.id]

@@ -3,6 +3,8 @@ process takes the unacknowledged entries over and the events are delivered, once
 
 from __future__ import annotations
 
+import pytest
+
 from appliance.queue import Queue
 from appliance.webhooks import WebhookRequest, Webhooks
 from appliance.webhooks.keys import GROUP
@@ -28,4 +30,18 @@ async def test_entries_read_by_a_dead_consumer_are_taken_over(queue: Queue, rece
         await eventually(lambda: len(receiver.unique()) == 3, "the taken-over events")
     assert sorted(r.body["data"]["result"] for r in receiver.unique().values()) == sorted(j.id for j in jobs)
     assert (await queue.client.xpending(queue.keys.events, GROUP))["pending"] == 0
+    await webhooks.close()
+
+
+async def test_a_stream_trimmed_past_the_group_is_reported(
+    queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events trimmed away before any API process read them are lost to webhooks: said once, at start."""
+    webhooks = await Webhooks.open(queue, fast_settings())
+    await queue.submit({"service": "echo"})
+    await webhooks.feed.check_retention()
+    assert "trimmed" not in caplog.text  # the group is at the stream's end: nothing lost
+    await queue.client.xgroup_setid(queue.keys.events, GROUP, "1-0")  # as if it had read nothing for long
+    await webhooks.feed.check_retention()
+    assert "trimmed past what webhooks had read" in caplog.text
     await webhooks.close()

@@ -112,15 +112,13 @@ class EventHub:
     async def catch_up(self, job: str, start: str) -> AsyncIterator[JobEvent]:
         """The job's events in the stream from `start` (an XRANGE bound: `(<id>` excludes it), oldest first."""
         while True:
-            entries = await self.queue.client.xrange(
-                self.queue.keys.events, min=start, max="+", count=CATCH_UP_BATCH
-            )
-            for entry_id, fields in entries:
-                if fields.get("job") == job:
-                    yield JobEvent.of_entry(entry_id, fields)
-            if len(entries) < CATCH_UP_BATCH:
+            events = await self.queue.events.after(start, CATCH_UP_BATCH)
+            for event in events:
+                if event.job == job:
+                    yield event
+            if len(events) < CATCH_UP_BATCH:
                 return
-            start = f"({entries[-1][0]}"
+            start = f"({events[-1].entry_id}"
 
     async def _run(self) -> None:
         since = "$"

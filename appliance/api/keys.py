@@ -93,8 +93,8 @@ class KeyStore:
         return record, token
 
     async def list(self) -> list[ApiKey]:
-        raw = await self.client.hgetall(self.key)
-        return sorted((ApiKey.model_validate_json(v) for v in raw.values()), key=lambda k: k.created_ms)
+        raw = await self.client.hvals(self.key)
+        return sorted((ApiKey.model_validate_json(v) for v in raw), key=lambda k: k.created_ms)
 
     async def revoke(self, key_id: str) -> bool:
         """Delete the key; False when there is none of that id."""

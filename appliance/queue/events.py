@@ -152,6 +152,12 @@ class EventLog:
         entries = await self.conn.client.xrevrange(self.conn.keys.events, count=n)
         return [JobEvent.of_entry(i, f) for i, f in reversed(entries)]
 
+    async def after(self, start: str, count: int) -> list[JobEvent]:
+        """At most `count` entries from the XRANGE bound `start` on (`<ms>-<seq>`, or `(<id>` to exclude that
+        entry), oldest first: how a reader resumes from the last event it handed on (the API's SSE)."""
+        entries = await self.conn.client.xrange(self.conn.keys.events, min=start, max="+", count=count)
+        return [JobEvent.of_entry(i, f) for i, f in entries]
+
     async def window(self, start_ms: int, count: int) -> list[JobEvent]:
         """At most `count` entries from `start_ms` (server time) on, oldest first."""
         entries = await self.conn.client.xrange(

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "appliance.commands.config",
     "appliance.commands.units",
     "appliance.commands.monitor",
+    "appliance.commands.api",
     "appliance.commands.pools",
     "appliance.commands.fleet",
     "appliance.commands.redis",

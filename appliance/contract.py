@@ -77,6 +77,7 @@ def contract() -> dict[str, Any]:
             "comfyuiTemplate": inst.COMFYUI_TEMPLATE,
             "workerTemplate": inst.WORKER_TEMPLATE,
             "onFailureTemplate": inst.ONFAILURE_TEMPLATE,
+            "api": "appliance-api.service",
         },
         # appliance.machine.plan: GPU i runs `<comfyuiInstance><i>` and `<gpuWorker><i>`; connector c runs
         # `<apiWorker>` + c + index for each slot.
@@ -92,6 +93,8 @@ def contract() -> dict[str, Any]:
             # Whole seconds: Nix would print the float 30.0 as "30.000000".
             "drainGraceS": int(defaults.worker.drain_grace_s),
             "redisUrl": defaults.redis.url,
+            "apiPort": defaults.api.port,
+            "apiListen": defaults.api.host,
         },
         "stopMarginsS": {"worker": WORKER_STOP_MARGIN_S, "containerMode": CONTAINER_STOP_MARGIN_S},
         "settingsKeys": key_tree(),

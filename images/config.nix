@@ -11,7 +11,7 @@
 # - single process (any arguments; for platforms that forbid systemd in containers): the entrypoint execs
 #   `appliance "$@"`, e.g. `IMAGE machine` ("supervised container mode", machine.container_mode: the supervisor
 #   starts, restarts and stops ComfyUI and the workers itself, and exits 70 when one fails for good) or
-#   `IMAGE worker --slot echo0`. Secrets come from /run/secrets (CREDENTIALS_DIRECTORY). The supervisor also
+#   `IMAGE worker --slot echo0`, or the HTTP job API: `IMAGE api --host 0.0.0.0` (api image). Secrets come from /run/secrets (CREDENTIALS_DIRECTORY). The supervisor also
 #   stops cleanly on the StopSignal below (SIGRTMIN+3); run it with the runtime's --init to reap orphans.
 {
   lib,
@@ -83,7 +83,11 @@ in
         }
         // env
       );
-      ExposedPorts."9090/tcp" = { };
+      # 9090: the machine's health server; 8088 (api image): the HTTP job API, run as `IMAGE api --host 0.0.0.0`.
+      ExposedPorts = {
+        "9090/tcp" = { };
+      }
+      // lib.optionalAttrs (machineType == "api") { "8088/tcp" = { }; };
       Volumes = {
         "/var/lib/appliance" = { };
       };

@@ -127,6 +127,8 @@ let
               # [tool.pytest.ini_options] timeout = 600 needs pytest-timeout.
               ps.moto
               ps.pytest-timeout
+              # tests/api/test_openapi.py runs its `st` against a live API server.
+              ps.schemathesis
             ]
             # moto_server needs flask and friends: the `server` extra where nixpkgs names it, else `all`.
             ++ (ps.moto.optional-dependencies.server or ps.moto.optional-dependencies.all or [ ])

@@ -459,6 +459,30 @@ in
       description = "Open `healthPort` in the firewall (for Prometheus and load balancers).";
     };
 
+    api = {
+      enable = mkEnableOption ''
+        the HTTP job API (appliance-api.service, part of appliance.target): jobs over HTTP with per-tenant API
+        keys, live progress and signed webhooks (docs/api.md). Give it a Redis user of the `api` ACL role
+        (`appliance redis acl --role api`) through redis.passwordFile and settings.redis.username
+      '';
+      port = mkOption {
+        type = types.port;
+        default = contract.defaults.apiPort;
+        description = "Port of the HTTP job API (`api.port`).";
+      };
+      listen = mkOption {
+        type = types.str;
+        default = contract.defaults.apiListen;
+        example = "0.0.0.0";
+        description = "Address the API binds (`api.host`); loopback by default (put a TLS proxy in front).";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the API's `port` in the firewall.";
+      };
+    };
+
     containerMode = mkOption {
       type = types.bool;
       default = false;
@@ -600,6 +624,10 @@ in
         }
         // lib.optionalAttrs (cfg.redis.tls.caFile != null) { tls_ca_file = mkDefault cfg.redis.tls.caFile; };
         health.port = mkDefault cfg.healthPort;
+        api = mkIf cfg.api.enable {
+          host = mkDefault cfg.api.listen;
+          port = mkDefault cfg.api.port;
+        };
         comfyui = mkIf (cfg.machineType == "gpu") (
           {
             base_port = mkDefault cfg.comfyui.basePort;
@@ -645,7 +673,9 @@ in
         APPLIANCE_CONFIG=/etc/appliance/config.toml
       '';
 
-      networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.healthPort;
+      networking.firewall.allowedTCPPorts =
+        lib.optional cfg.openFirewall cfg.healthPort
+        ++ lib.optional (cfg.api.enable && cfg.api.openFirewall) cfg.api.port;
 
       # NixOS does not read [Install] sections of packaged units: link the target and the plan here.
       systemd.targets.appliance = {
@@ -691,6 +721,11 @@ in
             )
           );
         };
+        # The HTTP job API: Redis credentials, and the S3 secret (extraCredentials) to presign output URLs.
+        appliance-api = mkIf cfg.api.enable (dropIn {
+          wantedBy = [ contract.units.target ];
+          serviceConfig.LoadCredential = supervisorCredentials;
+        });
         # OnFailure= handler template: hands the failed worker's jobs back, so it needs Redis.
         "appliance-onfailure@" = dropIn {
           serviceConfig.LoadCredential = supervisorCredentials;

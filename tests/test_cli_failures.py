@@ -36,7 +36,7 @@ from appliance.commands import ExitCode
 from appliance.localredis import LocalRedis, free_port
 
 #: Commands that serve until stopped: under a failure they may exit (one line, no traceback) or ride it out.
-SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",), ("demo",)}
+SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",), ("demo",), ("api",)}
 #: Commands that never talk to Redis: the Redis failures do not apply to them.
 NO_REDIS = {
     ("config", "show"),
@@ -62,6 +62,7 @@ WRITES = {
     ("schedule", "add"),
     ("limits", "set"),
     ("queue", "pause"),
+    ("api", "keys", "create"),
 }
 #: Commands that accept --config but never read it: a bad file there is not theirs to notice.
 IGNORES_CONFIG = {("machine", "record-stop")}
@@ -81,6 +82,7 @@ FILL = {
     "tenant": "t-test",
     "schedule_id": "nightly",
     "customer": "acme",
+    "key_id": "no-such-key",
 }
 
 SCENARIOS = ("down", "wrong_password", "noperm", "oom", "readonly", "bad_file")
@@ -191,6 +193,7 @@ def build_argv(case: Case, tmp: Path) -> list[str]:
         ("limits", "set"): ["--weight", "2"],
         ("machine",): ["--unmanaged", "--health-port", "0"],
         ("monitor",): ["--port", "0"],
+        ("api",): ["--port", "0"],
         ("units", "install"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance", "--no-user"],
         ("units", "list"): ["--root", str(tmp / "root"), "--bin", "/usr/bin/appliance"],
         ("units", "uninstall"): ["--root", str(tmp / "root")],
@@ -301,7 +304,7 @@ EXPECTED = {
 }
 #: A service that cannot start as configured exits EX_CONFIG (its units' RestartPreventExitStatus=); one-shot
 #: commands call a bad file bad input.
-CONFIG_SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",)}
+CONFIG_SERVICES = {("worker",), ("machine",), ("monitor",), ("comfyui",), ("api",)}
 
 
 @pytest.mark.parametrize("case", cases(), ids=lambda c: c.id)

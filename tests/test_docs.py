@@ -432,9 +432,12 @@ async def _exported_metrics(redis_url: str) -> set[str]:
     for family in collector.collect():
         names.add(family.name)
         names.update(s.name for s in family.samples)
+    from appliance.api.metrics import ApiMetrics
     from appliance.webhooks.metrics import WebhookMetrics
 
-    for family in WebhookMetrics().registry.collect():  # the API process's webhook families
+    api = ApiMetrics()
+    api.observe("/v1/jobs", "GET", 200, 0.01)
+    for family in [*api.registry.collect(), *WebhookMetrics().registry.collect()]:
         names.add(family.name)
         names.update(s.name for s in family.samples)
     return names
@@ -489,7 +492,9 @@ def _routes(tmp: Path) -> set[str]:
         replicate.make_app(),
         runpod.make_app(),
     ]
-    routes = set()
+    from appliance.api.openapi import document
+
+    routes = set(document()["paths"])  # the HTTP job API's routes (tests/api/test_openapi.py: all of them)
     for app in apps:
         for resource in app.router.resources():
             info = resource.get_info()

@@ -320,6 +320,26 @@ def test_api_machine_units_and_credentials() -> None:
 
 @needs_nix
 @needs_lib
+def test_the_http_api_unit_and_options() -> None:
+    assert "appliance-api" not in eval_module(API)["services"]
+    out = eval_module(
+        {
+            **API,
+            "redis": {"passwordFile": "/run/secrets/redis-api"},
+            "api": {"enable": True, "listen": "0.0.0.0", "port": 9443, "openFirewall": True},
+        }
+    )
+    assert out["failedAssertions"] == []
+    unit = out["services"]["appliance-api"]
+    assert "appliance.target" in unit["wantedBy"] and unit["overrideStrategy"] == "asDropin"
+    assert unit["serviceConfig"]["LoadCredential"] == ["", "redis-password:/run/secrets/redis-api"]
+    assert out["firewall"] == [9191, 9443]
+    assert out["settings"]["api"] == {"host": "0.0.0.0", "port": 9443}
+    assert validate_as_settings(out["settings"]).api.port == 9443
+
+
+@needs_nix
+@needs_lib
 def test_credential_ids_match_the_application() -> None:
     from appliance.secrets import CREDENTIALS
 

@@ -41,6 +41,7 @@ INSTANCES = [
     "appliance-worker@gpu0.service",
     "appliance-worker@echo0.service",
     "appliance-onfailure@appliance-worker@gpu0.service",
+    "appliance-api.service",
 ]
 #: Exposure (systemd-analyze security, 0 = locked down, 10 = exposed) each unit must stay under.
 MAX_EXPOSURE = {
@@ -48,6 +49,7 @@ MAX_EXPOSURE = {
     "appliance-worker@gpu0.service": 1.5,
     "appliance-worker@echo0.service": 1.5,
     "appliance-onfailure@appliance-worker@gpu0.service": 1.5,
+    "appliance-api.service": 1.5,
     # CUDA rules out PrivateDevices= and MemoryDenyWriteExecute=.
     "appliance-comfyui@0.service": 2.0,
 }
@@ -175,7 +177,13 @@ def _section_lines(text: str, section: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["appliance-machine.service", "appliance-worker@.service", "appliance-comfyui@.service"]
+    "name",
+    [
+        "appliance-machine.service",
+        "appliance-worker@.service",
+        "appliance-comfyui@.service",
+        "appliance-api.service",
+    ],
 )
 def test_long_running_units_are_supervised(name: str) -> None:
     unit = units_by_name()[name]
@@ -232,6 +240,10 @@ def test_credentials_match_what_the_app_reads() -> None:
     assert worker == {"redis-password", "s3-secret-access-key"}
     for name in ("appliance-machine.service", "appliance-onfailure@.service"):
         assert units[name]["Service"]["LoadCredential"] == ["redis-password"]
+    assert set(units["appliance-api.service"]["Service"]["LoadCredential"]) == {
+        "redis-password",
+        "s3-secret-access-key",
+    }
     for unit in units.values():
         for value in unit.get("Service", {}).get("LoadCredential", []):
             assert ":" not in value and value in names

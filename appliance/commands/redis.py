@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     setup.set_defaults(handler=_setup)
 
     acl = sub.add_parser(
-        "acl", help="print the ACL SETUSER command of a role (deployer, machine, submitter, monitor)"
+        "acl", help="print the ACL SETUSER command of a role (deployer, machine, submitter, monitor, api)"
     )
-    acl.add_argument("--role", required=True, choices=["deployer", "machine", "submitter", "monitor"])
+    acl.add_argument("--role", required=True, choices=["deployer", "machine", "submitter", "monitor", "api"])
     acl.add_argument(
         "--queue",
         action="append",
@@ -55,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _acl(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from appliance.config import ConfigError, load_settings
     from appliance.config.queue import ChannelsMode, ScriptsMode
@@ -65,19 +64,14 @@ def _acl(args: argparse.Namespace) -> int:
         settings = load_settings(args.config).settings
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    role = Role(args.role)
     queues = args.queue or [settings.redis.queue]
+    if args.role == "api":
+        return _print_api_acl(args, settings, queues)
+    role = Role(args.role)
     channels = ChannelsMode(args.channels) if args.channels else settings.queue.channels
     scripts = ScriptsMode(args.scripts) if args.scripts else settings.queue.scripts
     machine_id = args.machine or settings.machine.id
-    password = None
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CommandError(f"--password-file: {exc}") from None
-        if not password:
-            raise CommandError(f"--password-file: {args.password_file} is empty")
+    password = _password(args)
     default_user = f"appliance-{role.value}" + (
         f"-{machine_id}" if role is Role.MACHINE else "" if role is Role.DEPLOYER else f"-{queues[0]}"
     )
@@ -95,6 +89,40 @@ def _acl(args: argparse.Namespace) -> int:
             "queue's job ids; set queue.channels=queue where tenants share this Redis",
             file=sys.stderr,
         )
+    print(" ".join(quote(a) for a in line))
+    return 0
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    from pathlib import Path
+
+    if not args.password_file:
+        return None
+    try:
+        password = Path(args.password_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"--password-file: {exc}") from None
+    if not password:
+        raise CommandError(f"--password-file: {args.password_file} is empty")
+    return password
+
+
+def _print_api_acl(args: argparse.Namespace, settings: Any, queues: list[str]) -> int:
+    """The HTTP API process's user: the submitter's rights plus the API's own (appliance.api.acl)."""
+    from appliance.api.acl import api_rules
+    from appliance.config.queue import ChannelsMode, ScriptsMode
+    from appliance.queue.acl import quote, setuser
+
+    channels = ChannelsMode(args.channels) if args.channels else settings.queue.channels
+    scripts = ScriptsMode(args.scripts) if args.scripts else settings.queue.scripts
+    try:
+        line = setuser(
+            args.user or f"appliance-api-{queues[0]}",
+            api_rules(queues, channels=channels, scripts=scripts),
+            _password(args),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     print(" ".join(quote(a) for a in line))
     return 0
 

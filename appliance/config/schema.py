@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from appliance.config.api import ApiSettings
 from appliance.config.connection import RedisConnection, RedisSettings, check_database, check_redis_url
 from appliance.config.connectors import KNOWN_CONNECTORS, ConnectorSettings, _default_connectors
 from appliance.config.machine import (
@@ -90,6 +91,7 @@ class Settings(Section):
     )
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Where job outputs go.")
     monitor: MonitorSettings = Field(default_factory=MonitorSettings, description="Monitor UI.")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP job API.")
     pools: dict[str, PoolSettings] = Field(
         default_factory=_default_pools, description="Machine pools by name."
     )

@@ -67,13 +67,14 @@ class Queue:
         #: The process's WakeHub for this queue object (appliance.queue.hub), made by the first WorkerSession.
         self.wake_hub: Any = None
         # The facade: each name is one client's bound method.
-        self.submit, self.submit_many, self.cancel = (
+        self.submit, self.submit_many, self.cancel, self.retry = (
             self.producer.submit,
             self.producer.submit_many,
             self.producer.cancel,
+            self.producer.retry,
         )
         self.get, self.require, self.list_jobs = self.reader.get, self.reader.require, self.reader.list_jobs
-        self.wait, self.stats = self.reader.wait, self.reader.stats
+        self.wait, self.stats, self.tenant_page = self.reader.wait, self.reader.stats, self.reader.tenant_page
         self.server_time_ms = self.conn.server_time_ms
         leases = self.leases
         self.claim, self.claim_many, self.finish_and_claim = (

@@ -60,16 +60,17 @@ class QueueConnection:
         shape: str = "",
         class_id: str = "",
         candidates: tuple[str, ...] | list[str] = (),
+        customer: str = "",
     ) -> Call:
         """A call of `script` with KEYS from its spec and ARGV = common prefix (if it takes one) + `args`."""
         spec = SPECS[script]
-        memo = (script, shape, class_id, *candidates)
+        memo = (script, shape, class_id, customer, *candidates)
         keys = self._keys.get(memo)
         if keys is None:
             if len(self._keys) >= 4096:
                 self._keys.clear()
             keys = self._keys[memo] = spec.build(
-                self.keys, shape=shape, class_id=class_id, candidates=candidates
+                self.keys, shape=shape, class_id=class_id, candidates=candidates, customer=customer
             )
         return script, keys, (self.common() if spec.common else []) + args
 

@@ -23,6 +23,8 @@ class ScriptCode(IntEnum):
     ALREADY_FINISHED = -3
     DUPLICATE = -4
     WRONG_SHAPE = -5
+    #: retry: the job is not failed or dead.
+    NOT_RETRYABLE = -6
 
 
 class QueueError(Exception):
@@ -94,6 +96,14 @@ class JobAlreadyFinished(QueueError):
         self.job_id = job_id
 
 
+class JobNotRetryable(QueueError):
+    """Only a failed or dead job can be put back in line."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} is not failed or dead; only those can be retried")
+        self.job_id = job_id
+
+
 def raise_for_code(code: int, job_id: str) -> int:
     """Turn a negative script code into its exception; return non-negative codes unchanged."""
     if code >= 0:
@@ -108,4 +118,6 @@ def raise_for_code(code: int, job_id: str) -> int:
         raise DuplicateJob(job_id)
     if code == ScriptCode.WRONG_SHAPE:
         raise WrongShape(job_id)
+    if code == ScriptCode.NOT_RETRYABLE:
+        raise JobNotRetryable(job_id)
     raise QueueError(f"queue script returned unknown code {code} for job {job_id!r}")

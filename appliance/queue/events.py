@@ -39,6 +39,8 @@ class EventKind(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"
     RELEASED = "released"
     LEASE_EXPIRED = "lease_expired"
+    #: A failed or dead job was put back in line by hand (Queue.retry: dead-letter replay).
+    REPLAYED = "replayed"
 
     @classmethod
     def parse(cls, name: Any) -> EventKind | None:
@@ -85,6 +87,7 @@ MEANING: dict[EventKind, Meaning] = {
     EventKind.CANCEL_REQUESTED: Meaning(None),
     EventKind.RELEASED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
     EventKind.LEASE_EXPIRED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
+    EventKind.REPLAYED: Meaning(JobStatus.PENDING),
 }
 
 
@@ -158,6 +161,12 @@ class EventLog:
     def group(self, name: str, consumer: str) -> EventGroup:
         """Member `consumer` of consumer group `name` on this stream."""
         return EventGroup(self.conn, name, consumer)
+
+    async def after(self, start: str, count: int) -> list[JobEvent]:
+        """At most `count` entries from the XRANGE bound `start` on (`<ms>-<seq>`, or `(<id>` to exclude that
+        entry), oldest first: how a reader resumes from the last event it handed on (the API's SSE)."""
+        entries = await self.conn.client.xrange(self.conn.keys.events, min=start, max="+", count=count)
+        return [JobEvent.of_entry(i, f) for i, f in entries]
 
     async def window(self, start_ms: int, count: int) -> list[JobEvent]:
         """At most `count` entries from `start_ms` (server time) on, oldest first."""

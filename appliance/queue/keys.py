@@ -109,6 +109,11 @@ class QueueKeys:
         """SET of the shape ids one worker class serves (claim.lua walks `heads` against it)."""
         return self.key(f"class:{class_id}")
 
+    def tenant_jobs(self, customer: str) -> str:
+        """ZSET of one customer's job ids -> submit order (ms * 1000 + sequence), for the HTTP API's listing.
+        Ids whose record expired linger until a listing passes them (Reader.tenant_page removes them)."""
+        return self.key(f"tenant:{customer}")
+
     @property
     def heads(self) -> str:
         """ZSET shape -> score of its best waiting job; only non-empty shapes are members."""

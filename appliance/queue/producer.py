@@ -116,6 +116,8 @@ class Producer:
             int(spec.delay_s * 1000) if spec.delay_s is not None else "",
             spec.customer_id or "",
         ]
+        if spec.customer_id:  # the cached KEYS end with the tenant index of no customer
+            keys = [*keys[:-1], self.conn.keys.tenant_jobs(spec.customer_id)]
         return job_id, shape, ("submit", keys, args)
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
@@ -193,6 +195,13 @@ class Producer:
         )
         code = raise_for_code(int(await self.conn.run(call)), job_id)
         return "cancelled" if code == ScriptCode.OK else "requested"
+
+    async def retry(self, job_id: str) -> None:
+        """Put a failed or dead job back in line with its retries renewed (dead-letter replay); JobNotRetryable
+        when it is waiting, running, completed or cancelled."""
+        shape = await shape_of_job(self.conn, job_id)
+        call = self.conn.prepare("retry", [job_id, shape, self.conn.wake_check], shape=shape)
+        raise_for_code(int(await self.conn.run(call)), job_id)
 
 
 def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:

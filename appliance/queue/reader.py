@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 WAIT_RECONNECT_MIN_S = 0.2
 WAIT_RECONNECT_MAX_S = 2.0
 
+#: A page of a customer's jobs reads at most this many index entries per job asked for (a status filter skips).
+TENANT_PAGE_READS = 4
+
 OnProgress = Callable[[Job], Awaitable[None] | None]
 
 
@@ -168,6 +171,41 @@ class Reader:
             if len(jobs) >= limit:
                 break
         return jobs
+
+    async def tenant_page(
+        self, customer: str, status: JobStatus | None = None, limit: int = 50, cursor: int | None = None
+    ) -> tuple[list[Job], int | None]:
+        """One page of a customer's jobs, newest first, from its own index (submit.lua writes it): at most
+        `limit` jobs, reading at most TENANT_PAGE_READS x `limit` index entries whatever the filter, so a page
+        costs the same however many jobs the queue or the customer has. Returns the jobs and the cursor of the
+        next page (None at the end); a page can hold fewer than `limit` jobs and still have a next one.
+
+        Ids whose record expired are dropped from the index as a page passes them."""
+        k, client = self.conn.keys, self.conn.client
+        index = k.tenant_jobs(customer)
+        high = f"({cursor}" if cursor is not None else "+inf"
+        reads = limit * TENANT_PAGE_READS
+        entries = await client.zrevrangebyscore(index, high, "-inf", start=0, num=reads, withscores=True)
+        if not entries:
+            return [], None
+        ids = [str(i) for i, _ in entries]
+        states = await client.hmget(k.state, ids)
+        gone = [i for i, state in zip(ids, states, strict=True) if state is None]
+        if gone:
+            await client.zrem(index, *gone)
+        jobs: list[Job] = []
+        last = None
+        for (job_id, score), state in zip(entries, states, strict=True):
+            last = int(score)
+            if state is None or (status is not None and state != status.value):
+                continue
+            job = await self.get(str(job_id))
+            if job is not None and job.customer_id == customer:
+                jobs.append(job)
+            if len(jobs) >= limit:
+                break
+        more = len(jobs) >= limit or len(entries) == reads
+        return jobs, (last if more else None)
 
     async def leased(self) -> list[str]:
         """Ids of every leased job (the lease index)."""

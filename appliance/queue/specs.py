@@ -3,8 +3,9 @@ common ARGV prefix. Every caller builds KEYS from here; tests/queue/test_script_
 against its script's `KEYS[n]  name` header lines, so a key added to a script cannot be forgotten here.
 
 A key is named as in the header, which is the QueueKeys attribute of that name, except:
-`ready` and `idle` (of the job's or the batch's shape), `class` (the worker class) and a variable tail: the
-`ready` indexes of claim's candidate shapes, or the `idle` sets of an idle worker's shapes.
+`ready` and `idle` (of the job's or the batch's shape), `class` (the worker class), `tenant` (the job's
+customer) and a variable tail: the `ready` indexes of claim's candidate shapes, or the `idle` sets of an
+idle worker's shapes.
 """
 
 from __future__ import annotations
@@ -42,9 +43,16 @@ class ScriptSpec:
     tail: str = "ready"
 
     def build(
-        self, k: QueueKeys, *, shape: str = "", class_id: str = "", candidates: Sequence[str] = ()
+        self,
+        k: QueueKeys,
+        *,
+        shape: str = "",
+        class_id: str = "",
+        candidates: Sequence[str] = (),
+        customer: str = "",
     ) -> list[str]:
-        """The KEYS of one call: `shape` for `ready`, `class_id` for `class`, `candidates` for claim's tail."""
+        """The KEYS of one call: `shape` for `ready`, `class_id` for `class`, `customer` for `tenant`,
+        `candidates` for claim's tail."""
         out = []
         for name in self.keys:
             if name in ("ready", "idle"):
@@ -53,6 +61,8 @@ class ScriptSpec:
                 out.append(k.ready(shape) if name == "ready" else k.idle(shape))
             elif name == "class":
                 out.append(k.worker_class(class_id))
+            elif name == "tenant":
+                out.append(k.tenant_jobs(customer))
             else:
                 out.append(str(getattr(k, name)))
         if self.candidate_tail:
@@ -70,7 +80,7 @@ SPECS: dict[str, ScriptSpec] = {
         _spec(
             "submit",
             "spec meta state ready heads shapes counts seq events delayed idle waiting fair_finish fair_weights "
-            "customer",
+            "customer tenant",
         ),
         _spec(
             "claim",
@@ -103,5 +113,6 @@ SPECS: dict[str, ScriptSpec] = {
         _spec("unhold", "held state meta ready heads idle waiting"),
         _spec("idle", "heads waiting paused", common=False, candidate_tail=True, tail="idle"),
         _spec("wake", "ready idle waiting"),
+        _spec("retry", "state meta ready heads done dead attempts info counts events idle waiting"),
     )
 }

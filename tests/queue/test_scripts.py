@@ -72,6 +72,10 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         while await session.claim() is not None:
             pass
         assert await session.wait_for_work(0.01) is False  # registered as idle (idle.lua), nothing came
+        await queue.submit({"service": "echo"})
+        last = await session.claim()
+        await queue.fail(last.job.id, last.token, "x", retryable=False)
+        await queue.retry(last.job.id)
     finally:
         await session.close()
     seen = {name for name, _ in calls}

@@ -49,6 +49,7 @@ SCRIPT_NAMES = (
     "unhold",
     "idle",
     "wake",
+    "retry",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 

@@ -19,6 +19,7 @@
     KEYS[13] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
     KEYS[14] fair_weights  HASH customer -> weight (default 1)
     KEYS[15] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
+    KEYS[16] tenant    ZSET of the job's customer: id -> submit order (written only when ARGV[18] is set)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -91,6 +92,8 @@ if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   rcall('PUBLISH', ARGV[15], shape)
 end
 rcall('HINCRBY', counts_key, 'submitted', 1)
+-- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
+if ARGV[18] ~= '' then rcall('ZADD', KEYS[16], string.format('%.0f', now * 1000 + (seq % 1000)), id) end
 local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
 if later then
   fields[#fields + 1], fields[#fields + 2] = 'run_at', start

@@ -1,0 +1,81 @@
+"""The aiohttp application: routes, and the middlewares every request passes (metrics, problem details). Each
+/v1/ handler starts with `await caller(request, scope)`: the API key, its rate and its scope."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from appliance.api import fleet, jobs, live, ws
+from appliance.api.context import API_KEY, Api, api_of
+from appliance.api.problems import ProblemError, render
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        api_of(request).metrics.observe(route, request.method, status, time.perf_counter() - started)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as RFC 9457 problem details: the handlers' own, aiohttp's (404, 405), and unexpected ones."""
+    try:
+        return await handler(request)
+    except ProblemError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return render(exc.status, exc.text or exc.reason, headers)
+    except RedisError as exc:
+        log.warning("%s %s: Redis: %s", request.method, request.path, exc)
+        return render(
+            503, f"the job store is unavailable ({type(exc).__name__}); try again", {"Retry-After": "1"}
+        )
+
+
+def make_app(api: Api) -> web.Application:
+    app = web.Application(middlewares=[measure, problems])
+    app[API_KEY] = api
+    r = app.router
+    r.add_post("/v1/jobs", jobs.submit)
+    r.add_get("/v1/jobs", jobs.list_jobs)
+    r.add_post("/v1/jobs/batch", jobs.submit_batch)
+    r.add_get("/v1/jobs/{id}", jobs.get_job)
+    r.add_delete("/v1/jobs/{id}", jobs.cancel_job)
+    r.add_post("/v1/jobs/{id}/retry", jobs.retry_job)
+    r.add_get("/v1/jobs/{id}/outputs/{name}", jobs.output)
+    r.add_get("/v1/jobs/{id}/events", live.job_events)
+    r.add_get("/v1/ws", ws.websocket)
+    r.add_get("/v1/webhooks/dead", jobs.dead_webhooks)
+    r.add_get("/v1/webhooks/secret", jobs.webhook_secret)
+    r.add_post("/v1/webhooks/secret", jobs.webhook_secret)
+    r.add_get("/v1/stats", fleet.stats)
+    r.add_get("/v1/machines", fleet.machines)
+    r.add_get("/v1/pools", fleet.pools)
+    r.add_get("/healthz", fleet.healthz)
+    r.add_get("/readyz", fleet.readyz)
+    r.add_get("/metrics", fleet.metrics)
+    r.add_get("/openapi.json", fleet.openapi)
+    return app

@@ -244,7 +244,9 @@ async def test_progress_is_coalesced_and_the_last_value_always_written(queue: Qu
         await asyncio.sleep(0.001)
     await fwd.flush()
     assert writes[-1] == 100.0 and 1 < len(writes) < 100
-    assert all(b - a >= 1.0 for a, b in zip(writes, writes[1:], strict=False))
+    # Steps under min_step are skipped, except the one that reaches 100 % (always written; under load the write
+    # before it may have been 99.5).
+    assert all(b - a >= 1.0 or b == 100.0 for a, b in zip(writes, writes[1:], strict=False))
     job = await queue.get(claimed.job.id)
     assert job is not None and job.progress is not None and job.progress["percent"] == 100.0
     assert job.status is JobStatus.RUNNING

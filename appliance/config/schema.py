@@ -24,7 +24,13 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from appliance.config.connection import RedisConnection, RedisSettings, check_database, check_redis_url
+from appliance.config.connection import (
+    RedisConnection,
+    RedisMode,
+    RedisSettings,
+    check_database,
+    check_redis_url,
+)
 from appliance.config.connectors import KNOWN_CONNECTORS, ConnectorSettings, _default_connectors
 from appliance.config.machine import (
     MACHINE_ID_MAX,
@@ -45,6 +51,7 @@ __all__ = [
     "ConnectorSettings",
     "LoadedSettings",
     "RedisConnection",
+    "RedisMode",
     "Settings",
     "redacted_dump",
 ]

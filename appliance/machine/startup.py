@@ -20,7 +20,7 @@ from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import host_resources
 from appliance.machine.state import Phase
 from appliance.machine.unitwatch import UnitWatcher
-from appliance.queue import Queue
+from appliance.queue.factory import connect_queue
 from appliance.rediserrors import describe_redis_error, redis_error_kind
 from appliance.secrets import redact_url
 
@@ -69,16 +69,14 @@ class Startup:
         backoff = 0.5
         while True:
             try:
-                ctx.queue = await Queue.connect(
-                    conn.url,
-                    queue_name=ctx.settings.redis.queue,
-                    settings=ctx.settings.queue,
+                ctx.queue = await connect_queue(
+                    ctx.settings,
+                    connection=conn,
                     # A pooled connection Redis closed (it restarted) is retried at once instead of failing
                     # the next call with a false "Connection closed by server".
                     retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
                     socket_timeout=REDIS_CALL_TIMEOUT_S,
                     socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
-                    **conn.client_kwargs(),
                 )
                 break
             except (RedisError, OSError) as exc:

@@ -24,11 +24,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from appliance.config import Settings
+from appliance.config import RedisConnection, Settings
 from appliance.config.queue import EventsMode
 from appliance.monitor.state import MonitorState, now_ms
 from appliance.queue import Queue
 from appliance.queue.events import EventKind, JobEvent
+from appliance.queue.factory import connect_queue
 from appliance.queue.keys import (
     CHANNEL_CLAIMED,
     CHANNEL_COMPLETED,
@@ -66,9 +67,12 @@ class Feed:
         poll_s: float = 2.0,
         pools_every: int = 3,
         pool_signals: PoolSignals | None = None,
+        connection: RedisConnection | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
+        #: Where Redis is (mode, seeds, sentinels, credentials); None: `url` with `client_kwargs`, standalone.
+        self.connection = connection
         self.publish = publish
         self.url = url
         self.client_kwargs = client_kwargs or {}
@@ -124,12 +128,14 @@ class Feed:
             self.publish({"type": "redis", "ok": ok, "error": error})
 
     async def _session(self) -> None:
-        self.queue = await Queue.connect(
+        conn = self.connection or RedisConnection(
             self.url,
-            queue_name=self.state.queue_name,
-            settings=self.settings.queue,
-            socket_connect_timeout=5,
-            **self.client_kwargs,
+            self.client_kwargs.get("password"),
+            self.client_kwargs.get("username"),
+            None,
+        )
+        self.queue = await connect_queue(
+            self.settings, queue_name=self.state.queue_name, connection=conn, socket_connect_timeout=5
         )
         pubsub = self.queue.client.pubsub()
         try:

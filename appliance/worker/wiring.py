@@ -14,7 +14,7 @@ from typing import Any
 from appliance.config import RedisConnection, Settings
 from appliance.identity import WorkerSlot
 from appliance.netaddr import connect_host
-from appliance.queue import Capabilities, Queue
+from appliance.queue import Capabilities, Queue, factory
 from appliance.worker.connectors import ConnectorCapabilities, ConnectorOptions, connector_options
 from appliance.worker.storage import LocalStorage, OutputStorage
 
@@ -175,15 +175,11 @@ async def connect_queue(connection: RedisConnection, settings: Settings) -> Queu
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
 
-    c = connection
-    kwargs: dict[str, Any] = {**c.client_kwargs()}
     # Few client-side retries: the worker has its own backoff and must notice an outage quickly.
-    return await Queue.connect(
-        c.url,
-        queue_name=settings.redis.queue,
-        settings=settings.queue,
+    return await factory.connect_queue(
+        settings,
+        connection=connection,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
-        **kwargs,
     )

@@ -181,7 +181,7 @@ def _machine_rules(
     patterns = [
         *queue_keys,
         f"~{machine_keys.MACHINES_KEY}",
-        f"~machine:{machine_id}:*",
+        f"~{machine_keys.machine_prefix(machine_id)}*",
         *channels,
         f"&{machine_keys.STARTUP_EVENTS_CHANNEL}",
         f"&{machine_keys.status_channel(machine_id)}",

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 
 from appliance.config import RedisConnection, RedisMode, check_database
 from appliance.config.connection import split_address
@@ -92,6 +92,14 @@ def open_client(conn: RedisConnection, **redis_kwargs: Any) -> tuple[Any, bool, 
     return aioredis.Redis.from_url(conn.url, **kwargs), False, []
 
 
+def _as_dict(reply: Any) -> dict[str, Any]:
+    """HELLO's reply as a dict: RESP3 (or redis-py's callback) gives one, RESP2 a flat list of pairs."""
+    if isinstance(reply, dict):
+        return {str(k): v for k, v in reply.items()}
+    items = list(reply or [])
+    return {str(k): v for k, v in zip(items[::2], items[1::2], strict=False)}
+
+
 def client_for(conn: RedisConnection, **redis_kwargs: Any) -> Any:
     """Only the client of `open_client`, for a one-shot command's single-key reads and writes (a Sentinel
     client's connections to the sentinels then last as long as the process)."""
@@ -113,19 +121,18 @@ async def check_mode(client: Any, conn: RedisConnection) -> None:
             raise
         return
     try:
-        info = await client.info("server")
-    except NoPermissionError:
-        return  # a restricted ACL user: a MOVED later still says which setting to change
+        # HELLO (no arguments: the protocol stays) names the server's mode, and ACLs never refuse it.
+        hello = _as_dict(await client.execute_command("HELLO"))
     except ResponseError as exc:
         if conn.mode is RedisMode.SENTINEL and "unknown command" in str(exc).lower():
             raise RedisModeError(
                 f"redis.mode is sentinel, but {', '.join(conn.sentinels)} (redis.sentinels) answered like a "
                 f"Redis server, not a Sentinel: list the sentinels' addresses there ({exc})"
             ) from None
-        if "noperm" in str(exc).lower():
-            return
+        if "unknown command" in str(exc).lower():
+            return  # a server older than Redis 6: a MOVED later still says which setting to change
         raise
-    found = str(info.get("redis_mode", "standalone"))
+    found = str(hello.get("mode", "standalone"))
     if found == "cluster":
         raise RedisModeError(
             f"redis.mode is {conn.mode}, but the Redis at {where} is a Redis Cluster node: set redis.mode = cluster"

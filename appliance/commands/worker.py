@@ -8,6 +8,7 @@ appliance worker --slot echo0                 # what appliance-worker@echo0.serv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from appliance.commands import CommandError, ConfigCommandError, ExitCode, run_async
 
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from appliance.config import ConfigError, RedisConnection, load_settings
+    from appliance.config import ConfigError, load_settings
     from appliance.identity import SlotError, slot_from_arguments
     from appliance.secrets import SecretError, split_url_password
     from appliance.worker.runtime import Worker, WorkerError
@@ -68,11 +69,8 @@ def run_worker(args: argparse.Namespace) -> int:
         from appliance.commands.connection import checked_url_flag
 
         url, password = split_url_password(checked_url_flag(args.redis_url))
-        connection = RedisConnection(
-            url,
-            password if password is not None else connection.password,
-            connection.username,
-            connection.tls_ca_file,
+        connection = dataclasses.replace(
+            connection, url=url, password=password if password is not None else connection.password
         )
     from appliance.worker.packages import missing_packages
 
@@ -85,8 +83,12 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CommandError(f"worker {slot.name}: {exc}") from None
 
     async def main() -> int:
+        from appliance.queue.redisclient import RedisModeError
+
         try:
             return await worker.run()
+        except RedisModeError as exc:  # redis.mode does not match the server: a restart cannot fix it
+            raise ConfigCommandError(f"worker {worker.worker_id}: {exc}") from None
         except WorkerError as exc:
             raise CommandError(f"worker {worker.worker_id}: {exc}", ExitCode.REDIS) from None
 

@@ -16,6 +16,7 @@ The library name carries a hash of the sources, so two versions can serve one Re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -23,11 +24,21 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterError, NoScriptError, ResponseError, TryAgainError
 
 from appliance.queue.errors import QueueError
 
 log = logging.getLogger(__name__)
+
+#: How long a call on a Cluster keeps retrying while its queue's slot migrates between nodes (s).
+MIGRATION_WAIT_S = 30.0
+
+
+def is_migrating(exc: BaseException) -> bool:
+    """A Cluster refused a call because its slot is moving (TRYAGAIN), or redis-py ran out of redirections
+    while it moved ("TTL exhausted"): the call did not run, and will once the move ends."""
+    return isinstance(exc, TryAgainError) or "TTL exhausted" in str(exc)
+
 
 SCRIPT_NAMES = (
     "submit",
@@ -216,6 +227,24 @@ class ScriptSet:
         self.use_functions = False
 
     async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        if not self.cluster:
+            return await self._call(client, name, keys, args)
+        # While a queue's slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN (it
+        # did not run); redis-py retries a few times within a second, then gives up ("TTL exhausted"). A
+        # migration of a busy queue takes longer: keep retrying, with backoff, for up to MIGRATION_WAIT_S.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MIGRATION_WAIT_S
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(client, name, keys, args)
+            except (TryAgainError, ClusterError) as exc:
+                if not is_migrating(exc) or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         if self.use_functions:
             try:
                 return await client.fcall(self.function_name(name), len(keys), *keys, *args)
@@ -233,9 +262,11 @@ class ScriptSet:
             return await client.evalsha(self.sha(name), len(keys), *keys, *args)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
-        if self.cluster:  # the node that owns the keys needs it
-            node = client.get_node_from_key(keys[0]) if keys else None
-            await client.execute_command("SCRIPT LOAD", self.sources[name], target_nodes=node)
+        if self.cluster:
+            # Every primary, not only the keys' owner: during a reshard an ASK sends the call to the importing
+            # node, and after a failover or a moved slot another primary serves the keys.
+            for node in _primaries(client, True):
+                await client.execute_command("SCRIPT LOAD", self.sources[name], target_nodes=node)
         else:
             await client.execute_command("SCRIPT LOAD", self.sources[name])
 

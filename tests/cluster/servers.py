@@ -118,13 +118,13 @@ class SentinelSet:
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> SentinelSet:
+        # No 5 s wait before the first full sync (the default diskless-sync delay).
+        self.primary.extra_args = ["--repl-diskless-sync-delay", "0"]
         self.primary.start()
         self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
         self.replica.start()
         wait_until(
-            lambda: (
-                "master_link_status:up" in str(self.replica_client().execute_command("INFO", "replication"))
-            ),
+            lambda: self.replica_client().info("replication").get("master_link_status") == "up",
             "the replica to sync",
         )
         executable = shutil.which("redis-sentinel") or "redis-sentinel"

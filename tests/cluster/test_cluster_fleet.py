@@ -17,6 +17,7 @@ import pytest
 from redis.cluster import key_slot
 
 from appliance.config import Settings
+from appliance.localredis import LocalRedis
 from appliance.queue import JobStatus, Queue
 from appliance.queue.factory import connect_queue
 from tests.cluster.conftest import Fleet, base_env, cli, needs_cluster_tools
@@ -178,3 +179,12 @@ async def test_a_wrong_mode_is_one_line_naming_the_setting(
         "Traceback" not in worker.stderr
         and "set redis.mode = cluster" in worker.stderr.strip().splitlines()[-1]
     )
+
+
+async def test_cluster_mode_against_a_standalone_server_is_one_line(tmp_path: Path) -> None:
+    with LocalRedis() as server:
+        as_cluster = base_env(tmp_path, APPLIANCE_REDIS_URL=server.url, APPLIANCE_REDIS__MODE="cluster")
+        stats = cli(as_cluster, "job", "stats")
+    assert stats.returncode != 0 and "Traceback" not in stats.stderr
+    assert stats.stderr.strip().count("\n") == 0
+    assert "redis.mode is cluster" in stats.stderr and "set redis.mode = standalone" in stats.stderr

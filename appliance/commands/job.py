@@ -173,7 +173,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 async def _submit_async(args: argparse.Namespace, spec: dict[str, Any]) -> int:
-    from appliance.queue import DuplicateJob, InvalidJob, parse_spec
+    from appliance.queue import DuplicateJob, InvalidJob, NotDurable, parse_spec
 
     try:
         parsed = parse_spec(spec)
@@ -184,6 +184,8 @@ async def _submit_async(args: argparse.Namespace, spec: dict[str, Any]) -> int:
         job = await queue.submit(parsed)
     except (DuplicateJob, InvalidJob) as exc:  # InvalidJob: over queue.max_payload_bytes
         raise CommandError(str(exc)) from None
+    except NotDurable as exc:  # the job exists; say its id so a retry can use --id instead of a second job
+        raise CommandError(f"job {', '.join(exc.job_ids)}: {exc}", ExitCode.REDIS) from None
     finally:
         await queue.close()
     if args.json:

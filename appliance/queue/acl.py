@@ -110,7 +110,8 @@ def script_commands(names: Sequence[str]) -> set[str]:
 
 
 def _script_running(scripts: ScriptsMode) -> list[str]:
-    commands = ["evalsha", "script|load"]
+    # WAIT: durable acknowledgement (queue.durable_replicas) follows submits and completions with one.
+    commands = ["evalsha", "script|load", "wait"]
     if scripts is ScriptsMode.FUNCTIONS:
         commands += ["fcall", "function|list"]
     return commands

@@ -26,7 +26,7 @@ from appliance.queue.lease import LeaseClient
 from appliance.queue.models import JobSpec
 from appliance.queue.producer import Producer
 from appliance.queue.reader import Reader
-from appliance.queue.redisclient import Closer, check_mode, open_client
+from appliance.queue.redisclient import Closer, RedisModeError, check_mode, open_client
 from appliance.queue.registry import Registry
 from appliance.queue.scripts import ScriptSet
 
@@ -116,6 +116,11 @@ class Queue:
         """Connect as `conn.mode` says, check the server is of that kind (RedisModeError: one line naming
         `redis.mode`) and answers (with `queue.scripts = "functions"`, also that its library is this version's:
         ScriptLibraryError when it differs). Nothing is loaded into Redis here."""
+        if conn.mode is RedisMode.CLUSTER and settings is not None and settings.durable_replicas:
+            raise RedisModeError(
+                "queue.durable_replicas needs redis.mode = standalone or sentinel: in a Cluster a script and "
+                "its WAIT may travel on different connections, so WAIT cannot vouch for the write"
+            )
         client, cluster, closers = open_client(conn, **redis_kwargs)
         queue = cls(client, queue_name=queue_name, settings=settings, classifier=classifier, cluster=cluster)
         queue.closers.extend(closers)

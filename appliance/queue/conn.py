@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.config.queue import ChannelsMode, QueueSettings
+from appliance.queue.errors import NotDurable
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import ScriptSet
 from appliance.queue.specs import SPECS
@@ -57,11 +58,23 @@ class QueueConnection:
         keys = spec.build(self.keys, shape=shape, class_id=class_id, candidates=candidates)
         return script, keys, (self.common() if spec.common else []) + args
 
-    async def run(self, call: Call) -> Any:
+    async def run(self, call: Call, *, durable: bool = False) -> Any:
+        """Run one call; `durable` (submits, completions): with `queue.durable_replicas`, also WAIT for them."""
+        if durable and self.settings.durable_replicas:
+            return (await self.run_pipelined([call], durable=True))[0]
         return await self.scripts.call(self.client, *call)
 
-    async def run_pipelined(self, calls: list[Call]) -> list[Any]:
-        return await self.scripts.call_pipelined(self.client, calls)
+    async def run_pipelined(self, calls: list[Call], *, durable: bool = False) -> list[Any]:
+        """Several calls in one round trip; `durable`: with `queue.durable_replicas`, a WAIT follows them on
+        the same connection (WAIT counts the replicas that hold that connection's writes), and fewer
+        confirmations than asked raise NotDurable."""
+        wanted, timeout_ms = self.settings.durable_replicas, self.settings.durable_timeout_ms
+        if not (durable and wanted):
+            return await self.scripts.call_pipelined(self.client, calls)
+        *results, confirmed = await self.scripts.call_pipelined(self.client, calls, wait=(wanted, timeout_ms))
+        if int(confirmed) < wanted:
+            raise NotDurable(int(confirmed), wanted, timeout_ms)
+        return results
 
     async def server_time_ms(self) -> int:
         seconds, micros = await self.client.time()

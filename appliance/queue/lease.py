@@ -95,7 +95,8 @@ class LeaseClient:
             return await self.complete_many(outcomes), []
         worker_class = self.worker_class(shapes)
         codes: list[int] = []
-        pipelined = bool(outcomes) and not self.conn.cluster
+        # Durable completions wait for their WAIT on their own: a NotDurable must not swallow a claim's reply.
+        pipelined = bool(outcomes) and not self.conn.cluster and not self.conn.settings.durable_replicas
         if outcomes and not pipelined:
             codes = await self.complete_many(outcomes)
         for attempt in range(CLAIM_TRIES):
@@ -166,7 +167,7 @@ class LeaseClient:
         job (ScriptCode.OK or ScriptCode.LEASE_LOST), so one lost lease does not hold back the others."""
         if not outcomes:
             return []
-        return [int(c) for c in await self.conn.run(self.complete_call(outcomes))]
+        return [int(c) for c in await self.conn.run(self.complete_call(outcomes), durable=True)]
 
     def complete_call(self, outcomes: Sequence[Outcome]) -> Call:
         """The call of complete.lua for these outcomes; ResultTooLarge names a result over the limit."""

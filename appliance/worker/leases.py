@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.queue import ClaimedJob, Queue, WorkerSession
-from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, QueueError
+from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, NotDurable, QueueError
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason
 from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink, is_unreachable
@@ -217,6 +217,9 @@ class OutcomeWriter:
             except (JobAlreadyFinished, JobNotFound) as exc:
                 log.warning("job %s: not writing its outcome: %s", job_id, exc)
                 return False
+            except NotDurable as exc:  # written; the replicas did not confirm it in time
+                log.warning("job %s: outcome %s %s", job_id, outcome.kind.value, exc)
+                return True
             except QueueError:
                 log.exception("job %s: the queue rejected its outcome", job_id)
                 return False

@@ -270,10 +270,20 @@ class ScriptSet:
         else:
             await client.execute_command("SCRIPT LOAD", self.sources[name])
 
-    async def call_pipelined(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    async def call_pipelined(
+        self,
+        client: Any,
+        calls: list[tuple[str, list[str], list[Any]]],
+        *,
+        wait: tuple[int, int] | None = None,
+    ) -> list[Any]:
         """Several calls in one round trip (not on a cluster client). A call that found its script or library
-        missing did not run: those, and only those, run again once (EVALSHA, after SCRIPT LOAD)."""
-        results = await self._pipeline(client, calls)
+        missing did not run: those, and only those, run again once (EVALSHA, after SCRIPT LOAD).
+
+        `wait` = (replicas, timeout ms): a WAIT follows the calls in each round trip (so on the connection that
+        wrote them); the fewest replicas it reported is appended to the results."""
+        results = await self._pipeline(client, calls, wait)
+        confirmed = results.pop() if wait else None
         missing = [
             i
             for i, r in enumerate(results)
@@ -284,23 +294,36 @@ class ScriptSet:
                 self._lost_library()
             for name in dict.fromkeys(calls[i][0] for i in missing):
                 await self._script_load(client, name, [])
-            for i, result in zip(
-                missing, await self._pipeline(client, [calls[i] for i in missing]), strict=True
-            ):
+            again = await self._pipeline(client, [calls[i] for i in missing], wait)
+            if wait:
+                confirmed = _fewest(confirmed, again.pop())
+            for i, result in zip(missing, again, strict=True):
                 results[i] = result
-        for result in results:
+        for result in [*results, confirmed]:
             if isinstance(result, Exception):
                 raise result
-        return results
+        return [*results, confirmed] if wait else results
 
-    async def _pipeline(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline(
+        self, client: Any, calls: list[tuple[str, list[str], list[Any]]], wait: tuple[int, int] | None = None
+    ) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for name, keys, args in calls:
             if self.use_functions:
                 pipe.fcall(self.function_name(name), len(keys), *keys, *args)
             else:
                 pipe.evalsha(self.sha(name), len(keys), *keys, *args)
+        if wait:
+            pipe.execute_command("WAIT", *wait)
         return list(await pipe.execute(raise_on_error=False))
+
+
+def _fewest(a: Any, b: Any) -> Any:
+    if isinstance(a, Exception):
+        return a
+    if isinstance(b, Exception):
+        return b
+    return min(int(a), int(b))
 
 
 def _primaries(client: Any, cluster: bool) -> list[Any]:

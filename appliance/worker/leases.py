@@ -217,9 +217,6 @@ class OutcomeWriter:
             except (JobAlreadyFinished, JobNotFound) as exc:
                 log.warning("job %s: not writing its outcome: %s", job_id, exc)
                 return False
-            except NotDurable as exc:  # written; the replicas did not confirm it in time
-                log.warning("job %s: outcome %s %s", job_id, outcome.kind.value, exc)
-                return True
             except QueueError:
                 log.exception("job %s: the queue rejected its outcome", job_id)
                 return False
@@ -261,7 +258,10 @@ class OutcomeWriter:
     async def _write_once(self, lease: Lease, outcome: Outcome) -> None:
         q, job_id, token, shape = self.queue, lease.job_id, lease.token, lease.shape
         if outcome.kind is OutcomeKind.COMPLETE:
-            await q.complete(job_id, token, outcome.result)
+            try:
+                await q.complete(job_id, token, outcome.result)
+            except NotDurable as exc:  # written on the primary; the replicas did not confirm it in time
+                log.warning("job %s: completed, but %s", job_id, exc)
         elif outcome.kind is OutcomeKind.FAIL:
             await q.fail(
                 job_id,

@@ -89,6 +89,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     stats = commands.add_parser("stats", help="queue depths, totals, shapes and unworkable jobs")
     stats.add_argument("--json", action="store_true")
+    stats.add_argument(
+        "--queues",
+        metavar="Q1,Q2",
+        help="several queues, one after the other (--json: a list), e.g. those of `worker --queues`",
+    )
     stats.set_defaults(handler=_stats)
 
     for sub in (submit, get, wait, cancel, listing, stats):
@@ -338,14 +343,26 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 async def _stats_async(args: argparse.Namespace) -> int:
-    queue = await connect_queue(args)
-    try:
-        stats = await queue.stats()
-    finally:
-        await queue.close()
+    names = [n.strip() for n in (args.queues or "").split(",") if n.strip()]
+    if args.queues is not None and not names:
+        raise CommandError("--queues needs at least one queue name, e.g. --queues images,text")
+    every = []
+    for name in names or [None]:
+        queue = await connect_queue(argparse.Namespace(**{**vars(args), "queue": name or args.queue}))
+        try:
+            every.append(await queue.stats())
+        finally:
+            await queue.close()
     if args.json:
-        print_json(stats.model_dump(mode="json"))
+        dumped = [stats.model_dump(mode="json") for stats in every]
+        print_json(dumped if names else dumped[0])
         return 0
+    for stats in every:
+        _print_stats(stats)
+    return 0
+
+
+def _print_stats(stats: Any) -> None:
     print(
         f"queue {stats.queue}: {stats.waiting} waiting, {stats.delayed} delayed, {stats.active} active, "
         f"{stats.dead} dead, {stats.unworkable} unworkable, {stats.workers} live workers"
@@ -358,4 +375,3 @@ async def _stats_async(args: argparse.Namespace) -> int:
             f"  {shape.shape}  waiting={shape.waiting:<6} next-in-line-wait={oldest:<8} "
             f"{json.dumps(shape.requirements, sort_keys=True)}{flag}"
         )
-    return 0

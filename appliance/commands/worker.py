@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Redis URL (default: $APPLIANCE_REDIS_URL or the config file); "
         "put the password in redis.password_file, not here",
     )
+    parser.add_argument(
+        "--queues",
+        metavar="Q1,Q2",
+        help="serve these queues, in turn (default: worker.queues, else redis.queue)",
+    )
     parser.set_defaults(handler=run_worker, long_running=True)
 
 
@@ -65,6 +70,12 @@ def run_worker(args: argparse.Namespace) -> int:
         connection = settings.redis_connection()
     except (ConfigError, SecretError) as exc:
         raise ConfigCommandError(str(exc)) from None
+    if args.queues is not None:
+        names = [n.strip() for n in args.queues.split(",") if n.strip()]
+        if not names:
+            raise CommandError("--queues needs at least one queue name, e.g. --queues images,text")
+        worker_section = settings.worker.model_copy(update={"queues": names})
+        settings = settings.model_copy(update={"worker": worker_section})
     if args.redis_url:
         from appliance.commands.connection import checked_url_flag
 

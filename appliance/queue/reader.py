@@ -127,11 +127,15 @@ class Reader:
         return job
 
     async def _shape_is_live(self, shape: str) -> bool:
-        pipe = self.conn.client.pipeline(transaction=False)
-        pipe.hget(self.conn.keys.shape_live, shape)
-        pipe.time()
-        seen, (seconds, micros) = await pipe.execute()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        if self.conn.cluster:  # a Cluster pipeline refuses keyless commands (TIME)
+            seen = await self.conn.client.hget(self.conn.keys.shape_live, shape)
+            now_ms = await self.conn.server_time_ms()
+        else:
+            pipe = self.conn.client.pipeline(transaction=False)
+            pipe.hget(self.conn.keys.shape_live, shape)
+            pipe.time()
+            seen, (seconds, micros) = await pipe.execute()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
         return seen is not None and int(float(seen)) >= now_ms - self.conn.settings.worker_ttl_ms
 
     async def list_jobs(self, status: JobStatus | None = None, limit: int = 50) -> list[Job]:

@@ -102,6 +102,9 @@ async def test_cli_and_workers_serve_four_queues_spread_over_the_cluster(
             assert got.returncode == 0 and json.loads(got.stdout)["status"] == "completed", got.stderr
             # A job no worker can serve waits: the CLI cancels it.
             waiting = await queue.submit({"service": "echo", "requirements": {"tags": ["nowhere"]}})
+            pending = cli(env, "job", "get", waiting.id, "--queue", name, "--json")
+            assert pending.returncode == 0, pending.stderr  # a Cluster pipeline once refused its TIME
+            assert json.loads(pending.stdout)["status"] == "pending"
             cancelled = cli(env, "job", "cancel", waiting.id, "--queue", name)
             assert cancelled.returncode == 0, cancelled.stderr
             assert (await queue.require(waiting.id)).status is JobStatus.CANCELLED

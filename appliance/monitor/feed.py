@@ -140,7 +140,13 @@ class Feed:
         pubsub = self.queue.client.pubsub()
         try:
             await pubsub.psubscribe(STATUS_PATTERN)
-            await pubsub.subscribe(STARTUP_EVENTS_CHANNEL, *map(self.queue.channel, JOB_CHANNELS))
+            job_channels = [self.queue.channel(c) for c in JOB_CHANNELS]
+            sharded = (
+                self.queue.conn.sharded
+            )  # a Cluster's per-queue channels: SSUBSCRIBE on the queue's shard
+            await pubsub.subscribe(STARTUP_EVENTS_CHANNEL, *([] if sharded else job_channels))
+            if sharded:
+                await pubsub.ssubscribe(*job_channels)
             await self._load()
             self.state.redis_ok, self.state.redis_error = True, None
             self.publish(self.state.snapshot())
@@ -152,6 +158,8 @@ class Feed:
             ]
             if self.stream_mode:
                 tasks.append(asyncio.create_task(self._stream_loop(), name="monitor-stream"))
+            if sharded:
+                tasks.append(asyncio.create_task(self._sharded_loop(pubsub), name="monitor-sharded"))
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
@@ -216,11 +224,22 @@ class Feed:
                     self.publish({"type": "machine_event", "event": data})
                     self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
             else:
-                job = self.state.apply_job_event(data, details_only=self.stream_mode)
-                if job is not None:
-                    self.publish({"type": "job_update", "job": self.state.job_view(job)})
-                if not self.stream_mode and data.get("event") in ("failed", "dead", "retrying"):
-                    self._need_error.discard(str(data.get("job")))
+                self._on_job_message(data)
+
+    async def _sharded_loop(self, pubsub: Any) -> None:
+        """Job events of a Cluster's sharded channels (SSUBSCRIBE), read apart from the classic ones."""
+        while not self.stopping:
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+            data = decode_message(message.get("data")) if message is not None else None
+            if data is not None:
+                self._on_job_message(data)
+
+    def _on_job_message(self, data: dict[str, Any]) -> None:
+        job = self.state.apply_job_event(data, details_only=self.stream_mode)
+        if job is not None:
+            self.publish({"type": "job_update", "job": self.state.job_view(job)})
+        if not self.stream_mode and data.get("event") in ("failed", "dead", "retrying"):
+            self._need_error.discard(str(data.get("job")))
 
     async def _stream_loop(self) -> None:
         assert self.queue is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config.queue import ChannelsMode, QueueSettings
+from appliance.config.queue import ChannelsMode, EventsMode, QueueSettings
 from appliance.queue.errors import NotDurable
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import ScriptSet
@@ -40,9 +40,18 @@ class QueueConnection:
         """The name of lifecycle channel `name` (`complete_job`, ...) for this queue's `queue.channels`."""
         return self.channel_prefix + name
 
+    @property
+    def sharded(self) -> bool:
+        """Lifecycle events go out by sharded pub/sub (SPUBLISH; subscribers SSUBSCRIBE): on a Cluster client
+        with per-queue channels (`queue.channels = "queue"`), whose names carry the queue's hash tag, so they
+        reach the queue's shard only instead of every node."""
+        return self.cluster and self.settings.channels is ChannelsMode.QUEUE
+
     def common(self) -> list[Any]:
-        """ARGV[1..4] of every script that emits or publishes."""
-        return [self.channel_prefix, self.keys.name, self.settings.events.value, self.settings.events_maxlen]
+        """ARGV[1..4] of every script that emits or publishes (the events mode says `:sharded`, see emit.lua)."""
+        sharded = self.sharded and self.settings.events is not EventsMode.NONE
+        mode = self.settings.events.value + (":sharded" if sharded else "")
+        return [self.channel_prefix, self.keys.name, mode, self.settings.events_maxlen]
 
     def prepare(
         self,

@@ -191,7 +191,7 @@ class Reader:
             while True:
                 pubsub = self.conn.client.pubsub()
                 try:
-                    await pubsub.subscribe(*channels)
+                    await (pubsub.ssubscribe if self.conn.sharded else pubsub.subscribe)(*channels)
                     job = await self.require(job_id)
                     if outage:
                         log.info("Redis answers again; still waiting for job %s", job_id)
@@ -212,8 +212,9 @@ class Reader:
                 delay = min(delay * 2, WAIT_RECONNECT_MAX_S)
 
     async def _wait_subscribed(self, pubsub: Any, job: Job, on_progress: OnProgress | None) -> Job:
+        receive = pubsub.get_sharded_message if self.conn.sharded else pubsub.get_message
         while not job.status.finished:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            message = await receive(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None:
                 event = json_or(message["data"], None)
                 if not isinstance(event, dict):

@@ -39,16 +39,23 @@ async def test_a_durable_submit_and_completion_wait_for_the_replica(
     replicated: tuple[LocalRedis, LocalRedis],
 ) -> None:
     primary, replica = replicated
-    durable = Settings.model_validate(
-        {"redis": {"url": primary.url}, "queue": {"durable_replicas": 1, "durable_timeout_ms": 300}}
-    )
-    plain = Settings.model_validate({"redis": {"url": primary.url}})
-    fast, careful = await connect_queue(plain), await connect_queue(durable)
+
+    def durable(timeout_ms: int) -> Settings:
+        return Settings.model_validate(
+            {
+                "redis": {"url": primary.url},
+                "queue": {"durable_replicas": 1, "durable_timeout_ms": timeout_ms},
+            }
+        )
+
+    fast = await connect_queue(Settings.model_validate({"redis": {"url": primary.url}}))
+    # A generous wait where the replica answers (the machine is loaded); a short one where it cannot.
+    patient, careful = await connect_queue(durable(30_000)), await connect_queue(durable(300))
     try:
-        job = await careful.submit({"service": "echo"})  # the replica confirms at once
-        claimed = await careful.claim("w1", [job.shape])
+        job = await patient.submit({"service": "echo"})
+        claimed = await patient.claim("w1", [job.shape])
         assert claimed is not None
-        await careful.complete(job.id, claimed.token, {"ok": 1})
+        await patient.complete(job.id, claimed.token, {"ok": 1})
         assert replica.process is not None
         replica.process.send_signal(signal.SIGSTOP)  # a replica that cannot confirm anything
         try:
@@ -66,8 +73,8 @@ async def test_a_durable_submit_and_completion_wait_for_the_replica(
         finally:
             replica.process.send_signal(signal.SIGCONT)
     finally:
-        await fast.close()
-        await careful.close()
+        for queue in (fast, patient, careful):
+            await queue.close()
 
 
 @needs_sentinel

@@ -2,6 +2,8 @@
 (`read_pool_signals`, `PoolSignalsCollector`). Signals only: something else (KEDA, HPA, the Nomad autoscaler, a
 cloud API) acts on them. docs/monitoring.md explains the formula."""
 
+from typing import TYPE_CHECKING, Any
+
 from appliance.pools.classifier import (
     classifier_for,
     classify,
@@ -10,7 +12,6 @@ from appliance.pools.classifier import (
     payload_bytes,
     rule_matches,
 )
-from appliance.pools.collector import PoolSignalsCollector
 from appliance.pools.signals import (
     PoolReport,
     PoolSignals,
@@ -18,6 +19,19 @@ from appliance.pools.signals import (
     percentile,
     read_pool_signals,
 )
+
+if TYPE_CHECKING:
+    from appliance.pools.collector import PoolSignalsCollector
+
+
+def __getattr__(name: str) -> Any:
+    # The collector pulls in prometheus_client: only the monitor needs it, not every CLI command that classifies.
+    if name == "PoolSignalsCollector":
+        from appliance.pools.collector import PoolSignalsCollector
+
+        return PoolSignalsCollector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PoolReport",

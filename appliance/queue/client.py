@@ -56,6 +56,8 @@ class Queue:
         self.housekeeper = Housekeeper(self.conn)
         self.events = EventLog(self.conn)
         self.registry = Registry(self.conn)
+        #: The process's WakeHub for this queue object (appliance.queue.hub), made by the first WorkerSession.
+        self.wake_hub: Any = None
         # The facade: each name is one client's bound method.
         self.submit, self.submit_many, self.cancel = (
             self.producer.submit,

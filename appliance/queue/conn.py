@@ -47,6 +47,12 @@ class QueueConnection:
         reach the queue's shard only instead of every node."""
         return self.cluster and self.settings.channels is ChannelsMode.QUEUE
 
+    @property
+    def wake_check(self) -> str:
+        """ARGV of the scripts that wake an idle worker: '1' lets them drop registrations whose process no longer
+        listens (PUBLISH reached no one); '0' on a Cluster, where PUBLISH counts only one node's subscribers."""
+        return "0" if self.cluster else "1"
+
     def common(self) -> list[Any]:
         """ARGV[1..4] of every script that emits or publishes (the events mode says `:sharded`, see emit.lua)."""
         sharded = self.sharded and self.settings.events is not EventsMode.NONE

@@ -42,7 +42,7 @@ class Housekeeper:
                 shape,
                 settings.result_ttl_s * 1000,
                 settings.dead_ttl_s * 1000,
-                self.conn.keys.wake_channel(shape),
+                self.conn.wake_check,
             ]
             r, d, c = await self.conn.run(self.conn.prepare("requeue", [*args, *ids], shape=shape))
             requeued, dead, cancelled = requeued + int(r), dead + int(d), cancelled + int(c)

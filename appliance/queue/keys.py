@@ -89,6 +89,17 @@ class QueueKeys:
         """Ready index of one shape: ZSET job id -> score (priority as a time offset, then FIFO)."""
         return self.key(f"ready:{shape}")
 
+    def idle(self, shape: str) -> str:
+        """ZSET worker id -> ms it began waiting, of the idle workers that serve one shape (oldest first is woken
+        first). Entries of a worker that was woken through another of its shapes stay until popped (stale)."""
+        return self.key(f"idle:{shape}")
+
+    @property
+    def waiting(self) -> str:
+        """HASH worker id -> hub channel of its process, for each worker registered as idle; a wake-up consumes
+        the entry, so a registration wakes its worker at most once."""
+        return self.key("waiting")
+
     def worker_class(self, class_id: str) -> str:
         """SET of the shape ids one worker class serves (claim.lua walks `heads` against it)."""
         return self.key(f"class:{class_id}")
@@ -162,8 +173,9 @@ class QueueKeys:
         return self.key("worker_status")
 
     # Channels.
-    def wake_channel(self, shape: str) -> str:
-        return self.key(f"wake:{shape}")
+    def hub_channel(self, hub_id: str) -> str:
+        """The channel of one process's wake hub: wake-ups (`worker|shape`) of the idle workers it holds."""
+        return self.key(f"hub:{hub_id}")
 
     @property
     def shapes_channel(self) -> str:

@@ -225,7 +225,7 @@ class LeaseClient:
             settings.result_ttl_s * 1000,
             settings.dead_ttl_s * 1000,
             shape,
-            self.conn.keys.wake_channel(shape),
+            self.conn.wake_check,
             _compact({k: v for k, v in record.items() if k != "details"}),
         ]
         code = raise_for_code(int(await self.conn.run(self.conn.prepare("fail", args, shape=shape))), job_id)
@@ -249,7 +249,7 @@ class LeaseClient:
             holder,
             reason,
             shape,
-            self.conn.keys.wake_channel(shape),
+            self.conn.wake_check,
             settings.result_ttl_s * 1000,
             settings.dead_ttl_s * 1000,
         ]

@@ -23,9 +23,12 @@ from appliance.queue.errors import (
 from appliance.queue.models import Job, JobSpec, JobStatus, ms_to_datetime
 from appliance.queue.records import shape_of_meta
 from appliance.queue.shapes import shape_of
+from appliance.queue.specs import SPECS
 
 #: Jobs per round trip when submitting in bulk.
 SUBMIT_BATCH = 500
+#: Shapes whose id, record and submit KEYS a producer keeps (cleared when full).
+SHAPE_CACHE = 1024
 
 
 def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
@@ -55,37 +58,63 @@ class Producer:
         self.conn = conn
         #: Assigns a pool to jobs that name none (appliance.pools.classify), applied before the shape is taken.
         self.classifier = classifier
+        #: (service, pool) of jobs with default requirements -> (shape, record JSON, submit KEYS); and shape ->
+        #: the same, for the others: the shape's record, id and keys are worked out once, not per job.
+        self._plain: dict[tuple[str, str | None], tuple[str, str, list[str]]] = {}
+        self._by_shape: dict[str, tuple[str, str, list[str]]] = {}
 
     def _classified(self, spec: JobSpec | Mapping[str, Any]) -> JobSpec:
         parsed = parse_spec(spec)
         return self.classifier(parsed) if self.classifier is not None else parsed
 
+    def _shape(self, spec: JobSpec) -> tuple[str, str, list[str]]:
+        """(shape id, canonical record JSON, KEYS of submit.lua) of a job."""
+        plain = not spec.requirements.model_fields_set  # all defaults: the shape depends on these two only
+        if plain and (found := self._plain.get((spec.service, spec.pool))) is not None:
+            return found
+        shape, record = shape_of(spec)
+        found = self._by_shape.get(shape)
+        if found is None:
+            if len(self._by_shape) >= SHAPE_CACHE:
+                self._by_shape.clear()
+                self._plain.clear()
+            encoded = json.dumps(record, sort_keys=True, separators=(",", ":"))
+            found = self._by_shape[shape] = (
+                shape,
+                encoded,
+                SPECS["submit"].build(self.conn.keys, shape=shape),
+            )
+        if plain:
+            self._plain[(spec.service, spec.pool)] = found
+        return found
+
     def _submit_call(self, spec: JobSpec) -> tuple[str, str, Call]:
         """(job id, shape, call of submit.lua)."""
         job_id = spec.id or uuid.uuid4().hex
-        shape, record = shape_of(spec)
-        body = spec.model_dump(mode="json", exclude={"id"})
-        body["id"] = job_id
-        body["shape"] = shape
-        encoded = json.dumps(body, separators=(",", ":"))
+        shape, record, keys = self._shape(spec)
+        # pydantic writes the JSON in one pass (UTF-8, not escaped); id and shape are appended like before.
+        body = spec.model_dump_json(exclude={"id"})
+        encoded = f'{body[:-1]},"id":{json.dumps(job_id)},"shape":"{shape}"}}'
+        size = len(encoded) if encoded.isascii() else len(encoded.encode())
         limit = self.conn.settings.max_payload_bytes
-        if len(encoded) > limit:  # json.dumps writes ASCII: characters are bytes
-            raise PayloadTooLarge(f"job {job_id}", len(encoded), "max_payload_bytes", limit)
-        k = self.conn.keys
+        if size > limit:
+            raise PayloadTooLarge(f"job {job_id}", size, "max_payload_bytes", limit)
+        settings = self.conn.settings
         args = [
+            *self.conn.common(),
             job_id,
             encoded,
             shape,
-            json.dumps(record, sort_keys=True, separators=(",", ":")),
+            record,
             spec.service,
             spec.priority,
-            self.conn.settings.priority_step_ms,
+            settings.priority_step_ms,
             spec.max_retries,
             int(spec.timeout_s * 1000) if spec.timeout_s else 0,
-            k.wake_channel(shape),
-            k.shapes_channel,
+            self.conn.wake_check,
+            self.conn.keys.shapes_channel,
         ]
-        return job_id, shape, self.conn.prepare("submit", args, shape=shape)
+        return job_id, shape, ("submit", keys, args)
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
@@ -169,8 +198,11 @@ class Producer:
 
 
 def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
+    # From the validated spec's fields as they are: pydantic takes its models without copying or re-checking
+    # them (several times cheaper than dumping the spec to a dict first; model_construct is slower still).
+    fields = {name: getattr(spec, name) for name in JobSpec.model_fields if name != "id"}
     return Job(
-        **spec.model_dump(exclude={"id"}),
+        **fields,
         id=job_id,
         shape=shape,
         status=JobStatus.PENDING,

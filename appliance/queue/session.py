@@ -7,6 +7,10 @@ while True:
         await session.wait_for_work(timeout_s=5)
         continue
     ...
+
+A session that finds nothing to claim registers as idle (idle.lua) and then costs Redis nothing until a job of
+one of its shapes wakes it - that job wakes this one worker, never every idle one. Its messages (wake-ups,
+cancel requests, new shapes) come through the process's WakeHub, one connection for all its sessions.
 """
 
 from __future__ import annotations
@@ -15,15 +19,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
+from appliance.queue.hub import SHAPE_REFRESH_S, WakeHub
 from appliance.queue.models import ID_PATTERN, Capabilities, ClaimedJob
 from appliance.queue.shapes import matches
 
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often the full shape list is re-read, in case a new-shape announcement was missed (s).
-SHAPE_REFRESH_S = 30.0
+__all__ = ["SHAPE_REFRESH_S", "WorkerSession"]
+
+#: Most candidate shapes a woken session passes to claim.lua (each is one more key).
+MAX_CANDIDATES = 4
 
 
 class WorkerSession:
@@ -54,9 +57,16 @@ class WorkerSession:
         self.cancel_requests: asyncio.Queue[str] = asyncio.Queue()
         self._known_shapes: set[str] = set()
         self._wake = asyncio.Event()
-        self._listener: asyncio.Task[None] | None = None
-        self._pubsub: Any = None
-        self._closed = False
+        self.hub: WakeHub | None = None
+        #: Registered as idle (idle.lua) and not woken since: claims answer from memory, Redis is not asked.
+        self.registered = False
+        #: The last claim said no other job waits for this worker: the next one registers first (idle.lua
+        #: checks for waiting jobs in the same step), instead of a claim that would find nothing.
+        self._idle_next = False
+        #: Shapes this session was woken for and has not claimed from yet -> when (monotonic s).
+        self._owed: dict[str, float] = {}
+        #: Counts wake-ups and lost registrations: one that comes while idle.lua runs has spent what it wrote.
+        self._woken_count = 0
 
     @classmethod
     async def open(
@@ -73,9 +83,8 @@ class WorkerSession:
         await self._register()
         await self.refresh_shapes()
         await self.queue.heartbeat(self.worker_id, {}, self.shapes)
-        self._pubsub = self.queue.client.pubsub()
-        await self._subscribe_all()
-        self._listener = asyncio.create_task(self._listen(), name=f"wake-listener:{self.worker_id}")
+        self.hub = WakeHub.of(self.queue)
+        await self.hub.attach(self)
 
     async def _register(self) -> None:
         k = self.queue.keys
@@ -88,50 +97,50 @@ class WorkerSession:
         await self.queue.client.hset(k.workers, self.worker_id, json.dumps(record, separators=(",", ":")))
 
     async def close(self, deregister: bool = True) -> None:
-        self._closed = True
-        if self._listener:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-        if deregister:
-            k = self.queue.keys
-            with contextlib.suppress(Exception):
-                pipe = self.queue.client.pipeline(transaction=False)
+        if self.hub is not None:
+            await self.hub.detach(self)
+        k = self.queue.keys
+        with contextlib.suppress(Exception):
+            pipe = self.queue.client.pipeline(transaction=False)
+            # No wake-up may be spent on a worker that is gone (another shape's stale entry is dropped later).
+            pipe.hdel(k.waiting, self.worker_id)
+            for shape in self.shapes:
+                pipe.zrem(k.idle(shape), self.worker_id)
+            if deregister:
                 pipe.hdel(k.workers, self.worker_id)
                 pipe.zrem(k.workers_seen, self.worker_id)
                 pipe.hdel(k.worker_status, self.worker_id)
-                await pipe.execute()
+            await pipe.execute()
+        self.registered = False
 
     # --- shapes -----------------------------------------------------------------------------------------------
 
-    async def refresh_shapes(self) -> list[str]:
-        """Re-read every shape and keep those this worker's capabilities satisfy."""
-        shapes = await self.queue.client.hgetall(self.queue.keys.shapes)
+    async def refresh_shapes(self, shapes: Mapping[str, str] | None = None) -> list[str]:
+        """Re-read every shape (or take `shapes`, as the hub read them) and keep those this worker serves."""
+        if shapes is None:
+            shapes = await self.queue.client.hgetall(self.queue.keys.shapes)
         self._known_shapes = set(shapes)
         matching = sorted(s for s, record in shapes.items() if matches(self.capabilities, json.loads(record)))
-        added = set(matching) - set(self.shapes)
-        self.shapes = matching
-        if added:
-            await self.queue.register_class(self.queue.worker_class(self.shapes))
-            self._wake.set()
-            if self._pubsub is not None:
-                await self._pubsub.subscribe(*(self.queue.keys.wake_channel(s) for s in added))
+        if set(matching) - set(self.shapes):
+            self.shapes = matching
+            await self._shapes_grew()
         return self.shapes
 
-    async def _consider_shape(self, shape: str) -> None:
+    async def consider_shape(self, shape: str, record: str | None) -> None:
+        """A shape was announced (its requirements, or None when gone): serve it when this worker can."""
         if shape in self._known_shapes:
             return
         self._known_shapes.add(shape)
-        record = await self.queue.client.hget(self.queue.keys.shapes, shape)
         if record and matches(self.capabilities, json.loads(record)) and shape not in self.shapes:
             self.shapes = sorted([*self.shapes, shape])
-            await self.queue.register_class(self.queue.worker_class(self.shapes))
-            await self._pubsub.subscribe(self.queue.keys.wake_channel(shape))
             await self.queue.heartbeat(self.worker_id, {}, [shape])
-            self._wake.set()
+            await self._shapes_grew()
+
+    async def _shapes_grew(self) -> None:
+        await self.queue.register_class(self.queue.worker_class(self.shapes))
+        # Look now (the new shape's first job woke nobody: no one was registered for it), then register again
+        # with every shape.
+        self.lost_registration()
 
     # --- claiming ---------------------------------------------------------------------------------------------
 
@@ -142,16 +151,47 @@ class WorkerSession:
         return claimed[0] if claimed else None
 
     async def claim_many(self, count: int) -> list[ClaimedJob]:
-        """Lease up to `count` jobs in one call (a worker with free slots fills several at once)."""
+        """Lease up to `count` jobs in one call (a worker with free slots fills several at once). While the
+        session is registered as idle and not woken, answers [] without asking Redis: nothing waited when it
+        registered, and every job since woke an idle worker."""
         self._wake.clear()
+        if not self._owed and self.shapes:
+            if self.registered:
+                return []
+            if self._idle_next and await self._register_idle():
+                return []
+        owed = list(self._owed)
+        if owed:
+            # The job that woke us is most likely the best: claim.lua takes it in one call when its shape is a
+            # candidate (the class's hint is shared by the process's sessions of the class and may name others).
+            worker_class = self.queue.worker_class(self.shapes)
+            worker_class.hint = tuple(dict.fromkeys([*owed, *worker_class.hint]))[:MAX_CANDIDATES]
         claimed = await self.queue.claim_many(self.worker_id, self.shapes, count)
-        if not claimed and self.shapes and self.queue.worker_class(self.shapes).hint:
+        hint = self.queue.worker_class(self.shapes).hint if self.shapes else ()
+        self._idle_next = not hint
+        if not claimed and hint:
             # Lost every race for the best job, but jobs wait: the next wait_for_work returns at once.
             self._wake.set()
+            return claimed
+        for shape in owed:
+            self._owed.pop(shape, None)
+        # Woken for a shape but took another's job: that wake-up's job still needs a worker. (Nothing claimed
+        # and no hint: no job waits in any of this worker's shapes, so none is owed.)
+        taken = claimed[0].job.shape if claimed else None
+        unused = [shape for shape in owed if claimed and shape != taken]
+        if unused and self.hub is not None:
+            await self.hub.pass_on(unused)
         return claimed
 
     async def wait_for_work(self, timeout_s: float) -> bool:
-        """Sleep until a matching job may be waiting (a wake-up) or `timeout_s` passes. True if woken."""
+        """Sleep until a matching job may be waiting (a wake-up) or `timeout_s` passes. True if woken. Registers
+        the session as idle first, unless a job waits already (then True at once)."""
+        if not self._wake.is_set() and not self.registered and not self._owed and self.shapes:
+            try:
+                if not await self._register_idle():
+                    return True
+            except Exception as exc:  # Redis down: the next claim reports it; sleep meanwhile
+                log.debug("could not register as idle: %s", exc)
         try:
             async with asyncio.timeout(timeout_s):
                 await self._wake.wait()
@@ -159,8 +199,47 @@ class WorkerSession:
         except TimeoutError:
             return False
 
+    async def _register_idle(self) -> bool:
+        """idle.lua: True when registered, False when a job of this worker's shapes waits (claim it)."""
+        assert self.hub is not None, "the session is not open"
+        conn = self.queue.conn
+        call = conn.prepare("idle", [self.worker_id, self.hub.channel, *self.shapes], candidates=self.shapes)
+        before = self._woken_count
+        done = int(await conn.run(call)) == 1
+        # The hub's connection may deliver the wake-up that spends this registration before its reply arrives.
+        self.registered = done and self._woken_count == before
+        self._idle_next = self.registered
+        return done
+
     def wake(self) -> None:
         self._wake.set()
+
+    # --- from the hub -----------------------------------------------------------------------------------------
+
+    def woken(self, shape: str) -> None:
+        """A job of `shape` woke this worker (its registration is spent): claim."""
+        self.registered = False
+        self._woken_count += 1
+        self._owed.setdefault(shape, time.monotonic())
+        self._wake.set()
+
+    def lost_registration(self) -> None:
+        """The registration may be gone (a new shape, a reconnect, a refresh that did not find it): look now."""
+        self.registered = False
+        self._woken_count += 1
+        self._idle_next = False
+        self._wake.set()
+
+    def overdue(self, before: float) -> list[str]:
+        """Shapes this session was woken for before `before` and still has not claimed: given up to the hub."""
+        late = [shape for shape, at in self._owed.items() if at < before]
+        for shape in late:
+            del self._owed[shape]
+        return late
+
+    def take_owed(self) -> list[str]:
+        owed, self._owed = list(self._owed), {}
+        return owed
 
     async def heartbeat(self, leases: Mapping[str, str]) -> dict[str, str]:
         """Renew every lease this worker holds: {job id: 'ok' | 'cancelled' | 'lost'}."""
@@ -179,48 +258,3 @@ class WorkerSession:
             self.worker_id,
             json.dumps(record, separators=(",", ":"), default=str),
         )
-
-    # --- pub/sub ----------------------------------------------------------------------------------------------
-
-    async def _subscribe_all(self) -> None:
-        k = self.queue.keys
-        channels = [k.shapes_channel, k.cancel_channel, *(k.wake_channel(s) for s in self.shapes)]
-        await self._pubsub.subscribe(*channels)
-
-    async def _listen(self) -> None:
-        """Turn pub/sub messages into wake-ups and cancel requests; survive Redis restarts."""
-        k = self.queue.keys
-        backoff = 0.1
-        last_refresh = time.monotonic()
-        while not self._closed:
-            try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                backoff = 0.1
-                if time.monotonic() - last_refresh > SHAPE_REFRESH_S:
-                    last_refresh = time.monotonic()
-                    await self.refresh_shapes()
-                if message is None:
-                    continue
-                channel, data = message["channel"], message["data"]
-                if channel == k.cancel_channel:
-                    job_id, _, worker = str(data).partition("|")
-                    if worker == self.worker_id:
-                        self.cancel_requests.put_nowait(job_id)
-                elif channel == k.shapes_channel:
-                    await self._consider_shape(str(data))
-                else:
-                    self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("wake-up channel lost (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.aclose()
-                    self._pubsub = self.queue.client.pubsub()
-                    await self._subscribe_all()
-                    await self.refresh_shapes()
-                    await self.queue.scripts.load(self.queue.client)
-                    # Anything submitted while we were deaf: look now.
-                    self._wake.set()

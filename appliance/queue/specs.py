@@ -3,8 +3,8 @@ common ARGV prefix. Every caller builds KEYS from here; tests/queue/test_script_
 against its script's `KEYS[n]  name` header lines, so a key added to a script cannot be forgotten here.
 
 A key is named as in the header, which is the QueueKeys attribute of that name, except:
-`ready` (the job's or the batch's shape), `class` (the worker class) and a trailing `ready...` (claim's
-candidate shapes, a variable tail).
+`ready` and `idle` (of the job's or the batch's shape), `class` (the worker class) and a variable tail: the
+`ready` indexes of claim's candidate shapes, or the `idle` sets of an idle worker's shapes.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ class ScriptSpec:
     keys: tuple[str, ...]
     #: Takes ARGV[1..4] = channel prefix, queue name, events mode, events maxlen (scripts that emit or publish).
     common: bool = True
-    #: claim.lua: KEYS continue with the ready index of each candidate shape.
+    #: KEYS continue with one key per shape of `candidates` (claim: ready indexes; idle: idle sets).
     candidate_tail: bool = False
+    #: The QueueKeys method that names each key of the tail.
+    tail: str = "ready"
 
     def build(
         self, k: QueueKeys, *, shape: str = "", class_id: str = "", candidates: Sequence[str] = ()
@@ -44,27 +46,27 @@ class ScriptSpec:
         """The KEYS of one call: `shape` for `ready`, `class_id` for `class`, `candidates` for claim's tail."""
         out = []
         for name in self.keys:
-            if name == "ready":
+            if name in ("ready", "idle"):
                 if not shape:
-                    raise ValueError(f"{self.name}.lua needs the job's shape for its ready key")
-                out.append(k.ready(shape))
+                    raise ValueError(f"{self.name}.lua needs the job's shape for its {name} key")
+                out.append(k.ready(shape) if name == "ready" else k.idle(shape))
             elif name == "class":
                 out.append(k.worker_class(class_id))
             else:
                 out.append(str(getattr(k, name)))
         if self.candidate_tail:
-            out += [k.ready(s) for s in candidates]
+            out += [k.ready(s) if self.tail == "ready" else k.idle(s) for s in candidates]
         return out
 
 
-def _spec(name: str, keys: str, **flags: bool) -> ScriptSpec:
-    return ScriptSpec(name, tuple(keys.split()), **flags)
+def _spec(name: str, keys: str, *, tail: str = "ready", **flags: bool) -> ScriptSpec:
+    return ScriptSpec(name, tuple(keys.split()), tail=tail, **flags)
 
 
 SPECS: dict[str, ScriptSpec] = {
     s.name: s
     for s in (
-        _spec("submit", "spec meta state ready heads shapes counts seq events"),
+        _spec("submit", "spec meta state ready heads shapes counts seq events idle waiting"),
         _spec(
             "claim",
             "heads class spec meta state attempts owner leases counts events",
@@ -76,18 +78,21 @@ SPECS: dict[str, ScriptSpec] = {
         _spec(
             "fail",
             "owner leases state attempts meta errors delayed ready heads done dead counts events info cancels "
-            "progress",
+            "progress idle waiting",
         ),
         _spec(
             "release",
-            "owner leases state attempts meta ready heads counts events cancels done dead errors info progress",
+            "owner leases state attempts meta ready heads counts events cancels done dead errors info progress "
+            "idle waiting",
         ),
         _spec("cancel", "state meta ready heads delayed owner cancels done counts events info"),
         _spec("reap", "reaper_lock leases delayed done dead " + " ".join(JOB_COLUMNS), common=False),
         _spec(
             "requeue",
             "ready heads leases delayed owner state attempts meta errors done dead counts events info cancels "
-            "progress",
+            "progress idle waiting",
         ),
+        _spec("idle", "heads waiting", common=False, candidate_tail=True, tail="idle"),
+        _spec("wake", "ready idle waiting"),
     )
 }

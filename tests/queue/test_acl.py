@@ -327,7 +327,7 @@ async def test_a_tenant_cannot_read_or_change_another_queue_by_any_path(
         await refused(attacker.execute_command("PSUBSCRIBE", "appliance:*"))
         await refused(attacker.execute_command("SSUBSCRIBE", b.key("complete_job")))
         await refused(attacker.publish(b.cancel_channel, f"{job.id}|w"))
-        await refused(attacker.publish(b.wake_channel(job.shape), "x"))
+        await refused(attacker.publish(b.hub_channel("h1"), "w|x"))
         await refused(attacker.execute_command("PUBSUB", "CHANNELS"))
     finally:
         await attacker.aclose()

@@ -10,6 +10,7 @@ import pytest
 from appliance.queue import Capabilities, Queue, WorkerSession
 from appliance.queue.errors import ScriptCode
 from appliance.queue.scripts import SCRIPT_NAMES, ScriptSet, declared_keys, expand, return_codes
+from appliance.queue.specs import SPECS
 
 
 def test_every_return_code_in_a_header_is_known() -> None:
@@ -58,13 +59,18 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         await session.claim()
         await asyncio.sleep(1.1)
         await queue.reap(force=True)
+        assert session.hub is not None
+        await session.hub.pass_on([job.shape])
+        while await session.claim() is not None:
+            pass
+        assert await session.wait_for_work(0.01) is False  # registered as idle (idle.lua), nothing came
     finally:
         await session.close()
     seen = {name for name, _ in calls}
     assert seen == set(SCRIPT_NAMES)
     for name, count in calls:
         declared = declared_keys(name)
-        if declared is None:  # claim: a fixed head plus one ready key per shape
-            assert count >= 10, name
+        if declared is None:  # claim, idle: a fixed head plus one key per shape
+            assert count >= len(SPECS[name].keys) + 1, name
         else:
             assert count == declared, name

@@ -20,6 +20,8 @@
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
     KEYS[15] cancels   HASH id -> cancel request time
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
+    KEYS[17] idle      ZSET of the job's shape: idle worker -> ms it began waiting
+    KEYS[18] waiting   HASH idle worker -> hub channel of its process
 
     ARGV[1]  channel prefix    ARGV[2]  queue name
     ARGV[3]  events mode        ARGV[4]  events maxlen
@@ -29,7 +31,7 @@
     ARGV[9]  retry delay, ms (0 = back in line now)
     ARGV[10] result TTL, ms     ARGV[11] dead-letter TTL, ms
     ARGV[12] shape id (must be the job's)
-    ARGV[13] wake channel of the shape
+    ARGV[13] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
     ARGV[14] what pub/sub carries of the error record (JSON: it without its details)
 
   Returns:
@@ -51,7 +53,7 @@ local rcall = redis.call
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local errors_key, delayed_key, ready_key, heads_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
-local progress_key = KEYS[16]
+local progress_key, idle_key, waiting_key = KEYS[16], KEYS[17], KEYS[18]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, token, disposition, delay = ARGV[5], ARGV[6], ARGV[8], tonumber(ARGV[9])
 
@@ -74,8 +76,9 @@ if disposition == 'retry' and attempt <= meta.max_retries then
     rcall('HDEL', progress_key, id)
     rcall('ZADD', delayed_key, now + delay, id)
   else
-    local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key}
-    back_in_line(line, id, meta.shape, meta.score, ARGV[13])
+    local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key,
+      idle = idle_key, waiting = waiting_key}
+    back_in_line(line, id, meta.shape, meta.score, ARGV[13] == '1')
   end
   rcall('HINCRBY', counts_key, 'retried', 1)
   fields[#fields + 1] = 'retry_in_ms'

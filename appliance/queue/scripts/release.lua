@@ -22,6 +22,8 @@
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
     KEYS[15] progress  HASH id -> progress JSON (dropped when the job goes back in line: the next attempt
                        starts from nothing)
+    KEYS[16] idle      ZSET of the job's shape: idle worker -> ms it began waiting
+    KEYS[17] waiting   HASH idle worker -> hub channel of its process
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
@@ -31,7 +33,7 @@
     ARGV[7]  the fencing token, or the worker id
     ARGV[8]  reason (an id-safe word, e.g. drain, worker_failed)
     ARGV[9]  shape id (must be the job's)
-    ARGV[10] wake channel of the shape
+    ARGV[10] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
     ARGV[11] result TTL, ms   ARGV[12] dead-letter TTL, ms
 
   Returns:
@@ -53,6 +55,7 @@ local rcall = redis.call
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, heads_key, counts_key, events_key, cancels_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local done_key, dead_key, errors_key, info_key, progress_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local idle_key, waiting_key = KEYS[16], KEYS[17]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, counted, reason = ARGV[5], ARGV[6] == 'worker', ARGV[8]
 if ARGV[7] == '' or (ARGV[6] ~= 'token' and not counted) then return -2 end
@@ -91,8 +94,9 @@ else
   rcall('HINCRBY', attempts_key, id, -1)
 end
 
-local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key}
-back_in_line(line, id, meta.shape, meta.score, ARGV[10])
+local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key,
+  idle = idle_key, waiting = waiting_key}
+back_in_line(line, id, meta.shape, meta.score, ARGV[10] == '1')
 rcall('HINCRBY', counts_key, 'released', 1)
 emit(events_key, mode, maxlen, 'job_failed', queue, 'released', fields)
 return 1

@@ -20,12 +20,14 @@
     KEYS[14] info      HASH id -> worker|claimed_ms|finished_ms
     KEYS[15] cancels   HASH id -> cancel request time
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
+    KEYS[17] idle      ZSET of the shape: idle worker -> ms it began waiting
+    KEYS[18] waiting   HASH idle worker -> hub channel of its process
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  shape id       ARGV[6]  result TTL, ms
     ARGV[7]  dead-letter TTL, ms
-    ARGV[8]  wake channel of the shape
+    ARGV[8]  '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
     ARGV[9..] job ids
 
   Returns: {requeued, dead-lettered, cancelled}
@@ -43,7 +45,7 @@ local rcall = redis.call
 local ready_key, heads_key, leases_key, delayed_key, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local state_key, attempts_key, meta_key, errors_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
-local progress_key = KEYS[16]
+local progress_key, idle_key, waiting_key = KEYS[16], KEYS[17], KEYS[18]
 local now, queue, mode, maxlen, shape = server_now(), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
@@ -92,5 +94,8 @@ for i = 9, #ARGV do
     end
   end
 end
-if requeued > 0 then rcall('PUBLISH', ARGV[8], shape) end
+-- One idle worker per job put back (each stops at once when none is left).
+for _ = 1, requeued do
+  if not wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[8] == '1') then break end
+end
 return {requeued, died, cancelled}

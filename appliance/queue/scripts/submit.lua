@@ -1,5 +1,6 @@
 --[[
-  Submit a job: store it, index it in its shape's ready set, register a new shape, wake matching workers.
+  Submit a job: store it, index it in its shape's ready set, register a new shape, wake one idle
+  worker that serves the shape (never all of them).
 
   Input:
     KEYS[1]  spec      HASH id -> submitted job (JSON)
@@ -11,6 +12,8 @@
     KEYS[7]  counts    HASH of totals
     KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
     KEYS[9]  events    STREAM
+    KEYS[10] idle      ZSET of this job's shape: idle worker -> ms it began waiting
+    KEYS[11] waiting   HASH idle worker -> hub channel of its process
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -19,7 +22,7 @@
     ARGV[9]  service              ARGV[10] priority
     ARGV[11] priority step, ms    ARGV[12] max retries
     ARGV[13] timeout, ms (0 = none)
-    ARGV[14] wake channel of the shape
+    ARGV[14] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
     ARGV[15] new-shape channel
 
   Returns:
@@ -36,6 +39,7 @@ local rcall = redis.call
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local idle_key, waiting_key = KEYS[10], KEYS[11]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
 
@@ -59,7 +63,7 @@ if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   rcall('PUBLISH', ARGV[15], shape)
 end
 rcall('HINCRBY', counts_key, 'submitted', 1)
-rcall('PUBLISH', ARGV[14], id)
+wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14] == '1')
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted',
   {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]})
 return 1

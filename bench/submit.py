@@ -1,0 +1,205 @@
+"""Submit speed and CLI start-up, side by side with the peers' single enqueue, on one private Redis.
+
+    python bench/submit.py [--quick] [--rounds R] [--jobs N] [--peer-python /work/bench-venv/bin/python]
+
+Per round (rounds interleaved, medians reported), each in its own process on the same Redis 7:
+  appliance submit        `Queue.submit`, one call at a time (awaited before the next), no-op job {"service": "echo"}
+  appliance submit_many   `Queue.submit_many` of the same jobs (pipelined batches of 500)
+  dramatiq send           `actor.send(...)` one at a time (Dramatiq's Redis broker), under the peer interpreter
+  bullmq add              `Queue.add(...)` one at a time (BullMQ's Python package), under the peer interpreter
+  appliance CLI           `python -m appliance job submit --service echo` per job (process start included)
+Then the CLI's own start-up: median wall time of `python -m appliance --help`, of `python -m appliance job get
+<id>` and of `python -c pass` (the interpreter alone), N runs each, interleaved.
+
+Prints jobs/s for each and the ratio of appliance submit to the best peer. Not a test: never asserts on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_PYTHON = "/work/bench-venv/bin/python"
+
+
+# --- the children: one enqueue loop each, timed inside the process ------------------------------------------------
+
+
+async def _appliance(url: str, jobs: int, many: bool) -> float:
+    sys.path.insert(0, str(ROOT))
+    from appliance.queue import Queue
+
+    queue = await Queue.connect(url, queue_name="bench")
+    for _ in range(200):  # warm-up: scripts loaded, connection open, shape known
+        await queue.submit({"service": "echo"})
+    specs = [{"service": "echo"} for _ in range(jobs)]
+    started = time.perf_counter()
+    if many:
+        await queue.submit_many(specs)
+    else:
+        for spec in specs:
+            await queue.submit(spec)
+    elapsed = time.perf_counter() - started
+    await queue.close()
+    return elapsed
+
+
+def _dramatiq(url: str, jobs: int) -> float:
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    dramatiq.set_broker(RedisBroker(url=url))
+
+    @dramatiq.actor(queue_name="bench", max_retries=0)
+    def noop() -> None:
+        pass
+
+    for _ in range(200):
+        noop.send()
+    started = time.perf_counter()
+    for _ in range(jobs):
+        noop.send()
+    return time.perf_counter() - started
+
+
+async def _bullmq(url: str, jobs: int) -> float:
+    from bullmq import Queue
+
+    queue = Queue("bench", {"connection": url})
+    opts = {"removeOnComplete": True}
+    for _ in range(200):
+        await queue.add("noop", {}, opts)
+    started = time.perf_counter()
+    for _ in range(jobs):
+        await queue.add("noop", {}, opts)
+    elapsed = time.perf_counter() - started
+    await queue.close()
+    return elapsed
+
+
+def child(system: str, url: str, jobs: int) -> None:
+    if system == "dramatiq":
+        elapsed = _dramatiq(url, jobs)
+    elif system == "bullmq":
+        elapsed = asyncio.run(_bullmq(url, jobs))
+    else:
+        elapsed = asyncio.run(_appliance(url, jobs, many=system == "submit_many"))
+    print(json.dumps({"jobs_per_s": jobs / elapsed}))
+
+
+# --- the orchestrator ---------------------------------------------------------------------------------------------
+
+
+def run_child(python: str, system: str, url: str, jobs: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else dict(os.environ)
+    out = subprocess.run(
+        [python, __file__, "--child", system, url, str(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=True,
+    ).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["jobs_per_s"])
+
+
+def wall(cmd: list[str]) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+    return time.perf_counter() - started
+
+
+def cli_rate(url: str, jobs: int) -> float:
+    cmd = [sys.executable, "-m", "appliance", "job", "submit", "--service", "echo", "--redis-url", url]
+    return jobs / sum(wall(cmd) for _ in range(jobs))
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _common import machine_line, private_redis, table
+
+    args = sys.argv[1:]
+    quick = "--quick" in args
+    rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else (1 if quick else 3)
+    jobs = int(args[args.index("--jobs") + 1]) if "--jobs" in args else (1_000 if quick else 5_000)
+    peer = args[args.index("--peer-python") + 1] if "--peer-python" in args else PEER_PYTHON
+    has_peers = Path(peer).exists()
+    runs = 5 if quick else 15
+    results: dict[str, list[float]] = {}
+    starts: dict[str, list[float]] = {}
+    with private_redis() as redis:
+        url = redis.url
+        for _ in range(rounds):
+            plan = [
+                ("appliance submit", sys.executable, "submit"),
+                ("appliance submit_many", sys.executable, "submit_many"),
+            ]
+            if has_peers:
+                plan += [("dramatiq send", peer, "dramatiq"), ("bullmq add", peer, "bullmq")]
+            for name, python, system in plan:
+                subprocess.run(
+                    ["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True, check=False
+                )
+                results.setdefault(name, []).append(run_child(python, system, url, jobs))
+            results.setdefault("appliance CLI (job submit)", []).append(cli_rate(url, 10 if quick else 30))
+        job_id = subprocess.run(
+            [sys.executable, "-m", "appliance", "job", "submit", "--service", "echo", "--redis-url", url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=True,
+        ).stdout.split()[-1]
+        commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "appliance --help": [sys.executable, "-m", "appliance", "--help"],
+            "appliance job get": [
+                sys.executable,
+                "-m",
+                "appliance",
+                "job",
+                "get",
+                job_id,
+                "--redis-url",
+                url,
+            ],
+        }
+        for _ in range(runs):
+            for name, cmd in commands.items():
+                starts.setdefault(name, []).append(wall(cmd))
+    print(machine_line())
+    print(f"{rounds} round(s) of {jobs} jobs each, medians; one process per measurement, same Redis\n")
+    best_peer = max(
+        (statistics.median(results[n]) for n in ("dramatiq send", "bullmq add") if n in results), default=None
+    )
+    rows = []
+    for name, rates in results.items():
+        median = statistics.median(rates)
+        ratio = f"{median / best_peer:.2f}" if best_peer else "-"
+        rows.append([name, f"{median:,.0f}", ratio])
+    print(table(["enqueue, one call at a time", "jobs/s", "x best peer"], rows))
+    base = statistics.median(starts["python -c pass"])
+    print(f"\nCLI start-up, median of {runs} runs (wall time, s):")
+    print(
+        table(
+            ["command", "median s", "minus bare interpreter s"],
+            [
+                [n, f"{statistics.median(t):.3f}", f"{statistics.median(t) - base:.3f}"]
+                for n, t in starts.items()
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()

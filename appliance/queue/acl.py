@@ -78,7 +78,8 @@ READS = (
     "sscan",
     "zscan",
 )
-SUBSCRIBING = ("subscribe", "unsubscribe", "psubscribe", "punsubscribe")
+#: ssubscribe/sunsubscribe: a Cluster's sharded channels (the wake hub, `job wait`, the monitor).
+SUBSCRIBING = ("subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe")
 #: Writes the machine layer makes outside scripts (registration, status, events, worker classes and status).
 MACHINE_WRITES = (
     "set",
@@ -105,7 +106,9 @@ def script_commands(names: Sequence[str]) -> set[str]:
     sources = load_sources()
     found: set[str] = set()
     for name in names:
-        found |= {c.lower() for c in re.findall(r"(?:rcall|redis\.call)\('([A-Za-z]+)'", sources[name])}
+        # Also `rcall(x and 'SPUBLISH' or 'PUBLISH', ...)`: every quoted command name a call may pick.
+        for call in re.findall(r"(?:rcall|redis\.call)\(([^,]*),", sources[name]):
+            found |= {c.lower() for c in re.findall(r"'([A-Z]+)'", call)}
     return found
 
 

@@ -49,9 +49,11 @@ class QueueConnection:
 
     @property
     def wake_check(self) -> str:
-        """ARGV of the scripts that wake an idle worker: '1' lets them drop registrations whose process no longer
-        listens (PUBLISH reached no one); '0' on a Cluster, where PUBLISH counts only one node's subscribers."""
-        return "0" if self.cluster else "1"
+        """ARGV of the scripts that wake an idle worker, announce a shape or ask a worker to cancel: '1' PUBLISH
+        (and drop idle registrations whose process no longer listens: the message reached no one); 's' on a
+        Cluster: SPUBLISH, since those channels carry the queue's hash tag (sharded pub/sub: only the queue's
+        shard is told, and its count of listeners is exact; the hub SSUBSCRIBEs)."""
+        return "s" if self.cluster else "1"
 
     def common(self) -> list[Any]:
         """ARGV[1..4] of every script that emits or publishes (the events mode says `:sharded`, see emit.lua)."""

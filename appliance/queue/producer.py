@@ -191,7 +191,9 @@ class Producer:
         shape = await shape_of_job(self.conn, job_id)
         settings, k = self.conn.settings, self.conn.keys
         call = self.conn.prepare(
-            "cancel", [job_id, settings.result_ttl_s * 1000, shape, k.cancel_channel], shape=shape
+            "cancel",
+            [job_id, settings.result_ttl_s * 1000, shape, k.cancel_channel, self.conn.wake_check],
+            shape=shape,
         )
         code = raise_for_code(int(await self.conn.run(call)), job_id)
         return "cancelled" if code == ScriptCode.OK else "requested"

@@ -112,7 +112,8 @@ class QueueSettings(BaseModel):
         1_000,
         ge=1,
         description="How long a durable submit or completion waits for `durable_replicas` replicas (ms) before "
-        "raising NotDurable (the write happened; the replicas did not confirm it in time).",
+        "a submit raises NotDurable and a completion logs a warning (the write happened; the replicas did not "
+        "confirm it in time).",
     )
     scripts: ScriptsMode = Field(
         ScriptsMode.EVAL,

@@ -90,7 +90,9 @@ class QueueConnection:
             return await self.scripts.call_pipelined(self.client, calls)
         *results, confirmed = await self.scripts.call_pipelined(self.client, calls, wait=(wanted, timeout_ms))
         if int(confirmed) < wanted:
-            raise NotDurable(int(confirmed), wanted, timeout_ms)
+            error = NotDurable(int(confirmed), wanted, timeout_ms)
+            error.results = results
+            raise error
         return results
 
     async def server_time_ms(self) -> int:

@@ -30,8 +30,9 @@ class QueueError(Exception):
 
 
 class NotDurable(QueueError):
-    """A submit or completion was written on the primary, but `WAIT` saw fewer replicas confirm it than
-    `queue.durable_replicas` within `queue.durable_timeout_ms`: a failover now could lose it."""
+    """A submit was written on the primary, but `WAIT` saw fewer replicas confirm it than
+    `queue.durable_replicas` within `queue.durable_timeout_ms`: a failover now could lose it. (A completion in
+    the same state logs a warning instead: its worker could do nothing else about it.)"""
 
     def __init__(self, confirmed: int, wanted: int, timeout_ms: int) -> None:
         super().__init__(
@@ -42,6 +43,8 @@ class NotDurable(QueueError):
         self.confirmed, self.wanted = confirmed, wanted
         #: The jobs the write concerned, where the caller knows them (a submit's new id).
         self.job_ids: list[str] = []
+        #: What the calls returned (they ran): a completion goes on with its codes.
+        self.results: list[Any] = []
 
 
 class InvalidJob(QueueError, ValueError):

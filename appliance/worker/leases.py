@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.queue import ClaimedJob, Queue, WorkerSession
-from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, NotDurable, QueueError
+from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, QueueError
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason
 from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink, is_unreachable
@@ -258,10 +258,7 @@ class OutcomeWriter:
     async def _write_once(self, lease: Lease, outcome: Outcome) -> None:
         q, job_id, token, shape = self.queue, lease.job_id, lease.token, lease.shape
         if outcome.kind is OutcomeKind.COMPLETE:
-            try:
-                await q.complete(job_id, token, outcome.result)
-            except NotDurable as exc:  # written on the primary; the replicas did not confirm it in time
-                log.warning("job %s: completed, but %s", job_id, exc)
+            await q.complete(job_id, token, outcome.result)
         elif outcome.kind is OutcomeKind.FAIL:
             await q.fail(
                 job_id,

@@ -89,11 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     stats = commands.add_parser("stats", help="queue depths, totals, shapes and unworkable jobs")
     stats.add_argument("--json", action="store_true")
-    stats.add_argument(
-        "--queues",
-        metavar="Q1,Q2",
-        help="several queues, one after the other (--json: a list), e.g. those of `worker --queues`",
-    )
+    stats.add_argument("--queues", metavar="Q1,Q2", help="several queues in turn (--json: a list)")
     stats.set_defaults(handler=_stats)
 
     for sub in (submit, get, wait, cancel, listing, stats):

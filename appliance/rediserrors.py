@@ -18,8 +18,15 @@ _PIPELINE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: \((?P<m
 _SCRIPT_AT = re.compile(r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?$")
 
 
+#: redis-py's Sentinel: `No master found for 'name' : <repr of every sentinel client> - <error>, ...`.
+_NO_MASTER = re.compile(r"^(No master found for '[^']*')(?: : .*)?$", re.S)
+
+
 def _message(exc: BaseException) -> str:
     text = str(exc).strip()
+    no_master = _NO_MASTER.match(text)
+    if no_master:  # the reprs name no secret but bury the point: which primary, and where to look
+        return f"{no_master.group(1)} (no sentinel in redis.sentinels answered for redis.master_name)"
     match = _PIPELINE.match(text)
     if match:
         text = match.group("msg").strip().strip("'\"")

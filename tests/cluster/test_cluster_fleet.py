@@ -17,7 +17,7 @@ import pytest
 from redis.cluster import key_slot
 
 from appliance.config import Settings
-from appliance.localredis import LocalRedis
+from appliance.localredis import LocalRedis, free_port
 from appliance.queue import JobStatus, Queue
 from appliance.queue.factory import connect_queue
 from tests.cluster.conftest import Fleet, base_env, cli, needs_cluster_tools
@@ -191,3 +191,20 @@ async def test_cluster_mode_against_a_standalone_server_is_one_line(tmp_path: Pa
     assert stats.returncode != 0 and "Traceback" not in stats.stderr
     assert stats.stderr.strip().count("\n") == 0
     assert "redis.mode is cluster" in stats.stderr and "set redis.mode = standalone" in stats.stderr
+
+
+async def test_sentinel_mode_against_servers_that_are_no_sentinels_is_one_line(tmp_path: Path) -> None:
+    with LocalRedis() as server:
+        wrong = base_env(
+            tmp_path,
+            APPLIANCE_REDIS__MODE="sentinel",
+            APPLIANCE_REDIS__SENTINELS=f'["127.0.0.1:{server.port}"]',
+            APPLIANCE_REDIS__MASTER_NAME="main",
+        )
+        plain_server = cli(wrong, "job", "stats")
+        nobody = cli({**wrong, "APPLIANCE_REDIS__SENTINELS": f'["127.0.0.1:{free_port()}"]'}, "job", "stats")
+    for result in (plain_server, nobody):
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "redis.mode is sentinel" in plain_server.stderr and "not a Sentinel" in plain_server.stderr
+    assert "No master found for 'main'" in nobody.stderr and "<redis" not in nobody.stderr

@@ -1,6 +1,7 @@
 """Submit speed and CLI start-up, side by side with the peers' single enqueue, on one private Redis.
 
     python bench/submit.py [--quick] [--rounds R] [--jobs N] [--peer-python /work/bench-venv/bin/python]
+                           [--before PATH]   # also `Queue.submit` of the package at PATH (the code before)
 
 Per round (rounds interleaved, medians reported), each in its own process on the same Redis 7:
   appliance submit        `Queue.submit`, one call at a time (awaited before the next), no-op job {"service": "echo"}
@@ -33,8 +34,7 @@ PEER_PYTHON = "/work/bench-venv/bin/python"
 
 
 async def _appliance(url: str, jobs: int, many: bool) -> float:
-    sys.path.insert(0, str(ROOT))
-    from appliance.queue import Queue
+    from appliance.queue import Queue  # from PYTHONPATH: this tree, or the `--before` one
 
     queue = await Queue.connect(url, queue_name="bench")
     for _ in range(200):  # warm-up: scripts loaded, connection open, shape known
@@ -97,8 +97,8 @@ def child(system: str, url: str, jobs: int) -> None:
 # --- the orchestrator ---------------------------------------------------------------------------------------------
 
 
-def run_child(python: str, system: str, url: str, jobs: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else dict(os.environ)
+def run_child(python: str, system: str, url: str, jobs: int, code: Path = ROOT) -> float:
+    env = {**os.environ, "PYTHONPATH": str(code)} if python == sys.executable else dict(os.environ)
     out = subprocess.run(
         [python, __file__, "--child", system, url, str(jobs)],
         capture_output=True,
@@ -131,6 +131,7 @@ def main() -> None:
     rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else (1 if quick else 3)
     jobs = int(args[args.index("--jobs") + 1]) if "--jobs" in args else (1_000 if quick else 5_000)
     peer = args[args.index("--peer-python") + 1] if "--peer-python" in args else PEER_PYTHON
+    before = Path(args[args.index("--before") + 1]) if "--before" in args else None
     has_peers = Path(peer).exists()
     runs = 5 if quick else 15
     results: dict[str, list[float]] = {}
@@ -149,6 +150,12 @@ def main() -> None:
                     ["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True, check=False
                 )
                 results.setdefault(name, []).append(run_child(python, system, url, jobs))
+            if before is not None:
+                subprocess.run(
+                    ["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True, check=False
+                )
+                rate = run_child(sys.executable, "submit", url, jobs, before)
+                results.setdefault("appliance submit, before (--before)", []).append(rate)
             results.setdefault("appliance CLI (job submit)", []).append(cli_rate(url, 10 if quick else 30))
         job_id = subprocess.run(
             [sys.executable, "-m", "appliance", "job", "submit", "--service", "echo", "--redis-url", url],
@@ -183,7 +190,7 @@ def main() -> None:
     for name, rates in results.items():
         median = statistics.median(rates)
         ratio = f"{median / best_peer:.2f}" if best_peer else "-"
-        rows.append([name, f"{median:,.0f}", ratio])
+        rows.append([name, f"{median:,.0f}" if median >= 10 else f"{median:.2f}", ratio])
     print(table(["enqueue, one call at a time", "jobs/s", "x best peer"], rows))
     base = statistics.median(starts["python -c pass"])
     print(f"\nCLI start-up, median of {runs} runs (wall time, s):")

@@ -129,10 +129,9 @@ class WakeHub:
         if channel == self.channel:
             worker, _, shape = data.partition("|")
             session = self.sessions.get(worker)
-            if session is None:  # it closed after registering: someone else's job now
+            # Closed after registering, or not waiting for work (blocked): someone else's job now.
+            if session is None or not session.woken(shape):
                 await self.pass_on([shape])
-            else:
-                session.woken(shape)
         elif channel == k.cancel_channel:
             job_id, _, worker = data.partition("|")
             holder = self.sessions.get(worker)

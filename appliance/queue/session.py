@@ -67,6 +67,9 @@ class WorkerSession:
         self._owed: dict[str, float] = {}
         #: Counts wake-ups and lost registrations: one that comes while idle.lua runs has spent what it wrote.
         self._woken_count = 0
+        #: Inside wait_for_work: the worker is idle and willing. A wake-up that finds it elsewhere (its worker is
+        #: blocked: draining, drained, service down) goes on to another worker at once.
+        self._waiting = False
 
     @classmethod
     async def open(
@@ -192,12 +195,15 @@ class WorkerSession:
                     return True
             except Exception as exc:  # Redis down: the next claim reports it; sleep meanwhile
                 log.debug("could not register as idle: %s", exc)
+        self._waiting = True
         try:
             async with asyncio.timeout(timeout_s):
                 await self._wake.wait()
                 return True
         except TimeoutError:
             return False
+        finally:
+            self._waiting = False
 
     async def _register_idle(self) -> bool:
         """idle.lua: True when registered, False when a job of this worker's shapes waits (claim it)."""
@@ -216,12 +222,17 @@ class WorkerSession:
 
     # --- from the hub -----------------------------------------------------------------------------------------
 
-    def woken(self, shape: str) -> None:
-        """A job of `shape` woke this worker (its registration is spent): claim."""
+    def woken(self, shape: str) -> bool:
+        """A job of `shape` woke this worker (its registration is spent). True when it takes the wake-up (it waits
+        for work: it will claim); False when the caller must pass it on (it is not waiting: blocked)."""
         self.registered = False
         self._woken_count += 1
-        self._owed.setdefault(shape, time.monotonic())
+        self._idle_next = False
         self._wake.set()
+        if not self._waiting:
+            return False
+        self._owed.setdefault(shape, time.monotonic())
+        return True
 
     def lost_registration(self) -> None:
         """The registration may be gone (a new shape, a reconnect, a refresh that did not find it): look now."""

@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from appliance.localredis import LocalRedis
-from appliance.queue import Queue
+from appliance.queue import Capabilities, Queue, WorkerSession
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import ScriptSet
 
@@ -192,3 +193,31 @@ async def test_a_cancel_request_reaches_the_session_holding_the_job(redis_url: s
             assert await aredis.lrange("test:cancels", 0, -1) == [f"{holder}|{job.id}".encode()]
     finally:
         await queue.close()
+
+
+async def test_a_wake_up_for_a_worker_that_is_not_waiting_goes_on_to_one_that_is(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hub's late pass-on (a woken session that never claimed) is out of play: only the direct one counts.
+    monkeypatch.setattr("appliance.queue.hub.OWED_GRACE_S", 3600.0)
+    echo = Capabilities(services=["echo"])
+    await queue.submit({"service": "echo"})  # the shape exists before the workers start
+    busy = await WorkerSession.open(queue, "w-busy", echo)
+    idle = await WorkerSession.open(queue, "w-idle", echo)
+    try:
+        first = await busy.claim()
+        assert first is not None
+        await queue.complete(first.job.id, first.token, None)
+        assert await busy.claim() is None
+        # Registered first (the longest idle), then its worker stopped waiting (drained, its service down, ...).
+        assert await busy.wait_for_work(0.01) is False and busy.registered
+        assert await idle.claim() is None
+        waiter = asyncio.create_task(idle.wait_for_work(60))
+        await until(lambda: queue.client.hexists(queue.keys.waiting, "w-idle"), 1)
+        job = await queue.submit({"service": "echo"})
+        assert await waiter is True
+        claimed = await idle.claim()
+        assert claimed is not None and claimed.job.id == job.id
+    finally:
+        await idle.close()
+        await busy.close()

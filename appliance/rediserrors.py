@@ -18,8 +18,15 @@ _PIPELINE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: \((?P<m
 _SCRIPT_AT = re.compile(r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?$")
 
 
+#: redis-py's Sentinel: `No master found for 'name' : <repr of every sentinel client> - <error>, ...`.
+_NO_MASTER = re.compile(r"^(No master found for '[^']*')(?: : .*)?$", re.S)
+
+
 def _message(exc: BaseException) -> str:
     text = str(exc).strip()
+    no_master = _NO_MASTER.match(text)
+    if no_master:  # the reprs name no secret but bury the point: which primary, and where to look
+        return f"{no_master.group(1)} (no sentinel in redis.sentinels answered for redis.master_name)"
     match = _PIPELINE.match(text)
     if match:
         text = match.group("msg").strip().strip("'\"")
@@ -28,7 +35,8 @@ def _message(exc: BaseException) -> str:
 
 
 def redis_error_kind(exc: BaseException) -> str:
-    """`unreachable`, `credentials`, `noperm`, `oom`, `readonly`, `loading` or `error` (any other refusal)."""
+    """`unreachable`, `credentials`, `noperm`, `oom`, `readonly`, `loading`, `moved` (a Cluster node redirected a
+    client that does not speak Cluster) or `error` (any other refusal)."""
     text = str(exc)
     if isinstance(exc, rx.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
         return "credentials"
@@ -42,6 +50,8 @@ def redis_error_kind(exc: BaseException) -> str:
         return "readonly"
     if isinstance(exc, rx.BusyLoadingError):
         return "loading"
+    if isinstance(exc, rx.MovedError | rx.AskError) or text.startswith(("MOVED ", "ASK ")):
+        return "moved"
     if isinstance(exc, rx.ConnectionError | rx.TimeoutError | OSError | ConnectionError | TimeoutError):
         return "unreachable"
     return "error"
@@ -70,6 +80,11 @@ def describe_redis_error(exc: BaseException, where: str = "", doing: str = "") -
         return f"Redis{at} is out of memory (maxmemory reached) and refuses writes{during}: {message}"
     if kind == "readonly":
         return f"Redis{at} is a read-only replica (READONLY){during}: connect to the primary"
+    if kind == "moved":
+        return (
+            f"Redis{at} is a Redis Cluster node and redirected the command{during} (MOVED): "
+            "set redis.mode = cluster"
+        )
     if kind == "loading":
         return f"Redis{at} is still loading its data{during}; try again in a moment"
     return f"Redis{at} answered with an error{during}: {message}"

@@ -136,10 +136,10 @@ def test_a_connector_whose_package_is_missing_is_one_line(tmp_path: Path) -> Non
 def test_a_worker_without_access_to_its_drain_flag_says_which_key() -> None:
     with LocalRedis(extra_args=["--requirepass", "admin-pw"]) as server:
         admin = redis.Redis(port=server.port, password="admin-pw")
-        # Everything a worker of machine m1 uses, except machine:m1:drain.
+        # Everything a worker of machine m1 uses, except machine:{m1}:drain.
         admin.execute_command(
             "ACL", "SETUSER", "w1", "on", ">w1-pw", "+@all", "&*", "~appliance:*",
-            "~machine:m1:info", "~machine:m1:status", "~machine:m1:events", "~machine:status:*",
+            "~machine:{m1}:info", "~machine:{m1}:status", "~machine:{m1}:events", "~machine:status:*",
         )  # fmt: skip
         admin.close()
         env = env_with(
@@ -152,7 +152,7 @@ def test_a_worker_without_access_to_its_drain_flag_says_which_key() -> None:
         proc = appliance("worker", "--slot", "echo0", env=env)
     assert proc.returncode == 4
     line = last_line(proc)
-    assert "machine:m1:drain" in line and "NOPERM" in line and "cannot reach" not in line
+    assert "machine:{m1}:drain" in line and "NOPERM" in line and "cannot reach" not in line
 
 
 def test_a_refused_ping_says_redis_was_reached() -> None:

@@ -144,7 +144,7 @@ async def _scenario(redis_url: str) -> tuple[Queue, Settings]:
         await MachineRegistry(client, mid, ttl_s=ttl).register(
             {"machine_id": mid, "capabilities": {"pool": pool, "machine_type": "api"}}
         )
-    await client.delete("machine:m-gone:info")  # its registration expired: not counted
+    await client.delete("machine:{m-gone}:info")  # its registration expired: not counted
     await client.aclose()
     return queue, settings
 

@@ -130,34 +130,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _connect_pooled(args: argparse.Namespace, settings: Any) -> Any:
-    """The API's queue client: a blocking pool of `api.redis_connections`, so a burst of requests waits for a
-    connection instead of failing (redis-py's default pool refuses past 100)."""
-    import redis.asyncio as aioredis
+    """The API's queue client through the one connection factory (standalone, Cluster or Sentinel), with at
+    most `api.redis_connections` connections: a burst of requests waits for one instead of failing."""
     from redis.exceptions import RedisError
 
     from appliance.commands.connection import resolve_target
-    from appliance.queue import Queue
-    from appliance.queue.connections import connection_class_for
+    from appliance.queue import factory
     from appliance.queue.scripts import ScriptLibraryError
 
     target = resolve_target(args)
-    kwargs: dict[str, Any] = {"decode_responses": True, **target.client_kwargs}
-    kwargs.setdefault("connection_class", connection_class_for(target.url))
-    pool = aioredis.BlockingConnectionPool.from_url(
-        target.url, max_connections=settings.api.redis_connections, timeout=10, **kwargs
-    )
-    client = aioredis.Redis.from_pool(pool)
-    queue = Queue(client, queue_name=target.queue, settings=target.settings, classifier=target.classifier)
     try:
-        await client.ping()
-        await queue.scripts.load(client)
+        return await factory.connect_queue(
+            target.all_settings,
+            queue_name=target.queue,
+            connection=target.connection,
+            classifier=target.classifier,
+            blocking_pool=settings.api.redis_connections,
+        )
+    except factory.RedisModeError as exc:
+        raise CommandError(str(exc)) from None
     except ScriptLibraryError as exc:
-        await client.aclose()
         raise CommandError(str(exc), ExitCode.REDIS) from None
     except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise redis_failure(exc, target.url) from None
-    return queue
+        raise redis_failure(exc, target.connection.where()) from None
 
 
 async def _serve_async(args: argparse.Namespace, settings: Any, host: str, port: int) -> int:

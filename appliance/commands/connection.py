@@ -7,7 +7,7 @@ or the systemd credential `redis-password`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from appliance.commands import CommandError, ExitCode
@@ -22,6 +22,9 @@ class RedisTarget:
     client_kwargs: dict[str, Any]
     settings: Any  # QueueSettings
     classifier: Any = None  # Callable[[JobSpec], JobSpec] when classifier.enabled
+    #: The whole connection (mode, seeds, sentinels, credentials) with `--redis-url` applied.
+    connection: Any = None  # RedisConnection
+    all_settings: Any = None  # Settings
 
     def redacted_url(self) -> str:
         from appliance.secrets import redact_url
@@ -62,19 +65,44 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
         connection = settings.redis_connection()
     except (ConfigError, SecretError) as exc:
         raise CommandError(str(exc)) from None
-    kwargs = connection.client_kwargs()
-    url = connection.url
     if getattr(args, "redis_url", None):
         url, password = split_url_password(checked_url_flag(args.redis_url))
-        if password is not None:
-            kwargs["password"] = password
+        connection = replace(
+            connection, url=url, password=connection.password if password is None else password
+        )
     queue = getattr(args, "queue", None) or settings.redis.queue
     from appliance.pools import classifier_for
 
     classifier = classifier_for(settings)
     return RedisTarget(
-        url=url, queue=queue, client_kwargs=kwargs, settings=settings.queue, classifier=classifier
+        url=connection.url,
+        queue=queue,
+        client_kwargs=connection.client_kwargs(),
+        settings=settings.queue,
+        classifier=classifier,
+        connection=connection,
+        all_settings=settings,
     )
+
+
+async def open_redis(target: RedisTarget) -> Any:
+    """A bare client of `target` as `redis.mode` says (a Cluster client in cluster mode), checked: for commands
+    that touch fleet keys or load scripts rather than use one queue. Errors as `connect_queue`'s."""
+    from redis.exceptions import RedisError
+
+    from appliance.queue.redisclient import RedisModeError, check_mode, open_client
+
+    # A Sentinel client's connections to the sentinels live as long as the command (one-shot: not closed).
+    client, _, _closers = open_client(target.connection)
+    try:
+        await check_mode(client, target.connection)
+    except RedisModeError as exc:
+        await client.aclose()
+        raise CommandError(str(exc)) from None
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise redis_failure(exc, target.url) from None
+    return client
 
 
 def redis_failure(exc: BaseException, url: str = "", doing: str = "") -> CommandError:
@@ -88,21 +116,22 @@ def redis_failure(exc: BaseException, url: str = "", doing: str = "") -> Command
 async def connect_queue(args: argparse.Namespace) -> Any:
     from redis.exceptions import RedisError
 
-    from appliance.queue import Queue
+    from appliance.queue import factory
     from appliance.queue.scripts import ScriptLibraryError
 
     target = resolve_target(args)
     try:
-        return await Queue.connect(
-            target.url,
+        return await factory.connect_queue(
+            target.all_settings,
             queue_name=target.queue,
-            settings=target.settings,
+            connection=target.connection,
             classifier=target.classifier,
-            **target.client_kwargs,
         )
+    except factory.RedisModeError as exc:
+        raise CommandError(str(exc)) from None
     except ScriptLibraryError as exc:
         raise CommandError(str(exc), ExitCode.REDIS) from None
     except (RedisError, OSError) as exc:
-        raise redis_failure(exc, target.url) from None
+        raise redis_failure(exc, target.connection.where()) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -52,10 +52,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, url: str) -> int:
-    from appliance.queue import JobStatus, Queue
+    from appliance.config import Settings
+    from appliance.queue import JobStatus
+    from appliance.queue.factory import connect_queue
 
     workers = await _start_workers(args, url)
-    queue = await Queue.connect(url)
+    # The demo's own Redis (or APPLIANCE_REDIS_URL), default settings otherwise: like its workers.
+    queue = await connect_queue(Settings.model_validate({"redis": {"url": url}}))
     try:
         specs: list[dict[str, Any]] = [
             {

@@ -24,12 +24,10 @@ def register(subparsers: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    import redis.asyncio as aioredis
-
     from appliance.commands.machine import load
+    from appliance.queue.redisclient import client_for
 
-    conn = load(args).redis_connection()
-    return aioredis.Redis.from_url(conn.url, decode_responses=True, **conn.client_kwargs())
+    return client_for(load(args).redis_connection())
 
 
 def _check(machine: str) -> str:

@@ -80,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     stats = commands.add_parser("stats", help="queue depths, totals, shapes and unworkable jobs")
     stats.add_argument("--json", action="store_true")
+    stats.add_argument("--queues", metavar="Q1,Q2", help="several queues in turn (--json: a list)")
     stats.set_defaults(handler=_stats)
 
     for sub in (submit, get, wait, cancel, listing, stats):
@@ -194,7 +195,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 async def _submit_async(args: argparse.Namespace, spec: dict[str, Any]) -> int:
-    from appliance.queue import DuplicateJob, InvalidJob, parse_spec
+    from appliance.queue import DuplicateJob, InvalidJob, NotDurable, parse_spec
 
     try:
         parsed = parse_spec(spec)
@@ -205,6 +206,8 @@ async def _submit_async(args: argparse.Namespace, spec: dict[str, Any]) -> int:
         job = await queue.submit(parsed)
     except (DuplicateJob, InvalidJob) as exc:  # InvalidJob: over queue.max_payload_bytes
         raise CommandError(str(exc)) from None
+    except NotDurable as exc:  # the job exists; say its id so a retry can use --id instead of a second job
+        raise CommandError(f"job {', '.join(exc.job_ids)}: {exc}", ExitCode.REDIS) from None
     finally:
         await queue.close()
     if args.json:
@@ -359,14 +362,26 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 async def _stats_async(args: argparse.Namespace) -> int:
-    queue = await connect_queue(args)
-    try:
-        stats = await queue.stats()
-    finally:
-        await queue.close()
+    names = [n.strip() for n in (args.queues or "").split(",") if n.strip()]
+    if args.queues is not None and not names:
+        raise CommandError("--queues needs at least one queue name, e.g. --queues images,text")
+    every = []
+    for name in names or [None]:
+        queue = await connect_queue(argparse.Namespace(**{**vars(args), "queue": name or args.queue}))
+        try:
+            every.append(await queue.stats())
+        finally:
+            await queue.close()
     if args.json:
-        print_json(stats.model_dump(mode="json"))
+        dumped = [stats.model_dump(mode="json") for stats in every]
+        print_json(dumped if names else dumped[0])
         return 0
+    for stats in every:
+        _print_stats(stats)
+    return 0
+
+
+def _print_stats(stats: Any) -> None:
     print(
         f"queue {stats.queue}: {stats.waiting} waiting, {stats.delayed} delayed, {stats.active} active, "
         f"{stats.dead} dead, {stats.unworkable} unworkable, {stats.workers} live workers"
@@ -383,4 +398,3 @@ async def _stats_async(args: argparse.Namespace) -> int:
             f"  {shape.shape}  waiting={shape.waiting:<6} next-in-line-wait={oldest:<8} "
             f"{json.dumps(shape.requirements, sort_keys=True)}{flag}"
         )
-    return 0

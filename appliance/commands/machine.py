@@ -175,17 +175,17 @@ def _record_stop(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
     from appliance.queue import registry as keys
+    from appliance.queue.redisclient import client_for
 
     settings = load(args)
     machine_id = args.machine or settings.machine.id
     conn = settings.redis_connection()
 
     async def fetch() -> str | None:
-        client = aioredis.Redis.from_url(conn.url, decode_responses=True, **conn.client_kwargs())
+        client = client_for(conn)
         try:
             raw = await client.get(keys.status_key(machine_id))
             return raw.decode() if isinstance(raw, bytes) else raw

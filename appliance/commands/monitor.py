@@ -79,6 +79,7 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
         settings,
         url=target.url,
         client_kwargs=target.client_kwargs,
+        connection=target.connection,
         queue_name=target.queue,
         token=token,
         poll_s=poll_s,

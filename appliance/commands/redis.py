@@ -132,18 +132,16 @@ def _setup(args: argparse.Namespace) -> int:
 
 
 async def _setup_async(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
     from redis.exceptions import NoPermissionError, RedisError
 
-    from appliance.commands.connection import redis_failure
-    from appliance.queue.connections import connection_class_for
+    from appliance.commands.connection import open_redis, redis_failure
+    from appliance.config import RedisMode
     from appliance.queue.scripts import ScriptLibraryError, ScriptSet
 
     target = resolve_target(args)
-    kwargs: dict[str, Any] = {"decode_responses": True, **target.client_kwargs}
-    kwargs.setdefault("connection_class", connection_class_for(target.url))
-    client = aioredis.Redis.from_url(target.url, **kwargs)
-    scripts = ScriptSet()
+    client = await open_redis(target)
+    # In a Cluster, the library and the scripts go onto every primary.
+    scripts = ScriptSet(cluster=target.connection.mode is RedisMode.CLUSTER)
     try:
         outcome = await scripts.install(client, replace=args.replace)
     except ScriptLibraryError as exc:

@@ -8,6 +8,7 @@ appliance worker --slot echo0                 # what appliance-worker@echo0.serv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from appliance.commands import CommandError, ConfigCommandError, ExitCode, run_async
 
@@ -41,11 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Redis URL (default: $APPLIANCE_REDIS_URL or the config file); "
         "put the password in redis.password_file, not here",
     )
+    parser.add_argument(
+        "--queues",
+        metavar="Q1,Q2",
+        help="serve these queues, in turn (default: worker.queues, else redis.queue)",
+    )
     parser.set_defaults(handler=run_worker, long_running=True)
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from appliance.config import ConfigError, RedisConnection, load_settings
+    from appliance.config import ConfigError, load_settings
     from appliance.identity import SlotError, slot_from_arguments
     from appliance.secrets import SecretError, split_url_password
     from appliance.worker.runtime import Worker, WorkerError
@@ -64,15 +70,18 @@ def run_worker(args: argparse.Namespace) -> int:
         connection = settings.redis_connection()
     except (ConfigError, SecretError) as exc:
         raise ConfigCommandError(str(exc)) from None
+    if args.queues is not None:
+        names = [n.strip() for n in args.queues.split(",") if n.strip()]
+        if not names:
+            raise CommandError("--queues needs at least one queue name, e.g. --queues images,text")
+        worker_section = settings.worker.model_copy(update={"queues": names})
+        settings = settings.model_copy(update={"worker": worker_section})
     if args.redis_url:
         from appliance.commands.connection import checked_url_flag
 
         url, password = split_url_password(checked_url_flag(args.redis_url))
-        connection = RedisConnection(
-            url,
-            password if password is not None else connection.password,
-            connection.username,
-            connection.tls_ca_file,
+        connection = dataclasses.replace(
+            connection, url=url, password=password if password is not None else connection.password
         )
     from appliance.worker.packages import missing_packages
 
@@ -85,8 +94,12 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CommandError(f"worker {slot.name}: {exc}") from None
 
     async def main() -> int:
+        from appliance.queue.redisclient import RedisModeError
+
         try:
             return await worker.run()
+        except RedisModeError as exc:  # redis.mode does not match the server: a restart cannot fix it
+            raise ConfigCommandError(f"worker {worker.worker_id}: {exc}") from None
         except WorkerError as exc:
             raise CommandError(f"worker {worker.worker_id}: {exc}", ExitCode.REDIS) from None
 

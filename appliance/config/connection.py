@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +15,14 @@ from appliance.config.section import Section
 from appliance.secrets import credential_name, read_secret, split_url_password
 
 
+class RedisMode(StrEnum):
+    """What kind of Redis deployment `redis.url` (and `redis.nodes` / `redis.sentinels`) points at."""
+
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"
+    SENTINEL = "sentinel"
+
+
 @dataclass(frozen=True)
 class RedisConnection:
     """Where to connect, with the password kept apart from the URL so it never lands in argv or logs."""
@@ -22,6 +31,24 @@ class RedisConnection:
     password: str | None
     username: str | None
     tls_ca_file: Path | None
+    mode: RedisMode = RedisMode.STANDALONE
+    #: Cluster: more seed nodes besides the URL's host (`host:port`).
+    nodes: tuple[str, ...] = ()
+    #: Sentinel: the sentinels' addresses (`host:port`) and the name of the primary they watch.
+    sentinels: tuple[str, ...] = ()
+    master_name: str = ""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    def where(self) -> str:
+        """Where this connects, for a person's line (no password): the URL, the seeds or the sentinels."""
+        from appliance.secrets import redact_url
+
+        if self.mode is RedisMode.SENTINEL:
+            return f"primary {self.master_name!r} of sentinels {','.join(self.sentinels)}"
+        if self.mode is RedisMode.CLUSTER and self.nodes:
+            return f"{redact_url(self.url)} (cluster seeds +{','.join(self.nodes)})"
+        return redact_url(self.url)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `redis.asyncio.Redis.from_url(self.url, **kwargs)`."""
@@ -85,7 +112,32 @@ def check_redis_url(url: str) -> str:
     return url
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) as (host, port); ValueError naming the problem."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port (e.g. 10.0.0.5:26379)")
+    return host, int(port)
+
+
 class RedisSettings(Section):
+    """Where the queue's Redis is, and what kind of deployment it is (`redis.mode`).
+
+    - `standalone` (default): one server at `redis.url` (a replica set behind a fixed address counts too).
+    - `cluster`: a Redis Cluster; `redis.url` is one seed node, `redis.nodes` more. The client discovers the
+      others, follows MOVED/ASK redirections and loads the scripts on every primary. Each queue lives in one
+      slot (its keys share the hash tag `{<queue>}`); the database must be 0.
+    - `sentinel`: a primary watched by Redis Sentinel; `redis.sentinels` lists them, `redis.master_name` names
+      the primary. Clients ask the sentinels where the primary is and follow a failover. The scheme
+      (`rediss://` for TLS) and database of `redis.url` still apply; its host and port are not used.
+
+    Credentials (`username`, `password`/`password_file`) and TLS (`rediss://`, `tls_ca_file`) apply to every
+    node in all three modes; the sentinels may have their own (`sentinel_username`, `sentinel_password_file`).
+    A mode that does not match the server (cluster mode against a standalone server, standalone mode against a
+    cluster node) stops a process with one line naming `redis.mode`.
+    """
+
     url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="Redis URL (redis://, rediss:// or unix://; port 1-65535; path: a database number), "
@@ -102,6 +154,30 @@ class RedisSettings(Section):
     )
     tls_ca_file: Path | None = Field(
         default=None, description="CA bundle to verify the server of a rediss:// URL."
+    )
+    mode: RedisMode = Field(
+        default=RedisMode.STANDALONE,
+        description="standalone, cluster (Redis Cluster: `url` and `nodes` are seeds) or sentinel "
+        "(the primary named `master_name`, found through `sentinels`).",
+    )
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="Cluster mode: more seed nodes (`host:port`) besides the host of `url`.",
+    )
+    sentinels: list[str] = Field(
+        default_factory=list,
+        description='Sentinel mode: the sentinels\' addresses (`host:port`), e.g. `["10.0.0.5:26379"]`.',
+    )
+    master_name: str | None = Field(
+        default=None, description="Sentinel mode: the name the sentinels monitor the primary under."
+    )
+    sentinel_username: str | None = Field(
+        default=None, description="Sentinel mode: ACL user name on the sentinels, when they require one."
+    )
+    sentinel_password_file: Path | None = Field(
+        default=None,
+        description="Sentinel mode: file holding the sentinels' password (else the "
+        "`redis-sentinel-password` credential; none when neither exists).",
     )
     queue: str = Field(
         default="default",
@@ -125,9 +201,46 @@ class RedisSettings(Section):
             self.url, self.password = url, SecretStr(password)
         return self
 
+    @model_validator(mode="after")
+    def _mode_needs(self) -> RedisSettings:
+        for address in [*self.nodes, *self.sentinels]:
+            split_address(address)
+        if self.mode is RedisMode.SENTINEL:
+            if not self.sentinels or not self.master_name:
+                raise ValueError("redis.mode = sentinel needs redis.sentinels and redis.master_name")
+        elif self.sentinels or self.master_name:
+            raise ValueError(
+                f"redis.sentinels and redis.master_name need redis.mode = sentinel (is {self.mode})"
+            )
+        if self.mode is RedisMode.CLUSTER:
+            parts = urlsplit(self.url)
+            if parts.scheme == "unix":
+                raise ValueError("redis.mode = cluster needs a redis:// or rediss:// seed URL, not unix://")
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError("redis.mode = cluster: a Redis Cluster has only database 0")
+        elif self.nodes:
+            raise ValueError(f"redis.nodes needs redis.mode = cluster (is {self.mode})")
+        return self
+
     def connection(self, env: Any = os.environ) -> RedisConnection:
         """Resolve the password (inline, `password_file`, `$CREDENTIALS_DIRECTORY/redis-password`)."""
         password = read_secret(
             credential_name("redis.password"), file=self.password_file, inline=self.password, env=env
         )
-        return RedisConnection(self.url, password, self.username, self.tls_ca_file)
+        sentinel_password = None
+        if self.mode is RedisMode.SENTINEL:
+            sentinel_password = read_secret(
+                credential_name("redis.sentinel_password"), file=self.sentinel_password_file, env=env
+            )
+        return RedisConnection(
+            self.url,
+            password,
+            self.username,
+            self.tls_ca_file,
+            mode=self.mode,
+            nodes=tuple(self.nodes),
+            sentinels=tuple(self.sentinels),
+            master_name=self.master_name or "",
+            sentinel_username=self.sentinel_username,
+            sentinel_password=sentinel_password,
+        )

@@ -101,6 +101,20 @@ class QueueSettings(BaseModel):
             "submission order (ms) instead of racing for the single best one; 0 keeps the order strict."
         ),
     )
+    durable_replicas: int = Field(
+        0,
+        ge=0,
+        description="Durable acknowledgement: a submit or a completion returns only after `WAIT` confirms this "
+        "many replicas hold it (0: off; replication stays asynchronous and a failover can lose the last "
+        "acknowledged writes). Standalone with replicas and Sentinel only; see docs/operations.md.",
+    )
+    durable_timeout_ms: int = Field(
+        1_000,
+        ge=1,
+        description="How long a durable submit or completion waits for `durable_replicas` replicas (ms) before "
+        "a submit raises NotDurable and a completion logs a warning (the write happened; the replicas did not "
+        "confirm it in time).",
+    )
     scripts: ScriptsMode = Field(
         ScriptsMode.EVAL,
         description=(

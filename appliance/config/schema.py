@@ -25,7 +25,13 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from appliance.config.api import ApiSettings
-from appliance.config.connection import RedisConnection, RedisSettings, check_database, check_redis_url
+from appliance.config.connection import (
+    RedisConnection,
+    RedisMode,
+    RedisSettings,
+    check_database,
+    check_redis_url,
+)
 from appliance.config.connectors import KNOWN_CONNECTORS, ConnectorSettings, _default_connectors
 from appliance.config.machine import (
     MACHINE_ID_MAX,
@@ -47,6 +53,7 @@ __all__ = [
     "ConnectorSettings",
     "LoadedSettings",
     "RedisConnection",
+    "RedisMode",
     "Settings",
     "redacted_dump",
 ]
@@ -75,7 +82,13 @@ class Settings(Section):
     """Everything an appliance process can be configured with."""
 
     redis: RedisSettings = Field(
-        default_factory=RedisSettings, description="Redis connection and queue name."
+        default_factory=RedisSettings,
+        description="Redis connection and queue name. `redis.mode` says what `redis.url` points at: "
+        "`standalone` (one server), `cluster` (a Redis Cluster: `url` and `nodes` are seed nodes; the client "
+        "discovers the rest and follows MOVED/ASK; each queue lives in one slot) or `sentinel` (the primary "
+        "`master_name` watched by `sentinels`; the client follows a failover; the scheme and database of `url` "
+        "apply, its host does not). Credentials and TLS apply to every node in each mode. A mode that does not "
+        "match the server stops a process with one line naming `redis.mode`; see docs/operations.md.",
     )
     machine: MachineSettings = Field(default_factory=MachineSettings, description="This machine.")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Health and metrics server.")

@@ -53,6 +53,11 @@ class WorkerSettings(Section):
         "worker re-checks its state, in seconds.",
     )
     concurrency: int = Field(default=1, ge=1, description="Jobs one worker process runs at once.")
+    queues: list[str] = Field(
+        default_factory=list,
+        description="Queues one worker process serves (default: `redis.queue` alone). It registers in each and "
+        "claims from them in turn, one queue after the other while each has work; `appliance worker --queues`.",
+    )
     capabilities: CapabilityOverrides = Field(
         default_factory=CapabilityOverrides, description="Overrides of detected capabilities."
     )

@@ -23,7 +23,7 @@ from appliance.identity import (
 from appliance.machine.plan import PlanError
 from appliance.machine.registry import MachineRegistry
 from appliance.machine.systemd import SystemdUnits
-from appliance.queue import Queue
+from appliance.queue.factory import connect_queue
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ async def handle_failure(
     systemd = systemd or SystemdUnits()
     state = (await systemd.states([failed.unit]))[failed.unit]
     conn = settings.redis_connection()
-    queue = await Queue.connect(
-        conn.url, queue_name=settings.redis.queue, settings=settings.queue, **conn.client_kwargs()
-    )
+    queue = await connect_queue(settings, connection=conn)
     try:
         returned = {
             wid: await queue.return_jobs_of_worker(wid, "service_failed") for wid in failed.worker_ids

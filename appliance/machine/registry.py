@@ -52,10 +52,8 @@ class MachineRegistry:
 
     async def clear_stale(self) -> bool:
         """Remove what a previous boot of this machine left registered; True when something was there."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.info_key(self.machine_id), keys.status_key(self.machine_id))
-            pipe.zrem(keys.MACHINES_KEY, self.machine_id)
-            deleted, removed = await pipe.execute()
+        deleted = await self.redis.delete(keys.info_key(self.machine_id), keys.status_key(self.machine_id))
+        removed = await self.redis.zrem(keys.MACHINES_KEY, self.machine_id)
         return bool(deleted or removed)
 
     async def register(self, info: dict[str, Any]) -> None:
@@ -66,12 +64,14 @@ class MachineRegistry:
             if v is not None
         }
         key = keys.info_key(self.machine_id)
+        # The machine's own keys share its hash tag (one slot: one transaction); the `machines` index is
+        # elsewhere in a Cluster, so it is written next, and a reader treats a member without info as gone.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=fields)
             pipe.pexpire(key, self.ttl_ms)
-            pipe.zadd(keys.MACHINES_KEY, {self.machine_id: now})
             await pipe.execute()
+        await self.redis.zadd(keys.MACHINES_KEY, {self.machine_id: now})
 
     async def refresh(self, phase: str) -> bool:
         """Extend the registration; False when it had expired (Redis restarted or flushed): re-register then."""
@@ -81,8 +81,8 @@ class MachineRegistry:
             pipe.exists(key)
             pipe.hset(key, mapping={"last_seen": now, "phase": phase})
             pipe.pexpire(key, self.ttl_ms)
-            pipe.zadd(keys.MACHINES_KEY, {self.machine_id: now})
             existed, *_ = await pipe.execute()
+        await self.redis.zadd(keys.MACHINES_KEY, {self.machine_id: now})
         if not existed:
             await self.redis.delete(key)  # the HSET above recreated a partial record
         return bool(existed)
@@ -95,7 +95,5 @@ class MachineRegistry:
             await pipe.execute()
 
     async def deregister(self) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.info_key(self.machine_id), keys.status_key(self.machine_id))
-            pipe.zrem(keys.MACHINES_KEY, self.machine_id)
-            await pipe.execute()
+        await self.redis.delete(keys.info_key(self.machine_id), keys.status_key(self.machine_id))
+        await self.redis.zrem(keys.MACHINES_KEY, self.machine_id)

@@ -20,9 +20,8 @@ from appliance.machine.registry import MachineRegistry
 from appliance.machine.resources import host_resources
 from appliance.machine.state import Phase
 from appliance.machine.unitwatch import UnitWatcher
-from appliance.queue import Queue
+from appliance.queue.factory import RedisModeError, connect_queue
 from appliance.rediserrors import describe_redis_error, redis_error_kind
-from appliance.secrets import redact_url
 
 #: How long services may take to become active when no ComfyUI is planned (s).
 API_SERVICES_TIMEOUT_S = 120.0
@@ -69,25 +68,26 @@ class Startup:
         backoff = 0.5
         while True:
             try:
-                ctx.queue = await Queue.connect(
-                    conn.url,
-                    queue_name=ctx.settings.redis.queue,
-                    settings=ctx.settings.queue,
+                ctx.queue = await connect_queue(
+                    ctx.settings,
+                    connection=conn,
                     # A pooled connection Redis closed (it restarted) is retried at once instead of failing
                     # the next call with a false "Connection closed by server".
                     retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
                     socket_timeout=REDIS_CALL_TIMEOUT_S,
                     socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
-                    **conn.client_kwargs(),
                 )
                 break
-            except (RedisError, OSError) as exc:
-                # Unreachable, or reached and refused (password, ACL, OOM): the line says which, so an operator
-                # fixes the right thing; either may change while we wait, so keep trying.
-                line = describe_redis_error(exc, redact_url(conn.url))
-                refused = redis_error_kind(exc) != "unreachable"
+            except (RedisError, OSError, RedisModeError) as exc:
+                # Unreachable, or reached and refused (password, ACL, OOM, a redis.mode that does not match the
+                # server): the line says which, so an operator fixes the right thing; either may change while we
+                # wait, so keep trying.
+                line = (
+                    str(exc) if isinstance(exc, RedisModeError) else describe_redis_error(exc, conn.where())
+                )
+                refused = isinstance(exc, RedisModeError) or redis_error_kind(exc) != "unreachable"
                 ctx.state.last_error = line if refused else f"Redis unreachable: {type(exc).__name__}"
-                ctx.notifier.status(f"starting: waiting for Redis at {conn.url}")
+                ctx.notifier.status(f"starting: waiting for Redis at {conn.where()}")
                 log.warning("%s; retrying", line)
                 if await ctx.sleep(backoff):
                     return False

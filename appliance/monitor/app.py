@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from appliance.config import Settings
+from appliance.config import RedisConnection, Settings
 from appliance.monitor.feed import Feed, PoolSignals
 from appliance.monitor.state import MonitorState, now_ms
 
@@ -91,6 +91,7 @@ class Monitor:
         poll_s: float = 2.0,
         tick_s: float = 1.0,
         pool_signals: PoolSignals | None = None,
+        connection: RedisConnection | None = None,
     ) -> None:
         self.settings = settings
         self.token = token
@@ -105,6 +106,7 @@ class Monitor:
             client_kwargs=client_kwargs,
             poll_s=poll_s,
             pool_signals=pool_signals,
+            connection=connection,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -24,11 +24,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from appliance.config import Settings
+from appliance.config import RedisConnection, Settings
 from appliance.config.queue import EventsMode
 from appliance.monitor.state import MonitorState, now_ms
 from appliance.queue import Queue
 from appliance.queue.events import EventKind, JobEvent
+from appliance.queue.factory import connect_queue
 from appliance.queue.keys import (
     CHANNEL_CLAIMED,
     CHANNEL_COMPLETED,
@@ -66,9 +67,12 @@ class Feed:
         poll_s: float = 2.0,
         pools_every: int = 3,
         pool_signals: PoolSignals | None = None,
+        connection: RedisConnection | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
+        #: Where Redis is (mode, seeds, sentinels, credentials); None: `url` with `client_kwargs`, standalone.
+        self.connection = connection
         self.publish = publish
         self.url = url
         self.client_kwargs = client_kwargs or {}
@@ -124,17 +128,25 @@ class Feed:
             self.publish({"type": "redis", "ok": ok, "error": error})
 
     async def _session(self) -> None:
-        self.queue = await Queue.connect(
+        conn = self.connection or RedisConnection(
             self.url,
-            queue_name=self.state.queue_name,
-            settings=self.settings.queue,
-            socket_connect_timeout=5,
-            **self.client_kwargs,
+            self.client_kwargs.get("password"),
+            self.client_kwargs.get("username"),
+            None,
+        )
+        self.queue = await connect_queue(
+            self.settings, queue_name=self.state.queue_name, connection=conn, socket_connect_timeout=5
         )
         pubsub = self.queue.client.pubsub()
         try:
             await pubsub.psubscribe(STATUS_PATTERN)
-            await pubsub.subscribe(STARTUP_EVENTS_CHANNEL, *map(self.queue.channel, JOB_CHANNELS))
+            job_channels = [self.queue.channel(c) for c in JOB_CHANNELS]
+            sharded = (
+                self.queue.conn.sharded
+            )  # a Cluster's per-queue channels: SSUBSCRIBE on the queue's shard
+            await pubsub.subscribe(STARTUP_EVENTS_CHANNEL, *([] if sharded else job_channels))
+            if sharded:
+                await pubsub.ssubscribe(*job_channels)
             await self._load()
             self.state.redis_ok, self.state.redis_error = True, None
             self.publish(self.state.snapshot())
@@ -146,6 +158,8 @@ class Feed:
             ]
             if self.stream_mode:
                 tasks.append(asyncio.create_task(self._stream_loop(), name="monitor-stream"))
+            if sharded:
+                tasks.append(asyncio.create_task(self._sharded_loop(pubsub), name="monitor-sharded"))
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
@@ -210,11 +224,22 @@ class Feed:
                     self.publish({"type": "machine_event", "event": data})
                     self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
             else:
-                job = self.state.apply_job_event(data, details_only=self.stream_mode)
-                if job is not None:
-                    self.publish({"type": "job_update", "job": self.state.job_view(job)})
-                if not self.stream_mode and data.get("event") in ("failed", "dead", "retrying"):
-                    self._need_error.discard(str(data.get("job")))
+                self._on_job_message(data)
+
+    async def _sharded_loop(self, pubsub: Any) -> None:
+        """Job events of a Cluster's sharded channels (SSUBSCRIBE), read apart from the classic ones."""
+        while not self.stopping:
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+            data = decode_message(message.get("data")) if message is not None else None
+            if data is not None:
+                self._on_job_message(data)
+
+    def _on_job_message(self, data: dict[str, Any]) -> None:
+        job = self.state.apply_job_event(data, details_only=self.stream_mode)
+        if job is not None:
+            self.publish({"type": "job_update", "job": self.state.job_view(job)})
+        if not self.stream_mode and data.get("event") in ("failed", "dead", "retrying"):
+            self._need_error.discard(str(data.get("job")))
 
     async def _stream_loop(self) -> None:
         assert self.queue is not None

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from appliance.config import PoolRule, Settings
-from appliance.queue import Queue
+from appliance.queue import Queue, factory
 from appliance.queue.models import JobSpec
 
 #: Payload key through which a submitter declares the expected run time (s).
@@ -110,12 +110,4 @@ async def connect_queue(settings: Settings, **redis_kwargs: Any) -> Queue:
     """A queue connected as `settings` say (URL, credentials, queue name, timing) whose `submit` and
     `submit_many` classify like `appliance job submit` does: the way to submit from Python with the
     configured pools. `redis_kwargs` go to the Redis client (socket timeouts, say)."""
-    conn = settings.redis_connection()
-    return await Queue.connect(
-        conn.url,
-        queue_name=settings.redis.queue,
-        settings=settings.queue,
-        classifier=classifier_for(settings),
-        **conn.client_kwargs(),
-        **redis_kwargs,
-    )
+    return await factory.connect_queue(settings, classifier=classifier_for(settings), **redis_kwargs)

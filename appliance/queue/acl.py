@@ -79,7 +79,8 @@ READS = (
     "sscan",
     "zscan",
 )
-SUBSCRIBING = ("subscribe", "unsubscribe", "psubscribe", "punsubscribe")
+#: ssubscribe/sunsubscribe: a Cluster's sharded channels (the wake hub, `job wait`, the monitor).
+SUBSCRIBING = ("subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe")
 #: Writes the machine layer makes outside scripts (registration, status, events, worker classes and status).
 MACHINE_WRITES = (
     "set",
@@ -106,12 +107,15 @@ def script_commands(names: Sequence[str]) -> set[str]:
     sources = load_sources()
     found: set[str] = set()
     for name in names:
-        found |= {c.lower() for c in re.findall(r"(?:rcall|redis\.call)\('([A-Za-z]+)'", sources[name])}
+        # Also `rcall(x and 'SPUBLISH' or 'PUBLISH', ...)`: every quoted command name a call may pick.
+        for call in re.findall(r"(?:rcall|redis\.call)\(([^,]*),", sources[name]):
+            found |= {c.lower() for c in re.findall(r"'([A-Z]+)'", call)}
     return found
 
 
 def _script_running(scripts: ScriptsMode) -> list[str]:
-    commands = ["evalsha", "script|load"]
+    # WAIT: durable acknowledgement (queue.durable_replicas) follows submits and completions with one.
+    commands = ["evalsha", "script|load", "wait"]
     if scripts is ScriptsMode.FUNCTIONS:
         commands += ["fcall", "function|list"]
     return commands
@@ -182,7 +186,7 @@ def _machine_rules(
     patterns = [
         *queue_keys,
         f"~{machine_keys.MACHINES_KEY}",
-        f"~machine:{machine_id}:*",
+        f"~{machine_keys.machine_prefix(machine_id)}*",
         *channels,
         f"&{machine_keys.STARTUP_EVENTS_CHANNEL}",
         f"&{machine_keys.status_channel(machine_id)}",

@@ -18,12 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from appliance.config import check_database
+from appliance.config import RedisConnection, RedisMode
 from appliance.config.queue import QueueSettings, ScriptsMode
 from appliance.queue.conn import QueueConnection
-from appliance.queue.connections import connection_class_for
 from appliance.queue.events import EventLog
 from appliance.queue.housekeeper import Housekeeper
 from appliance.queue.keys import QueueKeys
@@ -33,6 +30,7 @@ from appliance.queue.models import JobSpec
 from appliance.queue.pauses import Pauses
 from appliance.queue.producer import Producer
 from appliance.queue.reader import Reader
+from appliance.queue.redisclient import Closer, RedisModeError, check_mode, open_client
 from appliance.queue.registry import Registry
 from appliance.queue.schedules import Schedules
 from appliance.queue.scripts import ScriptSet
@@ -54,6 +52,8 @@ class Queue:
         settings = settings or QueueSettings()
         scripts = scripts or ScriptSet(use_functions=settings.scripts is ScriptsMode.FUNCTIONS)
         scripts.cluster = cluster
+        #: Called after the client is closed (a Sentinel client's connections to the sentinels).
+        self.closers: list[Closer] = []
         self.conn = QueueConnection(client, QueueKeys(queue_name), settings, scripts, cluster)
         self.producer = Producer(self.conn, classifier)
         self.reader = Reader(self.conn)
@@ -106,33 +106,50 @@ class Queue:
         classifier: Callable[[JobSpec], JobSpec] | None = None,
         **redis_kwargs: Any,
     ) -> Queue:
-        """Connect and check the server answers (with `queue.scripts = "functions"`, also that its library is
-        this version's: ScriptLibraryError when it differs). Nothing is loaded into Redis here."""
-        check_database(url)
-        kwargs: dict[str, Any] = {"decode_responses": True, **redis_kwargs}
-        if password is not None:
-            kwargs["password"] = password
-        if username is not None:
-            kwargs["username"] = username
-        if cluster:
-            from redis.asyncio.cluster import RedisCluster
+        """`open` on a URL (a Cluster seed when `cluster`): for tests and scripts; processes use
+        `appliance.queue.factory.connect_queue`, which reads `redis.mode` and the credentials from the settings."""
+        mode = RedisMode.CLUSTER if cluster else RedisMode.STANDALONE
+        conn = RedisConnection(url, password, username, None, mode=mode)
+        return await cls.open(
+            conn, queue_name=queue_name, settings=settings, classifier=classifier, **redis_kwargs
+        )
 
-            client: Any = RedisCluster.from_url(url, **kwargs)
-            await client.initialize()
-        else:
-            kwargs.setdefault("connection_class", connection_class_for(url))
-            client = aioredis.Redis.from_url(url, **kwargs)
+    @classmethod
+    async def open(
+        cls,
+        conn: RedisConnection,
+        *,
+        queue_name: str = "default",
+        settings: QueueSettings | None = None,
+        classifier: Callable[[JobSpec], JobSpec] | None = None,
+        **redis_kwargs: Any,
+    ) -> Queue:
+        """Connect as `conn.mode` says, check the server is of that kind (RedisModeError: one line naming
+        `redis.mode`) and answers (with `queue.scripts = "functions"`, also that its library is this version's:
+        ScriptLibraryError when it differs). Nothing is loaded into Redis here."""
+        if conn.mode is RedisMode.CLUSTER and settings is not None and settings.durable_replicas:
+            raise RedisModeError(
+                "queue.durable_replicas needs redis.mode = standalone or sentinel: in a Cluster a script and "
+                "its WAIT may travel on different connections, so WAIT cannot vouch for the write"
+            )
+        client, cluster, closers = open_client(conn, **redis_kwargs)
         queue = cls(client, queue_name=queue_name, settings=settings, classifier=classifier, cluster=cluster)
+        queue.closers.extend(closers)
         try:
+            await check_mode(client, conn)
             await client.ping()
             await queue.scripts.load(client)
         except BaseException:
-            await client.aclose()
+            await queue.close()
             raise
         return queue
 
     async def close(self) -> None:
-        await self.client.aclose()
+        try:
+            await self.client.aclose()
+        finally:
+            for closer in self.closers:
+                await closer()
 
     @property
     def client(self) -> Any:

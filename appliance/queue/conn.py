@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.config.queue import ChannelsMode, QueueSettings
+from appliance.config.queue import ChannelsMode, EventsMode, QueueSettings
+from appliance.queue.errors import NotDurable
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import ScriptSet
 from appliance.queue.specs import SPECS
@@ -43,14 +44,25 @@ class QueueConnection:
         return self.channel_prefix + name
 
     @property
+    def sharded(self) -> bool:
+        """Lifecycle events go out by sharded pub/sub (SPUBLISH; subscribers SSUBSCRIBE): on a Cluster client
+        with per-queue channels (`queue.channels = "queue"`), whose names carry the queue's hash tag, so they
+        reach the queue's shard only instead of every node."""
+        return self.cluster and self.settings.channels is ChannelsMode.QUEUE
+
+    @property
     def wake_check(self) -> str:
-        """ARGV of the scripts that wake an idle worker: '1' lets them drop registrations whose process no longer
-        listens (PUBLISH reached no one); '0' on a Cluster, where PUBLISH counts only one node's subscribers."""
-        return "0" if self.cluster else "1"
+        """ARGV of the scripts that wake an idle worker, announce a shape or ask a worker to cancel: '1' PUBLISH
+        (and drop idle registrations whose process no longer listens: the message reached no one); 's' on a
+        Cluster: SPUBLISH, since those channels carry the queue's hash tag (sharded pub/sub: only the queue's
+        shard is told, and its count of listeners is exact; the hub SSUBSCRIBEs)."""
+        return "s" if self.cluster else "1"
 
     def common(self) -> list[Any]:
-        """ARGV[1..4] of every script that emits or publishes."""
-        return [self.channel_prefix, self.keys.name, self.settings.events.value, self.settings.events_maxlen]
+        """ARGV[1..4] of every script that emits or publishes (the events mode says `:sharded`, see emit.lua)."""
+        sharded = self.sharded and self.settings.events is not EventsMode.NONE
+        mode = self.settings.events.value + (":sharded" if sharded else "")
+        return [self.channel_prefix, self.keys.name, mode, self.settings.events_maxlen]
 
     def prepare(
         self,
@@ -74,11 +86,25 @@ class QueueConnection:
             )
         return script, keys, (self.common() if spec.common else []) + args
 
-    async def run(self, call: Call) -> Any:
+    async def run(self, call: Call, *, durable: bool = False) -> Any:
+        """Run one call; `durable` (submits, completions): with `queue.durable_replicas`, also WAIT for them."""
+        if durable and self.settings.durable_replicas:
+            return (await self.run_pipelined([call], durable=True))[0]
         return await self.scripts.call(self.client, *call)
 
-    async def run_pipelined(self, calls: list[Call]) -> list[Any]:
-        return await self.scripts.call_pipelined(self.client, calls)
+    async def run_pipelined(self, calls: list[Call], *, durable: bool = False) -> list[Any]:
+        """Several calls in one round trip; `durable`: with `queue.durable_replicas`, a WAIT follows them on
+        the same connection (WAIT counts the replicas that hold that connection's writes), and fewer
+        confirmations than asked raise NotDurable."""
+        wanted, timeout_ms = self.settings.durable_replicas, self.settings.durable_timeout_ms
+        if not (durable and wanted):
+            return await self.scripts.call_pipelined(self.client, calls)
+        *results, confirmed = await self.scripts.call_pipelined(self.client, calls, wait=(wanted, timeout_ms))
+        if int(confirmed) < wanted:
+            error = NotDurable(int(confirmed), wanted, timeout_ms)
+            error.results = results
+            raise error
+        return results
 
     async def server_time_ms(self) -> int:
         seconds, micros = await self.client.time()

@@ -31,6 +31,24 @@ class QueueError(Exception):
     """Base class of every error the queue raises."""
 
 
+class NotDurable(QueueError):
+    """A submit was written on the primary, but `WAIT` saw fewer replicas confirm it than
+    `queue.durable_replicas` within `queue.durable_timeout_ms`: a failover now could lose it. (A completion in
+    the same state logs a warning instead: its worker could do nothing else about it.)"""
+
+    def __init__(self, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"written on the primary, but only {confirmed} of {wanted} replica(s) confirmed it within "
+            f"{timeout_ms} ms (queue.durable_replicas / queue.durable_timeout_ms): it may be lost if the primary "
+            "fails now"
+        )
+        self.confirmed, self.wanted = confirmed, wanted
+        #: The jobs the write concerned, where the caller knows them (a submit's new id).
+        self.job_ids: list[str] = []
+        #: What the calls returned (they ran): a completion goes on with its codes.
+        self.results: list[Any] = []
+
+
 class InvalidJob(QueueError, ValueError):
     """A job, requirement or capability failed validation; the message names the field."""
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import AskError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -113,7 +114,9 @@ class WakeHub:
 
     async def _subscribe(self) -> None:
         k = self.queue.keys
-        await self._pubsub.subscribe(self.channel, k.shapes_channel, k.cancel_channel)
+        # On a Cluster the scripts SPUBLISH these (they carry the queue's hash tag): SSUBSCRIBE on its shard.
+        subscribe = self._pubsub.ssubscribe if self.queue.cluster else self._pubsub.subscribe
+        await subscribe(self.channel, k.shapes_channel, k.cancel_channel)
 
     async def _drop_pubsub(self) -> None:
         if self._pubsub is not None:
@@ -149,7 +152,8 @@ class WakeHub:
                 if not subscribed:
                     await self._resubscribe()
                     subscribed = True
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                receive = self._pubsub.get_sharded_message if self.queue.cluster else self._pubsub.get_message
+                message = await receive(ignore_subscribe_messages=True, timeout=1.0)
                 backoff = 0.1
                 if message is not None:
                     await self._dispatch(str(message["channel"]), str(message["data"]))
@@ -163,8 +167,16 @@ class WakeHub:
                     await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as exc:
-                # RuntimeError: redis-py's PubSub after a resubscription that did not get through.
+            except (
+                RedisConnectionError,
+                RedisTimeoutError,
+                OSError,
+                RuntimeError,
+                MovedError,
+                AskError,
+            ) as exc:
+                # RuntimeError: redis-py's PubSub after a resubscription that did not get through. MOVED / ASK:
+                # a Cluster moved the queue's slot (and its sharded channels) to another node: subscribe again.
                 subscribed = False
                 log.warning("wake-up channel lost (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
                 await asyncio.sleep(backoff * (0.5 + random.random()))

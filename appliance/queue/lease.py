@@ -4,6 +4,7 @@ heartbeat, progress, complete, fail, release, return the jobs of a worker."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import secrets
 import time
@@ -11,11 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from appliance.queue.conn import Call, QueueConnection
-from appliance.queue.errors import QueueError, ResultTooLarge, ScriptCode, raise_for_code
+from appliance.queue.errors import NotDurable, QueueError, ResultTooLarge, ScriptCode, raise_for_code
 from appliance.queue.models import ClaimedJob, Job, JobStatus
 from appliance.queue.producer import shape_of_job
 from appliance.queue.records import Lease
 from appliance.queue.shapes import WorkerClass
+
+log = logging.getLogger(__name__)
 
 #: Most jobs one claim call leases.
 MAX_CLAIM_BATCH = 256
@@ -107,7 +110,8 @@ class LeaseClient:
             return await self.complete_many(outcomes), []
         worker_class = self.worker_class(shapes)
         codes: list[int] = []
-        pipelined = bool(outcomes) and not self.conn.cluster
+        # Durable completions wait for their WAIT on their own: a NotDurable must not swallow a claim's reply.
+        pipelined = bool(outcomes) and not self.conn.cluster and not self.conn.settings.durable_replicas
         if outcomes and not pipelined:
             codes = await self.complete_many(outcomes)
         for attempt in range(CLAIM_TRIES):
@@ -178,7 +182,13 @@ class LeaseClient:
         job (ScriptCode.OK or ScriptCode.LEASE_LOST), so one lost lease does not hold back the others."""
         if not outcomes:
             return []
-        return [int(c) for c in await self.conn.run(self.complete_call(outcomes))]
+        try:
+            codes = await self.conn.run(self.complete_call(outcomes), durable=True)
+        except NotDurable as exc:
+            # Written on the primary; nothing the completing worker could do differs: say so and go on.
+            log.warning("completed %s, but %s", ", ".join(o[0] for o in outcomes), exc)
+            codes = exc.results[0]
+        return [int(c) for c in codes]
 
     def complete_call(self, outcomes: Sequence[Outcome]) -> Call:
         """The call of complete.lua for these outcomes; ResultTooLarge names a result over the limit."""

@@ -15,6 +15,7 @@ from appliance.queue.errors import (
     DuplicateJob,
     InvalidJob,
     JobNotFound,
+    NotDurable,
     PayloadTooLarge,
     ScriptCode,
     raise_for_code,
@@ -124,7 +125,11 @@ class Producer:
         """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
         parsed = self._classified(spec)
         job_id, shape, call = self._submit_call(parsed)
-        raise_for_code(int(await self.conn.run(call)), job_id)
+        try:
+            raise_for_code(int(await self.conn.run(call, durable=True)), job_id)
+        except NotDurable as exc:
+            exc.job_ids = [job_id]
+            raise
         return _job_from_spec(parsed, job_id, shape)
 
     async def submit_many(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
@@ -175,13 +180,13 @@ class Producer:
         codes: list[Any] = []
         if self.conn.cluster:
             for call in calls:
-                codes.append(await self.conn.run(call))
+                codes.append(await self.conn.run(call, durable=True))
                 if int(codes[-1]) == ScriptCode.DUPLICATE:
                     break
             return codes
         for start in range(0, len(calls), SUBMIT_BATCH):
             batch = calls[start : start + SUBMIT_BATCH]
-            codes += await self.conn.run_pipelined(batch)
+            codes += await self.conn.run_pipelined(batch, durable=True)
             if any(int(code) == ScriptCode.DUPLICATE for code in codes[-len(batch) :]):
                 break
         return codes
@@ -191,7 +196,9 @@ class Producer:
         shape = await shape_of_job(self.conn, job_id)
         settings, k = self.conn.settings, self.conn.keys
         call = self.conn.prepare(
-            "cancel", [job_id, settings.result_ttl_s * 1000, shape, k.cancel_channel], shape=shape
+            "cancel",
+            [job_id, settings.result_ttl_s * 1000, shape, k.cancel_channel, self.conn.wake_check],
+            shape=shape,
         )
         code = raise_for_code(int(await self.conn.run(call)), job_id)
         return "cancelled" if code == ScriptCode.OK else "requested"

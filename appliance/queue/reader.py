@@ -141,11 +141,15 @@ class Reader:
         return job
 
     async def _shape_is_live(self, shape: str) -> bool:
-        pipe = self.conn.client.pipeline(transaction=False)
-        pipe.hget(self.conn.keys.shape_live, shape)
-        pipe.time()
-        seen, (seconds, micros) = await pipe.execute()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        if self.conn.cluster:  # a Cluster pipeline refuses keyless commands (TIME)
+            seen = await self.conn.client.hget(self.conn.keys.shape_live, shape)
+            now_ms = await self.conn.server_time_ms()
+        else:
+            pipe = self.conn.client.pipeline(transaction=False)
+            pipe.hget(self.conn.keys.shape_live, shape)
+            pipe.time()
+            seen, (seconds, micros) = await pipe.execute()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
         return seen is not None and int(float(seen)) >= now_ms - self.conn.settings.worker_ttl_ms
 
     async def list_jobs(self, status: JobStatus | None = None, limit: int = 50) -> list[Job]:
@@ -237,7 +241,7 @@ class Reader:
             while True:
                 pubsub = self.conn.client.pubsub()
                 try:
-                    await pubsub.subscribe(*channels)
+                    await (pubsub.ssubscribe if self.conn.sharded else pubsub.subscribe)(*channels)
                     job = await self.require(job_id)
                     if outage:
                         log.info("Redis answers again; still waiting for job %s", job_id)
@@ -258,8 +262,9 @@ class Reader:
                 delay = min(delay * 2, WAIT_RECONNECT_MAX_S)
 
     async def _wait_subscribed(self, pubsub: Any, job: Job, on_progress: OnProgress | None) -> Job:
+        receive = pubsub.get_sharded_message if self.conn.sharded else pubsub.get_message
         while not job.status.finished:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            message = await receive(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None:
                 event = json_or(message["data"], None)
                 if not isinstance(event, dict):

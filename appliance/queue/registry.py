@@ -3,7 +3,10 @@ drain flag), with every key they live under.
 
 Workers write their own entries (WorkerSession); machines write theirs (appliance.machine.registry, which
 scrubs secrets first). Everyone else reads them here. Machine keys are fleet-wide, not per queue, so they carry
-no queue hash tag; names follow the original system (see docs/metrics.md, "Redis keys").
+no queue hash tag: each machine's keys share the hash tag `{<machine id>}` instead, so in a Redis Cluster a
+machine's registration, status and history live in one slot and are written in one transaction; the `machines`
+index is a key of its own (written apart from them). Names otherwise follow the original system (see
+docs/metrics.md, "Redis keys").
 """
 
 from __future__ import annotations
@@ -33,25 +36,30 @@ EVENT_HISTORY_TTL_S = 86_400
 INFO_JSON_FIELDS = ("capabilities", "plan")
 
 
+def machine_prefix(machine_id: str) -> str:
+    """What every key of one machine starts with: `machine:{<id>}:` (`{<id>}` is the Cluster hash tag)."""
+    return f"machine:{{{machine_id}}}:"
+
+
 def info_key(machine_id: str) -> str:
     """HASH: machine_id, machine_type, hostname, health_url, supervision, phase, started_at, last_seen (ms),
     capabilities (JSON), plan (JSON). EXPIREs after machine.registration_ttl_s unless refreshed."""
-    return f"machine:{machine_id}:info"
+    return f"{machine_prefix(machine_id)}info"
 
 
 def status_key(machine_id: str) -> str:
     """STRING: the latest status payload (JSON), same TTL as the info key: a snapshot for late subscribers."""
-    return f"machine:{machine_id}:status"
+    return f"{machine_prefix(machine_id)}status"
 
 
 def events_key(machine_id: str) -> str:
     """LIST: the machine's recent lifecycle events (JSON), oldest first, capped at EVENT_HISTORY_LEN."""
-    return f"machine:{machine_id}:events"
+    return f"{machine_prefix(machine_id)}events"
 
 
 def drain_key(machine_id: str) -> str:
     """STRING: present while the machine is drained (`appliance fleet drain`); workers take no new jobs."""
-    return f"machine:{machine_id}:drain"
+    return f"{machine_prefix(machine_id)}drain"
 
 
 def status_channel(machine_id: str) -> str:

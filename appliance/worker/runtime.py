@@ -24,6 +24,7 @@ from appliance.config import RedisConnection, Settings
 from appliance.identity import WorkerSlot
 from appliance.notify import Notifier, WatchdogPinger
 from appliance.queue import Queue, WorkerSession
+from appliance.queue.multi import open_session
 from appliance.worker.claimloop import ClaimLoop
 from appliance.worker.connectors import Connector, ConnectorCapabilities, create_connector
 from appliance.worker.drain import FleetDrain, StopSignals, stop_tasks, wait_until
@@ -147,7 +148,8 @@ class Worker:
         if orphans:
             log.warning("handed back %d job(s) a previous run of %s left behind", orphans, self.worker_id)
         session = await self._until_redis(
-            lambda: WorkerSession.open(queue, self.worker_id, capabilities, machine_id=self.machine_id),
+            # One WorkerSession, or a SessionSet over `worker.queues` that behaves as one.
+            lambda: open_session(queue, self.worker_id, capabilities, machine_id=self.machine_id),
             "registering",
         )
         if session is None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from appliance.config import RedisConnection, Settings
 from appliance.identity import WorkerSlot
 from appliance.netaddr import connect_host
-from appliance.queue import Capabilities, Queue
+from appliance.queue import Capabilities, Queue, factory
+from appliance.queue.multi import QueueSet
 from appliance.worker.connectors import ConnectorCapabilities, ConnectorOptions, connector_options
 from appliance.worker.storage import LocalStorage, OutputStorage
 
@@ -175,15 +176,23 @@ async def connect_queue(connection: RedisConnection, settings: Settings) -> Queu
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
 
-    c = connection
-    kwargs: dict[str, Any] = {**c.client_kwargs()}
+    names = list(dict.fromkeys(settings.worker.queues)) or [settings.redis.queue]
     # Few client-side retries: the worker has its own backoff and must notice an outage quickly.
-    return await Queue.connect(
-        c.url,
-        queue_name=settings.redis.queue,
-        settings=settings.queue,
+    first = await factory.connect_queue(
+        settings,
+        queue_name=names[0],
+        connection=connection,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
-        **kwargs,
     )
+    if len(names) == 1:
+        return first
+    # Several queues (worker.queues): one client, each queue its own keys; the runtime drives them as one.
+    others = [
+        Queue(
+            first.client, queue_name=n, settings=settings.queue, scripts=first.scripts, cluster=first.cluster
+        )
+        for n in names[1:]
+    ]
+    return cast(Queue, QueueSet([first, *others]))

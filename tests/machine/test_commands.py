@@ -106,11 +106,11 @@ async def test_fleet_drain_undrain_and_status(redis_url: str) -> None:
         "m7: drained (no machine of that id has registered yet)"
     )
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    assert json.loads(await client.get("machine:m7:drain"))["reason"] == "maintenance"
+    assert json.loads(await client.get("machine:{m7}:drain"))["reason"] == "maintenance"
     assert _cli("fleet", "undrain", "m7", env=env).stdout.strip() == (
         "m7: undrained (no machine of that id has registered yet)"
     )
-    assert not await client.exists("machine:m7:drain")
+    assert not await client.exists("machine:{m7}:drain")
     assert _cli("fleet", "undrain", "m7", env=env).stdout.strip().startswith("m7: was not drained")
     res = _cli("machine", "status", "--machine", "m7", env=env)
     assert res.returncode == 3 and "has no current status" in res.stderr

@@ -61,9 +61,9 @@ async def test_registry_refresh_detects_expiry(aredis: aioredis.Redis) -> None:
     reg = MachineRegistry(aredis, "m1", ttl_s=30, secrets=["topsecret-value"])
     await reg.register({"machine_id": "m1", "note": "uses topsecret-value", "plan": {"services": []}})
     assert await reg.refresh("ready") is True
-    stored = await aredis.hgetall("machine:m1:info")
+    stored = await aredis.hgetall("machine:{m1}:info")
     assert stored[b"note"] == b"uses [redacted]" and stored[b"phase"] == b"ready"
-    await aredis.delete("machine:m1:info")  # Redis restarted without persistence, say
+    await aredis.delete("machine:{m1}:info")  # Redis restarted without persistence, say
     assert await reg.refresh("ready") is False
-    assert not await aredis.exists("machine:m1:info")  # no half record left behind
+    assert not await aredis.exists("machine:{m1}:info")  # no half record left behind
     assert await reg.clear_stale() is True and await aredis.zscore("machines", "m1") is None

@@ -258,7 +258,7 @@ async def test_api_machine_runs_restarts_and_drains_its_workers(redis_url: str, 
         final = collector.statuses[-1]
         assert final["update_type"] == "shutdown"
         assert {s["active_state"] for s in final["status"]["services"].values()} == {"inactive"}
-        assert not await client.exists(f"machine:{MID}:info")
+        assert not await client.exists(f"machine:{{{MID}}}:info")
     finally:
         await _kill(proc)
         notify.close()

@@ -127,7 +127,7 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
     await old.close(deregister=False)
     await client.zadd(queue.keys.workers_seen, {f"{MID}-echo1": int(time.time() * 1000) - 3_600_000})
     await client.hset(
-        f"machine:{MID}:info", mapping={"machine_id": MID, "phase": "ready"}
+        f"machine:{{{MID}}}:info", mapping={"machine_id": MID, "phase": "ready"}
     )  # stale registration
 
     collector = Collector(client)
@@ -181,11 +181,11 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
         assert returned is not None and returned.status is JobStatus.PENDING
 
         # Registration.
-        info = await client.hgetall(f"machine:{MID}:info")
+        info = await client.hgetall(f"machine:{{{MID}}}:info")
         assert info["machine_type"] == "api" and info["health_url"].endswith(f":{port}")
         assert [s["name"] for s in json.loads(info["plan"])["services"]] == ["worker@echo0", "worker@echo1"]
         assert await client.zscore("machines", MID) is not None
-        assert 0 < await client.ttl(f"machine:{MID}:info") <= 30
+        assert 0 < await client.ttl(f"machine:{{{MID}}}:info") <= 30
 
         # Status every interval.
         await collector.until(lambda: sum(s["update_type"] == "periodic" for s in collector.statuses) >= 2)
@@ -270,9 +270,9 @@ async def test_machine_lifecycle(locked_redis: LocalRedis) -> None:
     )
     assert shutdown["reason"] == "SIGTERM" and shutdown["uptime_ms"] > 0
     assert collector.statuses[-1]["update_type"] == "shutdown"
-    assert not await client.exists(f"machine:{MID}:info")
+    assert not await client.exists(f"machine:{{{MID}}}:info")
     assert await client.zscore("machines", MID) is None
-    history = [json.loads(e)["event_type"] for e in await client.lrange(f"machine:{MID}:events", 0, -1)]
+    history = [json.loads(e)["event_type"] for e in await client.lrange(f"machine:{{{MID}}}:events", 0, -1)]
     assert history[0] == "machine_startup" and history[-1] == "shutdown"
     await collector.stop()
     await queue.close()

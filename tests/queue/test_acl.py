@@ -208,7 +208,7 @@ async def test_every_role_does_its_job_and_redis_refuses_nothing(
         assert (await monitor.stats()).totals["completed"] == 1
         assert await monitor.client.xrange(monitor.keys.events, count=5)
         assert await monitor.client.zrange("machines", 0, -1) == ["m1"]
-        assert await monitor.client.hgetall("machine:m1:info") is not None
+        assert await monitor.client.hgetall("machine:{m1}:info") is not None
         pubsub = monitor.client.pubsub()
         await pubsub.subscribe(monitor.channel("complete_job"), "machine:startup:events")
         await pubsub.psubscribe("machine:status:*")
@@ -223,7 +223,7 @@ async def test_every_role_does_its_job_and_redis_refuses_nothing(
     # (redis-py's CLIENT SETINFO, which Redis 7.2+ knows, is refused and ignored: see appliance/queue/acl.py.)
     denied = [e for e in entries if e["object"] != "client|setinfo"]
     assert {(e["username"], e["object"]) for e in denied} == {
-        ("mach-a", "machine:m2:info"),
+        ("mach-a", "machine:{m2}:info"),
         ("mon-a", "evalsha"),
         ("mon-a", "hset"),
     }, denied

@@ -600,7 +600,7 @@ def test_ready_means_every_service_active_and_answering(fresh: Env) -> None:
         assert sorted(workers) == ["echo0", "echo1"], workers
         assert all(w["service_healthy"] for w in workers.values()), workers
         client = redis.Redis(port=fresh.redis.port, password=fresh.password, decode_responses=True)
-        events = [json.loads(e) for e in client.lrange(f"machine:{fresh.machine_id}:events", 0, -1)]
+        events = [json.loads(e) for e in client.lrange(f"machine:{{{fresh.machine_id}}}:events", 0, -1)]
         complete = [e for e in events if e["event_type"] == "startup_complete"]
         assert [e["phase"] for e in complete] == ["ready"], events
         assert c.show(MACHINE, "StatusText")["StatusText"].startswith("ready: 2/2 services active")

@@ -16,6 +16,7 @@ The library name carries a hash of the sources, so two versions can serve one Re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -24,13 +25,23 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ClusterError, NoScriptError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from appliance.queue.errors import QueueError
 
 log = logging.getLogger(__name__)
+
+#: How long a call on a Cluster keeps retrying while its queue's slot migrates between nodes (s).
+MIGRATION_WAIT_S = 30.0
+
+
+def is_migrating(exc: BaseException) -> bool:
+    """A Cluster refused a call because its slot is moving (TRYAGAIN), or redis-py ran out of redirections
+    while it moved ("TTL exhausted"): the call did not run, and will once the move ends."""
+    return isinstance(exc, TryAgainError) or "TTL exhausted" in str(exc)
+
 
 SCRIPT_NAMES = (
     "submit",
@@ -226,6 +237,24 @@ class ScriptSet:
         self.use_functions = False
 
     async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        if not self.cluster:
+            return await self._call(client, name, keys, args)
+        # While a queue's slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN (it
+        # did not run); redis-py retries a few times within a second, then gives up ("TTL exhausted"). A
+        # migration of a busy queue takes longer: keep retrying, with backoff, for up to MIGRATION_WAIT_S.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MIGRATION_WAIT_S
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(client, name, keys, args)
+            except (TryAgainError, ClusterError) as exc:
+                if not is_migrating(exc) or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         if self.use_functions:
             try:
                 return await client.fcall(self.function_name(name), len(keys), *keys, *args)
@@ -243,16 +272,28 @@ class ScriptSet:
             return await _evalsha(client, self.sha(name), keys, args)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
-        if self.cluster:  # the node that owns the keys needs it
-            node = client.get_node_from_key(keys[0]) if keys else None
-            await client.execute_command("SCRIPT LOAD", self.sources[name], target_nodes=node)
+        if self.cluster:
+            # Every primary, not only the keys' owner: during a reshard an ASK sends the call to the importing
+            # node, and after a failover or a moved slot another primary serves the keys.
+            for node in _primaries(client, True):
+                await client.execute_command("SCRIPT LOAD", self.sources[name], target_nodes=node)
         else:
             await client.execute_command("SCRIPT LOAD", self.sources[name])
 
-    async def call_pipelined(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    async def call_pipelined(
+        self,
+        client: Any,
+        calls: list[tuple[str, list[str], list[Any]]],
+        *,
+        wait: tuple[int, int] | None = None,
+    ) -> list[Any]:
         """Several calls in one round trip (not on a cluster client). A call that found its script or library
-        missing did not run: those, and only those, run again once (EVALSHA, after SCRIPT LOAD)."""
-        results = await self._pipeline(client, calls)
+        missing did not run: those, and only those, run again once (EVALSHA, after SCRIPT LOAD).
+
+        `wait` = (replicas, timeout ms): a WAIT follows the calls in each round trip (so on the connection that
+        wrote them); the fewest replicas it reported is appended to the results."""
+        results = await self._pipeline(client, calls, wait)
+        confirmed = results.pop() if wait else None
         missing = [
             i
             for i, r in enumerate(results)
@@ -263,23 +304,36 @@ class ScriptSet:
                 self._lost_library()
             for name in dict.fromkeys(calls[i][0] for i in missing):
                 await self._script_load(client, name, [])
-            for i, result in zip(
-                missing, await self._pipeline(client, [calls[i] for i in missing]), strict=True
-            ):
+            again = await self._pipeline(client, [calls[i] for i in missing], wait)
+            if wait:
+                confirmed = _fewest(confirmed, again.pop())
+            for i, result in zip(missing, again, strict=True):
                 results[i] = result
-        for result in results:
+        for result in [*results, confirmed]:
             if isinstance(result, Exception):
                 raise result
-        return results
+        return [*results, confirmed] if wait else results
 
-    async def _pipeline(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline(
+        self, client: Any, calls: list[tuple[str, list[str], list[Any]]], wait: tuple[int, int] | None = None
+    ) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for name, keys, args in calls:
             if self.use_functions:
                 pipe.fcall(self.function_name(name), len(keys), *keys, *args)
             else:
                 pipe.evalsha(self.sha(name), len(keys), *keys, *args)
+        if wait:
+            pipe.execute_command("WAIT", *wait)
         return list(await pipe.execute(raise_on_error=False))
+
+
+def _fewest(a: Any, b: Any) -> Any:
+    if isinstance(a, Exception):
+        return a
+    if isinstance(b, Exception):
+        return b
+    return min(int(a), int(b))
 
 
 async def _evalsha(client: Any, sha: str, keys: list[str], args: list[Any]) -> Any:

@@ -20,6 +20,7 @@
     ARGV[5]  job id         ARGV[6]  result TTL, ms
     ARGV[7]  shape id (must be the job's)
     ARGV[8]  cancel channel
+    ARGV[9]  's' on a Cluster: SPUBLISH (the channel carries the queue's hash tag), else PUBLISH
 
   Returns:
      1  cancelled now
@@ -59,6 +60,6 @@ end
 
 rcall('HSET', cancels_key, id, now)
 local worker = string.match(rcall('HGET', owner_key, id) or '', '^[^|]*|(.*)|[^|]*$') or ''
-rcall('PUBLISH', ARGV[8], id .. '|' .. worker)
+rcall(ARGV[9] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[8], id .. '|' .. worker)
 emit(events_key, mode, maxlen, 'job_failed', queue, 'cancel_requested', {'job', id, 'worker', worker})
 return 2

@@ -31,7 +31,7 @@
     ARGV[9]  retry delay, ms (0 = back in line now)
     ARGV[10] result TTL, ms     ARGV[11] dead-letter TTL, ms
     ARGV[12] shape id (must be the job's)
-    ARGV[13] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
+    ARGV[13] wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
     ARGV[14] what pub/sub carries of the error record (JSON: it without its details)
 
   Returns:
@@ -78,7 +78,7 @@ if disposition == 'retry' and attempt <= meta.max_retries then
   else
     local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key,
       idle = idle_key, waiting = waiting_key}
-    back_in_line(line, id, meta.shape, meta.score, ARGV[13] == '1')
+    back_in_line(line, id, meta.shape, meta.score, ARGV[13])
   end
   rcall('HINCRBY', counts_key, 'retried', 1)
   fields[#fields + 1] = 'retry_in_ms'

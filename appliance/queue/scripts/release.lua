@@ -33,7 +33,7 @@
     ARGV[7]  the fencing token, or the worker id
     ARGV[8]  reason (an id-safe word, e.g. drain, worker_failed)
     ARGV[9]  shape id (must be the job's)
-    ARGV[10] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
+    ARGV[10] wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
     ARGV[11] result TTL, ms   ARGV[12] dead-letter TTL, ms
 
   Returns:
@@ -96,7 +96,7 @@ end
 
 local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key,
   idle = idle_key, waiting = waiting_key}
-back_in_line(line, id, meta.shape, meta.score, ARGV[10] == '1')
+back_in_line(line, id, meta.shape, meta.score, ARGV[10])
 rcall('HINCRBY', counts_key, 'released', 1)
 emit(events_key, mode, maxlen, 'job_failed', queue, 'released', fields)
 return 1

@@ -27,7 +27,7 @@
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  shape id       ARGV[6]  result TTL, ms
     ARGV[7]  dead-letter TTL, ms
-    ARGV[8]  '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
+    ARGV[8]  wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
     ARGV[9..] job ids
 
   Returns: {requeued, dead-lettered, cancelled}
@@ -96,6 +96,6 @@ for i = 9, #ARGV do
 end
 -- One idle worker per job put back (each stops at once when none is left).
 for _ = 1, requeued do
-  if not wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[8] == '1') then break end
+  if not wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[8]) then break end
 end
 return {requeued, died, cancelled}

@@ -20,7 +20,7 @@
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  job id         ARGV[6]  shape id (must be the job's)
-    ARGV[7]  '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
+    ARGV[7]  wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
 
   Returns:
      1  back in line
@@ -50,7 +50,7 @@ rcall('ZREM', dead_key, id)
 rcall('HDEL', info_key, id)
 rcall('HSET', attempts_key, id, 0)
 local line = {state = state_key, ready = ready_key, heads = heads_key, idle = KEYS[11], waiting = KEYS[12]}
-back_in_line(line, id, meta.shape, meta.score, ARGV[7] == '1')
+back_in_line(line, id, meta.shape, meta.score, ARGV[7])
 rcall('HINCRBY', counts_key, 'replayed', 1)
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'replayed', {'job', id, 'service', meta.service, 'shape', meta.shape})
 return 1

@@ -28,7 +28,7 @@
     ARGV[9]  service              ARGV[10] priority
     ARGV[11] priority step, ms    ARGV[12] max retries
     ARGV[13] timeout, ms (0 = none)
-    ARGV[14] '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
+    ARGV[14] wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
     ARGV[15] new-shape channel
     ARGV[16] start at, epoch ms ('' = now)
     ARGV[17] start after a delay, ms, by the server's clock ('' = none)
@@ -89,7 +89,7 @@ if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
   -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.
   rcall('ZADD', heads_key, 'NX', '+inf', HEADS_SENTINEL)
-  rcall('PUBLISH', ARGV[15], shape)
+  rcall(ARGV[14] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[15], shape)
 end
 rcall('HINCRBY', counts_key, 'submitted', 1)
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
@@ -98,7 +98,7 @@ local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[
 if later then
   fields[#fields + 1], fields[#fields + 2] = 'run_at', start
 else
-  wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14] == '1')
+  wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
 end
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 return 1

@@ -16,7 +16,7 @@
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
     ARGV[5]  shape id
-    ARGV[6]  '1': drop idle registrations whose process no longer listens ('0' on a Cluster)
+    ARGV[6]  wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
     ARGV[7..] held members of this shape
 
   Returns: the number of jobs put back in line
@@ -34,7 +34,7 @@ for i = 7, #ARGV do
   if rcall('ZREM', held_key, member) == 1 and id and rcall('HGET', state_key, id) == 'pending' then
     local meta = rcall('HGET', meta_key, id)
     if meta then
-      back_in_line(k, id, ARGV[5], parse_meta(meta).score, ARGV[6] == '1')
+      back_in_line(k, id, ARGV[5], parse_meta(meta).score, ARGV[6])
       back = back + 1
     end
   end

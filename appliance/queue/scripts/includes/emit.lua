@@ -1,6 +1,8 @@
 --[[
   Function to emit one lifecycle event on the capped stream and/or a pub/sub channel.
-    mode       'stream+pubsub' | 'stream' | 'pubsub' | 'none'
+    mode       'stream+pubsub' | 'stream' | 'pubsub' | 'none', with ':sharded' appended in a Cluster whose
+               channels carry the queue's hash tag: SPUBLISH (Redis 7 sharded pub/sub) then reaches the
+               subscribers of the queue's shard only, instead of PUBLISH's broadcast to every node
     channel    the channel's base name; ARGV[1] (the common prefix every script takes) is put before it: '' for
                the shared channels, 'appliance:{<queue>}:' for per-queue ones (queue.channels)
     fields     flat {name, value, ...}; names are literals, values (ids, numbers) are JSON-encoded by cjson so
@@ -8,6 +10,8 @@
     extra_json raw JSON members appended to the pub/sub message only (small: never a job's result), or nil
 ]]
 local function emit(events_key, mode, maxlen, channel, queue, event, fields, extra_json)
+  local sharded = string.find(mode, ':sharded', 1, true)
+  if sharded then mode = string.sub(mode, 1, sharded - 1) end
   if mode == 'none' then return end
   if mode ~= 'pubsub' then
     rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', event, unpack(fields))
@@ -20,6 +24,6 @@ local function emit(events_key, mode, maxlen, channel, queue, event, fields, ext
       parts[n + 4], n = cjson.encode(tostring(fields[i + 1])), n + 4
     end
     parts[n + 1], parts[n + 2] = extra_json or '', '}'
-    rcall('PUBLISH', ARGV[1] .. channel, table.concat(parts))
+    rcall(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[1] .. channel, table.concat(parts))
   end
 end

@@ -2,7 +2,7 @@
   Function to put a job back in line ("back in line", one definition for submit, fail, release and requeue):
   status pending, the progress of an earlier attempt dropped, the job in its shape's ready index at `score`
   and the shape's head lowered to it when it now ranks first. `k` names the keys: state, progress (nil when
-  there is none yet), ready, heads, and idle and waiting for `wake_one`. `wake` (the `check` of wake_one) wakes
+  there is none yet), ready, heads, and idle and waiting for `wake_one`. `wake` (the `how` of wake_one) wakes
   one idle worker of the shape; nil when the caller wakes once for a batch (requeue) or later (submit).
 ]]
 -- @include wake_one

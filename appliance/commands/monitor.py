@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     monitor.add_argument(
         "--poll", type=float, default=2.0, help="seconds between queue/registration polls (default 2)"
     )
+    monitor.add_argument(
+        "--queues",
+        metavar="Q1,Q2",
+        help="the fleet's other queues, shown by their numbers (default: worker.queues)",
+    )
     add_redis_arguments(monitor)
     monitor.set_defaults(handler=_monitor, long_running=True)
 
@@ -64,10 +69,28 @@ def _monitor(args: argparse.Namespace) -> int:
             "(set monitor.token_file)",
             host,
         )
-    return run_async(_serve(settings, target, host, port, token, args.poll))
+    others = None
+    if args.queues is not None:
+        from appliance.queue.keys import QueueKeys
+
+        others = [n.strip() for n in args.queues.split(",") if n.strip()]
+        for name in others:
+            try:
+                QueueKeys(name)
+            except ValueError as exc:
+                raise CommandError(f"--queues: {exc}") from None
+    return run_async(_serve(settings, target, host, port, token, args.poll, others))
 
 
-async def _serve(settings: Any, target: Any, host: str, port: int, token: str | None, poll_s: float) -> int:
+async def _serve(
+    settings: Any,
+    target: Any,
+    host: str,
+    port: int,
+    token: str | None,
+    poll_s: float,
+    other_queues: list[str] | None = None,
+) -> int:
     import asyncio
     import signal
 
@@ -81,6 +104,7 @@ async def _serve(settings: Any, target: Any, host: str, port: int, token: str | 
         client_kwargs=target.client_kwargs,
         connection=target.connection,
         queue_name=target.queue,
+        other_queues=other_queues,
         token=token,
         poll_s=poll_s,
         pool_signals=read_pool_signals,

@@ -87,6 +87,7 @@ class Monitor:
         url: str,
         client_kwargs: dict[str, Any] | None = None,
         queue_name: str | None = None,
+        other_queues: list[str] | None = None,
         token: str | None = None,
         poll_s: float = 2.0,
         tick_s: float = 1.0,
@@ -96,7 +97,11 @@ class Monitor:
         self.settings = settings
         self.token = token
         self.tick_s = tick_s
-        self.state = MonitorState(queue_name or settings.redis.queue, settings.machine.status_interval_s)
+        self.state = MonitorState(
+            queue_name or settings.redis.queue,
+            settings.machine.status_interval_s,
+            settings.worker.queues if other_queues is None else other_queues,
+        )
         self.hub = Hub()
         self.feed = Feed(
             settings,

@@ -80,6 +80,7 @@ class Feed:
         self.pools_every = pools_every
         self.pool_signals = pool_signals
         self.queue: Queue | None = None
+        self._others: list[Queue] = []
         self.stream_mode = settings.queue.events in (EventsMode.STREAM, EventsMode.STREAM_AND_PUBSUB)
         #: Jobs that ended in failure without their error text yet (stream entries do not carry it).
         self._need_error: set[str] = set()
@@ -272,7 +273,11 @@ class Feed:
         stats = await self.queue.stats()
         self.state.queue_stats = stats.model_dump(mode="json")
         self.state.shape_pool = await self.queue.registry.shape_pools(self.settings.classifier.default_pool)
-        self.publish({"type": "queue_stats", "stats": self.state.queue_stats})
+        for other in self._other_queues():
+            self.state.other_stats[other.name] = (await other.stats()).model_dump(mode="json")
+        self.publish(
+            {"type": "queue_stats", "stats": self.state.queue_stats, "other_queues": self.state.other_stats}
+        )
         await self._discover_machines(load_status=False)
         for mid in self.state.tick():
             view = self.state.machines.get(mid)
@@ -283,6 +288,17 @@ class Feed:
             report = await self.pool_signals(self.queue, self.settings)
             self.state.pools = report.to_dict()
             self.publish({"type": "pools", "pools": self.state.pools})
+
+    def _other_queues(self) -> list[Queue]:
+        """The fleet's other queues on this session's client (a Queue object is key names and settings; in a
+        Cluster each reads its own slot), made once per connection."""
+        assert self.queue is not None
+        if not self._others or self._others[0].client is not self.queue.client:
+            self._others = [
+                Queue(self.queue.client, queue_name=name, settings=self.queue.settings, cluster=self.queue.cluster)
+                for name in self.state.other_queues
+            ]
+        return self._others
 
     async def _fill_errors(self) -> None:
         """Error texts of failed jobs, read from the job record (at most 50 per poll)."""

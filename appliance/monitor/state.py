@@ -110,8 +110,13 @@ class Series:
 
 
 class MonitorState:
-    def __init__(self, queue_name: str, default_interval_s: float = 15.0) -> None:
+    def __init__(
+        self, queue_name: str, default_interval_s: float = 15.0, other_queues: list[str] | None = None
+    ) -> None:
         self.queue_name = queue_name
+        #: The fleet's other queues (`worker.queues`, `monitor --queues`): their numbers, not their jobs.
+        self.other_queues = [q for q in dict.fromkeys(other_queues or []) if q != queue_name]
+        self.other_stats: dict[str, dict[str, Any] | None] = dict.fromkeys(self.other_queues)
         self.default_interval_s = default_interval_s
         self.machines: dict[str, MachineView] = {}
         self.jobs: OrderedDict[str, JobView] = OrderedDict()
@@ -360,6 +365,7 @@ class MonitorState:
             ],
             "jobs": [self.job_view(j) for j in self.jobs.values()],
             "queue_stats": self.queue_stats,
+            "other_queues": self.other_stats,
             "pools": self.pools,
             "series": self.series.render(at),
         }

@@ -210,3 +210,29 @@ async def test_monitor_command_serves(redis_url: str) -> None:
         out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode()
     assert f"monitor on http://127.0.0.1:{port}/" in out.decode()
+
+
+async def test_the_fleets_other_queues_are_shown_by_their_numbers(redis_url: str) -> None:
+    images = await Queue.connect(redis_url, queue_name="images")
+    try:
+        for _ in range(2):
+            await images.submit(JobSpec(service="echo", payload={}))
+        async with (
+            running_monitor(redis_url, worker={"queues": ["default", "images"]}) as (_monitor, base),
+            aiohttp.ClientSession() as http,
+        ):
+
+            async def images_row() -> dict[str, Any] | None:
+                async with http.get(base + "/api/state") as resp:
+                    row = (await resp.json())["other_queues"].get("images")
+                return row if row and row["waiting"] == 2 else None
+
+            async with asyncio.timeout(30):
+                while (row := await images_row()) is None:
+                    await asyncio.sleep(0.1)
+            assert row["queue"] == "images" and row["totals"]["submitted"] == 2
+            async with http.get(base + "/api/state") as resp:
+                snap = await resp.json()
+            assert snap["queue"] == "default" and list(snap["other_queues"]) == ["images"]  # not itself twice
+    finally:
+        await images.close()

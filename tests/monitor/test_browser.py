@@ -101,7 +101,10 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
     queue = await Queue.connect(redis_url)
     session = None
     try:
-        async with running_monitor(redis_url) as (_monitor, base), async_playwright() as pw:
+        async with (
+            running_monitor(redis_url, worker={"queues": ["default", "images"]}) as (_monitor, base),
+            async_playwright() as pw,
+        ):
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = await browser.new_page(viewport={"width": 1500, "height": 1250})
             errors: list[str] = []
@@ -161,6 +164,17 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
 
             await queue.complete(job.id, claimed.token, {"ok": True})
             await page.wait_for_selector(f"tr[data-job='{job.id}'][data-status='completed']")
+
+            # The fleet's other queue shows by its numbers.
+            images = await Queue.connect(redis_url, queue_name="images")
+            try:
+                await images.submit(JobSpec(service="echo", payload={}))
+            finally:
+                await images.close()
+            await page.wait_for_function(
+                """() => { const r = document.querySelector("tr[data-queue='images']");
+                           return r && r.cells[1].textContent === '1'; }"""
+            )
             await page.wait_for_selector(f"tr[data-job='{job.id}'] [role=progressbar][aria-valuenow='100']")
 
             # The machine process dies without a word: it turns offline after 2 × its status interval.

@@ -5,7 +5,7 @@
 (() => {
   const TOKEN_KEY = "appliance-monitor-token";
   const state = {
-    machines: new Map(), jobs: new Map(), queueStats: null, pools: null, series: null,
+    machines: new Map(), jobs: new Map(), queueStats: null, otherQueues: {}, pools: null, series: null,
     redis: { ok: true, error: null }, events: [], queue: "", serverOffsetMs: 0, hideFinished: false,
   };
   let ws = null, everConnected = false, backoffMs = 500, dirty = false, tokenTried = false;
@@ -107,6 +107,7 @@
         state.machines = new Map(msg.machines.map((m) => [m.id, m]));
         state.jobs = new Map(msg.jobs.map((j) => [j.id, j]));
         state.queueStats = msg.queue_stats; state.pools = msg.pools; state.series = msg.series;
+        state.otherQueues = msg.other_queues || {};
         state.redis = msg.redis;
         state.events = [];
         for (const m of msg.machines) for (const e of m.events || []) state.events.push(e);
@@ -119,7 +120,7 @@
         if (state.events.length > 100) state.events.shift();
         break;
       case "job_update": state.jobs.set(msg.job.id, msg.job); trimJobs(); break;
-      case "queue_stats": state.queueStats = msg.stats; break;
+      case "queue_stats": state.queueStats = msg.stats; state.otherQueues = msg.other_queues || {}; break;
       case "pools": state.pools = msg.pools; break;
       case "redis": state.redis = { ok: msg.ok, error: msg.error }; break;
       case "tick":
@@ -154,7 +155,7 @@
     if (ws && ws.readyState === WebSocket.OPEN) setConn(redisDown ? "bad" : "ok", redisDown ? "Redis unreachable" : "Live");
     $("queue-name").textContent = state.queue ? "queue " + state.queue : "";
     $("clock").textContent = timeOf(nowServer());
-    renderSummary(); renderMachines(); renderPools(); renderShapes(); renderSeries(); renderEvents(); renderJobs();
+    renderSummary(); renderMachines(); renderPools(); renderShapes(); renderOtherQueues(); renderSeries(); renderEvents(); renderJobs();
   }
 
   function renderSummary() {
@@ -299,6 +300,21 @@
         h("td", { text: r.service || "?" }), h("td", { text: r.pool || "–" }), h("td", { class: "mono small", text: extra || "–" }),
         h("td", { class: "num", text: s.waiting }), h("td", { class: "num", text: fmtS(s.oldest_wait_s) }),
         h("td", {}, s.live_workers ? badge("served", "ok") : badge("unworkable", "bad", "no live worker can run these jobs")));
+    }));
+  }
+
+  function renderOtherQueues() {
+    const names = Object.keys(state.otherQueues || {}).sort();
+    $("other-queues").hidden = names.length === 0;
+    $("queues-table").tBodies[0].replaceChildren(...names.map((name) => {
+      const q = state.otherQueues[name];
+      const n = (v) => (q ? v : "–");
+      return h("tr", { "data-queue": name },
+        h("th", { scope: "row", text: name }), h("td", { class: "num", text: n(q && q.waiting) }),
+        h("td", { class: "num", text: n(q && q.active) }), h("td", { class: "num", text: n(q && q.delayed) }),
+        h("td", { class: "num", text: n(q && q.dead) }),
+        h("td", { class: "num" + (q && q.unworkable ? " alert" : ""), text: n(q && q.unworkable) }),
+        h("td", { class: "num", text: n(q && (q.totals.completed || 0)) }));
     }));
   }
 

@@ -129,36 +129,11 @@ def _serve(args: argparse.Namespace) -> int:
     return run_async(_serve_async(args, settings, host, port))
 
 
-async def _connect_pooled(args: argparse.Namespace, settings: Any) -> Any:
-    """The API's queue client through the one connection factory (standalone, Cluster or Sentinel), with at
-    most `api.redis_connections` connections: a burst of requests waits for one instead of failing."""
-    from redis.exceptions import RedisError
-
-    from appliance.commands.connection import resolve_target
-    from appliance.queue import factory
-    from appliance.queue.scripts import ScriptLibraryError
-
-    target = resolve_target(args)
-    try:
-        return await factory.connect_queue(
-            target.all_settings,
-            queue_name=target.queue,
-            connection=target.connection,
-            classifier=target.classifier,
-            blocking_pool=settings.api.redis_connections,
-        )
-    except factory.RedisModeError as exc:
-        raise CommandError(str(exc)) from None
-    except ScriptLibraryError as exc:
-        raise CommandError(str(exc), ExitCode.REDIS) from None
-    except (RedisError, OSError) as exc:
-        raise redis_failure(exc, target.connection.where()) from None
-
-
 async def _serve_async(args: argparse.Namespace, settings: Any, host: str, port: int) -> int:
     from appliance.api.server import serve
 
-    queue = await _connect_pooled(args, settings)
+    # At most api.redis_connections connections: a burst of requests waits for one instead of failing.
+    queue = await connect_queue(args, blocking_pool=settings.api.redis_connections)
     try:
         return await serve(queue, settings, host, port)
     except OSError as exc:

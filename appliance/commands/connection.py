@@ -113,7 +113,9 @@ def redis_failure(exc: BaseException, url: str = "", doing: str = "") -> Command
     return CommandError(describe_redis_error(exc, redact_url(url) if url else "", doing), ExitCode.REDIS)
 
 
-async def connect_queue(args: argparse.Namespace) -> Any:
+async def connect_queue(args: argparse.Namespace, **redis_kwargs: Any) -> Any:
+    """The queue the command's flags and settings name, through the one connection factory; every failure is
+    a CommandError (one line). `redis_kwargs` go to the client (the API's `blocking_pool`)."""
     from redis.exceptions import RedisError
 
     from appliance.queue import factory
@@ -126,6 +128,7 @@ async def connect_queue(args: argparse.Namespace) -> Any:
             queue_name=target.queue,
             connection=target.connection,
             classifier=target.classifier,
+            **redis_kwargs,
         )
     except factory.RedisModeError as exc:
         raise CommandError(str(exc)) from None

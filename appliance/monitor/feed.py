@@ -295,7 +295,12 @@ class Feed:
         assert self.queue is not None
         if not self._others or self._others[0].client is not self.queue.client:
             self._others = [
-                Queue(self.queue.client, queue_name=name, settings=self.queue.settings, cluster=self.queue.cluster)
+                Queue(
+                    self.queue.client,
+                    queue_name=name,
+                    settings=self.queue.settings,
+                    cluster=self.queue.cluster,
+                )
                 for name in self.state.other_queues
             ]
         return self._others

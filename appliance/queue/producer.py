@@ -31,6 +31,14 @@ SUBMIT_BATCH = 500
 SHAPE_CACHE = 1024
 
 
+def field_problems(exc: ValidationError, what: str) -> str:
+    """`field.path: message; ...` for every error of a validation (`what` names a model-level one)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or what}: {str(err['msg']).removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
+
+
 def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
     """Validate a submitted job; the error names every offending field."""
     if isinstance(data, JobSpec):
@@ -38,11 +46,7 @@ def parse_spec(data: Mapping[str, Any] | JobSpec) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {str(err['msg']).removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise InvalidJob(f"invalid job: {problems}") from None
+        raise InvalidJob(f"invalid job: {field_problems(exc, 'job')}") from None
 
 
 async def shape_of_job(conn: QueueConnection, job_id: str) -> str:

@@ -25,7 +25,7 @@ from appliance.queue.conn import QueueConnection
 from appliance.queue.cron import Cron, CronError
 from appliance.queue.errors import DuplicateJob, QueueError, ScriptCode
 from appliance.queue.models import JobSpec
-from appliance.queue.producer import Producer
+from appliance.queue.producer import Producer, field_problems
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,7 @@ def parse_schedule(data: Mapping[str, Any] | ScheduleSpec) -> ScheduleSpec:
     try:
         return ScheduleSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'schedule'}: {str(err['msg']).removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise InvalidSchedule(f"invalid schedule: {problems}") from None
+        raise InvalidSchedule(f"invalid schedule: {field_problems(exc, 'schedule')}") from None
 
 
 class Schedules:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from appliance.queue.client import Queue
+from appliance.queue.housekeeper import ReapResult
 from appliance.queue.models import Capabilities, ClaimedJob
+from appliance.queue.schedules import MaterialiseResult
 from appliance.queue.session import WorkerSession
 
 Outcome = tuple[str, str, Any]
@@ -95,12 +97,22 @@ class QueueSet:
     async def cancel(self, job_id: str) -> str:
         return await self.owner(job_id).cancel(job_id)
 
-    async def reap(self, force: bool = False) -> Any:
-        """Reap every queue; the result of the last (the runtime only logs it)."""
-        result = None
-        for queue in self.queues:
-            result = await queue.reap(force=force)
-        return result
+    async def reap(self, force: bool = False) -> ReapResult:
+        """Reap every queue: the totals, and the soonest anything falls due in any of them."""
+        results = [await queue.reap(force=force) for queue in self.queues]
+        return ReapResult(
+            ran=any(r.ran for r in results),
+            records_dropped=sum(r.records_dropped for r in results),
+            requeued=sum(r.requeued for r in results),
+            dead=sum(r.dead for r in results),
+            cancelled=sum(r.cancelled for r in results),
+            next_in_ms=_soonest(r.next_in_ms for r in results),
+        )
+
+    @property
+    def schedules(self) -> AllSchedules:
+        """Every queue's repeating jobs, materialised together (the reaper's step)."""
+        return AllSchedules(self.queues)
 
     async def return_jobs_of_worker(self, worker_id: str, reason: str = "worker_failed") -> int:
         return sum([await q.return_jobs_of_worker(worker_id, reason) for q in self.queues])
@@ -117,6 +129,27 @@ class QueueSet:
     async def close(self) -> None:
         # One client for all: closing the first closes it.
         await self.queues[0].close()
+
+
+def _soonest(waits: Iterable[int | None]) -> int | None:
+    known = [w for w in waits if w is not None]
+    return min(known) if known else None
+
+
+class AllSchedules:
+    """The schedules of several queues as the reaper sees them: one materialise pass over all."""
+
+    def __init__(self, queues: Sequence[Queue]) -> None:
+        self.queues = queues
+
+    async def materialise(self, now_ms: int | None = None) -> MaterialiseResult:
+        results = [await q.schedules.materialise(now_ms) for q in self.queues]
+        return MaterialiseResult(
+            submitted=sum(r.submitted for r in results),
+            duplicates=sum(r.duplicates for r in results),
+            skipped=sum(r.skipped for r in results),
+            next_in_ms=_soonest(r.next_in_ms for r in results),
+        )
 
 
 class SessionSet:

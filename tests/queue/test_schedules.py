@@ -261,3 +261,20 @@ async def test_bad_start_times_name_the_field(queue: Queue, extra: dict[str, Any
 
     with pytest.raises(InvalidJob, match=message):
         await queue.submit({**JOB, **extra})
+
+
+async def test_a_worker_of_several_queues_materialises_the_schedules_of_each(
+    make_queue: Callable[..., Any],
+) -> None:
+    from appliance.queue.multi import QueueSet
+
+    first = await make_queue()
+    second = Queue(first.client, queue_name="second")  # several queues share one client in a worker
+    await first.schedules.add({"id": "a", "every_s": 10, "start_at_ms": T0, "job": JOB})
+    await second.schedules.add({"id": "b", "every_s": 4, "start_at_ms": T0, "job": JOB})
+    both = QueueSet([first, second])
+    result = await both.schedules.materialise(now_ms=T0)
+    assert (result.submitted, result.next_in_ms) == (2, 4_000)  # the soonest of the two queues
+    assert await jobs_of(first, "a") == [f"a:{T0}"] and await jobs_of(second, "b") == [f"b:{T0}"]
+    reaped = await both.reap(force=True)
+    assert reaped.ran and reaped.requeued == 0

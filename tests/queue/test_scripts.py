@@ -73,7 +73,9 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
             pass
         assert await session.wait_for_work(0.01) is False  # registered as idle (idle.lua), nothing came
         await queue.submit({"service": "echo"})
+        assert await session.wait_for_work(10)  # the idle session is woken for it (through the hub)
         last = await session.claim()
+        assert last is not None
         await queue.fail(last.job.id, last.token, "x", retryable=False)
         await queue.retry(last.job.id)
     finally:

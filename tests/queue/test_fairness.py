@@ -7,15 +7,14 @@ equal scores by member), which the ids here are chosen to make plain.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from appliance.queue import Queue
 from appliance.queue.limits import InvalidLimits
+from tests.cliproc import run_appliance
 
 SLOW = 0.001  # weight: 1 s of virtual time per job
 
@@ -120,17 +119,8 @@ async def test_weights_are_validated_and_read_back(queue: Queue) -> None:
 
 
 def test_limits_cli(redis_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env["APPLIANCE_REDIS_URL"] = redis_url
-
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "appliance", "limits", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        return run_appliance(redis_url, "limits", *args)
 
     done = run("set", "acme", "--weight", "3", "--json")
     assert done.returncode == 0, done.stderr

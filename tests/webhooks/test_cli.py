@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 from appliance.commands import ExitCode
+from tests.cliproc import run_appliance
 
 
 def run(redis_url: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env["APPLIANCE_REDIS__URL"] = redis_url
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", "webhooks", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_appliance(redis_url, "webhooks", *argv)
 
 
 def test_secret_is_made_once_and_rotated(redis_url: str) -> None:

@@ -4,26 +4,17 @@ whose housekeepers submit every tick once between them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 
 from appliance.queue import JobStatus
 from appliance.queue.events import EventKind
+from tests.cliproc import run_appliance
 from tests.worker.test_worker_process import Harness, eventually, harness  # noqa: F401 (fixture)
 
 
 def schedule_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env["APPLIANCE_REDIS_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", "schedule", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return run_appliance(url, "schedule", *args)
 
 
 def test_schedule_cli_round_trip_and_one_line_errors(redis_url: str) -> None:

@@ -16,14 +16,24 @@ Configurations, interleaved round by round on the same servers (the medians of t
 - replicated: a primary with one replica, `queue.durable_replicas = 0` (the baseline of the next);
 - durable: the same pair with `queue.durable_replicas = 1`: every submit batch and completion waits for WAIT.
 Ratios against standalone (and durable against replicated) measured in the same run are the figures to quote.
+
+Part 2 (`--workers P`, default 2; 0 skips it) runs the product as users run it on each deployment: P real
+`appliance worker --connector echo` processes with default settings except where Redis is (`APPLIANCE_REDIS__*`)
+and durability, registered first; then the jobs are submitted with `submit_many` and the clock runs until the
+queue's own `completed` count reaches them. End-to-end jobs/s and Redis CPU per job (submit, claim, complete,
+events and heartbeats: everything the deployment did meanwhile).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,6 +133,78 @@ async def consume(queue: Queue, worker: str, shape: str, batch: int) -> None:
         outcomes = [(c.job.id, c.token, {"ok": True}) for c in claimed]
 
 
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of a worker process on the deployment `settings` describe (nothing else changed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(
+        {
+            "APPLIANCE_REDIS__URL": settings.redis.url,
+            "APPLIANCE_REDIS__MODE": settings.redis.mode.value,
+            "APPLIANCE_REDIS__QUEUE": QUEUE,
+            "APPLIANCE_QUEUE__DURABLE_REPLICAS": str(settings.queue.durable_replicas),
+            "APPLIANCE_MACHINE__ID": "bench",
+        }
+    )
+    return env
+
+
+def worker_round(settings: Settings, ports: list[int], jobs: int, processes: int) -> dict[str, float]:
+    """P real `appliance worker` processes drain `jobs` echo jobs; done is the queue's own completed count."""
+    logs = tempfile.mkdtemp(prefix="bench-cluster-")
+    workers = []
+    for i in range(processes):
+        with open(os.path.join(logs, f"worker{i}.log"), "wb") as log:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "appliance", "worker", "--connector", "echo", "--index", str(i)],
+                    env=worker_env(settings),
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            )
+    try:
+        return asyncio.run(measure_workers(settings, ports, jobs, workers, logs))
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+        if settings.redis.mode.value != "cluster":  # the Cluster is flushed node by node by the caller
+            redis.Redis.from_url(settings.redis.url).flushall()
+
+
+async def measure_workers(
+    settings: Settings, ports: list[int], jobs: int, workers: list[subprocess.Popen[bytes]], logs: str
+) -> dict[str, float]:
+    queue = await connect_queue(settings)
+    try:
+        deadline = time.monotonic() + 60
+        while (await queue.stats()).workers < len(workers):
+            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                raise RuntimeError(f"workers did not register (logs in {logs})")
+            await asyncio.sleep(0.1)
+        before = (await queue.stats()).totals.get("completed", 0)
+        cpu0, t0 = cpu_s(ports), time.perf_counter()
+        for start in range(0, jobs, 1_000):
+            await queue.submit_many(
+                [{"service": "echo", "payload": {}} for _ in range(start, min(jobs, start + 1_000))]
+            )
+        while (await queue.stats()).totals.get("completed", 0) - before < jobs:
+            if time.perf_counter() - t0 > 300:
+                raise RuntimeError(f"workers did not finish the jobs (logs in {logs})")
+            await asyncio.sleep(0.02)
+        t1, cpu1 = time.perf_counter(), cpu_s(ports)
+        return {"jobs_s": jobs / (t1 - t0), "cpu_us": (cpu1 - cpu0) / jobs * 1e6}
+    finally:
+        await queue.close()
+
+
 def flush_cluster(nodes: list[LocalRedis]) -> None:
     for node in nodes:
         redis.Redis(port=node.port).flushall()
@@ -161,6 +243,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")
     parser.add_argument("--consumers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=4, help="jobs per claim")
+    parser.add_argument("--workers", type=int, default=2, help="part 2: appliance worker processes (0: skip)")
     args = parser.parse_args()
     jobs = args.jobs or (600 if args.quick else 3000)
     rounds = args.rounds or (2 if args.quick else 5)
@@ -170,12 +253,16 @@ def main() -> None:
     try:
         configs = configurations(standalone, cluster, primary, replica)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+        product: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
         for r in range(rounds):
             for name, (settings, ports, flush) in configs.items():
                 results[name].append(
                     asyncio.run(one_round(settings, ports, jobs, args.consumers, args.batch))
                 )
                 flush()
+                if args.workers:
+                    product[name].append(worker_round(settings, ports, jobs, args.workers))
+                    flush()
             print(f"round {r + 1}/{rounds} done", flush=True)
     finally:
         for server in [standalone, *cluster, primary, replica]:
@@ -208,6 +295,31 @@ def main() -> None:
             rows,
         )
     )  # fmt: skip
+    if args.workers:
+        print_product(product, jobs, args.workers)
+
+
+def print_product(product: dict[str, list[dict[str, float]]], jobs: int, processes: int) -> None:
+    med = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in product.items() if rs
+    }
+    rows = []
+    for name, m in med.items():
+        ref = med["replicated"] if name == "durable" else med["standalone"]
+        rows.append(
+            [
+                name,
+                f"{m['jobs_s']:.0f} ({m['jobs_s'] / ref['jobs_s']:.2f}x)",
+                f"{m['cpu_us']:.0f} ({m['cpu_us'] / ref['cpu_us']:.2f}x)",
+            ]
+        )
+    print(
+        f"\nthrough the product: {processes} `appliance worker --connector echo` processes, default settings,"
+    )
+    print(
+        f"{jobs} jobs per round submitted with submit_many once the workers registered; done = queue's completed"
+    )
+    print(table(["deployment", "end-to-end jobs/s", "Redis CPU µs/job (all of it)"], rows))
 
 
 if __name__ == "__main__":

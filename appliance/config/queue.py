@@ -127,7 +127,7 @@ class QueueSettings(BaseModel):
         description=(
             "Lifecycle pub/sub channels: `shared` (the original names, every queue on one channel) or `queue` "
             "(`appliance:{<queue>}:<name>`, which an ACL channel pattern can confine; use it where tenants share "
-            "a Redis)."
+            "a Redis). On a Cluster (`redis.mode = cluster`) the channels are always per queue and sharded."
         ),
     )
     max_payload_bytes: int = Field(

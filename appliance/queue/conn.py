@@ -36,8 +36,10 @@ class QueueConnection:
 
     @property
     def channel_prefix(self) -> str:
-        """What the lifecycle channels' names start with: nothing (shared) or the queue's key prefix."""
-        return self.keys.prefix if self.settings.channels is ChannelsMode.QUEUE else ""
+        """What the lifecycle channels' names start with: nothing (shared) or the queue's key prefix. On a Cluster
+        always the prefix: the shared names carry no hash tag, so they could only go out by classic PUBLISH,
+        which the Cluster bus forwards to every node; per-queue names go by SPUBLISH to the queue's shard."""
+        return self.keys.prefix if self.cluster or self.settings.channels is ChannelsMode.QUEUE else ""
 
     def channel(self, name: str) -> str:
         """The name of lifecycle channel `name` (`complete_job`, ...) for this queue's `queue.channels`."""
@@ -45,10 +47,10 @@ class QueueConnection:
 
     @property
     def sharded(self) -> bool:
-        """Lifecycle events go out by sharded pub/sub (SPUBLISH; subscribers SSUBSCRIBE): on a Cluster client
-        with per-queue channels (`queue.channels = "queue"`), whose names carry the queue's hash tag, so they
-        reach the queue's shard only instead of every node."""
-        return self.cluster and self.settings.channels is ChannelsMode.QUEUE
+        """Lifecycle events go out by sharded pub/sub (SPUBLISH; subscribers SSUBSCRIBE): on a Cluster client,
+        whose lifecycle channels are per queue (`channel_prefix`) and carry the queue's hash tag, so they reach
+        the queue's shard only instead of every node."""
+        return self.cluster
 
     @property
     def wake_check(self) -> str:

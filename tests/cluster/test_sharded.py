@@ -1,4 +1,4 @@
-"""Sharded pub/sub in a Cluster: with per-queue channels (`queue.channels = "queue"`), lifecycle events go out by
+"""Sharded pub/sub in a Cluster: lifecycle events (on per-queue channels, whatever `queue.channels` says) go out by
 SPUBLISH, so they reach the queue's shard only; so do the wake-ups of idle workers, new-shape news and cancel
 requests (their channels always carry the queue's hash tag). `job wait` (SSUBSCRIBE) still sees its job finish,
 the worker is woken and cancelled, and a subscriber on another node hears nothing (a classic PUBLISH is
@@ -37,10 +37,11 @@ async def _running(env: dict[str, str], job_id: str) -> bool:
     return got.returncode == 0 and json.loads(got.stdout)["status"] in ("claimed", "running")
 
 
+@pytest.mark.parametrize("setting", ["queue", None])  # None: the default (shared) setting, per queue anyway
 async def test_events_wake_ups_and_cancels_stay_on_the_queue_s_shard(
-    cluster: RedisClusterNodes, fleet: Fleet, tmp_path: Path
+    cluster: RedisClusterNodes, fleet: Fleet, tmp_path: Path, setting: str | None
 ) -> None:
-    (name,) = spread_queues(cluster, "sharded", 1)
+    (name,) = spread_queues(cluster, f"sharded-{setting or 'default'}", 1)
     owner = cluster.owner(key_slot(f"appliance:{{{name}}}:x".encode()))
     other = next(n.port for n in cluster.nodes if n.port != owner)
     channels = [QueueKeys(name).prefix + c for c in (CHANNEL_SUBMITTED, CHANNEL_PROGRESS, CHANNEL_COMPLETED)]
@@ -48,6 +49,9 @@ async def test_events_wake_ups_and_cancels_stay_on_the_queue_s_shard(
     elsewhere.subscribe(*channels)
     # Every classic channel of the queue, as seen from another node: wake-ups (the hub's), shapes, cancels.
     elsewhere.psubscribe(f"appliance:{{{name}}}:*")
+    elsewhere.subscribe(
+        CHANNEL_SUBMITTED, CHANNEL_PROGRESS, CHANNEL_COMPLETED
+    )  # the shared names: never used
     on_shard = redis.Redis(port=owner, decode_responses=True).pubsub()
     on_shard.ssubscribe(*channels)
     heard(elsewhere), heard(on_shard)  # the subscription confirmations
@@ -56,7 +60,7 @@ async def test_events_wake_ups_and_cancels_stay_on_the_queue_s_shard(
         APPLIANCE_REDIS_URL=cluster.seed,
         APPLIANCE_REDIS__MODE="cluster",
         APPLIANCE_REDIS__QUEUE=name,
-        APPLIANCE_QUEUE__CHANNELS="queue",
+        **({"APPLIANCE_QUEUE__CHANNELS": setting} if setting else {}),
     )
     worker = fleet.start(env, "--connector", "echo")
     await worker.ready()

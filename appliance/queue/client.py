@@ -92,6 +92,8 @@ class Queue:
         )
         self.jobs_of_worker, self.return_jobs_of_worker = leases.jobs_of_worker, leases.return_jobs_of_worker
         self.reap = self.housekeeper.reap
+        leases.on_children_released = self.housekeeper.requeue_due
+        self.parent_results = self.reader.parent_results
 
     @classmethod
     async def connect(

@@ -17,6 +17,10 @@ class ScriptCode(IntEnum):
     DEAD = 4
     FAILED = 5
     CANCELLED = 6
+    #: submit: the job waits for its parents (status blocked).
+    BLOCKED = 7
+    #: complete: the job completed and released waiting children (due now in the delayed set).
+    RELEASED_CHILDREN = 8
     NOT_FOUND = -1
     #: The caller's fencing token no longer owns the job (lease expired, reclaimed, or finished).
     LEASE_LOST = -2
@@ -25,6 +29,8 @@ class ScriptCode(IntEnum):
     WRONG_SHAPE = -5
     #: retry: the job is not failed or dead.
     NOT_RETRYABLE = -6
+    #: submit: a parent named in `after` does not exist.
+    PARENT_NOT_FOUND = -7
 
 
 class QueueError(Exception):
@@ -99,6 +105,18 @@ class DuplicateJob(QueueError):
         self.submitted: list[Any] = submitted or []
 
 
+class ParentNotFound(InvalidJob):
+    """A job's `after` names a job that does not exist (never submitted, or its record expired): nothing was
+    submitted. A job can only wait for jobs that exist, so no cycle can form."""
+
+    def __init__(self, job_id: str, parent: str | None) -> None:
+        which = f"job {parent!r}" if parent else "a job it names"
+        super().__init__(
+            f"after: {which} not found (unknown id, or its record expired); job {job_id!r} was not submitted"
+        )
+        self.job_id, self.parent = job_id, parent
+
+
 class WrongShape(QueueError):
     """The caller named a shape that is not the job's (a stale cache, or a record changed under it): nothing
     was written."""
@@ -138,4 +156,6 @@ def raise_for_code(code: int, job_id: str) -> int:
         raise WrongShape(job_id)
     if code == ScriptCode.NOT_RETRYABLE:
         raise JobNotRetryable(job_id)
+    if code == ScriptCode.PARENT_NOT_FOUND:
+        raise ParentNotFound(job_id, None)
     raise QueueError(f"queue script returned unknown code {code} for job {job_id!r}")

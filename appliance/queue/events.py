@@ -41,6 +41,8 @@ class EventKind(StrEnum):
     LEASE_EXPIRED = "lease_expired"
     #: A failed or dead job was put back in line by hand (Queue.retry: dead-letter replay).
     REPLAYED = "replayed"
+    #: A job waiting for its parents was released by the last of them (it goes into line).
+    UNBLOCKED = "unblocked"
 
     @classmethod
     def parse(cls, name: Any) -> EventKind | None:
@@ -88,6 +90,7 @@ MEANING: dict[EventKind, Meaning] = {
     EventKind.RELEASED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
     EventKind.LEASE_EXPIRED: Meaning(JobStatus.PENDING, AttemptEnd.RETURNED),
     EventKind.REPLAYED: Meaning(JobStatus.PENDING),
+    EventKind.UNBLOCKED: Meaning(JobStatus.PENDING),
 }
 
 

@@ -194,6 +194,22 @@ class QueueKeys:
         return self.key("held")
 
     @property
+    def children(self) -> str:
+        """ZSET (score 0) `parent|child`: one edge per child still waiting for that unfinished parent (a lex
+        range lists one parent's children: O(children) when it finishes, never a scan)."""
+        return self.key("children")
+
+    @property
+    def blocked(self) -> str:
+        """ZSET child id -> how many of its parents have not finished yet: the jobs waiting for parents."""
+        return self.key("blocked")
+
+    @property
+    def parents(self) -> str:
+        """HASH id -> `policy|start_ms|parent1,parent2,...` of a job submitted with `after` (a job column)."""
+        return self.key("parents")
+
+    @property
     def reaper_lock(self) -> str:
         return self.key("reaper")
 
@@ -239,4 +255,5 @@ class QueueKeys:
             self.info,
             self.cancels,
             self.customer,
+            self.parents,
         ]

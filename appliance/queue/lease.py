@@ -8,7 +8,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from appliance.queue.conn import Call, QueueConnection
@@ -61,6 +61,9 @@ class LeaseClient:
         #: Called with the delay (ms) of every retry `fail` schedules: this process's reaper wakes for it, since
         #: the time it last read from the queue does not include it.
         self.on_retry_scheduled: Callable[[int], None] | None = None
+        #: Called when a completion released waiting children (into the delayed set, due at once): moves them
+        #: into their ready indexes now instead of at the reaper's next pass (Housekeeper.requeue_due).
+        self.on_children_released: Callable[[], Awaitable[object]] | None = None
 
     # --- claiming ---------------------------------------------------------------------------------------------
 
@@ -119,7 +122,7 @@ class LeaseClient:
             call = self.claim_call(worker_id, worker_class, token, count)
             if pipelined and attempt == 0:
                 done, reply = await self.conn.run_pipelined([self.complete_call(outcomes), call])
-                codes = [int(c) for c in done]
+                codes = await self._settled(done)
             else:
                 reply = await self.conn.run(call)
             outcome = reply[0]
@@ -188,7 +191,20 @@ class LeaseClient:
             # Written on the primary; nothing the completing worker could do differs: say so and go on.
             log.warning("completed %s, but %s", ", ".join(o[0] for o in outcomes), exc)
             codes = exc.results[0]
-        return [int(c) for c in codes]
+        return await self._settled(codes)
+
+    async def _settled(self, codes: Sequence[Any]) -> list[int]:
+        """complete.lua's codes as callers know them (OK, LEASE_LOST); children that a completion released go
+        into line now (the reaper would move them at its next pass; a failure here leaves them to it)."""
+        out = [int(c) for c in codes]
+        if ScriptCode.RELEASED_CHILDREN in out:
+            out = [ScriptCode.OK if c == ScriptCode.RELEASED_CHILDREN else c for c in out]
+            if self.on_children_released is not None:
+                try:
+                    await self.on_children_released()
+                except Exception as exc:  # noqa: BLE001 - the completions stand; the reaper moves them later
+                    log.warning("released children are left to the reaper: %s", exc)
+        return out
 
     def complete_call(self, outcomes: Sequence[Outcome]) -> Call:
         """The call of complete.lua for these outcomes; ResultTooLarge names a result over the limit."""

@@ -18,6 +18,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 #: Service names (`comfyui`, `openai_text`, `echo`), pools, regions, tags.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+_ID_RE = re.compile(ID_PATTERN)
 
 
 class JobStatus(StrEnum):
@@ -33,11 +34,27 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
     #: Retryable failures exhausted max_retries: kept in the dead letter with the error history.
     DEAD = "dead"
+    #: Waiting for its parents (`after`) to finish; in no index a claim reads, so neither waiting nor unworkable.
+    BLOCKED = "blocked"
 
     @property
     def finished(self) -> bool:
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD)
 
+
+class ParentFailure(StrEnum):
+    """What becomes of a job waiting for parents when one of them fails, dies or is cancelled."""
+
+    #: It fails too (status failed, an error naming the parent), and so do its own waiting children.
+    FAIL = "fail"
+    #: It is cancelled, and so are its own waiting children (by their policies).
+    CANCEL = "cancel"
+    #: That parent counts as finished: the job runs once the others have finished.
+    IGNORE = "ignore"
+
+
+#: Most parents one job may wait for (`after`): the parents' results all reach the child's worker.
+MAX_PARENTS = 100
 
 #: Machine types a job may ask for: a GPU machine (ComfyUI workers) or an API machine (connector workers).
 MachineKind = Literal["gpu", "api"]
@@ -207,6 +224,24 @@ class JobSpec(BaseModel):
         le=366 * 86400,
         description="Start no earlier than this many seconds after submission (server clock).",
     )
+    after: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_PARENTS,
+        description="Ids of jobs (of this queue) that must complete before this one runs; each must exist at "
+        f"submit, at most {MAX_PARENTS}. Their results reach the job's worker (ConnectorJob.parents).",
+    )
+    on_parent_failure: ParentFailure = Field(
+        ParentFailure.FAIL,
+        description="When a parent fails, dies or is cancelled: fail this job, cancel it, or ignore that parent.",
+    )
+
+    @field_validator("after")
+    @classmethod
+    def _parent_ids(cls, value: list[str]) -> list[str]:
+        for parent in value:
+            if not _ID_RE.match(parent):
+                raise ValueError(f"{parent!r} is not a valid job id")
+        return list(dict.fromkeys(value))
 
     @field_validator("run_at")
     @classmethod
@@ -236,6 +271,8 @@ class JobSpec(BaseModel):
             )
         if self.run_at is not None and self.delay_s is not None:
             raise ValueError("give at most one of run_at and delay_s")
+        if self.id is not None and self.id in self.after:
+            raise ValueError(f"after: job {self.id!r} cannot wait for itself")
         if self.pool and self.requirements.pool and self.pool != self.requirements.pool:
             raise ValueError(f"pool {self.pool!r} contradicts requirements.pool {self.requirements.pool!r}")
         return self
@@ -278,6 +315,11 @@ class Job(BaseModel):
     #: Why a waiting job is not claimed although workers could run it: 'queue paused', 'shape paused',
     #: 'customer paused' (see Queue.pauses). Not unworkable: it runs once resumed.
     held_by: str | None = None
+    #: The jobs it waits for (`JobSpec.after`) and what a failed one does to it.
+    after: list[str] = Field(default_factory=list)
+    on_parent_failure: ParentFailure = ParentFailure.FAIL
+    #: While blocked: the parents that have not finished yet.
+    waiting_on: list[str] = Field(default_factory=list)
 
 
 class ClaimedJob(BaseModel):
@@ -311,3 +353,5 @@ class QueueStats(BaseModel):
     paused: list[str] = Field(default_factory=list)
     #: Waiting jobs a customer's pause took out of line (not counted in `waiting`).
     held: int = 0
+    #: Jobs waiting for their parents (`after`) to finish: not in line, not counted in `waiting`.
+    blocked: int = 0

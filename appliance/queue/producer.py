@@ -16,6 +16,7 @@ from appliance.queue.errors import (
     InvalidJob,
     JobNotFound,
     NotDurable,
+    ParentNotFound,
     PayloadTooLarge,
     ScriptCode,
     raise_for_code,
@@ -29,6 +30,15 @@ from appliance.queue.specs import SPECS
 SUBMIT_BATCH = 500
 #: Shapes whose id, record and submit KEYS a producer keeps (cleared when full).
 SHAPE_CACHE = 1024
+#: Where submit.lua's KEYS name the job's customer's index (the cached KEYS hold that of no customer).
+_TENANT_AT = SPECS["submit"].keys.index("tenant")
+#: What submit.lua's code says the new job's status is.
+_SUBMITTED = {
+    ScriptCode.OK: JobStatus.PENDING,
+    ScriptCode.BLOCKED: JobStatus.BLOCKED,
+    ScriptCode.FAILED: JobStatus.FAILED,
+    ScriptCode.CANCELLED: JobStatus.CANCELLED,
+}
 
 
 def field_problems(exc: ValidationError, what: str) -> str:
@@ -97,7 +107,8 @@ class Producer:
         job_id = spec.id or uuid.uuid4().hex
         shape, record, keys = self._shape(spec)
         # pydantic writes the JSON in one pass (UTF-8, not escaped); id and shape are appended like before.
-        body = spec.model_dump_json(exclude={"id"})
+        # A job without parents stores no dependency fields (they are its defaults).
+        body = spec.model_dump_json(exclude={"id"} if spec.after else {"id", "after", "on_parent_failure"})
         encoded = f'{body[:-1]},"id":{json.dumps(job_id)},"shape":"{shape}"}}'
         size = len(encoded) if encoded.isascii() else len(encoded.encode())
         limit = self.conn.settings.max_payload_bytes
@@ -120,9 +131,13 @@ class Producer:
             int(spec.run_at.timestamp() * 1000) if spec.run_at is not None else "",
             int(spec.delay_s * 1000) if spec.delay_s is not None else "",
             spec.customer_id or "",
+            spec.on_parent_failure.value if spec.after else "",
+            settings.result_ttl_s * 1000,
+            *spec.after,
         ]
-        if spec.customer_id:  # the cached KEYS end with the tenant index of no customer
-            keys = [*keys[:-1], self.conn.keys.tenant_jobs(spec.customer_id)]
+        if spec.customer_id:  # the cached KEYS hold the tenant index of no customer
+            keys = list(keys)
+            keys[_TENANT_AT] = self.conn.keys.tenant_jobs(spec.customer_id)
         return job_id, shape, ("submit", keys, args)
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
@@ -130,11 +145,19 @@ class Producer:
         parsed = self._classified(spec)
         job_id, shape, call = self._submit_call(parsed)
         try:
-            raise_for_code(int(await self.conn.run(call, durable=True)), job_id)
+            code = int(await self.conn.run(call, durable=True))
         except NotDurable as exc:
             exc.job_ids = [job_id]
             raise
-        return _job_from_spec(parsed, job_id, shape)
+        if code == ScriptCode.PARENT_NOT_FOUND:
+            raise ParentNotFound(job_id, await self._missing_parent(parsed.after))
+        raise_for_code(code, job_id)
+        return _job_from_spec(parsed, job_id, shape, _SUBMITTED[ScriptCode(code)])
+
+    async def _missing_parent(self, parents: list[str]) -> str | None:
+        """The first of `parents` that has no record (None when they all have one now)."""
+        states = await self.conn.client.hmget(self.conn.keys.state, parents) if parents else []
+        return next((p for p, state in zip(parents, states, strict=True) if state is None), None)
 
     async def submit_many(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
         """Enqueue a batch, all or nothing: every job is validated and every caller-chosen id checked (against
@@ -147,11 +170,16 @@ class Producer:
         parsed = [self._classified(s) for s in specs]
         await self._check_ids([s.id for s in parsed if s.id is not None])
         calls = [self._submit_call(s) for s in parsed]
+        await self._check_parents(parsed, [job_id for job_id, _, _ in calls])
         jobs = [_job_from_spec(s, job_id, shape) for s, (job_id, shape, _) in zip(parsed, calls, strict=True)]
         codes = await self._write([call for _, _, call in calls])
-        written = [job for job, code in zip(jobs, codes, strict=False) if int(code) == ScriptCode.OK]
+        written = []
         for job, code in zip(jobs, codes, strict=False):
-            if int(code) != ScriptCode.OK:
+            if int(code) in _SUBMITTED:
+                job.status = _SUBMITTED[ScriptCode(int(code))]
+                written.append(job)
+        for job, code in zip(jobs, codes, strict=False):
+            if int(code) not in _SUBMITTED:
                 try:
                     raise_for_code(int(code), job.id)
                 except DuplicateJob:
@@ -178,6 +206,25 @@ class Producer:
                     raise DuplicateJob(
                         job_id, f"a job with id {job_id!r} already exists; nothing was submitted"
                     )
+
+    async def _check_parents(self, parsed: list[JobSpec], ids: list[str]) -> None:
+        """Every parent a job of the batch names exists, or comes earlier in the batch (the jobs are written in
+        order); ParentNotFound names the first that does not, before anything is written."""
+        position = {job_id: index for index, job_id in enumerate(ids)}
+        asked = list(
+            dict.fromkeys(
+                p for i, spec in enumerate(parsed) for p in spec.after if position.get(p, len(ids)) >= i
+            )
+        )
+        known: set[str] = set()
+        for start in range(0, len(asked), SUBMIT_BATCH):
+            part = asked[start : start + SUBMIT_BATCH]
+            states = await self.conn.client.hmget(self.conn.keys.state, part)
+            known.update(p for p, state in zip(part, states, strict=True) if state is not None)
+        for index, spec in enumerate(parsed):
+            for parent in spec.after:
+                if parent not in known and position.get(parent, len(ids)) >= index:
+                    raise ParentNotFound(ids[index], parent)
 
     async def _write(self, calls: list[Call]) -> list[Any]:
         """Run the submit calls in order, stopping after the batch where one found its id taken."""
@@ -215,7 +262,7 @@ class Producer:
         raise_for_code(int(await self.conn.run(call)), job_id)
 
 
-def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
+def _job_from_spec(spec: JobSpec, job_id: str, shape: str, status: JobStatus = JobStatus.PENDING) -> Job:
     now_ms = time.time() * 1000
     starts = spec.run_at
     if starts is None and spec.delay_s is not None:  # by this clock; the script used the server's
@@ -229,7 +276,7 @@ def _job_from_spec(spec: JobSpec, job_id: str, shape: str) -> Job:
         **fields,
         id=job_id,
         shape=shape,
-        status=JobStatus.PENDING,
+        status=status,
         created_at=ms_to_datetime(now_ms),
         next_attempt_at=starts if starts is not None and starts.timestamp() * 1000 > now_ms else None,
     )

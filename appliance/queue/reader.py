@@ -77,6 +77,14 @@ def _add_columns(job: Job, owner: Any, info: Any, progress: Any, result: Any, er
             job.error = str(job.errors[-1].get("message"))
 
 
+def _finished(state: Any) -> bool:
+    """Whether a parent's stored status is a finished one (a missing record counts: it finished and expired)."""
+    return state is None or state in _FINISHED
+
+
+_FINISHED = frozenset(s.value for s in JobStatus if s.finished)
+
+
 class Reader:
     def __init__(self, conn: QueueConnection) -> None:
         self.conn = conn
@@ -100,6 +108,7 @@ class Reader:
             info,
             cancel,
             _customer,
+            _parents,
             delayed,
         ) = await pipe.execute()
         if spec is None or state is None:
@@ -120,10 +129,29 @@ class Reader:
             next_attempt_at=time_or_none(delayed),
         )
         _add_columns(job, owner, info, progress, result, errors)
+        if job.status is JobStatus.BLOCKED and job.after:
+            states = await self.conn.client.hmget(k.state, job.after)
+            job.waiting_on = [p for p, st in zip(job.after, states, strict=True) if not _finished(st)]
         if job.status is JobStatus.PENDING:
             job.unworkable = not await self._shape_is_live(decoded.shape if decoded else "")
             job.held_by = await self._held_by(decoded.shape if decoded else "", job.customer_id)
         return job
+
+    async def parent_results(self, job: Job) -> dict[str, Any]:
+        """The results of the jobs `job` waited for (`after`), by id: what its worker hands the connector
+        (ConnectorJob.parents). A parent that did not complete (its failure was ignored) or whose record expired
+        maps to None."""
+        if not job.after:
+            return {}
+        k = self.conn.keys
+        pipe = self.conn.client.pipeline(transaction=False)
+        pipe.hmget(k.state, job.after)
+        pipe.hmget(k.results, job.after)
+        states, results = await pipe.execute()
+        return {
+            parent: json_or(result, result) if state == JobStatus.COMPLETED.value else None
+            for parent, state, result in zip(job.after, states, results, strict=True)
+        }
 
     async def _held_by(self, shape: str, customer: str | None) -> str | None:
         """The pause that keeps a waiting job from being claimed, if any (queue first, then shape, customer)."""
@@ -161,6 +189,8 @@ class Reader:
                 ids += await client.zrange(k.ready(shape), 0, limit - 1)
             ids += await client.zrange(k.delayed, 0, limit - 1)
             ids += [m.split("|", 2)[2] for m in await client.zrange(k.held, 0, limit - 1)]
+        if status in (None, JobStatus.BLOCKED):
+            ids += await client.zrange(k.blocked, 0, limit - 1)
         if status in (None, JobStatus.CLAIMED, JobStatus.RUNNING):
             ids += await client.zrange(k.leases, 0, limit - 1)
         if status is JobStatus.DEAD:
@@ -292,7 +322,8 @@ class Reader:
         pipe.zcount(k.workers_seen, now - settings.worker_ttl_ms, "+inf")
         pipe.hgetall(k.paused)
         pipe.zcard(k.held)
-        counts, active, delayed, dead, shapes, live, workers, paused, held = await pipe.execute()
+        pipe.zcard(k.blocked)
+        counts, active, delayed, dead, shapes, live, workers, paused, held, blocked = await pipe.execute()
         rows = await self._shape_rows(shapes, live, now)
         return QueueStats(
             queue=self.conn.name,
@@ -306,6 +337,7 @@ class Reader:
             workers=int(workers),
             paused=sorted(paused),
             held=int(held),
+            blocked=int(blocked),
         )
 
     async def _shape_rows(self, shapes: dict[str, str], live: dict[str, str], now: int) -> list[ShapeStats]:

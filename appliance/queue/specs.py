@@ -28,6 +28,7 @@ JOB_COLUMNS = (
     "info",
     "cancels",
     "customer",
+    "parents",
 )
 
 
@@ -80,7 +81,7 @@ SPECS: dict[str, ScriptSpec] = {
         _spec(
             "submit",
             "spec meta state ready heads shapes counts seq events delayed idle waiting fair_finish fair_weights "
-            "customer tenant",
+            "customer tenant children blocked parents errors info done dead",
         ),
         _spec(
             "claim",
@@ -89,23 +90,31 @@ SPECS: dict[str, ScriptSpec] = {
         ),
         _spec("heartbeat", "owner leases cancels workers_seen shape_live", common=False),
         _spec("progress", "owner state progress cancels events"),
-        _spec("complete", "owner leases state results info done counts events cancels meta"),
+        _spec(
+            "complete",
+            "owner leases state results info done counts events cancels meta delayed errors dead children blocked "
+            "parents",
+        ),
         _spec(
             "fail",
             "owner leases state attempts meta errors delayed ready heads done dead counts events info cancels "
-            "progress idle waiting",
+            "progress idle waiting children blocked parents",
         ),
         _spec(
             "release",
             "owner leases state attempts meta ready heads counts events cancels done dead errors info progress "
-            "idle waiting",
+            "idle waiting children blocked parents delayed",
         ),
-        _spec("cancel", "state meta ready heads delayed owner cancels done counts events info"),
+        _spec(
+            "cancel",
+            "state meta ready heads delayed owner cancels done counts events info errors dead children blocked "
+            "parents",
+        ),
         _spec("reap", "reaper_lock leases delayed done dead " + " ".join(JOB_COLUMNS), common=False),
         _spec(
             "requeue",
             "ready heads leases delayed owner state attempts meta errors done dead counts events info cancels "
-            "progress idle waiting",
+            "progress idle waiting children blocked parents",
         ),
         _spec("schedule_save", "schedules schedule_due", common=False),
         _spec("schedule_due", "schedule_due", common=False),

@@ -1,6 +1,7 @@
 --[[
-  Cancel a job: a waiting (or retry-delayed) one is cancelled at once; a leased one is flagged and its worker
-  told on the cancel channel (and by its next heartbeat), so the connector can interrupt the work.
+  Cancel a job: a waiting (or retry-delayed, or waiting for its parents) one is cancelled at once; a leased one
+  is flagged and its worker told on the cancel channel (and by its next heartbeat), so the connector can
+  interrupt the work. A job cancelled at once settles its own waiting children (includes/deps.lua).
 
   Input:
     KEYS[1]  state    HASH id -> status
@@ -14,6 +15,11 @@
     KEYS[9]  counts   HASH of totals
     KEYS[10] events   STREAM
     KEYS[11] info     HASH id -> worker|claimed_ms|finished_ms
+    KEYS[12] errors   HASH id -> error history
+    KEYS[13] dead     ZSET id -> time of death
+    KEYS[14] children ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[15] blocked  ZSET child -> parents not finished yet
+    KEYS[16] parents  HASH child -> policy|start ms|parents
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -34,6 +40,8 @@ local rcall = redis.call
 -- @include emit
 -- @include finish
 -- @include heads
+-- @include history
+-- @include deps
 
 local state_key, meta_key, ready_key, heads_key, delayed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local owner_key, cancels_key, done_key, counts_key, events_key, info_key =
@@ -46,15 +54,20 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' or statu
 local shape = string.match(rcall('HGET', meta_key, id), '^([^|]*)|')
 if shape ~= ARGV[7] then return -5 end
 
-if status == 'pending' then
-  if rcall('ZREM', ready_key, id) == 1 then
+if status == 'pending' or status == 'blocked' then
+  local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = KEYS[13],
+    children = KEYS[14], blocked = KEYS[15], parents = KEYS[16], delayed = delayed_key, errors = KEYS[12],
+    events = events_key}
+  if status == 'blocked' then
+    unlink_child(k, id)
+  elseif rcall('ZREM', ready_key, id) == 1 then
     refresh_head(ready_key, heads_key, shape)
   else
     rcall('ZREM', delayed_key, id)
   end
-  finish({state = state_key, info = info_key, done = done_key, counts = counts_key}, id, 'cancelled', '', 0, now,
-    tonumber(ARGV[6]))
+  finish(k, id, 'cancelled', '', 0, now, tonumber(ARGV[6]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', {'job', id})
+  settle_children(k, id, 'cancelled', now, tonumber(ARGV[6]))
   return 1
 end
 

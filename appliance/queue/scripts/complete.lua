@@ -12,6 +12,12 @@
     KEYS[8]  events   STREAM
     KEYS[9]  cancels  HASH id -> cancel request time
     KEYS[10] meta     HASH id -> shape|service|...
+    KEYS[11] delayed  ZSET id -> due, ms (children released by their last parent go there, due at once)
+    KEYS[12] errors   HASH id -> error history
+    KEYS[13] dead     ZSET id -> time of death
+    KEYS[14] children ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[15] blocked  ZSET child -> parents not finished yet
+    KEYS[16] parents  HASH child -> policy|start ms|parents
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -21,6 +27,7 @@
   Returns:
     one code per job, in order:
      1  completed
+     8  completed, and it released waiting children (due now in the delayed set: the caller requeues them)
     -2  lease lost: the outcome is not written
 
   Emits: completed (channel complete_job), one per completed job: ids, duration and the result's size in bytes,
@@ -31,6 +38,9 @@ local rcall = redis.call
 -- @include now
 -- @include emit
 -- @include owner
+-- @include finish
+-- @include history
+-- @include deps
 
 local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -73,6 +83,13 @@ if mode ~= 'none' then
     emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
       {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', now - claims[id],
        'result_bytes', #results[2 * i]})
+  end
+end
+if rcall('EXISTS', KEYS[14]) == 1 then  -- after the events: once per batch, no cost while no job waits for parents
+  local k = {children = KEYS[14], blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11], state = state_key,
+    info = info_key, done = done_key, counts = counts_key, dead = KEYS[13], errors = KEYS[12], events = events_key}
+  for i, id in ipairs(asked) do
+    if codes[i] == 1 and settle_children(k, id, 'completed', now, ttl_ms) > 0 then codes[i] = 8 end
   end
 end
 return codes

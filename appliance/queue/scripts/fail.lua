@@ -22,6 +22,9 @@
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
     KEYS[17] idle      ZSET of the job's shape: idle worker -> ms it began waiting
     KEYS[18] waiting   HASH idle worker -> hub channel of its process
+    KEYS[19] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[20] blocked   ZSET child -> parents not finished yet
+    KEYS[21] parents   HASH child -> policy|start ms|parents
 
     ARGV[1]  channel prefix    ARGV[2]  queue name
     ARGV[3]  events mode        ARGV[4]  events maxlen
@@ -48,6 +51,7 @@ local rcall = redis.call
 -- @include owner
 -- @include meta
 -- @include history
+-- @include deps
 -- @include in_line
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -87,16 +91,21 @@ if disposition == 'retry' and attempt <= meta.max_retries then
   return 3
 end
 
-local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
+local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key,
+  children = KEYS[19], blocked = KEYS[20], parents = KEYS[21], delayed = delayed_key, errors = errors_key,
+  events = events_key}
 if disposition == 'retry' then
   finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[11]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields, message)
+  settle_children(k, id, 'dead', now, tonumber(ARGV[10]))
   return 4
 elseif disposition == 'cancelled' then
   finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[10]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields, message)
+  settle_children(k, id, 'cancelled', now, tonumber(ARGV[10]))
   return 6
 end
 finish(k, id, 'failed', worker, claimed, now, tonumber(ARGV[10]))
 emit(events_key, mode, maxlen, 'job_failed', queue, 'failed', fields, message)
+settle_children(k, id, 'failed', now, tonumber(ARGV[10]))
 return 5

@@ -19,7 +19,8 @@
     KEYS[13] errors        |
     KEYS[14] info          |
     KEYS[15] cancels       |
-    KEYS[16] customer     /
+    KEYS[16] customer      |
+    KEYS[17] parents      /
 
     (no common prefix: nothing here publishes or emits)
     ARGV[1]  interval, ms   ARGV[2]  batch limit
@@ -62,7 +63,7 @@ end
 
 local expired_records = rcall('ZRANGEBYSCORE', done_key, '-inf', now, 'LIMIT', 0, limit)
 if #expired_records > 0 then
-  for column = 6, 16 do
+  for column = 6, 17 do
     rcall('HDEL', KEYS[column], unpack(expired_records))
   end
   rcall('ZREM', dead_key, unpack(expired_records))

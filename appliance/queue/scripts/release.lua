@@ -24,6 +24,10 @@
                        starts from nothing)
     KEYS[16] idle      ZSET of the job's shape: idle worker -> ms it began waiting
     KEYS[17] waiting   HASH idle worker -> hub channel of its process
+    KEYS[18] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[19] blocked   ZSET child -> parents not finished yet
+    KEYS[20] parents   HASH child -> policy|start ms|parents
+    KEYS[21] delayed   ZSET id -> due, ms (children their last parent released go there, due at once)
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
@@ -50,6 +54,7 @@ local rcall = redis.call
 -- @include owner
 -- @include meta
 -- @include history
+-- @include deps
 -- @include in_line
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -75,10 +80,13 @@ rcall('ZREM', leases_key, id)
 local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
 local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt, 'reason', reason}
 
-local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
+local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key,
+  children = KEYS[18], blocked = KEYS[19], parents = KEYS[20], delayed = KEYS[21], errors = errors_key,
+  events = events_key}
 if rcall('HDEL', cancels_key, id) == 1 then
   finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[11]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields)
+  settle_children(k, id, 'cancelled', now, tonumber(ARGV[11]))
   return 6
 end
 
@@ -88,6 +96,7 @@ if counted then
   if attempt > meta.max_retries then
     finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[12]))
     emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
+    settle_children(k, id, 'dead', now, tonumber(ARGV[11]))
     return 4
   end
 else

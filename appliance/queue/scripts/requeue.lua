@@ -22,6 +22,9 @@
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
     KEYS[17] idle      ZSET of the shape: idle worker -> ms it began waiting
     KEYS[18] waiting   HASH idle worker -> hub channel of its process
+    KEYS[19] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[20] blocked   ZSET child -> parents not finished yet
+    KEYS[21] parents   HASH child -> policy|start ms|parents
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -40,6 +43,7 @@ local rcall = redis.call
 -- @include finish
 -- @include meta
 -- @include history
+-- @include deps
 -- @include in_line
 
 local ready_key, heads_key, leases_key, delayed_key, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -48,7 +52,9 @@ local dead_key, counts_key, events_key, info_key, cancels_key = KEYS[11], KEYS[1
 local progress_key, idle_key, waiting_key = KEYS[16], KEYS[17], KEYS[18]
 local now, queue, mode, maxlen, shape = server_now(), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
-local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key}
+local k = {state = state_key, info = info_key, done = done_key, counts = counts_key, dead = dead_key,
+  children = KEYS[19], blocked = KEYS[20], parents = KEYS[21], delayed = delayed_key, errors = errors_key,
+  events = events_key}
 local requeued, died, cancelled = 0, 0, 0
 local line = {state = state_key, progress = progress_key, ready = ready_key, heads = heads_key}
 local function requeue(id, meta)
@@ -76,10 +82,12 @@ for i = 9, #ARGV do
         finish(k, id, 'cancelled', worker, claimed, now, tonumber(ARGV[6]))
         cancelled = cancelled + 1
         emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', fields)
+        settle_children(k, id, 'cancelled', now, tonumber(ARGV[6]))
       elseif attempt > meta.max_retries then
         finish(k, id, 'dead', worker, claimed, now, tonumber(ARGV[7]))
         died = died + 1
         emit(events_key, mode, maxlen, 'job_failed', queue, 'dead', fields)
+        settle_children(k, id, 'dead', now, tonumber(ARGV[6]))
       else
         requeue(id, meta)
         rcall('HINCRBY', counts_key, 'lease_expired', 1)

@@ -1,7 +1,8 @@
 --[[
   Submit a job: store it, index it in its shape's ready set (or, when it is to start later, in the delayed set,
   which the reaper moves back in line when it falls due), register a new shape, wake one idle worker that serves
-  the shape (never all of them).
+  the shape (never all of them). A job submitted with parents (`after`) that have not all finished waits
+  instead, status 'blocked', out of every index a claim reads, until includes/deps.lua releases it.
 
   Input:
     KEYS[1]  spec      HASH id -> submitted job (JSON)
@@ -20,6 +21,13 @@
     KEYS[14] fair_weights  HASH customer -> weight (default 1)
     KEYS[15] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
     KEYS[16] tenant    ZSET of the job's customer: id -> submit order (written only when ARGV[18] is set)
+    KEYS[17] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[18] blocked   ZSET child -> parents not finished yet
+    KEYS[19] parents   HASH child -> policy|start ms|parents
+    KEYS[20] errors    HASH id -> error history (a job whose parent already failed ends at once)
+    KEYS[21] info      HASH id -> worker|claimed_ms|finished_ms
+    KEYS[22] done      ZSET id -> record expiry, ms
+    KEYS[23] dead      ZSET id -> time of death (unused: named for includes/finish.lua)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -33,12 +41,19 @@
     ARGV[16] start at, epoch ms ('' = now)
     ARGV[17] start after a delay, ms, by the server's clock ('' = none)
     ARGV[18] customer ('' = the default customer)
+    ARGV[19] on parent failure: fail | cancel | ignore ('' = the job has no parents)
+    ARGV[20] result TTL, ms (a job that ends at once because a parent failed)
+    ARGV[21..] parent ids (each must exist)
 
   Returns:
      1  submitted
+     7  submitted, waiting for its parents (status blocked)
+     5  submitted and failed at once: a parent had failed (policy fail)
+     6  submitted and cancelled at once: a parent had failed (policy cancel)
     -4  duplicate: a job with this id exists
+    -7  a parent named in `after` does not exist
 
-  Emits: submitted (channel job_submitted)
+  Emits: submitted (channel job_submitted); failed | cancelled (channel job_failed) for a job ended at once
 ]]
 local rcall = redis.call
 -- @include now
@@ -46,6 +61,9 @@ local rcall = redis.call
 -- @include sentinel
 -- @include in_line
 -- @include fair
+-- @include finish
+-- @include history
+-- @include deps
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -58,6 +76,28 @@ if rcall('HEXISTS', state_key, id) == 1 then
   return -4
 end
 
+-- Parents: each must exist (so no cycle can form). Finished ones count as done, or end the job at once by its
+-- policy; it waits for the others.
+local policy, parents, waits_for, ended_by, ended_how = ARGV[19], {}, {}, nil, nil
+if policy ~= '' then
+  local seen = {}
+  for i = 21, #ARGV do
+    local parent = ARGV[i]
+    if not seen[parent] then
+      seen[parent] = true
+      parents[#parents + 1] = parent
+      local status = rcall('HGET', state_key, parent)
+      if not status then return -7 end
+      if status == 'failed' or status == 'dead' or status == 'cancelled' then
+        if policy ~= 'ignore' and not ended_by then ended_by, ended_how = parent, status end
+      elseif status ~= 'completed' then
+        waits_for[#waits_for + 1] = parent
+      end
+    end
+  end
+end
+local blocked = #waits_for > 0 and not ended_by
+
 -- A job that starts later ranks as if submitted when it falls due, not ahead of what arrived meanwhile.
 local start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[17])) or now
 local later = start > now
@@ -67,8 +107,9 @@ local later = start > now
 local seq = rcall('INCR', seq_key)
 local step_units = priority * tonumber(ARGV[11]) * 1000
 local score
-if later then
-  -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md).
+if later or blocked then
+  -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md); one
+  -- waiting for parents ranks from its submission (or run_at) once released, like a replayed job.
   score = string.format('%.0f', start * 1000 - step_units + (seq % 1000))
 else
   score = string.format('%.0f', fair_tag(ready_key, meta_key, finish_key, weights_key, ARGV[18],
@@ -79,7 +120,20 @@ rcall('HSET', spec_key, id, ARGV[6])
 if ARGV[18] ~= '' then rcall('HSET', customer_key, id, ARGV[18]) end
 rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
-if later then
+if policy ~= '' then
+  rcall('HSET', KEYS[19], id, policy .. '|' .. string.format('%.0f', start) .. '|' .. table.concat(parents, ','))
+end
+if blocked then
+  rcall('HSET', state_key, id, 'blocked')
+  rcall('ZADD', KEYS[18], #waits_for, id)
+  local edges = {}
+  for _, parent in ipairs(waits_for) do
+    edges[#edges + 1], edges[#edges + 2] = 0, parent .. '|' .. id
+  end
+  rcall('ZADD', KEYS[17], unpack(edges))
+elseif ended_by then
+  rcall('HSET', state_key, id, 'pending')  -- end_child below finishes it
+elseif later then
   rcall('HSET', state_key, id, 'pending')
   rcall('ZADD', delayed_key, start, id)
 else
@@ -95,10 +149,19 @@ rcall('HINCRBY', counts_key, 'submitted', 1)
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
 if ARGV[18] ~= '' then rcall('ZADD', KEYS[16], string.format('%.0f', now * 1000 + (seq % 1000)), id) end
 local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
-if later then
+if blocked or ended_by then
+  fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
+elseif later then
   fields[#fields + 1], fields[#fields + 2] = 'run_at', start
 else
   wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
 end
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
-return 1
+if ended_by then
+  local k = {state = state_key, info = KEYS[21], done = KEYS[22], counts = counts_key, dead = KEYS[23],
+    children = KEYS[17], blocked = KEYS[18], parents = KEYS[19], errors = KEYS[20], events = events_key}
+  local status = policy == 'cancel' and 'cancelled' or 'failed'
+  end_child(k, id, status, ended_by, ended_how, now, tonumber(ARGV[20]))
+  return status == 'cancelled' and 6 or 5
+end
+return blocked and 7 or 1

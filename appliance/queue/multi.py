@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from appliance.queue.client import Queue
 from appliance.queue.housekeeper import ReapResult
-from appliance.queue.models import Capabilities, ClaimedJob
+from appliance.queue.models import Capabilities, ClaimedJob, Job
 from appliance.queue.schedules import MaterialiseResult
 from appliance.queue.session import WorkerSession
 
@@ -60,6 +60,10 @@ class QueueSet:
 
     def _done(self, job_id: str) -> None:
         self._owner.pop(job_id, None)
+
+    async def parent_results(self, job: Job) -> dict[str, Any]:
+        """The results of a claimed job's parents, from the queue it came from (parents share its queue)."""
+        return await self.owner(job.id).parent_results(job)
 
     async def progress(self, job_id: str, token: str, *args: Any, **kwargs: Any) -> bool:
         return await self.owner(job_id).progress(job_id, token, *args, **kwargs)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from appliance.queue import ClaimedJob, Queue
+from appliance.queue import ClaimedJob, Job, Queue
 from appliance.queue.lease import compact_json
 from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult
 from appliance.worker.leases import Lease, LeaseTable, OutcomeWriter
@@ -162,7 +163,7 @@ class JobRunner:
             token=lease.token,
         )
         assert lease.progress is not None
-        proc = asyncio.create_task(self.connector.process(cjob, lease.progress.report), name=f"job:{job.id}")
+        proc = asyncio.create_task(self._process(cjob, job, lease.progress.report), name=f"job:{job.id}")
         # Woken by the call's end or by a stop request, whichever comes first (no task of its own per job).
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -199,6 +200,13 @@ class JobRunner:
         if isinstance(value, ConnectorResult):
             return value.to_dict(), None
         return (dict(value) if isinstance(value, dict) else {"value": value}), None
+
+    async def _process(self, cjob: ConnectorJob, job: Job, report: Any) -> Any:
+        """The connector call; a job that waited for parents first gets their results (one read, within the
+        attempt's time limit: Redis away ends the attempt as any error of the call does)."""
+        if job.after:
+            cjob = replace(cjob, parents=await self.queue.parent_results(job))
+        return await self.connector.process(cjob, report)
 
     async def _interrupt(self, lease: Lease, proc: asyncio.Task[Any]) -> None:
         """connector.cancel(), a grace to wind down, then cancel the call's task."""

@@ -7,7 +7,7 @@ calls `process()`, and maps the result or the raised `ConnectorError` onto the q
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -64,6 +64,9 @@ class ConnectorJob:
     #: The attempt's fencing token: with `id` it names this attempt (a lost attempt of the same job may still
     #: be winding down on this worker while this one runs).
     token: str = ""
+    #: The results of the jobs this one waited for (`after`), by parent id (None for a parent whose failure
+    #: the job's `on_parent_failure: ignore` let pass). Empty for a job without parents.
+    parents: Mapping[str, Any] = field(default_factory=dict)
 
 
 #: Called with (percent 0..100, optional message) whenever a connector learns of progress.

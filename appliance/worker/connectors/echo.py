@@ -1,7 +1,8 @@
 """Echo: returns its payload; for demos and for testing the worker runtime end to end.
 
 Payload knobs: `{"delay": seconds}` sleeps in steps reporting progress, `{"fail": "retryable"|"permanent",
-"message": ...}` raises that error, `{"output": {"name": ..., "text": ...}}` stores a small text output.
+"message": ...}` raises that error, `{"output": {"name": ..., "text": ...}}` stores a small text output. A job
+submitted with `after` gets its parents' results back under `parents` (ConnectorJob.parents).
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ class EchoConnector(Connector):
                     job.id, str(spec.get("name") or "echo.txt"), text.encode(), "text/plain", kind="text"
                 )
             )
-        return ConnectorResult(data={"echo": payload, "attempt": job.attempt}, outputs=outputs)
+        data = {"echo": payload, "attempt": job.attempt}
+        if job.parents:  # what its parents returned (a job submitted with `after`)
+            data["parents"] = dict(job.parents)
+        return ConnectorResult(data=data, outputs=outputs)
 
     async def cancel(self, job_id: str, token: str | None = None) -> None:
         self._tasks.cancel(job_id, token)

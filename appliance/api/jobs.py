@@ -65,6 +65,7 @@ async def _submit_all(api: Api, key: ApiKey, subs: list[JobSubmission], ids: lis
         raise ProblemError(429, refused.detail, headers={"Retry-After": str(refused.retry_after_s)})
     hooked: list[str] = []
     try:
+        await _own_parents(api, key, subs)
         for i, sub in enumerate(subs):
             if sub.webhook is not None:
                 await _check_webhook(api, sub, f"jobs.{i}.webhook.url" if len(subs) > 1 else "webhook.url")
@@ -83,6 +84,16 @@ async def _submit_all(api: Api, key: ApiKey, subs: list[JobSubmission], ids: lis
         if isinstance(exc, InvalidJob):
             raise ProblemError(400, str(exc)) from None
         raise
+
+
+async def _own_parents(api: Api, key: ApiKey, subs: list[JobSubmission]) -> None:
+    """A job may wait only for its own customer's jobs (its worker gets their results): another customer's job
+    reads as unknown, exactly like one that does not exist."""
+    parents = list(dict.fromkeys(p for sub in subs for p in sub.after))
+    owners = await api.queue.customers_of(parents)
+    for parent in parents:
+        if owners.get(parent) != key.tenant:
+            raise ProblemError(400, f"after: job {parent!r} not found (unknown id, or its record expired)")
 
 
 async def _check_webhook(api: Api, sub: JobSubmission, field: str) -> None:

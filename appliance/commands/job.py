@@ -50,6 +50,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     start.add_argument(
         "--delay", type=float, metavar="SECONDS", help="start no earlier than SECONDS from now"
     )
+    submit.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only after job ID completed (repeatable; each must exist); its result reaches this job",
+    )
+    submit.add_argument(
+        "--on-parent-failure",
+        choices=["fail", "cancel", "ignore"],
+        help="when a parent fails, dies or is cancelled: fail this job (default), cancel it, or ignore that parent",
+    )
     submit.add_argument("--id", help="caller-chosen job id (idempotency key)")
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")
     submit.set_defaults(handler=_submit)
@@ -72,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = commands.add_parser("list", help="list jobs from the queue's indexes")
     listing.add_argument(
-        "--status", choices=["pending", "claimed", "running", "completed", "failed", "cancelled", "dead"]
+        "--status",
+        choices=["pending", "blocked", "claimed", "running", "completed", "failed", "cancelled", "dead"],
     )
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true")
@@ -125,6 +138,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "id": getattr(args, "id", None),
         "run_at": getattr(args, "run_at", None),
         "delay_s": getattr(args, "delay", None),
+        "after": getattr(args, "after", None) or None,
+        "on_parent_failure": getattr(args, "on_parent_failure", None),
     }
     return {k: v for k, v in spec.items() if v is not None}
 
@@ -241,6 +256,8 @@ def _print_job(job: Any) -> None:
     status = job.status.value + (" (unworkable: no live worker can run it)" if job.unworkable else "")
     if job.held_by:
         status += f" (held: {job.held_by})"
+    if job.status.value == "blocked":
+        status += f" (waiting on {len(job.waiting_on)} of {len(job.after)} parents: {', '.join(job.waiting_on)})"
     rows = [
         ("id", job.id),
         ("service", job.service),
@@ -258,6 +275,8 @@ def _print_job(job: Any) -> None:
         )
     if job.next_attempt_at is not None and job.status.value == "pending":
         rows.append(("next try", job.next_attempt_at))  # waiting out its retry backoff
+    if job.after:
+        rows.append(("after", f"{', '.join(job.after)} (on parent failure: {job.on_parent_failure.value})"))
     if job.error:
         rows.append(("error", job.error))
     if job.result is not None:
@@ -385,6 +404,7 @@ def _print_stats(stats: Any) -> None:
     print(
         f"queue {stats.queue}: {stats.waiting} waiting, {stats.delayed} delayed, {stats.active} active, "
         f"{stats.dead} dead, {stats.unworkable} unworkable, {stats.workers} live workers"
+        + (f", {stats.blocked} waiting for parents" if stats.blocked else "")
     )
     print("totals: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.totals.items())))
     if stats.paused or stats.held:

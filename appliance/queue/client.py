@@ -93,7 +93,7 @@ class Queue:
         self.jobs_of_worker, self.return_jobs_of_worker = leases.jobs_of_worker, leases.return_jobs_of_worker
         self.reap = self.housekeeper.reap
         leases.on_children_released = self.housekeeper.requeue_due
-        self.parent_results = self.reader.parent_results
+        self.parent_results, self.customers_of = self.reader.parent_results, self.reader.customers_of
 
     @classmethod
     async def connect(

@@ -153,6 +153,21 @@ class Reader:
             for parent, state, result in zip(job.after, states, results, strict=True)
         }
 
+    async def customers_of(self, job_ids: list[str]) -> dict[str, str | None]:
+        """The customer of each job ('' for none; None when the job does not exist): the HTTP API lets a job wait
+        only for its own customer's jobs, whose results its worker would otherwise see."""
+        if not job_ids:
+            return {}
+        k = self.conn.keys
+        pipe = self.conn.client.pipeline(transaction=False)
+        pipe.hmget(k.state, job_ids)
+        pipe.hmget(k.customer, job_ids)
+        states, customers = await pipe.execute()
+        return {
+            job_id: (str(customer or "") if state is not None else None)
+            for job_id, state, customer in zip(job_ids, states, customers, strict=True)
+        }
+
     async def _held_by(self, shape: str, customer: str | None) -> str | None:
         """The pause that keeps a waiting job from being claimed, if any (queue first, then shape, customer)."""
         fields = ["queue", f"shape:{shape}", f"customer:{customer or '-'}"]

@@ -50,18 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     start.add_argument(
         "--delay", type=float, metavar="SECONDS", help="start no earlier than SECONDS from now"
     )
-    submit.add_argument(
-        "--after",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="run only after job ID completed (repeatable; each must exist); its result reaches this job",
-    )
-    submit.add_argument(
-        "--on-parent-failure",
-        choices=["fail", "cancel", "ignore"],
-        help="when a parent fails, dies or is cancelled: fail this job (default), cancel it, or ignore that parent",
-    )
+    add_dependency_arguments(submit)
     submit.add_argument("--id", help="caller-chosen job id (idempotency key)")
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")
     submit.set_defaults(handler=_submit)
@@ -98,6 +87,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     for sub in (submit, get, wait, cancel, listing, stats):
         add_redis_arguments(sub)
+
+
+def add_dependency_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--after ID` (repeatable) and `--on-parent-failure`: the job waits for other jobs (submit only)."""
+    parser.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only after job ID completed (repeatable; each must exist); its result reaches this job",
+    )
+    parser.add_argument(
+        "--on-parent-failure",
+        choices=["fail", "cancel", "ignore"],
+        help="when a parent fails, dies or is cancelled: fail this job (default), cancel it, or ignore that parent",
+    )
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -257,7 +262,9 @@ def _print_job(job: Any) -> None:
     if job.held_by:
         status += f" (held: {job.held_by})"
     if job.status.value == "blocked":
-        status += f" (waiting on {len(job.waiting_on)} of {len(job.after)} parents: {', '.join(job.waiting_on)})"
+        status += (
+            f" (waiting on {len(job.waiting_on)} of {len(job.after)} parents: {', '.join(job.waiting_on)})"
+        )
     rows = [
         ("id", job.id),
         ("service", job.service),

@@ -33,7 +33,9 @@ async def test_another_customers_job_is_no_parent(server: Server) -> None:
         answers.append(body["detail"].replace(parent, "X"))
     assert answers[0] == answers[1] == "after: job 'X' not found (unknown id, or its record expired)"
     status, body, _ = await bob.call(
-        "POST", "/v1/jobs/batch", json={"jobs": [{"service": "echo"}, {"service": "echo", "after": [secret["id"]]}]}
+        "POST",
+        "/v1/jobs/batch",
+        json={"jobs": [{"service": "echo"}, {"service": "echo", "after": [secret["id"]]}]},
     )
     assert status == 400, body
     assert (await server.queue.stats()).totals.get("submitted") == 1  # alice's job only

@@ -34,7 +34,10 @@ def record(env: dict[str, str], job_id: str) -> dict[str, object]:
 async def test_dependencies_on_a_cluster(cluster: RedisClusterNodes, fleet: Fleet, tmp_path: Path) -> None:
     for name in spread_queues(cluster, "deps", 2):
         env = base_env(
-            tmp_path, APPLIANCE_REDIS_URL=cluster.seed, APPLIANCE_REDIS__MODE="cluster", APPLIANCE_REDIS__QUEUE=name
+            tmp_path,
+            APPLIANCE_REDIS_URL=cluster.seed,
+            APPLIANCE_REDIS__MODE="cluster",
+            APPLIANCE_REDIS__QUEUE=name,
         )
         left = submit(env, "--payload", '{"side": "left", "delay": 0.5}')
         right = submit(env, "--payload", '{"side": "right"}')

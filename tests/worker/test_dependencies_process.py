@@ -6,34 +6,27 @@ released and completes exactly once."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 from appliance.queue import JobStatus
-from tests.worker.test_worker_process import (  # noqa: F401 (harness: the fixture)
-    Harness,
-    completed_events,
-    harness,
-    job_in,
-    running,
-)
+from tests.worker.test_worker_process import Harness, completed_events, harness, job_in, running  # noqa: F401
 
 
-def cli(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in harness.env.items() if k != "NOTIFY_SOCKET"}
+def cli(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in h.env.items() if k != "NOTIFY_SOCKET"}
     return subprocess.run(
         [sys.executable, "-m", "appliance", "job", *args], capture_output=True, text=True, env=env, timeout=60
     )
 
 
-def submit(harness: Harness, *args: str) -> str:
-    out = cli(harness, "submit", "--service", "echo", *args)
+def submit(h: Harness, *args: str) -> str:
+    out = cli(h, "submit", "--service", "echo", *args)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
 
-async def test_a_chain_runs_in_order_and_children_see_their_parents_results(harness: Harness) -> None:
+async def test_a_chain_runs_in_order_and_children_see_their_parents_results(harness: Harness) -> None:  # noqa: F811
     q = harness.queue
     assert q is not None
     a = submit(harness, "--payload", '{"step": "a", "delay": 0.3}')
@@ -60,7 +53,7 @@ async def test_a_chain_runs_in_order_and_children_see_their_parents_results(harn
     assert "Traceback" not in worker.log
 
 
-async def test_kill_9_of_a_worker_running_a_parent_releases_the_child_once(harness: Harness) -> None:
+async def test_kill_9_of_a_worker_running_a_parent_releases_the_child_once(harness: Harness) -> None:  # noqa: F811
     q = harness.queue
     assert q is not None
     first = harness.start("--slot", "echo0")

@@ -50,7 +50,10 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         claimed = await session.claim()
         await session.heartbeat({claimed.job.id: claimed.token})
         await queue.progress(job.id, claimed.token, 10)
+        # A child waiting for it: the completion releases it (code 8), and the client requeues it (requeue.lua).
+        child = await queue.submit({"service": "echo", "after": [job.id]})
         await queue.complete(job.id, claimed.token, {})
+        assert (await queue.require(child.id)).status.value == "pending"
         second = await session.claim()
         await queue.fail(other.id, second.token, "x", retryable=True)
         again = await session.claim()

@@ -107,9 +107,9 @@ local later = start > now
 local seq = rcall('INCR', seq_key)
 local step_units = priority * tonumber(ARGV[11]) * 1000
 local score
-if later or blocked then
-  -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md); one
-  -- waiting for parents ranks from its submission (or run_at) once released, like a replayed job.
+if later then
+  -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md). One
+  -- waiting for parents keeps the place (and fair-share tag) its submission gave it, like a replayed job.
   score = string.format('%.0f', start * 1000 - step_units + (seq % 1000))
 else
   score = string.format('%.0f', fair_tag(ready_key, meta_key, finish_key, weights_key, ARGV[18],

@@ -46,6 +46,9 @@ local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2]
 local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
+-- The keys with which a completion settles the job's waiting children (includes/deps.lua).
+local deps = {children = KEYS[14], blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11], errors = KEYS[12],
+  dead = KEYS[13], state = state_key, info = info_key, done = done_key, counts = counts_key, events = events_key}
 
 -- One read of every lease, then one write per column for the whole batch.
 local asked = {}
@@ -85,11 +88,9 @@ if mode ~= 'none' then
        'result_bytes', #results[2 * i]})
   end
 end
-if rcall('EXISTS', KEYS[14]) == 1 then  -- after the events: once per batch, no cost while no job waits for parents
-  local k = {children = KEYS[14], blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11], state = state_key,
-    info = info_key, done = done_key, counts = counts_key, dead = KEYS[13], errors = KEYS[12], events = events_key}
+if rcall('EXISTS', deps.children) == 1 then  -- after the events: once per batch, free while no job has parents
   for i, id in ipairs(asked) do
-    if codes[i] == 1 and settle_children(k, id, 'completed', now, ttl_ms) > 0 then codes[i] = 8 end
+    if codes[i] == 1 and settle_children(deps, id, 'completed', now, ttl_ms) > 0 then codes[i] = 8 end
   end
 end
 return codes

@@ -69,6 +69,7 @@ local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local delayed_key, idle_key, waiting_key = KEYS[10], KEYS[11], KEYS[12]
 local finish_key, weights_key, customer_key = KEYS[13], KEYS[14], KEYS[15]
+local children_key, blocked_key, parents_key = KEYS[17], KEYS[18], KEYS[19]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
 
@@ -121,16 +122,16 @@ if ARGV[18] ~= '' then rcall('HSET', customer_key, id, ARGV[18]) end
 rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
 if policy ~= '' then
-  rcall('HSET', KEYS[19], id, policy .. '|' .. string.format('%.0f', start) .. '|' .. table.concat(parents, ','))
+  rcall('HSET', parents_key, id, policy .. '|' .. string.format('%.0f', start) .. '|' .. table.concat(parents, ','))
 end
 if blocked then
   rcall('HSET', state_key, id, 'blocked')
-  rcall('ZADD', KEYS[18], #waits_for, id)
+  rcall('ZADD', blocked_key, #waits_for, id)
   local edges = {}
   for _, parent in ipairs(waits_for) do
     edges[#edges + 1], edges[#edges + 2] = 0, parent .. '|' .. id
   end
-  rcall('ZADD', KEYS[17], unpack(edges))
+  rcall('ZADD', children_key, unpack(edges))
 elseif ended_by then
   rcall('HSET', state_key, id, 'pending')  -- end_child below finishes it
 elseif later then
@@ -159,7 +160,7 @@ end
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 if ended_by then
   local k = {state = state_key, info = KEYS[21], done = KEYS[22], counts = counts_key, dead = KEYS[23],
-    children = KEYS[17], blocked = KEYS[18], parents = KEYS[19], errors = KEYS[20], events = events_key}
+    children = children_key, blocked = blocked_key, parents = parents_key, errors = KEYS[20], events = events_key}
   local status = policy == 'cancel' and 'cancelled' or 'failed'
   end_child(k, id, status, ended_by, ended_how, now, tonumber(ARGV[20]))
   return status == 'cancelled' and 6 or 5

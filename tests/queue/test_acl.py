@@ -187,6 +187,21 @@ async def test_every_role_does_its_job_and_redis_refuses_nothing(
         assert (await submitter.get(jobs[1].id)).status is JobStatus.PENDING
         assert len(await submitter.list_jobs()) >= 3
         assert (await submitter.stats()).waiting >= 2
+        # Dependencies (a shape of their own): the submitter's child waits, the machine's completion releases it
+        # and puts it in line, the submitter's cancel of another parent cancels that one's child.
+        dep = {"service": "echo", "pool": "deps"}
+        parent = await submitter.submit(dep)
+        child = await submitter.submit({**dep, "after": [parent.id]})
+        other = await submitter.submit(dep)
+        doomed = await submitter.submit({**dep, "after": [other.id], "on_parent_failure": "cancel"})
+        assert (child.status, (await submitter.stats()).blocked) == (JobStatus.BLOCKED, 2)
+        claimed = await machine.claim("m1-x", [parent.shape])
+        await machine.complete(parent.id, claimed.token, {"v": 1})
+        assert await submitter.cancel(other.id) == "cancelled"
+        assert (await submitter.get(doomed.id)).status is JobStatus.CANCELLED
+        released = await machine.claim("m1-x", [parent.shape])
+        assert released.job.id == child.id
+        assert await machine.parent_results(released.job) == {parent.id: {"v": 1}}
         # The supervisor's side: its machine's registration, status and events.
         registry = MachineRegistry(machine.client, "m1", ttl_s=60)
         await registry.clear_stale()
@@ -205,7 +220,7 @@ async def test_every_role_does_its_job_and_redis_refuses_nothing(
     monitor = await connect(server, "mon-a", "a")
     try:
         assert (await monitor.get(job_id)).status is JobStatus.COMPLETED
-        assert (await monitor.stats()).totals["completed"] == 1
+        assert (await monitor.stats()).totals["completed"] == 2  # the CLI's job and the parent above
         assert await monitor.client.xrange(monitor.keys.events, count=5)
         assert await monitor.client.zrange("machines", 0, -1) == ["m1"]
         assert await monitor.client.hgetall("machine:{m1}:info") is not None

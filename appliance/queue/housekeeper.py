@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from appliance.queue.conn import QueueConnection
 from appliance.queue.records import shape_of_meta
 
+#: Rounds of `Housekeeper.requeue_due` one completion runs at most (x its limit: children released at once).
+REQUEUE_DUE_ROUNDS = 40
+
 
 @dataclass(frozen=True)
 class ReapResult:
@@ -47,20 +50,24 @@ class Housekeeper:
             next_in_ms=next_in_ms,
         )
 
-    async def requeue_due(self, limit: int = 500) -> int:
+    async def requeue_due(self, limit: int = 500, rounds: int = REQUEUE_DUE_ROUNDS) -> int:
         """Move what is due in the delayed set into line now, without the fleet's reaper guard: children their
-        last parent's completion released (due at once). Each id is checked again by requeue.lua, so racing the
-        reaper moves nothing twice. Returns how many went into line."""
-        k = self.conn.keys
-        due = await self.conn.client.zrange(k.delayed, 0, limit - 1)
-        if not due:
-            return 0
-        metas = await self.conn.client.hmget(k.meta, due)
-        by_shape: dict[str, list[str]] = {}
-        for job_id, meta in zip(due, metas, strict=True):
-            if meta:
-                by_shape.setdefault(shape_of_meta(str(meta)), []).append(str(job_id))
-        return (await self._requeue(by_shape))[0]
+        last parent's completion released (due at once), `limit` per round while every one read was due. Each id
+        is checked again by requeue.lua, so racing the reaper moves nothing twice. Returns how many went into
+        line."""
+        k, moved = self.conn.keys, 0
+        for _ in range(rounds):
+            due = await self.conn.client.zrange(k.delayed, 0, limit - 1)
+            metas = await self.conn.client.hmget(k.meta, due) if due else []
+            by_shape: dict[str, list[str]] = {}
+            for job_id, meta in zip(due, metas, strict=True):
+                if meta:
+                    by_shape.setdefault(shape_of_meta(str(meta)), []).append(str(job_id))
+            requeued = (await self._requeue(by_shape))[0]
+            moved += requeued
+            if len(due) < limit or requeued < len(due):  # the rest is not due yet (or gone): the reaper's
+                break
+        return moved
 
     async def _requeue(self, by_shape: dict[str, list[str]]) -> tuple[int, int, int]:
         """requeue.lua for each shape's ids: (requeued, dead, cancelled)."""

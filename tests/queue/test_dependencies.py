@@ -71,13 +71,14 @@ async def test_fan_in_waits_for_every_parent_and_sees_their_results(queue: Queue
 
 async def test_fan_out_releases_every_child_when_the_parent_completes(queue: Queue) -> None:
     parent = await queue.submit(ECHO | {"id": "root"})
-    kids = [f"k{i:03d}" for i in range(150)]
+    kids = [f"k{i:04d}" for i in range(1200)]  # more than one round of requeue_due (500)
     await queue.submit_many([ECHO | {"id": k, "after": ["root"]} for k in kids])
-    assert (await queue.stats()).blocked == 150
+    assert (await queue.stats()).blocked == 1200
     claimed = await next_job(queue, parent.shape)
     assert claimed is not None and claimed.job.id == "root"
     await queue.complete("root", claimed.token, {})
-    assert (await queue.stats()).blocked == 0
+    stats = await queue.stats()
+    assert (stats.blocked, stats.delayed, stats.waiting) == (0, 0, 1200)  # all in line at once, no reaper
     seen = []
     while (one := await next_job(queue, parent.shape)) is not None:
         seen.append(one.job.id)

@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from appliance.queue.conn import QueueConnection
 from appliance.queue.errors import JobNotFound
 from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS
+from appliance.queue.limits import Limits
 from appliance.queue.models import Job, JobStatus, QueueStats, ShapeStats
 from appliance.queue.records import Finished, Lease, Meta, int_or, json_or, shape_of_meta, time_or_none
 
@@ -123,6 +124,10 @@ class Reader:
         if job.status is JobStatus.PENDING:
             job.unworkable = not await self._shape_is_live(decoded.shape if decoded else "")
             job.held_by = await self._held_by(decoded.shape if decoded else "", job.customer_id)
+            if job.held_by is None and decoded is not None and meta.count("|") >= 6:
+                # Out of line because of its customer's limit: it runs as the customer's slots or tokens free.
+                score = meta.rsplit("|", 1)[1]
+                job.held_by = await Limits(self.conn).holding(job_id, job.customer_id, decoded.shape, score)
         return job
 
     async def _held_by(self, shape: str, customer: str | None) -> str | None:
@@ -161,6 +166,7 @@ class Reader:
                 ids += await client.zrange(k.ready(shape), 0, limit - 1)
             ids += await client.zrange(k.delayed, 0, limit - 1)
             ids += [m.split("|", 2)[2] for m in await client.zrange(k.held, 0, limit - 1)]
+            ids += [m.split("|", 3)[3] for m in await client.zrange(k.limited, 0, limit - 1)]
         if status in (None, JobStatus.CLAIMED, JobStatus.RUNNING):
             ids += await client.zrange(k.leases, 0, limit - 1)
         if status is JobStatus.DEAD:
@@ -292,7 +298,8 @@ class Reader:
         pipe.zcount(k.workers_seen, now - settings.worker_ttl_ms, "+inf")
         pipe.hgetall(k.paused)
         pipe.zcard(k.held)
-        counts, active, delayed, dead, shapes, live, workers, paused, held = await pipe.execute()
+        pipe.zcard(k.limited)
+        counts, active, delayed, dead, shapes, live, workers, paused, held, limited = await pipe.execute()
         rows = await self._shape_rows(shapes, live, now)
         return QueueStats(
             queue=self.conn.name,
@@ -306,7 +313,17 @@ class Reader:
             workers=int(workers),
             paused=sorted(paused),
             held=int(held),
+            limited=int(limited),
+            limited_by=await self._limited_by() if int(limited) else {},
         )
+
+    async def _limited_by(self) -> dict[str, str]:
+        """Customer -> `N held: <the limit that binds>` for each customer whose jobs a limit holds."""
+        limits = Limits(self.conn)
+        return {
+            customer: f"{count} held: {await limits.binding(customer)}"
+            for customer, count in (await limits.held_by_customer()).items()
+        }
 
     async def _shape_rows(self, shapes: dict[str, str], live: dict[str, str], now: int) -> list[ShapeStats]:
         k = self.conn.keys

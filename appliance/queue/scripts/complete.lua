@@ -12,6 +12,10 @@
     KEYS[8]  events   STREAM
     KEYS[9]  cancels  HASH id -> cancel request time
     KEYS[10] meta     HASH id -> shape|service|...
+    KEYS[11] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[12] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[13] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[14] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -31,6 +35,7 @@ local rcall = redis.call
 -- @include now
 -- @include emit
 -- @include owner
+-- @include uncharge
 
 local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -59,6 +64,7 @@ for i, id in ipairs(asked) do
 end
 if #ids == 0 then return codes end
 rcall('HDEL', owner_key, unpack(ids))
+uncharge({charged = KEYS[11], inflight = KEYS[12], limited = KEYS[13], limits_due = KEYS[14]}, ids, now)
 rcall('ZREM', leases_key, unpack(ids))
 rcall('HDEL', cancels_key, unpack(ids))
 rcall('HSET', results_key, unpack(results))

@@ -22,6 +22,10 @@
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
     KEYS[17] idle      ZSET of the job's shape: idle worker -> ms it began waiting
     KEYS[18] waiting   HASH idle worker -> hub channel of its process
+    KEYS[19] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[20] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[21] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[22] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix    ARGV[2]  queue name
     ARGV[3]  events mode        ARGV[4]  events maxlen
@@ -49,6 +53,7 @@ local rcall = redis.call
 -- @include meta
 -- @include history
 -- @include in_line
+-- @include uncharge
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local errors_key, delayed_key, ready_key, heads_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -63,6 +68,7 @@ local meta = parse_meta(rcall('HGET', meta_key, id))
 if meta.shape ~= ARGV[12] then return -5 end
 
 rcall('HDEL', owner_key, id)
+uncharge({charged = KEYS[19], inflight = KEYS[20], limited = KEYS[21], limits_due = KEYS[22]}, {id}, now)
 rcall('ZREM', leases_key, id)
 append_error(errors_key, id, ARGV[7])
 if rcall('HDEL', cancels_key, id) == 1 then disposition = 'cancelled' end

@@ -24,6 +24,10 @@
                        starts from nothing)
     KEYS[16] idle      ZSET of the job's shape: idle worker -> ms it began waiting
     KEYS[17] waiting   HASH idle worker -> hub channel of its process
+    KEYS[18] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[19] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[20] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[21] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
@@ -51,6 +55,7 @@ local rcall = redis.call
 -- @include meta
 -- @include history
 -- @include in_line
+-- @include uncharge
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, heads_key, counts_key, events_key, cancels_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -71,6 +76,7 @@ local meta = parse_meta(rcall('HGET', meta_key, id))
 if meta.shape ~= ARGV[9] then return -5 end
 
 rcall('HDEL', owner_key, id)
+uncharge({charged = KEYS[18], inflight = KEYS[19], limited = KEYS[20], limits_due = KEYS[21]}, {id}, now)
 rcall('ZREM', leases_key, id)
 local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
 local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt, 'reason', reason}

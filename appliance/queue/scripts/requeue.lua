@@ -22,6 +22,10 @@
     KEYS[16] progress  HASH id -> progress JSON (dropped when the job goes back in line)
     KEYS[17] idle      ZSET of the shape: idle worker -> ms it began waiting
     KEYS[18] waiting   HASH idle worker -> hub channel of its process
+    KEYS[19] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[20] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[21] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[22] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -41,6 +45,7 @@ local rcall = redis.call
 -- @include meta
 -- @include history
 -- @include in_line
+-- @include uncharge
 
 local ready_key, heads_key, leases_key, delayed_key, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local state_key, attempts_key, meta_key, errors_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -67,6 +72,7 @@ for i = 9, #ARGV do
       local worker, claimed = string.match(own, '^[^|]*|(.*)|([^|]*)$')
       worker, claimed = worker or '', claimed or '0'
       rcall('HDEL', owner_key, id)
+      uncharge({charged = KEYS[19], inflight = KEYS[20], limited = KEYS[21], limits_due = KEYS[22]}, {id}, now)
       rcall('ZREM', leases_key, id)
       local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
       append_error_record(errors_key, id, {message = 'lease expired: worker ' .. worker .. ' stopped renewing it',

@@ -46,7 +46,9 @@ class InvalidLimits(QueueError, ValueError):
 class CustomerLimits(BaseModel):
     customer: str = Field(pattern=CUSTOMER_PATTERN, description="Customer id, or `-` for jobs without one.")
     weight: float = Field(1.0, ge=MIN_WEIGHT, le=MAX_WEIGHT, description="Fair-share weight (default 1).")
-    max_in_flight: int | None = Field(None, ge=0, le=10**9, description="Most jobs leased at once, fleet-wide.")
+    max_in_flight: int | None = Field(
+        None, ge=0, le=10**9, description="Most jobs leased at once, fleet-wide."
+    )
     pools: dict[str, int] = Field(
         default_factory=dict, description="Most jobs leased at once on one pool's workers, by pool."
     )
@@ -114,7 +116,9 @@ class Limits:
         elif max_in_flight is not None:
             fields["max_in_flight"] = max_in_flight
         elif pool is not None:
-            raise InvalidLimits("invalid limits: --pool needs --max-in-flight (the cap on that pool's workers)")
+            raise InvalidLimits(
+                "invalid limits: --pool needs --max-in-flight (the cap on that pool's workers)"
+            )
         if rate is not None:
             fields["rate"] = rate
             fields["burst"] = burst if burst is not None else (current.burst or max(1.0, rate))
@@ -221,7 +225,9 @@ class Limits:
         client, k = self.conn.client, self.conn.keys
         back = 0
         for _ in range(1000):  # each round puts back up to RELEASE_BATCH, or learns new shapes
-            members = await client.zrangebylex(k.limited, *_customer_range(customer), start=0, num=RELEASE_BATCH)
+            members = await client.zrangebylex(
+                k.limited, *_customer_range(customer), start=0, num=RELEASE_BATCH
+            )
             shapes = list(dict.fromkeys(str(m).split("|", 3)[2] for m in members))
             args = [customer, self.conn.wake_check, RELEASE_BATCH, *shapes]
             put, more = await self.conn.run(self.conn.prepare("unlimit", args, candidates=shapes))
@@ -280,4 +286,3 @@ class Limits:
             if held:
                 counts[name] = held
         return dict(counts)
-

@@ -94,7 +94,8 @@ SPECS: dict[str, ScriptSpec] = {
         ),
         _spec(
             "claim",
-            "heads class spec meta state attempts owner leases counts events paused held customer " + LIMIT_KEYS,
+            "heads class spec meta state attempts owner leases counts events paused held customer "
+            + LIMIT_KEYS,
             candidate_tail=True,
         ),
         _spec("heartbeat", "owner leases cancels workers_seen shape_live", common=False),

@@ -88,7 +88,9 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
     assert seen == set(SCRIPT_NAMES)
     for name, count in calls:
         declared = declared_keys(name)
-        if declared is None:  # claim, idle: a fixed head plus one key per shape; unlimit: a pair per shape (0+)
+        if (
+            declared is None
+        ):  # claim, idle: a fixed head plus one key per shape; unlimit: a pair per shape (0+)
             extra = count - len(SPECS[name].keys)
             if SPECS[name].tail == "ready+idle":
                 assert extra >= 0 and extra % 2 == 0, name

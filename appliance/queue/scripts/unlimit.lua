@@ -3,7 +3,8 @@
   limits let start now: its free in-flight slots (fleet-wide, and summed over the pools it caps) and the whole
   tokens in its rate bucket; every one when it has no limit any more. Each goes back at its original place
   (the score in its meta) and wakes one idle worker of its shape; a job no longer waiting (cancelled
-  meanwhile) only leaves `limited`. Then `limits_due` says when to come back: a token's time when the rate
+  meanwhile) only leaves `limited`. A customer with pool caps but no fleet-wide cap gets one more than its
+  capped pools' free slots: a job only a pool cap held may run on a worker of another pool. Then `limits_due` says when to come back: a token's time when the rate
   binds, now when this call stopped short (batch full, or a held job of a shape the caller did not pass), and
   no entry when a cap binds (a lease ending puts the customer back) or nothing is held any more.
 
@@ -58,6 +59,9 @@ if v[2] and v[2] ~= '' then
     local cap = tonumber(rcall('HGET', limits_key, c .. '|pool|' .. pool))
     if cap then free = free + math.max(0, cap - (tonumber(rcall('HGET', inflight_key, c .. '|' .. pool)) or 0)) end
   end
+  -- One more than the capped pools' free slots: a job only a pool cap held may run on another pool's worker,
+  -- whose lease end then frees the next (without a fleet cap, nothing else bounds them there).
+  if not v[1] then free = free + 1 end
   allow = math.min(allow, free)
 end
 local rate, tokens

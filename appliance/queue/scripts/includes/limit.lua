@@ -23,9 +23,11 @@ local function limit_gate(k, pool, now)
   local function state_of(c)
     local st = seen[c]
     if st then return st end
-    local v = rcall('HMGET', k.limits, c .. '|cap', c .. '|pool|' .. pool, c .. '|rate')
+    local v = rcall('HMGET', k.limits, c .. '|cap', c .. '|pool|' .. pool, c .. '|rate', c .. '|pools')
     st = {cap = tonumber(v[1]), pcap = pool ~= '' and tonumber(v[2]) or nil}
-    st.limited = v[1] or v[2] or v[3]
+    -- A customer with any limit is charged on every worker: each of its lease ends then looks for held jobs
+    -- (a job a pool cap held may be run by a worker of another pool, and its end must free the next).
+    st.limited = v[1] or v[3] or v[4]
     if st.limited then
       local n = rcall('HMGET', k.inflight, c, c .. '|' .. pool)
       st.fleet, st.pooled = tonumber(n[1]) or 0, tonumber(n[2]) or 0

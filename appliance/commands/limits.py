@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _set(args: argparse.Namespace) -> int:
+    if args.pool is not None and args.max_in_flight is None:
+        raise CommandError("limits set: --pool needs --max-in-flight (the cap on that pool's workers)")
     given = (args.weight, args.max_in_flight, args.rate, args.burst)
     if all(v is None for v in given):
         raise CommandError(

@@ -128,6 +128,9 @@ class Reader:
                 # Out of line because of its customer's limit: it runs as the customer's slots or tokens free.
                 score = meta.rsplit("|", 1)[1]
                 job.held_by = await Limits(self.conn).holding(job_id, job.customer_id, decoded.shape, score)
+                # A claim of a worker that could run it met it and held it back: waiting for a limit is not
+                # being unworkable.
+                job.unworkable = job.unworkable and job.held_by is None
         return job
 
     async def _held_by(self, shape: str, customer: str | None) -> str | None:

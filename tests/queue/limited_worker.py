@@ -5,7 +5,7 @@
 Runs WORKERS async workers of pool POOL ('-' for none), ids `p<PROCESS>-w<i>`; each claims one job at a time,
 holds it HOLD_MS (so leases overlap and a cap is really tested), then completes it. With --hang, the first
 claimed job is never finished and its id printed (the test kill -9s the process). Each worker prints `ready`
-and waits for the key `test:go` before its first claim. Exits when nothing is
+and waits for a token the test pushes onto the list `test:go` before its first claim. Exits when nothing is
 waiting, leased, delayed or held by a limit.
 """
 
@@ -22,10 +22,9 @@ async def work(queue: Queue, process: int, index: int, pool: str | None, hold_s:
     session = await WorkerSession.open(queue, f"p{process}-w{index}", caps)
     idle_rounds = 0
     try:
-        # Every worker of the test starts at once (the test sets the key when all printed `ready`), so they race.
+        # Every worker of the test starts at once (the test pushes one token each once all printed `ready`), so they race.
         print("ready", flush=True)
-        while not await queue.client.exists("test:go"):
-            await asyncio.sleep(0.01)
+        await queue.client.blpop(["test:go"], timeout=60)
         while True:
             claimed = await session.claim()
             if claimed is None:

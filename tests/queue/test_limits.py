@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from appliance.queue import JobStatus, Queue, QueueSettings
 from appliance.queue.limits import InvalidLimits
+from tests.cliproc import run_appliance
 
 WORKER = str(Path(__file__).with_name("limited_worker.py"))
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
@@ -39,7 +41,7 @@ async def run_workers(redis_url: str, pools: Iterable[str], per_process: int, ho
         for _ in range(per_process):
             assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
     client = aioredis.Redis.from_url(redis_url)
-    await client.set("test:go", 1)
+    await client.rpush("test:go", *[1] * (len(procs) * per_process))
     await client.aclose()
     codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 300)
     assert codes == [0] * len(procs)
@@ -99,7 +101,9 @@ async def test_a_pool_cap_counts_only_that_pools_workers(redis_url: str) -> None
     queue = await Queue.connect(redis_url)
     try:
         await queue.limits.set("acme", max_in_flight=1, pool="gpu")
-        specs = [{"service": "echo", "customer_id": "acme", "pool": p} for p in ("gpu", "cpu") for _ in range(30)]
+        specs = [
+            {"service": "echo", "customer_id": "acme", "pool": p} for p in ("gpu", "cpu") for _ in range(30)
+        ]
         # Jobs without a pool run on either pool's workers: the gpu cap counts them while a gpu worker runs them.
         specs += [{"service": "echo", "customer_id": "acme"} for _ in range(20)]
         jobs = await queue.submit_many(specs)
@@ -193,11 +197,20 @@ async def test_a_worker_killed_9_frees_its_slot_through_the_reaper(redis_url: st
         first = await queue.submit({"service": "echo", "customer_id": "acme"})
         second = await queue.submit({"service": "echo", "customer_id": "acme"})
         doomed = await asyncio.create_subprocess_exec(
-            sys.executable, WORKER, redis_url, "0", "1", "-", "0", "--hang", env=ENV, stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            WORKER,
+            redis_url,
+            "0",
+            "1",
+            "-",
+            "0",
+            "--hang",
+            env=ENV,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert doomed.stdout is not None
         assert (await asyncio.wait_for(doomed.stdout.readline(), 30)).strip() == b"ready"
-        await queue.client.set("test:go", 1)
+        await queue.client.rpush("test:go", 1)
         line = await asyncio.wait_for(doomed.stdout.readline(), 30)
         assert line.decode().strip() == f"claimed {first.id}"
         assert await queue.claim("w", [first.shape]) is None  # the second is held behind the doomed one
@@ -237,7 +250,9 @@ async def test_raising_then_removing_the_cap_puts_held_jobs_back(queue: Queue) -
     await queue.limits.remove("acme", max_in_flight=True)
     stats = await queue.stats()
     assert (stats.waiting, stats.limited) == (2, 0)
-    assert [c.job.id for c in [await queue.claim("w", [shape]) for _ in range(2)] if c] == [j.id for j in jobs[3:]]
+    assert [c.job.id for c in [await queue.claim("w", [shape]) for _ in range(2)] if c] == [
+        j.id for j in jobs[3:]
+    ]
 
 
 async def test_a_limit_set_while_jobs_run_counts_them(queue: Queue) -> None:
@@ -303,3 +318,49 @@ async def test_bad_limits_are_refused_naming_the_field(queue: Queue) -> None:
     with pytest.raises(InvalidLimits, match="no cap on pool"):
         await queue.limits.remove("acme", pool="gpu")
     assert await queue.limits.list() == []
+
+
+async def test_job_get_stats_and_the_limits_commands_say_which_limit_holds(redis_url: str) -> None:
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(run_appliance, redis_url, *args)
+
+    queue = await Queue.connect(redis_url)
+    try:
+        done = await run("limits", "set", "acme", "--max-in-flight", "1")
+        assert done.returncode == 0, done.stderr
+        first = await queue.submit({"service": "echo", "customer_id": "acme"})
+        second = await queue.submit({"service": "echo", "customer_id": "acme"})
+        assert await queue.claim("w", [first.shape]) is not None
+        assert await queue.claim("w", [first.shape]) is None
+        got = await run("job", "get", second.id)
+        assert got.returncode == 0, got.stderr
+        assert "pending (held: customer acme at in-flight cap 1/1)" in got.stdout
+        assert "unworkable" not in got.stdout
+        stats = await run("job", "stats")
+        assert stats.returncode == 0, stats.stderr
+        assert "0 waiting" in stats.stdout and "0 unworkable" in stats.stdout
+        assert "limits: 1 jobs held out of line by a customer's limit (not unworkable)" in stats.stdout
+        assert "acme: 1 held: customer acme at in-flight cap 1/1" in stats.stdout
+        await run("limits", "set", "acme", "--max-in-flight", "1", "--pool", "gpu")
+        await run("limits", "set", "bolt", "--rate", "2")
+        shown = await run("limits", "show")
+        assert shown.returncode == 0, shown.stderr
+        lines = {line.split()[0]: line for line in shown.stdout.splitlines()[1:]}
+        assert lines["acme"].split()[2:5] == ["1/1", "gpu=1", "-"] and lines["acme"].endswith(" 1")
+        assert "2/s burst 2" in lines["bolt"]
+        removed = await run("limits", "rm", "acme", "--max-in-flight", "--json")
+        assert removed.returncode == 0, removed.stderr
+        assert '"max_in_flight": null' in removed.stdout and '"held": 0' in removed.stdout
+        stats_after = await queue.stats()
+        assert (stats_after.waiting, stats_after.limited) == (1, 0)
+        for argv, words in [
+            (("set", "acme", "--pool", "gpu"), "--pool needs --max-in-flight"),
+            (("rm", "acme", "--pool", "cpu"), "no cap on pool 'cpu'"),
+            (("set", "acme", "--burst", "3"), "burst needs a rate"),
+            (("set", "acme", "--max-in-flight", "-1"), "max_in_flight"),
+            (("set", "acme", "--rate", "0"), "rate"),
+        ]:
+            bad = await run("limits", *argv)
+            assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and words in bad.stderr, bad.stderr
+    finally:
+        await queue.close()

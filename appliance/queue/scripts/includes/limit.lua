@@ -28,9 +28,14 @@ local function limit_gate(k, pool, now)
     -- A customer with any limit is charged on every worker: each of its lease ends then looks for held jobs
     -- (a job a pool cap held may be run by a worker of another pool, and its end must free the next).
     st.limited = v[1] or v[3] or v[4]
-    if st.limited then
+    st.fleet, st.pooled = 0, 0
+    if st.cap and st.pcap then
       local n = rcall('HMGET', k.inflight, c, c .. '|' .. pool)
       st.fleet, st.pooled = tonumber(n[1]) or 0, tonumber(n[2]) or 0
+    elseif st.cap then
+      st.fleet = tonumber(rcall('HGET', k.inflight, c)) or 0
+    elseif st.pcap then
+      st.pooled = tonumber(rcall('HGET', k.inflight, c .. '|' .. pool)) or 0
     end
     if v[3] then
       local rate, burst = string.match(v[3], '^([^|]*)|(.*)$')

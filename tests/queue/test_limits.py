@@ -272,8 +272,13 @@ async def test_a_limit_set_while_jobs_run_counts_them(queue: Queue) -> None:
 
 async def test_a_capped_customer_does_not_block_others_and_priority_still_wins(queue: Queue) -> None:
     await queue.limits.set("acme", max_in_flight=1)
-    acme = await queue.submit_many([{"service": "echo", "customer_id": "acme"} for _ in range(3)])
-    bolt = await queue.submit_many([{"service": "echo", "customer_id": "bolt"} for _ in range(3)])
+    # Ids that order ties (bolt's first job takes the tag of the job next in line: acme's first).
+    acme = await queue.submit_many(
+        [{"id": f"a-{i}", "service": "echo", "customer_id": "acme"} for i in range(3)]
+    )
+    bolt = await queue.submit_many(
+        [{"id": f"b-{i}", "service": "echo", "customer_id": "bolt"} for i in range(3)]
+    )
     shape = acme[0].shape
     order = []
     while (c := await queue.claim("w", [shape])) is not None:

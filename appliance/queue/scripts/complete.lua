@@ -64,7 +64,7 @@ for i, id in ipairs(asked) do
 end
 if #ids == 0 then return codes end
 rcall('HDEL', owner_key, unpack(ids))
-uncharge({charged = KEYS[11], inflight = KEYS[12], limited = KEYS[13], limits_due = KEYS[14]}, ids, now)
+uncharge(uncharge_keys(), ids, now)
 rcall('ZREM', leases_key, unpack(ids))
 rcall('HDEL', cancels_key, unpack(ids))
 rcall('HSET', results_key, unpack(results))

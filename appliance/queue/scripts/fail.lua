@@ -68,7 +68,7 @@ local meta = parse_meta(rcall('HGET', meta_key, id))
 if meta.shape ~= ARGV[12] then return -5 end
 
 rcall('HDEL', owner_key, id)
-uncharge({charged = KEYS[19], inflight = KEYS[20], limited = KEYS[21], limits_due = KEYS[22]}, {id}, now)
+uncharge(uncharge_keys(), {id}, now)
 rcall('ZREM', leases_key, id)
 append_error(errors_key, id, ARGV[7])
 if rcall('HDEL', cancels_key, id) == 1 then disposition = 'cancelled' end

@@ -76,7 +76,7 @@ local meta = parse_meta(rcall('HGET', meta_key, id))
 if meta.shape ~= ARGV[9] then return -5 end
 
 rcall('HDEL', owner_key, id)
-uncharge({charged = KEYS[18], inflight = KEYS[19], limited = KEYS[20], limits_due = KEYS[21]}, {id}, now)
+uncharge(uncharge_keys(), {id}, now)
 rcall('ZREM', leases_key, id)
 local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
 local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt, 'reason', reason}

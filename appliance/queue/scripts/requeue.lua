@@ -72,7 +72,7 @@ for i = 9, #ARGV do
       local worker, claimed = string.match(own, '^[^|]*|(.*)|([^|]*)$')
       worker, claimed = worker or '', claimed or '0'
       rcall('HDEL', owner_key, id)
-      uncharge({charged = KEYS[19], inflight = KEYS[20], limited = KEYS[21], limits_due = KEYS[22]}, {id}, now)
+      uncharge(uncharge_keys(), {id}, now)
       rcall('ZREM', leases_key, id)
       local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
       append_error_record(errors_key, id, {message = 'lease expired: worker ' .. worker .. ' stopped renewing it',

@@ -4,6 +4,13 @@
   holds back is due at once in `limits_due`, so the next claim (or the reaper) puts them back in line.
   `k` names the keys: charged, inflight, limited, limits_due. One HMGET when no job of the batch is charged.
 ]]
+-- The keys, the last four of every script that ends a lease (so keys another change adds before them do not
+-- renumber this call): charged, inflight, limited, limits_due.
+local function uncharge_keys()
+  local n = #KEYS
+  return {charged = KEYS[n - 3], inflight = KEYS[n - 2], limited = KEYS[n - 1], limits_due = KEYS[n]}
+end
+
 local function uncharge(k, ids, now)
   if #ids == 0 then return end
   local charges = rcall('HMGET', k.charged, unpack(ids))

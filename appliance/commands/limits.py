@@ -1,5 +1,5 @@
-"""`appliance limits set|show|rm`: per-customer fair-share weights and limits (docs/queue.md, "Fair share" and
-"Limits").
+"""`appliance limits set|show|rm`: per-customer fair-share weights and limits (docs/queue.md, "Fair share across
+customers" and "Per-customer limits").
 
 Errors are one line on stderr: 2 bad input, 4 Redis unreachable.
 """

@@ -1,4 +1,5 @@
-"""Per-customer settings of the claim: fair-share weights and limits (docs/queue.md, "Fair share", "Limits").
+"""Per-customer settings of the claim: fair-share weights and limits (docs/queue.md, "Fair share across
+customers" and "Per-customer limits").
 
     await queue.limits.set("acme", weight=3)                   # three jobs to a weight-1 customer's one
     await queue.limits.set("acme", max_in_flight=4)            # at most 4 of its jobs leased, fleet-wide

@@ -73,7 +73,7 @@ local CANDIDATES, FIRST = 19, 11  -- candidate i: ready index KEYS[CANDIDATES + 
 local pool = ARGV[10]
 local now = server_now()
 
--- Limits (docs/queue.md "Limits"): one HLEN when no customer has any.
+-- Limits (docs/queue.md "Per-customer limits"): one HLEN when no customer has any.
 local gate
 if rcall('HLEN', KEYS[14]) > 0 then
   local lk = {limits = KEYS[14], inflight = KEYS[15], charged = KEYS[16], buckets = KEYS[17], limited = KEYS[18],

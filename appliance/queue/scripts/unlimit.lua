@@ -4,9 +4,10 @@
   tokens in its rate bucket; every one when it has no limit any more. Each goes back at its original place
   (the score in its meta) and wakes one idle worker of its shape; a job no longer waiting (cancelled
   meanwhile) only leaves `limited`. A customer with pool caps but no fleet-wide cap gets one more than its
-  capped pools' free slots: a job only a pool cap held may run on a worker of another pool. Then `limits_due` says when to come back: a token's time when the rate
-  binds, now when this call stopped short (batch full, or a held job of a shape the caller did not pass), and
-  no entry when a cap binds (a lease ending puts the customer back) or nothing is held any more.
+  capped pools' free slots: a job only a pool cap held may run on a worker of another pool. Then `limits_due`
+  says when to come back: a token's time when the rate binds, now when this call stopped short (batch full, or
+  a held job of a shape the caller did not pass), and no entry when a cap binds (a lease ending puts the
+  customer back) or nothing is held any more.
 
   The client lists the customer's best held members (ZRANGEBYLEX) and passes their shapes, whose ready and
   idle keys follow in KEYS.

@@ -1,7 +1,7 @@
 --[[
-  Functions for per-customer limits in the claim (docs/queue.md "Limits"): jobs in flight, fleet-wide and on one
-  pool's workers, and a start rate (token bucket on the server clock). `k` names the keys: limits, inflight,
-  charged, buckets, limited, limits_due.
+  Functions for per-customer limits in the claim (docs/queue.md "Per-customer limits"): jobs in flight,
+  fleet-wide and on one pool's workers, and a start rate (token bucket on the server clock). `k` names the
+  keys: limits, inflight, charged, buckets, limited, limits_due.
 
   `limit_gate(k, pool, now)` returns a gate for one claim call; `gate.admit(id, customer, shape, score)` says
   whether the job may start now. It charges an admitted job of a limited customer (`charged` id ->

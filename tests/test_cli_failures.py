@@ -61,6 +61,7 @@ WRITES = {
     ("webhooks", "secret"),
     ("schedule", "add"),
     ("limits", "set"),
+    ("limits", "rm"),  # writes the customer's settings back (fields dropped) and recounts its jobs
     ("queue", "pause"),
     ("api", "keys", "create"),
 }
@@ -199,7 +200,18 @@ def build_argv(case: Case, tmp: Path) -> list[str]:
     extra = {
         ("worker",): ["--slot", "echo0"],
         ("schedule", "add"): ["--every", "60"],
-        ("limits", "set"): ["--weight", "2"],
+        ("limits", "set"): [
+            "--weight",
+            "2",
+            "--max-in-flight",
+            "2",
+            "--pool",
+            "gpu",
+            "--rate",
+            "5",
+            "--burst",
+            "2",
+        ],
         ("machine",): ["--unmanaged", "--health-port", "0"],
         ("monitor",): ["--port", "0"],
         ("api",): ["--port", "0"],

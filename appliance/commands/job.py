@@ -418,6 +418,10 @@ def _print_stats(stats: Any) -> None:
         print(
             f"paused: {', '.join(stats.paused) or '-'}; {stats.held} jobs held out of line by a customer's pause"
         )
+    if stats.limited:
+        print(f"limits: {stats.limited} jobs held out of line by a customer's limit (not unworkable)")
+        for customer, why in sorted(stats.limited_by.items()):
+            print(f"  {customer}: {why}")
     for shape in stats.shapes:
         oldest = f"{shape.oldest_wait_s:.1f}s" if shape.oldest_wait_s is not None else "-"
         flag = "" if shape.live_workers else "  UNWORKABLE" if shape.waiting else "  (no live worker)"

@@ -250,7 +250,8 @@ def queue_families(stats: Mapping[str, Any]) -> Iterator[Metric]:
     yield depth
     yield oldest
     jobs = _gauge("queue_jobs", "Jobs of the queue by state.", ["queue", "state"])
-    for state in ("waiting", "delayed", "active", "dead", "unworkable"):
+    # limited: waiting jobs a customer's limit holds out of line (not in waiting, not unworkable).
+    for state in ("waiting", "delayed", "active", "dead", "unworkable", "limited"):
         if isinstance(stats.get(state), int | float):
             jobs.add_metric([queue, state], float(stats[state]))
     yield jobs

@@ -66,6 +66,8 @@ READS = (
     "zrevrange",
     "zrangebyscore",
     "zrangebylex",
+    "zlexcount",
+    "hkeys",
     "zcard",
     "zcount",
     "smembers",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from appliance.queue.conn import QueueConnection
+from appliance.queue.limits import Limits
 from appliance.queue.records import shape_of_meta
 
 #: Rounds of `Housekeeper.requeue_due` one completion runs at most (x its limit: children released at once).
@@ -35,12 +36,15 @@ class Housekeeper:
         dropped, expired, due, wait = await self.conn.run(call)
         next_in_ms = int(wait) if int(wait) >= 0 else None
         if int(dropped) < 0:
+            next_in_ms = _sooner(next_in_ms, await self._release_limited())
             return ReapResult(ran=False, next_in_ms=next_in_ms)
         by_shape: dict[str, list[str]] = {}
         for pairs in (expired, due):
             for i in range(0, len(pairs), 2):
                 by_shape.setdefault(pairs[i + 1], []).append(pairs[i])
         requeued, dead, cancelled = await self._requeue(by_shape)
+        # Leases that ended here (expired) may free a limited customer's slots; a rate's token may have accrued.
+        next_in_ms = _sooner(next_in_ms, await self._release_limited())
         return ReapResult(
             ran=True,
             records_dropped=int(dropped),
@@ -83,3 +87,14 @@ class Housekeeper:
             r, d, c = await self.conn.run(self.conn.prepare("requeue", [*args, *ids], shape=shape))
             requeued, dead, cancelled = requeued + int(r), dead + int(d), cancelled + int(c)
         return requeued, dead, cancelled
+
+    async def _release_limited(self) -> int | None:
+        """Put back the held jobs of limited customers that are due (every caller: it is idempotent); ms until
+        the next is due. One EXISTS when no customer's jobs are held."""
+        if not await self.conn.client.exists(self.conn.keys.limits_due):
+            return None
+        return await Limits(self.conn).release_due()
+
+
+def _sooner(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)

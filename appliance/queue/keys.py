@@ -210,6 +210,39 @@ class QueueKeys:
         return self.key("parents")
 
     @property
+    def limits(self) -> str:
+        """HASH of per-customer limits (appliance.queue.limits): `<c>|cap` -> jobs in flight fleet-wide,
+        `<c>|pool|<p>` -> jobs in flight on pool p's workers, `<c>|pools` -> the pools capped (comma-separated),
+        `<c>|rate` -> `starts per s|burst`. Empty: claims skip every limit check."""
+        return self.key("limits")
+
+    @property
+    def inflight(self) -> str:
+        """HASH `<c>` -> leased jobs of a limited customer, `<c>|<pool>` -> those on pool p's workers."""
+        return self.key("inflight")
+
+    @property
+    def charged(self) -> str:
+        """HASH job id -> `<customer>|<pool>` its lease counts in `inflight`; removed when the lease ends."""
+        return self.key("charged")
+
+    @property
+    def buckets(self) -> str:
+        """HASH customer -> `tokens|ms` of its start-rate token bucket (server clock)."""
+        return self.key("buckets")
+
+    @property
+    def limited(self) -> str:
+        """ZSET (score 0) `<customer>|<score, 17 digits>|<shape>|<id>`: waiting jobs a limit took out of line,
+        each customer's in line order (ZRANGEBYLEX)."""
+        return self.key("limited")
+
+    @property
+    def limits_due(self) -> str:
+        """ZSET customer -> ms from which its held jobs may go back in line (a lease ended, a token accrues)."""
+        return self.key("limits_due")
+
+    @property
     def reaper_lock(self) -> str:
         return self.key("reaper")
 

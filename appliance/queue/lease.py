@@ -13,6 +13,7 @@ from typing import Any
 
 from appliance.queue.conn import Call, QueueConnection
 from appliance.queue.errors import NotDurable, QueueError, ResultTooLarge, ScriptCode, raise_for_code
+from appliance.queue.limits import Limits
 from appliance.queue.models import ClaimedJob, Job, JobStatus
 from appliance.queue.producer import shape_of_job
 from appliance.queue.records import Lease
@@ -67,11 +68,22 @@ class LeaseClient:
 
     # --- claiming ---------------------------------------------------------------------------------------------
 
-    def claim_call(self, worker_id: str, worker_class: WorkerClass, token: str, count: int = 1) -> Call:
-        """The call of claim.lua exactly as `claim_many` sends it."""
+    def claim_call(
+        self,
+        worker_id: str,
+        worker_class: WorkerClass,
+        token: str,
+        count: int = 1,
+        *,
+        pool: str | None = None,
+        release_due: bool = True,
+    ) -> Call:
+        """The call of claim.lua exactly as `claim_many` sends it: `pool` is the worker's (per-pool caps);
+        `release_due` asks for the 'unlimit' answer while a limited customer's held jobs are due back."""
         slack = self.conn.settings.claim_slack_ms * 1000  # scores count submission time in µs
         candidates = list(worker_class.candidates)
-        args = [worker_id, token, self.conn.settings.lease_ms, count, slack, *candidates]
+        due = "1" if release_due else "0"
+        args = [worker_id, token, self.conn.settings.lease_ms, count, slack, pool or "", due, *candidates]
         return self.conn.prepare("claim", args, class_id=worker_class.class_id, candidates=candidates)
 
     def worker_class(self, shapes: Sequence[str]) -> WorkerClass:
@@ -92,19 +104,30 @@ class LeaseClient:
         pipe.pexpire(key, CLAIM_CLASS_TTL_MS)
         await pipe.execute()
 
-    async def claim(self, worker_id: str, shapes: Sequence[str]) -> ClaimedJob | None:
+    async def claim(
+        self, worker_id: str, shapes: Sequence[str], *, pool: str | None = None
+    ) -> ClaimedJob | None:
         """Lease the best waiting job among `shapes`, or None when none waits."""
-        claimed = await self.claim_many(worker_id, shapes, 1)
+        claimed = await self.claim_many(worker_id, shapes, 1, pool=pool)
         return claimed[0] if claimed else None
 
-    async def claim_many(self, worker_id: str, shapes: Sequence[str], count: int) -> list[ClaimedJob]:
+    async def claim_many(
+        self, worker_id: str, shapes: Sequence[str], count: int, *, pool: str | None = None
+    ) -> list[ClaimedJob]:
         """Lease up to `count` of the best waiting jobs among `shapes`, best first, in one script call when
         the best shape is among the client's candidates (claim.lua's hint keeps them right); each job gets its own
-        fencing token. Fewer than `count` come back when the next job ranks behind another shape's best."""
-        return (await self.finish_and_claim((), worker_id, shapes, count))[1]
+        fencing token. Fewer than `count` come back when the next job ranks behind another shape's best.
+        `pool`: the worker's pool, which per-pool caps of customers count against."""
+        return (await self.finish_and_claim((), worker_id, shapes, count, pool=pool))[1]
 
     async def finish_and_claim(
-        self, outcomes: Sequence[Outcome], worker_id: str, shapes: Sequence[str], count: int
+        self,
+        outcomes: Sequence[Outcome],
+        worker_id: str,
+        shapes: Sequence[str],
+        count: int,
+        *,
+        pool: str | None = None,
     ) -> tuple[list[int], list[ClaimedJob]]:
         """`complete_many(outcomes)` and `claim_many(...)` in one round trip (a pipeline of the two scripts):
         the loop of a worker whose jobs are short. Returns (complete codes, claimed jobs)."""
@@ -117,9 +140,10 @@ class LeaseClient:
         pipelined = bool(outcomes) and not self.conn.cluster and not self.conn.settings.durable_replicas
         if outcomes and not pipelined:
             codes = await self.complete_many(outcomes)
+        release_due = True
         for attempt in range(CLAIM_TRIES):
             token = secrets.token_hex(12)
-            call = self.claim_call(worker_id, worker_class, token, count)
+            call = self.claim_call(worker_id, worker_class, token, count, pool=pool, release_due=release_due)
             if pipelined and attempt == 0:
                 done, reply = await self.conn.run_pipelined([self.complete_call(outcomes), call])
                 codes = await self._settled(done)
@@ -136,6 +160,11 @@ class LeaseClient:
                 worker_class.take_hint(reply[1])
             elif outcome == "noclass":
                 await self.register_class(worker_class)
+            elif outcome == "unlimit":
+                # A lease of a limited customer ended (or a token accrued): its held jobs go back in line first,
+                # so they rank as they did. Once per claim: the next call claims whatever is still due.
+                await Limits(self.conn).release_due()
+                release_due = False
             else:
                 raise QueueError(f"claim.lua answered {reply!r}")
         # Other workers kept taking the best job first; `worker_class.hint` still names waiting shapes, which

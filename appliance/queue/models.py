@@ -313,7 +313,8 @@ class Job(BaseModel):
     #: No live worker can satisfy this job's shape (it would wait forever).
     unworkable: bool = False
     #: Why a waiting job is not claimed although workers could run it: 'queue paused', 'shape paused',
-    #: 'customer paused' (see Queue.pauses). Not unworkable: it runs once resumed.
+    #: 'customer paused' (see Queue.pauses), or its customer's limit, e.g. 'customer acme at in-flight cap 4/4'
+    #: (see Queue.limits). Not unworkable: it runs once resumed, or once the customer may start more.
     held_by: str | None = None
     #: The jobs it waits for (`JobSpec.after`) and what a failed one does to it.
     after: list[str] = Field(default_factory=list)
@@ -355,3 +356,8 @@ class QueueStats(BaseModel):
     held: int = 0
     #: Jobs waiting for their parents (`after`) to finish: not in line, not counted in `waiting`.
     blocked: int = 0
+    #: Waiting jobs a customer's limit (in flight, rate) holds out of line: not in `waiting`, not unworkable.
+    limited: int = 0
+    #: Customer -> how many of its jobs a limit holds and which one, e.g. `3 held: customer acme at in-flight
+    #: cap 4/4`.
+    limited_by: dict[str, str] = Field(default_factory=dict)

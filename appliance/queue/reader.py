@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from appliance.queue.conn import QueueConnection
 from appliance.queue.errors import JobNotFound
 from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS
+from appliance.queue.limits import Limits
 from appliance.queue.models import Job, JobStatus, QueueStats, ShapeStats
 from appliance.queue.records import Finished, Lease, Meta, int_or, json_or, shape_of_meta, time_or_none
 
@@ -135,6 +136,13 @@ class Reader:
         if job.status is JobStatus.PENDING:
             job.unworkable = not await self._shape_is_live(decoded.shape if decoded else "")
             job.held_by = await self._held_by(decoded.shape if decoded else "", job.customer_id)
+            if job.held_by is None and decoded is not None and meta.count("|") >= 6:
+                # Out of line because of its customer's limit: it runs as the customer's slots or tokens free.
+                score = meta.rsplit("|", 1)[1]
+                job.held_by = await Limits(self.conn).holding(job_id, job.customer_id, decoded.shape, score)
+                # A claim of a worker that could run it met it and held it back: waiting for a limit is not
+                # being unworkable.
+                job.unworkable = job.unworkable and job.held_by is None
         return job
 
     async def parent_results(self, job: Job) -> dict[str, Any]:
@@ -204,6 +212,7 @@ class Reader:
                 ids += await client.zrange(k.ready(shape), 0, limit - 1)
             ids += await client.zrange(k.delayed, 0, limit - 1)
             ids += [m.split("|", 2)[2] for m in await client.zrange(k.held, 0, limit - 1)]
+            ids += [m.split("|", 3)[3] for m in await client.zrange(k.limited, 0, limit - 1)]
         if status in (None, JobStatus.BLOCKED):
             ids += await client.zrange(k.blocked, 0, limit - 1)
         if status in (None, JobStatus.CLAIMED, JobStatus.RUNNING):
@@ -338,7 +347,8 @@ class Reader:
         pipe.hgetall(k.paused)
         pipe.zcard(k.held)
         pipe.zcard(k.blocked)
-        counts, active, delayed, dead, shapes, live, workers, paused, held, blocked = await pipe.execute()
+        pipe.zcard(k.limited)
+        counts, active, delayed, dead, shapes, live, workers, paused, held, blocked, limited = await pipe.execute()
         rows = await self._shape_rows(shapes, live, now)
         return QueueStats(
             queue=self.conn.name,
@@ -353,7 +363,17 @@ class Reader:
             paused=sorted(paused),
             held=int(held),
             blocked=int(blocked),
+            limited=int(limited),
+            limited_by=await self._limited_by() if int(limited) else {},
         )
+
+    async def _limited_by(self) -> dict[str, str]:
+        """Customer -> `N held: <the limit that binds>` for each customer whose jobs a limit holds."""
+        limits = Limits(self.conn)
+        return {
+            customer: f"{count} held: {await limits.binding(customer)}"
+            for customer, count in (await limits.held_by_customer()).items()
+        }
 
     async def _shape_rows(self, shapes: dict[str, str], live: dict[str, str], now: int) -> list[ShapeStats]:
         k = self.conn.keys

@@ -174,7 +174,9 @@ class WorkerSession:
             # candidate (the class's hint is shared by the process's sessions of the class and may name others).
             worker_class = self.queue.worker_class(self.shapes)
             worker_class.hint = tuple(dict.fromkeys([*owed, *worker_class.hint]))[:MAX_CANDIDATES]
-        codes, claimed = await self.queue.finish_and_claim(outcomes, self.worker_id, self.shapes, count)
+        codes, claimed = await self.queue.finish_and_claim(
+            outcomes, self.worker_id, self.shapes, count, pool=self.capabilities.pool
+        )
         hint = self.queue.worker_class(self.shapes).hint if self.shapes else ()
         self._idle_next = not hint
         if not claimed and hint:

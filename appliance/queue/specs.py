@@ -32,6 +32,12 @@ JOB_COLUMNS = (
 )
 
 
+#: The keys of per-customer limits the claim reads and writes (includes/limit.lua) ...
+LIMIT_KEYS = "limits inflight charged buckets limited limits_due"
+#: ... and those every script that ends a lease updates (includes/uncharge.lua).
+UNCHARGE_KEYS = "charged inflight limited limits_due"
+
+
 @dataclass(frozen=True)
 class ScriptSpec:
     name: str
@@ -40,7 +46,7 @@ class ScriptSpec:
     common: bool = True
     #: KEYS continue with one key per shape of `candidates` (claim: ready indexes; idle: idle sets).
     candidate_tail: bool = False
-    #: The QueueKeys method that names each key of the tail.
+    #: What the tail holds per shape: "ready", "idle", or "ready+idle" (both, in pairs).
     tail: str = "ready"
 
     def build(
@@ -67,7 +73,11 @@ class ScriptSpec:
             else:
                 out.append(str(getattr(k, name)))
         if self.candidate_tail:
-            out += [k.ready(s) if self.tail == "ready" else k.idle(s) for s in candidates]
+            for s in candidates:
+                if "ready" in self.tail:
+                    out.append(k.ready(s))
+                if "idle" in self.tail:
+                    out.append(k.idle(s))
         return out
 
 
@@ -85,7 +95,8 @@ SPECS: dict[str, ScriptSpec] = {
         ),
         _spec(
             "claim",
-            "heads class spec meta state attempts owner leases counts events paused held customer",
+            "heads class spec meta state attempts owner leases counts events paused held customer "
+            + LIMIT_KEYS,
             candidate_tail=True,
         ),
         _spec("heartbeat", "owner leases cancels workers_seen shape_live", common=False),
@@ -93,17 +104,17 @@ SPECS: dict[str, ScriptSpec] = {
         _spec(
             "complete",
             "owner leases state results info done counts events cancels meta delayed errors dead children blocked "
-            "parents",
+            "parents " + UNCHARGE_KEYS,
         ),
         _spec(
             "fail",
             "owner leases state attempts meta errors delayed ready heads done dead counts events info cancels "
-            "progress idle waiting children blocked parents",
+            "progress idle waiting children blocked parents " + UNCHARGE_KEYS,
         ),
         _spec(
             "release",
             "owner leases state attempts meta ready heads counts events cancels done dead errors info progress "
-            "idle waiting children blocked parents delayed",
+            "idle waiting children blocked parents delayed " + UNCHARGE_KEYS,
         ),
         _spec(
             "cancel",
@@ -114,12 +125,19 @@ SPECS: dict[str, ScriptSpec] = {
         _spec(
             "requeue",
             "ready heads leases delayed owner state attempts meta errors done dead counts events info cancels "
-            "progress idle waiting children blocked parents",
+            "progress idle waiting children blocked parents " + UNCHARGE_KEYS,
         ),
         _spec("schedule_save", "schedules schedule_due", common=False),
         _spec("schedule_due", "schedule_due", common=False),
         _spec("schedule_advance", "schedule_due", common=False),
         _spec("unhold", "held state meta ready heads idle waiting"),
+        _spec(
+            "unlimit",
+            "limits inflight buckets limited limits_due state meta heads waiting",
+            candidate_tail=True,
+            tail="ready+idle",
+        ),
+        _spec("limits_count", "limits owner customer charged inflight workers limits_due", common=False),
         _spec("idle", "heads waiting paused", common=False, candidate_tail=True, tail="idle"),
         _spec("wake", "ready idle waiting"),
         _spec("retry", "state meta ready heads done dead attempts info counts events idle waiting"),

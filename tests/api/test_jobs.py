@@ -173,3 +173,15 @@ async def test_outputs_stream_from_local_storage(make_server, tmp_path) -> None:
     assert (await bob.call("GET", f"/v1/jobs/{job['id']}/outputs/image.png"))[0] == 404
     for name in ("..%2Fsecret.txt", "%2E%2E", ".hidden", "missing.png"):
         assert (await alice.call("GET", f"/v1/jobs/{job['id']}/outputs/{name}"))[0] == 404, name
+
+
+async def test_the_job_view_says_which_limit_holds_a_job(server: Server) -> None:
+    alice = await server.client("alice")
+    await server.queue.limits.set("alice", max_in_flight=1)  # the key's tenant is the jobs' customer
+    ids = [(await alice.call("POST", "/v1/jobs", json={"service": "echo"}))[1]["id"] for _ in range(2)]
+    shape = (await server.queue.require(ids[0])).shape
+    assert (await server.queue.claim("w", [shape])) is not None
+    assert await server.queue.claim("w", [shape]) is None  # the second waits for alice's slot
+    status, body, _ = await alice.call("GET", f"/v1/jobs/{ids[1]}")
+    assert status == 200 and body["status"] == "pending" and not body["unworkable"]
+    assert body["held_by"] == "customer alice at in-flight cap 1/1"

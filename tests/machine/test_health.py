@@ -61,6 +61,7 @@ def _state(managed: bool = True) -> MachineState:
         "active": 1,
         "dead": 0,
         "unworkable": 0,
+        "limited": 2,
         "workers": 2,
         "totals": {"submitted": 10, "completed": 6},
         "shapes": [
@@ -195,6 +196,8 @@ async def test_metrics_parse_and_pass_promtool(served) -> None:
     }  # unsupported
     in_flight = {s.labels["worker"]: s.value for s in families["appliance_jobs_in_flight"].samples}
     assert in_flight == {"m1-gpu0": 1.0}
+    jobs = {s.labels["state"]: s.value for s in families["appliance_queue_jobs"].samples}
+    assert jobs["limited"] == 2.0 and jobs["unworkable"] == 0.0  # held by a customer's limit, not unworkable
     depth = families["appliance_queue_depth"].samples[0]
     assert depth.value == 3.0 and depth.labels["pool"] == "fast" and depth.labels["service"] == "comfyui"
     count = [s for s in families["appliance_job_duration_seconds"].samples if s.name.endswith("_count")]

@@ -202,6 +202,13 @@ async def test_every_role_does_its_job_and_redis_refuses_nothing(
         released = await machine.claim("m1-x", [parent.shape])
         assert released.job.id == child.id
         assert await machine.parent_results(released.job) == {parent.id: {"v": 1}}
+        # Limits: the machine user sets them (and runs unlimit/limits_count), everyone reads why a job waits.
+        await machine.limits.set("acme", max_in_flight=1)
+        capped = await submitter.submit_many([{"service": "echo", "customer_id": "acme"} for _ in range(2)])
+        while (await submitter.stats()).limited == 0:  # claims take what waits ahead, then hold acme's second
+            assert await machine.claim("m1-x", [capped[0].shape]) is not None
+        assert (await submitter.get(capped[1].id)).held_by == "customer acme at in-flight cap 1/1"
+        assert (await submitter.stats()).limited_by == {"acme": "1 held: customer acme at in-flight cap 1/1"}
         # The supervisor's side: its machine's registration, status and events.
         registry = MachineRegistry(machine.client, "m1", ttl_s=60)
         await registry.clear_stale()
@@ -221,6 +228,8 @@ async def test_every_role_does_its_job_and_redis_refuses_nothing(
     try:
         assert (await monitor.get(job_id)).status is JobStatus.COMPLETED
         assert (await monitor.stats()).totals["completed"] == 2  # the CLI's job and the parent above
+        assert (await monitor.stats()).limited == 1
+        assert (await monitor.limits.get("acme")).in_flight == 1
         assert await monitor.client.xrange(monitor.keys.events, count=5)
         assert await monitor.client.zrange("machines", 0, -1) == ["m1"]
         assert await monitor.client.hgetall("machine:{m1}:info") is not None

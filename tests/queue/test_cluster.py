@@ -173,3 +173,46 @@ async def test_fair_share_and_pause_keys_on_a_cluster(cluster: list[LocalRedis])
         assert (await queue.claim("w", [first[0].shape])).job.id == "p-0"
     finally:
         await queue.close()
+
+
+async def test_limit_keys_on_a_cluster(cluster: list[LocalRedis]) -> None:
+    """claim.lua's limit keys, uncharge in complete/fail/release/requeue, unlimit.lua (two shapes in one call)
+    and limits_count.lua, on a Cluster: every key declared, all in the queue's slot."""
+    queue = await Queue.connect(
+        f"redis://127.0.0.1:{cluster[0].port}",
+        cluster=True,
+        queue_name="cllimits",
+        settings=QueueSettings(claim_slack_ms=0, lease_ms=1000, reaper_interval_ms=100),
+    )
+    try:
+        plain = {"service": "echo", "customer_id": "acme"}
+        tagged = {**plain, "requirements": {"tags": ["t"]}}
+        running = await queue.submit({**plain, "id": "l-0"})
+        await queue.limits.set("acme", max_in_flight=1)  # limits_count, unlimit with nothing held
+        shapes = [running.shape]
+        first = await queue.claim("w", shapes)
+        assert first is not None and first.job.id == "l-0"
+        held = await queue.submit_many([{**plain, "id": "l-1"}, {**tagged, "id": "l-2"}])
+        shapes.append(held[1].shape)
+        assert await queue.claim("w", shapes) is None  # both held: limit keys of claim.lua
+        assert (await queue.stats()).limited == 2
+        assert (await queue.get("l-1")).held_by == "customer acme at in-flight cap 1/1"
+        await queue.limits.set("acme", max_in_flight=3)  # unlimit puts back both shapes' jobs at once
+        assert (await queue.stats()).limited == 0
+        got = [await queue.claim("w", shapes) for _ in range(2)]
+        assert sorted(c.job.id for c in got if c) == ["l-1", "l-2"]
+        await queue.complete(first.job.id, first.token, {})  # uncharge in complete.lua
+        await queue.fail(got[0].job.id, got[0].token, "x", retryable=False)  # ... in fail.lua
+        await queue.release(got[1].job.id, got[1].token)  # ... in release.lua
+        again = await queue.claim("w", shapes)
+        assert again is not None
+        for _ in range(100):  # its lease expires: requeue.lua uncharges it
+            await asyncio.sleep(0.05)
+            if (await queue.reap()).requeued:
+                break
+        assert (await queue.limits.get("acme")).in_flight == 0
+        await queue.limits.set("acme", rate=1, burst=1)
+        await queue.limits.remove("acme")
+        assert await queue.limits.list() == []
+    finally:
+        await queue.close()

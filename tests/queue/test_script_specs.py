@@ -12,7 +12,7 @@ from appliance.queue.errors import QueueError, ScriptCode, WrongShape, raise_for
 from appliance.queue.events import MEANING, EventKind
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import SCRIPT_NAMES, declared_keys, header_keys, load_sources
-from appliance.queue.specs import SPECS
+from appliance.queue.specs import SPECS, UNCHARGE_KEYS
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
@@ -21,7 +21,8 @@ def test_the_spec_lists_the_keys_the_header_declares(name: str) -> None:
     assert list(SPECS[name].keys) == names
     assert SPECS[name].candidate_tail is tail
     built = SPECS[name].build(QueueKeys("q"), shape="s1", class_id="c1", candidates=["s1", "s2"])
-    assert len(built) == (declared_keys(name) or len(names) + 2)
+    per_shape = 2 if SPECS[name].tail == "ready+idle" else 1  # unlimit: a ready and an idle key per shape
+    assert len(built) == (declared_keys(name) or len(names) + 2 * per_shape)
     assert len(set(built)) == len(built)
 
 
@@ -82,3 +83,12 @@ def test_no_module_outside_the_queue_reads_its_storage() -> None:
         if OUTSIDE_QUEUE_FORBIDDEN.search(line)
     ]
     assert offenders == []
+
+
+def test_scripts_that_end_a_lease_take_the_limit_keys_last() -> None:
+    """includes/uncharge.lua reads its keys as the script's last four: every script that includes it lists them
+    there (a key added to such a script goes before them)."""
+    users = [name for name, source in load_sources().items() if "local function uncharge(" in source]
+    assert sorted(users) == ["complete", "fail", "release", "requeue"]
+    for name in users:
+        assert list(SPECS[name].keys[-4:]) == UNCHARGE_KEYS.split(), name

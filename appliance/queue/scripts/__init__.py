@@ -58,6 +58,8 @@ SCRIPT_NAMES = (
     "schedule_due",
     "schedule_advance",
     "unhold",
+    "unlimit",
+    "limits_count",
     "idle",
     "wake",
     "retry",

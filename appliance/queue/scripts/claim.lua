@@ -27,14 +27,23 @@
     KEYS[11] paused    HASH 'queue' | 'shape:<id>' | 'customer:<id>' -> ms: what claims skip
     KEYS[12] held      ZSET (score 0) '<customer>|<shape>|<id>': jobs taken out of line by their customer's pause
     KEYS[13] customer  HASH id -> customer (absent: the default customer '-')
-    KEYS[14..13+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[10..9+C]
+    KEYS[14] limits    HASH of per-customer limits (empty: no limit is checked)
+    KEYS[15] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[16] charged   HASH id -> customer|pool its lease counts against
+    KEYS[17] buckets   HASH customer -> tokens|ms of its start-rate bucket
+    KEYS[18] limited   ZSET (score 0) '<customer>|<score>|<shape>|<id>': jobs a limit took out of line
+    KEYS[19] limits_due  ZSET customer -> ms from which its limited jobs may go back in line
+    KEYS[20..19+C]     ready ZSETs of the C candidate shapes (C >= 1), in the order of ARGV[12..11+C]
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  worker id        ARGV[6]  fencing token prefix (random; job i of the batch gets prefix.i)
     ARGV[7]  lease, ms        ARGV[8]  most jobs to claim (n >= 1)
     ARGV[9]  slack, in score units (1 ms of submission = 1000)
-    ARGV[10..9+C]  candidate shape ids
+    ARGV[10] the worker's pool ('' for none): per-pool caps count the jobs its workers run
+    ARGV[11] '1' to answer 'unlimit' when a customer's limited jobs are due back in line (limits.py puts them
+             back, then claims again with '0')
+    ARGV[12..11+C]  candidate shape ids
 
   Returns:
     {'ok', hint, deadline ms, shape, id, job JSON, attempt, id, job JSON, attempt, ...}  (1..n jobs, all of
@@ -42,6 +51,7 @@
     {'retry', hint}   the class's best job waits in a shape that is not a candidate: nothing was changed
     {'none'}          no job waits in any of the class's shapes that is not paused (or the queue is paused)
     {'noclass'}       the class SET does not exist (never written, or expired): write it and call again
+    {'unlimit'}       a limited customer's jobs are due back in line (ARGV[11] '1'): nothing was changed
     where hint = the class's best shapes now, best first, comma-separated ('' when none is known to wait)
 
   Emits: claimed (channel job_claimed), one per job
@@ -51,6 +61,7 @@ local rcall = redis.call
 -- @include emit
 -- @include heads
 -- @include sentinel
+-- @include limit
 
 local heads_key, class_key, spec_key, meta_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local attempts_key, owner_key, leases_key, counts_key, events_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -58,7 +69,21 @@ local queue, mode, maxlen = ARGV[2], ARGV[3], ARGV[4]
 local worker, token, lease_ms, want = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local slack = tonumber(ARGV[9])
 local paused_key, held_key, customer_key = KEYS[11], KEYS[12], KEYS[13]
-local CANDIDATES = 13  -- candidate i's ready index is KEYS[CANDIDATES + i]
+local CANDIDATES, FIRST = 19, 11  -- candidate i: ready index KEYS[CANDIDATES + i], shape id ARGV[FIRST + i]
+local pool = ARGV[10]
+local now = server_now()
+
+-- Limits (docs/queue.md "Per-customer limits"): one HLEN when no customer has any.
+local gate
+if rcall('HLEN', KEYS[14]) > 0 then
+  local lk = {limits = KEYS[14], inflight = KEYS[15], charged = KEYS[16], buckets = KEYS[17], limited = KEYS[18],
+    limits_due = KEYS[19]}
+  if ARGV[11] == '1' then
+    local due = rcall('ZRANGE', lk.limits_due, 0, 0, 'WITHSCORES')
+    if due[2] and tonumber(due[2]) <= now then return {'unlimit'} end
+  end
+  gate = limit_gate(lk, pool, now)
+end
 
 -- Pause and resume (docs/queue.md): one HLEN when nothing is paused. A paused queue claims nothing; a paused
 -- shape is passed over as if its head were absent; a paused customer's jobs are moved to `held` below.
@@ -105,18 +130,18 @@ if #top == 0 then
 end
 -- The class's best shape when it is a candidate (no lookup needed); else the candidate with the best head, if
 -- that head is within the slack of the class's very best.
-local ncand = #ARGV - 9
+local ncand = #ARGV - FIRST
 local chosen, ready_key
 for i = 1, ncand do
-  if ARGV[9 + i] == top[1][1] then chosen, ready_key = ARGV[9 + i], KEYS[CANDIDATES + i] end
+  if ARGV[FIRST + i] == top[1][1] then chosen, ready_key = ARGV[FIRST + i], KEYS[CANDIDATES + i] end
 end
 if not chosen and slack > 0 then
-  local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, 10, 9 + ncand))
+  local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, FIRST + 1, FIRST + ncand))
   local chosen_score
   for i = 1, ncand do
     local score = tonumber(heads[i])
     if score and score <= top[1][2] + slack and (not chosen_score or score < chosen_score) then
-      chosen, chosen_score, ready_key = ARGV[9 + i], score, KEYS[CANDIDATES + i]
+      chosen, chosen_score, ready_key = ARGV[FIRST + i], score, KEYS[CANDIDATES + i]
     end
   end
   -- heads holds every class's shapes: a candidate must be checked as one of this class's own.
@@ -134,9 +159,10 @@ local bound = other and other[2] + slack
 local ids, moved, first = {}, 0, true
 repeat
   local popped = rcall('ZPOPMIN', ready_key, want - #ids)
-  local taken, stop = {}, #popped < 2 * (want - #ids)
+  local taken, scores, stop = {}, {}, #popped < 2 * (want - #ids)
   for i = 1, #popped, 2 do
     if first or bound == nil or tonumber(popped[i + 1]) <= bound then
+      scores[#taken + 1] = popped[i + 1]
       taken[#taken + 1] = popped[i]
     else
       rcall('ZADD', ready_key, popped[i + 1], popped[i])
@@ -144,16 +170,21 @@ repeat
     end
     first = false
   end
-  if pauses and #taken > 0 then
+  if (pauses or gate) and #taken > 0 then
     -- A paused customer's jobs leave the line for `held`, each once (no scan); unhold.lua puts them back at
-    -- their places when the customer is resumed. At most 256 per call: a caller meeting a long paused backlog
-    -- gets 'retry' and calls again.
-    local customers, flags = rcall('HMGET', customer_key, unpack(taken)), {}
-    for i = 1, #taken do flags[i] = 'customer:' .. (customers[i] or '-') end
-    local paused = rcall('HMGET', paused_key, unpack(flags))
+    -- their places when the customer is resumed. A job its customer's limit holds back leaves it for `limited`
+    -- (limit.lua). At most 256 per call: a caller meeting a long held backlog gets 'retry' and calls again.
+    local customers, paused = rcall('HMGET', customer_key, unpack(taken)), {}
+    if pauses then
+      local flags = {}
+      for i = 1, #taken do flags[i] = 'customer:' .. (customers[i] or '-') end
+      paused = rcall('HMGET', paused_key, unpack(flags))
+    end
     for i, id in ipairs(taken) do
       if paused[i] then
         rcall('ZADD', held_key, 0, (customers[i] or '-') .. '|' .. best .. '|' .. id)
+        moved = moved + 1
+      elseif gate and not gate.admit(id, customers[i], best, scores[i]) then
         moved = moved + 1
       else
         ids[#ids + 1] = id
@@ -163,6 +194,7 @@ repeat
     for _, id in ipairs(taken) do ids[#ids + 1] = id end
   end
 until stop or #ids >= want or moved >= 256
+if gate then gate.close() end
 local head_score = refresh_head(ready_key, heads_key, best)
 if #ids == 0 then
   -- heads named a shape with nothing waiting (corrected now): point the client at the new best.
@@ -182,7 +214,6 @@ if head_score then
   table.insert(top, at, {best, head_score})
 end
 
-local now = server_now()
 local deadline = now + lease_ms
 local metas, specs = rcall('HMGET', meta_key, unpack(ids)), rcall('HMGET', spec_key, unpack(ids))
 -- One job: HINCRBY. A batch: one read and one write of the attempts column.

@@ -18,6 +18,10 @@
     KEYS[14] children ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
     KEYS[15] blocked  ZSET child -> parents not finished yet
     KEYS[16] parents  HASH child -> policy|start ms|parents
+    KEYS[17] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[18] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[19] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[20] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -41,6 +45,7 @@ local rcall = redis.call
 -- @include finish
 -- @include history
 -- @include deps
+-- @include uncharge
 
 local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -72,6 +77,7 @@ for i, id in ipairs(asked) do
 end
 if #ids == 0 then return codes end
 rcall('HDEL', owner_key, unpack(ids))
+uncharge(uncharge_keys(), ids, now)
 rcall('ZREM', leases_key, unpack(ids))
 rcall('HDEL', cancels_key, unpack(ids))
 rcall('HSET', results_key, unpack(results))

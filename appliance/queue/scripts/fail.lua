@@ -25,6 +25,10 @@
     KEYS[19] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
     KEYS[20] blocked   ZSET child -> parents not finished yet
     KEYS[21] parents   HASH child -> policy|start ms|parents
+    KEYS[22] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[23] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[24] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[25] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix    ARGV[2]  queue name
     ARGV[3]  events mode        ARGV[4]  events maxlen
@@ -53,6 +57,7 @@ local rcall = redis.call
 -- @include history
 -- @include deps
 -- @include in_line
+-- @include uncharge
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local errors_key, delayed_key, ready_key, heads_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -67,6 +72,7 @@ local meta = parse_meta(rcall('HGET', meta_key, id))
 if meta.shape ~= ARGV[12] then return -5 end
 
 rcall('HDEL', owner_key, id)
+uncharge(uncharge_keys(), {id}, now)
 rcall('ZREM', leases_key, id)
 append_error(errors_key, id, ARGV[7])
 if rcall('HDEL', cancels_key, id) == 1 then disposition = 'cancelled' end

@@ -28,6 +28,10 @@
     KEYS[19] blocked   ZSET child -> parents not finished yet
     KEYS[20] parents   HASH child -> policy|start ms|parents
     KEYS[21] delayed   ZSET id -> due, ms (children their last parent released go there, due at once)
+    KEYS[22] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[23] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[24] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[25] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
@@ -56,6 +60,7 @@ local rcall = redis.call
 -- @include history
 -- @include deps
 -- @include in_line
+-- @include uncharge
 
 local owner_key, leases_key, state_key, attempts_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, heads_key, counts_key, events_key, cancels_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -76,6 +81,7 @@ local meta = parse_meta(rcall('HGET', meta_key, id))
 if meta.shape ~= ARGV[9] then return -5 end
 
 rcall('HDEL', owner_key, id)
+uncharge(uncharge_keys(), {id}, now)
 rcall('ZREM', leases_key, id)
 local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
 local fields = {'job', id, 'worker', worker, 'service', meta.service, 'attempt', attempt, 'reason', reason}

@@ -25,6 +25,10 @@
     KEYS[19] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
     KEYS[20] blocked   ZSET child -> parents not finished yet
     KEYS[21] parents   HASH child -> policy|start ms|parents
+    KEYS[22] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[23] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[24] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[25] limits_due  ZSET customer -> ms its limited jobs may go back in line
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -45,6 +49,7 @@ local rcall = redis.call
 -- @include history
 -- @include deps
 -- @include in_line
+-- @include uncharge
 
 local ready_key, heads_key, leases_key, delayed_key, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local state_key, attempts_key, meta_key, errors_key, done_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -73,6 +78,7 @@ for i = 9, #ARGV do
       local worker, claimed = string.match(own, '^[^|]*|(.*)|([^|]*)$')
       worker, claimed = worker or '', claimed or '0'
       rcall('HDEL', owner_key, id)
+      uncharge(uncharge_keys(), {id}, now)
       rcall('ZREM', leases_key, id)
       local attempt = tonumber(rcall('HGET', attempts_key, id) or '0')
       append_error_record(errors_key, id, {message = 'lease expired: worker ' .. worker .. ' stopped renewing it',

@@ -3,11 +3,17 @@ start-up"): checked by the modules a fresh interpreter holds afterwards, not by 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from appliance.cli import build_parser, parse
+from appliance.commands import COMMANDS
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
 
@@ -35,6 +41,56 @@ def loaded_after(code: str) -> list[str]:
         [sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120, check=True
     ).stdout
     return list(json.loads(out.strip().splitlines()[-1]))
+
+
+def run_main(argv: list[str]) -> str:
+    """Code that runs `appliance ARGV` in-process, as the console script does (`--help` exits)."""
+    return f"from appliance.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+
+
+def command_modules(loaded: list[str]) -> list[str]:
+    return [m for m in loaded if m.startswith("appliance.commands.")]
+
+
+def test_appliance_help_imports_no_command_module_and_nothing_heavy() -> None:
+    """`appliance --help` is the interpreter, argparse and the command table: no command module, no asyncio."""
+    loaded = loaded_after(run_main(["--help"]))
+    assert command_modules(loaded) == []
+    assert [m for m in loaded if m.split(".")[0] in (*NOT_FOR_HELP, "asyncio")] == []
+
+
+@pytest.mark.parametrize("argv", [["job", "--help"], ["job", "get", "--help"], ["job", "get"]])
+def test_a_command_imports_only_its_own_module(argv: list[str]) -> None:
+    loaded = loaded_after(run_main(argv))
+    assert command_modules(loaded) == ["appliance.commands.connection", "appliance.commands.job"]
+    assert [m for m in loaded if m.split(".")[0] in NOT_FOR_HELP] == []
+
+
+def test_the_command_table_is_what_the_modules_register() -> None:
+    """Every command's stand-in (name and help line) is the real parser's, and `appliance --help` is the same
+    text whichever commands are built in full."""
+    whole = build_parser()
+    (action,) = [a for a in whole._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(action.choices) == list(COMMANDS)
+    assert {c.dest: c.help for c in action._choices_actions} == {n: c.help for n, c in COMMANDS.items()}
+    for name in COMMANDS:
+        assert build_parser(full=(name,)).format_help() == whole.format_help()
+    assert build_parser(full=()).format_help() == whole.format_help()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["job", "get", "abc", "--json"],
+        ["--log-level", "DEBUG", "job", "submit", "--service", "echo", "--payload", "{}"],
+        ["config", "check", "x.toml", "--with-env"],
+        ["machine"],
+        ["queue", "pause", "--shape", "s1"],
+        [],
+    ],
+)
+def test_parse_gives_what_the_whole_parser_gives(argv: list[str]) -> None:
+    assert vars(parse(argv)[1]) == vars(build_parser().parse_args(argv))
 
 
 def test_help_imports_no_heavy_module() -> None:

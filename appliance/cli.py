@@ -121,6 +121,7 @@ def _log_level(args: argparse.Namespace) -> tuple[int, list[str]]:
 
         try:
             loaded = load_settings(getattr(args, "config", None))
+            args.loaded_settings = loaded  # the command's own: loading twice cost each command's start-up
             warnings = loaded.warnings
             if "logging" in loaded.settings.model_fields_set or os.environ.get("APPLIANCE_LOG_LEVEL"):
                 name = name or loaded.settings.logging.level

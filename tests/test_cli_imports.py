@@ -30,8 +30,8 @@ NOT_FOR_HELP = (
     "appliance.queue",
     "appliance.config",
 )
-#: What `appliance job get` has no use for (it needs the settings, pydantic and redis).
-NOT_FOR_JOB_GET = ("aiohttp", "prometheus_client", "openai", "appliance.monitor", "appliance.worker")
+#: What `appliance job get` has no use for (it needs the settings, pydantic and redis; YAML only for a YAML file).
+NOT_FOR_JOB_GET = ("aiohttp", "prometheus_client", "openai", "yaml", "appliance.monitor", "appliance.worker")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -108,3 +108,20 @@ def test_job_get_imports_neither_web_nor_metrics_modules(redis_url: str) -> None
     loaded = loaded_after(code)
     assert "redis" in loaded  # it did reach Redis
     assert [m for m in loaded if m in NOT_FOR_JOB_GET or m.startswith(NOT_FOR_JOB_GET)] == []
+
+
+def test_a_command_loads_the_settings_once(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log level and the command share one load of the settings (each load walks the whole schema)."""
+    import appliance.config
+    from appliance.cli import main
+
+    loads: list[object] = []
+    real = appliance.config.load
+
+    def counted(*args: object, **kwargs: object) -> object:
+        loads.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(appliance.config, "load", counted)
+    assert main(["job", "get", "no-such-job", "--redis-url", redis_url]) == 3
+    assert len(loads) == 1

@@ -45,7 +45,9 @@ async def test_a_killed_connection_is_replaced(q: Queue, admin: aioredis.Redis) 
 
 async def test_a_cancelled_call_leaves_no_reply_for_the_next(q: Queue, admin: aioredis.Redis) -> None:
     await q.submit({"service": "echo", "id": "taken"})
-    await admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")  # holds scripts: the call waits for its reply
+    await admin.execute_command(
+        "CLIENT", "PAUSE", 2000, "WRITE"
+    )  # holds scripts: the call waits for its reply
     pending = asyncio.create_task(q.submit({"service": "echo", "id": "cancelled"}))
     await asyncio.sleep(0.2)
     pending.cancel()

@@ -116,11 +116,12 @@ def run_child(python: str, system: str, url: str, jobs: int, code: Path = ROOT) 
 
 
 def timed(cmd: list[str], code: Path = ROOT) -> tuple[float, float]:
-    """(wall s, CPU s: user + system) of one run of `cmd` with the package at `code` first on the path."""
+    """(wall s, CPU s: user + system) of one run of `cmd` with the package at `code` first on the path. It runs
+    in `code`: `python -m` puts the working directory ahead of PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(code)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+    subprocess.run(cmd, capture_output=True, env=env, timeout=120, cwd=code)
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return elapsed, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime

@@ -30,7 +30,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from appliance.queue.errors import QueueError
-from appliance.queue.scripts.lane import Lane
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +134,6 @@ class ScriptSet:
     cluster: bool = False
     version: str = ""
     _shas: dict[str, str] = field(default_factory=dict)
-    #: The connection EVALSHA takes when no other call of this set is in flight (lane.py).
-    lane: Lane = field(default_factory=Lane, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256("\0".join(self.sources[n] for n in SCRIPT_NAMES).encode()).hexdigest()
@@ -267,12 +264,12 @@ class ScriptSet:
                     raise
                 self._lost_library()
         try:
-            return await _evalsha(client, self.sha(name), keys, args, self.lane)
+            return await _evalsha(client, self.sha(name), keys, args)
         except ResponseError as exc:
             if not is_missing_script(exc):
                 raise
             await self._script_load(client, name, keys)
-            return await _evalsha(client, self.sha(name), keys, args, self.lane)
+            return await _evalsha(client, self.sha(name), keys, args)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
         if self.cluster:
@@ -339,20 +336,13 @@ def _fewest(a: Any, b: Any) -> Any:
     return min(int(a), int(b))
 
 
-async def _evalsha(client: Any, sha: str, keys: list[str], args: list[Any], lane: Lane | None = None) -> Any:
+async def _evalsha(client: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
     """EVALSHA on a connection of the client's pool, without redis-py's per-command wrapping (retries of a
-    command that may have run, timing hooks): a third of a one-call-at-a-time submit's client time; on the
-    lane's connection when it is free (no pool checkout: lane.py). A client that is not a plain pooled one (a
-    Cluster, a single-connection client) takes the ordinary path."""
+    command that may have run, timing hooks): a third of a one-call-at-a-time submit's client time. A client
+    that is not a plain pooled one (a Cluster, a single-connection client) takes the ordinary path."""
     pool = getattr(client, "connection_pool", None)
     if pool is None or getattr(client, "connection", None) is not None or not isinstance(client, Redis):
         return await client.evalsha(sha, len(keys), *keys, *args)
-    if lane is not None and lane.usable(pool):
-        try:
-            return await lane.call(pool, "EVALSHA", sha, len(keys), *keys, *args)
-        except (RedisConnectionError, RedisTimeoutError):
-            # the lane's connection died (a Redis restart): redis-py's path retries as it always did
-            return await client.evalsha(sha, len(keys), *keys, *args)
     conn = await pool.get_connection()
     try:
         await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)

@@ -30,8 +30,17 @@ NOT_FOR_HELP = (
     "appliance.queue",
     "appliance.config",
 )
-#: What `appliance job get` has no use for (it needs the settings, pydantic and redis; YAML only for a YAML file).
-NOT_FOR_JOB_GET = ("aiohttp", "prometheus_client", "openai", "yaml", "appliance.monitor", "appliance.worker")
+#: What `appliance job get` has no use for (it needs the settings, pydantic and redis; YAML only for a YAML file,
+#: appliance.pools only when the classifier is enabled, which it is not by default).
+NOT_FOR_JOB_GET = (
+    "aiohttp",
+    "prometheus_client",
+    "openai",
+    "yaml",
+    "appliance.monitor",
+    "appliance.worker",
+    "appliance.pools",
+)
 
 
 def loaded_after(code: str) -> list[str]:

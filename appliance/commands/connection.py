@@ -82,9 +82,13 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
             connection, url=url, password=connection.password if password is None else password
         )
     queue = getattr(args, "queue", None) or settings.redis.queue
-    from appliance.pools import classifier_for
+    classifier = None
+    if (
+        settings.classifier.enabled
+    ):  # appliance.pools only then: every client command would pay for its import
+        from appliance.pools import classifier_for
 
-    classifier = classifier_for(settings)
+        classifier = classifier_for(settings)
     return RedisTarget(
         url=connection.url,
         queue=queue,

@@ -1,7 +1,10 @@
 """The `appliance` command: parses arguments and hands off to one module per command group.
 
-Each module in `appliance.commands` exposes `register(subparsers)`; parsers are built eagerly (cheap),
-while each handler imports what it needs (aiohttp, openai, NVML) only when it runs.
+Each module in `appliance.commands` exposes `register(subparsers)` and each handler imports what it needs
+(pydantic, redis, aiohttp, openai, NVML) only when it runs. Start-up is the interpreter's plus the one command
+module the command line names: `main` first parses with a stand-in parser per command (name and help line from
+`appliance.commands.COMMANDS`, enough for `appliance --help` and to learn which command was named), then builds
+that command's real parser and parses again.
 """
 
 from __future__ import annotations
@@ -11,35 +14,20 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from appliance.commands import CommandError, ConfigCommandError, ExitCode
+from appliance.commands import COMMANDS, CommandError, ConfigCommandError, ExitCode
 from appliance.journal import configure_logging, prefix_lines
 
 log = logging.getLogger("appliance")
 
 #: Command modules, in the order `appliance --help` lists them.
-COMMAND_MODULES = (
-    "appliance.commands.demo",
-    "appliance.commands.job",
-    "appliance.commands.schedule",
-    "appliance.commands.limits",
-    "appliance.commands.queue",
-    "appliance.commands.worker",
-    "appliance.commands.machine",
-    "appliance.commands.comfyui",
-    "appliance.commands.config",
-    "appliance.commands.units",
-    "appliance.commands.monitor",
-    "appliance.commands.api",
-    "appliance.commands.pools",
-    "appliance.commands.fleet",
-    "appliance.commands.redis",
-    "appliance.commands.webhooks",
-)
+COMMAND_MODULES = tuple(command.module for command in COMMANDS.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `full`, only the commands named there get their real parser (their modules are
+    imported), every other command a stand-in with the same name and help line that accepts anything."""
     parser = argparse.ArgumentParser(
         prog="appliance",
         description="Turn GPU machines (one ComfyUI per GPU) and API machines into workers of one Redis job pool.",
@@ -52,20 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
         "one-shot commands, whose stderr is their one error line)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # command group not built yet
-            raise
-        module.register(subparsers)
+    for name, command in COMMANDS.items():
+        if full is None or name in full:
+            importlib.import_module(command.module).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=command.help, add_help=False)
     return parser
 
 
+def parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse `argv` importing only the named command's module. The stand-ins' pass (`parse_known_args`: what
+    follows the command is its own) prints `appliance --help` and reports an unknown command or a bad
+    top-level option exactly as the whole parser does, since its top level is the same."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = build_parser(full=()).parse_known_args(argv)[0].command
+    parser = build_parser(full=() if named is None else (named,))
+    return parser, parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, args = parse(argv)
     level, warnings = _log_level(args)
     configure_logging(level, sys.stderr, "%(levelname)s %(name)s: %(message)s")
     for warning in warnings:
@@ -127,6 +121,7 @@ def _log_level(args: argparse.Namespace) -> tuple[int, list[str]]:
 
         try:
             loaded = load_settings(getattr(args, "config", None))
+            args.loaded_settings = loaded  # the command's own: loading twice cost each command's start-up
             warnings = loaded.warnings
             if "logging" in loaded.settings.model_fields_set or os.environ.get("APPLIANCE_LOG_LEVEL"):
                 name = name or loaded.settings.logging.level

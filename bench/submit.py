@@ -9,8 +9,12 @@ Per round (rounds interleaved, medians reported), each in its own process on the
   dramatiq send           `actor.send(...)` one at a time (Dramatiq's Redis broker), under the peer interpreter
   bullmq add              `Queue.add(...)` one at a time (BullMQ's Python package), under the peer interpreter
   appliance CLI           `python -m appliance job submit --service echo` per job (process start included)
-Then the CLI's own start-up: median wall time of `python -m appliance --help`, of `python -m appliance job get
-<id>` and of `python -c pass` (the interpreter alone), N runs each, interleaved.
+Then the CLI's own start-up, N runs of each command interleaved, median wall time and median CPU time (user +
+system of the process, steadier than wall time on a shared machine): `python -c pass` (the interpreter alone),
+`appliance --help` (as `python -m appliance` and as the console script beside the interpreter), `job get <id>`,
+`job submit --service echo` and `job stats`, for this tree and, with `--before`, for the tree at PATH in the same
+rounds. Both trees are byte-compiled first (`compileall`), as an installed package is: without .pyc files (say,
+PYTHONDONTWRITEBYTECODE=1 over a source checkout) every run compiles the appliance's modules again.
 
 Prints jobs/s for each and the ratio of appliance submit to the best peer. Not a test: never asserts on time.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -110,11 +115,20 @@ def run_child(python: str, system: str, url: str, jobs: int, code: Path = ROOT) 
     return float(json.loads(out.strip().splitlines()[-1])["jobs_per_s"])
 
 
-def wall(cmd: list[str]) -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def timed(cmd: list[str], code: Path = ROOT) -> tuple[float, float]:
+    """(wall s, CPU s: user + system) of one run of `cmd` with the package at `code` first on the path. It runs
+    in `code`: `python -m` puts the working directory ahead of PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(cmd, capture_output=True, env=env, timeout=120)
-    return time.perf_counter() - started
+    subprocess.run(cmd, capture_output=True, env=env, timeout=120, cwd=code)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def wall(cmd: list[str]) -> float:
+    return timed(cmd)[0]
 
 
 def cli_rate(url: str, jobs: int) -> float:
@@ -133,9 +147,12 @@ def main() -> None:
     peer = args[args.index("--peer-python") + 1] if "--peer-python" in args else PEER_PYTHON
     before = Path(args[args.index("--before") + 1]) if "--before" in args else None
     has_peers = Path(peer).exists()
+    for code in (ROOT, *([before] if before is not None else [])):  # as installed: with .pyc files
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(code / "appliance")], capture_output=True
+        )
     runs = 5 if quick else 15
     results: dict[str, list[float]] = {}
-    starts: dict[str, list[float]] = {}
     with private_redis() as redis:
         url = redis.url
         for _ in range(rounds):
@@ -150,37 +167,15 @@ def main() -> None:
                     ["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True, check=False
                 )
                 results.setdefault(name, []).append(run_child(python, system, url, jobs))
-            if before is not None:
+            for system in ("submit", "submit_many") if before is not None else ():
                 subprocess.run(
                     ["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True, check=False
                 )
-                rate = run_child(sys.executable, "submit", url, jobs, before)
-                results.setdefault("appliance submit, before (--before)", []).append(rate)
+                rate = run_child(sys.executable, system, url, jobs, before)
+                results.setdefault(f"appliance {system}, before (--before)", []).append(rate)
             results.setdefault("appliance CLI (job submit)", []).append(cli_rate(url, 10 if quick else 30))
-        job_id = subprocess.run(
-            [sys.executable, "-m", "appliance", "job", "submit", "--service", "echo", "--redis-url", url],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            check=True,
-        ).stdout.split()[-1]
-        commands = {
-            "python -c pass": [sys.executable, "-c", "pass"],
-            "appliance --help": [sys.executable, "-m", "appliance", "--help"],
-            "appliance job get": [
-                sys.executable,
-                "-m",
-                "appliance",
-                "job",
-                "get",
-                job_id,
-                "--redis-url",
-                url,
-            ],
-        }
-        for _ in range(runs):
-            for name, cmd in commands.items():
-                starts.setdefault(name, []).append(wall(cmd))
+        trees = {"": ROOT, **({" (before)": before} if before is not None else {})}
+        starts = cli_startup(url, runs, trees)
     print(machine_line())
     print(f"{rounds} round(s) of {jobs} jobs each, medians; one process per measurement, same Redis\n")
     best_peer = max(
@@ -192,17 +187,50 @@ def main() -> None:
         ratio = f"{median / best_peer:.2f}" if best_peer else "-"
         rows.append([name, f"{median:,.0f}" if median >= 10 else f"{median:.2f}", ratio])
     print(table(["enqueue, one call at a time", "jobs/s", "x best peer"], rows))
-    base = statistics.median(starts["python -c pass"])
-    print(f"\nCLI start-up, median of {runs} runs (wall time, s):")
-    print(
-        table(
-            ["command", "median s", "minus bare interpreter s"],
-            [
-                [n, f"{statistics.median(t):.3f}", f"{statistics.median(t) - base:.3f}"]
-                for n, t in starts.items()
-            ],
+    base = statistics.median(w for w, _ in starts["python -c pass"])
+    base_cpu = statistics.median(c for _, c in starts["python -c pass"])
+    print(f"\nCLI start-up, median of {runs} runs, interleaved (wall and CPU time, s):")
+    rows = []
+    for name, runs_of in starts.items():
+        w, c = statistics.median(x for x, _ in runs_of), statistics.median(y for _, y in runs_of)
+        rows.append([name, f"{w:.3f}", f"{w - base:.3f}", f"{c:.3f}", f"{c - base_cpu:.3f}"])
+    print(table(["command", "wall s", "wall above python", "CPU s", "CPU above python"], rows))
+
+
+def cli_startup(url: str, runs: int, trees: dict[str, Path]) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) of each CLI command under each tree, `runs` rounds interleaved (see the module doc)."""
+    python = sys.executable
+    script = Path(python).with_name("appliance")  # the console script pip installed beside the interpreter
+    for code in trees.values():
+        subprocess.run(
+            [python, "-m", "compileall", "-q", str(code / "appliance")], capture_output=True, check=True
         )
-    )
+    job_id = subprocess.run(
+        [python, "-m", "appliance", "job", "submit", "--service", "echo", "--redis-url", url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    ).stdout.split()[-1]
+    redis = ["--redis-url", url]
+    commands: list[tuple[str, list[str], Path]] = [("python -c pass", [python, "-c", "pass"], ROOT)]
+    for label, code in trees.items():
+        commands += [
+            (f"appliance --help{label}", [python, "-m", "appliance", "--help"], code),
+            *([(f"console script --help{label}", [str(script), "--help"], code)] if script.exists() else []),
+            (f"appliance job get{label}", [python, "-m", "appliance", "job", "get", job_id, *redis], code),
+            (
+                f"appliance job submit{label}",
+                [python, "-m", "appliance", "job", "submit", "--service", "echo", *redis],
+                code,
+            ),
+            (f"appliance job stats{label}", [python, "-m", "appliance", "job", "stats", *redis], code),
+        ]
+    starts: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in commands}
+    for _ in range(runs):
+        for name, cmd, code in commands:
+            starts[name].append(timed(cmd, code))
+    return starts
 
 
 if __name__ == "__main__":

@@ -1,15 +1,62 @@
-"""One module per command group; each exposes `register(subparsers)`."""
+"""One module per command group; each exposes `register(subparsers)`.
+
+This package is imported by every `appliance` run, `--help` included: it imports nothing heavy (not even asyncio
+or json), so that start-up stays at the interpreter's own cost (docs/performance.md, "CLI start-up").
+"""
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import json
 import sys
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
+
+
+class Command(NamedTuple):
+    """A top-level command: the module that builds its parser and runs it, and its line in `appliance --help`."""
+
+    module: str
+    help: str
+
+
+#: Every top-level command, in the order `appliance --help` lists them. `appliance --help` is built from this
+#: table alone, and a command's module is imported only when the command line names it; each module's
+#: `register` takes its help line from here (`command_help`), so the two cannot drift apart.
+COMMANDS: dict[str, Command] = {
+    "demo": Command("appliance.commands.demo", "run a local demo fleet (starts its own Redis if needed)"),
+    "job": Command("appliance.commands.job", "submit and inspect jobs"),
+    "schedule": Command("appliance.commands.schedule", "repeating jobs: cron expressions or fixed intervals"),
+    "limits": Command("appliance.commands.limits", "per-customer fair-share weights and limits"),
+    "queue": Command("appliance.commands.queue", "pause or resume a queue, a shape or a customer"),
+    "worker": Command(
+        "appliance.commands.worker", "run one worker (a GPU's ComfyUI or an API connector slot)"
+    ),
+    "machine": Command(
+        "appliance.commands.machine", "run the machine supervisor (health server, status, registration)"
+    ),
+    "comfyui": Command("appliance.commands.comfyui", "run ComfyUI for one GPU (ready/watchdog for systemd)"),
+    "config": Command("appliance.commands.config", "show or check the configuration"),
+    "units": Command(
+        "appliance.commands.units", "install the systemd units (non-Nix hosts, images, containers)"
+    ),
+    "monitor": Command("appliance.commands.monitor", "serve the live fleet dashboard"),
+    "api": Command("appliance.commands.api", "serve the HTTP job API; manage its API keys"),
+    "pools": Command(
+        "appliance.commands.pools", "pool signals for autoscalers: backlog, wait, run times, desired machines"
+    ),
+    "fleet": Command("appliance.commands.fleet", "drain or undrain machines"),
+    "redis": Command("appliance.commands.redis", "load the queue's Lua into Redis; print ACL users per role"),
+    "webhooks": Command(
+        "appliance.commands.webhooks", "webhook signing secrets and given-up deliveries of a tenant"
+    ),
+}
+
+
+def command_help(name: str) -> str:
+    """The `appliance --help` line of the top-level command `name` (for its module's `register`)."""
+    return COMMANDS[name].help
 
 
 class ExitCode(enum.IntEnum):
@@ -62,6 +109,8 @@ class ConfigCommandError(CommandError):
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine on a fresh event loop. A command Redis refuses for want of an ACL permission
     ends in one line naming it (exit 4), wherever in the command it happened."""
+    import asyncio
+
     from redis.exceptions import NoPermissionError, ResponseError
 
     try:
@@ -90,5 +139,7 @@ def refused(exc: Exception, where: str = "") -> str:
 
 
 def print_json(value: Any) -> None:
+    import json
+
     json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, ConfigCommandError, ExitCode, print_json, run_async
+from appliance.commands import CommandError, ConfigCommandError, ExitCode, command_help, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue, redis_failure
 
 SCOPES = ("submit", "read", "cancel", "admin")
@@ -18,7 +18,7 @@ SCOPES = ("submit", "read", "cancel", "admin")
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     api = subparsers.add_parser(
         "api",
-        help="serve the HTTP job API; manage its API keys",
+        help=command_help("api"),
         description="Serve the HTTP job API (jobs, live progress, webhooks) for one queue; `keys` manages keys.",
     )
     api.add_argument("--host", help="bind address (default: api.host, 127.0.0.1)")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, ConfigCommandError, run_async
+from appliance.commands import CommandError, ConfigCommandError, command_help, run_async
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("comfyui", help="run ComfyUI for one GPU (ready/watchdog for systemd)")
+    parser = subparsers.add_parser("comfyui", help=command_help("comfyui"))
     parser.add_argument(
         "--gpu",
         type=int,

@@ -8,11 +8,11 @@ import os
 import sys
 from typing import Any
 
-from appliance.commands import ExitCode, print_json
+from appliance.commands import ExitCode, command_help, print_json
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("config", help="show or check the configuration")
+    parser = subparsers.add_parser("config", help=command_help("config"))
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
 
     show = sub.add_parser(

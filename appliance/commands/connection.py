@@ -55,13 +55,24 @@ def checked_url_flag(url: str) -> str:
         raise CommandError(f"--redis-url: {exc}; got {redact_url(url)!r}") from None
 
 
+def loaded_settings(args: argparse.Namespace) -> Any:
+    """The settings `args.config` names (a LoadedSettings): those `appliance.cli` loaded for the log level when
+    it could, else loaded here (raising ConfigError or SecretError)."""
+    loaded = getattr(args, "loaded_settings", None)
+    if loaded is None:
+        from appliance.config import load_settings
+
+        loaded = load_settings(getattr(args, "config", None))
+    return loaded
+
+
 def resolve_target(args: argparse.Namespace) -> RedisTarget:
     """Merge flags over the loaded settings; a bad config is a CommandError naming the key."""
-    from appliance.config import ConfigError, load_settings
+    from appliance.config import ConfigError
     from appliance.secrets import SecretError, split_url_password
 
     try:
-        settings = load_settings(getattr(args, "config", None)).settings
+        settings = loaded_settings(args).settings
         connection = settings.redis_connection()
     except (ConfigError, SecretError) as exc:
         raise CommandError(str(exc)) from None
@@ -71,9 +82,13 @@ def resolve_target(args: argparse.Namespace) -> RedisTarget:
             connection, url=url, password=connection.password if password is None else password
         )
     queue = getattr(args, "queue", None) or settings.redis.queue
-    from appliance.pools import classifier_for
+    classifier = None
+    if (
+        settings.classifier.enabled
+    ):  # appliance.pools only then: every client command would pay for its import
+        from appliance.pools import classifier_for
 
-    classifier = classifier_for(settings)
+        classifier = classifier_for(settings)
     return RedisTarget(
         url=connection.url,
         queue=queue,

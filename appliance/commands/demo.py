@@ -15,14 +15,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, command_help, run_async
 
 if TYPE_CHECKING:
     from appliance.queue import Queue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = subparsers.add_parser("demo", help="run a local demo fleet (starts its own Redis if needed)")
+    demo = subparsers.add_parser("demo", help=command_help("demo"))
     demo.add_argument("--workers", type=int, default=2, help="echo worker processes (default 2)")
     demo.add_argument("--jobs", type=int, default=8, help="jobs to submit (default 8)")
     demo.add_argument("--concurrency", type=int, default=2, help="jobs each worker runs at once (default 2)")

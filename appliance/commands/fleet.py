@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, run_async
+from appliance.commands import CommandError, command_help, run_async
 from appliance.commands.connection import redis_failure
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("fleet", help="drain or undrain machines")
+    parser = subparsers.add_parser("fleet", help=command_help("fleet"))
     sub = parser.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
     drain = sub.add_parser("drain", help="workers of MACHINE finish their jobs and claim no new ones")
     drain.add_argument("machine", metavar="MACHINE", help="machine id")

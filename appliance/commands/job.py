@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from appliance.commands import CommandError, ExitCode, print_json, run_async
+from appliance.commands import CommandError, ExitCode, command_help, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue
 
 #: --requires keys and how their values parse: a type, "list" (comma list) or "append:<field>" (repeatable).
@@ -36,7 +36,7 @@ REQUIREMENT_KEYS: dict[str, type | str] = {
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    job = subparsers.add_parser("job", help="submit and inspect jobs")
+    job = subparsers.add_parser("job", help=command_help("job"))
     commands = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
 
     submit = commands.add_parser("submit", help="enqueue a job; prints its id as the last line")

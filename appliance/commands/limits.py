@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, print_json, run_async
+from appliance.commands import CommandError, command_help, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    limits = subparsers.add_parser("limits", help="per-customer fair-share weights and limits")
+    limits = subparsers.add_parser("limits", help=command_help("limits"))
     commands = limits.add_subparsers(dest="limits_command", metavar="ACTION", required=True)
 
     change = commands.add_parser("set", help="change a customer's weight or limits (what is not given stays)")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from appliance.commands import CommandError, ConfigCommandError, ExitCode, print_json, run_async
+from appliance.commands import CommandError, ConfigCommandError, ExitCode, command_help, print_json, run_async
 from appliance.commands.connection import redis_failure
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "machine",
-        help="run the machine supervisor (health server, status, registration)",
+        help=command_help("machine"),
         description="Without a subcommand: run the supervisor in the foreground (Type=notify under systemd).",
     )
     _add_config(parser, argparse.SUPPRESS)

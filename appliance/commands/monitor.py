@@ -11,7 +11,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from appliance.commands import CommandError, ConfigCommandError, ExitCode, run_async
+from appliance.commands import CommandError, ConfigCommandError, ExitCode, command_help, run_async
 from appliance.commands.connection import add_redis_arguments
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     monitor = subparsers.add_parser(
         "monitor",
-        help="serve the live fleet dashboard",
+        help=command_help("monitor"),
         description="Serve the live fleet dashboard: machines, queue, jobs.",
     )
     monitor.add_argument("--host", help="bind address (default: monitor.host, 127.0.0.1)")

@@ -10,14 +10,14 @@ import argparse
 import sys
 from typing import Any
 
-from appliance.commands import CommandError, print_json, run_async
+from appliance.commands import CommandError, command_help, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue, redis_failure
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pools = subparsers.add_parser(
         "pools",
-        help="pool signals for autoscalers: backlog, wait, run times, desired machines",
+        help=command_help("pools"),
         description=__doc__.splitlines()[0],
     )
     pools.add_argument("--json", action="store_true", help="print the report as JSON")

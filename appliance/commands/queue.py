@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.commands import CommandError, print_json, run_async
+from appliance.commands import CommandError, command_help, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    queue = subparsers.add_parser("queue", help="pause or resume a queue, a shape or a customer")
+    queue = subparsers.add_parser("queue", help=command_help("queue"))
     commands = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
     for name, help_text in (
         ("pause", "claims skip the queue, a shape or a customer from now on (running jobs go on)"),

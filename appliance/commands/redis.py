@@ -12,12 +12,12 @@ import argparse
 import sys
 from typing import Any
 
-from appliance.commands import CommandError, ExitCode, run_async
+from appliance.commands import CommandError, ExitCode, command_help, run_async
 from appliance.commands.connection import add_redis_arguments, resolve_target
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("redis", help="load the queue's Lua into Redis; print ACL users per role")
+    parser = subparsers.add_parser("redis", help=command_help("redis"))
     sub = parser.add_subparsers(dest="redis_command", metavar="ACTION", required=True)
 
     setup = sub.add_parser(

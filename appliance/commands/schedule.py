@@ -10,13 +10,13 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance.commands import CommandError, ExitCode, print_json, run_async
+from appliance.commands import CommandError, ExitCode, command_help, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue
 from appliance.commands.job import add_spec_arguments, spec_from_args
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    schedule = subparsers.add_parser("schedule", help="repeating jobs: cron expressions or fixed intervals")
+    schedule = subparsers.add_parser("schedule", help=command_help("schedule"))
     commands = schedule.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
 
     add = commands.add_parser("add", help="create a repeating job (or --replace one)")

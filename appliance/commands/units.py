@@ -9,16 +9,14 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from appliance.commands import CommandError, print_json
+from appliance.commands import CommandError, command_help, print_json
 
 if TYPE_CHECKING:
     from appliance.units.install import InstallFile
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "units", help="install the systemd units (non-Nix hosts, images, containers)"
-    )
+    parser = subparsers.add_parser("units", help=command_help("units"))
     sub = parser.add_subparsers(dest="units_command", metavar="SUBCOMMAND", required=True)
 
     install = sub.add_parser("install", help="install unit files, drop-ins and the service plan's instances")

@@ -9,14 +9,14 @@ import argparse
 import sys
 from typing import Any
 
-from appliance.commands import CommandError, ExitCode, print_json, run_async
+from appliance.commands import CommandError, ExitCode, command_help, print_json, run_async
 from appliance.commands.connection import add_redis_arguments, connect_queue, redis_failure
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     webhooks = subparsers.add_parser(
         "webhooks",
-        help="webhook signing secrets and given-up deliveries of a tenant",
+        help=command_help("webhooks"),
         description=__doc__.splitlines()[0],
     )
     actions = webhooks.add_subparsers(dest="webhooks_command", metavar="ACTION", required=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from appliance.commands import CommandError, ConfigCommandError, ExitCode, run_async
+from appliance.commands import CommandError, ConfigCommandError, ExitCode, command_help, run_async
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "worker",
-        help="run one worker (a GPU's ComfyUI or an API connector slot)",
+        help=command_help("worker"),
         description="Claim jobs from the queue and run them on one connector. Stops gracefully on SIGTERM "
         "(running jobs get worker.drain_grace_s, then go back to the queue); a second signal hands "
         "them back at once.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import json
 import re
 import tomllib
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from appliance.config.schema import KNOWN_CONNECTORS, ConfigError, LoadedSettings, Settings, check_files
@@ -90,10 +90,16 @@ def _members(annotation: Any) -> list[Any]:
     return [annotation]
 
 
+@functools.cache
+def field_nodes(model: type[BaseModel]) -> dict[str, Node]:
+    """The node of each field of `model`. Memoized: a schema never changes in a process, and every load walks
+    it several times (the environment names, the tables, the sources), which was most of a load's own time."""
+    return {name: node_of(field.annotation) for name, field in model.model_fields.items()}
+
+
 def child(node: Node, segment: str) -> Node | None:
     if node.kind == "model" and node.model is not None:
-        field = node.model.model_fields.get(segment)
-        return None if field is None else node_of(field.annotation)
+        return field_nodes(node.model).get(segment)
     if node.kind == "dict" and node.model is not None:
         return Node("model", node.model, node.model)
     return None
@@ -128,8 +134,8 @@ def schema_paths(
     if prefix:
         yield prefix, node
     if node.kind == "model" and node.model is not None:
-        for name, field in node.model.model_fields.items():
-            yield from schema_paths(node_of(field.annotation), table_keys, (*prefix, name))
+        for name, sub in field_nodes(node.model).items():
+            yield from schema_paths(sub, table_keys, (*prefix, name))
     elif node.kind == "dict" and node.model is not None:
         for key in (table_keys or {}).get(prefix, ()):
             yield from schema_paths(Node("model", node.model, node.model), table_keys, (*prefix, key))
@@ -201,6 +207,8 @@ def read_config_file(path: Path, origin: str) -> dict[str, Any]:
         raise ConfigError([f"config file {path} cannot be read: {exc.strerror} (from {origin})"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"config file {path} is not UTF-8 text"]) from None
+    import yaml  # here, not at the top: only a YAML file needs it, and it costs every command's start-up
+
     try:
         if suffix == ".toml":
             data: Any = tomllib.loads(text)

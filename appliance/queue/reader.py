@@ -348,7 +348,19 @@ class Reader:
         pipe.zcard(k.held)
         pipe.zcard(k.blocked)
         pipe.zcard(k.limited)
-        counts, active, delayed, dead, shapes, live, workers, paused, held, blocked, limited = await pipe.execute()
+        (
+            counts,
+            active,
+            delayed,
+            dead,
+            shapes,
+            live,
+            workers,
+            paused,
+            held,
+            blocked,
+            limited,
+        ) = await pipe.execute()
         rows = await self._shape_rows(shapes, live, now)
         return QueueStats(
             queue=self.conn.name,

@@ -16,6 +16,7 @@ from appliance.api.hub import EventHub
 from appliance.api.keys import KeyStore
 from appliance.api.limits import Limits
 from appliance.api.metrics import ApiMetrics
+from appliance.api.onetrip import OneTrip
 from appliance.config.schema import Settings
 from appliance.httpserve import start_server
 from appliance.notify import Notifier, WatchdogPinger
@@ -58,13 +59,15 @@ async def start(queue: Queue, settings: Settings, host: str, port: int, *, webho
     """Serve the API for `queue` on host:port (0: any free port); returns what `stop` ends."""
     metrics = ApiMetrics()
     hooks = await open_webhooks(queue, settings, metrics.registry) if webhooks else None
+    store, limits = KeyStore(queue.client, queue.keys), Limits(queue.client, queue.keys)
     api = Api(
         queue=queue,
         settings=settings,
-        store=KeyStore(queue.client, queue.keys),
-        limits=Limits(queue.client, queue.keys),
+        store=store,
+        limits=limits,
         hub=EventHub(queue),
         metrics=metrics,
+        onetrip=OneTrip(queue, store.key, limits, settings.api.rate_per_s, settings.api.max_in_flight),
         webhooks=hooks,
     )
     api.hub.start()

@@ -28,7 +28,15 @@ from appliance.api.keys import ApiKey, Scope
 from appliance.api.models import BatchSubmission, JobSubmission
 from appliance.api.onetrip import Refused, StaleKey
 from appliance.api.problems import ProblemError, invalid, json_response, model_response, not_found
-from appliance.queue import InvalidJob, Job, JobAlreadyFinished, JobNotRetryable, JobStatus, PayloadTooLarge
+from appliance.queue import (
+    InvalidJob,
+    Job,
+    JobAlreadyFinished,
+    JobNotRetryable,
+    JobSpec,
+    JobStatus,
+    PayloadTooLarge,
+)
 
 _OUTPUT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -147,7 +155,9 @@ async def submit(request: web.Request) -> web.Response:
         wait = _wait_s(request, api)
         sub = await _read_submission(request, api, known.key)
         job = None
-        if sub.webhook is None:  # a webhook is checked and registered before the submit: the ordinary path
+        if not isinstance(sub, JobSubmission):
+            job = await api.onetrip.submit(known, sub)
+        elif sub.webhook is None:  # a webhook is checked and registered before the submit: the ordinary path
             job = await api.onetrip.submit(known, sub.spec(customer_id=known.key.tenant))
     except StaleKey:
         job = None  # revoked since this process saw it: the ordinary path answers 401
@@ -160,6 +170,8 @@ async def submit(request: web.Request) -> web.Response:
         raise ProblemError(413 if isinstance(exc, PayloadTooLarge) else 400, str(exc)) from None
     if job is None:
         key = await caller(request, Scope.SUBMIT)
+        if not isinstance(sub, JobSubmission):
+            sub = JobSubmission.model_validate(sub.model_dump(exclude_unset=True))
         (job,), _ = await _submit_idempotent(request, api, key, None, [sub])
     return await _answer(api, job, wait, False)
 
@@ -172,17 +184,19 @@ async def _submit_ordinary(request: web.Request, api: Api, key: ApiKey) -> web.R
     return await _answer(api, job, wait, replayed)
 
 
-async def _read_submission(request: web.Request, api: Api, key: ApiKey) -> JobSubmission:
-    """The body as a submission, parsed and validated in one pass; anything unusual (not valid as it is, an
-    `id`, another customer) goes through `_submission`, whose errors name what is wrong."""
+async def _read_submission(request: web.Request, api: Api, key: ApiKey) -> JobSubmission | JobSpec:
+    """The body, parsed and validated in one pass: as the queue's JobSpec of the key's customer when it is one
+    as it stands (no webhook), else through `_submission`, whose errors name what is wrong (also for an `id`
+    or another customer)."""
     raw = await read_body(request, api.max_body)
     try:
-        sub = JobSubmission.model_validate_json(raw)
+        spec = JobSpec.model_validate_json(raw)
     except ValidationError:
-        sub = None
-    if sub is None or sub.id is not None or sub.customer_id not in (None, key.tenant):
         return _submission(parse_json(raw), key)
-    return sub
+    if spec.id is not None or spec.customer_id not in (None, key.tenant):
+        return _submission(parse_json(raw), key)
+    spec.customer_id = key.tenant  # our own fresh object: nothing else holds it
+    return spec
 
 
 async def _answer(api: Api, job: Job, wait: float, replayed: bool) -> web.Response:

@@ -16,6 +16,7 @@ from appliance.api.server import start
 from appliance.queue import Queue
 from tests.api.conftest import Client, Server, api_settings
 
+
 async def top_level_commands(queue: Queue, action: Any) -> list[str]:
     """The names of the commands clients sent Redis while `action` ran (MONITOR; not those scripts ran
     inside, and not the event hub's XREAD)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from appliance.api.batch import Batcher
 from appliance.api.keys import ApiKey, Scope
 from appliance.api.limits import Limits
 from appliance.api.problems import ProblemError
@@ -60,6 +61,8 @@ class OneTrip:
         # EVALSHA (loaded when the server lacks it), whatever queue.scripts says: like the API's other scripts.
         self.scripts = ScriptSet(sources=sources, cluster=queue.cluster)
         self._known: dict[str, Known] = {}
+        # Submits of one loop turn share a write; not on a Cluster client (a pipeline there is per node).
+        self._batcher = None if queue.cluster else Batcher(self.scripts, queue.client, NAME)
 
     def known(self, key_id: str, token: str) -> Known | None:
         """The remembered key `key_id` when `token` is its token (compared in constant time)."""
@@ -91,7 +94,10 @@ class OneTrip:
         rate = key.rate_per_s or self.rate_per_s
         limit = key.max_in_flight or self.in_flight
         args: list[Any] = [key.id, known.raw, rate, limit, *submit_args]
-        code, *more = await self.scripts.call(self.queue.client, NAME, keys, args)
+        if self._batcher is not None:
+            code, *more = await self._batcher.call(keys, args)
+        else:
+            code, *more = await self.scripts.call(self.queue.client, NAME, keys, args)
         code = int(code)
         if code == _STALE:
             self._known.pop(key.id, None)

@@ -3,9 +3,11 @@
 Part 1 (submit): the same number of jobs, the same client concurrency, submitted in interleaved rounds:
 `Queue.submit` from this process (the baseline), over HTTP to one `appliance api` process (`api x1`), and to one
 `appliance api` with `api.processes = 2` (`api x2`: two processes on one port, as deployed). Each HTTP cell's
-processes run only during that cell (an idle API process still tails the event stream). Each cell reports jobs/s
+processes run only during that cell (an idle API process still reads the event stream, for webhooks). Each cell reports jobs/s
 and the p50/p99 latency of one submit; `x direct` is the HTTP rate over the direct rate of the same round, and
 `p50 x` / `p99 x` the direct latency over the HTTP latency (medians over rounds; 1.0 = as good as direct).
+`API µs`, `Redis µs`, `client µs`: CPU time per job of the cell's API processes, of redis-server and of this
+process (the client): on a shared machine these move far less with the load than the rates do.
 `--compare CHECKOUT` adds the same cells for another checkout's API (`before x1`, and `before x2` as two separate
 processes the client spreads its requests over, for checkouts without `api.processes`).
 
@@ -101,6 +103,38 @@ async def run_cell(submit: Any, jobs: int, concurrency: int) -> tuple[float, lis
     return jobs / (time.perf_counter() - started), latencies
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its children that still run."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return total + sum(cpu_s(int(child)) for child in children.read().split())
+
+
+async def redis_cpu_s(queue: Queue) -> float:
+    info = await queue.client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measured(queue: Queue, pids: list[int], cell: Any) -> tuple[float, list[float], dict[str, float]]:
+    """run_cell, and the CPU each party spent per job (µs): the API processes, Redis, this client."""
+    api, red, own = sum(cpu_s(p) for p in pids), await redis_cpu_s(queue), own_cpu_s()
+    rate, lat = await cell
+    jobs = len(lat)
+    cpu = {
+        "api": (sum(cpu_s(p) for p in pids) - api) / jobs * 1e6,
+        "redis": (await redis_cpu_s(queue) - red) / jobs * 1e6,
+        "client": (own_cpu_s() - own) / jobs * 1e6,
+    }
+    return rate, lat, cpu
+
+
 #: The HTTP cells: (name, checkout: None = this one / "before" = --compare's, processes of one `appliance api`,
 #: separate `appliance api` processes the client spreads its requests over).
 CELLS = (
@@ -115,7 +149,7 @@ async def submit_part(
     redis_url: str, jobs: int, rounds: int, concurrency: int, before: Path | None
 ) -> dict[str, Any]:
     """Each cell's API processes run only during that cell (started, warmed up, measured, stopped): an idle
-    API process still tails the event stream, and would take CPU from the cells around it."""
+    API process still reads the event stream (for webhooks), and would take CPU from the cells around it."""
     queue = await Queue.connect(redis_url)
     _, token = await KeyStore(queue.client, queue.keys).create(
         "bench", [Scope.SUBMIT], rate_per_s=100_000, max_in_flight=100_000
@@ -123,6 +157,7 @@ async def submit_part(
     headers = {"Authorization": f"Bearer {token}"}
     cells = [c for c in CELLS if before is not None or c[1] is None]
     runs: dict[str, list[tuple[float, list[float]]]] = {"direct": [], **{c[0]: [] for c in cells}}
+    cpus: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
     ratios: dict[str, list[float]] = {c[0]: [] for c in cells}
     connector = aiohttp.TCPConnector(limit=0)
     try:
@@ -143,8 +178,9 @@ async def submit_part(
 
             await run_cell(direct, min(200, jobs), concurrency)  # warm-up
             for _ in range(rounds):
-                base_rate, lat = await run_cell(direct, jobs, concurrency)
+                base_rate, lat, cpu = await measured(queue, [], run_cell(direct, jobs, concurrency))
                 runs["direct"].append((base_rate, lat))
+                cpus["direct"].append(cpu)
                 for name, tree, processes, separate in cells:
                     procs = [
                         start_api(redis_url, processes, before if tree else _common.ROOT)
@@ -154,14 +190,15 @@ async def submit_part(
                         for _, base in procs:
                             await wait_ready(http, base, processes)
                         post = over_http([b for _, b in procs])
-                        await run_cell(
-                            post, min(200, jobs), concurrency
-                        )  # warm-up: keys known, scripts loaded
-                        rate, lat = await run_cell(post, jobs, concurrency)
+                        # Warm-up: keys known, scripts loaded.
+                        await run_cell(post, min(200, jobs), concurrency)
+                        pids = [p.pid for p, _ in procs]
+                        rate, lat, cpu = await measured(queue, pids, run_cell(post, jobs, concurrency))
                     finally:
                         for proc, _ in procs:
                             stop_api(proc)
                     runs[name].append((rate, lat))
+                    cpus[name].append(cpu)
                     ratios[name].append(rate / base_rate)
     finally:
         await queue.close()
@@ -171,6 +208,9 @@ async def submit_part(
             {
                 "cell": name,
                 "jobs_per_s": statistics.median(r for r, _ in cell),
+                **{
+                    f"{k}_us": statistics.median(c[k] for c in cpus[name]) for k in ("api", "redis", "client")
+                },
                 "p50_ms": statistics.median(percentile(lat, 50) for _, lat in cell),
                 "p99_ms": statistics.median(percentile(lat, 99) for _, lat in cell),
                 "ratio": statistics.median(ratios[name]) if name in ratios else 1.0,
@@ -276,7 +316,18 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{machine_line()}; {jobs} jobs per cell, {rounds} rounds, 32 concurrent clients")
     print(
         table(
-            ["cell", "jobs/s", "p50 ms", "p99 ms", "x direct", "p50 x", "p99 x"],
+            [
+                "cell",
+                "jobs/s",
+                "p50 ms",
+                "p99 ms",
+                "x direct",
+                "p50 x",
+                "p99 x",
+                "API µs",
+                "Redis µs",
+                "client µs",
+            ],
             [
                 [
                     r["cell"],
@@ -286,6 +337,9 @@ async def main(args: argparse.Namespace) -> None:
                     r["ratio"],
                     r["p50_ratio"],
                     r["p99_ratio"],
+                    r["api_us"],
+                    r["redis_us"],
+                    r["client_us"],
                 ]
                 for r in submit["rows"]
             ],

@@ -58,8 +58,11 @@ def start_api(
     env.update(APPLIANCE_REDIS_URL=redis_url, APPLIANCE_LOGGING__LEVEL="WARNING", PYTHONPATH=str(tree))
     if processes > 1:
         env["APPLIANCE_API__PROCESSES"] = str(processes)
+    # In the checkout: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "api", "--host", "127.0.0.1", "--port", str(port)], env=env
+        [sys.executable, "-m", "appliance", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=tree,
     )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -308,12 +311,19 @@ async def main(args: argparse.Namespace) -> None:
     rounds = args.rounds or rounds
     clients = 200 if args.quick else 1000
     with private_redis() as server:
-        submit = await submit_part(server.url, jobs, rounds, 32, args.compare)
+        submit = None if args.no_submit else await submit_part(server.url, jobs, rounds, 32, args.compare)
         fanout = None if args.no_fanout else await fanout_part(server.url, clients, job_count=10, progress=20)
     if args.json:
         print(json.dumps({"submit": submit, "fanout": fanout, "machine": machine_line()}, indent=2))
         return
     print(f"{machine_line()}; {jobs} jobs per cell, {rounds} rounds, 32 concurrent clients")
+    if submit is not None:
+        print_submit(submit)
+    if fanout is not None:
+        print_fanout(fanout)
+
+
+def print_submit(submit: dict[str, Any]) -> None:
     print(
         table(
             [
@@ -345,8 +355,9 @@ async def main(args: argparse.Namespace) -> None:
             ],
         )
     )
-    if fanout is None:
-        return
+
+
+def print_fanout(fanout: dict[str, Any]) -> None:
     print()
     print(
         table(
@@ -375,5 +386,6 @@ if __name__ == "__main__":
         "(two separate processes, the client spreading requests over them)",
     )
     parser.add_argument("--no-fanout", action="store_true", help="part 1 only")
+    parser.add_argument("--no-submit", action="store_true", help="part 2 only")
     parser.add_argument("--json", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -69,7 +69,8 @@ async def start(
     it); returns what `stop` ends."""
     metrics = ApiMetrics()
     hooks = await open_webhooks(queue, settings, metrics.registry) if webhooks else None
-    store, limits = KeyStore(queue.client, queue.keys), Limits(queue.client, queue.keys)
+    store = KeyStore(queue.client, queue.keys)
+    limits = Limits(queue.client, queue.keys, cluster=queue.cluster)
     api = Api(
         queue=queue,
         settings=settings,

@@ -316,8 +316,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"submit": submit, "fanout": fanout, "machine": machine_line()}, indent=2))
         return
-    print(f"{machine_line()}; {jobs} jobs per cell, {rounds} rounds, 32 concurrent clients")
+    print(machine_line())
     if submit is not None:
+        print(f"{jobs} jobs per cell, {rounds} rounds, 32 concurrent clients")
         print_submit(submit)
     if fanout is not None:
         print_fanout(fanout)

@@ -95,6 +95,7 @@ def contract() -> dict[str, Any]:
             "redisUrl": defaults.redis.url,
             "apiPort": defaults.api.port,
             "apiListen": defaults.api.host,
+            "apiProcesses": defaults.api.processes,
         },
         "stopMarginsS": {"worker": WORKER_STOP_MARGIN_S, "containerMode": CONTAINER_STOP_MARGIN_S},
         "settingsKeys": key_tree(),

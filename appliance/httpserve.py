@@ -5,11 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 
-async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app`; returns the runner (stop with `await runner.cleanup()`) and the bound port (for port 0)."""
+async def start_server(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Serve `app`; returns the runner (stop with `await runner.cleanup()`) and the bound port (for port 0).
+    `reuse_port`: SO_REUSEPORT, so processes of one user can serve one port (the kernel spreads connections)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
     bound = port
     server = getattr(site, "_server", None)

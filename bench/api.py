@@ -1,15 +1,22 @@
 """The HTTP job API: `POST /v1/jobs` against direct `Queue.submit` in the same run, and SSE fan-out.
 
-Part 1 (submit): the same number of jobs, the same client concurrency, submitted three ways in interleaved rounds:
-`Queue.submit` from this process (the baseline), over HTTP to one `appliance api` process, and over HTTP spread
-over two. Each cell reports jobs/s and the p50/p99 latency of one submit; the ratio is the HTTP rate over the
-direct rate of the same round (medians over rounds).
+Part 1 (submit): the same number of jobs, the same client concurrency, submitted in interleaved rounds:
+`Queue.submit` from this process (the baseline), over HTTP to one `appliance api` process (`api x1`), and to one
+`appliance api` with `api.processes = 2` (`api x2`: two processes on one port, as deployed). Each HTTP cell's
+processes run only during that cell (an idle API process still reads the event stream, for webhooks). Each cell reports jobs/s
+and the p50/p99 latency of one submit; `x direct` is the HTTP rate over the direct rate of the same round, and
+`p50 x` / `p99 x` the direct latency over the HTTP latency (medians over rounds; 1.0 = as good as direct).
+`API µs`, `Redis µs`, `client µs`: CPU time per job of the cell's API processes, of redis-server and of this
+process (the client): on a shared machine these move far less with the load than the rates do.
+`--compare CHECKOUT` adds the same cells for another checkout's API (`before x1`, and `before x2` as two separate
+processes the client spreads its requests over, for checkouts without `api.processes`).
 
 Part 2 (fan-out): 1,000 SSE clients (`GET /v1/jobs/{id}/events`) on one API process, spread over 10 jobs; a worker
 then reports progress on each job; events delivered per second (all clients, first progress to last delivery)
 and the API process's resident memory per connected client (RSS after connecting minus before, over clients).
 
-Run as `python bench/api.py [--quick] [--json]`. Everything (Redis, API processes, clients) shares this machine.
+Run as `python bench/api.py [--quick] [--rounds N] [--compare CHECKOUT] [--no-fanout] [--json]`. Everything
+(Redis, API processes, clients) shares this machine.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401 - puts the checkout on sys.path
@@ -41,28 +49,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api(redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_api(
+    redis_url: str, processes: int = 1, tree: Path = _common.ROOT
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`appliance api` of the checkout `tree` with default settings (but `processes`), on a free port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(
-        APPLIANCE_REDIS_URL=redis_url, APPLIANCE_LOGGING__LEVEL="WARNING", PYTHONPATH=str(_common.ROOT)
-    )
+    env.update(APPLIANCE_REDIS_URL=redis_url, APPLIANCE_LOGGING__LEVEL="WARNING", PYTHONPATH=str(tree))
+    if processes > 1:
+        env["APPLIANCE_API__PROCESSES"] = str(processes)
+    # In the checkout: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "api", "--host", "127.0.0.1", "--port", str(port)], env=env
+        [sys.executable, "-m", "appliance", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=tree,
     )
     return proc, f"http://127.0.0.1:{port}"
 
 
-async def wait_ready(http: aiohttp.ClientSession, base: str) -> None:
+def listeners(port: int) -> int:
+    """Sockets listening on `port` (state 0A in /proc/net/tcp): the processes of one `--processes` API."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A")
+
+
+async def wait_ready(http: aiohttp.ClientSession, base: str, processes: int = 1) -> None:
     for _ in range(1200):
         try:
             async with http.get(base + "/readyz") as resp:
-                if resp.status == 200:
+                if resp.status == 200 and listeners(int(base.rsplit(":", 1)[1])) >= processes:
                     return
         except aiohttp.ClientConnectionError:
             pass
         await asyncio.sleep(0.05)
     raise SystemExit(f"{base} did not get ready")
+
+
+def stop_api(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
 
 
 async def run_cell(submit: Any, jobs: int, concurrency: int) -> tuple[float, list[float]]:
@@ -81,20 +106,65 @@ async def run_cell(submit: Any, jobs: int, concurrency: int) -> tuple[float, lis
     return jobs / (time.perf_counter() - started), latencies
 
 
-async def submit_part(redis_url: str, jobs: int, rounds: int, concurrency: int) -> dict[str, Any]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its children that still run."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return total + sum(cpu_s(int(child)) for child in children.read().split())
+
+
+async def redis_cpu_s(queue: Queue) -> float:
+    info = await queue.client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measured(queue: Queue, pids: list[int], cell: Any) -> tuple[float, list[float], dict[str, float]]:
+    """run_cell, and the CPU each party spent per job (µs): the API processes, Redis, this client."""
+    api, red, own = sum(cpu_s(p) for p in pids), await redis_cpu_s(queue), own_cpu_s()
+    rate, lat = await cell
+    jobs = len(lat)
+    cpu = {
+        "api": (sum(cpu_s(p) for p in pids) - api) / jobs * 1e6,
+        "redis": (await redis_cpu_s(queue) - red) / jobs * 1e6,
+        "client": (own_cpu_s() - own) / jobs * 1e6,
+    }
+    return rate, lat, cpu
+
+
+#: The HTTP cells: (name, checkout: None = this one / "before" = --compare's, processes of one `appliance api`,
+#: separate `appliance api` processes the client spreads its requests over).
+CELLS = (
+    ("api x1", None, 1, 1),
+    ("api x2", None, 2, 1),
+    ("before x1", "before", 1, 1),
+    ("before x2", "before", 1, 2),
+)
+
+
+async def submit_part(
+    redis_url: str, jobs: int, rounds: int, concurrency: int, before: Path | None
+) -> dict[str, Any]:
+    """Each cell's API processes run only during that cell (started, warmed up, measured, stopped): an idle
+    API process still reads the event stream (for webhooks), and would take CPU from the cells around it."""
     queue = await Queue.connect(redis_url)
     _, token = await KeyStore(queue.client, queue.keys).create(
         "bench", [Scope.SUBMIT], rate_per_s=100_000, max_in_flight=100_000
     )
-    procs = [start_api(redis_url) for _ in range(2)]
     headers = {"Authorization": f"Bearer {token}"}
+    cells = [c for c in CELLS if before is not None or c[1] is None]
+    runs: dict[str, list[tuple[float, list[float]]]] = {"direct": [], **{c[0]: [] for c in cells}}
+    cpus: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    ratios: dict[str, list[float]] = {c[0]: [] for c in cells}
     connector = aiohttp.TCPConnector(limit=0)
-    cells: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "api x1": [], "api x2": []}
-    ratios: dict[str, list[float]] = {"api x1": [], "api x2": []}
     try:
         async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
-            for _, base in procs:
-                await wait_ready(http, base)
 
             async def direct(i: int) -> None:
                 await queue.submit({"service": "echo", "payload": {"i": i}, "customer_id": "bench"})
@@ -109,28 +179,52 @@ async def submit_part(redis_url: str, jobs: int, rounds: int, concurrency: int) 
 
                 return post
 
-            await run_cell(over_http([b for _, b in procs]), min(200, jobs), concurrency)  # warm-up
+            await run_cell(direct, min(200, jobs), concurrency)  # warm-up
             for _ in range(rounds):
-                base_rate, lat = await run_cell(direct, jobs, concurrency)
-                cells["direct"].append((base_rate, lat))
-                for name, bases in (("api x1", [procs[0][1]]), ("api x2", [b for _, b in procs])):
-                    rate, lat = await run_cell(over_http(bases), jobs, concurrency)
-                    cells[name].append((rate, lat))
+                base_rate, lat, cpu = await measured(queue, [], run_cell(direct, jobs, concurrency))
+                runs["direct"].append((base_rate, lat))
+                cpus["direct"].append(cpu)
+                for name, tree, processes, separate in cells:
+                    procs = [
+                        start_api(redis_url, processes, before if tree else _common.ROOT)
+                        for _ in range(separate)
+                    ]
+                    try:
+                        for _, base in procs:
+                            await wait_ready(http, base, processes)
+                        post = over_http([b for _, b in procs])
+                        # Warm-up: keys known, scripts loaded.
+                        await run_cell(post, min(200, jobs), concurrency)
+                        pids = [p.pid for p, _ in procs]
+                        rate, lat, cpu = await measured(queue, pids, run_cell(post, jobs, concurrency))
+                    finally:
+                        for proc, _ in procs:
+                            stop_api(proc)
+                    runs[name].append((rate, lat))
+                    cpus[name].append(cpu)
                     ratios[name].append(rate / base_rate)
     finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
         await queue.close()
     rows = []
-    for name, runs in cells.items():
+    for name, cell in runs.items():
         rows.append(
             {
                 "cell": name,
-                "jobs_per_s": statistics.median(r for r, _ in runs),
-                "p50_ms": statistics.median(percentile(lat, 50) for _, lat in runs),
-                "p99_ms": statistics.median(percentile(lat, 99) for _, lat in runs),
+                "jobs_per_s": statistics.median(r for r, _ in cell),
+                **{
+                    f"{k}_us": statistics.median(c[k] for c in cpus[name]) for k in ("api", "redis", "client")
+                },
+                "p50_ms": statistics.median(percentile(lat, 50) for _, lat in cell),
+                "p99_ms": statistics.median(percentile(lat, 99) for _, lat in cell),
                 "ratio": statistics.median(ratios[name]) if name in ratios else 1.0,
+                "p50_ratio": statistics.median(
+                    percentile(runs["direct"][i][1], 50) / percentile(lat, 50)
+                    for i, (_, lat) in enumerate(cell)
+                ),
+                "p99_ratio": statistics.median(
+                    percentile(runs["direct"][i][1], 99) / percentile(lat, 99)
+                    for i, (_, lat) in enumerate(cell)
+                ),
             }
         )
     return {"jobs": jobs, "rounds": rounds, "concurrency": concurrency, "rows": rows}
@@ -214,20 +308,57 @@ async def main(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     jobs, rounds = (400, 2) if args.quick else (2000, 3)
+    rounds = args.rounds or rounds
     clients = 200 if args.quick else 1000
     with private_redis() as server:
-        submit = await submit_part(server.url, jobs, rounds, concurrency=32)
-        fanout = await fanout_part(server.url, clients, job_count=10, progress=20)
+        submit = None if args.no_submit else await submit_part(server.url, jobs, rounds, 32, args.compare)
+        fanout = None if args.no_fanout else await fanout_part(server.url, clients, job_count=10, progress=20)
     if args.json:
         print(json.dumps({"submit": submit, "fanout": fanout, "machine": machine_line()}, indent=2))
         return
-    print(f"{machine_line()}; {jobs} jobs per cell, {rounds} rounds, 32 concurrent clients")
+    print(machine_line())
+    if submit is not None:
+        print(f"{jobs} jobs per cell, {rounds} rounds, 32 concurrent clients")
+        print_submit(submit)
+    if fanout is not None:
+        print_fanout(fanout)
+
+
+def print_submit(submit: dict[str, Any]) -> None:
     print(
         table(
-            ["cell", "jobs/s", "p50 ms", "p99 ms", "x direct"],
-            [[r["cell"], r["jobs_per_s"], r["p50_ms"], r["p99_ms"], r["ratio"]] for r in submit["rows"]],
+            [
+                "cell",
+                "jobs/s",
+                "p50 ms",
+                "p99 ms",
+                "x direct",
+                "p50 x",
+                "p99 x",
+                "API µs",
+                "Redis µs",
+                "client µs",
+            ],
+            [
+                [
+                    r["cell"],
+                    r["jobs_per_s"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["ratio"],
+                    r["p50_ratio"],
+                    r["p99_ratio"],
+                    r["api_us"],
+                    r["redis_us"],
+                    r["client_us"],
+                ]
+                for r in submit["rows"]
+            ],
         )
     )
+
+
+def print_fanout(fanout: dict[str, Any]) -> None:
     print()
     print(
         table(
@@ -248,5 +379,14 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs and 200 SSE clients")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 2)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout (e.g. the previous release): its API adds the cells `before x1` and `before x2` "
+        "(two separate processes, the client spreading requests over them)",
+    )
+    parser.add_argument("--no-fanout", action="store_true", help="part 1 only")
+    parser.add_argument("--no-submit", action="store_true", help="part 2 only")
     parser.add_argument("--json", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -476,6 +476,15 @@ in
         example = "0.0.0.0";
         description = "Address the API binds (`api.host`); loopback by default (put a TLS proxy in front).";
       };
+      processes = mkOption {
+        type = types.ints.between 1 64;
+        default = contract.defaults.apiProcesses;
+        example = 4;
+        description = ''
+          API processes serving `port` (`api.processes`): the service's main process starts the others on the
+          same port (SO_REUSEPORT) and stops them with it. One process uses one core: up to one per core.
+        '';
+      };
       openFirewall = mkOption {
         type = types.bool;
         default = false;
@@ -627,6 +636,7 @@ in
         api = mkIf cfg.api.enable {
           host = mkDefault cfg.api.listen;
           port = mkDefault cfg.api.port;
+          processes = mkDefault cfg.api.processes;
         };
         comfyui = mkIf (cfg.machineType == "gpu") (
           {

@@ -326,7 +326,7 @@ def test_the_http_api_unit_and_options() -> None:
         {
             **API,
             "redis": {"passwordFile": "/run/secrets/redis-api"},
-            "api": {"enable": True, "listen": "0.0.0.0", "port": 9443, "openFirewall": True},
+            "api": {"enable": True, "listen": "0.0.0.0", "port": 9443, "openFirewall": True, "processes": 2},
         }
     )
     assert out["failedAssertions"] == []
@@ -334,8 +334,8 @@ def test_the_http_api_unit_and_options() -> None:
     assert "appliance.target" in unit["wantedBy"] and unit["overrideStrategy"] == "asDropin"
     assert unit["serviceConfig"]["LoadCredential"] == ["", "redis-password:/run/secrets/redis-api"]
     assert out["firewall"] == [9191, 9443]
-    assert out["settings"]["api"] == {"host": "0.0.0.0", "port": 9443}
-    assert validate_as_settings(out["settings"]).api.port == 9443
+    assert out["settings"]["api"] == {"host": "0.0.0.0", "port": 9443, "processes": 2}
+    assert validate_as_settings(out["settings"]).api.processes == 2
 
 
 @needs_nix

@@ -24,7 +24,7 @@ DIRECT = ("zrem", "set", "del", "script|exists")
 
 def _own_script_commands() -> set[str]:
     found: set[str] = set()
-    for name in ("rate.lua", "inflight.lua"):
+    for name in ("rate.lua", "inflight.lua", "submit_one.lua"):
         source = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
         found |= {c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", source)}
     return found
@@ -43,4 +43,13 @@ def api_rules(
     patterns = [p for p in parts if not p.startswith("+")]
     patterns += [f"%R~{keys_hash(QueueKeys(q))}" for q in queues]
     patterns += [f"%R~{machine_keys.MACHINES_KEY}", "%R~machine:*"]
-    return [*(f"+{c}" for c in sorted(commands)), *dict.fromkeys(patterns)]
+    return [*(f"+{c}" for c in sorted(commands)), *dict.fromkeys(patterns), _submit_selector(queues)]
+
+
+def _submit_selector(queues: Sequence[str]) -> str:
+    """An ACL selector for submit_one.lua, which names the API keys hash in its KEYS (to check the key in the
+    submit's round trip): Redis checks a script's KEYS as written to, and every key of one command must pass
+    one selector. Inside the script each call is checked again, and this selector grants no command but
+    EVALSHA, so the API keys stay read-only (HGET by the root's %R)."""
+    keys = [f"~{p}" for q in queues for p in (keys_hash(QueueKeys(q)), QueueKeys(q).prefix + "*")]
+    return f"(+evalsha {' '.join(keys)})"

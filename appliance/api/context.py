@@ -13,6 +13,7 @@ from appliance.api.hub import EventHub
 from appliance.api.keys import ApiKey, KeyStore, Scope, check, key_id_of
 from appliance.api.limits import Limits
 from appliance.api.metrics import ApiMetrics
+from appliance.api.onetrip import OneTrip
 from appliance.api.problems import ProblemError, not_found
 from appliance.config.schema import Settings
 from appliance.queue import Job, Queue
@@ -29,6 +30,8 @@ class Api:
     limits: Limits
     hub: EventHub
     metrics: ApiMetrics
+    #: POST /v1/jobs in one round trip, for keys this process has verified.
+    onetrip: OneTrip
     #: appliance.webhooks.Webhooks, or None where the queue writes no event stream.
     webhooks: Any = None
 
@@ -45,13 +48,19 @@ def api_of(request: web.Request) -> Api:
     return request.app[API_KEY]
 
 
+def bearer(request: web.Request) -> tuple[str | None, str]:
+    """(key id, token) of the request's `Authorization: Bearer` token; the id is None when there is none or
+    it is malformed."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return (key_id_of(token) if scheme.lower() == "bearer" else None), token
+
+
 async def caller(request: web.Request, scope: Scope) -> ApiKey:
     """The request's API key (a bearer token, read from Redis on each request: a revoked key fails at once),
     counted against its rate, and holding `scope` (admin holds every scope): 401, 429 or 403 otherwise."""
     api = api_of(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    key_id = key_id_of(token) if scheme.lower() == "bearer" else None
+    key_id, token = bearer(request)
     raw, count, wait_ms = None, 0, 0
     if key_id is not None:  # one round trip: the key's record and its count in this second (rate.lua)
         raw, count, wait_ms = await api.limits.request(api.store.key, key_id)
@@ -62,6 +71,8 @@ async def caller(request: web.Request, scope: Scope) -> ApiKey:
             "a valid API key is required: Authorization: Bearer apk_...",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    assert raw is not None
+    api.onetrip.remember(key, raw)  # its next submit takes one round trip
     limit = key.rate_per_s or api.settings.api.rate_per_s
     if count > limit:
         detail = f"over this key's limit of {limit} requests per second"
@@ -71,9 +82,8 @@ async def caller(request: web.Request, scope: Scope) -> ApiKey:
     return key
 
 
-async def read_json(request: web.Request, limit: int) -> Any:
-    """The body as JSON; 413 past `limit` bytes (checked while reading, never buffering more), 400 when it is
-    not JSON."""
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body; 413 past `limit` bytes (checked while reading, never buffering more)."""
     if request.content_length is not None and request.content_length > limit:
         raise ProblemError(413, f"the body is {request.content_length} bytes, over the limit of {limit}")
     data = bytearray()
@@ -81,10 +91,20 @@ async def read_json(request: web.Request, limit: int) -> Any:
         data += chunk
         if len(data) > limit:
             raise ProblemError(413, f"the body is over the limit of {limit} bytes")
+    return bytes(data)
+
+
+def parse_json(data: bytes) -> Any:
+    """The body as JSON; 400 when it is not JSON."""
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProblemError(400, f"the body is not valid JSON: {exc}") from None
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body as JSON; 413 past `limit` bytes, 400 when it is not JSON."""
+    return parse_json(await read_body(request, limit))
 
 
 def job_id_of(request: web.Request) -> str:

@@ -63,6 +63,8 @@ class EventHub:
         self._by_job: dict[str, set[Subscription]] = defaultdict(set)
         self._subs: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
+        #: Set when a subscriber attaches (the reader waits for one while there is none).
+        self._wanted = asyncio.Event()
         #: Entries read from the stream (for the benchmark and tests).
         self.read = 0
 
@@ -86,9 +88,23 @@ class EventHub:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    async def _idle(self, since: str) -> str:
+        """With no subscriber, read nothing (each API process would parse every event of the queue): keep the
+        id where the stream ends, refreshed each block period, and wait for a first subscriber. Reading then
+        resumes after that id, so no event since the subscriber attached is missed; its own catch-up covers
+        the time before. An id fetched while a subscriber attached may lie past its attachment: not used."""
+        self._wanted.clear()
+        newest, _ = await self.queue.events.tail("$", block_ms=None, count=1)
+        if self._wanted.is_set():
+            return since
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wanted.wait(), self.block_ms / 1000)
+        return newest
+
     def attach(self, jobs: set[str]) -> Subscription:
         sub = Subscription(set())
         self._subs.add(sub)
+        self._wanted.set()
         self.follow(sub, jobs)
         return sub
 
@@ -124,6 +140,9 @@ class EventHub:
         since = "$"
         while True:
             try:
+                if not self._subs:
+                    since = await self._idle(since)
+                    continue
                 since, events = await self.queue.events.tail(since, block_ms=self.block_ms, count=1000)
             except (RedisError, OSError) as exc:
                 log.warning("event hub: reading the event stream failed (%s); retrying", type(exc).__name__)

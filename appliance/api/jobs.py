@@ -11,12 +11,32 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from appliance.api.context import Api, api_of, caller, job_id_of, job_json, owned_job, read_json
+from appliance.api.context import (
+    Api,
+    api_of,
+    bearer,
+    caller,
+    job_id_of,
+    job_json,
+    owned_job,
+    parse_json,
+    read_body,
+    read_json,
+)
 from appliance.api.idempotency import Idempotency
 from appliance.api.keys import ApiKey, Scope
 from appliance.api.models import BatchSubmission, JobSubmission
-from appliance.api.problems import ProblemError, invalid, json_response, not_found
-from appliance.queue import InvalidJob, Job, JobAlreadyFinished, JobNotRetryable, JobStatus, PayloadTooLarge
+from appliance.api.onetrip import Refused, StaleKey
+from appliance.api.problems import ProblemError, invalid, json_response, model_response, not_found
+from appliance.queue import (
+    InvalidJob,
+    Job,
+    JobAlreadyFinished,
+    JobNotRetryable,
+    JobSpec,
+    JobStatus,
+    PayloadTooLarge,
+)
 
 _OUTPUT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -69,7 +89,7 @@ async def _submit_all(api: Api, key: ApiKey, subs: list[JobSubmission], ids: lis
         for i, sub in enumerate(subs):
             if sub.webhook is not None:
                 await _check_webhook(api, sub, f"jobs.{i}.webhook.url" if len(subs) > 1 else "webhook.url")
-        specs = [sub.spec().model_copy(update={"id": job_id}) for sub, job_id in zip(subs, ids, strict=True)]
+        specs = [sub.spec(id=job_id) for sub, job_id in zip(subs, ids, strict=True)]
         for sub, job_id in zip(subs, ids, strict=True):
             if sub.webhook is not None:
                 hooked.append(job_id)
@@ -135,11 +155,62 @@ async def _submit_idempotent(
 
 async def submit(request: web.Request) -> web.Response:
     api = api_of(request)
-    key = await caller(request, Scope.SUBMIT)
+    known = None
+    # An Idempotency-Key, or acknowledgement by replicas (a WAIT after the submit), takes the ordinary path.
+    if "Idempotency-Key" not in request.headers and not api.settings.queue.durable_replicas:
+        key_id, token = bearer(request)
+        known = api.onetrip.known(key_id, token) if key_id is not None else None
+    if known is None:
+        return await _submit_ordinary(request, api, await caller(request, Scope.SUBMIT))
+    try:
+        wait = _wait_s(request, api)
+        sub = await _read_submission(request, api, known.key)
+        job = None
+        if not isinstance(sub, JobSubmission):
+            job = await api.onetrip.submit(known, sub)
+        elif sub.webhook is None:  # a webhook is checked and registered before the submit: the ordinary path
+            job = await api.onetrip.submit(known, sub.spec(customer_id=known.key.tenant))
+    except StaleKey:
+        job = None  # revoked since this process saw it: the ordinary path answers 401
+    except Refused:
+        raise
+    except (ProblemError, PayloadTooLarge, InvalidJob) as exc:
+        await caller(request, Scope.SUBMIT)  # the key's own refusal (401, 429, 403) comes first, as ever
+        if isinstance(exc, ProblemError):
+            raise
+        raise ProblemError(413 if isinstance(exc, PayloadTooLarge) else 400, str(exc)) from None
+    if job is None:
+        key = await caller(request, Scope.SUBMIT)
+        if not isinstance(sub, JobSubmission):
+            sub = JobSubmission.model_validate(sub.model_dump(exclude_unset=True))
+        (job,), _ = await _submit_idempotent(request, api, key, None, [sub])
+    return await _answer(api, job, wait, False)
+
+
+async def _submit_ordinary(request: web.Request, api: Api, key: ApiKey) -> web.Response:
     wait = _wait_s(request, api)
     body = await read_json(request, api.max_body)
     sub = _submission(body, key)
     (job,), replayed = await _submit_idempotent(request, api, key, body, [sub])
+    return await _answer(api, job, wait, replayed)
+
+
+async def _read_submission(request: web.Request, api: Api, key: ApiKey) -> JobSubmission | JobSpec:
+    """The body, parsed and validated in one pass: as the queue's JobSpec of the key's customer when it is one
+    as it stands (no webhook), else through `_submission`, whose errors name what is wrong (also for an `id`
+    or another customer)."""
+    raw = await read_body(request, api.max_body)
+    try:
+        spec = JobSpec.model_validate_json(raw)
+    except ValidationError:
+        return _submission(parse_json(raw), key)
+    if spec.id is not None or spec.customer_id not in (None, key.tenant):
+        return _submission(parse_json(raw), key)
+    spec.customer_id = key.tenant  # our own fresh object: nothing else holds it
+    return spec
+
+
+async def _answer(api: Api, job: Job, wait: float, replayed: bool) -> web.Response:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -148,7 +219,7 @@ async def submit(request: web.Request) -> web.Response:
             job = await api.queue.wait(job.id, timeout_s=wait)
         except TimeoutError:
             job = await api.queue.get(job.id) or job
-    return json_response(job_json(job), 200 if job.status.finished else 202, headers)
+    return model_response(job, 200 if job.status.finished else 202, headers)
 
 
 async def submit_batch(request: web.Request) -> web.Response:

@@ -23,9 +23,11 @@ class Refusal:
 
 
 class Limits:
-    def __init__(self, client: Any, keys: QueueKeys) -> None:
+    def __init__(self, client: Any, keys: QueueKeys, *, cluster: bool = False) -> None:
         self.client = client
         self.keys = keys
+        #: A Cluster client pipelines no scripts: the key's record and its count are then two calls.
+        self.cluster = cluster
         # register_script runs EVALSHA and loads the script when the server lacks it (a restart).
         self._rate = client.register_script(_script("rate.lua"))
         self._inflight = client.register_script(_script("inflight.lua"))
@@ -37,12 +39,16 @@ class Limits:
         return self.keys.key(f"api:inflight:{key_id}")
 
     async def request(self, keys_hash: str, key_id: str) -> tuple[str | None, int, int]:
-        """One round trip: the key's stored record (None: no such key), the requests counted in its current
-        window with this one, and the ms until that window ends."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(keys_hash, key_id)
-        await self._rate(keys=[self.rate_key(key_id)], args=[], client=pipe)
-        record, (count, wait_ms) = await pipe.execute()
+        """One round trip (two on a Cluster): the key's stored record (None: no such key), the requests counted
+        in its current window with this one, and the ms until that window ends."""
+        if self.cluster:
+            record = await self.client.hget(keys_hash, key_id)
+            count, wait_ms = await self._rate(keys=[self.rate_key(key_id)], args=[])
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(keys_hash, key_id)
+            await self._rate(keys=[self.rate_key(key_id)], args=[], client=pipe)
+            record, (count, wait_ms) = await pipe.execute()
         return (None if record is None else str(record)), int(count), int(wait_ms)
 
     async def admit(self, key_id: str, limit: int, job_ids: list[str]) -> Refusal | None:

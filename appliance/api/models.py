@@ -30,8 +30,11 @@ class JobSubmission(JobSpec):
 
     webhook: WebhookRequest | None = Field(None, description="Where to POST this job's events (signed).")
 
-    def spec(self) -> JobSpec:
-        return JobSpec.model_validate(self.model_dump(exclude={"webhook"}))
+    def spec(self, **update: Any) -> JobSpec:
+        """The queue's JobSpec of this submission with `update` applied. Built from the fields as validated
+        here (a JobSubmission is a JobSpec plus `webhook`), not dumped and validated again."""
+        fields = {name: getattr(self, name) for name in JobSpec.model_fields}
+        return JobSpec.model_construct(**{**fields, **update})
 
 
 class BatchSubmission(BaseModel):

@@ -87,3 +87,15 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
         content_type="application/json",
         headers=headers,
     )
+
+
+def model_response(
+    model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A model as JSON, serialized in one pass by pydantic (no dict in between)."""
+    return web.Response(
+        status=status,
+        body=model.__pydantic_serializer__.to_json(model),
+        content_type="application/json",
+        headers=headers,
+    )

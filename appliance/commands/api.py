@@ -23,6 +23,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     api.add_argument("--host", help="bind address (default: api.host, 127.0.0.1)")
     api.add_argument("--port", type=int, help="port (default: api.port, 8088; 0: any free port)")
+    api.add_argument(
+        "--processes", type=int, help="API processes serving the port (default: api.processes, 1)"
+    )
+    api.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT beside other API processes (what --processes gives the ones it starts)",
+    )
     add_redis_arguments(api)
     api.set_defaults(handler=_serve, long_running=True)
     sub = api.add_subparsers(dest="api_command", metavar="COMMAND")
@@ -126,16 +134,24 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigCommandError(str(exc)) from None
     host = args.host or settings.api.host
     port = settings.api.port if args.port is None else args.port
-    return run_async(_serve_async(args, settings, host, port))
+    processes = settings.api.processes if args.processes is None else args.processes
+    if not 1 <= processes <= 64:
+        raise CommandError(f"--processes must be between 1 and 64, got {processes}")
+    return run_async(_serve_async(args, settings, host, port, processes))
 
 
-async def _serve_async(args: argparse.Namespace, settings: Any, host: str, port: int) -> int:
+async def _serve_async(args: argparse.Namespace, settings: Any, host: str, port: int, processes: int) -> int:
+    import sys
+
+    from appliance.api.processes import Siblings
     from appliance.api.server import serve
 
     # At most api.redis_connections connections: a burst of requests waits for one instead of failing.
     queue = await connect_queue(args, blocking_pool=settings.api.redis_connections)
+    # The others run this command line again (config and Redis flags), on the port this one bound.
+    siblings = Siblings(sys.argv[1:], processes - 1) if processes > 1 else None
     try:
-        return await serve(queue, settings, host, port)
+        return await serve(queue, settings, host, port, siblings=siblings, reuse_port=args.reuse_port)
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitCode.FAILED

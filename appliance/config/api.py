@@ -12,6 +12,14 @@ class ApiSettings(Section):
         default="127.0.0.1", description="Address the HTTP job API binds (loopback by default)."
     )
     port: int = Field(default=8088, ge=0, le=65535, description="Port of the HTTP job API.")
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes serving the port (SO_REUSEPORT: the kernel spreads connections over them); "
+        "one process uses one core, so up to one per core the API has. They share every per-key limit (kept "
+        "in Redis).",
+    )
     rate_per_s: int = Field(
         default=50,
         ge=1,

@@ -206,7 +206,8 @@ def setuser(user: str, role_rules: Sequence[str], password: str | None = None) -
     kept unless `password` is given; then only its SHA-256 goes into the command, never the password."""
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", user):
         raise ValueError(f"ACL user name {user!r} is invalid (letters, digits, _ . @ -; max 64)")
-    args = ["ACL", "SETUSER", user, "on", "resetkeys", "resetchannels", "-@all"]
+    # clearselectors: a role's selectors (the api role has one) replace the user's old ones, never add to them.
+    args = ["ACL", "SETUSER", user, "on", "resetkeys", "resetchannels", "clearselectors", "-@all"]
     if password is not None:
         args += ["resetpass", "#" + hashlib.sha256(password.encode()).hexdigest()]
     return [*args, *role_rules]

@@ -140,6 +140,14 @@ class Producer:
             keys[_TENANT_AT] = self.conn.keys.tenant_jobs(spec.customer_id)
         return job_id, shape, ("submit", keys, args)
 
+    def prepare(self, spec: JobSpec | Mapping[str, Any]) -> tuple[Job, Call]:
+        """The job as `submit` would return it and the submit.lua call that enqueues it, for a caller that runs
+        the call inside a script of its own (the HTTP API checks a key and its limits in the same round trip);
+        check the script's code with `raise_for_code`."""
+        parsed = self._classified(spec)
+        job_id, shape, call = self._submit_call(parsed)
+        return _job_from_spec(parsed, job_id, shape), call
+
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
         parsed = self._classified(spec)

@@ -82,9 +82,15 @@ async def test_the_api_role_serves_every_endpoint_and_nothing_more(
                 await call("GET", path, 200)
         # What the role must not do: write the API keys, reach another queue.
         await refused(queue.client.hset(keys_hash(queue.keys), "forged", "{}"))
+        # Not through a script of its own either: the selector that lets submit_one.lua name the keys hash in
+        # its KEYS grants EVALSHA only, so the write inside is checked against read-only access and refused.
+        forge = "return redis.call('HSET', KEYS[1], 'forged', '{}')"
+        sha = await queue.client.script_load(forge)
+        await refused(queue.client.evalsha(sha, 1, keys_hash(queue.keys)))
+        assert await admin.client.hget(keys_hash(queue.keys), "forged") is None
         await refused(queue.client.get("appliance:{b}:state"))
         acl_log = await admin.client.execute_command("ACL", "LOG")
-        assert len(acl_log) == 2, acl_log  # exactly the two refusals above
+        assert len(acl_log) == 3, acl_log  # exactly the three refusals above
     finally:
         await running.stop()
         await queue.close()

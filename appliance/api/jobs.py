@@ -166,9 +166,13 @@ async def submit(request: web.Request) -> web.Response:
         wait = _wait_s(request, api)
         sub = await _read_submission(request, api, known.key)
         job = None
-        if not isinstance(sub, JobSubmission):
+        # A webhook is checked and registered before the submit, and parents (`after`) must be the caller's own
+        # jobs: both take the ordinary path.
+        if sub.after:
+            pass
+        elif not isinstance(sub, JobSubmission):
             job = await api.onetrip.submit(known, sub)
-        elif sub.webhook is None:  # a webhook is checked and registered before the submit: the ordinary path
+        elif sub.webhook is None:
             job = await api.onetrip.submit(known, sub.spec(customer_id=known.key.tenant))
     except StaleKey:
         job = None  # revoked since this process saw it: the ordinary path answers 401

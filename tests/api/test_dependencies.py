@@ -39,3 +39,19 @@ async def test_another_customers_job_is_no_parent(server: Server) -> None:
     )
     assert status == 400, body
     assert (await server.queue.stats()).totals.get("submitted") == 1  # alice's job only
+
+
+async def test_a_known_keys_fast_path_checks_the_parents_too(server: Server) -> None:
+    """A key this process has verified submits in one round trip (onetrip); a job with `after` must still go
+    through the parents' ownership check, or another customer's job would be accepted as a parent."""
+    alice, bob = await server.client("alice"), await server.client("bob")
+    _, secret, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo", "payload": {"secret": 42}})
+    for _ in range(2):  # bob's key is known to the process after its first request
+        status, _, _ = await bob.call("POST", "/v1/jobs", json={"service": "echo"})
+        assert status == 202
+    status, body, _ = await bob.call("POST", "/v1/jobs", json={"service": "echo", "after": [secret["id"]]})
+    assert status == 400, body
+    assert body["detail"] == f"after: job {secret['id']!r} not found (unknown id, or its record expired)"
+    _, own, _ = await bob.call("POST", "/v1/jobs", json={"service": "echo"})
+    status, child, _ = await bob.call("POST", "/v1/jobs", json={"service": "echo", "after": [own["id"]]})
+    assert (status, child["status"]) == (202, "blocked")

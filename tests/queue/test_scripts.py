@@ -78,6 +78,11 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         assert last is not None
         await queue.fail(last.job.id, last.token, "x", retryable=False)
         await queue.retry(last.job.id)
+        await queue.submit({"service": "echo"})  # waits behind it: the claim's hint says so
+        retried = await session.claim()
+        assert retried is not None
+        codes, _ = await session.finish_and_claim([(retried.job.id, retried.token, {})], 1)  # finish_claim
+        assert codes == [1]
     finally:
         await session.close()
     seen = {name for name, _ in calls}

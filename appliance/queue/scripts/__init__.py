@@ -61,8 +61,14 @@ SCRIPT_NAMES = (
     "idle",
     "wake",
     "retry",
+    "finish_claim",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+#: A script run inside another (finish_claim: complete then claim): `-- @transition name` becomes the function
+#: `name_(KEYS, ARGV)` holding that script's source unchanged; `-- @keys name` builds its KEYS table `name_keys`
+#: from the outer script's KEYS, matching the two headers' key names.
+_TRANSITION_RE = re.compile(r"^-- @transition (\w+)\s*$", re.MULTILINE)
+_KEYS_RE = re.compile(r"^-- @keys (\w+)\s*$", re.MULTILINE)
 
 
 def _read(name: str) -> str:
@@ -81,8 +87,31 @@ def expand(source: str, seen: tuple[str, ...] = ()) -> str:
     return _INCLUDE_RE.sub(replace, source)
 
 
+def compose(name: str, source: str) -> str:
+    """Expand `-- @transition` and `-- @keys` (see _TRANSITION_RE) in script `name`'s source."""
+
+    def transition(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        return f"local function {inner}_(KEYS, ARGV)\n{expand(_read(f'{inner}.lua'))}\nend"
+
+    def keys(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        outer, outer_tail = header_keys(name)
+        wanted, tail = header_keys(inner)
+        missing = [key for key in wanted if key not in outer]
+        if missing or (tail and not outer_tail):
+            raise ValueError(f"{name}.lua's header lacks {inner}.lua's keys {missing or ['(tail)']}")
+        picked = ", ".join(f"KEYS[{outer.index(key) + 1}]" for key in wanted)
+        lua = f"local {inner}_keys = {{{picked}}}"
+        if tail:
+            lua += f"\nfor i = {len(outer) + 1}, #KEYS do {inner}_keys[#{inner}_keys + 1] = KEYS[i] end"
+        return lua
+
+    return _KEYS_RE.sub(keys, _TRANSITION_RE.sub(transition, source))
+
+
 def load_sources() -> dict[str, str]:
-    return {name: expand(_read(f"{name}.lua")) for name in SCRIPT_NAMES}
+    return {name: expand(compose(name, _read(f"{name}.lua"))) for name in SCRIPT_NAMES}
 
 
 def declared_keys(name: str) -> int | None:

@@ -66,21 +66,17 @@ class LeaseClient:
 
     def claim_call(self, worker_id: str, worker_class: WorkerClass, token: str, count: int = 1) -> Call:
         """The call of claim.lua exactly as `claim_many` sends it."""
+        slack = self.conn.settings.claim_slack_ms * 1000  # scores count submission time in µs
         candidates = list(worker_class.candidates)
-        args = self._claim_args(worker_id, candidates, token, count)
+        args = [worker_id, token, self.conn.settings.lease_ms, count, slack, *candidates]
         return self.conn.prepare("claim", args, class_id=worker_class.class_id, candidates=candidates)
 
-    def _claim_args(self, worker_id: str, candidates: list[str], token: str, count: int) -> list[Any]:
-        slack = self.conn.settings.claim_slack_ms * 1000  # scores count submission time in µs
-        return [worker_id, token, self.conn.settings.lease_ms, count, slack, *candidates]
-
-    def finish_claim_call(
-        self, outcomes: Sequence[Outcome], worker_id: str, worker_class: WorkerClass, token: str, count: int
-    ) -> Call:
-        """finish_claim.lua: complete.lua for `outcomes`, then claim.lua as `claim_call` sends it, in one call."""
+    def finish_claim_call(self, complete: Call, claim: Call, worker_class: WorkerClass) -> Call:
+        """finish_claim.lua: the call `complete` of complete.lua, then the call `claim` of claim.lua, as one call."""
+        common = len(self.conn.common())
+        done, take = complete[2][common:], claim[2][common:]
         candidates = list(worker_class.candidates)
-        done = self._complete_args(outcomes)
-        args = [len(done), *done, *self._claim_args(worker_id, candidates, token, count)]
+        args = [len(done), *done, *take]
         return self.conn.prepare("finish_claim", args, class_id=worker_class.class_id, candidates=candidates)
 
     def worker_class(self, shapes: Sequence[str]) -> WorkerClass:
@@ -123,17 +119,19 @@ class LeaseClient:
         worker_class = self.worker_class(shapes)
         codes: list[int] = []
         # Durable completions wait for their WAIT on their own: a NotDurable must not swallow a claim's reply.
-        together = bool(outcomes) and not self.conn.cluster and not self.conn.settings.durable_replicas
-        if outcomes and not together:
+        pipelined = bool(outcomes) and not self.conn.cluster and not self.conn.settings.durable_replicas
+        if outcomes and not pipelined:
             codes = await self.complete_many(outcomes)
         for attempt in range(CLAIM_TRIES):
             token = secrets.token_hex(12)
-            if together and attempt == 0:
-                call = self.finish_claim_call(outcomes, worker_id, worker_class, token, count)
-                done, reply = await self.conn.run(call)
+            call = self.claim_call(worker_id, worker_class, token, count)
+            if pipelined and attempt == 0:
+                done, reply = await self.conn.run(
+                    self.finish_claim_call(self.complete_call(outcomes), call, worker_class)
+                )
                 codes = [int(c) for c in done]
             else:
-                reply = await self.conn.run(self.claim_call(worker_id, worker_class, token, count))
+                reply = await self.conn.run(call)
             outcome = reply[0]
             if outcome == "ok":
                 worker_class.take_hint(reply[1])
@@ -204,9 +202,6 @@ class LeaseClient:
 
     def complete_call(self, outcomes: Sequence[Outcome]) -> Call:
         """The call of complete.lua for these outcomes; ResultTooLarge names a result over the limit."""
-        return self.conn.prepare("complete", self._complete_args(outcomes))
-
-    def _complete_args(self, outcomes: Sequence[Outcome]) -> list[Any]:
         args: list[Any] = [self.conn.settings.result_ttl_s * 1000]
         limit = self.conn.settings.max_result_bytes
         for job_id, token, result in outcomes:
@@ -214,7 +209,7 @@ class LeaseClient:
             if len(encoded) > limit:  # json.dumps writes ASCII: characters are bytes
                 raise ResultTooLarge(f"the result of job {job_id}", len(encoded), "max_result_bytes", limit)
             args += [job_id, token, encoded]
-        return args
+        return self.conn.prepare("complete", args)
 
     def retry_delay_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
         """Exponential backoff with equal jitter, never shorter than a service's Retry-After."""

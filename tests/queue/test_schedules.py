@@ -206,6 +206,8 @@ async def test_a_delayed_job_waits_then_ranks_from_its_start(queue: Queue) -> No
         now = await queue.server_time_ms()
         await queue.submit({**JOB, "id": "soon", "run_at": (now + 300) / 1000})
         await queue.submit({**JOB, "id": "now"})
+        # The session registered as idle above: the claim asks Redis once the wake-up has come (through the hub).
+        assert await session.wait_for_work(5)
         first = await session.claim()
         assert first is not None and first.job.id == "now"
         await queue.complete(first.job.id, first.token, {})

@@ -143,3 +143,9 @@ SPECS: dict[str, ScriptSpec] = {
         _spec("retry", "state meta ready heads done dead attempts info counts events idle waiting"),
     )
 }
+# complete.lua then claim.lua in one call: their keys, each once, complete's first (finish_claim.lua's header).
+SPECS["finish_claim"] = ScriptSpec(
+    "finish_claim",
+    tuple(dict.fromkeys([*SPECS["complete"].keys, *SPECS["claim"].keys])),
+    candidate_tail=True,
+)

@@ -146,9 +146,15 @@ class ClaimLoop:
         self.runs.add(asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}"))
 
     async def _wait_changed(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._changed.wait()
+        # A timer that sets the event, not a timeout context: at one slot every job passes through here.
+        changed = self._changed
+        if changed.is_set():
+            return
+        timer = asyncio.get_running_loop().call_later(timeout_s, changed.set)
+        try:
+            await changed.wait()
+        finally:
+            timer.cancel()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -1,7 +1,7 @@
 """Completions of finished jobs, sent in batches: the claim loop carries those waiting with its next claim
-(`Queue.finish_and_claim`: complete.lua and claim.lua in one round trip, the finished jobs' slots counted free
-because their leases end first); while no claim loop runs (the drain) they go out on their own, as many as
-wait in one complete.lua call.
+(`Queue.finish_and_claim`: complete.lua then claim.lua in one script call, finish_claim.lua; the finished jobs'
+slots counted free because their leases end first); while no claim loop runs (the drain) they go out on their
+own, as many as wait in one complete.lua call.
 
     completions = Completions(queue)
     code = await completions.add(job_id, token, EncodedJSON(result_json))   # ScriptCode.OK or LEASE_LOST

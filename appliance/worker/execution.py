@@ -95,13 +95,16 @@ class JobRunner:
             claimed.attempt,
             lease.timeout_s,
         )
+        progress = lease.progress
         try:
             result, exc = await self._call(lease)
             lease.finishing = True
-            if lease.stop is not StopReason.LOST and exc is None:
-                await lease.progress.flush()  # the last value before the result, never after it
+            if progress.quiet:
+                progress.close_now()  # nothing reported: nothing to flush (most short jobs)
+            elif lease.stop is not StopReason.LOST and exc is None:
+                await progress.flush()  # the last value before the result, never after it
             else:
-                await lease.progress.close()
+                await progress.close()
             outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
             if outcome.kind is OutcomeKind.COMPLETE:
                 outcome = await self._bounded(job.id, outcome)
@@ -115,7 +118,10 @@ class JobRunner:
                 elif outcome.kind is OutcomeKind.FAIL:
                     self.failed += 1
         finally:
-            await lease.progress.close()
+            if progress.quiet:
+                progress.close_now()
+            else:
+                await progress.close()
             self.leases.remove(lease)
 
     async def _bounded(self, job_id: str, outcome: Outcome) -> Outcome:
@@ -163,9 +169,14 @@ class JobRunner:
             token=lease.token,
         )
         assert lease.progress is not None
-        proc = asyncio.create_task(self._process(cjob, job, lease.progress.report), name=f"job:{job.id}")
-        # Woken by the call's end or by a stop request, whichever comes first (no task of its own per job).
-        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        report = lease.progress.report
+        # A job that waited for parents reads their results first; any other calls the connector directly.
+        call = self._process(cjob, job, report) if job.after else self.connector.process(cjob, report)
+        proc = asyncio.create_task(call, name=f"job:{job.id}")
+        # Woken by the call's end, a stop request or the job's timeout, whichever comes first: one future and one
+        # timer handle per job (no task of its own, no timeout context: a short job pays for neither).
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
 
         def end(*_: Any) -> None:
             if not ended.done():
@@ -173,12 +184,11 @@ class JobRunner:
 
         proc.add_done_callback(end)
         lease.on_stop = end
+        timer = loop.call_later(lease.timeout_s, end)
         if lease.stop is not None:
             end()
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(lease.timeout_s):
-                    await ended
+            await ended
             if not proc.done():
                 if lease.request_stop(StopReason.TIMEOUT):
                     log.warning("job %s: timed out after %gs; interrupting it", job.id, lease.timeout_s)
@@ -190,6 +200,7 @@ class JobRunner:
                 await proc
             raise
         finally:
+            timer.cancel()
             lease.on_stop = None
         if not proc.done():
             return None, asyncio.CancelledError("the connector call did not stop")

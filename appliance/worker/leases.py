@@ -35,7 +35,6 @@ class Lease:
     progress: ProgressForwarder | None = None
     #: Why the runtime interrupted the job, if it did; set once, except that LOST overrides everything.
     stop: StopReason | None = None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
     #: The outcome is decided and being written (the connector is done with the job).
     finishing: bool = False
     #: Called when a stop is requested (the run waiting on the connector call wakes).
@@ -57,7 +56,6 @@ class Lease:
         """Record why the job must stop; True when this is news (the caller then interrupts the connector)."""
         if self.stop is None or (reason is StopReason.LOST and self.stop is not StopReason.LOST):
             self.stop = reason
-            self.stopped.set()
             if self.on_stop is not None:
                 self.on_stop()
             return True

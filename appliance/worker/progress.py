@@ -57,7 +57,8 @@ class ProgressForwarder:
         self.latest: ProgressValue | None = None
         self.sent: ProgressValue | None = None
         self.writes = 0
-        self._pending = asyncio.Event()
+        #: Set while a value waits for the pump; made with the pump (most short jobs report no progress).
+        self._pending: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -69,9 +70,11 @@ class ProgressForwarder:
         """The connector's ProgressCallback: record and return (the pump writes)."""
         self.latest = ProgressValue(max(0.0, min(100.0, float(percent))), message)
         if self._worth_sending():
+            if self._pending is None:
+                self._pending = asyncio.Event()
             self._pending.set()
             if self._task is None and not self._closed:
-                self._task = asyncio.create_task(self._pump(), name="progress-pump")
+                self._task = asyncio.create_task(self._pump(self._pending), name="progress-pump")
 
     def _worth_sending(self) -> bool:
         latest, sent = self.latest, self.sent
@@ -85,16 +88,16 @@ class ProgressForwarder:
             or (latest.percent >= 100.0 > sent.percent)
         )
 
-    async def _pump(self) -> None:
+    async def _pump(self, pending: asyncio.Event) -> None:
         last_write = 0.0
         while not self._closed:
-            await self._pending.wait()
+            await pending.wait()
             wait = self.min_interval_s - (time.monotonic() - last_write)
             if wait > 0:
                 await asyncio.sleep(wait)
-            self._pending.clear()
+            pending.clear()
             if not await self._send_latest():
-                self._pending.set()  # Redis down: keep the value pending and retry after a backoff
+                pending.set()  # Redis down: keep the value pending and retry after a backoff
                 await self._link.pause()
             last_write = time.monotonic()
 
@@ -124,6 +127,11 @@ class ProgressForwarder:
             self._on_cancel()
         return True
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing was ever reported and no pump runs: flush and close have nothing to do."""
+        return self.latest is None and self._task is None
+
     async def flush(self, timeout_s: float = 1.0) -> None:
         """Stop the pump; write the last value if it is not out yet and Redis answers within `timeout_s`."""
         self._closed = True
@@ -135,6 +143,10 @@ class ProgressForwarder:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(timeout_s):
                     await self._send_latest()
+
+    def close_now(self) -> None:
+        """Close a quiet forwarder (no pump to wait for): later reports start nothing."""
+        self._closed = True
 
     async def close(self) -> None:
         self._closed = True

@@ -174,6 +174,23 @@ async def test_finish_and_claim_completes_and_leases_in_one_round(queue: Queue, 
     assert (await queue.stats()).totals.get("completed") == 5
 
 
+async def test_a_round_of_finish_and_claim_is_one_script_call(queue: Queue, aredis) -> None:
+    # Before: complete.lua and claim.lua pipelined, two script calls per round (two dispatches and replies, and the
+    # client's pipeline). Now finish_claim.lua runs both in one call.
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(4)])
+    shapes = [jobs[0].shape]
+    _, first = await queue.finish_and_claim([], "w", shapes, 2)
+    await aredis.config_resetstat()
+    codes, second = await queue.finish_and_claim([(c.job.id, c.token, {}) for c in first], "w", shapes, 2)
+    stats = await aredis.info("commandstats")
+    scripts = sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval", "fcall")
+    )
+    assert codes == [1, 1] and [c.job.id for c in second] == [j.id for j in jobs[2:]]
+    assert scripts == 1, stats
+    assert (await queue.stats()).totals.get("completed") == 2
+
+
 async def test_the_default_slack_never_reorders_priorities(make_queue) -> None:
     queue = await make_queue()
     assert 0 < queue.settings.claim_slack_ms * 10 < queue.settings.priority_step_ms

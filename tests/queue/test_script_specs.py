@@ -34,6 +34,16 @@ def test_only_scripts_that_emit_or_publish_take_the_common_prefix(name: str) -> 
     assert SPECS[name].common is ("emit(events_key" in source or "PUBLISH" in source)
 
 
+def test_finish_claim_runs_complete_and_claim_unchanged_on_their_own_keys() -> None:
+    sources = load_sources()
+    source = sources["finish_claim"]
+    outer = list(SPECS["finish_claim"].keys)
+    for inner in ("complete", "claim"):
+        assert f"local function {inner}_(KEYS, ARGV)\n{sources[inner]}\nend" in source
+        picked = ", ".join(f"KEYS[{outer.index(key) + 1}]" for key in SPECS[inner].keys)
+        assert f"local {inner}_keys = {{{picked}}}" in source
+
+
 def test_back_in_line_is_written_once() -> None:
     sources = load_sources()
     for name in ("submit", "fail", "release", "requeue"):
@@ -89,6 +99,7 @@ def test_scripts_that_end_a_lease_take_the_limit_keys_last() -> None:
     """includes/uncharge.lua reads its keys as the script's last four: every script that includes it lists them
     there (a key added to such a script goes before them)."""
     users = [name for name, source in load_sources().items() if "local function uncharge(" in source]
-    assert sorted(users) == ["complete", "fail", "release", "requeue"]
-    for name in users:
+    # finish_claim.lua runs complete.lua as a function given complete's own KEYS (built by name): its order.
+    assert sorted(users) == ["complete", "fail", "finish_claim", "release", "requeue"]
+    for name in set(users) - {"finish_claim"}:
         assert list(SPECS[name].keys[-4:]) == UNCHARGE_KEYS.split(), name

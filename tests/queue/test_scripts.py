@@ -85,6 +85,11 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         assert last is not None
         await queue.fail(last.job.id, last.token, "x", retryable=False)
         await queue.retry(last.job.id)
+        await queue.submit({"service": "echo"})  # waits behind it: the claim's hint says so
+        retried = await session.claim()
+        assert retried is not None
+        codes, _ = await session.finish_and_claim([(retried.job.id, retried.token, {})], 1)  # finish_claim
+        assert codes == [1]
     finally:
         await session.close()
     seen = {name for name, _ in calls}
@@ -101,3 +106,29 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
                 assert extra >= 1, name
         else:
             assert count == declared, name
+
+
+async def test_script_calls_in_a_row_reuse_the_connection_that_answered(queue: Queue, aredis) -> None:
+    # Before: every EVALSHA took a connection from redis-py's pool and gave it back (its lock, checks and hooks
+    # cost as much client time as the call). Now the connection that answered stays out as the next call's.
+    if queue.scripts.use_functions:
+        pytest.skip("FCALL goes through redis-py's own path")
+    pool = queue.client.connection_pool
+    original, taken = pool.get_connection, []
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        taken.append(1)
+        return await original(*args, **kwargs)
+
+    pool.get_connection = counting
+    try:
+        for i in range(20):
+            await queue.submit({"service": "echo", "payload": {"n": i}})
+    finally:
+        pool.get_connection = original
+    assert len(taken) <= 1, len(taken)
+    assert (await queue.stats()).totals.get("submitted") == 20
+    # An error reply leaves it usable; the pool takes the connection back and the next call goes on.
+    await aredis.script_flush()
+    await queue.submit({"service": "echo"})
+    assert (await queue.stats()).totals.get("submitted") == 21

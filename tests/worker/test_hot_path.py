@@ -83,6 +83,21 @@ async def test_completions_ride_with_claims_instead_of_one_call_per_job(harness:
         assert job is not None and job.status is JobStatus.COMPLETED and job.attempts == 1
 
 
+async def test_a_one_slot_worker_makes_one_script_call_per_job(harness: Harness) -> None:
+    # Before: each round trip of a one-slot worker was two scripts (complete.lua and claim.lua, pipelined): 2 per
+    # job. Now finish_claim.lua completes the finished job and claims the next in one call. (The rest: the first
+    # claim, the heartbeat, the reaper's passes and the idle registration at the end.)
+    q = harness.queue
+    assert q is not None
+    await submit_echo_jobs(q, 40)
+    await q.client.config_resetstat()
+    worker = harness.start("--connector", "echo", "--index", "0", "--concurrency", "1")
+    await worker.ready()
+    await all_completed(q, 40)
+    scripts = await command_calls(q, "evalsha") + await command_calls(q, "fcall")
+    assert 40 <= scripts <= 56, scripts
+
+
 async def test_a_busy_worker_writes_its_status_record_about_once_a_second_not_per_job(
     harness: Harness,
 ) -> None:

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import weakref
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -63,8 +64,14 @@ SCRIPT_NAMES = (
     "idle",
     "wake",
     "retry",
+    "finish_claim",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+#: A script run inside another (finish_claim: complete then claim): `-- @transition name` becomes the function
+#: `name_(KEYS, ARGV)` holding that script's source unchanged; `-- @keys name` builds its KEYS table `name_keys`
+#: from the outer script's KEYS, matching the two headers' key names.
+_TRANSITION_RE = re.compile(r"^-- @transition (\w+)\s*$", re.MULTILINE)
+_KEYS_RE = re.compile(r"^-- @keys (\w+)\s*$", re.MULTILINE)
 
 
 def _read(name: str) -> str:
@@ -83,8 +90,31 @@ def expand(source: str, seen: tuple[str, ...] = ()) -> str:
     return _INCLUDE_RE.sub(replace, source)
 
 
+def compose(name: str, source: str) -> str:
+    """Expand `-- @transition` and `-- @keys` (see _TRANSITION_RE) in script `name`'s source."""
+
+    def transition(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        return f"local function {inner}_(KEYS, ARGV)\n{expand(_read(f'{inner}.lua'))}\nend"
+
+    def keys(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        outer, outer_tail = header_keys(name)
+        wanted, tail = header_keys(inner)
+        missing = [key for key in wanted if key not in outer]
+        if missing or (tail and not outer_tail):
+            raise ValueError(f"{name}.lua's header lacks {inner}.lua's keys {missing or ['(tail)']}")
+        picked = ", ".join(f"KEYS[{outer.index(key) + 1}]" for key in wanted)
+        lua = f"local {inner}_keys = {{{picked}}}"
+        if tail:
+            lua += f"\nfor i = {len(outer) + 1}, #KEYS do {inner}_keys[#{inner}_keys + 1] = KEYS[i] end"
+        return lua
+
+    return _KEYS_RE.sub(keys, _TRANSITION_RE.sub(transition, source))
+
+
 def load_sources() -> dict[str, str]:
-    return {name: expand(_read(f"{name}.lua")) for name in SCRIPT_NAMES}
+    return {name: expand(compose(name, _read(f"{name}.lua"))) for name in SCRIPT_NAMES}
 
 
 def declared_keys(name: str) -> int | None:
@@ -136,6 +166,10 @@ class ScriptSet:
     cluster: bool = False
     version: str = ""
     _shas: dict[str, str] = field(default_factory=dict)
+    #: Per connection pool, one connection kept out of it between calls (see _evalsha).
+    _spares: weakref.WeakKeyDictionary[Any, Any] = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256("\0".join(self.sources[n] for n in SCRIPT_NAMES).encode()).hexdigest()
@@ -266,12 +300,12 @@ class ScriptSet:
                     raise
                 self._lost_library()
         try:
-            return await _evalsha(client, self.sha(name), keys, args)
+            return await _evalsha(client, self.sha(name), keys, args, self._spares)
         except ResponseError as exc:
             if not is_missing_script(exc):
                 raise
             await self._script_load(client, name, keys)
-            return await _evalsha(client, self.sha(name), keys, args)
+            return await _evalsha(client, self.sha(name), keys, args, self._spares)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
         if self.cluster:
@@ -338,21 +372,37 @@ def _fewest(a: Any, b: Any) -> Any:
     return min(int(a), int(b))
 
 
-async def _evalsha(client: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
+async def _evalsha(
+    client: Any, sha: str, keys: list[str], args: list[Any], spares: weakref.WeakKeyDictionary[Any, Any]
+) -> Any:
     """EVALSHA on a connection of the client's pool, without redis-py's per-command wrapping (retries of a
     command that may have run, timing hooks): a third of a one-call-at-a-time submit's client time. A client
-    that is not a plain pooled one (a Cluster, a single-connection client) takes the ordinary path."""
+    that is not a plain pooled one (a Cluster, a single-connection client) takes the ordinary path.
+
+    A connection that just answered normally is kept out of the pool as the pool's spare, for the next call:
+    taking one from redis-py's pool and giving it back (its lock, its checks, its metrics hooks) cost as much
+    client time as the call itself. Anything else (an error reply, a dead connection, a cancelled call that
+    may have left a reply unread) goes back to the pool, whose checks deal with it, as before."""
     pool = getattr(client, "connection_pool", None)
     if pool is None or getattr(client, "connection", None) is not None or not isinstance(client, Redis):
         return await client.evalsha(sha, len(keys), *keys, *args)
-    conn = await pool.get_connection()
+    conn = spares.pop(pool, None) or await pool.get_connection()
+    answered = False
     try:
         await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-        return await conn.read_response()  # on an error it disconnects, so the pool reconnects it
+        reply = await conn.read_response()  # on an error it disconnects, so the pool reconnects it
+        answered = True
+        return reply
     except (RedisConnectionError, RedisTimeoutError):
-        pass  # a pooled connection that died (a Redis restart): redis-py's path retries as it always did
+        # A pooled connection that died (a Redis restart): redis-py's path retries as it always did. The pool's
+        # idle connections went with it: closed now, each reconnects when next taken (the pool's own check does
+        # not notice a peer that closed an idle socket, and the spare kept the fresh one out of its rotation).
+        await pool.disconnect(inuse_connections=False)
     finally:
-        await pool.release(conn)
+        if answered and pool not in spares:
+            spares[pool] = conn
+        else:
+            await pool.release(conn)
     return await client.evalsha(sha, len(keys), *keys, *args)
 
 

@@ -31,14 +31,31 @@ class Attempt:
 
     job_id: str
     token: str
-    #: Set by `Attempts.cancel()`: this attempt was asked to stop.
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    #: "Look now": set by whoever learns news the attempt's waiting loop should not sleep through.
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: The service's id of this attempt's work (prediction id, prompt id, ...), once known.
     remote: Any = None
     #: The task running the attempt, when it runs as one (`Attempts.run`).
     task: asyncio.Task[Any] | None = None
+    # The events below are made on first use: a short job that nobody cancels never needs them.
+    _cancelled: asyncio.Event | None = field(default=None, repr=False)
+    _wake: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set by `Attempts.cancel()`: this attempt was asked to stop."""
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+        return self._cancelled
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set by whoever learns news the attempt's waiting loop should not sleep through ("look now")."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    def was_cancelled(self) -> bool:
+        """Whether `Attempts.cancel()` marked this attempt (without making the event)."""
+        return self._cancelled is not None and self._cancelled.is_set()
 
 
 class Attempts:
@@ -70,7 +87,7 @@ class Attempts:
             try:
                 return await coro
             except asyncio.CancelledError:
-                if attempt.cancelled.is_set():
+                if attempt.was_cancelled():
                     if task is not None:
                         task.uncancel()  # ours, turned into JobCancelled: not a cancellation of the caller
                     raise JobCancelled(f"job {job.id} cancelled") from None
@@ -81,7 +98,7 @@ class Attempts:
         idempotent. Returns the attempts newly cancelled, for the caller to tell the remote service."""
         newly: list[Attempt] = []
         for key, attempt in list(self._live.items()):
-            if key[0] != job_id or (token is not None and key[1] != token) or attempt.cancelled.is_set():
+            if key[0] != job_id or (token is not None and key[1] != token) or attempt.was_cancelled():
                 continue
             if attempt.task is not None and attempt.task.done():
                 continue  # finished already: its outcome stands

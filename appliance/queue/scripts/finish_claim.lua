@@ -1,0 +1,65 @@
+--[[
+  A worker's round trip: complete its finished jobs, then claim up to N jobs for its free slots (the finished
+  jobs' slots count as free: their leases end first), in one script call. It runs complete.lua and claim.lua
+  themselves: the loader includes their sources unchanged as two functions (`-- @transition`), and builds each
+  one's KEYS from this header by name (`-- @keys`), so a change to either script is a change to this one.
+  One call instead of the two pipelined scripts saves a script dispatch, a reply and the client's pipeline.
+
+  Input:
+    KEYS[1]  owner     HASH id -> token|worker|claimed_ms
+    KEYS[2]  leases    ZSET id -> deadline
+    KEYS[3]  state     HASH id -> status
+    KEYS[4]  results   HASH id -> result JSON
+    KEYS[5]  info      HASH id -> worker|claimed_ms|finished_ms
+    KEYS[6]  done      ZSET id -> record expiry, ms
+    KEYS[7]  counts    HASH of totals
+    KEYS[8]  events    STREAM
+    KEYS[9]  cancels   HASH id -> cancel request time
+    KEYS[10] meta      HASH id -> shape|service|...
+    KEYS[11] delayed   ZSET id -> due, ms (children released by their last parent go there, due at once)
+    KEYS[12] errors    HASH id -> error history
+    KEYS[13] dead      ZSET id -> time of death
+    KEYS[14] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[15] blocked   ZSET child -> parents not finished yet
+    KEYS[16] parents   HASH child -> policy|start ms|parents
+    KEYS[17] charged   HASH id -> customer|pool its lease counts against (limits)
+    KEYS[18] inflight  HASH customer[|pool] -> leased jobs of a limited customer
+    KEYS[19] limited   ZSET (score 0) jobs a limit took out of line, by customer
+    KEYS[20] limits_due  ZSET customer -> ms its limited jobs may go back in line
+    KEYS[21] heads     ZSET shape -> best waiting score
+    KEYS[22] class     SET of the shape ids this worker class serves
+    KEYS[23] spec      HASH id -> job JSON
+    KEYS[24] attempts  HASH id -> attempts so far
+    KEYS[25] paused    HASH 'queue' | 'shape:<id>' | 'customer:<id>' -> ms: what claims skip
+    KEYS[26] held      ZSET (score 0) '<customer>|<shape>|<id>': jobs taken out of line by their customer's pause
+    KEYS[27] customer  HASH id -> customer (absent: the default customer '-')
+    KEYS[28] limits    HASH of per-customer limits (empty: no limit is checked)
+    KEYS[29] buckets   HASH customer -> tokens|ms of its start-rate bucket
+    KEYS[30..29+C]     ready ZSETs of the C candidate shapes (claim.lua's tail)
+
+    ARGV[1]  channel prefix  ARGV[2]  queue name
+    ARGV[3]  events mode      ARGV[4]  events maxlen
+    ARGV[5]  m: how many of complete.lua's own ARGV follow
+    ARGV[6..5+m]  complete.lua's ARGV after the common prefix (result TTL, then the job triples)
+    ARGV[6+m..]   claim.lua's ARGV after the common prefix (worker id, token prefix, lease, n, slack, candidates)
+
+  Returns:
+    {codes, claim}: complete.lua's codes, one per job in order, and claim.lua's reply
+     1  completed
+    -2  lease lost: the outcome is not written
+
+  Emits: completed (channel complete_job) per completed job, then claimed (channel job_claimed) per claimed job
+]]
+local rcall = redis.call
+-- @transition complete
+-- @transition claim
+-- @keys complete
+-- @keys claim
+
+local m = tonumber(ARGV[5])
+local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
+local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
+for i = 6, 5 + m do complete_argv[#complete_argv + 1] = ARGV[i] end
+for i = 6 + m, #ARGV do claim_argv[#claim_argv + 1] = ARGV[i] end
+local codes = complete_(complete_keys, complete_argv)
+return {codes, claim_(claim_keys, claim_argv)}

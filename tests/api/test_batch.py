@@ -40,7 +40,9 @@ async def test_calls_of_one_turn_share_a_connection_and_keep_their_results(redis
         assert isinstance(results[1], ResponseError) and "bad argument" in str(results[1])
         with pytest.raises(ResponseError, match="bad argument"):
             await batcher.call(["k"], ["bad"])  # alone in its turn
-        assert await clients(admin) == after_first
+        # One more connection at most: a call alone in its turn keeps the connection that answered as the pool's
+        # spare (appliance.queue.scripts), so the next pipeline takes another; three calls unbatched would be more.
+        assert await clients(admin) <= after_first + 1
     finally:
         await client.aclose()
         await admin.aclose()

@@ -39,3 +39,27 @@ async def test_another_customers_job_is_no_parent(server: Server) -> None:
     )
     assert status == 400, body
     assert (await server.queue.stats()).totals.get("submitted") == 1  # alice's job only
+
+
+async def test_a_childs_live_events_say_blocked_then_pending(server: Server) -> None:
+    from tests.api.sse import events
+
+    alice = await server.client("alice")
+    _, parent, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo"})
+    _, child, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo", "after": [parent["id"]]})
+    await finish(server.queue, parent["id"])
+    await finish(server.queue, child["id"])
+    seen = []
+    async with server.http.get(
+        f"{server.base}/v1/jobs/{child['id']}/events", headers=alice.headers()
+    ) as resp:
+        async for event in events(resp):
+            if event.event == "end":
+                break
+            seen.append((event.event, event.data["status"]))
+    assert seen == [
+        ("submitted", "blocked"),
+        ("unblocked", "pending"),
+        ("claimed", "claimed"),
+        ("completed", "completed"),
+    ]

@@ -46,7 +46,6 @@ local rcall = redis.call
 -- @include heads
 -- @include history
 -- @include deps
--- @include meta
 -- @include limited
 
 local state_key, meta_key, ready_key, heads_key, delayed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -57,8 +56,8 @@ local now, queue, mode, maxlen, id = server_now(), ARGV[2], ARGV[3], ARGV[4], AR
 local status = rcall('HGET', state_key, id)
 if not status then return -1 end
 if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'dead' then return -3 end
-local meta = parse_meta(rcall('HGET', meta_key, id))
-local shape = meta.shape
+local meta = rcall('HGET', meta_key, id)
+local shape = string.match(meta, '^([^|]*)|')
 if shape ~= ARGV[7] then return -5 end
 
 if status == 'pending' or status == 'blocked' then
@@ -72,8 +71,8 @@ if status == 'pending' or status == 'blocked' then
   elseif rcall('ZREM', delayed_key, id) == 0 then
     -- Neither in line nor delayed: a limit (or a pause) holds it. One O(log N) ZREM; unlimit.lua would
     -- otherwise drop the entry only at the customer's next release.
-    local customer = rcall('HGET', KEYS[17], id) or '-'
-    rcall('ZREM', KEYS[18], limited_member(customer, meta.score, shape, id))
+    local customer, score = rcall('HGET', KEYS[17], id) or '-', string.match(meta, '|([^|]*)$')
+    if tonumber(score) then rcall('ZREM', KEYS[18], limited_member(customer, score, shape, id)) end
   end
   finish(k, id, 'cancelled', '', 0, now, tonumber(ARGV[6]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', {'job', id})

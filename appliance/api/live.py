@@ -23,13 +23,13 @@ _ENTRY_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 def event_json(event: JobEvent) -> dict[str, Any]:
-    meaning = event.meaning
+    status = event.status
     fields = {k: str(v) for k, v in event.fields.items() if k not in ("event", "job")}
     return {
         "id": event.entry_id,
         "job": event.job,
         "event": str(event.fields.get("event", "")),
-        "status": meaning.status.value if meaning and meaning.status else None,
+        "status": status.value if status else None,
         "fields": fields,
     }
 

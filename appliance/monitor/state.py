@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.queue.events import AttemptEnd, EventKind, Meaning, meaning
+from appliance.queue.events import AttemptEnd, EventKind, Meaning, meaning, status_after
 from appliance.queue.models import JobStatus
 from appliance.queue.records import number
 
@@ -291,6 +291,11 @@ class MonitorState:
             self._error_from(job, fields)
         elif event is EventKind.SUBMITTED:
             job.submitted_ms = job.submitted_ms or at
+            if job.status == "pending" and status_after(event, fields) is JobStatus.BLOCKED:
+                job.status = "blocked"  # waits for its parents: not in line until `unblocked`
+        elif event is EventKind.UNBLOCKED:
+            if job.status == "blocked":  # its last parent completed: in line now
+                job.status = "pending"
         elif event is EventKind.CLAIMED:
             job.attempt = max(attempt, job.attempt)
             job.status, job.percent, job.message = "claimed", 0.0, None

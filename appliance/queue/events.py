@@ -1,11 +1,14 @@
 """The queue's lifecycle events: what each one means, and reading them from the capped stream.
 
 The scripts write one stream entry per transition (includes/emit.lua): `event` (an EventKind), `job`, and per
-kind `worker`, `service`, `shape`, `attempt`, `wait_ms`, `duration_ms`, `reason`, `retry_in_ms`. The entry id
-`<ms>-<seq>` is the server's time of the transition. Pub/sub copies carry the same names as JSON.
+kind `worker`, `service`, `shape`, `attempt`, `wait_ms`, `duration_ms`, `reason`, `retry_in_ms`; a `submitted` job
+that waits for its parents (`after`) carries `parents` and `blocked` = 1 (status blocked until its `unblocked`).
+The entry id `<ms>-<seq>` is the server's time of the transition. Pub/sub copies carry the same names as JSON.
 
 MEANING is the one event -> meaning map: the monitor (a job's status, the throughput series), the pool signals
 (outcomes per pool) and the machine's job metrics all read it, so a new event is taught to them in one place.
+`status_after` (`JobEvent.status`) is the job's status after one entry: MEANING's, with the `blocked` flag read,
+so no reader outside the queue interprets a field of its own.
 
 `EventLog.group(name, consumer)` is a consumer group on the stream (each entry handled by one member, acknowledged
 after): readers outside the queue, like the webhook feed, use it instead of XREADGROUP on a key they would have
@@ -100,6 +103,17 @@ def meaning(name: Any) -> Meaning | None:
     return MEANING[kind] if kind is not None else None
 
 
+def status_after(name: Any, fields: Mapping[str, Any]) -> JobStatus | None:
+    """The job's status after an event with these fields (stream entry or pub/sub message); None when the event
+    is unknown or changes no status. A `submitted` job that waits for its parents is blocked, not pending."""
+    kind = EventKind.parse(name)
+    if kind is None:
+        return None
+    if kind is EventKind.SUBMITTED and str(fields.get("blocked") or "") == "1":
+        return JobStatus.BLOCKED
+    return MEANING[kind].status
+
+
 @dataclass(frozen=True)
 class JobEvent:
     """One stream entry."""
@@ -120,6 +134,11 @@ class JobEvent:
     @property
     def meaning(self) -> Meaning | None:
         return MEANING[self.kind] if self.kind is not None else None
+
+    @property
+    def status(self) -> JobStatus | None:
+        """The job's status after this event (status_after)."""
+        return status_after(self.kind, self.fields)
 
     @property
     def worker(self) -> str | None:

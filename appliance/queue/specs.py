@@ -119,7 +119,7 @@ SPECS: dict[str, ScriptSpec] = {
         _spec(
             "cancel",
             "state meta ready heads delayed owner cancels done counts events info errors dead children blocked "
-            "parents",
+            "parents customer limited",
         ),
         _spec("reap", "reaper_lock leases delayed done dead " + " ".join(JOB_COLUMNS), common=False),
         _spec(

@@ -55,3 +55,27 @@ async def test_a_known_keys_fast_path_checks_the_parents_too(server: Server) -> 
     _, own, _ = await bob.call("POST", "/v1/jobs", json={"service": "echo"})
     status, child, _ = await bob.call("POST", "/v1/jobs", json={"service": "echo", "after": [own["id"]]})
     assert (status, child["status"]) == (202, "blocked")
+
+
+async def test_a_childs_live_events_say_blocked_then_pending(server: Server) -> None:
+    from tests.api.sse import events
+
+    alice = await server.client("alice")
+    _, parent, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo"})
+    _, child, _ = await alice.call("POST", "/v1/jobs", json={"service": "echo", "after": [parent["id"]]})
+    await finish(server.queue, parent["id"])
+    await finish(server.queue, child["id"])
+    seen = []
+    async with server.http.get(
+        f"{server.base}/v1/jobs/{child['id']}/events", headers=alice.headers()
+    ) as resp:
+        async for event in events(resp):
+            if event.event == "end":
+                break
+            seen.append((event.event, event.data["status"]))
+    assert seen == [
+        ("submitted", "blocked"),
+        ("unblocked", "pending"),
+        ("claimed", "claimed"),
+        ("completed", "completed"),
+    ]

@@ -238,3 +238,44 @@ async def test_the_fleets_other_queues_are_shown_by_their_numbers(redis_url: str
             assert snap["queue"] == "default" and list(snap["other_queues"]) == ["images"]  # not itself twice
     finally:
         await images.close()
+
+
+async def test_a_job_waiting_for_its_parents_shows_blocked_until_they_complete(redis_url: str) -> None:
+    queue = await Queue.connect(redis_url)
+    session = None
+    try:
+        parent = await queue.submit(JobSpec(service="echo", payload={}))
+        early = await queue.submit(JobSpec(service="echo", payload={}, after=[parent.id]))
+        async with running_monitor(redis_url) as (_monitor, base), aiohttp.ClientSession() as http:
+            async with http.ws_connect(base + "/ws") as ws:
+                # Replayed from the stream into the first snapshot: blocked, not pending.
+                snap = await _until(
+                    ws,
+                    lambda m: (
+                        m["type"] == "full_state_snapshot" and any(j["id"] == early.id for j in m["jobs"])
+                    ),
+                )
+                assert {j["id"]: j["status"] for j in snap["jobs"]}[early.id] == "blocked"
+                # Live: a child submitted now arrives blocked too.
+                late = await queue.submit(JobSpec(service="echo", payload={}, after=[parent.id]))
+                update = await _until(ws, lambda m: m["type"] == "job_update" and m["job"]["id"] == late.id)
+                assert update["job"]["status"] == "blocked"
+                session = await WorkerSession.open(queue, "w-1", Capabilities(services=["echo"]))
+                claimed = await session.claim()
+                assert claimed is not None and claimed.job.id == parent.id
+                await queue.complete(parent.id, claimed.token, {})
+                # The parent's completion releases both: they wait in line (pending), not finished.
+                for child in (early, late):
+                    freed = await _until(
+                        ws,
+                        lambda m, c=child: (
+                            m["type"] == "job_update"
+                            and m["job"]["id"] == c.id
+                            and m["job"]["status"] != "blocked"
+                        ),
+                    )
+                    assert (freed["job"]["status"], freed["job"]["finished_ms"]) == ("pending", None)
+    finally:
+        if session is not None:
+            await session.close()
+        await queue.close()

@@ -130,6 +130,10 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
             job = await queue.submit(JobSpec(service="echo", pool="fast", payload={"n": 1}))
             row = page.locator(f"tr[data-job='{job.id}']")
             await row.wait_for()
+            # A job waiting for it shows blocked (not pending) until it completes.
+            child = await queue.submit(JobSpec(service="echo", pool="fast", payload={}, after=[job.id]))
+            await page.wait_for_selector(f"tr[data-job='{child.id}'][data-status='blocked']")
+            assert "blocked" in await page.locator(f"tr[data-job='{child.id}']").inner_text()
             session = await WorkerSession.open(
                 queue, f"{MID}-echo0", Capabilities(services=["echo"], pool="fast"), machine_id=MID
             )
@@ -164,6 +168,7 @@ async def test_dashboard_end_to_end(redis_url: str) -> None:
 
             await queue.complete(job.id, claimed.token, {"ok": True})
             await page.wait_for_selector(f"tr[data-job='{job.id}'][data-status='completed']")
+            await page.wait_for_selector(f"tr[data-job='{child.id}']:not([data-status='blocked'])")
 
             # The fleet's other queue shows by its numbers.
             images = await Queue.connect(redis_url, queue_name="images")

@@ -371,13 +371,19 @@ async def test_job_get_stats_and_the_limits_commands_say_which_limit_holds(redis
         await queue.close()
 
 
-async def test_a_held_job_cancels_at_once_and_its_entry_goes_with_the_next_release(queue: Queue) -> None:
+async def test_a_held_job_cancels_at_once_and_leaves_the_limited_set_with_it(queue: Queue) -> None:
     await queue.limits.set("acme", max_in_flight=1)
-    jobs = await queue.submit_many([{"service": "echo", "customer_id": "acme"} for _ in range(2)])
+    jobs = await queue.submit_many([{"service": "echo", "customer_id": "acme"} for _ in range(3)])
     running = await queue.claim("w", [jobs[0].shape])
     assert running is not None and await queue.claim("w", [jobs[0].shape]) is None
+    assert ((await queue.stats()).limited, (await queue.limits.get("acme")).held) == (2, 2)
     assert await queue.cancel(jobs[1].id) == "cancelled"
     assert (await queue.get(jobs[1].id)).status is JobStatus.CANCELLED
+    # Its `limited` entry went with it: nothing counts it as held before the customer's next release.
+    assert ((await queue.stats()).limited, (await queue.limits.get("acme")).held) == (1, 1)
     await queue.complete(running.job.id, running.token, {})
-    assert await queue.claim("w", [jobs[0].shape]) is None  # the release drops the cancelled job's entry
+    nxt = await queue.claim("w", [jobs[0].shape])
+    assert nxt is not None and nxt.job.id == jobs[2].id
+    await queue.complete(nxt.job.id, nxt.token, {})
+    assert await queue.claim("w", [jobs[0].shape]) is None
     assert ((await queue.stats()).limited, (await queue.limits.get("acme")).in_flight) == (0, 0)

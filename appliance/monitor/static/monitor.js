@@ -352,7 +352,7 @@
         (e.service ? " · " + e.service : "") + (e.reason ? " · " + e.reason : "")))) : [h("li", { class: "muted", text: "No events yet." })]));
   }
 
-  const STATUS_KIND = { pending: "idle", claimed: "info", running: "info", completed: "ok", failed: "bad", dead: "bad", cancelled: "warn" };
+  const STATUS_KIND = { pending: "idle", blocked: "idle", claimed: "info", running: "info", completed: "ok", failed: "bad", dead: "bad", cancelled: "warn" };
   function renderJobs() {
     let jobs = [...state.jobs.values()].sort((a, b) => b.updated_ms - a.updated_ms);
     if (state.hideFinished) jobs = jobs.filter((j) => !["completed", "failed", "dead", "cancelled"].includes(j.status));

@@ -1,7 +1,9 @@
 --[[
   Cancel a job: a waiting (or retry-delayed, or waiting for its parents) one is cancelled at once; a leased one
   is flagged and its worker told on the cancel channel (and by its next heartbeat), so the connector can
-  interrupt the work. A job cancelled at once settles its own waiting children (includes/deps.lua).
+  interrupt the work. A job cancelled at once settles its own waiting children (includes/deps.lua). A waiting
+  job that a customer's limit took out of line leaves `limited` with it (its member is rebuilt from the job's
+  customer and meta: includes/limited.lua), so nothing counts it as held afterwards.
 
   Input:
     KEYS[1]  state    HASH id -> status
@@ -20,6 +22,8 @@
     KEYS[14] children ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
     KEYS[15] blocked  ZSET child -> parents not finished yet
     KEYS[16] parents  HASH child -> policy|start ms|parents
+    KEYS[17] customer HASH id -> customer (absent: the default customer '-')
+    KEYS[18] limited  ZSET (score 0) '<customer>|<score>|<shape>|<id>': jobs a limit took out of line
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode    ARGV[4]  events maxlen
@@ -42,6 +46,7 @@ local rcall = redis.call
 -- @include heads
 -- @include history
 -- @include deps
+-- @include limited
 
 local state_key, meta_key, ready_key, heads_key, delayed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local owner_key, cancels_key, done_key, counts_key, events_key, info_key =
@@ -51,7 +56,8 @@ local now, queue, mode, maxlen, id = server_now(), ARGV[2], ARGV[3], ARGV[4], AR
 local status = rcall('HGET', state_key, id)
 if not status then return -1 end
 if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'dead' then return -3 end
-local shape = string.match(rcall('HGET', meta_key, id), '^([^|]*)|')
+local meta = rcall('HGET', meta_key, id)
+local shape = string.match(meta, '^([^|]*)|')
 if shape ~= ARGV[7] then return -5 end
 
 if status == 'pending' or status == 'blocked' then
@@ -62,8 +68,11 @@ if status == 'pending' or status == 'blocked' then
     unlink_child(k, id)
   elseif rcall('ZREM', ready_key, id) == 1 then
     refresh_head(ready_key, heads_key, shape)
-  else
-    rcall('ZREM', delayed_key, id)
+  elseif rcall('ZREM', delayed_key, id) == 0 then
+    -- Neither in line nor delayed: a limit (or a pause) holds it. One O(log N) ZREM; unlimit.lua would
+    -- otherwise drop the entry only at the customer's next release.
+    local customer, score = rcall('HGET', KEYS[17], id) or '-', string.match(meta, '|([^|]*)$')
+    if tonumber(score) then rcall('ZREM', KEYS[18], limited_member(customer, score, shape, id)) end
   end
   finish(k, id, 'cancelled', '', 0, now, tonumber(ARGV[6]))
   emit(events_key, mode, maxlen, 'job_failed', queue, 'cancelled', {'job', id})

@@ -53,7 +53,8 @@
     -4  duplicate: a job with this id exists
     -7  a parent named in `after` does not exist
 
-  Emits: submitted (channel job_submitted); failed | cancelled (channel job_failed) for a job ended at once
+  Emits: submitted (channel job_submitted; with `blocked` 1 for a job that waits for its parents: its status is
+  blocked until `unblocked`); failed | cancelled (channel job_failed) for a job ended at once
 ]]
 local rcall = redis.call
 -- @include now
@@ -152,6 +153,7 @@ if ARGV[18] ~= '' then rcall('ZADD', KEYS[16], string.format('%.0f', now * 1000 
 local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
 if blocked or ended_by then
   fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
+  if blocked then fields[#fields + 1], fields[#fields + 2] = 'blocked', 1 end
 elseif later then
   fields[#fields + 1], fields[#fields + 2] = 'run_at', start
 else

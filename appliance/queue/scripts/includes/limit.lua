@@ -11,12 +11,7 @@
   `gate.close()` writes the buckets back. Cost: one HMGET of the customer's limits and O(1) per job; an
   O(log N) move per held job, each held job once until its customer can take it.
 ]]
--- Score offset that keeps a member's score text positive and of one width, so ZRANGEBYLEX orders it.
-local LIMIT_SCORE_BIAS = 4e15
-
-local function limited_member(customer, score, shape, id)
-  return string.format('%s|%017.0f|%s|%s', customer, math.max(0, tonumber(score) + LIMIT_SCORE_BIAS), shape, id)
-end
+-- @include limited
 
 local function limit_gate(k, pool, now)
   local gate, seen = {}, {}

@@ -264,17 +264,20 @@ async def test_a_job_waiting_for_its_parents_shows_blocked_until_they_complete(r
                 claimed = await session.claim()
                 assert claimed is not None and claimed.job.id == parent.id
                 await queue.complete(parent.id, claimed.token, {})
-                # The parent's completion releases both: they wait in line (pending), not finished.
+                # The parent's completion releases both, in either order: they wait in line (pending), not
+                # finished. One pass over the updates, so the first child's wait cannot swallow the second's.
+                freed: dict[str, dict[str, Any]] = {}
+
+                def both_freed(m: dict[str, Any]) -> bool:
+                    job = m.get("job") or {}
+                    if m["type"] == "job_update" and job.get("id") in (early.id, late.id):
+                        if job["status"] != "blocked":
+                            freed.setdefault(job["id"], job)
+                    return len(freed) == 2
+
+                await _until(ws, both_freed)
                 for child in (early, late):
-                    freed = await _until(
-                        ws,
-                        lambda m, c=child: (
-                            m["type"] == "job_update"
-                            and m["job"]["id"] == c.id
-                            and m["job"]["status"] != "blocked"
-                        ),
-                    )
-                    assert (freed["job"]["status"], freed["job"]["finished_ms"]) == ("pending", None)
+                    assert (freed[child.id]["status"], freed[child.id]["finished_ms"]) == ("pending", None)
     finally:
         if session is not None:
             await session.close()

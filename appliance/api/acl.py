@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from importlib import resources
 
 from appliance.api.keys import keys_hash
+from appliance.api.scripts import api_script
 from appliance.config.queue import ChannelsMode, ScriptsMode
 from appliance.queue import registry as machine_keys
 from appliance.queue.acl import Role, rules, script_commands
@@ -25,7 +25,7 @@ DIRECT = ("zrem", "set", "del", "script|exists")
 def _own_script_commands() -> set[str]:
     found: set[str] = set()
     for name in ("rate.lua", "inflight.lua", "submit_one.lua"):
-        source = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+        source = api_script(name)
         found |= {c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", source)}
     return found
 

@@ -4,14 +4,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
+from appliance.api.scripts import api_script
 from appliance.queue.keys import QueueKeys
-
-
-def _script(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -29,8 +25,8 @@ class Limits:
         #: A Cluster client pipelines no scripts: the key's record and its count are then two calls.
         self.cluster = cluster
         # register_script runs EVALSHA and loads the script when the server lacks it (a restart).
-        self._rate = client.register_script(_script("rate.lua"))
-        self._inflight = client.register_script(_script("inflight.lua"))
+        self._rate = client.register_script(api_script("rate.lua"))
+        self._inflight = client.register_script(api_script("inflight.lua"))
 
     def rate_key(self, key_id: str) -> str:
         return self.keys.key(f"api:rate:{key_id}")

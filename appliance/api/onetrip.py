@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from appliance.api.batch import Batcher
 from appliance.api.keys import ApiKey, Scope
 from appliance.api.limits import Limits
 from appliance.api.problems import ProblemError
+from appliance.api.scripts import api_script
 from appliance.queue import Job, JobSpec, Queue
 from appliance.queue.errors import raise_for_code
 from appliance.queue.scripts import ScriptSet
@@ -31,7 +31,7 @@ _STALE, _OVER_RATE, _OVER_IN_FLIGHT = 10, 11, 12
 
 def compose(submit_source: str) -> str:
     """submit_one.lua with the queue's submit.lua (includes expanded) in place of its `-- @submit` line."""
-    gate = resources.files(__package__).joinpath("submit_one.lua").read_text(encoding="utf-8")
+    gate = api_script("submit_one.lua")
     if gate.count("\n-- @submit\n") != 1:
         raise ValueError("submit_one.lua must have one `-- @submit` line")
     return gate.replace("\n-- @submit\n", f"\nlocal function submit_(KEYS, ARGV)\n{submit_source}\nend\n", 1)

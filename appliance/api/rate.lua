@@ -8,10 +8,6 @@
 
   Returns: {count in this window, ms until the window ends}
 ]]
-local n = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], 1000)
-  ttl = 1000
-end
-return {n, ttl}
+-- @admission
+
+return {count_request(KEYS[1])}

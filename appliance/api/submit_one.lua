@@ -26,38 +26,20 @@
     {12, unfinished jobs}  over the key's limit of unfinished jobs
 ]]
 -- @submit
+-- @admission
 
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
   return {10}
 end
 
-local n = redis.call('INCR', KEYS[2])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[2], 1000)
-  ttl = 1000
-end
+local n, ttl = count_request(KEYS[2])
 if n > tonumber(ARGV[3]) then
   return {11, n, ttl}
 end
 
--- As inflight.lua: drop finished jobs from the key's set only when the new one would not fit.
-local id, limit = ARGV[9], tonumber(ARGV[4])
-local count = redis.call('ZCARD', KEYS[3])
-if count + 1 > limit then
-  local finished = {completed = true, failed = true, cancelled = true, dead = true}
-  local members = redis.call('ZRANGE', KEYS[3], 0, -1)
-  for start = 1, #members, 500 do
-    local chunk = {unpack(members, start, math.min(start + 499, #members))}
-    local states = redis.call('HMGET', KEYS[4], unpack(chunk))
-    for i, member in ipairs(chunk) do
-      if not states[i] or finished[states[i]] then redis.call('ZREM', KEYS[3], member) end
-    end
-  end
-  count = redis.call('ZCARD', KEYS[3])
-  if count + 1 > limit then return {12, count} end
-end
-redis.call('ZADD', KEYS[3], 0, id)
+local id = ARGV[9]
+local fits, count = admit(KEYS[3], KEYS[4], tonumber(ARGV[4]), {id})
+if not fits then return {12, count} end
 
 local code = submit_({unpack(KEYS, 5)}, {unpack(ARGV, 5)})
 if code ~= 1 then redis.call('ZREM', KEYS[3], id) end

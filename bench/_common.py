@@ -7,9 +7,12 @@ and never assert on time (the machine is noisy). Run them as `python bench/<name
 from __future__ import annotations
 
 import math
+import os
 import platform
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,3 +109,23 @@ def machine_line() -> str:
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"redis-server {server}"
     )
+
+
+def stop_process_groups(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 10) -> None:
+    """Stop every process group the benchmark started (`start_new_session=True`): SIGTERM, SIGKILL after the
+    grace, then SIGKILL to what is left in each group (a peer's forked child)."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

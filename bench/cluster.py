@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from _common import machine_line, table
+from _common import machine_line, stop_process_groups, table
 
 from appliance.config import Settings
 from appliance.localredis import LocalRedis, free_port
@@ -166,15 +165,7 @@ def worker_round(settings: Settings, ports: list[int], jobs: int, processes: int
     try:
         return asyncio.run(measure_workers(settings, ports, jobs, workers, logs))
     finally:
-        for w in workers:
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(w.pid, signal.SIGKILL)
-                w.wait()
+        stop_process_groups(workers, grace_s=15)
         if settings.redis.mode.value != "cluster":  # the Cluster is flushed node by node by the caller
             redis.Redis.from_url(settings.redis.url).flushall()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from _common import ROOT, command_cost, machine_line, private_redis, table
+from _common import ROOT, command_cost, machine_line, private_redis, stop_process_groups, table
 
 from appliance.config.queue import ScriptsMode
 from appliance.queue import Queue, QueueSettings
@@ -61,18 +60,6 @@ def start_workers(url: str, logs: Path) -> list[subprocess.Popen[bytes]]:
     return procs
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 async def racing(url: str, a_jobs: int, b_jobs: int, c_jobs: int) -> dict[str, Any]:
     queue = await Queue.connect(url)
     try:
@@ -98,7 +85,7 @@ async def racing(url: str, a_jobs: int, b_jobs: int, c_jobs: int) -> dict[str, A
                         break
                     await asyncio.sleep(0.2)
             finally:
-                stop(procs)
+                stop_process_groups(procs)
         entries = await queue.client.xrange(queue.keys.events, "-", "+")
         completed = (await queue.stats()).totals.get("completed", 0)
     finally:

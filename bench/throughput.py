@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from _common import ROOT, machine_line, table
+from _common import ROOT, machine_line, stop_process_groups, table
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PRODUCT = "appliance"
@@ -212,25 +211,6 @@ class Bench:
                 )
         return workers
 
-    @staticmethod
-    def stop(workers: list[subprocess.Popen[bytes]]) -> None:
-        """Stop every process group we started (SIGTERM, then SIGKILL)."""
-        for proc in workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in workers:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for proc in workers:  # a dramatiq/celery child left in the group
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
     def redis_cpu_s(self) -> float:
         info = self.redis.info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -258,7 +238,7 @@ class Bench:
                     break
                 time.sleep(POLL_S)
         finally:
-            self.stop(workers)
+            stop_process_groups(workers)
         result.done = done
         if len(marks) == 2:
             (t0, d0, r0, w0), (t1, d1, r1, w1) = marks

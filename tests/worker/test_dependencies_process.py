@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from appliance.queue import JobStatus
-from tests.worker.test_worker_process import Harness, completed_events, harness, job_in, running  # noqa: F401
+from tests.worker.test_worker_process import Harness, completed_events, job_in, running
 
 
 def cli(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +26,7 @@ def submit(h: Harness, *args: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-async def test_a_chain_runs_in_order_and_children_see_their_parents_results(harness: Harness) -> None:  # noqa: F811
+async def test_a_chain_runs_in_order_and_children_see_their_parents_results(harness: Harness) -> None:
     q = harness.queue
     assert q is not None
     a = submit(harness, "--payload", '{"step": "a", "delay": 0.3}')
@@ -53,7 +53,7 @@ async def test_a_chain_runs_in_order_and_children_see_their_parents_results(harn
     assert "Traceback" not in worker.log
 
 
-async def test_kill_9_of_a_worker_running_a_parent_releases_the_child_once(harness: Harness) -> None:  # noqa: F811
+async def test_kill_9_of_a_worker_running_a_parent_releases_the_child_once(harness: Harness) -> None:
     q = harness.queue
     assert q is not None
     first = harness.start("--slot", "echo0")

@@ -6,20 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from appliance.queue import JobSpec, JobStatus, Queue
 from tests.worker.test_worker_process import MACHINE, Harness, eventually
-
-
-@pytest.fixture
-async def harness(tmp_path: Path, redis_url: str) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path, redis_url)
-    await h.connect()
-    yield h
-    await h.close()
 
 
 async def submit_echo_jobs(queue: Queue, count: int) -> list[str]:

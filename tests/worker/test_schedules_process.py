@@ -10,7 +10,7 @@ from collections import Counter
 from appliance.queue import JobStatus
 from appliance.queue.events import EventKind
 from tests.cliproc import run_appliance
-from tests.worker.test_worker_process import Harness, eventually, harness  # noqa: F401 (fixture)
+from tests.worker.test_worker_process import Harness, eventually
 
 
 def schedule_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +39,7 @@ def test_schedule_cli_round_trip_and_one_line_errors(redis_url: str) -> None:
     )
 
 
-async def test_two_workers_run_every_tick_of_a_schedule_once(harness: Harness) -> None:  # noqa: F811
+async def test_two_workers_run_every_tick_of_a_schedule_once(harness: Harness) -> None:
     q = harness.queue
     assert q is not None
     workers = [harness.start("--connector", "echo", "--index", str(i)) for i in range(2)]

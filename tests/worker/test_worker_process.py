@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,14 +183,6 @@ class Harness:
             print(f"--- worker {worker.args} log ---\n{worker.log}")
         if self.queue is not None:
             await self.queue.close()
-
-
-@pytest.fixture
-async def harness(tmp_path: Path, redis_url: str) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path, redis_url)
-    await h.connect()
-    yield h
-    await h.close()
 
 
 async def job_in(queue: Queue, job_id: str, *statuses: JobStatus) -> Any:

@@ -1,5 +1,5 @@
 """Per-customer limits (issue 16): jobs in flight, fleet-wide and per pool, and a start rate, enforced by the
-claim. Racing workers are real processes (limited_worker.py); what they did is read back from the event
+claim. Racing workers are real processes (claimer.py); what they did is read back from the event
 stream, whose entry ids carry the server's clock."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from appliance.queue import JobStatus, Queue, QueueSettings
 from appliance.queue.limits import InvalidLimits
 from tests.cliproc import run_appliance
 
-WORKER = str(Path(__file__).with_name("limited_worker.py"))
+WORKER = str(Path(__file__).with_name("claimer.py"))
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
 #: Events that end a lease (what the workers here produce, and what a reaper or a failure would).
 ENDS = {"completed", "failed", "dead", "released", "lease_expired", "cancelled"}
@@ -30,7 +30,17 @@ async def run_workers(redis_url: str, pools: Iterable[str], per_process: int, ho
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
-            *(WORKER, redis_url, str(i), str(per_process), pool, str(hold_ms)),
+            *(
+                WORKER,
+                redis_url,
+                str(i),
+                str(per_process),
+                "--pool",
+                pool,
+                "--hold-ms",
+                str(hold_ms),
+                "--barrier",
+            ),
             env=ENV,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -202,8 +212,9 @@ async def test_a_worker_killed_9_frees_its_slot_through_the_reaper(redis_url: st
             redis_url,
             "0",
             "1",
+            "--pool",
             "-",
-            "0",
+            "--barrier",
             "--hang",
             env=ENV,
             stdout=asyncio.subprocess.PIPE,

@@ -12,8 +12,8 @@ jobs/s and the p50/p99 latency of one submit; `x direct` is the HTTP rate over t
 1.0 = as good as direct). `API µs`, `Redis µs`, `client µs`: CPU time per job of the cell's API processes, of
 redis-server and of the client (this process for direct; wrk, from the kernel's accounting of the exited
 process): on a shared machine these move far less with the load than the rates do.
-`--compare CHECKOUT` adds the same cells for another checkout's API (`before x1`; with the Python client also
-`before x2`, two separate processes the client spreads its requests over, for checkouts without `api.processes`).
+`--compare CHECKOUT` adds the same cells for another checkout's API (`before x1`, `before x2`; it must have
+`api.processes`, main from 0eef8a7 on).
 
 Part 2 (fan-out): 1,000 SSE clients (`GET /v1/jobs/{id}/events`) on one API process, spread over 10 jobs; a worker
 then reports progress on each job; events delivered per second (all clients, first progress to last delivery)
@@ -165,13 +165,12 @@ def summary(rate: float, lat: list[float], cpu: dict[str, float]) -> dict[str, f
 
 #: Keep-alive connections of wrk, and tasks of the Python clients (direct, and HTTP without wrk).
 CONCURRENCY = 32
-#: The HTTP cells: (name, checkout: None = this one / "before" = --compare's, processes of one `appliance api`,
-#: separate `appliance api` processes the client spreads its requests over).
+#: The HTTP cells: (name, checkout: None = this one / "before" = --compare's, processes of one `appliance api`).
 CELLS = (
-    ("api x1", None, 1, 1),
-    ("api x2", None, 2, 1),
-    ("before x1", "before", 1, 1),
-    ("before x2", "before", 1, 2),
+    ("api x1", None, 1),
+    ("api x2", None, 2),
+    ("before x1", "before", 1),
+    ("before x2", "before", 2),
 )
 
 
@@ -186,8 +185,6 @@ async def submit_part(
     )
     headers = {"Authorization": f"Bearer {token}"}
     cells = [c for c in CELLS if before is not None or c[1] is None]
-    if use_wrk:  # wrk takes one URL: two separate processes are a Python-client cell only
-        cells = [c for c in cells if c[3] == 1]
     runs: dict[str, list[dict[str, float]]] = {"direct": [], **{c[0]: [] for c in cells}}
     connector = aiohttp.TCPConnector(limit=0)
     try:
@@ -196,10 +193,10 @@ async def submit_part(
             async def direct(i: int) -> None:
                 await queue.submit({"service": "echo", "payload": {"i": i}, "customer_id": "bench"})
 
-            def over_http(bases: list[str]) -> Any:
+            def over_http(base: str) -> Any:
                 async def post(i: int) -> None:
                     async with http.post(
-                        bases[i % len(bases)] + "/v1/jobs", json={"service": "echo", "payload": {"i": i}}
+                        base + "/v1/jobs", json={"service": "echo", "payload": {"i": i}}
                     ) as resp:
                         if resp.status != 202:
                             raise SystemExit(f"submit answered {resp.status}: {await resp.text()}")
@@ -211,26 +208,21 @@ async def submit_part(
                 runs["direct"].append(
                     summary(*await measured(queue, [], run_cell(direct, jobs, CONCURRENCY)))
                 )
-                for name, tree, processes, separate in cells:
-                    procs = [
-                        start_api(redis_url, processes, before if tree else _common.ROOT)
-                        for _ in range(separate)
-                    ]
+                for name, tree, processes in cells:
+                    proc, base = start_api(redis_url, processes, before if tree else _common.ROOT)
                     try:
-                        for _, base in procs:
-                            await wait_ready(http, base, processes)
-                        pids = [p.pid for p, _ in procs]
-                        bases = [b for _, b in procs]
-                        if use_wrk:
-                            await asyncio.to_thread(_wrk.run, bases[0] + "/v1/jobs", token, 1, CONCURRENCY)
-                            cell = await measured_wrk(queue, pids, bases[0] + "/v1/jobs", token, seconds)
+                        await wait_ready(http, base, processes)
+                        if use_wrk:  # warm-up: keys known, scripts loaded
+                            await asyncio.to_thread(_wrk.run, base + "/v1/jobs", token, 1, CONCURRENCY)
+                            cell = await measured_wrk(queue, [proc.pid], base + "/v1/jobs", token, seconds)
                         else:
-                            post = over_http(bases)
-                            await run_cell(post, min(200, jobs), CONCURRENCY)  # keys known, scripts loaded
-                            cell = summary(*await measured(queue, pids, run_cell(post, jobs, CONCURRENCY)))
+                            post = over_http(base)
+                            await run_cell(post, min(200, jobs), CONCURRENCY)
+                            cell = summary(
+                                *await measured(queue, [proc.pid], run_cell(post, jobs, CONCURRENCY))
+                            )
                     finally:
-                        for proc, _ in procs:
-                            stop_api(proc)
+                        stop_api(proc)
                     runs[name].append(cell)
     finally:
         await queue.close()
@@ -435,8 +427,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--compare",
         type=Path,
-        help="another checkout (e.g. the previous release): its API adds the cells `before x1` and `before x2` "
-        "(two separate processes, the client spreading requests over them)",
+        help="another checkout with api.processes (e.g. the previous release): its API adds the cells "
+        "`before x1` and `before x2`",
     )
     parser.add_argument(
         "--python-client",

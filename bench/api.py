@@ -1,22 +1,26 @@
 """The HTTP job API: `POST /v1/jobs` against direct `Queue.submit` in the same run, and SSE fan-out.
 
-Part 1 (submit): the same number of jobs, the same client concurrency, submitted in interleaved rounds:
-`Queue.submit` from this process (the baseline), over HTTP to one `appliance api` process (`api x1`), and to one
-`appliance api` with `api.processes = 2` (`api x2`: two processes on one port, as deployed). Each HTTP cell's
-processes run only during that cell (an idle API process still reads the event stream, for webhooks). Each cell reports jobs/s
-and the p50/p99 latency of one submit; `x direct` is the HTTP rate over the direct rate of the same round, and
-`p50 x` / `p99 x` the direct latency over the HTTP latency (medians over rounds; 1.0 = as good as direct).
-`API µs`, `Redis µs`, `client µs`: CPU time per job of the cell's API processes, of redis-server and of this
-process (the client): on a shared machine these move far less with the load than the rates do.
-`--compare CHECKOUT` adds the same cells for another checkout's API (`before x1`, and `before x2` as two separate
-processes the client spreads its requests over, for checkouts without `api.processes`).
+Part 1 (submit), in interleaved rounds: `Queue.submit` from this process (the baseline: 32 concurrent tasks),
+and `POST /v1/jobs` to one `appliance api` process (`api x1`) and to one `appliance api` with `api.processes = 2`
+(`api x2`: two processes on one port, as deployed), all with default settings. The HTTP client is `wrk` (one
+thread, 32 keep-alive connections, a Lua script POSTing a valid job with the bearer token; bench/_wrk.py): in
+real deployments the clients are other machines, so the client is kept cheap and its CPU reported apart. Without
+wrk (or with `--python-client`) this process POSTs with aiohttp instead, and says so. Each HTTP cell's processes
+run only during that cell (an idle API process still reads the event stream, for webhooks). Each cell reports
+jobs/s and the p50/p99 latency of one submit; `x direct` is the HTTP rate over the direct rate of the same round
+(the headline: `api x2`), and `p50 x` / `p99 x` the direct latency over the HTTP latency (medians over rounds;
+1.0 = as good as direct). `API µs`, `Redis µs`, `client µs`: CPU time per job of the cell's API processes, of
+redis-server and of the client (this process for direct; wrk, from the kernel's accounting of the exited
+process): on a shared machine these move far less with the load than the rates do.
+`--compare CHECKOUT` adds the same cells for another checkout's API (`before x1`, `before x2`; it must have
+`api.processes`, main from 0eef8a7 on).
 
 Part 2 (fan-out): 1,000 SSE clients (`GET /v1/jobs/{id}/events`) on one API process, spread over 10 jobs; a worker
 then reports progress on each job; events delivered per second (all clients, first progress to last delivery)
 and the API process's resident memory per connected client (RSS after connecting minus before, over clients).
 
-Run as `python bench/api.py [--quick] [--rounds N] [--compare CHECKOUT] [--no-fanout] [--json]`. Everything
-(Redis, API processes, clients) shares this machine.
+Run as `python bench/api.py [--quick] [--rounds N] [--compare CHECKOUT] [--python-client] [--no-fanout]
+[--json]`. Everything (Redis, API processes, clients) shares this machine.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401 - puts the checkout on sys.path
+import _wrk
 import aiohttp
 from _common import machine_line, percentile, private_redis, table
 
@@ -138,30 +143,49 @@ async def measured(queue: Queue, pids: list[int], cell: Any) -> tuple[float, lis
     return rate, lat, cpu
 
 
-#: The HTTP cells: (name, checkout: None = this one / "before" = --compare's, processes of one `appliance api`,
-#: separate `appliance api` processes the client spreads its requests over).
+async def measured_wrk(queue: Queue, pids: list[int], url: str, token: str, seconds: int) -> dict[str, float]:
+    """One wrk run against `url`: the rate, its p50/p99, and the CPU per job (µs) of the API processes, Redis
+    and wrk itself (from the kernel's accounting of the exited wrk)."""
+    api, red = sum(cpu_s(p) for p in pids), await redis_cpu_s(queue)
+    run = await asyncio.to_thread(_wrk.run, url, token, seconds, CONCURRENCY)
+    jobs = run.requests
+    return {
+        "rate": run.rate,
+        "p50": run.p50_ms,
+        "p99": run.p99_ms,
+        "api": (sum(cpu_s(p) for p in pids) - api) / jobs * 1e6,
+        "redis": (await redis_cpu_s(queue) - red) / jobs * 1e6,
+        "client": run.cpu_s / jobs * 1e6,
+    }
+
+
+def summary(rate: float, lat: list[float], cpu: dict[str, float]) -> dict[str, float]:
+    return {"rate": rate, "p50": percentile(lat, 50), "p99": percentile(lat, 99), **cpu}
+
+
+#: Keep-alive connections of wrk, and tasks of the Python clients (direct, and HTTP without wrk).
+CONCURRENCY = 32
+#: The HTTP cells: (name, checkout: None = this one / "before" = --compare's, processes of one `appliance api`).
 CELLS = (
-    ("api x1", None, 1, 1),
-    ("api x2", None, 2, 1),
-    ("before x1", "before", 1, 1),
-    ("before x2", "before", 1, 2),
+    ("api x1", None, 1),
+    ("api x2", None, 2),
+    ("before x1", "before", 1),
+    ("before x2", "before", 2),
 )
 
 
 async def submit_part(
-    redis_url: str, jobs: int, rounds: int, concurrency: int, before: Path | None
+    redis_url: str, jobs: int, seconds: int, rounds: int, before: Path | None, use_wrk: bool
 ) -> dict[str, Any]:
     """Each cell's API processes run only during that cell (started, warmed up, measured, stopped): an idle
     API process still reads the event stream (for webhooks), and would take CPU from the cells around it."""
     queue = await Queue.connect(redis_url)
     _, token = await KeyStore(queue.client, queue.keys).create(
-        "bench", [Scope.SUBMIT], rate_per_s=100_000, max_in_flight=100_000
+        "bench", [Scope.SUBMIT], rate_per_s=1_000_000, max_in_flight=10_000_000
     )
     headers = {"Authorization": f"Bearer {token}"}
     cells = [c for c in CELLS if before is not None or c[1] is None]
-    runs: dict[str, list[tuple[float, list[float]]]] = {"direct": [], **{c[0]: [] for c in cells}}
-    cpus: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-    ratios: dict[str, list[float]] = {c[0]: [] for c in cells}
+    runs: dict[str, list[dict[str, float]]] = {"direct": [], **{c[0]: [] for c in cells}}
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
@@ -169,65 +193,68 @@ async def submit_part(
             async def direct(i: int) -> None:
                 await queue.submit({"service": "echo", "payload": {"i": i}, "customer_id": "bench"})
 
-            def over_http(bases: list[str]) -> Any:
+            def over_http(base: str) -> Any:
                 async def post(i: int) -> None:
                     async with http.post(
-                        bases[i % len(bases)] + "/v1/jobs", json={"service": "echo", "payload": {"i": i}}
+                        base + "/v1/jobs", json={"service": "echo", "payload": {"i": i}}
                     ) as resp:
                         if resp.status != 202:
                             raise SystemExit(f"submit answered {resp.status}: {await resp.text()}")
 
                 return post
 
-            await run_cell(direct, min(200, jobs), concurrency)  # warm-up
+            await run_cell(direct, min(200, jobs), CONCURRENCY)  # warm-up
             for _ in range(rounds):
-                base_rate, lat, cpu = await measured(queue, [], run_cell(direct, jobs, concurrency))
-                runs["direct"].append((base_rate, lat))
-                cpus["direct"].append(cpu)
-                for name, tree, processes, separate in cells:
-                    procs = [
-                        start_api(redis_url, processes, before if tree else _common.ROOT)
-                        for _ in range(separate)
-                    ]
+                runs["direct"].append(
+                    summary(*await measured(queue, [], run_cell(direct, jobs, CONCURRENCY)))
+                )
+                for name, tree, processes in cells:
+                    proc, base = start_api(redis_url, processes, before if tree else _common.ROOT)
                     try:
-                        for _, base in procs:
-                            await wait_ready(http, base, processes)
-                        post = over_http([b for _, b in procs])
-                        # Warm-up: keys known, scripts loaded.
-                        await run_cell(post, min(200, jobs), concurrency)
-                        pids = [p.pid for p, _ in procs]
-                        rate, lat, cpu = await measured(queue, pids, run_cell(post, jobs, concurrency))
+                        await wait_ready(http, base, processes)
+                        if use_wrk:  # warm-up: keys known, scripts loaded
+                            await asyncio.to_thread(_wrk.run, base + "/v1/jobs", token, 1, CONCURRENCY)
+                            cell = await measured_wrk(queue, [proc.pid], base + "/v1/jobs", token, seconds)
+                        else:
+                            post = over_http(base)
+                            await run_cell(post, min(200, jobs), CONCURRENCY)
+                            cell = summary(
+                                *await measured(queue, [proc.pid], run_cell(post, jobs, CONCURRENCY))
+                            )
                     finally:
-                        for proc, _ in procs:
-                            stop_api(proc)
-                    runs[name].append((rate, lat))
-                    cpus[name].append(cpu)
-                    ratios[name].append(rate / base_rate)
+                        stop_api(proc)
+                    runs[name].append(cell)
     finally:
         await queue.close()
-    rows = []
-    for name, cell in runs.items():
-        rows.append(
-            {
-                "cell": name,
-                "jobs_per_s": statistics.median(r for r, _ in cell),
-                **{
-                    f"{k}_us": statistics.median(c[k] for c in cpus[name]) for k in ("api", "redis", "client")
-                },
-                "p50_ms": statistics.median(percentile(lat, 50) for _, lat in cell),
-                "p99_ms": statistics.median(percentile(lat, 99) for _, lat in cell),
-                "ratio": statistics.median(ratios[name]) if name in ratios else 1.0,
-                "p50_ratio": statistics.median(
-                    percentile(runs["direct"][i][1], 50) / percentile(lat, 50)
-                    for i, (_, lat) in enumerate(cell)
-                ),
-                "p99_ratio": statistics.median(
-                    percentile(runs["direct"][i][1], 99) / percentile(lat, 99)
-                    for i, (_, lat) in enumerate(cell)
-                ),
-            }
-        )
-    return {"jobs": jobs, "rounds": rounds, "concurrency": concurrency, "rows": rows}
+    return {
+        "jobs": jobs,
+        "seconds": seconds,
+        "rounds": rounds,
+        "concurrency": CONCURRENCY,
+        "client": "wrk" if use_wrk else "python",
+        "rows": [row(name, cell, runs["direct"]) for name, cell in runs.items()],
+    }
+
+
+def row(name: str, cell: list[dict[str, float]], direct: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians over rounds; each ratio is taken against the direct cell of the same round."""
+
+    def median(key: str) -> float:
+        return statistics.median(c[key] for c in cell)
+
+    def against(f: Any) -> float:
+        return statistics.median(f(c, d) for c, d in zip(cell, direct, strict=True))
+
+    return {
+        "cell": name,
+        "jobs_per_s": median("rate"),
+        **{f"{k}_us": median(k) for k in ("api", "redis", "client")},
+        "p50_ms": median("p50"),
+        "p99_ms": median("p99"),
+        "ratio": against(lambda c, d: c["rate"] / d["rate"]),
+        "p50_ratio": against(lambda c, d: d["p50"] / c["p50"]),
+        "p99_ratio": against(lambda c, d: d["p99"] / c["p99"]),
+    }
 
 
 def rss_kib(pid: int) -> int:
@@ -307,18 +334,35 @@ async def fanout_part(redis_url: str, clients: int, job_count: int, progress: in
 async def main(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    jobs, rounds = (400, 2) if args.quick else (2000, 3)
+    jobs, seconds, rounds = (2000, 1, 2) if args.quick else (10000, 3, 3)
     rounds = args.rounds or rounds
     clients = 200 if args.quick else 1000
+    use_wrk = _wrk.available() and not args.python_client
+    if not use_wrk and not args.no_submit:
+        why = "--python-client" if args.python_client else "wrk is not installed"
+        print(
+            f"{why}: the HTTP cells' client is this Python process (aiohttp), whose CPU per request is about half "
+            "the API's and shares the cores with it",
+            file=sys.stderr,
+        )
     with private_redis() as server:
-        submit = None if args.no_submit else await submit_part(server.url, jobs, rounds, 32, args.compare)
+        submit = (
+            None
+            if args.no_submit
+            else await submit_part(server.url, jobs, seconds, rounds, args.compare, use_wrk)
+        )
         fanout = None if args.no_fanout else await fanout_part(server.url, clients, job_count=10, progress=20)
     if args.json:
         print(json.dumps({"submit": submit, "fanout": fanout, "machine": machine_line()}, indent=2))
         return
     print(machine_line())
     if submit is not None:
-        print(f"{jobs} jobs per cell, {rounds} rounds, 32 concurrent clients")
+        http = (
+            f"HTTP cells: wrk, {seconds} s each, {CONCURRENCY} keep-alive connections"
+            if use_wrk
+            else f"HTTP cells: {jobs} jobs each by {CONCURRENCY} Python (aiohttp) client tasks"
+        )
+        print(f"direct: {jobs} jobs by {CONCURRENCY} tasks of this process; {http}; {rounds} rounds")
         print_submit(submit)
     if fanout is not None:
         print_fanout(fanout)
@@ -378,13 +422,18 @@ def print_fanout(fanout: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer jobs and 200 SSE clients")
+    parser.add_argument("--quick", action="store_true", help="fewer jobs, 1 s per HTTP cell, 200 SSE clients")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 2)")
     parser.add_argument(
         "--compare",
         type=Path,
-        help="another checkout (e.g. the previous release): its API adds the cells `before x1` and `before x2` "
-        "(two separate processes, the client spreading requests over them)",
+        help="another checkout with api.processes (e.g. the previous release): its API adds the cells "
+        "`before x1` and `before x2`",
+    )
+    parser.add_argument(
+        "--python-client",
+        action="store_true",
+        help="POST from this process (aiohttp) instead of wrk (what runs when wrk is not installed)",
     )
     parser.add_argument("--no-fanout", action="store_true", help="part 1 only")
     parser.add_argument("--no-submit", action="store_true", help="part 2 only")

@@ -86,6 +86,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The body; 413 past `limit` bytes (checked while reading, never buffering more)."""
     if request.content_length is not None and request.content_length > limit:
         raise ProblemError(413, f"the body is {request.content_length} bytes, over the limit of {limit}")
+    content = request.content
+    if content.is_eof():  # all of it has arrived (a small body comes with its headers): take it, no awaiting
+        whole = content.read_nowait()
+        if len(whole) > limit:
+            raise ProblemError(413, f"the body is over the limit of {limit} bytes")
+        return whole
     data = bytearray()
     while chunk := await request.content.read(65536):
         data += chunk

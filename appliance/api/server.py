@@ -82,7 +82,9 @@ async def start(
         webhooks=hooks,
     )
     api.hub.start()
-    runner, bound = await start_server(make_app(api), host, port, reuse_port=reuse_port)
+    runner, bound = await start_server(
+        make_app(api), host, port, reuse_port=reuse_port, access_log=settings.api.access_log
+    )
     delivery = asyncio.create_task(hooks.run_delivery(), name="webhook-delivery") if hooks else None
     return Running(api, runner, bound, delivery)
 

@@ -48,6 +48,11 @@ class ApiSettings(Section):
         description="Redis connections one API process opens at most; a request that finds none free waits "
         "up to 10 s for one (then 503), so bursts of requests or streams queue instead of failing.",
     )
+    access_log: bool = Field(
+        default=False,
+        description="Log one line per HTTP request (aiohttp's access log: logger `aiohttp.access`, at INFO; "
+        "never the Authorization header). Off by default: formatting it costs every request CPU time.",
+    )
     sse_keepalive_s: float = Field(
         default=15, gt=0, le=300, description="Seconds between keep-alive comments on an idle event stream."
     )

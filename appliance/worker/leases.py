@@ -32,13 +32,24 @@ class Lease:
     claimed: ClaimedJob
     timeout_s: float
     started: float = field(default_factory=time.monotonic)
+    #: Made on the job's first progress report (most short jobs report none).
     progress: ProgressForwarder | None = None
     #: Why the runtime interrupted the job, if it did; set once, except that LOST overrides everything.
     stop: StopReason | None = None
     #: The outcome is decided and being written (the connector is done with the job).
     finishing: bool = False
-    #: Called when a stop is requested (the run waiting on the connector call wakes).
-    on_stop: Callable[[], Any] | None = None
+    #: Called with the lease when a stop is requested (the runner starts interrupting the connector call).
+    on_stop: Callable[[Lease], Any] | None = None
+    #: The task running the job (its connector call runs in it); set while the call runs.
+    task: asyncio.Task[Any] | None = None
+    #: Whoever interrupts the call (made on the first stop request: most jobs never have one).
+    interrupter: asyncio.Task[None] | None = None
+    #: Set when the connector call ended, made by the interrupter when it has to wait for that.
+    call_over: asyncio.Future[None] | None = None
+    #: The interrupter cancelled the call's task (a CancelledError out of the call is its doing).
+    cut: bool = False
+    #: The call did not stop even when cut: the interrupter wrote the outcome and the call's result is dropped.
+    taken_over: bool = False
 
     @property
     def job_id(self) -> str:
@@ -57,7 +68,7 @@ class Lease:
         if self.stop is None or (reason is StopReason.LOST and self.stop is not StopReason.LOST):
             self.stop = reason
             if self.on_stop is not None:
-                self.on_stop()
+                self.on_stop(self)
             return True
         return False
 

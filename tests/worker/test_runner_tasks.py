@@ -1,0 +1,107 @@
+"""What running a job costs the event loop (issue 14), in-process against a real Redis: counted in tasks, never
+timed. The behaviour around it (timeouts, cancellation, lost leases, the drain) is tested through the real worker
+process in test_worker_process.py; here also a connector call that will not stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.queue import Capabilities, JobSpec, JobStatus, Queue, WorkerSession
+from appliance.worker.connectors.base import ConnectorJob, ConnectorOptions, ConnectorResult, ProgressCallback
+from appliance.worker.connectors.echo import EchoConnector
+from appliance.worker.execution import JobRunner
+from appliance.worker.leases import LeaseTable, OutcomeWriter
+from appliance.worker.redislink import RedisLink
+from appliance.worker.storage import LocalStorage
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    q = await Queue.connect(redis_url)
+    yield q
+    await q.close()
+
+
+def runner_of(queue: Queue, connector: Any) -> JobRunner:
+    link = RedisLink()
+    return JobRunner(connector, queue, LeaseTable(), link, OutcomeWriter(queue, link), default_timeout_s=60)
+
+
+async def claim(queue: Queue, count: int, **spec: Any) -> tuple[WorkerSession, list[Any]]:
+    await queue.submit_many([JobSpec(service="echo", **spec) for _ in range(count)])
+    session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
+    claimed = await session.claim_many(count)
+    assert len(claimed) == count
+    return session, claimed
+
+
+async def test_a_job_calls_its_connector_in_its_run_task_not_in_a_task_of_its_own(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # Before: every job's connector call ran in a second task beside its run (4 jobs, 4 more tasks), woken
+    # through a future. Now the call runs in the run's own task; an interrupter task is made only for a job
+    # that must be stopped. (The completions' sender, which sends the batch while no claim loop runs, stays.)
+    connector = EchoConnector(options=ConnectorOptions(concurrency=4), storage=LocalStorage(tmp_path))
+    runner = runner_of(queue, connector)
+    session, claimed = await claim(queue, 4)
+    runs = [asyncio.create_task(runner.run(runner.lease_for(c))) for c in claimed]
+    created: list[asyncio.Task[Any]] = []
+    loop = asyncio.get_running_loop()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop)
+        created.append(task)
+        return task
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        await asyncio.gather(*runs)
+    finally:
+        loop.set_task_factory(None)
+    names = [t.get_name() for t in created]
+    assert [n for n in names if n != "complete-batch"] == [], names
+    assert runner.completed == 4 and len(runner.leases) == 0
+    for c in claimed:
+        job = await queue.get(c.job.id)
+        assert job is not None and job.status is JobStatus.COMPLETED and job.result["attempt"] == 1
+    await session.close()
+
+
+class Stubborn(EchoConnector):
+    """A connector whose call ignores cancellation for a while, then returns a result."""
+
+    async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.5
+        while loop.time() < end:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                continue  # a connector bug the runtime must survive
+        return ConnectorResult(data={"late": True})
+
+    async def cancel(self, job_id: str, token: str | None = None) -> None:
+        return None
+
+
+async def test_a_connector_call_that_will_not_stop_is_left_behind_and_the_timeout_is_written(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # The call runs in the job's task now, so a call that swallows the cancellation keeps that task; the
+    # interrupter writes the outcome instead (as the run did when the call had a task of its own), and the
+    # late result is dropped.
+    runner = runner_of(queue, Stubborn(options=ConnectorOptions(), storage=LocalStorage(tmp_path)))
+    runner.interrupt_grace_s = 0.1
+    session, (claimed,) = await claim(queue, 1, timeout_s=0.2, max_retries=0)
+    run = asyncio.create_task(runner.run(runner.lease_for(claimed)))
+    await asyncio.wait_for(run, 30)
+    job = await queue.get(claimed.job.id)
+    assert job is not None and job.status is JobStatus.DEAD and job.result is None
+    assert job.errors[-1]["details"]["kind"] == "timeout"
+    assert (runner.completed, runner.failed, len(runner.leases), runner.interrupters) == (0, 1, 0, set())
+    await session.close()

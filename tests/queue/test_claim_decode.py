@@ -3,6 +3,7 @@ and comes out exactly as validation would make it: the same values, types and fi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from appliance.queue import ClaimedJob, JobStatus, Queue
 from appliance.queue import jobbody as jobbody_module
 from appliance.queue import lease as lease_module
 from appliance.queue.jobbody import claimed_job
-from appliance.queue.models import Job
+from appliance.queue.models import Job, JobSpec
 
 SPECS: list[dict[str, Any]] = [
     {"service": "echo"},
@@ -120,16 +121,37 @@ async def test_claiming_does_not_validate_the_stored_body_again(
     assert validations == []
 
 
+def dumped(**changes: Any) -> dict[str, Any]:
+    """A body as the producer writes it (the spec's dump, then id and shape), with `changes` made to it."""
+    body = json.loads(JobSpec(service="echo").model_dump_json(exclude={"id", "after", "on_parent_failure"}))
+    body |= {"id": "j1", "shape": "s"}
+    for key, value in changes.items():
+        if key.startswith("req_"):
+            body["requirements"][key[4:]] = value
+        else:
+            body[key] = value
+    return body
+
+
+def test_the_producers_form_is_built_without_validation() -> None:
+    assert jobbody_module._fast(dumped(), 1, "w") is not None
+    assert jobbody_module._fast(dumped(timeout_s=5, req_gpu_memory_gb=8), 1, "w") is not None
+
+
 @pytest.mark.parametrize(
     "body",
     [
-        '{"service":"echo","id":"j1","shape":"s","created_at":"2026-01-01T00:00:00Z"}',  # a key it does not know
-        '{"service":"echo","id":"j1","shape":"s","priority":"3"}',  # a type the dump never writes
-        '{"service":"echo","id":"j1","shape":"s","requirements":{"cpu_cores":2.0}}',
-        '{"service":"echo","id":"j1","shape":"s","requirements":{"isolation":"unknown"}}',
+        dumped(created_at="2026-01-01T00:00:00Z"),  # a key it does not write
+        dumped(priority="3"),  # a type the dump never writes
+        dumped(req_cpu_cores=2.0),
+        dumped(req_isolation="unknown"),
+        {k: v for k, v in dumped().items() if k != "payload"},  # a key missing
     ],
 )
-def test_a_body_in_another_form_is_validated_as_before(body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_body_in_another_form_is_validated_as_before(
+    body: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = json.dumps(body)
     validations: list[str] = []
     real = Job.model_validate_json
 
@@ -139,10 +161,9 @@ def test_a_body_in_another_form_is_validated_as_before(body: str, monkeypatch: p
 
     monkeypatch.setattr(Job, "model_validate_json", counting)
     try:
-        job = claimed_job(body, attempt=3, worker_id="w")
+        job = claimed_job(text, attempt=3, worker_id="w")
     except ValueError:
         job = None  # validation refused it, as it always did
-    assert validations == [body]
+    assert validations == [text]
     if job is not None:
         assert (job.status, job.attempts, job.worker_id) == (JobStatus.CLAIMED, 3, "w")
-    assert jobbody_module._fast({"service": "echo", "id": "j"}, 1, "w") is not None  # the plain form is fast

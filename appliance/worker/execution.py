@@ -120,10 +120,13 @@ class JobRunner:
             await self._finish(lease, result, exc)
 
     async def _finish(self, lease: Lease, result: dict[str, Any] | None, exc: BaseException | None) -> None:
-        """Decide the outcome of the ended call and write it; the lease leaves the table when done."""
+        """Decide the outcome of the ended call and write it; the lease leaves the table when done. A small
+        result the claim loop carries is handed over (`OutcomeWriter.complete_later`) and this returns at once:
+        the loop's round trip settles it (`_written`), so no task waits for it."""
         job, claimed = lease.claimed.job, lease.claimed
         lease.finishing = True
         progress = lease.progress
+        handed = False
         try:
             if progress is not None:
                 if lease.stop is not StopReason.LOST and exc is None:
@@ -133,6 +136,10 @@ class JobRunner:
             outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
             if outcome.kind is OutcomeKind.COMPLETE:
                 outcome = await self._bounded(job.id, outcome)
+                if outcome.encoded and progress is None and self.writer.carried():
+                    self.writer.complete_later(lease, outcome, self._written)
+                    handed = True
+                    return
             if exc is not None and outcome.kind is OutcomeKind.FAIL:
                 log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
                 if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
@@ -143,8 +150,15 @@ class JobRunner:
                 elif outcome.kind is OutcomeKind.FAIL:
                     self.failed += 1
         finally:
-            await self._close_progress(lease)
-            self.leases.remove(lease)
+            if not handed:
+                await self._close_progress(lease)
+                self.leases.remove(lease)
+
+    def _written(self, lease: Lease, written: bool) -> None:
+        """A completion handed to the claim loop was settled: written (True) or refused/lost (logged)."""
+        if written:
+            self.completed += 1
+        self.leases.remove(lease)
 
     @staticmethod
     async def _close_progress(lease: Lease) -> None:

@@ -417,7 +417,8 @@ class Worker:
             await self._watchdog.stop()
         runs = self.claims.runs if self.claims is not None else set()
         interrupters = self.runner.interrupters if self.runner is not None else set()
-        await stop_tasks([*runs, *interrupters, *self._background])
+        retries = self.writer.retries if self.writer is not None else set()
+        await stop_tasks([*runs, *interrupters, *retries, *self._background])
         log.debug("closing: session")
         if self.session is not None:
             with contextlib.suppress(Exception):

@@ -105,3 +105,51 @@ async def test_a_connector_call_that_will_not_stop_is_left_behind_and_the_timeou
     assert job.errors[-1]["details"]["kind"] == "timeout"
     assert (runner.completed, runner.failed, len(runner.leases), runner.interrupters) == (0, 1, 0, set())
     await session.close()
+
+
+async def test_a_short_jobs_run_ends_when_its_completion_is_queued_and_the_round_trip_settles_it(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # Before: each run waited for its completion's answer (a future per job, and one more turn of its task once
+    # the claim loop's round trip came back). Now the run ends when the claim loop has the completion, and the
+    # round trip's answer counts the job and ends its lease.
+    runner = runner_of(
+        queue, EchoConnector(options=ConnectorOptions(concurrency=3), storage=LocalStorage(tmp_path))
+    )
+    completions = runner.writer.completions
+    wakes: list[int] = []
+    completions.carry(lambda: wakes.append(1))  # as the claim loop does while it runs
+    session, claimed = await claim(queue, 3)
+    leases = [runner.lease_for(c) for c in claimed]
+    await asyncio.wait_for(asyncio.gather(*(runner.run(lease) for lease in leases)), 30)
+    assert (runner.completed, len(runner.leases), len(wakes)) == (0, 3, 3)  # nothing sent yet: leases held
+    batch = completions.take()
+    completions.resolve(batch, await queue.complete_many([outcome for outcome, _ in batch]))  # the round trip
+    assert (runner.completed, len(runner.leases)) == (3, 0)
+    for c in claimed:
+        job = await queue.get(c.job.id)
+        assert job is not None and job.status is JobStatus.COMPLETED
+    completions.carry(None)
+    await session.close()
+
+
+async def test_a_carried_completion_that_missed_redis_is_retried_until_written(
+    queue: Queue, tmp_path: Path
+) -> None:
+    runner = runner_of(
+        queue, EchoConnector(options=ConnectorOptions(concurrency=2), storage=LocalStorage(tmp_path))
+    )
+    completions = runner.writer.completions
+    completions.carry(lambda: None)
+    session, claimed = await claim(queue, 2)
+    await asyncio.gather(*(runner.run(runner.lease_for(c)) for c in claimed))
+    batch = completions.take()
+    completions.resolve(batch, ConnectionError("Redis went away"))  # the round trip did not reach Redis
+    assert len(runner.writer.retries) == 2 and len(runner.leases) == 2 and not runner.link.up
+    completions.carry(None)  # the claim loop stopped: the retries' completions go out on their own
+    await asyncio.wait_for(asyncio.gather(*runner.writer.retries), 30)
+    assert (runner.completed, len(runner.leases)) == (2, 0) and runner.link.up
+    for c in claimed:
+        job = await queue.get(c.job.id)
+        assert job is not None and job.status is JobStatus.COMPLETED
+    await session.close()

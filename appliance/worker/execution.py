@@ -19,6 +19,7 @@ from typing import Any
 from appliance.queue import ClaimedJob, Job, Queue
 from appliance.queue.lease import compact_json
 from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult
+from appliance.worker.deadlines import Deadlines
 from appliance.worker.leases import Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason, decide
 from appliance.worker.progress import ProgressForwarder
@@ -62,6 +63,8 @@ class JobRunner:
         self.storage = storage
         self.completed = 0
         self.failed = 0
+        #: The time limits of the running calls (one timer handle for all of them).
+        self.deadlines = Deadlines(self._timed_out)
         #: The interrupters of stopped jobs still at work (the worker stops them when it exits).
         self.interrupters: set[asyncio.Task[None]] = set()
 
@@ -199,8 +202,9 @@ class JobRunner:
 
     async def _call(self, lease: Lease) -> tuple[dict[str, Any] | None, BaseException | None]:
         """Run the connector call in this task until it returns or raises: (result, exception). A stop request
-        or the job's timeout meanwhile starts the interrupter (`_interrupt`): one timer handle per job, no task
-        or future of its own (a short job pays for neither)."""
+        or the job's timeout meanwhile starts the interrupter (`_interrupt`): the timeout is an entry in the
+        runner's `Deadlines` (one timer for all jobs), and no task or future of its own (a short job pays for
+        neither)."""
         job = lease.claimed.job
         cjob = ConnectorJob(
             id=job.id,
@@ -216,7 +220,7 @@ class JobRunner:
         call = self._process(cjob, job, report) if job.after else self.connector.process(cjob, report)
         task = lease.task = asyncio.current_task()
         assert task is not None
-        timer = asyncio.get_running_loop().call_later(lease.timeout_s, self._timed_out, lease)
+        self.deadlines.add(lease)  # the timeout: its end is `lease.task = None` below
         lease.on_stop = self._interrupt_soon
         if lease.stop is not None:
             self._interrupt_soon(lease)
@@ -231,7 +235,6 @@ class JobRunner:
         except Exception as exc:  # every way the call ended is classified by decide()
             return None, exc
         finally:
-            timer.cancel()
             lease.on_stop = None
             lease.task = None
             if lease.call_over is not None and not lease.call_over.done():

@@ -153,3 +153,79 @@ async def test_a_carried_completion_that_missed_redis_is_retried_until_written(
         job = await queue.get(c.job.id)
         assert job is not None and job.status is JobStatus.COMPLETED
     await session.close()
+
+
+class Gated(EchoConnector):
+    """Echo that holds every call until `gate` opens (no timer of its own)."""
+
+    gate: asyncio.Event
+
+    async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
+        return await self._tasks.run(job, self._held(job))
+
+    async def _held(self, job: ConnectorJob) -> ConnectorResult:
+        await self.gate.wait()
+        return ConnectorResult(data={"id": job.id})
+
+
+async def test_running_jobs_share_one_timer_and_each_times_out_at_its_own_limit(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # Before: each job's call armed a timer handle of its own (4 jobs, 4 handles, each cancelled at its end).
+    # Now one timer serves every running call's limit: set for the earliest deadline, then the next.
+    connector = Gated(options=ConnectorOptions(concurrency=4), storage=LocalStorage(tmp_path))
+    connector.gate = asyncio.Event()
+    runner = runner_of(queue, connector)
+    quick = [JobSpec(service="echo", timeout_s=0.3, max_retries=0) for _ in range(2)]
+    slow = [JobSpec(service="echo", timeout_s=600) for _ in range(2)]
+    await queue.submit_many(quick + slow)
+    session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
+    claimed = await session.claim_many(4)
+    by_limit = sorted(claimed, key=lambda c: c.job.timeout_s)
+    loop = asyncio.get_running_loop()
+    armed: list[Any] = []
+    real = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__self__", None) in (runner, runner.deadlines):
+            armed.append(callback)
+        return real(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    try:
+        runs = [asyncio.create_task(runner.run(runner.lease_for(c))) for c in by_limit]
+        await asyncio.wait_for(asyncio.gather(*runs[:2]), 30)
+        assert not any(run.done() for run in runs[2:])
+        connector.gate.set()
+        await asyncio.wait_for(asyncio.gather(*runs[2:]), 30)
+    finally:
+        del loop.call_at
+    assert 1 <= len(armed) <= 2, armed
+    jobs = [await queue.get(c.job.id) for c in by_limit]
+    assert [j.status for j in jobs if j is not None] == [JobStatus.DEAD] * 2 + [JobStatus.COMPLETED] * 2
+    assert all(j.errors[-1]["details"]["kind"] == "timeout" for j in jobs[:2] if j is not None)
+    assert (runner.completed, runner.failed, len(runner.leases)) == (2, 2, 0)
+    await session.close()
+
+
+async def test_deadlines_drop_ended_calls_behind_a_long_one() -> None:
+    from types import SimpleNamespace
+
+    from appliance.worker.deadlines import SWEEP_AT, Deadlines
+
+    expired: list[Any] = []
+    deadlines = Deadlines(expired.append)
+    long = SimpleNamespace(task=object(), timeout_s=600.0)
+    deadlines.add(long)  # type: ignore[arg-type]
+    for i in range(5000):  # short calls that ended, some with a limit of their own
+        ended = SimpleNamespace(task=object(), timeout_s=600.0 if i % 2 else 1000.0 + i)
+        deadlines.add(ended)  # type: ignore[arg-type]
+        ended.task = None
+    assert len(deadlines) <= 2 * SWEEP_AT + 1
+    soon = SimpleNamespace(task=object(), timeout_s=0.05)
+    deadlines.add(soon)  # type: ignore[arg-type]
+    for _ in range(200):
+        if expired:
+            break
+        await asyncio.sleep(0.01)
+    assert expired == [soon]

@@ -129,6 +129,16 @@ class JobRunner:
         job, claimed = lease.claimed.job, lease.claimed
         lease.finishing = True
         progress = lease.progress
+        if exc is None and progress is None and lease.stop is not StopReason.LOST and self.writer.carried():
+            # The usual end of a short job (what decide() makes of it, encoded once): a small result goes with
+            # the claim loop's next round trip.
+            done = result or {}
+            encoded = compact_json(done)
+            if len(encoded) <= self.queue.settings.max_result_bytes:  # ASCII JSON: characters are bytes
+                self.writer.complete_later(
+                    lease, Outcome(OutcomeKind.COMPLETE, done, encoded=encoded), self._written
+                )
+                return
         handed = False
         try:
             if progress is not None:

@@ -158,7 +158,11 @@ _SAME_AS_VALIDATION = _same_as_validation()
 
 def claimed_job(body: str | bytes, *, attempt: int, worker_id: str) -> Job:
     """The claimed job of a stored body: status claimed, `attempts` = this attempt, leased to `worker_id`."""
-    job = _fast(from_json(body), attempt, worker_id)
+    try:
+        raw = from_json(body)
+    except ValueError:
+        raw = None  # not JSON: validation below refuses it with its usual error
+    job = _fast(raw, attempt, worker_id)
     if job is None:
         job = Job.model_validate_json(body)
         job.status, job.attempts, job.worker_id = JobStatus.CLAIMED, attempt, worker_id

@@ -238,6 +238,7 @@ class JobRunner:
             value = await call
         except asyncio.CancelledError as exc:
             if lease.cut:  # the interrupter cut the call: that cancellation ends the call, not this task
+                lease.cut = False
                 task.uncancel()
             if task.cancelling():
                 raise  # the worker exits: the work stopped with it
@@ -245,6 +246,9 @@ class JobRunner:
         except Exception as exc:  # every way the call ended is classified by decide()
             return None, exc
         finally:
+            if lease.cut and task.cancelling():  # the call swallowed the cut: this task is not cancelled
+                task.uncancel()
+            lease.cut = False
             lease.on_stop = None
             lease.task = None
             if lease.call_over is not None and not lease.call_over.done():

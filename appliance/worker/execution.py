@@ -126,19 +126,8 @@ class JobRunner:
         """Decide the outcome of the ended call and write it; the lease leaves the table when done. A small
         result the claim loop carries is handed over (`OutcomeWriter.complete_later`) and this returns at once:
         the loop's round trip settles it (`_written`), so no task waits for it."""
-        job, claimed = lease.claimed.job, lease.claimed
         lease.finishing = True
         progress = lease.progress
-        if exc is None and progress is None and lease.stop is not StopReason.LOST and self.writer.carried():
-            # The usual end of a short job (what decide() makes of it, encoded once): a small result goes with
-            # the claim loop's next round trip.
-            done = result or {}
-            encoded = compact_json(done)
-            if len(encoded) <= self.queue.settings.max_result_bytes:  # ASCII JSON: characters are bytes
-                self.writer.complete_later(
-                    lease, Outcome(OutcomeKind.COMPLETE, done, encoded=encoded), self._written
-                )
-                return
         handed = False
         try:
             if progress is not None:
@@ -146,26 +135,38 @@ class JobRunner:
                     await progress.flush()  # the last value before the result, never after it
                 else:
                     await progress.close()
-            outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
-            if outcome.kind is OutcomeKind.COMPLETE:
-                outcome = await self._bounded(job.id, outcome)
-                if outcome.encoded and progress is None and self.writer.carried():
+            if exc is None and lease.stop is not StopReason.LOST and self.writer.carried():
+                # The usual end of a short job (what decide() makes of it, encoded once): a small result goes
+                # with the claim loop's next round trip.
+                done = result or {}
+                encoded = compact_json(done)
+                if len(encoded) <= self.queue.settings.max_result_bytes:  # ASCII JSON: characters are bytes
+                    await self._close_progress(lease)
+                    outcome = Outcome(OutcomeKind.COMPLETE, done, encoded=encoded)
                     self.writer.complete_later(lease, outcome, self._written)
                     handed = True
                     return
-            if exc is not None and outcome.kind is OutcomeKind.FAIL:
-                log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
-                if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
-                    self._on_service_trouble()
-            if await self.writer.write(lease, outcome):
-                if outcome.kind is OutcomeKind.COMPLETE:
-                    self.completed += 1
-                elif outcome.kind is OutcomeKind.FAIL:
-                    self.failed += 1
+            await self._write(lease, result, exc)
         finally:
             if not handed:
                 await self._close_progress(lease)
                 self.leases.remove(lease)
+
+    async def _write(self, lease: Lease, result: dict[str, Any] | None, exc: BaseException | None) -> None:
+        """Every other end: decide the outcome, keep a big result in output storage, write it and count it."""
+        job, claimed = lease.claimed.job, lease.claimed
+        outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
+        if outcome.kind is OutcomeKind.COMPLETE:
+            outcome = await self._bounded(job.id, outcome)
+        if exc is not None and outcome.kind is OutcomeKind.FAIL:
+            log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
+            if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
+                self._on_service_trouble()
+        if await self.writer.write(lease, outcome):
+            if outcome.kind is OutcomeKind.COMPLETE:
+                self.completed += 1
+            elif outcome.kind is OutcomeKind.FAIL:
+                self.failed += 1
 
     def _written(self, lease: Lease, written: bool) -> None:
         """A completion handed to the claim loop was settled: written (True) or refused/lost (logged)."""

@@ -13,8 +13,9 @@ from typing import Any
 
 from appliance.queue.conn import Call, QueueConnection
 from appliance.queue.errors import NotDurable, QueueError, ResultTooLarge, ScriptCode, raise_for_code
+from appliance.queue.jobbody import claimed, claimed_job
 from appliance.queue.limits import Limits
-from appliance.queue.models import ClaimedJob, Job, JobStatus
+from appliance.queue.models import ClaimedJob, JobStatus
 from appliance.queue.producer import shape_of_job
 from appliance.queue.records import Lease
 from appliance.queue.shapes import WorkerClass
@@ -368,10 +369,8 @@ def _claimed(worker_id: str, token: str, reply: list[Any]) -> list[ClaimedJob]:
     deadline = int(reply[2])
     out = []
     for index, at in enumerate(range(4, len(reply), 3), start=1):
-        # The body was validated at submit; one pass in pydantic-core parses and types it again.
-        job = Job.model_validate_json(reply[at + 1])
         attempt = int(reply[at + 2])
-        job.status, job.attempts, job.worker_id = JobStatus.CLAIMED, attempt, worker_id
-        # The plain constructor: pydantic-core passes the Job instance through, 3x cheaper than model_construct.
-        out.append(ClaimedJob(job=job, token=f"{token}.{index}", attempt=attempt, lease_deadline_ms=deadline))
+        # The body was validated at submit: built as validation would leave it, not validated again.
+        job = claimed_job(reply[at + 1], attempt=attempt, worker_id=worker_id)
+        out.append(claimed(job, f"{token}.{index}", attempt, deadline))
     return out

@@ -6,7 +6,7 @@
 
 A turn claims every free slot in one call while Redis answers, the service is healthy, the machine is not drained
 and a slot is free; otherwise it sleeps on the queue's push wake-up or on a change of state (`wake`), never on a
-polling timer. Each claimed job runs as its own task (`JobRunner.run`); the loop collects the finished ones. The
+polling timer. Each claimed job runs as its own task (`JobRunner.run`), which leaves `runs` when it ends. The
 time of the last turn (`beat`) is what the watchdog checks.
 """
 
@@ -21,7 +21,7 @@ from appliance.queue import ClaimedJob, WorkerSession
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals
 from appliance.worker.execution import JobRunner
 from appliance.worker.housekeeping import ServiceHealth
-from appliance.worker.leases import LeaseTable
+from appliance.worker.leases import Lease, LeaseTable
 from appliance.worker.redislink import RedisLink, is_unreachable
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,6 @@ class ClaimLoop:
         when this worker may not claim, send the completions alone; with nothing to do, sleep until something
         changes (or a timeout)."""
         self.touch()
-        self.collect_runs()
         self._changed.clear()
         completions = self.runner.writer.completions
         batch = completions.take()
@@ -132,18 +131,22 @@ class ClaimLoop:
         """Whether the loop turned recently."""
         return time.monotonic() - self.beat < 3 * self.claim_timeout_s + 30
 
-    def collect_runs(self) -> None:
-        """Drop finished run tasks and surface their crashes (a bug, not a job failure)."""
-        for task in [t for t in self.runs if t.done()]:
-            self.runs.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("a job run crashed", exc_info=task.exception())
-
     def _start_run(self, claimed: ClaimedJob) -> None:
         lease = self.runner.lease_for(claimed)
-        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free), and the next
-        # turn collects the task.
-        self.runs.add(asyncio.create_task(self.runner.run(lease), name=f"run:{claimed.job.id}"))
+        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free).
+        self.runs.add(asyncio.create_task(self._run(lease), name=f"run:{claimed.job.id}"))
+
+    async def _run(self, lease: Lease) -> None:
+        """One job's run; its task leaves `runs` when it ends (no scan of the runs per turn), and a crash (a
+        bug, not a job failure) is logged."""
+        try:
+            await self.runner.run(lease)
+        except Exception:
+            log.exception("a job run crashed")
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self.runs.discard(task)
 
     async def _wait_changed(self, timeout_s: float) -> None:
         # A timer that sets the event, not a timeout context: at one slot every job passes through here.

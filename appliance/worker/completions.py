@@ -13,14 +13,24 @@ answer. A batch that could not reach Redis hands each writer the exception, and 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from appliance.queue import Queue
 from appliance.queue.lease import EncodedJSON
 from appliance.queue.lease import Outcome as Completion
 
-#: A completion waiting to be sent and the future its writer awaits (the script's code for it).
-Pending = tuple[Completion, "asyncio.Future[int]"]
+log = logging.getLogger(__name__)
+
+#: Called with a completion's answer: the script's code for it, or the exception that kept its batch from Redis.
+Settle = Callable[[int | Exception], None]
+#: A completion waiting to be sent, and the future its writer awaits or the callback that takes its answer.
+Pending = tuple[Completion, "asyncio.Future[int] | Settle"]
+
+
+def _gone(done: asyncio.Future[int] | Settle) -> bool:
+    """Whether nobody waits for this completion's answer any more (its writer was cancelled)."""
+    return isinstance(done, asyncio.Future) and done.done()
 
 
 class Completions:
@@ -37,12 +47,20 @@ class Completions:
     def add(self, job_id: str, token: str, result: EncodedJSON) -> asyncio.Future[int]:
         """Queue one completion; the future gets its complete.lua code once the batch it joined was sent."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(((job_id, token, result), done))
+        self._queue(((job_id, token, result), done))
+        return done
+
+    def add_settled(self, job_id: str, token: str, result: EncodedJSON, settle: Settle) -> None:
+        """Queue one completion whose answer goes to `settle`, called once, when the batch it joined was sent
+        (no future, no task waiting: the worker's short jobs end this way)."""
+        self._queue(((job_id, token, result), settle))
+
+    def _queue(self, pending: Pending) -> None:
+        self._pending.append(pending)
         if self.carrier is not None:
             self.carrier()
         elif self._sending is None:
             self._sending = asyncio.create_task(self._send_soon(), name="complete-batch")
-        return done
 
     def take(self) -> list[Pending]:
         """The completions waiting now (the claim loop sends them with its next claim)."""
@@ -53,18 +71,24 @@ class Completions:
         """Completions whose call was cut (cancelled) wait again, first in line. Whether Redis ran them is
         unknown: sent again, one that did land answers 'lease lost', so nothing completes twice."""
         waiting = {id(done) for _, done in self._pending}
-        self._pending[:0] = [p for p in batch if not p[1].done() and id(p[1]) not in waiting]
+        self._pending[:0] = [p for p in batch if not _gone(p[1]) and id(p[1]) not in waiting]
 
     @staticmethod
-    def resolve(batch: list[Pending], codes: list[int] | BaseException) -> None:
+    def resolve(batch: list[Pending], codes: list[int] | Exception) -> None:
         """Hand each writer in `batch` its code, or the exception that kept the batch from Redis."""
         for i, (_, done) in enumerate(batch):
-            if done.done():  # its writer was cancelled (the worker exits)
+            answer = codes if isinstance(codes, Exception) else codes[i]
+            if not isinstance(done, asyncio.Future):
+                try:
+                    done(answer)
+                except Exception:  # a bug in one settle must not keep the others from their answers
+                    log.exception("settling a completion failed")
+            elif done.done():  # its writer was cancelled (the worker exits)
                 continue
-            if isinstance(codes, BaseException):
-                done.set_exception(codes)
+            elif isinstance(answer, Exception):
+                done.set_exception(answer)
             else:
-                done.set_result(codes[i])
+                done.set_result(answer)
 
     async def send(self, batch: list[Pending]) -> None:
         """Send a batch of completions alone (one complete.lua call)."""

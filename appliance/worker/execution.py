@@ -11,7 +11,6 @@ then its task is cancelled. The outcome follows from what the call returned or r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import replace
 from functools import partial
@@ -20,6 +19,7 @@ from typing import Any
 from appliance.queue import ClaimedJob, Job, Queue
 from appliance.queue.lease import compact_json
 from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult
+from appliance.worker.deadlines import Deadlines
 from appliance.worker.leases import Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason, decide
 from appliance.worker.progress import ProgressForwarder
@@ -63,6 +63,10 @@ class JobRunner:
         self.storage = storage
         self.completed = 0
         self.failed = 0
+        #: The time limits of the running calls (one timer handle for all of them).
+        self.deadlines = Deadlines(self._timed_out)
+        #: The interrupters of stopped jobs still at work (the worker stops them when it exits).
+        self.interrupters: set[asyncio.Task[None]] = set()
 
     def stop(self, lease: Lease, reason: StopReason) -> None:
         """Ask the job's run to end for `reason`; the run interrupts the connector."""
@@ -71,21 +75,32 @@ class JobRunner:
 
     def lease_for(self, claimed: ClaimedJob) -> Lease:
         """Enter a freshly claimed job in the lease table (at once, so capacity counts it before it runs)."""
-        job = claimed.job
-        lease = Lease(claimed, timeout_s=float(job.timeout_s or self.default_timeout_s))
-        lease.progress = ProgressForwarder(
-            partial(self._write_progress, job.id, claimed.token),
-            self.link,
-            on_cancel=lambda: self.stop(lease, StopReason.CANCEL),
-            on_lost=lambda: self.stop(lease, StopReason.LOST),
-        )
+        lease = Lease(claimed, timeout_s=float(claimed.job.timeout_s or self.default_timeout_s))
         self.leases.add(lease)
         return lease
 
+    def progress_of(self, lease: Lease) -> ProgressForwarder:
+        """The job's progress forwarder, made on its first report (most short jobs report none)."""
+        if lease.progress is None:
+            job_id, token = lease.job_id, lease.token
+            lease.progress = ProgressForwarder(
+                partial(self._write_progress, job_id, token),
+                self.link,
+                on_cancel=lambda: self.stop(lease, StopReason.CANCEL),
+                on_lost=lambda: self.stop(lease, StopReason.LOST),
+            )
+            if lease.finishing:
+                lease.progress.close_now()  # a report after the call ended starts nothing
+        return lease.progress
+
+    async def _report(self, lease: Lease, percent: float, message: str | None = None) -> None:
+        """The connector's ProgressCallback for this job."""
+        await self.progress_of(lease).report(percent, message)
+
     async def run(self, lease: Lease) -> None:
-        """Run the job to its outcome and write it; the lease leaves the table when done."""
+        """Run the job to its outcome and write it; the lease leaves the table when done. The connector call
+        runs in this task; a stop request or the timeout starts an interrupter beside it (`_interrupt`)."""
         job, claimed = lease.claimed.job, lease.claimed
-        assert lease.progress is not None
         # Per job, a line only at DEBUG: at INFO a busy worker would spend more on its log than on the job
         # (and journald drops a unit's lines past its rate limit). Failures and stops are logged at INFO+.
         log.debug(
@@ -95,34 +110,74 @@ class JobRunner:
             claimed.attempt,
             lease.timeout_s,
         )
-        progress = lease.progress
         try:
             result, exc = await self._call(lease)
-            lease.finishing = True
-            if progress.quiet:
-                progress.close_now()  # nothing reported: nothing to flush (most short jobs)
-            elif lease.stop is not StopReason.LOST and exc is None:
-                await progress.flush()  # the last value before the result, never after it
-            else:
-                await progress.close()
-            outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
-            if outcome.kind is OutcomeKind.COMPLETE:
-                outcome = await self._bounded(job.id, outcome)
-            if exc is not None and outcome.kind is OutcomeKind.FAIL:
-                log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
-                if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
-                    self._on_service_trouble()
-            if await self.writer.write(lease, outcome):
-                if outcome.kind is OutcomeKind.COMPLETE:
-                    self.completed += 1
-                elif outcome.kind is OutcomeKind.FAIL:
-                    self.failed += 1
+            if lease.interrupter is not None and not lease.interrupter.done():
+                await lease.interrupter  # it returns once its connector.cancel() call is back
+        except BaseException:
+            if not lease.taken_over:  # cancelled: the worker exits
+                await self._close_progress(lease)
+                self.leases.remove(lease)
+            raise
+        if not lease.taken_over:  # else the interrupter wrote the outcome: this late result is dropped
+            await self._finish(lease, result, exc)
+
+    async def _finish(self, lease: Lease, result: dict[str, Any] | None, exc: BaseException | None) -> None:
+        """Decide the outcome of the ended call and write it; the lease leaves the table when done. A small
+        result the claim loop carries is handed over (`OutcomeWriter.complete_later`) and this returns at once:
+        the loop's round trip settles it (`_written`), so no task waits for it."""
+        lease.finishing = True
+        progress = lease.progress
+        handed = False
+        try:
+            if progress is not None:
+                if lease.stop is not StopReason.LOST and exc is None:
+                    await progress.flush()  # the last value before the result, never after it
+                else:
+                    await progress.close()
+            if exc is None and lease.stop is not StopReason.LOST and self.writer.carried():
+                # The usual end of a short job (what decide() makes of it, encoded once): a small result goes
+                # with the claim loop's next round trip.
+                done = result or {}
+                encoded = compact_json(done)
+                if len(encoded) <= self.queue.settings.max_result_bytes:  # ASCII JSON: characters are bytes
+                    await self._close_progress(lease)
+                    outcome = Outcome(OutcomeKind.COMPLETE, done, encoded=encoded)
+                    self.writer.complete_later(lease, outcome, self._written)
+                    handed = True
+                    return
+            await self._write(lease, result, exc)
         finally:
-            if progress.quiet:
-                progress.close_now()
-            else:
-                await progress.close()
-            self.leases.remove(lease)
+            if not handed:
+                await self._close_progress(lease)
+                self.leases.remove(lease)
+
+    async def _write(self, lease: Lease, result: dict[str, Any] | None, exc: BaseException | None) -> None:
+        """Every other end: decide the outcome, keep a big result in output storage, write it and count it."""
+        job, claimed = lease.claimed.job, lease.claimed
+        outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
+        if outcome.kind is OutcomeKind.COMPLETE:
+            outcome = await self._bounded(job.id, outcome)
+        if exc is not None and outcome.kind is OutcomeKind.FAIL:
+            log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
+            if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
+                self._on_service_trouble()
+        if await self.writer.write(lease, outcome):
+            if outcome.kind is OutcomeKind.COMPLETE:
+                self.completed += 1
+            elif outcome.kind is OutcomeKind.FAIL:
+                self.failed += 1
+
+    def _written(self, lease: Lease, written: bool) -> None:
+        """A completion handed to the claim loop was settled: written (True) or refused/lost (logged)."""
+        if written:
+            self.completed += 1
+        self.leases.remove(lease)
+
+    @staticmethod
+    async def _close_progress(lease: Lease) -> None:
+        if lease.progress is not None:
+            await lease.progress.close()
 
     async def _bounded(self, job_id: str, outcome: Outcome) -> Outcome:
         """A result within `queue.max_result_bytes` as it is; a bigger one stored in output storage and replaced
@@ -157,7 +212,10 @@ class JobRunner:
         return await self.queue.progress(job_id, token, percent, message)
 
     async def _call(self, lease: Lease) -> tuple[dict[str, Any] | None, BaseException | None]:
-        """Run the connector until it finishes, times out, or the lease must stop; (result, exception)."""
+        """Run the connector call in this task until it returns or raises: (result, exception). A stop request
+        or the job's timeout meanwhile starts the interrupter (`_interrupt`): the timeout is an entry in the
+        runner's `Deadlines` (one timer for all jobs), and no task or future of its own (a short job pays for
+        neither)."""
         job = lease.claimed.job
         cjob = ConnectorJob(
             id=job.id,
@@ -168,49 +226,48 @@ class JobRunner:
             customer_id=job.customer_id,
             token=lease.token,
         )
-        assert lease.progress is not None
-        report = lease.progress.report
+        report = partial(self._report, lease)
         # A job that waited for parents reads their results first; any other calls the connector directly.
         call = self._process(cjob, job, report) if job.after else self.connector.process(cjob, report)
-        proc = asyncio.create_task(call, name=f"job:{job.id}")
-        # Woken by the call's end, a stop request or the job's timeout, whichever comes first: one future and one
-        # timer handle per job (no task of its own, no timeout context: a short job pays for neither).
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[None] = loop.create_future()
-
-        def end(*_: Any) -> None:
-            if not ended.done():
-                ended.set_result(None)
-
-        proc.add_done_callback(end)
-        lease.on_stop = end
-        timer = loop.call_later(lease.timeout_s, end)
+        task = lease.task = asyncio.current_task()
+        assert task is not None
+        self.deadlines.add(lease)  # the timeout: its end is `lease.task = None` below
+        lease.on_stop = self._interrupt_soon
         if lease.stop is not None:
-            end()
+            self._interrupt_soon(lease)
         try:
-            await ended
-            if not proc.done():
-                if lease.request_stop(StopReason.TIMEOUT):
-                    log.warning("job %s: timed out after %gs; interrupting it", job.id, lease.timeout_s)
-                await self._interrupt(lease, proc)
-        except asyncio.CancelledError:
-            # Our own task is being cancelled (the worker exits): stop the work, then let the cancel through.
-            proc.cancel()
-            with contextlib.suppress(BaseException):
-                await proc
-            raise
-        finally:
-            timer.cancel()
-            lease.on_stop = None
-        if not proc.done():
-            return None, asyncio.CancelledError("the connector call did not stop")
-        try:
-            value = proc.result()
-        except BaseException as exc:  # noqa: BLE001 - every way the call ended is classified by decide()
+            value = await call
+        except asyncio.CancelledError as exc:
+            if lease.cut:  # the interrupter cut the call: that cancellation ends the call, not this task
+                lease.cut = False
+                task.uncancel()
+            if task.cancelling():
+                raise  # the worker exits: the work stopped with it
             return None, exc
+        except Exception as exc:  # every way the call ended is classified by decide()
+            return None, exc
+        finally:
+            if lease.cut and task.cancelling():  # the call swallowed the cut: this task is not cancelled
+                task.uncancel()
+            lease.cut = False
+            lease.on_stop = None
+            lease.task = None
+            if lease.call_over is not None and not lease.call_over.done():
+                lease.call_over.set_result(None)
         if isinstance(value, ConnectorResult):
             return value.to_dict(), None
         return (dict(value) if isinstance(value, dict) else {"value": value}), None
+
+    def _timed_out(self, lease: Lease) -> None:
+        if lease.request_stop(StopReason.TIMEOUT):  # news: the call is interrupted (`_interrupt_soon`)
+            log.warning("job %s: timed out after %gs; interrupting it", lease.job_id, lease.timeout_s)
+
+    def _interrupt_soon(self, lease: Lease) -> None:
+        """A stop was requested while the call runs: start its interrupter (once)."""
+        if lease.interrupter is None and lease.task is not None:
+            lease.interrupter = asyncio.create_task(self._interrupt(lease), name=f"interrupt:{lease.job_id}")
+            self.interrupters.add(lease.interrupter)
+            lease.interrupter.add_done_callback(self.interrupters.discard)
 
     async def _process(self, cjob: ConnectorJob, job: Job, report: Any) -> Any:
         """The connector call; a job that waited for parents first gets their results (one read, within the
@@ -219,19 +276,29 @@ class JobRunner:
             cjob = replace(cjob, parents=await self.queue.parent_results(job))
         return await self.connector.process(cjob, report)
 
-    async def _interrupt(self, lease: Lease, proc: asyncio.Task[Any]) -> None:
-        """connector.cancel(), a grace to wind down, then cancel the call's task."""
+    async def _interrupt(self, lease: Lease) -> None:
+        """connector.cancel(), a grace to wind down, then cancel the call. A call that does not stop even then is
+        left behind: this task writes the job's outcome as if the call had raised CancelledError."""
         try:
             async with asyncio.timeout(CANCEL_CALL_TIMEOUT_S):
                 await self.connector.cancel(lease.job_id, lease.token)
         except Exception:
             log.exception("job %s: connector.cancel failed", lease.job_id)
-        done, _ = await asyncio.wait({proc}, timeout=self.interrupt_grace_s)
-        if not done:
-            log.warning(
-                "job %s: connector did not stop within %gs; cancelling its task",
-                lease.job_id,
-                self.interrupt_grace_s,
-            )
-            proc.cancel()
-            await asyncio.wait({proc}, timeout=1.0)
+        if lease.task is None:
+            return  # the call is over: the run goes on with its outcome
+        over = lease.call_over = asyncio.get_running_loop().create_future()
+        done, _ = await asyncio.wait({over}, timeout=self.interrupt_grace_s)
+        if done or lease.task is None:
+            return
+        log.warning(
+            "job %s: connector did not stop within %gs; cancelling its task",
+            lease.job_id,
+            self.interrupt_grace_s,
+        )
+        lease.cut = True
+        lease.task.cancel()
+        done, _ = await asyncio.wait({over}, timeout=1.0)
+        if done or lease.task is None:
+            return
+        lease.taken_over = True
+        await self._finish(lease, None, asyncio.CancelledError("the connector call did not stop"))

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from appliance.queue import ClaimedJob, Queue, WorkerSession
@@ -25,28 +25,52 @@ from appliance.worker.redislink import RedisLink, is_unreachable
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
 class Lease:
-    """One leased job while this worker runs it and until its outcome is written."""
+    """One leased job while this worker runs it and until its outcome is written (a slotted class: one is made
+    per job, and its fields are read several times per job)."""
 
-    claimed: ClaimedJob
-    timeout_s: float
-    started: float = field(default_factory=time.monotonic)
-    progress: ProgressForwarder | None = None
-    #: Why the runtime interrupted the job, if it did; set once, except that LOST overrides everything.
-    stop: StopReason | None = None
-    #: The outcome is decided and being written (the connector is done with the job).
-    finishing: bool = False
-    #: Called when a stop is requested (the run waiting on the connector call wakes).
-    on_stop: Callable[[], Any] | None = None
+    __slots__ = (
+        "claimed",
+        "job_id",
+        "token",
+        "timeout_s",
+        "started",
+        "progress",
+        "stop",
+        "finishing",
+        "on_stop",
+        "task",
+        "interrupter",
+        "call_over",
+        "cut",
+        "taken_over",
+    )
 
-    @property
-    def job_id(self) -> str:
-        return self.claimed.job.id
-
-    @property
-    def token(self) -> str:
-        return self.claimed.token
+    def __init__(self, claimed: ClaimedJob, timeout_s: float, started: float | None = None) -> None:
+        self.claimed = claimed
+        self.job_id: str = claimed.job.id
+        #: The attempt's fencing token.
+        self.token: str = claimed.token
+        self.timeout_s = timeout_s
+        self.started = time.monotonic() if started is None else started
+        #: Made on the job's first progress report (most short jobs report none).
+        self.progress: ProgressForwarder | None = None
+        #: Why the runtime interrupted the job, if it did; set once, except that LOST overrides everything.
+        self.stop: StopReason | None = None
+        #: The outcome is decided and being written (the connector is done with the job).
+        self.finishing = False
+        #: Called with the lease when a stop is requested (the runner starts interrupting the connector call).
+        self.on_stop: Callable[[Lease], Any] | None = None
+        #: The task running the job (its connector call runs in it); set while the call runs.
+        self.task: asyncio.Task[Any] | None = None
+        #: Whoever interrupts the call (made on the first stop request: most jobs never have one).
+        self.interrupter: asyncio.Task[None] | None = None
+        #: Set when the connector call ended; made by the interrupter when it has to wait for that.
+        self.call_over: asyncio.Future[None] | None = None
+        #: The interrupter cancelled the call's task (a CancelledError out of the call is its doing).
+        self.cut = False
+        #: The call did not stop even when cut: the interrupter wrote the outcome, the call's result is dropped.
+        self.taken_over = False
 
     @property
     def shape(self) -> str:
@@ -57,7 +81,7 @@ class Lease:
         if self.stop is None or (reason is StopReason.LOST and self.stop is not StopReason.LOST):
             self.stop = reason
             if self.on_stop is not None:
-                self.on_stop()
+                self.on_stop(self)
             return True
         return False
 
@@ -207,13 +231,29 @@ class _Ended:
 def _log_written(lease: Lease, outcome: Outcome) -> None:
     # A completion is logged at DEBUG only (a line per job would cost a busy worker more than the job, and
     # journald drops a unit's lines past its rate limit); everything else that ends a job is news at INFO.
+    # Nothing is built for a line that is not written (a completion at INFO).
+    level = logging.DEBUG if outcome.kind is OutcomeKind.COMPLETE else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     log.log(
-        logging.DEBUG if outcome.kind is OutcomeKind.COMPLETE else logging.INFO,
+        level,
         "job %s: %s after %.1fs",
         lease.job_id,
         _Ended(outcome),
         time.monotonic() - lease.started,
     )
+
+
+def _log_refused(lease: Lease, outcome: Outcome, exc: QueueError) -> None:
+    """The queue refused the outcome (`exc`, raised for its code): nothing of ours is written."""
+    if isinstance(exc, LeaseLost):
+        log.warning(
+            "job %s: lease lost; the queue refused its outcome (%s)", lease.job_id, outcome.describe()
+        )
+    elif isinstance(exc, JobAlreadyFinished | JobNotFound):
+        log.warning("job %s: not writing its outcome: %s", lease.job_id, exc)
+    else:
+        log.error("job %s: the queue rejected its outcome", lease.job_id, exc_info=exc)
 
 
 class OutcomeWriter:
@@ -227,6 +267,8 @@ class OutcomeWriter:
         self.abandon = asyncio.Event()
         #: Completions wait here to go out in batches (with the claim loop's next claim, or on their own).
         self.completions = Completions(queue)
+        #: Tasks retrying a carried completion that could not reach Redis (the worker stops them when it exits).
+        self.retries: set[asyncio.Task[None]] = set()
 
     async def write(self, lease: Lease, outcome: Outcome) -> bool:
         """True when the outcome (or the hand-back) reached the queue."""
@@ -252,35 +294,74 @@ class OutcomeWriter:
                 else:
                     # Shielded: a shutdown cancelling this task must not cut a script call in half.
                     await asyncio.shield(self._write_once(lease, outcome))
-            except LeaseLost:
-                log.warning(
-                    "job %s: lease lost; the queue refused its outcome (%s)", job_id, outcome.describe()
-                )
-                return False
-            except (JobAlreadyFinished, JobNotFound) as exc:
-                log.warning("job %s: not writing its outcome: %s", job_id, exc)
-                return False
-            except QueueError:
-                log.exception("job %s: the queue rejected its outcome", job_id)
+            except QueueError as exc:
+                _log_refused(lease, outcome, exc)
                 return False
             except Exception as exc:
-                if not is_unreachable(exc):
-                    log.exception("job %s: writing its outcome failed", job_id)
-                    return False
-                self.link.mark_down(exc)
-                if self.abandon.is_set():
-                    log.error(
-                        "job %s: exiting while Redis is down; its outcome (%s) is lost and the lease "
-                        "will expire",
-                        job_id,
-                        outcome.kind.value,
-                    )
+                if not self._may_retry(lease, outcome, exc):
                     return False
                 await self._wait_retry()
                 continue
             self.link.mark_up()
             _log_written(lease, outcome)
             return True
+
+    def _may_retry(self, lease: Lease, outcome: Outcome, exc: Exception) -> bool:
+        """After a write failed with `exc`: True when it is worth another try (Redis away), else it is logged."""
+        if not is_unreachable(exc):
+            log.error("job %s: writing its outcome failed", lease.job_id, exc_info=exc)
+            return False
+        self.link.mark_down(exc)
+        if self.abandon.is_set():
+            log.error(
+                "job %s: exiting while Redis is down; its outcome (%s) is lost and the lease will expire",
+                lease.job_id,
+                outcome.kind.value,
+            )
+            return False
+        return True
+
+    # --- completions carried by the claim loop, without a task waiting for each ---------------------------------
+
+    def carried(self) -> bool:
+        """Whether the claim loop carries completions with its claims now."""
+        return self.completions.carrier is not None
+
+    def complete_later(self, lease: Lease, outcome: Outcome, done: Callable[[Lease, bool], None]) -> None:
+        """Queue a small result (`outcome.encoded`) for the claim loop's next round trip and return: no task
+        waits for its answer. `done(lease, written)` is called once its fate is known, as `write` would have
+        returned it; while Redis is away a task retries it as `write` does."""
+        self.completions.add_settled(
+            lease.job_id,
+            lease.token,
+            EncodedJSON(outcome.encoded),
+            partial(self._settled, lease, outcome, done),
+        )
+
+    def _settled(
+        self, lease: Lease, outcome: Outcome, done: Callable[[Lease, bool], None], answer: int | Exception
+    ) -> None:
+        if isinstance(answer, Exception):  # the batch did not reach Redis
+            if self._may_retry(lease, outcome, answer):
+                task = asyncio.create_task(self._retry(lease, outcome, done), name=f"write:{lease.job_id}")
+                self.retries.add(task)
+                task.add_done_callback(self.retries.discard)
+            else:
+                done(lease, False)
+            return
+        try:
+            raise_for_code(answer, lease.job_id)
+        except QueueError as exc:
+            _log_refused(lease, outcome, exc)
+            done(lease, False)
+            return
+        self.link.mark_up()
+        _log_written(lease, outcome)
+        done(lease, True)
+
+    async def _retry(self, lease: Lease, outcome: Outcome, done: Callable[[Lease, bool], None]) -> None:
+        await self._wait_retry()
+        done(lease, await self.write(lease, outcome))
 
     async def _wait_retry(self) -> None:
         try:

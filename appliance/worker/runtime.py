@@ -416,7 +416,9 @@ class Worker:
         if self._watchdog is not None:
             await self._watchdog.stop()
         runs = self.claims.runs if self.claims is not None else set()
-        await stop_tasks([*runs, *self._background])
+        interrupters = self.runner.interrupters if self.runner is not None else set()
+        retries = self.writer.retries if self.writer is not None else set()
+        await stop_tasks([*runs, *interrupters, *retries, *self._background])
         log.debug("closing: session")
         if self.session is not None:
             with contextlib.suppress(Exception):

@@ -82,16 +82,21 @@ class Attempts:
     async def run(self, job: ConnectorJob, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` in the calling task (the runner gives each job's call a task of its own: no second task
         per job); a cancel() of this attempt meanwhile cancels that task and turns into JobCancelled."""
-        with self.open(job) as attempt:
-            task = attempt.task = asyncio.current_task()
-            try:
-                return await coro
-            except asyncio.CancelledError:
-                if attempt.was_cancelled():
-                    if task is not None:
-                        task.uncancel()  # ours, turned into JobCancelled: not a cancellation of the caller
-                    raise JobCancelled(f"job {job.id} cancelled") from None
-                raise  # our caller was cancelled (shutdown): the work stopped with it
+        # `open()` written out: a generator-based context manager per job costs more than the rest of this.
+        key = (job.id, job.token)
+        task = asyncio.current_task()
+        attempt = self._live[key] = Attempt(job.id, job.token, task=task)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if attempt.was_cancelled():
+                if task is not None:
+                    task.uncancel()  # ours, turned into JobCancelled: not a cancellation of the caller
+                raise JobCancelled(f"job {job.id} cancelled") from None
+            raise  # our caller was cancelled (shutdown): the work stopped with it
+        finally:
+            if self._live.get(key) is attempt:
+                del self._live[key]
 
     def cancel(self, job_id: str, token: str | None = None) -> list[Attempt]:
         """Mark that attempt (every attempt of the job when `token` is None) cancelled and stop its task;

@@ -1,6 +1,7 @@
-"""The worker's round trip (finish_claim.lua: complete the finished jobs, claim the next) asks Redis for each thing
-once (issue 14): what it costs is counted in Redis's own command statistics, never timed. And every transition
-still reaches every reader: the stream and the pub/sub channels get a `completed` and a `claimed` per job."""
+"""The worker's round trip (finish_claim.lua: complete the finished jobs, claim the next) and its heartbeat ask
+Redis for each thing once (issue 14): what they cost is counted in Redis's own command statistics, never timed.
+And every transition still reaches every reader: the stream and the channels get a `completed` and a `claimed`
+per job."""
 
 from __future__ import annotations
 
@@ -118,3 +119,34 @@ async def test_a_paused_queue_still_takes_the_completions_of_a_round_trip(queue:
     assert codes == [1] and none == []
     assert (await queue.get(a.id)).status is JobStatus.COMPLETED
     assert (await queue.get(b.id)).status is JobStatus.PENDING
+
+
+async def test_a_heartbeat_reads_and_renews_every_lease_in_one_command_each(
+    queue: Queue, aredis: Any
+) -> None:
+    # Before: HGET owner, ZADD leases and HEXISTS cancels for each lease: 27 commands for 8 leases. Now one HMGET
+    # of the leases, one EXISTS of the cancel requests (and their HMGET while any is pending) and one ZADD, with
+    # TIME and the two marks of life: 6 or 7.
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(8)])
+    shapes = [jobs[0].shape]
+    _, leased = await queue.finish_and_claim([], "w", shapes, 8)
+    leases = {c.job.id: c.token for c in leased}
+    await aredis.config_resetstat()
+    assert set((await queue.heartbeat("w", leases, shapes)).values()) == {"ok"}
+    calls = await _commands(aredis)
+    assert "hget" not in calls and "hexists" not in calls and calls.get("hmget") == 1, calls
+    # TIME, ZADD seen, HSET live, HMGET owner, EXISTS cancels, ZADD leases
+    assert sum(calls.values()) == 6, calls
+    # A cancel request, a lease lost to a completion, the others renewed: one answer each, in order.
+    assert await queue.cancel(leased[1].job.id) == "requested"
+    await queue.complete(leased[2].job.id, leased[2].token, {})
+    before = await aredis.zscore(queue.keys.leases, leased[0].job.id)
+    await aredis.config_resetstat()
+    answers = await queue.heartbeat("w", leases, shapes)
+    assert sum((await _commands(aredis)).values()) == 7  # and the HMGET of the cancel requests
+    assert [answers[c.job.id] for c in leased[:4]] == ["ok", "cancelled", "lost", "ok"]
+    assert await aredis.zscore(queue.keys.leases, leased[0].job.id) >= before
+    assert await aredis.zscore(queue.keys.leases, leased[2].job.id) is None  # a lost lease is not renewed
+    assert (await queue.heartbeat("w", {leased[0].job.id: "not-its-token"}, shapes))[
+        leased[0].job.id
+    ] == "lost"

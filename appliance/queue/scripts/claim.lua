@@ -63,6 +63,7 @@ local rcall = redis.call
 -- @include sentinel
 -- @include limit
 -- @include states
+-- @include int
 -- @shared
 
 local heads_key, class_key, spec_key, meta_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -75,6 +76,7 @@ local CANDIDATES, FIRST = 19, 11  -- candidate i: ready index KEYS[CANDIDATES + 
 local pool = ARGV[10]
 -- Inside finish_claim.lua, its clock: one TIME for both transitions.
 local now = shared and shared.now or server_now()
+local now_s = int_s(now)
 
 -- Limits and pauses: one EXISTS while no customer has a limit and nothing is paused (an empty hash is no key).
 local limits_on, pauses = false, false
@@ -108,7 +110,7 @@ local function class_top()
   local top = {}
   local start, page = 0, 2
   while true do
-    local entries = rcall('ZRANGE', heads_key, start, start + page - 1, 'WITHSCORES')
+    local entries = rcall('ZRANGE', heads_key, int_s(start), int_s(start + page - 1), 'WITHSCORES')
     local n = #entries / 2
     if n == 0 then break end
     local members = {}
@@ -167,7 +169,7 @@ local bound = other and other[2] + slack
 -- The head was checked to be the best; any job after it must rank within the bound.
 local ids, moved, first = {}, 0, true
 repeat
-  local popped = rcall('ZPOPMIN', ready_key, want - #ids)
+  local popped = rcall('ZPOPMIN', ready_key, int_s(want - #ids))
   local taken, scores, stop = {}, {}, #popped < 2 * (want - #ids)
   for i = 1, #popped, 2 do
     if first or bound == nil or tonumber(popped[i + 1]) <= bound then
@@ -224,6 +226,7 @@ if head_score then
 end
 
 local deadline = now + lease_ms
+local deadline_s = int_s(deadline)
 local specs = rcall('HMGET', spec_key, unpack(ids))
 -- The meta column serves the events only. Inside finish_claim.lua, the completed jobs' meta is read in the same
 -- HMGET and their events go first (complete.lua's `shared.metas_for`).
@@ -252,16 +255,18 @@ local states, owners, leases, tries = {}, {}, {}, {}
 local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
   local attempt
-  if attempts then attempt = (tonumber(attempts[i]) or 0) + 1 else attempt = rcall('HINCRBY', attempts_key, id, 1) end
+  if attempts then attempt = (tonumber(attempts[i]) or 0) + 1 else attempt = rcall('HINCRBY', attempts_key, id, '1') end
+  local attempt_s = int_s(attempt)
   local at = 2 * i - 1
   states[at], states[at + 1] = id, 'claimed'
-  tries[at], tries[at + 1] = id, attempt
-  owners[at], owners[at + 1] = id, token .. '.' .. i .. '|' .. worker .. '|' .. now
-  leases[at], leases[at + 1] = deadline, id
+  tries[at], tries[at + 1] = id, attempt_s
+  owners[at], owners[at + 1] = id, string.format('%s.%d|%s|%s', token, i, worker, now_s)
+  leases[at], leases[at + 1] = deadline_s, id
   if mode ~= 'none' then
     local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
     emit(events_key, mode, maxlen, 'job_claimed', queue, 'claimed',
-      {'job', id, 'worker', worker, 'attempt', attempt, 'service', service, 'wait_ms', now - tonumber(created)})
+      {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service,
+       'wait_ms', int_s(now - tonumber(created))})
   end
   local r = #reply
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt

@@ -47,6 +47,7 @@ local rcall = redis.call
 -- @include deps
 -- @include uncharge
 -- @include states
+-- @include int
 -- @shared
 
 local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -54,6 +55,7 @@ local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7]
 -- Inside finish_claim.lua, its clock: one TIME for both transitions.
 local now, queue, mode, maxlen = shared and shared.now or server_now(), ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
+local now_s, expiry_s = int_s(now), int_s(now + ttl_ms)
 -- The keys with which a completion settles the job's waiting children (includes/deps.lua).
 local deps = {children = KEYS[14], blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11], errors = KEYS[12],
   dead = KEYS[13], state = state_key, info = info_key, done = done_key, counts = counts_key, events = events_key}
@@ -65,15 +67,15 @@ if #asked == 0 then return {} end
 local owners = rcall('HMGET', owner_key, unpack(asked))
 local codes, ids, results, states, infos, dones, workers, claims = {}, {}, {}, {}, {}, {}, {}, {}
 for i, id in ipairs(asked) do
-  local worker, claimed = parse_lease(owners[i], ARGV[4 + 3 * i], '')
+  local worker, claimed, claimed_s = parse_lease(owners[i], ARGV[4 + 3 * i], '')
   if worker and not workers[id] then
     codes[i] = 1
     ids[#ids + 1], workers[id], claims[id] = id, worker, claimed
     local n = #results
     results[n + 1], results[n + 2] = id, ARGV[5 + 3 * i]
     states[n + 1], states[n + 2] = id, 'completed'
-    infos[n + 1], infos[n + 2] = id, worker .. '|' .. claimed .. '|' .. now
-    dones[n + 1], dones[n + 2] = now + ttl_ms, id
+    infos[n + 1], infos[n + 2] = id, worker .. '|' .. claimed_s .. '|' .. now_s
+    dones[n + 1], dones[n + 2] = expiry_s, id
   else
     codes[i] = -2
   end
@@ -93,7 +95,7 @@ rcall('HSET', results_key, unpack(results))
 write_states(shared, state_key, states)
 rcall('HSET', info_key, unpack(infos))
 rcall('ZADD', done_key, unpack(dones))
-rcall('HINCRBY', counts_key, 'completed', #ids)
+rcall('HINCRBY', counts_key, 'completed', int_s(#ids))
 -- Children settle after the events (their `unblocked` follows their parent's `completed`): once per batch.
 local parents = others and rcall('EXISTS', deps.children) == 1
 if mode ~= 'none' then
@@ -101,8 +103,8 @@ if mode ~= 'none' then
     for i, id in ipairs(ids) do
       local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|')
       emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
-        {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', now - claims[id],
-         'result_bytes', #results[2 * i]})
+        {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', int_s(now - claims[id]),
+         'result_bytes', int_s(#results[2 * i])})
     end
   end
   if shared and not parents then

@@ -1,6 +1,6 @@
 """What Redis does for a worker's round trip: the product's finish_claim.lua next to BullMQ's worker, per job.
 
-    python bench/round_trip.py [--quick] [--before CHECKOUT] [--bullmq-python PATH]
+    python bench/round_trip.py [--quick] [--before CHECKOUT] [--instructions] [--bullmq-python PATH]
 
 A component figure, not the end-to-end one (that is bench/throughput.py). Three parts, each on its own private
 redis-server:
@@ -12,6 +12,10 @@ redis-server:
    in alternating blocks of 10 calls (ABBA order; same data, same moment): the median server µs per call of
    each, and the median ratio of the pairs. The
    machine is noisy; only this paired ratio is steady.
+   With `--instructions` as well: the instructions redis-server executes per job for each side's scripts,
+   counted by valgrind's callgrind (redis-server started under it, `--hz 1 --activerehashing no` so the timer's
+   background work stays out of the window; 200 round trips after 700 that convert every hash to its
+   hashtable encoding). A count, not a time: steady within a few percent from run to run, whatever the load.
 3. BullMQ's Python Worker (concurrency 1 and 10, `removeOnComplete`, bench/peers/peer_bullmq.py) draining the
    same number of no-op jobs, under its own interpreter: script calls, commands and script µs per job.
 """
@@ -20,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +44,17 @@ from appliance.queue import JobSpec, Queue
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 BLOCK = 10
 #: Commands that are not a script's own work (the benchmark's reads, the script calls themselves).
-NOT_INNER = {"evalsha", "eval", "fcall", "info", "config|resetstat", "script|load", "flushall", "llen", "zcard"}
+NOT_INNER = {
+    "evalsha",
+    "eval",
+    "fcall",
+    "info",
+    "config|resetstat",
+    "script|load",
+    "flushall",
+    "llen",
+    "zcard",
+}
 
 
 def per_job(stats: dict[str, Any], jobs: int) -> dict[str, float]:
@@ -53,7 +70,9 @@ def script_usec(stats: dict[str, Any]) -> tuple[int, int]:
 async def fill(queue: Queue, jobs: int) -> list[str]:
     shapes: list[str] = []
     for start in range(0, jobs, 1_000):
-        made = await queue.submit_many([JobSpec(service="echo", payload={}) for _ in range(min(1_000, jobs - start))])
+        made = await queue.submit_many(
+            [JobSpec(service="echo", payload={}) for _ in range(min(1_000, jobs - start))]
+        )
         shapes = [made[0].shape]
     return shapes
 
@@ -140,16 +159,86 @@ async def paired(url: str, before: dict[str, str], jobs: int, batch: int) -> tup
     return statistics.median(ours), statistics.median(others), statistics.median(ratios), len(ratios)
 
 
+def start_callgrind(port: int, out: str) -> subprocess.Popen[bytes]:
+    """redis-server under callgrind on `port`, answering; `--hz 1 --activerehashing no`: no timer work."""
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server", "--port", str(port)]
+        + ["--save", "", "--appendonly", "no", "--hz", "1", "--activerehashing", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    return server
+
+
+def callgrind_control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, check=True)
+
+
+def stop_and_count(server: subprocess.Popen[bytes], out: str) -> int:
+    """Stop the server; the instructions of the dump named 'window'."""
+    server.terminate()
+    server.wait()
+    total = 0
+    for name in glob.glob(out + "*"):
+        with open(name) as dump:
+            text = dump.read()
+        if "window" in text:
+            found = re.search(r"^summary: (\d+)", text, re.M)
+            total = int(found.group(1)) if found else 0
+        os.remove(name)
+    return total
+
+
+async def instructions(sources: dict[str, str] | None, batch: int, rounds: int = 200) -> float:
+    """redis-server's instructions per job over `rounds` round trips (callgrind), with `sources` (None: this
+    tree's scripts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = f"/tmp/round_trip_callgrind.{port}"
+    server = await asyncio.to_thread(start_callgrind, port, out)
+    try:
+        queue = await Queue.connect(f"redis://127.0.0.1:{port}")
+        if sources is not None:
+            queue.scripts.sources = sources
+            queue.scripts.__post_init__()
+        warm = max(700 // batch, 100)
+        shapes = await fill(queue, batch * (warm + rounds + 2))
+        _, held = await queue.finish_and_claim([], "w", shapes, batch)
+        for n in range(warm + rounds):
+            if n == warm:
+                await asyncio.to_thread(callgrind_control, server.pid, "-z")
+            outcomes = [(c.job.id, c.token, {}) for c in held]
+            _, held = await queue.finish_and_claim(outcomes, "w", shapes, batch)
+        await asyncio.to_thread(callgrind_control, server.pid, "--dump=window")
+        await queue.close()
+    finally:
+        total = await asyncio.to_thread(stop_and_count, server, out)
+    return total / (rounds * batch)
+
+
 def bullmq(python: str, url: str, jobs: int, concurrency: int) -> dict[str, Any] | str:
     """BullMQ's Worker draining `jobs` no-op jobs: its script calls and commands per job (or why it could not)."""
     r = redis.Redis.from_url(url, decode_responses=True)
     r.flushall()
     adapter = str(PEERS_DIR / "peer_bullmq.py")
     made = subprocess.run(
-        [python, adapter, "produce", "bulk", url, str(jobs), "0"], capture_output=True, text=True, cwd=PEERS_DIR
+        [python, adapter, "produce", "bulk", url, str(jobs), "0"],
+        capture_output=True,
+        text=True,
+        cwd=PEERS_DIR,
     )
     if made.returncode != 0:
-        return f"skipped: {made.stderr.strip().splitlines()[-1][:100] if made.stderr.strip() else 'no producer'}"
+        return (
+            f"skipped: {made.stderr.strip().splitlines()[-1][:100] if made.stderr.strip() else 'no producer'}"
+        )
     r.config_resetstat()
     worker = subprocess.Popen(
         [python, adapter, "worker", url, str(concurrency)],
@@ -181,7 +270,9 @@ def bullmq(python: str, url: str, jobs: int, concurrency: int) -> dict[str, Any]
 
 async def run(args: argparse.Namespace) -> None:
     jobs = 1_000 if args.quick else 3_000
-    print(f"# round_trip ({'quick' if args.quick else 'full'}) on {machine_line()}; load {os.getloadavg()[0]:.1f}")
+    print(
+        f"# round_trip ({'quick' if args.quick else 'full'}) on {machine_line()}; load {os.getloadavg()[0]:.1f}"
+    )
     rows = []
     with private_redis() as server:
         for batch in (1, 10):
@@ -196,24 +287,46 @@ async def run(args: argparse.Namespace) -> None:
                 continue
             rows.append([f"bullmq Worker, concurrency {concurrency}", *(got[k] for k in list(got)[:4])])
             top = sorted(got["by command"].items(), key=lambda kv: -kv[1])
-            print(f"bullmq concurrency {concurrency}, commands per job: " + ", ".join(f"{c} {n:.2f}" for c, n in top))
+            print(
+                f"bullmq concurrency {concurrency}, commands per job: "
+                + ", ".join(f"{c} {n:.2f}" for c, n in top)
+            )
         print()
-        print(table(["round trip", "script calls/job", "script µs/call", "script µs/job", "commands/job"], rows))
+        print(
+            table(["round trip", "script calls/job", "script µs/call", "script µs/job", "commands/job"], rows)
+        )
         if args.before:
             before = sources_of(args.before)
             print()
             for batch in (1, 10):
-                ours, theirs, ratio, n = await paired(server.url, before, jobs * (2 if batch == 1 else 6), batch)
+                ours, theirs, ratio, n = await paired(
+                    server.url, before, jobs * (2 if batch == 1 else 6), batch
+                )
                 print(
                     f"paired, batch {batch} ({n} cycles of {BLOCK} calls each): this tree {ours:.1f} µs per call, "
                     f"{args.before} {theirs:.1f} µs; median ratio {ratio:.2f}x"
                 )
+            if args.instructions:
+                for batch in (1, 10):
+                    ours_ir = await instructions(None, batch)
+                    theirs_ir = await instructions(before, batch)
+                    print(
+                        f"instructions per job (callgrind), batch {batch}: this tree {ours_ir:,.0f}, "
+                        f"{args.before} {theirs_ir:,.0f} -> {ours_ir / theirs_ir:.2f}x"
+                    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs (under a minute)")
-    parser.add_argument("--before", metavar="CHECKOUT", help="pair each round trip with this checkout's scripts")
+    parser.add_argument(
+        "--before", metavar="CHECKOUT", help="pair each round trip with this checkout's scripts"
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="with --before: also count instructions (valgrind callgrind)",
+    )
     parser.add_argument(
         "--bullmq-python",
         default=os.environ.get("BENCH_PEER_PYTHON", "/work/bench-venv/bin/python"),

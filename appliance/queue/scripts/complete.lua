@@ -56,9 +56,7 @@ local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7]
 local now, queue, mode, maxlen = shared and shared.now or server_now(), ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
 local now_s, expiry_s = int_s(now), int_s(now + ttl_ms)
--- The keys with which a completion settles the job's waiting children (includes/deps.lua).
-local deps = {children = KEYS[14], blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11], errors = KEYS[12],
-  dead = KEYS[13], state = state_key, info = info_key, done = done_key, counts = counts_key, events = events_key}
+local children_key = KEYS[14]
 
 -- One read of every lease, then one write per column for the whole batch.
 local asked = {}
@@ -84,10 +82,9 @@ if #ids == 0 then return codes end
 rcall('HDEL', owner_key, unpack(ids))
 -- One EXISTS for the three keys that stay empty while no job is charged against a limit, has its cancellation
 -- requested or waits for a parent: none of their calls is made then.
-local charges = uncharge_keys()
-local others = rcall('EXISTS', charges.charged, cancels_key, deps.children) > 0
+local others = rcall('EXISTS', KEYS[#KEYS - 3], cancels_key, children_key) > 0  -- charged: uncharge_keys()
 if others then
-  uncharge(charges, ids, now)
+  uncharge(uncharge_keys(), ids, now)
   rcall('HDEL', cancels_key, unpack(ids))
 end
 rcall('ZREM', leases_key, unpack(ids))
@@ -97,7 +94,7 @@ rcall('HSET', info_key, unpack(infos))
 rcall('ZADD', done_key, unpack(dones))
 rcall('HINCRBY', counts_key, 'completed', int_s(#ids))
 -- Children settle after the events (their `unblocked` follows their parent's `completed`): once per batch.
-local parents = others and rcall('EXISTS', deps.children) == 1
+local parents = others and rcall('EXISTS', children_key) == 1
 if mode ~= 'none' then
   local function emit_completed(metas)
     for i, id in ipairs(ids) do
@@ -116,6 +113,10 @@ if mode ~= 'none' then
   end
 end
 if parents then
+  -- The keys with which a completion settles the job's waiting children (includes/deps.lua).
+  local deps = {children = children_key, blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11],
+    errors = KEYS[12], dead = KEYS[13], state = state_key, info = info_key, done = done_key, counts = counts_key,
+    events = events_key}
   for i, id in ipairs(asked) do
     if codes[i] == 1 and settle_children(deps, id, 'completed', now, ttl_ms) > 0 then codes[i] = 8 end
   end

@@ -58,10 +58,8 @@ local rcall = redis.call
 -- @keys claim
 
 local m = tonumber(ARGV[5])
-local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
-local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
-for i = 6, 5 + m do complete_argv[#complete_argv + 1] = ARGV[i] end
-for i = 6 + m, #ARGV do claim_argv[#claim_argv + 1] = ARGV[i] end
+local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6, 5 + m)}
+local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6 + m)}
 -- What the two share (`-- @shared` in each): one TIME for both, and one HSET of the state column for the jobs
 -- both change (a completed job and a claimed one are never the same job), made once both have run.
 local shared = {now = server_now(), states = {}}

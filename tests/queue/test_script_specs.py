@@ -39,7 +39,11 @@ def test_finish_claim_runs_complete_and_claim_unchanged_on_their_own_keys() -> N
     source = sources["finish_claim"]
     outer = list(SPECS["finish_claim"].keys)
     for inner in ("complete", "claim"):
-        assert f"local function {inner}_(KEYS, ARGV)\n{sources[inner]}\nend" in source
+        # The same source, but for `shared`: nil alone, finish_claim.lua's table (the third argument) inside it.
+        alone = sources[inner]
+        assert alone.count("local shared = nil") == 1, inner
+        inside = alone.replace("local shared = nil", "-- (shared: the third argument)")
+        assert f"local function {inner}_(KEYS, ARGV, shared)\n{inside}\nend" in source
         picked = ", ".join(f"KEYS[{outer.index(key) + 1}]" for key in SPECS[inner].keys)
         assert f"local {inner}_keys = {{{picked}}}" in source
 

@@ -72,6 +72,10 @@ _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 #: from the outer script's KEYS, matching the two headers' key names.
 _TRANSITION_RE = re.compile(r"^-- @transition (\w+)\s*$", re.MULTILINE)
 _KEYS_RE = re.compile(r"^-- @keys (\w+)\s*$", re.MULTILINE)
+#: `-- @shared` in a script that runs as a transition: the local `shared` is the table the outer script passes as
+#: the function's third argument (what one call reads or writes once for both: the clock, the state column's
+#: writes); run alone, `shared` is nil and the script does everything itself.
+_SHARED_RE = re.compile(r"^-- @shared\s*$", re.MULTILINE)
 
 
 def _read(name: str) -> str:
@@ -95,7 +99,8 @@ def compose(name: str, source: str) -> str:
 
     def transition(match: re.Match[str]) -> str:
         inner = match.group(1)
-        return f"local function {inner}_(KEYS, ARGV)\n{expand(_read(f'{inner}.lua'))}\nend"
+        body = _SHARED_RE.sub("-- (shared: the third argument)", expand(_read(f"{inner}.lua")))
+        return f"local function {inner}_(KEYS, ARGV, shared)\n{body}\nend"
 
     def keys(match: re.Match[str]) -> str:
         inner = match.group(1)
@@ -114,7 +119,10 @@ def compose(name: str, source: str) -> str:
 
 
 def load_sources() -> dict[str, str]:
-    return {name: expand(compose(name, _read(f"{name}.lua"))) for name in SCRIPT_NAMES}
+    return {
+        name: _SHARED_RE.sub("local shared = nil", expand(compose(name, _read(f"{name}.lua"))))
+        for name in SCRIPT_NAMES
+    }
 
 
 def declared_keys(name: str) -> int | None:

@@ -62,6 +62,9 @@ local rcall = redis.call
 -- @include heads
 -- @include sentinel
 -- @include limit
+-- @include states
+-- @include int
+-- @shared
 
 local heads_key, class_key, spec_key, meta_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local attempts_key, owner_key, leases_key, counts_key, events_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -71,11 +74,20 @@ local slack = tonumber(ARGV[9])
 local paused_key, held_key, customer_key = KEYS[11], KEYS[12], KEYS[13]
 local CANDIDATES, FIRST = 19, 11  -- candidate i: ready index KEYS[CANDIDATES + i], shape id ARGV[FIRST + i]
 local pool = ARGV[10]
-local now = server_now()
+-- Inside finish_claim.lua, its clock: one TIME for both transitions.
+local now = shared and shared.now or server_now()
+local now_s = int_s(now)
 
--- Limits (docs/queue.md "Per-customer limits"): one HLEN when no customer has any.
+-- Limits and pauses: one EXISTS while no customer has a limit and nothing is paused (an empty hash is no key).
+local limits_on, pauses = false, false
+if rcall('EXISTS', KEYS[14], paused_key) > 0 then
+  limits_on = rcall('EXISTS', KEYS[14]) == 1
+  pauses = rcall('EXISTS', paused_key) == 1
+end
+
+-- Limits (docs/queue.md "Per-customer limits").
 local gate
-if rcall('HLEN', KEYS[14]) > 0 then
+if limits_on then
   local lk = {limits = KEYS[14], inflight = KEYS[15], charged = KEYS[16], buckets = KEYS[17], limited = KEYS[18],
     limits_due = KEYS[19]}
   if ARGV[11] == '1' then
@@ -85,9 +97,8 @@ if rcall('HLEN', KEYS[14]) > 0 then
   gate = limit_gate(lk, pool, now)
 end
 
--- Pause and resume (docs/queue.md): one HLEN when nothing is paused. A paused queue claims nothing; a paused
--- shape is passed over as if its head were absent; a paused customer's jobs are moved to `held` below.
-local pauses = rcall('HLEN', paused_key) > 0
+-- Pause and resume (docs/queue.md): a paused queue claims nothing; a paused shape is passed over as if its head
+-- were absent; a paused customer's jobs are moved to `held` below.
 if pauses and rcall('HEXISTS', paused_key, 'queue') == 1 then return {'none'} end
 local function shape_paused(shape)
   return pauses and rcall('HEXISTS', paused_key, 'shape:' .. shape) == 1
@@ -99,7 +110,7 @@ local function class_top()
   local top = {}
   local start, page = 0, 2
   while true do
-    local entries = rcall('ZRANGE', heads_key, start, start + page - 1, 'WITHSCORES')
+    local entries = rcall('ZRANGE', heads_key, int_s(start), int_s(start + page - 1), 'WITHSCORES')
     local n = #entries / 2
     if n == 0 then break end
     local members = {}
@@ -158,7 +169,7 @@ local bound = other and other[2] + slack
 -- The head was checked to be the best; any job after it must rank within the bound.
 local ids, moved, first = {}, 0, true
 repeat
-  local popped = rcall('ZPOPMIN', ready_key, want - #ids)
+  local popped = rcall('ZPOPMIN', ready_key, int_s(want - #ids))
   local taken, scores, stop = {}, {}, #popped < 2 * (want - #ids)
   for i = 1, #popped, 2 do
     if first or bound == nil or tonumber(popped[i + 1]) <= bound then
@@ -215,26 +226,52 @@ if head_score then
 end
 
 local deadline = now + lease_ms
-local metas, specs = rcall('HMGET', meta_key, unpack(ids)), rcall('HMGET', spec_key, unpack(ids))
+local deadline_s = int_s(deadline)
+local specs = rcall('HMGET', spec_key, unpack(ids))
+-- The meta column serves the events only. Inside finish_claim.lua, the completed jobs' meta is read in the same
+-- HMGET and their events go first (complete.lua's `shared.metas_for`).
+local metas = {}
+if mode ~= 'none' then
+  local before = shared and shared.metas_for
+  local wanted = ids
+  if before then
+    wanted = {unpack(before)}
+    for _, id in ipairs(ids) do wanted[#wanted + 1] = id end
+  end
+  local all = rcall('HMGET', meta_key, unpack(wanted))
+  if before then
+    local done_metas = {}
+    for i = 1, #before do done_metas[i] = all[i] end
+    for i = 1, #ids do metas[i] = all[#before + i] end
+    shared.metas_for = nil
+    shared.with_metas(done_metas)
+  else
+    metas = all
+  end
+end
 -- One job: HINCRBY. A batch: one read and one write of the attempts column.
 local attempts = (#ids > 1) and rcall('HMGET', attempts_key, unpack(ids)) or nil
 local states, owners, leases, tries = {}, {}, {}, {}
 local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
   local attempt
-  if attempts then attempt = (tonumber(attempts[i]) or 0) + 1 else attempt = rcall('HINCRBY', attempts_key, id, 1) end
+  if attempts then attempt = (tonumber(attempts[i]) or 0) + 1 else attempt = rcall('HINCRBY', attempts_key, id, '1') end
+  local attempt_s = int_s(attempt)
   local at = 2 * i - 1
   states[at], states[at + 1] = id, 'claimed'
-  tries[at], tries[at + 1] = id, attempt
-  owners[at], owners[at + 1] = id, token .. '.' .. i .. '|' .. worker .. '|' .. now
-  leases[at], leases[at + 1] = deadline, id
-  local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
-  emit(events_key, mode, maxlen, 'job_claimed', queue, 'claimed',
-    {'job', id, 'worker', worker, 'attempt', attempt, 'service', service, 'wait_ms', now - tonumber(created)})
+  tries[at], tries[at + 1] = id, attempt_s
+  owners[at], owners[at + 1] = id, string.format('%s.%d|%s|%s', token, i, worker, now_s)
+  leases[at], leases[at + 1] = deadline_s, id
+  if mode ~= 'none' then
+    local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
+    emit(events_key, mode, maxlen, 'job_claimed', queue, 'claimed',
+      {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service,
+       'wait_ms', int_s(now - tonumber(created))})
+  end
   local r = #reply
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt
 end
-rcall('HSET', state_key, unpack(states))
+write_states(shared, state_key, states)
 if attempts then rcall('HSET', attempts_key, unpack(tries)) end
 rcall('HSET', owner_key, unpack(owners))
 rcall('ZADD', leases_key, unpack(leases))

@@ -46,14 +46,17 @@ local rcall = redis.call
 -- @include history
 -- @include deps
 -- @include uncharge
+-- @include states
+-- @include int
+-- @shared
 
 local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
+-- Inside finish_claim.lua, its clock: one TIME for both transitions.
+local now, queue, mode, maxlen = shared and shared.now or server_now(), ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
--- The keys with which a completion settles the job's waiting children (includes/deps.lua).
-local deps = {children = KEYS[14], blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11], errors = KEYS[12],
-  dead = KEYS[13], state = state_key, info = info_key, done = done_key, counts = counts_key, events = events_key}
+local now_s, expiry_s = int_s(now), int_s(now + ttl_ms)
+local children_key = KEYS[14]
 
 -- One read of every lease, then one write per column for the whole batch.
 local asked = {}
@@ -62,39 +65,58 @@ if #asked == 0 then return {} end
 local owners = rcall('HMGET', owner_key, unpack(asked))
 local codes, ids, results, states, infos, dones, workers, claims = {}, {}, {}, {}, {}, {}, {}, {}
 for i, id in ipairs(asked) do
-  local worker, claimed = parse_lease(owners[i], ARGV[4 + 3 * i], '')
+  local worker, claimed, claimed_s = parse_lease(owners[i], ARGV[4 + 3 * i], '')
   if worker and not workers[id] then
     codes[i] = 1
     ids[#ids + 1], workers[id], claims[id] = id, worker, claimed
     local n = #results
     results[n + 1], results[n + 2] = id, ARGV[5 + 3 * i]
     states[n + 1], states[n + 2] = id, 'completed'
-    infos[n + 1], infos[n + 2] = id, worker .. '|' .. claimed .. '|' .. now
-    dones[n + 1], dones[n + 2] = now + ttl_ms, id
+    infos[n + 1], infos[n + 2] = id, worker .. '|' .. claimed_s .. '|' .. now_s
+    dones[n + 1], dones[n + 2] = expiry_s, id
   else
     codes[i] = -2
   end
 end
 if #ids == 0 then return codes end
 rcall('HDEL', owner_key, unpack(ids))
-uncharge(uncharge_keys(), ids, now)
+-- One EXISTS for the three keys that stay empty while no job is charged against a limit, has its cancellation
+-- requested or waits for a parent: none of their calls is made then.
+local others = rcall('EXISTS', KEYS[#KEYS - 3], cancels_key, children_key) > 0  -- charged: uncharge_keys()
+if others then
+  uncharge(uncharge_keys(), ids, now)
+  rcall('HDEL', cancels_key, unpack(ids))
+end
 rcall('ZREM', leases_key, unpack(ids))
-rcall('HDEL', cancels_key, unpack(ids))
 rcall('HSET', results_key, unpack(results))
-rcall('HSET', state_key, unpack(states))
+write_states(shared, state_key, states)
 rcall('HSET', info_key, unpack(infos))
 rcall('ZADD', done_key, unpack(dones))
-rcall('HINCRBY', counts_key, 'completed', #ids)
+rcall('HINCRBY', counts_key, 'completed', int_s(#ids))
+-- Children settle after the events (their `unblocked` follows their parent's `completed`): once per batch.
+local parents = others and rcall('EXISTS', children_key) == 1
 if mode ~= 'none' then
-  local metas = rcall('HMGET', meta_key, unpack(ids))
-  for i, id in ipairs(ids) do
-    local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|')
-    emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
-      {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', now - claims[id],
-       'result_bytes', #results[2 * i]})
+  local function emit_completed(metas)
+    for i, id in ipairs(ids) do
+      local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|')
+      emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
+        {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', int_s(now - claims[id]),
+         'result_bytes', int_s(#results[2 * i])})
+    end
+  end
+  if shared and not parents then
+    -- Inside finish_claim.lua: the claim reads these jobs' meta with its own jobs' (one HMGET) and emits these
+    -- events first; whatever claims nothing hands them back to finish_claim.lua, which reads and emits them.
+    shared.metas_for, shared.with_metas = ids, emit_completed
+  else
+    emit_completed(rcall('HMGET', meta_key, unpack(ids)))
   end
 end
-if rcall('EXISTS', deps.children) == 1 then  -- after the events: once per batch, free while no job has parents
+if parents then
+  -- The keys with which a completion settles the job's waiting children (includes/deps.lua).
+  local deps = {children = children_key, blocked = KEYS[15], parents = KEYS[16], delayed = KEYS[11],
+    errors = KEYS[12], dead = KEYS[13], state = state_key, info = info_key, done = done_key, counts = counts_key,
+    events = events_key}
   for i, id in ipairs(asked) do
     if codes[i] == 1 and settle_children(deps, id, 'completed', now, ttl_ms) > 0 then codes[i] = 8 end
   end

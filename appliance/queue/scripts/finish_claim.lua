@@ -51,15 +51,22 @@
   Emits: completed (channel complete_job) per completed job, then claimed (channel job_claimed) per claimed job
 ]]
 local rcall = redis.call
+-- @include now
 -- @transition complete
 -- @transition claim
 -- @keys complete
 -- @keys claim
 
 local m = tonumber(ARGV[5])
-local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
-local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
-for i = 6, 5 + m do complete_argv[#complete_argv + 1] = ARGV[i] end
-for i = 6 + m, #ARGV do claim_argv[#claim_argv + 1] = ARGV[i] end
-local codes = complete_(complete_keys, complete_argv)
-return {codes, claim_(claim_keys, claim_argv)}
+local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6, 5 + m)}
+local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6 + m)}
+-- What the two share (`-- @shared` in each): one TIME for both, and one HSET of the state column for the jobs
+-- both change (a completed job and a claimed one are never the same job), made once both have run.
+local shared = {now = server_now(), states = {}}
+local codes = complete_(complete_keys, complete_argv, shared)
+local claimed = claim_(claim_keys, claim_argv, shared)
+if shared.metas_for then  -- the claim took no job: the completed jobs' events, as complete.lua alone emits them
+  shared.with_metas(rcall('HMGET', KEYS[10], unpack(shared.metas_for)))
+end
+if #shared.states > 0 then rcall('HSET', KEYS[3], unpack(shared.states)) end
+return {codes, claimed}

@@ -38,14 +38,24 @@ if nshapes > 0 then
   rcall('HSET', live_key, unpack(pairs_))
 end
 
-local out = {}
+-- One read of the leases and (while any cancellation is pending) of the cancel requests, one write of the
+-- renewed deadlines: three or four commands for any number of leases.
+local ids, tokens, out = {}, {}, {}
 for i = 4 + nshapes, #ARGV - 1, 2 do
-  local id, token = ARGV[i], ARGV[i + 1]
-  if lease_of(owner_key, id, token, worker) then
-    rcall('ZADD', leases_key, now + lease_ms, id)
-    if rcall('HEXISTS', cancels_key, id) == 1 then out[#out + 1] = 2 else out[#out + 1] = 1 end
+  ids[#ids + 1], tokens[#tokens + 1] = ARGV[i], ARGV[i + 1]
+end
+if #ids == 0 then return out end
+local owners = rcall('HMGET', owner_key, unpack(ids))
+local cancels = {}
+if rcall('EXISTS', cancels_key) == 1 then cancels = rcall('HMGET', cancels_key, unpack(ids)) end
+local renewed = {}
+for i, id in ipairs(ids) do
+  if parse_lease(owners[i], tokens[i], worker) then
+    renewed[#renewed + 1], renewed[#renewed + 2] = now + lease_ms, id
+    if cancels[i] then out[i] = 2 else out[i] = 1 end
   else
-    out[#out + 1] = -2
+    out[i] = -2
   end
 end
+if #renewed > 0 then rcall('ZADD', leases_key, unpack(renewed)) end
 return out

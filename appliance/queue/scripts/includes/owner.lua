@@ -1,6 +1,7 @@
 --[[
   Functions to read a lease: owner column value token|worker|claimed_ms.
-  Both return worker, claimed_ms when `token` owns it (or, with token '', when `worker` does), else nil.
+  Both return worker, claimed_ms (and its text) when `token` owns it (or, with token '', when `worker` does),
+  else nil.
 ]]
 local function parse_lease(own, token, worker)
   if not own then return nil end
@@ -10,7 +11,7 @@ local function parse_lease(own, token, worker)
   elseif w ~= worker then
     return nil
   end
-  return w, tonumber(claimed)
+  return w, tonumber(claimed), claimed
 end
 
 local function lease_of(owner_key, id, token, worker)

@@ -1,0 +1,152 @@
+"""The worker's round trip (finish_claim.lua: complete the finished jobs, claim the next) and its heartbeat ask
+Redis for each thing once (issue 14): what they cost is counted in Redis's own command statistics, never timed.
+And every transition still reaches every reader: the stream and the channels get a `completed` and a `claimed`
+per job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from appliance.queue import JobStatus, Queue
+
+
+async def _commands(aredis: Any) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT, scripts' own calls included, the script calls not."""
+    stats = await aredis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+    for own in ("evalsha", "eval", "fcall", "info", "config|resetstat"):
+        calls.pop(own, None)
+    return calls
+
+
+async def test_a_round_trip_of_one_job_reads_the_clock_and_meta_once_and_writes_state_once(
+    queue: Queue, aredis: Any
+) -> None:
+    # Before: complete.lua and claim.lua each ran TIME, HMGET meta and HSET state inside finish_claim.lua, two
+    # HLENs (limits, pauses), and HMGET charged, HDEL cancels and EXISTS children with nothing charged,
+    # cancelled or waiting: 31 commands for one job completed and one claimed. Now one of each, and one EXISTS
+    # for each group of keys that stays empty unless a feature is in use: 25.
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
+    shapes = [jobs[0].shape]
+    _, first = await queue.finish_and_claim([], "w", shapes, 1)
+    await aredis.config_resetstat()
+    codes, second = await queue.finish_and_claim([(first[0].job.id, first[0].token, {})], "w", shapes, 1)
+    calls = await _commands(aredis)
+    assert codes == [1] and [c.job.id for c in second] == [jobs[1].id]
+    assert calls.get("time") == 1, calls
+    assert calls.get("hmget") == 3, calls  # owner (the lease check), spec and meta (the events), once each
+    assert calls.get("hset") == 4, calls  # results, info, owner and state, once each
+    assert "hlen" not in calls and calls.get("exists") == 2, calls
+    assert calls.get("hdel") == 1, calls  # the owner column only
+    assert sum(calls.values()) == 25, calls
+    assert (await queue.get(first[0].job.id)).status is JobStatus.COMPLETED
+    assert (await queue.get(jobs[1].id)).status is JobStatus.CLAIMED
+
+
+async def test_every_transition_of_the_round_trips_reaches_the_stream_and_the_channels(
+    queue: Queue, aredis: Any
+) -> None:
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe("job_claimed", "complete_job")
+    a, b = await queue.submit_many([{"service": "echo"}, {"service": "echo"}])
+    shapes = [a.shape]
+    await aredis.delete(queue.keys.events)
+    _, first = await queue.finish_and_claim([], "w", shapes, 1)
+    # The claim takes the next job: the completed job's meta is read with the claimed one's.
+    _, second = await queue.finish_and_claim([(a.id, first[0].token, {"x": 1})], "w", shapes, 1)
+    # Nothing left to claim: finish_claim.lua reads the completed job's meta itself.
+    codes, third = await queue.finish_and_claim([(b.id, second[0].token, {})], "w", shapes, 1)
+    assert codes == [1] and third == []
+    entries = [
+        {k.decode(): v.decode() for k, v in e[1].items()} for e in await aredis.xrange(queue.keys.events)
+    ]
+    assert [(e["event"], e["job"]) for e in entries] == [
+        ("claimed", a.id),
+        ("completed", a.id),
+        ("claimed", b.id),
+        ("completed", b.id),
+    ]
+    assert all(e["service"] == "echo" and e["worker"] == "w" for e in entries), entries
+    assert entries[1]["result_bytes"] == str(len('{"x":1}')) and int(entries[3]["duration_ms"]) >= 0
+    assert int(entries[2]["wait_ms"]) >= 0 and entries[2]["attempt"] == "1"
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with asyncio.timeout(10):
+        while len(seen) < 4:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                seen.append((message["channel"].decode(), json.loads(message["data"])))
+    await pubsub.aclose()
+    assert [(c, e["job"], e["event"]) for c, e in seen] == [
+        ("job_claimed", a.id, "claimed"),
+        ("complete_job", a.id, "completed"),
+        ("job_claimed", b.id, "claimed"),
+        ("complete_job", b.id, "completed"),
+    ]
+    assert all(e["service"] == "echo" for _, e in seen)
+
+
+async def test_a_round_trip_ends_a_cancel_request_and_a_limits_charge_of_the_job_it_completes(
+    queue: Queue, aredis: Any
+) -> None:
+    # With a customer's limit and a cancel request in Redis, the keys the round trip skips while they are empty
+    # are there: the completion must clear the request and free the slot, and the claim must honour the cap.
+    await queue.limits.set("acme", max_in_flight=1)
+    a, b = await queue.submit_many(
+        [{"service": "echo", "customer_id": "acme"}, {"service": "echo", "customer_id": "acme"}]
+    )
+    shapes = [a.shape]
+    _, first = await queue.finish_and_claim([], "w", shapes, 2)
+    assert [c.job.id for c in first] == [a.id]  # the cap holds the second back
+    assert await queue.cancel(a.id) == "requested"
+    assert await aredis.hexists(queue.keys.cancels, a.id)
+    codes, second = await queue.finish_and_claim([(a.id, first[0].token, {})], "w", shapes, 2)
+    assert codes == [1] and [c.job.id for c in second] == [b.id]
+    assert not await aredis.hexists(queue.keys.cancels, a.id)
+    assert (await queue.limits.get("acme")).in_flight == 1
+    codes, none = await queue.finish_and_claim([(b.id, second[0].token, {})], "w", shapes, 2)
+    assert codes == [1] and none == []
+    assert (await queue.limits.get("acme")).in_flight == 0
+
+
+async def test_a_paused_queue_still_takes_the_completions_of_a_round_trip(queue: Queue) -> None:
+    a, b = await queue.submit_many([{"service": "echo"}, {"service": "echo"}])
+    shapes = [a.shape]
+    _, first = await queue.finish_and_claim([], "w", shapes, 1)
+    await queue.pauses.pause()
+    codes, none = await queue.finish_and_claim([(a.id, first[0].token, {})], "w", shapes, 1)
+    assert codes == [1] and none == []
+    assert (await queue.get(a.id)).status is JobStatus.COMPLETED
+    assert (await queue.get(b.id)).status is JobStatus.PENDING
+
+
+async def test_a_heartbeat_reads_and_renews_every_lease_in_one_command_each(
+    queue: Queue, aredis: Any
+) -> None:
+    # Before: HGET owner, ZADD leases and HEXISTS cancels for each lease: 27 commands for 8 leases. Now one HMGET
+    # of the leases, one EXISTS of the cancel requests (and their HMGET while any is pending) and one ZADD, with
+    # TIME and the two marks of life: 6 or 7.
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(8)])
+    shapes = [jobs[0].shape]
+    _, leased = await queue.finish_and_claim([], "w", shapes, 8)
+    leases = {c.job.id: c.token for c in leased}
+    await aredis.config_resetstat()
+    assert set((await queue.heartbeat("w", leases, shapes)).values()) == {"ok"}
+    calls = await _commands(aredis)
+    assert "hget" not in calls and "hexists" not in calls and calls.get("hmget") == 1, calls
+    # TIME, ZADD seen, HSET live, HMGET owner, EXISTS cancels, ZADD leases
+    assert sum(calls.values()) == 6, calls
+    # A cancel request, a lease lost to a completion, the others renewed: one answer each, in order.
+    assert await queue.cancel(leased[1].job.id) == "requested"
+    await queue.complete(leased[2].job.id, leased[2].token, {})
+    before = await aredis.zscore(queue.keys.leases, leased[0].job.id)
+    await aredis.config_resetstat()
+    answers = await queue.heartbeat("w", leases, shapes)
+    assert sum((await _commands(aredis)).values()) == 7  # and the HMGET of the cancel requests
+    assert [answers[c.job.id] for c in leased[:4]] == ["ok", "cancelled", "lost", "ok"]
+    assert await aredis.zscore(queue.keys.leases, leased[0].job.id) >= before
+    assert await aredis.zscore(queue.keys.leases, leased[2].job.id) is None  # a lost lease is not renewed
+    assert (await queue.heartbeat("w", {leased[0].job.id: "not-its-token"}, shapes))[
+        leased[0].job.id
+    ] == "lost"

@@ -34,8 +34,8 @@ SHAPE_CACHE = 1024
 _TENANT_AT = SPECS["submit"].keys.index("tenant")
 #: What a job's stored JSON leaves out: its id (written after the rest) and, without parents, the dependency
 #: fields (their defaults).
-_BODY_EXCLUDE_WITH_PARENTS = frozenset({"id"})
-_BODY_EXCLUDE = frozenset({"id", "after", "on_parent_failure"})
+_BODY_EXCLUDE_WITH_PARENTS: set[str] = {"id"}
+_BODY_EXCLUDE: set[str] = {"id", "after", "on_parent_failure"}
 #: The spec's fields a `Job` takes as they are (read once: `JobSpec.model_fields` costs ~5 µs a read).
 _JOB_FIELDS = tuple(name for name in JobSpec.model_fields if name not in ("id", "run_at", "delay_s"))
 #: What submit.lua's code says the new job's status is.

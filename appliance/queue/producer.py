@@ -161,15 +161,23 @@ class Producer:
         """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
         parsed = self._classified(spec)
         job_id, shape, call = self._submit_call(parsed)
+        built: list[Job] = []
+
+        def build() -> None:  # while submit.lua runs in Redis: the client's work overlaps the server's
+            if not built:
+                built.append(_job_from_spec(parsed, job_id, shape))
+
         try:
-            code = int(await self.conn.run(call, durable=True))
+            code = int(await self.conn.run(call, durable=True, meanwhile=build))
         except NotDurable as exc:
             exc.job_ids = [job_id]
             raise
         if code == ScriptCode.PARENT_NOT_FOUND:
             raise ParentNotFound(job_id, await self._missing_parent(parsed.after))
         raise_for_code(code, job_id)
-        return _job_from_spec(parsed, job_id, shape, _SUBMITTED[ScriptCode(code)])
+        build()
+        built[0].status = _SUBMITTED[ScriptCode(code)]
+        return built[0]
 
     async def _missing_parent(self, parents: list[str]) -> str | None:
         """The first of `parents` that has no record (None when they all have one now)."""

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: How long a call on a Cluster keeps retrying while its queue's slot migrates between nodes (s).
 MIGRATION_WAIT_S = 30.0
+
+
+#: Work a caller does while its script runs in Redis (ScriptSet.call).
+Meanwhile = Callable[[], object] | None
 
 
 def is_migrating(exc: BaseException) -> bool:
@@ -272,9 +277,14 @@ class ScriptSet:
         )
         self.use_functions = False
 
-    async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def call(
+        self, client: Any, name: str, keys: list[str], args: list[Any], *, meanwhile: Meanwhile = None
+    ) -> Any:
+        """Run script `name`. `meanwhile`, if given, may be called (once or more: make it idempotent) after the
+        call went out and before its reply is read, so the caller's own work overlaps the script's time in
+        Redis; the caller does it afterwards if it was not called."""
         if not self.cluster:
-            return await self._call(client, name, keys, args)
+            return await self._call(client, name, keys, args, meanwhile)
         # While a queue's slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN (it
         # did not run); redis-py retries a few times within a second, then gives up ("TTL exhausted"). A
         # migration of a busy queue takes longer: keep retrying, with backoff, for up to MIGRATION_WAIT_S.
@@ -290,7 +300,9 @@ class ScriptSet:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _call(
+        self, client: Any, name: str, keys: list[str], args: list[Any], meanwhile: Meanwhile = None
+    ) -> Any:
         if self.use_functions:
             try:
                 return await client.fcall(self.function_name(name), len(keys), *keys, *args)
@@ -300,12 +312,12 @@ class ScriptSet:
                     raise
                 self._lost_library()
         try:
-            return await _evalsha(client, self.sha(name), keys, args, self._spares)
+            return await _evalsha(client, self.sha(name), keys, args, self._spares, meanwhile)
         except ResponseError as exc:
             if not is_missing_script(exc):
                 raise
             await self._script_load(client, name, keys)
-            return await _evalsha(client, self.sha(name), keys, args, self._spares)
+            return await _evalsha(client, self.sha(name), keys, args, self._spares, meanwhile)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
         if self.cluster:
@@ -373,7 +385,12 @@ def _fewest(a: Any, b: Any) -> Any:
 
 
 async def _evalsha(
-    client: Any, sha: str, keys: list[str], args: list[Any], spares: weakref.WeakKeyDictionary[Any, Any]
+    client: Any,
+    sha: str,
+    keys: list[str],
+    args: list[Any],
+    spares: weakref.WeakKeyDictionary[Any, Any],
+    meanwhile: Meanwhile = None,
 ) -> Any:
     """EVALSHA on a connection of the client's pool, without redis-py's per-command wrapping (retries of a
     command that may have run, timing hooks): a third of a one-call-at-a-time submit's client time. A client
@@ -390,6 +407,8 @@ async def _evalsha(
     answered = False
     try:
         await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        if meanwhile is not None:  # while the script runs in Redis (ScriptSet.call)
+            meanwhile()
         reply = await conn.read_response()  # on an error it disconnects, so the pool reconnects it
         answered = True
         return reply

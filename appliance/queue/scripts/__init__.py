@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MIGRATION_WAIT_S = 30.0
 
 
-#: Work a caller does while its script runs in Redis (ScriptSet.call).
+#: Work a caller does while its script runs in Redis (ScriptSet.call: once per send, so it must be idempotent).
 Meanwhile = Callable[[], object] | None
 
 
@@ -280,9 +280,6 @@ class ScriptSet:
     async def call(
         self, client: Any, name: str, keys: list[str], args: list[Any], *, meanwhile: Meanwhile = None
     ) -> Any:
-        """Run script `name`. `meanwhile`, if given, may be called (once or more: make it idempotent) after the
-        call went out and before its reply is read, so the caller's own work overlaps the script's time in
-        Redis; the caller does it afterwards if it was not called."""
         if not self.cluster:
             return await self._call(client, name, keys, args, meanwhile)
         # While a queue's slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN (it
@@ -407,7 +404,7 @@ async def _evalsha(
     answered = False
     try:
         await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-        if meanwhile is not None:  # while the script runs in Redis (ScriptSet.call)
+        if meanwhile is not None:  # sent, reply not read yet: the caller's own work overlaps the script's
             meanwhile()
         reply = await conn.read_response()  # on an error it disconnects, so the pool reconnects it
         answered = True

@@ -8,7 +8,8 @@ from typing import Any
 from appliance.config.queue import ChannelsMode, EventsMode, QueueSettings
 from appliance.queue.errors import NotDurable
 from appliance.queue.keys import QueueKeys
-from appliance.queue.scripts import Meanwhile, ScriptSet
+from appliance.queue.scripts import ScriptSet
+from appliance.queue.scripts.evalsha import Meanwhile
 from appliance.queue.specs import SPECS
 
 #: One prepared script call: (script name, KEYS, ARGV with the common prefix).

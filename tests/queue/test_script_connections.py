@@ -1,6 +1,6 @@
-"""The EVALSHA fast path (`_evalsha` in appliance/queue/scripts) under what can go wrong with a connection it
-reuses: a connection killed by the server, a call cancelled while its reply is on the way, and calls that
-overlap; every reply stays with its own call. (Guards for any connection the path keeps between calls.)"""
+"""The EVALSHA fast path (`evalsha` in appliance/queue/scripts/evalsha.py) under what can go wrong with a
+connection it reuses: a connection killed by the server, a call cancelled while its reply is on the way, and calls
+that overlap; every reply stays with its own call. (Guards for any connection the path keeps between calls.)"""
 
 from __future__ import annotations
 

@@ -16,7 +16,12 @@ system of the process, steadier than wall time on a shared machine): `python -c 
 rounds. Both trees are byte-compiled first (`compileall`), as an installed package is: without .pyc files (say,
 PYTHONDONTWRITEBYTECODE=1 over a source checkout) every run compiles the appliance's modules again.
 
-Prints jobs/s for each and the ratio of appliance submit to the best peer. Not a test: never asserts on time.
+Prints jobs/s for each and the ratio of appliance submit to the best peer, and a second table of where one call's
+time goes for each one-at-a-time enqueue: wall time, the client process's CPU (user + system, `getrusage`), the
+server's time in the script (`INFO commandstats`: EVALSHA's usec per call) and the rest (the wait between the two:
+the network stack, waking each side), all per call, medians over the rounds. The ratio is also given as the median
+of each round's own ratio (appliance `submit` and Dramatiq's `send` run one after the other in every round), which
+a shared machine's swings disturb less than a ratio of medians. Not a test: never asserts on time.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = "/work/bench-venv/bin/python"
@@ -38,25 +44,30 @@ PEER_PYTHON = "/work/bench-venv/bin/python"
 # --- the children: one enqueue loop each, timed inside the process ------------------------------------------------
 
 
-async def _appliance(url: str, jobs: int, many: bool) -> float:
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _appliance(url: str, jobs: int, many: bool) -> tuple[float, float]:
     from appliance.queue import Queue  # from PYTHONPATH: this tree, or the `--before` one
 
     queue = await Queue.connect(url, queue_name="bench")
     for _ in range(200):  # warm-up: scripts loaded, connection open, shape known
         await queue.submit({"service": "echo"})
     specs = [{"service": "echo"} for _ in range(jobs)]
-    started = time.perf_counter()
+    cpu, started = _cpu_s(), time.perf_counter()
     if many:
         await queue.submit_many(specs)
     else:
         for spec in specs:
             await queue.submit(spec)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu
     await queue.close()
-    return elapsed
+    return elapsed, cpu
 
 
-def _dramatiq(url: str, jobs: int) -> float:
+def _dramatiq(url: str, jobs: int) -> tuple[float, float]:
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
@@ -68,51 +79,64 @@ def _dramatiq(url: str, jobs: int) -> float:
 
     for _ in range(200):
         noop.send()
-    started = time.perf_counter()
+    cpu, started = _cpu_s(), time.perf_counter()
     for _ in range(jobs):
         noop.send()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu_s() - cpu
 
 
-async def _bullmq(url: str, jobs: int) -> float:
+async def _bullmq(url: str, jobs: int) -> tuple[float, float]:
     from bullmq import Queue
 
     queue = Queue("bench", {"connection": url})
     opts = {"removeOnComplete": True}
     for _ in range(200):
         await queue.add("noop", {}, opts)
-    started = time.perf_counter()
+    cpu, started = _cpu_s(), time.perf_counter()
     for _ in range(jobs):
         await queue.add("noop", {}, opts)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu
     await queue.close()
-    return elapsed
+    return elapsed, cpu
 
 
 def child(system: str, url: str, jobs: int) -> None:
     if system == "dramatiq":
-        elapsed = _dramatiq(url, jobs)
+        elapsed, cpu = _dramatiq(url, jobs)
     elif system == "bullmq":
-        elapsed = asyncio.run(_bullmq(url, jobs))
+        elapsed, cpu = asyncio.run(_bullmq(url, jobs))
     else:
-        elapsed = asyncio.run(_appliance(url, jobs, many=system == "submit_many"))
-    print(json.dumps({"jobs_per_s": jobs / elapsed}))
+        elapsed, cpu = asyncio.run(_appliance(url, jobs, many=system == "submit_many"))
+    print(
+        json.dumps(
+            {"jobs_per_s": jobs / elapsed, "wall_us": elapsed / jobs * 1e6, "cpu_us": cpu / jobs * 1e6}
+        )
+    )
 
 
 # --- the orchestrator ---------------------------------------------------------------------------------------------
 
 
-def run_child(python: str, system: str, url: str, jobs: int, code: Path = ROOT) -> float:
+def run_child(python: str, system: str, redis: Any, jobs: int, code: Path = ROOT) -> dict[str, float]:
+    """One measurement on a flushed server: the child's figures, and `server_us`, the script's time per call."""
+    cli = ["redis-cli", "-p", str(redis.port)]
+    subprocess.run([*cli, "flushall"], capture_output=True, check=False)
+    subprocess.run([*cli, "config", "resetstat"], capture_output=True, check=False)
     env = {**os.environ, "PYTHONPATH": str(code)} if python == sys.executable else dict(os.environ)
     out = subprocess.run(
-        [python, __file__, "--child", system, url, str(jobs)],
+        [python, __file__, "--child", system, redis.url, str(jobs)],
         capture_output=True,
         text=True,
         timeout=600,
         env=env,
         check=True,
     ).stdout
-    return float(json.loads(out.strip().splitlines()[-1])["jobs_per_s"])
+    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    stats = subprocess.run([*cli, "info", "commandstats"], capture_output=True, text=True).stdout
+    line = next((x for x in stats.splitlines() if x.startswith("cmdstat_evalsha:")), "")
+    fields = dict(f.split("=", 1) for f in line.split(":", 1)[-1].split(",") if "=" in f)
+    figures["server_us"] = float(fields.get("usec_per_call", "nan"))
+    return figures
 
 
 def timed(cmd: list[str], code: Path = ROOT) -> tuple[float, float]:
@@ -152,41 +176,32 @@ def main() -> None:
             [sys.executable, "-m", "compileall", "-q", str(code / "appliance")], capture_output=True
         )
     runs = 5 if quick else 15
-    results: dict[str, list[float]] = {}
+    results: dict[str, list[dict[str, float]]] = {}
     with private_redis() as redis:
         url = redis.url
         for _ in range(rounds):
-            plan = [
-                ("appliance submit", sys.executable, "submit"),
-                ("appliance submit_many", sys.executable, "submit_many"),
-            ]
+            # appliance submit and Dramatiq's send one after the other: each round's ratio pairs them.
+            plan = [("appliance submit", sys.executable, "submit", ROOT)]
             if has_peers:
-                plan += [("dramatiq send", peer, "dramatiq"), ("bullmq add", peer, "bullmq")]
-            for name, python, system in plan:
-                subprocess.run(
-                    ["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True, check=False
-                )
-                results.setdefault(name, []).append(run_child(python, system, url, jobs))
-            for system in ("submit", "submit_many") if before is not None else ():
-                subprocess.run(
-                    ["redis-cli", "-p", str(redis.port), "flushall"], capture_output=True, check=False
-                )
-                rate = run_child(sys.executable, system, url, jobs, before)
-                results.setdefault(f"appliance {system}, before (--before)", []).append(rate)
-            results.setdefault("appliance CLI (job submit)", []).append(cli_rate(url, 10 if quick else 30))
+                plan += [("dramatiq send", peer, "dramatiq", ROOT)]
+            if before is not None:
+                plan += [("appliance submit, before (--before)", sys.executable, "submit", before)]
+            plan += [("appliance submit_many", sys.executable, "submit_many", ROOT)]
+            if before is not None:
+                plan += [("appliance submit_many, before (--before)", sys.executable, "submit_many", before)]
+            if has_peers:
+                plan += [("bullmq add", peer, "bullmq", ROOT)]
+            for name, python, system, code in plan:
+                results.setdefault(name, []).append(run_child(python, system, redis, jobs, code))
+            rate = cli_rate(url, 10 if quick else 30)
+            results.setdefault("appliance CLI (job submit)", []).append({"jobs_per_s": rate})
         trees = {"": ROOT, **({" (before)": before} if before is not None else {})}
         starts = cli_startup(url, runs, trees)
     print(machine_line())
     print(f"{rounds} round(s) of {jobs} jobs each, medians; one process per measurement, same Redis\n")
-    best_peer = max(
-        (statistics.median(results[n]) for n in ("dramatiq send", "bullmq add") if n in results), default=None
-    )
-    rows = []
-    for name, rates in results.items():
-        median = statistics.median(rates)
-        ratio = f"{median / best_peer:.2f}" if best_peer else "-"
-        rows.append([name, f"{median:,.0f}" if median >= 10 else f"{median:.2f}", ratio])
-    print(table(["enqueue, one call at a time", "jobs/s", "x best peer"], rows))
+    print(rates_table(results))
+    print(f"\nOne call at a time, per call (µs, medians of {rounds} rounds):")
+    print(breakdown_table(results))
     base = statistics.median(w for w, _ in starts["python -c pass"])
     base_cpu = statistics.median(c for _, c in starts["python -c pass"])
     print(f"\nCLI start-up, median of {runs} runs, interleaved (wall and CPU time, s):")
@@ -195,6 +210,42 @@ def main() -> None:
         w, c = statistics.median(x for x, _ in runs_of), statistics.median(y for _, y in runs_of)
         rows.append([name, f"{w:.3f}", f"{w - base:.3f}", f"{c:.3f}", f"{c - base_cpu:.3f}"])
     print(table(["command", "wall s", "wall above python", "CPU s", "CPU above python"], rows))
+
+
+def rates_table(results: dict[str, list[dict[str, float]]]) -> str:
+    from _common import table
+
+    def median(name: str, key: str = "jobs_per_s") -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    best_peer = max((median(n) for n in ("dramatiq send", "bullmq add") if n in results), default=None)
+    paired = [
+        a["jobs_per_s"] / d["jobs_per_s"]
+        for a, d in zip(results["appliance submit"], results.get("dramatiq send", []), strict=False)
+    ]
+    rows = []
+    for name in results:
+        rate = median(name)
+        ratio = f"{rate / best_peer:.2f}" if best_peer else "-"
+        if name == "appliance submit" and paired:
+            ratio += f" (per round vs Dramatiq: median {statistics.median(paired):.2f}, "
+            ratio += f"{min(paired):.2f}-{max(paired):.2f})"
+        rows.append([name, f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}", ratio])
+    return table(["enqueue, one call at a time", "jobs/s", "x best peer"], rows)
+
+
+def breakdown_table(results: dict[str, list[dict[str, float]]]) -> str:
+    from _common import table
+
+    rows = []
+    for name, runs in results.items():
+        if "submit_many" in name or "CLI" in name:
+            continue
+        wall, cpu, server = (
+            statistics.median(r[k] for r in runs) for k in ("wall_us", "cpu_us", "server_us")
+        )
+        rows.append([name, f"{wall:.0f}", f"{cpu:.0f}", f"{server:.1f}", f"{wall - cpu - server:.0f}"])
+    return table(["system", "wall", "client CPU", "server (script)", "rest (wait, network)"], rows)
 
 
 def cli_startup(url: str, runs: int, trees: dict[str, Path]) -> dict[str, list[tuple[float, float]]]:

@@ -9,6 +9,7 @@ from appliance.config.queue import ChannelsMode, EventsMode, QueueSettings
 from appliance.queue.errors import NotDurable
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import ScriptSet
+from appliance.queue.scripts.evalsha import Meanwhile
 from appliance.queue.specs import SPECS
 
 #: One prepared script call: (script name, KEYS, ARGV with the common prefix).
@@ -88,11 +89,12 @@ class QueueConnection:
             )
         return script, keys, (self.common() if spec.common else []) + args
 
-    async def run(self, call: Call, *, durable: bool = False) -> Any:
-        """Run one call; `durable` (submits, completions): with `queue.durable_replicas`, also WAIT for them."""
+    async def run(self, call: Call, *, durable: bool = False, meanwhile: Meanwhile = None) -> Any:
+        """Run one call; `durable` (submits, completions): with `queue.durable_replicas`, also WAIT for them.
+        `meanwhile`: see ScriptSet.call."""
         if durable and self.settings.durable_replicas:
             return (await self.run_pipelined([call], durable=True))[0]
-        return await self.scripts.call(self.client, *call)
+        return await self.scripts.call(self.client, *call, meanwhile=meanwhile)
 
     async def run_pipelined(self, calls: list[Call], *, durable: bool = False) -> list[Any]:
         """Several calls in one round trip; `durable`: with `queue.durable_replicas`, a WAIT follows them on

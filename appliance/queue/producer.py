@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,6 +32,12 @@ SUBMIT_BATCH = 500
 SHAPE_CACHE = 1024
 #: Where submit.lua's KEYS name the job's customer's index (the cached KEYS hold that of no customer).
 _TENANT_AT = SPECS["submit"].keys.index("tenant")
+#: What a job's stored JSON leaves out: its id (written after the rest) and, without parents, the dependency
+#: fields (their defaults).
+_BODY_EXCLUDE_WITH_PARENTS: set[str] = {"id"}
+_BODY_EXCLUDE: set[str] = {"id", "after", "on_parent_failure"}
+#: The spec's fields a `Job` takes as they are (read once: `JobSpec.model_fields` costs ~5 µs a read).
+_JOB_FIELDS = tuple(name for name in JobSpec.model_fields if name not in ("id", "run_at", "delay_s"))
 #: What submit.lua's code says the new job's status is.
 _SUBMITTED = {
     ScriptCode.OK: JobStatus.PENDING,
@@ -104,12 +110,15 @@ class Producer:
 
     def _submit_call(self, spec: JobSpec) -> tuple[str, str, Call]:
         """(job id, shape, call of submit.lua)."""
-        job_id = spec.id or uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex (a fifth of its cost: no UUID object).
+        job_id = spec.id or os.urandom(16).hex()
         shape, record, keys = self._shape(spec)
         # pydantic writes the JSON in one pass (UTF-8, not escaped); id and shape are appended like before.
-        # A job without parents stores no dependency fields (they are its defaults).
-        body = spec.model_dump_json(exclude={"id"} if spec.after else {"id", "after", "on_parent_failure"})
-        encoded = f'{body[:-1]},"id":{json.dumps(job_id)},"shape":"{shape}"}}'
+        # A job without parents stores no dependency fields (they are its defaults). A generated id needs no
+        # escaping; a caller's is encoded (its pattern allows nothing JSON escapes, unless built unvalidated).
+        body = spec.model_dump_json(exclude=_BODY_EXCLUDE_WITH_PARENTS if spec.after else _BODY_EXCLUDE)
+        quoted = json.dumps(job_id) if spec.id else f'"{job_id}"'
+        encoded = f'{body[:-1]},"id":{quoted},"shape":"{shape}"}}'
         size = len(encoded) if encoded.isascii() else len(encoded.encode())
         limit = self.conn.settings.max_payload_bytes
         if size > limit:
@@ -152,15 +161,23 @@ class Producer:
         """Validate and enqueue one job; a caller-chosen id that exists already raises DuplicateJob."""
         parsed = self._classified(spec)
         job_id, shape, call = self._submit_call(parsed)
+        built: list[Job] = []
+
+        def build() -> None:  # while submit.lua runs in Redis: the client's work overlaps the server's
+            if not built:
+                built.append(_job_from_spec(parsed, job_id, shape))
+
         try:
-            code = int(await self.conn.run(call, durable=True))
+            code = int(await self.conn.run(call, durable=True, meanwhile=build))
         except NotDurable as exc:
             exc.job_ids = [job_id]
             raise
         if code == ScriptCode.PARENT_NOT_FOUND:
             raise ParentNotFound(job_id, await self._missing_parent(parsed.after))
         raise_for_code(code, job_id)
-        return _job_from_spec(parsed, job_id, shape, _SUBMITTED[ScriptCode(code)])
+        build()
+        built[0].status = _SUBMITTED[ScriptCode(code)]
+        return built[0]
 
     async def _missing_parent(self, parents: list[str]) -> str | None:
         """The first of `parents` that has no record (None when they all have one now)."""
@@ -277,9 +294,7 @@ def _job_from_spec(spec: JobSpec, job_id: str, shape: str, status: JobStatus = J
         starts = ms_to_datetime(now_ms + spec.delay_s * 1000)
     # From the validated spec's fields as they are: pydantic takes its models without copying or re-checking
     # them (several times cheaper than dumping the spec to a dict first; model_construct is slower still).
-    fields = {
-        name: getattr(spec, name) for name in JobSpec.model_fields if name not in ("id", "run_at", "delay_s")
-    }
+    fields = {name: getattr(spec, name) for name in _JOB_FIELDS}
     return Job(
         **fields,
         id=job_id,

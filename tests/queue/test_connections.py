@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import DataError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from appliance.queue import Queue
 from appliance.queue.connections import (
@@ -57,3 +62,81 @@ async def test_connect_refuses_a_url_without_a_database_number(redis_url: str) -
     # The Python API gets the same check as the config: redis-py would connect to db 0.
     with pytest.raises(ValueError, match="must be a database number"):
         await Queue.connect(redis_url.rsplit("/", 1)[0] + "/x")
+
+
+# --- replies read without redis-py's layers (connections._DirectReads): the same outcomes as redis-py's path ----
+
+
+async def _held(redis_url: str, **kwargs: object) -> tuple[Any, Any]:
+    client = aioredis.Redis.from_url(
+        redis_url, connection_class=HiredisConnection, decode_responses=True, **kwargs
+    )
+    return client, await client.connection_pool.get_connection()
+
+
+async def test_error_replies_raise_and_leave_the_connection_usable(redis_url: str) -> None:
+    client, conn = await _held(redis_url)
+    try:
+        await conn.send_command("SET", "direct:k", "v")
+        assert await conn.read_response() == "OK"
+        await conn.send_command("INCR", "direct:k")
+        with pytest.raises(ResponseError, match="not an integer"):
+            await conn.read_response()
+        await conn.send_command("GET", "direct:k")
+        assert await conn.read_response() == "v"
+        big = "x" * 1_000_000  # a reply that arrives in many reads
+        await conn.send_command("EVAL", "return {ARGV[1], 7, {'a'}}", 0, big)
+        assert await conn.read_response() == [big, 7, ["a"]]
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+
+
+async def test_a_reply_later_than_the_socket_timeout_raises_and_drops_the_connection(redis_url: str) -> None:
+    client, conn = await _held(redis_url, socket_timeout=0.2)
+    try:
+        await conn.send_command("BLPOP", "direct:empty", 2)
+        with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+            await conn.read_response()
+        assert conn._reader is None  # disconnected: the late reply can never answer the next command
+        await conn.connect()
+        await conn.send_command("PING")
+        assert await conn.read_response() == "PONG"
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+
+
+async def test_a_connection_the_server_closed_raises_connection_error(redis_url: str) -> None:
+    client, conn = await _held(redis_url)
+    other = aioredis.Redis.from_url(redis_url)
+    try:
+        await conn.send_command("CLIENT", "ID")
+        own_id = await conn.read_response()
+        assert await other.client_kill_filter(_id=own_id) == 1
+        await conn.send_command("PING")
+        with pytest.raises(RedisConnectionError):
+            await conn.read_response()
+        assert conn._reader is None
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+        await other.aclose()
+
+
+async def test_push_notices_between_replies_are_skipped(redis_url: str) -> None:
+    # RESP3 (redis-py's default): client-side caching invalidations arrive as push notices on the connection.
+    client, conn = await _held(redis_url, protocol=3)
+    other = aioredis.Redis.from_url(redis_url)
+    try:
+        await conn.send_command("CLIENT", "TRACKING", "ON")
+        assert await conn.read_response() in ("OK", b"OK")
+        await conn.send_command("GET", "direct:tracked")
+        assert await conn.read_response() is None
+        await other.set("direct:tracked", "1")  # an invalidation is pushed to `conn` now
+        await conn.send_command("ECHO", "after")
+        assert await conn.read_response() == "after"
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+        await other.aclose()

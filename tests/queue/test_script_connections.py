@@ -1,6 +1,6 @@
-"""The EVALSHA fast path (`_evalsha` in appliance/queue/scripts) under what can go wrong with a connection it
-reuses: a connection killed by the server, a call cancelled while its reply is on the way, and calls that
-overlap; every reply stays with its own call. (Guards for any connection the path keeps between calls.)"""
+"""The EVALSHA fast path (`evalsha` in appliance/queue/scripts/evalsha.py) under what can go wrong with a
+connection it reuses: a connection killed by the server, a call cancelled while its reply is on the way, and calls
+that overlap; every reply stays with its own call. (Guards for any connection the path keeps between calls.)"""
 
 from __future__ import annotations
 
@@ -58,3 +58,23 @@ async def test_overlapping_calls_take_the_pool(q: Queue) -> None:
     assert (await q.stats()).totals["submitted"] == 30
     with pytest.raises(DuplicateJob):
         await q.submit({"service": "echo", "id": jobs[0].id})
+
+
+async def test_work_given_to_do_meanwhile_runs_while_the_call_is_out(q: Queue, admin: aioredis.Redis) -> None:
+    # Queue.submit builds the Job it returns while submit.lua runs in Redis (ScriptSet.call's `meanwhile`).
+    call = q.conn.prepare("wake", ["some-shape", q.conn.wake_check], shape="some-shape")
+
+    async def run() -> list[bool]:
+        out: list[bool] = []
+        task = asyncio.ensure_future(q.conn.run(call, meanwhile=lambda: out.append(not task.done())))
+        assert await task == 0
+        return out
+
+    await run()  # loads the script
+    assert await run() == [True]
+    await (
+        admin.script_flush()
+    )  # NOSCRIPT, loaded, sent again: offered once per send, each while the call is out
+    assert await run() == [True, True]
+    job = await q.submit({"service": "echo"})
+    assert (await q.require(job.id)).status.value == job.status.value == "pending"

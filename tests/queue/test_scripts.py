@@ -4,6 +4,7 @@ return code they list has its name in ScriptCode."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -37,9 +38,11 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
     calls: list[tuple[str, int]] = []
     original = ScriptSet.call
 
-    async def recording(self: ScriptSet, client: object, name: str, keys: list[str], args: list[object]):
+    async def recording(
+        self: ScriptSet, client: object, name: str, keys: list[str], args: list[object], **options: Any
+    ):
         calls.append((name, len(keys)))
-        return await original(self, client, name, keys, args)
+        return await original(self, client, name, keys, args, **options)
 
     queue.scripts.call = recording.__get__(queue.scripts)  # type: ignore[method-assign]
     job = await queue.submit({"service": "echo"})

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ClusterError, NoScriptError, ResponseError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from appliance.queue.errors import QueueError
+from appliance.queue.scripts.evalsha import Meanwhile, evalsha
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +172,7 @@ class ScriptSet:
     cluster: bool = False
     version: str = ""
     _shas: dict[str, str] = field(default_factory=dict)
-    #: Per connection pool, one connection kept out of it between calls (see _evalsha).
+    #: Per connection pool, one connection kept out of it between calls (see evalsha.py).
     _spares: weakref.WeakKeyDictionary[Any, Any] = field(
         default_factory=weakref.WeakKeyDictionary, repr=False, compare=False
     )
@@ -280,9 +278,11 @@ class ScriptSet:
         )
         self.use_functions = False
 
-    async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def call(
+        self, client: Any, name: str, keys: list[str], args: list[Any], *, meanwhile: Meanwhile = None
+    ) -> Any:
         if not self.cluster:
-            return await self._call(client, name, keys, args)
+            return await self._call(client, name, keys, args, meanwhile)
         # While a queue's slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN (it
         # did not run); redis-py retries a few times within a second, then gives up ("TTL exhausted"). A
         # migration of a busy queue takes longer: keep retrying, with backoff, for up to MIGRATION_WAIT_S.
@@ -298,7 +298,9 @@ class ScriptSet:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _call(
+        self, client: Any, name: str, keys: list[str], args: list[Any], meanwhile: Meanwhile = None
+    ) -> Any:
         if self.use_functions:
             try:
                 return await client.fcall(self.function_name(name), len(keys), *keys, *args)
@@ -308,12 +310,12 @@ class ScriptSet:
                     raise
                 self._lost_library()
         try:
-            return await _evalsha(client, self.sha(name), keys, args, self._spares)
+            return await evalsha(client, self.sha(name), keys, args, self._spares, meanwhile)
         except ResponseError as exc:
             if not is_missing_script(exc):
                 raise
             await self._script_load(client, name, keys)
-            return await _evalsha(client, self.sha(name), keys, args, self._spares)
+            return await evalsha(client, self.sha(name), keys, args, self._spares, meanwhile)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
         if self.cluster:
@@ -378,40 +380,6 @@ def _fewest(a: Any, b: Any) -> Any:
     if isinstance(b, Exception):
         return b
     return min(int(a), int(b))
-
-
-async def _evalsha(
-    client: Any, sha: str, keys: list[str], args: list[Any], spares: weakref.WeakKeyDictionary[Any, Any]
-) -> Any:
-    """EVALSHA on a connection of the client's pool, without redis-py's per-command wrapping (retries of a
-    command that may have run, timing hooks): a third of a one-call-at-a-time submit's client time. A client
-    that is not a plain pooled one (a Cluster, a single-connection client) takes the ordinary path.
-
-    A connection that just answered normally is kept out of the pool as the pool's spare, for the next call:
-    taking one from redis-py's pool and giving it back (its lock, its checks, its metrics hooks) cost as much
-    client time as the call itself. Anything else (an error reply, a dead connection, a cancelled call that
-    may have left a reply unread) goes back to the pool, whose checks deal with it, as before."""
-    pool = getattr(client, "connection_pool", None)
-    if pool is None or getattr(client, "connection", None) is not None or not isinstance(client, Redis):
-        return await client.evalsha(sha, len(keys), *keys, *args)
-    conn = spares.pop(pool, None) or await pool.get_connection()
-    answered = False
-    try:
-        await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-        reply = await conn.read_response()  # on an error it disconnects, so the pool reconnects it
-        answered = True
-        return reply
-    except (RedisConnectionError, RedisTimeoutError):
-        # A pooled connection that died (a Redis restart): redis-py's path retries as it always did. The pool's
-        # idle connections went with it: closed now, each reconnects when next taken (the pool's own check does
-        # not notice a peer that closed an idle socket, and the spare kept the fresh one out of its rotation).
-        await pool.disconnect(inuse_connections=False)
-    finally:
-        if answered and pool not in spares:
-            spares[pool] = conn
-        else:
-            await pool.release(conn)
-    return await client.evalsha(sha, len(keys), *keys, *args)
 
 
 def _primaries(client: Any, cluster: bool) -> list[Any]:

@@ -22,6 +22,7 @@ Not a test: it never asserts on time.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import json
@@ -276,19 +277,23 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from _common import machine_line, private_redis, table
 
-    argv = sys.argv[1:]
-    quick = "--quick" in argv
-
-    def opt(name: str, default: float) -> float:
-        return float(argv[argv.index(name) + 1]) if name in argv else default
-
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="120 workers in 2 processes for 3 s")
+    parser.add_argument("--workers", type=int, help="idle workers (default 1,000; quick 120)")
+    parser.add_argument("--processes", type=int, help="processes they are spread over (default 4; quick 2)")
+    parser.add_argument("--rate", type=float, default=20, help="submits per second (default 20)")
+    parser.add_argument("--seconds", type=float, help="length of the stream (default 10; quick 3)")
+    parser.add_argument(
+        "--before", type=Path, help="run the scenario again with the package of checkout PATH"
+    )
+    options = parser.parse_args()
+    quick, before = options.quick, options.before
     args = {
-        "workers": int(opt("--workers", 120 if quick else 1000)),
-        "processes": int(opt("--processes", 2 if quick else 4)),
-        "rate": opt("--rate", 20),
-        "seconds": opt("--seconds", 3 if quick else 10),
+        "workers": options.workers or (120 if quick else 1000),
+        "processes": options.processes or (2 if quick else 4),
+        "rate": options.rate,
+        "seconds": options.seconds or (3 if quick else 10),
     }
-    before = Path(argv[argv.index("--before") + 1]) if "--before" in argv else None
     results: list[tuple[str, dict[str, Any]]] = []
     with private_redis("--maxclients", "20000") as redis:
         for name, code in (("after (this tree)", ROOT), *((("before", before),) if before else ())):

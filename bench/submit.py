@@ -26,6 +26,7 @@ a shared machine's swings disturb less than a ratio of medians. Not a test: neve
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -164,12 +165,16 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from _common import machine_line, private_redis, table
 
-    args = sys.argv[1:]
-    quick = "--quick" in args
-    rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else (1 if quick else 3)
-    jobs = int(args[args.index("--jobs") + 1]) if "--jobs" in args else (1_000 if quick else 5_000)
-    peer = args[args.index("--peer-python") + 1] if "--peer-python" in args else PEER_PYTHON
-    before = Path(args[args.index("--before") + 1]) if "--before" in args else None
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of 1,000 jobs, 5 start-up runs")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument("--jobs", type=int, help="jobs per measurement (default 5,000; quick 1,000)")
+    parser.add_argument("--peer-python", default=PEER_PYTHON, help="interpreter with dramatiq and bullmq")
+    parser.add_argument("--before", type=Path, help="also the package of the checkout PATH (the code before)")
+    options = parser.parse_args()
+    quick, peer, before = options.quick, options.peer_python, options.before
+    rounds = options.rounds or (1 if quick else 3)
+    jobs = options.jobs or (1_000 if quick else 5_000)
     has_peers = Path(peer).exists()
     for code in (ROOT, *([before] if before is not None else [])):  # as installed: with .pyc files
         subprocess.run(

@@ -103,19 +103,23 @@ async def test_a_claimed_job_is_what_validating_its_body_gives(queue: Queue) -> 
     assert claimed.job.after == [] and child.after == ["parent"]
 
 
-async def test_claiming_does_not_validate_the_stored_body_again(
-    queue: Queue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Before: every claimed job went through Job.model_validate_json (the Requirements validators included).
-    submitted = await queue.submit(SPECS[2])
-    validations: list[str] = []
+@pytest.fixture
+def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every body `Job.model_validate_json` is given from now on (it still validates them)."""
+    seen: list[str] = []
     real = Job.model_validate_json
 
     def counting(data: Any, **kwargs: Any) -> Job:
-        validations.append(data)
+        seen.append(data)
         return real(data, **kwargs)
 
     monkeypatch.setattr(Job, "model_validate_json", counting)
+    return seen
+
+
+async def test_claiming_does_not_validate_the_stored_body_again(queue: Queue, validations: list[str]) -> None:
+    # Before: every claimed job went through Job.model_validate_json (the Requirements validators included).
+    submitted = await queue.submit(SPECS[2])
     claimed = await queue.claim("m-w1", [submitted.shape])
     assert claimed is not None and claimed.job.requirements.models == ["a", "b"]
     assert validations == []
@@ -150,17 +154,9 @@ def test_the_producers_form_is_built_without_validation() -> None:
     ],
 )
 def test_a_body_in_another_form_is_validated_as_before(
-    body: dict[str, Any] | str, monkeypatch: pytest.MonkeyPatch
+    body: dict[str, Any] | str, validations: list[str]
 ) -> None:
     text = body if isinstance(body, str) else json.dumps(body)
-    validations: list[str] = []
-    real = Job.model_validate_json
-
-    def counting(data: Any, **kwargs: Any) -> Job:
-        validations.append(data)
-        return real(data, **kwargs)
-
-    monkeypatch.setattr(Job, "model_validate_json", counting)
     try:
         job = claimed_job(text, attempt=3, worker_id="w")
     except ValueError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import pytest
@@ -21,6 +20,7 @@ from appliance.queue import (
     ResultTooLarge,
     WorkerSession,
 )
+from tests.pubsub import json_messages
 
 ECHO = Capabilities(services=["echo"])
 
@@ -439,13 +439,7 @@ async def test_events_on_stream_and_pubsub(queue: Queue, aredis) -> None:
     claimed = await queue.claim("w", [job.shape])
     await queue.progress(job.id, claimed.token, 50, 'say "hi"')
     await queue.complete(job.id, claimed.token, {"x": 1})
-    seen = []
-    async with asyncio.timeout(10):
-        while len(seen) < 4:
-            # Subscribe confirmations come back as None with ignore_subscribe_messages.
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if message is not None:
-                seen.append((message["channel"].decode(), json.loads(message["data"])))
+    seen = await json_messages(pubsub, 4)
     await pubsub.aclose()
     assert [c for c, _ in seen] == ["job_submitted", "job_claimed", "update_job_progress", "complete_job"]
     assert all(e["job"] == job.id and e["queue"] == "default" for _, e in seen)

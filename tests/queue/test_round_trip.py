@@ -5,11 +5,10 @@ per job."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 from appliance.queue import JobStatus, Queue
+from tests.pubsub import json_messages
 
 
 async def _commands(aredis: Any) -> dict[str, int]:
@@ -71,12 +70,7 @@ async def test_every_transition_of_the_round_trips_reaches_the_stream_and_the_ch
     assert all(e["service"] == "echo" and e["worker"] == "w" for e in entries), entries
     assert entries[1]["result_bytes"] == str(len('{"x":1}')) and int(entries[3]["duration_ms"]) >= 0
     assert int(entries[2]["wait_ms"]) >= 0 and entries[2]["attempt"] == "1"
-    seen: list[tuple[str, dict[str, Any]]] = []
-    async with asyncio.timeout(10):
-        while len(seen) < 4:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if message is not None:
-                seen.append((message["channel"].decode(), json.loads(message["data"])))
+    seen = await json_messages(pubsub, 4)
     await pubsub.aclose()
     assert [(c, e["job"], e["event"]) for c, e in seen] == [
         ("job_claimed", a.id, "claimed"),

@@ -76,16 +76,17 @@ class QueueConnection:
         class_id: str = "",
         candidates: tuple[str, ...] | list[str] = (),
         customer: str = "",
+        idle: tuple[str, ...] | list[str] = (),
     ) -> Call:
         """A call of `script` with KEYS from its spec and ARGV = common prefix (if it takes one) + `args`."""
         spec = SPECS[script]
-        memo = (script, shape, class_id, customer, *candidates)
+        memo = (script, shape, class_id, customer, *candidates, *(("|idle", *idle) if idle else ()))
         keys = self._keys.get(memo)
         if keys is None:
             if len(self._keys) >= 4096:
                 self._keys.clear()
             keys = self._keys[memo] = spec.build(
-                self.keys, shape=shape, class_id=class_id, candidates=candidates, customer=customer
+                self.keys, shape=shape, class_id=class_id, candidates=candidates, customer=customer, idle=idle
             )
         return script, keys, (self.common() if spec.common else []) + args
 

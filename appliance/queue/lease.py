@@ -87,13 +87,21 @@ class LeaseClient:
         args = [worker_id, token, self.conn.settings.lease_ms, count, slack, pool or "", due, *candidates]
         return self.conn.prepare("claim", args, class_id=worker_class.class_id, candidates=candidates)
 
-    def finish_claim_call(self, complete: Call, claim: Call, worker_class: WorkerClass) -> Call:
-        """finish_claim.lua: the call `complete` of complete.lua, then the call `claim` of claim.lua, as one call."""
+    def finish_claim_call(
+        self, complete: Call, claim: Call, worker_class: WorkerClass, idle_channel: str | None = None
+    ) -> Call:
+        """finish_claim.lua: the call `complete` of complete.lua, then the call `claim` of claim.lua, as one call;
+        with `idle_channel` (the worker's hub channel), a claim that takes nothing registers the worker as idle
+        for the class's shapes in the same call."""
         common = len(self.conn.common())
         done, take = complete[2][common:], claim[2][common:]
         candidates = list(worker_class.candidates)
-        args = [len(done), *done, *take]
-        return self.conn.prepare("finish_claim", args, class_id=worker_class.class_id, candidates=candidates)
+        idle = list(worker_class.shapes) if idle_channel else []
+        register = [idle_channel, *idle] if idle_channel else []
+        args = [len(done), *done, len(register), *register, *take]
+        return self.conn.prepare(
+            "finish_claim", args, class_id=worker_class.class_id, candidates=candidates, idle=idle
+        )
 
     def worker_class(self, shapes: Sequence[str]) -> WorkerClass:
         """The class of a shape list (cached: sessions re-use the same list until a new shape appears)."""
@@ -140,22 +148,43 @@ class LeaseClient:
     ) -> tuple[list[int], list[ClaimedJob]]:
         """`complete_many(outcomes)` and `claim_many(...)` in one script call (finish_claim.lua; a retry of the
         claim goes alone): the loop of a worker whose jobs are short. Returns (complete codes, claimed jobs)."""
+        codes, claimed, _ = await self.finish_and_claim_or_idle(outcomes, worker_id, shapes, count, pool=pool)
+        return codes, claimed
+
+    async def finish_and_claim_or_idle(
+        self,
+        outcomes: Sequence[Outcome],
+        worker_id: str,
+        shapes: Sequence[str],
+        count: int,
+        *,
+        pool: str | None = None,
+        idle_channel: str | None = None,
+    ) -> tuple[list[int], list[ClaimedJob], bool]:
+        """`finish_and_claim`, and with `idle_channel` (the hub channel of a WorkerSession's process) a claim that
+        takes nothing registers the worker as idle in the same call (finish_claim.lua; idle.lua's check: not
+        while a job of its shapes waits): (complete codes, claimed jobs, registered). Not registered where the
+        call is not made (a Cluster, durable completions, a first answer other than 'none'): the session then
+        registers with idle.lua."""
         count = min(count, MAX_CLAIM_BATCH)
         if not shapes or count < 1:
-            return await self.complete_many(outcomes), []
+            return await self.complete_many(outcomes), [], False
         worker_class = self.worker_class(shapes)
         codes: list[int] = []
         # Durable completions wait for their WAIT on their own: a NotDurable must not swallow a claim's reply.
-        pipelined = bool(outcomes) and not self.conn.cluster and not self.conn.settings.durable_replicas
+        pipelined = not self.conn.cluster and not self.conn.settings.durable_replicas
         if outcomes and not pipelined:
             codes = await self.complete_many(outcomes)
+        pipelined = pipelined and bool(outcomes or idle_channel)
         release_due = True
         for attempt in range(CLAIM_TRIES):
             token = secrets.token_hex(12)
             call = self.claim_call(worker_id, worker_class, token, count, pool=pool, release_due=release_due)
+            registered = False
             if pipelined and attempt == 0:
-                done, reply = await self.conn.run(
-                    self.finish_claim_call(self.complete_call(outcomes), call, worker_class)
+                complete = self.complete_call(outcomes)
+                done, reply, registered = await self.conn.run(
+                    self.finish_claim_call(complete, call, worker_class, idle_channel)
                 )
                 codes = await self._settled(done)
             else:
@@ -163,10 +192,10 @@ class LeaseClient:
             outcome = reply[0]
             if outcome == "ok":
                 worker_class.take_hint(reply[1])
-                return codes, _claimed(worker_id, token, reply)
+                return codes, _claimed(worker_id, token, reply), False
             if outcome == "none":
                 worker_class.take_hint("")
-                return codes, []
+                return codes, [], bool(registered)
             if outcome == "retry":
                 worker_class.take_hint(reply[1])
             elif outcome == "noclass":
@@ -180,7 +209,7 @@ class LeaseClient:
                 raise QueueError(f"claim.lua answered {reply!r}")
         # Other workers kept taking the best job first; `worker_class.hint` still names waiting shapes, which
         # tells WorkerSession to come back at once.
-        return codes, []
+        return codes, [], False
 
     # --- while running ----------------------------------------------------------------------------------------
 

@@ -161,12 +161,15 @@ class WorkerSession:
         self, outcomes: Sequence[tuple[str, str, Any]], count: int
     ) -> tuple[list[int], list[ClaimedJob]]:
         """Complete `outcomes` (job id, token, result) and lease up to `count` jobs in one round trip
-        (`Queue.finish_and_claim`): (complete codes, claimed jobs). While the session is registered as idle and
-        not woken, claims nothing without asking Redis (the outcomes still go): nothing waited when it
-        registered, and every job since woke an idle worker."""
+        (`Queue.finish_and_claim`): (complete codes, claimed jobs). A claim that takes nothing registers the
+        session as idle in the same call (finish_claim.lua), so a worker's last completion and its registration
+        are one command. While the session is registered as idle and not woken, claims nothing without asking
+        Redis (the outcomes still go): nothing waited when it registered, and every job since woke an idle
+        worker."""
         self._wake.clear()
         if not self._owed and self.shapes:
-            if self.registered or (self._idle_next and await self._register_idle()):
+            # With outcomes to send, the round trip registers the session itself when it finds nothing.
+            if self.registered or (not outcomes and self._idle_next and await self._register_idle()):
                 return (await self.queue.complete_many(outcomes) if outcomes else []), []
         owed = list(self._owed)
         if owed:
@@ -174,11 +177,18 @@ class WorkerSession:
             # candidate (the class's hint is shared by the process's sessions of the class and may name others).
             worker_class = self.queue.worker_class(self.shapes)
             worker_class.hint = tuple(dict.fromkeys([*owed, *worker_class.hint]))[:MAX_CANDIDATES]
-        codes, claimed = await self.queue.finish_and_claim(
-            outcomes, self.worker_id, self.shapes, count, pool=self.capabilities.pool
+        before = self._woken_count
+        # Completing (a worker's last jobs, maybe): register in the same call if the claim finds nothing. A call
+        # that completes nothing keeps to claim.lua; wait_for_work registers after it (idle.lua).
+        hub = self.hub if outcomes and self.shapes and not self.registered else None
+        channel = hub.channel if hub is not None else None
+        codes, claimed, registered = await self.queue.leases.finish_and_claim_or_idle(
+            outcomes, self.worker_id, self.shapes, count, pool=self.capabilities.pool, idle_channel=channel
         )
         hint = self.queue.worker_class(self.shapes).hint if self.shapes else ()
         self._idle_next = not hint
+        if registered:
+            self._registered(before)
         if not claimed and hint:
             # Lost every race for the best job, but jobs wait: the next wait_for_work returns at once.
             self._wake.set()
@@ -219,10 +229,17 @@ class WorkerSession:
         call = conn.prepare("idle", [self.worker_id, self.hub.channel, *self.shapes], candidates=self.shapes)
         before = self._woken_count
         done = int(await conn.run(call)) == 1
-        # The hub's connection may deliver the wake-up that spends this registration before its reply arrives.
-        self.registered = done and self._woken_count == before
-        self._idle_next = self.registered
+        if done:
+            self._registered(before)
+        else:
+            self.registered = self._idle_next = False
         return done
+
+    def _registered(self, before: int) -> None:
+        """A call registered the session as idle; `before`: the wake-up count when it was sent."""
+        # The hub's connection may deliver the wake-up that spends this registration before its reply arrives.
+        self.registered = self._woken_count == before
+        self._idle_next = self.registered
 
     def wake(self) -> None:
         self._wake.set()

@@ -57,9 +57,11 @@ class ScriptSpec:
         class_id: str = "",
         candidates: Sequence[str] = (),
         customer: str = "",
+        idle: Sequence[str] = (),
     ) -> list[str]:
         """The KEYS of one call: `shape` for `ready`, `class_id` for `class`, `customer` for `tenant`,
-        `candidates` for claim's tail."""
+        `candidates` for claim's tail, `idle` for the idle sets that follow it (finish_claim registering a worker:
+        its shapes)."""
         out = []
         for name in self.keys:
             if name in ("ready", "idle"):
@@ -78,6 +80,7 @@ class ScriptSpec:
                     out.append(k.ready(s))
                 if "idle" in self.tail:
                     out.append(k.idle(s))
+        out += [k.idle(s) for s in idle]
         return out
 
 
@@ -143,9 +146,10 @@ SPECS: dict[str, ScriptSpec] = {
         _spec("retry", "state meta ready heads done dead attempts info counts events idle waiting"),
     )
 }
-# complete.lua then claim.lua in one call: their keys, each once, complete's first (finish_claim.lua's header).
+# complete.lua then claim.lua in one call: their keys, each once, complete's first, then what registering the
+# worker as idle adds (finish_claim.lua's header).
 SPECS["finish_claim"] = ScriptSpec(
     "finish_claim",
-    tuple(dict.fromkeys([*SPECS["complete"].keys, *SPECS["claim"].keys])),
+    tuple(dict.fromkeys([*SPECS["complete"].keys, *SPECS["claim"].keys, "waiting"])),
     candidate_tail=True,
 )

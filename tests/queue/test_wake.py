@@ -221,3 +221,93 @@ async def test_a_wake_up_for_a_worker_that_is_not_waiting_goes_on_to_one_that_is
     finally:
         await idle.close()
         await busy.close()
+
+
+def script_calls(lines: list[str]) -> list[str]:
+    """The scripts the monitored commands called, by name (EVALSHA; other commands as themselves)."""
+    scripts = ScriptSet()
+    names = {scripts.sha(name): name for name in scripts.sources}
+    called = []
+    for line in lines:
+        parts = line.split('"')
+        command = parts[1].upper() if len(parts) > 1 else "?"
+        called.append(names.get(parts[3], parts[3]) if command == "EVALSHA" and len(parts) > 3 else command)
+    return called
+
+
+async def test_completing_the_last_job_and_registering_as_idle_is_one_call(
+    redis_server: LocalRedis, redis_url: str, aredis
+) -> None:
+    # Before: the worker's turn after its last job sent idle.lua, then complete.lua (2 commands: 4 per job in an
+    # idle fleet). Now finish_claim.lua completes it, finds nothing and registers the worker in the same call.
+    queue = await Queue.connect(redis_url)
+    session = await WorkerSession.open(queue, "w1", Capabilities(services=["echo"]))
+    try:
+        job = await queue.submit({"service": "echo"})
+        assert await session.wait_for_work(10)  # woken for it (the first claim had found nothing)
+        claimed = await session.claim()
+        assert claimed is not None and claimed.job.id == job.id
+        # Loaded before: on a fresh server the first call would also send SCRIPT LOAD.
+        await aredis.script_load(queue.scripts.sources["finish_claim"])
+        async with monitored(redis_server.port) as lines:
+            # The claim loop's turns after the job ends, as ClaimLoop.iteration makes them.
+            assert await session.finish_and_claim([(job.id, claimed.token, {})], 1) == ([1], [])
+            assert await session.finish_and_claim((), 1) == ([], [])
+            assert await session.wait_for_work(0.01) is False
+        assert script_calls(lines) == ["finish_claim"], script_calls(lines)
+        assert session.registered
+        assert await aredis.hget(queue.keys.waiting, "w1") is not None
+        assert await aredis.zscore(queue.keys.idle(job.shape), "w1") is not None
+        assert (await queue.require(job.id)).status.value == "completed"
+    finally:
+        await session.close()
+        await queue.close()
+
+
+async def test_a_job_submitted_right_after_the_combined_call_wakes_that_worker(redis_url: str) -> None:
+    queue = await Queue.connect(redis_url)
+    session = await WorkerSession.open(queue, "w1", Capabilities(services=["echo"]))
+    try:
+        for _ in range(3):  # each round: the job wakes the worker that registered with its last completion
+            job = await queue.submit({"service": "echo"})
+            assert await session.wait_for_work(10)
+            claimed = await session.claim()
+            assert claimed is not None and claimed.job.id == job.id
+            assert await session.finish_and_claim([(job.id, claimed.token, {})], 1) == ([1], [])
+            assert session.registered
+        nxt = await queue.submit({"service": "echo"})
+        assert await session.wait_for_work(10)  # the wake-up came through the hub: nothing polled
+        assert not session.registered  # the job spent the registration
+        claimed = await session.claim()
+        assert claimed is not None and claimed.job.id == nxt.id
+    finally:
+        await session.close()
+        await queue.close()
+
+
+async def test_a_job_waiting_when_the_last_job_completes_is_claimed_instead_of_registering(
+    redis_url: str, aredis
+) -> None:
+    queue = await Queue.connect(redis_url)
+    session = await WorkerSession.open(queue, "w1", Capabilities(services=["echo"]))
+    try:
+        first = await queue.submit({"service": "echo"})
+        assert await session.wait_for_work(10)
+        claimed = await session.claim()
+        assert claimed is not None and claimed.job.id == first.id
+        second = await queue.submit({"service": "echo"})  # no worker is idle: it wakes no one, it waits
+        codes, more = await session.finish_and_claim([(first.id, claimed.token, {})], 1)
+        assert codes == [1] and [c.job.id for c in more] == [second.id]
+        assert not session.registered and await aredis.hget(queue.keys.waiting, "w1") is None
+        # Its completion in turn finds nothing: registered, and a paused shape's job does not count as waiting.
+        await queue.pauses.pause(shape=second.shape)
+        third = await queue.submit({"service": "echo"})
+        assert await session.finish_and_claim([(second.id, more[0].token, {})], 1) == ([1], [])
+        assert session.registered and await aredis.hget(queue.keys.waiting, "w1") is not None
+        await queue.pauses.resume(shape=second.shape)
+        assert await session.wait_for_work(10)  # resuming the shape wakes an idle worker for its job
+        claimed = await session.claim()
+        assert claimed is not None and claimed.job.id == third.id
+    finally:
+        await session.close()
+        await queue.close()

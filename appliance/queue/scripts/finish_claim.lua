@@ -4,6 +4,9 @@
   themselves: the loader includes their sources unchanged as two functions (`-- @transition`), and builds each
   one's KEYS from this header by name (`-- @keys`), so a change to either script is a change to this one.
   One call instead of the two pipelined scripts saves a script dispatch, a reply and the client's pipeline.
+  When the claim takes nothing and the worker asked (r > 0), it is registered as idle in the same step, as
+  idle.lua would (includes/register_idle.lua: unless a job of its shapes waits): a worker's last completion and
+  its registration are one call, and no job slips in between "found nothing" and "registered".
 
   Input:
     KEYS[1]  owner     HASH id -> token|worker|claimed_ms
@@ -35,16 +38,21 @@
     KEYS[27] customer  HASH id -> customer (absent: the default customer '-')
     KEYS[28] limits    HASH of per-customer limits (empty: no limit is checked)
     KEYS[29] buckets   HASH customer -> tokens|ms of its start-rate bucket
-    KEYS[30..29+C]     ready ZSETs of the C candidate shapes (claim.lua's tail)
+    KEYS[30] waiting   HASH idle worker -> hub channel of its process
+    KEYS[31..30+C]     ready ZSETs of the C candidate shapes (claim.lua's tail), then the idle ZSETs of the
+                       worker's S shapes when it asks to be registered (claim.lua counts its candidates by ARGV)
 
     ARGV[1]  channel prefix  ARGV[2]  queue name
     ARGV[3]  events mode      ARGV[4]  events maxlen
     ARGV[5]  m: how many of complete.lua's own ARGV follow
     ARGV[6..5+m]  complete.lua's ARGV after the common prefix (result TTL, then the job triples)
-    ARGV[6+m..]   claim.lua's ARGV after the common prefix (worker id, token prefix, lease, n, slack, candidates)
+    ARGV[6+m]  r: how many ARGV of the idle registration follow (0: do not register)
+    ARGV[7+m..6+m+r]  the hub channel of the worker's process, then its S = r - 1 shape ids
+    ARGV[7+m+r..]  claim.lua's ARGV after the common prefix (worker id, token prefix, lease, n, slack, candidates)
 
   Returns:
-    {codes, claim}: complete.lua's codes, one per job in order, and claim.lua's reply
+    {codes, claim, registered}: complete.lua's codes, one per job in order, claim.lua's reply, and 1 when the
+    worker was registered as idle (else 0)
      1  completed
     -2  lease lost: the outcome is not written
 
@@ -54,12 +62,14 @@ local rcall = redis.call
 -- @include now
 -- @transition complete
 -- @transition claim
+-- @include register_idle
 -- @keys complete
 -- @keys claim
 
 local m = tonumber(ARGV[5])
+local r = tonumber(ARGV[6 + m])
 local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6, 5 + m)}
-local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6 + m)}
+local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 7 + m + r)}
 -- What the two share (`-- @shared` in each): one TIME for both, and one HSET of the state column for the jobs
 -- both change (a completed job and a claimed one are never the same job), made once both have run.
 local shared = {now = server_now(), states = {}}
@@ -69,4 +79,11 @@ if shared.metas_for then  -- the claim took no job: the completed jobs' events, 
   shared.with_metas(rcall('HMGET', KEYS[10], unpack(shared.metas_for)))
 end
 if #shared.states > 0 then rcall('HSET', KEYS[3], unpack(shared.states)) end
-return {codes, claimed}
+local registered = 0
+if r > 0 and claimed[1] == 'none' then
+  local shapes, idle_keys = {unpack(ARGV, 8 + m, 6 + m + r)}, {}
+  for i = #KEYS - #shapes + 1, #KEYS do idle_keys[#idle_keys + 1] = KEYS[i] end
+  local k = {heads = KEYS[21], waiting = KEYS[30], paused = KEYS[25], idle = idle_keys}
+  registered = register_idle(k, claim_argv[5], ARGV[7 + m], shapes, shared.now)
+end
+return {codes, claimed, registered}

@@ -4,6 +4,9 @@
   already waits in one of them, checked in the same step, so no job slips in between the check and the
   registration unseen.
 
+  The same registration ends finish_claim.lua when its claim took nothing and the worker asked for it (a worker
+  completing its last job): this script serves the calls that complete nothing.
+
   Cost: O(S log N) for a worker of S shapes (N idle workers per shape); one call each time the worker runs out
   of work, none while it stays idle.
 
@@ -23,19 +26,9 @@
 ]]
 local rcall = redis.call
 -- @include now
+-- @include register_idle
 
-local heads_key, waiting_key, worker = KEYS[1], KEYS[2], ARGV[1]
-local heads = rcall('ZMSCORE', heads_key, unpack(ARGV, 3))
-local paused_key = KEYS[3]
-local pauses = rcall('HLEN', paused_key) > 0
-if not (pauses and rcall('HEXISTS', paused_key, 'queue') == 1) then
-  for i = 1, #ARGV - 2 do
-    if heads[i] and not (pauses and rcall('HEXISTS', paused_key, 'shape:' .. ARGV[2 + i]) == 1) then return 0 end
-  end
-end
-local now = server_now()
-rcall('HSET', waiting_key, worker, ARGV[2])
-for i = 4, #KEYS do
-  rcall('ZADD', KEYS[i], now, worker)
-end
-return 1
+local idle_keys = {}
+for i = 4, #KEYS do idle_keys[#idle_keys + 1] = KEYS[i] end
+return register_idle({heads = KEYS[1], waiting = KEYS[2], paused = KEYS[3], idle = idle_keys}, ARGV[1], ARGV[2],
+  {unpack(ARGV, 3)})

@@ -8,6 +8,9 @@ Workers are asyncio WorkerSessions spread over a few processes (each its own wor
 shapes (tags s0..s7; class 0 serves s0-s3, class 1 s2-s5, class 2 s4-s7), every one registered and idle before
 the stream starts. The producer submits one job at a time at `rate`/s, round-robin over the shapes, each carrying
 its submit time; the session that claims it notes `claimed - submitted` (same machine clock) and completes it.
+Each session turns the claim loop of `appliance worker` (ClaimLoop.iteration, one slot): a turn completes the
+finished job and claims in one `WorkerSession.finish_and_claim`, the call the worker makes, and a turn that did
+neither waits for a wake-up; so the commands counted are the product's.
 
 Reported, per design:
   commands per job    every command a client sent during the stream (MONITOR, not counting what scripts ran
@@ -43,20 +46,26 @@ CLASSES = ((0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 6, 7))
 
 
 async def _run(session: Any, latencies: list[float]) -> None:
-    queue = session.queue
+    """One worker's claim loop as `appliance worker` turns it (ClaimLoop.iteration, one slot): each turn sends
+    the finished job's completion with the claim for the freed slot (`WorkerSession.finish_and_claim`, the call
+    the worker makes); a turn that claimed nothing and completed nothing waits for a wake-up."""
+    outcomes: list[tuple[str, str, Any]] = []
     while True:
         try:
-            claimed = await session.claim()
-        except Exception:  # a pool timeout under a claim storm: a worker would retry
+            _, claimed = await session.finish_and_claim(outcomes, 1)
+        except Exception:  # a pool timeout under a claim storm: the worker retries, the outcome kept
             await asyncio.sleep(0.1)
             continue
-        if claimed is None:
-            await session.wait_for_work(3600)
+        sent, outcomes = outcomes, []
+        if not claimed:
+            if not sent:
+                await session.wait_for_work(3600)
             continue
-        sent = claimed.job.payload.get("t")
-        if sent is not None:
-            latencies.append((time.time() - float(sent)) * 1000)
-        await queue.complete(claimed.job.id, claimed.token, None)
+        for one in claimed:  # a no-op job: done at once, its outcome rides with the next turn
+            at = one.job.payload.get("t")
+            if at is not None:
+                latencies.append((time.time() - float(at)) * 1000)
+            outcomes.append((one.job.id, one.token, None))
 
 
 async def _worker_process(url: str, process: int, count: int) -> None:
@@ -228,6 +237,7 @@ def _script_names(code: Path) -> dict[str, str]:
     out = subprocess.run(
         [sys.executable, "-c", script],
         env={**os.environ, "PYTHONPATH": str(code)},
+        cwd=code,  # `python -c` puts the working directory first on sys.path
         capture_output=True,
         text=True,
     )

@@ -151,6 +151,13 @@ class LeaseClient:
         codes, claimed, _ = await self.finish_and_claim_or_idle(outcomes, worker_id, shapes, count, pool=pool)
         return codes, claimed
 
+    @property
+    def one_call(self) -> bool:
+        """Whether completions ride with the claim in one call (finish_claim.lua), which then also registers an
+        idle worker: not on a Cluster client, and not with durable completions (they WAIT on their own, so a
+        NotDurable cannot swallow a claim's reply)."""
+        return not self.conn.cluster and not self.conn.settings.durable_replicas
+
     async def finish_and_claim_or_idle(
         self,
         outcomes: Sequence[Outcome],
@@ -164,18 +171,16 @@ class LeaseClient:
         """`finish_and_claim`, and with `idle_channel` (the hub channel of a WorkerSession's process) a claim that
         takes nothing registers the worker as idle in the same call (finish_claim.lua; idle.lua's check: not
         while a job of its shapes waits): (complete codes, claimed jobs, registered). Not registered where the
-        call is not made (a Cluster, durable completions, a first answer other than 'none'): the session then
-        registers with idle.lua."""
+        call is not made (not `one_call`, a first answer other than 'none'): the session then registers with
+        idle.lua."""
         count = min(count, MAX_CLAIM_BATCH)
         if not shapes or count < 1:
             return await self.complete_many(outcomes), [], False
         worker_class = self.worker_class(shapes)
         codes: list[int] = []
-        # Durable completions wait for their WAIT on their own: a NotDurable must not swallow a claim's reply.
-        pipelined = not self.conn.cluster and not self.conn.settings.durable_replicas
-        if outcomes and not pipelined:
+        if outcomes and not self.one_call:
             codes = await self.complete_many(outcomes)
-        pipelined = pipelined and bool(outcomes or idle_channel)
+        pipelined = self.one_call and bool(outcomes or idle_channel)
         release_due = True
         for attempt in range(CLAIM_TRIES):
             token = secrets.token_hex(12)

@@ -167,9 +167,10 @@ class WorkerSession:
         Redis (the outcomes still go): nothing waited when it registered, and every job since woke an idle
         worker."""
         self._wake.clear()
+        # With outcomes to send, the round trip registers the session itself if its claim finds nothing.
+        folded = bool(outcomes) and self.queue.leases.one_call
         if not self._owed and self.shapes:
-            # With outcomes to send, the round trip registers the session itself when it finds nothing.
-            if self.registered or (not outcomes and self._idle_next and await self._register_idle()):
+            if self.registered or (self._idle_next and not folded and await self._register_idle()):
                 return (await self.queue.complete_many(outcomes) if outcomes else []), []
         owed = list(self._owed)
         if owed:
@@ -180,7 +181,7 @@ class WorkerSession:
         before = self._woken_count
         # Completing (a worker's last jobs, maybe): register in the same call if the claim finds nothing. A call
         # that completes nothing keeps to claim.lua; wait_for_work registers after it (idle.lua).
-        hub = self.hub if outcomes and self.shapes and not self.registered else None
+        hub = self.hub if folded and self.shapes and not self.registered else None
         channel = hub.channel if hub is not None else None
         codes, claimed, registered = await self.queue.leases.finish_and_claim_or_idle(
             outcomes, self.worker_id, self.shapes, count, pool=self.capabilities.pool, idle_channel=channel

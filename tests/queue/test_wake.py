@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from appliance.localredis import LocalRedis
-from appliance.queue import Capabilities, Queue, WorkerSession
+from appliance.queue import Capabilities, Queue, QueueSettings, WorkerSession
 from appliance.queue.keys import QueueKeys
 from appliance.queue.scripts import ScriptSet
 
@@ -311,3 +311,30 @@ async def test_a_job_waiting_when_the_last_job_completes_is_claimed_instead_of_r
     finally:
         await session.close()
         await queue.close()
+
+
+async def test_where_completions_go_alone_the_last_one_still_costs_two_calls_not_three(
+    redis_server: LocalRedis, redis_url: str
+) -> None:
+    # Durable completions WAIT on their own (no replica here: each waits 1 ms, then goes on with a warning), so
+    # the round trip cannot register the worker: it registers first (idle.lua), as before, then completes.
+    producer = await Queue.connect(redis_url)  # a durable submit without a replica would raise NotDurable
+    queue = await Queue.connect(redis_url, settings=QueueSettings(durable_replicas=1, durable_timeout_ms=1))
+    session = await WorkerSession.open(queue, "w1", Capabilities(services=["echo"]))
+    try:
+        job = await producer.submit({"service": "echo"})
+        assert await session.wait_for_work(10)
+        claimed = await session.claim()
+        assert claimed is not None and claimed.job.id == job.id
+        for name in ("idle", "complete"):
+            await queue.client.script_load(queue.scripts.sources[name])
+        async with monitored(redis_server.port) as lines:
+            assert await session.finish_and_claim([(job.id, claimed.token, {})], 1) == ([1], [])
+            assert await session.wait_for_work(0.01) is False
+        scripts = [c for c in script_calls(lines) if c in queue.scripts.sources]
+        assert scripts == ["idle", "complete"], script_calls(lines)
+        assert session.registered
+    finally:
+        await session.close()
+        await queue.close()
+        await producer.close()

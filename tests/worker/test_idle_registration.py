@@ -3,6 +3,8 @@ an idle fleet costs submit + claim + completion per job). Real worker process, r
 
 from __future__ import annotations
 
+import signal
+
 from appliance.localredis import LocalRedis
 from appliance.queue import JobStatus
 from tests.queue.test_wake import monitored, script_calls
@@ -37,3 +39,8 @@ async def test_an_idle_worker_costs_a_job_a_claim_and_one_call_that_completes_it
     # timers' (heartbeat, reaper), which come whenever they are due.
     calls = [c for c in script_calls(lines) if c in q.scripts.sources and c not in ("heartbeat", "reap")]
     assert calls == ["submit", "claim", "finish_claim"], script_calls(lines)
+    # Stopping deregisters it: no wake-up is spent on a worker that is gone.
+    worker.signal(signal.SIGTERM)
+    assert await worker.exit_code() == 0
+    assert await q.client.hget(q.keys.waiting, WORKER) is None
+    assert await q.client.zscore(q.keys.idle(job.shape), WORKER) is None

@@ -8,8 +8,9 @@ while True:
         continue
     ...
 
-A session that finds nothing to claim registers as idle (idle.lua) and then costs Redis nothing until a job of
-one of its shapes wakes it - that job wakes this one worker, never every idle one. Its messages (wake-ups,
+A session that finds nothing to claim registers as idle (idle.lua; with completions to send, in the same call
+as them: finish_claim.lua) and then costs Redis nothing until a job of one of its shapes wakes it - that job
+wakes this one worker, never every idle one. Its messages (wake-ups,
 cancel requests, new shapes) come through the process's WakeHub, one connection for all its sessions.
 """
 
@@ -58,14 +59,16 @@ class WorkerSession:
         self._known_shapes: set[str] = set()
         self._wake = asyncio.Event()
         self.hub: WakeHub | None = None
-        #: Registered as idle (idle.lua) and not woken since: claims answer from memory, Redis is not asked.
+        #: Registered as idle (idle.lua or finish_claim.lua) and not woken since: claims answer from memory, Redis is not asked.
         self.registered = False
-        #: The last claim said no other job waits for this worker: the next one registers first (idle.lua
-        #: checks for waiting jobs in the same step), instead of a claim that would find nothing.
+        #: The last claim said no other job waits for this worker: the next one that completes nothing (or cannot
+        #: register in its round trip: LeaseClient.one_call) registers first (idle.lua checks for waiting jobs
+        #: in the same step), instead of a claim that would find nothing.
         self._idle_next = False
         #: Shapes this session was woken for and has not claimed from yet -> when (monotonic s).
         self._owed: dict[str, float] = {}
-        #: Counts wake-ups and lost registrations: one that comes while idle.lua runs has spent what it wrote.
+        #: Counts wake-ups and lost registrations: one that comes while a registration runs has spent what it
+        #: wrote.
         self._woken_count = 0
         #: Inside wait_for_work: the worker is idle and willing. A wake-up that finds it elsewhere (its worker is
         #: blocked: draining, drained, service down) goes on to another worker at once.

@@ -14,7 +14,8 @@ neither waits for a wake-up; so the commands counted are the product's.
 
 Reported, per design:
   commands per job    every command a client sent during the stream (MONITOR, not counting what scripts ran
-                      inside Redis), split by kind, divided by the jobs submitted
+                      inside Redis; it starts once the producer's connection is open), split by kind, divided
+                      by the jobs submitted
   submit -> claimed   p50 / p99 / max (ms)
   connections         CLIENT LIST while idle: all, and pub/sub ones, per worker and per process
 
@@ -181,13 +182,12 @@ async def _scenario(url: str, port: int, code: Path, args: dict[str, Any]) -> di
         clients = await admin.client_list()
         pubsub = sum(1 for c in clients if int(c.get("sub", 0)) > 0)
         monitor = Monitor(port)
-        await monitor.start()
         jobs = int(args["rate"] * args["seconds"])
         specs = [
             {"service": "echo", "requirements": {"tags": [f"s{i % SHAPES}"]}, "payload": {"t": None}}
             for i in range(jobs)
         ]
-        await _python(["-c", _producer_script(producer_code, url, specs, args["rate"])], env)
+        await _stream(_producer_script(producer_code, url, specs, args["rate"]), env, monitor)
         await asyncio.sleep(2)
         lines = await monitor.stop()
         for _ in range(60):  # stragglers (the old design falls behind): claimed, if late
@@ -228,6 +228,22 @@ async def _python(args: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"{args[:2]} failed")
 
 
+async def _stream(script: str, env: dict[str, str], monitor: Monitor) -> None:
+    """Run the producer; MONITOR starts once its connection is open (its handshake, HELLO and PING, is not a
+    job's cost), right before the first submit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    if (await proc.stdout.readline()).strip() != b"ready":
+        raise RuntimeError("the producer did not start")
+    await monitor.start()
+    proc.stdin.write(b"go\n")
+    await proc.stdin.drain()
+    if await proc.wait() != 0:
+        raise RuntimeError("the producer failed")
+
+
 def _script_names(code: Path) -> dict[str, str]:
     """SHA1 -> script name of the package at `code` (its own scripts, in a child interpreter)."""
     script = (
@@ -246,11 +262,15 @@ def _script_names(code: Path) -> dict[str, str]:
 
 def _producer_script(prelude: str, url: str, specs: list[dict[str, Any]], rate: float) -> str:
     return f"""{prelude}
-import asyncio, json, time
+import asyncio, json, sys, time
 from appliance.queue import Queue
 async def main():
     queue = await Queue.connect({url!r}, queue_name="fleet")
     specs = json.loads({json.dumps(json.dumps(specs))})
+    if {rate!r}:  # a stream: connected; start when told (the bench's MONITOR is on)
+        await queue.client.ping()
+        print("ready", flush=True)
+        sys.stdin.readline()
     started = time.monotonic()
     for i, spec in enumerate(specs):
         if {rate!r}:
@@ -274,7 +294,7 @@ def _row(name: str, r: dict[str, Any], processes: int) -> list[Any]:
     return [
         name,
         f"{r['claimed']}/{r['jobs']}",
-        f"{r['commands'] / max(1, r['jobs']):.1f}",
+        f"{r['commands'] / max(1, r['jobs']):.2f}",
         f"{pct(50):.1f}",
         f"{pct(99):.1f}",
         f"{lat[-1]:.1f}" if lat else "n/a",

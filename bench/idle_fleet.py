@@ -2,7 +2,7 @@
 claimed, and how many connections does the fleet hold?
 
     python bench/idle_fleet.py [--quick] [--workers 1000] [--processes 4] [--rate 20] [--seconds 10]
-                               [--before PATH]
+                               [--before PATH] [--rounds N]
 
 Workers are asyncio WorkerSessions spread over a few processes (each its own worker id), of 3 classes over 8
 shapes (tags s0..s7; class 0 serves s0-s3, class 1 s2-s5, class 2 s4-s7), every one registered and idle before
@@ -20,7 +20,8 @@ Reported, per design:
   connections         CLIENT LIST while idle: all, and pub/sub ones, per worker and per process
 
 `--before PATH` runs the same scenario a second time with the package from PATH (a checkout of the design
-before, e.g. `git worktree add /tmp/before <commit>`), in the same run, for the before/after table.
+before, e.g. `git worktree add /tmp/before <commit>`), in the same run, for the before/after table; `--rounds N`
+repeats both N times, alternating which goes first, and adds the medians.
 Not a test: it never asserts on time.
 """
 
@@ -32,6 +33,7 @@ import importlib.util
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -285,11 +287,27 @@ asyncio.run(main())
 """
 
 
+def _pct(lat: list[float], p: float) -> float:
+    return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else float("nan")
+
+
+def _medians(name: str, runs: list[dict[str, Any]]) -> list[Any]:
+    """One design's rounds: the median of each figure, and the range of p99."""
+    p99 = [_pct(r["latencies"], 99) for r in runs]
+    return [
+        name,
+        len(runs),
+        f"{statistics.median(r['commands'] / max(1, r['jobs']) for r in runs):.2f}",
+        f"{statistics.median(_pct(r['latencies'], 50) for r in runs):.1f}",
+        f"{statistics.median(p99):.1f} ({min(p99):.1f}-{max(p99):.1f})",
+    ]
+
+
 def _row(name: str, r: dict[str, Any], processes: int) -> list[Any]:
     lat = r["latencies"]
 
     def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else float("nan")
+        return _pct(lat, p)
 
     return [
         name,
@@ -316,6 +334,9 @@ def main() -> None:
     parser.add_argument(
         "--before", type=Path, help="run the scenario again with the package of checkout PATH"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds, the designs' order alternating (default 1)"
+    )
     options = parser.parse_args()
     quick, before = options.quick, options.before
     args = {
@@ -325,9 +346,12 @@ def main() -> None:
         "seconds": options.seconds or (3 if quick else 10),
     }
     results: list[tuple[str, dict[str, Any]]] = []
+    designs = [("after (this tree)", ROOT), *((("before", before),) if before else ())]
     with private_redis("--maxclients", "20000") as redis:
-        for name, code in (("after (this tree)", ROOT), *((("before", before),) if before else ())):
-            results.append((name, asyncio.run(_scenario(redis.url, redis.port, code, args))))
+        for n in range(options.rounds):
+            for name, code in designs if n % 2 == 0 else designs[::-1]:
+                label = f"{name}, round {n + 1}" if options.rounds > 1 else name
+                results.append((label, asyncio.run(_scenario(redis.url, redis.port, code, args))))
     print(machine_line())
     print(
         f"{args['workers']} idle workers in {args['processes']} processes (3 classes, {SHAPES} shapes), "
@@ -350,6 +374,11 @@ def main() -> None:
             f"\n{name}: commands by kind, per job: "
             + ", ".join(f"{k} {v / max(1, r['jobs']):.2f}" for k, v in top)
         )
+    if options.rounds > 1:
+        by_design = [(name, [r for label, r in results if label.startswith(name)]) for name, _ in designs]
+        print(f"\nMedians of the {options.rounds} rounds (order alternating):\n")
+        headers = ["design", "rounds", "commands/job", "p50 ms", "p99 ms (range)"]
+        print(table(headers, [_medians(name, runs) for name, runs in by_design]))
 
 
 if __name__ == "__main__":

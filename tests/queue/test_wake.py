@@ -338,3 +338,20 @@ async def test_where_completions_go_alone_the_last_one_still_costs_two_calls_not
         await session.close()
         await queue.close()
         await producer.close()
+
+
+async def test_the_round_trip_registers_the_worker_through_fcall_and_evalsha(queue: Queue) -> None:
+    session = await WorkerSession.open(queue, "w1", Capabilities(services=["echo"]))
+    try:
+        job = await queue.submit({"service": "echo"})
+        assert await session.wait_for_work(10)
+        claimed = await session.claim()
+        assert claimed is not None
+        assert await session.finish_and_claim([(job.id, claimed.token, {})], 1) == ([1], [])
+        assert session.registered
+        assert await queue.client.hget(queue.keys.waiting, "w1") == session.hub.channel  # type: ignore[union-attr]
+        assert await queue.client.zscore(queue.keys.idle(job.shape), "w1") is not None
+    finally:
+        await session.close()
+    assert await queue.client.hget(queue.keys.waiting, "w1") is None  # closing deregisters it
+    assert await queue.client.zscore(queue.keys.idle(job.shape), "w1") is None

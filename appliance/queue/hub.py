@@ -2,13 +2,13 @@
 every WorkerSession the process holds on a queue, and hands each to the session it is for.
 
 How a job wakes exactly one idle worker (docs/queue.md, "Waking idle workers"): a session that runs out of work
-registers as idle (idle.lua, or finish_claim.lua with its last completion) in the idle set of each shape it
-serves, naming this hub's channel, in the same step that checks no job of those shapes waits. A job entering a shape's line (submit, a retry, a release, a
-requeue) pops the longest-idle registration of its shape (wake_one), consumes it and publishes `worker|shape`
-here. The hub sets that session's wake flag; the session claims. A session woken for a shape that took a job of
-another shape (or never claimed: it stopped, or its worker is blocked) passes the wake-up on (wake.lua), so the
-job it was for still gets a worker. Nothing polls: the hub re-reads the shapes and checks the registrations it
-holds once every SHAPE_REFRESH_S, a safety net for a missed message.
+registers as idle (idle.lua, or finish_claim.lua with its last completion) in the idle set of each shape it serves,
+naming this hub's channel, in the same step that checks no job of those shapes waits. A job entering a shape's line
+(submit, a retry, a release, a requeue) pops the longest-idle registration of its shape (wake_one), consumes it and
+publishes `worker|shape` here. The hub sets that session's wake flag; the session claims. A session woken for a
+shape that took a job of another shape (or never claimed: it stopped, or its worker is blocked) passes the wake-up
+on (wake.lua), so the job it was for still gets a worker. Nothing polls: the hub re-reads the shapes and checks the
+registrations it holds once every SHAPE_REFRESH_S, a safety net for a missed message.
 
     hub = WakeHub.of(queue)        # one per Queue object; WorkerSession.start attaches itself
 """

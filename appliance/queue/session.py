@@ -8,10 +8,10 @@ while True:
         continue
     ...
 
-A session that finds nothing to claim registers as idle (idle.lua; with completions to send, in the same call
-as them: finish_claim.lua) and then costs Redis nothing until a job of one of its shapes wakes it - that job
-wakes this one worker, never every idle one. Its messages (wake-ups,
-cancel requests, new shapes) come through the process's WakeHub, one connection for all its sessions.
+A session that finds nothing to claim registers as idle (idle.lua; with completions to send, in the same call as
+them: finish_claim.lua) and then costs Redis nothing until a job of one of its shapes wakes it - that job wakes
+this one worker, never every idle one. Its messages (wake-ups, cancel requests, new shapes) come through the
+process's WakeHub, one connection for all its sessions.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class WorkerSession:
         self._known_shapes: set[str] = set()
         self._wake = asyncio.Event()
         self.hub: WakeHub | None = None
-        #: Registered as idle (idle.lua or finish_claim.lua) and not woken since: claims answer from memory, Redis is not asked.
+        #: Registered as idle (idle.lua or finish_claim.lua) and not woken since: claims answer from memory,
+        #: Redis is not asked.
         self.registered = False
         #: The last claim said no other job waits for this worker: the next one that completes nothing (or cannot
         #: register in its round trip: LeaseClient.one_call) registers first (idle.lua checks for waiting jobs

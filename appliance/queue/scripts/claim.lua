@@ -54,7 +54,8 @@
     {'unlimit'}       a limited customer's jobs are due back in line (ARGV[11] '1'): nothing was changed
     where hint = the class's best shapes now, best first, comma-separated ('' when none is known to wait)
 
-  Emits: claimed (channel job_claimed), one per job
+  Emits: claimed, a stream entry per job and one job_claimed message for them all (an object for one job, an
+  array of objects for several)
 ]]
 local rcall = redis.call
 -- @include now
@@ -251,7 +252,7 @@ if mode ~= 'none' then
 end
 -- One job: HINCRBY. A batch: one read and one write of the attempts column.
 local attempts = (#ids > 1) and rcall('HMGET', attempts_key, unpack(ids)) or nil
-local states, owners, leases, tries = {}, {}, {}, {}
+local states, owners, leases, tries, entries, docs = {}, {}, {}, {}, {}, {}
 local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
   local attempt
@@ -264,13 +265,15 @@ for i, id in ipairs(ids) do
   leases[at], leases[at + 1] = deadline_s, id
   if mode ~= 'none' then
     local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
-    emit(events_key, mode, maxlen, 'job_claimed', queue, 'claimed',
-      {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service,
-       'wait_ms', int_s(now - tonumber(created))})
+    local waited = int_s(now - tonumber(created))
+    entries[i] = {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service, 'wait_ms', waited}
+    docs[i] = {event = 'claimed', queue = queue, job = id, worker = worker, attempt = attempt_s, service = service,
+      wait_ms = waited}
   end
   local r = #reply
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt
 end
+emit_many(events_key, mode, maxlen, 'job_claimed', 'claimed', entries, docs)
 write_states(shared, state_key, states)
 if attempts then rcall('HSET', attempts_key, unpack(tries)) end
 rcall('HSET', owner_key, unpack(owners))

@@ -48,7 +48,9 @@
      1  completed
     -2  lease lost: the outcome is not written
 
-  Emits: completed (channel complete_job) per completed job, then claimed (channel job_claimed) per claimed job
+  Emits: completed (a stream entry per completed job, one complete_job message for them all), then claimed (a
+  stream entry per claimed job, one job_claimed message for them all); a message is an event's JSON object, or an
+  array of them for several jobs
 ]]
 local rcall = redis.call
 -- @include now

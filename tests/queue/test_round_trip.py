@@ -5,9 +5,12 @@ per job."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from appliance.queue import JobStatus, Queue
+from appliance.queue.events import pubsub_events
 from tests.pubsub import json_messages
 
 
@@ -79,6 +82,68 @@ async def test_every_transition_of_the_round_trips_reaches_the_stream_and_the_ch
         ("complete_job", b.id, "completed"),
     ]
     assert all(e["service"] == "echo" for _, e in seen)
+
+
+async def test_a_round_trip_of_several_jobs_publishes_one_message_per_kind_and_a_stream_entry_per_job(
+    queue: Queue, aredis: Any
+) -> None:
+    # Before: a PUBLISH (and a cjson call) per completed and per claimed job, 6 messages for this round trip. Now
+    # one complete_job message with the 3 completions and one job_claimed message with the 3 claims, each an
+    # array of the objects a single event is; the stream keeps one entry per transition, with the same fields.
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(6)])
+    shapes = [jobs[0].shape]
+    _, first = await queue.finish_and_claim([], "w", shapes, 3)
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe("job_claimed", "complete_job")
+    await aredis.delete(queue.keys.events)
+    await aredis.config_resetstat()
+    outcomes = [(c.job.id, c.token, {"n": i}) for i, c in enumerate(first)]
+    codes, second = await queue.finish_and_claim(outcomes, "w", shapes, 3)
+    assert codes == [1, 1, 1] and len(second) == 3
+    assert (await _commands(aredis)).get("publish") == 2
+    raw = []
+    async with asyncio.timeout(10):
+        while len(raw) < 2:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                raw.append((message["channel"].decode(), json.loads(message["data"])))
+    await pubsub.aclose()
+    assert [c for c, _ in raw] == ["complete_job", "job_claimed"]
+    assert all(isinstance(body, list) and len(body) == 3 for _, body in raw), raw
+    published = [event for _, body in raw for event in body]
+    assert [(e["event"], e["job"]) for e in published] == [("completed", c.job.id) for c in first] + [
+        ("claimed", c.job.id) for c in second
+    ]
+    # Each message event is its stream entry's fields, plus the queue: the two copies agree.
+    entries = [
+        {k.decode(): v.decode() for k, v in e[1].items()} for e in await aredis.xrange(queue.keys.events)
+    ]
+    assert [{**e, "queue": "default"} for e in entries] == published
+
+
+def test_one_decoder_reads_a_message_of_one_event_or_of_several() -> None:
+    one = {"event": "completed", "queue": "default", "job": "a"}
+    assert pubsub_events(json.dumps(one).encode()) == [one]
+    several = [one, {**one, "job": "b"}]
+    assert pubsub_events(json.dumps(several)) == several
+    # Not an event: nothing (a reader skips it), never an error.
+    assert pubsub_events(b"not json") == pubsub_events(b"3") == pubsub_events(None) == []
+    assert pubsub_events(json.dumps([one, 3, "x"])) == [one]
+
+
+async def test_job_wait_finds_its_job_among_the_completions_of_one_message(queue: Queue, aredis: Any) -> None:
+    # A waiter subscribed before the round trip: its job's `completed` comes in one message with two others.
+    # (A waiter also re-reads the record every second without a message: this checks it ends, not how fast.)
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
+    _, leased = await queue.finish_and_claim([], "w", [jobs[0].shape], 3)
+    waiter = asyncio.create_task(queue.wait(jobs[1].id, timeout_s=10))
+    async with asyncio.timeout(10):
+        while not dict(await aredis.pubsub_numsub("complete_job"))[b"complete_job"]:
+            await asyncio.sleep(0.01)  # noqa: ASYNC110 (polls Redis: no event to wait on)
+    await asyncio.sleep(0.1)  # past the waiter's first read of the record, so the message is what wakes it
+    codes, _ = await queue.finish_and_claim([(c.job.id, c.token, {}) for c in leased], "w", [jobs[0].shape], 3)
+    assert codes == [1, 1, 1]
+    assert (await waiter).status is JobStatus.COMPLETED
 
 
 async def test_a_round_trip_ends_a_cancel_request_and_a_limits_charge_of_the_job_it_completes(

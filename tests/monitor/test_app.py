@@ -313,7 +313,9 @@ async def test_pubsub_only_the_monitor_shows_every_job_of_a_round_trips_one_mess
                 return check
 
             await _until(ws, every_job("claimed"))
-            codes, _ = await queue.finish_and_claim([(c.job.id, c.token, {}) for c in leased], "w-1", shapes, 3)
+            codes, _ = await queue.finish_and_claim(
+                [(c.job.id, c.token, {}) for c in leased], "w-1", shapes, 3
+            )
             assert codes == [1, 1, 1]
             await _until(ws, every_job("completed"))
     finally:

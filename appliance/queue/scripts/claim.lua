@@ -54,8 +54,7 @@
     {'unlimit'}       a limited customer's jobs are due back in line (ARGV[11] '1'): nothing was changed
     where hint = the class's best shapes now, best first, comma-separated ('' when none is known to wait)
 
-  Emits: claimed, a stream entry per job and one job_claimed message for them all (an object for one job, an
-  array of objects for several)
+  Emits: claimed, a stream entry per job and one job_claimed message for them all (includes/emit.lua `emit_many`)
 ]]
 local rcall = redis.call
 -- @include now
@@ -79,9 +78,10 @@ local pool = ARGV[10]
 local now = shared and shared.now or server_now()
 local now_s = int_s(now)
 
--- Limits and pauses: one EXISTS while no customer has a limit and nothing is paused (an empty hash is no key).
+-- Limits and pauses: one EXISTS while no customer has a limit and nothing is paused (an empty hash is no key);
+-- inside finish_claim.lua, its one EXISTS covers them (`shared.quiet`).
 local limits_on, pauses = false, false
-if rcall('EXISTS', KEYS[14], paused_key) > 0 then
+if not (shared and shared.quiet) and rcall('EXISTS', KEYS[14], paused_key) > 0 then
   limits_on = rcall('EXISTS', KEYS[14]) == 1
   pauses = rcall('EXISTS', paused_key) == 1
 end
@@ -109,9 +109,9 @@ end
 -- batch): walk heads in growing pages; the sentinel at +inf marks the end.
 local function class_top()
   local top = {}
-  local start, page = 0, 2
+  local start, page, from, to = 0, 2, '0', '1'  -- the first page's bounds as text: no formatting
   while true do
-    local entries = rcall('ZRANGE', heads_key, int_s(start), int_s(start + page - 1), 'WITHSCORES')
+    local entries = rcall('ZRANGE', heads_key, from, to, 'WITHSCORES')
     local n = #entries / 2
     if n == 0 then break end
     local members = {}
@@ -125,6 +125,7 @@ local function class_top()
     end
     if n < page or members[n] == HEADS_SENTINEL then break end
     start, page = start + page, math.min(page * 4, 1024)
+    from, to = int_s(start), int_s(start + page - 1)
   end
   return top
 end
@@ -267,13 +268,12 @@ for i, id in ipairs(ids) do
     local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
     local waited = int_s(now - tonumber(created))
     entries[i] = {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service, 'wait_ms', waited}
-    docs[i] = {event = 'claimed', queue = queue, job = id, worker = worker, attempt = attempt_s, service = service,
-      wait_ms = waited}
+    docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
   end
   local r = #reply
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt
 end
-emit_many(events_key, mode, maxlen, 'job_claimed', 'claimed', entries, docs)
+emit_many(events_key, mode, maxlen, 'job_claimed', queue, 'claimed', entries, docs)
 write_states(shared, state_key, states)
 if attempts then rcall('HSET', attempts_key, unpack(tries)) end
 rcall('HSET', owner_key, unpack(owners))

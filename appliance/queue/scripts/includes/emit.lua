@@ -9,8 +9,8 @@
     fields     flat {name, value, ...}; names are literals, values (ids, numbers) are JSON-encoded by cjson so
                no value can break the message
     extra_json raw JSON members appended to the pub/sub message only (small: never a job's result), or nil
-  A pub/sub message is one event's JSON object, or (emit_many with several) a JSON array of them: readers decode
-  both (appliance/queue/events.py `pubsub_events`).
+  A pub/sub message is one event's JSON object, or (emit_many with several) one object for them all, with a `jobs`
+  array: readers decode both (appliance/queue/events.py `pubsub_events`).
 ]]
 local function emit(events_key, mode, maxlen, channel, queue, event, fields, extra_json)
   local sharded = string.find(mode, ':sharded', 1, true)
@@ -31,12 +31,13 @@ local function emit(events_key, mode, maxlen, channel, queue, event, fields, ext
 end
 
 -- Several events of one kind (a batch's completions, or its claims): one stream entry per event, as emit writes
--- them, and ONE pub/sub message for them all (the object for one event, else an array of the objects): a PUBLISH
--- and a cjson call per job were about a fifth of a 10-job round trip. The caller builds each event twice, by table
--- constructors (a constructor sizes the table once; filling one field by field regrows it): `entries[i]` the
--- stream entry's flat {name, value, ...} after `event`, `docs[i]` the message's object {event =, queue =, ...}
--- with the same names and values (strings). tests/queue/test_round_trip.py checks that the two agree.
-local function emit_many(events_key, mode, maxlen, channel, event, entries, docs)
+-- them, and ONE pub/sub message for them all: a PUBLISH and a cjson call per job were about a fifth of a 10-job
+-- round trip. The message is the event's object for one event, else {"event", "queue", "jobs": [the events'
+-- other members, one object each]} (event and queue once, not per job). The caller builds each event twice, by
+-- table constructors (a constructor sizes a table once; filling it field by field regrows it): `entries[i]` the
+-- stream entry's flat {name, value, ...} after `event`, `docs[i]` the message's {name = value, ...}, the same
+-- names and values (strings). tests/queue/test_round_trip.py checks that the two agree.
+local function emit_many(events_key, mode, maxlen, channel, queue, event, entries, docs)
   local sharded = string.find(mode, ':sharded', 1, true)
   if sharded then mode = string.sub(mode, 1, sharded - 1) end
   if mode == 'none' or #entries == 0 then return end
@@ -46,6 +47,12 @@ local function emit_many(events_key, mode, maxlen, channel, event, entries, docs
     end
   end
   if mode ~= 'stream' then
-    rcall(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[1] .. channel, cjson.encode(#docs == 1 and docs[1] or docs))
+    local message = docs[1]
+    if #docs == 1 then
+      message.event, message.queue = event, queue
+    else
+      message = {event = event, queue = queue, jobs = docs}
+    end
+    rcall(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[1] .. channel, cjson.encode(message))
   end
 end

@@ -76,7 +76,6 @@ local CANDIDATES, FIRST = 19, 11  -- candidate i: ready index KEYS[CANDIDATES + 
 local pool = ARGV[10]
 -- Inside finish_claim.lua, its clock: one TIME for both transitions.
 local now = shared and shared.now or server_now()
-local now_s = int_s(now)
 
 -- Limits and pauses: one EXISTS while no customer has a limit and nothing is paused (an empty hash is no key);
 -- inside finish_claim.lua, its one EXISTS covers them (`shared.quiet`).
@@ -171,7 +170,8 @@ local bound = other and other[2] + slack
 -- The head was checked to be the best; any job after it must rank within the bound.
 local ids, moved, first = {}, 0, true
 repeat
-  local popped = rcall('ZPOPMIN', ready_key, int_s(want - #ids))
+  -- The first pop asks for ARGV[8] itself (the client's text of `want`): one formatting less per call.
+  local popped = rcall('ZPOPMIN', ready_key, #ids == 0 and ARGV[8] or int_s(want - #ids))
   local taken, scores, stop = {}, {}, #popped < 2 * (want - #ids)
   for i = 1, #popped, 2 do
     if first or bound == nil or tonumber(popped[i + 1]) <= bound then
@@ -262,7 +262,7 @@ for i, id in ipairs(ids) do
   local at = 2 * i - 1
   states[at], states[at + 1] = id, 'claimed'
   tries[at], tries[at + 1] = id, attempt_s
-  owners[at], owners[at + 1] = id, string.format('%s.%d|%s|%s', token, i, worker, now_s)
+  owners[at], owners[at + 1] = id, string.format('%s.%d|%s|%d', token, i, worker, now)  -- the time too: one call
   leases[at], leases[at + 1] = deadline_s, id
   if mode ~= 'none' then
     local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')

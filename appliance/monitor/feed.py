@@ -3,7 +3,8 @@
 Sources:
 - pub/sub `machine:status:*` (machine status payloads) and `machine:startup:events` (lifecycle events);
 - pub/sub job channels `job_submitted`, `job_claimed`, `update_job_progress`, `complete_job`, `job_failed`
-  (prefixed `appliance:{<queue>}:` with `queue.channels = "queue"`; they carry ids and summaries, never results);
+  (prefixed `appliance:{<queue>}:` with `queue.channels = "queue"`; they carry ids and summaries, never results;
+  a message may hold several events of one kind, decoded by the queue's `pubsub_events`);
 - the queue's event stream `appliance:{<queue>}:events`, read with XREAD from the last entry seen, so nothing
   is missed across a reconnect;
 - every `poll_s`: `Queue.stats()`, machine registrations (`machines`, `machine:<id>:info`), pool signals.

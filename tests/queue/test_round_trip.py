@@ -125,6 +125,19 @@ async def test_a_round_trip_of_several_jobs_publishes_one_message_per_kind_and_a
     assert [{**e, "queue": "default"} for e in entries] == published
 
 
+async def test_round_trips_of_several_jobs_keep_the_stream_capped(make_queue: Any, aredis: Any) -> None:
+    # A batch's entries are added without a trim each, then trimmed once (`XTRIM MAXLEN ~`): the cap holds as
+    # it did with a trim per entry (approximate: whole stream nodes of up to 100 entries go).
+    q = await make_queue(events_maxlen=10)
+    jobs = await q.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(300)])
+    shapes = [jobs[0].shape]
+    _, held = await q.finish_and_claim([], "w", shapes, 10)
+    while held:
+        _, held = await q.finish_and_claim([(c.job.id, c.token, {}) for c in held], "w", shapes, 10)
+    assert (await q.stats()).totals.get("completed") == 300
+    assert await aredis.xlen(q.keys.events) <= 10 + 100
+
+
 def test_one_decoder_reads_a_message_of_one_event_or_of_several() -> None:
     one = {"event": "completed", "queue": "default", "job": "a", "worker": "w"}
     assert pubsub_events(json.dumps(one).encode()) == [one]

@@ -14,7 +14,7 @@ async def json_messages(
     pubsub: PubSub, count: int, timeout_s: float = 10
 ) -> list[tuple[str, dict[str, Any]]]:
     """The next `count` lifecycle events as (channel, event), decoded as every subscriber decodes them (a message
-    is one event, or an array of a round trip's events of one kind); subscribe confirmations are skipped."""
+    is one event, or a round trip's events of one kind with a `jobs` list); subscribe confirmations are skipped."""
     seen: list[tuple[str, dict[str, Any]]] = []
     async with asyncio.timeout(timeout_s):
         while len(seen) < count:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from redis.asyncio.client import PubSub
+
+from appliance.queue.events import pubsub_events
 
 
 async def json_messages(
     pubsub: PubSub, count: int, timeout_s: float = 10
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The next `count` messages as (channel, decoded JSON body); subscribe confirmations are skipped."""
+    """The next `count` lifecycle events as (channel, event), decoded as every subscriber decodes them (a message
+    is one event, or a round trip's events of one kind with a `jobs` list); subscribe confirmations are skipped."""
     seen: list[tuple[str, dict[str, Any]]] = []
     async with asyncio.timeout(timeout_s):
         while len(seen) < count:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
             if message is not None:
-                seen.append((message["channel"].decode(), json.loads(message["data"])))
+                channel = message["channel"].decode()
+                seen.extend((channel, event) for event in pubsub_events(message["data"]))
     return seen

@@ -3,7 +3,8 @@
 Sources:
 - pub/sub `machine:status:*` (machine status payloads) and `machine:startup:events` (lifecycle events);
 - pub/sub job channels `job_submitted`, `job_claimed`, `update_job_progress`, `complete_job`, `job_failed`
-  (prefixed `appliance:{<queue>}:` with `queue.channels = "queue"`; they carry ids and summaries, never results);
+  (prefixed `appliance:{<queue>}:` with `queue.channels = "queue"`; they carry ids and summaries, never results;
+  a message may hold several events of one kind, decoded by the queue's `pubsub_events`);
 - the queue's event stream `appliance:{<queue>}:events`, read with XREAD from the last entry seen, so nothing
   is missed across a reconnect;
 - every `poll_s`: `Queue.stats()`, machine registrations (`machines`, `machine:<id>:info`), pool signals.
@@ -28,7 +29,7 @@ from appliance.config import RedisConnection, Settings
 from appliance.config.queue import EventsMode
 from appliance.monitor.state import MonitorState, now_ms
 from appliance.queue import Queue
-from appliance.queue.events import EventKind, JobEvent
+from appliance.queue.events import EventKind, JobEvent, pubsub_events
 from appliance.queue.factory import connect_queue
 from appliance.queue.keys import (
     CHANNEL_CLAIMED,
@@ -211,29 +212,28 @@ class Feed:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None:
                 continue
-            data = decode_message(message.get("data"))
-            if data is None:
-                continue
-            channel = message.get("channel")
             if message.get("type") == "pmessage":
-                view = self.state.apply_machine_status(data)
+                status = decode_message(message.get("data"))
+                view = self.state.apply_machine_status(status) if status is not None else None
                 if view is not None:
                     self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
-            elif channel == STARTUP_EVENTS_CHANNEL:
-                view = self.state.apply_machine_event(data)
+            elif message.get("channel") == STARTUP_EVENTS_CHANNEL:
+                data = decode_message(message.get("data"))
+                view = self.state.apply_machine_event(data) if data is not None else None
                 if view is not None:
                     self.publish({"type": "machine_event", "event": data})
                     self.publish({"type": "machine_update", "machine": self.state.machine_view(view)})
             else:
-                self._on_job_message(data)
+                # A job channel: one event, or a round trip's events of one kind in one message.
+                for event in pubsub_events(message.get("data")):
+                    self._on_job_message(event)
 
     async def _sharded_loop(self, pubsub: Any) -> None:
         """Job events of a Cluster's sharded channels (SSUBSCRIBE), read apart from the classic ones."""
         while not self.stopping:
             message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
-            data = decode_message(message.get("data")) if message is not None else None
-            if data is not None:
-                self._on_job_message(data)
+            for event in pubsub_events(message.get("data")) if message is not None else ():
+                self._on_job_message(event)
 
     def _on_job_message(self, data: dict[str, Any]) -> None:
         job = self.state.apply_job_event(data, details_only=self.stream_mode)

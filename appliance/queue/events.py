@@ -3,7 +3,11 @@
 The scripts write one stream entry per transition (includes/emit.lua): `event` (an EventKind), `job`, and per
 kind `worker`, `service`, `shape`, `attempt`, `wait_ms`, `duration_ms`, `reason`, `retry_in_ms`; a `submitted` job
 that waits for its parents (`after`) carries `parents` and `blocked` = 1 (status blocked until its `unblocked`).
-The entry id `<ms>-<seq>` is the server's time of the transition. Pub/sub copies carry the same names as JSON.
+The entry id `<ms>-<seq>` is the server's time of the transition. Pub/sub copies carry the same names as JSON, with
+`event` and `queue`: a message is one event's object or, when a script made several transitions of one kind at
+once, one object with `event`, `queue` and `jobs`, a list of each event's other members (a worker's round trip
+publishes its completions as one `complete_job` message and its claims as one `job_claimed` message).
+`pubsub_events` is the one decoder every subscriber uses.
 
 MEANING is the one event -> meaning map: the monitor (a job's status, the throughput series), the pool signals
 (outcomes per pool) and the machine's job metrics all read it, so a new event is taught to them in one place.
@@ -26,7 +30,7 @@ from redis.exceptions import ResponseError
 
 from appliance.queue.conn import QueueConnection
 from appliance.queue.models import JobStatus
-from appliance.queue.records import entry_ms, number
+from appliance.queue.records import entry_ms, json_or, number
 
 
 class EventKind(StrEnum):
@@ -112,6 +116,20 @@ def status_after(name: Any, fields: Mapping[str, Any]) -> JobStatus | None:
     if kind is EventKind.SUBMITTED and str(fields.get("blocked") or "") == "1":
         return JobStatus.BLOCKED
     return MEANING[kind].status
+
+
+def pubsub_events(data: Any) -> list[dict[str, Any]]:
+    """The lifecycle events one pub/sub message carries, in order: an event's JSON object, or one object for
+    several events of one kind, `{"event", "queue", "jobs": [each event's other members]}` (includes/emit.lua
+    `emit_many`); nothing for a message that is neither."""
+    value = json_or(data, None)
+    if not isinstance(value, dict):
+        return []
+    jobs = value.get("jobs")
+    if not isinstance(jobs, list):
+        return [value]
+    common = {k: v for k, v in value.items() if k != "jobs"}
+    return [{**common, **job} for job in jobs if isinstance(job, dict)]
 
 
 @dataclass(frozen=True)

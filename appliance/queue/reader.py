@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from appliance.queue.conn import QueueConnection
 from appliance.queue.errors import JobNotFound
+from appliance.queue.events import pubsub_events
 from appliance.queue.keys import CHANNEL_COMPLETED, CHANNEL_FAILED, CHANNEL_PROGRESS
 from appliance.queue.limits import Limits
 from appliance.queue.models import Job, JobStatus, QueueStats, ShapeStats
@@ -319,12 +320,11 @@ class Reader:
         receive = pubsub.get_sharded_message if self.conn.sharded else pubsub.get_message
         while not job.status.finished:
             message = await receive(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None:
-                event = json_or(message["data"], None)
-                if not isinstance(event, dict):
-                    continue
-                if event.get("job") != job.id or event.get("queue") != self.conn.name:
-                    continue
+            if message is not None and not any(
+                event.get("job") == job.id and event.get("queue") == self.conn.name
+                for event in pubsub_events(message["data"])
+            ):
+                continue
             job = await self.require(job.id)
             if on_progress is not None:
                 maybe = on_progress(job)

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from appliance.config.queue import EventsMode, QueueSettings
 from appliance.localredis import LocalRedis, free_port
 from appliance.queue import Capabilities, JobSpec, Queue, WorkerSession
 from tests.monitor.helpers import SimulatedMachine, gpu_machine_state, running_monitor
@@ -281,4 +282,41 @@ async def test_a_job_waiting_for_its_parents_shows_blocked_until_they_complete(r
     finally:
         if session is not None:
             await session.close()
+        await queue.close()
+
+
+async def test_pubsub_only_the_monitor_shows_every_job_of_a_round_trips_one_message(redis_url: str) -> None:
+    # `queue.events = pubsub`: the monitor learns of jobs from the channels alone. A worker's round trip sends
+    # its 3 claims as one job_claimed message and its 3 completions as one complete_job message: each job must
+    # show claimed, then completed.
+    queue = await Queue.connect(redis_url, settings=QueueSettings(events=EventsMode.PUBSUB))
+    try:
+        async with (
+            running_monitor(redis_url, queue={"events": "pubsub"}) as (_monitor, base),
+            aiohttp.ClientSession() as http,
+            http.ws_connect(base + "/ws") as ws,
+        ):
+            await _until(ws, lambda m: m["type"] == "full_state_snapshot")
+            jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
+            shapes = [jobs[0].shape]
+            _, leased = await queue.finish_and_claim([], "w-1", shapes, 3)
+            assert len(leased) == 3
+            seen: dict[str, set[str]] = {job.id: set() for job in jobs}
+
+            def every_job(status: str) -> Callable[[dict[str, Any]], bool]:
+                def check(m: dict[str, Any]) -> bool:
+                    job = m.get("job") or {}
+                    if m["type"] == "job_update" and job.get("id") in seen:
+                        seen[job["id"]].add(job["status"])
+                    return all(status in statuses for statuses in seen.values())
+
+                return check
+
+            await _until(ws, every_job("claimed"))
+            codes, _ = await queue.finish_and_claim(
+                [(c.job.id, c.token, {}) for c in leased], "w-1", shapes, 3
+            )
+            assert codes == [1, 1, 1]
+            await _until(ws, every_job("completed"))
+    finally:
         await queue.close()

@@ -5,9 +5,12 @@ per job."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from appliance.queue import JobStatus, Queue
+from appliance.queue.events import pubsub_events
 from tests.pubsub import json_messages
 
 
@@ -26,7 +29,8 @@ async def test_a_round_trip_of_one_job_reads_the_clock_and_meta_once_and_writes_
     # Before: complete.lua and claim.lua each ran TIME, HMGET meta and HSET state inside finish_claim.lua, two
     # HLENs (limits, pauses), and HMGET charged, HDEL cancels and EXISTS children with nothing charged,
     # cancelled or waiting: 31 commands for one job completed and one claimed. Now one of each, and one EXISTS
-    # for each group of keys that stays empty unless a feature is in use: 25.
+    # for the keys that stay empty unless a feature is in use (charged, cancels, children, limits, paused): 24
+    # (25 with an EXISTS in each transition, main 38ec113).
     jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
     shapes = [jobs[0].shape]
     _, first = await queue.finish_and_claim([], "w", shapes, 1)
@@ -37,9 +41,9 @@ async def test_a_round_trip_of_one_job_reads_the_clock_and_meta_once_and_writes_
     assert calls.get("time") == 1, calls
     assert calls.get("hmget") == 3, calls  # owner (the lease check), spec and meta (the events), once each
     assert calls.get("hset") == 4, calls  # results, info, owner and state, once each
-    assert "hlen" not in calls and calls.get("exists") == 2, calls
+    assert "hlen" not in calls and calls.get("exists") == 1, calls
     assert calls.get("hdel") == 1, calls  # the owner column only
-    assert sum(calls.values()) == 25, calls
+    assert sum(calls.values()) == 24, calls
     assert (await queue.get(first[0].job.id)).status is JobStatus.COMPLETED
     assert (await queue.get(jobs[1].id)).status is JobStatus.CLAIMED
 
@@ -79,6 +83,89 @@ async def test_every_transition_of_the_round_trips_reaches_the_stream_and_the_ch
         ("complete_job", b.id, "completed"),
     ]
     assert all(e["service"] == "echo" for _, e in seen)
+
+
+async def test_a_round_trip_of_several_jobs_publishes_one_message_per_kind_and_a_stream_entry_per_job(
+    queue: Queue, aredis: Any
+) -> None:
+    # Before: a PUBLISH (and a cjson call) per completed and per claimed job, 6 messages for this round trip. Now
+    # one complete_job message with the 3 completions and one job_claimed message with the 3 claims (`event` and
+    # `queue` once, a `jobs` list); the stream keeps one entry per transition, with the same fields.
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(6)])
+    shapes = [jobs[0].shape]
+    _, first = await queue.finish_and_claim([], "w", shapes, 3)
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe("job_claimed", "complete_job")
+    await aredis.delete(queue.keys.events)
+    await aredis.config_resetstat()
+    outcomes = [(c.job.id, c.token, {"n": i}) for i, c in enumerate(first)]
+    codes, second = await queue.finish_and_claim(outcomes, "w", shapes, 3)
+    assert codes == [1, 1, 1] and len(second) == 3
+    assert (await _commands(aredis)).get("publish") == 2
+    raw = []
+    async with asyncio.timeout(10):
+        while len(raw) < 2:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                raw.append((message["channel"].decode(), json.loads(message["data"])))
+    await pubsub.aclose()
+    assert [c for c, _ in raw] == ["complete_job", "job_claimed"]
+    assert [(body["event"], body["queue"], len(body["jobs"])) for _, body in raw] == [
+        ("completed", "default", 3),
+        ("claimed", "default", 3),
+    ]
+    published = [event for _, body in raw for event in pubsub_events(json.dumps(body))]
+    assert [(e["event"], e["job"]) for e in published] == [("completed", c.job.id) for c in first] + [
+        ("claimed", c.job.id) for c in second
+    ]
+    # Each message event is its stream entry's fields, plus the queue: the two copies agree.
+    entries = [
+        {k.decode(): v.decode() for k, v in e[1].items()} for e in await aredis.xrange(queue.keys.events)
+    ]
+    assert [{**e, "queue": "default"} for e in entries] == published
+
+
+async def test_round_trips_of_several_jobs_keep_the_stream_capped(make_queue: Any, aredis: Any) -> None:
+    # A batch's entries are added without a trim each, then trimmed once (`XTRIM MAXLEN ~`): the cap holds as
+    # it did with a trim per entry (approximate: whole stream nodes of up to 100 entries go).
+    q = await make_queue(events_maxlen=10)
+    jobs = await q.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(300)])
+    shapes = [jobs[0].shape]
+    _, held = await q.finish_and_claim([], "w", shapes, 10)
+    while held:
+        _, held = await q.finish_and_claim([(c.job.id, c.token, {}) for c in held], "w", shapes, 10)
+    assert (await q.stats()).totals.get("completed") == 300
+    assert await aredis.xlen(q.keys.events) <= 10 + 100
+
+
+def test_one_decoder_reads_a_message_of_one_event_or_of_several() -> None:
+    one = {"event": "completed", "queue": "default", "job": "a", "worker": "w"}
+    assert pubsub_events(json.dumps(one).encode()) == [one]
+    several = {"event": "completed", "queue": "default", "jobs": [{"job": "a", "worker": "w"}, {"job": "b"}]}
+    assert pubsub_events(json.dumps(several)) == [one, {"event": "completed", "queue": "default", "job": "b"}]
+    # Not an event: nothing (a reader skips it), never an error.
+    assert pubsub_events(b"not json") == pubsub_events(b"[3]") == pubsub_events(None) == []
+    assert pubsub_events(json.dumps({**several, "jobs": [3, {"job": "c"}]})) == [
+        {"event": "completed", "queue": "default", "job": "c"}
+    ]
+
+
+async def test_job_wait_finds_its_job_among_the_completions_of_one_message(queue: Queue, aredis: Any) -> None:
+    # A waiter subscribed before the round trip: its job's `completed` comes in one message with two others.
+    # (A waiter also re-reads the record every second without a message: this checks it ends, not how fast.)
+    jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
+    _, leased = await queue.finish_and_claim([], "w", [jobs[0].shape], 3)
+    waiter = asyncio.create_task(queue.wait(jobs[1].id, timeout_s=10))
+    for _ in range(1_000):  # until the waiter is subscribed (Redis's count: no event to wait on)
+        if dict(await aredis.pubsub_numsub("complete_job"))[b"complete_job"]:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # past the waiter's first read of the record, so the message is what wakes it
+    codes, _ = await queue.finish_and_claim(
+        [(c.job.id, c.token, {}) for c in leased], "w", [jobs[0].shape], 3
+    )
+    assert codes == [1, 1, 1]
+    assert (await waiter).status is JobStatus.COMPLETED
 
 
 async def test_a_round_trip_ends_a_cancel_request_and_a_limits_charge_of_the_job_it_completes(

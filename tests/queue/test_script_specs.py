@@ -79,6 +79,7 @@ def test_every_event_the_scripts_emit_has_one_meaning() -> None:
         name
         for source in load_sources().values()
         for name in re.findall(r"emit\(events_key, mode, maxlen, '\w+', queue, '(\w+)'", source)
+        + re.findall(r"emit_many\(events_key, mode, maxlen, '\w+', queue, '(\w+)'", source)
     }
     assert emitted == {kind.value for kind in EventKind}
     assert set(MEANING) == set(EventKind)

@@ -54,7 +54,7 @@
     {'unlimit'}       a limited customer's jobs are due back in line (ARGV[11] '1'): nothing was changed
     where hint = the class's best shapes now, best first, comma-separated ('' when none is known to wait)
 
-  Emits: claimed (channel job_claimed), one per job
+  Emits: claimed, a stream entry per job and one job_claimed message for them all (includes/emit.lua `emit_many`)
 ]]
 local rcall = redis.call
 -- @include now
@@ -76,11 +76,11 @@ local CANDIDATES, FIRST = 19, 11  -- candidate i: ready index KEYS[CANDIDATES + 
 local pool = ARGV[10]
 -- Inside finish_claim.lua, its clock: one TIME for both transitions.
 local now = shared and shared.now or server_now()
-local now_s = int_s(now)
 
--- Limits and pauses: one EXISTS while no customer has a limit and nothing is paused (an empty hash is no key).
+-- Limits and pauses: one EXISTS while no customer has a limit and nothing is paused (an empty hash is no key);
+-- inside finish_claim.lua, its one EXISTS covers them (`shared.quiet`).
 local limits_on, pauses = false, false
-if rcall('EXISTS', KEYS[14], paused_key) > 0 then
+if not (shared and shared.quiet) and rcall('EXISTS', KEYS[14], paused_key) > 0 then
   limits_on = rcall('EXISTS', KEYS[14]) == 1
   pauses = rcall('EXISTS', paused_key) == 1
 end
@@ -108,9 +108,9 @@ end
 -- batch): walk heads in growing pages; the sentinel at +inf marks the end.
 local function class_top()
   local top = {}
-  local start, page = 0, 2
+  local start, page, from, to = 0, 2, '0', '1'  -- the first page's bounds as text: no formatting
   while true do
-    local entries = rcall('ZRANGE', heads_key, int_s(start), int_s(start + page - 1), 'WITHSCORES')
+    local entries = rcall('ZRANGE', heads_key, from, to, 'WITHSCORES')
     local n = #entries / 2
     if n == 0 then break end
     local members = {}
@@ -124,6 +124,7 @@ local function class_top()
     end
     if n < page or members[n] == HEADS_SENTINEL then break end
     start, page = start + page, math.min(page * 4, 1024)
+    from, to = int_s(start), int_s(start + page - 1)
   end
   return top
 end
@@ -169,7 +170,8 @@ local bound = other and other[2] + slack
 -- The head was checked to be the best; any job after it must rank within the bound.
 local ids, moved, first = {}, 0, true
 repeat
-  local popped = rcall('ZPOPMIN', ready_key, int_s(want - #ids))
+  -- The first pop asks for ARGV[8] itself (the client's text of `want`): one formatting less per call.
+  local popped = rcall('ZPOPMIN', ready_key, #ids == 0 and ARGV[8] or int_s(want - #ids))
   local taken, scores, stop = {}, {}, #popped < 2 * (want - #ids)
   for i = 1, #popped, 2 do
     if first or bound == nil or tonumber(popped[i + 1]) <= bound then
@@ -251,7 +253,7 @@ if mode ~= 'none' then
 end
 -- One job: HINCRBY. A batch: one read and one write of the attempts column.
 local attempts = (#ids > 1) and rcall('HMGET', attempts_key, unpack(ids)) or nil
-local states, owners, leases, tries = {}, {}, {}, {}
+local states, owners, leases, tries, entries, docs = {}, {}, {}, {}, {}, {}
 local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
   local attempt
@@ -260,17 +262,18 @@ for i, id in ipairs(ids) do
   local at = 2 * i - 1
   states[at], states[at + 1] = id, 'claimed'
   tries[at], tries[at + 1] = id, attempt_s
-  owners[at], owners[at + 1] = id, string.format('%s.%d|%s|%s', token, i, worker, now_s)
+  owners[at], owners[at + 1] = id, string.format('%s.%d|%s|%d', token, i, worker, now)  -- the time too: one call
   leases[at], leases[at + 1] = deadline_s, id
   if mode ~= 'none' then
     local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
-    emit(events_key, mode, maxlen, 'job_claimed', queue, 'claimed',
-      {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service,
-       'wait_ms', int_s(now - tonumber(created))})
+    local waited = int_s(now - tonumber(created))
+    entries[i] = {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service, 'wait_ms', waited}
+    docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
   end
   local r = #reply
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt
 end
+emit_many(events_key, mode, maxlen, 'job_claimed', queue, 'claimed', entries, docs)
 write_states(shared, state_key, states)
 if attempts then rcall('HSET', attempts_key, unpack(tries)) end
 rcall('HSET', owner_key, unpack(owners))

@@ -34,9 +34,9 @@
      8  completed, and it released waiting children (due now in the delayed set: the caller requeues them)
     -2  lease lost: the outcome is not written
 
-  Emits: completed (channel complete_job), one per completed job: ids, duration and the result's size in bytes,
-  never the result itself (a big message makes Redis drop every subscriber whose buffer it overflows; readers
-  fetch the record)
+  Emits: completed, a stream entry per completed job and one complete_job message for them all (includes/emit.lua
+  `emit_many`): ids, duration and the result's size in bytes, never the result itself (a big message makes Redis
+  drop every subscriber whose buffer it overflows; readers fetch the record)
 ]]
 local rcall = redis.call
 -- @include now
@@ -82,7 +82,9 @@ if #ids == 0 then return codes end
 rcall('HDEL', owner_key, unpack(ids))
 -- One EXISTS for the three keys that stay empty while no job is charged against a limit, has its cancellation
 -- requested or waits for a parent: none of their calls is made then.
-local others = rcall('EXISTS', KEYS[#KEYS - 3], cancels_key, children_key) > 0  -- charged: uncharge_keys()
+-- Inside finish_claim.lua, its one EXISTS covers these (`shared.quiet`).
+local others = not (shared and shared.quiet)
+  and rcall('EXISTS', KEYS[#KEYS - 3], cancels_key, children_key) > 0  -- charged: uncharge_keys()
 if others then
   uncharge(uncharge_keys(), ids, now)
   rcall('HDEL', cancels_key, unpack(ids))
@@ -97,12 +99,14 @@ rcall('HINCRBY', counts_key, 'completed', int_s(#ids))
 local parents = others and rcall('EXISTS', children_key) == 1
 if mode ~= 'none' then
   local function emit_completed(metas)
+    local entries, docs = {}, {}
     for i, id in ipairs(ids) do
-      local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|')
-      emit(events_key, mode, maxlen, 'complete_job', queue, 'completed',
-        {'job', id, 'worker', workers[id], 'service', service or '', 'duration_ms', int_s(now - claims[id]),
-         'result_bytes', int_s(#results[2 * i])})
+      local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|') or ''
+      local worker, took, size = workers[id], int_s(now - claims[id]), int_s(#results[2 * i])
+      entries[i] = {'job', id, 'worker', worker, 'service', service, 'duration_ms', took, 'result_bytes', size}
+      docs[i] = {job = id, worker = worker, service = service, duration_ms = took, result_bytes = size}
     end
+    emit_many(events_key, mode, maxlen, 'complete_job', queue, 'completed', entries, docs)
   end
   if shared and not parents then
     -- Inside finish_claim.lua: the claim reads these jobs' meta with its own jobs' (one HMGET) and emits these

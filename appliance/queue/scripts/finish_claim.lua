@@ -56,7 +56,8 @@
      1  completed
     -2  lease lost: the outcome is not written
 
-  Emits: completed (channel complete_job) per completed job, then claimed (channel job_claimed) per claimed job
+  Emits: completed (a stream entry per completed job, one complete_job message for them all), then claimed (a
+  stream entry per claimed job, one job_claimed message for them all: includes/emit.lua `emit_many`)
 ]]
 local rcall = redis.call
 -- @include now
@@ -73,6 +74,10 @@ local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 7 + m + r)}
 -- What the two share (`-- @shared` in each): one TIME for both, and one HSET of the state column for the jobs
 -- both change (a completed job and a claimed one are never the same job), made once both have run.
 local shared = {now = server_now(), states = {}}
+-- One EXISTS for both of the keys that stay empty unless a feature is in use: charged leases, cancel requests and
+-- waiting children (the completion's), limits and pauses (the claim's). None: neither makes its own. The completion
+-- never writes one of them while all are empty, so the claim's answer holds after it.
+shared.quiet = rcall('EXISTS', KEYS[17], KEYS[9], KEYS[14], KEYS[28], KEYS[25]) == 0
 local codes = complete_(complete_keys, complete_argv, shared)
 local claimed = claim_(claim_keys, claim_argv, shared)
 if shared.metas_for then  -- the claim took no job: the completed jobs' events, as complete.lua alone emits them

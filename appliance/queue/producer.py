@@ -32,6 +32,10 @@ SUBMIT_BATCH = 500
 SHAPE_CACHE = 1024
 #: Where submit.lua's KEYS name the job's customer's index (the cached KEYS hold that of no customer).
 _TENANT_AT = SPECS["submit"].keys.index("tenant")
+#: A plain job (no customer, parents or start time) is called with submit.lua's first KEYS and ARGV only (its
+#: header): each argument costs the server ~1 µs per call.
+_PLAIN_KEYS = SPECS["submit"].keys.index("fair_weights") + 1
+_PLAIN_ARGS = 15
 #: What a job's stored JSON leaves out: its id (written after the rest) and, without parents, the dependency
 #: fields (their defaults).
 _BODY_EXCLUDE_WITH_PARENTS: set[str] = {"id"}
@@ -147,6 +151,8 @@ class Producer:
         if spec.customer_id:  # the cached KEYS hold the tenant index of no customer
             keys = list(keys)
             keys[_TENANT_AT] = self.conn.keys.tenant_jobs(spec.customer_id)
+        elif not spec.after and spec.run_at is None and spec.delay_s is None:
+            return job_id, shape, ("submit", keys[:_PLAIN_KEYS], args[:_PLAIN_ARGS])
         return job_id, shape, ("submit", keys, args)
 
     def prepare(self, spec: JobSpec | Mapping[str, Any]) -> tuple[Job, Call]:

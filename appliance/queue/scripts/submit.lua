@@ -44,6 +44,8 @@
     ARGV[19] on parent failure: fail | cancel | ignore ('' = the job has no parents)
     ARGV[20] result TTL, ms (a job that ends at once because a parent failed)
     ARGV[21..] parent ids (each must exist)
+  A plain job (no customer, no parents, no start time) is called with KEYS[1..14] and ARGV[1..15] only: it
+  touches none of the others, and each argument costs the server about 1 µs per call (docs/performance.md §6).
 
   Returns:
      1  submitted
@@ -58,13 +60,11 @@
 ]]
 local rcall = redis.call
 -- @include now
+-- @include int
 -- @include emit
 -- @include sentinel
 -- @include in_line
 -- @include fair
--- @include finish
--- @include history
--- @include deps
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -73,14 +73,21 @@ local finish_key, weights_key, customer_key = KEYS[13], KEYS[14], KEYS[15]
 local children_key, blocked_key, parents_key = KEYS[17], KEYS[18], KEYS[19]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
+local customer, policy, step_ms = ARGV[18] or '', ARGV[19] or '', tonumber(ARGV[11])
 
-if rcall('HEXISTS', state_key, id) == 1 then
+-- The duplicate check: a job without parents takes its id and its first status in one command (nothing is
+-- written before it, so a duplicate changes nothing); one with parents is checked first and written once they
+-- were found, since a missing parent must leave no trace.
+local state_set = policy == ''
+if state_set then
+  if rcall('HSETNX', state_key, id, 'pending') == 0 then return -4 end
+elseif rcall('HEXISTS', state_key, id) == 1 then
   return -4
 end
 
 -- Parents: each must exist (so no cycle can form). Finished ones count as done, or end the job at once by its
 -- policy; it waits for the others.
-local policy, parents, waits_for, ended_by, ended_how = ARGV[19], {}, {}, nil, nil
+local parents, waits_for, ended_by, ended_how = {}, {}, nil, nil
 if policy ~= '' then
   local seen = {}
   for i = 21, #ARGV do
@@ -105,26 +112,30 @@ local start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[
 local later = start > now
 
 -- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,
--- and no job waits more than (priority difference x step) of virtual time behind later arrivals.
+-- and no job waits more than (priority difference x step) of virtual time behind later arrivals. Scores are
+-- whole score units: written as '%d' text (includes/int.lua).
 local seq = rcall('INCR', seq_key)
-local step_units = priority * tonumber(ARGV[11]) * 1000
+local step_units = priority * step_ms * 1000
 local score
 if later then
   -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md). One
   -- waiting for parents keeps the place (and fair-share tag) its submission gave it, like a replayed job.
-  score = string.format('%.0f', start * 1000 - step_units + (seq % 1000))
+  score = int_s(start * 1000 - step_units + (seq % 1000))
 else
-  score = string.format('%.0f', fair_tag(ready_key, meta_key, finish_key, weights_key, ARGV[18],
-    now * 1000 + (seq % 1000), tonumber(ARGV[11])) - step_units)
+  score = int_s(fair_tag(ready_key, meta_key, finish_key, weights_key, customer, now * 1000 + (seq % 1000),
+    step_ms) - step_units)
 end
 
 rcall('HSET', spec_key, id, ARGV[6])
-if ARGV[18] ~= '' then rcall('HSET', customer_key, id, ARGV[18]) end
-rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
+if customer ~= '' then rcall('HSET', customer_key, id, customer) end
+rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. int_s(now) .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
 if policy ~= '' then
-  rcall('HSET', parents_key, id, policy .. '|' .. string.format('%.0f', start) .. '|' .. table.concat(parents, ','))
+  rcall('HSET', parents_key, id, policy .. '|' .. int_s(start) .. '|' .. table.concat(parents, ','))
 end
+-- `known`: the shape was in heads already, so registered (a shape enters heads only after its registration,
+-- and neither is ever removed while the other stays): no HSETNX of its record.
+local known = false
 if blocked then
   rcall('HSET', state_key, id, 'blocked')
   rcall('ZADD', blocked_key, #waits_for, id)
@@ -136,31 +147,38 @@ if blocked then
 elseif ended_by then
   rcall('HSET', state_key, id, 'pending')  -- end_child below finishes it
 elseif later then
-  rcall('HSET', state_key, id, 'pending')
-  rcall('ZADD', delayed_key, start, id)
+  if not state_set then rcall('HSET', state_key, id, 'pending') end
+  rcall('ZADD', delayed_key, int_s(start), id)
 else
-  back_in_line({state = state_key, ready = ready_key, heads = heads_key}, id, shape, score, nil)
+  -- Its status is set already unless it named parents; the wake comes after the event.
+  known = back_in_line({state = not state_set and state_key or nil, ready = ready_key, heads = heads_key}, id,
+    shape, score, nil) == 0
 end
-if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
+if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
   -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.
   rcall('ZADD', heads_key, 'NX', '+inf', HEADS_SENTINEL)
   rcall(ARGV[14] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[15], shape)
 end
-rcall('HINCRBY', counts_key, 'submitted', 1)
+rcall('HINCRBY', counts_key, 'submitted', '1')
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
-if ARGV[18] ~= '' then rcall('ZADD', KEYS[16], string.format('%.0f', now * 1000 + (seq % 1000)), id) end
+if customer ~= '' then rcall('ZADD', KEYS[16], int_s(now * 1000 + (seq % 1000)), id) end
 local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
 if blocked or ended_by then
   fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
   if blocked then fields[#fields + 1], fields[#fields + 2] = 'blocked', 1 end
 elseif later then
-  fields[#fields + 1], fields[#fields + 2] = 'run_at', start
+  fields[#fields + 1], fields[#fields + 2] = 'run_at', int_s(start)
 else
   wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
 end
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 if ended_by then
+  -- Only here: a closure per function of these includes costs every call that defines them (~1-2k instructions
+  -- each), and a job ends at submission only when a parent had failed.
+-- @include finish
+-- @include history
+-- @include deps
   local k = {state = state_key, info = KEYS[21], done = KEYS[22], counts = counts_key, dead = KEYS[23],
     children = children_key, blocked = blocked_key, parents = parents_key, errors = KEYS[20], events = events_key}
   local status = policy == 'cancel' and 'cancelled' or 'failed'

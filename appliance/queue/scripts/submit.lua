@@ -72,8 +72,8 @@ local delayed_key, idle_key, waiting_key = KEYS[10], KEYS[11], KEYS[12]
 local finish_key, weights_key, customer_key = KEYS[13], KEYS[14], KEYS[15]
 local children_key, blocked_key, parents_key = KEYS[17], KEYS[18], KEYS[19]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
-local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
-local customer, policy, step_ms = ARGV[18] or '', ARGV[19] or '', tonumber(ARGV[11])
+local id, shape, service = ARGV[5], ARGV[7], ARGV[9]
+local customer, policy = ARGV[18] or '', ARGV[19] or ''
 
 -- The duplicate check: a job without parents takes its id and its first status in one command (nothing is
 -- written before it, so a duplicate changes nothing); one with parents is checked first and written once they
@@ -115,7 +115,7 @@ local later = start > now
 -- and no job waits more than (priority difference x step) of virtual time behind later arrivals. Scores are
 -- whole score units: written as '%d' text (includes/int.lua).
 local seq = rcall('INCR', seq_key)
-local step_units = priority * step_ms * 1000
+local step_units = ARGV[10] == '0' and 0 or tonumber(ARGV[10]) * tonumber(ARGV[11]) * 1000  -- no conversion for 0
 local score
 if later then
   -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md). One
@@ -123,7 +123,7 @@ if later then
   score = int_s(start * 1000 - step_units + (seq % 1000))
 else
   score = int_s(fair_tag(ready_key, meta_key, finish_key, weights_key, customer, now * 1000 + (seq % 1000),
-    step_ms) - step_units)
+    ARGV[11]) - step_units)
 end
 
 rcall('HSET', spec_key, id, ARGV[6])

@@ -122,3 +122,13 @@ async def test_the_submitted_event_and_the_stored_times_are_whole_numbers(queue:
     due = await aredis.zscore(queue.keys.delayed, later.id)
     entry = {k.decode(): v.decode() for k, v in (await aredis.xrange(queue.keys.events))[-1][1].items()}
     assert entry["job"] == later.id and entry["run_at"] == delayed["run_at"] == str(int(due))
+
+
+async def test_a_new_customer_starts_at_the_tag_of_a_prioritised_head(queue: Queue, aredis: Any) -> None:
+    # Fair share's virtual time is the head's tag: its score plus its priority offset (read from its meta,
+    # converted only when not 0). A customer that just arrived ranks next in line: at that tag.
+    head = await queue.submit({"service": "echo", "priority": 5})
+    newcomer = await queue.submit({"service": "echo", "customer_id": "acme"})
+    ready = queue.keys.ready(head.shape)
+    offset = 5 * queue.settings.priority_step_ms * 1000
+    assert await aredis.zscore(ready, newcomer.id) - await aredis.zscore(ready, head.id) == offset

@@ -217,3 +217,27 @@ async def test_redis_py_may_relax_the_deadline_of_the_read_in_progress(redis_url
     finally:
         await client.connection_pool.release(conn)
         await client.aclose()
+
+
+@pytest.mark.parametrize("args", [["a", 1, 1.5, b"\x00\xff", "é☃", ""], [], list(range(30))])
+def test_evalsha_packs_its_keys_once_per_list_and_sends_what_pack_command_sends(
+    args: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: every call packed the script's sha and all its KEYS again (a submit: 32 arguments, ~4 µs).
+    from appliance.queue import connections
+
+    packed: list[int] = []
+    original = connections._hiredis_pack
+    assert original is not None
+
+    def counting(command: tuple[Any, ...]) -> bytes:
+        packed.append(len(command))
+        return original(command)
+
+    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    conn, keys = HiredisConnection(), [f"appliance:{{q}}:key{i}" for i in range(14)]
+    expected = b"".join(Connection().pack_command("EVALSHA", "f" * 40, len(keys), *keys, *args))
+    for _ in range(3):
+        assert b"".join(conn.pack_evalsha("f" * 40, keys, args) or []) == expected
+    assert packed[0] == 3 + len(keys)
+    assert packed[1:] == ([len(args)] * 3 if args else [])

@@ -36,7 +36,11 @@ async def evalsha(
     conn = spares.pop(pool, None) or await pool.get_connection()
     answered = False
     try:
-        await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        packed = conn.pack_evalsha(sha, keys, args) if hasattr(conn, "pack_evalsha") else None
+        if packed is not None:  # the queue's connection classes (connections.py): KEYS packed once per list
+            await conn.send_packed_command(packed)
+        else:
+            await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
         if meanwhile is not None:  # sent, reply not read yet: the caller's own work overlaps the script's
             meanwhile()
         reply = await conn.read_response()  # on an error it disconnects, so the pool reconnects it

@@ -49,28 +49,31 @@ except ImportError:  # pragma: no cover - hiredis is a dependency; a bare redis-
     _hiredis_pack = None
 
 
-#: EVALSHA's head (name, sha, number of keys, the keys) packed once per KEYS list: (that list, its bytes). A list
-#: is cached by identity while it is held here (callers reuse the cached KEYS of a shape, never mutate them).
-_EVALSHA_HEADS: dict[tuple[str, int], tuple[list[str], bytes]] = {}
-_EVALSHA_HEADS_MAX = 512
+#: EVALSHA heads packed once per KEYS list (name, sha, number of keys, the keys), by (sha, id of the list): that
+#: list, its bytes. A list is known by identity while the cache holds it (callers reuse the cached KEYS of a
+#: shape and never mutate them). The caller owns the cache (ScriptSet: one per client).
+EvalshaHeads = dict[tuple[str, int], tuple[list[str], bytes]]
+EVALSHA_HEADS_MAX = 512
 
 
 class _HiredisPacking:
     """Mixin for redis.asyncio connection classes: one C call per command instead of a Python loop."""
 
-    def pack_evalsha(self, sha: str, keys: list[str], args: list[Any]) -> list[bytes] | None:
+    def pack_evalsha(
+        self, sha: str, keys: list[str], args: list[Any], heads: EvalshaHeads
+    ) -> list[bytes] | None:
         """EVALSHA sha len(keys) *keys *args, packed as pack_command packs it, with the part that repeats
         between calls (the script, its KEYS) packed once per KEYS list: a submit's call packs 15 arguments, not
         32 (~2.5 µs). None where hiredis cannot pack it (the caller takes send_command)."""
         if _hiredis_pack is None or not keys or self.encoder.encoding != "utf-8":  # type: ignore[attr-defined]
             return None
-        cached = _EVALSHA_HEADS.get((sha, id(keys)))
+        cached = heads.get((sha, id(keys)))
         try:
             if cached is None or cached[0] is not keys:
-                if len(_EVALSHA_HEADS) >= _EVALSHA_HEADS_MAX:
-                    _EVALSHA_HEADS.clear()
+                if len(heads) >= EVALSHA_HEADS_MAX:
+                    heads.clear()
                 whole = _hiredis_pack(("EVALSHA", sha, len(keys), *keys))
-                cached = _EVALSHA_HEADS[(sha, id(keys))] = (keys, whole[whole.index(b"\r\n") + 2 :])
+                cached = heads[(sha, id(keys))] = (keys, whole[whole.index(b"\r\n") + 2 :])
             tail = _hiredis_pack(tuple(args)) if args else b"*0\r\n"
         except (TypeError, ValueError):
             return None

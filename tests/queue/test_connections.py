@@ -235,9 +235,9 @@ def test_evalsha_packs_its_keys_once_per_list_and_sends_what_pack_command_sends(
         return original(command)
 
     monkeypatch.setattr(connections, "_hiredis_pack", counting)
-    conn, keys = HiredisConnection(), [f"appliance:{{q}}:key{i}" for i in range(14)]
+    conn, keys, heads = HiredisConnection(), [f"appliance:{{q}}:key{i}" for i in range(14)], {}
     expected = b"".join(Connection().pack_command("EVALSHA", "f" * 40, len(keys), *keys, *args))
     for _ in range(3):
-        assert b"".join(conn.pack_evalsha("f" * 40, keys, args) or []) == expected
+        assert b"".join(conn.pack_evalsha("f" * 40, keys, args, heads) or []) == expected
     assert packed[0] == 3 + len(keys)
     assert packed[1:] == ([len(args)] * 3 if args else [])

@@ -21,6 +21,7 @@ async def evalsha(
     args: list[Any],
     spares: weakref.WeakKeyDictionary[Any, Any],
     meanwhile: Meanwhile = None,
+    heads: dict[Any, Any] | None = None,
 ) -> Any:
     """EVALSHA on a connection of the client's pool, without redis-py's per-command wrapping (retries of a
     command that may have run, timing hooks): a third of a one-call-at-a-time submit's client time. A client
@@ -36,8 +37,12 @@ async def evalsha(
     conn = spares.pop(pool, None) or await pool.get_connection()
     answered = False
     try:
-        packed = conn.pack_evalsha(sha, keys, args) if hasattr(conn, "pack_evalsha") else None
-        if packed is not None:  # the queue's connection classes (connections.py): KEYS packed once per list
+        packed = None
+        if heads is not None and hasattr(
+            conn, "pack_evalsha"
+        ):  # the queue's connection classes (connections.py)
+            packed = conn.pack_evalsha(sha, keys, args, heads)  # KEYS packed once per list
+        if packed is not None:
             await conn.send_packed_command(packed)
         else:
             await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)

@@ -12,22 +12,21 @@
     KEYS[5]  heads     ZSET shape -> best waiting score
     KEYS[6]  shapes    HASH shape -> canonical requirements (JSON)
     KEYS[7]  counts    HASH of totals
-    KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
-    KEYS[9]  events    STREAM
-    KEYS[10] delayed   ZSET id -> ms it falls due
-    KEYS[11] idle      ZSET of this job's shape: idle worker -> ms it began waiting
-    KEYS[12] waiting   HASH idle worker -> hub channel of its process
-    KEYS[13] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
-    KEYS[14] fair_weights  HASH customer -> weight (default 1)
-    KEYS[15] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
-    KEYS[16] tenant    ZSET of the job's customer: id -> submit order (written only when ARGV[18] is set)
-    KEYS[17] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
-    KEYS[18] blocked   ZSET child -> parents not finished yet
-    KEYS[19] parents   HASH child -> policy|start ms|parents
-    KEYS[20] errors    HASH id -> error history (a job whose parent already failed ends at once)
-    KEYS[21] info      HASH id -> worker|claimed_ms|finished_ms
-    KEYS[22] done      ZSET id -> record expiry, ms
-    KEYS[23] dead      ZSET id -> time of death (unused: named for includes/finish.lua)
+    KEYS[8]  events    STREAM
+    KEYS[9]  idle      ZSET of this job's shape: idle worker -> ms it began waiting
+    KEYS[10] waiting   HASH idle worker -> hub channel of its process
+    KEYS[11] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
+    KEYS[12] fair_weights  HASH customer -> weight (default 1)
+    KEYS[13] delayed   ZSET id -> ms it falls due
+    KEYS[14] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
+    KEYS[15] tenant    ZSET of the job's customer: id -> submit order (written only when ARGV[18] is set)
+    KEYS[16] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[17] blocked   ZSET child -> parents not finished yet
+    KEYS[18] parents   HASH child -> policy|start ms|parents
+    KEYS[19] errors    HASH id -> error history (a job whose parent already failed ends at once)
+    KEYS[20] info      HASH id -> worker|claimed_ms|finished_ms
+    KEYS[21] done      ZSET id -> record expiry, ms
+    KEYS[22] dead      ZSET id -> time of death (unused: named for includes/finish.lua)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -44,7 +43,7 @@
     ARGV[19] on parent failure: fail | cancel | ignore ('' = the job has no parents)
     ARGV[20] result TTL, ms (a job that ends at once because a parent failed)
     ARGV[21..] parent ids (each must exist)
-  A plain job (no customer, no parents, no start time) is called with KEYS[1..14] and ARGV[1..15] only: it
+  A plain job (no customer, no parents, no start time) is called with KEYS[1..12] and ARGV[1..15] only: it
   touches none of the others, and each argument costs the server about 1 µs per call (docs/performance.md §6).
 
   Returns:
@@ -67,10 +66,10 @@ local rcall = redis.call
 -- @include fair
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local delayed_key, idle_key, waiting_key = KEYS[10], KEYS[11], KEYS[12]
-local finish_key, weights_key, customer_key = KEYS[13], KEYS[14], KEYS[15]
-local children_key, blocked_key, parents_key = KEYS[17], KEYS[18], KEYS[19]
+local heads_key, shapes_key, counts_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local idle_key, waiting_key, finish_key, weights_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local delayed_key, customer_key = KEYS[13], KEYS[14]
+local children_key, blocked_key, parents_key = KEYS[16], KEYS[17], KEYS[18]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
 local id, shape, service = ARGV[5], ARGV[7], ARGV[9]
 local customer, policy = ARGV[18] or '', ARGV[19] or ''
@@ -114,7 +113,8 @@ local later = start > now
 -- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,
 -- and no job waits more than (priority difference x step) of virtual time behind later arrivals. Scores are
 -- whole score units: written as '%d' text (includes/int.lua).
-local seq = rcall('INCR', seq_key)
+-- The FIFO tie-break within a millisecond: the count of submissions, which this one raises.
+local seq = rcall('HINCRBY', counts_key, 'submitted', '1')
 local step_units = ARGV[10] == '0' and 0 or tonumber(ARGV[10]) * tonumber(ARGV[11]) * 1000  -- no conversion for 0
 local score
 if later then
@@ -160,9 +160,8 @@ if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   rcall('ZADD', heads_key, 'NX', '+inf', HEADS_SENTINEL)
   rcall(ARGV[14] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[15], shape)
 end
-rcall('HINCRBY', counts_key, 'submitted', '1')
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
-if customer ~= '' then rcall('ZADD', KEYS[16], int_s(now * 1000 + (seq % 1000)), id) end
+if customer ~= '' then rcall('ZADD', KEYS[15], int_s(now * 1000 + (seq % 1000)), id) end
 local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
 if blocked or ended_by then
   fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
@@ -179,8 +178,8 @@ if ended_by then
 -- @include finish
 -- @include history
 -- @include deps
-  local k = {state = state_key, info = KEYS[21], done = KEYS[22], counts = counts_key, dead = KEYS[23],
-    children = children_key, blocked = blocked_key, parents = parents_key, errors = KEYS[20], events = events_key}
+  local k = {state = state_key, info = KEYS[20], done = KEYS[21], counts = counts_key, dead = KEYS[22],
+    children = children_key, blocked = blocked_key, parents = parents_key, errors = KEYS[19], events = events_key}
   local status = policy == 'cancel' and 'cancelled' or 'failed'
   end_child(k, id, status, ended_by, ended_how, now, tonumber(ARGV[20]))
   return status == 'cancelled' and 6 or 5

@@ -15,7 +15,9 @@ then is the timeout needed. The classes here write directly and fall back to red
 Reading a reply through redis-py's `read_response` goes through three layers (the connection's, the parser's,
 its socket read), each with its own checks: about 10 µs of a submit's client CPU. The classes here read the
 common case (a decoded reply, the socket timeout, nothing unusual asked) in one place, with the same timeout,
-the same errors and the same disconnects as redis-py's; anything else takes redis-py's path.
+the same errors and the same disconnects as redis-py's; anything else takes redis-py's path. The socket timeout
+of those reads is one timer per connection (`_Watchdog`), not an `asyncio.timeout` per read: that context (a
+Timeout object, a timer pushed on the loop's heap and cancelled) cost ~9 µs per read here.
 """
 
 from __future__ import annotations
@@ -47,8 +49,36 @@ except ImportError:  # pragma: no cover - hiredis is a dependency; a bare redis-
     _hiredis_pack = None
 
 
+#: EVALSHA heads packed once per KEYS list (name, sha, number of keys, the keys), by (sha, id of the list): that
+#: list, its bytes. A list is known by identity while the cache holds it (callers reuse the cached KEYS of a
+#: shape and never mutate them). The caller owns the cache (ScriptSet: one per client).
+EvalshaHeads = dict[tuple[str, int], tuple[list[str], bytes]]
+EVALSHA_HEADS_MAX = 512
+
+
 class _HiredisPacking:
     """Mixin for redis.asyncio connection classes: one C call per command instead of a Python loop."""
+
+    def pack_evalsha(
+        self, sha: str, keys: list[str], args: list[Any], heads: EvalshaHeads
+    ) -> list[bytes] | None:
+        """EVALSHA sha len(keys) *keys *args, packed as pack_command packs it, with the part that repeats
+        between calls (the script, its KEYS) packed once per KEYS list: a submit's call packs 15 arguments, not
+        32 (~2.5 µs). None where hiredis cannot pack it (the caller takes send_command)."""
+        if _hiredis_pack is None or not keys or self.encoder.encoding != "utf-8":  # type: ignore[attr-defined]
+            return None
+        cached = heads.get((sha, id(keys)))
+        try:
+            if cached is None or cached[0] is not keys:
+                if len(heads) >= EVALSHA_HEADS_MAX:
+                    heads.clear()
+                whole = _hiredis_pack(("EVALSHA", sha, len(keys), *keys))
+                cached = heads[(sha, id(keys))] = (keys, whole[whole.index(b"\r\n") + 2 :])
+            tail = _hiredis_pack(tuple(args)) if args else b"*0\r\n"
+        except (TypeError, ValueError):
+            return None
+        count = f"*{3 + len(keys) + len(args)}\r\n".encode()
+        return [count, cached[1], tail[tail.index(b"\r\n") + 2 :]]
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if _hiredis_pack is not None and self.encoder.encoding == "utf-8":  # type: ignore[attr-defined]
@@ -122,12 +152,21 @@ class _DirectReads:
         try:
             if this.socket_timeout is None:
                 return await _fill(this, parser, reader, response)
-            async with asyncio.timeout(this.socket_timeout) as active:
-                this._active_read_timeout = active  # a maintenance notice may extend it, as redis-py allows
-                try:
-                    return await _fill(this, parser, reader, response)
-                finally:
-                    this._active_read_timeout = None
+            loop = asyncio.get_running_loop()
+            watch: _Watchdog | None = this.__dict__.get("_read_watchdog")
+            if watch is None or watch.loop is not loop:
+                watch = this._read_watchdog = _Watchdog(loop)
+            task = watch.arm(this.socket_timeout)
+            this._active_read_timeout = watch  # a maintenance notice may extend it, as redis-py allows
+            try:
+                return await _fill(this, parser, reader, response)
+            except asyncio.CancelledError:
+                if watch.fired is task and task is not None and task.uncancel() == 0:
+                    raise TimeoutError from None  # the watchdog's cancel, and no other: the read timed out
+                raise
+            finally:
+                watch.task = None
+                this._active_read_timeout = None
         except TimeoutError:
             await this.disconnect(nowait=True)
             raise RedisTimeoutError(f"Timeout reading from {this._host_error()}") from None
@@ -139,6 +178,47 @@ class _DirectReads:
         except BaseException:
             await this.disconnect(nowait=True)
             raise
+
+
+class _Watchdog:
+    """The socket timeout of one connection's reads, with one timer for many reads: a read sets its deadline and
+    its task (no allocation); the timer, when it fires, moves itself to the current read's deadline, or cancels
+    that read's task once the deadline passed (the read then raises TimeoutError, as under `asyncio.timeout`),
+    or lapses while no read waits (the next read starts it again). `reschedule` is `asyncio.Timeout`'s, which
+    redis-py calls to relax the deadline of the read in progress."""
+
+    __slots__ = ("deadline", "fired", "handle", "loop", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.task: asyncio.Task[Any] | None = None
+        self.fired: asyncio.Task[Any] | None = None
+        self.deadline = 0.0
+        self.handle: asyncio.TimerHandle | None = None
+
+    def arm(self, timeout: float) -> asyncio.Task[Any] | None:
+        self.task = task = asyncio.current_task(self.loop)
+        self.fired = None
+        self.reschedule(self.loop.time() + timeout)
+        return task
+
+    def reschedule(self, when: float | None) -> None:
+        self.deadline = float("inf") if when is None else when
+        handle = self.handle
+        if handle is None or handle.when() > self.deadline:  # else it fires first and moves itself on
+            if handle is not None:
+                handle.cancel()
+            self.handle = None if when is None else self.loop.call_at(self.deadline, self._check)
+
+    def _check(self) -> None:
+        self.handle = None
+        if self.task is None or self.deadline == float("inf"):
+            return
+        if self.loop.time() >= self.deadline:
+            self.fired = self.task
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_at(self.deadline, self._check)
 
 
 async def _fill(conn: Any, parser: Any, reader: Any, response: Any) -> Any:

@@ -155,10 +155,6 @@ class QueueKeys:
         return self.key("counts")
 
     @property
-    def seq(self) -> str:
-        return self.key("seq")
-
-    @property
     def events(self) -> str:
         """Capped lifecycle event stream."""
         return self.key("events")

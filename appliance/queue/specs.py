@@ -93,7 +93,7 @@ SPECS: dict[str, ScriptSpec] = {
     for s in (
         _spec(
             "submit",
-            "spec meta state ready heads shapes counts seq events delayed idle waiting fair_finish fair_weights "
+            "spec meta state ready heads shapes counts events idle waiting fair_finish fair_weights delayed "
             "customer tenant children blocked parents errors info done dead",
         ),
         _spec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -140,3 +141,103 @@ async def test_push_notices_between_replies_are_skipped(redis_url: str) -> None:
         await client.connection_pool.release(conn)
         await client.aclose()
         await other.aclose()
+
+
+async def test_reads_in_a_row_share_one_timer_for_the_socket_timeout(redis_url: str) -> None:
+    # Before: every read entered asyncio.timeout (a Timeout object, a timer pushed on the loop's heap and
+    # cancelled): ~9-13 µs of a one-call-at-a-time submit. Now one timer per connection moves itself on.
+    client, conn = await _held(redis_url, socket_timeout=5)
+    loop = asyncio.get_running_loop()
+    scheduled = 0
+    original = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal scheduled
+        scheduled += 1
+        return original(when, callback, *args, **kwargs)
+
+    try:
+        await conn.send_command("PING")
+        assert await conn.read_response() == "PONG"
+        loop.call_at = counting  # type: ignore[method-assign]
+        for n in range(20):
+            await conn.send_command("ECHO", str(n))
+            assert await conn.read_response() == str(n)
+    finally:
+        loop.call_at = original  # type: ignore[method-assign]
+        await client.connection_pool.release(conn)
+        await client.aclose()
+    assert scheduled == 0
+
+
+async def test_each_read_gets_the_whole_socket_timeout(redis_url: str) -> None:
+    # Quick reads spread over more than the timeout never time out; a slow one does, and is dropped.
+    client, conn = await _held(redis_url, socket_timeout=0.3)
+    try:
+        for _ in range(4):
+            await asyncio.sleep(0.15)
+            await conn.send_command("BLPOP", "direct:empty", 0.1)  # answered (nil) after 0.1 s
+            assert await conn.read_response() is None
+        await conn.send_command("BLPOP", "direct:empty", 2)
+        with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+            await conn.read_response()
+        assert conn._reader is None
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+
+
+async def test_a_cancelled_read_is_cancelled_not_timed_out(redis_url: str) -> None:
+    client, conn = await _held(redis_url, socket_timeout=5)
+    try:
+        await conn.send_command("BLPOP", "direct:empty", 2)
+        reading = asyncio.ensure_future(conn.read_response())
+        await asyncio.sleep(0.1)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert conn._reader is None  # its reply may still come: never read as the next command's
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+
+
+async def test_redis_py_may_relax_the_deadline_of_the_read_in_progress(redis_url: str) -> None:
+    # What redis-py does on a maintenance notice (update_current_socket_timeout): the read waits longer.
+    client, conn = await _held(redis_url, socket_timeout=0.2)
+    try:
+        await conn.send_command("BLPOP", "direct:empty", 0.5)
+        reading = asyncio.ensure_future(conn.read_response())
+        await asyncio.sleep(0.05)
+        conn.update_current_socket_timeout(3)
+        assert await reading is None
+        conn.update_current_socket_timeout(None)  # no read in progress: nothing to change
+        await conn.send_command("PING")
+        assert await conn.read_response() == "PONG"
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+
+
+@pytest.mark.parametrize("args", [["a", 1, 1.5, b"\x00\xff", "é☃", ""], [], list(range(30))])
+def test_evalsha_packs_its_keys_once_per_list_and_sends_what_pack_command_sends(
+    args: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: every call packed the script's sha and all its KEYS again (a submit: 32 arguments, ~4 µs).
+    from appliance.queue import connections
+
+    packed: list[int] = []
+    original = connections._hiredis_pack
+    assert original is not None
+
+    def counting(command: tuple[Any, ...]) -> bytes:
+        packed.append(len(command))
+        return original(command)
+
+    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    conn, keys, heads = HiredisConnection(), [f"appliance:{{q}}:key{i}" for i in range(14)], {}
+    expected = b"".join(Connection().pack_command("EVALSHA", "f" * 40, len(keys), *keys, *args))
+    for _ in range(3):
+        assert b"".join(conn.pack_evalsha("f" * 40, keys, args, heads) or []) == expected
+    assert packed[0] == 3 + len(keys)
+    assert packed[1:] == ([len(args)] * 3 if args else [])

@@ -176,6 +176,8 @@ class ScriptSet:
     _spares: weakref.WeakKeyDictionary[Any, Any] = field(
         default_factory=weakref.WeakKeyDictionary, repr=False, compare=False
     )
+    #: EVALSHA heads (sha and KEYS) packed once per KEYS list (connections.py, pack_evalsha).
+    _heads: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256("\0".join(self.sources[n] for n in SCRIPT_NAMES).encode()).hexdigest()
@@ -310,12 +312,12 @@ class ScriptSet:
                     raise
                 self._lost_library()
         try:
-            return await evalsha(client, self.sha(name), keys, args, self._spares, meanwhile)
+            return await evalsha(client, self.sha(name), keys, args, self._spares, meanwhile, self._heads)
         except ResponseError as exc:
             if not is_missing_script(exc):
                 raise
             await self._script_load(client, name, keys)
-            return await evalsha(client, self.sha(name), keys, args, self._spares, meanwhile)
+            return await evalsha(client, self.sha(name), keys, args, self._spares, meanwhile, self._heads)
 
     async def _script_load(self, client: Any, name: str, keys: list[str]) -> None:
         if self.cluster:

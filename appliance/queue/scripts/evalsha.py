@@ -21,6 +21,7 @@ async def evalsha(
     args: list[Any],
     spares: weakref.WeakKeyDictionary[Any, Any],
     meanwhile: Meanwhile = None,
+    heads: dict[Any, Any] | None = None,
 ) -> Any:
     """EVALSHA on a connection of the client's pool, without redis-py's per-command wrapping (retries of a
     command that may have run, timing hooks): a third of a one-call-at-a-time submit's client time. A client
@@ -36,7 +37,15 @@ async def evalsha(
     conn = spares.pop(pool, None) or await pool.get_connection()
     answered = False
     try:
-        await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        packed = None
+        if heads is not None and hasattr(
+            conn, "pack_evalsha"
+        ):  # the queue's connection classes (connections.py)
+            packed = conn.pack_evalsha(sha, keys, args, heads)  # KEYS packed once per list
+        if packed is not None:
+            await conn.send_packed_command(packed)
+        else:
+            await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
         if meanwhile is not None:  # sent, reply not read yet: the caller's own work overlaps the script's
             meanwhile()
         reply = await conn.read_response()  # on an error it disconnects, so the pool reconnects it

@@ -12,22 +12,21 @@
     KEYS[5]  heads     ZSET shape -> best waiting score
     KEYS[6]  shapes    HASH shape -> canonical requirements (JSON)
     KEYS[7]  counts    HASH of totals
-    KEYS[8]  seq       STRING counter (FIFO tie-break within a millisecond)
-    KEYS[9]  events    STREAM
-    KEYS[10] delayed   ZSET id -> ms it falls due
-    KEYS[11] idle      ZSET of this job's shape: idle worker -> ms it began waiting
-    KEYS[12] waiting   HASH idle worker -> hub channel of its process
-    KEYS[13] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
-    KEYS[14] fair_weights  HASH customer -> weight (default 1)
-    KEYS[15] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
-    KEYS[16] tenant    ZSET of the job's customer: id -> submit order (written only when ARGV[18] is set)
-    KEYS[17] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
-    KEYS[18] blocked   ZSET child -> parents not finished yet
-    KEYS[19] parents   HASH child -> policy|start ms|parents
-    KEYS[20] errors    HASH id -> error history (a job whose parent already failed ends at once)
-    KEYS[21] info      HASH id -> worker|claimed_ms|finished_ms
-    KEYS[22] done      ZSET id -> record expiry, ms
-    KEYS[23] dead      ZSET id -> time of death (unused: named for includes/finish.lua)
+    KEYS[8]  events    STREAM
+    KEYS[9]  idle      ZSET of this job's shape: idle worker -> ms it began waiting
+    KEYS[10] waiting   HASH idle worker -> hub channel of its process
+    KEYS[11] fair_finish   HASH customer -> tag|arrival of its latest job (score units; fair share)
+    KEYS[12] fair_weights  HASH customer -> weight (default 1)
+    KEYS[13] delayed   ZSET id -> ms it falls due
+    KEYS[14] customer  HASH id -> customer (jobs that name one: claim checks pauses against it)
+    KEYS[15] tenant    ZSET of the job's customer: id -> submit order (written only when ARGV[18] is set)
+    KEYS[16] children  ZSET (score 0) 'parent|child' of waiting children (includes/deps.lua)
+    KEYS[17] blocked   ZSET child -> parents not finished yet
+    KEYS[18] parents   HASH child -> policy|start ms|parents
+    KEYS[19] errors    HASH id -> error history (a job whose parent already failed ends at once)
+    KEYS[20] info      HASH id -> worker|claimed_ms|finished_ms
+    KEYS[21] done      ZSET id -> record expiry, ms
+    KEYS[22] dead      ZSET id -> time of death (unused: named for includes/finish.lua)
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
@@ -44,6 +43,8 @@
     ARGV[19] on parent failure: fail | cancel | ignore ('' = the job has no parents)
     ARGV[20] result TTL, ms (a job that ends at once because a parent failed)
     ARGV[21..] parent ids (each must exist)
+  A plain job (no customer, no parents, no start time) is called with KEYS[1..12] and ARGV[1..15] only: it
+  touches none of the others, and each argument costs the server about 1 µs per call (docs/performance.md §6).
 
   Returns:
      1  submitted
@@ -58,29 +59,34 @@
 ]]
 local rcall = redis.call
 -- @include now
+-- @include int
 -- @include emit
 -- @include sentinel
 -- @include in_line
 -- @include fair
--- @include finish
--- @include history
--- @include deps
 
 local spec_key, meta_key, state_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local heads_key, shapes_key, counts_key, seq_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local delayed_key, idle_key, waiting_key = KEYS[10], KEYS[11], KEYS[12]
-local finish_key, weights_key, customer_key = KEYS[13], KEYS[14], KEYS[15]
-local children_key, blocked_key, parents_key = KEYS[17], KEYS[18], KEYS[19]
+local heads_key, shapes_key, counts_key, events_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local idle_key, waiting_key, finish_key, weights_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local delayed_key, customer_key = KEYS[13], KEYS[14]
+local children_key, blocked_key, parents_key = KEYS[16], KEYS[17], KEYS[18]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
-local id, shape, service, priority = ARGV[5], ARGV[7], ARGV[9], tonumber(ARGV[10])
+local id, shape, service = ARGV[5], ARGV[7], ARGV[9]
+local customer, policy = ARGV[18] or '', ARGV[19] or ''
 
-if rcall('HEXISTS', state_key, id) == 1 then
+-- The duplicate check: a job without parents takes its id and its first status in one command (nothing is
+-- written before it, so a duplicate changes nothing); one with parents is checked first and written once they
+-- were found, since a missing parent must leave no trace.
+local state_set = policy == ''
+if state_set then
+  if rcall('HSETNX', state_key, id, 'pending') == 0 then return -4 end
+elseif rcall('HEXISTS', state_key, id) == 1 then
   return -4
 end
 
 -- Parents: each must exist (so no cycle can form). Finished ones count as done, or end the job at once by its
 -- policy; it waits for the others.
-local policy, parents, waits_for, ended_by, ended_how = ARGV[19], {}, {}, nil, nil
+local parents, waits_for, ended_by, ended_how = {}, {}, nil, nil
 if policy ~= '' then
   local seen = {}
   for i = 21, #ARGV do
@@ -105,26 +111,31 @@ local start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[
 local later = start > now
 
 -- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,
--- and no job waits more than (priority difference x step) of virtual time behind later arrivals.
-local seq = rcall('INCR', seq_key)
-local step_units = priority * tonumber(ARGV[11]) * 1000
+-- and no job waits more than (priority difference x step) of virtual time behind later arrivals. Scores are
+-- whole score units: written as '%d' text (includes/int.lua).
+-- The FIFO tie-break within a millisecond: the count of submissions, which this one raises.
+local seq = rcall('HINCRBY', counts_key, 'submitted', '1')
+local step_units = ARGV[10] == '0' and 0 or tonumber(ARGV[10]) * tonumber(ARGV[11]) * 1000  -- no conversion for 0
 local score
 if later then
   -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md). One
   -- waiting for parents keeps the place (and fair-share tag) its submission gave it, like a replayed job.
-  score = string.format('%.0f', start * 1000 - step_units + (seq % 1000))
+  score = int_s(start * 1000 - step_units + (seq % 1000))
 else
-  score = string.format('%.0f', fair_tag(ready_key, meta_key, finish_key, weights_key, ARGV[18],
-    now * 1000 + (seq % 1000), tonumber(ARGV[11])) - step_units)
+  score = int_s(fair_tag(ready_key, meta_key, finish_key, weights_key, customer, now * 1000 + (seq % 1000),
+    ARGV[11]) - step_units)
 end
 
 rcall('HSET', spec_key, id, ARGV[6])
-if ARGV[18] ~= '' then rcall('HSET', customer_key, id, ARGV[18]) end
-rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. now .. '|' .. ARGV[10] .. '|' .. ARGV[12]
+if customer ~= '' then rcall('HSET', customer_key, id, customer) end
+rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. int_s(now) .. '|' .. ARGV[10] .. '|' .. ARGV[12]
   .. '|' .. ARGV[13] .. '|' .. score)
 if policy ~= '' then
-  rcall('HSET', parents_key, id, policy .. '|' .. string.format('%.0f', start) .. '|' .. table.concat(parents, ','))
+  rcall('HSET', parents_key, id, policy .. '|' .. int_s(start) .. '|' .. table.concat(parents, ','))
 end
+-- `known`: the shape was in heads already, so registered (a shape enters heads only after its registration,
+-- and neither is ever removed while the other stays): no HSETNX of its record.
+local known = false
 if blocked then
   rcall('HSET', state_key, id, 'blocked')
   rcall('ZADD', blocked_key, #waits_for, id)
@@ -136,33 +147,39 @@ if blocked then
 elseif ended_by then
   rcall('HSET', state_key, id, 'pending')  -- end_child below finishes it
 elseif later then
-  rcall('HSET', state_key, id, 'pending')
-  rcall('ZADD', delayed_key, start, id)
+  if not state_set then rcall('HSET', state_key, id, 'pending') end
+  rcall('ZADD', delayed_key, int_s(start), id)
 else
-  back_in_line({state = state_key, ready = ready_key, heads = heads_key}, id, shape, score, nil)
+  -- Its status is set already unless it named parents; the wake comes after the event.
+  known = back_in_line({state = not state_set and state_key or nil, ready = ready_key, heads = heads_key}, id,
+    shape, score, nil) == 0
 end
-if rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
+if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
   -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.
   rcall('ZADD', heads_key, 'NX', '+inf', HEADS_SENTINEL)
   rcall(ARGV[14] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[15], shape)
 end
-rcall('HINCRBY', counts_key, 'submitted', 1)
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
-if ARGV[18] ~= '' then rcall('ZADD', KEYS[16], string.format('%.0f', now * 1000 + (seq % 1000)), id) end
+if customer ~= '' then rcall('ZADD', KEYS[15], int_s(now * 1000 + (seq % 1000)), id) end
 local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
 if blocked or ended_by then
   fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
   if blocked then fields[#fields + 1], fields[#fields + 2] = 'blocked', 1 end
 elseif later then
-  fields[#fields + 1], fields[#fields + 2] = 'run_at', start
+  fields[#fields + 1], fields[#fields + 2] = 'run_at', int_s(start)
 else
   wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
 end
 emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 if ended_by then
-  local k = {state = state_key, info = KEYS[21], done = KEYS[22], counts = counts_key, dead = KEYS[23],
-    children = children_key, blocked = blocked_key, parents = parents_key, errors = KEYS[20], events = events_key}
+  -- Only here: a closure per function of these includes costs every call that defines them (~1-2k instructions
+  -- each), and a job ends at submission only when a parent had failed.
+-- @include finish
+-- @include history
+-- @include deps
+  local k = {state = state_key, info = KEYS[20], done = KEYS[21], counts = counts_key, dead = KEYS[22],
+    children = children_key, blocked = blocked_key, parents = parents_key, errors = KEYS[19], events = events_key}
   local status = policy == 'cancel' and 'cancelled' or 'failed'
   end_child(k, id, status, ended_by, ended_how, now, tonumber(ARGV[20]))
   return status == 'cancelled' and 6 or 5

@@ -15,18 +15,22 @@
     One customer's tags only grow: its own jobs stay FIFO.
 
   Cost: O(log N) (the head) + O(1), whatever the number of customers. Jobs without a customer form one
-  default customer, '-' (not a valid customer id).
+  default customer, '-' (not a valid customer id). Tags are whole score units, read and written as decimal
+  text ('%d': a float format costs as much as a small command).
 ]]
 local FAIR_QUANTUM = 10000  -- score units a weight-1 customer's tag moves per job (10 ms)
 
 local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, arrival, step_ms)
+  -- step_ms: the priority step as text (ARGV)
   if customer == '' then customer = '-' end
   local v = arrival
-  local head = rcall('ZRANGE', ready_key, 0, 0, 'WITHSCORES')
+  local head = rcall('ZRANGE', ready_key, '0', '0', 'WITHSCORES')
   if head[1] then
     local meta = rcall('HGET', meta_key, head[1])
-    local p = meta and tonumber(string.match(meta, '^[^|]*|[^|]*|[^|]*|([^|]*)|')) or 0
-    v = tonumber(head[2]) + p * step_ms * 1000
+    local p = meta and string.match(meta, '^[^|]*|[^|]*|[^|]*|([^|]*)|')
+    v = tonumber(head[2])
+    -- A text-to-number conversion costs ~1k instructions: none for the usual priority 0.
+    if p and p ~= '0' then v = v + tonumber(p) * tonumber(step_ms) * 1000 end
   end
   local tag = v
   local last = rcall('HGET', finish_key, customer)
@@ -38,6 +42,6 @@ local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, 
     local spaced = arrival + math.min(0, last_tag - last_arrival)
     tag = math.max(tag, paced, spaced)
   end
-  rcall('HSET', finish_key, customer, string.format('%.0f|%.0f', tag, arrival))
+  rcall('HSET', finish_key, customer, string.format('%d|%d', tag, arrival))
   return tag
 end

@@ -1,0 +1,147 @@
+"""One `Queue.submit` asks Redis for each thing once (issue 14): what submit.lua costs is counted in Redis's own
+command statistics and in the arguments of its call, never timed. And what it skips is only what a job does not
+need: a duplicate id, a new shape, a job with a customer, parents or a start time behave as before."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from appliance.queue import DuplicateJob, JobStatus, Queue
+from appliance.queue.scripts import ScriptSet
+from tests.pubsub import json_messages
+
+
+async def _commands(aredis: Any) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT, the script's own calls included, the script call not."""
+    stats = await aredis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+    for own in ("evalsha", "eval", "fcall", "info", "config|resetstat"):
+        calls.pop(own, None)
+    return calls
+
+
+async def test_a_plain_submit_runs_fifteen_commands(queue: Queue, aredis: Any) -> None:
+    # Before: HEXISTS state (the duplicate check), then HSET state, HSETNX shapes on every submit, and INCR seq
+    # for the FIFO tie-break besides HINCRBY counts: 18. Now the id is taken with one HSETNX state, a shape
+    # already in heads is known to be registered, and the count of submissions is the tie-break: 15.
+    # (TIME, HSETNX state, HINCRBY counts, fair share: ZRANGE ready, HGET meta, HGET fair_finish, HGET
+    # fair_weights, HSET fair_finish; HSET spec, HSET meta, ZADD ready, ZADD heads, ZPOPMIN idle, XADD, PUBLISH.)
+    await queue.submit({"service": "echo"})
+    await aredis.config_resetstat()
+    job = await queue.submit({"service": "echo"})
+    calls = await _commands(aredis)
+    assert "hexists" not in calls and "incr" not in calls and calls.get("hsetnx") == 1, calls
+    assert calls.get("hset") == 3, calls  # spec, meta, the customer's fair-share tag
+    assert sum(calls.values()) == 15, calls
+    assert (await queue.get(job.id)).status is JobStatus.PENDING  # type: ignore[union-attr]
+    assert await aredis.hget(queue.keys.counts, "submitted") == b"2"
+
+
+async def test_a_plain_job_passes_only_the_keys_and_arguments_it_uses(queue: Queue) -> None:
+    # Before: every submit passed all 23 KEYS and 20 ARGV; each costs the server about 1 µs per call. Now
+    # a plain job passes 12 and 15 (and every other job 22: the counter `seq` went).
+    sizes: list[tuple[int, int]] = []
+    original = ScriptSet.call
+
+    async def recording(
+        self: ScriptSet, client: object, name: str, keys: list[str], args: list[object], **options: Any
+    ) -> Any:
+        if name == "submit":
+            sizes.append((len(keys), len(args)))
+        return await original(self, client, name, keys, args, **options)
+
+    queue.scripts.call = recording.__get__(queue.scripts)  # type: ignore[method-assign]
+    plain = await queue.submit({"service": "echo"})
+    await queue.submit({"service": "echo", "customer_id": "acme"})
+    await queue.submit({"service": "echo", "delay_s": 60})
+    await queue.submit({"service": "echo", "after": [plain.id]})
+    assert sizes == [(12, 15), (22, 20), (22, 20), (22, 21)]
+
+
+async def test_a_new_shape_is_registered_and_announced_once(queue: Queue, aredis: Any) -> None:
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe(queue.keys.shapes_channel)
+    assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
+    first = await queue.submit({"service": "echo"})
+    await queue.submit({"service": "echo"})
+    # Its ready index drained: the shape leaves heads, and comes back with the next job, still registered.
+    while (claimed := await queue.claim("w", [first.shape])) is not None:
+        await queue.complete(claimed.job.id, claimed.token, {})
+    assert await aredis.zscore(queue.keys.heads, first.shape) is None
+    again = await queue.submit({"service": "echo"})
+    other = await queue.submit({"service": "other"})
+    seen = []
+    while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
+        seen.append(message["data"].decode())
+    await pubsub.aclose()
+    assert seen == [first.shape, other.shape]
+    assert set(await aredis.hkeys(queue.keys.shapes)) == {first.shape.encode(), other.shape.encode()}
+    assert await aredis.zscore(queue.keys.heads, again.shape) is not None
+    assert (await queue.claim("w", [again.shape])).job.id == again.id  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_a_duplicate_id_changes_nothing(queue: Queue, aredis: Any, after: bool) -> None:
+    parent = await queue.submit({"service": "echo"})
+    extra = {"after": [parent.id]} if after else {}
+    await queue.submit({"id": "order-1", "service": "echo", "payload": {"v": 1}, **extra})
+    before = await aredis.hgetall(queue.keys.counts), await aredis.xlen(queue.keys.events)
+    state = await aredis.hget(queue.keys.state, "order-1")
+    with pytest.raises(DuplicateJob):
+        await queue.submit({"id": "order-1", "service": "echo", "payload": {"v": 2}, **extra})
+    assert (await aredis.hgetall(queue.keys.counts), await aredis.xlen(queue.keys.events)) == before
+    assert await aredis.hget(queue.keys.state, "order-1") == state
+    assert (await queue.get("order-1")).payload == {"v": 1}  # type: ignore[union-attr]
+
+
+async def test_the_submitted_event_and_the_stored_times_are_whole_numbers(queue: Queue, aredis: Any) -> None:
+    # Times and scores go to Redis as '%d' text (a float format costs as much as a small command): the same
+    # values as before, never an exponent or a fraction.
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe("job_submitted")
+    plain = await queue.submit({"service": "echo", "priority": 2})
+    later = await queue.submit({"service": "echo", "delay_s": 30})
+    (_, message), (_, delayed) = await json_messages(pubsub, 2)
+    await pubsub.aclose()
+    assert message == {
+        "event": "submitted",
+        "queue": queue.name,
+        "job": plain.id,
+        "service": "echo",
+        "shape": plain.shape,
+        "priority": "2",
+    }
+    assert delayed["run_at"].isdigit()
+    meta = (await aredis.hget(queue.keys.meta, plain.id)).decode().split("|")
+    assert meta[2].isdigit() and meta[6].lstrip("-").isdigit(), meta
+    score = await aredis.zscore(queue.keys.ready(plain.shape), plain.id)
+    assert score == int(meta[6])
+    tag, arrival = (await aredis.hget(queue.keys.fair_finish, "-")).decode().split("|")
+    assert tag.isdigit() and arrival.isdigit()
+    due = await aredis.zscore(queue.keys.delayed, later.id)
+    entry = {k.decode(): v.decode() for k, v in (await aredis.xrange(queue.keys.events))[-1][1].items()}
+    assert entry["job"] == later.id and entry["run_at"] == delayed["run_at"] == str(int(due))
+
+
+async def test_a_new_customer_starts_at_the_tag_of_a_prioritised_head(queue: Queue, aredis: Any) -> None:
+    # Fair share's virtual time is the head's tag: its score plus its priority offset (read from its meta,
+    # converted only when not 0). A customer that just arrived ranks next in line: at that tag.
+    head = await queue.submit({"service": "echo", "priority": 5})
+    newcomer = await queue.submit({"service": "echo", "customer_id": "acme"})
+    ready = queue.keys.ready(head.shape)
+    offset = 5 * queue.settings.priority_step_ms * 1000
+    assert await aredis.zscore(ready, newcomer.id) - await aredis.zscore(ready, head.id) == offset
+
+
+async def test_jobs_due_in_the_same_millisecond_keep_their_order(queue: Queue, aredis: Any) -> None:
+    # The FIFO tie-break within a millisecond is the count of submissions (INCR seq before): jobs scheduled for
+    # the same instant rank in the order they were submitted.
+    due = datetime.now(UTC) + timedelta(minutes=5)
+    jobs = await queue.submit_many([{"service": "echo", "run_at": due.isoformat()} for _ in range(20)])
+    metas = await aredis.hmget(queue.keys.meta, [j.id for j in jobs])
+    scores = [int(m.decode().rsplit("|", 1)[1]) for m in metas]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)
+    assert {s // 1000 for s in scores} == {int(due.timestamp() * 1000)}

@@ -21,6 +21,7 @@ the same errors and the same disconnects as redis-py's; anything else takes redi
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -122,12 +123,20 @@ class _DirectReads:
         try:
             if this.socket_timeout is None:
                 return await _fill(this, parser, reader, response)
-            async with asyncio.timeout(this.socket_timeout) as active:
-                this._active_read_timeout = active  # a maintenance notice may extend it, as redis-py allows
-                try:
-                    return await _fill(this, parser, reader, response)
-                finally:
-                    this._active_read_timeout = None
+            deadline: _ReadDeadline | None = this.__dict__.get("_read_deadline")
+            if deadline is None:
+                deadline = this._read_deadline = _ReadDeadline()
+            task = deadline.start(this.socket_timeout)
+            this._active_read_timeout = deadline  # a maintenance notice may extend it, as redis-py allows
+            try:
+                return await _fill(this, parser, reader, response)
+            except asyncio.CancelledError:
+                if deadline.expired(task):
+                    raise TimeoutError from None
+                raise
+            finally:
+                this._active_read_timeout = None
+                deadline.task = None
         except TimeoutError:
             await this.disconnect(nowait=True)
             raise RedisTimeoutError(f"Timeout reading from {this._host_error()}") from None
@@ -139,6 +148,61 @@ class _DirectReads:
         except BaseException:
             await this.disconnect(nowait=True)
             raise
+
+
+class _ReadDeadline:
+    """The socket timeout of one connection's reads, on one timer handle re-armed only when it fires: a timeout
+    context per read made and cancelled a timer handle for every reply (a worker's round trip reads one).
+    Expiring cancels the reading task, which `expired` turns into TimeoutError as `asyncio.timeout` does."""
+
+    __slots__ = ("task", "when", "handle", "fired", "cancelling")
+
+    def __init__(self) -> None:
+        #: The task reading now (None between reads) and its deadline (loop time).
+        self.task: asyncio.Task[Any] | None = None
+        self.when = math.inf
+        self.handle: asyncio.TimerHandle | None = None
+        #: This read's deadline passed and its task was cancelled for it.
+        self.fired = False
+        self.cancelling = 0
+
+    def start(self, timeout: float) -> asyncio.Task[Any] | None:
+        """A read starts in the current task and may last `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        task = self.task = asyncio.current_task()
+        self.fired = False
+        self.cancelling = task.cancelling() if task is not None else 0
+        self.reschedule(loop.time() + timeout)
+        return task
+
+    def reschedule(self, when: float | None) -> None:
+        """Move this read's deadline (`asyncio.Timeout.reschedule`, which redis-py's maintenance notices call)."""
+        self.when = math.inf if when is None else when
+        handle = self.handle
+        if handle is not None and handle.when() <= self.when:
+            return  # it fires first and re-arms for the deadline then
+        if handle is not None:
+            handle.cancel()
+        self.handle = None if when is None else asyncio.get_running_loop().call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        task = self.task
+        if task is None or self.when == math.inf:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.when:
+            self.handle = loop.call_at(self.when, self._fire)
+        elif not task.done():
+            self.fired = True
+            task.cancel()
+
+    def expired(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether the CancelledError out of this read is the deadline's own (then it is uncancelled)."""
+        if not self.fired or task is None:
+            return False
+        self.fired = False
+        return task.uncancel() <= self.cancelling
 
 
 async def _fill(conn: Any, parser: Any, reader: Any, response: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -140,3 +141,66 @@ async def test_push_notices_between_replies_are_skipped(redis_url: str) -> None:
         await client.connection_pool.release(conn)
         await client.aclose()
         await other.aclose()
+
+
+async def test_replies_in_a_row_share_one_timer_and_a_late_one_still_times_out(redis_url: str) -> None:
+    # The socket timeout of every read is one timer handle per connection, re-armed only when it fires (a
+    # timeout context per read made and cancelled a handle for each reply).
+    client, conn = await _held(redis_url, socket_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    armed = 0
+    call_at = loop.call_at
+
+    def counting_call_at(*args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal armed
+        armed += 1
+        return call_at(*args, **kwargs)
+
+    try:
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        for _ in range(50):
+            await conn.send_command("PING")
+            assert await conn.read_response() == "PONG"
+        loop.call_at = call_at  # type: ignore[method-assign]
+        assert armed <= 2, armed
+        # The handle armed for an early read's deadline re-arms for a later read, which still times out at its own.
+        await asyncio.sleep(0.2)
+        await conn.send_command("BLPOP", "direct:empty", 2)
+        started = loop.time()
+        with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+            await conn.read_response()
+        assert loop.time() - started >= 0.3
+        assert conn._reader is None
+    finally:
+        loop.call_at = call_at  # type: ignore[method-assign]
+        await client.connection_pool.release(conn)
+        await client.aclose()
+
+
+async def test_a_read_cancelled_by_its_caller_is_cancelled_not_timed_out(redis_url: str) -> None:
+    client, conn = await _held(redis_url, socket_timeout=5)
+    try:
+        await conn.send_command("BLPOP", "direct:empty", 2)
+        reading = asyncio.create_task(conn.read_response())
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert conn._reader is None  # a reply may still come: the connection is dropped, as redis-py does
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()
+
+
+async def test_a_relaxed_timeout_from_a_maintenance_notice_moves_the_reads_deadline(redis_url: str) -> None:
+    # redis-py reschedules the active read's deadline when the server announces maintenance.
+    client, conn = await _held(redis_url, socket_timeout=0.2)
+    try:
+        await conn.send_command("BLPOP", "direct:empty", 1)
+        reading = asyncio.create_task(conn.read_response())
+        await asyncio.sleep(0.05)
+        conn.update_current_socket_timeout(relaxed_timeout=3)
+        assert await reading is None  # BLPOP's own 1 s timeout answered, past the 0.2 s socket timeout
+    finally:
+        await client.connection_pool.release(conn)
+        await client.aclose()

@@ -141,8 +141,8 @@ class JobRunner:
                 done = result or {}
                 encoded = compact_json(done)
                 if len(encoded) <= self.queue.settings.max_result_bytes:  # ASCII JSON: characters are bytes
-                    if progress is not None:
-                        await progress.close()
+                    if lease.progress is not None:  # no close coroutine for a job that reported nothing
+                        await lease.progress.close()
                     self.writer.complete_later(lease, done, encoded, self._written)
                     handed = True
                     return

@@ -30,6 +30,9 @@ class QueueConnection:
     #: KEYS already built, per script, shape, class and candidates: building them costs ~30 µs, a worker's calls
     #: repeat the same few (never mutated by the callers).
     _keys: dict[tuple[Any, ...], list[str]] = field(default_factory=dict, repr=False)
+    #: `common()` of the settings object it was computed for (a worker's round trip asks for it several times;
+    #: settings are replaced, never changed in place).
+    _common: tuple[Any, list[Any]] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -62,10 +65,20 @@ class QueueConnection:
         return "s" if self.cluster else "1"
 
     def common(self) -> list[Any]:
-        """ARGV[1..4] of every script that emits or publishes (the events mode says `:sharded`, see emit.lua)."""
+        """ARGV[1..4] of every script that emits or publishes (the events mode says `:sharded`, see emit.lua).
+        A new list each call (callers may extend it)."""
+        return self._shared_common().copy()
+
+    def _shared_common(self) -> list[Any]:
+        """`common()`, computed once per settings object; the list is shared: never to be changed."""
+        cached = self._common
+        if cached is not None and cached[0] is self.settings:
+            return cached[1]
         sharded = self.sharded and self.settings.events is not EventsMode.NONE
         mode = self.settings.events.value + (":sharded" if sharded else "")
-        return [self.channel_prefix, self.keys.name, mode, self.settings.events_maxlen]
+        common = [self.channel_prefix, self.keys.name, mode, self.settings.events_maxlen]
+        self._common = (self.settings, common)
+        return common
 
     def prepare(
         self,
@@ -88,7 +101,7 @@ class QueueConnection:
             keys = self._keys[memo] = spec.build(
                 self.keys, shape=shape, class_id=class_id, candidates=candidates, customer=customer, idle=idle
             )
-        return script, keys, (self.common() if spec.common else []) + args
+        return script, keys, (self._shared_common() + args if spec.common else args)
 
     async def run(self, call: Call, *, durable: bool = False, meanwhile: Meanwhile = None) -> Any:
         """Run one call; `durable` (submits, completions): with `queue.durable_replicas`, also WAIT for them.

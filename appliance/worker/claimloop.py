@@ -56,6 +56,8 @@ class ClaimLoop:
         #: Monotonic time of the loop's last turn (the watchdog's liveness check).
         self.beat = time.monotonic()
         self._changed = asyncio.Event()
+        #: Ends a wait at the latest `claim_timeout_s` after it was armed (`_wait_changed`).
+        self._ticker: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Turn until a stop signal came. Meanwhile the loop carries the completions of finished jobs with its
@@ -67,6 +69,9 @@ class ClaimLoop:
                 await self.iteration()
         finally:
             completions.carry(None)
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._ticker = None
 
     async def iteration(self) -> None:
         """One turn: complete the jobs that finished and claim the slots that are free in one round trip (the
@@ -134,7 +139,8 @@ class ClaimLoop:
     def _start_run(self, claimed: ClaimedJob) -> None:
         lease = self.runner.lease_for(claimed)
         # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free).
-        self.runs.add(asyncio.create_task(self._run(lease), name=f"run:{claimed.job.id}"))
+        loop = asyncio.get_running_loop()  # its create_task takes the name itself (asyncio's sets it after)
+        self.runs.add(loop.create_task(self._run(lease), name=f"run:{lease.job_id}"))
 
     async def _run(self, lease: Lease) -> None:
         """One job's run; its task leaves `runs` when it ends (no scan of the runs per turn), and a crash (a
@@ -149,15 +155,19 @@ class ClaimLoop:
                 self.runs.discard(task)
 
     async def _wait_changed(self, timeout_s: float) -> None:
-        # A timer that sets the event, not a timeout context: at one slot every job passes through here.
+        """Sleep until something changes, `timeout_s` at most. One timer serves the waits in a row: at one slot
+        every job passes through here, and a timer armed and cancelled per wait cost more than the wait. A wait
+        it ends early is a turn that finds nothing new (the loop looks again and waits again)."""
         changed = self._changed
         if changed.is_set():
             return
-        timer = asyncio.get_running_loop().call_later(timeout_s, changed.set)
-        try:
-            await changed.wait()
-        finally:
-            timer.cancel()
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(timeout_s, self._tick)
+        await changed.wait()
+
+    def _tick(self) -> None:
+        self._ticker = None
+        self._changed.set()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -141,9 +141,9 @@ class JobRunner:
                 done = result or {}
                 encoded = compact_json(done)
                 if len(encoded) <= self.queue.settings.max_result_bytes:  # ASCII JSON: characters are bytes
-                    await self._close_progress(lease)
-                    outcome = Outcome(OutcomeKind.COMPLETE, done, encoded=encoded)
-                    self.writer.complete_later(lease, outcome, self._written)
+                    if lease.progress is not None:  # no close coroutine for a job that reported nothing
+                        await lease.progress.close()
+                    self.writer.complete_later(lease, done, encoded, self._written)
                     handed = True
                     return
             await self._write(lease, result, exc)

@@ -15,7 +15,14 @@ from functools import partial
 from typing import Any
 
 from appliance.queue import ClaimedJob, Queue, WorkerSession
-from appliance.queue.errors import JobAlreadyFinished, JobNotFound, LeaseLost, QueueError, raise_for_code
+from appliance.queue.errors import (
+    JobAlreadyFinished,
+    JobNotFound,
+    LeaseLost,
+    QueueError,
+    ScriptCode,
+    raise_for_code,
+)
 from appliance.queue.lease import EncodedJSON, compact_json
 from appliance.worker.completions import Completions
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason
@@ -23,6 +30,9 @@ from appliance.worker.progress import ProgressForwarder
 from appliance.worker.redislink import RedisLink, is_unreachable
 
 log = logging.getLogger(__name__)
+
+#: complete.lua's code for a written completion, as a plain int (compared once per job).
+_OK = int(ScriptCode.OK)
 
 
 class Lease:
@@ -327,20 +337,34 @@ class OutcomeWriter:
         """Whether the claim loop carries completions with its claims now."""
         return self.completions.carrier is not None
 
-    def complete_later(self, lease: Lease, outcome: Outcome, done: Callable[[Lease, bool], None]) -> None:
-        """Queue a small result (`outcome.encoded`) for the claim loop's next round trip and return: no task
-        waits for its answer. `done(lease, written)` is called once its fate is known, as `write` would have
-        returned it; while Redis is away a task retries it as `write` does."""
+    def complete_later(
+        self, lease: Lease, result: dict[str, Any], encoded: str, done: Callable[[Lease, bool], None]
+    ) -> None:
+        """Queue a small result (`encoded`, its `compact_json`) for the claim loop's next round trip and return:
+        no task waits for its answer. `done(lease, written)` is called once its fate is known, as `write` would
+        have returned it; while Redis is away a task retries it as `write` does."""
         self.completions.add_settled(
             lease.job_id,
             lease.token,
-            EncodedJSON(outcome.encoded),
-            partial(self._settled, lease, outcome, done),
+            EncodedJSON(encoded),
+            partial(self._settled, lease, result, encoded, done),
         )
 
     def _settled(
-        self, lease: Lease, outcome: Outcome, done: Callable[[Lease, bool], None], answer: int | Exception
+        self,
+        lease: Lease,
+        result: dict[str, Any],
+        encoded: str,
+        done: Callable[[Lease, bool], None],
+        answer: int | Exception,
     ) -> None:
+        if answer == _OK:  # the usual answer: no Outcome made (a line only at DEBUG)
+            self.link.mark_up()
+            if log.isEnabledFor(logging.DEBUG):
+                _log_written(lease, Outcome(OutcomeKind.COMPLETE, result, encoded=encoded))
+            done(lease, True)
+            return
+        outcome = Outcome(OutcomeKind.COMPLETE, result, encoded=encoded)
         if isinstance(answer, Exception):  # the batch did not reach Redis
             if self._may_retry(lease, outcome, answer):
                 task = asyncio.create_task(self._retry(lease, outcome, done), name=f"write:{lease.job_id}")

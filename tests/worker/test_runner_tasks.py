@@ -229,3 +229,65 @@ async def test_deadlines_drop_ended_calls_behind_a_long_one() -> None:
             break
         await asyncio.sleep(0.01)
     assert expired == [soon]
+
+
+async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per_job(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # At one slot the claim loop waits for the slot after every claim. Before: each wait armed a timer handle
+    # of its own for the claim timeout and cancelled it (20 jobs, about 20 handles). Now one timer ends a wait
+    # at the latest the claim timeout after it was armed, and serves the waits in a row.
+    from appliance.worker.claimloop import ClaimLoop
+    from appliance.worker.drain import FleetDrain, StopSignals
+    from appliance.worker.housekeeping import ServiceHealth
+
+    connector = EchoConnector(options=ConnectorOptions(concurrency=1), storage=LocalStorage(tmp_path))
+    link = RedisLink()
+    claims: ClaimLoop | None = None
+
+    def freed() -> None:
+        if claims is not None:
+            claims.wake()
+
+    leases = LeaseTable(on_free=freed)
+    runner = JobRunner(connector, queue, leases, link, OutcomeWriter(queue, link), default_timeout_s=60)
+    await queue.submit_many([JobSpec(service="echo") for _ in range(20)])
+    session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
+    service = ServiceHealth(connector, "echo", interval_s=60, down_interval_s=60)
+    service.healthy = True
+    signals = StopSignals()
+    claims = ClaimLoop(
+        session,
+        FleetDrain(queue.client, "m", link),
+        runner,
+        leases=leases,
+        link=link,
+        signals=signals,
+        service=service,
+        capacity=1,
+        claim_timeout_s=30,
+    )
+    loop = asyncio.get_running_loop()
+    armed: list[Any] = []
+    real = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__self__", None) in (claims, claims._changed):
+            armed.append(callback)
+        return real(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(claims.run())
+    try:
+        for _ in range(300):
+            if runner.completed == 20:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        signals.draining.set()
+        claims.wake()
+        await asyncio.wait_for(task, 10)
+        del loop.call_at
+    assert runner.completed == 20
+    assert 1 <= len(armed) <= 2, armed
+    await session.close()

@@ -55,12 +55,12 @@ class EchoConnector(Connector):
                 await asyncio.sleep(delay / PROGRESS_STEPS)
                 await progress(100.0 * step / PROGRESS_STEPS, f"step {step}/{PROGRESS_STEPS}")
         fail = payload.get("fail")
-        message = str(payload.get("message") or f"echo asked to fail ({fail})")
-        if fail == "retryable":
-            raise RetryableError(message, code="echo_retryable")
-        if fail == "permanent":
-            raise PermanentError(message, code="echo_permanent")
-        if fail is not None:
+        if fail is not None:  # the message is made only for a job that asks to fail (not per echo)
+            message = str(payload.get("message") or f"echo asked to fail ({fail})")
+            if fail == "retryable":
+                raise RetryableError(message, code="echo_retryable")
+            if fail == "permanent":
+                raise PermanentError(message, code="echo_permanent")
             raise PermanentError(
                 f"payload.fail must be 'retryable' or 'permanent', got {fail!r}", code="bad_payload"
             )

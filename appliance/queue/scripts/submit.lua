@@ -162,16 +162,32 @@ if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
 end
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
 if customer ~= '' then rcall('ZADD', KEYS[15], int_s(now * 1000 + (seq % 1000)), id) end
-local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
+-- The event: the stream entry's fields and the pub/sub message's object, each built by one table constructor
+-- (emit_many's form: filling a table field by field regrows it; `event` and `queue` are in the object already,
+-- so emit_many's assignment of them adds no field). The values are strings, as emit's tostring gave them.
+local priority, entry, doc = ARGV[10], nil, nil
 if blocked or ended_by then
-  fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
-  if blocked then fields[#fields + 1], fields[#fields + 2] = 'blocked', 1 end
+  local n = tostring(#parents)
+  if blocked then
+    entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority, 'parents', n, 'blocked', '1'}
+    doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority,
+      parents = n, blocked = '1'}
+  else
+    entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority, 'parents', n}
+    doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority,
+      parents = n}
+  end
 elseif later then
-  fields[#fields + 1], fields[#fields + 2] = 'run_at', int_s(start)
+  local at = int_s(start)
+  entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority, 'run_at', at}
+  doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority,
+    run_at = at}
 else
   wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
+  entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority}
+  doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority}
 end
-emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
+emit_many(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', {entry}, {doc})
 if ended_by then
   -- Only here: a closure per function of these includes costs every call that defines them (~1-2k instructions
   -- each), and a job ends at submission only when a parent had failed.

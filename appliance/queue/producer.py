@@ -123,7 +123,7 @@ class Producer:
         # Python layer and a decode (~1.2 µs a job).
         body = _SERIALIZE(spec, exclude=_BODY_EXCLUDE_WITH_PARENTS if spec.after else _BODY_EXCLUDE)
         quoted = json.dumps(job_id) if spec.id else f'"{job_id}"'
-        encoded = b"%s,\"id\":%s,\"shape\":\"%s\"}" % (body[:-1], quoted.encode(), shape.encode())
+        encoded = b'%s,"id":%s,"shape":"%s"}' % (body[:-1], quoted.encode(), shape.encode())
         size = len(encoded)
         limit = self.conn.settings.max_payload_bytes
         if size > limit:

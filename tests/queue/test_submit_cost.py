@@ -194,4 +194,8 @@ async def test_the_submitted_event_of_a_child_says_the_same_on_both_paths(
     )
     assert message == {**entry, "queue": queue.name}
     expected = {"job": child.id, "service": "echo", "shape": child.shape, "priority": "0", "parents": "1"}
-    assert entry == {"event": "submitted", **expected, **({"blocked": "1"} if parent_state == "waiting" else {})}
+    assert entry == {
+        "event": "submitted",
+        **expected,
+        **({"blocked": "1"} if parent_state == "waiting" else {}),
+    }

@@ -41,6 +41,8 @@ _BODY_EXCLUDE_WITH_PARENTS: set[str] = {"id"}
 _BODY_EXCLUDE: set[str] = {"id", "after", "on_parent_failure"}
 #: The spec's fields a `Job` takes as they are (read once: `JobSpec.model_fields` costs ~5 µs a read).
 _JOB_FIELDS = tuple(name for name in JobSpec.model_fields if name not in ("id", "run_at", "delay_s"))
+#: The spec's JSON serializer (pydantic's, which `model_dump_json` calls and decodes): bytes.
+_SERIALIZE = JobSpec.__pydantic_serializer__.to_json
 #: What submit.lua's code says the new job's status is.
 _SUBMITTED = {
     ScriptCode.OK: JobStatus.PENDING,
@@ -117,10 +119,12 @@ class Producer:
         # pydantic writes the JSON in one pass (UTF-8, not escaped); id and shape are appended like before.
         # A job without parents stores no dependency fields (they are its defaults). A generated id needs no
         # escaping; a caller's is encoded (its pattern allows nothing JSON escapes, unless built unvalidated).
-        body = spec.model_dump_json(exclude=_BODY_EXCLUDE_WITH_PARENTS if spec.after else _BODY_EXCLUDE)
+        # The serializer itself, not model_dump_json: the same bytes (what Redis stores), without that method's
+        # Python layer and a decode (~1.2 µs a job).
+        body = _SERIALIZE(spec, exclude=_BODY_EXCLUDE_WITH_PARENTS if spec.after else _BODY_EXCLUDE)
         quoted = json.dumps(job_id) if spec.id else f'"{job_id}"'
-        encoded = f'{body[:-1]},"id":{quoted},"shape":"{shape}"}}'
-        size = len(encoded) if encoded.isascii() else len(encoded.encode())
+        encoded = b'%s,"id":%s,"shape":"%s"}' % (body[:-1], quoted.encode(), shape.encode())
+        size = len(encoded)
         limit = self.conn.settings.max_payload_bytes
         if size > limit:
             raise PayloadTooLarge(f"job {job_id}", size, "max_payload_bytes", limit)

@@ -145,3 +145,57 @@ async def test_jobs_due_in_the_same_millisecond_keep_their_order(queue: Queue, a
     scores = [int(m.decode().rsplit("|", 1)[1]) for m in metas]
     assert scores == sorted(scores) and len(set(scores)) == len(scores)
     assert {s // 1000 for s in scores} == {int(due.timestamp() * 1000)}
+
+
+async def test_fair_share_reads_the_heads_score_as_its_meta_text(queue: Queue, aredis: Any) -> None:
+    # Before: `ZRANGE ready 0 0 WITHSCORES`, whose score Redis formats as a double and the script parsed back
+    # (~3,500 instructions a submit); the same score is the last column of the head's meta, read anyway for its
+    # priority. The head's tag, so a newcomer's place, is unchanged (the test above and tests/queue/test_fair*).
+    await queue.submit({"service": "echo"})
+    async with aredis.monitor() as monitor:
+        await queue.submit({"service": "echo"})
+        seen: list[str] = []
+        while not any("XADD" in c.upper() for c in seen):
+            seen.append((await monitor.next_command())["command"])
+    zrange = [c for c in seen if c.upper().startswith("ZRANGE")]
+    assert zrange and not any("WITHSCORES" in c.upper() for c in zrange), zrange
+
+
+async def test_a_head_whose_meta_has_no_score_is_read_from_its_index(queue: Queue, aredis: Any) -> None:
+    # A meta column without a score (not written by this version) falls back to the head's score in the index.
+    head = await queue.submit({"service": "echo", "priority": 5})
+    meta = (await aredis.hget(queue.keys.meta, head.id)).decode()
+    await aredis.hset(queue.keys.meta, head.id, meta.rsplit("|", 1)[0])
+    newcomer = await queue.submit({"service": "echo", "customer_id": "acme"})
+    ready = queue.keys.ready(head.shape)
+    offset = 5 * queue.settings.priority_step_ms * 1000
+    assert await aredis.zscore(ready, newcomer.id) - await aredis.zscore(ready, head.id) == offset
+
+
+@pytest.mark.parametrize("parent_state", ["waiting", "failed"])
+async def test_the_submitted_event_of_a_child_says_the_same_on_both_paths(
+    queue: Queue, aredis: Any, parent_state: str
+) -> None:
+    # The event's stream entry and pub/sub message are built by two table constructors (emit_many's form):
+    # the same names and values, as emit wrote them (numbers as text). A cancelled parent ends it at once.
+    parent = await queue.submit({"service": "echo"})
+    if parent_state == "failed":
+        await queue.cancel(parent.id)
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe("job_submitted")
+    child = await queue.submit({"service": "echo", "after": [parent.id], "on_parent_failure": "cancel"})
+    ((_, message),) = await json_messages(pubsub, 1)
+    await pubsub.aclose()
+    entries = await aredis.xrange(queue.keys.events)
+    entry = next(
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in reversed(entries)
+        if fields[b"event"] == b"submitted" and fields[b"job"] == child.id.encode()
+    )
+    assert message == {**entry, "queue": queue.name}
+    expected = {"job": child.id, "service": "echo", "shape": child.shape, "priority": "0", "parents": "1"}
+    assert entry == {
+        "event": "submitted",
+        **expected,
+        **({"blocked": "1"} if parent_state == "waiting" else {}),
+    }

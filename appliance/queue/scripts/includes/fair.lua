@@ -24,11 +24,18 @@ local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, 
   -- step_ms: the priority step as text (ARGV)
   if customer == '' then customer = '-' end
   local v = arrival
-  local head = rcall('ZRANGE', ready_key, '0', '0', 'WITHSCORES')
-  if head[1] then
-    local meta = rcall('HGET', meta_key, head[1])
-    local p = meta and string.match(meta, '^[^|]*|[^|]*|[^|]*|([^|]*)|')
-    v = tonumber(head[2])
+  local head = rcall('ZRANGE', ready_key, '0', '0')[1]
+  if head then
+    -- The head's score is the one its meta holds (every ZADD to a ready index writes the meta's score, or the
+    -- score ZPOPMIN gave back): read as the meta's text, not as a double Redis formats and strtod parses back.
+    local meta = rcall('HGET', meta_key, head)
+    local p, s
+    if meta then p, s = string.match(meta, '^[^|]*|[^|]*|[^|]*|([^|]*)|[^|]*|[^|]*|([^|]+)$') end
+    if not s then  -- a meta of another form (not written by this version): the index has the score
+      p = meta and string.match(meta, '^[^|]*|[^|]*|[^|]*|([^|]*)|')
+      s = rcall('ZSCORE', ready_key, head)
+    end
+    v = tonumber(s)
     -- A text-to-number conversion costs ~1k instructions: none for the usual priority 0.
     if p and p ~= '0' then v = v + tonumber(p) * tonumber(step_ms) * 1000 end
   end

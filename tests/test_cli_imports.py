@@ -134,3 +134,24 @@ def test_a_command_loads_the_settings_once(redis_url: str, monkeypatch: pytest.M
     monkeypatch.setattr(appliance.config, "load", counted)
     assert main(["job", "get", "no-such-job", "--redis-url", redis_url]) == 3
     assert len(loads) == 1
+
+
+def test_job_get_reads_no_lua_script(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client command reads only the scripts it calls: `job get` calls none, `job submit` reads submit.lua (and
+    what it includes), not every script (reading and expanding all of them at connect cost about 7 % of a `job get`)."""
+    import appliance.queue.scripts as scripts
+    from appliance.cli import main
+
+    read: list[str] = []
+    real = scripts._read
+
+    def counted(name: str) -> str:
+        read.append(name)
+        return real(name)
+
+    monkeypatch.setattr(scripts, "_read", counted)
+    assert main(["job", "get", "no-such-job", "--redis-url", redis_url]) == 3
+    assert read == []
+    assert main(["job", "submit", "--service", "echo", "--redis-url", redis_url]) == 0
+    whole = [n for n in read if not n.startswith("includes/")]
+    assert "submit.lua" in whole and len(set(whole)) < len(scripts.SCRIPT_NAMES)

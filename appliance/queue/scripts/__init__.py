@@ -17,10 +17,12 @@ The library name carries a hash of the sources, so two versions can serve one Re
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
 import weakref
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -116,11 +118,48 @@ def compose(name: str, source: str) -> str:
     return _KEYS_RE.sub(keys, _TRANSITION_RE.sub(transition, source))
 
 
+def load_source(name: str) -> str:
+    """Script `name` as Redis runs it: its includes and transitions expanded."""
+    return _SHARED_RE.sub("local shared = nil", expand(compose(name, _read(f"{name}.lua"))))
+
+
 def load_sources() -> dict[str, str]:
-    return {
-        name: _SHARED_RE.sub("local shared = nil", expand(compose(name, _read(f"{name}.lua"))))
-        for name in SCRIPT_NAMES
-    }
+    return {name: load_source(name) for name in SCRIPT_NAMES}
+
+
+class Sources(Mapping[str, str]):
+    """The queue's scripts, each read and expanded on first use: expanding all of them (130 file reads) was
+    about 7 % of a one-shot `appliance job get`, which calls none (docs/performance.md, "CLI start-up")."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        source = self._loaded.get(name)
+        if source is None:
+            if name not in SCRIPT_NAMES:
+                raise KeyError(name)
+            source = self._loaded[name] = load_source(name)
+        return source
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SCRIPT_NAMES)
+
+    def __len__(self) -> int:
+        return len(SCRIPT_NAMES)
+
+
+class _Shas(dict[str, str]):
+    """Script name -> SHA1 of its source, computed on the first call of that script (a plain dict lookup after)."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        super().__init__()
+        self._sources = sources
+
+    def __missing__(self, name: str) -> str:
+        # Redis names a script by the SHA1 of its source (a name, not a security measure).
+        sha = self[name] = hashlib.sha1(self._sources[name].encode(), usedforsecurity=False).hexdigest()
+        return sha
 
 
 def declared_keys(name: str) -> int | None:
@@ -166,12 +205,12 @@ class ScriptLibraryError(QueueError):
 class ScriptSet:
     """Calls the queue scripts on one client: EVALSHA by default, FCALL of a verified library when asked."""
 
-    sources: dict[str, str] = field(default_factory=load_sources)
+    #: Read on first use (`Sources`): a client that calls two scripts reads two.
+    sources: Mapping[str, str] = field(default_factory=Sources)
     use_functions: bool = False
     #: Calls go to a RedisCluster client: SCRIPT/FUNCTION LOAD on the primaries, not on one server.
     cluster: bool = False
-    version: str = ""
-    _shas: dict[str, str] = field(default_factory=dict)
+    _shas: dict[str, str] = field(init=False, repr=False, compare=False)
     #: Per connection pool, one connection kept out of it between calls (see evalsha.py).
     _spares: weakref.WeakKeyDictionary[Any, Any] = field(
         default_factory=weakref.WeakKeyDictionary, repr=False, compare=False
@@ -180,13 +219,12 @@ class ScriptSet:
     _heads: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        digest = hashlib.sha256("\0".join(self.sources[n] for n in SCRIPT_NAMES).encode()).hexdigest()
-        self.version = digest[:12]
-        # Redis names a script by the SHA1 of its source (a name, not a security measure).
-        self._shas = {
-            n: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
-            for n, src in self.sources.items()
-        }
+        self._shas = _Shas(self.sources)
+
+    @functools.cached_property
+    def version(self) -> str:
+        """A hash of every script's source: names this version's Function library (reads them all)."""
+        return hashlib.sha256("\0".join(self.sources[n] for n in SCRIPT_NAMES).encode()).hexdigest()[:12]
 
     @property
     def library(self) -> str:

@@ -80,8 +80,6 @@ def test_every_event_the_scripts_emit_has_one_meaning() -> None:
         for source in load_sources().values()
         for name in re.findall(r"emit\(events_key, mode, maxlen, '\w+', queue, '(\w+)'", source)
         + re.findall(r"emit_many\(events_key, mode, maxlen, '\w+', queue, '(\w+)'", source)
-        # submit.lua writes its `submitted` event itself (emit.lua's form, without its closures)
-        + re.findall(r"rcall\('XADD', events_key, [^\n]*'event', '(\w+)'", source)
     }
     assert emitted == {kind.value for kind in EventKind}
     assert set(MEANING) == set(EventKind)

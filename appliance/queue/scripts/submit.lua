@@ -60,6 +60,7 @@
 local rcall = redis.call
 -- @include now
 -- @include int
+-- @include emit
 -- @include sentinel
 -- @include in_line
 -- @include fair
@@ -161,46 +162,19 @@ if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
 end
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
 if customer ~= '' then rcall('ZADD', KEYS[15], int_s(now * 1000 + (seq % 1000)), id) end
--- The event, written here as includes/emit.lua writes one (the same stream entry and pub/sub message, the same
--- modes): its fields and object each built by one table constructor (filling a table field by field regrows
--- it), no call and no closures of emit.lua's functions (a job ended at once by a parent defines them below).
--- The values are strings, as emit's tostring gave them.
-local priority, entry, doc = ARGV[10], nil, nil
+local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
 if blocked or ended_by then
-  local n = tostring(#parents)
-  if blocked then
-    entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority, 'parents', n, 'blocked', '1'}
-    doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority,
-      parents = n, blocked = '1'}
-  else
-    entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority, 'parents', n}
-    doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority,
-      parents = n}
-  end
+  fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
+  if blocked then fields[#fields + 1], fields[#fields + 2] = 'blocked', 1 end
 elseif later then
-  local at = int_s(start)
-  entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority, 'run_at', at}
-  doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority,
-    run_at = at}
+  fields[#fields + 1], fields[#fields + 2] = 'run_at', int_s(start)
 else
   wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
-  entry = {'job', id, 'service', service, 'shape', shape, 'priority', priority}
-  doc = {event = 'submitted', queue = queue, job = id, service = service, shape = shape, priority = priority}
 end
-local sharded = string.find(mode, ':sharded', 1, true)
-local how = sharded and string.sub(mode, 1, sharded - 1) or mode
-if how ~= 'none' then
-  if how ~= 'pubsub' then
-    rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'submitted', unpack(entry))
-  end
-  if how ~= 'stream' then
-    rcall(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[1] .. 'job_submitted', cjson.encode(doc))
-  end
-end
+emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
 if ended_by then
   -- Only here: a closure per function of these includes costs every call that defines them (~1-2k instructions
   -- each), and a job ends at submission only when a parent had failed.
--- @include emit
 -- @include finish
 -- @include history
 -- @include deps

@@ -336,10 +336,14 @@ async def test_without_exit_on_failure_the_machine_stays_up_degraded(redis_url: 
                 code, body = await _get(base + "/status")
             except aiohttp.ClientError:
                 return None
+            # Before the machine has planned its services, /status lists none yet: not done, look again.
             services = body["status"]["services"]
             phase = body["status"]["machine"]["phase"]
-            done = services["comfyui@0"]["active_state"] == "failed" and phase != "starting"
-            return body if done and services["worker@gpu0"]["active_state"] == "inactive" else None
+            state = {
+                name: services.get(name, {}).get("active_state") for name in ("comfyui@0", "worker@gpu0")
+            }
+            done = state["comfyui@0"] == "failed" and phase != "starting"
+            return body if done and state["worker@gpu0"] == "inactive" else None
 
         status = await _until(failed, "comfyui@0 failed, worker@gpu0 stopped with it")
         assert status["status"]["machine"]["phase"] == "degraded" and status["ready"] is False

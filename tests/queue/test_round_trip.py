@@ -11,16 +11,8 @@ from typing import Any
 
 from appliance.queue import JobStatus, Queue
 from appliance.queue.events import pubsub_events
+from tests.commandstats import command_calls
 from tests.pubsub import json_messages
-
-
-async def _commands(aredis: Any) -> dict[str, int]:
-    """Calls per command since the last CONFIG RESETSTAT, scripts' own calls included, the script calls not."""
-    stats = await aredis.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
-    for own in ("evalsha", "eval", "fcall", "info", "config|resetstat"):
-        calls.pop(own, None)
-    return calls
 
 
 async def test_a_round_trip_of_one_job_reads_the_clock_and_meta_once_and_writes_state_once(
@@ -36,7 +28,7 @@ async def test_a_round_trip_of_one_job_reads_the_clock_and_meta_once_and_writes_
     _, first = await queue.finish_and_claim([], "w", shapes, 1)
     await aredis.config_resetstat()
     codes, second = await queue.finish_and_claim([(first[0].job.id, first[0].token, {})], "w", shapes, 1)
-    calls = await _commands(aredis)
+    calls = await command_calls(aredis)
     assert codes == [1] and [c.job.id for c in second] == [jobs[1].id]
     assert calls.get("time") == 1, calls
     assert calls.get("hmget") == 3, calls  # owner (the lease check), spec and meta (the events), once each
@@ -101,7 +93,7 @@ async def test_a_round_trip_of_several_jobs_publishes_one_message_per_kind_and_a
     outcomes = [(c.job.id, c.token, {"n": i}) for i, c in enumerate(first)]
     codes, second = await queue.finish_and_claim(outcomes, "w", shapes, 3)
     assert codes == [1, 1, 1] and len(second) == 3
-    assert (await _commands(aredis)).get("publish") == 2
+    assert (await command_calls(aredis)).get("publish") == 2
     raw = []
     async with asyncio.timeout(10):
         while len(raw) < 2:
@@ -214,7 +206,7 @@ async def test_a_heartbeat_reads_and_renews_every_lease_in_one_command_each(
     leases = {c.job.id: c.token for c in leased}
     await aredis.config_resetstat()
     assert set((await queue.heartbeat("w", leases, shapes)).values()) == {"ok"}
-    calls = await _commands(aredis)
+    calls = await command_calls(aredis)
     assert "hget" not in calls and "hexists" not in calls and calls.get("hmget") == 1, calls
     # TIME, ZADD seen, HSET live, HMGET owner, EXISTS cancels, ZADD leases
     assert sum(calls.values()) == 6, calls
@@ -224,7 +216,7 @@ async def test_a_heartbeat_reads_and_renews_every_lease_in_one_command_each(
     before = await aredis.zscore(queue.keys.leases, leased[0].job.id)
     await aredis.config_resetstat()
     answers = await queue.heartbeat("w", leases, shapes)
-    assert sum((await _commands(aredis)).values()) == 7  # and the HMGET of the cancel requests
+    assert sum((await command_calls(aredis)).values()) == 7  # and the HMGET of the cancel requests
     assert [answers[c.job.id] for c in leased[:4]] == ["ok", "cancelled", "lost", "ok"]
     assert await aredis.zscore(queue.keys.leases, leased[0].job.id) >= before
     assert await aredis.zscore(queue.keys.leases, leased[2].job.id) is None  # a lost lease is not renewed

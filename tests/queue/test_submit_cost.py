@@ -11,16 +11,8 @@ import pytest
 
 from appliance.queue import DuplicateJob, JobStatus, Queue
 from appliance.queue.scripts import ScriptSet
+from tests.commandstats import command_calls
 from tests.pubsub import json_messages
-
-
-async def _commands(aredis: Any) -> dict[str, int]:
-    """Calls per command since the last CONFIG RESETSTAT, the script's own calls included, the script call not."""
-    stats = await aredis.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
-    for own in ("evalsha", "eval", "fcall", "info", "config|resetstat"):
-        calls.pop(own, None)
-    return calls
 
 
 async def test_a_plain_submit_runs_fifteen_commands(queue: Queue, aredis: Any) -> None:
@@ -32,7 +24,7 @@ async def test_a_plain_submit_runs_fifteen_commands(queue: Queue, aredis: Any) -
     await queue.submit({"service": "echo"})
     await aredis.config_resetstat()
     job = await queue.submit({"service": "echo"})
-    calls = await _commands(aredis)
+    calls = await command_calls(aredis)
     assert "hexists" not in calls and "incr" not in calls and calls.get("hsetnx") == 1, calls
     assert calls.get("hset") == 3, calls  # spec, meta, the customer's fair-share tag
     assert sum(calls.values()) == 15, calls

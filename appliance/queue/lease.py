@@ -118,7 +118,9 @@ class LeaseClient:
         candidates = list(worker_class.candidates)
         idle = list(worker_class.shapes) if idle_channel else []
         register = [idle_channel, *idle] if idle_channel else []
-        args = [len(done), *done, len(register), *register, *take]
+        # A class of one shape: that shape (a quiet call claims from it without walking `heads`).
+        one = worker_class.shapes[0] if len(worker_class.shapes) == 1 else ""
+        args = [len(done), *done, len(register), *register, one, *take]
         return self.conn.prepare(
             "finish_claim", args, class_id=worker_class.class_id, candidates=candidates, idle=idle
         )

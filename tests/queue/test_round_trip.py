@@ -18,11 +18,12 @@ from tests.pubsub import json_messages
 async def test_a_round_trip_of_one_job_reads_the_clock_and_meta_once_and_writes_state_once(
     queue: Queue, aredis: Any
 ) -> None:
-    # Before: complete.lua and claim.lua each ran TIME, HMGET meta and HSET state inside finish_claim.lua, two
-    # HLENs (limits, pauses), and HMGET charged, HDEL cancels and EXISTS children with nothing charged,
-    # cancelled or waiting: 31 commands for one job completed and one claimed. Now one of each, and one EXISTS
-    # for the keys that stay empty unless a feature is in use (charged, cancels, children, limits, paused): 24
-    # (25 with an EXISTS in each transition, main 38ec113).
+    # Before (main 38ec113): complete.lua and claim.lua each ran TIME, HMGET meta and HSET state inside
+    # finish_claim.lua, two HLENs (limits, pauses), and HMGET charged, HDEL cancels and EXISTS children with
+    # nothing charged, cancelled or waiting: 31 commands for one job completed and one claimed. Then one of each,
+    # and one EXISTS for the keys that stay empty unless a feature is in use (charged, cancels, children, limits,
+    # paused): 24 (main 1485575). Now a quiet queue's round trip of a worker class of one shape claims from its
+    # ready index without walking `heads` (no ZRANGE heads, no SMISMEMBER): 22 (includes/quiet_trip.lua).
     jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(3)])
     shapes = [jobs[0].shape]
     _, first = await queue.finish_and_claim([], "w", shapes, 1)
@@ -31,11 +32,13 @@ async def test_a_round_trip_of_one_job_reads_the_clock_and_meta_once_and_writes_
     calls = await command_calls(aredis)
     assert codes == [1] and [c.job.id for c in second] == [jobs[1].id]
     assert calls.get("time") == 1, calls
-    assert calls.get("hmget") == 3, calls  # owner (the lease check), spec and meta (the events), once each
+    assert calls.get("hget") == 2, calls  # owner (the lease check) and spec: one job each
+    assert calls.get("hmget") == 1, calls  # meta (the events), of both jobs at once
     assert calls.get("hset") == 4, calls  # results, info, owner and state, once each
     assert "hlen" not in calls and calls.get("exists") == 1, calls
+    assert "smismember" not in calls and calls.get("zrange") == 1, calls  # the new head only, no walk
     assert calls.get("hdel") == 1, calls  # the owner column only
-    assert sum(calls.values()) == 24, calls
+    assert sum(calls.values()) == 22, calls
     assert (await queue.get(first[0].job.id)).status is JobStatus.COMPLETED
     assert (await queue.get(jobs[1].id)).status is JobStatus.CLAIMED
 

@@ -48,7 +48,9 @@
     ARGV[6..5+m]  complete.lua's ARGV after the common prefix (result TTL, then the job triples)
     ARGV[6+m]  r: how many ARGV of the idle registration follow (0: do not register)
     ARGV[7+m..6+m+r]  the hub channel of the worker's process, then its S = r - 1 shape ids
-    ARGV[7+m+r..]  claim.lua's ARGV after the common prefix (worker id, token prefix, lease, n, slack, candidates)
+    ARGV[7+m+r]  the worker class's only shape, '' when it has several (a quiet call then claims from that
+                 shape's ready index without walking `heads`)
+    ARGV[8+m+r..]  claim.lua's ARGV after the common prefix (worker id, token prefix, lease, n, slack, candidates)
 
   Returns:
     {codes, claim, registered}: complete.lua's codes, one per job in order, claim.lua's reply, and 1 when the
@@ -61,23 +63,34 @@
 ]]
 local rcall = redis.call
 -- @include now
+-- @include int
+-- @include emit
+-- @include owner
+-- @include sentinel
+-- @include heads
+-- @include register_idle
+-- @include quiet_trip
 -- @transition complete
 -- @transition claim
--- @include register_idle
--- @keys complete
--- @keys claim
 
 local m = tonumber(ARGV[5])
 local r = tonumber(ARGV[6 + m])
+local now = server_now()
+-- One EXISTS for the keys that stay empty unless a feature is in use: charged leases, cancel requests and waiting
+-- children (the completion's), limits and pauses (the claim's). None: the round trip of a quiet queue
+-- (includes/quiet_trip.lua), whose answer holds for the whole call (a script runs alone; the completion never
+-- writes one of these keys while all are empty). Else complete.lua and claim.lua run as they are.
+if rcall('EXISTS', KEYS[17], KEYS[9], KEYS[14], KEYS[28], KEYS[25]) == 0 then
+  return quiet_trip(m, r, 8 + m + r, ARGV[7 + m + r], now)
+end
+-- @keys complete
+-- @keys claim
 local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6, 5 + m)}
-local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 7 + m + r)}
+local claim_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 8 + m + r)}
 -- What the two share (`-- @shared` in each): one TIME for both, and one HSET of the state column for the jobs
--- both change (a completed job and a claimed one are never the same job), made once both have run.
-local shared = {now = server_now(), states = {}}
--- One EXISTS for both of the keys that stay empty unless a feature is in use: charged leases, cancel requests and
--- waiting children (the completion's), limits and pauses (the claim's). None: neither makes its own. The completion
--- never writes one of them while all are empty, so the claim's answer holds after it.
-shared.quiet = rcall('EXISTS', KEYS[17], KEYS[9], KEYS[14], KEYS[28], KEYS[25]) == 0
+-- both change (a completed job and a claimed one are never the same job), made once both have run. Not quiet:
+-- each transition checks the features it has on its own.
+local shared = {now = now, states = {}, quiet = false}
 local codes = complete_(complete_keys, complete_argv, shared)
 local claimed = claim_(claim_keys, claim_argv, shared)
 if shared.metas_for then  -- the claim took no job: the completed jobs' events, as complete.lua alone emits them

@@ -1,0 +1,297 @@
+--[[
+  Function for finish_claim.lua's round trip on a quiet queue: none of the keys a feature writes exists (charged
+  leases, cancel requests, waiting children, limits, pauses), which the caller checked in this same call, so
+  nothing can switch a feature on before it returns. complete.lua and claim.lua then take their plain paths;
+  this is those paths written for that case with less Lua per call (issue 14, docs/performance.md §1): no
+  closures of the features' functions, a table only where a batch needs one, HGET for one job's lease and spec,
+  each pub/sub message of one event written as JSON text (cjson where a value would need escaping), and no walk
+  of `heads` for a class of one shape (`one`: the client's word for its own class). The same commands otherwise,
+  the same writes, the same events in the same order and the same reply; tests/queue/test_quiet_trip.py runs
+  both paths on the same jobs and compares what they leave in Redis.
+  Uses finish_claim.lua's KEYS and ARGV (its header); `c` is where claim.lua's ARGV (the worker id) starts.
+  Returns {codes, claim reply, registered}, as finish_claim.lua.
+]]
+local function quiet_trip(m, r, c, one, now)
+  local owner_key, leases_key, state_key, events_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[8], KEYS[10]
+  local heads_key, class_key = KEYS[21], KEYS[22]
+  local queue, mode, maxlen = ARGV[2], ARGV[3], ARGV[4]
+  local sharded = string.find(mode, ':sharded', 1, true)
+  if sharded then mode = string.sub(mode, 1, sharded - 1) end
+  local stream, pubsub = mode ~= 'none' and mode ~= 'pubsub', mode ~= 'none' and mode ~= 'stream'
+  local publish = sharded and 'SPUBLISH' or 'PUBLISH'
+  local function js(value)  -- a JSON string: as it is unless it holds what JSON escapes
+    if string.find(value, '[%c"\\]') then return cjson.encode(value) end
+    return '"' .. value .. '"'
+  end
+  local now_s = int_s(now)
+  local queue_js = pubsub and js(queue)
+
+  -- The completions (complete.lua): one read of the leases, one write per column.
+  local k, codes = (m - 1) / 3, {}
+  local done, workers, claims, results = {}, {}, {}, {}
+  if k == 1 then
+    local w, claimed, claimed_s = parse_lease(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '')
+    if w then
+      codes[1], done[1], workers[1], claims[1], results[1] = 1, ARGV[7], w, claimed, ARGV[9]
+      rcall('HDEL', owner_key, ARGV[7])
+      rcall('ZREM', leases_key, ARGV[7])
+      rcall('HSET', KEYS[4], ARGV[7], ARGV[9])
+      rcall('HSET', KEYS[5], ARGV[7], w .. '|' .. claimed_s .. '|' .. now_s)
+      rcall('ZADD', KEYS[6], int_s(now + tonumber(ARGV[6])), ARGV[7])
+      rcall('HINCRBY', KEYS[7], 'completed', '1')
+    else
+      codes[1] = -2
+    end
+  elseif k > 1 then
+    local asked, pairs_, infos, dones = {}, {}, {}, {}
+    for at = 7, 5 + m, 3 do asked[#asked + 1] = ARGV[at] end
+    local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + tonumber(ARGV[6]))
+    local seen = {}
+    for i, id in ipairs(asked) do
+      local w, claimed, claimed_s = parse_lease(owners[i], ARGV[5 + 3 * i], '')
+      if w and not seen[id] then
+        local n = #done + 1
+        codes[i], seen[id], done[n], workers[n], claims[n], results[n] = 1, true, id, w, claimed, ARGV[6 + 3 * i]
+        pairs_[2 * n - 1], pairs_[2 * n] = id, ARGV[6 + 3 * i]
+        infos[2 * n - 1], infos[2 * n] = id, w .. '|' .. claimed_s .. '|' .. now_s
+        dones[2 * n - 1], dones[2 * n] = expiry_s, id
+      else
+        codes[i] = -2
+      end
+    end
+    if #done > 0 then
+      rcall('HDEL', owner_key, unpack(done))
+      rcall('ZREM', leases_key, unpack(done))
+      rcall('HSET', KEYS[4], unpack(pairs_))
+      rcall('HSET', KEYS[5], unpack(infos))
+      rcall('ZADD', KEYS[6], unpack(dones))
+      rcall('HINCRBY', KEYS[7], 'completed', int_s(#done))
+    end
+  end
+
+  -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
+  local worker, want, slack = ARGV[c], tonumber(ARGV[c + 3]), tonumber(ARGV[c + 4])
+  local ncand = #ARGV - c - 6  -- candidate i: shape ARGV[c + 6 + i], ready index KEYS[30 + i]
+  local reply, ids, best, ready_key, s1, v1, s2, v2, class_top
+  if one ~= '' and ARGV[c + 7] == one then
+    best, ready_key = one, KEYS[31]  -- a class of one shape: its shape is its best, no walk needed
+  else
+    class_top = function()  -- the class's two best shapes and their heads (claim.lua's class_top)
+      local a, va
+      local start, page, from, to = 0, 2, '0', '1'
+      while true do
+        local entries = rcall('ZRANGE', heads_key, from, to, 'WITHSCORES')
+        local n = #entries / 2
+        if n == 0 then break end
+        local members = {}
+        for i = 1, n do members[i] = entries[2 * i - 1] end
+        local held = rcall('SMISMEMBER', class_key, unpack(members))
+        for i = 1, n do
+          if held[i] == 1 then
+            if a then return a, va, members[i], tonumber(entries[2 * i]) end
+            a, va = members[i], tonumber(entries[2 * i])
+          end
+        end
+        if n < page or members[n] == HEADS_SENTINEL then break end
+        start, page = start + page, math.min(page * 4, 1024)
+        from, to = int_s(start), int_s(start + page - 1)
+      end
+      return a, va
+    end
+    s1, v1, s2, v2 = class_top()
+    if not s1 then
+      reply = {rcall('EXISTS', class_key) == 0 and 'noclass' or 'none'}
+    else
+      for i = 1, ncand do
+        if ARGV[c + 6 + i] == s1 then best, ready_key = s1, KEYS[30 + i] end
+      end
+      if not best and slack > 0 then
+        local heads, best_score = rcall('ZMSCORE', heads_key, unpack(ARGV, c + 7, c + 6 + ncand)), nil
+        for i = 1, ncand do
+          local score = tonumber(heads[i])
+          if score and score <= v1 + slack and (not best_score or score < best_score) then
+            best, best_score, ready_key = ARGV[c + 6 + i], score, KEYS[30 + i]
+          end
+        end
+        if best and rcall('SISMEMBER', class_key, best) == 0 then best = nil end
+      end
+      if not best then reply = {'retry', s2 and (s1 .. ',' .. s2) or s1} end
+    end
+  end
+  local head_score
+  if best then
+    -- Jobs of `best` while they rank no worse than (the slack past) the best other shape's head.
+    local bound
+    if s1 then
+      if s1 ~= best then bound = v1 + slack elseif s2 then bound = v2 + slack end
+    end
+    ids = {}
+    local first = true
+    repeat
+      local popped = rcall('ZPOPMIN', ready_key, #ids == 0 and ARGV[c + 3] or int_s(want - #ids))
+      local stop = #popped < 2 * (want - #ids)
+      for i = 1, #popped, 2 do
+        if first or bound == nil or tonumber(popped[i + 1]) <= bound then
+          ids[#ids + 1] = popped[i]
+        else
+          rcall('ZADD', ready_key, popped[i + 1], popped[i])
+          stop = true
+        end
+        first = false
+      end
+    until stop or #ids >= want
+    head_score = refresh_head(ready_key, heads_key, best)
+    if #ids == 0 then
+      -- heads named a shape with nothing waiting (corrected now): point the client at the new best.
+      if s1 then s1, v1, s2, v2 = class_top() end
+      if not s1 then reply = {'none'} else reply = {'retry', s2 and (s1 .. ',' .. s2) or s1} end
+      ids = nil
+    end
+  end
+
+  -- Meta of the completed and the claimed jobs, in one read (the events' service and wait).
+  local nd, nc = #done, ids and #ids or 0
+  local metas
+  if mode ~= 'none' and nd + nc > 0 then
+    if nd + nc == 1 then
+      metas = {rcall('HGET', meta_key, done[1] or ids[1])}
+    else
+      local wanted = {unpack(done)}
+      for i = 1, nc do wanted[nd + i] = ids[i] end
+      metas = rcall('HMGET', meta_key, unpack(wanted))
+    end
+  end
+  if nd > 0 and mode ~= 'none' then
+    if nd == 1 then
+      local id, w = done[1], workers[1]
+      local service = string.match(metas[1] or '', '^[^|]*|([^|]*)|') or ''
+      local took, size = int_s(now - claims[1]), int_s(#results[1])
+      if stream then
+        rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'completed', 'job', id, 'worker', w,
+          'service', service, 'duration_ms', took, 'result_bytes', size)
+      end
+      if pubsub then
+        rcall(publish, ARGV[1] .. 'complete_job', '{"event":"completed","queue":' .. queue_js .. ',"job":'
+          .. js(id) .. ',"worker":' .. js(w) .. ',"service":' .. js(service) .. ',"duration_ms":"' .. took
+          .. '","result_bytes":"' .. size .. '"}')
+      end
+    else
+      local entries, docs = {}, {}
+      for i, id in ipairs(done) do
+        local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|') or ''
+        local w, took, size = workers[i], int_s(now - claims[i]), int_s(#results[i])
+        entries[i] = {'job', id, 'worker', w, 'service', service, 'duration_ms', took, 'result_bytes', size}
+        docs[i] = {job = id, worker = w, service = service, duration_ms = took, result_bytes = size}
+      end
+      emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', entries, docs)
+    end
+  end
+
+  local registered = 0
+  if not ids then
+    if nd == 1 then
+      rcall('HSET', state_key, done[1], 'completed')
+    elseif nd > 1 then
+      local states = {}
+      for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
+      rcall('HSET', state_key, unpack(states))
+    end
+    if r > 0 and reply[1] == 'none' then
+      local shapes, idle_keys = {unpack(ARGV, 8 + m, 6 + m + r)}, {}
+      for i = #KEYS - #shapes + 1, #KEYS do idle_keys[#idle_keys + 1] = KEYS[i] end
+      local keys = {heads = heads_key, waiting = KEYS[30], paused = KEYS[25], idle = idle_keys}
+      registered = register_idle(keys, worker, ARGV[7 + m], shapes, now)
+    end
+    return {codes, reply, registered}
+  end
+
+  -- The hint after this claim: the class's best shapes, the claimed one re-ranked by its new head (or gone).
+  local hint
+  if best == s1 or not s1 then
+    if not s2 then
+      hint = head_score and best or ''
+    elseif not head_score then
+      hint = s2
+    elseif v2 > head_score then
+      hint = best .. ',' .. s2
+    else
+      hint = s2 .. ',' .. best
+    end
+  else
+    local top = {{s1, v1}}
+    if s2 and s2 ~= best then top[2] = {s2, v2} end
+    if best == s2 then top = {{s1, v1}} end
+    if head_score then
+      local at = #top + 1
+      for i = #top, 1, -1 do
+        if top[i][2] > head_score then at = i end
+      end
+      table.insert(top, at, {best, head_score})
+    end
+    local names = {}
+    for i, entry in ipairs(top) do names[i] = entry[1] end
+    hint = table.concat(names, ',')
+  end
+
+  local token, deadline = ARGV[c + 1], now + tonumber(ARGV[c + 2])
+  local deadline_s = int_s(deadline)
+  reply = {'ok', hint, deadline, best}
+  if nc == 1 then
+    local id = ids[1]
+    local attempt = rcall('HINCRBY', KEYS[24], id, '1')
+    reply[5], reply[6], reply[7] = id, rcall('HGET', KEYS[23], id), attempt
+    if mode ~= 'none' then
+      local attempt_s = attempt == 1 and '1' or int_s(attempt)
+      local service, created = string.match(metas[nd + 1], '^[^|]*|([^|]*)|([^|]*)|')
+      local waited = int_s(now - tonumber(created))
+      if stream then
+        rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'claimed', 'job', id, 'worker', worker,
+          'attempt', attempt_s, 'service', service, 'wait_ms', waited)
+      end
+      if pubsub then
+        rcall(publish, ARGV[1] .. 'job_claimed', '{"event":"claimed","queue":' .. queue_js .. ',"job":'
+          .. js(id) .. ',"worker":' .. js(worker) .. ',"attempt":"' .. attempt_s .. '","service":'
+          .. js(service) .. ',"wait_ms":"' .. waited .. '"}')
+      end
+    end
+    if nd == 1 then
+      rcall('HSET', state_key, done[1], 'completed', id, 'claimed')
+    elseif nd == 0 then
+      rcall('HSET', state_key, id, 'claimed')
+    else
+      local states = {}
+      for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
+      states[2 * nd + 1], states[2 * nd + 2] = id, 'claimed'
+      rcall('HSET', state_key, unpack(states))
+    end
+    rcall('HSET', owner_key, id, token .. '.1|' .. worker .. '|' .. now_s)
+    rcall('ZADD', leases_key, deadline_s, id)
+    return {codes, reply, 0}
+  end
+  local specs, attempts = rcall('HMGET', KEYS[23], unpack(ids)), rcall('HMGET', KEYS[24], unpack(ids))
+  local states, owners, leases, tries, entries, docs = {}, {}, {}, {}, {}, {}
+  for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
+  for i, id in ipairs(ids) do
+    local attempt = (tonumber(attempts[i]) or 0) + 1
+    local attempt_s = int_s(attempt)
+    local at = 2 * i - 1
+    states[2 * nd + at], states[2 * nd + at + 1] = id, 'claimed'
+    tries[at], tries[at + 1] = id, attempt_s
+    owners[at], owners[at + 1] = id, token .. '.' .. int_s(i) .. '|' .. worker .. '|' .. now_s
+    leases[at], leases[at + 1] = deadline_s, id
+    if mode ~= 'none' then
+      local service, created = string.match(metas[nd + i], '^[^|]*|([^|]*)|([^|]*)|')
+      local waited = int_s(now - tonumber(created))
+      entries[i] = {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service, 'wait_ms', waited}
+      docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
+    end
+    local n = #reply
+    reply[n + 1], reply[n + 2], reply[n + 3] = id, specs[i], attempt
+  end
+  emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', entries, docs)
+  rcall('HSET', state_key, unpack(states))
+  rcall('HSET', KEYS[24], unpack(tries))
+  rcall('HSET', owner_key, unpack(owners))
+  rcall('ZADD', leases_key, unpack(leases))
+  return {codes, reply, 0}
+end

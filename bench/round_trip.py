@@ -117,14 +117,32 @@ def sources_of(checkout: str) -> dict[str, str]:
     return sources
 
 
+def use_sources(queue: Queue, sources: dict[str, str]) -> None:
+    """Make `queue` call the checkout's scripts. A finish_claim.lua older than the one-shape field (ARGV[7+m+r],
+    issue 14) gets its calls without that field."""
+    queue.scripts.sources = sources
+    queue.scripts.__post_init__()  # the SHAs of the checkout's sources
+    if "the worker class's only shape" in sources["finish_claim"]:
+        return
+    leases, newer = queue.leases, queue.leases.finish_claim_call
+
+    def older(complete: Any, claim: Any, worker_class: Any, idle_channel: str | None = None) -> Any:
+        name, keys, args = newer(complete, claim, worker_class, idle_channel)
+        common = len(queue.conn.common())
+        registration = common + 1 + int(args[common])  # r, after m and complete's ARGV
+        at = registration + 1 + int(args[registration])  # the one-shape field, after the registration
+        return name, keys, [*args[:at], *args[at + 1 :]]
+
+    leases.finish_claim_call = older  # type: ignore[method-assign]
+
+
 async def paired(url: str, before: dict[str, str], jobs: int, batch: int) -> tuple[float, float, float, int]:
     """Server µs per round trip, this tree's scripts against the checkout's, on one server: blocks of BLOCK calls
     in turn (ABBA order, so drift favours neither); the medians of each side and of the per-cycle ratios."""
     mine = await Queue.connect(url, queue_name="mine")
     await mine.client.flushall()
     theirs = await Queue.connect(url, queue_name="before")
-    theirs.scripts.sources = before
-    theirs.scripts.__post_init__()  # the SHAs of the checkout's sources
+    use_sources(theirs, before)
     loops: dict[Queue, tuple[list[str], list[Any]]] = {}
     for queue in (mine, theirs):
         shapes = await fill(queue, jobs)
@@ -207,8 +225,7 @@ async def instructions(sources: dict[str, str] | None, batch: int, rounds: int =
     try:
         queue = await Queue.connect(f"redis://127.0.0.1:{port}")
         if sources is not None:
-            queue.scripts.sources = sources
-            queue.scripts.__post_init__()
+            use_sources(queue, sources)
         warm = max(700 // batch, 100)
         shapes = await fill(queue, batch * (warm + rounds + 2))
         _, held = await queue.finish_and_claim([], "w", shapes, batch)

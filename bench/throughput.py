@@ -282,7 +282,7 @@ def measure(args: argparse.Namespace, names: list[str]) -> tuple[list[Result], d
         # With --repeat, the systems take turns (a, b, a, b, ...) so the machine's slow and fast moments fall on
         # all of them alike; each cell reports the medians.
         for _ in range(args.repeat):
-            for processes, concurrency in LAYOUTS:
+            for processes, concurrency in args.layouts:
                 jobs = args.jobs_1x1 if processes * concurrency == 1 else args.jobs
                 for name in available:
                     t0 = time.monotonic()
@@ -302,7 +302,7 @@ def report(args: argparse.Namespace, results: list[Result], skipped: dict[str, s
         "peer of the layout (not appliance-core):"
     )
     rows = []
-    for layout in (f"{p}x{c}" for p, c in LAYOUTS):
+    for layout in (f"{p}x{c}" for p, c in args.layouts):
         cell = [r for r in results if r.layout == layout]
         peers = [r for r in cell if r.system not in (PRODUCT, CORE, BEFORE) and r.rate == r.rate]
         best = max(peers, key=lambda r: r.rate) if peers else None
@@ -363,6 +363,11 @@ def main() -> None:
         help="interpreter for one system (or *=PATH for all peers); repeatable",
     )
     parser.add_argument("--only", default="", help="comma-separated systems (default: all)")
+    parser.add_argument(
+        "--layouts",
+        default=",".join(f"{p}x{c}" for p, c in LAYOUTS),
+        help="comma-separated processes x concurrency (default: 1x1,2x10,4x8)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell, systems taking turns; medians")
     parser.add_argument("--jobs", type=int, default=0, help="jobs per run (default 20,000; quick 4,000)")
     parser.add_argument("--json", action="store_true", help="also print the raw results as one JSON line")
@@ -372,6 +377,11 @@ def main() -> None:
         help="also run `appliance worker` from the checkout PATH (row appliance-before)",
     )
     args = parser.parse_args()
+    try:
+        args.layouts = [tuple(int(n) for n in part.split("x")) for part in args.layouts.split(",")]
+        assert all(len(layout) == 2 and min(layout) > 0 for layout in args.layouts)
+    except (ValueError, AssertionError):
+        parser.error(f"--layouts: comma-separated PxC like 1x1,2x10, not {args.layouts!r}")
     if args.before:
         SYSTEMS[BEFORE] = (
             SYSTEMS[PRODUCT][0],

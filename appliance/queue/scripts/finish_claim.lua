@@ -70,8 +70,6 @@ local rcall = redis.call
 -- @include heads
 -- @include register_idle
 -- @include quiet_trip
--- @transition complete
--- @transition claim
 
 local m = tonumber(ARGV[5])
 local r = tonumber(ARGV[6 + m])
@@ -83,6 +81,9 @@ local now = server_now()
 if rcall('EXISTS', KEYS[17], KEYS[9], KEYS[14], KEYS[28], KEYS[25]) == 0 then
   return quiet_trip(m, r, 8 + m + r, ARGV[7 + m + r], now)
 end
+-- complete.lua and claim.lua as functions (made here, not on the quiet path above), and their KEYS by name.
+-- @transition complete
+-- @transition claim
 -- @keys complete
 -- @keys claim
 local complete_argv = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], unpack(ARGV, 6, 5 + m)}

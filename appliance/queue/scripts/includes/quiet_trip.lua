@@ -19,20 +19,21 @@ local function quiet_trip(m, r, c, one, now)
   if sharded then mode = string.sub(mode, 1, sharded - 1) end
   local stream, pubsub = mode ~= 'none' and mode ~= 'pubsub', mode ~= 'none' and mode ~= 'stream'
   local publish = sharded and 'SPUBLISH' or 'PUBLISH'
-  local function js(value)  -- a JSON string: as it is unless it holds what JSON escapes
-    if string.find(value, '[%c"\\]') then return cjson.encode(value) end
-    return '"' .. value .. '"'
-  end
+  -- One event's message as JSON text: its strings as they are unless one holds what JSON escapes (ESCAPED), then
+  -- cjson for the whole message.
+  local ESCAPED = '[%c"\\]'
+  local queue_js = pubsub and (string.find(queue, ESCAPED) and cjson.encode(queue) or '"' .. queue .. '"')
   local now_s = int_s(now)
-  local queue_js = pubsub and js(queue)
 
   -- The completions (complete.lua): one read of the leases, one write per column.
-  local k, codes = (m - 1) / 3, {}
-  local done, workers, claims, results = {}, {}, {}, {}
+  -- done: the ids completed; d_worker, d_claimed, d_result of the one completed (nd == 1), or of each, in
+  -- workers, claims and results (a batch).
+  local k, codes, done = (m - 1) / 3, {}, {}
+  local workers, claims, results, d_worker, d_claimed, d_result
   if k == 1 then
     local w, claimed, claimed_s = parse_lease(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '')
     if w then
-      codes[1], done[1], workers[1], claims[1], results[1] = 1, ARGV[7], w, claimed, ARGV[9]
+      codes[1], done[1], d_worker, d_claimed, d_result = 1, ARGV[7], w, claimed, ARGV[9]
       rcall('HDEL', owner_key, ARGV[7])
       rcall('ZREM', leases_key, ARGV[7])
       rcall('HSET', KEYS[4], ARGV[7], ARGV[9])
@@ -44,6 +45,7 @@ local function quiet_trip(m, r, c, one, now)
     end
   elseif k > 1 then
     local asked, pairs_, infos, dones = {}, {}, {}, {}
+    workers, claims, results = {}, {}, {}
     for at = 7, 5 + m, 3 do asked[#asked + 1] = ARGV[at] end
     local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + tonumber(ARGV[6]))
     local seen = {}
@@ -67,6 +69,7 @@ local function quiet_trip(m, r, c, one, now)
       rcall('ZADD', KEYS[6], unpack(dones))
       rcall('HINCRBY', KEYS[7], 'completed', int_s(#done))
     end
+    if #done == 1 then d_worker, d_claimed, d_result = workers[1], claims[1], results[1] end
   end
 
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
@@ -163,17 +166,23 @@ local function quiet_trip(m, r, c, one, now)
   end
   if nd > 0 and mode ~= 'none' then
     if nd == 1 then
-      local id, w = done[1], workers[1]
+      local id, w = done[1], d_worker
       local service = string.match(metas[1] or '', '^[^|]*|([^|]*)|') or ''
-      local took, size = int_s(now - claims[1]), int_s(#results[1])
+      local took, size = int_s(now - d_claimed), int_s(#d_result)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'completed', 'job', id, 'worker', w,
           'service', service, 'duration_ms', took, 'result_bytes', size)
       end
       if pubsub then
-        rcall(publish, ARGV[1] .. 'complete_job', '{"event":"completed","queue":' .. queue_js .. ',"job":'
-          .. js(id) .. ',"worker":' .. js(w) .. ',"service":' .. js(service) .. ',"duration_ms":"' .. took
-          .. '","result_bytes":"' .. size .. '"}')
+        local text
+        if string.find(id .. w .. service, ESCAPED) then
+          text = cjson.encode({event = 'completed', queue = queue, job = id, worker = w, service = service,
+            duration_ms = took, result_bytes = size})
+        else
+          text = '{"event":"completed","queue":' .. queue_js .. ',"job":"' .. id .. '","worker":"' .. w
+            .. '","service":"' .. service .. '","duration_ms":"' .. took .. '","result_bytes":"' .. size .. '"}'
+        end
+        rcall(publish, ARGV[1] .. 'complete_job', text)
       end
     else
       local entries, docs = {}, {}
@@ -249,9 +258,15 @@ local function quiet_trip(m, r, c, one, now)
           'attempt', attempt_s, 'service', service, 'wait_ms', waited)
       end
       if pubsub then
-        rcall(publish, ARGV[1] .. 'job_claimed', '{"event":"claimed","queue":' .. queue_js .. ',"job":'
-          .. js(id) .. ',"worker":' .. js(worker) .. ',"attempt":"' .. attempt_s .. '","service":'
-          .. js(service) .. ',"wait_ms":"' .. waited .. '"}')
+        local text
+        if string.find(id .. worker .. service, ESCAPED) then
+          text = cjson.encode({event = 'claimed', queue = queue, job = id, worker = worker, attempt = attempt_s,
+            service = service, wait_ms = waited})
+        else
+          text = '{"event":"claimed","queue":' .. queue_js .. ',"job":"' .. id .. '","worker":"' .. worker
+            .. '","attempt":"' .. attempt_s .. '","service":"' .. service .. '","wait_ms":"' .. waited .. '"}'
+        end
+        rcall(publish, ARGV[1] .. 'job_claimed', text)
       end
     end
     if nd == 1 then

@@ -118,22 +118,22 @@ def sources_of(checkout: str) -> dict[str, str]:
 
 
 def use_sources(queue: Queue, sources: dict[str, str]) -> None:
-    """Make `queue` call the checkout's scripts. A finish_claim.lua older than the one-shape field (ARGV[7+m+r],
-    issue 14) gets its calls without that field."""
+    """Make `queue` call the checkout's scripts. A checkout older than finish_claim_quiet.lua (issue 14) gets
+    finish_claim.lua's calls without the one-shape field (ARGV[7+m+r]), and answers of three."""
     queue.scripts.sources = sources
     queue.scripts.__post_init__()  # the SHAs of the checkout's sources
-    if "the worker class's only shape" in sources["finish_claim"]:
+    if "finish_claim_quiet" in sources:
         return
     leases, newer = queue.leases, queue.leases.finish_claim_call
 
-    def older(complete: Any, claim: Any, worker_class: Any, idle_channel: str | None = None) -> Any:
+    async def older(complete: Any, claim: Any, worker_class: Any, idle_channel: str | None = None) -> Any:
         name, keys, args = newer(complete, claim, worker_class, idle_channel)
         common = len(queue.conn.common())
         registration = common + 1 + int(args[common])  # r, after m and complete's ARGV
         at = registration + 1 + int(args[registration])  # the one-shape field, after the registration
-        return name, keys, [*args[:at], *args[at + 1 :]]
+        return list(await queue.conn.run((name, keys, [*args[:at], *args[at + 1 :]])))
 
-    leases.finish_claim_call = older  # type: ignore[method-assign]
+    leases.round_trip = older  # type: ignore[method-assign]
 
 
 async def paired(url: str, before: dict[str, str], jobs: int, batch: int) -> tuple[float, float, float, int]:

@@ -86,6 +86,9 @@ class LeaseClient:
         #: Called when a completion released waiting children (into the delayed set, due at once): moves them
         #: into their ready indexes now instead of at the reaper's next pass (Housekeeper.requeue_due).
         self.on_children_released: Callable[[], Awaitable[object]] | None = None
+        #: The last round trip found no feature in use (finish_claim.lua's answer): the next one calls
+        #: finish_claim_quiet.lua, with fewer KEYS, which answers 'busy' (changing nothing) once one is.
+        self.quiet = True
 
     # --- claiming ---------------------------------------------------------------------------------------------
 
@@ -108,22 +111,39 @@ class LeaseClient:
         return self.conn.prepare("claim", args, class_id=worker_class.class_id, candidates=candidates)
 
     def finish_claim_call(
-        self, complete: Call, claim: Call, worker_class: WorkerClass, idle_channel: str | None = None
+        self,
+        complete: Call,
+        claim: Call,
+        worker_class: WorkerClass,
+        idle_channel: str | None = None,
+        quiet: bool = False,
     ) -> Call:
         """finish_claim.lua: the call `complete` of complete.lua, then the call `claim` of claim.lua, as one call;
         with `idle_channel` (the worker's hub channel), a claim that takes nothing registers the worker as idle
-        for the class's shapes in the same call."""
+        for the class's shapes in the same call. `quiet`: finish_claim_quiet.lua, the same ARGV."""
         common = len(self.conn.common())
         done, take = complete[2][common:], claim[2][common:]
         candidates = list(worker_class.candidates)
         idle = list(worker_class.shapes) if idle_channel else []
         register = [idle_channel, *idle] if idle_channel else []
-        # A class of one shape: that shape (a quiet call claims from it without walking `heads`).
-        one = worker_class.shapes[0] if len(worker_class.shapes) == 1 else ""
+        one = worker_class.shapes[0] if len(worker_class.shapes) == 1 else ""  # quiet: no walk of `heads`
         args = [len(done), *done, len(register), *register, one, *take]
-        return self.conn.prepare(
-            "finish_claim", args, class_id=worker_class.class_id, candidates=candidates, idle=idle
-        )
+        name = "finish_claim_quiet" if quiet else "finish_claim"
+        return self.conn.prepare(name, args, class_id=worker_class.class_id, candidates=candidates, idle=idle)
+
+    async def round_trip(
+        self, complete: Call, claim: Call, worker_class: WorkerClass, idle_channel: str | None = None
+    ) -> list[Any]:
+        """[codes, claim reply, registered] from finish_claim_quiet.lua while no feature was in use, else (or when
+        it answers 'busy') from finish_claim.lua, whose answer says whether one still is."""
+        if self.quiet:
+            quiet = self.finish_claim_call(complete, claim, worker_class, idle_channel, True)
+            answer = await self.conn.run(quiet)
+            if answer != "busy":
+                return list(answer[:3])
+        answer = await self.conn.run(self.finish_claim_call(complete, claim, worker_class, idle_channel))
+        self.quiet = bool(answer[3])
+        return list(answer[:3])
 
     def worker_class(self, shapes: Sequence[str]) -> WorkerClass:
         """The class of a shape list (cached: sessions re-use the same list until a new shape appears)."""
@@ -210,9 +230,7 @@ class LeaseClient:
             registered = False
             if pipelined and attempt == 0:
                 complete = self.complete_call(outcomes)
-                done, reply, registered = await self.conn.run(
-                    self.finish_claim_call(complete, call, worker_class, idle_channel)
-                )
+                done, reply, registered = await self.round_trip(complete, call, worker_class, idle_channel)
                 codes = await self._settled(done)
             else:
                 reply = await self.conn.run(call)

@@ -153,3 +153,10 @@ SPECS["finish_claim"] = ScriptSpec(
     tuple(dict.fromkeys([*SPECS["complete"].keys, *SPECS["claim"].keys, "waiting"])),
     candidate_tail=True,
 )
+# finish_claim.lua's quiet path alone, with the keys it touches or checks (finish_claim_quiet.lua's header).
+SPECS["finish_claim_quiet"] = _spec(
+    "finish_claim_quiet",
+    "owner leases state results info done counts events cancels meta children charged heads class spec attempts "
+    "paused limits waiting",
+    candidate_tail=True,
+)

@@ -145,3 +145,41 @@ async def test_a_one_shape_round_trip_honours_a_pause_of_its_shape_switched_on_b
     _, then = await q.finish_and_claim([], "w", [a.shape], 1)
     assert [c.job.id for c in then] == [b.id]
     await q.close()
+
+
+async def test_the_client_calls_the_quiet_script_until_a_feature_is_in_use_and_again_once_none_is(
+    redis_url: str,
+) -> None:
+    # finish_claim_quiet.lua takes 19 keys, not 30; it answers 'busy' and changes nothing when a feature is in use
+    # (here a cancel request), and the client calls finish_claim.lua, whose answer says when none is any more.
+    q = await Queue.connect(redis_url, settings=QueueSettings(claim_slack_ms=0))
+    await q.client.flushall()
+    jobs = await q.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(4)])
+    shapes = [jobs[0].shape]
+    called: list[tuple[str, int]] = []
+    run = q.conn.run
+
+    async def recording(call: Any, **options: Any) -> Any:
+        called.append((call[0], len(call[1])))
+        return await run(call, **options)
+
+    q.conn.run = recording  # type: ignore[method-assign]
+    _, held = await q.finish_and_claim([], "w", shapes, 1)
+    del called[:]
+    _, held = await q.finish_and_claim([(held[0].job.id, held[0].token, {})], "w", shapes, 1)
+    assert called == [("finish_claim_quiet", 20)]  # 19 and the candidate's ready index
+    assert await q.cancel(held[0].job.id) == "requested"
+    del called[:]
+    codes, held = await q.finish_and_claim([(held[0].job.id, held[0].token, {})], "w", shapes, 1)
+    assert codes == [1] and [c.job.id for c in held] == [jobs[2].id]
+    assert called == [("finish_claim_quiet", 20), ("finish_claim", 31)]  # 'busy': the request was cleared
+    assert not await q.client.hexists(q.keys.cancels, jobs[1].id) and not q.leases.quiet
+    del called[:]
+    codes, held = await q.finish_and_claim([(held[0].job.id, held[0].token, {})], "w", shapes, 1)
+    assert codes == [1] and [c.job.id for c in held] == [jobs[3].id]
+    assert called == [("finish_claim", 31)] and q.leases.quiet  # nothing in use any more: quiet next time
+    del called[:]
+    await q.finish_and_claim([(held[0].job.id, held[0].token, {})], "w", shapes, 1)
+    assert called == [("finish_claim_quiet", 20)]
+    assert (await q.stats()).totals.get("completed") == 4
+    await q.close()

@@ -99,8 +99,12 @@ async def test_wrappers_pass_exactly_the_declared_keys(queue: Queue) -> None:
         await queue.submit({"service": "echo"})  # waits behind it: the claim's hint says so
         retried = await session.claim()
         assert retried is not None
-        codes, _ = await session.finish_and_claim([(retried.job.id, retried.token, {})], 1)  # finish_claim
-        assert codes == [1]
+        codes, more = await session.finish_and_claim([(retried.job.id, retried.token, {})], 1)
+        assert codes == [1]  # finish_claim_quiet: no feature in use
+        leased = more[0] if more else await session.claim()
+        assert leased is not None and await queue.cancel(leased.job.id) == "requested"
+        codes, _ = await session.finish_and_claim([(leased.job.id, leased.token, {})], 1)
+        assert codes == [1]  # finish_claim: the quiet script found the cancel request and changed nothing
     finally:
         await session.close()
     seen = {name for name, _ in calls}

@@ -248,13 +248,13 @@ async def test_completing_the_last_job_and_registering_as_idle_is_one_call(
         claimed = await session.claim()
         assert claimed is not None and claimed.job.id == job.id
         # Loaded before: on a fresh server the first call would also send SCRIPT LOAD.
-        await aredis.script_load(queue.scripts.sources["finish_claim"])
+        await aredis.script_load(queue.scripts.sources["finish_claim_quiet"])
         async with monitored(redis_server.port) as lines:
             # The claim loop's turns after the job ends, as ClaimLoop.iteration makes them.
             assert await session.finish_and_claim([(job.id, claimed.token, {})], 1) == ([1], [])
             assert await session.finish_and_claim((), 1) == ([], [])
             assert await session.wait_for_work(0.01) is False
-        assert script_calls(lines) == ["finish_claim"], script_calls(lines)
+        assert script_calls(lines) == ["finish_claim_quiet"], script_calls(lines)
         assert session.registered
         assert await aredis.hget(queue.keys.waiting, "w1") is not None
         assert await aredis.zscore(queue.keys.idle(job.shape), "w1") is not None

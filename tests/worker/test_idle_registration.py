@@ -20,7 +20,8 @@ async def test_an_idle_worker_costs_a_job_a_claim_and_one_call_that_completes_it
     # the job, finds nothing and registers the worker as idle in the same call.
     q = harness.queue
     assert q is not None
-    for name in ("claim", "finish_claim"):  # on a fresh server the first call would also send SCRIPT LOAD
+    # On a fresh server the first call would also send SCRIPT LOAD.
+    for name in ("claim", "finish_claim_quiet"):
         await q.client.script_load(q.scripts.sources[name])
     worker = harness.start("--connector", "echo", "--index", "0", "--concurrency", "1")
     await worker.ready()
@@ -38,7 +39,7 @@ async def test_an_idle_worker_costs_a_job_a_claim_and_one_call_that_completes_it
     # The scripts called (the test's own reads and the worker's status record are plain commands), but for the
     # timers' (heartbeat, reaper), which come whenever they are due.
     calls = [c for c in script_calls(lines) if c in q.scripts.sources and c not in ("heartbeat", "reap")]
-    assert calls == ["submit", "claim", "finish_claim"], script_calls(lines)
+    assert calls == ["submit", "claim", "finish_claim_quiet"], script_calls(lines)
     # Stopping deregisters it: no wake-up is spent on a worker that is gone.
     worker.signal(signal.SIGTERM)
     assert await worker.exit_code() == 0

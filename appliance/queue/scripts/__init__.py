@@ -65,6 +65,7 @@ SCRIPT_NAMES = (
     "wake",
     "retry",
     "finish_claim",
+    "finish_claim_quiet",
 )
 _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 #: A script run inside another (finish_claim: complete then claim): `-- @transition name` becomes the function

@@ -53,8 +53,9 @@
     ARGV[8+m+r..]  claim.lua's ARGV after the common prefix (worker id, token prefix, lease, n, slack, candidates)
 
   Returns:
-    {codes, claim, registered}: complete.lua's codes, one per job in order, claim.lua's reply, and 1 when the
-    worker was registered as idle (else 0)
+    {codes, claim, registered, quiet}: complete.lua's codes, one per job in order, claim.lua's reply, 1 when the
+    worker was registered as idle (else 0), and 1 when no feature was in use (the quiet path ran: the client
+    may call finish_claim_quiet.lua next, with fewer KEYS)
      1  completed
     -2  lease lost: the outcome is not written
 
@@ -79,7 +80,7 @@ local now = server_now()
 -- (includes/quiet_trip.lua), whose answer holds for the whole call (a script runs alone; the completion never
 -- writes one of these keys while all are empty). Else complete.lua and claim.lua run as they are.
 if rcall('EXISTS', KEYS[17], KEYS[9], KEYS[14], KEYS[28], KEYS[25]) == 0 then
-  return quiet_trip(m, r, 8 + m + r, ARGV[7 + m + r], now)
+  return quiet_trip(m, r, 8 + m + r, ARGV[7 + m + r], now, 21, 30)
 end
 -- complete.lua and claim.lua as functions (made here, not on the quiet path above), and their KEYS by name.
 -- @transition complete
@@ -105,4 +106,4 @@ if r > 0 and claimed[1] == 'none' then
   local k = {heads = KEYS[21], waiting = KEYS[30], paused = KEYS[25], idle = idle_keys}
   registered = register_idle(k, claim_argv[5], ARGV[7 + m], shapes, shared.now)
 end
-return {codes, claimed, registered}
+return {codes, claimed, registered, 0}

@@ -8,12 +8,16 @@
   of `heads` for a class of one shape (`one`: the client's word for its own class). The same commands otherwise,
   the same writes, the same events in the same order and the same reply; tests/queue/test_quiet_trip.py runs
   both paths on the same jobs and compares what they leave in Redis.
-  Uses finish_claim.lua's KEYS and ARGV (its header); `c` is where claim.lua's ARGV (the worker id) starts.
-  Returns {codes, claim reply, registered}, as finish_claim.lua.
+  Takes finish_claim.lua's ARGV (its header) and the KEYS of it or of finish_claim_quiet.lua: both start owner,
+  leases, state, results, info, done, counts, events, cancels, meta; KEYS[heads_at] is heads, then class, spec,
+  attempts, paused; KEYS[waiting_at] is waiting, then the candidates' ready indexes (and the idle sets). `c` is
+  where claim.lua's ARGV (the worker id) starts. Returns {codes, claim reply, registered, 1} (1: this path ran),
+  as finish_claim.lua.
 ]]
-local function quiet_trip(m, r, c, one, now)
+local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local owner_key, leases_key, state_key, events_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[8], KEYS[10]
-  local heads_key, class_key = KEYS[21], KEYS[22]
+  local heads_key, class_key = KEYS[heads_at], KEYS[heads_at + 1]
+  local spec_key, attempts_key = KEYS[heads_at + 2], KEYS[heads_at + 3]
   local queue, mode, maxlen = ARGV[2], ARGV[3], ARGV[4]
   local sharded = string.find(mode, ':sharded', 1, true)
   if sharded then mode = string.sub(mode, 1, sharded - 1) end
@@ -74,10 +78,10 @@ local function quiet_trip(m, r, c, one, now)
 
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
   local worker, want, slack = ARGV[c], tonumber(ARGV[c + 3]), tonumber(ARGV[c + 4])
-  local ncand = #ARGV - c - 6  -- candidate i: shape ARGV[c + 6 + i], ready index KEYS[30 + i]
+  local ncand = #ARGV - c - 6  -- candidate i: shape ARGV[c + 6 + i], ready index KEYS[waiting_at + i]
   local reply, ids, best, ready_key, s1, v1, s2, v2, class_top
   if one ~= '' and ARGV[c + 7] == one then
-    best, ready_key = one, KEYS[31]  -- a class of one shape: its shape is its best, no walk needed
+    best, ready_key = one, KEYS[waiting_at + 1]  -- a class of one shape: its shape is its best, no walk needed
   else
     class_top = function()  -- the class's two best shapes and their heads (claim.lua's class_top)
       local a, va
@@ -106,14 +110,14 @@ local function quiet_trip(m, r, c, one, now)
       reply = {rcall('EXISTS', class_key) == 0 and 'noclass' or 'none'}
     else
       for i = 1, ncand do
-        if ARGV[c + 6 + i] == s1 then best, ready_key = s1, KEYS[30 + i] end
+        if ARGV[c + 6 + i] == s1 then best, ready_key = s1, KEYS[waiting_at + i] end
       end
       if not best and slack > 0 then
         local heads, best_score = rcall('ZMSCORE', heads_key, unpack(ARGV, c + 7, c + 6 + ncand)), nil
         for i = 1, ncand do
           local score = tonumber(heads[i])
           if score and score <= v1 + slack and (not best_score or score < best_score) then
-            best, best_score, ready_key = ARGV[c + 6 + i], score, KEYS[30 + i]
+            best, best_score, ready_key = ARGV[c + 6 + i], score, KEYS[waiting_at + i]
           end
         end
         if best and rcall('SISMEMBER', class_key, best) == 0 then best = nil end
@@ -208,10 +212,11 @@ local function quiet_trip(m, r, c, one, now)
     if r > 0 and reply[1] == 'none' then
       local shapes, idle_keys = {unpack(ARGV, 8 + m, 6 + m + r)}, {}
       for i = #KEYS - #shapes + 1, #KEYS do idle_keys[#idle_keys + 1] = KEYS[i] end
-      local keys = {heads = heads_key, waiting = KEYS[30], paused = KEYS[25], idle = idle_keys}
+      local keys = {heads = heads_key, waiting = KEYS[waiting_at], paused = KEYS[heads_at + 4],
+        idle = idle_keys}
       registered = register_idle(keys, worker, ARGV[7 + m], shapes, now)
     end
-    return {codes, reply, registered}
+    return {codes, reply, registered, 1}
   end
 
   -- The hint after this claim: the class's best shapes, the claimed one re-ranked by its new head (or gone).
@@ -247,8 +252,8 @@ local function quiet_trip(m, r, c, one, now)
   reply = {'ok', hint, deadline, best}
   if nc == 1 then
     local id = ids[1]
-    local attempt = rcall('HINCRBY', KEYS[24], id, '1')
-    reply[5], reply[6], reply[7] = id, rcall('HGET', KEYS[23], id), attempt
+    local attempt = rcall('HINCRBY', attempts_key, id, '1')
+    reply[5], reply[6], reply[7] = id, rcall('HGET', spec_key, id), attempt
     if mode ~= 'none' then
       local attempt_s = attempt == 1 and '1' or int_s(attempt)
       local service, created = string.match(metas[nd + 1], '^[^|]*|([^|]*)|([^|]*)|')
@@ -281,9 +286,9 @@ local function quiet_trip(m, r, c, one, now)
     end
     rcall('HSET', owner_key, id, token .. '.1|' .. worker .. '|' .. now_s)
     rcall('ZADD', leases_key, deadline_s, id)
-    return {codes, reply, 0}
+    return {codes, reply, 0, 1}
   end
-  local specs, attempts = rcall('HMGET', KEYS[23], unpack(ids)), rcall('HMGET', KEYS[24], unpack(ids))
+  local specs, attempts = rcall('HMGET', spec_key, unpack(ids)), rcall('HMGET', attempts_key, unpack(ids))
   local states, owners, leases, tries, entries, docs = {}, {}, {}, {}, {}, {}
   for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
   for i, id in ipairs(ids) do
@@ -305,8 +310,8 @@ local function quiet_trip(m, r, c, one, now)
   end
   emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', entries, docs)
   rcall('HSET', state_key, unpack(states))
-  rcall('HSET', KEYS[24], unpack(tries))
+  rcall('HSET', attempts_key, unpack(tries))
   rcall('HSET', owner_key, unpack(owners))
   rcall('ZADD', leases_key, unpack(leases))
-  return {codes, reply, 0}
+  return {codes, reply, 0, 1}
 end

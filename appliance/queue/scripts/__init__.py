@@ -73,9 +73,8 @@ _INCLUDE_RE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 #: from the outer script's KEYS, matching the two headers' key names.
 _TRANSITION_RE = re.compile(r"^-- @transition (\w+)\s*$", re.MULTILINE)
 _KEYS_RE = re.compile(r"^-- @keys (\w+)\s*$", re.MULTILINE)
-#: `-- @shared` in a script that runs as a transition: the local `shared` is the table the outer script passes as
-#: the function's third argument (what one call reads or writes once for both: the clock, the state column's
-#: writes); run alone, `shared` is nil and the script does everything itself.
+#: `-- @shared` in a script run as a transition: `shared` is the outer script's table, the function's third
+#: argument (what one call reads or writes once for both: clock, state writes); run alone, it is nil.
 _SHARED_RE = re.compile(r"^-- @shared\s*$", re.MULTILINE)
 
 

@@ -15,21 +15,36 @@ from tests.commandstats import command_calls
 from tests.pubsub import json_messages
 
 
-async def test_a_plain_submit_runs_fifteen_commands(queue: Queue, aredis: Any) -> None:
+async def test_a_plain_submit_behind_the_head_runs_fourteen_commands(queue: Queue, aredis: Any) -> None:
     # Before: HEXISTS state (the duplicate check), then HSET state, HSETNX shapes on every submit, and INCR seq
-    # for the FIFO tie-break besides HINCRBY counts: 18. Now the id is taken with one HSETNX state, a shape
-    # already in heads is known to be registered, and the count of submissions is the tie-break: 15.
+    # for the FIFO tie-break besides HINCRBY counts: 18. Then the id was taken with one HSETNX state, a shape
+    # already in heads was known to be registered, and the count of submissions is the tie-break: 15. Now a job
+    # that ranks behind its shape's head (fair share reads that head anyway) leaves heads as it is: 14.
     # (TIME, HSETNX state, HINCRBY counts, fair share: ZRANGE ready, HGET meta, HGET fair_finish, HGET
-    # fair_weights, HSET fair_finish; HSET spec, HSET meta, ZADD ready, ZADD heads, ZPOPMIN idle, XADD, PUBLISH.)
-    await queue.submit({"service": "echo"})
+    # fair_weights, HSET fair_finish; HSET spec, HSET meta, ZADD ready, ZPOPMIN idle, XADD, PUBLISH.)
+    first = await queue.submit({"service": "echo"})
     await aredis.config_resetstat()
     job = await queue.submit({"service": "echo"})
     calls = await command_calls(aredis)
     assert "hexists" not in calls and "incr" not in calls and calls.get("hsetnx") == 1, calls
     assert calls.get("hset") == 3, calls  # spec, meta, the customer's fair-share tag
-    assert sum(calls.values()) == 15, calls
+    assert calls.get("zadd") == 1, calls  # the ready index only
+    assert sum(calls.values()) == 14, calls
     assert (await queue.get(job.id)).status is JobStatus.PENDING  # type: ignore[union-attr]
     assert await aredis.hget(queue.keys.counts, "submitted") == b"2"
+    assert await aredis.zscore(queue.keys.heads, first.shape) == await aredis.zscore(
+        queue.keys.ready(first.shape), first.id
+    )
+
+
+async def test_a_job_that_ranks_first_still_lowers_its_shapes_head(queue: Queue, aredis: Any) -> None:
+    # Only a job behind the head skips the ZADD of heads: one that ranks first (a higher priority here) moves the
+    # shape's entry to its score, and a claim of the shape takes it first.
+    await queue.submit({"service": "echo"})
+    urgent = await queue.submit({"service": "echo", "priority": 3})
+    ready = queue.keys.ready(urgent.shape)
+    assert await aredis.zscore(queue.keys.heads, urgent.shape) == await aredis.zscore(ready, urgent.id)
+    assert (await queue.claim("w", [urgent.shape])).job.id == urgent.id  # type: ignore[union-attr]
 
 
 async def test_a_plain_job_passes_only_the_keys_and_arguments_it_uses(queue: Queue) -> None:

@@ -116,15 +116,20 @@ local later = start > now
 -- The FIFO tie-break within a millisecond: the count of submissions, which this one raises.
 local seq = rcall('HINCRBY', counts_key, 'submitted', '1')
 local step_units = ARGV[10] == '0' and 0 or tonumber(ARGV[10]) * tonumber(ARGV[11]) * 1000  -- no conversion for 0
-local score
+local score, head_score
 if later then
   -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md). One
   -- waiting for parents keeps the place (and fair-share tag) its submission gave it, like a replayed job.
-  score = int_s(start * 1000 - step_units + (seq % 1000))
+  score = start * 1000 - step_units + (seq % 1000)
 else
-  score = int_s(fair_tag(ready_key, meta_key, finish_key, weights_key, customer, now * 1000 + (seq % 1000),
-    ARGV[11]) - step_units)
+  score, head_score = fair_tag(ready_key, meta_key, finish_key, weights_key, customer, now * 1000 + (seq % 1000),
+    ARGV[11])
+  score = score - step_units
 end
+-- Whether the job ranks first in its shape: only then does the shape's entry in heads (its ready index's best
+-- score: every ZADD to a ready index lowers it, every removal refreshes it) need the ZADD.
+local first = not head_score or score < head_score
+score = int_s(score)
 
 rcall('HSET', spec_key, id, ARGV[6])
 if customer ~= '' then rcall('HSET', customer_key, id, customer) end
@@ -151,8 +156,9 @@ elseif later then
   rcall('ZADD', delayed_key, int_s(start), id)
 else
   -- Its status is set already unless it named parents; the wake comes after the event.
-  known = back_in_line({state = not state_set and state_key or nil, ready = ready_key, heads = heads_key}, id,
-    shape, score, nil) == 0
+  -- A job behind the head leaves heads as it is: the shape is in heads, so registered (`known`).
+  known = back_in_line({state = not state_set and state_key or nil, ready = ready_key,
+    heads = first and heads_key or nil}, id, shape, score, nil) == 0
 end
 if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
@@ -162,16 +168,21 @@ if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
 end
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
 if customer ~= '' then rcall('ZADD', KEYS[15], int_s(now * 1000 + (seq % 1000)), id) end
-local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
+-- The event as emit_many takes one: its stream entry and its message, each built by a table constructor (emit
+-- fills a table field by field and converts each value).
+local entry = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
+local doc = {job = id, service = service, shape = shape, priority = ARGV[10]}
 if blocked or ended_by then
-  fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
-  if blocked then fields[#fields + 1], fields[#fields + 2] = 'blocked', 1 end
+  local n = tostring(#parents)
+  entry[9], entry[10], doc.parents = 'parents', n, n
+  if blocked then entry[11], entry[12], doc.blocked = 'blocked', '1', '1' end
 elseif later then
-  fields[#fields + 1], fields[#fields + 2] = 'run_at', int_s(start)
+  local at = int_s(start)
+  entry[9], entry[10], doc.run_at = 'run_at', at, at
 else
   wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
 end
-emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
+emit_many(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', {entry}, {doc})
 if ended_by then
   -- Only here: a closure per function of these includes costs every call that defines them (~1-2k instructions
   -- each), and a job ends at submission only when a parent had failed.

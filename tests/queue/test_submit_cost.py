@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from appliance.queue import DuplicateJob, JobStatus, Queue
+from appliance.queue.models import Job, JobSpec, Requirements, no_requirements
 from appliance.queue.scripts import ScriptSet
 from tests.commandstats import command_calls
 from tests.pubsub import json_messages
@@ -206,3 +207,50 @@ async def test_the_submitted_event_of_a_child_says_the_same_on_both_paths(
         **expected,
         **({"blocked": "1"} if parent_state == "waiting" else {}),
     }
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"service": "echo"},
+        {"service": "echo", "payload": {"a": [1]}, "priority": 2, "customer_id": "acme", "timeout_s": 5},
+        {"service": "echo", "requirements": {"tags": ["b", "a"]}, "delay_s": 60, "workflow_id": "wf"},
+    ],
+)
+async def test_the_returned_job_is_not_validated_a_second_time(
+    queue: Queue, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the Job a submit returns was built with Job(...), which validated every field of the spec again
+    # (about a fifth of the client's Python per submit). Now it is made from the validated spec's fields
+    # (jobbody.submitted_job); it must be the Job that validation would have made.
+    built: list[object] = []
+    original = Job.__init__
+
+    def counting(self: Job, **data: Any) -> None:
+        built.append(data)
+        original(self, **data)
+
+    monkeypatch.setattr(Job, "__init__", counting)
+    job = await queue.submit(dict(spec))
+    monkeypatch.undo()
+    assert built == []
+    again = Job.model_validate(job.model_dump(include=job.model_fields_set))
+    assert job == again and list(job.__dict__) == list(again.__dict__)
+    assert job.model_fields_set == {
+        *(set(JobSpec.model_fields) - {"id", "run_at", "delay_s"}),
+        *("id", "shape", "status", "created_at", "next_attempt_at"),
+    }
+    stored = await queue.get(job.id)
+    assert stored is not None
+    assert (stored.payload, stored.requirements, stored.shape) == (job.payload, job.requirements, job.shape)
+
+
+def test_the_default_requirements_are_those_validation_makes() -> None:
+    # Before: every JobSpec without requirements validated Requirements() (its defaults, its model validator):
+    # ~40% of a plain job's validation. The default factory builds the same model without that.
+    made, validated = no_requirements(), Requirements()
+    assert made == validated and list(made.__dict__) == list(validated.__dict__)
+    assert made.model_fields_set == validated.model_fields_set == set()
+    one, two = JobSpec(service="echo"), JobSpec(service="echo")
+    assert one.requirements.tags is not two.requirements.tags  # each job its own lists
+    assert JobSpec.model_fields["requirements"].default_factory is no_requirements

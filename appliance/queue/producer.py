@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from appliance.queue.conn import Call, QueueConnection
+from appliance.queue.connections import prefixed
 from appliance.queue.errors import (
     DuplicateJob,
     InvalidJob,
@@ -90,6 +91,10 @@ class Producer:
         #: lists each time, which the connection packs once: connections.py).
         self._plain: dict[tuple[str, str | None], tuple[str, str, list[str], list[str]]] = {}
         self._by_shape: dict[str, tuple[str, str, list[str], list[str]]] = {}
+        #: shape -> submit.lua's ARGV[1..10] (the same for every job of the shape), for the settings object
+        #: `_fixed_for`: one list per shape, which the connection packs once with the KEYS (connections.py).
+        self._fixed: dict[str, list[Any]] = {}
+        self._fixed_for: object = None
 
     def _classified(self, spec: JobSpec | Mapping[str, Any]) -> JobSpec:
         parsed = parse_spec(spec)
@@ -131,20 +136,29 @@ class Producer:
         if size > limit:
             raise PayloadTooLarge(f"job {job_id}", size, "max_payload_bytes", limit)
         settings = self.conn.settings
-        args = [
-            *self.conn.common(),
-            job_id,
-            encoded,
-            shape,
-            record,
-            spec.service,
-            spec.priority,
-            settings.priority_step_ms,
-            spec.max_retries,
-            int(spec.timeout_s * 1000) if spec.timeout_s else 0,
-            self.conn.wake_check,
-            self.conn.keys.shapes_channel,
-        ]
+        fixed = self._fixed.get(shape)
+        if fixed is None or self._fixed_for is not settings:
+            if self._fixed_for is not settings or len(self._fixed) >= SHAPE_CACHE:
+                self._fixed, self._fixed_for = {}, settings
+            fixed = self._fixed[shape] = [
+                *self.conn.common(),
+                shape,
+                record,
+                spec.service,
+                settings.priority_step_ms,
+                self.conn.wake_check,
+                self.conn.keys.shapes_channel,
+            ]
+        args = prefixed(
+            fixed,
+            [
+                job_id,
+                encoded,
+                spec.priority,
+                spec.max_retries,
+                int(spec.timeout_s * 1000) if spec.timeout_s else 0,
+            ],
+        )
         if not spec.customer_id and not spec.after and spec.run_at is None and spec.delay_s is None:
             return job_id, shape, ("submit", plain_keys, args)  # a plain job: the short form
         args += [

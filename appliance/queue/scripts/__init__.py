@@ -22,7 +22,7 @@ import hashlib
 import logging
 import re
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -318,11 +318,16 @@ class ScriptSet:
         )
         self.use_functions = False
 
-    async def call(
+    def call(
         self, client: Any, name: str, keys: list[str], args: list[Any], *, meanwhile: Meanwhile = None
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
+        """The call of script `name` (await it). Not a coroutine itself: one coroutine less per call (~1.5k
+        instructions of a one-at-a-time submit's client)."""
         if not self.cluster:
-            return await self._call(client, name, keys, args, meanwhile)
+            return self._call(client, name, keys, args, meanwhile)
+        return self._call_cluster(client, name, keys, args)
+
+    async def _call_cluster(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         # While a queue's slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN (it
         # did not run); redis-py retries a few times within a second, then gives up ("TTL exhausted"). A
         # migration of a busy queue takes longer: keep retrying, with backoff, for up to MIGRATION_WAIT_S.

@@ -321,16 +321,14 @@ class ScriptSet:
     def call(
         self, client: Any, name: str, keys: list[str], args: list[Any], *, meanwhile: Meanwhile = None
     ) -> Coroutine[Any, Any, Any]:
-        """The call of script `name` (await it). Not a coroutine itself: one coroutine less per call (~1.5k
-        instructions of a one-at-a-time submit's client)."""
-        if not self.cluster:
-            return self._call(client, name, keys, args, meanwhile)
-        return self._call_cluster(client, name, keys, args)
+        """The call of script `name`, to await (not a coroutine itself: one coroutine less per call)."""
+        if self.cluster:
+            return self._call_cluster(client, name, keys, args)
+        return self._call(client, name, keys, args, meanwhile)
 
     async def _call_cluster(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
-        # While a queue's slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN (it
-        # did not run); redis-py retries a few times within a second, then gives up ("TTL exhausted"). A
-        # migration of a busy queue takes longer: keep retrying, with backoff, for up to MIGRATION_WAIT_S.
+        # While a queue's slot migrates, a script whose keys span both nodes gets TRYAGAIN (it did not run);
+        # redis-py gives up within a second ("TTL exhausted"): keep retrying, with backoff, MIGRATION_WAIT_S.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MIGRATION_WAIT_S
         delay = 0.05
@@ -420,11 +418,8 @@ class ScriptSet:
 
 
 def _fewest(a: Any, b: Any) -> Any:
-    if isinstance(a, Exception):
-        return a
-    if isinstance(b, Exception):
-        return b
-    return min(int(a), int(b))
+    errors = [x for x in (a, b) if isinstance(x, Exception)]
+    return errors[0] if errors else min(int(a), int(b))
 
 
 def _primaries(client: Any, cluster: bool) -> list[Any]:

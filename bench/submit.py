@@ -2,6 +2,7 @@
 
     python bench/submit.py [--quick] [--rounds R] [--jobs N] [--peer-python /work/bench-venv/bin/python]
                            [--before PATH]   # also `Queue.submit` of the package at PATH (the code before)
+                           [--instructions]  # only instruction counts (valgrind callgrind), see below
 
 Per round (rounds interleaved, medians reported), each in its own process on the same Redis 7:
   appliance submit        `Queue.submit`, one call at a time (awaited before the next), no-op job {"service": "echo"}
@@ -22,15 +23,22 @@ server's time in the script (`INFO commandstats`: EVALSHA's usec per call) and t
 the network stack, waking each side), all per call, medians over the rounds. The ratio is also given as the median
 of each round's own ratio (appliance `submit` and Dramatiq's `send` run one after the other in every round), which
 a shared machine's swings disturb less than a ratio of medians. Not a test: never asserts on time.
+
+`--instructions` counts instead of timing, which no other load on the machine changes: per one-at-a-time
+`submit` (this tree, `--before`'s) and Dramatiq `send`, the instructions redis-server runs (redis-server under
+callgrind, `--hz 1`, as bench/round_trip.py counts) and those of the client process (the child under callgrind,
+collecting only around its loop: user space, not the kernel's send and receive), each after 1,000 warm calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +53,28 @@ PEER_PYTHON = "/work/bench-venv/bin/python"
 # --- the children: one enqueue loop each, timed inside the process ------------------------------------------------
 
 
+#: In a child counting instructions: 'self' (it runs under callgrind, collecting only around its loop) or
+#: 'server:<pid>' (redis-server runs under callgrind: zeroed before the loop, dumped as 'window' after it).
+COUNT_ENV = "SUBMIT_BENCH_COUNT"
+WARM_COUNTED = 1_000
+
+
+def _window(start: bool) -> None:
+    """Open (start) or close the counting window of a child counting instructions; nothing otherwise."""
+    how = os.environ.get(COUNT_ENV, "")
+    if how == "self":
+        args = ["-i", "on" if start else "off", str(os.getpid())]
+    elif how.startswith("server:"):
+        args = ["-z" if start else "--dump=window", how.split(":", 1)[1]]
+    else:
+        return
+    subprocess.run(["callgrind_control", *args], capture_output=True, check=True)
+
+
+def _warm() -> int:
+    return WARM_COUNTED if os.environ.get(COUNT_ENV) else 200
+
+
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -54,9 +84,10 @@ async def _appliance(url: str, jobs: int, many: bool) -> tuple[float, float]:
     from appliance.queue import Queue  # from PYTHONPATH: this tree, or the `--before` one
 
     queue = await Queue.connect(url, queue_name="bench")
-    for _ in range(200):  # warm-up: scripts loaded, connection open, shape known
+    for _ in range(_warm()):  # warm-up: scripts loaded, connection open, shape known
         await queue.submit({"service": "echo"})
     specs = [{"service": "echo"} for _ in range(jobs)]
+    _window(True)
     cpu, started = _cpu_s(), time.perf_counter()
     if many:
         await queue.submit_many(specs)
@@ -64,6 +95,7 @@ async def _appliance(url: str, jobs: int, many: bool) -> tuple[float, float]:
         for spec in specs:
             await queue.submit(spec)
     elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu
+    _window(False)
     await queue.close()
     return elapsed, cpu
 
@@ -78,12 +110,15 @@ def _dramatiq(url: str, jobs: int) -> tuple[float, float]:
     def noop() -> None:
         pass
 
-    for _ in range(200):
+    for _ in range(_warm()):
         noop.send()
+    _window(True)
     cpu, started = _cpu_s(), time.perf_counter()
     for _ in range(jobs):
         noop.send()
-    return time.perf_counter() - started, _cpu_s() - cpu
+    elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu
+    _window(False)
+    return elapsed, cpu
 
 
 async def _bullmq(url: str, jobs: int) -> tuple[float, float]:
@@ -171,7 +206,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, help="jobs per measurement (default 5,000; quick 1,000)")
     parser.add_argument("--peer-python", default=PEER_PYTHON, help="interpreter with dramatiq and bullmq")
     parser.add_argument("--before", type=Path, help="also the package of the checkout PATH (the code before)")
+    parser.add_argument("--instructions", action="store_true", help="only count instructions (callgrind)")
     options = parser.parse_args()
+    if options.instructions:
+        count_instructions(options.peer_python, options.before, 600)
+        return
     quick, peer, before = options.quick, options.peer_python, options.before
     rounds = options.rounds or (1 if quick else 3)
     jobs = options.jobs or (1_000 if quick else 5_000)
@@ -215,6 +254,66 @@ def main() -> None:
         w, c = statistics.median(x for x, _ in runs_of), statistics.median(y for _, y in runs_of)
         rows.append([name, f"{w:.3f}", f"{w - base:.3f}", f"{c:.3f}", f"{c - base_cpu:.3f}"])
     print(table(["command", "wall s", "wall above python", "CPU s", "CPU above python"], rows))
+
+
+def count_instructions(peer: str, before: Path | None, jobs: int) -> None:
+    """Instructions per call (module doc, `--instructions`): redis-server's and the client process's."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _common import machine_line, private_redis, table
+    from round_trip import start_callgrind, stop_and_count
+
+    plan = [("appliance submit", sys.executable, "submit", ROOT)]
+    if before is not None:
+        plan += [("appliance submit, before (--before)", sys.executable, "submit", before)]
+    if Path(peer).exists():
+        plan += [("dramatiq send", peer, "dramatiq", ROOT)]
+    rows = []
+    for name, python, system, code in plan:
+        env = {**os.environ, "PYTHONPATH": str(code)} if python == sys.executable else dict(os.environ)
+        child_cmd = [__file__, "--child", system]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        out = f"/tmp/submit_bench_callgrind.{port}"
+        server = start_callgrind(port, out)
+        try:
+            subprocess.run(
+                [python, *child_cmd, f"redis://127.0.0.1:{port}", str(jobs)],
+                env={**env, COUNT_ENV: f"server:{server.pid}"},
+                capture_output=True,
+                timeout=600,
+                check=True,
+            )
+        finally:
+            server_ir = stop_and_count(server, out) / jobs
+        real = subprocess.run(
+            [python, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, check=True
+        ).stdout.strip()  # valgrind must run the interpreter itself, not a wrapper script (pyenv's shims)
+        with private_redis() as redis:
+            subprocess.run(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.client"]
+                + [real, *child_cmd, redis.url, str(jobs)],
+                env={**env, COUNT_ENV: "self"},
+                capture_output=True,
+                timeout=600,
+                check=True,
+            )
+        client_ir = _summary(f"{out}.client") / jobs
+        rows.append([name, f"{server_ir:,.0f}", f"{client_ir:,.0f}", f"{server_ir + client_ir:,.0f}"])
+    print(machine_line())
+    print(f"instructions per call, {jobs} calls counted after {WARM_COUNTED:,} (valgrind callgrind)\n")
+    print(table(["one call at a time", "redis-server", "client process (user space)", "both"], rows))
+
+
+def _summary(out: str) -> int:
+    """The instructions a callgrind run counted (every dump of `out`), and the dumps removed."""
+    total = 0
+    for name in glob.glob(out + "*"):
+        with open(name) as dump:
+            # `summary:` (0 when collection started off) or `totals:`, whichever counted
+            total += max(int(line.split()[1]) for line in dump if line.startswith(("summary:", "totals:")))
+        os.remove(name)
+    return total
 
 
 def rates_table(results: dict[str, list[dict[str, float]]]) -> str:

@@ -17,7 +17,7 @@
     ARGV[2]  the key's record as the API process holds it
     ARGV[3]  the key's requests per second
     ARGV[4]  the key's limit of unfinished jobs
-    ARGV[5..]  submit.lua's ARGV, in its order (its ARGV[5], here ARGV[9], is the job id)
+    ARGV[5..]  submit.lua's ARGV, in its order (its ARGV[11], here ARGV[15], is the job id)
 
   Returns:
     {1}  submitted; {-4}  a job with this id exists (submit.lua's codes)
@@ -37,7 +37,7 @@ if n > tonumber(ARGV[3]) then
   return {11, n, ttl}
 end
 
-local id = ARGV[9]
+local id = ARGV[15]
 local fits, count = admit(KEYS[3], KEYS[4], tonumber(ARGV[4]), {id})
 if not fits then return {12, count} end
 

@@ -241,3 +241,32 @@ def test_evalsha_packs_its_keys_once_per_list_and_sends_what_pack_command_sends(
         assert b"".join(conn.pack_evalsha("f" * 40, keys, args, heads) or []) == expected
     assert packed[0] == 3 + len(keys)
     assert packed[1:] == ([len(args)] * 3 if args else [])
+
+
+@pytest.mark.parametrize("rest", [["job-1", b'{"a":1}', 0, 3, 0], []])
+def test_evalsha_packs_a_fixed_argument_prefix_once_with_its_keys(
+    rest: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a submit packed all 15 of its ARGV on every call, though 10 are the same for every job of a shape
+    # (hiredis formats each with sprintf). A PrefixedArgs names that prefix: packed once with the KEYS, the same
+    # bytes as pack_command; another prefix list (new settings) is packed again, never mixed up with the first.
+    from appliance.queue import connections
+
+    packed: list[int] = []
+    original = connections._hiredis_pack
+    assert original is not None
+
+    def counting(command: tuple[Any, ...]) -> bytes:
+        packed.append(len(command))
+        return original(command)
+
+    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    conn, keys, heads = HiredisConnection(), [f"appliance:{{q}}:key{i}" for i in range(12)], {}
+    fixed, other = ["", "q", "stream+pubsub", 10000, "s1", "{}"], ["", "q", "none", 5, "s1", "{}"]
+    for prefix in (fixed, fixed, other, fixed):
+        args = connections.prefixed(prefix, rest)
+        assert args == [*prefix, *rest] and args.prefix is prefix
+        expected = b"".join(Connection().pack_command("EVALSHA", "f" * 40, len(keys), *keys, *prefix, *rest))
+        assert b"".join(conn.pack_evalsha("f" * 40, keys, args, heads) or []) == expected
+    head = 3 + len(keys) + len(fixed)
+    assert packed == ([head, len(rest), len(rest), head, len(rest), len(rest)] if rest else [head, head])

@@ -10,26 +10,42 @@ from typing import Any
 import pytest
 
 from appliance.queue import DuplicateJob, JobStatus, Queue
+from appliance.queue.models import Job, JobSpec, Requirements, no_requirements
 from appliance.queue.scripts import ScriptSet
 from tests.commandstats import command_calls
 from tests.pubsub import json_messages
 
 
-async def test_a_plain_submit_runs_fifteen_commands(queue: Queue, aredis: Any) -> None:
+async def test_a_plain_submit_behind_the_head_runs_fourteen_commands(queue: Queue, aredis: Any) -> None:
     # Before: HEXISTS state (the duplicate check), then HSET state, HSETNX shapes on every submit, and INCR seq
-    # for the FIFO tie-break besides HINCRBY counts: 18. Now the id is taken with one HSETNX state, a shape
-    # already in heads is known to be registered, and the count of submissions is the tie-break: 15.
+    # for the FIFO tie-break besides HINCRBY counts: 18. Then the id was taken with one HSETNX state, a shape
+    # already in heads was known to be registered, and the count of submissions is the tie-break: 15. Now a job
+    # that ranks behind its shape's head (fair share reads that head anyway) leaves heads as it is: 14.
     # (TIME, HSETNX state, HINCRBY counts, fair share: ZRANGE ready, HGET meta, HGET fair_finish, HGET
-    # fair_weights, HSET fair_finish; HSET spec, HSET meta, ZADD ready, ZADD heads, ZPOPMIN idle, XADD, PUBLISH.)
-    await queue.submit({"service": "echo"})
+    # fair_weights, HSET fair_finish; HSET spec, HSET meta, ZADD ready, ZPOPMIN idle, XADD, PUBLISH.)
+    first = await queue.submit({"service": "echo"})
     await aredis.config_resetstat()
     job = await queue.submit({"service": "echo"})
     calls = await command_calls(aredis)
     assert "hexists" not in calls and "incr" not in calls and calls.get("hsetnx") == 1, calls
     assert calls.get("hset") == 3, calls  # spec, meta, the customer's fair-share tag
-    assert sum(calls.values()) == 15, calls
+    assert calls.get("zadd") == 1, calls  # the ready index only
+    assert sum(calls.values()) == 14, calls
     assert (await queue.get(job.id)).status is JobStatus.PENDING  # type: ignore[union-attr]
     assert await aredis.hget(queue.keys.counts, "submitted") == b"2"
+    assert await aredis.zscore(queue.keys.heads, first.shape) == await aredis.zscore(
+        queue.keys.ready(first.shape), first.id
+    )
+
+
+async def test_a_job_that_ranks_first_still_lowers_its_shapes_head(queue: Queue, aredis: Any) -> None:
+    # Only a job behind the head skips the ZADD of heads: one that ranks first (a higher priority here) moves the
+    # shape's entry to its score, and a claim of the shape takes it first.
+    await queue.submit({"service": "echo"})
+    urgent = await queue.submit({"service": "echo", "priority": 3})
+    ready = queue.keys.ready(urgent.shape)
+    assert await aredis.zscore(queue.keys.heads, urgent.shape) == await aredis.zscore(ready, urgent.id)
+    assert (await queue.claim("w", [urgent.shape])).job.id == urgent.id  # type: ignore[union-attr]
 
 
 async def test_a_plain_job_passes_only_the_keys_and_arguments_it_uses(queue: Queue) -> None:
@@ -191,3 +207,79 @@ async def test_the_submitted_event_of_a_child_says_the_same_on_both_paths(
         **expected,
         **({"blocked": "1"} if parent_state == "waiting" else {}),
     }
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"service": "echo"},
+        {"service": "echo", "payload": {"a": [1]}, "priority": 2, "customer_id": "acme", "timeout_s": 5},
+        {"service": "echo", "requirements": {"tags": ["b", "a"]}, "delay_s": 60, "workflow_id": "wf"},
+    ],
+)
+async def test_the_returned_job_is_not_validated_a_second_time(
+    queue: Queue, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the Job a submit returns was built with Job(...), which validated every field of the spec again
+    # (about a fifth of the client's Python per submit). Now it is made from the validated spec's fields
+    # (jobbody.submitted_job); it must be the Job that validation would have made.
+    built: list[object] = []
+    original = Job.__init__
+
+    def counting(self: Job, **data: Any) -> None:
+        built.append(data)
+        original(self, **data)
+
+    monkeypatch.setattr(Job, "__init__", counting)
+    job = await queue.submit(dict(spec))
+    monkeypatch.undo()
+    assert built == []
+    again = Job.model_validate(job.model_dump(include=job.model_fields_set))
+    assert job == again and list(job.__dict__) == list(again.__dict__)
+    assert job.model_fields_set == {
+        *(set(JobSpec.model_fields) - {"id", "run_at", "delay_s"}),
+        *("id", "shape", "status", "created_at", "next_attempt_at"),
+    }
+    stored = await queue.get(job.id)
+    assert stored is not None
+    assert (stored.payload, stored.requirements, stored.shape) == (job.payload, job.requirements, job.shape)
+
+
+def test_the_default_requirements_are_those_validation_makes() -> None:
+    # Before: every JobSpec without requirements validated Requirements() (its defaults, its model validator):
+    # ~40% of a plain job's validation. The default factory builds the same model without that.
+    made, validated = no_requirements(), Requirements()
+    assert made == validated and list(made.__dict__) == list(validated.__dict__)
+    assert made.model_fields_set == validated.model_fields_set == set()
+    one, two = JobSpec(service="echo"), JobSpec(service="echo")
+    assert one.requirements.tags is not two.requirements.tags  # each job its own lists
+    assert JobSpec.model_fields["requirements"].default_factory is no_requirements
+
+
+async def test_a_plain_submit_packs_only_its_own_five_arguments(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: each submit packed its 15 ARGV (hiredis formats each with sprintf). Now ARGV[1..10] (the settings'
+    # and the shape's) are one list per shape, packed once with the KEYS: a call packs the job's id, body,
+    # priority, retries and timeout. Another shape, or new settings, gets its own prefix.
+    from appliance.queue import connections
+
+    if queue.conn.scripts.use_functions:
+        pytest.skip("FCALL goes through redis-py's packing")
+    await queue.submit({"service": "echo"})
+    packed: list[int] = []
+    original = connections._hiredis_pack
+    assert original is not None
+
+    def counting(command: tuple[Any, ...]) -> bytes:
+        packed.append(len(command))
+        return original(command)
+
+    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    first = await queue.submit({"service": "echo"})
+    await queue.submit({"service": "echo", "priority": 1})
+    other = await queue.submit({"service": "other"})
+    assert packed == [5, 5, 3 + 12 + 10, 5], packed
+    assert first.shape != other.shape
+    for job in (first, other):
+        assert (await queue.get(job.id)).status is JobStatus.PENDING  # type: ignore[union-attr]

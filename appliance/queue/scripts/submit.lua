@@ -30,13 +30,13 @@
 
     ARGV[1]  channel prefix      ARGV[2]  queue name
     ARGV[3]  events mode          ARGV[4]  events maxlen
-    ARGV[5]  job id               ARGV[6]  job JSON
-    ARGV[7]  shape id             ARGV[8]  shape JSON
-    ARGV[9]  service              ARGV[10] priority
-    ARGV[11] priority step, ms    ARGV[12] max retries
-    ARGV[13] timeout, ms (0 = none)
-    ARGV[14] wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
-    ARGV[15] new-shape channel
+    ARGV[5]  shape id             ARGV[6]  shape JSON
+    ARGV[7]  service              ARGV[8]  priority step, ms
+    ARGV[9]  wake_one's how: '1' (PUBLISH), 's' (SPUBLISH, a Cluster) or '0'
+    ARGV[10] new-shape channel
+    ARGV[11] job id               ARGV[12] job JSON
+    ARGV[13] priority             ARGV[14] max retries
+    ARGV[15] timeout, ms (0 = none)
     ARGV[16] start at, epoch ms ('' = now)
     ARGV[17] start after a delay, ms, by the server's clock ('' = none)
     ARGV[18] customer ('' = the default customer)
@@ -45,6 +45,7 @@
     ARGV[21..] parent ids (each must exist)
   A plain job (no customer, no parents, no start time) is called with KEYS[1..12] and ARGV[1..15] only: it
   touches none of the others, and each argument costs the server about 1 µs per call (docs/performance.md §6).
+  ARGV[1..10] are the same for every job of a shape: the client packs them once with the KEYS (connections.py).
 
   Returns:
      1  submitted
@@ -71,7 +72,7 @@ local idle_key, waiting_key, finish_key, weights_key = KEYS[9], KEYS[10], KEYS[1
 local delayed_key, customer_key = KEYS[13], KEYS[14]
 local children_key, blocked_key, parents_key = KEYS[16], KEYS[17], KEYS[18]
 local now, queue, mode, maxlen = server_now(), ARGV[2], ARGV[3], ARGV[4]
-local id, shape, service = ARGV[5], ARGV[7], ARGV[9]
+local id, shape, service = ARGV[11], ARGV[5], ARGV[7]
 local customer, policy = ARGV[18] or '', ARGV[19] or ''
 
 -- The duplicate check: a job without parents takes its id and its first status in one command (nothing is
@@ -115,21 +116,26 @@ local later = start > now
 -- whole score units: written as '%d' text (includes/int.lua).
 -- The FIFO tie-break within a millisecond: the count of submissions, which this one raises.
 local seq = rcall('HINCRBY', counts_key, 'submitted', '1')
-local step_units = ARGV[10] == '0' and 0 or tonumber(ARGV[10]) * tonumber(ARGV[11]) * 1000  -- no conversion for 0
-local score
+local step_units = ARGV[13] == '0' and 0 or tonumber(ARGV[13]) * tonumber(ARGV[8]) * 1000  -- no conversion for 0
+local score, head_score
 if later then
   -- A scheduled first attempt ranks by when it falls due and takes no part in fair share (docs/queue.md). One
   -- waiting for parents keeps the place (and fair-share tag) its submission gave it, like a replayed job.
-  score = int_s(start * 1000 - step_units + (seq % 1000))
+  score = start * 1000 - step_units + (seq % 1000)
 else
-  score = int_s(fair_tag(ready_key, meta_key, finish_key, weights_key, customer, now * 1000 + (seq % 1000),
-    ARGV[11]) - step_units)
+  score, head_score = fair_tag(ready_key, meta_key, finish_key, weights_key, customer, now * 1000 + (seq % 1000),
+    ARGV[8])
+  score = score - step_units
 end
+-- Whether the job ranks first in its shape: only then does the shape's entry in heads (its ready index's best
+-- score: every ZADD to a ready index lowers it, every removal refreshes it) need the ZADD.
+local first = not head_score or score < head_score
+score = int_s(score)
 
-rcall('HSET', spec_key, id, ARGV[6])
+rcall('HSET', spec_key, id, ARGV[12])
 if customer ~= '' then rcall('HSET', customer_key, id, customer) end
-rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. int_s(now) .. '|' .. ARGV[10] .. '|' .. ARGV[12]
-  .. '|' .. ARGV[13] .. '|' .. score)
+rcall('HSET', meta_key, id, shape .. '|' .. service .. '|' .. int_s(now) .. '|' .. ARGV[13] .. '|' .. ARGV[14]
+  .. '|' .. ARGV[15] .. '|' .. score)
 if policy ~= '' then
   rcall('HSET', parents_key, id, policy .. '|' .. int_s(start) .. '|' .. table.concat(parents, ','))
 end
@@ -151,27 +157,33 @@ elseif later then
   rcall('ZADD', delayed_key, int_s(start), id)
 else
   -- Its status is set already unless it named parents; the wake comes after the event.
-  known = back_in_line({state = not state_set and state_key or nil, ready = ready_key, heads = heads_key}, id,
-    shape, score, nil) == 0
+  -- A job behind the head leaves heads as it is: the shape is in heads, so registered (`known`).
+  known = back_in_line({state = not state_set and state_key or nil, ready = ready_key,
+    heads = first and heads_key or nil}, id, shape, score, nil) == 0
 end
-if not known and rcall('HSETNX', shapes_key, shape, ARGV[8]) == 1 then
+if not known and rcall('HSETNX', shapes_key, shape, ARGV[6]) == 1 then
   -- A member longer than 64 bytes keeps heads in Redis's skiplist+hashtable encoding: in the compact
   -- (listpack) encoding claim.lua's ZMSCORE of its candidates and every ZADD would scan the whole index.
   rcall('ZADD', heads_key, 'NX', '+inf', HEADS_SENTINEL)
-  rcall(ARGV[14] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[15], shape)
+  rcall(ARGV[9] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[10], shape)
 end
 -- The customer's own index lets the HTTP API page through one tenant's jobs without scanning the queue's.
 if customer ~= '' then rcall('ZADD', KEYS[15], int_s(now * 1000 + (seq % 1000)), id) end
-local fields = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[10]}
+-- The event as emit_many takes one: its stream entry and its message, each built by a table constructor (emit
+-- fills a table field by field and converts each value).
+local entry = {'job', id, 'service', service, 'shape', shape, 'priority', ARGV[13]}
+local doc = {job = id, service = service, shape = shape, priority = ARGV[13]}
 if blocked or ended_by then
-  fields[#fields + 1], fields[#fields + 2] = 'parents', #parents
-  if blocked then fields[#fields + 1], fields[#fields + 2] = 'blocked', 1 end
+  local n = tostring(#parents)
+  entry[9], entry[10], doc.parents = 'parents', n, n
+  if blocked then entry[11], entry[12], doc.blocked = 'blocked', '1', '1' end
 elseif later then
-  fields[#fields + 1], fields[#fields + 2] = 'run_at', int_s(start)
+  local at = int_s(start)
+  entry[9], entry[10], doc.run_at = 'run_at', at, at
 else
-  wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[14])
+  wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[9])
 end
-emit(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', fields)
+emit_many(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', {entry}, {doc})
 if ended_by then
   -- Only here: a closure per function of these includes costs every call that defines them (~1-2k instructions
   -- each), and a job ends at submission only when a parent had failed.

@@ -14,6 +14,9 @@
     built by flooding decays with the clock, a lag it was given behind a backlog is kept while it lasts.
     One customer's tags only grow: its own jobs stay FIFO.
 
+  Returns the tag and the score of the shape's head (a number; nil when nothing waits), which tells submit.lua
+  whether the new job ranks first (else heads needs no update).
+
   Cost: O(log N) (the head) + O(1), whatever the number of customers. Jobs without a customer form one
   default customer, '-' (not a valid customer id). Tags are whole score units, read and written as decimal
   text ('%d': a float format costs as much as a small command).
@@ -23,7 +26,7 @@ local FAIR_QUANTUM = 10000  -- score units a weight-1 customer's tag moves per j
 local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, arrival, step_ms)
   -- step_ms: the priority step as text (ARGV)
   if customer == '' then customer = '-' end
-  local v = arrival
+  local v, head_score = arrival, nil
   local head = rcall('ZRANGE', ready_key, '0', '0')[1]
   if head then
     -- The head's score is the one its meta holds (every ZADD to a ready index writes the meta's score, or the
@@ -36,6 +39,7 @@ local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, 
       s = rcall('ZSCORE', ready_key, head)
     end
     v = tonumber(s)
+    head_score = v
     -- A text-to-number conversion costs ~1k instructions: none for the usual priority 0.
     if p and p ~= '0' then v = v + tonumber(p) * tonumber(step_ms) * 1000 end
   end
@@ -50,5 +54,5 @@ local function fair_tag(ready_key, meta_key, finish_key, weights_key, customer, 
     tag = math.max(tag, paced, spaced)
   end
   rcall('HSET', finish_key, customer, string.format('%d|%d', tag, arrival))
-  return tag
+  return tag, head_score
 end

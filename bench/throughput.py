@@ -2,6 +2,7 @@
 same private Redis.
 
     python bench/throughput.py [--quick] [--repeat N] [--json] [--python SYSTEM=PATH ...] [--only NAME,...]
+                               [--layouts 2x10,4x8]
 
 For each system and each worker layout (processes x concurrency per process; 1x1, 2x10 and 4x8), N jobs are
 enqueued through the system's public API first, then the workers start. Every 20 ms the orchestrator reads how many
@@ -282,7 +283,7 @@ def measure(args: argparse.Namespace, names: list[str]) -> tuple[list[Result], d
         # With --repeat, the systems take turns (a, b, a, b, ...) so the machine's slow and fast moments fall on
         # all of them alike; each cell reports the medians.
         for _ in range(args.repeat):
-            for processes, concurrency in LAYOUTS:
+            for processes, concurrency in args.layouts:
                 jobs = args.jobs_1x1 if processes * concurrency == 1 else args.jobs
                 for name in available:
                     t0 = time.monotonic()
@@ -302,7 +303,7 @@ def report(args: argparse.Namespace, results: list[Result], skipped: dict[str, s
         "peer of the layout (not appliance-core):"
     )
     rows = []
-    for layout in (f"{p}x{c}" for p, c in LAYOUTS):
+    for layout in (f"{p}x{c}" for p, c in args.layouts):
         cell = [r for r in results if r.layout == layout]
         peers = [r for r in cell if r.system not in (PRODUCT, CORE, BEFORE) and r.rate == r.rate]
         best = max(peers, key=lambda r: r.rate) if peers else None
@@ -371,7 +372,18 @@ def main() -> None:
         metavar="PATH",
         help="also run `appliance worker` from the checkout PATH (row appliance-before)",
     )
+    parser.add_argument(
+        "--layouts",
+        default=",".join(f"{p}x{c}" for p, c in LAYOUTS),
+        help="comma-separated layouts, processes x concurrency (default: 1x1,2x10,4x8)",
+    )
     args = parser.parse_args()
+    try:
+        args.layouts = [tuple(int(n) for n in item.split("x", 1)) for item in args.layouts.split(",") if item]
+        if not args.layouts or any(len(lay) != 2 or min(lay) < 1 for lay in args.layouts):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--layouts {args.layouts!r}: expected layouts like 1x1,2x10,4x8")
     if args.before:
         SYSTEMS[BEFORE] = (
             SYSTEMS[PRODUCT][0],

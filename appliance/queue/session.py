@@ -208,11 +208,6 @@ class WorkerSession:
             await self.hub.pass_on(unused)
         return codes, claimed
 
-    def jobs_wait(self) -> bool:
-        """Whether the last claim said more jobs of this worker's shapes wait (its class's hint names a shape):
-        a busy worker's claim loop keeps a second call in flight only then."""
-        return bool(self.shapes) and bool(self.queue.worker_class(self.shapes).hint)
-
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Sleep until a matching job may be waiting (a wake-up) or `timeout_s` passes. True if woken. Registers
         the session as idle first, unless a job waits already (then True at once)."""

@@ -102,14 +102,19 @@ class ClaimLoop:
             else:
                 self.link.mark_down(exc)
             return
-        completions.resolve(batch, codes)
+        # The batch's leases end and the claimed ones start as one change of the lease table (one wake-up of
+        # this loop, which is running anyway, and of the status), not one per job.
+        leases = self.leases
+        leases.hold()
+        try:
+            completions.resolve(batch, codes)
+            for one in claimed:
+                self._start_run(one)
+        finally:
+            leases.release()
         self.link.mark_up()
-        if not claimed:
-            if not batch:
-                await self.session.wait_for_work(self.claim_timeout_s)
-            return
-        for one in claimed:
-            self._start_run(one)
+        if not claimed and not batch:
+            await self.session.wait_for_work(self.claim_timeout_s)
 
     def blocked(self) -> str | None:
         """Why the worker may not claim now, or None."""

@@ -232,6 +232,13 @@ async def test_deadlines_drop_ended_calls_behind_a_long_one() -> None:
     assert expired == [soon]
 
 
+class TwoStep(EchoConnector):
+    async def process(self, job: ConnectorJob, progress: ProgressCallback) -> ConnectorResult:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return await super().process(job, progress)
+
+
 async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per_job(
     queue: Queue, tmp_path: Path
 ) -> None:
@@ -242,7 +249,9 @@ async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per
     from appliance.worker.drain import FleetDrain, StopSignals
     from appliance.worker.housekeeping import ServiceHealth
 
-    connector = EchoConnector(options=ConnectorOptions(concurrency=1), storage=LocalStorage(tmp_path))
+    # Jobs of a few loop turns: a no-op job ends in the turn the loop yields after starting it, and the loop
+    # never waits for its slot at all.
+    connector = TwoStep(options=ConnectorOptions(concurrency=1), storage=LocalStorage(tmp_path))
     link = RedisLink()
     claims: ClaimLoop | None = None
 

@@ -108,8 +108,10 @@ class ClaimLoop:
         leases.hold()
         try:
             completions.resolve(batch, codes)
-            for one in claimed:
-                self._start_run(one)
+            if claimed:
+                loop = asyncio.get_running_loop()  # once per batch (each call also asks the OS for the pid)
+                for one in claimed:
+                    self._start_run(loop, one)
         finally:
             leases.release()
         self.link.mark_up()
@@ -146,10 +148,10 @@ class ClaimLoop:
         """Whether the loop turned recently."""
         return time.monotonic() - self.beat < 3 * self.claim_timeout_s + 30
 
-    def _start_run(self, claimed: ClaimedJob) -> None:
+    def _start_run(self, loop: asyncio.AbstractEventLoop, claimed: ClaimedJob) -> None:
         lease = self.runner.lease_for(claimed)
-        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free).
-        loop = asyncio.get_running_loop()  # its create_task takes the name itself (asyncio's sets it after)
+        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free). The loop's
+        # create_task takes the name itself (asyncio's sets it after).
         self.runs.add(loop.create_task(self._run(lease), name=f"run:{lease.job_id}"))
 
     async def _run(self, lease: Lease) -> None:

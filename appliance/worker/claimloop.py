@@ -52,7 +52,9 @@ class ClaimLoop:
         self.service = service
         self.capacity = capacity
         self.claim_timeout_s = claim_timeout_s
-        self.runs: set[asyncio.Task[None]] = set()
+        #: The run tasks not yet ended, by their lease's token (a run takes itself out by its token, without
+        #: asking asyncio for the current task: that costs a `getpid` per job).
+        self.runs: dict[str, asyncio.Task[None]] = {}
         #: Monotonic time of the loop's last turn (the watchdog's liveness check).
         self.beat = time.monotonic()
         self._changed = asyncio.Event()
@@ -152,7 +154,7 @@ class ClaimLoop:
         lease = self.runner.lease_for(claimed)
         # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free). The loop's
         # create_task takes the name itself (asyncio's sets it after).
-        self.runs.add(loop.create_task(self._run(lease), name=f"run:{lease.job_id}"))
+        self.runs[lease.token] = loop.create_task(self._run(lease), name=f"run:{lease.job_id}")
 
     async def _run(self, lease: Lease) -> None:
         """One job's run; its task leaves `runs` when it ends (no scan of the runs per turn), and a crash (a
@@ -162,9 +164,7 @@ class ClaimLoop:
         except Exception:
             log.exception("a job run crashed")
         finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self.runs.discard(task)
+            self.runs.pop(lease.token, None)
 
     async def _wait_changed(self, timeout_s: float) -> None:
         """Sleep until something changes, `timeout_s` at most. One timer serves the waits in a row: at one slot

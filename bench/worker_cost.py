@@ -76,6 +76,7 @@ def run_once(url: str, path: str, args: argparse.Namespace, work: Path) -> float
             if done >= args.jobs * (0.2, 0.8)[len(marks)]:
                 if args.cpu:
                     cpu.append(proc_cpu(proc.pid))
+                    cpu.append((time.monotonic(), 0.0))
                 elif args.strace and not marks:
                     strace = subprocess.Popen(["strace", "-f", "-c", "-o", args.strace, "-p", str(proc.pid)])
                     time.sleep(0.5)  # attached to every thread
@@ -94,8 +95,10 @@ def run_once(url: str, path: str, args: argparse.Namespace, work: Path) -> float
         stop_process_groups([proc], grace_s=60)
     if args.cpu:
         n = marks[1] - marks[0]
-        user, system = ((b - a) / n * 1e6 for a, b in zip(cpu[0], cpu[1], strict=True))
-        print(f"user {user:.1f} µs/job, system {system:.1f} µs/job")
+        user, system = ((b - a) / n * 1e6 for a, b in zip(cpu[0], cpu[2], strict=True))
+        print(
+            f"user {user:.1f} µs/job, system {system:.1f} µs/job, {n / (cpu[3][0] - cpu[1][0]):,.0f} jobs/s"
+        )
         return user + system
     if args.profile or args.strace:
         print(f"window: {marks[1] - marks[0]} jobs")

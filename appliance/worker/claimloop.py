@@ -122,7 +122,9 @@ class ClaimLoop:
             # next turn takes its completion at once instead of sleeping on `_changed` and being woken for it
             # (a loop turn, a future and its wake-up fewer per batch).
             await asyncio.sleep(0)
-        elif not batch:
+        elif not batch and not completions.waiting():
+            # A completion queued during this turn's awaits (the drain flag's read) woke the session before
+            # finish_and_claim cleared its wake-up: it goes in the next turn, not after a wait for work.
             await self.session.wait_for_work(self.claim_timeout_s)
 
     def blocked(self) -> str | None:

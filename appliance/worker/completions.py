@@ -66,6 +66,10 @@ class Completions:
         elif self._sending is None:
             self._sending = asyncio.create_task(self._send_soon(), name="complete-batch")
 
+    def waiting(self) -> bool:
+        """Whether completions wait to be sent."""
+        return bool(self._pending)
+
     def take(self) -> list[Pending]:
         """The completions waiting now (the claim loop sends them with its next claim)."""
         batch, self._pending = self._pending, []

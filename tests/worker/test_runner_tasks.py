@@ -380,3 +380,54 @@ async def test_the_claim_loop_settles_and_starts_a_batch_as_one_change_and_takes
     # round trip). Now it lets the runs take their first step and takes no-op jobs' completions at once.
     assert waits <= 2, (waits, trips)
     await session.close()
+
+
+async def test_a_completion_queued_while_the_claim_loop_reads_the_drain_flag_goes_without_a_wait_for_work(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # A job ended while the loop's turn awaited the drain flag, after it had taken the waiting completions: its
+    # wake-up was cleared by the claim that followed (which found no job), and the loop then slept in
+    # wait_for_work for the claim timeout with the completion waiting (later completions no longer wake it).
+    from appliance.worker.claimloop import ClaimLoop
+    from appliance.worker.drain import FleetDrain, StopSignals
+    from appliance.worker.housekeeping import ServiceHealth
+
+    link = RedisLink()
+    connector = EchoConnector(options=ConnectorOptions(concurrency=2), storage=LocalStorage(tmp_path))
+    runner = runner_of(queue, connector)
+    session, (claimed,) = await claim(queue, 1)  # the queue is empty now
+    lease = runner.lease_for(claimed)
+    written = asyncio.Event()
+
+    class EndsAJobMeanwhile(FleetDrain):
+        async def check(self, max_age_s: float = 0.0) -> bool:
+            await asyncio.sleep(0)
+            if not lease.finishing:
+                lease.finishing = True
+                runner.writer.complete_later(lease, {}, "{}", lambda _lease, ok: ok and written.set())
+            return False
+
+    service = ServiceHealth(connector, "echo", interval_s=60, down_interval_s=60)
+    service.healthy = True
+    signals = StopSignals()
+    loop = ClaimLoop(
+        session,
+        EndsAJobMeanwhile(queue.client, "m", link),
+        runner,
+        leases=runner.leases,
+        link=link,
+        signals=signals,
+        service=service,
+        capacity=2,
+        claim_timeout_s=60,
+    )
+    running = asyncio.create_task(loop.run())
+    try:
+        await asyncio.wait_for(written.wait(), 10)  # before: the claim timeout (60 s)
+    finally:
+        signals.draining.set()
+        loop.wake()
+        await asyncio.wait_for(running, 30)
+    job = await queue.get(claimed.job.id)
+    assert job is not None and job.status is JobStatus.COMPLETED
+    await session.close()

@@ -117,12 +117,7 @@ class ClaimLoop:
         finally:
             leases.release()
         self.link.mark_up()
-        if claimed:
-            # The runs just started take their first step before the next turn: a short job ends in it, and the
-            # next turn takes its completion at once instead of sleeping on `_changed` and being woken for it
-            # (a loop turn, a future and its wake-up fewer per batch).
-            await asyncio.sleep(0)
-        elif not batch and not completions.waiting():
+        if not claimed and not batch and not completions.waiting():
             # A completion queued during this turn's awaits (the drain flag's read) woke the session before
             # finish_and_claim cleared its wake-up: it goes in the next turn, not after a wait for work.
             await self.session.wait_for_work(self.claim_timeout_s)

@@ -2,6 +2,7 @@
 same private Redis.
 
     python bench/throughput.py [--quick] [--repeat N] [--json] [--python SYSTEM=PATH ...] [--only NAME,...]
+                               [--layouts 2x10,4x8]
 
 For each system and each worker layout (processes x concurrency per process; 1x1, 2x10 and 4x8), N jobs are
 enqueued through the system's public API first, then the workers start. Every 20 ms the orchestrator reads how many
@@ -11,6 +12,9 @@ to 90 % of the jobs done (start-up and the tail left out) it reports:
   jobs/s           jobs done in the window / its length
   Redis CPU/job    delta of INFO cpu (used_cpu_sys + used_cpu_user) / jobs done in the window
   worker CPU/job   delta of utime + stime (/proc) of every process in the workers' process groups / jobs
+  busy cores       (Redis CPU + worker CPU) over the window / its length: how much of the machine the system used
+  idle cores       the machine's idle time (/proc/stat) over the window / its length: what nobody used (on a
+                   shared machine, busy + idle < the cores: other processes took the rest)
 
 Rows: `appliance` is the product as users run it: `appliance worker --connector echo --index i --concurrency C`,
 default settings (events on, EVALSHA, INFO logging to a file), jobs `{}` submitted with `Queue.submit_many`.
@@ -116,8 +120,17 @@ class Result:
     rate: float = float("nan")
     redis_us: float = float("nan")
     worker_us: float = float("nan")
+    busy: float = float("nan")
+    idle: float = float("nan")
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def idle_cores_s() -> float:
+    """Seconds of idle (and iowait) time of all cores together so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def group_cpu_s(groups: set[int]) -> float:
@@ -223,15 +236,17 @@ class Bench:
         workers = self.start_workers(system, processes, concurrency)
         groups = {p.pid for p in workers}
         marks: list[
-            tuple[float, int, float, float]
-        ] = []  # (time, done, redis cpu, worker cpu) at 10 % and 90 %
+            tuple[float, int, float, float, float]
+        ] = []  # (time, done, redis cpu, worker cpu, idle) at 10 % and 90 %
         deadline = time.monotonic() + self.args.timeout
         done = 0
         try:
             while time.monotonic() < deadline and len(marks) < 2:
                 done = done_of(self.redis, jobs)
                 if done >= jobs * (0.1, 0.9)[len(marks)]:
-                    marks.append((time.monotonic(), done, self.redis_cpu_s(), group_cpu_s(groups)))
+                    marks.append(
+                        (time.monotonic(), done, self.redis_cpu_s(), group_cpu_s(groups), idle_cores_s())
+                    )
                     continue
                 if any(p.poll() is not None for p in workers):
                     result.note = "a worker exited"
@@ -241,10 +256,11 @@ class Bench:
             stop_process_groups(workers)
         result.done = done
         if len(marks) == 2:
-            (t0, d0, r0, w0), (t1, d1, r1, w1) = marks
+            (t0, d0, r0, w0, i0), (t1, d1, r1, w1, i1) = marks
             n = d1 - d0
             result.rate = n / (t1 - t0)
             result.redis_us, result.worker_us = (r1 - r0) / n * 1e6, (w1 - w0) / n * 1e6
+            result.busy, result.idle = (r1 - r0 + w1 - w0) / (t1 - t0), (i1 - i0) / (t1 - t0)
         else:
             result.note = f"stopped at {self.args.timeout:.0f}s with {done:,}/{jobs:,} done {result.note}"
         return result
@@ -259,6 +275,8 @@ def _median(cell: list[Result]) -> Result:
         result.rate = statistics.median(rates)
         result.redis_us = statistics.median(r.redis_us for r in finished)
         result.worker_us = statistics.median(r.worker_us for r in finished)
+        result.busy = statistics.median(r.busy for r in finished)
+        result.idle = statistics.median(r.idle for r in finished)
         capped = f", {len(cell) - len(finished)} stopped at the cap" if len(finished) < len(cell) else ""
         result.note = f"median of {len(rates)} ({min(rates):,.0f}–{max(rates):,.0f}){capped}"
     return result
@@ -290,7 +308,8 @@ def measure(args: argparse.Namespace, names: list[str]) -> tuple[list[Result], d
                     runs.setdefault((name, r.layout), []).append(r)
                     print(
                         f"  {name:14s} {r.layout:5s}: {r.rate:8.0f} jobs/s  Redis {r.redis_us:6.1f} µs/job  "
-                        f"workers {r.worker_us:7.1f} µs/job  ({time.monotonic() - t0:.0f}s) {r.note}",
+                        f"workers {r.worker_us:7.1f} µs/job  busy {r.busy:4.2f} idle {r.idle:4.2f} cores  "
+                        f"({time.monotonic() - t0:.0f}s) {r.note}",
                         flush=True,
                     )
     return [_median(cell) for cell in runs.values()], skipped
@@ -317,6 +336,8 @@ def report(args: argparse.Namespace, results: list[Result], skipped: dict[str, s
                     r.redis_us,
                     r.redis_us / bull.redis_us if bull else float("nan"),
                     r.worker_us,
+                    r.busy,
+                    r.idle,
                     r.note,
                 ]
             )
@@ -340,6 +361,8 @@ def report(args: argparse.Namespace, results: list[Result], skipped: dict[str, s
         "Redis µs/job",
         "x BullMQ",
         "worker µs/job",
+        "busy cores",
+        "idle cores",
         "note",
     ]
     print(table(headers, rows))
@@ -378,10 +401,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
-        args.layouts = [tuple(int(n) for n in part.split("x")) for part in args.layouts.split(",")]
-        assert all(len(layout) == 2 and min(layout) > 0 for layout in args.layouts)
-    except (ValueError, AssertionError):
-        parser.error(f"--layouts: comma-separated PxC like 1x1,2x10, not {args.layouts!r}")
+        args.layouts = [tuple(int(n) for n in item.split("x", 1)) for item in args.layouts.split(",") if item]
+        if not args.layouts or any(len(lay) != 2 or min(lay) < 1 for lay in args.layouts):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--layouts {args.layouts!r}: expected layouts like 1x1,2x10,4x8")
     if args.before:
         SYSTEMS[BEFORE] = (
             SYSTEMS[PRODUCT][0],

@@ -52,7 +52,9 @@ class ClaimLoop:
         self.service = service
         self.capacity = capacity
         self.claim_timeout_s = claim_timeout_s
-        self.runs: set[asyncio.Task[None]] = set()
+        #: The run tasks not yet ended, by their lease's token (a run takes itself out by its token, without
+        #: asking asyncio for the current task: that costs a `getpid` per job).
+        self.runs: dict[str, asyncio.Task[None]] = {}
         #: Monotonic time of the loop's last turn (the watchdog's liveness check).
         self.beat = time.monotonic()
         self._changed = asyncio.Event()
@@ -102,14 +104,23 @@ class ClaimLoop:
             else:
                 self.link.mark_down(exc)
             return
-        completions.resolve(batch, codes)
+        # The batch's leases end and the claimed ones start as one change of the lease table (one wake-up of
+        # this loop, which is running anyway, and of the status), not one per job.
+        leases = self.leases
+        leases.hold()
+        try:
+            completions.resolve(batch, codes)
+            if claimed:
+                loop = asyncio.get_running_loop()  # once per batch (each call also asks the OS for the pid)
+                for one in claimed:
+                    self._start_run(loop, one)
+        finally:
+            leases.release()
         self.link.mark_up()
-        if not claimed:
-            if not batch:
-                await self.session.wait_for_work(self.claim_timeout_s)
-            return
-        for one in claimed:
-            self._start_run(one)
+        if not claimed and not batch and not completions.waiting():
+            # A completion queued during this turn's awaits (the drain flag's read) woke the session before
+            # finish_and_claim cleared its wake-up: it goes in the next turn, not after a wait for work.
+            await self.session.wait_for_work(self.claim_timeout_s)
 
     def blocked(self) -> str | None:
         """Why the worker may not claim now, or None."""
@@ -136,11 +147,11 @@ class ClaimLoop:
         """Whether the loop turned recently."""
         return time.monotonic() - self.beat < 3 * self.claim_timeout_s + 30
 
-    def _start_run(self, claimed: ClaimedJob) -> None:
+    def _start_run(self, loop: asyncio.AbstractEventLoop, claimed: ClaimedJob) -> None:
         lease = self.runner.lease_for(claimed)
-        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free).
-        loop = asyncio.get_running_loop()  # its create_task takes the name itself (asyncio's sets it after)
-        self.runs.add(loop.create_task(self._run(lease), name=f"run:{lease.job_id}"))
+        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free). The loop's
+        # create_task takes the name itself (asyncio's sets it after).
+        self.runs[lease.token] = loop.create_task(self._run(lease), name=f"run:{lease.job_id}")
 
     async def _run(self, lease: Lease) -> None:
         """One job's run; its task leaves `runs` when it ends (no scan of the runs per turn), and a crash (a
@@ -150,9 +161,7 @@ class ClaimLoop:
         except Exception:
             log.exception("a job run crashed")
         finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self.runs.discard(task)
+            self.runs.pop(lease.token, None)
 
     async def _wait_changed(self, timeout_s: float) -> None:
         """Sleep until something changes, `timeout_s` at most. One timer serves the waits in a row: at one slot

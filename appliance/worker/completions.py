@@ -56,11 +56,19 @@ class Completions:
         self._queue(((job_id, token, result), settle))
 
     def _queue(self, pending: Pending) -> None:
-        self._pending.append(pending)
+        waiting = self._pending
+        waiting.append(pending)
         if self.carrier is not None:
-            self.carrier()
+            # Once per batch: the carrier (the claim loop) was woken by the first completion since its last
+            # `take`, and it takes them all together (a busy worker's jobs end a batch at a time).
+            if len(waiting) == 1:
+                self.carrier()
         elif self._sending is None:
             self._sending = asyncio.create_task(self._send_soon(), name="complete-batch")
+
+    def waiting(self) -> bool:
+        """Whether completions wait to be sent."""
+        return bool(self._pending)
 
     def take(self) -> list[Pending]:
         """The completions waiting now (the claim loop sends them with its next claim)."""
@@ -72,6 +80,8 @@ class Completions:
         unknown: sent again, one that did land answers 'lease lost', so nothing completes twice."""
         waiting = {id(done) for _, done in self._pending}
         self._pending[:0] = [p for p in batch if not _gone(p[1]) and id(p[1]) not in waiting]
+        if self._pending and self.carrier is not None:
+            self.carrier()  # `_queue` wakes the carrier only for a first completion
 
     @staticmethod
     def resolve(batch: list[Pending], codes: list[int] | Exception) -> None:

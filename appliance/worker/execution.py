@@ -103,13 +103,14 @@ class JobRunner:
         job, claimed = lease.claimed.job, lease.claimed
         # Per job, a line only at DEBUG: at INFO a busy worker would spend more on its log than on the job
         # (and journald drops a unit's lines past its rate limit). Failures and stops are logged at INFO+.
-        log.debug(
-            "job %s: claimed (service %s, attempt %d, timeout %gs)",
-            job.id,
-            job.service,
-            claimed.attempt,
-            lease.timeout_s,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # one call, not debug()'s two and its arguments' tuple
+            log.debug(
+                "job %s: claimed (service %s, attempt %d, timeout %gs)",
+                job.id,
+                job.service,
+                claimed.attempt,
+                lease.timeout_s,
+            )
         try:
             result, exc = await self._call(lease)
             if lease.interrupter is not None and not lease.interrupter.done():

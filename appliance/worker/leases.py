@@ -114,6 +114,9 @@ class LeaseTable:
 
     Keyed by attempt, not by job: when attempt 1's lease is lost while it still winds down, the same worker may
     claim attempt 2 of that job, and stopping attempt 1 must not touch attempt 2.
+
+    Between `hold()` and `release()` (the claim loop settling a batch, or starting one) the calls wait and are
+    made once at `release()`: a batch of 10 leases is one change, not 10 wake-ups of the loop that is running.
     """
 
     def __init__(
@@ -122,6 +125,21 @@ class LeaseTable:
         self._leases: dict[str, Lease] = {}
         self._on_change = on_change or (lambda: None)
         self._on_free = on_free or (lambda: None)
+        self._held = False
+        self._changed = self._freed = False
+
+    def hold(self) -> None:
+        """Defer `on_change`/`on_free` until `release()` (not nested; no await between the two)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Make the calls deferred since `hold()`, once each."""
+        self._held = False
+        changed, freed, self._changed, self._freed = self._changed, self._freed, False, False
+        if changed:
+            self._on_change()
+        if freed:
+            self._on_free()
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -136,11 +154,17 @@ class LeaseTable:
 
     def add(self, lease: Lease) -> None:
         self._leases[lease.token] = lease
-        self._on_change()
+        if self._held:
+            self._changed = True
+        else:
+            self._on_change()
 
     def remove(self, lease: Lease) -> None:
         if self._leases.get(lease.token) is lease:
             del self._leases[lease.token]
+            if self._held:
+                self._changed = self._freed = True
+                return
             self._on_change()
             self._on_free()
 

@@ -415,7 +415,7 @@ class Worker:
         log.debug("closing: stopping tasks")
         if self._watchdog is not None:
             await self._watchdog.stop()
-        runs = self.claims.runs if self.claims is not None else set()
+        runs = self.claims.runs.values() if self.claims is not None else ()
         interrupters = self.runner.interrupters if self.runner is not None else set()
         retries = self.writer.retries if self.writer is not None else set()
         await stop_tasks([*runs, *interrupters, *retries, *self._background])

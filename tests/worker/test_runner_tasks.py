@@ -122,7 +122,8 @@ async def test_a_short_jobs_run_ends_when_its_completion_is_queued_and_the_round
     session, claimed = await claim(queue, 3)
     leases = [runner.lease_for(c) for c in claimed]
     await asyncio.wait_for(asyncio.gather(*(runner.run(lease) for lease in leases)), 30)
-    assert (runner.completed, len(runner.leases), len(wakes)) == (0, 3, 3)  # nothing sent yet: leases held
+    # Nothing sent yet: leases held. The carrier was woken once for the three (before: once per completion).
+    assert (runner.completed, len(runner.leases), len(wakes)) == (0, 3, 1)
     batch = completions.take()
     completions.resolve(batch, await queue.complete_many([outcome for outcome, _ in batch]))  # the round trip
     assert (runner.completed, len(runner.leases)) == (3, 0)
@@ -290,4 +291,122 @@ async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per
         del loop.call_at
     assert runner.completed == 20
     assert 1 <= len(armed) <= 2, armed
+    await session.close()
+
+
+async def test_the_claim_loop_settles_and_starts_a_batch_as_one_change_of_the_lease_table(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # Before: every lease that ended in a round trip's answer, and every one it started, called the table's
+    # callbacks on its own (the runtime's wake-up of the claim loop, which was running anyway, and of the
+    # status): 2 calls per job. Now a round trip's batch is one change (and one free slot call) at most.
+    from appliance.worker.claimloop import ClaimLoop
+    from appliance.worker.drain import FleetDrain, StopSignals
+    from appliance.worker.housekeeping import ServiceHealth
+
+    jobs, slots = 60, 10
+    calls = {"change": 0, "free": 0}
+    loop: ClaimLoop | None = None
+
+    def changed() -> None:
+        calls["change"] += 1
+
+    all_done = asyncio.Event()
+
+    def freed() -> None:
+        calls["free"] += 1
+        if runner.completed >= jobs:
+            all_done.set()
+        if loop is not None:
+            loop.wake()
+
+    leases = LeaseTable(on_change=changed, on_free=freed)
+    link = RedisLink()
+    connector = EchoConnector(options=ConnectorOptions(concurrency=slots), storage=LocalStorage(tmp_path))
+    runner = JobRunner(connector, queue, leases, link, OutcomeWriter(queue, link), default_timeout_s=60)
+    await queue.submit_many([JobSpec(service="echo") for _ in range(jobs)])
+    session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
+    service = ServiceHealth(connector, "echo", interval_s=60, down_interval_s=60)
+    service.healthy = True
+    signals = StopSignals()
+    loop = ClaimLoop(
+        session,
+        FleetDrain(queue.client, "m", link),
+        runner,
+        leases=leases,
+        link=link,
+        signals=signals,
+        service=service,
+        capacity=slots,
+        claim_timeout_s=1,
+    )
+    trips = 0
+    finish_and_claim = session.finish_and_claim
+
+    async def counted(outcomes: Any, count: int) -> Any:
+        nonlocal trips
+        trips += 1
+        return await finish_and_claim(outcomes, count)
+
+    session.finish_and_claim = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(loop.run())
+    await asyncio.wait_for(all_done.wait(), 30)
+    signals.draining.set()
+    loop.wake()
+    await asyncio.wait_for(running, 30)
+    assert runner.completed == jobs and len(leases) == 0
+    # At most one change per round trip (its ends and starts together) and one free-slot call.
+    assert calls["change"] <= trips and calls["free"] <= trips, (calls, trips)
+    assert trips < jobs, trips
+    await session.close()
+
+
+async def test_a_completion_queued_while_the_claim_loop_reads_the_drain_flag_goes_without_a_wait_for_work(
+    queue: Queue, tmp_path: Path
+) -> None:
+    # A job ended while the loop's turn awaited the drain flag, after it had taken the waiting completions: its
+    # wake-up was cleared by the claim that followed (which found no job), and the loop then slept in
+    # wait_for_work for the claim timeout with the completion waiting (later completions no longer wake it).
+    from appliance.worker.claimloop import ClaimLoop
+    from appliance.worker.drain import FleetDrain, StopSignals
+    from appliance.worker.housekeeping import ServiceHealth
+
+    link = RedisLink()
+    connector = EchoConnector(options=ConnectorOptions(concurrency=2), storage=LocalStorage(tmp_path))
+    runner = runner_of(queue, connector)
+    session, (claimed,) = await claim(queue, 1)  # the queue is empty now
+    lease = runner.lease_for(claimed)
+    written = asyncio.Event()
+
+    class EndsAJobMeanwhile(FleetDrain):
+        async def check(self, max_age_s: float = 0.0) -> bool:
+            await asyncio.sleep(0)
+            if not lease.finishing:
+                lease.finishing = True
+                runner.writer.complete_later(lease, {}, "{}", lambda _lease, ok: ok and written.set())
+            return False
+
+    service = ServiceHealth(connector, "echo", interval_s=60, down_interval_s=60)
+    service.healthy = True
+    signals = StopSignals()
+    loop = ClaimLoop(
+        session,
+        EndsAJobMeanwhile(queue.client, "m", link),
+        runner,
+        leases=runner.leases,
+        link=link,
+        signals=signals,
+        service=service,
+        capacity=2,
+        claim_timeout_s=60,
+    )
+    running = asyncio.create_task(loop.run())
+    try:
+        await asyncio.wait_for(written.wait(), 10)  # before: the claim timeout (60 s)
+    finally:
+        signals.draining.set()
+        loop.wake()
+        await asyncio.wait_for(running, 30)
+    job = await queue.get(claimed.job.id)
+    assert job is not None and job.status is JobStatus.COMPLETED
     await session.close()

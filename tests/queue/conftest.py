@@ -46,3 +46,20 @@ async def make_queue(redis_url: str) -> AsyncIterator[Callable[..., object]]:
     yield factory
     for q in made:
         await q.close()
+
+
+@pytest.fixture
+def packed_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The argument count of every command hiredis packs from now on (the queue's connections pack with it)."""
+    from appliance.queue import connections
+
+    packed: list[int] = []
+    original = connections._hiredis_pack
+    assert original is not None
+
+    def counting(command: tuple[object, ...]) -> bytes:
+        packed.append(len(command))
+        return original(command)
+
+    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    return packed

@@ -221,20 +221,10 @@ async def test_redis_py_may_relax_the_deadline_of_the_read_in_progress(redis_url
 
 @pytest.mark.parametrize("args", [["a", 1, 1.5, b"\x00\xff", "é☃", ""], [], list(range(30))])
 def test_evalsha_packs_its_keys_once_per_list_and_sends_what_pack_command_sends(
-    args: list[Any], monkeypatch: pytest.MonkeyPatch
+    args: list[Any], packed_lengths: list[int]
 ) -> None:
     # Before: every call packed the script's sha and all its KEYS again (a submit: 32 arguments, ~4 µs).
-    from appliance.queue import connections
-
-    packed: list[int] = []
-    original = connections._hiredis_pack
-    assert original is not None
-
-    def counting(command: tuple[Any, ...]) -> bytes:
-        packed.append(len(command))
-        return original(command)
-
-    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    packed = packed_lengths
     conn, keys, heads = HiredisConnection(), [f"appliance:{{q}}:key{i}" for i in range(14)], {}
     expected = b"".join(Connection().pack_command("EVALSHA", "f" * 40, len(keys), *keys, *args))
     for _ in range(3):
@@ -245,22 +235,14 @@ def test_evalsha_packs_its_keys_once_per_list_and_sends_what_pack_command_sends(
 
 @pytest.mark.parametrize("rest", [["job-1", b'{"a":1}', 0, 3, 0], []])
 def test_evalsha_packs_a_fixed_argument_prefix_once_with_its_keys(
-    rest: list[Any], monkeypatch: pytest.MonkeyPatch
+    rest: list[Any], packed_lengths: list[int]
 ) -> None:
     # Before: a submit packed all 15 of its ARGV on every call, though 10 are the same for every job of a shape
     # (hiredis formats each with sprintf). A PrefixedArgs names that prefix: packed once with the KEYS, the same
     # bytes as pack_command; another prefix list (new settings) is packed again, never mixed up with the first.
     from appliance.queue import connections
 
-    packed: list[int] = []
-    original = connections._hiredis_pack
-    assert original is not None
-
-    def counting(command: tuple[Any, ...]) -> bytes:
-        packed.append(len(command))
-        return original(command)
-
-    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    packed = packed_lengths
     conn, keys, heads = HiredisConnection(), [f"appliance:{{q}}:key{i}" for i in range(12)], {}
     fixed, other = ["", "q", "stream+pubsub", 10000, "s1", "{}"], ["", "q", "none", 5, "s1", "{}"]
     for prefix in (fixed, fixed, other, fixed):

@@ -257,25 +257,16 @@ def test_the_default_requirements_are_those_validation_makes() -> None:
 
 
 async def test_a_plain_submit_packs_only_its_own_five_arguments(
-    queue: Queue, monkeypatch: pytest.MonkeyPatch
+    queue: Queue, packed_lengths: list[int]
 ) -> None:
     # Before: each submit packed its 15 ARGV (hiredis formats each with sprintf). Now ARGV[1..10] (the settings'
     # and the shape's) are one list per shape, packed once with the KEYS: a call packs the job's id, body,
     # priority, retries and timeout. Another shape, or new settings, gets its own prefix.
-    from appliance.queue import connections
-
     if queue.conn.scripts.use_functions:
         pytest.skip("FCALL goes through redis-py's packing")
     await queue.submit({"service": "echo"})
-    packed: list[int] = []
-    original = connections._hiredis_pack
-    assert original is not None
-
-    def counting(command: tuple[Any, ...]) -> bytes:
-        packed.append(len(command))
-        return original(command)
-
-    monkeypatch.setattr(connections, "_hiredis_pack", counting)
+    packed = packed_lengths
+    packed.clear()  # the first submit of a shape packs its prefix with the KEYS
     first = await queue.submit({"service": "echo"})
     await queue.submit({"service": "echo", "priority": 1})
     other = await queue.submit({"service": "other"})

@@ -40,6 +40,37 @@ async def claim(queue: Queue, count: int, **spec: Any) -> tuple[WorkerSession, l
     return session, claimed
 
 
+def claim_loop(
+    session: WorkerSession,
+    runner: JobRunner,
+    link: RedisLink,
+    *,
+    capacity: int,
+    claim_timeout_s: float,
+    fleet: Any = None,
+) -> tuple[Any, Any]:
+    """A claim loop over `session` and `runner`, its echo service healthy; with its stop signals."""
+    from appliance.worker.claimloop import ClaimLoop
+    from appliance.worker.drain import FleetDrain, StopSignals
+    from appliance.worker.housekeeping import ServiceHealth
+
+    service = ServiceHealth(runner.connector, "echo", interval_s=60, down_interval_s=60)
+    service.healthy = True
+    signals = StopSignals()
+    loop = ClaimLoop(
+        session,
+        fleet if fleet is not None else FleetDrain(runner.queue.client, "m", link),
+        runner,
+        leases=runner.leases,
+        link=link,
+        signals=signals,
+        service=service,
+        capacity=capacity,
+        claim_timeout_s=claim_timeout_s,
+    )
+    return loop, signals
+
+
 async def test_a_job_calls_its_connector_in_its_run_task_not_in_a_task_of_its_own(
     queue: Queue, tmp_path: Path
 ) -> None:
@@ -239,8 +270,6 @@ async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per
     # of its own for the claim timeout and cancelled it (20 jobs, about 20 handles). Now one timer ends a wait
     # at the latest the claim timeout after it was armed, and serves the waits in a row.
     from appliance.worker.claimloop import ClaimLoop
-    from appliance.worker.drain import FleetDrain, StopSignals
-    from appliance.worker.housekeeping import ServiceHealth
 
     connector = EchoConnector(options=ConnectorOptions(concurrency=1), storage=LocalStorage(tmp_path))
     link = RedisLink()
@@ -254,20 +283,7 @@ async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per
     runner = JobRunner(connector, queue, leases, link, OutcomeWriter(queue, link), default_timeout_s=60)
     await queue.submit_many([JobSpec(service="echo") for _ in range(20)])
     session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
-    service = ServiceHealth(connector, "echo", interval_s=60, down_interval_s=60)
-    service.healthy = True
-    signals = StopSignals()
-    claims = ClaimLoop(
-        session,
-        FleetDrain(queue.client, "m", link),
-        runner,
-        leases=leases,
-        link=link,
-        signals=signals,
-        service=service,
-        capacity=1,
-        claim_timeout_s=30,
-    )
+    claims, signals = claim_loop(session, runner, link, capacity=1, claim_timeout_s=30)
     loop = asyncio.get_running_loop()
     armed: list[Any] = []
     real = loop.call_at
@@ -301,8 +317,6 @@ async def test_the_claim_loop_settles_and_starts_a_batch_as_one_change_of_the_le
     # callbacks on its own (the runtime's wake-up of the claim loop, which was running anyway, and of the
     # status): 2 calls per job. Now a round trip's batch is one change (and one free slot call) at most.
     from appliance.worker.claimloop import ClaimLoop
-    from appliance.worker.drain import FleetDrain, StopSignals
-    from appliance.worker.housekeeping import ServiceHealth
 
     jobs, slots = 60, 10
     calls = {"change": 0, "free": 0}
@@ -326,20 +340,7 @@ async def test_the_claim_loop_settles_and_starts_a_batch_as_one_change_of_the_le
     runner = JobRunner(connector, queue, leases, link, OutcomeWriter(queue, link), default_timeout_s=60)
     await queue.submit_many([JobSpec(service="echo") for _ in range(jobs)])
     session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
-    service = ServiceHealth(connector, "echo", interval_s=60, down_interval_s=60)
-    service.healthy = True
-    signals = StopSignals()
-    loop = ClaimLoop(
-        session,
-        FleetDrain(queue.client, "m", link),
-        runner,
-        leases=leases,
-        link=link,
-        signals=signals,
-        service=service,
-        capacity=slots,
-        claim_timeout_s=1,
-    )
+    loop, signals = claim_loop(session, runner, link, capacity=slots, claim_timeout_s=1)
     trips = 0
     finish_and_claim = session.finish_and_claim
 
@@ -367,9 +368,7 @@ async def test_a_completion_queued_while_the_claim_loop_reads_the_drain_flag_goe
     # A job ended while the loop's turn awaited the drain flag, after it had taken the waiting completions: its
     # wake-up was cleared by the claim that followed (which found no job), and the loop then slept in
     # wait_for_work for the claim timeout with the completion waiting (later completions no longer wake it).
-    from appliance.worker.claimloop import ClaimLoop
-    from appliance.worker.drain import FleetDrain, StopSignals
-    from appliance.worker.housekeeping import ServiceHealth
+    from appliance.worker.drain import FleetDrain
 
     link = RedisLink()
     connector = EchoConnector(options=ConnectorOptions(concurrency=2), storage=LocalStorage(tmp_path))
@@ -386,19 +385,13 @@ async def test_a_completion_queued_while_the_claim_loop_reads_the_drain_flag_goe
                 runner.writer.complete_later(lease, {}, "{}", lambda _lease, ok: ok and written.set())
             return False
 
-    service = ServiceHealth(connector, "echo", interval_s=60, down_interval_s=60)
-    service.healthy = True
-    signals = StopSignals()
-    loop = ClaimLoop(
+    loop, signals = claim_loop(
         session,
-        EndsAJobMeanwhile(queue.client, "m", link),
         runner,
-        leases=runner.leases,
-        link=link,
-        signals=signals,
-        service=service,
+        link,
         capacity=2,
         claim_timeout_s=60,
+        fleet=EndsAJobMeanwhile(queue.client, "m", link),
     )
     running = asyncio.create_task(loop.run())
     try:

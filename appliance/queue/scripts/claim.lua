@@ -64,6 +64,7 @@ local rcall = redis.call
 -- @include limit
 -- @include states
 -- @include int
+-- @include class_top
 -- @shared
 
 local heads_key, class_key, spec_key, meta_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -105,27 +106,11 @@ local function shape_paused(shape)
 end
 
 -- The class's two best shapes in score order, {shape, score} each (the best, and the runner-up that bounds a
--- batch): walk heads in growing pages; the sentinel at +inf marks the end.
+-- batch), paused shapes passed over (includes/class_top.lua).
 local function class_top()
-  local top = {}
-  local start, page, from, to = 0, 2, '0', '1'  -- the first page's bounds as text: no formatting
-  while true do
-    local entries = rcall('ZRANGE', heads_key, from, to, 'WITHSCORES')
-    local n = #entries / 2
-    if n == 0 then break end
-    local members = {}
-    for i = 1, n do members[i] = entries[2 * i - 1] end
-    local held = rcall('SMISMEMBER', class_key, unpack(members))
-    for i = 1, n do
-      if held[i] == 1 and not shape_paused(members[i]) then
-        top[#top + 1] = {members[i], tonumber(entries[2 * i])}
-        if #top == 2 then return top end
-      end
-    end
-    if n < page or members[n] == HEADS_SENTINEL then break end
-    start, page = start + page, math.min(page * 4, 1024)
-    from, to = int_s(start), int_s(start + page - 1)
-  end
+  local top, s1, v1, s2, v2 = {}, class_top_of(heads_key, class_key, pauses and shape_paused or nil)
+  if s1 then top[1] = {s1, v1} end
+  if s2 then top[2] = {s2, v2} end
   return top
 end
 

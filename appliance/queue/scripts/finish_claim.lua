@@ -70,6 +70,7 @@ local rcall = redis.call
 -- @include sentinel
 -- @include heads
 -- @include register_idle
+-- @include class_top
 -- @include quiet_trip
 
 local m = tonumber(ARGV[5])

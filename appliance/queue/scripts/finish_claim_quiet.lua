@@ -50,6 +50,7 @@ local rcall = redis.call
 -- @include sentinel
 -- @include heads
 -- @include register_idle
+-- @include class_top
 -- @include quiet_trip
 
 if rcall('EXISTS', KEYS[12], KEYS[9], KEYS[11], KEYS[18], KEYS[17]) > 0 then return 'busy' end

@@ -79,33 +79,11 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
   local worker, want, slack = ARGV[c], tonumber(ARGV[c + 3]), tonumber(ARGV[c + 4])
   local ncand = #ARGV - c - 6  -- candidate i: shape ARGV[c + 6 + i], ready index KEYS[waiting_at + i]
-  local reply, ids, best, ready_key, s1, v1, s2, v2, class_top
+  local reply, ids, best, ready_key, s1, v1, s2, v2
   if one ~= '' and ARGV[c + 7] == one then
     best, ready_key = one, KEYS[waiting_at + 1]  -- a class of one shape: its shape is its best, no walk needed
   else
-    class_top = function()  -- the class's two best shapes and their heads (claim.lua's class_top)
-      local a, va
-      local start, page, from, to = 0, 2, '0', '1'
-      while true do
-        local entries = rcall('ZRANGE', heads_key, from, to, 'WITHSCORES')
-        local n = #entries / 2
-        if n == 0 then break end
-        local members = {}
-        for i = 1, n do members[i] = entries[2 * i - 1] end
-        local held = rcall('SMISMEMBER', class_key, unpack(members))
-        for i = 1, n do
-          if held[i] == 1 then
-            if a then return a, va, members[i], tonumber(entries[2 * i]) end
-            a, va = members[i], tonumber(entries[2 * i])
-          end
-        end
-        if n < page or members[n] == HEADS_SENTINEL then break end
-        start, page = start + page, math.min(page * 4, 1024)
-        from, to = int_s(start), int_s(start + page - 1)
-      end
-      return a, va
-    end
-    s1, v1, s2, v2 = class_top()
+    s1, v1, s2, v2 = class_top_of(heads_key, class_key)
     if not s1 then
       reply = {rcall('EXISTS', class_key) == 0 and 'noclass' or 'none'}
     else
@@ -150,7 +128,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     head_score = refresh_head(ready_key, heads_key, best)
     if #ids == 0 then
       -- heads named a shape with nothing waiting (corrected now): point the client at the new best.
-      if s1 then s1, v1, s2, v2 = class_top() end
+      if s1 then s1, v1, s2, v2 = class_top_of(heads_key, class_key) end
       if not s1 then reply = {'none'} else reply = {'retry', s2 and (s1 .. ',' .. s2) or s1} end
       ids = nil
     end

@@ -28,11 +28,6 @@ BUFFER = 1000
 CATCH_UP_BATCH = 1000
 
 
-def entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 class Subscription:
     """One client's view: the jobs it follows and the events waiting for it (None: cut off, reconnect)."""
 
@@ -65,7 +60,7 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         #: Set when a subscriber attaches (the reader waits for one while there is none).
         self._wanted = asyncio.Event()
-        #: Entries read from the stream (for the benchmark and tests).
+        #: Events read from the stream (for the benchmark and tests).
         self.read = 0
 
     def start(self) -> None:
@@ -127,14 +122,12 @@ class EventHub:
 
     async def catch_up(self, job: str, start: str) -> AsyncIterator[JobEvent]:
         """The job's events in the stream from `start` (an XRANGE bound: `(<id>` excludes it), oldest first."""
-        while True:
-            events = await self.queue.events.after(start, CATCH_UP_BATCH)
+        following: str | None = start
+        while following is not None:
+            events, following = await self.queue.events.after(following, CATCH_UP_BATCH)
             for event in events:
                 if event.job == job:
                     yield event
-            if len(events) < CATCH_UP_BATCH:
-                return
-            start = f"({events[-1].entry_id}"
 
     async def _run(self) -> None:
         since = "$"

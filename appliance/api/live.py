@@ -13,20 +13,23 @@ from typing import Any
 from aiohttp import web
 
 from appliance.api.context import Api, api_of, caller, job_id_of, job_json, owned_job
-from appliance.api.hub import Subscription, entry_key
+from appliance.api.hub import Subscription
 from appliance.api.keys import Scope
 from appliance.api.problems import ProblemError
 from appliance.queue import Job
-from appliance.queue.events import JobEvent
+from appliance.queue.events import JobEvent, event_key, start_after
 
-_ENTRY_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+#: An event id: its stream entry's `<ms>-<seq>`, with `.<i>` for event i of an entry of several (JobEvent.id).
+_ENTRY_RE = re.compile(r"^\d{1,20}-\d{1,20}(\.\d{1,9})?$")
+#: What a bad one is told.
+EVENT_ID_EXAMPLE = "an event id like 1700000000000-0 or 1700000000000-0.3"
 
 
 def event_json(event: JobEvent) -> dict[str, Any]:
     status = event.status
     fields = {k: str(v) for k, v in event.fields.items() if k not in ("event", "job")}
     return {
-        "id": event.entry_id,
+        "id": event.id,
         "job": event.job,
         "event": str(event.fields.get("event", "")),
         "status": status.value if status else None,
@@ -39,24 +42,21 @@ def _ends(event: JobEvent) -> bool:
     return bool(meaning and meaning.status and meaning.status.finished)
 
 
-def _start_of(job: Job, last_event_id: str | None) -> str:
-    """The XRANGE start: after Last-Event-ID (exclusive), else the job's first millisecond (inclusive)."""
-    if last_event_id is not None:
-        return f"({last_event_id}"
-    created = int(job.created_at.timestamp() * 1000) if job.created_at else 0
-    return f"{created}-0"
-
-
 class _Follower:
-    """Sends one job's events in order, each once: the catch-up from the stream, then the hub's live ones."""
+    """Sends one job's events in order, each once: the catch-up from the stream, then the hub's live ones. With
+    Last-Event-ID (checked by _ENTRY_RE), the events after that one: in the middle of an entry of several events,
+    the rest of that entry, then the entries after it."""
 
-    def __init__(self, api: Api, job: Job, start: str) -> None:
-        self.api, self.job, self.start = api, job, start
-        self.last: tuple[int, int] | None = None
+    def __init__(self, api: Api, job: Job, last_event_id: str | None) -> None:
+        self.api, self.job = api, job
+        created = int(job.created_at.timestamp() * 1000) if job.created_at else 0
+        #: The key of the last event sent (or named by the client); None: from the job's first millisecond.
+        self.last: tuple[int, int, int] | None = None if last_event_id is None else event_key(last_event_id)
+        self.start = f"{created}-0"
         self.ended = False
 
     def fresh(self, event: JobEvent) -> bool:
-        key = entry_key(event.entry_id)
+        key = event.key
         if self.last is not None and key <= self.last:
             return False
         self.last = key
@@ -64,7 +64,7 @@ class _Follower:
         return True
 
     async def catch_up(self) -> list[JobEvent]:
-        start = self.start if self.last is None else f"({self.last[0]}-{self.last[1]}"
+        start = self.start if self.last is None else start_after(self.last)
         return [e async for e in self.api.hub.catch_up(self.job.id, start) if self.fresh(e)]
 
     async def end_missing(self) -> tuple[list[JobEvent], Job | None]:
@@ -84,8 +84,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     job = await owned_job(api, key, job_id_of(request))
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if last is not None and not _ENTRY_RE.match(last):
-        raise ProblemError(400, f"Last-Event-ID: an event id like 1700000000000-0, got {last[:40]!r}")
-    follower = _Follower(api, job, _start_of(job, last))
+        raise ProblemError(400, f"Last-Event-ID: {EVENT_ID_EXAMPLE}, got {last[:40]!r}")
+    follower = _Follower(api, job, last)
     sub = api.hub.attach({job.id})
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -106,9 +106,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 async def _sse(response: web.StreamResponse, event: JobEvent) -> None:
     data = json.dumps(event_json(event), separators=(",", ":"))
-    await response.write(
-        f"id: {event.entry_id}\nevent: {event_json(event)['event']}\ndata: {data}\n\n".encode()
-    )
+    await response.write(f"id: {event.id}\nevent: {event_json(event)['event']}\ndata: {data}\n\n".encode())
 
 
 async def _sse_live(api: Api, response: web.StreamResponse, follower: _Follower, sub: Subscription) -> None:

@@ -1,5 +1,5 @@
 """`/v1/ws`: one WebSocket following many jobs. The client sends `{"follow": ["<id>", ...]}` (optionally
-`"last_event_id": {"<id>": "<entry id>"}` to resume) and `{"unfollow": [...]}`; the server sends
+`"last_event_id": {"<id>": "<event id>"}` to resume) and `{"unfollow": [...]}`; the server sends
 `{"type": "event", ...}` per lifecycle event, `{"type": "end", "job": {...}}` when a job has finished, and
 `{"type": "error", "status": 404|400, "detail": ...}` for a job the key may not see or a message it cannot read.
 Each followed job's events come in order and once: its catch-up is sent before any of its live events."""
@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from appliance.api.context import Api, api_of, caller, job_json, owned_job
 from appliance.api.keys import ApiKey, Scope
-from appliance.api.live import _ENTRY_RE, _Follower, _start_of, event_json
+from appliance.api.live import _ENTRY_RE, EVENT_ID_EXAMPLE, _Follower, event_json
 from appliance.api.problems import ProblemError
 from appliance.queue.models import ID_PATTERN
 
@@ -68,7 +68,7 @@ class _Session:
                     "type": "error",
                     "status": 400,
                     "job": job_id,
-                    "detail": "last_event_id: an event id like 1700000000000-0",
+                    "detail": f"last_event_id: {EVENT_ID_EXAMPLE}",
                 }
             )
             return
@@ -79,7 +79,7 @@ class _Session:
         except ProblemError:
             await self.send({"type": "error", "status": 404, "job": job_id[:140], "detail": "job not found"})
             return
-        follower = _Follower(self.api, job, _start_of(job, last))
+        follower = _Follower(self.api, job, last)
         self.followers[job_id] = follower
         self.api.hub.follow(self.sub, {job_id})
         for event in await follower.catch_up():

@@ -1,12 +1,15 @@
 """The queue's lifecycle events: what each one means, and reading them from the capped stream.
 
-The scripts write one stream entry per transition (includes/emit.lua): `event` (an EventKind), `job`, and per
-kind `worker`, `service`, `shape`, `attempt`, `wait_ms`, `duration_ms`, `reason`, `retry_in_ms`; a `submitted` job
-that waits for its parents (`after`) carries `parents` and `blocked` = 1 (status blocked until its `unblocked`).
-The entry id `<ms>-<seq>` is the server's time of the transition. Pub/sub copies carry the same names as JSON, with
-`event` and `queue`: a message is one event's object or, when a script made several transitions of one kind at
-once, one object with `event`, `queue` and `jobs`, a list of each event's other members (a worker's round trip
-publishes its completions as one `complete_job` message and its claims as one `job_claimed` message).
+The scripts write the transitions to the capped stream (includes/emit.lua): an event's entry has `event` (an
+EventKind), `job`, and per kind `worker`, `service`, `shape`, `attempt`, `wait_ms`, `duration_ms`, `reason`,
+`retry_in_ms`; a `submitted` job that waits for its parents (`after`) carries `parents` and `blocked` = 1 (status
+blocked until its `unblocked`). When a script makes several transitions of one kind at once (a worker's round
+trip: its completions, its claims), they share ONE entry, `event <kind> jobs <JSON array>`, each element one
+event's other members as strings (one XADD instead of one per job: issue 14). The entry id `<ms>-<seq>` is the
+server's time of the transition; an event's own id (`JobEvent.id`) is its entry's id, plus `.<i>` (its place in
+the array, from 0) in an entry of several. `entry_events` is the one parser: every reader (EventLog, EventGroup)
+hands on events, never entries. Pub/sub copies carry the same names as JSON, with `event` and `queue`: a message
+is one event's object or, for several, one object with `event`, `queue` and the same `jobs` array.
 `pubsub_events` is the one decoder every subscriber uses.
 
 MEANING is the one event -> meaning map: the monitor (a job's status, the throughput series), the pool signals
@@ -21,6 +24,7 @@ to know.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -132,18 +136,48 @@ def pubsub_events(data: Any) -> list[dict[str, Any]]:
     return [{**common, **job} for job in jobs if isinstance(job, dict)]
 
 
+#: The place in an event key that stands for a whole entry (`<ms>-<seq>`, no `.<i>`): after every event in it.
+WHOLE_ENTRY = 1 << 62
+
+
+def event_key(event_id: str) -> tuple[int, int, int]:
+    """The order of an event id: (ms, seq, place), place WHOLE_ENTRY for `<ms>-<seq>` (an entry of one event, or a
+    whole entry) and i for `<ms>-<seq>.<i>`. The caller checked the form (an API's Last-Event-ID)."""
+    entry, _, place = str(event_id).partition(".")
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0), int(place) if place else WHOLE_ENTRY
+
+
+def start_after(key: tuple[int, int, int]) -> str:
+    """The XRANGE start for the events after the one of `key`: `(<ms>-<seq>` (exclusive) after a whole entry;
+    the entry itself (inclusive) after an event in the middle of one, whose events up to `key` the reader skips."""
+    ms, seq, place = key
+    return f"({ms}-{seq}" if place == WHOLE_ENTRY else f"{ms}-{seq}"
+
+
 @dataclass(frozen=True)
 class JobEvent:
-    """One stream entry."""
+    """One event of a stream entry (`index`: its place in an entry of several events, None in an entry of one)."""
 
     entry_id: str
     kind: EventKind | None
     job: str
     fields: Mapping[str, str] = field(default_factory=dict)
+    index: int | None = None
 
     @classmethod
     def of_entry(cls, entry_id: str, fields: Mapping[str, str]) -> JobEvent:
+        """The event of an entry of one event (`entry_events` reads any entry)."""
         return cls(str(entry_id), EventKind.parse(fields.get("event")), str(fields.get("job") or ""), fields)
+
+    @property
+    def id(self) -> str:
+        """This event's own id: its entry's, with `.<index>` in an entry of several (unique, ordered: event_key)."""
+        return self.entry_id if self.index is None else f"{self.entry_id}.{self.index}"
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return event_key(self.id)
 
     @property
     def at_ms(self) -> int:
@@ -171,6 +205,35 @@ class JobEvent:
         return number(self.fields.get(name))
 
 
+def entry_events(entry_id: Any, fields: Mapping[str, str]) -> list[JobEvent]:
+    """The events one stream entry carries, in order: an entry of one event, or `event <kind> jobs <JSON array>`
+    for several (each element one event's other members; includes/emit.lua `emit_many`). Never empty, so a
+    reader's cursor and a group's acknowledgement cover every entry: one whose `jobs` does not decode is one event
+    with no job, which readers pass over."""
+    entry_id = str(entry_id)
+    raw = fields.get("jobs")
+    if raw is None or "job" in fields:
+        return [JobEvent.of_entry(entry_id, fields)]
+    common = {k: v for k, v in fields.items() if k != "jobs"}
+    kind = EventKind.parse(common.get("event"))
+    jobs = json_or(raw, None)
+    events = []
+    for i, member in enumerate(jobs if isinstance(jobs, list) else ()):
+        if isinstance(member, dict):
+            own = {
+                str(k): v if isinstance(v, str) else json.dumps(v)
+                for k, v in member.items()
+                if k not in common
+            }
+            events.append(JobEvent(entry_id, kind, str(own.get("job") or ""), {**common, **own}, i))
+    return events or [JobEvent(entry_id, kind, "", common)]
+
+
+def _events_of(rows: Any) -> list[JobEvent]:
+    """The events of XRANGE/XREAD rows `[(entry id, fields), ...]`, in order; deleted entries (no fields) left out."""
+    return [event for i, f in rows or () if i and f is not None for event in entry_events(i, f)]
+
+
 class EventLog:
     """Reads the queue's event stream (`appliance:{<queue>}:events`)."""
 
@@ -186,34 +249,36 @@ class EventLog:
             # XREAD of '$' again on the next call would skip what arrived between the two: start from an id.
             since = await self._newest_id()
         reply = await self.conn.client.xread({self.conn.keys.events: since}, count=count, block=block_ms)
-        events = [JobEvent.of_entry(i, f) for _stream, entries in reply or [] for i, f in entries]
-        return (events[-1].entry_id if events else since), events
+        rows = [row for _stream, entries in reply or [] for row in entries]
+        return (str(rows[-1][0]) if rows else since), _events_of(rows)
 
     async def _newest_id(self) -> str:
         last = await self.conn.client.xrevrange(self.conn.keys.events, count=1)
         return str(last[0][0]) if last else "0-0"
 
     async def replay(self, n: int) -> list[JobEvent]:
-        """The last `n` entries, oldest first."""
+        """The events of the last `n` entries, oldest first."""
         entries = await self.conn.client.xrevrange(self.conn.keys.events, count=n)
-        return [JobEvent.of_entry(i, f) for i, f in reversed(entries)]
+        return _events_of(reversed(entries))
 
     def group(self, name: str, consumer: str) -> EventGroup:
         """Member `consumer` of consumer group `name` on this stream."""
         return EventGroup(self.conn, name, consumer)
 
-    async def after(self, start: str, count: int) -> list[JobEvent]:
-        """At most `count` entries from the XRANGE bound `start` on (`<ms>-<seq>`, or `(<id>` to exclude that
-        entry), oldest first: how a reader resumes from the last event it handed on (the API's SSE)."""
+    async def after(self, start: str, count: int) -> tuple[list[JobEvent], str | None]:
+        """The events of at most `count` entries from the XRANGE bound `start` on (`<ms>-<seq>`, or `(<id>` to
+        exclude that entry; `start_after`), oldest first, and the bound of the next page (None: the stream
+        ended): how a reader resumes from the last event it handed on (the API's SSE)."""
         entries = await self.conn.client.xrange(self.conn.keys.events, min=start, max="+", count=count)
-        return [JobEvent.of_entry(i, f) for i, f in entries]
+        following = f"({entries[-1][0]}" if len(entries) >= count else None
+        return _events_of(entries), following
 
     async def window(self, start_ms: int, count: int) -> list[JobEvent]:
-        """At most `count` entries from `start_ms` (server time) on, oldest first."""
+        """The events of at most `count` entries from `start_ms` (server time) on, oldest first."""
         entries = await self.conn.client.xrange(
             self.conn.keys.events, min=f"{max(0, start_ms)}-0", max="+", count=count
         )
-        return [JobEvent.of_entry(i, f) for i, f in entries]
+        return _events_of(entries)
 
 
 class EventGroup:
@@ -237,13 +302,16 @@ class EventGroup:
                 raise
 
     async def read(self, *, count: int, block_ms: int | None) -> list[JobEvent]:
-        """Entries no member has read yet, waiting up to `block_ms` for one."""
+        """The events of at most `count` entries no member has read yet, waiting up to `block_ms` for one."""
         reply = await self.conn.client.xreadgroup(
             self.name, self.consumer, {self._stream: ">"}, count=count, block=block_ms
         )
-        return [JobEvent.of_entry(str(i), f) for _s, rows in reply or [] for i, f in rows if f is not None]
+        return _events_of([row for _s, rows in reply or [] for row in rows])
 
-    async def ack(self, entry_ids: list[str]) -> None:
+    async def ack(self, events: list[JobEvent]) -> None:
+        """Acknowledge the entries of `events`, each once: call it after every event of those entries was
+        handled (an entry of several events is one acknowledgement)."""
+        entry_ids = list(dict.fromkeys(e.entry_id for e in events))
         if entry_ids:
             await self.conn.client.xack(self._stream, self.name, *entry_ids)
 
@@ -253,7 +321,7 @@ class EventGroup:
             self._stream, self.name, self.consumer, idle_ms, start_id="0-0", count=count
         )
         rows: list[Any] = reply[1] if len(reply) > 1 else []
-        return [JobEvent.of_entry(str(i), f) for i, f in rows if i and f is not None]
+        return _events_of(rows)
 
     async def drop_stale_members(self, idle_ms: int) -> int:
         """Remove other members idle for `idle_ms` with nothing pending (processes that are gone)."""

@@ -90,7 +90,7 @@ class Feed:
             events = await self.group.read(count=BATCH, block_ms=self.block_ms)
         if events:
             await self.handle(events)
-            await self.group.ack([e.entry_id for e in events])
+            await self.group.ack(events)
             if len(events) < BATCH:
                 await asyncio.sleep(GATHER_S)
         return len(events)
@@ -144,7 +144,7 @@ class Feed:
             job,
             kind,
             at_ms=event.at_ms,
-            progress_key=event.entry_id,
+            progress_key=event.id,
             max_result_bytes=self.max_result_bytes,
         )
         queued = await self.outbox.enqueue(delivery, event.job if terminal else "")

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from appliance.queue import JobStatus, Queue
-from appliance.queue.events import pubsub_events
+from appliance.queue.events import entry_events, pubsub_events
 from tests.commandstats import command_calls
 from tests.pubsub import json_messages
 
@@ -80,12 +80,13 @@ async def test_every_transition_of_the_round_trips_reaches_the_stream_and_the_ch
     assert all(e["service"] == "echo" for _, e in seen)
 
 
-async def test_a_round_trip_of_several_jobs_publishes_one_message_per_kind_and_a_stream_entry_per_job(
+async def test_a_round_trip_of_several_jobs_writes_one_message_and_one_stream_entry_per_kind(
     queue: Queue, aredis: Any
 ) -> None:
-    # Before: a PUBLISH (and a cjson call) per completed and per claimed job, 6 messages for this round trip. Now
+    # Before: a PUBLISH (and a cjson call) per completed and per claimed job, 6 messages for this round trip. Then
     # one complete_job message with the 3 completions and one job_claimed message with the 3 claims (`event` and
-    # `queue` once, a `jobs` list); the stream keeps one entry per transition, with the same fields.
+    # `queue` once, a `jobs` list), and still a stream entry per transition: 6 XADDs and an XTRIM (main 4726583).
+    # Now the stream too: one entry per kind, `event <kind> jobs <the message's jobs array, the same text>`.
     jobs = await queue.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(6)])
     shapes = [jobs[0].shape]
     _, first = await queue.finish_and_claim([], "w", shapes, 3)
@@ -96,13 +97,15 @@ async def test_a_round_trip_of_several_jobs_publishes_one_message_per_kind_and_a
     outcomes = [(c.job.id, c.token, {"n": i}) for i, c in enumerate(first)]
     codes, second = await queue.finish_and_claim(outcomes, "w", shapes, 3)
     assert codes == [1, 1, 1] and len(second) == 3
-    assert (await command_calls(aredis)).get("publish") == 2
-    raw = []
+    calls = await command_calls(aredis)
+    assert calls.get("publish") == 2 and calls.get("xadd") == 2 and "xtrim" not in calls, calls
+    raw, texts = [], []
     async with asyncio.timeout(10):
         while len(raw) < 2:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
             if message is not None:
                 raw.append((message["channel"].decode(), json.loads(message["data"])))
+                texts.append(message["data"].decode())
     await pubsub.aclose()
     assert [c for c, _ in raw] == ["complete_job", "job_claimed"]
     assert [(body["event"], body["queue"], len(body["jobs"])) for _, body in raw] == [
@@ -113,11 +116,20 @@ async def test_a_round_trip_of_several_jobs_publishes_one_message_per_kind_and_a
     assert [(e["event"], e["job"]) for e in published] == [("completed", c.job.id) for c in first] + [
         ("claimed", c.job.id) for c in second
     ]
-    # Each message event is its stream entry's fields, plus the queue: the two copies agree.
-    entries = [
-        {k.decode(): v.decode() for k, v in e[1].items()} for e in await aredis.xrange(queue.keys.events)
+    # One entry per kind, whose `jobs` is the message's array (one cjson call serves both copies), and the events
+    # it carries are the message's, less the queue: the two copies agree.
+    rows = await aredis.xrange(queue.keys.events)
+    entries = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+    assert [(e["event"], list(e)) for e in entries] == [
+        ("completed", ["event", "jobs"]),
+        ("claimed", ["event", "jobs"]),
     ]
-    assert [{**e, "queue": "default"} for e in entries] == published
+    assert [text.endswith(',"jobs":' + e["jobs"] + "}") for text, e in zip(texts, entries, strict=True)] == [
+        True
+    ] * 2
+    events = [event for (i, _), e in zip(rows, entries, strict=True) for event in entry_events(i.decode(), e)]
+    assert [{**e.fields, "queue": "default"} for e in events] == published
+    assert [e.id for e in events] == [f"{rows[n][0].decode()}.{i}" for n in (0, 1) for i in range(3)]
 
 
 async def test_round_trips_of_several_jobs_keep_the_stream_capped(make_queue: Any, aredis: Any) -> None:

@@ -54,7 +54,7 @@
     {'unlimit'}       a limited customer's jobs are due back in line (ARGV[11] '1'): nothing was changed
     where hint = the class's best shapes now, best first, comma-separated ('' when none is known to wait)
 
-  Emits: claimed, a stream entry per job and one job_claimed message for them all (includes/emit.lua `emit_many`)
+  Emits: claimed, one stream entry and one job_claimed message for them all (includes/emit.lua `emit_many`)
 ]]
 local rcall = redis.call
 -- @include now
@@ -238,7 +238,7 @@ if mode ~= 'none' then
 end
 -- One job: HINCRBY. A batch: one read and one write of the attempts column.
 local attempts = (#ids > 1) and rcall('HMGET', attempts_key, unpack(ids)) or nil
-local states, owners, leases, tries, entries, docs = {}, {}, {}, {}, {}, {}
+local states, owners, leases, tries, docs, entry = {}, {}, {}, {}, {}, nil
 local reply = {'ok', hint_of(top), deadline, best}
 for i, id in ipairs(ids) do
   local attempt
@@ -252,13 +252,15 @@ for i, id in ipairs(ids) do
   if mode ~= 'none' then
     local service, created = string.match(metas[i], '^[^|]*|([^|]*)|([^|]*)|')
     local waited = int_s(now - tonumber(created))
-    entries[i] = {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service, 'wait_ms', waited}
     docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
+    if #ids == 1 then
+      entry = {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service, 'wait_ms', waited}
+    end
   end
   local r = #reply
   reply[r + 1], reply[r + 2], reply[r + 3] = id, specs[i], attempt
 end
-emit_many(events_key, mode, maxlen, 'job_claimed', queue, 'claimed', entries, docs)
+emit_many(events_key, mode, maxlen, 'job_claimed', queue, 'claimed', docs, entry)
 write_states(shared, state_key, states)
 if attempts then rcall('HSET', attempts_key, unpack(tries)) end
 rcall('HSET', owner_key, unpack(owners))

@@ -34,9 +34,9 @@
      8  completed, and it released waiting children (due now in the delayed set: the caller requeues them)
     -2  lease lost: the outcome is not written
 
-  Emits: completed, a stream entry per completed job and one complete_job message for them all (includes/emit.lua
-  `emit_many`): ids, duration and the result's size in bytes, never the result itself (a big message makes Redis
-  drop every subscriber whose buffer it overflows; readers fetch the record)
+  Emits: completed, one stream entry and one complete_job message for them all (includes/emit.lua `emit_many`):
+  ids, duration and the result's size in bytes, never the result itself (a big message makes Redis drop every
+  subscriber whose buffer it overflows; readers fetch the record)
 ]]
 local rcall = redis.call
 -- @include now
@@ -99,14 +99,16 @@ rcall('HINCRBY', counts_key, 'completed', int_s(#ids))
 local parents = others and rcall('EXISTS', children_key) == 1
 if mode ~= 'none' then
   local function emit_completed(metas)
-    local entries, docs = {}, {}
+    local docs, entry = {}, nil
     for i, id in ipairs(ids) do
       local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|') or ''
       local worker, took, size = workers[id], int_s(now - claims[id]), int_s(#results[2 * i])
-      entries[i] = {'job', id, 'worker', worker, 'service', service, 'duration_ms', took, 'result_bytes', size}
       docs[i] = {job = id, worker = worker, service = service, duration_ms = took, result_bytes = size}
+      if #ids == 1 then
+        entry = {'job', id, 'worker', worker, 'service', service, 'duration_ms', took, 'result_bytes', size}
+      end
     end
-    emit_many(events_key, mode, maxlen, 'complete_job', queue, 'completed', entries, docs)
+    emit_many(events_key, mode, maxlen, 'complete_job', queue, 'completed', docs, entry)
   end
   if shared and not parents then
     -- Inside finish_claim.lua: the claim reads these jobs' meta with its own jobs' (one HMGET) and emits these

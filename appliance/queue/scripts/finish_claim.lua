@@ -59,8 +59,8 @@
      1  completed
     -2  lease lost: the outcome is not written
 
-  Emits: completed (a stream entry per completed job, one complete_job message for them all), then claimed (a
-  stream entry per claimed job, one job_claimed message for them all: includes/emit.lua `emit_many`)
+  Emits: completed (one stream entry and one complete_job message for them all), then claimed (one stream entry
+  and one job_claimed message for them all: includes/emit.lua `emit_many`)
 ]]
 local rcall = redis.call
 -- @include now

@@ -39,8 +39,8 @@
      1  completed
     -2  lease lost: the outcome is not written
 
-  Emits: as finish_claim.lua: completed (a stream entry per completed job, one complete_job message for them
-  all), then claimed (a stream entry per claimed job, one job_claimed message for them all)
+  Emits: as finish_claim.lua: completed (one stream entry and one complete_job message for them all), then
+  claimed (one stream entry and one job_claimed message for them all)
 ]]
 local rcall = redis.call
 -- @include now

@@ -183,7 +183,7 @@ elseif later then
 else
   wake_one({idle = idle_key, waiting = waiting_key}, shape, ARGV[9])
 end
-emit_many(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', {entry}, {doc})
+emit_many(events_key, mode, maxlen, 'job_submitted', queue, 'submitted', {doc}, entry)
 if ended_by then
   -- Only here: a closure per function of these includes costs every call that defines them (~1-2k instructions
   -- each), and a job ends at submission only when a parent had failed.

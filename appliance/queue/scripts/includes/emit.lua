@@ -1,6 +1,6 @@
 --[[
   Functions to emit lifecycle events on the capped stream and/or a pub/sub channel: `emit` one event, `emit_many`
-  several of one kind (one stream entry each, one pub/sub message for them all).
+  several of one kind (one stream entry and one pub/sub message for them all).
     mode       'stream+pubsub' | 'stream' | 'pubsub' | 'none', with ':sharded' appended in a Cluster whose
                channels carry the queue's hash tag: SPUBLISH (Redis 7 sharded pub/sub) then reaches the
                subscribers of the queue's shard only, instead of PUBLISH's broadcast to every node
@@ -9,8 +9,9 @@
     fields     flat {name, value, ...}; names are literals, values (ids, numbers) are JSON-encoded by cjson so
                no value can break the message
     extra_json raw JSON members appended to the pub/sub message only (small: never a job's result), or nil
-  A pub/sub message is one event's JSON object, or (emit_many with several) one object for them all, with a `jobs`
-  array: readers decode both (appliance/queue/events.py `pubsub_events`).
+  A stream entry is one event's `event <kind>` and fields or (emit_many with several) `event <kind> jobs <JSON
+  array>`; a pub/sub message is one event's JSON object, or one object for them all, with the same `jobs` array:
+  readers expand both (appliance/queue/events.py `entry_events`, `pubsub_events`).
 ]]
 local function emit(events_key, mode, maxlen, channel, queue, event, fields, extra_json)
   local sharded = string.find(mode, ':sharded', 1, true)
@@ -30,34 +31,39 @@ local function emit(events_key, mode, maxlen, channel, queue, event, fields, ext
   end
 end
 
--- Several events of one kind (a batch's completions, or its claims): one stream entry per event, as emit writes
--- them, and ONE pub/sub message for them all: a PUBLISH and a cjson call per job were about a fifth of a 10-job
--- round trip. The message is the event's object for one event, else {"event", "queue", "jobs": [the events'
--- other members, one object each]} (event and queue once, not per job). The caller builds each event twice, by
--- table constructors (a constructor sizes a table once; filling it field by field regrows it): `entries[i]` the
--- stream entry's flat {name, value, ...} after `event`, `docs[i]` the message's {name = value, ...}, the same
--- names and values (strings). tests/queue/test_round_trip.py checks that the two agree.
-local function emit_many(events_key, mode, maxlen, channel, queue, event, entries, docs)
+-- Several events of one kind (a batch's completions, or its claims): ONE stream entry and ONE pub/sub message for
+-- them all, from one cjson call. An XADD per job (and its field table) was most of what the events cost a round
+-- trip of 10 jobs (issue 14, docs/performance.md §1). One event is written as `emit` writes it: a stream entry of
+-- `event` and its fields, a message of its JSON object. Several: the entry `event <kind> jobs <JSON array>` and
+-- the message {"event", "queue", "jobs": <the same array>}, each element one event's other members (event and
+-- queue once, not per job); readers expand both (appliance/queue/events.py `entry_events`, `pubsub_events`).
+-- `docs[i]` is event i's {name = value, ...} (strings), built by a table constructor (a constructor sizes a table
+-- once; filling it field by field regrows it); `entry`, for one event only, the same names and values flat in
+-- stream order {name, value, ...}. tests/queue/test_round_trip.py checks that the copies agree.
+local function emit_many(events_key, mode, maxlen, channel, queue, event, docs, entry)
   local sharded = string.find(mode, ':sharded', 1, true)
   if sharded then mode = string.sub(mode, 1, sharded - 1) end
-  if mode == 'none' or #entries == 0 then return end
-  if mode ~= 'pubsub' then
-    if #entries == 1 then
-      rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', event, unpack(entries[1]))
-    else
-      -- One trim after the batch, as approximate as XADD's (`~`), instead of a trim check and its three arguments
-      -- per entry: 12% fewer instructions for ten entries.
-      for i = 1, #entries do rcall('XADD', events_key, '*', 'event', event, unpack(entries[i])) end
-      rcall('XTRIM', events_key, 'MAXLEN', '~', maxlen)
+  if mode == 'none' or #docs == 0 then return end
+  local publish = sharded and 'SPUBLISH' or 'PUBLISH'
+  if #docs == 1 then
+    if mode ~= 'pubsub' then
+      rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', event, unpack(entry))
     end
+    if mode ~= 'stream' then
+      local message = docs[1]
+      message.event, message.queue = event, queue
+      rcall(publish, ARGV[1] .. channel, cjson.encode(message))
+    end
+    return
+  end
+  local jobs = cjson.encode(docs)
+  if mode ~= 'pubsub' then
+    rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', event, 'jobs', jobs)
   end
   if mode ~= 'stream' then
-    local message = docs[1]
-    if #docs == 1 then
-      message.event, message.queue = event, queue
-    else
-      message = {event = event, queue = queue, jobs = docs}
-    end
-    rcall(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[1] .. channel, cjson.encode(message))
+    -- event is a literal; the queue's name as it is unless it holds what JSON escapes.
+    local queue_js = string.find(queue, '[%c"\\]') and cjson.encode(queue) or '"' .. queue .. '"'
+    rcall(publish, ARGV[1] .. channel,
+      '{"event":"' .. event .. '","queue":' .. queue_js .. ',"jobs":' .. jobs .. '}')
   end
 end

@@ -167,14 +167,13 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         rcall(publish, ARGV[1] .. 'complete_job', text)
       end
     else
-      local entries, docs = {}, {}
+      local docs = {}
       for i, id in ipairs(done) do
         local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|') or ''
         local w, took, size = workers[i], int_s(now - claims[i]), int_s(#results[i])
-        entries[i] = {'job', id, 'worker', w, 'service', service, 'duration_ms', took, 'result_bytes', size}
         docs[i] = {job = id, worker = w, service = service, duration_ms = took, result_bytes = size}
       end
-      emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', entries, docs)
+      emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', docs)
     end
   end
 
@@ -267,7 +266,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     return {codes, reply, 0, 1}
   end
   local specs, attempts = rcall('HMGET', spec_key, unpack(ids)), rcall('HMGET', attempts_key, unpack(ids))
-  local states, owners, leases, tries, entries, docs = {}, {}, {}, {}, {}, {}
+  local states, owners, leases, tries, docs = {}, {}, {}, {}, {}
   for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
   for i, id in ipairs(ids) do
     local attempt = (tonumber(attempts[i]) or 0) + 1
@@ -280,13 +279,12 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if mode ~= 'none' then
       local service, created = string.match(metas[nd + i], '^[^|]*|([^|]*)|([^|]*)|')
       local waited = int_s(now - tonumber(created))
-      entries[i] = {'job', id, 'worker', worker, 'attempt', attempt_s, 'service', service, 'wait_ms', waited}
       docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
     end
     local n = #reply
     reply[n + 1], reply[n + 2], reply[n + 3] = id, specs[i], attempt
   end
-  emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', entries, docs)
+  emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', docs)
   rcall('HSET', state_key, unpack(states))
   rcall('HSET', attempts_key, unpack(tries))
   rcall('HSET', owner_key, unpack(owners))

@@ -64,7 +64,9 @@ async def shares(url: str, a_jobs: int, b_jobs: int, weight_a: float) -> dict[st
             [{"id": f"b-{i}", "service": "echo", "customer_id": "b"} for i in range(b_jobs)]
         )
         await asyncio.gather(*workers)
-        events = await queue.client.xrange(queue.keys.events)
+        events = [
+            (e.entry_id, e.fields) for e in await queue.events.window(0, 10**9)
+        ]  # a batch's entry: its events
     finally:
         await queue.close()
     window: list[str] = []

@@ -86,7 +86,9 @@ async def racing(url: str, a_jobs: int, b_jobs: int, c_jobs: int) -> dict[str, A
                     await asyncio.sleep(0.2)
             finally:
                 stop_process_groups(procs)
-        entries = await queue.client.xrange(queue.keys.events, "-", "+")
+        entries = [
+            (e.entry_id, e.fields) for e in await queue.events.window(0, 10**9)
+        ]  # a batch's entry: its events
         completed = (await queue.stats()).totals.get("completed", 0)
     finally:
         await queue.close()

@@ -299,7 +299,7 @@ async def run_profile(args: argparse.Namespace, name: str, lease_ms: int, heartb
         for m in machines:
             m.stop()
         completed_events: dict[str, int] = {}
-        for _, fields in await queue.client.xrange(queue.keys.events):
+        for fields in [e.fields for e in await queue.events.window(0, 10**9)]:  # a batch's entry: its events
             if fields.get("event") == "completed":
                 completed_events[fields["job"]] = completed_events.get(fields["job"], 0) + 1
         finished = await queue.client.hmget(queue.keys.state, submitted)

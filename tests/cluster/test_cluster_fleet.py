@@ -19,6 +19,7 @@ from redis.cluster import key_slot
 from appliance.config import Settings
 from appliance.localredis import LocalRedis, free_port
 from appliance.queue import JobStatus, Queue
+from appliance.queue.events import EventKind
 from appliance.queue.factory import connect_queue
 from tests.cluster.conftest import Fleet, base_env, cli, needs_cluster_tools
 from tests.cluster.servers import RedisClusterNodes
@@ -62,11 +63,10 @@ async def completed_once(queue: Queue, ids: list[str]) -> None:
 
         job = await eventually(done, f"job {job_id} in {queue.name} to complete")
         assert job.status is JobStatus.COMPLETED, job.errors
-    entries = await queue.client.xrange(queue.keys.events)
     completions: dict[str, int] = {}
-    for _, fields in entries:
-        if fields.get("event") == "completed":
-            completions[fields["job"]] = completions.get(fields["job"], 0) + 1
+    for event in await queue.events.window(0, 10**9):  # a batch's completions share an entry: its events
+        if event.kind is EventKind.COMPLETED:
+            completions[event.job] = completions.get(event.job, 0) + 1
     assert {j: completions.get(j, 0) for j in ids} == dict.fromkeys(ids, 1)
     assert sum(completions.values()) == len(ids)
 

@@ -58,9 +58,8 @@ async def run_workers(redis_url: str, pools: Iterable[str], per_process: int, ho
 
 
 async def stream(queue: Queue) -> list[tuple[int, dict[str, str]]]:
-    """Every event, in order, with the server ms of its entry id."""
-    entries = await queue.client.xrange(queue.keys.events, "-", "+")
-    return [(int(str(entry_id).split("-")[0]), dict(fields)) for entry_id, fields in entries]
+    """Every event, in order, with the server ms of its entry id (a batch's events share an entry)."""
+    return [(e.at_ms, dict(e.fields)) for e in await queue.events.window(0, 10**9)]
 
 
 def peaks(

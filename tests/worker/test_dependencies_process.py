@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from appliance.queue import JobStatus
+from appliance.queue.events import EventKind
 from tests.worker.test_worker_process import Harness, completed_events, job_in, running
 
 
@@ -71,6 +72,6 @@ async def test_kill_9_of_a_worker_running_a_parent_releases_the_child_once(harne
     assert got is not None and got.attempts == 2 and got.worker_id and got.worker_id.endswith("echo1")
     assert done.result["parents"] == {parent: got.result}
     assert await completed_events(q, parent) == 1 and await completed_events(q, child) == 1
-    events = await q.client.xrange(q.keys.events)
-    assert sum(1 for _, f in events if f.get("event") == "unblocked" and f.get("job") == child) == 1
+    events = await q.events.window(0, 10**9)
+    assert sum(1 for e in events if e.kind is EventKind.UNBLOCKED and e.job == child) == 1
     assert json.loads(cli(harness, "get", child, "--json").stdout)["status"] == "completed"

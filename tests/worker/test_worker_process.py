@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from appliance.localredis import LocalRedis, free_port
 from appliance.queue import Capabilities, JobStatus, Queue, QueueSettings, WorkerSession
+from appliance.queue.events import EventKind
 from appliance.queue.registry import drain_key
 from appliance.standins import process as standin_process
 
@@ -204,10 +205,8 @@ async def running(queue: Queue, job_id: str) -> Any:
 
 
 async def completed_events(queue: Queue, job_id: str) -> int:
-    entries = await queue.client.xrange(queue.keys.events)
-    return sum(
-        1 for _, fields in entries if fields.get("event") == "completed" and fields.get("job") == job_id
-    )
+    events = await queue.events.window(0, 10**9)  # a batch's completions share an entry: its events
+    return sum(1 for e in events if e.kind is EventKind.COMPLETED and e.job == job_id)
 
 
 async def seen_after(queue: Queue, worker_id: str, after_ms: int) -> bool:

@@ -97,8 +97,9 @@ class WebhookSecret(BaseModel):
 
 
 class LiveEvent(BaseModel):
-    """One lifecycle event of a job, as SSE `data:` and WebSocket messages carry it. `id` is the event stream's
-    entry id (SSE `id:`; send it back as Last-Event-ID to resume)."""
+    """One lifecycle event of a job, as SSE `data:` and WebSocket messages carry it. `id` is the event's id: its
+    stream entry's id, with `.<i>` for event i of an entry shared by several jobs' events (SSE `id:`; send it back
+    as Last-Event-ID to resume after it)."""
 
     id: str
     job: str

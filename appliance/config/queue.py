@@ -74,7 +74,11 @@ class QueueSettings(BaseModel):
     )
     dead_ttl_s: int = Field(604_800, ge=1, description="How long dead-lettered jobs stay readable (s).")
     events_maxlen: int = Field(
-        10_000, ge=0, description="Approximate cap on the lifecycle event stream (entries)."
+        10_000,
+        ge=0,
+        description="Approximate cap on the lifecycle event stream, in entries: an entry is one event, or a "
+        "worker round trip's claims (or completions) of several jobs, so it holds up to that many events times "
+        "the batch size.",
     )
     events: EventsMode = Field(
         EventsMode.STREAM_AND_PUBSUB, description="Where lifecycle events are published."

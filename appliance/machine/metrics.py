@@ -319,9 +319,10 @@ class JobMetrics:
         self.worker_ids: set[str] = set()
 
     def observe(self, entry_id: str, fields: Mapping[str, str]) -> None:
-        """Account one entry of the queue's event stream (`appliance:{<queue>}:events`).
+        """Account one event of the queue's event stream (`appliance:{<queue>}:events`), as EventLog reads it (a
+        round trip's claims, or completions, share an entry: EventLog hands on each event, with its own fields).
 
-        Entries carry `event` (claimed, completed, retrying, failed, dead, released, lease_expired, ...), `job`,
+        Events carry `event` (claimed, completed, retrying, failed, dead, released, lease_expired, ...), `job`,
         `worker`, `service`, and `wait_ms` (claimed) or `duration_ms` (completed); the entry id is its time (ms).
         """
         worker = fields.get("worker")

@@ -115,3 +115,53 @@ async def test_one_websocket_follows_many_jobs(server: Server) -> None:
         ids[1]: ["submitted", "claimed", "completed"],
         ids[2]: ["submitted", "cancelled"],
     }
+
+
+async def test_events_of_a_batch_entry_stream_once_each_and_resume_in_the_middle_of_it(
+    server: Server,
+) -> None:
+    # A worker's round trip writes its 3 claims as one stream entry and its 3 completions as another (issue 14):
+    # each job's stream gets its own event of each, with an id of its own (`<entry>.<i>`), live and from the
+    # stream; Last-Event-ID naming any event of an entry resumes right after that event.
+    alice = await server.client("alice")
+    ids = [(await alice.call("POST", "/v1/jobs", json={"service": "echo"}))[1]["id"] for _ in range(3)]
+    shapes = [(await server.queue.get(ids[0])).shape]  # type: ignore[union-attr]
+    url = f"{server.base}/v1/jobs/{ids[2]}/events"
+    async with server.http.get(url, headers=alice.headers()) as resp:
+        live = await read_until_end(resp, stop_after=1)
+        _, leased = await server.queue.finish_and_claim([], "w", shapes, 3)
+        outcomes = [(c.job.id, c.token, {"n": n}) for n, c in enumerate(leased)]
+        assert [c.job.id for c in leased] == ids and (
+            await server.queue.finish_and_claim(outcomes, "w", shapes, 3)
+        )[0] == [1, 1, 1]
+        live += await read_until_end(resp)
+    assert [e.event for e in live] == ["submitted", "claimed", "completed", "end"]
+    claimed, completed = live[1], live[2]
+    assert claimed.id.endswith(".2") and completed.id.endswith(".2")
+    assert claimed.data["id"] == claimed.id and claimed.data["fields"]["worker"] == "w"
+    assert completed.data["fields"]["result_bytes"] == str(len('{"n":2}'))
+    entry = {e.split(".")[0] for e in (claimed.id, completed.id)}
+    assert len(entry) == 2  # two entries, one per kind
+
+    async def resumed(last: str) -> list[str]:
+        async with server.http.get(url, headers=alice.headers(**{"Last-Event-ID": last})) as resp:
+            return [e.id or e.event for e in await read_until_end(resp)]
+
+    claimed_entry = claimed.id.rsplit(".", 1)[0]
+    completed_entry = completed.id.rsplit(".", 1)[0]
+    assert await resumed(live[0].id) == [claimed.id, completed.id, "end"]
+    assert await resumed(f"{claimed_entry}.0") == [claimed.id, completed.id, "end"]  # before it in its entry
+    assert await resumed(claimed.id) == [completed.id, "end"]
+    assert await resumed(f"{completed_entry}.1") == [completed.id, "end"]
+    assert await resumed(completed.id) == ["end"]
+    assert await resumed(completed_entry) == ["end"]  # a whole entry: every event of it was seen
+    status, problem, _ = await alice.call(
+        "GET", f"/v1/jobs/{ids[2]}/events", headers={"Last-Event-ID": "1-0.x"}
+    )
+    assert status == 400 and "1700000000000-0.3" in problem["detail"]
+    # The WebSocket resumes the same way.
+    async with server.http.ws_connect(server.base + "/v1/ws", headers=alice.headers()) as ws:
+        await ws.send_json({"follow": [ids[1]], "last_event_id": {ids[1]: f"{claimed_entry}.1"}})
+        first = await asyncio.wait_for(ws.receive_json(), 20)
+        assert (first["event"], first["id"]) == ("completed", f"{completed_entry}.1")
+        assert (await asyncio.wait_for(ws.receive_json(), 20))["type"] == "end"

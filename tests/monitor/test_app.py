@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 
 from appliance.config.queue import EventsMode, QueueSettings
 from appliance.localredis import LocalRedis, free_port
@@ -285,14 +286,18 @@ async def test_a_job_waiting_for_its_parents_shows_blocked_until_they_complete(r
         await queue.close()
 
 
-async def test_pubsub_only_the_monitor_shows_every_job_of_a_round_trips_one_message(redis_url: str) -> None:
-    # `queue.events = pubsub`: the monitor learns of jobs from the channels alone. A worker's round trip sends
-    # its 3 claims as one job_claimed message and its 3 completions as one complete_job message: each job must
-    # show claimed, then completed.
-    queue = await Queue.connect(redis_url, settings=QueueSettings(events=EventsMode.PUBSUB))
+@pytest.mark.parametrize("mode", [EventsMode.PUBSUB, EventsMode.STREAM])
+async def test_the_monitor_shows_every_job_of_a_round_trips_one_message_or_entry(
+    redis_url: str, mode: EventsMode
+) -> None:
+    # `queue.events = pubsub`: the monitor learns of jobs from the channels alone; `stream`: from the stream
+    # alone. A worker's round trip sends its 3 claims as one job_claimed message / one stream entry and its 3
+    # completions as one complete_job message / one entry (issue 14): each job must show claimed, then completed,
+    # live, and (stream) in a new monitor's first snapshot, replayed from the stream.
+    queue = await Queue.connect(redis_url, settings=QueueSettings(events=mode))
     try:
         async with (
-            running_monitor(redis_url, queue={"events": "pubsub"}) as (_monitor, base),
+            running_monitor(redis_url, queue={"events": mode.value}) as (_monitor, base),
             aiohttp.ClientSession() as http,
             http.ws_connect(base + "/ws") as ws,
         ):
@@ -318,5 +323,20 @@ async def test_pubsub_only_the_monitor_shows_every_job_of_a_round_trips_one_mess
             )
             assert codes == [1, 1, 1]
             await _until(ws, every_job("completed"))
+        if mode is EventsMode.STREAM:
+            async with (
+                running_monitor(redis_url, queue={"events": mode.value}) as (_monitor, base),
+                aiohttp.ClientSession() as http,
+                http.ws_connect(base + "/ws") as ws,
+            ):
+                snap = await _until(
+                    ws,
+                    lambda m: (
+                        m["type"] == "full_state_snapshot"
+                        and {j.id for j in jobs} <= {j["id"] for j in m["jobs"]}
+                    ),
+                )
+                shown = {j["id"]: j["status"] for j in snap["jobs"]}
+                assert [shown[job.id] for job in jobs] == ["completed"] * 3
     finally:
         await queue.close()

@@ -52,6 +52,10 @@ def start_server(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return server, f"redis://127.0.0.1:{port}", out
 
 
+def control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
+
+
 def script_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval", "fcall"))
@@ -76,11 +80,11 @@ def run_once(path: str, args: argparse.Namespace, work: Path) -> tuple[float, fl
             done = count(client)
             if done >= args.jobs * (0.2, 0.8)[len(marks)]:
                 if not marks:
-                    subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True)
+                    control(server.pid, "-i", "on")
                     marks.append((count(client), script_calls(client)))
                 else:
                     marks.append((count(client), script_calls(client)))
-                    subprocess.run(["callgrind_control", "--dump=window", str(server.pid)], check=True)
+                    control(server.pid, "--dump=window")
                 continue
             time.sleep(0.05)
         if len(marks) < 2:
@@ -96,6 +100,9 @@ def run_once(path: str, args: argparse.Namespace, work: Path) -> tuple[float, fl
         found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
         if "window" in text and found:
             total = int(found.group(1))
+            if args.keep:
+                name.replace(args.keep)
+                continue
         name.unlink()
     jobs = marks[1][0] - marks[0][0]
     # Two of the window's commands are this script's own (the marks' HGET, INFO): a few thousand instructions.
@@ -109,6 +116,7 @@ def main() -> None:
     parser.add_argument("--events", default="stream+pubsub", help="queue.events for the worker")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--before", help="also measure the checkout at PATH, interleaved")
+    parser.add_argument("--keep", help="keep the window's callgrind dump in this file (callgrind_annotate)")
     args = parser.parse_args()
     trees = {"this tree": str(ROOT)} | ({"before": args.before} if args.before else {})
     print(

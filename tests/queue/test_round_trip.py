@@ -1,7 +1,7 @@
 """The worker's round trip (finish_claim.lua: complete the finished jobs, claim the next) and its heartbeat ask
 Redis for each thing once (issue 14): what they cost is counted in Redis's own command statistics, never timed.
 And every transition still reaches every reader: the stream and the channels get a `completed` and a `claimed`
-per job."""
+per job (a batch's of one kind in one entry and one message)."""
 
 from __future__ import annotations
 
@@ -133,8 +133,8 @@ async def test_a_round_trip_of_several_jobs_writes_one_message_and_one_stream_en
 
 
 async def test_round_trips_of_several_jobs_keep_the_stream_capped(make_queue: Any, aredis: Any) -> None:
-    # A batch's entries are added without a trim each, then trimmed once (`XTRIM MAXLEN ~`): the cap holds as
-    # it did with a trim per entry (approximate: whole stream nodes of up to 100 entries go).
+    # A batch's events of one kind are one entry, added with XADD's own trim (`MAXLEN ~`): the cap, in entries,
+    # holds as it did with an entry per event (approximate: whole stream nodes of up to 100 entries go).
     q = await make_queue(events_maxlen=10)
     jobs = await q.submit_many([{"service": "echo", "payload": {"n": i}} for i in range(300)])
     shapes = [jobs[0].shape]

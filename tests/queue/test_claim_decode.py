@@ -10,7 +10,6 @@ import pytest
 
 from appliance.queue import ClaimedJob, JobStatus, Queue
 from appliance.queue import jobbody as jobbody_module
-from appliance.queue import lease as lease_module
 from appliance.queue.jobbody import claimed_job
 from appliance.queue.models import Job, JobSpec
 
@@ -68,17 +67,17 @@ def described(job: Job) -> Any:
 
 
 async def claim_recording_bodies(queue: Queue, shape: str, bodies: list[str]) -> ClaimedJob:
-    real = lease_module.claimed_job
+    real = jobbody_module.claimed_job
 
     def recording(body: str, **kwargs: Any) -> Job:
         bodies.append(body)
         return real(body, **kwargs)
 
-    lease_module.claimed_job = recording  # type: ignore[assignment]
+    jobbody_module.claimed_job = recording  # type: ignore[assignment]
     try:
         got = await queue.claim("m-w1", [shape])
     finally:
-        lease_module.claimed_job = real
+        jobbody_module.claimed_job = real
     assert got is not None
     return got
 

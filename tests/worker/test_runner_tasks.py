@@ -342,14 +342,14 @@ async def test_the_claim_loop_settles_and_starts_a_batch_as_one_change_of_the_le
     session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
     loop, signals = claim_loop(session, runner, link, capacity=slots, claim_timeout_s=1)
     trips = 0
-    finish_and_claim = session.finish_and_claim
+    finish_and_lease = session.finish_and_lease  # the claim loop's round trip
 
     async def counted(outcomes: Any, count: int) -> Any:
         nonlocal trips
         trips += 1
-        return await finish_and_claim(outcomes, count)
+        return await finish_and_lease(outcomes, count)
 
-    session.finish_and_claim = counted  # type: ignore[method-assign]
+    session.finish_and_lease = counted  # type: ignore[method-assign]
     running = asyncio.create_task(loop.run())
     await asyncio.wait_for(all_done.wait(), 30)
     signals.draining.set()

@@ -121,9 +121,10 @@ class ClaimLoop:
         finally:
             leases.release()
         self.link.mark_up()
-        if not claimed and not batch and not completions.waiting():
+        if not claimed and not batch and not completions.waiting() and not self._changed.is_set():
             # A completion queued during this turn's awaits (the drain flag's read) woke the session before
-            # finish_and_claim cleared its wake-up: it goes in the next turn, not after a wait for work.
+            # finish_and_claim cleared its wake-up: it goes in the next turn, not after a wait for work. So does
+            # any other wake-up of this turn (`wake`: a stop signal, a freed slot, the service's health).
             await self.session.wait_for_work(self.claim_timeout_s)
 
     def blocked(self) -> str | None:

@@ -5,6 +5,7 @@ process in test_worker_process.py; here also a connector call that will not stop
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -306,7 +307,9 @@ async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per
         await asyncio.wait_for(task, 10)
         del loop.call_at
     assert runner.completed == 20
-    assert 1 <= len(armed) <= 2, armed
+    # At most 2 (one per wait before: about 20). On Python 3.12+ none at all: the runs start eagerly and a no-op
+    # job ends before the loop would wait for its slot.
+    assert len(armed) <= 2 and (armed or sys.version_info >= (3, 12)), armed
     await session.close()
 
 

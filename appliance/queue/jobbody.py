@@ -383,7 +383,7 @@ def claim_of(body: str | bytes, *, token: str, attempt: int, lease_deadline_ms: 
     """The Claim of a stored body leased to `worker_id` with `token`: the fields read directly from a body in
     the producer's form; any other body validated now (`claimed_job`: its error raised here)."""
     try:
-        raw = from_json(body)
+        raw = from_json(body, cache_strings="keys")  # values not cached: ids and tokens are new every time
     except ValueError:
         raw = None  # not JSON: validation refuses it with its usual error
     if _form(raw) is None:

@@ -1,16 +1,18 @@
 """A claimed job's stored body, or a job just submitted, as a `Job`, without validating it a second time.
 
     job = claimed_job(body, attempt=2, worker_id="m-echo0")
+    claim = claim_of(body, token="t.1", attempt=2, lease_deadline_ms=deadline, worker_id="m-echo0")
     job = submitted_job(spec, job_id, shape, created_at, next_attempt_at)
 
 The body is what the producer wrote: a `JobSpec` validated at submit, dumped by pydantic, plus `id` and `shape`.
 Validating it again on every claim (`Job.model_validate_json`, with the `Requirements` validators and three
 attribute writes after it) cost a busy worker about a tenth of its Python per job. A body of exactly the dump's
-form (its keys, numbers and enum values as the dump writes them; strings and lists as parsed) becomes the Job's
-own field dict, with the same values, types and `model_fields_set` that validation gives; anything else (an
+form (its keys; each value of the type the dump writes there, enum values among the enum's; the requirements'
+lists as parsed) becomes the Job's own field dict, with the same values, types and `model_fields_set` that validation gives; anything else (an
 older or newer body, a hand-written one) goes through `Job.model_validate_json` as before. The `Job` a submit
 returns is made the same way from the spec validated at submit: building it with `Job(...)` validated every
-field again, about a fifth of the client's Python per `Queue.submit`.
+field again, about a fifth of the client's Python per `Queue.submit`. The worker runtime does not build the
+Job at all unless something asks for it: its `Claim` holds the eight values a run reads (`claim_of`).
 """
 
 from __future__ import annotations

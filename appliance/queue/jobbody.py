@@ -1,16 +1,18 @@
 """A claimed job's stored body, or a job just submitted, as a `Job`, without validating it a second time.
 
     job = claimed_job(body, attempt=2, worker_id="m-echo0")
+    claim = claim_of(body, token="t.1", attempt=2, lease_deadline_ms=deadline, worker_id="m-echo0")
     job = submitted_job(spec, job_id, shape, created_at, next_attempt_at)
 
 The body is what the producer wrote: a `JobSpec` validated at submit, dumped by pydantic, plus `id` and `shape`.
 Validating it again on every claim (`Job.model_validate_json`, with the `Requirements` validators and three
 attribute writes after it) cost a busy worker about a tenth of its Python per job. A body of exactly the dump's
-form (its keys, numbers and enum values as the dump writes them; strings and lists as parsed) becomes the Job's
-own field dict, with the same values, types and `model_fields_set` that validation gives; anything else (an
+form (its keys; each value of the type the dump writes there, enum values among the enum's; the requirements'
+lists as parsed) becomes the Job's own field dict, with the same values, types and `model_fields_set` that validation gives; anything else (an
 older or newer body, a hand-written one) goes through `Job.model_validate_json` as before. The `Job` a submit
 returns is made the same way from the spec validated at submit: building it with `Job(...)` validated every
-field again, about a fifth of the client's Python per `Queue.submit`.
+field again, about a fifth of the client's Python per `Queue.submit`. The worker runtime does not build the
+Job at all unless something asks for it: its `Claim` holds the eight values a run reads (`claim_of`).
 """
 
 from __future__ import annotations
@@ -65,58 +67,85 @@ def _built(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any:
     return obj
 
 
-def _requirements(raw: Any) -> Requirements | None:
-    """The body's requirements (their dict, converted in place), or None when not in the dump's form."""
+def _requirements_ok(raw: Any) -> bool:
+    """Whether the body's requirements are in the dump's form (the checks `_requirements` relies on)."""
     if type(raw) is not dict or raw.keys() != _REQUIREMENT_KEYS:
-        return None
-    isolation = _ISOLATIONS.get(raw["isolation"])
+        return False
+    isolation = raw["isolation"]
+    if type(isolation) is not str or isolation not in _ISOLATIONS:
+        return False
     gpu, ram, cores, count = raw["gpu_memory_gb"], raw["ram_gb"], raw["cpu_cores"], raw["gpu_count"]
-    if (
-        isolation is None
-        or not (gpu is None or type(gpu) in _FLOAT)
-        or not (ram is None or type(ram) in _FLOAT)
-        or not (cores is None or type(cores) is int)
-        or not (count is None or type(count) is int)
-    ):
-        return None
-    raw["isolation"] = isolation
-    if gpu is not None:
-        raw["gpu_memory_gb"] = float(gpu)
-    if ram is not None:
-        raw["ram_gb"] = float(ram)
+    return (
+        (gpu is None or type(gpu) in _FLOAT)
+        and (ram is None or type(ram) in _FLOAT)
+        and (cores is None or type(cores) is int)
+        and (count is None or type(count) is int)
+    )
+
+
+def _requirements(raw: dict[str, Any]) -> Requirements:
+    """The body's requirements (their dict, in the dump's form: `_requirements_ok`, converted in place)."""
+    raw["isolation"] = _ISOLATIONS[raw["isolation"]]
+    if raw["gpu_memory_gb"] is not None:
+        raw["gpu_memory_gb"] = float(raw["gpu_memory_gb"])
+    if raw["ram_gb"] is not None:
+        raw["ram_gb"] = float(raw["ram_gb"])
     return _built(Requirements, raw, set(_REQUIREMENT_KEYS))  # type: ignore[no-any-return]
 
 
-def _fast(raw: Any, attempt: int, worker_id: str) -> Job | None:
-    """The Job of a body in the producer's form (its dict, converted in place), or None."""
+def _str_or_none(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def _form(raw: Any) -> tuple[frozenset[str], ParentFailure] | None:
+    """(fields set, on_parent_failure) of a body in the producer's form, or None: anything else (an older or
+    newer body, a hand-written one, a value of another type) is validated instead. The fields the worker reads
+    without building the Job (`Claim`) are checked for their type here too."""
     if type(raw) is not dict or not _SAME_AS_VALIDATION:
         return None
     keys = raw.keys()
     if keys == _PLAIN_BODY:
         fields_set, failure = _PLAIN_SET, ParentFailure.FAIL
-        raw["after"] = []
     elif keys == _AFTER_BODY:
-        fields_set, failure = _AFTER_SET, _PARENT_FAILURES.get(raw["on_parent_failure"])  # type: ignore[assignment]
+        policy, after = raw["on_parent_failure"], raw["after"]
+        fields_set, failure = _AFTER_SET, _PARENT_FAILURES.get(policy) if type(policy) is str else None  # type: ignore[assignment]
+        if type(after) is not list or any(type(parent) is not str for parent in after):
+            return None
     else:
         return None
-    requirements = _requirements(raw["requirements"])
     timeout = raw["timeout_s"]
     if (
-        requirements is None
-        or failure is None
+        failure is None
+        or type(raw["id"]) is not str
+        or type(raw["service"]) is not str
+        or type(raw["shape"]) is not str
+        or type(raw["payload"]) is not dict
+        or not _str_or_none(raw["customer_id"])
+        or not _str_or_none(raw["workflow_id"])
+        or not _str_or_none(raw["pool"])
+        or not (timeout is None or type(timeout) in _FLOAT)
         or type(raw["priority"]) is not int
         or type(raw["max_retries"]) is not int
-        or type(raw["payload"]) is not dict
-        or not (timeout is None or type(timeout) in _FLOAT)
+        or not _requirements_ok(raw["requirements"])
     ):
         return None
+    return fields_set, failure
+
+
+def _fast(raw: Any, attempt: int, worker_id: str) -> Job | None:
+    """The Job of a body in the producer's form (its dict, converted in place), or None."""
+    form = _form(raw)
+    if form is None:
+        return None
+    fields_set, failure = form
+    timeout = raw["timeout_s"]
     # In the fields' order, as validation fills __dict__ (a dump follows it).
     values = {
         "id": raw["id"],
         "service": raw["service"],
         "payload": raw["payload"],
         "priority": raw["priority"],
-        "requirements": requirements,
+        "requirements": _requirements(raw["requirements"]),
         "customer_id": raw["customer_id"],
         "workflow_id": raw["workflow_id"],
         "pool": raw["pool"],
@@ -129,7 +158,7 @@ def _fast(raw: Any, attempt: int, worker_id: str) -> Job | None:
         **_UNSET,
         "errors": [],
         **_UNSET_AFTER_ERRORS,
-        "after": raw["after"],
+        "after": raw["after"] if fields_set is _AFTER_SET else [],
         "on_parent_failure": failure,
         "waiting_on": [],
     }
@@ -271,3 +300,123 @@ def claimed(job: Job, token: str, attempt: int, lease_deadline_ms: int) -> Claim
     """The ClaimedJob of `job` (all four fields given, each of its type: nothing to validate)."""
     values = {"job": job, "token": token, "attempt": attempt, "lease_deadline_ms": lease_deadline_ms}
     return _built(ClaimedJob, values, {"job", "token", "attempt", "lease_deadline_ms"})  # type: ignore[no-any-return]
+
+
+class Claim:
+    """A job leased to this worker as its runtime reads it: the fields a run needs, read from the stored body,
+    with the full `Job` and `ClaimedJob` built only when something asks for them (`job`, `claimed`).
+
+    Building them for every claim was about a sixth of a busy worker's Python per job (from the body's parsed
+    dict: its `Requirements`, a `Job` of 28 fields, the `ClaimedJob`), while a run reads eight values. A body
+    in the producer's form (`_form`, checked at claim) is read directly, and its `Job` is built later from the
+    same text exactly as `claimed_job` builds it at claim; any other body is validated at claim, as before (an
+    invalid one fails the claim with validation's error), and read from the validated Job. `payload` is the
+    run's own dict: the connector may change it; the `Job` keeps its own.
+    """
+
+    __slots__ = (
+        "id",
+        "service",
+        "payload",
+        "timeout_s",
+        "customer_id",
+        "after",
+        "shape",
+        "token",
+        "attempt",
+        "lease_deadline_ms",
+        "_body",
+        "_worker_id",
+        "_claimed",
+    )
+
+    id: str
+    service: str
+    payload: dict[str, Any]
+    #: The job's own time limit (s), or None.
+    timeout_s: float | None
+    customer_id: str | None
+    #: The jobs it waited for (their results reach the run: `Job.after`).
+    after: list[str]
+    shape: str
+    #: The attempt's fencing token.
+    token: str
+    attempt: int
+    lease_deadline_ms: int
+    #: The stored body (parsed again for the Job), whom it is leased to, the ClaimedJob once built.
+    _body: str | bytes
+    _worker_id: str
+    _claimed: ClaimedJob | None
+
+    @property
+    def claimed(self) -> ClaimedJob:
+        """The `ClaimedJob`, as `Queue.claim` returns it (built on first use, then kept)."""
+        if self._claimed is None:
+            job = claimed_job(self._body, attempt=self.attempt, worker_id=self._worker_id)
+            self._claimed = claimed(job, self.token, self.attempt, self.lease_deadline_ms)
+        return self._claimed
+
+    @property
+    def job(self) -> Job:
+        """The claimed `Job` (status claimed, this attempt, this worker): `claimed.job`."""
+        return self.claimed.job
+
+    @classmethod
+    def of(cls, got: ClaimedJob) -> Claim:
+        """The Claim of an already built ClaimedJob (its payload copied: the run's own dict)."""
+        job = got.job
+        claim = _new(cls)
+        claim.id, claim.service, claim.payload = job.id, job.service, dict(job.payload)
+        claim.timeout_s, claim.customer_id, claim.after, claim.shape = (
+            job.timeout_s,
+            job.customer_id,
+            job.after,
+            job.shape,
+        )
+        claim.token, claim.attempt, claim.lease_deadline_ms = got.token, got.attempt, got.lease_deadline_ms
+        claim._body, claim._worker_id, claim._claimed = "", job.worker_id or "", got
+        return claim
+
+    def __repr__(self) -> str:
+        return f"Claim(id={self.id!r}, attempt={self.attempt}, token={self.token!r})"
+
+
+def claim_of(body: str | bytes, *, token: str, attempt: int, lease_deadline_ms: int, worker_id: str) -> Claim:
+    """The Claim of a stored body leased to `worker_id` with `token`: the fields read directly from a body in
+    the producer's form; any other body validated now (`claimed_job`: its error raised here)."""
+    try:
+        raw = from_json(body, cache_strings="keys")  # values not cached: ids and tokens are new every time
+    except ValueError:
+        raw = None  # not JSON: validation refuses it with its usual error
+    if _form(raw) is None:
+        job = claimed_job(body, attempt=attempt, worker_id=worker_id)
+        return Claim.of(claimed(job, token, attempt, lease_deadline_ms))
+    timeout = raw["timeout_s"]
+    claim = _new(Claim)
+    claim.id, claim.service, claim.payload, claim.shape = (
+        raw["id"],
+        raw["service"],
+        raw["payload"],
+        raw["shape"],
+    )
+    claim.timeout_s = None if timeout is None else float(timeout)
+    claim.customer_id, claim.after = raw["customer_id"], raw.get("after") or []
+    claim.token, claim.attempt, claim.lease_deadline_ms = token, attempt, lease_deadline_ms
+    claim._body, claim._worker_id, claim._claimed = body, worker_id, None
+    return claim
+
+
+def claims_of(worker_id: str, token: str, reply: list[Any]) -> list[Claim]:
+    """The jobs of claim.lua's 'ok' answer (deadline, then id, body, attempt per job), each with its own token
+    (`token.1`, `token.2`, ...). The bodies were validated at submit: read, not validated again."""
+    deadline = int(reply[2])
+    return [
+        claim_of(
+            reply[at + 1],
+            token=f"{token}.{index}",
+            attempt=int(reply[at + 2]),
+            lease_deadline_ms=deadline,
+            worker_id=worker_id,
+        )
+        for index, at in enumerate(range(4, len(reply), 3), start=1)
+    ]

@@ -3,19 +3,17 @@ heartbeat, progress, complete, fail, release, return the jobs of a worker."""
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
+from appliance.queue.compactjson import EncodedJSON, compact_json
 from appliance.queue.conn import Call, QueueConnection
 from appliance.queue.errors import NotDurable, QueueError, ResultTooLarge, ScriptCode, raise_for_code
-from appliance.queue.jobbody import claimed, claimed_job
+from appliance.queue.jobbody import Claim, claims_of
 from appliance.queue.limits import Limits
 from appliance.queue.models import ClaimedJob, JobStatus
 from appliance.queue.producer import shape_of_job
@@ -23,6 +21,7 @@ from appliance.queue.records import Lease
 from appliance.queue.shapes import WorkerClass
 
 log = logging.getLogger(__name__)
+_compact = compact_json
 
 #: Most jobs one claim call leases.
 MAX_CLAIM_BATCH = 256
@@ -40,40 +39,6 @@ _FAILED = {
     ScriptCode.FAILED: JobStatus.FAILED,
     ScriptCode.CANCELLED: JobStatus.CANCELLED,
 }
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
-#: The C encoder `_ENCODER.encode` builds for each call, built once per thread (its cycle markers are its own).
-_C_ENCODERS = threading.local()
-
-
-def _c_encoder() -> Any:
-    if c_make_encoder is None:  # pragma: no cover - CPython without the json speedups
-        return None
-    return c_make_encoder({}, str, encode_basestring_ascii, None, ":", ",", False, False, True)
-
-
-def compact_json(value: Any) -> str:
-    """The JSON the queue stores for a result: compact, anything unknown as its str(); exactly what
-    `_ENCODER.encode` writes, without building the encoder's C half per call (a result per job)."""
-    try:
-        encode = _C_ENCODERS.encode
-    except AttributeError:
-        encode = _C_ENCODERS.encode = _c_encoder()
-    if encode is None:  # pragma: no cover
-        return _ENCODER.encode(value)
-    try:
-        return "".join(encode(value, 0))
-    except BaseException:
-        _C_ENCODERS.encode = _c_encoder()  # its cycle markers may still hold the failed value's containers
-        raise
-
-
-_compact = compact_json
-
-
-class EncodedJSON(str):
-    """A result already encoded by `compact_json` (the worker measured its size with it): sent as it is."""
 
 
 class LeaseClient:
@@ -215,6 +180,21 @@ class LeaseClient:
         while a job of its shapes waits): (complete codes, claimed jobs, registered). Not registered where the
         call is not made (not `one_call`, a first answer other than 'none'): the session then registers with
         idle.lua."""
+        args = (outcomes, worker_id, shapes, count)
+        codes, claims, registered = await self.finish_and_lease(*args, pool=pool, idle_channel=idle_channel)
+        return codes, [claim.claimed for claim in claims], registered
+
+    async def finish_and_lease(
+        self,
+        outcomes: Sequence[Outcome],
+        worker_id: str,
+        shapes: Sequence[str],
+        count: int,
+        *,
+        pool: str | None = None,
+        idle_channel: str | None = None,
+    ) -> tuple[list[int], list[Claim], bool]:
+        """`finish_and_claim_or_idle` for the worker runtime: each job a `Claim` (its Job built on demand)."""
         count = min(count, MAX_CLAIM_BATCH)
         if not shapes or count < 1:
             return await self.complete_many(outcomes), [], False
@@ -237,7 +217,7 @@ class LeaseClient:
             outcome = reply[0]
             if outcome == "ok":
                 worker_class.take_hint(reply[1])
-                return codes, _claimed(worker_id, token, reply), False
+                return codes, claims_of(worker_id, token, reply), False
             if outcome == "none":
                 worker_class.take_hint("")
                 return codes, [], bool(registered)
@@ -437,14 +417,3 @@ class LeaseClient:
             except QueueError:
                 continue  # finished or re-leased meanwhile
         return returned
-
-
-def _claimed(worker_id: str, token: str, reply: list[Any]) -> list[ClaimedJob]:
-    deadline = int(reply[2])
-    out = []
-    for index, at in enumerate(range(4, len(reply), 3), start=1):
-        attempt = int(reply[at + 2])
-        # The body was validated at submit: built as validation would leave it, not validated again.
-        job = claimed_job(reply[at + 1], attempt=attempt, worker_id=worker_id)
-        out.append(claimed(job, f"{token}.{index}", attempt, deadline))
-    return out

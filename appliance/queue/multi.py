@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from appliance.queue.client import Queue
 from appliance.queue.housekeeper import ReapResult
+from appliance.queue.jobbody import Claim
 from appliance.queue.models import Capabilities, ClaimedJob, Job
 from appliance.queue.schedules import MaterialiseResult
 from appliance.queue.session import WorkerSession
@@ -217,6 +218,13 @@ class SessionSet:
     ) -> tuple[list[int], list[ClaimedJob]]:
         codes = await self.queues.complete_many(outcomes) if outcomes else []
         return codes, (await self.claim_many(count) if count > 0 else [])
+
+    async def finish_and_lease(
+        self, outcomes: Sequence[Outcome], count: int
+    ) -> tuple[list[int], list[Claim]]:
+        """`finish_and_claim` in the worker runtime's form (`WorkerSession.finish_and_lease`)."""
+        codes, claimed = await self.finish_and_claim(outcomes, count)
+        return codes, [Claim.of(one) for one in claimed]
 
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Until any queue may have work for this worker, or `timeout_s`; True if woken."""

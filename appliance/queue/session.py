@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from appliance.queue.hub import SHAPE_REFRESH_S, WakeHub
+from appliance.queue.jobbody import Claim
 from appliance.queue.models import ID_PATTERN, Capabilities, ClaimedJob
 from appliance.queue.shapes import matches
 
@@ -170,6 +171,13 @@ class WorkerSession:
         are one command. While the session is registered as idle and not woken, claims nothing without asking
         Redis (the outcomes still go): nothing waited when it registered, and every job since woke an idle
         worker."""
+        codes, claims = await self.finish_and_lease(outcomes, count)
+        return codes, [claim.claimed for claim in claims]
+
+    async def finish_and_lease(
+        self, outcomes: Sequence[tuple[str, str, Any]], count: int
+    ) -> tuple[list[int], list[Claim]]:
+        """`finish_and_claim` for the worker runtime: each job a `Claim`, whose full Job is built on demand."""
         self._wake.clear()
         # With outcomes to send, the round trip registers the session itself if its claim finds nothing.
         folded = bool(outcomes) and self.queue.leases.one_call
@@ -187,7 +195,7 @@ class WorkerSession:
         # that completes nothing keeps to claim.lua; wait_for_work registers after it (idle.lua).
         hub = self.hub if folded and self.shapes and not self.registered else None
         channel = hub.channel if hub is not None else None
-        codes, claimed, registered = await self.queue.leases.finish_and_claim_or_idle(
+        codes, claimed, registered = await self.queue.leases.finish_and_lease(
             outcomes, self.worker_id, self.shapes, count, pool=self.capabilities.pool, idle_channel=channel
         )
         hint = self.queue.worker_class(self.shapes).hint if self.shapes else ()
@@ -202,7 +210,7 @@ class WorkerSession:
             self._owed.pop(shape, None)
         # Woken for a shape but took another's job: that wake-up's job still needs a worker. (Nothing claimed
         # and no hint: no job waits in any of this worker's shapes, so none is owed.)
-        taken = claimed[0].job.shape if claimed else None
+        taken = claimed[0].shape if claimed else None
         unused = [shape for shape in owed if claimed and shape != taken]
         if unused and self.hub is not None:
             await self.hub.pass_on(unused)

@@ -15,9 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
-from appliance.queue import ClaimedJob, WorkerSession
+from appliance.queue import WorkerSession
+from appliance.queue.jobbody import Claim
 from appliance.worker.drain import FLEET_CHECK_MAX_AGE_S, FleetDrain, StopSignals
 from appliance.worker.execution import JobRunner
 from appliance.worker.housekeeping import ServiceHealth
@@ -92,7 +96,7 @@ class ClaimLoop:
                 else:
                     await self._wait_changed(self.claim_timeout_s)
                 return
-            codes, claimed = await self.session.finish_and_claim([o for o, _ in batch], free)
+            codes, claimed = await self.session.finish_and_lease([o for o, _ in batch], free)
         except asyncio.CancelledError:
             completions.put_back(batch)  # the worker exits: they go out on their own (a repeat is refused)
             raise
@@ -117,9 +121,10 @@ class ClaimLoop:
         finally:
             leases.release()
         self.link.mark_up()
-        if not claimed and not batch and not completions.waiting():
+        if not claimed and not batch and not completions.waiting() and not self._changed.is_set():
             # A completion queued during this turn's awaits (the drain flag's read) woke the session before
-            # finish_and_claim cleared its wake-up: it goes in the next turn, not after a wait for work.
+            # finish_and_claim cleared its wake-up: it goes in the next turn, not after a wait for work. So does
+            # any other wake-up of this turn (`wake`: a stop signal, a freed slot, the service's health).
             await self.session.wait_for_work(self.claim_timeout_s)
 
     def blocked(self) -> str | None:
@@ -147,17 +152,18 @@ class ClaimLoop:
         """Whether the loop turned recently."""
         return time.monotonic() - self.beat < 3 * self.claim_timeout_s + 30
 
-    def _start_run(self, loop: asyncio.AbstractEventLoop, claimed: ClaimedJob) -> None:
+    def _start_run(self, loop: asyncio.AbstractEventLoop, claimed: Claim) -> None:
         lease = self.runner.lease_for(claimed)
-        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free). The loop's
-        # create_task takes the name itself (asyncio's sets it after).
-        self.runs[lease.token] = loop.create_task(self._run(lease), name=f"run:{lease.job_id}")
+        # No wake when it ends: its lease leaving the table wakes the loop (LeaseTable's on_free).
+        task = start_task(loop, self._run(lease, loop), f"run:{lease.job_id}")
+        if not task.done():  # started eagerly, a run that ended in its first step has left `runs` already
+            self.runs[lease.token] = task
 
-    async def _run(self, lease: Lease) -> None:
+    async def _run(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> None:
         """One job's run; its task leaves `runs` when it ends (no scan of the runs per turn), and a crash (a
         bug, not a job failure) is logged."""
         try:
-            await self.runner.run(lease)
+            await self.runner.run(lease, loop)
         except Exception:
             log.exception("a job run crashed")
         finally:
@@ -182,3 +188,22 @@ class ClaimLoop:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self.signals.draining.wait()
+
+
+if sys.version_info >= (3, 12):
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], name: str
+    ) -> asyncio.Task[None]:
+        """A task of `loop` running `coro`, its first step run now (eagerly): a no-op job ends in it without
+        being scheduled (a loop turn and a handle fewer per job). Its name given to the Task itself."""
+        return asyncio.Task(coro, loop=loop, name=name, eager_start=True)
+
+else:
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], name: str
+    ) -> asyncio.Task[None]:
+        """A task of `loop` running `coro` (Python 3.11: scheduled; the loop's create_task takes the name itself,
+        asyncio's wrapper sets it in a second call)."""
+        return loop.create_task(coro, name=name)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 
 from appliance.queue import Queue
-from appliance.queue.lease import EncodedJSON
+from appliance.queue.compactjson import EncodedJSON
 from appliance.queue.lease import Outcome as Completion
 
 log = logging.getLogger(__name__)

@@ -41,9 +41,11 @@ class Deadlines:
         """Entries held (ended calls not yet dropped included)."""
         return self._count
 
-    def add(self, lease: Lease) -> None:
-        """The call of `lease` started now (its `task` is set) and may run `lease.timeout_s`."""
-        loop = asyncio.get_running_loop()
+    def add(self, lease: Lease, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """The call of `lease` started now (its `task` is set) and may run `lease.timeout_s`; `loop` is the
+        running loop, when the caller knows it (asking for it costs a `getpid` in CPython 3.11)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         deadline = loop.time() + lease.timeout_s
         fifo = self._fifos.get(lease.timeout_s)
         if fifo is None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from appliance.queue import ClaimedJob, Job, Queue
-from appliance.queue.lease import compact_json
-from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult
+from appliance.queue.compactjson import compact_json
+from appliance.queue.jobbody import Claim
+from appliance.worker.connectors.base import Connector, ConnectorJob, ConnectorResult, connector_job
 from appliance.worker.deadlines import Deadlines
 from appliance.worker.leases import Lease, LeaseTable, OutcomeWriter
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason, decide
@@ -73,9 +75,10 @@ class JobRunner:
         if lease.request_stop(reason):
             log.info("job %s: stopping (%s)", lease.job_id, reason.value)
 
-    def lease_for(self, claimed: ClaimedJob) -> Lease:
+    def lease_for(self, claimed: Claim | ClaimedJob) -> Lease:
         """Enter a freshly claimed job in the lease table (at once, so capacity counts it before it runs)."""
-        lease = Lease(claimed, timeout_s=float(claimed.job.timeout_s or self.default_timeout_s))
+        claim = claimed if type(claimed) is Claim else Claim.of(claimed)  # type: ignore[arg-type]
+        lease = Lease(claim, timeout_s=float(claim.timeout_s or self.default_timeout_s))
         self.leases.add(lease)
         return lease
 
@@ -97,22 +100,35 @@ class JobRunner:
         """The connector's ProgressCallback for this job."""
         await self.progress_of(lease).report(percent, message)
 
-    async def run(self, lease: Lease) -> None:
+    async def run(self, lease: Lease, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Run the job to its outcome and write it; the lease leaves the table when done. The connector call
-        runs in this task; a stop request or the timeout starts an interrupter beside it (`_interrupt`)."""
-        job, claimed = lease.claimed.job, lease.claimed
+        runs in this task (on `loop`, the running loop, when the caller knows it); a stop request or the timeout
+        starts an interrupter beside it (`_interrupt`)."""
+        claim = lease.claimed
         # Per job, a line only at DEBUG: at INFO a busy worker would spend more on its log than on the job
         # (and journald drops a unit's lines past its rate limit). Failures and stops are logged at INFO+.
         if log.isEnabledFor(logging.DEBUG):  # one call, not debug()'s two and its arguments' tuple
             log.debug(
                 "job %s: claimed (service %s, attempt %d, timeout %gs)",
-                job.id,
-                job.service,
-                claimed.attempt,
+                claim.id,
+                claim.service,
+                claim.attempt,
                 lease.timeout_s,
             )
+        result: dict[str, Any] | None
+        exc: BaseException | None
         try:
-            result, exc = await self._call(lease)
+            call, task = self._begin(lease, loop)
+            try:
+                value = await call
+            except asyncio.CancelledError as cancelled:
+                result, exc = self._cancelled(lease, task, cancelled)
+            except Exception as failed:  # every way the call ended is classified by decide()
+                result, exc = None, failed
+            else:
+                result, exc = _result_of(value), None
+            finally:
+                self._end(lease, task)
             if lease.interrupter is not None and not lease.interrupter.done():
                 await lease.interrupter  # it returns once its connector.cancel() call is back
         except BaseException:
@@ -120,8 +136,32 @@ class JobRunner:
                 await self._close_progress(lease)
                 self.leases.remove(lease)
             raise
-        if not lease.taken_over:  # else the interrupter wrote the outcome: this late result is dropped
-            await self._finish(lease, result, exc)
+        if lease.taken_over:  # the interrupter wrote the outcome: this late result is dropped
+            return
+        if (
+            exc is None
+            and lease.progress is None
+            and lease.stop is not StopReason.LOST
+            and self._handed(lease, result)
+        ):
+            return  # the usual end of a short job, without a coroutine for it
+        await self._finish(lease, result, exc)
+
+    def _handed(self, lease: Lease, result: dict[str, Any] | None) -> bool:
+        """A small result of a call that ended well, handed to the claim loop's next round trip (what `_finish`
+        does for it, and what decide() makes of it, encoded once); False where `_finish` must do it."""
+        if not self.writer.carried():
+            return False
+        done = result or {}
+        try:
+            encoded = compact_json(done)
+        except Exception:
+            return False  # `_finish` meets the error again and ends the lease
+        if len(encoded) > self.queue.settings.max_result_bytes:  # ASCII JSON: characters are bytes
+            return False
+        lease.finishing = True
+        self.writer.complete_later(lease, done, encoded, self._written)
+        return True
 
     async def _finish(self, lease: Lease, result: dict[str, Any] | None, exc: BaseException | None) -> None:
         """Decide the outcome of the ended call and write it; the lease leaves the table when done. A small
@@ -155,12 +195,11 @@ class JobRunner:
 
     async def _write(self, lease: Lease, result: dict[str, Any] | None, exc: BaseException | None) -> None:
         """Every other end: decide the outcome, keep a big result in output storage, write it and count it."""
-        job, claimed = lease.claimed.job, lease.claimed
         outcome = decide(result, exc, lease.stop, timeout_s=lease.timeout_s)
         if outcome.kind is OutcomeKind.COMPLETE:
-            outcome = await self._bounded(job.id, outcome)
+            outcome = await self._bounded(lease.job_id, outcome)
         if exc is not None and outcome.kind is OutcomeKind.FAIL:
-            log.warning("job %s: attempt %d %s", job.id, claimed.attempt, outcome.describe())
+            log.warning("job %s: attempt %d %s", lease.job_id, lease.claimed.attempt, outcome.describe())
             if outcome.details.get("code") in SERVICE_TROUBLE_CODES:
                 self._on_service_trouble()
         if await self.writer.write(lease, outcome):
@@ -212,52 +251,51 @@ class JobRunner:
     async def _write_progress(self, job_id: str, token: str, percent: float, message: str | None) -> bool:
         return await self.queue.progress(job_id, token, percent, message)
 
-    async def _call(self, lease: Lease) -> tuple[dict[str, Any] | None, BaseException | None]:
-        """Run the connector call in this task until it returns or raises: (result, exception). A stop request
-        or the job's timeout meanwhile starts the interrupter (`_interrupt`): the timeout is an entry in the
-        runner's `Deadlines` (one timer for all jobs), and no task or future of its own (a short job pays for
-        neither)."""
-        job = lease.claimed.job
-        cjob = ConnectorJob(
-            id=job.id,
-            service=job.service,
-            payload=dict(job.payload),
-            attempt=lease.claimed.attempt,
-            timeout_s=lease.timeout_s,
-            customer_id=job.customer_id,
-            token=lease.token,
-        )
+    def _begin(
+        self, lease: Lease, loop: asyncio.AbstractEventLoop | None
+    ) -> tuple[Coroutine[Any, Any, Any], asyncio.Task[Any]]:
+        """The connector call of the job, to run in this task: (its coroutine, this task). A stop request or the
+        job's timeout meanwhile starts the interrupter (`_interrupt`): the timeout is an entry in the runner's
+        `Deadlines` (one timer for all jobs), and no task or future of its own (a short job pays for neither)."""
+        claim = lease.claimed
+        cjob = connector_job(claim, lease.timeout_s)
         report = partial(self._report, lease)
         # A job that waited for parents reads their results first; any other calls the connector directly.
-        call = self._process(cjob, job, report) if job.after else self.connector.process(cjob, report)
-        task = lease.task = asyncio.current_task()
+        call = self._process(cjob, claim.job, report) if claim.after else self.connector.process(cjob, report)
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        # The loop given: no `get_running_loop` (in CPython 3.11 each call asks the OS for the pid).
+        task = lease.task = asyncio.current_task(loop)
         assert task is not None
-        self.deadlines.add(lease)  # the timeout: its end is `lease.task = None` below
+        self.deadlines.add(lease, loop)  # the timeout: its end is `lease.task = None` in `_end`
         lease.on_stop = self._interrupt_soon
         if lease.stop is not None:
             self._interrupt_soon(lease)
-        try:
-            value = await call
-        except asyncio.CancelledError as exc:
-            if lease.cut:  # the interrupter cut the call: that cancellation ends the call, not this task
-                lease.cut = False
-                task.uncancel()
-            if task.cancelling():
-                raise  # the worker exits: the work stopped with it
-            return None, exc
-        except Exception as exc:  # every way the call ended is classified by decide()
-            return None, exc
-        finally:
-            if lease.cut and task.cancelling():  # the call swallowed the cut: this task is not cancelled
-                task.uncancel()
+        return call, task
+
+    @staticmethod
+    def _cancelled(
+        lease: Lease, task: asyncio.Task[Any], exc: asyncio.CancelledError
+    ) -> tuple[None, BaseException]:
+        """The call raised CancelledError: (no result, it) when the interrupter cut the call; re-raised when this
+        task itself is being cancelled (the worker exits: the work stopped with it)."""
+        if lease.cut:  # the interrupter cut the call: that cancellation ends the call, not this task
             lease.cut = False
-            lease.on_stop = None
-            lease.task = None
-            if lease.call_over is not None and not lease.call_over.done():
-                lease.call_over.set_result(None)
-        if isinstance(value, ConnectorResult):
-            return value.to_dict(), None
-        return (dict(value) if isinstance(value, dict) else {"value": value}), None
+            task.uncancel()
+        if task.cancelling():
+            raise exc
+        return None, exc
+
+    @staticmethod
+    def _end(lease: Lease, task: asyncio.Task[Any]) -> None:
+        """The call is over, however it ended."""
+        if lease.cut and task.cancelling():  # the call swallowed the cut: this task is not cancelled
+            task.uncancel()
+        lease.cut = False
+        lease.on_stop = None
+        lease.task = None
+        if lease.call_over is not None and not lease.call_over.done():
+            lease.call_over.set_result(None)
 
     def _timed_out(self, lease: Lease) -> None:
         if lease.request_stop(StopReason.TIMEOUT):  # news: the call is interrupted (`_interrupt_soon`)
@@ -303,3 +341,10 @@ class JobRunner:
             return
         lease.taken_over = True
         await self._finish(lease, None, asyncio.CancelledError("the connector call did not stop"))
+
+
+def _result_of(value: Any) -> dict[str, Any]:
+    """The job result of what the connector call returned."""
+    if isinstance(value, ConnectorResult):
+        return value.to_dict()
+    return dict(value) if isinstance(value, dict) else {"value": value}

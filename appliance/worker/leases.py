@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 from appliance.queue import ClaimedJob, Queue, WorkerSession
+from appliance.queue.compactjson import EncodedJSON, compact_json
 from appliance.queue.errors import (
     JobAlreadyFinished,
     JobNotFound,
@@ -23,7 +24,7 @@ from appliance.queue.errors import (
     ScriptCode,
     raise_for_code,
 )
-from appliance.queue.lease import EncodedJSON, compact_json
+from appliance.queue.jobbody import Claim
 from appliance.worker.completions import Completions
 from appliance.worker.outcome import Outcome, OutcomeKind, StopReason
 from appliance.worker.progress import ProgressForwarder
@@ -56,11 +57,12 @@ class Lease:
         "taken_over",
     )
 
-    def __init__(self, claimed: ClaimedJob, timeout_s: float, started: float | None = None) -> None:
-        self.claimed = claimed
-        self.job_id: str = claimed.job.id
+    def __init__(self, claimed: Claim | ClaimedJob, timeout_s: float, started: float | None = None) -> None:
+        #: The claimed job as the run reads it (its full Job built only when something asks: `claimed.job`).
+        self.claimed = claimed if type(claimed) is Claim else Claim.of(claimed)  # type: ignore[arg-type]
+        self.job_id: str = self.claimed.id
         #: The attempt's fencing token.
-        self.token: str = claimed.token
+        self.token: str = self.claimed.token
         self.timeout_s = timeout_s
         self.started = time.monotonic() if started is None else started
         #: Made on the job's first progress report (most short jobs report none).
@@ -84,7 +86,7 @@ class Lease:
 
     @property
     def shape(self) -> str:
-        return self.claimed.job.shape
+        return self.claimed.shape
 
     def request_stop(self, reason: StopReason) -> bool:
         """Record why the job must stop; True when this is news (the caller then interrupts the connector)."""
@@ -102,7 +104,7 @@ class Lease:
             "id": self.job_id,
             "progress": round(percent, 1),
             "attempt": self.claimed.attempt,
-            "service": self.claimed.job.service,
+            "service": self.claimed.service,
             "running_s": round(time.monotonic() - self.started, 1),
             **({"stopping": self.stop.value} if self.stop else {}),
         }

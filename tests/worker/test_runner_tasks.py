@@ -5,6 +5,7 @@ process in test_worker_process.py; here also a connector call that will not stop
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -306,7 +307,9 @@ async def test_a_one_slot_claim_loop_waits_for_its_slot_on_one_timer_not_one_per
         await asyncio.wait_for(task, 10)
         del loop.call_at
     assert runner.completed == 20
-    assert 1 <= len(armed) <= 2, armed
+    # At most 2 (one per wait before: about 20). On Python 3.12+ none at all: the runs start eagerly and a no-op
+    # job ends before the loop would wait for its slot.
+    assert len(armed) <= 2 and (armed or sys.version_info >= (3, 12)), armed
     await session.close()
 
 
@@ -342,14 +345,14 @@ async def test_the_claim_loop_settles_and_starts_a_batch_as_one_change_of_the_le
     session = await WorkerSession.open(queue, "m-w0", Capabilities(services=["echo"]))
     loop, signals = claim_loop(session, runner, link, capacity=slots, claim_timeout_s=1)
     trips = 0
-    finish_and_claim = session.finish_and_claim
+    finish_and_lease = session.finish_and_lease  # the claim loop's round trip
 
     async def counted(outcomes: Any, count: int) -> Any:
         nonlocal trips
         trips += 1
-        return await finish_and_claim(outcomes, count)
+        return await finish_and_lease(outcomes, count)
 
-    session.finish_and_claim = counted  # type: ignore[method-assign]
+    session.finish_and_lease = counted  # type: ignore[method-assign]
     running = asyncio.create_task(loop.run())
     await asyncio.wait_for(all_done.wait(), 30)
     signals.draining.set()

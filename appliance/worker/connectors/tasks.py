@@ -25,9 +25,9 @@ T = TypeVar("T")
 AttemptKey = tuple[str, str]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Attempt:
-    """One running attempt of a job on this worker."""
+    """One running attempt of a job on this worker (slotted: one is made per job)."""
 
     job_id: str
     token: str

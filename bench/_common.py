@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -129,3 +131,30 @@ def stop_process_groups(procs: Sequence[subprocess.Popen[bytes]], grace_s: float
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def wait_for_port(port: int, timeout_s: float = 60) -> None:
+    """Return once a local server (one started under valgrind takes seconds) accepts connections on `port`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+
+
+def callgrind_window(work: Path, out: str, keep: str | None = None) -> int:
+    """The instructions in the callgrind dump named 'window' (the count from the zeroing to the dump) among the
+    dumps of `work`/`out`*; the others are deleted, and that one moved to `keep` when given, else deleted too."""
+    total = 0
+    for name in work.glob(Path(out).name + "*"):
+        text = name.read_text()
+        found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if "window" in text and found:
+            total = int(found.group(1))
+            if keep:
+                name.replace(keep)
+                continue
+        name.unlink()
+    return total

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import redis
-from _common import ROOT, stop_process_groups
+from _common import ROOT, callgrind_window, stop_process_groups, wait_for_port
 from worker_cost import count, submit
 
 
@@ -42,13 +41,7 @@ def start_server(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_for_port(port)
     return server, f"redis://127.0.0.1:{port}", out
 
 
@@ -94,16 +87,7 @@ def run_once(path: str, args: argparse.Namespace, work: Path) -> tuple[float, fl
             stop_process_groups([worker_proc], grace_s=30)
         server.terminate()
         server.wait()
-    total = 0
-    for name in work.glob(Path(out).name + "*"):
-        text = name.read_text()
-        found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if "window" in text and found:
-            total = int(found.group(1))
-            if args.keep:
-                name.replace(args.keep)
-                continue
-        name.unlink()
+    total = callgrind_window(work, out, args.keep)
     jobs = marks[1][0] - marks[0][0]
     # Two of the window's commands are this script's own (the marks' HGET, INFO): a few thousand instructions.
     return total / jobs, jobs / max(1, marks[1][1] - marks[0][1])

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from _common import ROOT, machine_line, private_redis, stop_process_groups, table
+from _common import ROOT, machine_line, private_redis, stop_process_groups, table, wait_for_port
 
 from appliance.queue import JobSpec, Queue
 
@@ -185,13 +185,7 @@ def start_callgrind(port: int, out: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_for_port(port)
     return server
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import redis
-from _common import ROOT, private_redis, stop_process_groups
+from _common import ROOT, callgrind_window, private_redis, stop_process_groups
 
 
 def submit(url: str, jobs: int, path: str) -> None:
@@ -104,16 +103,7 @@ def run_once(url: str, path: str, args: argparse.Namespace, work: Path) -> float
         print(f"window: {marks[1] - marks[0]} jobs")
         return 0.0
     # The dump named 'window' holds the instructions from the zeroing at 20 % to 80 %.
-    total = 0
-    for name in work.glob(Path(out).name + "*"):
-        text = name.read_text()
-        found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if "window" in text and found:
-            total = int(found.group(1))
-            if args.keep:
-                name.replace(args.keep)
-                continue
-        name.unlink()
+    total = callgrind_window(work, out, args.keep)
     return total / (marks[1] - marks[0])
 
 

@@ -45,6 +45,8 @@ class LocalRedis:
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="appliance-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        #: Whether it ran once: a restart keeps its port (`_restart`).
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -56,6 +58,8 @@ class LocalRedis:
                 "redis-server not found on PATH: install it (Debian: apt-get install redis-server) "
                 "or set APPLIANCE_REDIS_URL to an existing server"
             )
+        if self._started:
+            return self._restart(timeout_s)
         # A port picked for us may be taken between picking and binding (or its cluster bus port, +10000, may
         # be busy): pick another and try again.
         for _ in range(5):
@@ -66,6 +70,20 @@ class LocalRedis:
                     raise
                 self.port = free_port()
         return self._start_once(timeout_s)
+
+    def _restart(self, timeout_s: float) -> LocalRedis:
+        """Start again on the same port: its clients point at it, so a server moved to another port would never
+        be reached (a test of recovery from an outage then waits in vain). While the server was away another
+        socket may have taken the port for a moment (a client's reconnect from an ephemeral port, or a
+        connection to itself): wait for it to be free instead."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._start_once(timeout_s)
+            except LocalRedisError as exc:
+                if "Address already in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _start_once(self, timeout_s: float) -> LocalRedis:
         logfile = self.workdir / f"redis-{self.port}.log"
@@ -95,6 +113,7 @@ class LocalRedis:
                 self.process = None
                 raise LocalRedisError(f"redis-server exited at start: {log.strip()[-500:]}")
             if self.ping():
+                self._started = True
                 return self
             time.sleep(0.02)
         self.stop()

@@ -1,0 +1,181 @@
+"""The job body as Redis stores it (the `spec` column): what a submit writes, and how a claim reads it back.
+
+    body = stored_body(spec, job_id, shape)   # b'{"service":"echo","id":"9f…","shape":"c0c3…"}'
+    fields_set = body_form(raw)                # the parsed body is one of the producer's forms, or None
+    values = body_values(raw)                  # then: its Job fields, defaults filled in, in the fields' order
+
+The body holds the spec's fields whose values differ from their defaults, then `id` and `shape`. A plain job's
+is ~90 bytes instead of the ~400 of the whole dump: Redis's Lua hashes every byte of every string it handles
+(~7 instructions a byte, at submit and at each claim), and each waiting job keeps its body in memory. A field
+given with its default value (`"priority": 0`) is not written, exactly as one not given: the body cannot tell
+the two apart, and nothing reads the difference. The parent fields (`after`, `on_parent_failure`) are written
+only for a job with parents; `run_at` and `delay_s` when given (no reader needs them: the delayed index and
+`meta` hold the start time).
+
+Until version 8011a77 the producer wrote the whole dump (every field but `id` and, without parents, the parent
+fields). A fleet upgrades with such bodies waiting in Redis, so both forms are read the same way: any subset of
+the fields the producer writes, with id, service and shape, each value of the type the producer writes there.
+Anything else (a newer body, a hand-written one, a value of another type) is left to validation (`jobbody`).
+What a body in these forms becomes is exactly what `Job.model_validate_json` makes of it, fields set included:
+the body's Job fields are the ones set (in the old form all of them, in the new form those not at a default),
+both here and by validation; `jobbody._same_as_validation` checks that once per process on bodies of each form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import to_json
+
+from appliance.queue.models import Isolation, Job, JobSpec, ParentFailure, Requirements, no_requirements
+
+#: Every key the producer writes, in the old form and in this one; those every body holds.
+BODY_KEYS = frozenset(JobSpec.model_fields) | {"shape"}
+_NEEDED = frozenset({"id", "service", "shape"})
+_JOB_FIELDS = frozenset(Job.model_fields)
+#: The spec's fields with a plain default (not a factory), id and the parent policy aside: written when they
+#: differ from it.
+_PLAIN_DEFAULTS = tuple(
+    (name, field.default)
+    for name, field in JobSpec.model_fields.items()
+    if not field.is_required() and field.default_factory is None and name not in ("id", "on_parent_failure")
+)
+#: What `Requirements()` holds, field by field, in the fields' order (its lists are made anew for each job).
+_REQUIREMENT_DEFAULTS = dict(no_requirements().__dict__)
+_REQUIREMENT_LISTS = frozenset(name for name, value in _REQUIREMENT_DEFAULTS.items() if type(value) is list)
+_ISOLATIONS = {i.value: i for i in Isolation}
+_PARENT_FAILURES = {p.value: p for p in ParentFailure}
+_FLOAT = (float, int)
+_FAIL = ParentFailure.FAIL
+
+
+def stored_body(spec: JobSpec, job_id: str, shape: str) -> bytes:
+    """The body of a validated spec submitted as `job_id` of `shape`: its fields that differ from their
+    defaults, then id and shape (pydantic_core encodes it: UTF-8, a caller's id escaped as any string)."""
+    values = spec.__dict__
+    body: dict[str, Any] = {"service": values["service"]}
+    if values["payload"]:
+        body["payload"] = values["payload"]
+    requirements = values["requirements"].__dict__
+    if requirements != _REQUIREMENT_DEFAULTS:
+        body["requirements"] = {
+            name: value for name, value in requirements.items() if value != _REQUIREMENT_DEFAULTS[name]
+        }
+    for name, default in _PLAIN_DEFAULTS:
+        value = values[name]
+        if value != default:
+            body[name] = value
+    if values["after"]:
+        body["after"] = values["after"]
+        if values["on_parent_failure"] is not _FAIL:
+            body["on_parent_failure"] = values["on_parent_failure"]
+    body["id"] = job_id
+    body["shape"] = shape
+    return to_json(body)
+
+
+def _str_or_none(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def _requirements_ok(raw: Any) -> bool:
+    """Whether the body's requirements are in the producer's form (the checks `_requirements` relies on; the
+    lists are taken as the producer wrote them: sorted, without duplicates)."""
+    if type(raw) is not dict or not raw.keys() <= _REQUIREMENT_DEFAULTS.keys():
+        return False
+    isolation = raw.get("isolation", "none")
+    if type(isolation) is not str or isolation not in _ISOLATIONS:
+        return False
+    gpu, ram, cores, count = (
+        raw.get("gpu_memory_gb"),
+        raw.get("ram_gb"),
+        raw.get("cpu_cores"),
+        raw.get("gpu_count"),
+    )
+    return (
+        (gpu is None or type(gpu) in _FLOAT)
+        and (ram is None or type(ram) in _FLOAT)
+        and (cores is None or type(cores) is int)
+        and (count is None or type(count) is int)
+    )
+
+
+def body_form(raw: Any) -> set[str] | None:
+    """The Job fields a body in one of the producer's forms sets (its keys that are Job fields), or None:
+    anything else is validated instead. The fields the worker reads without building the Job (`Claim`) are
+    checked for their type here too."""
+    if type(raw) is not dict:
+        return None
+    keys = raw.keys()
+    if not (keys >= _NEEDED and keys <= BODY_KEYS):
+        return None
+    get = raw.get
+    policy, after, timeout = get("on_parent_failure", "fail"), get("after"), get("timeout_s")
+    if (
+        type(raw["id"]) is not str
+        or type(raw["service"]) is not str
+        or type(raw["shape"]) is not str
+        or type(get("payload", raw)) is not dict
+        or type(get("priority", 0)) is not int
+        or type(get("max_retries", 0)) is not int
+        or not (timeout is None or type(timeout) in _FLOAT)
+        or not _str_or_none(get("customer_id"))
+        or not _str_or_none(get("workflow_id"))
+        or not _str_or_none(get("pool"))
+        or type(policy) is not str
+        or policy not in _PARENT_FAILURES
+        or not (after is None or (type(after) is list and all(type(parent) is str for parent in after)))
+        or ("requirements" in raw and not _requirements_ok(raw["requirements"]))
+    ):
+        return None
+    return keys & _JOB_FIELDS
+
+
+def _requirements(raw: dict[str, Any] | None) -> Requirements:
+    """The body's requirements (in the producer's form: `_requirements_ok`), as validation makes them: the
+    missing fields at their defaults, the given ones set."""
+    if raw is None:
+        return no_requirements()
+    values = {}
+    for name, default in _REQUIREMENT_DEFAULTS.items():
+        if name in raw:
+            values[name] = raw[name]
+        else:
+            values[name] = [] if name in _REQUIREMENT_LISTS else default
+    values["isolation"] = _ISOLATIONS[values["isolation"]] if "isolation" in raw else Isolation.NONE
+    if values["gpu_memory_gb"] is not None:
+        values["gpu_memory_gb"] = float(values["gpu_memory_gb"])
+    if values["ram_gb"] is not None:
+        values["ram_gb"] = float(values["ram_gb"])
+    built = Requirements.__new__(Requirements)
+    object.__setattr__(built, "__dict__", values)
+    object.__setattr__(built, "__pydantic_fields_set__", set(raw))
+    object.__setattr__(built, "__pydantic_extra__", None)
+    object.__setattr__(built, "__pydantic_private__", None)
+    return built
+
+
+def body_values(raw: dict[str, Any]) -> dict[str, Any]:
+    """The Job fields of a body in the producer's form (`body_form`), from `id` to `shape` in the fields' order
+    as validation fills them (the rest are the caller's): the missing ones at their defaults."""
+    get = raw.get
+    timeout = get("timeout_s")
+    return {
+        "id": raw["id"],
+        "service": raw["service"],
+        "payload": get("payload") or {},
+        "priority": get("priority", 0),
+        "requirements": _requirements(get("requirements")),
+        "customer_id": get("customer_id"),
+        "workflow_id": get("workflow_id"),
+        "pool": get("pool"),
+        "max_retries": get("max_retries", 3),
+        "timeout_s": None if timeout is None else float(timeout),
+        "shape": raw["shape"],
+    }
+
+
+def parents_of(raw: dict[str, Any]) -> tuple[list[str], ParentFailure]:
+    """(after, on_parent_failure) of a body in the producer's form."""
+    after = raw.get("after")
+    return ([] if after is None else after), _PARENT_FAILURES[raw.get("on_parent_failure", "fail")]

@@ -1,8 +1,9 @@
 """The job body as Redis stores it (the `spec` column): what a submit writes, and how a claim reads it back.
 
     body = stored_body(spec, job_id, shape)   # b'{"service":"echo","id":"9f…","shape":"c0c3…"}'
-    fields_set = body_form(raw)                # the parsed body is one of the producer's forms, or None
-    values = body_values(raw)                  # then: its Job fields, defaults filled in, in the fields' order
+    if body_form(raw):                         # the parsed body is in one of the producer's forms
+        values = body_values(raw)              # its Job fields, defaults filled in, in the fields' order
+        given = fields_set(raw)                # what validation marks set: the body's Job fields
 
 The body holds the spec's fields whose values differ from their defaults, then `id` and `shape`. A plain job's
 is ~90 bytes instead of the ~400 of the whole dump: Redis's Lua hashes every byte of every string it handles
@@ -74,10 +75,6 @@ def stored_body(spec: JobSpec, job_id: str, shape: str) -> bytes:
     return to_json(body)
 
 
-def _str_or_none(value: Any) -> bool:
-    return value is None or type(value) is str
-
-
 def _requirements_ok(raw: Any) -> bool:
     """Whether the body's requirements are in the producer's form (the checks `_requirements` relies on; the
     lists are taken as the producer wrote them: sorted, without duplicates)."""
@@ -100,35 +97,68 @@ def _requirements_ok(raw: Any) -> bool:
     )
 
 
-def body_form(raw: Any) -> set[str] | None:
-    """The Job fields a body in one of the producer's forms sets (its keys that are Job fields), or None:
-    anything else is validated instead. The fields the worker reads without building the Job (`Claim`) are
-    checked for their type here too."""
-    if type(raw) is not dict:
-        return None
-    keys = raw.keys()
-    if not (keys >= _NEEDED and keys <= BODY_KEYS):
-        return None
-    get = raw.get
-    policy, after, timeout = get("on_parent_failure", "fail"), get("after"), get("timeout_s")
-    if (
-        type(raw["id"]) is not str
-        or type(raw["service"]) is not str
-        or type(raw["shape"]) is not str
-        or type(get("payload", raw)) is not dict
-        or type(get("priority", 0)) is not int
-        or type(get("max_retries", 0)) is not int
-        or not (timeout is None or type(timeout) in _FLOAT)
-        or not _str_or_none(get("customer_id"))
-        or not _str_or_none(get("workflow_id"))
-        or not _str_or_none(get("pool"))
-        or type(policy) is not str
-        or policy not in _PARENT_FAILURES
-        or not (after is None or (type(after) is list and all(type(parent) is str for parent in after)))
-        or ("requirements" in raw and not _requirements_ok(raw["requirements"]))
-    ):
-        return None
-    return keys & _JOB_FIELDS
+class _Checked:
+    """A key whose value `_other_ok` checks (no single type is its form)."""
+
+
+#: The type each key's value has in the producer's form; `_Checked` where it takes more (`_other_ok`). A key
+#: not here (a field JobSpec gains later) makes a body that holds it go through validation.
+_TYPES: dict[str, type] = {
+    "id": str,
+    "service": str,
+    "shape": str,
+    "payload": dict,
+    "priority": int,
+    "max_retries": int,
+    "customer_id": str,
+    "workflow_id": str,
+    "pool": str,
+    "timeout_s": float,
+    "after": _Checked,
+    "on_parent_failure": _Checked,
+    "requirements": _Checked,
+    "run_at": _Checked,
+    "delay_s": _Checked,
+}
+_NULLABLE = frozenset({"customer_id", "workflow_id", "pool", "timeout_s"})
+
+
+def _other_ok(key: str, value: Any) -> bool:
+    """The checks of a value whose type alone does not tell: an optional field's null, an int time limit, the
+    parents, the requirements, the parent policy; `run_at` and `delay_s` are no Job fields (validation ignores
+    them)."""
+    if key in _NULLABLE and value is None:
+        return True
+    if key == "timeout_s":
+        return type(value) is int
+    if key == "after":
+        return type(value) is list and all(type(parent) is str for parent in value)
+    if key == "requirements":
+        return _requirements_ok(value)
+    if key == "on_parent_failure":
+        return type(value) is str and value in _PARENT_FAILURES
+    return key in ("run_at", "delay_s")
+
+
+def body_form(raw: Any) -> bool:
+    """Whether a parsed body is in one of the producer's forms: anything else is validated instead. The fields
+    the worker reads without building the Job (`Claim`) are checked for their type here too. One pass over the
+    body's own keys: a plain job's has three."""
+    if type(raw) is not dict or "id" not in raw or "service" not in raw or "shape" not in raw:
+        return False
+    kinds = _TYPES
+    for key, value in raw.items():
+        kind = kinds.get(key)
+        if kind is None:
+            return False  # a key the producer never writes
+        if type(value) is not kind and not _other_ok(key, value):
+            return False
+    return True
+
+
+def fields_set(raw: dict[str, Any]) -> set[str]:
+    """The Job fields validation marks set for a body in the producer's form: its keys that are Job fields."""
+    return raw.keys() & _JOB_FIELDS
 
 
 def _requirements(raw: dict[str, Any] | None) -> Requirements:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from appliance.queue.bodyform import body_form, body_values, parents_of
+from appliance.queue.bodyform import body_form, body_values, fields_set, parents_of
 from appliance.queue.models import ClaimedJob, Job, JobSpec, JobStatus, Requirements
 
 _new = object.__new__
@@ -59,16 +59,15 @@ def _built(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any:
     return obj
 
 
-def _form(raw: Any) -> set[str] | None:
-    """The fields set of a body in the producer's form (bodyform.py: the compact one, or the whole dump that
-    versions up to 8011a77 wrote), or None: anything else is validated instead."""
-    return body_form(raw) if _SAME_AS_VALIDATION else None
+def _form(raw: Any) -> bool:
+    """Whether a parsed body is in the producer's form (bodyform.py: the compact one, or the whole dump that
+    versions up to 8011a77 wrote): anything else is validated instead."""
+    return _SAME_AS_VALIDATION and body_form(raw)
 
 
 def _fast(raw: Any, attempt: int, worker_id: str) -> Job | None:
     """The Job of a body in the producer's form (its dict, read in place), or None."""
-    fields_set = _form(raw)
-    if fields_set is None:
+    if not _form(raw):
         return None
     after, failure = parents_of(raw)
     values = body_values(raw)
@@ -83,7 +82,7 @@ def _fast(raw: Any, attempt: int, worker_id: str) -> Job | None:
         "on_parent_failure": failure,
         "waiting_on": [],
     }
-    return _built(Job, values, fields_set | _CLAIM_SET)  # type: ignore[no-any-return]
+    return _built(Job, values, fields_set(raw) | _CLAIM_SET)  # type: ignore[no-any-return]
 
 
 #: Bodies of every form `_fast` reads (the whole dump 8011a77 wrote, with and without parents; the compact
@@ -322,7 +321,7 @@ def claim_of(body: str | bytes, *, token: str, attempt: int, lease_deadline_ms: 
         raw = from_json(body, cache_strings="keys")  # values not cached: ids and tokens are new every time
     except ValueError:
         raw = None  # not JSON: validation refuses it with its usual error
-    if _form(raw) is None:
+    if not _form(raw):
         job = claimed_job(body, attempt=attempt, worker_id=worker_id)
         return Claim.of(claimed(job, token, attempt, lease_deadline_ms))
     get = raw.get

@@ -226,6 +226,12 @@ def test_the_stored_body_encodes_a_callers_id_as_json() -> None:
         {"service": "echo", "id": "j", "shape": "s", "after": "p"},
         {"service": "echo", "id": "j", "shape": "s", "on_parent_failure": "explode"},
         {"service": "echo", "id": "j", "shape": "s", "payload": None},
+        {"service": "echo", "id": "j", "shape": "s", "priority": True},  # a bool is no int here
+        {"service": "echo", "id": "j", "shape": "s", "timeout_s": False},
+        {"service": "echo", "id": "j", "shape": "s", "customer_id": 5},
+        {"service": "echo", "id": "j", "shape": "s", "requirements": {"isolation": 1}},
+        {"service": "echo", "id": "j", "shape": "s", "on_parent_failure": ["fail"]},
+        {"service": ["echo"], "id": "j", "shape": "s"},
     ],
 )
 def test_a_compact_body_in_no_form_of_the_producers_is_validated(
@@ -245,3 +251,25 @@ def test_the_fast_path_is_on() -> None:
     # Its self-check against validation (old form and compact form) passed: a failing one would turn it off
     # silently, and every claim would validate again.
     assert jobbody_module._SAME_AS_VALIDATION
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"service": "echo", "id": "j", "shape": "s"},
+        {"service": "echo", "id": "j", "shape": "s", "run_at": "2020-01-01T00:00:00Z", "delay_s": 1.0},
+        {"service": "echo", "id": "j", "shape": "s", "timeout_s": 3, "customer_id": None, "pool": None},
+        {"service": "echo", "id": "j", "shape": "s", "after": [], "on_parent_failure": "cancel"},
+        {"service": "echo", "id": "j", "shape": "s", "requirements": {}, "payload": {}},
+        {"service": "echo", "id": "j", "shape": "s", "requirements": {"ram_gb": 2, "isolation": "strict"}},
+    ],
+)
+def test_a_body_the_claim_reads_directly_is_what_validation_makes_of_it(
+    body: dict[str, Any], validations: list[str]
+) -> None:
+    text = json.dumps(body)
+    job = claimed_job(text, attempt=2, worker_id="w")
+    assert validations == []
+    expected = Job.model_validate_json(text)
+    expected.status, expected.attempts, expected.worker_id = JobStatus.CLAIMED, 2, "w"
+    assert described(job) == described(expected)

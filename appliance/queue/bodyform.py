@@ -30,9 +30,8 @@ from pydantic_core import to_json
 
 from appliance.queue.models import Isolation, Job, JobSpec, ParentFailure, Requirements, no_requirements
 
-#: Every key the producer writes, in the old form and in this one; those every body holds.
+#: Every key the producer writes, in the old form and in this one (id, service and shape in every body).
 BODY_KEYS = frozenset(JobSpec.model_fields) | {"shape"}
-_NEEDED = frozenset({"id", "service", "shape"})
 _JOB_FIELDS = frozenset(Job.model_fields)
 #: The spec's fields with a plain default (not a factory), id and the parent policy aside: written when they
 #: differ from it.
@@ -48,6 +47,7 @@ _ISOLATIONS = {i.value: i for i in Isolation}
 _PARENT_FAILURES = {p.value: p for p in ParentFailure}
 _FLOAT = (float, int)
 _FAIL = ParentFailure.FAIL
+_PRIORITY, _MAX_RETRIES = Job.model_fields["priority"].default, Job.model_fields["max_retries"].default
 
 
 def stored_body(spec: JobSpec, job_id: str, shape: str) -> bytes:
@@ -194,12 +194,12 @@ def body_values(raw: dict[str, Any]) -> dict[str, Any]:
         "id": raw["id"],
         "service": raw["service"],
         "payload": get("payload") or {},
-        "priority": get("priority", 0),
+        "priority": get("priority", _PRIORITY),
         "requirements": _requirements(get("requirements")),
         "customer_id": get("customer_id"),
         "workflow_id": get("workflow_id"),
         "pool": get("pool"),
-        "max_retries": get("max_retries", 3),
+        "max_retries": get("max_retries", _MAX_RETRIES),
         "timeout_s": None if timeout is None else float(timeout),
         "shape": raw["shape"],
     }

@@ -273,3 +273,11 @@ def test_a_body_the_claim_reads_directly_is_what_validation_makes_of_it(
     expected = Job.model_validate_json(text)
     expected.status, expected.attempts, expected.worker_id = JobStatus.CLAIMED, 2, "w"
     assert described(job) == described(expected)
+
+
+def test_every_key_the_producer_may_write_has_a_check_of_its_form() -> None:
+    # A field JobSpec gains is written by `stored_body` when set; until the claim's form knows its type, a body
+    # holding it is validated (correct, not fast): this names the field to add.
+    from appliance.queue import bodyform
+
+    assert bodyform._TYPES.keys() == bodyform.BODY_KEYS

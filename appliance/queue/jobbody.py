@@ -11,10 +11,10 @@ after it) cost a busy worker about a tenth of its Python per job. A body in one 
 keys among those it writes; each value of the type it writes there, enum values among the enum's; the
 requirements' lists as parsed) becomes the Job's own field dict, with the same values, types and
 `model_fields_set` that validation gives; anything else (a newer body, a hand-written one) goes through
-`Job.model_validate_json` as before. The `Job` a submit
-returns is made the same way from the spec validated at submit: building it with `Job(...)` validated every
-field again, about a fifth of the client's Python per `Queue.submit`. The worker runtime does not build the
-Job at all unless something asks for it: its `Claim` holds the eight values a run reads (`claim_of`).
+`Job.model_validate_json` as before. The `Job` a submit returns is made the same way from the spec validated at
+submit: building it with `Job(...)` validated every field again, about a fifth of the client's Python per
+`Queue.submit`. The worker runtime does not build the Job at all unless something asks for it: its `Claim` holds
+the eight values a run reads (`claim_of`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ def submit(url: str, jobs: int, path: str) -> None:
         "    await q.close()\n"
         "asyncio.run(main())\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})
+    # In `path`: `python -c` puts its working directory first on sys.path, ahead of PYTHONPATH, so from this
+    # checkout's root it would submit with this tree's code (its job bodies) for `--before` too.
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path}, cwd=path)
 
 
 def count(server: redis.Redis) -> int:

@@ -4,15 +4,17 @@
     claim = claim_of(body, token="t.1", attempt=2, lease_deadline_ms=deadline, worker_id="m-echo0")
     job = submitted_job(spec, job_id, shape, created_at, next_attempt_at)
 
-The body is what the producer wrote: a `JobSpec` validated at submit, dumped by pydantic, plus `id` and `shape`.
-Validating it again on every claim (`Job.model_validate_json`, with the `Requirements` validators and three
-attribute writes after it) cost a busy worker about a tenth of its Python per job. A body of exactly the dump's
-form (its keys; each value of the type the dump writes there, enum values among the enum's; the requirements'
-lists as parsed) becomes the Job's own field dict, with the same values, types and `model_fields_set` that validation gives; anything else (an
-older or newer body, a hand-written one) goes through `Job.model_validate_json` as before. The `Job` a submit
-returns is made the same way from the spec validated at submit: building it with `Job(...)` validated every
-field again, about a fifth of the client's Python per `Queue.submit`. The worker runtime does not build the
-Job at all unless something asks for it: its `Claim` holds the eight values a run reads (`claim_of`).
+The body is what the producer wrote: the fields of a `JobSpec` validated at submit that differ from their
+defaults, plus `id` and `shape`, or the whole dump versions up to 8011a77 wrote (bodyform.py). Validating it
+again on every claim (`Job.model_validate_json`, with the `Requirements` validators and three attribute writes
+after it) cost a busy worker about a tenth of its Python per job. A body in one of the producer's forms (its
+keys among those it writes; each value of the type it writes there, enum values among the enum's; the
+requirements' lists as parsed) becomes the Job's own field dict, with the same values, types and
+`model_fields_set` that validation gives; anything else (a newer body, a hand-written one) goes through
+`Job.model_validate_json` as before. The `Job` a submit returns is made the same way from the spec validated at
+submit: building it with `Job(...)` validated every field again, about a fifth of the client's Python per
+`Queue.submit`. The worker runtime does not build the Job at all unless something asks for it: its `Claim` holds
+the eight values a run reads (`claim_of`).
 """
 
 from __future__ import annotations
@@ -22,21 +24,14 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from appliance.queue.models import ClaimedJob, Isolation, Job, JobSpec, JobStatus, ParentFailure, Requirements
+from appliance.queue.bodyform import body_form, body_values, fields_set, parents_of
+from appliance.queue.models import ClaimedJob, Job, JobSpec, JobStatus, Requirements
 
 _new = object.__new__
 _set = object.__setattr__
 
-#: The two forms the producer writes: every field of the spec but its id (pydantic's dump writes them all), then
-#: `id` and `shape`; `after` and `on_parent_failure` only for a job with parents.
-_PLAIN_BODY = frozenset(JobSpec.model_fields) - {"id", "after", "on_parent_failure"} | {"id", "shape"}
-_AFTER_BODY = _PLAIN_BODY | {"after", "on_parent_failure"}
-_REQUIREMENT_KEYS = frozenset(Requirements.model_fields)
-_JOB_FIELDS = frozenset(Job.model_fields)
-#: What validation marks set: the body's Job fields, and the three the claim assigns after it.
+#: What validation marks set beyond the body's own fields: the three the claim assigns after it.
 _CLAIM_SET = frozenset({"status", "attempts", "worker_id"})
-_PLAIN_SET = (_PLAIN_BODY & _JOB_FIELDS) | _CLAIM_SET
-_AFTER_SET = (_AFTER_BODY & _JOB_FIELDS) | _CLAIM_SET
 #: The fields no body holds, at their defaults, in their order around `errors` (a list: made per job).
 _UNSET = {
     "progress": None,
@@ -52,9 +47,6 @@ _UNSET_AFTER_ERRORS = {
     "unworkable": False,
     "held_by": None,
 }
-_ISOLATIONS = {i.value: i for i in Isolation}
-_PARENT_FAILURES = {p.value: p for p in ParentFailure}
-_FLOAT = (float, int)
 
 
 def _built(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any:
@@ -67,110 +59,50 @@ def _built(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any:
     return obj
 
 
-def _requirements_ok(raw: Any) -> bool:
-    """Whether the body's requirements are in the dump's form (the checks `_requirements` relies on)."""
-    if type(raw) is not dict or raw.keys() != _REQUIREMENT_KEYS:
-        return False
-    isolation = raw["isolation"]
-    if type(isolation) is not str or isolation not in _ISOLATIONS:
-        return False
-    gpu, ram, cores, count = raw["gpu_memory_gb"], raw["ram_gb"], raw["cpu_cores"], raw["gpu_count"]
-    return (
-        (gpu is None or type(gpu) in _FLOAT)
-        and (ram is None or type(ram) in _FLOAT)
-        and (cores is None or type(cores) is int)
-        and (count is None or type(count) is int)
-    )
-
-
-def _requirements(raw: dict[str, Any]) -> Requirements:
-    """The body's requirements (their dict, in the dump's form: `_requirements_ok`, converted in place)."""
-    raw["isolation"] = _ISOLATIONS[raw["isolation"]]
-    if raw["gpu_memory_gb"] is not None:
-        raw["gpu_memory_gb"] = float(raw["gpu_memory_gb"])
-    if raw["ram_gb"] is not None:
-        raw["ram_gb"] = float(raw["ram_gb"])
-    return _built(Requirements, raw, set(_REQUIREMENT_KEYS))  # type: ignore[no-any-return]
-
-
-def _str_or_none(value: Any) -> bool:
-    return value is None or type(value) is str
-
-
-def _form(raw: Any) -> tuple[frozenset[str], ParentFailure] | None:
-    """(fields set, on_parent_failure) of a body in the producer's form, or None: anything else (an older or
-    newer body, a hand-written one, a value of another type) is validated instead. The fields the worker reads
-    without building the Job (`Claim`) are checked for their type here too."""
-    if type(raw) is not dict or not _SAME_AS_VALIDATION:
-        return None
-    keys = raw.keys()
-    if keys == _PLAIN_BODY:
-        fields_set, failure = _PLAIN_SET, ParentFailure.FAIL
-    elif keys == _AFTER_BODY:
-        policy, after = raw["on_parent_failure"], raw["after"]
-        fields_set, failure = _AFTER_SET, _PARENT_FAILURES.get(policy) if type(policy) is str else None  # type: ignore[assignment]
-        if type(after) is not list or any(type(parent) is not str for parent in after):
-            return None
-    else:
-        return None
-    timeout = raw["timeout_s"]
-    if (
-        failure is None
-        or type(raw["id"]) is not str
-        or type(raw["service"]) is not str
-        or type(raw["shape"]) is not str
-        or type(raw["payload"]) is not dict
-        or not _str_or_none(raw["customer_id"])
-        or not _str_or_none(raw["workflow_id"])
-        or not _str_or_none(raw["pool"])
-        or not (timeout is None or type(timeout) in _FLOAT)
-        or type(raw["priority"]) is not int
-        or type(raw["max_retries"]) is not int
-        or not _requirements_ok(raw["requirements"])
-    ):
-        return None
-    return fields_set, failure
+def _form(raw: Any) -> bool:
+    """Whether a parsed body is in the producer's form (bodyform.py: the compact one, or the whole dump that
+    versions up to 8011a77 wrote): anything else is validated instead."""
+    return _SAME_AS_VALIDATION and body_form(raw)
 
 
 def _fast(raw: Any, attempt: int, worker_id: str) -> Job | None:
-    """The Job of a body in the producer's form (its dict, converted in place), or None."""
-    form = _form(raw)
-    if form is None:
+    """The Job of a body in the producer's form (its dict, read in place), or None."""
+    if not _form(raw):
         return None
-    fields_set, failure = form
-    timeout = raw["timeout_s"]
-    # In the fields' order, as validation fills __dict__ (a dump follows it).
-    values = {
-        "id": raw["id"],
-        "service": raw["service"],
-        "payload": raw["payload"],
-        "priority": raw["priority"],
-        "requirements": _requirements(raw["requirements"]),
-        "customer_id": raw["customer_id"],
-        "workflow_id": raw["workflow_id"],
-        "pool": raw["pool"],
-        "max_retries": raw["max_retries"],
-        "timeout_s": None if timeout is None else float(timeout),
-        "shape": raw["shape"],
+    after, failure = parents_of(raw)
+    values = body_values(raw)
+    values |= {
         "status": JobStatus.CLAIMED,
         "attempts": attempt,
         "worker_id": worker_id,
         **_UNSET,
         "errors": [],
         **_UNSET_AFTER_ERRORS,
-        "after": raw["after"] if fields_set is _AFTER_SET else [],
+        "after": after,
         "on_parent_failure": failure,
         "waiting_on": [],
     }
-    return _built(Job, values, set(fields_set))  # type: ignore[no-any-return]
+    return _built(Job, values, fields_set(raw) | _CLAIM_SET)  # type: ignore[no-any-return]
+
+
+#: Bodies of every form `_fast` reads (the whole dump 8011a77 wrote, with and without parents; the compact
+#: form, plain and with every kind of field), checked against validation once per process.
+_OLD_PLAIN = JobSpec(service="s").model_dump_json(exclude={"id", "after", "on_parent_failure"})
+_OLD_AFTER = JobSpec(service="s", after=["p"], timeout_s=1).model_dump_json(exclude={"id"})
+_CHECKED_BODIES = (
+    f'{_OLD_PLAIN[:-1]},"id":"j","shape":"h"}}',
+    f'{_OLD_AFTER[:-1]},"id":"j","shape":"h"}}',
+    '{"service":"s","id":"j","shape":"h"}',
+    '{"service":"s","payload":{"a":null},"priority":2,"requirements":{"gpu_memory_gb":8,"models":["m"],'
+    '"isolation":"loose"},"customer_id":"c","max_retries":0,"timeout_s":2,"after":["p"],'
+    '"on_parent_failure":"ignore","id":"j","shape":"h"}',
+)
 
 
 def _same_as_validation() -> bool:
-    """Whether this module builds what validation builds, checked once on a dumped spec of each form: a field
-    added to Job or Requirements and not here turns the shortcut off instead of leaving the field out."""
-    for spec in (JobSpec(service="s"), JobSpec(service="s", after=["p"], timeout_s=1)):
-        body = spec.model_dump_json(exclude={"id"} if spec.after else {"id", "after", "on_parent_failure"})
-        body = f'{body[:-1]},"id":"j","shape":"h"}}'
+    """Whether this module builds what validation builds, on a body of each form: a field added to Job or
+    Requirements and not here turns the shortcut off instead of leaving the field out."""
+    for body in _CHECKED_BODIES:
         expected = Job.model_validate_json(body)
         expected.status, expected.attempts, expected.worker_id = JobStatus.CLAIMED, 1, "w"
         built = _fast(from_json(body), 1, "w")
@@ -179,6 +111,7 @@ def _same_as_validation() -> bool:
             or list(built.__dict__) != list(expected.__dict__)
             or list(built.requirements.__dict__) != list(expected.requirements.__dict__)
             or built.model_fields_set != expected.model_fields_set
+            or built.requirements.model_fields_set != expected.requirements.model_fields_set
             or built.model_dump_json() != expected.model_dump_json()
         ):
             return False
@@ -388,19 +321,20 @@ def claim_of(body: str | bytes, *, token: str, attempt: int, lease_deadline_ms: 
         raw = from_json(body, cache_strings="keys")  # values not cached: ids and tokens are new every time
     except ValueError:
         raw = None  # not JSON: validation refuses it with its usual error
-    if _form(raw) is None:
+    if not _form(raw):
         job = claimed_job(body, attempt=attempt, worker_id=worker_id)
         return Claim.of(claimed(job, token, attempt, lease_deadline_ms))
-    timeout = raw["timeout_s"]
+    get = raw.get
+    timeout = get("timeout_s")
     claim = _new(Claim)
     claim.id, claim.service, claim.payload, claim.shape = (
         raw["id"],
         raw["service"],
-        raw["payload"],
+        get("payload") or {},
         raw["shape"],
     )
     claim.timeout_s = None if timeout is None else float(timeout)
-    claim.customer_id, claim.after = raw["customer_id"], raw.get("after") or []
+    claim.customer_id, claim.after = get("customer_id"), get("after") or []
     claim.token, claim.attempt, claim.lease_deadline_ms = token, attempt, lease_deadline_ms
     claim._body, claim._worker_id, claim._claimed = body, worker_id, None
     return claim

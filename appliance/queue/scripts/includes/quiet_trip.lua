@@ -14,6 +14,25 @@
   where claim.lua's ARGV (the worker id) starts. Returns {codes, claim reply, registered, 1} (1: this path ran),
   as finish_claim.lua.
 ]]
+-- A meta record's service ('' for none) and its service and created_ms, with plain finds: a pattern of `[^|]*`
+-- classes cost ~3,500 instructions per record here, these about a third (shape|service|created_ms|...).
+local function meta_service(meta)
+  if not meta then return '' end
+  local a = string.find(meta, '|', 1, true)
+  local b = a and string.find(meta, '|', a + 1, true)
+  if not b then return '' end
+  return string.sub(meta, a + 1, b - 1)
+end
+
+local function meta_service_created(meta)
+  local find, sub = string.find, string.sub
+  local a = find(meta, '|', 1, true)
+  local b = find(meta, '|', a + 1, true)
+  return sub(meta, a + 1, b - 1), sub(meta, b + 1, find(meta, '|', b + 1, true) - 1)
+end
+
+local SMALL = {'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
+
 local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local owner_key, leases_key, state_key, events_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[8], KEYS[10]
   local heads_key, class_key = KEYS[heads_at], KEYS[heads_at + 1]
@@ -30,14 +49,14 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local now_s = int_s(now)
 
   -- The completions (complete.lua): one read of the leases, one write per column.
-  -- done: the ids completed; d_worker, d_claimed, d_result of the one completed (nd == 1), or of each, in
-  -- workers, claims and results (a batch).
+  -- done: the ids completed; d_worker, d_took (claimed_ms, then duration_ms, as text), d_result of the one
+  -- completed (nd == 1), or of each, in workers, tooks (duration_ms) and results (a batch).
   local k, codes, done = (m - 1) / 3, {}, {}
-  local workers, claims, results, d_worker, d_claimed, d_result
+  local workers, tooks, results, d_worker, d_took, d_result
   if k == 1 then
-    local w, claimed, claimed_s = parse_lease(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '')
+    local w, claimed_s = lease_parts(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '')
     if w then
-      codes[1], done[1], d_worker, d_claimed, d_result = 1, ARGV[7], w, claimed, ARGV[9]
+      codes[1], done[1], d_worker, d_took, d_result = 1, ARGV[7], w, claimed_s, ARGV[9]
       rcall('HDEL', owner_key, ARGV[7])
       rcall('ZREM', leases_key, ARGV[7])
       rcall('HSET', KEYS[4], ARGV[7], ARGV[9])
@@ -49,17 +68,24 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     end
   elseif k > 1 then
     local asked, pairs_, infos, dones = {}, {}, {}, {}
-    workers, claims, results = {}, {}, {}
+    workers, tooks, results = {}, {}, {}
     for at = 7, 5 + m, 3 do asked[#asked + 1] = ARGV[at] end
     local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + tonumber(ARGV[6]))
-    local seen = {}
+    -- A batch's jobs were mostly claimed together, by one worker: the duration and the info record are made
+    -- once per distinct claim time (strings compare by identity in Lua), not per job.
+    local seen, last_w, last_claimed, took, info = {}, nil, nil, nil, nil
     for i, id in ipairs(asked) do
-      local w, claimed, claimed_s = parse_lease(owners[i], ARGV[5 + 3 * i], '')
+      local w, claimed_s = lease_parts(owners[i], ARGV[5 + 3 * i], '')
       if w and not seen[id] then
+        if claimed_s ~= last_claimed or w ~= last_w then
+          last_w, last_claimed = w, claimed_s
+          info = w .. '|' .. claimed_s .. '|' .. now_s
+          if mode ~= 'none' then took = int_s(now - tonumber(claimed_s)) end
+        end
         local n = #done + 1
-        codes[i], seen[id], done[n], workers[n], claims[n], results[n] = 1, true, id, w, claimed, ARGV[6 + 3 * i]
+        codes[i], seen[id], done[n], workers[n], tooks[n], results[n] = 1, true, id, w, took, ARGV[6 + 3 * i]
         pairs_[2 * n - 1], pairs_[2 * n] = id, ARGV[6 + 3 * i]
-        infos[2 * n - 1], infos[2 * n] = id, w .. '|' .. claimed_s .. '|' .. now_s
+        infos[2 * n - 1], infos[2 * n] = id, info
         dones[2 * n - 1], dones[2 * n] = expiry_s, id
       else
         codes[i] = -2
@@ -73,7 +99,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       rcall('ZADD', KEYS[6], unpack(dones))
       rcall('HINCRBY', KEYS[7], 'completed', int_s(#done))
     end
-    if #done == 1 then d_worker, d_claimed, d_result = workers[1], claims[1], results[1] end
+    if #done == 1 then d_worker, d_took, d_result = workers[1], tooks[1], results[1] end
   end
 
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
@@ -112,7 +138,14 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     end
     ids = {}
     local first = true
-    repeat
+    if bound == nil and want > 1 then
+      -- No bound: the first `want` jobs, without their scores (ZPOPMIN formats each as a double, ~4,000
+      -- instructions a job, for nothing here); one command more per call.
+      ids = rcall('ZRANGE', ready_key, '0', int_s(want - 1))
+      if #ids > 0 then rcall('ZREMRANGEBYRANK', ready_key, '0', int_s(#ids - 1)) end
+      first = nil
+    end
+    while first do
       local popped = rcall('ZPOPMIN', ready_key, #ids == 0 and ARGV[c + 3] or int_s(want - #ids))
       local stop = #popped < 2 * (want - #ids)
       for i = 1, #popped, 2 do
@@ -124,7 +157,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         end
         first = false
       end
-    until stop or #ids >= want
+      if stop or #ids >= want then break end
+    end
     head_score = refresh_head(ready_key, heads_key, best)
     if #ids == 0 then
       -- heads named a shape with nothing waiting (corrected now): point the client at the new best.
@@ -149,8 +183,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   if nd > 0 and mode ~= 'none' then
     if nd == 1 then
       local id, w = done[1], d_worker
-      local service = string.match(metas[1] or '', '^[^|]*|([^|]*)|') or ''
-      local took, size = int_s(now - d_claimed), int_s(#d_result)
+      local service = meta_service(metas[1])
+      local took, size = k == 1 and int_s(now - tonumber(d_took)) or d_took, int_s(#d_result)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'completed', 'job', id, 'worker', w,
           'service', service, 'duration_ms', took, 'result_bytes', size)
@@ -167,11 +201,13 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         rcall(publish, ARGV[1] .. 'complete_job', text)
       end
     else
-      local docs = {}
+      local docs, sizes = {}, {}
       for i, id in ipairs(done) do
-        local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|') or ''
-        local w, took, size = workers[i], int_s(now - claims[i]), int_s(#results[i])
-        docs[i] = {job = id, worker = w, service = service, duration_ms = took, result_bytes = size}
+        local bytes = #results[i]
+        local size = sizes[bytes]
+        if not size then size = int_s(bytes); sizes[bytes] = size end
+        docs[i] = {job = id, worker = workers[i], service = meta_service(metas[i]), duration_ms = tooks[i],
+          result_bytes = size}
       end
       emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', docs)
     end
@@ -233,7 +269,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     reply[5], reply[6], reply[7] = id, rcall('HGET', spec_key, id), attempt
     if mode ~= 'none' then
       local attempt_s = attempt == 1 and '1' or int_s(attempt)
-      local service, created = string.match(metas[nd + 1], '^[^|]*|([^|]*)|([^|]*)|')
+      local service, created = meta_service_created(metas[nd + 1])
       local waited = int_s(now - tonumber(created))
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'claimed', 'job', id, 'worker', worker,
@@ -268,17 +304,21 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local specs, attempts = rcall('HMGET', spec_key, unpack(ids)), rcall('HMGET', attempts_key, unpack(ids))
   local states, owners, leases, tries, docs = {}, {}, {}, {}, {}
   for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
+  -- Per job, no formatting where the text is known: a first attempt is '1', the lease's index i one of
+  -- SMALL's, the wait made once per distinct created_ms (jobs submitted in the same ms).
+  local tail, last_created, waited = '|' .. worker .. '|' .. now_s, nil, nil
   for i, id in ipairs(ids) do
-    local attempt = (tonumber(attempts[i]) or 0) + 1
-    local attempt_s = int_s(attempt)
+    local before = attempts[i]
+    local attempt, attempt_s = 1, '1'
+    if before then attempt = tonumber(before) + 1; attempt_s = int_s(attempt) end
     local at = 2 * i - 1
     states[2 * nd + at], states[2 * nd + at + 1] = id, 'claimed'
     tries[at], tries[at + 1] = id, attempt_s
-    owners[at], owners[at + 1] = id, token .. '.' .. int_s(i) .. '|' .. worker .. '|' .. now_s
+    owners[at], owners[at + 1] = id, token .. '.' .. (SMALL[i] or int_s(i)) .. tail
     leases[at], leases[at + 1] = deadline_s, id
     if mode ~= 'none' then
-      local service, created = string.match(metas[nd + i], '^[^|]*|([^|]*)|([^|]*)|')
-      local waited = int_s(now - tonumber(created))
+      local service, created = meta_service_created(metas[nd + i])
+      if created ~= last_created then last_created, waited = created, int_s(now - tonumber(created)) end
       docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
     end
     local n = #reply

@@ -31,6 +31,22 @@ local function meta_service_created(meta)
   return sub(meta, a + 1, b - 1), sub(meta, b + 1, find(meta, '|', b + 1, true) - 1)
 end
 
+-- A table of n array slots (false), to fill by index: one filled from {} is regrown at each power of two
+-- (luaH_resize: ~1,000 instructions a job per table in a batch of 8); a constructor from unpack sizes it once.
+-- Above 64 slots, {} (grown as before).
+local BLANK
+local function slots(n)
+  if n > 64 then return {} end
+  if not BLANK then
+    BLANK = {false, false, false, false, false, false, false, false, false, false, false, false, false, false,
+      false, false, false, false, false, false, false, false, false, false, false, false, false, false, false,
+      false, false, false, false, false, false, false, false, false, false, false, false, false, false, false,
+      false, false, false, false, false, false, false, false, false, false, false, false, false, false, false,
+      false, false, false, false}
+  end
+  return {unpack(BLANK, 1, n)}
+end
+
 local SMALL = {'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
 
 local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
@@ -49,10 +65,10 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local now_s = int_s(now)
 
   -- The completions (complete.lua): one read of the leases, one write per column.
-  -- done: the ids completed; d_worker, d_took (claimed_ms, then duration_ms, as text), d_result of the one
-  -- completed (nd == 1), or of each, in workers, tooks (duration_ms) and results (a batch).
+  -- done: the ids completed; d_worker, d_took (k == 1: claimed_ms, else duration_ms, as text), d_result of the
+  -- one completed (nd == 1); done_docs: each one's event (a batch; its service filled in with the meta's).
   local k, codes, done = (m - 1) / 3, {}, {}
-  local workers, tooks, results, d_worker, d_took, d_result
+  local done_docs, d_worker, d_took, d_result
   if k == 1 then
     local w, claimed_s = lease_parts(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '')
     if w then
@@ -67,39 +83,47 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       codes[1] = -2
     end
   elseif k > 1 then
-    local asked, pairs_, infos, dones = {}, {}, {}, {}
-    workers, tooks, results = {}, {}, {}
-    for at = 7, 5 + m, 3 do asked[#asked + 1] = ARGV[at] end
+    local asked, pairs_, infos, dones = slots(k), slots(2 * k), slots(2 * k), slots(2 * k)
+    codes, done = slots(k), slots(k)
+    if mode ~= 'none' then done_docs = slots(k) end
+    for i = 1, k do asked[i] = ARGV[4 + 3 * i] end
     local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + tonumber(ARGV[6]))
     -- A batch's jobs were mostly claimed together, by one worker: the duration and the info record are made
-    -- once per distinct claim time (strings compare by identity in Lua), not per job.
-    local seen, last_w, last_claimed, took, info = {}, nil, nil, nil, nil
+    -- once per distinct claim time (strings compare by identity in Lua), not per job; the result's size once
+    -- per distinct size.
+    local seen, sizes, n, last_w, last_claimed, took, info = {}, {}, 0, nil, nil, nil, nil
     for i, id in ipairs(asked) do
       local w, claimed_s = lease_parts(owners[i], ARGV[5 + 3 * i], '')
       if w and not seen[id] then
         if claimed_s ~= last_claimed or w ~= last_w then
           last_w, last_claimed = w, claimed_s
           info = w .. '|' .. claimed_s .. '|' .. now_s
-          if mode ~= 'none' then took = int_s(now - tonumber(claimed_s)) end
+          if done_docs then took = int_s(now - tonumber(claimed_s)) end
         end
-        local n = #done + 1
-        codes[i], seen[id], done[n], workers[n], tooks[n], results[n] = 1, true, id, w, took, ARGV[6 + 3 * i]
-        pairs_[2 * n - 1], pairs_[2 * n] = id, ARGV[6 + 3 * i]
+        local result = ARGV[6 + 3 * i]
+        n = n + 1
+        codes[i], seen[id], done[n], d_worker, d_took, d_result = 1, true, id, w, took, result
+        pairs_[2 * n - 1], pairs_[2 * n] = id, result
         infos[2 * n - 1], infos[2 * n] = id, info
         dones[2 * n - 1], dones[2 * n] = expiry_s, id
+        if done_docs then
+          local size = sizes[#result]
+          if not size then size = int_s(#result); sizes[#result] = size end
+          done_docs[n] = {job = id, worker = w, service = '', duration_ms = took, result_bytes = size}
+        end
       else
         codes[i] = -2
       end
     end
-    if #done > 0 then
-      rcall('HDEL', owner_key, unpack(done))
-      rcall('ZREM', leases_key, unpack(done))
-      rcall('HSET', KEYS[4], unpack(pairs_))
-      rcall('HSET', KEYS[5], unpack(infos))
-      rcall('ZADD', KEYS[6], unpack(dones))
-      rcall('HINCRBY', KEYS[7], 'completed', int_s(#done))
+    for i = n + 1, k do done[i] = nil end  -- #done is n
+    if n > 0 then
+      rcall('HDEL', owner_key, unpack(done, 1, n))
+      rcall('ZREM', leases_key, unpack(done, 1, n))
+      rcall('HSET', KEYS[4], unpack(pairs_, 1, 2 * n))
+      rcall('HSET', KEYS[5], unpack(infos, 1, 2 * n))
+      rcall('ZADD', KEYS[6], unpack(dones, 1, 2 * n))
+      rcall('HINCRBY', KEYS[7], 'completed', int_s(n))
     end
-    if #done == 1 then d_worker, d_took, d_result = workers[1], tooks[1], results[1] end
   end
 
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
@@ -175,7 +199,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if nd + nc == 1 then
       metas = {rcall('HGET', meta_key, done[1] or ids[1])}
     else
-      local wanted = {unpack(done)}
+      local wanted = slots(nd + nc)
+      for i = 1, nd do wanted[i] = done[i] end
       for i = 1, nc do wanted[nd + i] = ids[i] end
       metas = rcall('HMGET', meta_key, unpack(wanted))
     end
@@ -201,15 +226,9 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         rcall(publish, ARGV[1] .. 'complete_job', text)
       end
     else
-      local docs, sizes = {}, {}
-      for i, id in ipairs(done) do
-        local bytes = #results[i]
-        local size = sizes[bytes]
-        if not size then size = int_s(bytes); sizes[bytes] = size end
-        docs[i] = {job = id, worker = workers[i], service = meta_service(metas[i]), duration_ms = tooks[i],
-          result_bytes = size}
-      end
-      emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', docs)
+      for i = 1, nd do done_docs[i].service = meta_service(metas[i]) end
+      for i = nd + 1, k do done_docs[i] = nil end
+      emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', done_docs)
     end
   end
 
@@ -302,7 +321,10 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     return {codes, reply, 0, 1}
   end
   local specs, attempts = rcall('HMGET', spec_key, unpack(ids)), rcall('HMGET', attempts_key, unpack(ids))
-  local states, owners, leases, tries, docs = {}, {}, {}, {}, {}
+  local states, owners, leases, tries = slots(2 * (nd + nc)), slots(2 * nc), slots(2 * nc), slots(2 * nc)
+  local docs = mode ~= 'none' and slots(nc) or {}
+  reply = slots(4 + 3 * nc)
+  reply[1], reply[2], reply[3], reply[4] = 'ok', hint, deadline, best
   for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
   -- Per job, no formatting where the text is known: a first attempt is '1', the lease's index i one of
   -- SMALL's, the wait made once per distinct created_ms (jobs submitted in the same ms).
@@ -321,8 +343,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       if created ~= last_created then last_created, waited = created, int_s(now - tonumber(created)) end
       docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
     end
-    local n = #reply
-    reply[n + 1], reply[n + 2], reply[n + 3] = id, specs[i], attempt
+    reply[3 * i + 2], reply[3 * i + 3], reply[3 * i + 4] = id, specs[i], attempt
   end
   emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', docs)
   rcall('HSET', state_key, unpack(states))

@@ -14,14 +14,15 @@
   where claim.lua's ARGV (the worker id) starts. Returns {codes, claim reply, registered, 1} (1: this path ran),
   as finish_claim.lua.
 ]]
--- A meta record's service ('' for none) and its service and created_ms, with plain finds: a pattern of `[^|]*`
--- classes cost ~3,500 instructions per record here, these about a third (shape|service|created_ms|...).
-local function meta_service(meta)
+-- A meta record's service ('' for none), and its prefix shape|service| (nil when it has none), with plain finds:
+-- a pattern of `[^|]*` classes cost ~3,500 instructions per record here, these about a third. A batch's jobs
+-- share the prefix: the callers look for it (a plain find) before they parse a meta again.
+local function meta_prefix(meta)
   if not meta then return '' end
   local a = string.find(meta, '|', 1, true)
   local b = a and string.find(meta, '|', a + 1, true)
   if not b then return '' end
-  return string.sub(meta, a + 1, b - 1)
+  return string.sub(meta, a + 1, b - 1), string.sub(meta, 1, b)
 end
 
 local function meta_service_created(meta)
@@ -38,7 +39,7 @@ local function slots(n)
   return {unpack(NONE, 1, n)}
 end
 
-local SMALL = {'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
+local SMALL = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
 
 local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local owner_key, leases_key, state_key, events_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[8], KEYS[10]
@@ -81,39 +82,65 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   elseif k > 1 then
     local asked, pairs_, infos, dones = slots(k), slots(2 * k), slots(2 * k), slots(2 * k)
     codes, done = slots(k), slots(k)
-    if mode ~= 'none' then done_docs = slots(5 * k + 1) end
+    if mode ~= 'none' then
+      done_docs = slots(3 * k + 2)
+      done_docs[1] = '['
+    end
     for i = 1, k do asked[i] = ARGV[4 + 3 * i] end
     local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + tonumber(ARGV[6]))
-    -- A batch's jobs were mostly claimed together, by one worker: the duration and the info record are made
-    -- once per distinct claim time (strings compare by identity in Lua), not per job; the result's size once
-    -- per distinct size.
-    local seen, n, last_w, last_claimed, took, info, mid = {}, 0, nil, nil, nil, nil, nil
-    local last_took, last_bytes, head
+    -- A batch's jobs were mostly claimed together, by one worker: their owner records differ only in the
+    -- token, so a record whose rest (|worker|claimed_ms) is the one before's is not parsed again (strings
+    -- compare by identity in Lua), and the duration, the info record and the event's parts are made once per
+    -- distinct rest; a duplicate id is found by a scan of those done so far (a table for a large batch).
+    local find, sub = string.find, string.sub
+    local seen, n, last_rest, w, claimed_s, took, info, mid = k > 16 and {}, 0, nil, nil, nil, nil, nil, nil
+    local last_bytes, head, sep_head
     for i, id in ipairs(asked) do
-      local w, claimed_s = lease_parts(owners[i], ARGV[5 + 3 * i], '')
-      if w and not seen[id] then
-        if claimed_s ~= last_claimed or w ~= last_w then
-          last_w, last_claimed = w, claimed_s
-          info = w .. '|' .. claimed_s .. '|' .. now_s
-          if done_docs then
-            took, mid = int_s(now - tonumber(claimed_s)), ',"worker":' .. cjson.encode(w) .. ',"job":'
+      local own, token, fresh = owners[i], ARGV[5 + 3 * i], nil
+      if own and token ~= '' and find(own, '|', 1, true) == #token + 1 and find(own, token, 1, true) == 1 then
+        local rest = sub(own, #token + 2)
+        if rest ~= last_rest then
+          last_rest, fresh = rest, true
+          w, claimed_s = lease_parts(own, token, '')
+        end
+      elseif own then
+        last_rest, fresh = nil, true
+        w, claimed_s = lease_parts(own, token, '')
+      end
+      if fresh and w then
+        info = w .. '|' .. claimed_s .. '|' .. now_s
+        if done_docs then
+          took, mid, last_bytes = int_s(now - tonumber(claimed_s)), ',"worker":' .. cjson.encode(w) .. ',"job":', nil
+        end
+      end
+      local owned = own and w
+      if owned then
+        if seen then
+          owned = not seen[id]
+          seen[id] = true
+        else
+          for j = 1, n do
+            if done[j] == id then owned = false; break end
           end
         end
+      end
+      if owned then
         local result = ARGV[6 + 3 * i]
         n = n + 1
-        codes[i], seen[id], done[n], d_worker, d_took, d_result = 1, true, id, w, took, result
+        codes[i], done[n], d_worker, d_took, d_result = 1, id, w, took, result
         pairs_[2 * n - 1], pairs_[2 * n] = id, result
         infos[2 * n - 1], infos[2 * n] = id, info
         dones[2 * n - 1], dones[2 * n] = expiry_s, id
         if done_docs then
-          -- The event as JSON text, its service filled in once the metas are read.
-          if took ~= last_took or #result ~= last_bytes then
-            last_took, last_bytes = took, #result
+          -- The event as JSON text in three parts: '{...' up to the service (with '},' before all but the
+          -- first), the service's and the worker's (filled in once the metas are read), the id.
+          if #result ~= last_bytes then
+            last_bytes = #result
             head = '{"duration_ms":"' .. took .. '","result_bytes":"' .. int_s(#result) .. '","service":'
+            sep_head = '},' .. head
           end
-          local at = 5 * n
-          done_docs[at - 4], done_docs[at - 3], done_docs[at - 1], done_docs[at] =
-            n == 1 and '[' or '},', head, mid, cjson.encode(id)
+          done_docs[3 * n - 1], done_docs[3 * n], done_docs[3 * n + 1] = n == 1 and head or sep_head, mid,
+            cjson.encode(id)
         end
       else
         codes[i] = -2
@@ -168,8 +195,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if bound == nil and want > 1 then
       -- No bound: the first `want` jobs, without their scores (ZPOPMIN formats each as a double, ~4,000
       -- instructions a job, for nothing here); one command more per call.
-      ids = rcall('ZRANGE', ready_key, '0', int_s(want - 1))
-      if #ids > 0 then rcall('ZREMRANGEBYRANK', ready_key, '0', int_s(#ids - 1)) end
+      ids = rcall('ZRANGE', ready_key, '0', SMALL[want - 1] or int_s(want - 1))
+      if #ids > 0 then rcall('ZREMRANGEBYRANK', ready_key, '0', SMALL[#ids - 1] or int_s(#ids - 1)) end
       first = nil
     end
     while first do
@@ -186,7 +213,15 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       end
       if stop or #ids >= want then break end
     end
-    head_score = refresh_head(ready_key, heads_key, best)
+    -- refresh_head (includes/heads.lua), its score parsed only where the hint compares it (a class of one shape
+    -- needs only whether one is left: strtod of a 17-digit score is ~2,000 instructions).
+    local head = rcall('ZRANGE', ready_key, '0', '0', 'WITHSCORES')
+    if head[1] then
+      rcall('ZADD', heads_key, head[2], best)
+      head_score = s1 and tonumber(head[2]) or true
+    else
+      rcall('ZREM', heads_key, best)
+    end
     if #ids == 0 then
       -- heads named a shape with nothing waiting (corrected now): point the client at the new best.
       if s1 then s1, v1, s2, v2 = class_top_of(heads_key, class_key) end
@@ -211,7 +246,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   if nd > 0 and mode ~= 'none' then
     if nd == 1 then
       local id, w = done[1], d_worker
-      local service = meta_service(metas[1])
+      local service = (meta_prefix(metas[1]))
       local took, size = k == 1 and int_s(now - tonumber(d_took)) or d_took, int_s(#d_result)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'completed', 'job', id, 'worker', w,
@@ -229,15 +264,26 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         rcall(publish, ARGV[1] .. 'complete_job', text)
       end
     else
+      -- Each event's middle part: its service's JSON and the worker's part after it, made once per distinct
+      -- pair; the service read once per distinct meta prefix (shape|service|).
+      local find, prefix, service, last_service, last_mid, middle = string.find, nil, nil, nil, nil, nil
       for i = 1, nd do
-        local service = meta_service(metas[i])
-        local js = services_js[service]
-        if not js then js = cjson.encode(service); services_js[service] = js end
-        done_docs[5 * i - 2] = js
+        local meta = metas[i]
+        if not (prefix and meta and find(meta, prefix, 1, true) == 1) then
+          service, prefix = meta_prefix(meta)
+        end
+        local mid = done_docs[3 * i]
+        if service ~= last_service or mid ~= last_mid then
+          last_service, last_mid = service, mid
+          local js = services_js[service]
+          if not js then js = cjson.encode(service); services_js[service] = js end
+          middle = js .. mid
+        end
+        done_docs[3 * i] = middle
       end
-      done_docs[5 * nd + 1] = '}]'
+      done_docs[3 * nd + 2] = '}]'
       emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', nd,
-        nil, table.concat(done_docs, '', 1, 5 * nd + 1))
+        nil, table.concat(done_docs, '', 1, 3 * nd + 2))
     end
   end
 
@@ -331,7 +377,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   end
   local specs, attempts = rcall('HMGET', spec_key, unpack(ids)), rcall('HMGET', attempts_key, unpack(ids))
   local states, owners, leases, tries = slots(2 * (nd + nc)), slots(2 * nc), slots(2 * nc), slots(2 * nc)
-  local docs = mode ~= 'none' and slots(5 * nc + 1)
+  local docs = mode ~= 'none' and slots(3 * nc + 1)
   reply = slots(4 + 3 * nc)
   reply[1], reply[2], reply[3], reply[4] = 'ok', hint, deadline, best
   for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
@@ -339,7 +385,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   -- SMALL's, the wait made once per distinct created_ms (jobs submitted in the same ms).
   local tail, last_created, waited = '|' .. worker .. '|' .. now_s, nil, nil
   local mid = docs and ',"worker":' .. cjson.encode(worker) .. ',"job":'
-  local last_attempt, last_waited, head
+  local last_attempt, last_waited, head, prefix, service, middle
+  local find, sub = string.find, string.sub
   for i, id in ipairs(ids) do
     local before = attempts[i]
     local attempt, attempt_s = 1, '1'
@@ -350,23 +397,35 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     owners[at], owners[at + 1] = id, token .. '.' .. (SMALL[i] or int_s(i)) .. tail
     leases[at], leases[at + 1] = deadline_s, id
     if docs then
-      -- The event as JSON text: each string cjson's, the parts that repeat made once.
-      local service, created = meta_service_created(metas[nd + i])
-      if created ~= last_created then last_created, waited = created, int_s(now - tonumber(created)) end
-      if attempt_s ~= last_attempt or waited ~= last_waited then
-        last_attempt, last_waited = attempt_s, waited
-        head = '{"wait_ms":"' .. waited .. '","attempt":"' .. attempt_s .. '","service":'
+      -- The event as JSON text in three parts: '[{' or '},{' and the members up to the service, the service's
+      -- and the worker's, the id; each string cjson's, each part made once per distinct value. The meta's
+      -- service is read once per distinct prefix (shape|service|), then only its created_ms.
+      local meta, created = metas[nd + i], nil
+      if prefix and find(meta, prefix, 1, true) == 1 then
+        created = sub(meta, #prefix + 1, find(meta, '|', #prefix + 1, true) - 1)
+      else
+        local new_service
+        new_service, prefix = meta_prefix(meta)
+        created = sub(meta, #prefix + 1, find(meta, '|', #prefix + 1, true) - 1)
+        if new_service ~= service then
+          service = new_service
+          local js = services_js[service]
+          if not js then js = cjson.encode(service); services_js[service] = js end
+          middle = js .. mid
+        end
       end
-      local js = services_js[service]
-      if not js then js = cjson.encode(service); services_js[service] = js end
-      local d = 5 * i
-      docs[d - 4], docs[d - 3], docs[d - 2], docs[d - 1], docs[d] = i == 1 and '[' or '},', head, js, mid,
-        cjson.encode(id)
+      if created ~= last_created then last_created, waited = created, int_s(now - tonumber(created)) end
+      if attempt_s ~= last_attempt or waited ~= last_waited or i < 3 then
+        last_attempt, last_waited = attempt_s, waited
+        head = (i == 1 and '[{"wait_ms":"' or '},{"wait_ms":"') .. waited .. '","attempt":"' .. attempt_s
+          .. '","service":'
+      end
+      docs[3 * i - 2], docs[3 * i - 1], docs[3 * i] = head, middle, cjson.encode(id)
     end
     reply[3 * i + 2], reply[3 * i + 3], reply[3 * i + 4] = id, specs[i], attempt
   end
   if docs then
-    docs[5 * nc + 1] = '}]'
+    docs[3 * nc + 1] = '}]'
     emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', nc, nil, table.concat(docs))
   end
   rcall('HSET', state_key, unpack(states))

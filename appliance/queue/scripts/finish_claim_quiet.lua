@@ -48,7 +48,6 @@ local rcall = redis.call
 -- @include emit
 -- @include owner
 -- @include sentinel
--- @include heads
 -- @include register_idle
 -- @include class_top
 -- @include quiet_trip

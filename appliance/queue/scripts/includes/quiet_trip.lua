@@ -14,9 +14,8 @@
   where claim.lua's ARGV (the worker id) starts. Returns {codes, claim reply, registered, 1} (1: this path ran),
   as finish_claim.lua.
 ]]
--- A meta record's service ('' for none), and its prefix shape|service| (nil when it has none), with plain finds:
--- a pattern of `[^|]*` classes cost ~3,500 instructions per record here, these about a third. A batch's jobs
--- share the prefix: the callers look for it (a plain find) before they parse a meta again.
+-- A meta record's service ('' for none), and its prefix shape|service| (nil when it has none). A batch's jobs
+-- share the prefix: its callers look for the one before (a plain find) before they parse a meta again.
 local function meta_prefix(meta)
   if not meta then return '' end
   local a = string.find(meta, '|', 1, true)
@@ -24,22 +23,6 @@ local function meta_prefix(meta)
   if not b then return '' end
   return string.sub(meta, a + 1, b - 1), string.sub(meta, 1, b)
 end
-
-local function meta_service_created(meta)
-  local find, sub = string.find, string.sub
-  local a = find(meta, '|', 1, true)
-  local b = find(meta, '|', a + 1, true)
-  return sub(meta, a + 1, b - 1), sub(meta, b + 1, find(meta, '|', b + 1, true) - 1)
-end
-
--- A table of n array slots (nil), to fill by index: one filled from {} is regrown at each power of two
--- (luaH_resize: ~1,000 instructions a job per table in a batch of 8); a constructor from unpack sizes it once.
-local NONE = {}
-local function slots(n)
-  return {unpack(NONE, 1, n)}
-end
-
-local SMALL = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
 
 local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local owner_key, leases_key, state_key, events_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[8], KEYS[10]
@@ -59,7 +42,10 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   -- (so any id, worker or service comes out as cjson writes it), each service encoded once (services_js),
   -- members in the order cjson gives them for these tables (the same text as before): cjson over tables of
   -- the events cost ~5,000 instructions an event, this about a third.
-  local services_js = {}
+  local services_js, SMALL
+  -- {unpack(NONE, 1, n)}: a table of n array slots (nil), to fill by index: one filled from {} is regrown at each
+  -- power of two (luaH_resize: ~1,000 instructions a job per table in a batch of 8), this is sized once.
+  local NONE = {}
 
   -- The completions (complete.lua): one read of the leases, one write per column.
   -- done: the ids completed; d_worker, d_took (k == 1: claimed_ms, else duration_ms, as text), d_result of the
@@ -80,10 +66,11 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       codes[1] = -2
     end
   elseif k > 1 then
-    local asked, pairs_, infos, dones = slots(k), slots(2 * k), slots(2 * k), slots(2 * k)
-    codes, done = slots(k), slots(k)
+    local asked, pairs_ = {unpack(NONE, 1, k)}, {unpack(NONE, 1, 2 * k)}
+    local infos, dones = {unpack(NONE, 1, 2 * k)}, {unpack(NONE, 1, 2 * k)}
+    codes, done = {unpack(NONE, 1, k)}, {unpack(NONE, 1, k)}
     if mode ~= 'none' then
-      done_docs = slots(3 * k + 2)
+      done_docs, services_js = {unpack(NONE, 1, 3 * k + 2)}, {}
       done_docs[1] = '['
     end
     for i = 1, k do asked[i] = ARGV[4 + 3 * i] end
@@ -110,7 +97,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       if fresh and w then
         info = w .. '|' .. claimed_s .. '|' .. now_s
         if done_docs then
-          took, mid, last_bytes = int_s(now - tonumber(claimed_s)), ',"worker":' .. cjson.encode(w) .. ',"job":', nil
+          took, last_bytes = int_s(now - tonumber(claimed_s)), nil
+          mid = ',"worker":' .. cjson.encode(w) .. ',"job":'
         end
       end
       local owned = own and w
@@ -157,13 +145,17 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   end
 
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
-  local worker, want, slack = ARGV[c], tonumber(ARGV[c + 3]), tonumber(ARGV[c + 4])
+  local worker, want, slack = ARGV[c], tonumber(ARGV[c + 3]), nil  -- slack: read by the walk of heads only
+  if want > 1 then  -- counts as text without formatting, for a batch
+    SMALL = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
+  end
   local ncand = #ARGV - c - 6  -- candidate i: shape ARGV[c + 6 + i], ready index KEYS[waiting_at + i]
   local reply, ids, best, ready_key, s1, v1, s2, v2
   if one ~= '' and ARGV[c + 7] == one then
     best, ready_key = one, KEYS[waiting_at + 1]  -- a class of one shape: its shape is its best, no walk needed
   else
     s1, v1, s2, v2 = class_top_of(heads_key, class_key)
+    slack = tonumber(ARGV[c + 4])
     if not s1 then
       reply = {rcall('EXISTS', class_key) == 0 and 'noclass' or 'none'}
     else
@@ -237,7 +229,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if nd + nc == 1 then
       metas = {rcall('HGET', meta_key, done[1] or ids[1])}
     else
-      local wanted = slots(nd + nc)
+      local wanted = {unpack(NONE, 1, nd + nc)}
       for i = 1, nd do wanted[i] = done[i] end
       for i = 1, nc do wanted[nd + i] = ids[i] end
       metas = rcall('HMGET', meta_key, unpack(wanted))
@@ -246,7 +238,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   if nd > 0 and mode ~= 'none' then
     if nd == 1 then
       local id, w = done[1], d_worker
-      local service = (meta_prefix(metas[1]))
+      local service = string.match(metas[1] or '', '^[^|]*|([^|]*)|') or ''
       local took, size = k == 1 and int_s(now - tonumber(d_took)) or d_took, int_s(#d_result)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'completed', 'job', id, 'worker', w,
@@ -343,7 +335,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     reply[5], reply[6], reply[7] = id, rcall('HGET', spec_key, id), attempt
     if mode ~= 'none' then
       local attempt_s = attempt == 1 and '1' or int_s(attempt)
-      local service, created = meta_service_created(metas[nd + 1])
+      local service, created = string.match(metas[nd + 1], '^[^|]*|([^|]*)|([^|]*)|')
       local waited = int_s(now - tonumber(created))
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'claimed', 'job', id, 'worker', worker,
@@ -376,9 +368,11 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     return {codes, reply, 0, 1}
   end
   local specs, attempts = rcall('HMGET', spec_key, unpack(ids)), rcall('HMGET', attempts_key, unpack(ids))
-  local states, owners, leases, tries = slots(2 * (nd + nc)), slots(2 * nc), slots(2 * nc), slots(2 * nc)
-  local docs = mode ~= 'none' and slots(3 * nc + 1)
-  reply = slots(4 + 3 * nc)
+  local states, owners = {unpack(NONE, 1, 2 * (nd + nc))}, {unpack(NONE, 1, 2 * nc)}
+  local leases, tries = {unpack(NONE, 1, 2 * nc)}, {unpack(NONE, 1, 2 * nc)}
+  local docs = mode ~= 'none' and {unpack(NONE, 1, 3 * nc + 1)}
+  services_js = services_js or {}
+  reply = {unpack(NONE, 1, 4 + 3 * nc)}
   reply[1], reply[2], reply[3], reply[4] = 'ok', hint, deadline, best
   for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
   -- Per job, no formatting where the text is known: a first attempt is '1', the lease's index i one of

@@ -38,6 +38,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local ESCAPED = '[%c"\\]'
   local queue_js = pubsub and (string.find(queue, ESCAPED) and cjson.encode(queue) or '"' .. queue .. '"')
   local now_s = int_s(now)
+  -- Numbers in text (ARGV, records) are read by arithmetic's own conversion where they are used, not by
+  -- tonumber: the same strtod without a call of a C function (~700 instructions each here).
   -- A batch's events are JSON text built here (emit_many's `jobs`), each string value cjson's own encoding
   -- (so any id, worker or service comes out as cjson writes it), each service encoded once (services_js),
   -- members in the order cjson gives them for these tables (the same text as before): cjson over tables of
@@ -60,7 +62,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       rcall('ZREM', leases_key, ARGV[7])
       rcall('HSET', KEYS[4], ARGV[7], ARGV[9])
       rcall('HSET', KEYS[5], ARGV[7], w .. '|' .. claimed_s .. '|' .. now_s)
-      rcall('ZADD', KEYS[6], int_s(now + tonumber(ARGV[6])), ARGV[7])
+      rcall('ZADD', KEYS[6], int_s(now + ARGV[6]), ARGV[7])
       rcall('HINCRBY', KEYS[7], 'completed', '1')
     else
       codes[1] = -2
@@ -74,7 +76,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       done_docs[1] = '['
     end
     for i = 1, k do asked[i] = ARGV[4 + 3 * i] end
-    local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + tonumber(ARGV[6]))
+    local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + ARGV[6])
     -- A batch's jobs were mostly claimed together, by one worker: their owner records differ only in the
     -- token, so a record whose rest (|worker|claimed_ms) is the one before's is not parsed again (strings
     -- compare by identity in Lua), and the duration, the info record and the event's parts are made once per
@@ -97,7 +99,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
       if fresh and w then
         info = w .. '|' .. claimed_s .. '|' .. now_s
         if done_docs then
-          took, last_bytes = int_s(now - tonumber(claimed_s)), nil
+          took, last_bytes = int_s(now - claimed_s), nil
           mid = ',"worker":' .. cjson.encode(w) .. ',"job":'
         end
       end
@@ -145,7 +147,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   end
 
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
-  local worker, want, slack = ARGV[c], tonumber(ARGV[c + 3]), nil  -- slack: read by the walk of heads only
+  local worker, want, slack = ARGV[c], ARGV[c + 3] + 0, nil  -- slack: read by the walk of heads only
   if want > 1 then  -- counts as text without formatting, for a batch
     SMALL = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
   end
@@ -239,7 +241,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if nd == 1 then
       local id, w = done[1], d_worker
       local service = string.match(metas[1] or '', '^[^|]*|([^|]*)|') or ''
-      local took, size = k == 1 and int_s(now - tonumber(d_took)) or d_took, int_s(#d_result)
+      local took, size = k == 1 and int_s(now - d_took) or d_took, int_s(#d_result)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'completed', 'job', id, 'worker', w,
           'service', service, 'duration_ms', took, 'result_bytes', size)
@@ -326,7 +328,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     hint = table.concat(names, ',')
   end
 
-  local token, deadline = ARGV[c + 1], now + tonumber(ARGV[c + 2])
+  local token, deadline = ARGV[c + 1], now + ARGV[c + 2]
   local deadline_s = int_s(deadline)
   reply = {'ok', hint, deadline, best}
   if nc == 1 then
@@ -336,7 +338,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if mode ~= 'none' then
       local attempt_s = attempt == 1 and '1' or int_s(attempt)
       local service, created = string.match(metas[nd + 1], '^[^|]*|([^|]*)|([^|]*)|')
-      local waited = int_s(now - tonumber(created))
+      local waited = int_s(now - created)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'claimed', 'job', id, 'worker', worker,
           'attempt', attempt_s, 'service', service, 'wait_ms', waited)
@@ -384,7 +386,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   for i, id in ipairs(ids) do
     local before = attempts[i]
     local attempt, attempt_s = 1, '1'
-    if before then attempt = tonumber(before) + 1; attempt_s = int_s(attempt) end
+    if before then attempt = before + 1; attempt_s = int_s(attempt) end
     local at = 2 * i - 1
     states[2 * nd + at], states[2 * nd + at + 1] = id, 'claimed'
     tries[at], tries[at + 1] = id, attempt_s
@@ -408,7 +410,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
           middle = js .. mid
         end
       end
-      if created ~= last_created then last_created, waited = created, int_s(now - tonumber(created)) end
+      if created ~= last_created then last_created, waited = created, int_s(now - created) end
       if attempt_s ~= last_attempt or waited ~= last_waited or i < 3 then
         last_attempt, last_waited = attempt_s, waited
         head = (i == 1 and '[{"wait_ms":"' or '},{"wait_ms":"') .. waited .. '","attempt":"' .. attempt_s

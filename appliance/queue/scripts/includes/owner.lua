@@ -1,12 +1,12 @@
 --[[
   Functions to read a lease: owner column value token|worker|claimed_ms (the worker id may hold '|': the token
   ends at the first '|', claimed_ms starts after the last).
-  `lease_parts` returns worker and claimed_ms as text when `token` owns it (or, with token '', when `worker`
-  does), else nil; `parse_lease` the same with claimed_ms as a number too: worker, claimed_ms, its text.
-  Plain finds, no pattern: a pattern with `(.*)` and `[^|]*` classes cost ~3,500 instructions per record on
-  Redis's Lua, these ~1,000 (issue 14, docs/performance.md §1).
+  Both return worker, claimed_ms (and its text) when `token` owns it (or, with token '', when `worker` does),
+  else nil; parse_lease with `text` set returns worker and claimed_ms's text only (no tonumber).
+  Plain finds, not the pattern '^([^|]*)|(.*)|([^|]*)$', whose `(.*)` runs to the end and backs up (issue 14,
+  docs/performance.md §1).
 ]]
-local function lease_parts(own, token, worker)
+local function parse_lease(own, token, worker, text)
   if not own then return nil end
   local find = string.find
   local a = find(own, '|', 1, true)
@@ -28,12 +28,8 @@ local function lease_parts(own, token, worker)
   end
   local w = string.sub(own, a + 1, b - 1)
   if token == '' and w ~= worker then return nil end
-  return w, string.sub(own, b + 1)
-end
-
-local function parse_lease(own, token, worker)
-  local w, claimed = lease_parts(own, token, worker)
-  if not w then return nil end
+  local claimed = string.sub(own, b + 1)
+  if text then return w, claimed end
   return w, tonumber(claimed), claimed
 end
 

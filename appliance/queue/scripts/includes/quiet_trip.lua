@@ -14,17 +14,18 @@
   where claim.lua's ARGV (the worker id) starts. Returns {codes, claim reply, registered, 1} (1: this path ran),
   as finish_claim.lua.
 ]]
--- A meta record's service ('' for none), and its prefix shape|service| (nil when it has none). A batch's jobs
--- share the prefix: its callers look for the one before (a plain find) before they parse a meta again.
-local function meta_prefix(meta)
-  if not meta then return '' end
-  local a = string.find(meta, '|', 1, true)
-  local b = a and string.find(meta, '|', a + 1, true)
-  if not b then return '' end
-  return string.sub(meta, a + 1, b - 1), string.sub(meta, 1, b)
-end
-
 local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
+  -- A meta record's service ('' for none), and its prefix shape|service| (nil when it has none). A batch's jobs
+  -- share the prefix: its callers look for the one before (a plain find) before they parse a meta again. Made
+  -- here, not beside quiet_trip: finish_claim.lua's full path does not pay for it.
+  local function meta_prefix(meta)
+    if not meta then return '' end
+    local a = string.find(meta, '|', 1, true)
+    local b = a and string.find(meta, '|', a + 1, true)
+    if not b then return '' end
+    return string.sub(meta, a + 1, b - 1), string.sub(meta, 1, b)
+  end
+
   local owner_key, leases_key, state_key, events_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[8], KEYS[10]
   local heads_key, class_key = KEYS[heads_at], KEYS[heads_at + 1]
   local spec_key, attempts_key = KEYS[heads_at + 2], KEYS[heads_at + 3]
@@ -55,7 +56,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local k, codes, done = (m - 1) / 3, {}, {}
   local done_docs, d_worker, d_took, d_result
   if k == 1 then
-    local w, claimed_s = lease_parts(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '')
+    local w, claimed_s = parse_lease(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '', true)
     if w then
       codes[1], done[1], d_worker, d_took, d_result = 1, ARGV[7], w, claimed_s, ARGV[9]
       rcall('HDEL', owner_key, ARGV[7])
@@ -90,11 +91,11 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         local rest = sub(own, #token + 2)
         if rest ~= last_rest then
           last_rest, fresh = rest, true
-          w, claimed_s = lease_parts(own, token, '')
+          w, claimed_s = parse_lease(own, token, '', true)
         end
       elseif own then
         last_rest, fresh = nil, true
-        w, claimed_s = lease_parts(own, token, '')
+        w, claimed_s = parse_lease(own, token, '', true)
       end
       if fresh and w then
         info = w .. '|' .. claimed_s .. '|' .. now_s

@@ -54,7 +54,7 @@ local owner_key, leases_key, state_key, results_key, info_key = KEYS[1], KEYS[2]
 local done_key, counts_key, events_key, cancels_key, meta_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 -- Inside finish_claim.lua, its clock: one TIME for both transitions.
 local now, queue, mode, maxlen = shared and shared.now or server_now(), ARGV[2], ARGV[3], ARGV[4]
-local ttl_ms = tonumber(ARGV[5])
+local ttl_ms = ARGV[5] + 0  -- arithmetic's conversion: no call of tonumber (~700 instructions)
 local now_s, expiry_s = int_s(now), int_s(now + ttl_ms)
 local children_key = KEYS[14]
 

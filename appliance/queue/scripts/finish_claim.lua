@@ -73,8 +73,8 @@ local rcall = redis.call
 -- @include class_top
 -- @include quiet_trip
 
-local m = tonumber(ARGV[5])
-local r = tonumber(ARGV[6 + m])
+local m = ARGV[5] + 0  -- arithmetic's conversion: no call of tonumber (includes/quiet_trip.lua)
+local r = ARGV[6 + m] == '0' and 0 or ARGV[6 + m] + 0  -- no strtod for the usual 0
 local now = server_now()
 -- One EXISTS for the keys that stay empty unless a feature is in use: charged leases, cancel requests and waiting
 -- children (the completion's), limits and pauses (the claim's). None: the round trip of a quiet queue

@@ -48,12 +48,11 @@ local rcall = redis.call
 -- @include emit
 -- @include owner
 -- @include sentinel
--- @include heads
 -- @include register_idle
 -- @include class_top
 -- @include quiet_trip
 
 if rcall('EXISTS', KEYS[12], KEYS[9], KEYS[11], KEYS[18], KEYS[17]) > 0 then return 'busy' end
-local m = tonumber(ARGV[5])
-local r = tonumber(ARGV[6 + m])
+local m = ARGV[5] + 0  -- arithmetic's conversion: no call of tonumber (includes/quiet_trip.lua)
+local r = ARGV[6 + m] == '0' and 0 or ARGV[6 + m] + 0  -- no strtod for the usual 0
 return quiet_trip(m, r, 8 + m + r, ARGV[7 + m + r], server_now(), 13, 19)

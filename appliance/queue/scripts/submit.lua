@@ -108,7 +108,9 @@ end
 local blocked = #waits_for > 0 and not ended_by
 
 -- A job that starts later ranks as if submitted when it falls due, not ahead of what arrived meanwhile.
-local start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[17])) or now
+-- A plain job has no ARGV[16]: no tonumber calls (~700 instructions each here) for it.
+local start = now
+if ARGV[16] then start = tonumber(ARGV[16]) or (tonumber(ARGV[17]) and now + tonumber(ARGV[17])) or now end
 local later = start > now
 
 -- Priority is a time offset: a job of priority p ranks as if submitted p steps earlier. Higher priority wins,

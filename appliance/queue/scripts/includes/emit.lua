@@ -40,12 +40,14 @@ end
 -- `docs[i]` is event i's {name = value, ...} (strings), built by a table constructor (a constructor sizes a table
 -- once; filling it field by field regrows it); `entry`, for one event only, the same names and values flat in
 -- stream order {name, value, ...}. tests/queue/test_round_trip.py checks that the copies agree.
-local function emit_many(events_key, mode, maxlen, channel, queue, event, docs, entry)
+-- `jobs`, when given, is the JSON array of several events as text, and `docs` their count (includes/quiet_trip.lua
+-- builds it with cjson's encoding of each string: tests/queue/test_batch_events.py).
+local function emit_many(events_key, mode, maxlen, channel, queue, event, docs, entry, jobs)
   local sharded = string.find(mode, ':sharded', 1, true)
   if sharded then mode = string.sub(mode, 1, sharded - 1) end
-  if mode == 'none' or #docs == 0 then return end
+  if mode == 'none' or (not jobs and #docs == 0) then return end
   local publish = sharded and 'SPUBLISH' or 'PUBLISH'
-  if #docs == 1 then
+  if not jobs and #docs == 1 then
     if mode ~= 'pubsub' then
       rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', event, unpack(entry))
     end
@@ -56,7 +58,7 @@ local function emit_many(events_key, mode, maxlen, channel, queue, event, docs, 
     end
     return
   end
-  local jobs = cjson.encode(docs)
+  jobs = jobs or cjson.encode(docs)
   if mode ~= 'pubsub' then
     rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', event, 'jobs', jobs)
   end

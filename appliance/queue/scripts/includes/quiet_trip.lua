@@ -15,6 +15,17 @@
   as finish_claim.lua.
 ]]
 local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
+  -- A meta record's service ('' for none), and its prefix shape|service| (nil when it has none). A batch's jobs
+  -- share the prefix: its callers look for the one before (a plain find) before they parse a meta again. Made
+  -- here, not beside quiet_trip: finish_claim.lua's full path does not pay for it.
+  local function meta_prefix(meta)
+    if not meta then return '' end
+    local a = string.find(meta, '|', 1, true)
+    local b = a and string.find(meta, '|', a + 1, true)
+    if not b then return '' end
+    return string.sub(meta, a + 1, b - 1), string.sub(meta, 1, b)
+  end
+
   local owner_key, leases_key, state_key, events_key, meta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[8], KEYS[10]
   local heads_key, class_key = KEYS[heads_at], KEYS[heads_at + 1]
   local spec_key, attempts_key = KEYS[heads_at + 2], KEYS[heads_at + 3]
@@ -28,62 +39,126 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
   local ESCAPED = '[%c"\\]'
   local queue_js = pubsub and (string.find(queue, ESCAPED) and cjson.encode(queue) or '"' .. queue .. '"')
   local now_s = int_s(now)
+  -- Numbers in text (ARGV, records) are read by arithmetic's own conversion where they are used, not by
+  -- tonumber: the same strtod without a call of a C function (~700 instructions each here).
+  -- A batch's events are JSON text built here (emit_many's `jobs`), each string value cjson's own encoding
+  -- (so any id, worker or service comes out as cjson writes it), each service encoded once (services_js),
+  -- members in the order cjson gives them for these tables (the same text as before): cjson over tables of
+  -- the events cost ~5,000 instructions an event, this about a third.
+  local services_js, SMALL
+  -- {unpack(NONE, 1, n)}: a table of n array slots (nil), to fill by index: one filled from {} is regrown at each
+  -- power of two (luaH_resize: ~1,000 instructions a job per table in a batch of 8), this is sized once.
+  local NONE = {}
 
   -- The completions (complete.lua): one read of the leases, one write per column.
-  -- done: the ids completed; d_worker, d_claimed, d_result of the one completed (nd == 1), or of each, in
-  -- workers, claims and results (a batch).
+  -- done: the ids completed; d_worker, d_took (k == 1: claimed_ms, else duration_ms, as text), d_result of the
+  -- one completed (nd == 1); done_docs: each one's event (a batch; its service filled in with the meta's).
   local k, codes, done = (m - 1) / 3, {}, {}
-  local workers, claims, results, d_worker, d_claimed, d_result
+  local done_docs, d_worker, d_took, d_result
   if k == 1 then
-    local w, claimed, claimed_s = parse_lease(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '')
+    local w, claimed_s = parse_lease(rcall('HGET', owner_key, ARGV[7]), ARGV[8], '', true)
     if w then
-      codes[1], done[1], d_worker, d_claimed, d_result = 1, ARGV[7], w, claimed, ARGV[9]
+      codes[1], done[1], d_worker, d_took, d_result = 1, ARGV[7], w, claimed_s, ARGV[9]
       rcall('HDEL', owner_key, ARGV[7])
       rcall('ZREM', leases_key, ARGV[7])
       rcall('HSET', KEYS[4], ARGV[7], ARGV[9])
       rcall('HSET', KEYS[5], ARGV[7], w .. '|' .. claimed_s .. '|' .. now_s)
-      rcall('ZADD', KEYS[6], int_s(now + tonumber(ARGV[6])), ARGV[7])
+      rcall('ZADD', KEYS[6], int_s(now + ARGV[6]), ARGV[7])
       rcall('HINCRBY', KEYS[7], 'completed', '1')
     else
       codes[1] = -2
     end
   elseif k > 1 then
-    local asked, pairs_, infos, dones = {}, {}, {}, {}
-    workers, claims, results = {}, {}, {}
-    for at = 7, 5 + m, 3 do asked[#asked + 1] = ARGV[at] end
-    local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + tonumber(ARGV[6]))
-    local seen = {}
+    local asked, pairs_ = {unpack(NONE, 1, k)}, {unpack(NONE, 1, 2 * k)}
+    local infos, dones = {unpack(NONE, 1, 2 * k)}, {unpack(NONE, 1, 2 * k)}
+    codes, done = {unpack(NONE, 1, k)}, {unpack(NONE, 1, k)}
+    if mode ~= 'none' then
+      done_docs, services_js = {unpack(NONE, 1, 3 * k + 2)}, {}
+      done_docs[1] = '['
+    end
+    for i = 1, k do asked[i] = ARGV[4 + 3 * i] end
+    local owners, expiry_s = rcall('HMGET', owner_key, unpack(asked)), int_s(now + ARGV[6])
+    -- A batch's jobs were mostly claimed together, by one worker: their owner records differ only in the
+    -- token, so a record whose rest (|worker|claimed_ms) is the one before's is not parsed again (strings
+    -- compare by identity in Lua), and the duration, the info record and the event's parts are made once per
+    -- distinct rest; a duplicate id is found by a scan of those done so far (a table for a large batch).
+    local find, sub = string.find, string.sub
+    local seen, n, last_rest, w, claimed_s, took, info, mid = k > 16 and {}, 0, nil, nil, nil, nil, nil, nil
+    local last_bytes, head, sep_head
     for i, id in ipairs(asked) do
-      local w, claimed, claimed_s = parse_lease(owners[i], ARGV[5 + 3 * i], '')
-      if w and not seen[id] then
-        local n = #done + 1
-        codes[i], seen[id], done[n], workers[n], claims[n], results[n] = 1, true, id, w, claimed, ARGV[6 + 3 * i]
-        pairs_[2 * n - 1], pairs_[2 * n] = id, ARGV[6 + 3 * i]
-        infos[2 * n - 1], infos[2 * n] = id, w .. '|' .. claimed_s .. '|' .. now_s
+      local own, token, fresh = owners[i], ARGV[5 + 3 * i], nil
+      if own and token ~= '' and find(own, '|', 1, true) == #token + 1 and find(own, token, 1, true) == 1 then
+        local rest = sub(own, #token + 2)
+        if rest ~= last_rest then
+          last_rest, fresh = rest, true
+          w, claimed_s = parse_lease(own, token, '', true)
+        end
+      elseif own then
+        last_rest, fresh = nil, true
+        w, claimed_s = parse_lease(own, token, '', true)
+      end
+      if fresh and w then
+        info = w .. '|' .. claimed_s .. '|' .. now_s
+        if done_docs then
+          took, last_bytes = int_s(now - claimed_s), nil
+          mid = ',"worker":' .. cjson.encode(w) .. ',"job":'
+        end
+      end
+      local owned = own and w
+      if owned then
+        if seen then
+          owned = not seen[id]
+          seen[id] = true
+        else
+          for j = 1, n do
+            if done[j] == id then owned = false; break end
+          end
+        end
+      end
+      if owned then
+        local result = ARGV[6 + 3 * i]
+        n = n + 1
+        codes[i], done[n], d_worker, d_took, d_result = 1, id, w, took, result
+        pairs_[2 * n - 1], pairs_[2 * n] = id, result
+        infos[2 * n - 1], infos[2 * n] = id, info
         dones[2 * n - 1], dones[2 * n] = expiry_s, id
+        if done_docs then
+          -- The event as JSON text in three parts: '{...' up to the service (with '},' before all but the
+          -- first), the service's and the worker's (filled in once the metas are read), the id.
+          if #result ~= last_bytes then
+            last_bytes = #result
+            head = '{"duration_ms":"' .. took .. '","result_bytes":"' .. int_s(#result) .. '","service":'
+            sep_head = '},' .. head
+          end
+          done_docs[3 * n - 1], done_docs[3 * n], done_docs[3 * n + 1] = n == 1 and head or sep_head, mid,
+            cjson.encode(id)
+        end
       else
         codes[i] = -2
       end
     end
-    if #done > 0 then
-      rcall('HDEL', owner_key, unpack(done))
-      rcall('ZREM', leases_key, unpack(done))
-      rcall('HSET', KEYS[4], unpack(pairs_))
-      rcall('HSET', KEYS[5], unpack(infos))
-      rcall('ZADD', KEYS[6], unpack(dones))
-      rcall('HINCRBY', KEYS[7], 'completed', int_s(#done))
+    if n > 0 then
+      rcall('HDEL', owner_key, unpack(done, 1, n))
+      rcall('ZREM', leases_key, unpack(done, 1, n))
+      rcall('HSET', KEYS[4], unpack(pairs_, 1, 2 * n))
+      rcall('HSET', KEYS[5], unpack(infos, 1, 2 * n))
+      rcall('ZADD', KEYS[6], unpack(dones, 1, 2 * n))
+      rcall('HINCRBY', KEYS[7], 'completed', int_s(n))
     end
-    if #done == 1 then d_worker, d_claimed, d_result = workers[1], claims[1], results[1] end
   end
 
   -- The claim (claim.lua without pauses and limits): the class's best shape, then its jobs in score order.
-  local worker, want, slack = ARGV[c], tonumber(ARGV[c + 3]), tonumber(ARGV[c + 4])
+  local worker, want, slack = ARGV[c], ARGV[c + 3] + 0, nil  -- slack: read by the walk of heads only
+  if want > 1 then  -- counts as text without formatting, for a batch
+    SMALL = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15', '16'}
+  end
   local ncand = #ARGV - c - 6  -- candidate i: shape ARGV[c + 6 + i], ready index KEYS[waiting_at + i]
   local reply, ids, best, ready_key, s1, v1, s2, v2
   if one ~= '' and ARGV[c + 7] == one then
     best, ready_key = one, KEYS[waiting_at + 1]  -- a class of one shape: its shape is its best, no walk needed
   else
     s1, v1, s2, v2 = class_top_of(heads_key, class_key)
+    slack = tonumber(ARGV[c + 4])
     if not s1 then
       reply = {rcall('EXISTS', class_key) == 0 and 'noclass' or 'none'}
     else
@@ -112,7 +187,14 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     end
     ids = {}
     local first = true
-    repeat
+    if bound == nil and want > 1 then
+      -- No bound: the first `want` jobs, without their scores (ZPOPMIN formats each as a double, ~4,000
+      -- instructions a job, for nothing here); one command more per call.
+      ids = rcall('ZRANGE', ready_key, '0', SMALL[want - 1] or int_s(want - 1))
+      if #ids > 0 then rcall('ZREMRANGEBYRANK', ready_key, '0', SMALL[#ids - 1] or int_s(#ids - 1)) end
+      first = nil
+    end
+    while first do
       local popped = rcall('ZPOPMIN', ready_key, #ids == 0 and ARGV[c + 3] or int_s(want - #ids))
       local stop = #popped < 2 * (want - #ids)
       for i = 1, #popped, 2 do
@@ -124,8 +206,17 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         end
         first = false
       end
-    until stop or #ids >= want
-    head_score = refresh_head(ready_key, heads_key, best)
+      if stop or #ids >= want then break end
+    end
+    -- refresh_head (includes/heads.lua), its score parsed only where the hint compares it (a class of one shape
+    -- needs only whether one is left: strtod of a 17-digit score is ~2,000 instructions).
+    local head = rcall('ZRANGE', ready_key, '0', '0', 'WITHSCORES')
+    if head[1] then
+      rcall('ZADD', heads_key, head[2], best)
+      head_score = s1 and tonumber(head[2]) or true
+    else
+      rcall('ZREM', heads_key, best)
+    end
     if #ids == 0 then
       -- heads named a shape with nothing waiting (corrected now): point the client at the new best.
       if s1 then s1, v1, s2, v2 = class_top_of(heads_key, class_key) end
@@ -141,7 +232,8 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if nd + nc == 1 then
       metas = {rcall('HGET', meta_key, done[1] or ids[1])}
     else
-      local wanted = {unpack(done)}
+      local wanted = {unpack(NONE, 1, nd + nc)}
+      for i = 1, nd do wanted[i] = done[i] end
       for i = 1, nc do wanted[nd + i] = ids[i] end
       metas = rcall('HMGET', meta_key, unpack(wanted))
     end
@@ -150,7 +242,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if nd == 1 then
       local id, w = done[1], d_worker
       local service = string.match(metas[1] or '', '^[^|]*|([^|]*)|') or ''
-      local took, size = int_s(now - d_claimed), int_s(#d_result)
+      local took, size = k == 1 and int_s(now - d_took) or d_took, int_s(#d_result)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'completed', 'job', id, 'worker', w,
           'service', service, 'duration_ms', took, 'result_bytes', size)
@@ -167,13 +259,26 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
         rcall(publish, ARGV[1] .. 'complete_job', text)
       end
     else
-      local docs = {}
-      for i, id in ipairs(done) do
-        local service = string.match(metas[i] or '', '^[^|]*|([^|]*)|') or ''
-        local w, took, size = workers[i], int_s(now - claims[i]), int_s(#results[i])
-        docs[i] = {job = id, worker = w, service = service, duration_ms = took, result_bytes = size}
+      -- Each event's middle part: its service's JSON and the worker's part after it, made once per distinct
+      -- pair; the service read once per distinct meta prefix (shape|service|).
+      local find, prefix, service, last_service, last_mid, middle = string.find, nil, nil, nil, nil, nil
+      for i = 1, nd do
+        local meta = metas[i]
+        if not (prefix and meta and find(meta, prefix, 1, true) == 1) then
+          service, prefix = meta_prefix(meta)
+        end
+        local mid = done_docs[3 * i]
+        if service ~= last_service or mid ~= last_mid then
+          last_service, last_mid = service, mid
+          local js = services_js[service]
+          if not js then js = cjson.encode(service); services_js[service] = js end
+          middle = js .. mid
+        end
+        done_docs[3 * i] = middle
       end
-      emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', docs)
+      done_docs[3 * nd + 2] = '}]'
+      emit_many(events_key, ARGV[3], maxlen, 'complete_job', queue, 'completed', nd,
+        nil, table.concat(done_docs, '', 1, 3 * nd + 2))
     end
   end
 
@@ -224,7 +329,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     hint = table.concat(names, ',')
   end
 
-  local token, deadline = ARGV[c + 1], now + tonumber(ARGV[c + 2])
+  local token, deadline = ARGV[c + 1], now + ARGV[c + 2]
   local deadline_s = int_s(deadline)
   reply = {'ok', hint, deadline, best}
   if nc == 1 then
@@ -234,7 +339,7 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     if mode ~= 'none' then
       local attempt_s = attempt == 1 and '1' or int_s(attempt)
       local service, created = string.match(metas[nd + 1], '^[^|]*|([^|]*)|([^|]*)|')
-      local waited = int_s(now - tonumber(created))
+      local waited = int_s(now - created)
       if stream then
         rcall('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'event', 'claimed', 'job', id, 'worker', worker,
           'attempt', attempt_s, 'service', service, 'wait_ms', waited)
@@ -266,25 +371,60 @@ local function quiet_trip(m, r, c, one, now, heads_at, waiting_at)
     return {codes, reply, 0, 1}
   end
   local specs, attempts = rcall('HMGET', spec_key, unpack(ids)), rcall('HMGET', attempts_key, unpack(ids))
-  local states, owners, leases, tries, docs = {}, {}, {}, {}, {}
+  local states, owners = {unpack(NONE, 1, 2 * (nd + nc))}, {unpack(NONE, 1, 2 * nc)}
+  local leases, tries = {unpack(NONE, 1, 2 * nc)}, {unpack(NONE, 1, 2 * nc)}
+  local docs = mode ~= 'none' and {unpack(NONE, 1, 3 * nc + 1)}
+  services_js = services_js or {}
+  reply = {unpack(NONE, 1, 4 + 3 * nc)}
+  reply[1], reply[2], reply[3], reply[4] = 'ok', hint, deadline, best
   for i = 1, nd do states[2 * i - 1], states[2 * i] = done[i], 'completed' end
+  -- Per job, no formatting where the text is known: a first attempt is '1', the lease's index i one of
+  -- SMALL's, the wait made once per distinct created_ms (jobs submitted in the same ms).
+  local tail, last_created, waited = '|' .. worker .. '|' .. now_s, nil, nil
+  local mid = docs and ',"worker":' .. cjson.encode(worker) .. ',"job":'
+  local last_attempt, last_waited, head, prefix, service, middle
+  local find, sub = string.find, string.sub
   for i, id in ipairs(ids) do
-    local attempt = (tonumber(attempts[i]) or 0) + 1
-    local attempt_s = int_s(attempt)
+    local before = attempts[i]
+    local attempt, attempt_s = 1, '1'
+    if before then attempt = before + 1; attempt_s = int_s(attempt) end
     local at = 2 * i - 1
     states[2 * nd + at], states[2 * nd + at + 1] = id, 'claimed'
     tries[at], tries[at + 1] = id, attempt_s
-    owners[at], owners[at + 1] = id, token .. '.' .. int_s(i) .. '|' .. worker .. '|' .. now_s
+    owners[at], owners[at + 1] = id, token .. '.' .. (SMALL[i] or int_s(i)) .. tail
     leases[at], leases[at + 1] = deadline_s, id
-    if mode ~= 'none' then
-      local service, created = string.match(metas[nd + i], '^[^|]*|([^|]*)|([^|]*)|')
-      local waited = int_s(now - tonumber(created))
-      docs[i] = {job = id, worker = worker, attempt = attempt_s, service = service, wait_ms = waited}
+    if docs then
+      -- The event as JSON text in three parts: '[{' or '},{' and the members up to the service, the service's
+      -- and the worker's, the id; each string cjson's, each part made once per distinct value. The meta's
+      -- service is read once per distinct prefix (shape|service|), then only its created_ms.
+      local meta, created = metas[nd + i], nil
+      if prefix and find(meta, prefix, 1, true) == 1 then
+        created = sub(meta, #prefix + 1, find(meta, '|', #prefix + 1, true) - 1)
+      else
+        local new_service
+        new_service, prefix = meta_prefix(meta)
+        created = sub(meta, #prefix + 1, find(meta, '|', #prefix + 1, true) - 1)
+        if new_service ~= service then
+          service = new_service
+          local js = services_js[service]
+          if not js then js = cjson.encode(service); services_js[service] = js end
+          middle = js .. mid
+        end
+      end
+      if created ~= last_created then last_created, waited = created, int_s(now - created) end
+      if attempt_s ~= last_attempt or waited ~= last_waited or i < 3 then
+        last_attempt, last_waited = attempt_s, waited
+        head = (i == 1 and '[{"wait_ms":"' or '},{"wait_ms":"') .. waited .. '","attempt":"' .. attempt_s
+          .. '","service":'
+      end
+      docs[3 * i - 2], docs[3 * i - 1], docs[3 * i] = head, middle, cjson.encode(id)
     end
-    local n = #reply
-    reply[n + 1], reply[n + 2], reply[n + 3] = id, specs[i], attempt
+    reply[3 * i + 2], reply[3 * i + 3], reply[3 * i + 4] = id, specs[i], attempt
   end
-  emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', docs)
+  if docs then
+    docs[3 * nc + 1] = '}]'
+    emit_many(events_key, ARGV[3], maxlen, 'job_claimed', queue, 'claimed', nc, nil, table.concat(docs))
+  end
   rcall('HSET', state_key, unpack(states))
   rcall('HSET', attempts_key, unpack(tries))
   rcall('HSET', owner_key, unpack(owners))

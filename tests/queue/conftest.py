@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from appliance.config.queue import ScriptsMode
 from appliance.queue import Queue, QueueSettings
+from appliance.queue.models import Job
 from appliance.queue.scripts import ScriptSet
 
 
@@ -63,3 +65,30 @@ def packed_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(connections, "_hiredis_pack", counting)
     return packed
+
+
+@pytest.fixture
+def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every body `Job.model_validate_json` is given from now on (it still validates them)."""
+    seen: list[str] = []
+    real = Job.model_validate_json
+
+    def counting(data: Any, **kwargs: Any) -> Job:
+        seen.append(data)
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(Job, "model_validate_json", counting)
+    return seen
+
+
+@pytest.fixture
+async def two(redis_url: str) -> AsyncIterator[tuple[Queue, Queue]]:
+    """Two queues on one flushed Redis, `quiet` and `full`, for the tests that run the same scenario on both
+    paths of a worker's round trip (the tests give `full` a feature key)."""
+    settings = QueueSettings(claim_slack_ms=0, lease_ms=60_000)
+    quiet = await Queue.connect(redis_url, queue_name="quiet", settings=settings)
+    full = await Queue.connect(redis_url, queue_name="full", settings=settings)
+    await quiet.client.flushall()
+    yield quiet, full
+    await quiet.close()
+    await full.close()

@@ -102,20 +102,6 @@ async def test_a_claimed_job_is_what_validating_its_body_gives(queue: Queue) -> 
     assert claimed.job.after == [] and child.after == ["parent"]
 
 
-@pytest.fixture
-def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every body `Job.model_validate_json` is given from now on (it still validates them)."""
-    seen: list[str] = []
-    real = Job.model_validate_json
-
-    def counting(data: Any, **kwargs: Any) -> Job:
-        seen.append(data)
-        return real(data, **kwargs)
-
-    monkeypatch.setattr(Job, "model_validate_json", counting)
-    return seen
-
-
 async def test_claiming_does_not_validate_the_stored_body_again(queue: Queue, validations: list[str]) -> None:
     # Before: every claimed job went through Job.model_validate_json (the Requirements validators included).
     submitted = await queue.submit(SPECS[2])

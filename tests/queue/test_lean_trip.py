@@ -7,12 +7,11 @@ form the previous version wrote: a worker id holding '|', a claim time longer th
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from appliance.queue import Queue, QueueSettings
+from appliance.queue import Queue
 from appliance.queue.events import EventKind
 from tests.pubsub import json_messages
 
@@ -23,15 +22,10 @@ HOSTILE_WORKER = 'w"|\\\x02|é'  # holds '|' too: the owner record's worker part
 
 
 @pytest.fixture
-async def two(redis_url: str) -> AsyncIterator[tuple[Queue, Queue]]:
-    settings = QueueSettings(claim_slack_ms=0, lease_ms=60_000)
-    quiet = await Queue.connect(redis_url, queue_name="quiet", settings=settings)
-    full = await Queue.connect(redis_url, queue_name="full", settings=settings)
-    await quiet.client.flushall()
-    await full.client.hset(full.keys.cancels, "no-such-job", "1")  # a feature key: the full path runs
-    yield quiet, full
-    await quiet.close()
-    await full.close()
+async def paths(two: tuple[Queue, Queue]) -> tuple[Queue, Queue]:
+    """`two`, with a feature key on `full`: its round trips take the full path."""
+    await two[1].client.hset(two[1].keys.cancels, "no-such-job", "1")
+    return two
 
 
 async def hostile_jobs(q: Queue) -> tuple[str, list[str]]:
@@ -74,9 +68,9 @@ async def batch_trips(q: Queue, shape: str) -> tuple[list[Any], list[tuple[str, 
 
 
 async def test_hostile_ids_services_and_worker_ids_come_out_of_a_batch_as_the_full_path_writes_them(
-    two: tuple[Queue, Queue], aredis: Any
+    paths: tuple[Queue, Queue], aredis: Any
 ) -> None:
-    quiet, full = two
+    quiet, full = paths
     pubsub = aredis.pubsub()
     await pubsub.subscribe("job_claimed", "complete_job")
     seen = []
@@ -106,11 +100,13 @@ async def test_hostile_ids_services_and_worker_ids_come_out_of_a_batch_as_the_fu
     )
 
 
-async def test_owner_records_the_previous_version_wrote_are_read_as_before(two: tuple[Queue, Queue]) -> None:
+async def test_owner_records_the_previous_version_wrote_are_read_as_before(
+    paths: tuple[Queue, Queue],
+) -> None:
     """Leases whose records hold a worker id with '|' and claim times of any length (the search for the last '|'
     starts 15 bytes before the end; a longer claim time takes the pattern), completed singly and in a batch; a
     wrong token and a record without a worker part lose. The same on the quiet and the full path."""
-    for q in two:
+    for q in paths:
         r, k = q.client, q.keys
         jobs = [await q.submit({"service": "svc", "payload": {"n": n}}) for n in range(6)]
         shape = jobs[0].shape

@@ -10,14 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
-from io import BytesIO
 from pathlib import Path
-
-import pytest
 
 from appliance.queue import JobStatus, Queue, QueueSettings
 from appliance.queue.events import EventKind
+from tests.versions import earlier_version
 
 PREVIOUS = "d8fec38"
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,24 +50,10 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-def _previous_release(tmp_path: Path) -> Path:
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS, "appliance"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"the previous release ({PREVIOUS}) is not in this checkout's history")
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(tmp_path, filter="data")
-    return tmp_path
-
-
 async def test_this_version_takes_over_what_the_previous_release_wrote(
     redis_url: str, tmp_path: Path
 ) -> None:
-    old = _previous_release(tmp_path)
+    old = earlier_version(PREVIOUS, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(old)}
     done = await asyncio.to_thread(
         subprocess.run,

@@ -8,26 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from appliance.queue import JobStatus, Queue, QueueSettings
 from tests.pubsub import json_messages
 
 WEIRD_WORKER = 'w"q\\x'  # JSON escapes it: the one-event message must still decode to it
-
-
-@pytest.fixture
-async def two(redis_url: str) -> AsyncIterator[tuple[Queue, Queue]]:
-    settings = QueueSettings(claim_slack_ms=0, lease_ms=60_000)
-    quiet = await Queue.connect(redis_url, queue_name="quiet", settings=settings)
-    full = await Queue.connect(redis_url, queue_name="full", settings=settings)
-    await quiet.client.flushall()
-    yield quiet, full
-    await quiet.close()
-    await full.close()
 
 
 async def scenario(q: Queue) -> tuple[list[Any], list[str]]:

@@ -18,21 +18,6 @@ from appliance.queue.jobbody import claimed_job
 from appliance.queue.models import Job
 from tests.queue.test_claim_decode import described, leased
 
-
-@pytest.fixture
-def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every body `Job.model_validate_json` is given from now on (it still validates them)."""
-    seen: list[str] = []
-    real = Job.model_validate_json
-
-    def counting(data: Any, **kwargs: Any) -> Job:
-        seen.append(data)
-        return real(data, **kwargs)
-
-    monkeypatch.setattr(Job, "model_validate_json", counting)
-    return seen
-
-
 #: The spec fields a Job repeats (what a user reads back of a submission).
 SPEC_FIELDS = (
     "service",

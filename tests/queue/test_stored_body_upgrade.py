@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 from appliance.queue import JobStatus, Queue
 from appliance.queue.models import Job
 from tests.queue.test_claim_decode import described
+from tests.versions import earlier_version
 
 PREVIOUS = "8011a77"
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,25 +61,11 @@ asyncio.run(main(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]))
 """
 
 
-def _previous(tmp_path: Path) -> Path:
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS, "appliance"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"the previous version ({PREVIOUS}) is not in this checkout's history")
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(tmp_path, filter="data")
-    return tmp_path
-
-
 async def written_by_the_previous_version(
     redis_url: str, tmp_path: Path, queue_name: str = "upgrade"
 ) -> dict[str, Any]:
     """The previous version's code submits `SPECS` (after a parent it completes): their ids and stored bodies."""
-    old = _previous(tmp_path)
+    old = earlier_version(PREVIOUS, tmp_path)
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", OLD_WRITER, redis_url, json.dumps(SPECS), queue_name],
